@@ -1,0 +1,235 @@
+"""The `prefloop` command. Each command is a thin wrapper over the Python API of one stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from collect import db
+from collect.errors import UserError
+
+app = typer.Typer(help="prefloop: a self-hosted RLHF data engine.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+project_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
+rater_app = typer.Typer(help="Add and list raters.", no_args_is_help=True)
+app.add_typer(project_app, name="project")
+app.add_typer(rater_app, name="rater")
+
+console = Console()
+DB_OPTION = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL (default sqlite:///prefloop.db).")
+
+
+def _session(url: str | None):
+    if not db.is_initialized(url):
+        raise UserError(f"no prefloop database at {db.database_url(url)}: run `prefloop init` first")
+    return db.session_scope(url)
+
+
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@app.command()
+def init(
+    url: Optional[str] = DB_OPTION,
+    admin: Optional[str] = typer.Option(None, help="Also create an admin with this name."),
+    password: Optional[str] = typer.Option(None, envvar="PREFLOOP_ADMIN_PASSWORD",
+                                           help="The admin's password (asked for when missing)."),
+) -> None:
+    """Create the database (or migrate it to the newest schema)."""
+    from collect.projects import add_rater
+
+    db.upgrade(url)
+    console.print(f"database ready: {db.database_url(url)}")
+    if admin:
+        password = password or typer.prompt("password", hide_input=True, confirmation_prompt=True)
+        with db.session_scope(url) as session:
+            add_rater(session, admin, password, role="admin")
+        console.print(f"admin {admin!r} created")
+
+
+@project_app.command("create")
+def project_create(
+    name: str,
+    url: Optional[str] = DB_OPTION,
+    overlap: int = typer.Option(3, help="How many raters judge each pair (k)."),
+    gold_rate: float = typer.Option(0.0, help="Share of served items that are gold pairs."),
+    pay_rate: float = typer.Option(0.0, help="Pay per active hour."),
+    currency: str = typer.Option("USD"),
+    guidelines: Optional[Path] = typer.Option(None, help="A Markdown file with the rating guidelines."),
+    rubric: Optional[str] = typer.Option(None, help="Comma-separated criteria, e.g. 'helpfulness,harmlessness'."),
+    routing: str = typer.Option("experts_first", help="any | experts_first | experts_only"),
+    sensitive_daily_cap: int = typer.Option(20, help="Most sensitive items per rater per day."),
+    lease_seconds: int = typer.Option(900, help="Seconds before an unfinished assignment returns to the pool."),
+) -> None:
+    """Create a project."""
+    from collect.projects import ProjectSettings, create_project
+
+    if guidelines is not None and not guidelines.is_file():
+        raise UserError(f"{guidelines}: no such file")
+    settings = ProjectSettings(
+        overlap=overlap, gold_rate=gold_rate, pay_rate=pay_rate, currency=currency, routing=routing,
+        guidelines=guidelines.read_text() if guidelines else "", sensitive_daily_cap=sensitive_daily_cap,
+        rubric=[{"name": n} for n in _csv(rubric)], lease_seconds=lease_seconds)
+    with _session(url) as session:
+        project = create_project(session, name, settings)
+        console.print(f"project {project.name!r} created (id {project.id}, overlap {overlap})")
+
+
+@project_app.command("list")
+def project_list(url: Optional[str] = DB_OPTION) -> None:
+    """List projects with their progress."""
+    from collect.projects import list_projects
+    from collect.status import project_status
+
+    table = Table("id", "name", "overlap", "pairs", "judgments", "progress")
+    with _session(url) as session:
+        for project in list_projects(session):
+            s = project_status(session, project)
+            table.add_row(str(project.id), project.name, str(project.overlap), str(s.pairs), str(s.judgments),
+                          f"{s.progress:.0%}")
+    console.print(table)
+
+
+@rater_app.command("add")
+def rater_add(
+    name: str,
+    url: Optional[str] = DB_OPTION,
+    password: Optional[str] = typer.Option(None, envvar="PREFLOOP_RATER_PASSWORD",
+                                           help="Login password (asked for when missing)."),
+    role: str = typer.Option("rater", help="admin | rater | viewer"),
+    project: list[str] = typer.Option([], help="Project to join (repeatable)."),
+    expertise: Optional[str] = typer.Option(None, help="Comma-separated tags, e.g. 'domain:medicine'."),
+    sensitive: Optional[str] = typer.Option(None, help="Comma-separated sensitive categories opted in to."),
+) -> None:
+    """Add a rater who can log in to the apps."""
+    from collect.projects import add_rater, get_project
+
+    password = password or typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    with _session(url) as session:
+        projects = [get_project(session, p) for p in project]
+        rater = add_rater(session, name, password, role=role, expertise=_csv(expertise),
+                          sensitive_opt_in=_csv(sensitive), projects=projects)
+        console.print(f"{role} {rater.name!r} added" + (f" to {', '.join(project)}" if project else ""))
+
+
+@rater_app.command("list")
+def rater_list(url: Optional[str] = DB_OPTION, project: Optional[str] = typer.Option(None)) -> None:
+    """List raters (of one project with --project)."""
+    from collect.projects import get_project, list_raters
+
+    table = Table("id", "name", "role", "expertise", "sensitive opt-in", "imported")
+    with _session(url) as session:
+        p = get_project(session, project) if project else None
+        for r in list_raters(session, p):
+            table.add_row(str(r.id), r.name, r.role, ", ".join(r.expertise), ", ".join(r.sensitive_opt_in),
+                          "yes" if r.external else "")
+    console.print(table)
+
+
+@app.command("import")
+def import_(
+    path: Path,
+    project: str = typer.Option(..., help="Project name or id."),
+    url: Optional[str] = DB_OPTION,
+    format: str = typer.Option("auto", help="auto | generic | hh-rlhf | summarize | finegrained-qa | alpaca-eval | trl"),
+    rater: Optional[str] = typer.Option(None, help="Who labeled a file that names no rater."),
+    as_gold: bool = typer.Option(False, "--as-gold", help="Make the file's labels gold answers, not judgments."),
+) -> None:
+    """Import prompts, pairs and judgments. Atomic: one bad row and nothing is imported."""
+    from collect.ingest import import_file
+    from collect.projects import get_project
+
+    with _session(url) as session, _progress() as progress:
+        task = progress.add_task(f"importing {path.name}", total=None)
+        result = import_file(session, get_project(session, project), path, format, rater=rater, as_gold=as_gold,
+                             progress=lambda done, total: progress.update(task, completed=done, total=total))
+    console.print(f"imported {path}: " + ", ".join(f"{v} {k}" for k, v in result.as_dict().items())
+                  + " (new; anything already there was skipped)")
+
+
+@app.command()
+def export(
+    out: Path,
+    project: str = typer.Option(..., help="Project name or id."),
+    url: Optional[str] = DB_OPTION,
+    aggregate: str = typer.Option("majority", help="majority | weighted"),
+    min_confidence: float = typer.Option(0.0, help="Drop pairs whose aggregated confidence is below this."),
+    include_ties: bool = typer.Option(False, "--include-ties", help="Write ties and both-bad pairs to a side file."),
+) -> None:
+    """Export preferences in TRL's conversational format (.parquet, .jsonl, or a save_to_disk folder)."""
+    from collect.export import export_project
+    from collect.projects import get_project
+
+    with _session(url) as session:
+        result = export_project(session, get_project(session, project), out, aggregation=aggregate,
+                                min_confidence=min_confidence, include_ties=include_ties)
+    console.print(f"exported {result.rows} preference pairs to {result.path} ({result.aggregation}); "
+                  f"left out: {result.ties} ties, {result.both_bad} both-bad, "
+                  f"{result.below_confidence} below confidence, {result.unjudged} unjudged"
+                  + (f"; ties in {result.ties_path}" if result.ties_path else ""))
+
+
+@app.command()
+def status(
+    project: Optional[str] = typer.Option(None, help="One project (default: all)."),
+    url: Optional[str] = DB_OPTION,
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Prompts, pairs, judgments and progress toward the overlap, per project."""
+    from collect.projects import get_project, list_projects
+    from collect.status import project_status
+
+    with _session(url) as session:
+        projects = [get_project(session, project)] if project else list_projects(session)
+        statuses = [project_status(session, p) for p in projects]
+    if json_out:
+        print(json.dumps([{**s.__dict__, "progress": s.progress} for s in statuses], indent=2))
+        return
+    table = Table("project", "prompts", "pairs", "gold", "flagged", "judgments", "raters", "complete pairs",
+                  "judgments needed", "progress")
+    for s in statuses:
+        table.add_row(s.project, str(s.prompts), str(s.pairs), str(s.gold_pairs), str(s.flagged_pairs),
+                      str(s.judgments), str(s.raters), f"{s.pairs_complete} (k={s.overlap})",
+                      str(s.judgments_needed), f"{s.progress:.0%}")
+    console.print(table)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 1, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click's own usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""Serving pairs to raters and taking their judgments.
+
+The rules, all enforced by the database rather than by a lock in one process:
+- a rater never gets the same pair twice: one assignment row per (pair, rater), a unique constraint;
+- a pair never gets more than the project's overlap k judgments: `pair.n_claimed` counts open assignments
+  and judgments, and is raised only by `UPDATE ... WHERE n_claimed < k` (on PostgreSQL the candidate rows are
+  read with FOR UPDATE SKIP LOCKED; SQLite serializes writers with BEGIN IMMEDIATE);
+- an assignment not submitted before its lease ends returns its slot to the pool;
+- a judgment is stored relative to the pair's A and B; the screen side comes from the server's assignment.
+
+Every function takes the caller's rater id, checked against the project membership: ids coming from a
+browser are never trusted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from collect.auth import audit
+from collect.errors import PermissionDenied, UserError
+from collect.models import Assignment, Judgment, Pair, Project, Prompt, Rater, utcnow
+from collect.projects import require_member
+
+UNDO_SECONDS = 60
+"""A rater may take back their last judgment this long after submitting it."""
+
+
+@dataclass
+class Served:
+    """What a rater's screen shows: the conversation and the two responses in screen order."""
+
+    assignment_id: int
+    project_id: int
+    conversation: list[dict[str, str]]
+    left: str
+    right: str
+    sensitive: list[str]
+    lease_expires_at: datetime
+
+
+def _view(assignment: Assignment) -> Served:
+    pair = assignment.pair
+    a, b = pair.response_a.content, pair.response_b.content
+    left, right = (a, b) if assignment.left_is_a else (b, a)
+    sensitive = pair.prompt.sensitive.split(",") if pair.prompt.sensitive else []
+    return Served(assignment.id, assignment.project_id, pair.prompt.conversation, left, right, sensitive,
+                  assignment.lease_expires_at)
+
+
+def expire_leases(session: Session, project_id: int, now: datetime | None = None) -> int:
+    """Open assignments past their lease give their slot back. Returns how many expired."""
+    now = now or utcnow()
+    query = select(Assignment.id, Assignment.pair_id).where(
+        Assignment.project_id == project_id, Assignment.status == "open", Assignment.lease_expires_at < now)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    expired = 0
+    for assignment_id, pair_id in session.execute(query).all():
+        changed = session.execute(
+            update(Assignment).where(Assignment.id == assignment_id, Assignment.status == "open")
+            .values(status="expired").execution_options(synchronize_session=False)).rowcount
+        if changed:
+            session.execute(update(Pair).where(Pair.id == pair_id).values(n_claimed=Pair.n_claimed - 1)
+                            .execution_options(synchronize_session=False))
+            expired += 1
+    return expired
+
+
+def _sensitive_allowed(rater: Rater) -> list[str]:
+    """Every value of prompt.sensitive this rater may see: "" and each combination of their opt-ins."""
+    opted = sorted(rater.sensitive_opt_in or [])
+    return [""] + [",".join(c) for n in range(1, len(opted) + 1) for c in itertools.combinations(opted, n)]
+
+
+def _sensitive_served_today(session: Session, rater_id: int, now: datetime) -> int:
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return session.scalar(
+        select(func.count(Assignment.id)).join(Pair, Pair.id == Assignment.pair_id)
+        .join(Prompt, Prompt.id == Pair.prompt_id)
+        .where(Assignment.rater_id == rater_id, Assignment.served_at >= start, Prompt.sensitive != "")
+    ) or 0
+
+
+def _candidates(
+    session: Session, project: Project, rater: Rater, gold: bool, allow_sensitive: bool, skip_locked: bool
+) -> list[int]:
+    already = exists().where(Assignment.pair_id == Pair.id, Assignment.rater_id == rater.id)
+    query = (
+        select(Pair.id).join(Prompt, Prompt.id == Pair.prompt_id)
+        .where(Pair.project_id == project.id, Pair.status == "active", Pair.is_gold == gold, ~already)
+    )
+    if not gold:
+        query = query.where(Pair.n_claimed < project.overlap)
+    allowed = _sensitive_allowed(rater) if allow_sensitive else [""]
+    query = query.where(Prompt.sensitive.in_(allowed))
+    domains = [t.split(":", 1)[1] for t in rater.expertise or [] if t.startswith("domain:")]
+    if project.routing == "experts_only":
+        query = query.where(or_(Prompt.domain == "", Prompt.domain.in_(domains)))
+    order: list[Any] = []
+    if project.routing == "experts_first":
+        # Experts see their domain first; everyone else sees untagged prompts before domain ones.
+        order.append(case((Prompt.domain.in_(domains), 0), (Prompt.domain == "", 1), else_=2))
+    # Finish pairs that are closest to k first, so complete data accumulates early.
+    order += [Pair.n_claimed.desc(), Pair.id]
+    query = query.order_by(*order).limit(16)
+    if skip_locked:
+        query = query.with_for_update(of=Pair, skip_locked=True)
+    ids = list(session.scalars(query))
+    if gold:
+        random.shuffle(ids)
+    return ids
+
+
+def next_assignment(session: Session, project_id: int, rater_id: int, now: datetime | None = None) -> Served | None:
+    """The rater's current open assignment, or a newly claimed one; None when nothing is left for them."""
+    now = now or utcnow()
+    rater = require_member(session, project_id, rater_id)
+    project = session.get(Project, project_id)
+    if rater.role == "viewer":
+        raise PermissionDenied("viewers cannot judge")
+    expire_leases(session, project_id, now)
+    current = session.scalar(
+        select(Assignment).where(Assignment.project_id == project_id, Assignment.rater_id == rater_id,
+                                 Assignment.status == "open").order_by(Assignment.served_at).limit(1))
+    if current is not None:
+        return _view(current)
+    allow_sensitive = _sensitive_served_today(session, rater_id, now) < project.sensitive_daily_cap
+    use_gold = project.gold_rate > 0 and random.random() < project.gold_rate
+    order = [True, False] if use_gold else [False]
+    # On PostgreSQL, first pass over rows other servers are not claiming right now (SKIP LOCKED); if all
+    # are busy, a second plain pass waits on them: the conditional UPDATE below is what keeps k exact.
+    passes = [True, False] if session.get_bind().dialect.name == "postgresql" else [False]
+    for gold, skip_locked in itertools.product(order, passes):
+        for pair_id in _candidates(session, project, rater, gold, allow_sensitive, skip_locked):
+            claim = update(Pair).where(Pair.id == pair_id).values(n_claimed=Pair.n_claimed + 1)
+            if not gold:
+                claim = claim.where(Pair.n_claimed < project.overlap)
+            if not session.execute(claim.execution_options(synchronize_session=False)).rowcount:
+                continue  # another server took the last slot meanwhile
+            try:
+                with session.begin_nested():
+                    assignment = Assignment(
+                        project_id=project_id, pair_id=pair_id, rater_id=rater_id, served_at=now,
+                        left_is_a=secrets.randbelow(2) == 0,
+                        lease_expires_at=now + timedelta(seconds=project.lease_seconds),
+                        last_activity_at=now)
+                    session.add(assignment)
+            except IntegrityError:
+                # Same rater, same pair, from a second browser tab at the same moment.
+                session.execute(update(Pair).where(Pair.id == pair_id).values(n_claimed=Pair.n_claimed - 1)
+                                .execution_options(synchronize_session=False))
+                continue
+            session.refresh(assignment)
+            return _view(assignment)
+    return None
+
+
+def _own_assignment(session: Session, rater_id: int, assignment_id: Any) -> Assignment:
+    if isinstance(assignment_id, bool) or not isinstance(assignment_id, int):
+        raise PermissionDenied("no such assignment")
+    # Row-locked on PostgreSQL, so a lease cannot expire under a submission in flight.
+    assignment = session.get(Assignment, assignment_id, with_for_update={"of": Assignment}, populate_existing=True)
+    if assignment is None or assignment.rater_id != rater_id:
+        # The same answer for "not yours" and "does not exist": ids are not an oracle.
+        raise PermissionDenied("no such assignment")
+    require_member(session, assignment.project_id, rater_id)
+    return assignment
+
+
+def record_activity(session: Session, rater_id: int, assignment_id: int, now: datetime | None = None) -> float:
+    """Count the time since the rater's last action as active, up to the project's idle threshold.
+
+    Called by the app on every interaction and on a heartbeat while the page has focus. Only the server's
+    clock is used, so active time can never exceed wall time.
+    """
+    now = now or utcnow()
+    assignment = _own_assignment(session, rater_id, assignment_id)
+    if assignment.status != "open":
+        return assignment.active_seconds
+    project = session.get(Project, assignment.project_id)
+    gap = max(0.0, (now - assignment.last_activity_at).total_seconds())
+    assignment.active_seconds += min(gap, project.idle_seconds)
+    assignment.last_activity_at = now
+    return assignment.active_seconds
+
+
+def reveal(session: Session, rater_id: int, assignment_id: int, now: datetime | None = None) -> None:
+    """The rater chose to see a sensitive item behind its content warning."""
+    assignment = _own_assignment(session, rater_id, assignment_id)
+    assignment.revealed_at = assignment.revealed_at or (now or utcnow())
+    record_activity(session, rater_id, assignment_id, now)
+
+
+def _check_choice(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -2 <= value <= 2:
+        raise UserError(f"{name} must be an integer from -2 to 2")
+    return value
+
+
+def submit_judgment(
+    session: Session,
+    rater_id: int,
+    assignment_id: int,
+    choice: int,
+    *,
+    client_token: str,
+    both_bad: bool = False,
+    criteria: dict[str, int] | None = None,
+    rationale: str = "",
+    rewrite: str | None = None,
+    now: datetime | None = None,
+) -> Judgment:
+    """Record a judgment. `choice` and `criteria` are as the rater saw them: +2 left much better .. -2 right.
+
+    Idempotent by client_token: submitting the same token again returns the first judgment unchanged.
+    """
+    now = now or utcnow()
+    if not client_token or len(client_token) > 100:
+        raise UserError("client_token must be 1-100 characters")
+    existing = session.scalar(select(Judgment).where(Judgment.rater_id == rater_id,
+                                                     Judgment.client_token == client_token))
+    if existing is not None:
+        if existing.assignment_id != assignment_id:
+            raise UserError("client_token was already used for another assignment")
+        return existing
+    assignment = _own_assignment(session, rater_id, assignment_id)
+    project = session.get(Project, assignment.project_id)
+    choice = _check_choice(choice, "choice")
+    criteria = criteria or {}
+    names = {c["name"] for c in project.rubric or []}
+    for name, value in criteria.items():
+        if name not in names:
+            raise UserError(f"criterion {name!r} is not in this project's rubric")
+        _check_choice(value, f"criteria.{name}")
+    if len(rationale) > 20_000 or (rewrite is not None and len(rewrite) > 100_000):
+        raise UserError("rationale or rewrite too long")
+    if assignment.status == "submitted":
+        raise UserError("this assignment was already submitted")
+    if assignment.status == "skipped":
+        raise UserError("this assignment was skipped")
+    if assignment.status == "expired":
+        # Late but welcome, if the pair still has room for it.
+        claimed = session.execute(
+            update(Pair).where(Pair.id == assignment.pair_id, Pair.n_claimed < project.overlap)
+            .values(n_claimed=Pair.n_claimed + 1).execution_options(synchronize_session=False)).rowcount
+        if not claimed and not assignment.pair.is_gold:
+            raise UserError("the lease on this assignment ran out and the pair was given to someone else")
+    record_activity_at_submit = min(max(0.0, (now - assignment.last_activity_at).total_seconds()),
+                                    project.idle_seconds)
+    sign = 1 if assignment.left_is_a else -1
+    judgment = Judgment(
+        project_id=assignment.project_id, pair_id=assignment.pair_id, rater_id=rater_id,
+        assignment_id=assignment.id, choice=sign * choice, left_is_a=assignment.left_is_a, both_bad=both_bad,
+        criteria={k: sign * v for k, v in criteria.items()}, rationale=rationale, rewrite=rewrite,
+        active_seconds=assignment.active_seconds + record_activity_at_submit, submitted_at=now, kind="rater",
+        client_token=client_token)
+    assignment.status = "submitted"
+    assignment.active_seconds = judgment.active_seconds
+    assignment.last_activity_at = now
+    session.add(judgment)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise UserError("this assignment was already submitted") from None
+    return judgment
+
+
+def undo_last(session: Session, rater_id: int, project_id: int, now: datetime | None = None) -> Served:
+    """Take back the rater's most recent judgment (within UNDO_SECONDS) and serve that pair again."""
+    now = now or utcnow()
+    require_member(session, project_id, rater_id)
+    judgment = session.scalar(
+        select(Judgment).where(Judgment.rater_id == rater_id, Judgment.project_id == project_id,
+                               Judgment.kind == "rater").order_by(Judgment.submitted_at.desc(), Judgment.id.desc())
+        .limit(1))
+    if judgment is None or (now - judgment.submitted_at).total_seconds() > UNDO_SECONDS:
+        raise UserError(f"nothing to undo (only the last judgment, within {UNDO_SECONDS} s)")
+    assignment = session.get(Assignment, judgment.assignment_id)
+    project = session.get(Project, project_id)
+    # The rater's open assignment, if any, goes back to the pool: the undone one comes first.
+    for other in session.scalars(select(Assignment).where(Assignment.rater_id == rater_id,
+                                                          Assignment.project_id == project_id,
+                                                          Assignment.status == "open")):
+        other.status = "expired"
+        session.execute(update(Pair).where(Pair.id == other.pair_id).values(n_claimed=Pair.n_claimed - 1)
+                        .execution_options(synchronize_session=False))
+    audit(session, "judgment.undo", rater_id, project_id, pair_id=judgment.pair_id, choice=judgment.choice)
+    session.delete(judgment)
+    assignment.status = "open"
+    assignment.lease_expires_at = now + timedelta(seconds=project.lease_seconds)
+    assignment.last_activity_at = now
+    session.flush()
+    return _view(assignment)
+
+
+def _release(session: Session, assignment: Assignment, status: str, reason: str) -> None:
+    if assignment.status != "open":
+        raise UserError(f"this assignment is {assignment.status}, not open")
+    assignment.status = status
+    assignment.skip_reason = reason
+    session.execute(update(Pair).where(Pair.id == assignment.pair_id).values(n_claimed=Pair.n_claimed - 1)
+                    .execution_options(synchronize_session=False))
+
+
+def skip(session: Session, rater_id: int, assignment_id: int, reason: str) -> None:
+    """Pass on a pair (with a reason); it goes to someone else and never back to this rater."""
+    if not reason or not reason.strip():
+        raise UserError("a skip needs a reason")
+    assignment = _own_assignment(session, rater_id, assignment_id)
+    _release(session, assignment, "skipped", reason.strip()[:2000])
+
+
+def flag_harmful(session: Session, rater_id: int, assignment_id: int, reason: str) -> None:
+    """Pull the pair out of every queue until an admin reviews it."""
+    assignment = _own_assignment(session, rater_id, assignment_id)
+    _release(session, assignment, "skipped", f"flagged: {reason.strip()[:2000]}")
+    session.execute(update(Pair).where(Pair.id == assignment.pair_id).values(status="flagged")
+                    .execution_options(synchronize_session=False))
+    audit(session, "pair.flag", rater_id, assignment.project_id, pair_id=assignment.pair_id, reason=reason)
+
+
+def review_flag(session: Session, admin_id: int, pair_id: int, keep: bool) -> None:
+    """An admin returns a flagged pair to the queue (keep) or retires it."""
+    from collect.projects import require_admin
+
+    require_admin(session, admin_id)
+    pair = session.get(Pair, pair_id)
+    if pair is None or pair.status != "flagged":
+        raise UserError("no such flagged pair")
+    pair.status = "active" if keep else "retired"
+    audit(session, "pair.review_flag", admin_id, pair.project_id, pair_id=pair_id, keep=keep)
+
+
+@dataclass
+class RaterSummary:
+    judgments_today: int
+    judgments_total: int
+    active_hours: float
+    active_hours_today: float
+    earnings: float
+    currency: str
+    gold_judged: int
+    gold_accuracy: float | None
+    """Share of gold pairs where the rater picked the known winner (ties must match); None until 5 are done."""
+    minutes_since_break: float
+
+
+GOLD_MINIMUM = 5
+
+
+def rater_summary(session: Session, rater_id: int, project_id: int, now: datetime | None = None) -> RaterSummary:
+    now = now or utcnow()
+    require_member(session, project_id, rater_id)
+    project = session.get(Project, project_id)
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = session.execute(
+        select(Judgment.submitted_at, Judgment.active_seconds, Judgment.choice, Pair.is_gold, Pair.gold_choice)
+        .join(Pair, Pair.id == Judgment.pair_id)
+        .where(Judgment.rater_id == rater_id, Judgment.project_id == project_id, Judgment.kind == "rater")
+        .order_by(Judgment.submitted_at)).all()
+    total_s = sum(r.active_seconds or 0 for r in rows)
+    today_s = sum(r.active_seconds or 0 for r in rows if r.submitted_at >= start)
+    gold = [(r.choice, r.gold_choice) for r in rows if r.is_gold and r.gold_choice is not None]
+    correct = sum((c > 0) == (g > 0) and (c < 0) == (g < 0) for c, g in gold)
+    # A break is a gap of at least 10 minutes between submissions.
+    since_break = 0.0
+    previous = None
+    for r in rows:
+        if previous is not None and (r.submitted_at - previous).total_seconds() > 600:
+            since_break = 0.0
+        since_break += r.active_seconds or 0
+        previous = r.submitted_at
+    if previous is not None and (now - previous).total_seconds() > 600:
+        since_break = 0.0
+    return RaterSummary(
+        judgments_today=sum(r.submitted_at >= start for r in rows),
+        judgments_total=len(rows),
+        active_hours=total_s / 3600,
+        active_hours_today=today_s / 3600,
+        earnings=round(total_s / 3600 * project.pay_rate, 2),
+        currency=project.currency,
+        gold_judged=len(gold),
+        gold_accuracy=correct / len(gold) if len(gold) >= GOLD_MINIMUM else None,
+        minutes_since_break=since_break / 60,
+    )

@@ -1,0 +1,150 @@
+"""Export to TRL's conversational preference format, as a `datasets` dataset.
+
+Columns: `prompt` (list of messages), `chosen` and `rejected` (each a list holding the assistant message),
+`margin`, `confidence`, `pair_id`, `n_judgments`, `agreement`, `source`, `domain`.
+
+How a pair becomes a row:
+- its judgments are aggregated (`majority` vote, or `weighted` by each rater's estimated reliability);
+  an admin's adjudication, when there is one, decides instead (confidence 1);
+- `margin` is the mean signed strength toward the winner, A>>B = 1.0, A>B = 0.5, tie = 0, the other way
+  negative, floored at 0: three "much better" votes give 1.0, "better, better, tie" gives 0.33;
+- pairs that come out tied, or that most raters marked both-bad, are not preferences: they are left out,
+  or written to a separate file with `include_ties`; gold pairs are exported with their known answer.
+The aggregation, threshold and counts are written beside the data (`<name>.meta.json`, or
+`prefloop.json` inside a save_to_disk folder).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from collect.aggregate import aggregate
+from collect.auth import audit
+from collect.errors import UserError
+from collect.judgments import judgments_frame
+from collect.models import Judgment, Pair, Project
+
+AGGREGATIONS = ("majority", "weighted")
+
+
+@dataclass
+class ExportResult:
+    path: str
+    rows: int
+    ties_path: str | None
+    ties: int
+    both_bad: int
+    below_confidence: int
+    unjudged: int
+    aggregation: str
+    min_confidence: float
+
+
+def preference_rows(
+    session: Session, project: Project, aggregation: str = "majority", min_confidence: float = 0.0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """(preference rows, tie and both-bad rows, counts) for a project."""
+    if aggregation not in AGGREGATIONS:
+        raise UserError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
+    frame = judgments_frame(session, project.id)
+    pairs = {p.id: p for p in session.scalars(select(Pair).where(Pair.project_id == project.id))}
+    verdicts = aggregate(frame, method=aggregation) if len(frame) else pd.DataFrame(
+        columns=["pair_id", "winner", "confidence", "margin", "n_judgments", "agreement"])
+    verdicts = {int(v.pair_id): v for v in verdicts.itertuples(index=False)}
+    both_bad = frame.groupby("pair_id")["both_bad"].mean().to_dict() if len(frame) else {}
+    adjudicated = {j.pair_id: j for j in session.scalars(
+        select(Judgment).where(Judgment.project_id == project.id, Judgment.kind == "adjudication")
+        .order_by(Judgment.submitted_at))}
+
+    rows, ties = [], []
+    counts = {"below_confidence": 0, "unjudged": 0, "both_bad": 0}
+    for pair_id, pair in pairs.items():
+        if pair_id in adjudicated:
+            choice = adjudicated[pair_id].choice
+            verdict = {"winner": "A" if choice > 0 else "B" if choice < 0 else "tie", "confidence": 1.0,
+                       "margin": abs(choice) / 2, "n_judgments": getattr(verdicts.get(pair_id), "n_judgments", 0),
+                       "agreement": getattr(verdicts.get(pair_id), "agreement", 1.0)}
+        elif pair_id in verdicts:
+            verdict = verdicts[pair_id]._asdict()
+        elif pair.is_gold and pair.gold_choice is not None:
+            choice = pair.gold_choice
+            verdict = {"winner": "A" if choice > 0 else "B" if choice < 0 else "tie", "confidence": 1.0,
+                       "margin": abs(choice) / 2, "n_judgments": 0, "agreement": 1.0}
+        else:
+            counts["unjudged"] += 1
+            continue
+        a, b = pair.response_a.content, pair.response_b.content
+        winner = verdict["winner"]
+        row = {
+            "prompt": pair.prompt.conversation,
+            "chosen": [{"role": "assistant", "content": a if winner != "B" else b}],
+            "rejected": [{"role": "assistant", "content": b if winner != "B" else a}],
+            "margin": float(verdict["margin"]),
+            "confidence": float(verdict["confidence"]),
+            "pair_id": pair_id,
+            "n_judgments": int(verdict["n_judgments"]),
+            "agreement": float(verdict["agreement"]),
+            "source": pair.source,
+            "domain": pair.prompt.domain,
+        }
+        if both_bad.get(pair_id, 0) > 0.5:
+            counts["both_bad"] += 1
+            ties.append({**row, "kind": "both_bad"})
+        elif winner == "tie":
+            ties.append({**row, "kind": "tie"})
+        elif row["confidence"] < min_confidence:
+            counts["below_confidence"] += 1
+        else:
+            rows.append(row)
+    return rows, ties, counts
+
+
+def _write(rows: list[dict[str, Any]], path: Path) -> None:
+    import datasets
+
+    dataset = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict(
+        {k: [] for k in ("prompt", "chosen", "rejected", "margin", "pair_id")})
+    name = path.name.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if name.endswith(".parquet"):
+        dataset.to_parquet(str(path))
+    elif name.endswith(".jsonl") or name.endswith(".json"):
+        dataset.to_json(str(path), lines=True, force_ascii=False)
+    else:
+        dataset.save_to_disk(str(path))
+
+
+def export_project(
+    session: Session,
+    project: Project,
+    out: str | Path,
+    *,
+    aggregation: str = "majority",
+    min_confidence: float = 0.0,
+    include_ties: bool = False,
+    actor_id: int | None = None,
+) -> ExportResult:
+    """Write a project's preferences to `out` (.parquet, .jsonl, or a folder for save_to_disk)."""
+    out = Path(out)
+    rows, ties, counts = preference_rows(session, project, aggregation, min_confidence)
+    _write(rows, out)
+    ties_path = None
+    if include_ties:
+        ties_path = (out.with_name(out.stem + ".ties" + out.suffix) if out.suffix in (".parquet", ".jsonl", ".json")
+                     else out.with_name(out.name + ".ties"))
+        _write(ties, ties_path)
+    result = ExportResult(str(out), len(rows), str(ties_path) if ties_path else None,
+                          sum(t["kind"] == "tie" for t in ties), counts["both_bad"], counts["below_confidence"],
+                          counts["unjudged"], aggregation, min_confidence)
+    meta = {"project": project.name, **asdict(result)}
+    meta_path = out / "prefloop.json" if out.is_dir() else out.with_name(out.name + ".meta.json")
+    meta_path.write_text(json.dumps(meta, indent=2))
+    audit(session, "export", actor_id, project.id, **asdict(result))
+    return result

@@ -1,0 +1,572 @@
+"""Readers for preference data: prefloop's generic schema and the common public formats.
+
+Every reader turns a file into `Record`s and checks each one, so a bad row fails with its file, line and
+field before anything touches the database (see collect.ingest). Choices are relative to the record's A
+and B: +2 A>>B, +1 A>B, 0 tie, -1 B>A, -2 B>>A.
+
+Generic schema (JSONL, CSV, or any `datasets` dataset; one row per prompt, pair, or judgment):
+
+| field | type | meaning |
+|---|---|---|
+| prompt (required) | string, or list of {role, content} | the conversation so far; a string is one user turn |
+| prompt_id | string | your id for the prompt (kept as external_id) |
+| tags | list of strings, or "a,b" in CSV | e.g. `domain:medicine`, `sensitive:violence` |
+| response_a, response_b | string | the two responses of a pair (both or neither) |
+| model_a, model_b | string | who wrote each response |
+| generation_a, generation_b | object (JSON string in CSV) | sampling parameters of each response |
+| pair_id | string | your id for the pair |
+| gold | choice | makes the pair a gold pair with this known answer |
+| choice | `A>>B`, `A>B`, `tie`, `B>A`, `B>>A`, or -2..2 | one judgment of the pair |
+| rater | string | who judged (required with choice) |
+| both_bad, rationale, criteria | bool, string, object | the judgment's flag, reasoning and per-criterion choices |
+
+Rows that repeat a prompt or a pair add nothing new but their judgment, so a file can list one judgment a line.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from collect.errors import UserError
+
+FORMATS = ("generic", "hh-rlhf", "summarize", "finegrained-qa", "alpaca-eval", "trl")
+CHOICE_LABELS = {"A>>B": 2, "A>B": 1, "tie": 0, "B>A": -1, "B>>A": -2}
+# A response larger than this is almost surely a broken export; raise instead of storing it.
+MAX_TEXT_CHARS = 1_000_000
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass
+class Judged:
+    rater: str
+    choice: int
+    both_bad: bool = False
+    rationale: str = ""
+    criteria: dict[str, int] = field(default_factory=dict)
+    confidence: float | None = None
+
+
+@dataclass
+class Record:
+    """One prompt, optionally with a pair of responses and judgments of that pair."""
+
+    where: str  # "file:line", for error messages
+    prompt: list[dict[str, str]]
+    prompt_id: str | None = None
+    tags: list[str] = field(default_factory=list)
+    response_a: str | None = None
+    response_b: str | None = None
+    model_a: str = ""
+    model_b: str = ""
+    generation_a: dict[str, Any] = field(default_factory=dict)
+    generation_b: dict[str, Any] = field(default_factory=dict)
+    pair_id: str | None = None
+    gold_choice: int | None = None
+    judgments: list[Judged] = field(default_factory=list)
+    source: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _fail(where: str, field_name: str, problem: str) -> UserError:
+    return UserError(f"{where}: field '{field_name}': {problem}")
+
+
+def _text(value: Any, where: str, field_name: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, field_name, f"expected a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise _fail(where, field_name, "is empty")
+    if len(value) > MAX_TEXT_CHARS:
+        raise _fail(where, field_name, f"is {len(value):,} characters, over the {MAX_TEXT_CHARS:,} limit")
+    return value
+
+
+def parse_choice(value: Any, where: str, field_name: str = "choice") -> int:
+    """A choice label (`A>B`) or integer (-2..2) as an integer relative to A and B."""
+    if isinstance(value, str) and value.strip() in CHOICE_LABELS:
+        return CHOICE_LABELS[value.strip()]
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and -2 <= value <= 2:
+        return value
+    raise _fail(where, field_name, f"{value!r} is not one of {', '.join(CHOICE_LABELS)} or -2..2")
+
+
+def parse_conversation(value: Any, where: str, field_name: str = "prompt") -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": "user", "content": _text(value, where, field_name)}]
+    if not isinstance(value, list) or not value:
+        raise _fail(where, field_name, "expected a string or a non-empty list of {role, content} messages")
+    messages = []
+    for i, message in enumerate(value):
+        name = f"{field_name}[{i}]"
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise _fail(where, name, "expected an object with 'role' and 'content'")
+        if message["role"] not in ROLES:
+            raise _fail(where, f"{name}.role", f"{message['role']!r} is not one of {', '.join(ROLES)}")
+        messages.append({"role": message["role"], "content": _text(message["content"], where, f"{name}.content")})
+    return messages
+
+
+def _tags(value: Any, where: str) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        value = [t.strip() for t in value.split(",") if t.strip()]
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise _fail(where, "tags", "expected a list of strings")
+    return value
+
+
+def _object(value: Any, where: str, field_name: str) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise _fail(where, field_name, f"is not valid JSON ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise _fail(where, field_name, "expected an object")
+    return value
+
+
+def _bool(value: Any, where: str, field_name: str) -> bool:
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise _fail(where, field_name, f"{value!r} is not a boolean")
+
+
+def content_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+
+
+def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for each non-empty line, with clear errors for broken lines."""
+    with _open_text(path) as f:
+        line_no = 0
+        while True:
+            line_no += 1
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{line_no}: invalid JSON ({e.msg}, column {e.colno})") from None
+
+
+def read_json_document(path: Path) -> Any:
+    try:
+        with _open_text(path) as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+
+
+def read_table(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a JSONL, JSON list, CSV or Parquet file, each with its line (or row) number."""
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".jsonl"):
+        for line_no, row in read_json_lines(path):
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+    elif name.endswith(".json"):
+        data = read_json_document(path)
+        if not isinstance(data, list):
+            raise UserError(f"{path}: expected a JSON list of objects")
+        for i, row in enumerate(data, start=1):
+            if not isinstance(row, dict):
+                raise UserError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")
+            yield i, row
+    elif name.endswith(".csv"):
+        with _open_text(path) as f:
+            try:
+                reader = csv.DictReader(f)
+                for row in reader:
+                    yield reader.line_num, row
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            except csv.Error as e:
+                raise UserError(f"{path}:{reader.line_num}: broken CSV ({e})") from None
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises many types for a broken file
+            raise UserError(f"{path}: not a readable Parquet file ({e})") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
+            yield i, row
+    else:
+        raise UserError(f"{path}: unknown file type (expected .jsonl, .json, .csv or .parquet, optionally .gz)")
+
+
+# --------------------------------------------------------------------------------------------- readers
+
+
+def generic_record(row: dict[str, Any], where: str, source: str) -> Record:
+    if "prompt" not in row or row["prompt"] is None:
+        raise _fail(where, "prompt", "is missing")
+    record = Record(
+        where=where,
+        prompt=parse_conversation(row["prompt"], where),
+        prompt_id=_optional_id(row.get("prompt_id"), where, "prompt_id"),
+        tags=_tags(row.get("tags"), where),
+        source=source,
+    )
+    has_a, has_b = row.get("response_a") not in (None, ""), row.get("response_b") not in (None, "")
+    if has_a != has_b:
+        raise _fail(where, "response_b" if has_a else "response_a", "a pair needs both response_a and response_b")
+    if has_a:
+        record.response_a = _text(row["response_a"], where, "response_a")
+        record.response_b = _text(row["response_b"], where, "response_b")
+        record.model_a = _text(row.get("model_a") or "", where, "model_a", allow_empty=True)
+        record.model_b = _text(row.get("model_b") or "", where, "model_b", allow_empty=True)
+        record.generation_a = _object(row.get("generation_a"), where, "generation_a")
+        record.generation_b = _object(row.get("generation_b"), where, "generation_b")
+        record.pair_id = _optional_id(row.get("pair_id"), where, "pair_id")
+        if row.get("gold") not in (None, ""):
+            record.gold_choice = parse_choice(row["gold"], where, "gold")
+    if row.get("choice") not in (None, ""):
+        if not has_a:
+            raise _fail(where, "choice", "a judgment needs response_a and response_b")
+        rater = row.get("rater")
+        if rater in (None, ""):
+            raise _fail(where, "rater", "is missing (every judgment needs its rater)")
+        criteria = _object(row.get("criteria"), where, "criteria")
+        record.judgments.append(
+            Judged(
+                rater=_text(str(rater), where, "rater"),
+                choice=parse_choice(row["choice"], where),
+                both_bad=_bool(row.get("both_bad"), where, "both_bad"),
+                rationale=_text(row.get("rationale") or "", where, "rationale", allow_empty=True),
+                criteria={k: parse_choice(v, where, f"criteria.{k}") for k, v in criteria.items()},
+            )
+        )
+    return record
+
+
+def _optional_id(value: Any, where: str, field_name: str) -> str | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    raise _fail(where, field_name, "expected a string or integer id")
+
+
+def split_hh_dialogue(text: str, where: str, field_name: str) -> list[dict[str, str]]:
+    """'\\n\\nHuman: ...\\n\\nAssistant: ...' into messages."""
+    _text(text, where, field_name)
+    messages: list[dict[str, str]] = []
+    rest = text
+    markers = {"\n\nHuman:": "user", "\n\nAssistant:": "assistant"}
+    while rest:
+        starts = [(rest.find(m), m) for m in markers if rest.find(m) != -1]
+        if not starts:
+            if not messages:
+                raise _fail(where, field_name, "has no '\\n\\nHuman:' turn")
+            messages[-1]["content"] += rest  # text after the last marker belongs to that turn
+            break
+        pos, marker = min(starts)
+        if pos > 0 and messages:
+            messages[-1]["content"] += rest[:pos]
+        elif pos > 0 and rest[:pos].strip():
+            raise _fail(where, field_name, "text before the first '\\n\\nHuman:' turn")
+        rest = rest[pos + len(marker):]
+        messages.append({"role": markers[marker], "content": ""})
+    for m in messages:
+        m["content"] = m["content"].strip()
+    return messages
+
+
+def hh_record(row: dict[str, Any], where: str, source: str, rater: str) -> Record:
+    for name in ("chosen", "rejected"):
+        if name not in row:
+            raise _fail(where, name, "is missing")
+    chosen = split_hh_dialogue(row["chosen"], where, "chosen")
+    rejected = split_hh_dialogue(row["rejected"], where, "rejected")
+    return _prefix_pair(chosen, rejected, where, source, rater)
+
+
+def _prefix_pair(
+    chosen: list[dict[str, str]], rejected: list[dict[str, str]], where: str, source: str, rater: str
+) -> Record:
+    """Chosen and rejected conversations that share their prompt turns and end in different assistant turns.
+
+    The prompt is the longest shared run of turns that ends with a user turn. When one side goes on for
+    more than one assistant turn after it (5 of the 2,312 HH harmless test rows do), the rest of that
+    side is kept as its response, written back in the `Human:` / `Assistant:` layout, rather than lost.
+    """
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise _fail(where, "chosen", "both conversations must end with an assistant turn")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared > 0 and chosen[shared - 1]["role"] != "user":
+        shared -= 1
+    if shared == 0:
+        raise _fail(where, "chosen", "has no prompt turns shared with 'rejected' before the responses")
+
+    def rest(messages: list[dict[str, str]]) -> str:
+        tail = messages[shared:]
+        if len(tail) == 1:
+            return tail[0]["content"]
+        names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+        return tail[0]["content"] + "".join(f"\n\n{names[m['role']]}: {m['content']}" for m in tail[1:])
+
+    return Record(
+        where=where,
+        prompt=chosen[:shared],
+        response_a=rest(chosen),
+        response_b=rest(rejected),
+        judgments=[Judged(rater=rater, choice=1)],
+        source=source,
+    )
+
+
+# Workers gave a 1-9 confidence pointing at one summary: 1 = surely the first, 9 = surely the second.
+_SUMMARIZE_CHOICE = {1: 2, 2: 2, 3: 1, 4: 1, 6: -1, 7: -1, 8: -2, 9: -2}
+
+
+def summarize_record(row: dict[str, Any], where: str, source: str) -> Record:
+    try:
+        info, summaries, choice, worker = row["info"], row["summaries"], row["choice"], row["worker"]
+    except KeyError as e:
+        raise _fail(where, e.args[0], "is missing") from None
+    if not isinstance(summaries, list) or len(summaries) != 2:
+        raise _fail(where, "summaries", "expected a list of two summaries")
+    if choice not in (0, 1):
+        raise _fail(where, "choice", f"{choice!r} is not 0 or 1")
+    confidence = (row.get("extra") or {}).get("confidence")
+    strength = _SUMMARIZE_CHOICE.get(confidence, 1 if choice == 0 else -1)
+    if (strength > 0) != (choice == 0):  # a confidence that contradicts the choice: trust the choice
+        strength = 1 if choice == 0 else -1
+    post = _text(info.get("post") or "", where, "info.post")
+    prompt = (
+        f"SUBREDDIT: r/{info.get('subreddit') or ''}\nTITLE: {info.get('title') or ''}\nPOST: {post}\n\nTL;DR:"
+    )
+    return Record(
+        where=where,
+        prompt=[{"role": "user", "content": prompt}],
+        prompt_id=_optional_id(info.get("id"), where, "info.id"),
+        response_a=_text(summaries[0].get("text"), where, "summaries[0].text"),
+        response_b=_text(summaries[1].get("text"), where, "summaries[1].text"),
+        model_a=summaries[0].get("policy") or "",
+        model_b=summaries[1].get("policy") or "",
+        judgments=[Judged(rater=f"summarize:{worker}", choice=strength, confidence=confidence)],
+        source=source,
+    )
+
+
+_FINEGRAINED_PAIRS = [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]
+
+
+def finegrained_records(item: dict[str, Any], where: str, source: str, rater: str) -> list[Record]:
+    question = _text(item.get("question"), where, "question")
+    passages = item.get("passages") or []
+    context = "\n\n".join(
+        f"{p[0]}: {' '.join(p[1:])}" if isinstance(p, list) and p else str(p) for p in passages
+    )
+    prompt = [{"role": "user", "content": f"{question}\n\nPassages:\n{context}" if context else question}]
+    preference = item.get("preference")
+    if not isinstance(preference, list) or len(preference) != 6:
+        raise _fail(where, "preference", "expected six values for the pairs (1,2) (1,3) (1,4) (2,3) (2,4) (3,4)")
+    records = []
+    for (i, j), value in zip(_FINEGRAINED_PAIRS, preference):
+        if value not in (0, 1, 2):
+            raise _fail(where, "preference", f"{value!r} is not 0 (tie), 1 or 2")
+        records.append(
+            Record(
+                where=where,
+                prompt=prompt,
+                response_a=_text(item.get(f"prediction {i}"), where, f"prediction {i}"),
+                response_b=_text(item.get(f"prediction {j}"), where, f"prediction {j}"),
+                model_a=f"prediction {i}",
+                model_b=f"prediction {j}",
+                judgments=[Judged(rater=rater, choice={0: 0, 1: 1, 2: -1}[value])],
+                source=source,
+            )
+        )
+    return records
+
+
+def alpaca_eval_record(item: dict[str, Any], where: str, source: str) -> Record:
+    for name in ("instruction", "output_1", "output_2", "generator_1", "generator_2"):
+        if name not in item:
+            raise _fail(where, name, "is missing")
+    record = Record(
+        where=where,
+        prompt=[{"role": "user", "content": _text(item["instruction"], where, "instruction")}],
+        response_a=_text(item["output_1"], where, "output_1", allow_empty=True) or " ",
+        response_b=_text(item["output_2"], where, "output_2", allow_empty=True) or " ",
+        model_a=item["generator_1"],
+        model_b=item["generator_2"],
+        source=source,
+    )
+    preference = item.get("preference")
+    # 1 = output_1 better, 2 = output_2 better, 0 or anything between 1 and 2 = a draw; null = not judged.
+    if preference is not None:
+        if not isinstance(preference, (int, float)) or not 0 <= preference <= 2:
+            raise _fail(where, "preference", f"{preference!r} is not 0, 1, 2 or between")
+        choice = 1 if preference == 1 else -1 if preference == 2 else 0
+        record.judgments.append(Judged(rater=f"alpaca-eval:{item.get('annotator') or 'judge'}", choice=choice))
+    return record
+
+
+def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Record:
+    """TRL preference rows: plain or conversational, with an explicit `prompt` or an implicit shared one."""
+    for name in ("chosen", "rejected"):
+        if name not in row or row[name] in (None, "", []):
+            raise _fail(where, name, "is missing")
+    chosen, rejected = row["chosen"], row["rejected"]
+    if "prompt" in row and row["prompt"] not in (None, "", []):
+        prompt = parse_conversation(row["prompt"], where)
+        a = _trl_completion(chosen, where, "chosen")
+        b = _trl_completion(rejected, where, "rejected")
+        record = Record(where=where, prompt=prompt, response_a=a, response_b=b,
+                        judgments=[Judged(rater=rater, choice=1)], source=source)
+    elif isinstance(chosen, list):
+        record = _prefix_pair(
+            parse_conversation(chosen, where, "chosen"), parse_conversation(rejected, where, "rejected"),
+            where, source, rater,
+        )
+    else:
+        chosen, rejected = _text(chosen, where, "chosen"), _text(rejected, where, "rejected")
+        if "\n\nHuman:" in chosen and "\n\nAssistant:" in chosen:
+            return hh_record(row, where, source, rater)
+        raise _fail(where, "prompt", "plain (string) rows need an explicit 'prompt' column")
+    margin = row.get("margin")
+    if isinstance(margin, (int, float)) and margin > 0.75:
+        record.judgments[0].choice = 2
+    return record
+
+
+def _trl_completion(value: Any, where: str, field_name: str) -> str:
+    if isinstance(value, str):
+        return _text(value, where, field_name)
+    messages = parse_conversation(value, where, field_name)
+    if messages[-1]["role"] != "assistant":
+        raise _fail(where, field_name, "the last message must be the assistant's")
+    return messages[-1]["content"]
+
+
+# ----------------------------------------------------------------------------------------------- entry
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower()
+    if "hh" in name and "jsonl" in name:
+        return "hh-rlhf"
+    if "summarize" in name:
+        return "summarize"
+    if "finegrained" in name:
+        return "finegrained-qa"
+    if "annotations.json" in name:
+        return "alpaca-eval"
+    return "generic"
+
+
+def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) -> list[Record]:
+    """Parse and check a whole file. Raises UserError naming file, line and field at the first bad row.
+
+    `rater` names who made the labels of formats that carry no rater id (HH-RLHF, FineGrained, TRL).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    source = f"{fmt}:{path.name}"
+    if path.is_dir():  # a `datasets.save_to_disk` folder
+        return records_from_rows(_rows_from_dataset_dir(path), fmt, source, rater)
+    if fmt == "finegrained-qa":
+        data = read_json_document(path)
+        if not isinstance(data, list):
+            raise UserError(f"{path}: expected a JSON list")
+        out: list[Record] = []
+        for i, item in enumerate(data, start=1):
+            if not isinstance(item, dict):
+                raise UserError(f"{path}: item {i}: expected a JSON object")
+            out.extend(finegrained_records(item, f"{path}: item {i}", source, rater or "finegrained-qa:crowd"))
+        return out
+    rows = ((f"{path}:{n}" if not path.name.endswith(".json") else f"{path}: item {n}", row)
+            for n, row in read_table(path))
+    records = records_from_rows(rows, fmt, source, rater)
+    if not records:
+        raise UserError(f"{path}: no rows")
+    return records
+
+
+def records_from_rows(
+    rows: Iterable[tuple[str, dict[str, Any]]], fmt: str, source: str, rater: str | None = None
+) -> list[Record]:
+    """Records from (where, row) pairs: the same check for files and for `datasets` datasets."""
+    out: list[Record] = []
+    for where, row in rows:
+        if fmt == "generic":
+            out.append(generic_record(row, where, source))
+        elif fmt == "hh-rlhf":
+            out.append(hh_record(row, where, source, rater or "hh-rlhf:crowd"))
+        elif fmt == "summarize":
+            out.append(summarize_record(row, where, source))
+        elif fmt == "alpaca-eval":
+            out.append(alpaca_eval_record(row, where, source))
+        elif fmt == "trl":
+            out.append(trl_record(row, where, source, rater or "trl:label"))
+        elif fmt == "finegrained-qa":
+            out.extend(finegrained_records(row, where, source, rater or "finegrained-qa:crowd"))
+    return out
+
+
+def records_from_dataset(dataset: Any, fmt: str = "generic", name: str = "dataset", rater: str | None = None) -> list[Record]:
+    """Records from an in-memory `datasets.Dataset` (or anything iterable of dicts)."""
+    rows = ((f"{name}: row {i}", dict(row)) for i, row in enumerate(dataset, start=1))
+    records = records_from_rows(rows, fmt, f"{fmt}:{name}", rater)
+    if not records:
+        raise UserError(f"{name}: no rows")
+    return records
+
+
+def _rows_from_dataset_dir(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise UserError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = dataset[next(iter(dataset))]
+    for i, row in enumerate(dataset, start=1):
+        yield f"{path}: row {i}", dict(row)

@@ -1,0 +1,189 @@
+"""Import: parse and check a whole file first, then write it in one transaction.
+
+Any bad row means nothing is imported. Everything is keyed by its content (prompt conversation, response
+text and model, the two responses of a pair, the judgment's source row), so importing the same file twice
+adds nothing the second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from collect.auth import audit
+from collect.formats import Record, content_hash, detect_format, read_records, records_from_dataset
+from collect.models import ImportRun, Judgment, Pair, Project, Prompt, Rater, Response
+
+
+@dataclass
+class ImportResult:
+    records: int
+    prompts: int
+    responses: int
+    pairs: int
+    judgments: int
+    raters: int
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _sensitive_and_domain(tags: list[str]) -> tuple[str, str]:
+    sensitive = sorted({t.split(":", 1)[1] for t in tags if t.startswith("sensitive:")})
+    domains = [t.split(":", 1)[1] for t in tags if t.startswith("domain:")]
+    return ",".join(sensitive), (domains[0] if domains else "")
+
+
+def import_records(
+    session: Session,
+    project: Project,
+    records: list[Record],
+    *,
+    as_gold: bool = False,
+    actor_id: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportResult:
+    """Write checked records into a project. The caller's transaction makes it all-or-nothing.
+
+    as_gold: the records' labels become the pairs' known answers (gold pairs for rater checks)
+    instead of judgments.
+    """
+    result = ImportResult(len(records), 0, 0, 0, 0, 0)
+    pid = project.id
+    prompts = {h: i for h, i in session.execute(
+        select(Prompt.content_hash, Prompt.id).where(Prompt.project_id == pid))}
+    responses = {(p, m, h): i for p, m, h, i in session.execute(
+        select(Response.prompt_id, Response.model, Response.content_hash, Response.id)
+        .join(Prompt, Prompt.id == Response.prompt_id).where(Prompt.project_id == pid))}
+    pairs = {(a, b): i for a, b, i in session.execute(
+        select(Pair.response_a_id, Pair.response_b_id, Pair.id).where(Pair.project_id == pid))}
+    judgment_keys = set(session.scalars(
+        select(Judgment.external_key).where(Judgment.project_id == pid, Judgment.external_key.is_not(None))))
+    raters = {n: i for n, i in session.execute(select(Rater.name, Rater.id))}
+    seen_keys: dict[str, int] = {}
+
+    for n, record in enumerate(records, start=1):
+        prompt_hash = content_hash(record.prompt)
+        prompt_id = prompts.get(prompt_hash)
+        if prompt_id is None:
+            sensitive, domain = _sensitive_and_domain(record.tags)
+            prompt = Prompt(project_id=pid, conversation=record.prompt, tags=record.tags, source=record.source,
+                            external_id=record.prompt_id, content_hash=prompt_hash,
+                            sensitive=sensitive, domain=domain)
+            session.add(prompt)
+            session.flush()
+            prompt_id = prompts[prompt_hash] = prompt.id
+            result.prompts += 1
+        if record.response_a is None:
+            continue
+        ids = []
+        for text, model, generation in ((record.response_a, record.model_a, record.generation_a),
+                                        (record.response_b, record.model_b, record.generation_b)):
+            key = (prompt_id, model, content_hash(text))
+            if key not in responses:
+                response = Response(prompt_id=prompt_id, model=model, content=text, generation=generation,
+                                    content_hash=key[2])
+                session.add(response)
+                session.flush()
+                responses[key] = response.id
+                result.responses += 1
+            ids.append(responses[key])
+        pair_key = (ids[0], ids[1])
+        pair_id = pairs.get(pair_key)
+        gold = record.judgments[0].choice if as_gold and record.judgments else record.gold_choice
+        if pair_id is None:
+            pair = Pair(project_id=pid, prompt_id=prompt_id, response_a_id=ids[0], response_b_id=ids[1],
+                        source=record.source, external_id=record.pair_id,
+                        is_gold=gold is not None, gold_choice=gold)
+            session.add(pair)
+            session.flush()
+            pair_id = pairs[pair_key] = pair.id
+            result.pairs += 1
+        if as_gold:
+            continue
+        for judged in record.judgments:
+            # Content-keyed, with a counter so that two identical rows in one file stay two judgments.
+            base = hashlib.sha256(repr((record.source.split(":", 1)[0], pair_id, judged.rater, judged.choice,
+                                        judged.rationale, judged.both_bad, sorted(judged.criteria.items()),
+                                        judged.confidence)).encode()).hexdigest()
+            seen_keys[base] = seen_keys.get(base, 0) + 1
+            key = f"{base}#{seen_keys[base]}"
+            if key in judgment_keys:
+                continue
+            if judged.rater not in raters:
+                rater = Rater(name=judged.rater, role="rater", external=True)
+                session.add(rater)
+                session.flush()
+                raters[judged.rater] = rater.id
+                result.raters += 1
+            session.add(Judgment(project_id=pid, pair_id=pair_id, rater_id=raters[judged.rater],
+                                 choice=judged.choice, both_bad=judged.both_bad, criteria=judged.criteria,
+                                 rationale=judged.rationale, kind="import", external_key=key,
+                                 confidence=judged.confidence))
+            judgment_keys.add(key)
+            result.judgments += 1
+        if progress and (n % 200 == 0 or n == len(records)):
+            progress(n, len(records))
+    session.flush()
+    _recount_claims(session, pid)
+    audit(session, "import", actor_id, pid, **result.as_dict())
+    return result
+
+
+def _recount_claims(session: Session, project_id: int) -> None:
+    """Imported judgments count toward a pair's overlap like judgments made in the app."""
+    from sqlalchemy import func, update
+
+    from collect.models import Assignment
+
+    judged = select(func.count(Judgment.id)).where(Judgment.pair_id == Pair.id, Judgment.assignment_id.is_(None))
+    open_or_done = select(func.count(Assignment.id)).where(
+        Assignment.pair_id == Pair.id, Assignment.status.in_(("open", "submitted")))
+    session.execute(
+        update(Pair).where(Pair.project_id == project_id)
+        .values(n_claimed=judged.scalar_subquery() + open_or_done.scalar_subquery())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def import_file(
+    session: Session,
+    project: Project,
+    path: str | Path,
+    fmt: str = "auto",
+    *,
+    rater: str | None = None,
+    as_gold: bool = False,
+    actor_id: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportResult:
+    """Import a file (or a save_to_disk folder) into a project, atomically."""
+    records = read_records(path, fmt, rater)
+    fmt = detect_format(Path(path)) if fmt == "auto" else fmt
+    result = import_records(session, project, records, as_gold=as_gold, actor_id=actor_id, progress=progress)
+    path = Path(path)
+    digest = _sha256(path) if path.is_file() else ""
+    session.add(ImportRun(project_id=project.id, path=str(path), format=fmt, sha256=digest, counts=result.as_dict()))
+    return result
+
+
+def import_dataset(
+    session: Session, project: Project, dataset: Any, fmt: str = "generic", *, name: str = "dataset",
+    rater: str | None = None, as_gold: bool = False, actor_id: int | None = None,
+) -> ImportResult:
+    """Import any `datasets` dataset (or list of dicts) in one of the supported row formats."""
+    records = records_from_dataset(dataset, fmt, name, rater)
+    return import_records(session, project, records, as_gold=as_gold, actor_id=actor_id)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,39 @@
+"""Judgments as a table: the one shape the statistics, aggregation and export read."""
+
+from __future__ import annotations
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session, aliased
+
+from collect.models import Judgment, Pair, Response
+
+
+def judgments_frame(session: Session, project_id: int, kinds: tuple[str, ...] = ("rater", "import")) -> pd.DataFrame:
+    """One row per judgment, with the columns listed in collect.aggregate.JUDGMENT_COLUMNS.
+
+    Adjudications are left out by default: they are an admin's ruling, read separately by export.
+    """
+    a, b = aliased(Response), aliased(Response)
+    rows = session.execute(
+        select(Judgment.id.label("judgment_id"), Judgment.pair_id, Judgment.rater_id, Judgment.choice,
+               Judgment.left_is_a, Judgment.both_bad, Judgment.active_seconds, Judgment.submitted_at,
+               Judgment.criteria, Judgment.kind, Pair.prompt_id, Pair.is_gold, Pair.gold_choice,
+               a.content.label("text_a"), b.content.label("text_b"), a.model.label("model_a"),
+               b.model.label("model_b"))
+        .join(Pair, Pair.id == Judgment.pair_id)
+        .join(a, a.id == Pair.response_a_id).join(b, b.id == Pair.response_b_id)
+        .where(Judgment.project_id == project_id, Judgment.kind.in_(kinds))
+        .order_by(Judgment.id)
+    ).mappings().all()
+    frame = pd.DataFrame(rows, columns=[
+        "judgment_id", "pair_id", "rater_id", "choice", "left_is_a", "both_bad", "active_seconds",
+        "submitted_at", "criteria", "kind", "prompt_id", "is_gold", "gold_choice", "text_a", "text_b",
+        "model_a", "model_b"])
+    frame["len_a"] = frame["text_a"].str.len()
+    frame["len_b"] = frame["text_b"].str.len()
+    frame["active_seconds"] = frame["active_seconds"].astype(float)
+    frame["criteria"] = frame["criteria"].map(lambda c: c or None)
+    frame["gold_choice"] = frame["gold_choice"].astype(object).where(frame["gold_choice"].notna(), None)
+    frame["left_is_a"] = frame["left_is_a"].astype(object).where(frame["left_is_a"].notna(), None)
+    return frame.drop(columns=["text_a", "text_b"])

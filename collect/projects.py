@@ -1,0 +1,204 @@
+"""Projects, raters and memberships: who may see what."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from collect.auth import audit, hash_password, verify_password
+from collect.errors import PermissionDenied, UserError
+from collect.models import ROLES, ROUTING, Membership, Project, Rater
+
+
+@dataclass
+class ProjectSettings:
+    """Everything an admin sets when creating a project."""
+
+    guidelines: str = ""
+    """Markdown shown to raters in a collapsible panel."""
+    description: str = ""
+    rubric: list[dict[str, Any]] | None = None
+    """Criteria rated per pair: [{"name": "helpfulness", "description": "..."}]. Each is a 5-point choice."""
+    overlap: int = 3
+    """k: how many different raters judge each pair."""
+    gold_rate: float = 0.0
+    """Share of served items that are gold pairs (known answer), mixed in unannounced."""
+    pay_rate: float = 0.0
+    """Pay per active hour, in `currency`."""
+    currency: str = "USD"
+    lease_seconds: int = 900
+    """An assignment not submitted within this time returns to the pool."""
+    routing: str = "experts_first"
+    """`any`, `experts_first` (domain-tagged prompts go to matching experts first) or `experts_only`."""
+    sensitive_daily_cap: int = 20
+    """Most items tagged `sensitive:*` one rater is served per day."""
+    break_after_minutes: int = 50
+    """A break reminder after this much active time without a pause."""
+    idle_seconds: int = 120
+    """Gaps between a rater's actions longer than this are not counted as active time."""
+
+
+def _check_settings(settings: ProjectSettings) -> None:
+    if settings.overlap < 1:
+        raise UserError("overlap must be at least 1")
+    if not 0 <= settings.gold_rate <= 1:
+        raise UserError("gold_rate must be between 0 and 1")
+    if settings.pay_rate < 0:
+        raise UserError("pay_rate must not be negative")
+    if settings.routing not in ROUTING:
+        raise UserError(f"routing must be one of {', '.join(ROUTING)}")
+    for criterion in settings.rubric or []:
+        if not isinstance(criterion, dict) or not criterion.get("name"):
+            raise UserError("each rubric criterion needs a 'name'")
+
+
+def create_project(
+    session: Session, name: str, settings: ProjectSettings | None = None, actor_id: int | None = None
+) -> Project:
+    settings = settings or ProjectSettings()
+    if not name or not name.strip():
+        raise UserError("a project needs a name")
+    _check_settings(settings)
+    if session.scalar(select(Project).where(Project.name == name)):
+        raise UserError(f"project {name!r} already exists")
+    values = dict(settings.__dict__)
+    values["rubric"] = values["rubric"] or []
+    project = Project(name=name, **values)
+    session.add(project)
+    session.flush()
+    audit(session, "project.create", actor_id, project.id, name=name, settings=values)
+    return project
+
+
+def update_project(session: Session, project: Project, actor_id: int | None = None, **changes: Any) -> Project:
+    settings = ProjectSettings(**{k: getattr(project, k) for k in ProjectSettings.__dataclass_fields__})
+    for key, value in changes.items():
+        if key not in ProjectSettings.__dataclass_fields__:
+            raise UserError(f"unknown project setting {key!r}")
+        setattr(settings, key, value)
+    _check_settings(settings)
+    for key, value in changes.items():
+        setattr(project, key, value)
+    audit(session, "project.update", actor_id, project.id, changes=changes)
+    return project
+
+
+def get_project(session: Session, name_or_id: str | int) -> Project:
+    if isinstance(name_or_id, int) or (isinstance(name_or_id, str) and name_or_id.isdigit()):
+        project = session.get(Project, int(name_or_id))
+        if project is None:
+            project = session.scalar(select(Project).where(Project.name == str(name_or_id)))
+    else:
+        project = session.scalar(select(Project).where(Project.name == name_or_id))
+    if project is None:
+        raise UserError(f"no project {name_or_id!r} (see `prefloop project list`)")
+    return project
+
+
+def list_projects(session: Session) -> list[Project]:
+    return list(session.scalars(select(Project).order_by(Project.id)))
+
+
+def add_rater(
+    session: Session,
+    name: str,
+    password: str | None = None,
+    *,
+    role: str = "rater",
+    expertise: list[str] | None = None,
+    sensitive_opt_in: list[str] | None = None,
+    projects: list[Project] | None = None,
+    actor_id: int | None = None,
+) -> Rater:
+    """Add a person who can log in (or, with no password, a rater known only by name)."""
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}")
+    if not name or not name.strip():
+        raise UserError("a rater needs a name")
+    for tag in expertise or []:
+        if not tag.startswith("domain:"):
+            raise UserError(f"expertise tag {tag!r} must look like 'domain:<name>'")
+    if session.scalar(select(Rater).where(Rater.name == name)):
+        raise UserError(f"rater {name!r} already exists")
+    rater = Rater(
+        name=name,
+        role=role,
+        password_hash=hash_password(password) if password else None,
+        expertise=list(expertise or []),
+        sensitive_opt_in=sorted(set(sensitive_opt_in or [])),
+    )
+    session.add(rater)
+    session.flush()
+    for project in projects or []:
+        add_member(session, project, rater, actor_id=actor_id)
+    audit(session, "rater.add", actor_id, None, rater=name, role=role, expertise=rater.expertise)
+    return rater
+
+
+def get_rater(session: Session, name_or_id: str | int) -> Rater:
+    if isinstance(name_or_id, int):
+        rater = session.get(Rater, name_or_id)
+    else:
+        rater = session.scalar(select(Rater).where(Rater.name == name_or_id))
+    if rater is None:
+        raise UserError(f"no rater {name_or_id!r} (see `prefloop rater list`)")
+    return rater
+
+
+def list_raters(session: Session, project: Project | None = None) -> list[Rater]:
+    query = select(Rater).order_by(Rater.id)
+    if project is not None:
+        query = query.join(Membership, Membership.rater_id == Rater.id).where(Membership.project_id == project.id)
+    return list(session.scalars(query))
+
+
+def add_member(session: Session, project: Project, rater: Rater, actor_id: int | None = None) -> None:
+    if is_member(session, project.id, rater.id):
+        return
+    try:
+        with session.begin_nested():
+            session.add(Membership(project_id=project.id, rater_id=rater.id))
+    except IntegrityError:
+        return  # added by someone else meanwhile
+    audit(session, "membership.add", actor_id, project.id, rater=rater.name)
+
+
+def is_member(session: Session, project_id: int, rater_id: int) -> bool:
+    return bool(session.scalar(select(func.count(Membership.id)).where(
+        Membership.project_id == project_id, Membership.rater_id == rater_id)))
+
+
+def projects_of(session: Session, rater: Rater) -> list[Project]:
+    """Projects a rater may see: their memberships (admins see every project)."""
+    if rater.role == "admin":
+        return list_projects(session)
+    return list(session.scalars(select(Project).join(Membership, Membership.project_id == Project.id)
+                                .where(Membership.rater_id == rater.id).order_by(Project.id)))
+
+
+def authenticate(session: Session, name: str, password: str) -> Rater | None:
+    rater = session.scalar(select(Rater).where(Rater.name == name))
+    if rater is None or not verify_password(rater, password):
+        return None
+    return rater
+
+
+def require_member(session: Session, project_id: int, rater_id: int) -> Rater:
+    """The rater, if they may work in this project; PermissionDenied otherwise."""
+    rater = session.get(Rater, rater_id)
+    if rater is None or rater.external:
+        raise PermissionDenied("unknown rater")
+    if rater.role != "admin" and not is_member(session, project_id, rater_id):
+        raise PermissionDenied("not a member of this project")
+    return rater
+
+
+def require_admin(session: Session, rater_id: int | None) -> Rater:
+    rater = session.get(Rater, rater_id) if rater_id is not None else None
+    if rater is None or rater.role != "admin":
+        raise PermissionDenied("admins only")
+    return rater

@@ -1,0 +1,249 @@
+"""Serving pairs and taking judgments, on SQLite and PostgreSQL, single-threaded and under concurrency."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from collect import db
+from collect.assign import (
+    flag_harmful, next_assignment, rater_summary, record_activity, review_flag, skip, submit_judgment, undo_last,
+)
+from collect.errors import PermissionDenied, UserError
+from collect.ingest import import_dataset
+from collect.models import Assignment, Judgment, Pair, utcnow
+from collect.projects import ProjectSettings, add_rater, create_project
+
+
+def setup_project(url: str, n_pairs: int = 6, overlap: int = 2, raters: int = 3, tags=None, **settings):
+    """A project with n pairs and raters r0..r(n-1); returns (project id, rater ids, admin id)."""
+    rows = [{"prompt": f"question {i}", "response_a": f"answer a{i}", "response_b": f"answer b{i}",
+             "tags": (tags or {}).get(i, [])} for i in range(n_pairs)]
+    with db.session_scope(url) as s:
+        project = create_project(s, "p", ProjectSettings(overlap=overlap, rubric=[{"name": "helpful"}], **settings))
+        import_dataset(s, project, rows)
+        ids = [add_rater(s, f"r{i}", "pw", projects=[project]).id for i in range(raters)]
+        admin = add_rater(s, "boss", "pw", role="admin").id
+        return project.id, ids, admin
+
+
+def judge(url, project_id, rater_id, choice=1, now=None):
+    with db.session_scope(url) as s:
+        served = next_assignment(s, project_id, rater_id, now=now)
+        if served is None:
+            return None
+        submit_judgment(s, rater_id, served.assignment_id, choice, client_token=uuid.uuid4().hex, now=now)
+        return served
+
+
+def test_overlap_and_never_twice(db_url):
+    pid, raters, _ = setup_project(db_url, n_pairs=5, overlap=2, raters=3)
+    seen = {r: [] for r in raters}
+    for _ in range(10):
+        for r in raters:
+            served = judge(db_url, pid, r)
+            if served:
+                seen[r].append(served.assignment_id)
+    with db.session_scope(db_url) as s:
+        per_pair = Counter(s.scalars(select(Judgment.pair_id)))
+        pairs_by_rater = Counter(s.execute(select(Judgment.rater_id, Judgment.pair_id)).all())
+    assert sorted(per_pair.values()) == [2] * 5  # every pair exactly k, never more
+    assert max(pairs_by_rater.values()) == 1  # no rater judged a pair twice
+    assert judge(db_url, pid, raters[0]) is None  # nothing left
+
+
+def test_choice_is_stored_relative_to_a_and_b(db_url):
+    pid, (r,), _ = setup_project(db_url, n_pairs=8, overlap=1, raters=1)
+    for _ in range(8):
+        with db.session_scope(db_url) as s:
+            served = next_assignment(s, pid, r)
+            # "left is much better" on screen
+            submit_judgment(s, r, served.assignment_id, 2, client_token=uuid.uuid4().hex)
+            assignment = s.get(Assignment, served.assignment_id)
+            pair = s.get(Pair, assignment.pair_id)
+            expected_left = pair.response_a.content if assignment.left_is_a else pair.response_b.content
+            assert served.left == expected_left
+    with db.session_scope(db_url) as s:
+        rows = s.execute(select(Judgment.choice, Judgment.left_is_a)).all()
+    assert all(choice == (2 if left_is_a else -2) for choice, left_is_a in rows)
+    assert {left for _, left in rows} == {True, False}  # sides are randomized (8 coin flips)
+
+
+def test_submission_is_idempotent_by_client_token(db_url):
+    pid, (r,), _ = setup_project(db_url, n_pairs=2, overlap=1, raters=1)
+    with db.session_scope(db_url) as s:
+        served = next_assignment(s, pid, r)
+        first = submit_judgment(s, r, served.assignment_id, 1, client_token="tok-1").id
+    with db.session_scope(db_url) as s:
+        again = submit_judgment(s, r, served.assignment_id, -2, client_token="tok-1")
+        assert again.id == first and again.choice in (1, -1)
+        assert s.scalar(select(func.count(Judgment.id))) == 1
+        with pytest.raises(UserError, match="already submitted"):
+            submit_judgment(s, r, served.assignment_id, 1, client_token="tok-2")
+
+
+def test_expired_lease_returns_the_pair_to_the_pool(db_url):
+    pid, (r0, r1), _ = setup_project(db_url, n_pairs=1, overlap=1, raters=2, lease_seconds=60)
+    start = utcnow()
+    with db.session_scope(db_url) as s:
+        first = next_assignment(s, pid, r0, now=start)
+        assert first is not None
+        assert next_assignment(s, pid, r1, now=start) is None  # the only slot is leased
+    with db.session_scope(db_url) as s:
+        later = next_assignment(s, pid, r1, now=start + timedelta(seconds=61))
+        assert later is not None  # the lease ran out: r1 gets it
+        submit_judgment(s, r1, later.assignment_id, 1, client_token="late-ok")
+    with db.session_scope(db_url) as s, pytest.raises(UserError, match="lease"):
+        submit_judgment(s, r0, first.assignment_id, 1, client_token="too-late", now=start + timedelta(seconds=62))
+
+
+def test_undo_skip_and_flag(db_url):
+    pid, (r0, r1), admin = setup_project(db_url, n_pairs=3, overlap=1, raters=2)
+    served = judge(db_url, pid, r0)
+    with db.session_scope(db_url) as s:
+        again = undo_last(s, r0, pid)
+        assert again.assignment_id == served.assignment_id
+        assert s.scalar(select(func.count(Judgment.id))) == 0
+    with db.session_scope(db_url) as s:
+        assert next_assignment(s, pid, r0).assignment_id == served.assignment_id  # served again first
+        skip(s, r0, served.assignment_id, "not my field")
+    with db.session_scope(db_url) as s:
+        other = next_assignment(s, pid, r0)
+        flag_harmful(s, r0, other.assignment_id, "graphic content")
+        flagged = s.get(Assignment, other.assignment_id).pair_id
+    with db.session_scope(db_url) as s:
+        # r1 can get the skipped pair but never the flagged one
+        got = set()
+        while (x := next_assignment(s, pid, r1)) is not None:
+            got.add(s.get(Assignment, x.assignment_id).pair_id)
+            submit_judgment(s, r1, x.assignment_id, 0, client_token=uuid.uuid4().hex)
+        assert flagged not in got and len(got) == 2
+        with pytest.raises(PermissionDenied):
+            review_flag(s, r1, flagged, keep=True)
+        review_flag(s, admin, flagged, keep=True)
+    assert judge(db_url, pid, r1) is not None
+
+
+def test_undo_window_and_foreign_assignments(db_url):
+    pid, (r0, r1), _ = setup_project(db_url, n_pairs=2, overlap=2, raters=2)
+    long_ago = utcnow() - timedelta(minutes=5)
+    served = judge(db_url, pid, r0, now=long_ago)
+    with db.session_scope(db_url) as s:
+        with pytest.raises(UserError, match="nothing to undo"):
+            undo_last(s, r0, pid)
+        with pytest.raises(PermissionDenied):
+            submit_judgment(s, r1, served.assignment_id, 1, client_token="steal")
+        with pytest.raises(PermissionDenied):
+            record_activity(s, r1, served.assignment_id)
+
+
+def test_non_members_get_nothing(db_url):
+    pid, _, _ = setup_project(db_url)
+    with db.session_scope(db_url) as s:
+        outsider = add_rater(s, "outsider", "pw").id
+    with db.session_scope(db_url) as s, pytest.raises(PermissionDenied):
+        next_assignment(s, pid, outsider)
+
+
+def test_sensitive_items_need_opt_in_and_respect_the_daily_cap(db_url):
+    tags = {0: ["sensitive:violence"], 1: ["sensitive:violence"], 2: ["sensitive:violence", "sensitive:self-harm"]}
+    pid, (plain,), _ = setup_project(db_url, n_pairs=5, overlap=1, raters=1, tags=tags, sensitive_daily_cap=1)
+    with db.session_scope(db_url) as s:
+        from collect.projects import get_project
+
+        brave = add_rater(s, "brave", "pw", sensitive_opt_in=["violence"], projects=[get_project(s, pid)]).id
+    served = [judge(db_url, pid, plain) for _ in range(5)]
+    assert [x is not None for x in served] == [True, True, False, False, False]
+    assert all(not x.sensitive for x in served if x)
+    # brave sees sensitive items, one a day, never the self-harm one
+    first = judge(db_url, pid, brave)
+    assert first.sensitive == ["violence"]
+    assert judge(db_url, pid, brave) is None
+
+
+def test_domain_routing(db_url):
+    tags = {i: ["domain:medicine"] for i in range(3)}
+    pid, (novice,), _ = setup_project(db_url, n_pairs=6, overlap=1, raters=1, tags=tags, routing="experts_only")
+    with db.session_scope(db_url) as s:
+        from collect.projects import get_project
+
+        doctor = add_rater(s, "doc", "pw", expertise=["domain:medicine"], projects=[get_project(s, pid)]).id
+    first = judge(db_url, pid, doctor)
+    assert first.conversation[0]["content"] in {"question 0", "question 1", "question 2"}  # experts first
+    got = [judge(db_url, pid, novice) for _ in range(6)]
+    assert sorted(x.conversation[0]["content"] for x in got if x) == ["question 3", "question 4", "question 5"]
+
+
+def test_active_time_is_measured_on_the_server(db_url):
+    pid, (r,), _ = setup_project(db_url, n_pairs=1, overlap=1, raters=1, idle_seconds=30, pay_rate=36.0)
+    t0 = utcnow() - timedelta(seconds=100)
+    with db.session_scope(db_url) as s:
+        served = next_assignment(s, pid, r, now=t0)
+        record_activity(s, r, served.assignment_id, now=t0 + timedelta(seconds=10))  # +10
+        record_activity(s, r, served.assignment_id, now=t0 + timedelta(seconds=70))  # idle gap: +30 only
+        j = submit_judgment(s, r, served.assignment_id, 1, client_token="t", now=t0 + timedelta(seconds=75))  # +5
+        assert j.active_seconds == pytest.approx(45)
+        summary = rater_summary(s, r, pid)
+        assert summary.judgments_total == 1
+        assert summary.earnings == pytest.approx(45 / 3600 * 36.0, abs=0.01)
+
+
+def test_gold_pairs_are_mixed_in_and_scored(db_url):
+    pid, (r,), _ = setup_project(db_url, n_pairs=2, overlap=1, raters=1, gold_rate=1.0)
+    gold_rows = [{"prompt": f"gold {i}", "response_a": f"good {i}", "response_b": f"bad {i}", "gold": "A>B"}
+                 for i in range(5)]
+    with db.session_scope(db_url) as s:
+        from collect.projects import get_project
+
+        import_dataset(s, get_project(s, pid), gold_rows)
+    for _ in range(7):
+        with db.session_scope(db_url) as s:
+            served = next_assignment(s, pid, r)
+            left_good = served.left.startswith("good")
+            submit_judgment(s, r, served.assignment_id, 1 if left_good else -1, client_token=uuid.uuid4().hex)
+    with db.session_scope(db_url) as s:
+        summary = rater_summary(s, r, pid)
+        assert summary.gold_judged == 5 and summary.gold_accuracy == 1.0
+
+
+def test_many_threads_one_database(db_url):
+    """20 raters at once: every pair ends with exactly k judgments from k different raters."""
+    n_pairs, overlap, n_raters = 30, 3, 20
+    pid, raters, _ = setup_project(db_url, n_pairs=n_pairs, overlap=overlap, raters=n_raters)
+    errors: list[BaseException] = []
+    acknowledged: list[int] = []
+    lock = threading.Lock()
+
+    def work(rater_id: int) -> None:
+        try:
+            while True:
+                with db.session_scope(db_url) as s:
+                    served = next_assignment(s, pid, rater_id)
+                    if served is None:
+                        return
+                    judgment = submit_judgment(s, rater_id, served.assignment_id, 1, client_token=uuid.uuid4().hex)
+                    judgment_id = judgment.id
+                with lock:
+                    acknowledged.append(judgment_id)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in raters]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+    with db.session_scope(db_url) as s:
+        rows = s.execute(select(Judgment.id, Judgment.pair_id, Judgment.rater_id)).all()
+        claimed = list(s.scalars(select(Pair.n_claimed)))
+    assert sorted(j for j, _, _ in rows) == sorted(acknowledged)  # none lost, none extra
+    per_pair = Counter(p for _, p, _ in rows)
+    assert len(per_pair) == n_pairs and set(per_pair.values()) == {overlap}
+    assert len({(p, r) for _, p, r in rows}) == len(rows)  # k different raters per pair
+    assert claimed == [overlap] * n_pairs
