@@ -89,7 +89,8 @@ WINNERS = ("B", "tie", "A")  # indexed by direction + 1
 def validate_judgments(judgments: pd.DataFrame, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pd.DataFrame:
     """A checked copy of `judgments` with every column of JUDGMENT_COLUMNS; raises UserError naming the fault.
 
-    `required`: columns that must be present and non-null in every row (pair_id, rater_id and choice always are).
+    `required`: columns that must be present (pair_id, rater_id and choice always are, and never empty);
+    the others may hold None or NaN where the contract allows it.
     """
     if not isinstance(judgments, pd.DataFrame):
         raise UserError(f"judgments: expected a pandas DataFrame, got {type(judgments).__name__}")
@@ -101,7 +102,7 @@ def validate_judgments(judgments: pd.DataFrame, required: tuple[str, ...] = REQU
             f"(expected the columns of collect.aggregate.JUDGMENT_COLUMNS: {', '.join(JUDGMENT_COLUMNS)})"
         )
     df = judgments.reset_index(drop=True).copy()
-    for name in need:
+    for name in REQUIRED_COLUMNS:
         null = df[name].isna()
         if null.any():
             raise UserError(f"judgments row {int(np.flatnonzero(null)[0])}: column '{name}' is empty")
@@ -138,7 +139,9 @@ def _integers(column: pd.Series, name: str, low: int | None = None, high: int | 
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         want = f"an integer in {low}..{high}" if low is not None else "an integer"
-        raise UserError(f"judgments row {column.index[row]}: column '{name}': {column.iloc[row]!r} is not {want}")
+        value = column.iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value  # show 3, not np.int64(3)
+        raise UserError(f"judgments row {column.index[row]}: column '{name}': {value!r} is not {want}")
     return values.astype(np.int64)
 
 

@@ -1,0 +1,115 @@
+"""Leaderboard: Bradley-Terry by hand and on planted strengths, Elo, win rates, the AlpacaEval order."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collect.errors import UserError
+from collect.leaderboard import (
+    bradley_terry,
+    elo,
+    leaderboard,
+    plot_leaderboard,
+    plot_win_rates,
+    win_rate_matrix,
+)
+
+ALPACA_EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "alpaca_eval"
+
+
+def games(rows):
+    """rows of (model_a, model_b, choice)."""
+    return pd.DataFrame(
+        [{"pair_id": i, "rater_id": 1, "model_a": a, "model_b": b, "choice": c} for i, (a, b, c) in enumerate(rows)]
+    )
+
+
+def test_two_models_by_hand():
+    # x beats y 3 times out of 4 (the third row has x as B): the MLE is P = 0.75, a gap of 400 * log10(3).
+    df = games([("x", "y", 1), ("x", "y", 2), ("y", "x", -1), ("x", "y", -1)])
+    board = bradley_terry(df, n_boot=0).set_index("model")
+    assert board.loc["x", "rating"] - board.loc["y", "rating"] == pytest.approx(400 * np.log10(3), abs=1e-3)
+    assert board["rating"].mean() == pytest.approx(1000)
+    anchored = bradley_terry(df, n_boot=50, anchor="y").set_index("model")
+    assert anchored.loc["y", "rating"] == 1000 and anchored.loc["y", "ci_low"] == pytest.approx(1000)
+    # Ties count half a win each way: only ties means equal ratings.
+    even = bradley_terry(games([("x", "y", 0)] * 6 + [("y", "z", 0)] * 6), n_boot=0)
+    assert np.allclose(even["rating"], 1000)
+
+
+def test_bradley_terry_recovers_planted_ratings():
+    rng = np.random.default_rng(0)
+    planted = {"m0": 1200.0, "m1": 1100.0, "m2": 1000.0, "m3": 950.0, "m4": 750.0}
+    names = list(planted)
+    rows = []
+    for _ in range(6000):
+        a, b = rng.choice(len(names), size=2, replace=False)
+        p_a = 1 / (1 + 10 ** ((planted[names[b]] - planted[names[a]]) / 400))
+        rows.append((names[a], names[b], int(rng.choice([1, 2])) if rng.random() < p_a else -1))
+    board = bradley_terry(games(rows), n_boot=300).set_index("model")
+    truth = pd.Series(planted) - np.mean(list(planted.values())) + 1000
+    assert list(board.index) == names  # best first, in the planted order
+    assert np.abs(board["rating"] - truth[board.index]).max() < 25
+    covered = (board["ci_low"] <= truth[board.index]) & (truth[board.index] <= board["ci_high"])
+    assert covered.sum() >= 4
+    assert ((board["ci_high"] - board["ci_low"]) < 80).all()
+
+
+def test_elo_and_win_rates_by_hand():
+    df = games([("x", "y", 1)])
+    first = elo(df, k=4).set_index("model")["elo"]
+    assert first["x"] == pytest.approx(1002) and first["y"] == pytest.approx(998)
+    df = games([("x", "y", 1), ("x", "y", 0), ("y", "x", 2), ("z", "x", -2), ("z", "z", 1), (None, "x", 1)])
+    matrix = win_rate_matrix(df)
+    assert list(matrix.index) == ["x", "y", "z"]
+    assert matrix.loc["x", "y"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert matrix.loc["y", "x"] == pytest.approx(1 - (1 + 0.5 + 0) / 3)
+    assert matrix.loc["x", "z"] == 1.0 and np.isnan(matrix.loc["y", "z"]) and np.isnan(matrix.loc["x", "x"])
+    # Elo follows submission time, not row order: x's only loss comes first in time here.
+    timed = games([("x", "y", 1), ("x", "y", -1)]).assign(
+        submitted_at=pd.to_datetime(["2024-01-02", "2024-01-01"])
+    )
+    assert elo(timed).set_index("model").loc["x", "elo"] > 1000
+
+
+def test_leaderboard_table_and_plots(tmp_path):
+    df = games([("x", "y", 1)] * 8 + [("y", "x", 1)] * 2 + [("y", "z", 1)] * 7 + [("z", "y", 2)] * 3)
+    board = leaderboard(df, n_boot=100)
+    assert list(board.columns) == ["rank", "model", "rating", "ci_low", "ci_high", "elo", "win_rate", "n_games"]
+    assert list(board["model"]) == ["x", "y", "z"] and list(board["rank"]) == [1, 2, 3]
+    assert board.set_index("model").loc["y", "n_games"] == 20
+    assert board.set_index("model").loc["x", "win_rate"] == pytest.approx(0.8)
+    fig = plot_leaderboard(board)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["z", "y", "x"]
+    fig.savefig(tmp_path / "board.png")
+    plot_win_rates(win_rate_matrix(df)).savefig(tmp_path / "wins.png")
+    assert (tmp_path / "board.png").stat().st_size > 1000 and (tmp_path / "wins.png").stat().st_size > 1000
+
+
+def test_bad_inputs():
+    with pytest.raises(UserError, match="model_a"):
+        bradley_terry(pd.DataFrame({"pair_id": [1], "rater_id": [1], "choice": [1]}))
+    with pytest.raises(UserError, match="no judgment compares"):
+        bradley_terry(games([(None, None, 1), ("x", "x", 1)]))
+    with pytest.raises(UserError, match="anchor"):
+        bradley_terry(games([("x", "y", 1)]), anchor="gpt-9")
+
+
+@pytest.mark.skipif(not ALPACA_EVAL.exists(), reason="needs ../shared/data/alpaca_eval")
+def test_alpaca_eval_models_come_out_in_win_rate_order():
+    from collect.formats import read_records
+
+    rows = []
+    for path in sorted(ALPACA_EVAL.glob("*.annotations.json")):
+        for record in read_records(path):
+            for judged in record.judgments:
+                rows.append((record.model_a, record.model_b, judged.choice))
+    df = games(rows)
+    reference = "text_davinci_003"
+    matrix = win_rate_matrix(df)
+    by_win_rate = matrix[reference].drop(reference).sort_values(ascending=False).index.tolist()
+    assert by_win_rate == ["claude", "gpt-3.5-turbo-0301", "vicuna-13b", "alpaca-7b"]
+    board = bradley_terry(df, n_boot=200)
+    assert board["model"].tolist() == ["claude", "gpt-3.5-turbo-0301", "vicuna-13b", reference, "alpaca-7b"]
