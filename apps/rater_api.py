@@ -1,0 +1,150 @@
+"""A small JSON API for programmatic raters (and load tests), beside the Gradio app on the same server.
+
+The same collect/ calls and the same identity rules as the Gradio app: HTTP Basic checked against the
+database (or the trusted SSO header when the server runs with --auth-header). Choices are in screen terms,
+as the app takes them: +2 means the `left` response is much better. Every POST must carry a JSON body
+(`Content-Type: application/json`): a cross-site form cannot send one without a CORS preflight, which this
+server never grants, so a logged-in browser behind an SSO proxy cannot be made to post judgments.
+
+    POST /api/v1/projects/{project_id}/next          -> {"assignment": {...} | null}
+    POST /api/v1/assignments/{assignment_id}/judgment {"choice": 1, "client_token": "..."} -> {"judgment_id": 7}
+    POST /api/v1/assignments/{assignment_id}/skip     {"reason": "..."}
+    POST /api/v1/assignments/{assignment_id}/flag     {"reason": "..."}
+    POST /api/v1/assignments/{assignment_id}/activity {}
+    POST /api/v1/projects/{project_id}/undo           {} -> {"assignment": {...}}
+    GET  /api/v1/projects                             -> {"projects": [...]}
+    GET  /api/v1/projects/{project_id}/me             -> the rater's own summary
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Optional
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from apps.web_auth import Unauthenticated, rater_from_http
+from collect import db
+from collect.assign import (
+    Served, flag_harmful, next_assignment, rater_summary, record_activity, reveal, skip, submit_judgment, undo_last,
+)
+from collect.errors import PermissionDenied, UserError
+from collect.models import Rater
+from collect.projects import projects_of
+
+
+class Judgment(BaseModel):
+    """A judgment in screen terms: +2 left much better, +1 left better, 0 tie, -1 right better, -2 right much."""
+
+    model_config = ConfigDict(extra="forbid")
+    choice: StrictInt
+    client_token: str = Field(min_length=1, max_length=100)
+    """Any unique string per judgment: sending the same one again returns the first judgment (safe retries)."""
+    both_bad: StrictBool = False
+    criteria: dict[str, StrictInt] = Field(default_factory=dict)
+    rationale: str = ""
+    rewrite: Optional[str] = None
+
+
+class Reason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class Empty(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _served(served: Served | None) -> dict[str, Any] | None:
+    if served is None:
+        return None
+    out = asdict(served)
+    out["lease_expires_at"] = served.lease_expires_at.isoformat() + "Z"
+    return out
+
+
+def _require_json(request: Request) -> None:
+    if request.method == "POST" and not request.headers.get("content-type", "").startswith("application/json"):
+        raise HTTPException(415, "send a JSON body (Content-Type: application/json)")
+
+
+def api_router(db_url: str, auth_header: str | None = None) -> APIRouter:
+    """The /api/v1 routes; `add_error_handlers` must be applied to the app that includes them."""
+
+    def caller(request: Request) -> Rater:
+        return rater_from_http(request.headers, db_url, auth_header)
+
+    router = APIRouter(dependencies=[Depends(_require_json)])
+
+    @router.get("/projects")
+    def projects(rater: Rater = Depends(caller)) -> dict:
+        with db.session_scope(db_url) as session:
+            return {"projects": [{"id": p.id, "name": p.name, "description": p.description, "rubric": p.rubric,
+                                  "guidelines": p.guidelines} for p in projects_of(session, rater)]}
+
+    @router.post("/projects/{project_id}/next")
+    def next_(project_id: int, _body: Empty, rater: Rater = Depends(caller)) -> dict:
+        with db.session_scope(db_url) as session:
+            served = next_assignment(session, project_id, rater.id)
+            if served is not None and served.sensitive:
+                # An API client receives the content at once: recorded as revealed now.
+                reveal(session, rater.id, served.assignment_id)
+            return {"assignment": _served(served)}
+
+    @router.post("/assignments/{assignment_id}/judgment")
+    def judgment(assignment_id: int, body: Judgment, rater: Rater = Depends(caller)) -> dict:
+        with db.session_scope(db_url) as session:
+            j = submit_judgment(session, rater.id, assignment_id, body.choice, client_token=body.client_token,
+                                both_bad=body.both_bad, criteria=body.criteria, rationale=body.rationale,
+                                rewrite=body.rewrite)
+            judgment_id = j.id
+        # Returned only after the commit: an acknowledged judgment is a committed one.
+        return {"judgment_id": judgment_id, "assignment_id": assignment_id}
+
+    @router.post("/assignments/{assignment_id}/skip")
+    def skip_(assignment_id: int, body: Reason, rater: Rater = Depends(caller)) -> dict:
+        with db.session_scope(db_url) as session:
+            skip(session, rater.id, assignment_id, body.reason)
+        return {"ok": True}
+
+    @router.post("/assignments/{assignment_id}/flag")
+    def flag(assignment_id: int, body: Reason, rater: Rater = Depends(caller)) -> dict:
+        with db.session_scope(db_url) as session:
+            flag_harmful(session, rater.id, assignment_id, body.reason)
+        return {"ok": True}
+
+    @router.post("/assignments/{assignment_id}/activity")
+    def activity(assignment_id: int, _body: Empty, rater: Rater = Depends(caller)) -> dict:
+        with db.session_scope(db_url) as session:
+            return {"active_seconds": record_activity(session, rater.id, assignment_id)}
+
+    @router.post("/projects/{project_id}/undo")
+    def undo(project_id: int, _body: Empty, rater: Rater = Depends(caller)) -> dict:
+        with db.session_scope(db_url) as session:
+            return {"assignment": _served(undo_last(session, rater.id, project_id))}
+
+    @router.get("/projects/{project_id}/me")
+    def me(project_id: int, rater: Rater = Depends(caller)) -> dict:
+        with db.session_scope(db_url) as session:
+            return asdict(rater_summary(session, rater.id, project_id))
+
+    return router
+
+
+def add_error_handlers(app: FastAPI, auth_header: str | None = None) -> None:
+    """collect's errors as JSON: 401 who are you, 403 not yours, 400 bad request."""
+
+    @app.exception_handler(Unauthenticated)
+    def unauthenticated(_request: Request, e: Unauthenticated) -> JSONResponse:
+        headers = {} if auth_header else {"WWW-Authenticate": 'Basic realm="prefloop"'}
+        return JSONResponse({"error": str(e)}, status_code=401, headers=headers)
+
+    @app.exception_handler(PermissionDenied)
+    def denied(_request: Request, e: PermissionDenied) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=403)
+
+    @app.exception_handler(UserError)
+    def bad(_request: Request, e: UserError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=400)

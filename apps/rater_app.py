@@ -1,0 +1,378 @@
+"""The rater app: experts compare two responses, by mouse or by keyboard alone.
+
+Business rules live in collect.assign; this module lays out the screen and calls it. Every event handler is
+also an HTTP endpoint anyone can call with any arguments, so each one starts from the authenticated caller
+(`current_rater`) and lets collect/ check membership and ownership. The assignment being judged comes from
+`gr.State`, which Gradio keeps on the server per browser session (a client cannot write it); ids, sides
+and times are never taken from the client. Choices arrive in screen terms (left/right); collect maps them
+to the pair's A and B with the side it recorded when it served the pair.
+"""
+
+import functools
+import html
+import logging
+import secrets
+from typing import Any, Callable
+
+import gradio as gr
+
+from apps.render import code_css, render_conversation, render_markdown
+from apps.web_auth import current_rater
+from collect import db
+from collect.assign import (
+    UNDO_SECONDS, Served, flag_harmful, next_assignment, rater_summary, record_activity, reveal, skip,
+    submit_judgment, undo_last,
+)
+from collect.errors import UserError
+from collect.models import Project
+from collect.projects import projects_of, require_member
+
+log = logging.getLogger(__name__)
+
+MAX_CRITERIA = 8
+"""Rubric criteria shown per pair; a project with more shows the first eight."""
+
+# Screen terms: the left panel is "A" on screen, whatever the pair's stored A is.
+CHOICES = [("A much better  [1]", 2), ("A better  [2]", 1), ("Tie  [3]", 0), ("B better  [4]", -1),
+           ("B much better  [5]", -2)]
+CRITERION_CHOICES = [("A ≫", 2), ("A >", 1), ("=", 0), ("B >", -1), ("B ≫", -2)]
+SKIP_REASONS = ["I can't judge this (outside my expertise)", "The prompt or responses are broken",
+                "Both responses are the same", "Other"]
+
+KEYS_HELP = ("**Keyboard:** `1`–`5` choose · `b` both bad · `Enter` submit · `s` skip · `u` undo "
+             f"(within {UNDO_SECONDS} s) · `Ctrl+Enter` submit while typing")
+
+CSS = """
+.pf-md { max-height: 60vh; overflow: auto; overflow-wrap: anywhere; padding: 0 .5rem; }
+.pf-md pre { white-space: pre-wrap; }
+#pf-conversation { max-height: 40vh; overflow: auto; }
+.pf-turn { margin-bottom: .75rem; }
+.pf-role { font-weight: 600; text-transform: capitalize; opacity: .7; }
+.pf-image-blocked { font-style: italic; opacity: .7; }
+.pf-panel-title { font-weight: 700; font-size: 1.1rem; }
+.pf-blurred { filter: blur(6px); user-select: none; }
+.pf-banner { padding: .5rem .75rem; border-radius: .5rem; background: var(--color-accent-soft); }
+.pf-warning { padding: .75rem; border-radius: .5rem; background: #fff3cd; color: #664d03; }
+""" + code_css(".pf-md .highlight")
+
+# Keys act only outside text fields; Enter on a focused button is left to the button itself.
+# The heartbeat reports activity only while the page is visible and the rater moved, scrolled or typed
+# since the last beat: the server counts the gap, capped at the project's idle threshold.
+HEAD = """
+<script>
+(() => {
+  const click = (sel) => { const el = document.querySelector(sel); if (el) el.click(); };
+  const pick = (i) => {
+    const inputs = document.querySelectorAll('#pf-choice input[type=radio]');
+    if (inputs[i]) inputs[i].click();
+  };
+  document.addEventListener('keydown', (e) => {
+    const t = e.target;
+    const typing = t && (t.tagName === 'TEXTAREA' || t.isContentEditable ||
+      (t.tagName === 'INPUT' && !['radio', 'checkbox'].includes(t.type)));
+    if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); click('#pf-submit'); return; }
+    if (typing || e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
+    if (!document.querySelector('#pf-choice')) return;
+    if ('12345'.includes(e.key) && e.key.length === 1) { e.preventDefault(); pick(Number(e.key) - 1); }
+    else if (e.key === 'b') { e.preventDefault(); click('#pf-both-bad input[type=checkbox]'); }
+    else if (e.key === 's') { e.preventDefault(); click('#pf-skip'); }
+    else if (e.key === 'u') { e.preventDefault(); click('#pf-undo'); }
+    else if (e.key === 'Enter' && t.tagName !== 'BUTTON') { e.preventDefault(); click('#pf-submit'); }
+  });
+  let moved = false;
+  for (const ev of ['keydown', 'mousemove', 'wheel', 'scroll', 'touchstart', 'pointerdown']) {
+    document.addEventListener(ev, () => { moved = true; }, { passive: true, capture: true });
+  }
+  setInterval(() => {
+    if (moved && document.visibilityState === 'visible') { moved = false; click('#pf-heartbeat'); }
+  }, 30000);
+})();
+</script>
+"""
+
+
+def mount_options() -> dict[str, Any]:
+    """Page assets for `gr.mount_gradio_app` (Gradio 6 takes css/head at mount time, not in Blocks)."""
+    return {"css": CSS, "head": HEAD}
+
+
+def _empty_state() -> dict[str, Any]:
+    return {"project_id": None, "assignment_id": None, "token": None, "sensitive": [], "revealed": False}
+
+
+def _handler(fn: Callable) -> Callable:
+    """User errors become a message on screen; anything else is logged and shown without details."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except UserError as e:
+            # gr.Error renders HTML, and messages can quote client input.
+            raise gr.Error(html.escape(str(e)), print_exception=False) from None
+        except Exception:
+            log.exception("rater app handler %s failed", fn.__name__)
+            raise gr.Error("Something went wrong on the server. Try again.", print_exception=False) from None
+
+    return wrapper
+
+
+def _project_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not str(value).isdigit():
+        raise UserError("choose a project first")
+    return int(value)
+
+
+def _panel(title: str, body_html: str) -> str:
+    return f'<div class="pf-panel-title">{html.escape(title)}</div>{body_html}'
+
+
+def _warning(text: str) -> str:
+    return f'<div class="pf-warning">{html.escape(text)}</div>'
+
+
+def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -> gr.Blocks:
+    """The rater app as a gr.Blocks; mount it with `apps.server.create_server` (auth is set at mount)."""
+    db_url = db.database_url(db_url)
+
+    with gr.Blocks(title="prefloop · rate", analytics_enabled=False) as app:
+        state = gr.State(_empty_state())
+        with gr.Row(equal_height=True):
+            who = gr.Markdown("", elem_id="pf-who")
+            project_box = gr.Dropdown(label="Project", choices=[], value=None, interactive=True, scale=2,
+                                      elem_id="pf-project")
+        with gr.Tabs():
+            with gr.Tab("Rate", id="rate"):
+                banner = gr.HTML("", elem_id="pf-banner", js_on_load=None)
+                with gr.Accordion("Guidelines", open=False):
+                    guidelines = gr.HTML("", elem_id="pf-guidelines", js_on_load=None)
+                conversation = gr.HTML("", elem_id="pf-conversation", js_on_load=None)
+                reveal_button = gr.Button("Show this content", visible=False, elem_id="pf-reveal")
+                with gr.Row(equal_height=False):
+                    left = gr.HTML("", elem_id="pf-left", js_on_load=None)
+                    right = gr.HTML("", elem_id="pf-right", js_on_load=None)
+                choice = gr.Radio(CHOICES, value=None, label="Which response is better?", elem_id="pf-choice")
+                both_bad = gr.Checkbox(False, label="Both are bad  [b]", elem_id="pf-both-bad")
+                with gr.Accordion("Criteria", open=True, visible=False) as criteria_box:
+                    criteria = [gr.Radio(CRITERION_CHOICES, value=None, visible=False, elem_id=f"pf-criterion-{i}")
+                                for i in range(MAX_CRITERIA)]
+                rationale = gr.Textbox(label="Rationale (optional)", lines=2, elem_id="pf-rationale")
+                with gr.Accordion("Rewrite the better response (optional)", open=False):
+                    rewrite = gr.Textbox(label="Rewrite", lines=6, elem_id="pf-rewrite")
+                with gr.Row():
+                    submit_button = gr.Button("Submit  [Enter]", variant="primary", elem_id="pf-submit")
+                    skip_button = gr.Button("Skip  [s]", elem_id="pf-skip")
+                    undo_button = gr.Button("Undo last  [u]", elem_id="pf-undo")
+                with gr.Row():
+                    skip_reason = gr.Radio(SKIP_REASONS, value=SKIP_REASONS[0], label="Reason for skipping",
+                                           elem_id="pf-skip-reason")
+                    with gr.Column():
+                        flag_reason = gr.Textbox(label="Harmful content? Say why, and flag it for review",
+                                                 elem_id="pf-flag-reason")
+                        flag_button = gr.Button("Flag as harmful", variant="stop", elem_id="pf-flag")
+                gr.Markdown(KEYS_HELP, elem_id="pf-keys")
+                # The assignment on screen when an event fired: a submission made against a screen that has
+                # since changed (a double press, a second tab) is refused instead of judging the wrong pair.
+                shown = gr.Textbox("", visible="hidden", elem_id="pf-shown")
+                heartbeat_button = gr.Button("heartbeat", visible="hidden", elem_id="pf-heartbeat")
+            with gr.Tab("My stats", id="stats") as stats_tab:
+                stats = gr.Markdown("", elem_id="pf-stats")
+                stats_refresh = gr.Button("Refresh", elem_id="pf-stats-refresh")
+
+        screen = [state, banner, guidelines, conversation, reveal_button, left, right, choice, both_bad,
+                  criteria_box, *criteria, rationale, rewrite, shown]
+
+        def show(served: Served | None, project: Project, note: str = "", revealed: bool = False) -> dict:
+            """Every component of the rating screen for one served assignment (or none left)."""
+            rubric = (project.rubric or [])[:MAX_CRITERIA]
+            out: dict = {
+                guidelines: render_markdown(project.guidelines or "_This project has no guidelines._"),
+                choice: None, both_bad: False, rationale: "", rewrite: "",
+                criteria_box: gr.update(visible=bool(rubric) and served is not None),
+            }
+            for i, box in enumerate(criteria):
+                if i < len(rubric):
+                    label = rubric[i]["name"] + (f": {rubric[i]['description']}" if rubric[i].get("description") else "")
+                    out[box] = gr.update(value=None, visible=True, label=label)
+                else:
+                    out[box] = gr.update(value=None, visible=False)
+            if served is None:
+                out.update({
+                    state: {**_empty_state(), "project_id": project.id},
+                    banner: _warning(note or "Nothing left for you in this project right now. Thank you!"),
+                    conversation: "", left: "", right: "", reveal_button: gr.update(visible=False), shown: "",
+                })
+                return out
+            hidden = bool(served.sensitive) and not revealed
+            out[state] = {"project_id": project.id, "assignment_id": served.assignment_id,
+                          "token": secrets.token_urlsafe(16), "sensitive": served.sensitive, "revealed": revealed}
+            out[shown] = str(served.assignment_id)
+            out[reveal_button] = gr.update(visible=hidden)
+            if hidden:
+                # Withheld until revealed, not merely blurred: nothing reaches the screen unasked.
+                categories = ", ".join(served.sensitive)
+                out[banner] = _warning(f"Content warning: this item may contain {categories}. "
+                                       "It stays hidden until you choose to show it; you may skip it instead.")
+                placeholder = '<div class="pf-md pf-blurred">' + "hidden content " * 40 + "</div>"
+                out.update({conversation: "", left: _panel("Response A", placeholder),
+                            right: _panel("Response B", placeholder)})
+            else:
+                out[banner] = f'<div class="pf-banner">{html.escape(note)}</div>' if note else ""
+                out.update({conversation: render_conversation(served.conversation),
+                            left: _panel("Response A", render_markdown(served.left)),
+                            right: _panel("Response B", render_markdown(served.right))})
+            return out
+
+        def serve(rater_id: int, project_id: int, note: str = "") -> dict:
+            with db.session_scope(db_url) as session:
+                require_member(session, project_id, rater_id)
+                project = session.get(Project, project_id)
+                served = next_assignment(session, project_id, rater_id)
+                return show(served, project, note)
+
+        def own_assignment(current: Any, shown_id: Any = None) -> tuple[int, int]:
+            """(project id, assignment id) of this session's screen; collect still checks ownership."""
+            current = current if isinstance(current, dict) else {}
+            assignment_id = current.get("assignment_id")
+            if not isinstance(assignment_id, int):
+                raise UserError("nothing on screen to act on: choose a project")
+            if shown_id is not None and str(shown_id) != str(assignment_id):
+                raise UserError("the screen changed before this was sent; look at the pair again")
+            return _project_id(current.get("project_id")), assignment_id
+
+        @_handler
+        def on_load(request: gr.Request) -> dict:
+            rater = current_rater(request, db_url)
+            with db.session_scope(db_url) as session:
+                projects = [(p.name, p.id) for p in projects_of(session, rater)]
+            out = {who: f"Signed in as **{html.escape(rater.name)}**"
+                        + ("" if auth_header else " · [log out](logout)"),
+                   project_box: gr.update(choices=projects, value=projects[0][1] if len(projects) == 1 else None)}
+            if len(projects) == 1:
+                out.update(serve(rater.id, projects[0][1]))
+            elif not projects:
+                out[banner] = _warning("You are not a member of any project yet. Ask your project admin.")
+            return out
+
+        @_handler
+        def on_project(project_value: Any, request: gr.Request) -> dict:
+            rater = current_rater(request, db_url)
+            if project_value in (None, ""):
+                return {}
+            return serve(rater.id, _project_id(project_value))
+
+        @_handler
+        def on_submit(request: gr.Request, current: Any, shown_id: Any, choice_value: Any, both_bad_value: Any,
+                      rationale_value: Any, rewrite_value: Any, *criterion_values: Any) -> dict:
+            rater = current_rater(request, db_url)
+            project_id, assignment_id = own_assignment(current, shown_id)
+            if current.get("sensitive") and not current.get("revealed"):
+                raise UserError("show the content before judging it, or skip it")
+            if choice_value is None:
+                raise UserError("choose which response is better (keys 1-5) before submitting")
+            with db.session_scope(db_url) as session:
+                project = session.get(Project, project_id)
+                names = [c["name"] for c in (project.rubric or [])[:MAX_CRITERIA]] if project else []
+                scores = {name: value for name, value in zip(names, criterion_values) if value is not None}
+                submit_judgment(session, rater.id, assignment_id, choice_value, client_token=str(current["token"]),
+                                both_bad=bool(both_bad_value), criteria=scores,
+                                rationale=str(rationale_value or ""), rewrite=str(rewrite_value or "") or None)
+            with db.session_scope(db_url) as session:
+                summary = rater_summary(session, rater.id, project_id)
+                project = session.get(Project, project_id)
+                note = f"Saved. {summary.judgments_today} judgment{'s' if summary.judgments_today != 1 else ''} today."
+                if project.break_after_minutes and summary.minutes_since_break >= project.break_after_minutes:
+                    note = (f"Saved. You have been rating for {summary.minutes_since_break:.0f} minutes without "
+                            "a break: please take one (ten minutes away resets this).")
+            return serve(rater.id, project_id, note)
+
+        @_handler
+        def on_skip(current: Any, shown_id: Any, reason: Any, request: gr.Request) -> dict:
+            rater = current_rater(request, db_url)
+            project_id, assignment_id = own_assignment(current, shown_id)
+            with db.session_scope(db_url) as session:
+                skip(session, rater.id, assignment_id, str(reason or ""))
+            return serve(rater.id, project_id, "Skipped.")
+
+        @_handler
+        def on_flag(current: Any, shown_id: Any, reason: Any, request: gr.Request) -> dict:
+            rater = current_rater(request, db_url)
+            project_id, assignment_id = own_assignment(current, shown_id)
+            reason = str(reason or "").strip()
+            if not reason:
+                raise UserError("say briefly why this is harmful, then flag it")
+            with db.session_scope(db_url) as session:
+                flag_harmful(session, rater.id, assignment_id, reason)
+            return {**serve(rater.id, project_id, "Flagged for review and taken out of the queue. Thank you."),
+                    flag_reason: ""}
+
+        @_handler
+        def on_undo(current: Any, request: gr.Request) -> dict:
+            rater = current_rater(request, db_url)
+            current = current if isinstance(current, dict) else {}
+            project_id = _project_id(current.get("project_id"))
+            with db.session_scope(db_url) as session:
+                served = undo_last(session, rater.id, project_id)
+                project = session.get(Project, project_id)
+                return show(served, project, "Your last judgment was taken back: judge this pair again.")
+
+        @_handler
+        def on_reveal(current: Any, request: gr.Request) -> dict:
+            rater = current_rater(request, db_url)
+            project_id, assignment_id = own_assignment(current)
+            with db.session_scope(db_url) as session:
+                reveal(session, rater.id, assignment_id)
+                project = session.get(Project, project_id)
+                served = next_assignment(session, project_id, rater.id)
+                if served is None or served.assignment_id != assignment_id:
+                    raise UserError("this item is no longer yours to judge")
+                out = show(served, project, revealed=True)
+            return out
+
+        @_handler
+        def on_activity(current: Any, request: gr.Request) -> None:
+            rater = current_rater(request, db_url)
+            current = current if isinstance(current, dict) else {}
+            if isinstance(current.get("assignment_id"), int):
+                with db.session_scope(db_url) as session:
+                    record_activity(session, rater.id, current["assignment_id"])
+
+        @_handler
+        def on_stats(current: Any, request: gr.Request) -> str:
+            rater = current_rater(request, db_url)
+            current = current if isinstance(current, dict) else {}
+            project_id = _project_id(current.get("project_id"))
+            with db.session_scope(db_url) as session:
+                s = rater_summary(session, rater.id, project_id)
+                project = session.get(Project, project_id)
+            gold = (f"{s.gold_accuracy:.0%} on {s.gold_judged} check items" if s.gold_accuracy is not None
+                    else f"shown after 5 check items ({s.gold_judged} so far)")
+            return "\n".join([
+                f"### {html.escape(project.name)}", "",
+                "| | |", "|---|---|",
+                f"| Judgments today | {s.judgments_today} |",
+                f"| Judgments in total | {s.judgments_total} |",
+                f"| Active hours today | {s.active_hours_today:.2f} |",
+                f"| Active hours in total | {s.active_hours:.2f} |",
+                f"| Earnings (at {project.pay_rate:g} {html.escape(s.currency)}/active hour) | "
+                f"{s.earnings:.2f} {html.escape(s.currency)} |",
+                f"| Accuracy on check items | {gold} |",
+                f"| Active minutes since your last break | {s.minutes_since_break:.0f} |",
+            ])
+
+        app.load(on_load, None, [who, project_box, *screen], api_name="load")
+        project_box.input(on_project, project_box, screen, api_name="choose_project")
+        submit_button.click(on_submit, [state, shown, choice, both_bad, rationale, rewrite, *criteria], screen,
+                            api_name="submit")
+        skip_button.click(on_skip, [state, shown, skip_reason], screen, api_name="skip")
+        flag_button.click(on_flag, [state, shown, flag_reason], [*screen, flag_reason], api_name="flag")
+        undo_button.click(on_undo, state, screen, api_name="undo")
+        reveal_button.click(on_reveal, state, screen, api_name="reveal")
+        # Active time: every interaction, plus the heartbeat, tells the server the rater is at work.
+        gr.on([choice.input, both_bad.input, rationale.blur, rewrite.blur, heartbeat_button.click,
+               *(box.input for box in criteria)],
+              on_activity, state, None, api_name="activity", show_progress="hidden", queue=False)
+        gr.on([stats_tab.select, stats_refresh.click], on_stats, state, stats, api_name="stats")
+    return app
