@@ -156,37 +156,30 @@ def content_hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+def read_text(path: Path) -> str:
+    """The whole file (gunzipped if .gz) as text; a bad byte is reported with its line."""
+    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object) for each non-empty line, with clear errors for broken lines."""
-    with _open_text(path) as f:
-        line_no = 0
-        while True:
-            line_no += 1
-            try:
-                line = f.readline()
-            except UnicodeDecodeError as e:
-                raise UserError(f"{path}:{line_no}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line:
-                return
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{line_no}: invalid JSON ({e.msg}, column {e.colno})") from None
+    for line_no, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{line_no}: invalid JSON ({e.msg}, column {e.colno})") from None
 
 
 def read_json_document(path: Path) -> Any:
     try:
-        with _open_text(path) as f:
-            return json.load(f)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
 
@@ -208,15 +201,14 @@ def read_table(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise UserError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")
             yield i, row
     elif name.endswith(".csv"):
-        with _open_text(path) as f:
-            try:
-                reader = csv.DictReader(f)
-                for row in reader:
-                    yield reader.line_num, row
-            except UnicodeDecodeError as e:
-                raise UserError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            except csv.Error as e:
-                raise UserError(f"{path}:{reader.line_num}: broken CSV ({e})") from None
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        try:
+            for row in reader:
+                if None in row:
+                    raise UserError(f"{path}:{reader.line_num}: more values than there are columns")
+                yield reader.line_num, row
+        except csv.Error as e:
+            raise UserError(f"{path}:{reader.line_num}: broken CSV ({e})") from None
     elif name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
