@@ -1,0 +1,93 @@
+"""The exported dataset is TRL's conversational preference format: it loads and trains in plain RewardTrainer."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+from sqlalchemy import select
+
+from collect import db
+from collect.export import export_project
+from collect.ingest import import_dataset
+from collect.models import Judgment
+from collect.projects import create_project, get_project
+
+
+def build(url: str) -> None:
+    rows = []
+    for i in range(12):
+        pair = {"prompt": f"Say something kind, number {i}", "response_a": f"You are great {i}",
+                "response_b": f"You are awful {i}", "model_a": "kind", "model_b": "rude"}
+        rows.append({**pair, "rater": "alice", "choice": "A>>B"})
+        rows.append({**pair, "rater": "bob", "choice": "A>B" if i % 3 else "B>A"})
+        rows.append({**pair, "rater": "carol", "choice": "A>B"})
+    rows.append({"prompt": "tied", "response_a": "x", "response_b": "y", "rater": "alice", "choice": "tie"})
+    rows.append({"prompt": "both bad", "response_a": "bad1", "response_b": "bad2", "rater": "alice",
+                 "choice": "A>B", "both_bad": True})
+    with db.session_scope(url) as s:
+        import_dataset(s, create_project(s, "p"), rows)
+
+
+def test_export_formats_and_provenance(db_url, tmp_path):
+    build(db_url)
+    with db.session_scope(db_url) as s:
+        result = export_project(s, get_project(s, "p"), tmp_path / "prefs.jsonl", include_ties=True)
+    assert (result.rows, result.ties, result.both_bad) == (12, 1, 1)
+    rows = [json.loads(line) for line in open(tmp_path / "prefs.jsonl")]
+    assert {r["chosen"][0]["content"].split()[2] for r in rows} == {"great"}
+    unanimous = [r for r in rows if r["agreement"] == 1.0]
+    split = [r for r in rows if r["agreement"] < 1.0]
+    assert len(split) == 4 and all(r["n_judgments"] == 3 for r in rows)
+    assert unanimous[0]["margin"] == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+    assert split[0]["margin"] == pytest.approx((1.0 - 0.5 + 0.5) / 3)
+    ties = [json.loads(line) for line in open(tmp_path / "prefs.ties.jsonl")]
+    assert sorted(t["kind"] for t in ties) == ["both_bad", "tie"]
+    meta = json.loads((tmp_path / "prefs.jsonl.meta.json").read_text())
+    assert meta["aggregation"] == "majority" and meta["rows"] == 12
+
+    with db.session_scope(db_url) as s:
+        folder = export_project(s, get_project(s, "p"), tmp_path / "saved", aggregation="weighted",
+                                min_confidence=0.7)
+    loaded = datasets.load_from_disk(folder.path)
+    # The weighted model reads the lone tie as a weak A (confidence ~0.6): the threshold drops it.
+    assert len(loaded) == 12 and folder.below_confidence == 1
+    assert json.loads((tmp_path / "saved" / "prefloop.json").read_text())["aggregation"] == "weighted"
+
+
+def test_adjudication_overrides_the_vote(sqlite_url, tmp_path):
+    build(sqlite_url)
+    with db.session_scope(sqlite_url) as s:
+        p = get_project(s, "p")
+        judged = s.scalars(select(Judgment).where(Judgment.project_id == p.id)).first()
+        admin_rater = judged.rater_id
+        s.add(Judgment(project_id=p.id, pair_id=judged.pair_id, rater_id=admin_rater, choice=-2,
+                       kind="adjudication"))
+    with db.session_scope(sqlite_url) as s:
+        export_project(s, get_project(s, "p"), tmp_path / "o.jsonl")
+    row = next(r for r in map(json.loads, open(tmp_path / "o.jsonl")) if r["pair_id"] == judged.pair_id)
+    assert row["chosen"][0]["content"].startswith("You are awful") and row["confidence"] == 1.0
+
+
+def test_export_trains_unchanged_in_plain_trl_reward_trainer(sqlite_url, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from tests.tiny_models import tiny_reward_model
+
+    build(sqlite_url)
+    with db.session_scope(sqlite_url) as s:
+        export_project(s, get_project(s, "p"), tmp_path / "prefs.parquet")
+    train = datasets.load_dataset("parquet", data_files=str(tmp_path / "prefs.parquet"))["train"]
+    model_dir = tiny_reward_model(tmp_path / "rm")
+    trainer = RewardTrainer(
+        model=AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1),
+        args=RewardConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4,
+                          bf16=False, gradient_checkpointing=False, report_to=[], use_cpu=True, logging_steps=1,
+                          save_strategy="no"),
+        train_dataset=train,
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
+    result = trainer.train()
+    assert result.global_step == 3 and result.training_loss > 0
