@@ -15,6 +15,7 @@ from rich.table import Table
 
 from collect import db
 from collect.errors import UserError
+from collect.quality_cli import app as quality_app
 
 app = typer.Typer(help="prefloop: a self-hosted RLHF data engine.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -22,6 +23,7 @@ project_app = typer.Typer(help="Create and list projects.", no_args_is_help=True
 rater_app = typer.Typer(help="Add and list raters.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(rater_app, name="rater")
+app.add_typer(quality_app, name="quality", help="Agreement, per-rater quality and the model leaderboard.")
 
 console = Console()
 DB_OPTION = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL (default sqlite:///prefloop.db).")
@@ -201,6 +203,22 @@ def status(
                       str(s.judgments), str(s.raters), f"{s.pairs_complete} (k={s.overlap})",
                       str(s.judgments_needed), f"{s.progress:.0%}")
     console.print(table)
+
+
+@app.command()
+def serve(
+    url: Optional[str] = DB_OPTION,
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(7860),
+    auth_header: Optional[str] = typer.Option(
+        None, help="Trust this header for the user name (e.g. X-Forwarded-User behind an SSO proxy)."),
+) -> None:
+    """Run the rater app (/), the admin dashboard (/admin) and the JSON API (/api/v1)."""
+    from apps.server import serve as run_server
+
+    if not db.is_initialized(url):
+        raise UserError(f"no prefloop database at {db.database_url(url)}: run `prefloop init` first")
+    run_server(host=host, port=port, db_url=db.database_url(url), auth_header=auth_header)
 
 
 def _progress() -> Progress:
