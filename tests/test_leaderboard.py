@@ -113,3 +113,59 @@ def test_alpaca_eval_models_come_out_in_win_rate_order():
     assert by_win_rate == ["claude", "gpt-3.5-turbo-0301", "vicuna-13b", "alpaca-7b"]
     board = bradley_terry(df, n_boot=200)
     assert board["model"].tolist() == ["claude", "gpt-3.5-turbo-0301", "vicuna-13b", reference, "alpaca-7b"]
+
+
+def test_quality_cli_reads_the_database(tmp_path):
+    """The three `prefloop quality` commands on a real SQLite database, against the Python API."""
+    from typer.testing import CliRunner
+
+    from collect import db
+    from collect.formats import Judged, Record
+    from collect.ingest import import_records
+    from collect.judgments import judgments_frame
+    from collect.projects import create_project
+    from collect.quality_cli import app
+
+    rng = np.random.default_rng(0)
+    strength = {"big": 1.0, "mid": 0.0, "small": -1.0}
+    records = []
+    for i in range(90):
+        a, b = rng.choice(list(strength), size=2, replace=False)
+        p_a = 1 / (1 + np.exp(strength[b] - strength[a]))
+        judged = [Judged(rater=f"careful{r}", choice=int(rng.choice([1, 2]) * (1 if rng.random() < p_a else -1)))
+                  for r in range(3)]
+        judged.append(Judged(rater="random", choice=int(rng.integers(-2, 3))))
+        records.append(Record(where=f"test:{i}", prompt=[{"role": "user", "content": f"question {i}"}],
+                              response_a=f"answer {i} by {a}", response_b=f"answer {i} by {b}",
+                              model_a=str(a), model_b=str(b), judgments=judged))
+    url = f"sqlite:///{tmp_path / 'quality.db'}"
+    db.upgrade(url)
+    with db.session_scope(url) as session:
+        project = create_project(session, "cli-check")
+        import_records(session, project, records)
+    with db.session_scope(url) as session:
+        frame = judgments_frame(session, project.id)
+
+    runner = CliRunner()
+    out = tmp_path / "board.csv"
+    result = runner.invoke(app, ["leaderboard", "--project", "cli-check", "--db", url, "--n-boot", "50",
+                                 "--output", str(out), "--plot", str(tmp_path / "board.png")])
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(out)
+    assert written["model"].tolist() == ["big", "mid", "small"]
+    assert np.allclose(written["rating"], leaderboard(frame, n_boot=50)["rating"])
+    assert (tmp_path / "board.png").exists()
+
+    result = runner.invoke(app, ["agreement", "--project", "cli-check", "--db", url, "--n-boot", "50",
+                                 "--output", str(tmp_path / "agreement.csv")])
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "agreement.csv")["n_items"].iloc[0] == 90
+
+    result = runner.invoke(app, ["raters", "--project", "cli-check", "--db", url, "--flagged",
+                                 "--output", str(tmp_path / "raters.csv")])
+    assert result.exit_code == 0, result.output
+    flagged = pd.read_csv(tmp_path / "raters.csv")
+    assert flagged["rater"].tolist() == ["random"]  # the only rater with flags
+
+    result = runner.invoke(app, ["raters", "--project", "nope", "--db", url])
+    assert result.exit_code != 0 and "nope" in str(result.exception)

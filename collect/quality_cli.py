@@ -1,0 +1,142 @@
+"""CLI for the quality statistics: `agreement`, `raters`, `leaderboard` (thin wrappers over the Python API).
+
+Each command reads one project's judgments from the database (`--project`, `--db`), prints a table, and can
+write it as CSV with `--output`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from collect.errors import UserError
+
+app = typer.Typer(help="Quality statistics: inter-rater agreement, per-rater quality, model leaderboard.")
+
+ProjectOption = typer.Option(..., "--project", help="Project name or id.")
+DbOption = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL (default sqlite:///prefloop.db).")
+OutputOption = typer.Option(None, "--output", help="Also write the table to this CSV file.")
+
+
+def load_judgments(project: str, db: str | None) -> tuple[pd.DataFrame, dict[int, str]]:
+    """The project's judgments frame (collect.aggregate.JUDGMENT_COLUMNS) and rater names by id."""
+    from sqlalchemy import select
+
+    from collect.db import database_url, is_initialized, session_scope
+    from collect.judgments import judgments_frame
+    from collect.models import Rater
+    from collect.projects import get_project
+
+    if not is_initialized(db):
+        raise UserError(f"no prefloop database at {database_url(db)}: run `prefloop init` first")
+    with session_scope(db) as session:
+        found = get_project(session, project)
+        frame = judgments_frame(session, found.id)
+        names = dict(session.execute(select(Rater.id, Rater.name)).all())
+    if frame.empty:
+        raise UserError(f"project {project!r} has no judgments yet")
+    return frame, names
+
+
+RATER_SUMMARY = {
+    "rater": "rater", "n_judgments": "n", "gold_accuracy": "gold", "consensus_agreement": "consensus",
+    "left_share": "left", "consistency": "consistent", "median_seconds": "seconds", "longer_share": "longer",
+    "contradiction_rate": "contradicts", "reliability": "reliability", "flags": "flags",
+}
+
+
+def show(table: pd.DataFrame, title: str, output: Path | None, columns: list[str] | dict[str, str] | None = None) -> None:
+    """Print a DataFrame as a rich table (numbers rounded) and optionally save all of it as CSV.
+
+    columns: the columns to print (a dict also renames them for the header); default all.
+    """
+    console = Console()
+    view = Table(title=title)
+    shown = table[list(columns)] if columns is not None else table
+    headers = columns if isinstance(columns, dict) else {c: c for c in shown.columns}
+    for column in shown.columns:
+        numeric = pd.api.types.is_numeric_dtype(shown[column])
+        view.add_column(str(headers[column]), justify="right" if numeric else "left")
+    for row in shown.itertuples(index=False):
+        view.add_row(*(_cell(v) for v in row))
+    console.print(view)
+    if output is not None:
+        table.to_csv(output, index=False)
+        console.print(f"wrote {output}")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return "" if value is None else str(value)
+
+
+@app.command()
+def agreement(
+    project: str = ProjectOption,
+    db: Optional[str] = DbOption,
+    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the confidence intervals."),
+    min_overlap: int = typer.Option(10, help="Pairs two raters must share to get a Cohen's kappa."),
+    pairs: bool = typer.Option(False, "--pairs", help="Also list Cohen's kappa for every rater pair."),
+    seed: int = typer.Option(0, help="Random seed of the bootstrap."),
+    output: Optional[Path] = OutputOption,
+) -> None:
+    """Fleiss' kappa, Krippendorff's alpha (ordinal, 5-point) and mean Cohen's kappa, with 95% intervals."""
+    from collect.agreement import agreement_summary, pairwise_cohen
+
+    frame, names = load_judgments(project, db)
+    summary = agreement_summary(frame, n_boot=n_boot, min_overlap=min_overlap, seed=seed)
+    show(summary, f"Agreement: {project} (95% bootstrap intervals)", output,
+         columns=["statistic", "scale", "level", "estimate", "ci_low", "ci_high", "n_items", "n_raters"])
+    if pairs:
+        table = pairwise_cohen(frame, min_overlap=min_overlap, n_boot=n_boot, seed=seed)
+        for side in ("rater_a", "rater_b"):
+            table[side] = table[side].map(lambda r: names.get(r, r))
+        show(table, "Cohen's kappa per rater pair (directions)", None)
+
+
+@app.command()
+def raters(
+    project: str = ProjectOption,
+    db: Optional[str] = DbOption,
+    flagged: bool = typer.Option(False, "--flagged", help="Only raters with at least one flag."),
+    output: Optional[Path] = OutputOption,
+) -> None:
+    """One row per rater: gold accuracy, consensus, position bias, consistency, speed, length bias, flags."""
+    from collect.rater_quality import rater_table
+
+    frame, names = load_judgments(project, db)
+    table = rater_table(frame)
+    table.insert(1, "rater", table["rater_id"].map(lambda r: names.get(r, str(r))))
+    if flagged:
+        table = table[table["flags"] != ""]
+    # The terminal gets the headline of each check; --output has every column.
+    show(table, f"Raters: {project}", output, columns=RATER_SUMMARY)
+
+
+@app.command()
+def leaderboard(
+    project: str = ProjectOption,
+    db: Optional[str] = DbOption,
+    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the rating intervals."),
+    anchor: Optional[str] = typer.Option(None, help="Pin this model at 1000 (default: mean rating 1000)."),
+    seed: int = typer.Option(0, help="Random seed of the bootstrap."),
+    plot: Optional[Path] = typer.Option(None, help="Also save the ratings plot (PNG, SVG or PDF)."),
+    output: Optional[Path] = OutputOption,
+) -> None:
+    """Bradley-Terry ratings with 95% bootstrap intervals, Elo, and the win-rate matrix."""
+    from collect import leaderboard as lb
+
+    frame, _ = load_judgments(project, db)
+    board = lb.leaderboard(frame, n_boot=n_boot, anchor=anchor, seed=seed)
+    show(board, f"Leaderboard: {project}", output)
+    show(lb.win_rate_matrix(frame).reset_index(), "Win rate of row model against column model", None)
+    if plot is not None:
+        lb.plot_leaderboard(board).savefig(plot, dpi=120)
+        Console().print(f"wrote {plot}")
