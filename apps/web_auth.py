@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable
 
 import anyio
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from collect import db
 from collect.errors import PermissionDenied
@@ -39,23 +40,26 @@ class Unauthenticated(PermissionDenied):
     """No logged-in rater behind this request."""
 
 
-def _load_rater(db_url: str, name: str | None) -> Rater:
+def _load_rater(db_url: str, name: str | None, session: Session | None = None) -> Rater:
     if not name:
         raise Unauthenticated("log in first")
-    with db.session_scope(db_url) as session:
-        rater = session.scalar(select(Rater).where(Rater.name == name))
+    if session is None:
+        with db.session_scope(db_url) as own:
+            return _load_rater(db_url, name, own)
+    rater = session.scalar(select(Rater).where(Rater.name == name))
     # Looked up on every call: a rater removed from the database loses access at once, session or not.
     if rater is None or rater.external:
         raise Unauthenticated("unknown rater")
     return rater
 
 
-def current_rater(request: Any, db_url: str) -> Rater:
+def current_rater(request: Any, db_url: str, session: Session | None = None) -> Rater:
     """The rater behind a Gradio event (`request: gr.Request`), or Unauthenticated.
 
-    The returned Rater is detached from any session: read its id, name and role; do not modify it.
+    Pass the handler's own `session` to look the rater up inside its transaction (one commit per event
+    instead of two); without one, the returned Rater is detached: read its id, name and role only.
     """
-    return _load_rater(db_url, getattr(request, "username", None) if request is not None else None)
+    return _load_rater(db_url, getattr(request, "username", None) if request is not None else None, session)
 
 
 def password_checker(db_url: str) -> Callable[[str, str], Awaitable[bool]]:
@@ -136,20 +140,21 @@ def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return (name, password) if sep and name else None
 
 
-def rater_from_http(headers: Any, db_url: str, auth_header: str | None = None) -> Rater:
+def rater_from_http(headers: Any, db_url: str, auth_header: str | None = None,
+                    session: Session | None = None) -> Rater:
     """The rater behind a plain HTTP request (the JSON API): the trusted header, or HTTP Basic.
 
     `headers` is any case-insensitive mapping (Starlette's request.headers). Raises Unauthenticated.
     """
     if auth_header:
-        return _load_rater(db_url, (headers.get(auth_header) or "").strip() or None)
+        return _load_rater(db_url, (headers.get(auth_header) or "").strip() or None, session)
     credentials = _basic_credentials(headers.get("authorization"))
     if credentials is None:
         raise Unauthenticated("HTTP Basic credentials required")
     name, password = credentials
     if not _basic_cache.get(name, password):
-        with db.session_scope(db_url) as session:
-            if authenticate(session, name, password) is None:
+        with db.session_scope(db_url) as own:
+            if authenticate(own, name, password) is None:
                 raise Unauthenticated("wrong name or password")
         _basic_cache.put(name, password)
-    return _load_rater(db_url, name)
+    return _load_rater(db_url, name, session)
