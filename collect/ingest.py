@@ -67,68 +67,84 @@ def import_records(
     raters = {n: i for n, i in session.execute(select(Rater.name, Rater.id))}
     seen_keys: dict[str, int] = {}
 
-    for n, record in enumerate(records, start=1):
+    # Four passes (prompts, responses, pairs, judgments), each written with one batched flush: an import
+    # is a handful of round trips to the database instead of one per row.
+    new_prompts: dict[str, Prompt] = {}
+    for record in records:
         prompt_hash = content_hash(record.prompt)
-        prompt_id = prompts.get(prompt_hash)
-        if prompt_id is None:
+        if prompt_hash not in prompts and prompt_hash not in new_prompts:
             sensitive, domain = _sensitive_and_domain(record.tags)
-            prompt = Prompt(project_id=pid, conversation=record.prompt, tags=record.tags, source=record.source,
-                            external_id=record.prompt_id, content_hash=prompt_hash,
-                            sensitive=sensitive, domain=domain)
-            session.add(prompt)
-            session.flush()
-            prompt_id = prompts[prompt_hash] = prompt.id
-            result.prompts += 1
+            new_prompts[prompt_hash] = Prompt(
+                project_id=pid, conversation=record.prompt, tags=record.tags, source=record.source,
+                external_id=record.prompt_id, content_hash=prompt_hash, sensitive=sensitive, domain=domain)
+    session.add_all(new_prompts.values())
+    session.flush()
+    prompts.update({h: p.id for h, p in new_prompts.items()})
+    result.prompts = len(new_prompts)
+    record_prompt = [prompts[content_hash(r.prompt)] for r in records]
+
+    new_responses: dict[tuple[int, str, str], Response] = {}
+    for record, prompt_id in zip(records, record_prompt):
         if record.response_a is None:
             continue
-        ids = []
         for text, model, generation in ((record.response_a, record.model_a, record.generation_a),
                                         (record.response_b, record.model_b, record.generation_b)):
             key = (prompt_id, model, content_hash(text))
-            if key not in responses:
-                response = Response(prompt_id=prompt_id, model=model, content=text, generation=generation,
-                                    content_hash=key[2])
-                session.add(response)
-                session.flush()
-                responses[key] = response.id
-                result.responses += 1
-            ids.append(responses[key])
-        pair_key = (ids[0], ids[1])
-        pair_id = pairs.get(pair_key)
-        gold = record.judgments[0].choice if as_gold and record.judgments else record.gold_choice
-        if pair_id is None:
-            pair = Pair(project_id=pid, prompt_id=prompt_id, response_a_id=ids[0], response_b_id=ids[1],
-                        source=record.source, external_id=record.pair_id,
-                        is_gold=gold is not None, gold_choice=gold)
-            session.add(pair)
-            session.flush()
-            pair_id = pairs[pair_key] = pair.id
-            result.pairs += 1
-        if as_gold:
+            if key not in responses and key not in new_responses:
+                new_responses[key] = Response(prompt_id=prompt_id, model=model, content=text,
+                                              generation=generation, content_hash=key[2])
+    session.add_all(new_responses.values())
+    session.flush()
+    responses.update({k: r.id for k, r in new_responses.items()})
+    result.responses = len(new_responses)
+
+    new_pairs: dict[tuple[int, int], Pair] = {}
+    record_pair: list[int | None] = []
+    for record, prompt_id in zip(records, record_prompt):
+        if record.response_a is None:
+            record_pair.append(None)
             continue
-        for judged in record.judgments:
-            # Content-keyed, with a counter so that two identical rows in one file stay two judgments.
-            base = hashlib.sha256(repr((record.source.split(":", 1)[0], pair_id, judged.rater, judged.choice,
-                                        judged.rationale, judged.both_bad, sorted(judged.criteria.items()),
-                                        judged.confidence)).encode()).hexdigest()
-            seen_keys[base] = seen_keys.get(base, 0) + 1
-            key = f"{base}#{seen_keys[base]}"
-            if key in judgment_keys:
-                continue
-            if judged.rater not in raters:
-                rater = Rater(name=judged.rater, role="rater", external=True)
-                session.add(rater)
-                session.flush()
-                raters[judged.rater] = rater.id
-                result.raters += 1
-            session.add(Judgment(project_id=pid, pair_id=pair_id, rater_id=raters[judged.rater],
-                                 choice=judged.choice, both_bad=judged.both_bad, criteria=judged.criteria,
-                                 rationale=judged.rationale, kind="import", external_key=key,
-                                 confidence=judged.confidence))
-            judgment_keys.add(key)
-            result.judgments += 1
-        if progress and (n % 200 == 0 or n == len(records)):
-            progress(n, len(records))
+        key = (responses[(prompt_id, record.model_a, content_hash(record.response_a))],
+               responses[(prompt_id, record.model_b, content_hash(record.response_b))])
+        record_pair.append(key)
+        gold = record.judgments[0].choice if as_gold and record.judgments else record.gold_choice
+        if key not in pairs and key not in new_pairs:
+            new_pairs[key] = Pair(project_id=pid, prompt_id=prompt_id, response_a_id=key[0], response_b_id=key[1],
+                                  source=record.source, external_id=record.pair_id, is_gold=gold is not None,
+                                  gold_choice=gold)
+    session.add_all(new_pairs.values())
+    session.flush()
+    pairs.update({k: p.id for k, p in new_pairs.items()})
+    result.pairs = len(new_pairs)
+
+    if not as_gold:
+        new_raters = {j.rater: Rater(name=j.rater, role="rater", external=True)
+                      for r in records for j in r.judgments if j.rater not in raters}
+        session.add_all(new_raters.values())
+        session.flush()
+        raters.update({n: r.id for n, r in new_raters.items()})
+        result.raters = len(new_raters)
+        new_judgments = []
+        for n, (record, key) in enumerate(zip(records, record_pair), start=1):
+            for judged in record.judgments if key is not None else []:
+                pair_id = pairs[key]
+                # Content-keyed, with a counter so that two identical rows in one file stay two judgments.
+                base = hashlib.sha256(repr((record.source.split(":", 1)[0], pair_id, judged.rater, judged.choice,
+                                            judged.rationale, judged.both_bad, sorted(judged.criteria.items()),
+                                            judged.confidence)).encode()).hexdigest()
+                seen_keys[base] = seen_keys.get(base, 0) + 1
+                external_key = f"{base}#{seen_keys[base]}"
+                if external_key in judgment_keys:
+                    continue
+                judgment_keys.add(external_key)
+                new_judgments.append(Judgment(
+                    project_id=pid, pair_id=pair_id, rater_id=raters[judged.rater], choice=judged.choice,
+                    both_bad=judged.both_bad, criteria=judged.criteria, rationale=judged.rationale, kind="import",
+                    external_key=external_key, confidence=judged.confidence))
+            if progress and (n % 500 == 0 or n == len(records)):
+                progress(n, len(records))
+        session.add_all(new_judgments)
+        result.judgments = len(new_judgments)
     session.flush()
     _recount_claims(session, pid)
     audit(session, "import", actor_id, pid, **result.as_dict())
