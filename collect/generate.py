@@ -1,0 +1,577 @@
+"""Candidate generation: new responses to a project's prompts, paired up for the raters.
+
+    generate(session, project, ["base=smollm2-135m-instruct", "aligned=runs/demo/policy"])
+
+Models. Each entry of `models` is `[LABEL=]MODEL`: a short alias (`smollm2-135m-instruct`), a Hugging
+Face id or local directory, or a PEFT adapter directory (its base model is read from the adapter's
+`prefloop.json` or `adapter_config.json`). LABEL, by default the text as given, is what raters' judgments
+and leaderboards call the model (`Response.model`). With an `OpenAIEndpoint`, MODEL is the name the
+server knows and every request goes to that server instead.
+
+Pairing. Two or more models: for each prompt and sample index, every two models make a pair (A is the
+one listed first). One model: `samples` responses per prompt (at least 2), every two of them a pair.
+Identical responses (after trimming whitespace) make no pair, nor do empty ones.
+
+What is recorded. Every response carries its generation parameters in `Response.generation`: backend,
+model, adapter, sampling parameters, seed, sample index, finish reason, token counts, device, round.
+
+Resuming. A run is a "round" (named by `round_name`, by default a hash of the models and the sampling
+parameters). Prompts are processed `batch_size` at a time; each batch's responses, pairs and a
+`generate.batch` audit event naming its prompts are committed together, so a crash or Ctrl-C loses at
+most the batch in flight, and running the same command again skips the prompts already done.
+No database transaction stays open while a model generates: on SQLite that would lock out the rater app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import typer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from collect.auth import audit
+from collect.errors import UserError
+from collect.formats import Record, content_hash, read_records, records_from_dataset
+from collect.models import AuditEvent, Pair, Project, Prompt, Response, utcnow
+from collect.openai_backend import ChatClient, OpenAIEndpoint, RequestRejected
+
+Conversation = list[dict[str, str]]
+
+
+@dataclass
+class GenerationSettings:
+    """How responses are sampled. The same settings apply to every model of a run."""
+
+    max_new_tokens: int = 256
+    """Longest response, in tokens (`max_tokens` for an HTTP endpoint)."""
+    temperature: float = 0.7
+    """Sampling temperature; 0 means greedy decoding (then `samples` > 1 gives identical responses)."""
+    top_p: float = 0.95
+    """Nucleus sampling: keep the smallest set of tokens whose probability adds up to this."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 turns it off. Sent to HTTP endpoints only when set."""
+    repetition_penalty: float = 1.0
+    """Transformers' repetition penalty (1.0 = none). Sent to HTTP endpoints only when set (vLLM, TGI)."""
+    samples: int = 1
+    """Responses per model and prompt. With a single model it must be at least 2, to make pairs."""
+    seed: int = 0
+    """Base seed; each response's seed is derived from it, the prompt, the model label and the sample index."""
+    batch_size: int = 8
+    """Prompts per batch: one batched `generate` call per model locally, and the unit committed to the database."""
+    max_prompt_tokens: int = 1024
+    """Local models: the oldest turns of a longer conversation are dropped; a prompt whose last user turn
+    alone is longer is skipped."""
+    system_prompt: str | None = None
+    """Prepended as a system message to prompts that have none."""
+
+
+@dataclass
+class ModelSpec:
+    label: str
+    """Stored as `Response.model`: how raters' results and leaderboards name this model."""
+    model: str
+    """Alias, Hugging Face id, local directory, or (HTTP) the name the server knows."""
+    adapter: str | None = None
+    """A PEFT adapter directory applied on top of `model`."""
+
+
+@dataclass
+class Completion:
+    """One response from a backend, or the reason there is none (`error`)."""
+
+    text: str = ""
+    generation: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    """`too_long` (the prompt does not fit the model) or the server's rejection message."""
+
+
+@dataclass
+class GenerateResult:
+    round: str
+    prompts: int
+    """Prompts selected for this run (after `limit`), including those done by an earlier run."""
+    already_done: int
+    """Prompts an earlier run of the same round had finished: skipped."""
+    responses: int
+    """Responses generated and stored by this run."""
+    pairs: int
+    """New pairs in the project."""
+    identical: int
+    """Pairs not made because both responses were the same text."""
+    empty: int
+    """Empty responses (not stored)."""
+    too_long: int
+    """Responses not generated because the prompt did not fit the model's `max_prompt_tokens`."""
+    rejected: int
+    """Requests the HTTP server refused (e.g. over its context length)."""
+    not_answerable: int
+    """Selected prompts whose last message is not a user turn: nothing to answer."""
+    seconds: float
+    retries: int = 0
+    """HTTP retries after rate limits, server errors and timeouts."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def parse_model(text: str) -> ModelSpec:
+    """`[LABEL=]MODEL` as a ModelSpec; a PEFT adapter directory as MODEL brings its base model along."""
+    label, sep, model = text.partition("=")
+    # An "=" inside a path (`runs/lr=1e-4/adapter`) is not a label separator.
+    if not sep or not label or "/" in label or not model:
+        label, model = text, text
+    label, model = label.strip(), model.strip()
+    if not model:
+        raise UserError("--model: empty model name")
+    adapter = None
+    if (Path(model) / "adapter_config.json").is_file():
+        adapter, model = model, _adapter_base(Path(model))
+    return ModelSpec(label=label, model=model, adapter=adapter)
+
+
+def _adapter_base(adapter: Path) -> str:
+    # finetune/ writes the policy as the user named it (an alias) into prefloop.json; PEFT's own
+    # config holds the resolved local path, which also works on this machine.
+    for name, key in (("prefloop.json", "policy"), ("adapter_config.json", "base_model_name_or_path")):
+        try:
+            value = json.loads((adapter / name).read_text()).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value:
+            return value
+    raise UserError(f"adapter {adapter}: adapter_config.json names no base model (base_model_name_or_path)")
+
+
+def response_seed(base: int, conversation: Conversation, label: str, sample: int) -> int:
+    """A seed per response that does not depend on batching or on which prompts a rerun skips."""
+    key = json.dumps([base, conversation, label, sample], sort_keys=True, ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def default_round(specs: list[ModelSpec], settings: GenerationSettings, endpoint: OpenAIEndpoint | None) -> str:
+    """The same models, sampling parameters and endpoint give the same round: rerunning resumes it."""
+    sampling = {k: v for k, v in asdict(settings).items() if k != "batch_size"}  # batching changes no result
+    key = json.dumps([[asdict(s) for s in specs], sampling, endpoint.base_url if endpoint else None], sort_keys=True)
+    return "gen-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def _with_system(conversation: Conversation, system_prompt: str | None) -> Conversation:
+    if system_prompt and conversation[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}, *conversation]
+    return conversation
+
+
+class LocalBackend:
+    """A Transformers causal LM (optionally with a PEFT adapter), generating a batch at a time."""
+
+    def __init__(self, spec: ModelSpec, settings: GenerationSettings) -> None:
+        import torch
+        import transformers
+
+        from collect.offline_models import resolve_model
+        from finetune.policy import load_policy
+
+        self.settings = settings
+        self.model, self.tokenizer = load_policy(spec.model, spec.adapter)
+        parameter = next(self.model.parameters())
+        self.device = parameter.device
+        eos = self.model.generation_config.eos_token_id
+        self.stop_ids = {i for i in ([eos] if isinstance(eos, int) else list(eos or [])) if i is not None}
+        self.stop_ids.add(self.tokenizer.eos_token_id)
+        self.info = {
+            "backend": "transformers",
+            "model": spec.model,
+            "path": resolve_model(spec.model),
+            "adapter": spec.adapter,
+            "device": str(self.device),
+            "dtype": str(parameter.dtype).removeprefix("torch."),
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        }
+
+    def sampling(self) -> dict[str, Any]:
+        s = self.settings
+        kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens, "repetition_penalty": s.repetition_penalty}
+        if s.temperature > 0:
+            # top_k=0 must be passed: left out, the model's generation_config default (often 50) applies.
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def complete(self, conversations: list[Conversation], seeds: list[int]) -> list[Completion]:
+        import torch
+
+        from finetune.prompts import fit_prompt
+
+        fitted = [fit_prompt(self.tokenizer, c, self.settings.max_prompt_tokens) for c in conversations]
+        rows = [i for i, f in enumerate(fitted) if f is not None]
+        out = [Completion(error="too_long") for _ in conversations]
+        if not rows:
+            return out
+        texts = [self.tokenizer.apply_chat_template(fitted[i], tokenize=False, add_generation_prompt=True)
+                 for i in rows]
+        # The chat template already holds any BOS token: adding special tokens again would double it.
+        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        # Batched sampling draws from one random stream, so the seed is the batch's: recorded with the
+        # batch's prompts, which is what reproducing a response needs.
+        batch_seed = sum(seeds[i] for i in rows) & 0x7FFFFFFF
+        torch.manual_seed(batch_seed)
+        kwargs = self.sampling()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = self.model.generate(**encoded, **kwargs, pad_token_id=self.tokenizer.pad_token_id)
+        seconds = time.perf_counter() - started
+        new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
+        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        shared = {**self.info, **{k: v for k, v in kwargs.items() if v is not None}, "seed": batch_seed,
+                  "batch_size": len(rows), "batch_seconds": round(seconds, 3)}
+        for row, i in enumerate(rows):
+            ids = new_tokens[row]
+            stop = next((n for n, t in enumerate(ids) if t in self.stop_ids), None)
+            kept = ids if stop is None else ids[:stop]
+            out[i] = Completion(
+                text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                generation={**shared, "finish_reason": "length" if stop is None else "stop",
+                            "prompt_tokens": int(prompt_lengths[row]), "completion_tokens": len(kept),
+                            "prompt_turns_dropped": len(conversations[i]) - len(fitted[i])},
+            )
+        return out
+
+    def close(self) -> None:
+        del self.model
+
+
+class HTTPBackend:
+    """One model on an OpenAI-compatible endpoint; `complete_one` is called from a thread pool."""
+
+    def __init__(self, spec: ModelSpec, settings: GenerationSettings, client: ChatClient) -> None:
+        if spec.adapter:
+            raise UserError(f"--model {spec.label}: an adapter directory cannot be sent to an HTTP endpoint; "
+                            "serve it there (vLLM --lora-modules) and give its served name")
+        self.spec, self.settings, self.client = spec, settings, client
+
+    def params(self, seed: int) -> dict[str, Any]:
+        s = self.settings
+        params: dict[str, Any] = {"max_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p,
+                                  "seed": seed}
+        # Not part of OpenAI's API: sent only when asked for, so that strict servers accept the default.
+        if s.top_k:
+            params["top_k"] = s.top_k
+        if s.repetition_penalty != 1.0:
+            params["repetition_penalty"] = s.repetition_penalty
+        return params
+
+    def complete_one(self, conversation: Conversation, seed: int) -> Completion:
+        params = self.params(seed)
+        started = time.perf_counter()
+        try:
+            data = self.client.chat(self.spec.model, conversation, params)
+        except RequestRejected as e:
+            return Completion(error=str(e))
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        return Completion(
+            text=(choice["message"].get("content") or "").strip(),
+            generation={
+                "backend": "openai", "base_url": self.client.endpoint.base_url, "model": self.spec.model,
+                "served_model": data.get("model"), "response_id": data.get("id"),
+                "system_fingerprint": data.get("system_fingerprint"), **params,
+                "finish_reason": choice.get("finish_reason"), "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": usage.get("completion_tokens"),
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+
+
+# -------------------------------------------------------------------------------------------- prompts
+
+
+def _prompt_rows(source: Any) -> list[dict[str, Any]]:
+    """A list of prompts (strings, message lists, or rows with a `prompt`) as generic-schema rows."""
+    rows = []
+    for item in source:
+        rows.append(dict(item) if isinstance(item, dict) else {"prompt": item})
+    return rows
+
+
+def select_prompts(
+    session: Session, project: Project, source: str | Path | Sequence[Any] | None = None, limit: int | None = None,
+) -> list[tuple[int, Conversation]]:
+    """(prompt id, conversation) to answer, in order: the project's prompts, or those of `source`.
+
+    `source` is a file (any format `prefloop import` reads; only its prompts are used), a `datasets`
+    dataset, or a list of prompts; its prompts are added to the project (existing ones are reused).
+    """
+    if limit is not None and limit < 1:
+        raise UserError("limit must be at least 1")
+    if source is None:
+        query = select(Prompt.id, Prompt.conversation).where(Prompt.project_id == project.id).order_by(Prompt.id)
+        if limit:
+            query = query.limit(limit)
+        return [(i, c) for i, c in session.execute(query)]
+    from collect.ingest import import_records
+
+    if isinstance(source, (str, Path)):
+        records = read_records(source)
+    else:
+        records = records_from_dataset(_prompt_rows(source), "generic", "prompts")
+    records = records[:limit] if limit else records
+    # Only the prompts: a file that also holds pairs or judgments must not import them as a side effect.
+    prompts_only = [Record(where=r.where, prompt=r.prompt, prompt_id=r.prompt_id, tags=r.tags, source=r.source)
+                    for r in records]
+    import_records(session, project, prompts_only)
+    ids = dict(session.execute(select(Prompt.content_hash, Prompt.id).where(
+        Prompt.project_id == project.id, Prompt.content_hash.in_({content_hash(r.prompt) for r in records}))).all())
+    chosen: dict[int, Conversation] = {}
+    for record in records:
+        chosen.setdefault(ids[content_hash(record.prompt)], record.prompt)
+    return list(chosen.items())
+
+
+def _done_prompts(session: Session, project_id: int, round_name: str) -> set[int]:
+    done: set[int] = set()
+    for details in session.scalars(select(AuditEvent.details).where(
+            AuditEvent.project_id == project_id, AuditEvent.action == "generate.batch")):
+        if details.get("round") == round_name:
+            done.update(details.get("prompt_ids", []))
+    return done
+
+
+# ----------------------------------------------------------------------------------------- generation
+
+
+def generate(
+    session: Session,
+    project: Project,
+    models: list[str],
+    *,
+    prompts: str | Path | Sequence[Any] | None = None,
+    settings: GenerationSettings | None = None,
+    endpoint: OpenAIEndpoint | None = None,
+    round_name: str | None = None,
+    limit: int | None = None,
+    actor_id: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> GenerateResult:
+    """Generate responses to prompts with `models`, pair them, and add the pairs to `project`.
+
+    Commits `session` after every batch (see the module docstring); `progress(done, total)` is called
+    after each. `prompts`: None for the project's own prompts, else a file, dataset or list (see
+    `select_prompts`); `limit`: the first N of them. `endpoint`: send every request to an
+    OpenAI-compatible server instead of loading the models here.
+    """
+    started = time.perf_counter()
+    settings = settings or GenerationSettings()
+    specs = [parse_model(m) for m in models]
+    _check(specs, settings)
+    round_name = round_name or default_round(specs, settings, endpoint)
+    project_id = project.id  # read now: no ORM access may start a transaction while models generate
+    selected = select_prompts(session, project, prompts, limit)
+    done = _done_prompts(session, project_id, round_name)
+    answerable = [(i, c) for i, c in selected if c and c[-1]["role"] == "user"]
+    todo = [(i, _with_system(c, settings.system_prompt)) for i, c in answerable if i not in done]
+    result = GenerateResult(round=round_name, prompts=len(selected), already_done=sum(i in done for i, _ in selected),
+                            responses=0, pairs=0, identical=0, empty=0, too_long=0, rejected=0,
+                            not_answerable=len(selected) - len(answerable), seconds=0.0)
+    session.commit()  # prompts added from a file are kept, and the write lock is released before loading models
+    if not todo:
+        result.seconds = round(time.perf_counter() - started, 2)
+        return result
+
+    client = ChatClient(endpoint) if endpoint else None
+    pool = ThreadPoolExecutor(max_workers=endpoint.concurrency) if endpoint else None
+    backends: list[Any] = []
+    try:
+        for spec in specs:
+            backends.append(HTTPBackend(spec, settings, client) if client else LocalBackend(spec, settings))
+        for start in range(0, len(todo), settings.batch_size):
+            batch = todo[start:start + settings.batch_size]
+            outputs = _run_batch(batch, specs, backends, settings, pool)
+            _store_batch(session, project_id, round_name, batch, specs, settings.samples, outputs, result)
+            audit(session, "generate.batch", actor_id, project_id, round=round_name,
+                  prompt_ids=[i for i, _ in batch], models=[s.label for s in specs])
+            session.commit()
+            if progress:
+                progress(start + len(batch), len(todo))
+    finally:
+        if pool:
+            # Ctrl-C: do not wait for queued requests; the batch in flight is simply not committed.
+            pool.shutdown(wait=False, cancel_futures=True)
+        if client:
+            result.retries = client.retries
+            client.close()
+        for backend in backends:
+            if isinstance(backend, LocalBackend):
+                backend.close()
+    result.seconds = round(time.perf_counter() - started, 2)
+    audit(session, "generate", actor_id, project_id, **result.as_dict(),
+          models=[asdict(s) for s in specs], settings=asdict(settings),
+          endpoint=endpoint.base_url if endpoint else None)
+    session.commit()
+    return result
+
+
+def _check(specs: list[ModelSpec], settings: GenerationSettings) -> None:
+    if not specs:
+        raise UserError("give at least one --model")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise UserError(f"--model: the labels {labels} repeat; name them apart with LABEL=MODEL")
+    if len(specs) == 1 and settings.samples < 2:
+        raise UserError("one model makes pairs only from several samples: set samples to 2 or more")
+    if settings.samples < 1 or settings.batch_size < 1 or settings.max_new_tokens < 1:
+        raise UserError("samples, batch_size and max_new_tokens must be at least 1")
+    if settings.temperature < 0 or not 0 < settings.top_p <= 1 or settings.top_k < 0:
+        raise UserError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+
+
+def _run_batch(
+    batch: list[tuple[int, Conversation]], specs: list[ModelSpec], backends: list[Any],
+    settings: GenerationSettings, pool: ThreadPoolExecutor | None,
+) -> dict[tuple[int, int], list[Completion]]:
+    """{(model index, sample index): a completion per prompt of the batch}."""
+    conversations = [c for _, c in batch]
+    outputs: dict[tuple[int, int], list[Completion]] = {}
+    futures = {}
+    for k, (spec, backend) in enumerate(zip(specs, backends)):
+        for sample in range(settings.samples):
+            seeds = [response_seed(settings.seed, c, spec.label, sample) for c in conversations]
+            if pool is None:
+                outputs[k, sample] = backend.complete(conversations, seeds)
+            else:  # every request of the batch at once: the pool holds them to `concurrency` in flight
+                futures[k, sample] = [pool.submit(backend.complete_one, c, s) for c, s in zip(conversations, seeds)]
+    for key, row in futures.items():
+        outputs[key] = [f.result() for f in row]
+    return outputs
+
+
+def _store_batch(
+    session: Session, project_id: int, round_name: str, batch: list[tuple[int, Conversation]],
+    specs: list[ModelSpec], samples: int, outputs: dict[tuple[int, int], list[Completion]], result: GenerateResult,
+) -> None:
+    prompt_ids = [i for i, _ in batch]
+    # Responses are unique per (prompt, model, text): an identical earlier response is reused, not duplicated.
+    existing = {(p, m, h): i for p, m, h, i in session.execute(
+        select(Response.prompt_id, Response.model, Response.content_hash, Response.id)
+        .where(Response.prompt_id.in_(prompt_ids)))}
+    pairs = {(a, b) for a, b in session.execute(
+        select(Pair.response_a_id, Pair.response_b_id).where(Pair.prompt_id.in_(prompt_ids)))}
+    now = utcnow().isoformat(timespec="seconds")
+    for row, prompt_id in enumerate(prompt_ids):
+        stored: dict[tuple[int, int], tuple[int, str]] = {}  # (model, sample) -> (response id, text)
+        for (k, sample), completions in outputs.items():
+            completion = completions[row]
+            if completion.error == "too_long":
+                result.too_long += 1
+                continue
+            if completion.error:
+                result.rejected += 1
+                continue
+            if not completion.text:
+                result.empty += 1
+                continue
+            key = (prompt_id, specs[k].label, content_hash(completion.text))
+            if key not in existing:
+                response = Response(prompt_id=prompt_id, model=specs[k].label, content=completion.text,
+                                    content_hash=key[2], generation={
+                                        **completion.generation, "label": specs[k].label, "sample": sample,
+                                        "round": round_name, "generated_at": now})
+                session.add(response)
+                session.flush()
+                existing[key] = response.id
+                result.responses += 1
+            stored[k, sample] = (existing[key], completion.text)
+        for first, second in _pairings(len(specs), samples):
+            if first not in stored or second not in stored:
+                continue
+            (a, text_a), (b, text_b) = stored[first], stored[second]
+            if text_a.strip() == text_b.strip():
+                result.identical += 1
+                continue
+            if (a, b) in pairs or (b, a) in pairs:
+                continue
+            session.add(Pair(project_id=project_id, prompt_id=prompt_id, response_a_id=a, response_b_id=b,
+                             source=f"generate:{round_name}"))
+            pairs.add((a, b))
+            result.pairs += 1
+    session.flush()
+
+
+def _pairings(n_models: int, n_samples: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Which (model, sample) outputs are paired: models against each other, else samples of one model."""
+    if n_models == 1:
+        return [((0, s), (0, t)) for s, t in itertools.combinations(range(n_samples), 2)]
+    return [((j, s), (k, s)) for s in range(n_samples) for j, k in itertools.combinations(range(n_models), 2)]
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def generate_command(
+    project: str = typer.Option(..., help="Project name or id."),
+    model: list[str] = typer.Option(..., "--model", help="[LABEL=]MODEL: an alias, a Hugging Face id or path, or a "
+                                    "PEFT adapter directory. Repeat for a second model; one model needs --samples 2+."),
+    prompts: Optional[Path] = typer.Option(None, help="A file of prompts (added to the project); default: the "
+                                           "project's own prompts."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N prompts."),
+    samples: int = typer.Option(1, help="Responses per model and prompt."),
+    max_new_tokens: int = typer.Option(256, help="Longest response, in tokens."),
+    temperature: float = typer.Option(0.7, help="Sampling temperature (0 = greedy)."),
+    top_p: float = typer.Option(0.95, help="Nucleus sampling threshold."),
+    top_k: int = typer.Option(0, help="Top-k sampling (0 = off)."),
+    repetition_penalty: float = typer.Option(1.0, help="Repetition penalty (1.0 = none)."),
+    seed: int = typer.Option(0, help="Base seed."),
+    batch_size: int = typer.Option(8, help="Prompts per batch (and per database commit)."),
+    max_prompt_tokens: int = typer.Option(1024, help="Local models: drop the oldest turns of longer prompts."),
+    system_prompt: Optional[str] = typer.Option(None, help="A system message for prompts that have none."),
+    round_name: Optional[str] = typer.Option(None, "--round", help="Name of this round; rerunning a round resumes "
+                                             "it (default: derived from the models and sampling settings)."),
+    base_url: Optional[str] = typer.Option(None, help="An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; "
+                                           "default: run the models here with Transformers."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the endpoint's API key."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for one HTTP answer."),
+    max_retries: int = typer.Option(5, help="Retries after HTTP 429, 5xx and timeouts."),
+    concurrency: int = typer.Option(4, help="HTTP requests in flight at once."),
+    url: Optional[str] = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL."),
+) -> None:
+    """Generate new candidate responses with one or two models and add them as pairs to a project."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from collect import db
+    from collect.projects import get_project
+
+    if not db.is_initialized(url):
+        raise UserError(f"no prefloop database at {db.database_url(url)}: run `prefloop init` first")
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+        repetition_penalty=repetition_penalty, samples=samples, seed=seed, batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt)
+    endpoint = OpenAIEndpoint(base_url=base_url, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
+                              concurrency=concurrency) if base_url else None
+    console = Console()
+    with db.session_scope(url) as session, Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True) as bar:
+        task = bar.add_task("generating", total=None)
+        result = generate(session, get_project(session, project), model, prompts=prompts, settings=settings,
+                          endpoint=endpoint, round_name=round_name, limit=limit,
+                          progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(
+        f"round {result.round}: {result.prompts} prompts ({result.already_done} done before), "
+        f"{result.responses} responses, {result.pairs} new pairs; skipped: {result.identical} identical, "
+        f"{result.empty} empty, {result.too_long} too long, {result.rejected} rejected by the server, "
+        f"{result.not_answerable} not ending in a user turn; {result.seconds:.0f} s"
+        + (f", {result.retries} HTTP retries" if result.retries else ""))

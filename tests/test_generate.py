@@ -1,0 +1,259 @@
+"""Candidate generation: the HTTP backend against a local fake server, the local backend with tiny models."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from sqlalchemy import func, select
+
+from collect import db
+from collect.errors import UserError
+from collect.generate import GenerationSettings, generate, parse_model
+from collect.ingest import import_dataset
+from collect.models import Pair, Prompt, Response
+from collect.openai_backend import OpenAIEndpoint
+from collect.projects import ProjectSettings, create_project, get_project
+from tests.fake_openai_server import FakeOpenAI
+from tests.tiny_models import tiny_causal_lm
+
+QUESTIONS = [f"question number {i}?" for i in range(5)]
+
+
+def make_project(url: str, prompts=QUESTIONS) -> int:
+    with db.session_scope(url) as s:
+        project = create_project(s, "gen", ProjectSettings(overlap=1))
+        import_dataset(s, project, [{"prompt": p} for p in prompts])
+        return project.id
+
+
+def run(url: str, project_id: int, models: list[str], **kwargs):
+    with db.session_scope(url) as s:
+        return generate(s, get_project(s, project_id), models, **kwargs)
+
+
+def endpoint(server: FakeOpenAI, **kwargs) -> OpenAIEndpoint:
+    fields = dict(base_url=server.base_url, api_key_env="FAKE_KEY", timeout=5.0, max_retries=3, backoff=0.01,
+                  concurrency=4)
+    fields.update(kwargs)
+    return OpenAIEndpoint(**fields)
+
+
+def pairs_of(url: str, project_id: int) -> list[tuple[str, str, str, str, dict, dict]]:
+    with db.session_scope(url) as s:
+        return [(p.prompt.conversation[-1]["content"], p.response_a.model, p.response_b.model, p.response_a.content,
+                 p.response_a.generation, p.response_b.generation)
+                for p in s.scalars(select(Pair).where(Pair.project_id == project_id).order_by(Pair.id)).unique()]
+
+
+# ------------------------------------------------------------------------------------------------ HTTP
+
+
+def test_http_two_models_make_one_pair_per_prompt_with_parameters_recorded(sqlite_url, monkeypatch):
+    monkeypatch.setenv("FAKE_KEY", "sk-secret")
+    pid = make_project(sqlite_url)
+    settings = GenerationSettings(max_new_tokens=50, temperature=0.9, top_p=0.8, seed=7)
+    with FakeOpenAI(api_key="sk-secret") as server:
+        result = run(sqlite_url, pid, ["alpha", "b=beta"], settings=settings, endpoint=endpoint(server))
+    assert (result.prompts, result.responses, result.pairs, result.rejected) == (5, 10, 5, 0)
+    pairs = pairs_of(sqlite_url, pid)
+    assert [(q, a, b) for q, a, b, *_ in pairs] == [(q, "alpha", "b") for q in QUESTIONS]
+    for question, _, _, text_a, gen_a, gen_b in pairs:
+        assert text_a == f"alpha [{gen_a['seed']}]: {question}"
+        assert gen_b["model"] == "beta" and gen_b["label"] == "b"
+        for gen in (gen_a, gen_b):
+            assert gen["backend"] == "openai" and gen["base_url"] == server.base_url
+            assert (gen["temperature"], gen["top_p"], gen["max_tokens"]) == (0.9, 0.8, 50)
+            assert gen["finish_reason"] == "stop" and gen["round"] == result.round and gen["sample"] == 0
+            assert gen["response_id"].startswith("chatcmpl-") and gen["completion_tokens"] > 0
+        assert gen_a["seed"] != gen_b["seed"]
+    # What went over the wire: the prompt as a conversation, the sampling parameters, the key from the env var.
+    assert len(server.requests) == 10
+    assert {h["Authorization"] for h in server.headers} == {"Bearer sk-secret"}
+    first = next(r for r in server.requests if r["messages"][-1]["content"] == QUESTIONS[0] and r["model"] == "alpha")
+    assert first["messages"] == [{"role": "user", "content": QUESTIONS[0]}]
+    assert "top_k" not in first and "repetition_penalty" not in first  # non-OpenAI fields only when asked for
+
+
+def test_http_retries_rate_limits_server_errors_drops_and_timeouts(sqlite_url):
+    pid = make_project(sqlite_url, QUESTIONS[:2])
+    with FakeOpenAI(slow_seconds=1.5) as server:
+        server.faults.extend(["429", "503", "drop", "slow", "500"])
+        result = run(sqlite_url, pid, ["alpha", "beta"], endpoint=endpoint(server, timeout=0.5, concurrency=1,
+                                                                             max_retries=5))
+        assert result.retries == 5
+        assert len(server.requests) == 4 + 5
+    assert result.pairs == 2 and result.responses == 4
+
+
+def test_http_gives_up_after_retries_and_a_rerun_resumes(db_url):
+    pid = make_project(db_url)
+    settings = GenerationSettings(batch_size=2)
+    with FakeOpenAI() as server:
+        done: list[int] = []
+
+        def break_server(n, total):  # after the first batch is committed, the server goes down
+            done.append(n)
+            server.faults.extend(["503"] * 100)
+
+        with pytest.raises(UserError, match="gave up after 2 retries.*HTTP 503"):
+            run(db_url, pid, ["alpha", "beta"], settings=settings, endpoint=endpoint(server, max_retries=2),
+                progress=break_server)
+        assert done == [2]
+        assert len(pairs_of(db_url, pid)) == 2  # the first batch survived the failure
+        server.faults.clear()
+        result = run(db_url, pid, ["alpha", "beta"], settings=settings, endpoint=endpoint(server))
+    assert (result.already_done, result.pairs, result.responses) == (2, 3, 6)
+    pairs = pairs_of(db_url, pid)
+    assert sorted(q for q, *_ in pairs) == sorted(QUESTIONS)  # every prompt once, no duplicates
+    again = run(db_url, pid, ["alpha", "beta"], settings=settings, endpoint=endpoint(server))
+    assert (again.already_done, again.pairs, again.responses) == (5, 0, 0)
+
+
+def test_http_rejected_prompt_is_skipped_but_bad_key_and_unknown_model_stop(sqlite_url, monkeypatch):
+    pid = make_project(sqlite_url, ["fine question", "TOO_LONG " * 3, "another one"])
+    with FakeOpenAI(api_key="right") as server:
+        monkeypatch.setenv("FAKE_KEY", "wrong")
+        with pytest.raises(UserError, match=r"HTTP 401.*\$FAKE_KEY"):
+            run(sqlite_url, pid, ["alpha", "beta"], endpoint=endpoint(server))
+        monkeypatch.setenv("FAKE_KEY", "right")
+        with pytest.raises(UserError, match="HTTP 404: The model 'gamma' does not exist"):
+            run(sqlite_url, pid, ["alpha", "gamma"], endpoint=endpoint(server))
+        result = run(sqlite_url, pid, ["alpha", "beta"], endpoint=endpoint(server))
+    assert (result.pairs, result.rejected) == (2, 2)
+    assert sorted(q for q, *_ in pairs_of(sqlite_url, pid)) == ["another one", "fine question"]
+
+
+def test_http_concurrency_limit_is_respected(sqlite_url):
+    pid = make_project(sqlite_url, QUESTIONS)
+    with FakeOpenAI(delay=0.15) as server:
+        result = run(sqlite_url, pid, ["alpha", "beta"], settings=GenerationSettings(batch_size=5),
+                     endpoint=endpoint(server, concurrency=3))
+        assert server.max_in_flight == 3  # 10 requests queued at once, never more than 3 in flight
+    assert result.pairs == 5
+
+
+def test_one_model_pairs_its_samples_and_identical_answers_make_no_pair(sqlite_url):
+    pid = make_project(sqlite_url, QUESTIONS[:2])
+    with FakeOpenAI() as server:
+        with pytest.raises(UserError, match="samples to 2 or more"):
+            run(sqlite_url, pid, ["alpha"], endpoint=endpoint(server))
+        sampled = run(sqlite_url, pid, ["alpha"], settings=GenerationSettings(samples=3), endpoint=endpoint(server))
+        parrot = run(sqlite_url, pid, ["parrot"], settings=GenerationSettings(samples=2), endpoint=endpoint(server))
+        greedy = run(sqlite_url, pid, ["beta"], settings=GenerationSettings(samples=2, temperature=0),
+                     endpoint=endpoint(server))
+    assert (sampled.pairs, sampled.responses, sampled.identical) == (6, 6, 0)  # 3 samples: 3 pairs a prompt
+    assert (parrot.pairs, parrot.identical, parrot.responses) == (0, 2, 2)  # the same text is stored once
+    assert (greedy.pairs, greedy.identical) == (0, 2)
+    with db.session_scope(sqlite_url) as s:
+        samples = Counter(r.generation["sample"] for r in s.scalars(select(Response).where(Response.model == "alpha")))
+    assert samples == {0: 2, 1: 2, 2: 2}
+
+
+def test_prompts_from_a_file_join_the_project_without_their_pairs(sqlite_url, tmp_path):
+    pid = make_project(sqlite_url, ["already here?"])
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "already here?"}, {"prompt": [{"role": "system", "content": "be brief"},
+                                                     {"role": "user", "content": "new one?"}], "tags": ["domain:law"]},
+            {"prompt": "has a pair", "response_a": "x", "response_b": "y", "choice": "A>B", "rater": "r"},
+            {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with FakeOpenAI() as server:
+        result = run(sqlite_url, pid, ["alpha", "beta"], prompts=path, endpoint=endpoint(server))
+        limited = run(sqlite_url, pid, ["alpha", "beta"], prompts=path, limit=2, round_name="second",
+                      settings=GenerationSettings(system_prompt="You are terse."), endpoint=endpoint(server))
+    assert (result.prompts, result.pairs, result.not_answerable) == (4, 3, 1)
+    # "new one?" keeps its own system message, so round 2 gets the same answers as round 1: no new pair.
+    assert (limited.prompts, limited.pairs, limited.responses) == (2, 1, 2)
+    with db.session_scope(sqlite_url) as s:
+        assert s.scalar(select(func.count(Prompt.id))) == 4  # the file's 4 prompts, one of them already there
+        assert s.scalar(select(Prompt.domain).where(Prompt.domain != "")) == "law"
+        # Only generated pairs: the file's own pair ("x" vs "y") was not imported.
+        assert {p.source for p in s.scalars(select(Pair)).unique()} == {f"generate:{result.round}", "generate:second"}
+    systems = [r["messages"][0] for r in server.requests[-4:]]
+    assert systems.count({"role": "system", "content": "You are terse."}) == 2  # added where none was
+    assert systems.count({"role": "system", "content": "be brief"}) == 2  # kept where there was one
+
+
+# ----------------------------------------------------------------------------------------------- local
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Two tiny causal LMs and a LoRA adapter on the first (random, non-zero weights so it changes outputs)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny")
+    base = tiny_causal_lm(root / "base", seed=0)
+    other = tiny_causal_lm(root / "other", seed=1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
+    model.save_pretrained(root / "adapter")
+    return base, other, str(root / "adapter")
+
+
+def test_parse_model_labels_paths_and_adapters(tiny_models):
+    base, _, adapter = tiny_models
+    assert parse_model("smollm2-135m-instruct").label == "smollm2-135m-instruct"
+    spec = parse_model("aligned=" + adapter)
+    assert (spec.label, spec.model, spec.adapter) == ("aligned", base, adapter)
+    assert parse_model("runs/lr=1e-4").model == "runs/lr=1e-4"  # an '=' inside a path is no label
+
+
+def test_local_models_with_adapter_record_parameters_and_reproduce(sqlite_url, tiny_models):
+    base, other, adapter = tiny_models
+    pid = make_project(sqlite_url, QUESTIONS[:3])
+    settings = GenerationSettings(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3, batch_size=2)
+    models = ["base=" + base, "tuned=" + adapter, "other=" + other]
+    result = run(sqlite_url, pid, models, settings=settings)
+    assert (result.responses, result.pairs, result.empty) == (9, 9, 0)  # 3 models: 3 pairs a prompt
+    gens = {a: g for _, a, _, _, g, _ in pairs_of(sqlite_url, pid)}
+    assert gens["base"]["adapter"] is None and gens["tuned"]["adapter"] == adapter
+    for gen in gens.values():
+        assert gen["backend"] == "transformers" and gen["device"] == "cpu" and gen["dtype"] == "float32"
+        assert (gen["max_new_tokens"], gen["temperature"], gen["top_p"], gen["top_k"], gen["do_sample"]) == (
+            6, 1.0, 0.9, 0, True)
+        assert gen["completion_tokens"] <= 6 and gen["finish_reason"] in ("stop", "length")
+        assert isinstance(gen["seed"], int) and gen["prompt_tokens"] > 0
+    # The adapter changes what the base model says: same seed, different text.
+    with db.session_scope(sqlite_url) as s:
+        texts = {m: sorted(s.scalars(select(Response.content).where(Response.model == m))) for m in ("base", "tuned")}
+    assert texts["base"] != texts["tuned"]
+    # Same seeds, another round name: the very same texts come back, so nothing new is stored.
+    again = run(sqlite_url, pid, models, settings=GenerationSettings(**{**settings.__dict__, "batch_size": 2}),
+                round_name="again")
+    assert (again.already_done, again.responses, again.pairs) == (0, 0, 0)
+
+
+def test_local_run_interrupted_by_ctrl_c_resumes_without_duplicates(sqlite_url, tiny_models):
+    base, other, _ = tiny_models
+    pid = make_project(sqlite_url, QUESTIONS)
+    settings = GenerationSettings(max_new_tokens=4, batch_size=2)
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(sqlite_url, pid, [base, other], settings=settings, progress=interrupt)
+    assert len(pairs_of(sqlite_url, pid)) == 2
+    result = run(sqlite_url, pid, [base, other], settings=settings)
+    assert (result.already_done, result.pairs) == (2, 3)
+    assert sorted(q for q, *_ in pairs_of(sqlite_url, pid)) == sorted(QUESTIONS)
+    with db.session_scope(sqlite_url) as s:
+        assert s.scalar(select(func.count(Response.id))) == 10
+
+
+def test_local_long_prompts_lose_old_turns_or_are_skipped(sqlite_url, tiny_models):
+    base, other, _ = tiny_models
+    long_chat = []
+    for i in range(6):
+        long_chat += [{"role": "user", "content": f"turn {i} " + "words " * 20},
+                      {"role": "assistant", "content": "ok " * 20}]
+    long_chat.append({"role": "user", "content": "short last question?"})
+    pid = make_project(sqlite_url, [long_chat, "x " * 400])
+    result = run(sqlite_url, pid, [base, other], settings=GenerationSettings(max_new_tokens=3, max_prompt_tokens=60))
+    assert (result.pairs, result.too_long) == (1, 2)  # the 400-word question does not fit either model
+    (_, _, _, _, gen, _), = pairs_of(sqlite_url, pid)
+    assert 0 < gen["prompt_turns_dropped"] < len(long_chat) and gen["prompt_tokens"] <= 60
