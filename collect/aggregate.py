@@ -207,6 +207,7 @@ def dawid_skene(
     max_iter: int = 200,
     tol: float = 1e-6,
     prior_strength: float = 4.0,
+    tie_prior_strength: float = 20.0,
     use_gold: bool = True,
 ) -> DawidSkeneResult:
     """Fit Dawid-Skene on pairwise 5-point judgments by EM (a MAP estimate).
@@ -215,6 +216,10 @@ def dawid_skene(
     prior_strength: pseudo-judgments per true direction in each rater's Dirichlet prior. The prior leans
         toward a rater who is right more often than not: it keeps raters with few judgments near an
         average rater and breaks the symmetry between "everyone is right" and "everyone is wrong".
+    tie_prior_strength: pseudo-judgments in the prior of each rater's "true tie" row, which says that facing
+        two equally good responses a rater presses tie or a weak choice. True ties are rare, so this row is
+        barely identified by data; left weak, it learns to look like random clicking and then claims every
+        pair with mixed votes as a tie (seen in bench/aggregation.py: 10-25% false ties with spammers).
     use_gold: gold pairs keep their known direction instead of a posterior, which anchors the reliabilities.
     """
     df = validate_judgments(judgments)
@@ -231,13 +236,11 @@ def dawid_skene(
     # cell[j, z]: the flat (rater, screen truth, screen button) index of judgment j if the truth is z.
     cell = (rater_codes[:, None] * 3 + screen_truth) * 5 + screen_button[:, None]
 
-    prior = prior_strength * np.array(
-        [
-            [0.3, 0.3, 0.2, 0.1, 0.1],  # right is better
-            [0.15, 0.2, 0.3, 0.2, 0.15],  # tie
-            [0.1, 0.1, 0.2, 0.3, 0.3],  # left is better
-        ]
-    )
+    prior = np.array([
+        prior_strength * np.array([0.3, 0.3, 0.2, 0.1, 0.1]),  # right is better
+        tie_prior_strength * np.array([0.05, 0.15, 0.6, 0.15, 0.05]),  # tie: mostly "tie", else a weak choice
+        prior_strength * np.array([0.1, 0.1, 0.2, 0.3, 0.3]),  # left is better
+    ])
     gold = np.full(n_pairs, -1)
     if use_gold:
         known = df["is_gold"].to_numpy() & df["gold_choice"].notna().to_numpy()

@@ -139,3 +139,28 @@ def test_gold_pairs_keep_their_answer_and_spammers_do_not_set_margins():
     # Spammers weigh (almost) nothing: the margin is near the careful rater's 0.5, not the plain mean's 0.
     assert 0.25 < table.loc[10_000, "margin"] <= 0.5
     assert table.loc[10_000, "agreement"] == pytest.approx(1 / 3)
+
+
+def test_ties_found_where_raters_see_them_and_not_invented():
+    rng = np.random.default_rng(4)
+    truth = rng.choice([-1, 0, 1], size=800, p=[0.35, 0.3, 0.35])
+    kinds = ["good"] * 12 + ["spammer"] * 6
+    rows = []
+    for pair in range(len(truth)):
+        for rater in rng.choice(len(kinds), size=3, replace=False):
+            if kinds[rater] == "spammer":
+                choice = int(rng.integers(-2, 3))
+            elif truth[pair] == 0:  # equally good: mostly "tie", else a weak choice either way
+                choice = 0 if rng.random() < 0.7 else int(rng.choice([-1, 1]))
+            else:
+                choice = int((truth[pair] if rng.random() < 0.9 else -truth[pair]) * rng.choice([1, 2]))
+            rows.append({"pair_id": pair, "rater_id": int(rater), "choice": choice,
+                         "left_is_a": bool(rng.random() < 0.5)})
+    df = pd.DataFrame(rows)
+    verdicts = {m: aggregate(df, m).sort_values("pair_id")["winner"].map({"A": 1, "B": -1, "tie": 0}).to_numpy()
+                for m in ("majority", "weighted")}
+    assert (verdicts["weighted"] == truth).mean() > (verdicts["majority"] == truth).mean() + 0.03
+    assert (verdicts["weighted"][truth == 0] == 0).mean() > 0.8  # real ties recovered
+    # Without true ties, spammers' mixed votes must not turn into tie verdicts.
+    no_ties = df[truth[df["pair_id"]] != 0]
+    assert (aggregate(no_ties, "weighted")["winner"] == "tie").mean() < 0.02
