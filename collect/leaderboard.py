@@ -212,7 +212,7 @@ def plot_win_rates(matrix: pd.DataFrame, title: str = "Win rate of row model aga
     from matplotlib.figure import Figure
 
     m = len(matrix)
-    fig = Figure(figsize=(1.1 * m + 2.5, 0.9 * m + 1.5), layout="constrained")
+    fig = Figure(figsize=(1.1 * m + 4.0, 0.9 * m + 2.0), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(matrix.to_numpy(dtype=float), cmap="RdBu", vmin=0, vmax=1)
     ax.set_xticks(range(m), matrix.columns, rotation=45, ha="right")
