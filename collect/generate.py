@@ -56,10 +56,6 @@ class GenerationSettings:
     """Sampling temperature; 0 means greedy decoding (then `samples` > 1 gives identical responses)."""
     top_p: float = 0.95
     """Nucleus sampling: keep the smallest set of tokens whose probability adds up to this."""
-    top_k: int = 0
-    """Keep only the k most likely tokens; 0 turns it off. Sent to HTTP endpoints only when set."""
-    repetition_penalty: float = 1.0
-    """Transformers' repetition penalty (1.0 = none). Sent to HTTP endpoints only when set (vLLM, TGI)."""
     samples: int = 1
     """Responses per model and prompt. With a single model it must be at least 2, to make pairs."""
     seed: int = 0
@@ -143,9 +139,11 @@ def parse_model(text: str) -> ModelSpec:
 def _adapter_base(adapter: Path) -> str:
     # finetune/ writes the policy as the user named it (an alias) into prefloop.json; PEFT's own
     # config holds the resolved local path, which also works on this machine.
-    for name, key in (("prefloop.json", "policy"), ("adapter_config.json", "base_model_name_or_path")):
+    for name, keys in (("prefloop.json", ("base_policy", "name")), ("adapter_config.json", ("base_model_name_or_path",))):
         try:
-            value = json.loads((adapter / name).read_text()).get(key)
+            value = json.loads((adapter / name).read_text())
+            for key in keys:
+                value = value.get(key)
         except (OSError, ValueError, AttributeError):
             continue
         if isinstance(value, str) and value:
@@ -186,6 +184,7 @@ class LocalBackend:
         self.model, self.tokenizer = load_policy(spec.model, spec.adapter)
         parameter = next(self.model.parameters())
         self.device = parameter.device
+        # finetune.sampling.sample stops on these and keeps the stop token at the end of token_ids.
         eos = self.model.generation_config.eos_token_id
         self.stop_ids = {i for i in ([eos] if isinstance(eos, int) else list(eos or [])) if i is not None}
         self.stop_ids.add(self.tokenizer.eos_token_id)
@@ -200,53 +199,36 @@ class LocalBackend:
             "torch": torch.__version__,
         }
 
-    def sampling(self) -> dict[str, Any]:
-        s = self.settings
-        kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens, "repetition_penalty": s.repetition_penalty}
-        if s.temperature > 0:
-            # top_k=0 must be passed: left out, the model's generation_config default (often 50) applies.
-            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
-
     def complete(self, conversations: list[Conversation], seeds: list[int]) -> list[Completion]:
-        import torch
+        from finetune.prompts import fit_prompt, prompt_length
+        from finetune.sampling import sample
 
-        from finetune.prompts import fit_prompt
-
-        fitted = [fit_prompt(self.tokenizer, c, self.settings.max_prompt_tokens) for c in conversations]
+        s = self.settings
+        fitted = [fit_prompt(self.tokenizer, c, s.max_prompt_tokens) for c in conversations]
         rows = [i for i, f in enumerate(fitted) if f is not None]
         out = [Completion(error="too_long") for _ in conversations]
         if not rows:
             return out
-        texts = [self.tokenizer.apply_chat_template(fitted[i], tokenize=False, add_generation_prompt=True)
-                 for i in rows]
-        # The chat template already holds any BOS token: adding special tokens again would double it.
-        encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        # Batched sampling draws from one random stream, so the seed is the batch's: recorded with the
-        # batch's prompts, which is what reproducing a response needs.
+        # Batched sampling draws from one random stream, so the seed is the batch's; reproducing a response
+        # needs the batch's prompts too, recorded as `batch_prompt_ids`.
         batch_seed = sum(seeds[i] for i in rows) & 0x7FFFFFFF
-        torch.manual_seed(batch_seed)
-        kwargs = self.sampling()
         started = time.perf_counter()
-        with torch.inference_mode():
-            output = self.model.generate(**encoded, **kwargs, pad_token_id=self.tokenizer.pad_token_id)
-        seconds = time.perf_counter() - started
-        new_tokens = output[:, encoded["input_ids"].shape[1]:].tolist()
-        prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
-        shared = {**self.info, **{k: v for k, v in kwargs.items() if v is not None}, "seed": batch_seed,
-                  "batch_size": len(rows), "batch_seconds": round(seconds, 3)}
+        samples = sample(self.model, self.tokenizer, [fitted[i] for i in rows], n=1,
+                         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                         seed=batch_seed, batch_size=len(rows))
+        shared = {**self.info, "max_new_tokens": s.max_new_tokens, "do_sample": s.temperature > 0,
+                  "temperature": s.temperature, "top_p": s.top_p if s.temperature > 0 else None,
+                  "seed": batch_seed, "batch_size": len(rows),
+                  "batch_seconds": round(time.perf_counter() - started, 3)}
         for row, i in enumerate(rows):
-            ids = new_tokens[row]
-            stop = next((n for n, t in enumerate(ids) if t in self.stop_ids), None)
-            kept = ids if stop is None else ids[:stop]
-            out[i] = Completion(
-                text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                generation={**shared, "finish_reason": "length" if stop is None else "stop",
-                            "prompt_tokens": int(prompt_lengths[row]), "completion_tokens": len(kept),
-                            "prompt_turns_dropped": len(conversations[i]) - len(fitted[i])},
-            )
+            ids = samples.token_ids[row][0]
+            stopped = bool(ids) and ids[-1] in self.stop_ids
+            out[i] = Completion(text=samples.texts[row][0], generation={
+                **shared, "finish_reason": "stop" if stopped else "length",
+                "prompt_tokens": prompt_length(self.tokenizer, fitted[i]),
+                "completion_tokens": len(ids) - stopped,
+                "prompt_turns_dropped": len(conversations[i]) - len(fitted[i]),
+            })
         return out
 
     def close(self) -> None:
@@ -264,14 +246,7 @@ class HTTPBackend:
 
     def params(self, seed: int) -> dict[str, Any]:
         s = self.settings
-        params: dict[str, Any] = {"max_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p,
-                                  "seed": seed}
-        # Not part of OpenAI's API: sent only when asked for, so that strict servers accept the default.
-        if s.top_k:
-            params["top_k"] = s.top_k
-        if s.repetition_penalty != 1.0:
-            params["repetition_penalty"] = s.repetition_penalty
-        return params
+        return {"max_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p, "seed": seed}
 
     def complete_one(self, conversation: Conversation, seed: int) -> Completion:
         params = self.params(seed)
@@ -433,8 +408,8 @@ def _check(specs: list[ModelSpec], settings: GenerationSettings) -> None:
         raise UserError("one model makes pairs only from several samples: set samples to 2 or more")
     if settings.samples < 1 or settings.batch_size < 1 or settings.max_new_tokens < 1:
         raise UserError("samples, batch_size and max_new_tokens must be at least 1")
-    if settings.temperature < 0 or not 0 < settings.top_p <= 1 or settings.top_k < 0:
-        raise UserError("temperature must be >= 0, top_p in (0, 1], top_k >= 0")
+    if settings.temperature < 0 or not 0 < settings.top_p <= 1:
+        raise UserError("temperature must be >= 0 and top_p in (0, 1]")
 
 
 def _run_batch(
@@ -484,10 +459,12 @@ def _store_batch(
                 continue
             key = (prompt_id, specs[k].label, content_hash(completion.text))
             if key not in existing:
+                generation = {**completion.generation, "label": specs[k].label, "sample": sample,
+                              "round": round_name, "generated_at": now}
+                if generation.get("backend") == "transformers":
+                    generation["batch_prompt_ids"] = prompt_ids
                 response = Response(prompt_id=prompt_id, model=specs[k].label, content=completion.text,
-                                    content_hash=key[2], generation={
-                                        **completion.generation, "label": specs[k].label, "sample": sample,
-                                        "round": round_name, "generated_at": now})
+                                    content_hash=key[2], generation=generation)
                 session.add(response)
                 session.flush()
                 existing[key] = response.id
@@ -530,8 +507,6 @@ def generate_command(
     max_new_tokens: int = typer.Option(256, help="Longest response, in tokens."),
     temperature: float = typer.Option(0.7, help="Sampling temperature (0 = greedy)."),
     top_p: float = typer.Option(0.95, help="Nucleus sampling threshold."),
-    top_k: int = typer.Option(0, help="Top-k sampling (0 = off)."),
-    repetition_penalty: float = typer.Option(1.0, help="Repetition penalty (1.0 = none)."),
     seed: int = typer.Option(0, help="Base seed."),
     batch_size: int = typer.Option(8, help="Prompts per batch (and per database commit)."),
     max_prompt_tokens: int = typer.Option(1024, help="Local models: drop the oldest turns of longer prompts."),
@@ -556,8 +531,7 @@ def generate_command(
     if not db.is_initialized(url):
         raise UserError(f"no prefloop database at {db.database_url(url)}: run `prefloop init` first")
     settings = GenerationSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-        repetition_penalty=repetition_penalty, samples=samples, seed=seed, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, samples=samples, seed=seed, batch_size=batch_size,
         max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt)
     endpoint = OpenAIEndpoint(base_url=base_url, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
                               concurrency=concurrency) if base_url else None

@@ -73,7 +73,6 @@ def test_http_two_models_make_one_pair_per_prompt_with_parameters_recorded(sqlit
     assert {h["Authorization"] for h in server.headers} == {"Bearer sk-secret"}
     first = next(r for r in server.requests if r["messages"][-1]["content"] == QUESTIONS[0] and r["model"] == "alpha")
     assert first["messages"] == [{"role": "user", "content": QUESTIONS[0]}]
-    assert "top_k" not in first and "repetition_penalty" not in first  # non-OpenAI fields only when asked for
 
 
 def test_http_retries_rate_limits_server_errors_drops_and_timeouts(sqlite_url):
@@ -194,11 +193,17 @@ def tiny_models(tmp_path_factory):
     return base, other, str(root / "adapter")
 
 
-def test_parse_model_labels_paths_and_adapters(tiny_models):
+def test_parse_model_labels_paths_and_adapters(tiny_models, tmp_path):
+    import shutil
+
     base, _, adapter = tiny_models
     assert parse_model("smollm2-135m-instruct").label == "smollm2-135m-instruct"
     spec = parse_model("aligned=" + adapter)
     assert (spec.label, spec.model, spec.adapter) == ("aligned", base, adapter)
+    # finetune/'s prefloop.json names the base as the user did (an alias): it wins over PEFT's resolved path.
+    shutil.copytree(adapter, tmp_path / "aligned")
+    (tmp_path / "aligned" / "prefloop.json").write_text(json.dumps({"base_policy": {"name": "smollm2-135m-instruct"}}))
+    assert parse_model(str(tmp_path / "aligned")).model == "smollm2-135m-instruct"
     assert parse_model("runs/lr=1e-4").model == "runs/lr=1e-4"  # an '=' inside a path is no label
 
 
@@ -213,8 +218,8 @@ def test_local_models_with_adapter_record_parameters_and_reproduce(sqlite_url, t
     assert gens["base"]["adapter"] is None and gens["tuned"]["adapter"] == adapter
     for gen in gens.values():
         assert gen["backend"] == "transformers" and gen["device"] == "cpu" and gen["dtype"] == "float32"
-        assert (gen["max_new_tokens"], gen["temperature"], gen["top_p"], gen["top_k"], gen["do_sample"]) == (
-            6, 1.0, 0.9, 0, True)
+        assert (gen["max_new_tokens"], gen["temperature"], gen["top_p"], gen["do_sample"]) == (6, 1.0, 0.9, True)
+        assert gen["round"] == result.round and len(gen["batch_prompt_ids"]) in (1, 2)
         assert gen["completion_tokens"] <= 6 and gen["finish_reason"] in ("stop", "length")
         assert isinstance(gen["seed"], int) and gen["prompt_tokens"] > 0
     # The adapter changes what the base model says: same seed, different text.
