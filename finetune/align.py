@@ -1,0 +1,261 @@
+"""Aligning a policy with PEFT: `align(AlignConfig(...))` trains a LoRA adapter and writes it to a folder.
+
+Methods (one module each):
+- `grpo`, `rloo` (finetune/rl.py): reinforcement learning against a reward model, KL to the base via `beta`;
+- `dpo` (finetune/dpo.py): straight from a preference dataset, no reward model;
+- `bon` (finetune/best_of_n.py): best-of-n rejection sampling, then supervised fine-tuning on the winners.
+
+Output folder: the PEFT adapter (adapter_config.json, adapter_model.safetensors), the tokenizer with
+its chat template, `merged/` with `merge=True`, and `prefloop.json` (method, config, base policy,
+reward model, data, metrics, and the evaluation once `prefloop align eval` has run).
+
+Scaling out: the trainers are TRL's, so the same code runs on several GPUs through accelerate, e.g.
+`accelerate launch --config_file reward/accelerate/multi_gpu.yaml -m apps.cli align run ...`; on one
+GPU nothing is needed (the device is picked automatically, bf16 where supported).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from collect.errors import UserError
+from finetune.policy import load_tokenizer, resolve
+from finetune.prompts import fit_prompts, read_preferences, read_prompts
+from finetune.training import RichProgress, pick_device, summarize_history, use_bf16
+
+METHODS = ("grpo", "rloo", "dpo", "bon")
+# Per-method defaults, chosen so that smollm2-135m-instruct finishes in minutes on a 2-core CPU
+# (bench/results/align.md has the timings). LoRA learning rates are ~100x full fine-tuning ones.
+METHOD_DEFAULTS: dict[str, dict[str, float]] = {
+    "grpo": {"max_steps": 30, "learning_rate": 5e-5, "beta": 0.04},
+    "rloo": {"max_steps": 30, "learning_rate": 5e-5, "beta": 0.04},
+    "dpo": {"max_steps": 60, "learning_rate": 5e-5, "beta": 0.1},
+    "bon": {"max_steps": 30, "learning_rate": 1e-4, "beta": 0.0},
+}
+
+
+@dataclass
+class AlignConfig:
+    """Everything an alignment run needs. Fields left as None take the method's default (METHOD_DEFAULTS)."""
+
+    # Prompts: a JSONL/JSON/CSV/Parquet file or save_to_disk folder with a `prompt` column (a string or a
+    # list of {role, content} messages), a `datasets.Dataset`, or a list of conversations. For `dpo`: a
+    # preference dataset (TRL format: prompt, chosen, rejected, as collect/ exports it; or raw HH-RLHF).
+    prompts: Any
+    # Where the adapter, prefloop.json (and merged/) are written; created if missing.
+    output_dir: str | Path
+    # grpo | rloo | dpo | bon.
+    method: str = "grpo"
+    # The policy to align: an alias (collect.offline_models), a Hugging Face id or a local directory.
+    policy: str = "smollm2-135m-instruct"
+    # Reward-model directory from reward/ (required by grpo, rloo and bon; unused by dpo).
+    reward_model: str | None = None
+    # A Jinja chat template (text or .jinja path) replacing the tokenizer's; saved with the adapter.
+    chat_template: str | None = None
+    # Optimizer steps. Each step consumes `prompts_per_step` prompts (or pairs for dpo).
+    max_steps: int | None = None
+    # LoRA learning rate (constant after no warm-up: short runs need every step).
+    learning_rate: float | None = None
+    # KL penalty to the base model (grpo/rloo), or DPO's temperature beta (dpo); unused by bon.
+    beta: float | None = None
+    # Prompts (or preference pairs) per optimizer step.
+    prompts_per_step: int = 2
+    # Responses sampled per prompt: the group size of grpo/rloo, the n of best-of-n.
+    num_generations: int = 4
+    # Prompts longer than this many tokens (chat template included) lose their oldest turns; a prompt
+    # whose last user turn alone is too long is dropped (counted in prefloop.json).
+    max_prompt_length: int = 256
+    # Most tokens sampled per response (grpo/rloo/bon); the response budget of a dpo sequence.
+    max_completion_length: int = 64
+    # Sampling temperature while training (grpo/rloo/bon).
+    temperature: float = 0.8
+    # Reward subtracted per response token (grpo/rloo), added as a second reward function; 0 disables it.
+    length_penalty: float = 0.0
+    # LoRA rank, scaling and dropout, and which modules get adapters ("all-linear" or a list of names).
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str | list[str] = "all-linear"
+    # Use at most this many prompts (after a seeded shuffle); None keeps them all.
+    max_prompts: int | None = None
+    # Seeds the shuffle, LoRA initialisation and sampling.
+    seed: int = 0
+    # Also write a merged model (base weights + adapter) to output_dir/merged.
+    merge: bool = False
+    # Held-out prompts: when set, `finetune.evaluate` runs at the end and its summary lands in prefloop.json.
+    eval_prompts: Any = None
+    # Independent reward model for that evaluation (trained on a disjoint split, to expose reward hacking).
+    judge: str | None = None
+    # Rich progress bar and summary table on the console.
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"method {self.method!r}: expected one of {', '.join(METHODS)}")
+        for name, value in METHOD_DEFAULTS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, type(value)(value) if name != "max_steps" else int(value))
+        self.output_dir = Path(self.output_dir)
+        for name in ("max_steps", "prompts_per_step", "max_prompt_length", "max_completion_length", "lora_r"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.method in ("grpo", "rloo") and self.num_generations < 2:
+            raise UserError(f"num_generations must be at least 2 for {self.method} (it compares responses)")
+        if self.method != "dpo" and not self.reward_model:
+            raise UserError(f"method {self.method} needs a reward model (--reward DIR from `prefloop reward train`)")
+
+
+@dataclass
+class AlignResult:
+    output_dir: Path  # the adapter directory
+    merged_dir: Path | None  # the merged model, with merge=True
+    metrics: dict[str, float]  # training numbers (first/last loss and reward, runtime, ...)
+    evaluation: dict[str, Any] | None  # the summary of the held-out evaluation, when eval_prompts was given
+
+
+def align(config: AlignConfig) -> AlignResult:
+    """Train a LoRA adapter with `config.method` and save it with prefloop.json. See AlignConfig."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    started = time.monotonic()
+    console = Console(quiet=not config.show_progress)
+    reward_info = None
+    if config.reward_model and config.method != "dpo":
+        from finetune.rewards import reward_model_info
+
+        reward_info = reward_model_info(config.reward_model)
+    tokenizer = load_tokenizer(config.policy, config.chat_template)
+
+    data_stats: dict[str, Any] = {}
+    rng = random.Random(config.seed)
+    if config.method == "dpo":
+        pairs = read_preferences(config.prompts)
+        rng.shuffle(pairs)
+        pairs = pairs[:config.max_prompts] if config.max_prompts else pairs
+        total = len(pairs)
+        fitted, kept = fit_prompts(tokenizer, [p["prompt"] for p in pairs], config.max_prompt_length, "preferences")
+        pairs = [dict(pairs[i], prompt=prompt) for prompt, i in zip(fitted, kept)]
+        data_stats = {"pairs": len(pairs), "dropped_too_long": total - len(pairs)}
+    else:
+        prompts = read_prompts(config.prompts)
+        rng.shuffle(prompts)
+        total = len(prompts[:config.max_prompts] if config.max_prompts else prompts)
+        prompts, _ = fit_prompts(tokenizer, prompts[:total], config.max_prompt_length)
+        data_stats = {"prompts": len(prompts), "dropped_too_long": total - len(prompts)}
+        if config.method == "bon":
+            # Best-of-n samples only the prompts its SFT steps will see once: the same prompt budget as grpo.
+            prompts = prompts[:config.max_steps * config.prompts_per_step]
+            data_stats["prompts_sampled"] = len(prompts)
+
+    path = resolve(config.policy)
+    dtype = torch.bfloat16 if use_bf16() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    progress = RichProgress(f"{config.method} on {Path(str(config.policy)).name}")
+    if not config.show_progress:
+        progress.on_train_begin = lambda *a, **k: None  # keep the history, draw nothing
+
+    extra: dict[str, float] = {}
+    if config.method == "dpo":
+        from finetune.dpo import train_dpo
+
+        trainer = train_dpo(config, model, tokenizer, pairs, progress)
+    else:
+        from finetune.rewards import RewardFunction, load_scorer
+
+        scorer = load_scorer(config.reward_model, device=pick_device())
+        if config.method == "bon":
+            from finetune.best_of_n import best_responses, train_best_of_n
+
+            with console.status(f"sampling {config.num_generations} responses for {len(prompts)} prompts"):
+                rows, extra = best_responses(config, model, tokenizer, prompts, scorer)
+            if not rows:
+                raise UserError("best-of-n: the policy produced no non-empty response to any prompt")
+            trainer = train_best_of_n(config, model, tokenizer, rows, progress)
+        else:
+            from finetune.rl import train_rl
+
+            trainer = train_rl(config, model, tokenizer, prompts, RewardFunction(scorer), progress)
+        del scorer
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    peft_model = trainer.model
+    peft_model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    merged_dir = None
+    if config.merge:
+        merged_dir = out / "merged"
+        peft_model.merge_and_unload().save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+
+    metrics = summarize_history(progress.history) | extra
+    metrics["wall_s"] = time.monotonic() - started
+    write_manifest(out, config, path, reward_info, data_stats, metrics)
+    evaluation = None
+    if config.eval_prompts is not None:
+        from finetune.evaluate import EvalConfig, evaluate
+
+        del trainer, peft_model, model
+        evaluation = evaluate(EvalConfig(
+            adapter=str(out), prompts=config.eval_prompts, judge=config.judge, seed=config.seed,
+            show_progress=config.show_progress,
+        )).summary
+    _print_summary(console, config, out, metrics, evaluation)
+    return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=evaluation)
+
+
+def write_manifest(
+    out: Path, config: AlignConfig, policy_path: str, reward_info: dict | None, data: dict, metrics: dict
+) -> None:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    settings = {f.name: getattr(config, f.name) for f in fields(config)}
+    for name in ("prompts", "eval_prompts"):
+        value = getattr(config, name)
+        settings[name] = str(value) if value is None or isinstance(value, (str, Path)) else f"<{type(value).__name__}>"
+    settings["output_dir"] = str(config.output_dir)
+    manifest = {
+        "kind": "prefloop.aligned_policy",
+        "method": config.method,
+        "config": settings,
+        "base_policy": {"name": config.policy, "path": str(policy_path)},
+        "reward_model": None if reward_info is None else {
+            "path": str(Path(config.reward_model).resolve()) if Path(config.reward_model).exists() else config.reward_model,
+            **{k: reward_info[k] for k in ("base_model", "max_length", "truncation_side", "metrics") if k in reward_info},
+        },
+        "data": data,
+        "metrics": metrics,
+        "evaluation": None,
+        "device": pick_device(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "trl": trl.__version__, "peft": peft.__version__},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "prefloop.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def _print_summary(console: Console, config: AlignConfig, out: Path, metrics: dict, evaluation: dict | None) -> None:
+    table = Table(title=f"prefloop align: {config.method}", show_header=False)
+    table.add_row("adapter", str(out))
+    for key in ("first_reward", "last_reward", "first_loss", "last_loss", "last_rewards_margins",
+                "bon_mean_reward_all", "bon_mean_reward_best", "wall_s"):
+        if key in metrics:
+            table.add_row(key, f"{metrics[key]:.4g}")
+    if evaluation:
+        for key in ("win_rate_reward_model", "win_rate_judge", "kl_to_base", "mean_length_aligned"):
+            if evaluation.get(key) is not None:
+                table.add_row(key, f"{evaluation[key]:.4g}")
+    console.print(table)

@@ -1,0 +1,79 @@
+"""Best-of-n rejection sampling: sample n responses per prompt, keep the one the reward model likes best,
+and fine-tune on those with LoRA (TRL's SFTTrainer, loss on the response only).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from finetune.prompts import Conversation
+from finetune.rewards import score
+from finetune.sampling import sample
+from finetune.training import RichProgress, common_trainer_args, lora_config, pick_device, run
+
+if TYPE_CHECKING:
+    from finetune.align import AlignConfig
+
+
+def best_responses(
+    config: AlignConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[Conversation],
+    scorer,
+) -> tuple[list[dict], dict[str, float]]:
+    """Prompt-completion rows with the best of `num_generations` samples, and how much picking helped."""
+    model.to(pick_device()).eval()
+    samples = sample(
+        model, tokenizer, prompts, n=config.num_generations, max_new_tokens=config.max_completion_length,
+        temperature=config.temperature, seed=config.seed,
+    )
+    rows, all_rewards, best_rewards = [], [], []
+    for prompt, texts in zip(prompts, samples.texts):
+        candidates = [t for t in texts if t]
+        if not candidates:
+            continue
+        rewards = score(scorer, [prompt + [{"role": "assistant", "content": t}] for t in candidates])
+        best = max(range(len(candidates)), key=rewards.__getitem__)
+        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": candidates[best]}]})
+        all_rewards.extend(rewards)
+        best_rewards.append(rewards[best])
+    stats = {
+        "bon_prompts": float(len(rows)),
+        "bon_mean_reward_all": sum(all_rewards) / max(len(all_rewards), 1),
+        "bon_mean_reward_best": sum(best_rewards) / max(len(best_rewards), 1),
+    }
+    return rows, stats
+
+
+def train_best_of_n(
+    config: AlignConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict],
+    progress: RichProgress,
+):
+    """Supervised fine-tuning on the best responses; returns the trainer."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        **common_trainer_args(
+            output_dir=str(config.output_dir), max_steps=config.max_steps, learning_rate=config.learning_rate,
+            batch_size=config.prompts_per_step, seed=config.seed,
+        ),
+        max_length=config.max_prompt_length + config.max_completion_length,
+        completion_only_loss=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules),
+        callbacks=[progress],
+    )
+    run(trainer)
+    return trainer

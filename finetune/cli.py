@@ -1,0 +1,74 @@
+"""`prefloop align run | eval`: thin wrappers over finetune.align.align and finetune.evaluate.evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Align a policy with PEFT (grpo, rloo, dpo, bon) and measure that it worked.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def run(
+    prompts: str = typer.Option(..., "--prompts", help="Prompts file/folder with a 'prompt' column; for dpo a "
+                                "preference dataset (prompt, chosen, rejected)."),
+    out: Path = typer.Option(..., "--out", help="Adapter directory to write (with prefloop.json)."),
+    method: str = typer.Option("grpo", "--method", help="grpo | rloo | dpo | bon."),
+    policy: str = typer.Option("smollm2-135m-instruct", "--policy", help="Alias, Hugging Face id or local path."),
+    reward: Optional[str] = typer.Option(None, "--reward", help="Reward-model directory (grpo, rloo, bon)."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="Jinja template (file or text)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (default per method)."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Default per method."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="KL weight (grpo/rloo) or DPO beta."),
+    prompts_per_step: int = typer.Option(2, "--prompts-per-step", help="Prompts (or pairs) per step."),
+    num_generations: int = typer.Option(4, "--num-generations", help="Samples per prompt (group size; n of bon)."),
+    max_prompt_length: int = typer.Option(256, "--max-prompt-length", help="Prompt tokens kept (oldest turns go)."),
+    max_completion_length: int = typer.Option(64, "--max-completion-length", help="Tokens per sampled response."),
+    temperature: float = typer.Option(0.8, "--temperature", help="Sampling temperature while training."),
+    length_penalty: float = typer.Option(0.0, "--length-penalty", help="Reward subtracted per response token."),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    lora_alpha: int = typer.Option(32, "--lora-alpha", help="LoRA scaling."),
+    max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Use at most this many prompts."),
+    seed: int = typer.Option(0, "--seed"),
+    merge: bool = typer.Option(False, "--merge", help="Also write a merged model to OUT/merged."),
+    eval_prompts: Optional[str] = typer.Option(None, "--eval-prompts", help="Held-out prompts: evaluate at the end."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Independent reward model for that evaluation."),
+) -> None:
+    """Train a LoRA adapter that aligns POLICY to a reward model (grpo, rloo, bon) or to preferences (dpo)."""
+    from finetune.align import AlignConfig, align
+
+    align(AlignConfig(
+        prompts=prompts, output_dir=out, method=method, policy=policy, reward_model=reward,
+        chat_template=chat_template, max_steps=max_steps, learning_rate=learning_rate, beta=beta,
+        prompts_per_step=prompts_per_step, num_generations=num_generations, max_prompt_length=max_prompt_length,
+        max_completion_length=max_completion_length, temperature=temperature, length_penalty=length_penalty,
+        lora_r=lora_r, lora_alpha=lora_alpha, max_prompts=max_prompts, seed=seed, merge=merge,
+        eval_prompts=eval_prompts, judge=judge,
+    ))
+
+
+@app.command("eval")
+def eval_(
+    adapter: str = typer.Option(..., "--adapter", help="Adapter directory written by `align run`."),
+    prompts: str = typer.Option(..., "--prompts", help="Held-out prompts (not used in training)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Base policy (default: from the adapter)."),
+    reward: Optional[str] = typer.Option(None, "--reward", help="Training reward model (default: from the adapter)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Independent reward model (disjoint training split)."),
+    max_prompts: Optional[int] = typer.Option(64, "--max-prompts", help="Evaluate on the first N prompts."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: as in training."),
+    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature for both policies."),
+    seed: int = typer.Option(0, "--seed", help="Prompt i uses seed + i for both policies."),
+    n_examples: int = typer.Option(3, "--examples", help="Side-by-side examples in the report."),
+    out: Optional[str] = typer.Option(None, "--out", help="JSON report (default ADAPTER/evaluation.json; PNG beside)."),
+) -> None:
+    """Win rate of the aligned policy over its base under the reward model and a judge, KL, length."""
+    from finetune.evaluate import EvalConfig, evaluate
+
+    result = evaluate(EvalConfig(
+        adapter=adapter, prompts=prompts, policy=policy, reward_model=reward, judge=judge, max_prompts=max_prompts,
+        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, n_examples=n_examples, out=out,
+    ))
+    typer.echo(f"wrote {result.json_path} and {result.png_path}")

@@ -1,0 +1,237 @@
+"""Did the alignment work? Base versus aligned policy on held-out prompts.
+
+Both policies answer every prompt with the same seeds (one model in memory: the base is the aligned
+model with its adapter disabled). Reported:
+- win rate of aligned over base under the training reward model and under an independent judge (a
+  reward model trained on a disjoint split): a gain that the judge does not confirm is reward hacking;
+  ties count one half; 95% bootstrap intervals;
+- mean reward of each policy under each reward model;
+- KL(aligned || base), estimated on the aligned model's own samples as the mean over responses of
+  sum_t [log p_aligned(y_t) - log p_base(y_t)], both at the sampling temperature;
+- mean response length in tokens, and a few side-by-side examples.
+Written as JSON and a PNG plot; the summary also lands in the adapter's prefloop.json.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+
+from collect.errors import UserError
+from finetune.policy import load_policy
+from finetune.prompts import fit_prompts, read_prompts
+from finetune.sampling import sample, sequence_logprobs
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings. None means: read it from the adapter's prefloop.json."""
+
+    # The adapter directory written by `align` (or any PEFT adapter of `policy`).
+    adapter: str
+    # Held-out prompts, in any form `align` accepts (file, dataset, list of conversations).
+    prompts: Any
+    # The base policy; by default the one the adapter was trained from.
+    policy: str | None = None
+    # The training reward model; by default the one recorded with the adapter (dpo adapters have none).
+    reward_model: str | None = None
+    # An independent reward model trained on a disjoint split; optional but the honest check.
+    judge: str | None = None
+    # Evaluate on the first this-many prompts (None: all).
+    max_prompts: int | None = 64
+    # Prompts are fitted to this many tokens like in training (oldest turns dropped).
+    max_prompt_length: int = 256
+    # Most tokens per response; by default the adapter's training max_completion_length (else 64).
+    max_new_tokens: int | None = None
+    # Sampling temperature for both policies (0 = greedy; then KL is computed at temperature 1).
+    temperature: float = 0.7
+    # Nucleus sampling; keep 1.0 for a KL estimate of the full distributions.
+    top_p: float = 1.0
+    # Prompt i is sampled with seed + i for both policies.
+    seed: int = 0
+    # Sequences per generate / forward call.
+    batch_size: int = 8
+    # Side-by-side examples kept in the report.
+    n_examples: int = 3
+    # JSON report path (the PNG goes next to it); by default <adapter>/evaluation.json.
+    out: str | None = None
+    # Write the summary into the adapter's prefloop.json under "evaluation".
+    update_manifest: bool = True
+    # Rich status lines and a summary table.
+    show_progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    summary: dict[str, Any]  # the numbers (win rates, means, KL, lengths, CIs, sizes)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    json_path: Path | None = None
+    png_path: Path | None = None
+
+
+def win_rate(aligned: Sequence[float], base: Sequence[float]) -> float:
+    """Share of prompts where aligned scores above base; a tie counts one half."""
+    if len(aligned) != len(base) or not aligned:
+        raise ValueError("win_rate needs two equally long, non-empty lists of rewards")
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(aligned, base)) / len(aligned)
+
+
+def win_rate_interval(aligned: Sequence[float], base: Sequence[float], n_boot: int = 1000,
+                      seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the win rate, resampling prompts."""
+    outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(aligned, base)]
+    rng = random.Random(seed)
+    n = len(outcomes)
+    rates = sorted(sum(outcomes[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    return rates[int(0.025 * n_boot)], rates[min(int(0.975 * n_boot), n_boot - 1)]
+
+
+def kl_estimate(logp_aligned: Sequence[float], logp_base: Sequence[float]) -> float:
+    """Monte-Carlo KL(aligned || base) from sequence log-probs of samples drawn from the aligned model."""
+    if len(logp_aligned) != len(logp_base) or not logp_aligned:
+        raise ValueError("kl_estimate needs two equally long, non-empty lists of log-probabilities")
+    return sum(a - b for a, b in zip(logp_aligned, logp_base)) / len(logp_aligned)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def read_manifest(adapter: str) -> dict[str, Any]:
+    path = Path(adapter) / "prefloop.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def evaluate(config: EvalConfig) -> EvalResult:
+    """Compare the aligned policy with its base on held-out prompts; write JSON + PNG. See EvalConfig."""
+    from finetune.rewards import load_scorer, score
+
+    console = Console(quiet=not config.show_progress)
+    if not Path(config.adapter).is_dir():
+        raise UserError(f"adapter {config.adapter}: no such directory")
+    manifest = read_manifest(config.adapter)
+    policy = config.policy or (manifest.get("base_policy") or {}).get("name")
+    if not policy:
+        raise UserError(f"adapter {config.adapter}: no prefloop.json naming its base policy; pass --policy")
+    reward_model = config.reward_model or (manifest.get("reward_model") or {}).get("path")
+    if not reward_model and not config.judge:
+        raise UserError("evaluation needs a reward model to compare with: pass --reward and/or --judge")
+    max_new_tokens = config.max_new_tokens or (manifest.get("config") or {}).get("max_completion_length") or 64
+
+    model, tokenizer = load_policy(policy, config.adapter)
+    prompts = read_prompts(config.prompts, limit=config.max_prompts)
+    prompts, _ = fit_prompts(tokenizer, prompts, config.max_prompt_length)
+    settings = dict(n=1, max_new_tokens=max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                    seed=config.seed, batch_size=config.batch_size)
+    with console.status(f"sampling the base policy on {len(prompts)} prompts"):
+        with model.disable_adapter():
+            base = sample(model, tokenizer, prompts, **settings)
+    with console.status(f"sampling the aligned policy on {len(prompts)} prompts"):
+        aligned = sample(model, tokenizer, prompts, **settings)
+    aligned_ids = [ids[0] for ids in aligned.token_ids]
+    kl_temperature = config.temperature if config.temperature > 0 else 1.0
+    with console.status("log-probabilities for the KL estimate"):
+        logp_aligned = sequence_logprobs(model, tokenizer, prompts, aligned_ids, temperature=kl_temperature,
+                                         batch_size=config.batch_size)
+        with model.disable_adapter():
+            logp_base = sequence_logprobs(model, tokenizer, prompts, aligned_ids, temperature=kl_temperature,
+                                          batch_size=config.batch_size)
+    device = model.device.type
+    del model
+
+    base_texts = [t[0] for t in base.texts]
+    aligned_texts = [t[0] for t in aligned.texts]
+    summary: dict[str, Any] = {
+        "policy": policy, "adapter": str(config.adapter), "method": manifest.get("method"),
+        "n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "temperature": config.temperature,
+        "seed": config.seed,
+        "kl_to_base": kl_estimate(logp_aligned, logp_base),
+        "mean_length_base": _mean([len(ids[0]) for ids in base.token_ids]),
+        "mean_length_aligned": _mean([len(ids) for ids in aligned_ids]),
+    }
+    scores: dict[str, tuple[list[float], list[float]]] = {}
+    for role, path in (("reward_model", reward_model), ("judge", config.judge)):
+        summary[role] = path
+        if not path:
+            summary[f"win_rate_{role}"] = None
+            continue
+        with console.status(f"scoring with the {role.replace('_', ' ')}"):
+            scorer = load_scorer(path, device=device, batch_size=config.batch_size)
+            r_base = score(scorer, [p + [{"role": "assistant", "content": t}] for p, t in zip(prompts, base_texts)])
+            r_aligned = score(scorer, [p + [{"role": "assistant", "content": t}]
+                                       for p, t in zip(prompts, aligned_texts)])
+            del scorer
+        scores[role] = (r_aligned, r_base)
+        summary[f"win_rate_{role}"] = win_rate(r_aligned, r_base)
+        summary[f"win_rate_{role}_ci95"] = list(win_rate_interval(r_aligned, r_base, seed=config.seed))
+        summary[f"mean_reward_{role}_base"] = _mean(r_base)
+        summary[f"mean_reward_{role}_aligned"] = _mean(r_aligned)
+
+    examples = []
+    for i in range(min(config.n_examples, len(prompts))):
+        example = {"prompt": prompts[i], "base": base_texts[i], "aligned": aligned_texts[i]}
+        for role, (r_aligned, r_base) in scores.items():
+            example[f"{role}_base"] = r_base[i]
+            example[f"{role}_aligned"] = r_aligned[i]
+        examples.append(example)
+
+    json_path = Path(config.out) if config.out else Path(config.adapter) / "evaluation.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    png_path = json_path.with_suffix(".png")
+    json_path.write_text(json.dumps({"summary": summary, "examples": examples, "config": asdict(config) | {
+        "prompts": str(config.prompts) if isinstance(config.prompts, (str, Path)) else f"<{type(config.prompts).__name__}>"
+    }}, indent=2, default=str) + "\n")
+    plot(summary, scores, png_path)
+    if config.update_manifest and manifest:
+        manifest["evaluation"] = summary | {"report": str(json_path), "plot": str(png_path)}
+        (Path(config.adapter) / "prefloop.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    _print(console, summary)
+    return EvalResult(summary=summary, examples=examples, json_path=json_path, png_path=png_path)
+
+
+def plot(summary: dict[str, Any], scores: dict[str, tuple[list[float], list[float]]], path: Path) -> None:
+    """Win rates with their intervals, and per-prompt rewards of aligned against base."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 1 + len(scores), figsize=(4.5 * (1 + len(scores)), 4))
+    axes = list(axes) if len(scores) else [axes]
+    roles = list(scores)
+    rates = [summary[f"win_rate_{r}"] for r in roles]
+    errors = [[rate - summary[f"win_rate_{r}_ci95"][0] for r, rate in zip(roles, rates)],
+              [summary[f"win_rate_{r}_ci95"][1] - rate for r, rate in zip(roles, rates)]]
+    axes[0].bar([r.replace("_", " ") for r in roles], rates, yerr=errors if roles else None, color="tab:blue")
+    axes[0].axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    axes[0].set_ylim(0, 1)
+    axes[0].set_ylabel("win rate of aligned over base")
+    axes[0].set_title(f"KL {summary['kl_to_base']:.3g} nats, n={summary['n_prompts']}")
+    for ax, role in zip(axes[1:], roles):
+        aligned, base = scores[role]
+        ax.scatter(base, aligned, s=10)
+        low, high = min(base + aligned), max(base + aligned)
+        ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("reward of base response")
+        ax.set_ylabel("reward of aligned response")
+        ax.set_title(role.replace("_", " "))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _print(console: Console, summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="aligned vs base", show_header=False)
+    for key, value in summary.items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4g}")
+        elif isinstance(value, list):
+            table.add_row(key, "[" + ", ".join(f"{v:.3g}" for v in value) + "]")
+    console.print(table)

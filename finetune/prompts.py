@@ -1,0 +1,147 @@
+"""Prompts and preference pairs for alignment: read, checked, and fitted to a token budget.
+
+Prompts come as a file (JSONL, JSON, CSV, Parquet, or a `save_to_disk` folder), a `datasets.Dataset`,
+or a Python list; each row has a `prompt` that is a string (one user turn) or a list of messages.
+A list of conversations is accepted as it is, which is how callers holding prompts in the collection
+database pass them in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from collect.errors import UserError
+from collect.formats import detect_format, parse_conversation, read_records, read_table, records_from_dataset
+
+Conversation = list[dict[str, str]]
+
+
+def read_prompts(source: Any, limit: int | None = None) -> list[Conversation]:
+    """Checked conversations, each ending with a user turn. Raises UserError naming the row at fault."""
+    conversations = [_checked(value, where) for where, value in _prompt_values(source)]
+    if not conversations:
+        raise UserError(f"{_name(source)}: no prompts")
+    return conversations[:limit] if limit else conversations
+
+
+def _checked(value: Any, where: str) -> Conversation:
+    if value is None or value == "" or value == []:
+        raise UserError(f"{where}: field 'prompt': is empty")
+    messages = parse_conversation(value, where)
+    if messages[-1]["role"] != "user":
+        raise UserError(f"{where}: field 'prompt': the last message must be the user's, to be answered")
+    return messages
+
+
+def _name(source: Any) -> str:
+    return str(source) if isinstance(source, (str, Path)) else type(source).__name__
+
+
+def _prompt_values(source: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise UserError(f"{path}: no such file")
+        if path.is_dir():
+            rows: Iterable[tuple[Any, dict]] = enumerate(_load_from_disk(path), start=1)
+            where = f"{path}: row {{}}"
+        else:
+            rows = read_table(path)
+            where = f"{path}:{{}}"
+        for n, row in rows:
+            if "prompt" not in row:
+                raise UserError(f"{where.format(n)}: field 'prompt': is missing (columns: {', '.join(row)})")
+            yield where.format(n), row["prompt"]
+        return
+    if isinstance(source, Sequence) or hasattr(source, "column_names"):
+        for i, row in enumerate(source, start=1):
+            where = f"prompts: row {i}"
+            if isinstance(row, dict):
+                if "prompt" not in row:
+                    raise UserError(f"{where}: field 'prompt': is missing (columns: {', '.join(row)})")
+                row = row["prompt"]
+            yield where, row
+        return
+    raise UserError(f"prompts: expected a file, a dataset or a list of conversations, got {type(source).__name__}")
+
+
+def _load_from_disk(path: Path):
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise UserError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset))]
+    return dataset
+
+
+def read_preferences(source: Any, limit: int | None = None) -> list[dict[str, Conversation]]:
+    """Preference pairs as TRL's conversational rows: `prompt`, `chosen` and `rejected` message lists.
+
+    Accepts what collect/ exports (TRL format, plain or conversational) and raw HH-RLHF files. A pair whose
+    judgments favour the second response is flipped; a tie teaches nothing to DPO and is skipped.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        fmt = "hh-rlhf" if path.is_file() and detect_format(path) == "hh-rlhf" else "trl"
+        records = read_records(path, fmt)
+    else:
+        records = records_from_dataset(source, "trl", "preferences")
+    rows = []
+    for record in records:
+        if record.response_a is None or record.response_b is None:
+            raise UserError(f"{record.where}: a preference row needs both 'chosen' and 'rejected'")
+        vote = sum(j.choice for j in record.judgments)
+        if vote == 0:
+            continue
+        chosen, rejected = (record.response_a, record.response_b) if vote > 0 else (record.response_b, record.response_a)
+        rows.append({
+            "prompt": record.prompt,
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        })
+    if not rows:
+        raise UserError(f"{_name(source)}: no preference pairs (all rows are ties)")
+    return rows[:limit] if limit else rows
+
+
+def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: Conversation, max_tokens: int) -> Conversation | None:
+    """The conversation with its oldest turns dropped until the rendered prompt fits `max_tokens`.
+
+    Keeps the end, where the question to answer is; a system message stays. None when even the last
+    user turn alone is too long.
+    """
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    for start in range(len(turns)):
+        if turns[start]["role"] != "user":
+            continue  # a conversation restarts on a user turn
+        candidate = system + turns[start:]
+        if prompt_length(tokenizer, candidate) <= max_tokens:
+            return candidate
+    return None
+
+
+def prompt_length(tokenizer: PreTrainedTokenizerBase, messages: Conversation) -> int:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+    return len(ids)
+
+
+def fit_prompts(
+    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation], max_tokens: int, what: str = "prompts"
+) -> tuple[list[Conversation], list[int]]:
+    """Fitted prompts and the indices of those kept; raises UserError when none fit."""
+    kept, indices = [], []
+    for i, messages in enumerate(conversations):
+        fitted = fit_prompt(tokenizer, messages, max_tokens)
+        if fitted is not None:
+            kept.append(fitted)
+            indices.append(i)
+    if not kept:
+        raise UserError(f"{what}: every prompt is longer than max_prompt_length={max_tokens} tokens")
+    return kept, indices

@@ -1,0 +1,80 @@
+"""The reward model as TRL reward functions, and the optional length penalty.
+
+Scoring is reward/'s RewardScorer, which encodes a conversation exactly as the reward model saw it
+in training (its chat template or plain layout, max_length, left truncation, from its prefloop.json).
+That is why the reward model reaches TRL as a function rather than as a bare model: TRL's built-in
+path renders with the reward tokenizer's chat template and never truncates, which fails for encoders
+without a template (minilm-l6) and misjudges long dialogues.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from transformers import AutoConfig
+
+from collect.errors import UserError
+from finetune.prompts import Conversation
+from reward.score import RewardScorer
+
+
+def reward_model_info(path: str) -> dict[str, Any]:
+    """The reward model's prefloop.json (empty when it has none). Raises UserError unless `path` is a
+    sequence classifier with a single output."""
+    from collect.offline_models import resolve_model
+
+    resolved = resolve_model(path)
+    if not Path(resolved).exists() and Path(resolved).is_absolute():
+        raise UserError(f"reward model {path}: no such directory")
+    try:
+        config = AutoConfig.from_pretrained(resolved)
+    except (OSError, ValueError) as e:
+        raise UserError(f"reward model {path}: not a model directory ({str(e).splitlines()[0]})") from None
+    architectures = config.architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise UserError(
+            f"reward model {path}: {', '.join(architectures) or 'this model'} is not a sequence classifier; "
+            "a reward model is trained with `prefloop reward train` (AutoModelForSequenceClassification, num_labels=1)"
+        )
+    if config.num_labels != 1:
+        raise UserError(f"reward model {path}: has {config.num_labels} outputs; a reward model has exactly one")
+    meta = Path(resolved) / "prefloop.json"
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+def load_scorer(path: str, device: str | None = None, batch_size: int = 16) -> RewardScorer:
+    """reward/'s RewardScorer for one reward model, after checking that it is one."""
+    reward_model_info(path)
+    return RewardScorer(path, device=device, batch_size=batch_size)
+
+
+def score(scorer: RewardScorer, conversations: Sequence[Conversation]) -> list[float]:
+    return scorer.score(conversations).mean.tolist()
+
+
+class RewardFunction:
+    """TRL reward-function signature over a RewardScorer: prompt + completion messages in, rewards out."""
+
+    def __init__(self, scorer: RewardScorer) -> None:
+        self.scorer = scorer
+        self.__name__ = "reward_model"  # TRL names its logged metric after this
+
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        return score(self.scorer, [as_messages(p) + as_messages(c, "assistant") for p, c in zip(prompts, completions)])
+
+
+def as_messages(value: Any, role: str = "user") -> Conversation:
+    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+
+
+class LengthPenalty:
+    """`-weight * tokens`: a reward for brevity that counters reward models that favour long answers."""
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self.__name__ = "length_penalty"
+
+    def __call__(self, completion_ids: list[list[int]], **kwargs: Any) -> list[float]:
+        return [-self.weight * len(ids) for ids in completion_ids]

@@ -1,0 +1,119 @@
+"""Sampling responses from a policy and scoring their tokens: shared by best-of-n and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from finetune.prompts import Conversation
+
+
+@dataclass
+class Samples:
+    """`n` responses per prompt, in prompt order: texts[i][k] is the k-th response to prompt i."""
+
+    texts: list[list[str]]
+    token_ids: list[list[list[int]]]  # the generated ids, EOS included when the model stopped
+
+
+def sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Conversation],
+    *,
+    n: int = 1,
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> Samples:
+    """Sample `n` responses per prompt. Each prompt gets its own seed (seed + index), so the same call on
+    two models (base and aligned) draws the same random numbers for the same prompt, whatever the batching.
+    """
+    texts: list[list[str]] = []
+    token_ids: list[list[list[int]]] = []
+    stops = _stop_ids(model, tokenizer)
+    device = model.device
+    # One prompt (repeated n times) per generate call when n fills a batch; else several prompts at once.
+    per_call = max(1, batch_size // n)
+    for start in range(0, len(prompts), per_call):
+        chunk = prompts[start:start + per_call]
+        rendered = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
+        batch = tokenizer([r for r in rendered for _ in range(n)], return_tensors="pt", padding=True,
+                          padding_side="left", add_special_tokens=False).to(device)
+        # Seeding per chunk keeps draws tied to prompt indices; per_call is the same for both models compared.
+        torch.manual_seed(seed + start)
+        with torch.inference_mode():
+            out = model.generate(
+                **batch, do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                top_p=top_p if temperature > 0 else None, top_k=None, max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
+            )
+        generated = out[:, batch["input_ids"].shape[1]:].tolist()
+        for i in range(len(chunk)):
+            ids_i, texts_i = [], []
+            for row in generated[i * n:(i + 1) * n]:
+                ids = _until_stop(row, stops)
+                ids_i.append(ids)
+                texts_i.append(tokenizer.decode([t for t in ids if t not in stops], skip_special_tokens=True).strip())
+            token_ids.append(ids_i)
+            texts.append(texts_i)
+    return Samples(texts=texts, token_ids=token_ids)
+
+
+def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _until_stop(row: list[int], stops: list[int]) -> list[int]:
+    """The generated ids up to and including the first stop token (the rest is padding)."""
+    for i, token in enumerate(row):
+        if token in stops:
+            return row[:i + 1]
+    return row
+
+
+def sequence_logprobs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Conversation],
+    completions: Sequence[list[int]],
+    *,
+    temperature: float = 1.0,
+    batch_size: int = 8,
+) -> list[float]:
+    """log p(completion | prompt) summed over the completion's tokens, under `model` at `temperature`.
+
+    The temperature divides the logits as sampling does, so the numbers describe the distribution the
+    responses were actually drawn from.
+    """
+    out: list[float] = []
+    device = model.device
+    for start in range(0, len(prompts), batch_size):
+        rows, prompt_lens = [], []
+        for messages, completion in zip(prompts[start:start + batch_size], completions[start:start + batch_size]):
+            prompt_ids = tokenizer.apply_chat_template(
+                messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+            rows.append(list(prompt_ids) + list(completion))
+            prompt_lens.append(len(prompt_ids))
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id
+        # Right padding: positions stay those the model saw while generating from the unpadded prompt.
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+        logps = torch.log_softmax(logits[:, :-1] / (temperature if temperature > 0 else 1.0), dim=-1)
+        token_logps = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        for i, (row, plen) in enumerate(zip(rows, prompt_lens)):
+            # Token t is predicted at position t-1; the completion spans positions plen..len(row)-1.
+            out.append(float(token_logps[i, plen - 1:len(row) - 1].sum()))
+    return out

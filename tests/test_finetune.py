@@ -1,0 +1,242 @@
+"""finetune/: each alignment method on tiny in-process models, the evaluation numbers, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from collect.errors import UserError
+from finetune.align import AlignConfig, align
+from finetune.evaluate import EvalConfig, evaluate, kl_estimate, win_rate, win_rate_interval
+from finetune.policy import check_chat_template, load_policy, load_tokenizer
+from finetune.prompts import fit_prompt, read_preferences, read_prompts
+from finetune.sampling import sequence_logprobs
+from tests.tiny_models import tiny_causal_lm, tiny_reward_model, tiny_tokenizer
+
+PROMPTS = [f"What is {i} plus {i + 1}?" for i in range(8)]
+PROBES = [[{"role": "user", "content": text}] for text in ("Hello, who are you?", "Write a poem about the sea.",
+                                                           "What is the capital of France?")]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {"policy": tiny_causal_lm(root / "lm"), "reward": tiny_reward_model(root / "rm"),
+            "judge": tiny_reward_model(root / "judge", seed=1)}
+
+
+def preference_rows(n: int = 8) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": f"Say hello number {i}"}],
+             "chosen": [{"role": "assistant", "content": "Hello! Happy to help."}],
+             "rejected": [{"role": "assistant", "content": "Go away."}]} for i in range(n)]
+
+
+def greedy(model, tokenizer, prompt) -> list[int]:
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids["input_ids"].shape[1]:].tolist()
+
+
+def small_config(models, method: str, out, **overrides) -> AlignConfig:
+    fields = dict(
+        prompts=preference_rows() if method == "dpo" else PROMPTS, output_dir=out, method=method,
+        policy=models["policy"], reward_model=None if method == "dpo" else models["reward"],
+        max_steps=3, learning_rate=5e-2, max_completion_length=12, show_progress=False,
+    )
+    return AlignConfig(**(fields | overrides))
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo", "dpo", "bon"])
+def test_method_saves_an_adapter_that_reloads_and_changes_generations(models, tmp_path, method):
+    result = align(small_config(models, method, tmp_path / method, merge=method == "dpo"))
+
+    manifest = json.loads((result.output_dir / "prefloop.json").read_text())
+    assert manifest["method"] == method
+    assert manifest["base_policy"]["name"] == models["policy"]
+    assert (manifest["reward_model"] is None) == (method == "dpo")
+    assert manifest["config"]["max_steps"] == 3
+    assert manifest["metrics"]["train_runtime_s"] > 0
+    assert (result.output_dir / "adapter_config.json").exists()
+
+    model, tokenizer = load_policy(models["policy"], str(result.output_dir))
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    assert lora_b and any(p.abs().max() > 0 for p in lora_b)  # LoRA B starts at zero: it moved
+    aligned = [greedy(model, tokenizer, p) for p in PROBES]
+    with model.disable_adapter():
+        base = [greedy(model, tokenizer, p) for p in PROBES]
+    assert aligned != base
+
+    if method == "dpo":  # the merged model computes what base + adapter computes
+        from transformers import AutoModelForCausalLM
+
+        merged = AutoModelForCausalLM.from_pretrained(result.merged_dir).eval()
+        ids = tokenizer.apply_chat_template(PROBES[0], add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+        with torch.no_grad():
+            assert torch.allclose(merged(ids).logits, model(input_ids=ids).logits, atol=1e-4)
+
+
+def test_grpo_length_penalty_and_bon_stats(models, tmp_path):
+    result = align(small_config(models, "grpo", tmp_path / "lp", length_penalty=0.5, max_steps=1))
+    # One reward per function is logged; the total reward includes -0.5 per token (>= 1 token each).
+    assert result.metrics["first_reward"] < -0.4
+    bon = align(small_config(models, "bon", tmp_path / "bon", max_steps=1))
+    assert bon.metrics["bon_mean_reward_best"] >= bon.metrics["bon_mean_reward_all"]
+    assert bon.metrics["bon_prompts"] == 2  # max_steps * prompts_per_step prompts are sampled
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def test_win_rate_kl_and_interval_by_hand():
+    # aligned wins, ties, loses: (1 + 0.5 + 0) / 3
+    assert win_rate([3.0, 1.0, 2.0], [1.0, 1.0, 5.0]) == pytest.approx(0.5)
+    assert win_rate([2.0, 2.0], [1.0, 0.0]) == 1.0
+    # mean of (-1 - -1.5, -2 - -3) = (0.5 + 1) / 2
+    assert kl_estimate([-1.0, -2.0], [-1.5, -3.0]) == pytest.approx(0.75)
+    low, high = win_rate_interval([1.0] * 10, [0.0] * 10)
+    assert low == high == 1.0
+    low, high = win_rate_interval([1.0, 0.0] * 20, [0.0, 1.0] * 20)
+    assert low < 0.5 < high
+    with pytest.raises(ValueError):
+        win_rate([], [])
+
+
+def test_sequence_logprobs_match_a_hand_computed_sum(models):
+    model, tokenizer = load_policy(models["policy"])
+    prompt = PROBES[0]
+    completion = tokenizer("Paris", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
+    ids = torch.tensor([prompt_ids + completion])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0] / 0.5, dim=-1)
+    expected = sum(float(logp[len(prompt_ids) - 1 + t, tok]) for t, tok in enumerate(completion))
+    # Batched with a longer row, so the right padding is exercised too.
+    got = sequence_logprobs(model, tokenizer, [prompt, PROBES[1]], [completion, completion * 3], temperature=0.5)
+    assert got[0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_untrained_adapter_evaluates_as_a_tie_with_zero_kl(models, tmp_path):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from finetune.training import lora_config
+
+    adapter = tmp_path / "zero"
+    base = AutoModelForCausalLM.from_pretrained(models["policy"])
+    get_peft_model(base, lora_config(4, 8, 0.0, "all-linear")).save_pretrained(adapter)  # B = 0: the identity
+    result = evaluate(EvalConfig(adapter=str(adapter), prompts=PROMPTS, policy=models["policy"],
+                                 reward_model=models["reward"], judge=models["judge"], max_new_tokens=10,
+                                 show_progress=False))
+    s = result.summary
+    assert s["n_prompts"] == len(PROMPTS)
+    assert s["win_rate_reward_model"] == s["win_rate_judge"] == 0.5
+    assert abs(s["kl_to_base"]) < 1e-4
+    assert s["mean_length_base"] == s["mean_length_aligned"]
+    assert s["mean_reward_judge_base"] == pytest.approx(s["mean_reward_judge_aligned"])
+
+
+def test_evaluation_of_a_trained_adapter_writes_report_plot_and_manifest(models, tmp_path):
+    out = tmp_path / "dpo"
+    align(small_config(models, "dpo", out))
+    result = evaluate(EvalConfig(adapter=str(out), prompts=PROMPTS, reward_model=models["reward"],
+                                 judge=models["judge"], max_new_tokens=10, n_examples=2, show_progress=False))
+    s = result.summary
+    assert s["kl_to_base"] > 0  # trained with a large learning rate: the policy moved
+    assert 0.0 <= s["win_rate_judge"] <= 1.0
+    assert s["win_rate_judge_ci95"][0] <= s["win_rate_judge"] <= s["win_rate_judge_ci95"][1]
+    report = json.loads(result.json_path.read_text())
+    assert len(report["examples"]) == 2 and {"base", "aligned", "judge_base"} <= set(report["examples"][0])
+    assert result.png_path.read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((out / "prefloop.json").read_text())
+    assert manifest["evaluation"]["kl_to_base"] == pytest.approx(s["kl_to_base"])
+
+
+# ----------------------------------------------------------------------------------------- bad inputs
+
+
+def test_reward_model_that_is_not_a_sequence_classifier(models, tmp_path):
+    with pytest.raises(UserError, match="not a sequence classifier"):
+        align(small_config(models, "grpo", tmp_path / "x", reward_model=models["policy"]))
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(models["reward"])
+    config.num_labels = 2  # a classifier with two classes: the check reads the config only
+    config.save_pretrained(tmp_path / "two")
+    two = str(tmp_path / "two")
+    with pytest.raises(UserError, match="2 outputs"):
+        align(small_config(models, "rloo", tmp_path / "y", reward_model=two))
+    with pytest.raises(UserError, match="no such directory"):
+        align(small_config(models, "bon", tmp_path / "z", reward_model=str(tmp_path / "missing")))
+    with pytest.raises(UserError, match="needs a reward model"):
+        small_config(models, "grpo", tmp_path / "w", reward_model=None)
+
+
+def test_empty_prompts(models, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(UserError, match="no prompts"):
+        align(small_config(models, "grpo", tmp_path / "a", prompts=str(empty)))
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"prompt": "  "}) + "\n")
+    with pytest.raises(UserError, match=r"blank.jsonl:2: field 'prompt'"):
+        read_prompts(str(blank))
+    with pytest.raises(UserError, match="no prompts"):
+        read_prompts([])
+    with pytest.raises(UserError, match="field 'prompt': is missing"):
+        read_prompts([{"text": "hi"}])
+    with pytest.raises(UserError, match="'rejected': is missing"):
+        read_preferences([{"prompt": "q", "chosen": "a"}])
+
+
+def test_missing_and_mismatched_chat_template(models, tmp_path):
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = None
+    with pytest.raises(UserError, match="no chat template"):
+        check_chat_template(tokenizer, "tiny")
+    # A Llama-3 style template: its end-of-turn marker is no token of this tokenizer.
+    llama3 = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
+              "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>"
+              "\n\n{% endif %}")
+    with pytest.raises(UserError, match="belongs to another model"):
+        align(small_config(models, "dpo", tmp_path / "t", chat_template=llama3))
+    broken = "{% for m in messages %}{{ m['content'] | no_such_filter }}{% endfor %}"
+    with pytest.raises(UserError, match="chat template"):
+        load_tokenizer(models["policy"], broken)
+    # The tokenizer's own template passes, with the model's EOS as its end of turn.
+    check_chat_template(tiny_tokenizer(), "tiny")
+
+
+def test_fit_prompt_drops_oldest_turns(models):
+    tokenizer = load_tokenizer(models["policy"])
+    long_turn = "word " * 200
+    conversation = [{"role": "user", "content": long_turn}, {"role": "assistant", "content": long_turn},
+                    {"role": "user", "content": "And now?"}]
+    assert fit_prompt(tokenizer, conversation, 64) == conversation[-1:]
+    assert fit_prompt(tokenizer, conversation, 10_000) == conversation
+    assert fit_prompt(tokenizer, [{"role": "user", "content": long_turn}], 64) is None
+
+
+def test_cli_run_and_eval(models, tmp_path):
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text("".join(json.dumps(r) + "\n" for r in preference_rows()))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    out = tmp_path / "cli"
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", "--method", "dpo", "--policy", models["policy"], "--prompts", str(prefs),
+                                 "--out", str(out), "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "prefloop.json").read_text())["config"]["max_steps"] == 2
+    result = runner.invoke(app, ["eval", "--adapter", str(out), "--prompts", str(prompts), "--reward",
+                                 models["reward"], "--max-new-tokens", "8", "--max-prompts", "4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "evaluation.json").read_text())["summary"]["n_prompts"] == 4
+    result = runner.invoke(app, ["run", "--method", "nope", "--prompts", str(prompts), "--out", str(out)])
+    assert isinstance(result.exception, UserError)
