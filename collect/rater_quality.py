@@ -22,8 +22,11 @@ from collect.aggregate import dawid_skene, direction, validate_judgments
 class QualityConfig:
     """Thresholds for `rater_table`'s flags. A flag needs both the evidence (a minimum count) and the effect.
 
-    min_gold_accuracy: flag "gold" when the share of gold pairs answered in the right direction is below this.
+    min_gold_accuracy: flag "gold" when the share of gold pairs answered in the right direction is below this
+        and significantly so: a one-sided binomial test against this share gives p < gold_alpha (a rater who
+        is right 90% of the time still gets 3 of 5 wrong now and then).
     min_gold: gold judgments needed before "gold" can be raised.
+    gold_alpha: significance level of that test.
     min_consensus: flag "consensus" when agreement with the other raters' majority is below this (a rater
         answering at random agrees about 40% of the time on the five-point buttons).
     min_consensus_n: judgments with a clear majority among the others needed for "consensus".
@@ -48,7 +51,8 @@ class QualityConfig:
     """
 
     min_gold_accuracy: float = 0.7
-    min_gold: int = 10
+    min_gold: int = 5
+    gold_alpha: float = 0.05
     min_consensus: float = 0.5
     min_consensus_n: int = 10
     alpha: float = 0.01
@@ -85,15 +89,18 @@ def holm(p_values: pd.Series) -> pd.Series:
     return pd.Series(adjusted, index=p.index).reindex(p_values.index)
 
 
-def gold_accuracy(judgments: pd.DataFrame) -> pd.DataFrame:
-    """n_gold, gold_accuracy: share of the rater's gold judgments in the known answer's direction."""
+def gold_accuracy(judgments: pd.DataFrame, target: float = QualityConfig.min_gold_accuracy) -> pd.DataFrame:
+    """n_gold, gold_accuracy, gold_p: share of the rater's gold judgments in the known answer's direction, and
+    the one-sided binomial p-value of "their true accuracy is at least `target`"."""
     df = validate_judgments(judgments)
     gold = df[df["is_gold"] & df["gold_choice"].notna()]
     right = direction(gold["choice"]) == direction(pd.to_numeric(gold["gold_choice"]).astype(int))
     sums = _by_rater(gold, {"n_gold": np.ones(len(gold)), "right": right})
     out = sums.reindex(_raters(df), fill_value=0)
     out["gold_accuracy"] = out["right"] / out["n_gold"].where(out["n_gold"] > 0)
-    return out[["n_gold", "gold_accuracy"]].astype({"n_gold": int})
+    out["gold_p"] = [stats.binomtest(int(k), int(n), target, alternative="less").pvalue if n > 0 else np.nan
+                     for k, n in zip(out["right"], out["n_gold"])]
+    return out[["n_gold", "gold_accuracy", "gold_p"]].astype({"n_gold": int})
 
 
 def consensus_agreement(judgments: pd.DataFrame) -> pd.DataFrame:
@@ -203,22 +210,20 @@ def length_bias(judgments: pd.DataFrame) -> pd.DataFrame:
     """n_length, longer_share, others_longer_share, length_p.
 
     Over non-tie judgments of pairs whose responses differ in length: the share where the rater preferred
-    the longer one, the same share over everyone else's judgments, and Fisher's exact test of the 2x2
-    table (Holm-adjusted across raters). Raters all like longer answers when they are better; a bias is
-    liking them more than colleagues do.
+    the longer one, and the median of the other raters' shares (a median, so that one extreme rater does
+    not move the yardstick for everyone); length_p is a two-sided binomial test of the rater's count against
+    that median, Holm-adjusted across raters. Everyone likes longer answers when they are better; a bias is
+    liking them more (or less) than colleagues do.
     """
     df = validate_judgments(judgments)
     usable = df[(df["choice"] != 0) & df["len_a"].notna() & df["len_b"].notna() & (df["len_a"] != df["len_b"])]
     longer = (usable["choice"] > 0).to_numpy() == (usable["len_a"] > usable["len_b"]).to_numpy()
     out = _by_rater(usable, {"n_length": np.ones(len(usable)), "longer": longer}).reindex(_raters(df), fill_value=0)
-    total_n, total_longer = out["n_length"].sum(), out["longer"].sum()
-    others_n, others_longer = total_n - out["n_length"], total_longer - out["longer"]
     out["longer_share"] = out["longer"] / out["n_length"].where(out["n_length"] > 0)
-    out["others_longer_share"] = others_longer / others_n.where(others_n > 0)
-    raw = []
-    for k, n, ok, on in zip(out["longer"], out["n_length"], others_longer, others_n):
-        table = [[k, n - k], [ok, on - ok]]
-        raw.append(stats.fisher_exact(table).pvalue if n > 0 and on > 0 else np.nan)
+    shares = out["longer_share"]
+    out["others_longer_share"] = [shares.drop(r).median() for r in out.index]  # NaN when nobody else has any
+    raw = [stats.binomtest(int(k), int(n), p0).pvalue if n > 0 and 0 < p0 < 1 else np.nan
+           for k, n, p0 in zip(out["longer"], out["n_length"], out["others_longer_share"])]
     out["length_p"] = holm(pd.Series(raw, index=out.index))
     return out[["n_length", "longer_share", "others_longer_share", "length_p"]].astype({"n_length": int})
 
@@ -255,7 +260,7 @@ def rater_table(judgments: pd.DataFrame, config: QualityConfig | None = None) ->
     fit = dawid_skene(df)
     parts = [
         df.groupby("rater_id").size().rename("n_judgments").to_frame(),
-        gold_accuracy(df),
+        gold_accuracy(df, config.min_gold_accuracy),
         consensus_agreement(df),
         position_bias(df),
         swap_consistency(df),
@@ -267,7 +272,8 @@ def rater_table(judgments: pd.DataFrame, config: QualityConfig | None = None) ->
     table = pd.concat(parts, axis=1)
     c = config
     checks = {
-        "gold": (table["n_gold"] >= c.min_gold) & (table["gold_accuracy"] < c.min_gold_accuracy),
+        "gold": (table["n_gold"] >= c.min_gold) & (table["gold_accuracy"] < c.min_gold_accuracy)
+        & (table["gold_p"] < c.gold_alpha),
         "consensus": (table["n_consensus"] >= c.min_consensus_n) & (table["consensus_agreement"] < c.min_consensus),
         "position": (table["n_sided"] >= c.min_sided) & (table["position_p"] < c.alpha)
         & ((table["left_share"] - 0.5).abs() >= c.min_position_effect),

@@ -38,6 +38,9 @@ def test_gold_accuracy_by_hand():
     # Rater 1: pairs 1, 2 right (A), pair 3 wrong, pair 4 tie right; pair 5 is not gold.
     assert table.loc[1, "n_gold"] == 4 and table.loc[1, "gold_accuracy"] == pytest.approx(0.75)
     assert table.loc[2, "n_gold"] == 1 and table.loc[2, "gold_accuracy"] == 0.0
+    # P(at most 3 right of 4 | accuracy 0.7) and P(0 of 1 | 0.7), one-sided.
+    assert table.loc[1, "gold_p"] == pytest.approx(1 - 0.7**4)
+    assert table.loc[2, "gold_p"] == pytest.approx(0.3)
 
 
 def test_consensus_leaves_the_rater_out():
@@ -113,8 +116,9 @@ def test_speed_by_hand():
     assert table.loc[3, "n_timed"] == 0 and np.isnan(table.loc[3, "median_seconds"])
 
 
-def test_length_bias_against_everyone_else():
-    # Rater 1 picks the longer response in 9 of 10; the others in 5 of 10. Ties and equal lengths are out.
+def test_length_bias_against_the_other_raters():
+    # Rater 1 picks the longer response in 9 of 10; rater 2 (even pairs) in 3 of 5; rater 3 (odd) in 2 of 5.
+    # Ties and equal lengths do not count.
     rows, len_a, len_b = [], [], []
     for i in range(10):
         rows.append((i, 1, 1 if i < 9 else -1)), len_a.append(200), len_b.append(100)
@@ -124,16 +128,17 @@ def test_length_bias_against_everyone_else():
     len_b += [10, 70]
     table = length_bias(frame(rows, len_a=len_a, len_b=len_b))
     assert table.loc[1, "n_length"] == 10 and table.loc[1, "longer_share"] == 0.9
-    assert table.loc[1, "others_longer_share"] == 0.5
-    # Fisher's test of each rater against the other two pooled (rater 2 judged even pairs, rater 3 odd ones).
-    raw = {1: stats.fisher_exact([[9, 1], [5, 5]]).pvalue,
-           2: stats.fisher_exact([[3, 2], [11, 4]]).pvalue,
-           3: stats.fisher_exact([[2, 3], [12, 3]]).pvalue}
-    assert raw[3] < raw[1] < raw[2]
-    # Holm: sorted p-values times 3, 2, 1, each at least the one before.
-    assert table.loc[3, "length_p"] == pytest.approx(3 * raw[3])
-    assert table.loc[1, "length_p"] == pytest.approx(max(3 * raw[3], 2 * raw[1]))
-    assert table.loc[2, "length_p"] == pytest.approx(max(3 * raw[3], 2 * raw[1], raw[2]))
+    # The yardstick is the median of the others' shares: for rater 1, of 0.6 and 0.4.
+    assert list(table["others_longer_share"]) == pytest.approx([0.5, (0.9 + 0.4) / 2, (0.9 + 0.6) / 2])
+    raw = {1: stats.binomtest(9, 10, 0.5).pvalue, 2: stats.binomtest(3, 5, 0.65).pvalue,
+           3: stats.binomtest(2, 5, 0.75).pvalue}
+    order = sorted(raw, key=raw.get)
+    adjusted, running = {}, 0.0
+    for rank, rater in enumerate(order):  # Holm by hand
+        running = max(running, min(1.0, (3 - rank) * raw[rater]))
+        adjusted[rater] = running
+    for rater in (1, 2, 3):
+        assert table.loc[rater, "length_p"] == pytest.approx(adjusted[rater])
 
 
 def test_criteria_contradictions():
@@ -153,7 +158,7 @@ def simulated_team(seed=0, n_pairs=400, k=3):
     kinds = {r: "good" for r in range(6)} | {6: "spammer", 7: "left", 8: "speeder", 9: "longer", 10: "liar"}
     truth = rng.choice([-1, 1], size=n_pairs)
     len_a, len_b = rng.integers(100, 1000, n_pairs), rng.integers(100, 1000, n_pairs)
-    gold = rng.random(n_pairs) < 0.15
+    gold = rng.random(n_pairs) < 0.25
     rows = []
 
     opinions = {}  # a careful rater's view of a pair: shown it again, they mostly say the same
