@@ -1,0 +1,68 @@
+"""Throughput and agreement over time: bucketing checked by hand on small frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collect.agreement import fleiss
+from collect.timeline import (
+    agreement_over_time, judgments_over_time, pick_freq, plot_agreement_over_time, plot_judgments_over_time,
+)
+
+DAY = pd.Timestamp("2025-03-03")
+
+
+def frame(rows):
+    """rows: (pair_id, rater_id, choice, submitted_at, active_seconds)."""
+    return pd.DataFrame(rows, columns=["pair_id", "rater_id", "choice", "submitted_at", "active_seconds"])
+
+
+def test_judgments_per_day_with_empty_days_and_running_total():
+    judged = frame([
+        (1, 1, 1, DAY + pd.Timedelta(hours=9), 30.0),
+        (1, 2, 1, DAY + pd.Timedelta(hours=17), 90.0),
+        (2, 1, -1, DAY + pd.Timedelta(days=2, hours=8), np.nan),  # untimed (imported): counts, adds no hours
+        (2, 3, 0, pd.NaT, 10.0),  # no time at all: left out
+    ])
+    table = judgments_over_time(judged, freq="D")
+    assert list(table["period"]) == [DAY, DAY + pd.Timedelta(days=1), DAY + pd.Timedelta(days=2)]
+    assert list(table["judgments"]) == [2, 0, 1]
+    assert list(table["raters"]) == [2, 0, 1]
+    assert table["active_hours"].tolist() == pytest.approx([120 / 3600, 0.0, 0.0])
+    assert list(table["cumulative"]) == [2, 2, 3]
+    assert judgments_over_time(judged.iloc[:0]).empty
+
+
+def test_agreement_counts_each_pair_once_in_the_period_it_was_completed():
+    rows = []
+    # pairs 1-4 completed on day 0 with full agreement; pairs 5-8 completed on day 1, split 2-1 two ways
+    for pair in range(1, 5):
+        rows += [(pair, r, 1, DAY + pd.Timedelta(hours=r), 1.0) for r in (1, 2, 3)]
+    for pair in range(5, 9):
+        choices = (1, 1, -1) if pair % 2 else (-1, -1, 1)
+        # the first vote came on day 0: the pair still belongs to day 1, when its last vote came
+        rows += [(pair, r, c, DAY + pd.Timedelta(days=int(r > 1), hours=r), 1.0) for r, c in zip((1, 2, 3), choices)]
+    rows.append((9, 1, 1, DAY, 1.0))  # one vote only: no agreement to measure
+    judged = frame(rows)
+    table = agreement_over_time(judged, freq="D", n_boot=50)
+    assert list(table["period"]) == [DAY, DAY + pd.Timedelta(days=1)]
+    assert list(table["pairs"]) == [4, 4]
+    day1 = judged[judged["pair_id"].between(5, 8)]
+    assert table["kappa"].iloc[1] == pytest.approx(fleiss(day1, n_boot=0).estimate)
+    assert table["kappa"].iloc[1] < 0  # 2-1 splits both ways agree less than chance
+    assert np.isnan(table["kappa"].iloc[0])  # everyone always says A: kappa is undefined, not 1
+
+
+def test_frequency_follows_the_span_and_plots_draw():
+    hours = pd.Series([DAY, DAY + pd.Timedelta(hours=20)])
+    assert pick_freq(hours) == "h"
+    assert pick_freq(pd.Series([DAY, DAY + pd.Timedelta(days=20)])) == "D"
+    assert pick_freq(pd.Series([DAY, DAY + pd.Timedelta(days=200)])) == "W"
+    judged = frame([(1, 1, 1, DAY, 5.0), (1, 2, -1, DAY + pd.Timedelta(hours=3), 5.0)])
+    fig = plot_judgments_over_time(judgments_over_time(judged), target=10)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels[0] == "03-03 00:00"  # hourly periods are labelled with the hour, midnight included
+    assert plot_agreement_over_time(agreement_over_time(judged)).axes
+    assert plot_judgments_over_time(judgments_over_time(judged.iloc[:0])).axes  # "no judgments yet"
