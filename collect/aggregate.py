@@ -28,7 +28,8 @@ was shown again as a separate pair with A and B swapped.
 Aggregation (`aggregate`) returns one row per pair with the columns of `AGGREGATE_COLUMNS`:
 winner ('A', 'B' or 'tie'), confidence (posterior probability of the winner; for majority vote, the share of
 votes for the winner), margin (mean signed strength toward the winner with A>>B = 1.0, A>B = 0.5, tie = 0,
-floored at 0), n_judgments, and agreement (share of judgments whose direction agrees with the winner).
+floored at 0; the weighted method weighs each judgment by its rater's skill, see `rater_weights`),
+n_judgments, and agreement (share of judgments whose direction agrees with the winner).
 
 The weighted method is Dawid & Skene (1979) adapted to pairwise choices: each pair has a true direction
 (A better, tie, B better); each rater has a confusion matrix from the true direction to the five buttons,

@@ -41,7 +41,7 @@ class QualityConfig:
         median of everyone's judgments.
     min_timed: timed judgments needed for "speeder".
     min_length_effect: "length" also needs the share preferring the longer response to differ from the
-        others' share by this much.
+        median of the other raters' shares by this much.
     min_length_n: non-tie judgments of pairs with different lengths needed for "length".
     max_contradiction_rate: flag "criteria" when more than this share of judgments with criteria has the
         criteria pointing against the overall choice.
