@@ -15,7 +15,11 @@ from rich.table import Table
 
 from collect import db
 from collect.errors import UserError
+from apps.demo import demo_command
+from collect.generate import generate_command
 from collect.quality_cli import app as quality_app
+from finetune.cli import app as align_app
+from reward.cli import app as reward_app
 
 app = typer.Typer(help="prefloop: a self-hosted RLHF data engine.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -24,6 +28,8 @@ rater_app = typer.Typer(help="Add and list raters.", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(rater_app, name="rater")
 app.add_typer(quality_app, name="quality", help="Agreement, per-rater quality and the model leaderboard.")
+app.add_typer(reward_app, name="reward")
+app.add_typer(align_app, name="align")
 
 console = Console()
 DB_OPTION = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL (default sqlite:///prefloop.db).")
@@ -219,6 +225,11 @@ def serve(
     if not db.is_initialized(url):
         raise UserError(f"no prefloop database at {db.database_url(url)}: run `prefloop init` first")
     run_server(host=host, port=port, db_url=db.database_url(url), auth_header=auth_header)
+
+
+app.command("generate", help="Generate candidate responses and pair them for the raters.")(generate_command)
+app.command("demo", help="The whole loop on this machine: data, reward model, alignment, a new round, the apps.")(
+    demo_command)
 
 
 def _progress() -> Progress:
