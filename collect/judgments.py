@@ -18,7 +18,8 @@ def judgments_frame(session: Session, project_id: int, kinds: tuple[str, ...] = 
     rows = session.execute(
         select(Judgment.id.label("judgment_id"), Judgment.pair_id, Judgment.rater_id, Judgment.choice,
                Judgment.left_is_a, Judgment.both_bad, Judgment.active_seconds, Judgment.submitted_at,
-               Judgment.criteria, Judgment.kind, Pair.prompt_id, Pair.is_gold, Pair.gold_choice,
+               Judgment.criteria, Judgment.kind, Pair.prompt_id, Pair.response_a_id, Pair.response_b_id,
+               Pair.is_gold, Pair.gold_choice,
                a.content.label("text_a"), b.content.label("text_b"), a.model.label("model_a"),
                b.model.label("model_b"))
         .join(Pair, Pair.id == Judgment.pair_id)
@@ -28,7 +29,7 @@ def judgments_frame(session: Session, project_id: int, kinds: tuple[str, ...] = 
     ).mappings().all()
     frame = pd.DataFrame(rows, columns=[
         "judgment_id", "pair_id", "rater_id", "choice", "left_is_a", "both_bad", "active_seconds",
-        "submitted_at", "criteria", "kind", "prompt_id", "is_gold", "gold_choice", "text_a", "text_b",
+        "submitted_at", "criteria", "kind", "prompt_id", "response_a_id", "response_b_id", "is_gold", "gold_choice", "text_a", "text_b",
         "model_a", "model_b"])
     frame["len_a"] = frame["text_a"].str.len()
     frame["len_b"] = frame["text_b"].str.len()
