@@ -277,6 +277,23 @@ def test_dashboard_in_chromium(site, tmp_path):
         page.wait_for_function("() => document.querySelector('#pf-audit').innerText.includes('pair.adjudicate')")
         assert "payroll.export" in page.locator("#pf-audit").inner_text()
 
+        # Projects: create one, switch to it (its empty views load without error), import a file into it
+        page.get_by_role("tab", name="Projects", exact=True).click()
+        page.locator("#pf-new-project").locator("textarea, input").first.fill("browser-made")
+        page.get_by_role("button", name="Create project", exact=True).click()
+        page.locator("#pf-projects-msg").get_by_text("browser-made").wait_for()
+        assert page.locator("#pf-project input").input_value() == "browser-made"
+        upload_file = tmp_path / "pairs.jsonl"
+        upload_file.write_text("\n".join(json.dumps({"prompt": f"p{i}", "response_a": "a", "response_b": "b"})
+                                         for i in range(4)))
+        page.locator("#pf-upload input[type=file]").set_input_files(str(upload_file))
+        page.locator("#pf-upload").get_by_text("pairs.jsonl").wait_for()
+        page.get_by_role("button", name="Import", exact=True).click()
+        page.locator("#pf-projects-msg").get_by_text("Imported").wait_for()
+        page.get_by_role("tab", name="Overview", exact=True).click()
+        page.wait_for_function("() => document.querySelector('#pf-status').innerText.includes('4 prompts')")
+        assert page.locator(".toast-body").count() == 0  # no error anywhere on the way
+
         # A rater who logs in at /admin sees no data
         rater_page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
         rater_page.goto(admin_mount + "/")
@@ -289,3 +306,5 @@ def test_dashboard_in_chromium(site, tmp_path):
         assert PROJECT not in rater_page.content() and SECRET not in rater_page.content()
     with db.session_scope(site.url) as s:
         assert s.scalar(select(Judgment).where(Judgment.rationale == "decided in the browser")).choice == 2
+        made = s.scalar(select(Project).where(Project.name == "browser-made"))
+        assert s.scalar(select(func.count(Prompt.id)).where(Prompt.project_id == made.id)) == 4
