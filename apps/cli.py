@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -208,6 +208,67 @@ def status(
         table.add_row(s.project, str(s.prompts), str(s.pairs), str(s.gold_pairs), str(s.flagged_pairs),
                       str(s.judgments), str(s.raters), f"{s.pairs_complete} (k={s.overlap})",
                       str(s.judgments_needed), f"{s.progress:.0%}")
+    console.print(table)
+
+
+@app.command()
+def payroll(
+    project: str = typer.Option(..., help="Project name or id."),
+    url: Optional[str] = DB_OPTION,
+    floor: Optional[float] = typer.Option(None, help="Minimum effective hourly pay; raters under it are flagged."),
+    since: Optional[datetime] = typer.Option(None, help="Start of the pay period (UTC)."),
+    until: Optional[datetime] = typer.Option(None, help="End of the pay period (UTC), exclusive."),
+    output: Optional[Path] = typer.Option(None, help="Also write the table as CSV."),
+) -> None:
+    """Per rater: judgments, active hours, pay at the project rate, effective hourly pay."""
+    from collect.payroll import PayrollConfig, export_payroll
+    from collect.payroll import payroll as payroll_table
+    from collect.projects import get_project
+
+    config = PayrollConfig(floor=floor, since=since, until=until)
+    with _session(url) as session:
+        p = get_project(session, project)
+        table = export_payroll(session, p, output, config) if output else payroll_table(session, p, config)
+    _print_frame(table, f"payroll: {project}")
+
+
+@app.command()
+def queue(
+    project: str = typer.Option(..., help="Project name or id."),
+    url: Optional[str] = DB_OPTION,
+    split_below: float = typer.Option(0.75, help="A pair is split when its top direction has less than this share."),
+) -> None:
+    """The disagreement queue: pairs where raters split, or where a flagged rater decided."""
+    from collect.adjudicate import QueueConfig, disagreement_queue
+    from collect.projects import get_project
+
+    with _session(url) as session:
+        table = disagreement_queue(session, get_project(session, project), QueueConfig(split_below=split_below))
+    _print_frame(table, f"disagreements: {project}")
+
+
+@app.command()
+def adjudicate(
+    pair: int = typer.Option(..., help="Pair id (from `prefloop queue`)."),
+    choice: str = typer.Option(..., help="A>>B | A>B | tie | B>A | B>>A"),
+    admin: str = typer.Option(..., help="Your admin name (recorded in the audit log)."),
+    url: Optional[str] = DB_OPTION,
+    note: str = typer.Option("", help="Why."),
+) -> None:
+    """Decide a disputed pair; the decision overrides the raters' vote in exports."""
+    from collect.adjudicate import adjudicate as decide
+    from collect.formats import parse_choice
+    from collect.projects import get_rater
+
+    with _session(url) as session:
+        decide(session, get_rater(session, admin).id, pair, parse_choice(choice, "--choice"), note)
+    console.print(f"pair {pair} decided: {choice}")
+
+
+def _print_frame(frame, title: str) -> None:
+    table = Table(*map(str, frame.columns), title=title)
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row))
     console.print(table)
 
 
