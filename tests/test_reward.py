@@ -1,0 +1,317 @@
+"""Reward stage: training with TRL, truncation, margins, LoRA, evaluation metrics, scoring, bad input.
+
+All models are tiny and built in process (tests/tiny_models.py); the whole file runs in well under 90 s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+datasets = pytest.importorskip("datasets")
+
+from collect.errors import UserError  # noqa: E402
+from collect.offline_models import MODEL_ALIASES, resolve_model  # noqa: E402
+from reward.data import Encoder, load_preferences  # noqa: E402
+from reward.evaluate import calibration, evaluate_reward_model, preference_metrics  # noqa: E402
+from reward.score import RewardScorer, score_file  # noqa: E402
+from reward.train import RewardTrainingConfig, train_reward_model  # noqa: E402
+from tests.tiny_models import tiny_encoder_reward_model, tiny_reward_model, tiny_tokenizer  # noqa: E402
+
+WORDS = "the a cat dog sea sky red blue one two three tree house river".split()
+
+
+def rule_pairs(n: int, seed: int = 0, *, long_prompt: bool = False) -> list[dict]:
+    """A learnable rule: the chosen answer ends in 'good', the rejected one in 'bad'; otherwise identical."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        filler = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10)))
+        prompt = f"question {i}: {filler}" + (" " + " ".join(rng.choice(WORDS) for _ in range(60)) if long_prompt else "")
+        rows.append({
+            "prompt": [{"role": "user", "content": prompt}],
+            "chosen": [{"role": "assistant", "content": f"{filler} good"}],
+            "rejected": [{"role": "assistant", "content": f"{filler} bad"}],
+            "margin": rng.choice([0.5, 1.0]),
+            "source": rng.choice(["alpha", "beta"]),
+        })
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory) -> str:
+    return tiny_reward_model(tmp_path_factory.mktemp("tiny") / "rm")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_rm):
+    """One real training run shared by several tests: 256 rule pairs, 32 held-out pairs in one eval batch."""
+    out = tmp_path_factory.mktemp("trained") / "rm"
+    eval_rows = rule_pairs(32, seed=1, long_prompt=True)
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(256, long_prompt=True)),
+        eval_data=datasets.Dataset.from_list(eval_rows),
+        base_model=tiny_rm, output_dir=str(out), max_length=48, learning_rate=3e-3,
+        num_train_epochs=2, batch_size=16, eval_batch_size=32, progress=False,
+    ))
+    return result, eval_rows
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def test_training_lowers_the_loss_and_learns_the_rule(trained):
+    result, _ = trained
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert len(losses) >= 3
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.metrics["eval_accuracy"] >= 0.9
+    assert result.n_train == 256 and result.n_eval == 32
+    # Every pair is over 48 tokens: all truncated, none dropped.
+    assert result.truncated_train == 256
+    assert result.best_step is not None
+
+
+def test_output_directory_has_model_tokenizer_metadata_and_card(trained):
+    result, _ = trained
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = result.output_dir
+    info = json.loads(open(f"{out}/prefloop.json").read())
+    assert info["max_length"] == 48 and info["truncation_side"] == "left"
+    assert info["data_fingerprint"].startswith("sha256:")
+    assert info["metrics"]["eval_accuracy"] == result.metrics["eval_accuracy"]
+    assert info["truncated_train"] == 256
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_labels == 1
+    AutoTokenizer.from_pretrained(out)
+    card = open(f"{out}/README.md").read()
+    assert "eval_accuracy" in card and "left" in card
+
+
+def test_margins_change_the_loss(tmp_path, tiny_rm):
+    data = datasets.Dataset.from_list(rule_pairs(32))
+    losses = {}
+    for use_margin in (True, False):
+        result = train_reward_model(RewardTrainingConfig(
+            data=data, base_model=tiny_rm, output_dir=str(tmp_path / str(use_margin)), eval_fraction=0,
+            max_steps=1, batch_size=32, learning_rate=1e-9, use_margin=use_margin,
+            center_rewards_coefficient=None, progress=False,
+        ))
+        losses[use_margin] = result.metrics["train_loss"]
+    # An untrained model gives reward gaps near 0: loss ~ log(1 + e^margin) with, ~ log 2 without.
+    assert losses[False] == pytest.approx(math.log(2), abs=0.05)
+    assert losses[True] > losses[False] + 0.3
+
+
+def test_truncation_keeps_the_end():
+    tokenizer = tiny_tokenizer()
+    conversation = [
+        {"role": "user", "content": "tell me a story " + "and then " * 80},
+        {"role": "assistant", "content": "THE END is near"},
+    ]
+    left, cut = Encoder(tokenizer, 32, "left").encode(conversation)
+    assert cut and len(left) == 32
+    assert tokenizer.decode(left).rstrip().endswith("THE END is near<eos>")
+    right, cut_right = Encoder(tiny_tokenizer(), 32, "right").encode(conversation)
+    assert cut_right and "THE END" not in tokenizer.decode(right)
+    short, cut_short = Encoder(tokenizer, 512, "left").encode(conversation[-1:])
+    assert not cut_short and "THE END" in tokenizer.decode(short)
+
+
+def test_encoder_without_chat_template_keeps_cls_and_sep(tmp_path):
+    """BERT-style tokenizers: no template, no EOS; truncation from the left keeps [CLS] ... [SEP]."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    conversation = [{"role": "user", "content": "words " * 100}, {"role": "assistant", "content": "final answer"}]
+    ids, cut = Encoder(tokenizer, 16, "left").encode(conversation)
+    assert cut and len(ids) == 16
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenizer.decode(ids[-3:-1]) == "final answer"
+
+
+def test_encoder_backbone_trains_and_scores(tmp_path):
+    """The encoder path end to end (minilm-l6's tokenizer, a tiny random BERT), full fine-tuning."""
+    base = tiny_encoder_reward_model(tmp_path / "bert")
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(64)), base_model=base, output_dir=str(tmp_path / "out"),
+        max_length=32, max_steps=4, batch_size=16, learning_rate=1e-3, eval_fraction=0.25, progress=False,
+    ))
+    assert result.n_train + result.n_eval == 64
+    scores = RewardScorer(result.output_dir).score([rule_pairs(1)[0]["prompt"] + rule_pairs(1)[0]["chosen"]])
+    assert np.isfinite(scores.mean).all()
+
+
+# ------------------------------------------------------------------------------------- LoRA and CLI
+
+
+def test_lora_run_through_the_cli_saves_and_reloads(tmp_path, tiny_rm):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+    from typer.testing import CliRunner
+
+    from reward.cli import app
+
+    data = tmp_path / "pairs.jsonl"
+    datasets.Dataset.from_list(rule_pairs(48)).to_json(str(data), lines=True)
+    out = tmp_path / "lora"
+    run = CliRunner().invoke(app, ["train", "--data", str(data), "--base", tiny_rm, "--out", str(out), "--lora",
+                                   "--max-steps", "3", "--batch-size", "8", "--max-length", "48",
+                                   "--learning-rate", "1e-2"])
+    assert run.exit_code == 0, run.output + repr(run.exception)
+    assert (out / "adapter" / "adapter_config.json").exists()
+    merged = AutoModelForSequenceClassification.from_pretrained(out)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_rm)
+    # The score head was trained in full, and LoRA moved the backbone.
+    assert not torch.allclose(merged.score.weight, base.score.weight)
+    assert not torch.allclose(merged.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight)
+    # base + adapter gives the same rewards as the merged directory.
+    with_adapter = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
+    batch = torch.tensor([[5, 6, 7, 8, 9]])
+    assert torch.allclose(with_adapter(batch).logits, merged(batch).logits, atol=1e-5)
+    assert json.loads((out / "prefloop.json").read_text())["config"]["lora"] is True
+
+
+# -------------------------------------------------------------------------------------- evaluation
+
+
+def test_metrics_on_a_hand_checked_example():
+    rc = [2.0, 1.0, 0.0, 3.0, 0.5]
+    rr = [1.0, 2.0, -1.0, 3.0, -3.5]
+    # gaps 1, -1, 1, 0, 4 -> correct 1, 0, 1, 0 (a tie is not a win), 1
+    report = preference_metrics(
+        rc, rr, groups={"source": ["a", "a", "b", "b", "b"]}, margins=[0.5, 0.0, 0.5, 0.0, 1.0],
+        chosen_lengths=[10, 5, 10, 5, 7], rejected_lengths=[5, 10, 5, 10, 7], n_bootstrap=500,
+    )
+    assert report["accuracy"] == pytest.approx(3 / 5)
+    lo, hi = report["ci"]
+    assert 0 <= lo <= 0.6 <= hi <= 1
+    assert report["by"]["source"]["a"]["accuracy"] == 0.5
+    assert report["by"]["source"]["b"]["accuracy"] == pytest.approx(2 / 3)
+    # chosen longer in rows 0, 2 (both right); shorter in rows 1, 3 (both wrong); row 4 equal.
+    assert report["length_bias"]["chosen_longer"] == {"n": 2, "accuracy": 1.0, "ci": [1.0, 1.0]}
+    assert report["length_bias"]["chosen_shorter"]["accuracy"] == 0.0
+    assert report["length_bias"]["equal_length"] == 1
+    # The model picked the longer response in rows 0, 1 and 2; in row 3 its gap is 0 -> it "picked" rejected,
+    # the longer one. 4 of the 4 rows with a length difference.
+    assert report["length_bias"]["model_prefers_longer"] == 1.0
+    # Correlation of gaps (1, -1, 1, 0, 4) with margins (0.5, 0, 0.5, 0, 1): computed by hand.
+    gaps, m = np.array([1, -1, 1, 0, 4.0]), np.array([0.5, 0, 0.5, 0, 1])
+    pearson = ((gaps - gaps.mean()) * (m - m.mean())).sum() / math.sqrt(((gaps - gaps.mean()) ** 2).sum() * ((m - m.mean()) ** 2).sum())
+    assert report["margin_correlation"]["pearson"] == pytest.approx(pearson)
+
+
+def test_calibration_by_hand():
+    # sigmoid(ln 3) = 0.75 -> confidence 0.75, right; sigmoid(-ln 3) -> confidence 0.75, wrong
+    # (so that bin is right half the time); sigmoid(ln 19) = 0.95 -> confidence 0.95, right.
+    cal = calibration(np.array([math.log(3), -math.log(3), math.log(19)]), n_bins=5)
+    bins = {round(b["lo"], 2): b for b in cal["bins"] if b["n"]}
+    assert bins[0.7]["n"] == 2 and bins[0.7]["accuracy"] == 0.5 and bins[0.7]["confidence"] == pytest.approx(0.75)
+    assert bins[0.9]["n"] == 1 and bins[0.9]["accuracy"] == 1.0
+    assert cal["ece"] == pytest.approx(2 / 3 * 0.25 + 1 / 3 * 0.05)
+
+
+def test_evaluate_writes_json_and_plots(trained, tmp_path):
+    result, eval_rows = trained
+    report = evaluate_reward_model(result.output_dir, datasets.Dataset.from_list(eval_rows), tmp_path / "eval",
+                                   n_bootstrap=200)
+    assert report["accuracy"] >= 0.9
+    assert set(report["by"]["source"]) == {"alpha", "beta"}
+    assert report["margin_correlation"] is not None
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert saved["accuracy"] == report["accuracy"]
+    for png in ("reliability.png", "accuracy.png"):
+        assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+# ----------------------------------------------------------------------------------------- scoring
+
+
+def test_scoring_equals_what_the_trainer_saw(trained):
+    """The trainer's own held-out numbers (one eval batch of 32) equal the scorer's on the same pairs."""
+    result, eval_rows = trained
+    chosen, rejected = RewardScorer(result.output_dir).score_pairs(datasets.Dataset.from_list(eval_rows))
+    gap = chosen.mean - rejected.mean
+    assert result.metrics["eval_margin"] == pytest.approx(gap.mean(), abs=1e-4)
+    assert result.metrics["eval_accuracy"] == pytest.approx((gap > 0).mean())
+    assert result.metrics["eval_mean_reward"] == pytest.approx(np.concatenate([chosen.mean, rejected.mean]).mean(), abs=1e-4)
+
+
+def test_ensemble_returns_mean_and_spread(trained, tiny_rm, tmp_path):
+    result, eval_rows = trained
+    conversations = [r["prompt"] + r["chosen"] for r in eval_rows[:6]]
+    one = RewardScorer(result.output_dir).score(conversations).mean
+    other = RewardScorer(tiny_rm, max_length=48).score(conversations).mean
+    both = RewardScorer([result.output_dir, tiny_rm], max_length=48).score(conversations)
+    assert both.per_model.shape == (2, 6)
+    np.testing.assert_allclose(both.mean, (one + other) / 2, atol=1e-5)
+    np.testing.assert_allclose(both.spread, np.abs(one - other) / 2, atol=1e-5)
+    assert (both.spread > 0).all()
+
+
+def test_score_file_adds_reward_columns(trained, tmp_path):
+    result, eval_rows = trained
+    path = tmp_path / "pairs.jsonl"
+    datasets.Dataset.from_list(eval_rows[:5]).to_json(str(path), lines=True)
+    out = score_file(result.output_dir, str(path), tmp_path / "scored.jsonl")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and all(r["reward_chosen"] > r["reward_rejected"] for r in rows)
+    completions = tmp_path / "completions.jsonl"
+    completions.write_text(json.dumps({"prompt": "hi", "completion": "hello good"}) + "\n")
+    scored = [json.loads(x) for x in score_file(result.output_dir, str(completions), tmp_path / "c.jsonl").read_text().splitlines()]
+    assert isinstance(scored[0]["reward"], float)
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+
+def _one_line_error(excinfo) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
+def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, tiny_rm):
+    with pytest.raises(UserError) as e:
+        load_preferences(datasets.Dataset.from_list([{"prompt": "x", "answer": "y"}]))
+    assert "missing column(s) chosen, rejected" in _one_line_error(e)
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError) as e:
+        load_preferences(str(empty))
+    assert "empty" in _one_line_error(e)
+    with pytest.raises(UserError) as e:
+        load_preferences(datasets.Dataset.from_dict({"prompt": [], "chosen": [], "rejected": []}))
+    assert "empty" in _one_line_error(e)
+
+    with pytest.raises(UserError) as e:
+        load_preferences(str(tmp_path / "nope.parquet"))
+    assert "nope.parquet" in _one_line_error(e)
+
+    bad_row = [{"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"text": "b"}]}]
+    with pytest.raises(UserError) as e:
+        load_preferences(datasets.Dataset.from_list(bad_row))
+    assert "row 0" in _one_line_error(e) and "rejected" in str(e.value)
+
+    with pytest.raises(UserError) as e:
+        train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(4)),
+                                                base_model=str(tmp_path / "no-such-model"), progress=False))
+    assert "no-such-model" in _one_line_error(e)
+    with pytest.raises(UserError) as e:
+        RewardScorer(str(tmp_path / "no-such-model"))
+    assert "no-such-model" in _one_line_error(e)
+
+
+def test_offline_model_aliases():
+    assert set(MODEL_ALIASES) == {"smollm2-135m-instruct", "minilm-l6"}
+    assert resolve_model("some-org/some-model") == "some-org/some-model"
+    assert resolve_model("./local/dir") == "./local/dir"
+    minilm = resolve_model("minilm-l6")
+    assert (__import__("pathlib").Path(minilm) / "config.json").exists()
