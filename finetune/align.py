@@ -16,6 +16,7 @@ GPU nothing is needed (the device is picked automatically, bf16 where supported)
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import time
@@ -36,10 +37,10 @@ METHODS = ("grpo", "rloo", "dpo", "bon")
 # Per-method defaults, chosen so that smollm2-135m-instruct finishes in minutes on a 2-core CPU
 # (bench/results/align.md has the timings). LoRA learning rates are ~100x full fine-tuning ones.
 METHOD_DEFAULTS: dict[str, dict[str, float]] = {
-    "grpo": {"max_steps": 30, "learning_rate": 5e-5, "beta": 0.04},
-    "rloo": {"max_steps": 30, "learning_rate": 5e-5, "beta": 0.04},
-    "dpo": {"max_steps": 60, "learning_rate": 5e-5, "beta": 0.1},
-    "bon": {"max_steps": 30, "learning_rate": 1e-4, "beta": 0.0},
+    "grpo": {"max_steps": 30, "learning_rate": 1e-4, "beta": 0.04},
+    "rloo": {"max_steps": 30, "learning_rate": 1e-4, "beta": 0.04},
+    "dpo": {"max_steps": 60, "learning_rate": 1e-4, "beta": 0.1},
+    "bon": {"max_steps": 30, "learning_rate": 2e-4, "beta": 0.0},
 }
 
 
@@ -57,7 +58,8 @@ class AlignConfig:
     method: str = "grpo"
     # The policy to align: an alias (collect.offline_models), a Hugging Face id or a local directory.
     policy: str = "smollm2-135m-instruct"
-    # Reward-model directory from reward/ (required by grpo, rloo and bon; unused by dpo).
+    # Reward-model directory from reward/ (required by grpo, rloo and bon). dpo trains without one; given
+    # with dpo, it only serves the final evaluation.
     reward_model: str | None = None
     # A Jinja chat template (text or .jinja path) replacing the tokenizer's; saved with the adapter.
     chat_template: str | None = None
@@ -130,10 +132,12 @@ def align(config: AlignConfig) -> AlignResult:
     started = time.monotonic()
     console = Console(quiet=not config.show_progress)
     reward_info = None
-    if config.reward_model and config.method != "dpo":
+    if config.reward_model:
         from finetune.rewards import reward_model_info
 
         reward_info = reward_model_info(config.reward_model)
+        if config.method == "dpo":
+            reward_info = None  # checked for the evaluation, but not what the adapter was trained against
     tokenizer = load_tokenizer(config.policy, config.chat_template)
 
     data_stats: dict[str, Any] = {}
@@ -206,8 +210,10 @@ def align(config: AlignConfig) -> AlignResult:
         from finetune.evaluate import EvalConfig, evaluate
 
         del trainer, peft_model, model
+        gc.collect()
         evaluation = evaluate(EvalConfig(
-            adapter=str(out), prompts=config.eval_prompts, judge=config.judge, seed=config.seed,
+            adapter=str(out), prompts=config.eval_prompts, reward_model=config.reward_model, judge=config.judge,
+            seed=config.seed,
             show_progress=config.show_progress,
         )).summary
     _print_summary(console, config, out, metrics, evaluation)
