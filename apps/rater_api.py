@@ -18,12 +18,14 @@ server never grants, so a logged-in browser behind an SSO proxy cannot be made t
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from sqlalchemy.orm import Session
 
 from apps.web_auth import Unauthenticated, rater_from_http
 from collect import db
@@ -73,20 +75,23 @@ def _require_json(request: Request) -> None:
 def api_router(db_url: str, auth_header: str | None = None) -> APIRouter:
     """The /api/v1 routes; `add_error_handlers` must be applied to the app that includes them."""
 
-    def caller(request: Request) -> Rater:
-        return rater_from_http(request.headers, db_url, auth_header)
+    @contextmanager
+    def as_caller(request: Request) -> Iterator[tuple[Session, Rater]]:
+        # One transaction per request, the caller's identity checked inside it: one commit, not two.
+        with db.session_scope(db_url) as session:
+            yield session, rater_from_http(request.headers, db_url, auth_header, session)
 
     router = APIRouter(dependencies=[Depends(_require_json)])
 
     @router.get("/projects")
-    def projects(rater: Rater = Depends(caller)) -> dict:
-        with db.session_scope(db_url) as session:
+    def projects(request: Request) -> dict:
+        with as_caller(request) as (session, rater):
             return {"projects": [{"id": p.id, "name": p.name, "description": p.description, "rubric": p.rubric,
                                   "guidelines": p.guidelines} for p in projects_of(session, rater)]}
 
     @router.post("/projects/{project_id}/next")
-    def next_(project_id: int, _body: Empty, rater: Rater = Depends(caller)) -> dict:
-        with db.session_scope(db_url) as session:
+    def next_(project_id: int, _body: Empty, request: Request) -> dict:
+        with as_caller(request) as (session, rater):
             served = next_assignment(session, project_id, rater.id)
             if served is not None and served.sensitive:
                 # An API client receives the content at once: recorded as revealed now.
@@ -94,40 +99,41 @@ def api_router(db_url: str, auth_header: str | None = None) -> APIRouter:
             return {"assignment": _served(served)}
 
     @router.post("/assignments/{assignment_id}/judgment")
-    def judgment(assignment_id: int, body: Judgment, rater: Rater = Depends(caller)) -> dict:
-        with db.session_scope(db_url) as session:
-            j = submit_judgment(session, rater.id, assignment_id, body.choice, client_token=body.client_token,
-                                both_bad=body.both_bad, criteria=body.criteria, rationale=body.rationale,
-                                rewrite=body.rewrite)
-            judgment_id = j.id
-        # Returned only after the commit: an acknowledged judgment is a committed one.
+    def judgment(assignment_id: int, body: Judgment, request: Request) -> dict:
+        with as_caller(request) as (session, rater):
+            judgment_id = submit_judgment(
+                session, rater.id, assignment_id, body.choice, client_token=body.client_token,
+                both_bad=body.both_bad, criteria=body.criteria, rationale=body.rationale, rewrite=body.rewrite).id
+        # Answered only after the commit: an acknowledged judgment is a committed one.
         return {"judgment_id": judgment_id, "assignment_id": assignment_id}
 
     @router.post("/assignments/{assignment_id}/skip")
-    def skip_(assignment_id: int, body: Reason, rater: Rater = Depends(caller)) -> dict:
-        with db.session_scope(db_url) as session:
+    def skip_(assignment_id: int, body: Reason, request: Request) -> dict:
+        with as_caller(request) as (session, rater):
             skip(session, rater.id, assignment_id, body.reason)
         return {"ok": True}
 
     @router.post("/assignments/{assignment_id}/flag")
-    def flag(assignment_id: int, body: Reason, rater: Rater = Depends(caller)) -> dict:
-        with db.session_scope(db_url) as session:
+    def flag(assignment_id: int, body: Reason, request: Request) -> dict:
+        with as_caller(request) as (session, rater):
             flag_harmful(session, rater.id, assignment_id, body.reason)
         return {"ok": True}
 
     @router.post("/assignments/{assignment_id}/activity")
-    def activity(assignment_id: int, _body: Empty, rater: Rater = Depends(caller)) -> dict:
-        with db.session_scope(db_url) as session:
-            return {"active_seconds": record_activity(session, rater.id, assignment_id)}
+    def activity(assignment_id: int, _body: Empty, request: Request) -> dict:
+        with as_caller(request) as (session, rater):
+            active = record_activity(session, rater.id, assignment_id)
+        return {"active_seconds": active}
 
     @router.post("/projects/{project_id}/undo")
-    def undo(project_id: int, _body: Empty, rater: Rater = Depends(caller)) -> dict:
-        with db.session_scope(db_url) as session:
-            return {"assignment": _served(undo_last(session, rater.id, project_id))}
+    def undo(project_id: int, _body: Empty, request: Request) -> dict:
+        with as_caller(request) as (session, rater):
+            served = _served(undo_last(session, rater.id, project_id))
+        return {"assignment": served}
 
     @router.get("/projects/{project_id}/me")
-    def me(project_id: int, rater: Rater = Depends(caller)) -> dict:
-        with db.session_scope(db_url) as session:
+    def me(project_id: int, request: Request) -> dict:
+        with as_caller(request) as (session, rater):
             return asdict(rater_summary(session, rater.id, project_id))
 
     return router

@@ -12,9 +12,11 @@ import functools
 import html
 import logging
 import secrets
+import time
 from typing import Any, Callable
 
 import gradio as gr
+from sqlalchemy.orm import Session
 
 from apps.render import code_css, render_conversation, render_markdown
 from apps.web_auth import current_rater
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MAX_CRITERIA = 8
 """Rubric criteria shown per pair; a project with more shows the first eight."""
+BREAK_CHECK_SECONDS = 120
+"""How often (at most) a submission also checks whether the rater is due a break."""
 
 # Screen terms: the left panel is "A" on screen, whatever the pair's stored A is.
 CHOICES = [("A much better  [1]", 2), ("A better  [2]", 1), ("Tie  [3]", 0), ("B better  [4]", -1),
@@ -49,7 +53,8 @@ CSS = """
 .pf-turn { margin-bottom: .75rem; }
 .pf-role { font-weight: 600; text-transform: capitalize; opacity: .7; }
 .pf-image-blocked { font-style: italic; opacity: .7; }
-.pf-panel-title { font-weight: 700; font-size: 1.1rem; }
+.pf-panel-title { font-weight: 700; font-size: 1.1rem; margin-bottom: .25rem; }
+#pf-left, #pf-right { border: 1px solid var(--border-color-primary); border-radius: .5rem; padding: .5rem; }
 .pf-blurred { filter: blur(6px); user-select: none; }
 .pf-banner { padding: .5rem .75rem; border-radius: .5rem; background: var(--color-accent-soft); }
 .pf-warning { padding: .75rem; border-radius: .5rem; background: #fff3cd; color: #664d03; }
@@ -184,20 +189,27 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
         screen = [state, banner, guidelines, conversation, reveal_button, left, right, choice, both_bad,
                   criteria_box, *criteria, rationale, rewrite, shown]
 
-        def show(served: Served | None, project: Project, note: str = "", revealed: bool = False) -> dict:
-            """Every component of the rating screen for one served assignment (or none left)."""
-            rubric = (project.rubric or [])[:MAX_CRITERIA]
-            out: dict = {
-                guidelines: render_markdown(project.guidelines or "_This project has no guidelines._"),
-                choice: None, both_bad: False, rationale: "", rewrite: "",
-                criteria_box: gr.update(visible=bool(rubric) and served is not None),
-            }
-            for i, box in enumerate(criteria):
-                if i < len(rubric):
-                    label = rubric[i]["name"] + (f": {rubric[i]['description']}" if rubric[i].get("description") else "")
-                    out[box] = gr.update(value=None, visible=True, label=label)
-                else:
-                    out[box] = gr.update(value=None, visible=False)
+        def show(served: Served | None, project: Project, note: str = "", revealed: bool = False,
+                 layout: bool = False) -> dict:
+            """The rating screen for one served assignment (or none left).
+
+            layout=True also sets what depends only on the project (guidelines, rubric labels): needed when a
+            project is chosen, skipped between pairs of the same project because every gr.update() costs
+            Gradio a component construction.
+            """
+            out: dict = {choice: None, both_bad: False, rationale: "", rewrite: ""}
+            out.update({box: None for box in criteria})
+            if layout or served is None:
+                rubric = (project.rubric or [])[:MAX_CRITERIA]
+                out[guidelines] = render_markdown(project.guidelines or "_This project has no guidelines._")
+                out[criteria_box] = gr.update(visible=bool(rubric) and served is not None)
+                for i, box in enumerate(criteria):
+                    if i < len(rubric):
+                        label = rubric[i]["name"] + (f": {rubric[i]['description']}"
+                                                     if rubric[i].get("description") else "")
+                        out[box] = gr.update(value=None, visible=True, label=label)
+                    else:
+                        out[box] = gr.update(value=None, visible=False)
             if served is None:
                 out.update({
                     state: {**_empty_state(), "project_id": project.id},
@@ -225,12 +237,13 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                             right: _panel("Response B", render_markdown(served.right))})
             return out
 
-        def serve(rater_id: int, project_id: int, note: str = "") -> dict:
-            with db.session_scope(db_url) as session:
-                require_member(session, project_id, rater_id)
-                project = session.get(Project, project_id)
-                served = next_assignment(session, project_id, rater_id)
-                return show(served, project, note)
+        def serve(session: Session, rater_id: int, project_id: int, note: str = "", layout: bool = False,
+                  **state_extra: Any) -> dict:
+            require_member(session, project_id, rater_id)
+            project = session.get(Project, project_id)
+            out = show(next_assignment(session, project_id, rater_id), project, note, layout=layout)
+            out[state] = {**out[state], **state_extra}
+            return out
 
         def own_assignment(current: Any, shown_id: Any = None) -> tuple[int, int]:
             """(project id, assignment id) of this session's screen; collect still checks ownership."""
@@ -244,114 +257,117 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
 
         @_handler
         def on_load(request: gr.Request) -> dict:
-            rater = current_rater(request, db_url)
             with db.session_scope(db_url) as session:
+                rater = current_rater(request, db_url, session)
                 projects = [(p.name, p.id) for p in projects_of(session, rater)]
-            out = {who: f"Signed in as **{html.escape(rater.name)}**"
-                        + ("" if auth_header else " · [log out](logout)"),
-                   project_box: gr.update(choices=projects, value=projects[0][1] if len(projects) == 1 else None)}
-            if len(projects) == 1:
-                out.update(serve(rater.id, projects[0][1]))
-            elif not projects:
-                out[banner] = _warning("You are not a member of any project yet. Ask your project admin.")
-            return out
+                out = {who: f"Signed in as **{html.escape(rater.name)}**"
+                            + ("" if auth_header else " · [log out](logout)"),
+                       project_box: gr.update(choices=projects,
+                                              value=projects[0][1] if len(projects) == 1 else None)}
+                if len(projects) == 1:
+                    out.update(serve(session, rater.id, projects[0][1], layout=True))
+                elif not projects:
+                    out[banner] = _warning("You are not a member of any project yet. Ask your project admin.")
+                return out
 
         @_handler
         def on_project(project_value: Any, request: gr.Request) -> dict:
-            rater = current_rater(request, db_url)
-            if project_value in (None, ""):
-                return {}
-            return serve(rater.id, _project_id(project_value))
+            with db.session_scope(db_url) as session:
+                rater = current_rater(request, db_url, session)
+                if project_value in (None, ""):
+                    return {}
+                return serve(session, rater.id, _project_id(project_value), layout=True)
 
         @_handler
         def on_submit(request: gr.Request, current: Any, shown_id: Any, choice_value: Any, both_bad_value: Any,
                       rationale_value: Any, rewrite_value: Any, *criterion_values: Any) -> dict:
-            rater = current_rater(request, db_url)
-            project_id, assignment_id = own_assignment(current, shown_id)
-            if current.get("sensitive") and not current.get("revealed"):
-                raise UserError("show the content before judging it, or skip it")
-            if choice_value is None:
-                raise UserError("choose which response is better (keys 1-5) before submitting")
+            # One transaction: the judgment and the next pair commit together, before the answer leaves.
             with db.session_scope(db_url) as session:
+                rater = current_rater(request, db_url, session)
+                project_id, assignment_id = own_assignment(current, shown_id)
+                if current.get("sensitive") and not current.get("revealed"):
+                    raise UserError("show the content before judging it, or skip it")
+                if choice_value is None:
+                    raise UserError("choose which response is better (keys 1-5) before submitting")
                 project = session.get(Project, project_id)
                 names = [c["name"] for c in (project.rubric or [])[:MAX_CRITERIA]] if project else []
                 scores = {name: value for name, value in zip(names, criterion_values) if value is not None}
                 submit_judgment(session, rater.id, assignment_id, choice_value, client_token=str(current["token"]),
                                 both_bad=bool(both_bad_value), criteria=scores,
                                 rationale=str(rationale_value or ""), rewrite=str(rewrite_value or "") or None)
-            with db.session_scope(db_url) as session:
-                summary = rater_summary(session, rater.id, project_id)
-                project = session.get(Project, project_id)
-                note = f"Saved. {summary.judgments_today} judgment{'s' if summary.judgments_today != 1 else ''} today."
-                if project.break_after_minutes and summary.minutes_since_break >= project.break_after_minutes:
-                    note = (f"Saved. You have been rating for {summary.minutes_since_break:.0f} minutes without "
-                            "a break: please take one (ten minutes away resets this).")
-            return serve(rater.id, project_id, note)
+                note, checked = "Saved.", current.get("break_checked_at", 0.0)
+                # The break check reads all the rater's judgments: once every BREAK_CHECK_SECONDS is enough.
+                if time.monotonic() - checked > BREAK_CHECK_SECONDS:
+                    checked = time.monotonic()
+                    minutes = rater_summary(session, rater.id, project_id).minutes_since_break
+                    if project.break_after_minutes and minutes >= project.break_after_minutes:
+                        note = (f"Saved. You have been rating for {minutes:.0f} minutes without a break: "
+                                "please take one (ten minutes away resets this).")
+                return serve(session, rater.id, project_id, note, break_checked_at=checked)
 
         @_handler
         def on_skip(current: Any, shown_id: Any, reason: Any, request: gr.Request) -> dict:
-            rater = current_rater(request, db_url)
-            project_id, assignment_id = own_assignment(current, shown_id)
             with db.session_scope(db_url) as session:
+                rater = current_rater(request, db_url, session)
+                project_id, assignment_id = own_assignment(current, shown_id)
                 skip(session, rater.id, assignment_id, str(reason or ""))
-            return serve(rater.id, project_id, "Skipped.")
+                return serve(session, rater.id, project_id, "Skipped.")
 
         @_handler
         def on_flag(current: Any, shown_id: Any, reason: Any, request: gr.Request) -> dict:
-            rater = current_rater(request, db_url)
-            project_id, assignment_id = own_assignment(current, shown_id)
             reason = str(reason or "").strip()
-            if not reason:
-                raise UserError("say briefly why this is harmful, then flag it")
             with db.session_scope(db_url) as session:
+                rater = current_rater(request, db_url, session)
+                project_id, assignment_id = own_assignment(current, shown_id)
+                if not reason:
+                    raise UserError("say briefly why this is harmful, then flag it")
                 flag_harmful(session, rater.id, assignment_id, reason)
-            return {**serve(rater.id, project_id, "Flagged for review and taken out of the queue. Thank you."),
-                    flag_reason: ""}
+                return {**serve(session, rater.id, project_id,
+                                "Flagged for review and taken out of the queue. Thank you."), flag_reason: ""}
 
         @_handler
         def on_undo(current: Any, request: gr.Request) -> dict:
-            rater = current_rater(request, db_url)
             current = current if isinstance(current, dict) else {}
-            project_id = _project_id(current.get("project_id"))
             with db.session_scope(db_url) as session:
+                rater = current_rater(request, db_url, session)
+                project_id = _project_id(current.get("project_id"))
                 served = undo_last(session, rater.id, project_id)
                 project = session.get(Project, project_id)
                 return show(served, project, "Your last judgment was taken back: judge this pair again.")
 
         @_handler
         def on_reveal(current: Any, request: gr.Request) -> dict:
-            rater = current_rater(request, db_url)
-            project_id, assignment_id = own_assignment(current)
             with db.session_scope(db_url) as session:
+                rater = current_rater(request, db_url, session)
+                project_id, assignment_id = own_assignment(current)
                 reveal(session, rater.id, assignment_id)
                 project = session.get(Project, project_id)
                 served = next_assignment(session, project_id, rater.id)
                 if served is None or served.assignment_id != assignment_id:
                     raise UserError("this item is no longer yours to judge")
-                out = show(served, project, revealed=True)
-            return out
+                return show(served, project, revealed=True)
 
         @_handler
         def on_activity(current: Any, request: gr.Request) -> None:
-            rater = current_rater(request, db_url)
             current = current if isinstance(current, dict) else {}
-            if isinstance(current.get("assignment_id"), int):
-                with db.session_scope(db_url) as session:
+            with db.session_scope(db_url) as session:
+                rater = current_rater(request, db_url, session)
+                if isinstance(current.get("assignment_id"), int):
                     record_activity(session, rater.id, current["assignment_id"])
 
         @_handler
         def on_stats(current: Any, request: gr.Request) -> str:
-            rater = current_rater(request, db_url)
             current = current if isinstance(current, dict) else {}
-            project_id = _project_id(current.get("project_id"))
             with db.session_scope(db_url) as session:
+                rater = current_rater(request, db_url, session)
+                project_id = _project_id(current.get("project_id"))
                 s = rater_summary(session, rater.id, project_id)
                 project = session.get(Project, project_id)
             gold = (f"{s.gold_accuracy:.0%} on {s.gold_judged} check items" if s.gold_accuracy is not None
                     else f"shown after 5 check items ({s.gold_judged} so far)")
             return "\n".join([
                 f"### {html.escape(project.name)}", "",
-                "| | |", "|---|---|",
+                "| | You |", "|---|---|",
                 f"| Judgments today | {s.judgments_today} |",
                 f"| Judgments in total | {s.judgments_total} |",
                 f"| Active hours today | {s.active_hours_today:.2f} |",

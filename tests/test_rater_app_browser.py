@@ -1,0 +1,241 @@
+"""The rater app in a real browser: Debian's Chromium driven by playwright against a real `prefloop serve`.
+
+Set PREFLOOP_SCREENSHOTS=docs/screenshots to also write the README screenshots there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from sqlalchemy import select
+
+from collect import db
+from collect.formats import read_records
+from collect.ingest import import_dataset, import_records
+from collect.models import Assignment, Judgment, Rater
+from collect.projects import ProjectSettings, add_rater, create_project
+from tests.browser import chromium, gradio_login, running_server
+from tests.postgres import free_port
+
+pytestmark = pytest.mark.browser
+
+XSS_LEFT = """Here is my answer.
+<script>window.__pwned = 'script'; alert('script')</script>
+<img src="http://evil.example/onerror.png" onerror="window.__pwned='onerror'">
+<svg onload="window.__pwned='svg'"></svg>
+<iframe src="http://evil.example/frame"></iframe>
+<a href="javascript:window.__pwned='raw-link'">raw link</a>
+[markdown link](javascript:window.__pwned='md-link')
+![tracking pixel](http://evil.example/pixel.png)
+<style>@import url(http://evil.example/x.css); body { background: url(http://evil.example/bg.png) }</style>
+<link rel="stylesheet" href="http://evil.example/y.css">
+<div onmouseover="window.__pwned='hover'" style="position:fixed;inset:0">hover me</div>
+PAYLOAD-END-LEFT"""
+XSS_RIGHT = """${window.__pwned = 'template'} {{constructor.constructor('window.__pwned = "handlebars"')()}}
+<details open ontoggle="window.__pwned='toggle'"><summary>x</summary></details>
+<video><source onerror="window.__pwned='video'"></video>
+<object data="http://evil.example/o.swf"></object>
+<form action="javascript:window.__pwned='form'"><button>go</button></form>
+```html
+<script>window.__pwned = 'fenced'</script>
+```
+PAYLOAD-END-RIGHT"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, data_dir):
+    """One server for the module: projects for the keyboard, XSS, sensitive-content and screenshot tests."""
+    root = tmp_path_factory.mktemp("rater-browser")
+    url = f"sqlite:///{root / 'prefloop.db'}"
+    db.upgrade(url)
+    with db.session_scope(url) as s:
+        kb = create_project(s, "keyboard", ProjectSettings(overlap=1, rubric=[{"name": "helpfulness"}]))
+        import_dataset(s, kb, [{"prompt": f"question {i}", "response_a": f"answer a{i}",
+                                "response_b": f"answer b{i}"} for i in range(4)])
+        add_rater(s, "ann", "ann-pw", projects=[kb])
+        xss = create_project(s, "xss", ProjectSettings(overlap=1, guidelines="<script>window.__pwned='guide'</script>"))
+        import_dataset(s, xss, [{"prompt": "<img src=x onerror=\"window.__pwned='prompt'\"> question",
+                                 "response_a": XSS_LEFT, "response_b": XSS_RIGHT}])
+        add_rater(s, "xena", "xena-pw", projects=[xss])
+        sens = create_project(s, "sensitive", ProjectSettings(overlap=1))
+        import_dataset(s, sens, [{"prompt": "a violent question", "response_a": "SECRET-VIOLENT-A",
+                                  "response_b": "SECRET-VIOLENT-B", "tags": ["sensitive:violence"]}])
+        add_rater(s, "sam", "sam-pw", projects=[sens], sensitive_opt_in=["violence"])
+        demo = create_project(s, "alpaca-eval demo", ProjectSettings(
+            overlap=3, pay_rate=24.0, rubric=[{"name": "helpfulness", "description": "follows the instruction"},
+                                              {"name": "honesty", "description": "no made-up facts"}],
+            guidelines="Compare the two answers to the instruction. Prefer the one a careful expert would send."))
+        records = read_records(data_dir / "alpaca_eval" / "gpt-3.5-turbo-0301.annotations.json", "alpaca-eval")
+        for r in records:
+            r.judgments = []
+        import_records(s, demo, [r for r in records if "```" in (r.response_a or "") + (r.response_b or "")][:3])
+        add_rater(s, "dana", "dana-pw", projects=[demo])
+    with running_server(url, free_port(), log_path=root / "server.log") as base_url:
+        with chromium() as browser:
+            yield {"url": url, "base_url": base_url, "browser": browser}
+
+
+def _screen_text(page, selector: str) -> str:
+    """Our own content in a component, without Gradio's progress overlay."""
+    return page.evaluate("""s => Array.from(document.querySelectorAll(s + ' .pf-turn, ' + s + ' .pf-md'))
+                                  .map(e => e.innerText).join('\\n')""", selector)
+
+
+def _shown(page) -> str:
+    return page.locator("#pf-shown textarea, #pf-shown input").first.input_value()
+
+
+def _wait_idle(page) -> None:
+    page.wait_for_function("document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0")
+
+
+def _judge_by_keyboard(page, key: str) -> None:
+    before = _shown(page)
+    page.keyboard.press(key)
+    page.locator("#pf-choice input:checked").wait_for()
+    page.keyboard.press("Enter")
+    page.wait_for_function("""b => document.querySelector('#pf-shown textarea, #pf-shown input').value !== b""",
+                           arg=before)
+    _wait_idle(page)
+
+
+def test_keyboard_only_judging_and_undo(site):
+    page = site["browser"].new_page()
+    started = time.time()
+    gradio_login(page, site["base_url"], "ann", "ann-pw", "#pf-choice")
+    page.wait_for_function("document.querySelector('#pf-conversation').innerText.includes('question')")
+    _wait_idle(page)
+    assert "Enter" in page.locator("#pf-keys").inner_text()  # the keys are shown on screen
+    page.locator("#pf-conversation").click()  # focus on the page, not in a text field
+    seen = []
+    for key in ["1", "4", "3"]:  # A much better, B better, tie
+        seen.append((key, _screen_text(page, "#pf-conversation"), _screen_text(page, "#pf-left")))
+        _judge_by_keyboard(page, key)
+    page.keyboard.press("u")
+    page.wait_for_function("document.querySelector('#pf-banner').innerText.includes('taken back')")
+    _wait_idle(page)
+    assert _screen_text(page, "#pf-conversation") == seen[2][1]  # the undone pair is back on screen
+    finished = time.time()
+    page.close()
+
+    with db.session_scope(site["url"]) as s:
+        ann = s.scalar(select(Rater).where(Rater.name == "ann"))
+        rows = [(j, s.get(Assignment, j.assignment_id), j) for j in
+                s.scalars(select(Judgment).where(Judgment.rater_id == ann.id).order_by(Judgment.id))]
+        rows = [(j, a, a.pair.prompt.conversation[-1]["content"], a.pair.response_a.content) for j, a, _ in rows]
+        undone_prompts = [a.pair.prompt.conversation[-1]["content"] for a in s.scalars(
+            select(Assignment).where(Assignment.rater_id == ann.id, Assignment.status == "open"))]
+    assert len(rows) == 2  # three submitted, one taken back
+    screen_choice = {"1": 2, "4": -1}
+    for (key, conversation, left), (judgment, assignment, prompt, response_a) in zip(seen[:2], rows):
+        assert prompt in conversation  # the judgment is about the pair that was on screen
+        left_is_a = left.strip().endswith(response_a)
+        assert judgment.left_is_a == assignment.left_is_a == left_is_a  # the side the rater really saw
+        assert judgment.choice == screen_choice[key] * (1 if left_is_a else -1)  # stored relative to A/B
+        assert 0 < judgment.active_seconds <= finished - started  # server-measured, never more than wall time
+        assert started - 1 <= judgment.submitted_at.timestamp() - _utc_offset() <= finished + 1
+    assert len(undone_prompts) == 1 and undone_prompts[0] in seen[2][1]  # the undone pair is open again
+
+
+def _utc_offset() -> float:
+    # submitted_at is naive UTC; .timestamp() reads it as local time.
+    return -time.timezone if time.localtime().tm_isdst == 0 else -time.altzone
+
+
+def test_model_output_is_inert(site):
+    context = site["browser"].new_context()
+    outside: list[str] = []
+
+    def guard(route):
+        host = urlparse(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", guard)
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    gradio_login(page, site["base_url"], "xena", "xena-pw", "#pf-choice")
+    page.wait_for_function("document.querySelector('#pf-right').innerText.includes('PAYLOAD-END-RIGHT')")
+    page.get_by_text("Guidelines").click()  # open the accordion: the guidelines are rendered too
+    for selector in ["#pf-left", "#pf-right", "#pf-conversation"]:
+        page.locator(selector).hover()
+        page.locator(selector).click(position={"x": 5, "y": 5})
+    page.wait_for_timeout(500)
+    found = page.evaluate("""() => {
+        const bad = [];
+        // Our rendered content only: Gradio's own widgets around it carry style attributes of their own.
+        const roots = document.querySelectorAll(
+            ':is(#pf-left, #pf-right, #pf-conversation, #pf-guidelines) :is(.pf-md, .pf-turn)');
+        if (roots.length < 4) bad.push('content missing');
+        for (const root of roots) {
+            for (const el of [root, ...root.querySelectorAll('*')]) {
+                if (['SCRIPT', 'IMG', 'IFRAME', 'SVG', 'STYLE', 'LINK', 'OBJECT', 'VIDEO', 'SOURCE', 'FORM']
+                    .includes(el.tagName.toUpperCase())) bad.push(el.tagName);
+                for (const a of el.attributes) {
+                    if (a.name.startsWith('on') || a.name === 'style' || a.name === 'src') bad.push(a.name);
+                    if (a.name === 'href' && !/^(https?:|mailto:)/i.test(a.value)) bad.push(a.value);
+                }
+            }
+        }
+        return {bad, pwned: window.__pwned === undefined ? null : String(window.__pwned)};
+    }""")
+    assert found == {"bad": [], "pwned": None}
+    assert dialogs == [] and outside == []
+    assert "[image not loaded: tracking pixel]" in _screen_text(page, "#pf-left")  # shown, as text
+    assert "${window.__pwned" in _screen_text(page, "#pf-right")  # template syntax stays text
+    context.close()
+
+
+def test_sensitive_items_are_hidden_until_revealed(site):
+    page = site["browser"].new_page()
+    gradio_login(page, site["base_url"], "sam", "sam-pw", "#pf-choice")
+    page.wait_for_function("document.querySelector('#pf-banner').innerText.includes('Content warning')")
+    assert "violence" in page.locator("#pf-banner").inner_text()
+    assert "SECRET-VIOLENT" not in page.content()  # withheld, not merely blurred
+    assert page.locator("#pf-left .pf-blurred").count() == 1
+    page.keyboard.press("1")
+    page.keyboard.press("Enter")  # judging before revealing is refused
+    page.get_by_text("show the content before judging").first.wait_for()
+    page.locator("#pf-reveal").click()
+    page.wait_for_function("document.querySelector('#pf-left').innerText.includes('SECRET-VIOLENT')")
+    with db.session_scope(site["url"]) as s:
+        sam = s.scalar(select(Rater).where(Rater.name == "sam"))
+        (assignment,) = s.scalars(select(Assignment).where(Assignment.rater_id == sam.id)).all()
+        assert assignment.revealed_at is not None and assignment.status == "open"
+        assert s.scalar(select(Judgment).where(Judgment.rater_id == sam.id)) is None
+    page.close()
+
+
+def test_screenshots(site, tmp_path):
+    out_dirs = [tmp_path] + ([Path(os.environ["PREFLOOP_SCREENSHOTS"])] if os.environ.get("PREFLOOP_SCREENSHOTS")
+                             else [])
+    page = site["browser"].new_page(viewport={"width": 1280, "height": 1000})
+    gradio_login(page, site["base_url"], "dana", "dana-pw", "#pf-choice")
+    page.locator(':is(#pf-left, #pf-right) pre').first.wait_for()  # a code answer, highlighted
+    _wait_idle(page)
+    page.locator("#pf-choice input").nth(1).click()
+    page.locator("#pf-criterion-0 input").nth(1).click()
+    shots = {"rater-app.png": page.screenshot(full_page=True)}
+    before = _shown(page)
+    page.get_by_role("button", name="Submit  [Enter]", exact=True).click()
+    page.wait_for_function("b => document.querySelector('#pf-shown textarea, #pf-shown input').value !== b",
+                           arg=before)
+    page.get_by_role("tab", name="My stats").click()
+    page.wait_for_function("document.querySelector('#pf-stats').innerText.includes('Judgments today')")
+    assert "Judgments today\t1" in page.locator("#pf-stats").inner_text()
+    shots["rater-stats.png"] = page.screenshot()
+    page.close()
+    for out in out_dirs:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, png in shots.items():
+            (out / name).write_bytes(png)
+    for png in shots.values():
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < len(png) < 1_500_000
