@@ -1,4 +1,4 @@
-"""Aligning a policy with PEFT: `align(AlignConfig(...))` trains a LoRA adapter and writes it to a folder.
+r"""Aligning a policy with PEFT: `align(AlignConfig(...))` trains a LoRA adapter and writes it to a folder.
 
 Methods (one module each):
 - `grpo`, `rloo` (finetune/rl.py): reinforcement learning against a reward model, KL to the base via `beta`;
@@ -9,9 +9,14 @@ Output folder: the PEFT adapter (adapter_config.json, adapter_model.safetensors)
 its chat template, `merged/` with `merge=True`, and `prefloop.json` (method, config, base policy,
 reward model, data, metrics, and the evaluation once `prefloop align eval` has run).
 
-Scaling out: the trainers are TRL's, so the same code runs on several GPUs through accelerate, e.g.
-`accelerate launch --config_file reward/accelerate/multi_gpu.yaml -m apps.cli align run ...`; on one
-GPU nothing is needed (the device is picked automatically, bf16 where supported).
+Scaling out: the trainers are TRL's, so the same command runs data-parallel on several GPUs through
+accelerate (each rank samples and scores its share of prompts; the first rank writes the output):
+
+    accelerate launch --config_file reward/accelerate/multi_gpu.yaml "$(which prefloop)" align run \
+        --method grpo --policy smollm2-135m-instruct --reward runs/rm --prompts prompts.jsonl --out runs/aligned
+
+On one GPU nothing is needed: the device is picked automatically, bf16 where the GPU supports it.
+`--prompts-per-step` is per GPU. Best-of-n samples on every rank before training (not sharded).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from rich.table import Table
 from collect.errors import UserError
 from finetune.policy import load_tokenizer, resolve
 from finetune.prompts import fit_prompts, read_preferences, read_prompts
-from finetune.training import RichProgress, pick_device, summarize_history, use_bf16
+from finetune.training import RichProgress, is_main_process, pick_device, summarize_history, use_bf16
 
 METHODS = ("grpo", "rloo", "dpo", "bon")
 # Per-method defaults, chosen so that smollm2-135m-instruct finishes in minutes on a 2-core CPU
@@ -140,72 +145,31 @@ def align(config: AlignConfig) -> AlignResult:
             reward_info = None  # checked for the evaluation, but not what the adapter was trained against
     tokenizer = load_tokenizer(config.policy, config.chat_template)
 
-    data_stats: dict[str, Any] = {}
-    rng = random.Random(config.seed)
-    if config.method == "dpo":
-        pairs = read_preferences(config.prompts)
-        rng.shuffle(pairs)
-        pairs = pairs[:config.max_prompts] if config.max_prompts else pairs
-        total = len(pairs)
-        fitted, kept = fit_prompts(tokenizer, [p["prompt"] for p in pairs], config.max_prompt_length, "preferences")
-        pairs = [dict(pairs[i], prompt=prompt) for prompt, i in zip(fitted, kept)]
-        data_stats = {"pairs": len(pairs), "dropped_too_long": total - len(pairs)}
-    else:
-        prompts = read_prompts(config.prompts)
-        rng.shuffle(prompts)
-        total = len(prompts[:config.max_prompts] if config.max_prompts else prompts)
-        prompts, _ = fit_prompts(tokenizer, prompts[:total], config.max_prompt_length)
-        data_stats = {"prompts": len(prompts), "dropped_too_long": total - len(prompts)}
-        if config.method == "bon":
-            # Best-of-n samples only the prompts its SFT steps will see once: the same prompt budget as grpo.
-            prompts = prompts[:config.max_steps * config.prompts_per_step]
-            data_stats["prompts_sampled"] = len(prompts)
+    data, data_stats = training_data(config, tokenizer)
 
     path = resolve(config.policy)
     dtype = torch.bfloat16 if use_bf16() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    progress = RichProgress(f"{config.method} on {Path(str(config.policy)).name}")
-    if not config.show_progress:
-        progress.on_train_begin = lambda *a, **k: None  # keep the history, draw nothing
+    progress = RichProgress(f"{config.method} on {Path(str(config.policy)).name}", show=config.show_progress)
 
-    extra: dict[str, float] = {}
-    if config.method == "dpo":
-        from finetune.dpo import train_dpo
-
-        trainer = train_dpo(config, model, tokenizer, pairs, progress)
-    else:
-        from finetune.rewards import RewardFunction, load_scorer
-
-        scorer = load_scorer(config.reward_model, device=pick_device())
-        if config.method == "bon":
-            from finetune.best_of_n import best_responses, train_best_of_n
-
-            with console.status(f"sampling {config.num_generations} responses for {len(prompts)} prompts"):
-                rows, extra = best_responses(config, model, tokenizer, prompts, scorer)
-            if not rows:
-                raise UserError("best-of-n: the policy produced no non-empty response to any prompt")
-            trainer = train_best_of_n(config, model, tokenizer, rows, progress)
-        else:
-            from finetune.rl import train_rl
-
-            trainer = train_rl(config, model, tokenizer, prompts, RewardFunction(scorer), progress)
-        del scorer
+    trainer, extra = _train(config, model, tokenizer, data, progress, console)
 
     out = Path(config.output_dir)
+    merged_dir = out / "merged" if config.merge else None
+    metrics = summarize_history(progress.history) | extra
+    evaluation = None
+    if not is_main_process():  # under `accelerate launch`, the first rank writes for everyone
+        return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=None)
     out.mkdir(parents=True, exist_ok=True)
-    peft_model = trainer.model
+    peft_model = trainer.accelerator.unwrap_model(trainer.model)
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    merged_dir = None
-    if config.merge:
-        merged_dir = out / "merged"
+    if merged_dir is not None:
         peft_model.merge_and_unload().save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
 
-    metrics = summarize_history(progress.history) | extra
     metrics["wall_s"] = time.monotonic() - started
     write_manifest(out, config, path, reward_info, data_stats, metrics)
-    evaluation = None
     if config.eval_prompts is not None:
         from finetune.evaluate import EvalConfig, evaluate
 
@@ -213,11 +177,54 @@ def align(config: AlignConfig) -> AlignResult:
         gc.collect()
         evaluation = evaluate(EvalConfig(
             adapter=str(out), prompts=config.eval_prompts, reward_model=config.reward_model, judge=config.judge,
-            seed=config.seed,
-            show_progress=config.show_progress,
+            seed=config.seed, show_progress=config.show_progress,
         )).summary
     _print_summary(console, config, out, metrics, evaluation)
     return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=evaluation)
+
+
+def training_data(config: AlignConfig, tokenizer) -> tuple[list, dict[str, Any]]:
+    """The checked, shuffled, length-fitted prompts (or preference rows for dpo), and counts for prefloop.json."""
+    rng = random.Random(config.seed)
+    if config.method == "dpo":
+        pairs = read_preferences(config.prompts)
+        rng.shuffle(pairs)
+        pairs = pairs[:config.max_prompts] if config.max_prompts else pairs
+        fitted, kept = fit_prompts(tokenizer, [p["prompt"] for p in pairs], config.max_prompt_length, "preferences")
+        rows = [dict(pairs[i], prompt=prompt) for prompt, i in zip(fitted, kept)]
+        return rows, {"pairs": len(rows), "dropped_too_long": len(pairs) - len(rows)}
+    prompts = read_prompts(config.prompts)
+    rng.shuffle(prompts)
+    prompts = prompts[:config.max_prompts] if config.max_prompts else prompts
+    fitted, _ = fit_prompts(tokenizer, prompts, config.max_prompt_length)
+    stats: dict[str, Any] = {"prompts": len(fitted), "dropped_too_long": len(prompts) - len(fitted)}
+    if config.method == "bon":
+        # Best-of-n samples only the prompts its SFT steps see once: the same prompt budget as grpo.
+        fitted = fitted[:config.max_steps * config.prompts_per_step]
+        stats["prompts_sampled"] = len(fitted)
+    return fitted, stats
+
+
+def _train(config: AlignConfig, model, tokenizer, data: list, progress: RichProgress, console: Console):
+    """Run the method; returns the trainer (its model is the PeftModel) and method-specific metrics."""
+    if config.method == "dpo":
+        from finetune.dpo import train_dpo
+
+        return train_dpo(config, model, tokenizer, data, progress), {}
+    from finetune.rewards import RewardFunction, load_scorer
+
+    scorer = load_scorer(config.reward_model, device=pick_device())
+    if config.method == "bon":
+        from finetune.best_of_n import best_responses, train_best_of_n
+
+        with console.status(f"sampling {config.num_generations} responses for {len(data)} prompts"):
+            rows, extra = best_responses(config, model, tokenizer, data, scorer)
+        if not rows:
+            raise UserError("best-of-n: the policy produced no non-empty response to any prompt")
+        return train_best_of_n(config, model, tokenizer, rows, progress), extra
+    from finetune.rl import train_rl
+
+    return train_rl(config, model, tokenizer, data, RewardFunction(scorer), progress), {}
 
 
 def write_manifest(

@@ -12,12 +12,18 @@ from transformers.trainer_callback import PrinterCallback
 
 
 def pick_device() -> str:
-    """A GPU when there is one, else the CPU. Never fails for want of CUDA."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """This process's device: a GPU when there is one (its own under `accelerate launch`), else the CPU.
+    Never fails for want of CUDA."""
+    from accelerate import PartialState
+
+    return str(PartialState().device)
+
+
+def is_main_process() -> bool:
+    """False on every rank but the first under `accelerate launch`: only one process writes files."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def use_bf16() -> bool:
@@ -66,14 +72,15 @@ def run(trainer) -> None:
 class RichProgress(TrainerCallback):
     """One Rich progress bar for the run, with the latest logged loss and reward in its description."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, show: bool = True) -> None:
         self.label = label
+        self.show = show
         self.progress: Progress | None = None
         self.task = None
         self.history: list[dict[str, float]] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
+        if not self.show or not state.is_world_process_zero:
             return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -209,6 +209,34 @@ def test_missing_and_mismatched_chat_template(models, tmp_path):
     check_chat_template(tiny_tokenizer(), "tiny")
 
 
+def test_prompts_in_every_form(tmp_path):
+    import datasets
+
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert read_prompts(["Hi"]) == [[{"role": "user", "content": "Hi"}]]
+    assert read_prompts([conversation]) == [conversation]  # how the collection database hands them over
+    assert read_prompts(datasets.Dataset.from_list([{"prompt": conversation}])) == [conversation]
+    path = tmp_path / "p.parquet"
+    datasets.Dataset.from_list([{"prompt": "Hi"}, {"prompt": "Bye"}]).to_parquet(str(path))
+    assert [p[0]["content"] for p in read_prompts(str(path))] == ["Hi", "Bye"]
+    with pytest.raises(UserError, match="last message must be the user's"):
+        read_prompts([conversation + [{"role": "assistant", "content": "Hello"}]])
+    with pytest.raises(UserError, match="no such file"):
+        read_prompts(str(tmp_path / "missing.jsonl"))
+
+
+def test_sampling_repeats_with_the_same_seed(models):
+    from finetune.sampling import sample
+
+    model, tokenizer = load_policy(models["policy"])
+    first = sample(model, tokenizer, PROBES, n=2, max_new_tokens=8, temperature=1.0, seed=7, batch_size=4)
+    again = sample(model, tokenizer, PROBES, n=2, max_new_tokens=8, temperature=1.0, seed=7, batch_size=4)
+    other = sample(model, tokenizer, PROBES, n=2, max_new_tokens=8, temperature=1.0, seed=8, batch_size=4)
+    assert first.token_ids == again.token_ids
+    assert first.token_ids != other.token_ids
+    assert [len(t) for t in first.texts] == [2, 2, 2]
+
+
 def test_fit_prompt_drops_oldest_turns(models):
     tokenizer = load_tokenizer(models["policy"])
     long_turn = "word " * 200
