@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+from common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 sys.path.insert(0, str(ROOT))
 
 from collect.aggregate import aggregate  # noqa: E402
@@ -186,13 +187,6 @@ def run(name: str, labels: np.ndarray) -> list[dict]:
             print(f"{name:10s} {mix_name:32s} k={k}  majority {r['majority']:.3f}  weighted {r['weighted']:.3f}"
                   f"  gain {r['gain_points']:+.1f} pts  oracle {r['oracle']:.3f}", flush=True)
     return rows
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor() or "unknown CPU")
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores, {ram:.0f} GiB RAM, {cpu}"
 
 
 def markdown(rows: list[dict], command: str, seconds: float) -> str:

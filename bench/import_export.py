@@ -17,6 +17,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from collect import db  # noqa: E402
@@ -49,15 +50,6 @@ def measure(url: str, path: Path, workdir: Path) -> dict[str, float]:
     db.get_engine(url).dispose()
     return {"rows": len(records), "import_s": import_s, "import_rps": len(records) / import_s,
             "exported": result.rows, "export_s": export_s, "export_rps": result.rows / export_s}
-
-
-def machine() -> str:
-    import os
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
 def main() -> None:

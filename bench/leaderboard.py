@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+from common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 sys.path.insert(0, str(ROOT))
 
 from collect.formats import read_records  # noqa: E402
@@ -57,13 +58,6 @@ def alpaca_eval_win_rates() -> pd.Series:
         prefs = [x["preference"] for x in items if x.get("preference") is not None]
         rates[items[0]["generator_2"]] = float(np.mean([0.5 if p == 0 else p - 1 for p in prefs]))
     return pd.Series(rates).sort_values(ascending=False)
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor() or "unknown CPU")
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores, {ram:.0f} GiB RAM, {cpu}"
 
 
 def main() -> None:
