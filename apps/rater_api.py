@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from sqlalchemy.orm import Session
 
-from apps.web_auth import Unauthenticated, rater_from_http
+from apps.web_auth import Unauthenticated, authenticated_name, rater_from_http
 from collect import db
 from collect.assign import (
     Served, flag_harmful, next_assignment, rater_summary, record_activity, reveal, skip, submit_judgment, undo_last,
@@ -81,7 +81,12 @@ def api_router(db_url: str, auth_header: str | None = None) -> APIRouter:
         with db.session_scope(db_url) as session:
             yield session, rater_from_http(request.headers, db_url, auth_header, session)
 
-    router = APIRouter(dependencies=[Depends(_require_json)])
+    def require_credentials(request: Request) -> None:
+        # Before anything else, even parameter validation: an anonymous caller learns nothing, not even
+        # which ids are well-formed. The rater record itself is read inside each request's transaction.
+        authenticated_name(request.headers, db_url, auth_header)
+
+    router = APIRouter(dependencies=[Depends(require_credentials), Depends(_require_json)])
 
     @router.get("/projects")
     def projects(request: Request) -> dict:

@@ -140,14 +140,17 @@ def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
     return (name, password) if sep and name else None
 
 
-def rater_from_http(headers: Any, db_url: str, auth_header: str | None = None,
-                    session: Session | None = None) -> Rater:
-    """The rater behind a plain HTTP request (the JSON API): the trusted header, or HTTP Basic.
+def authenticated_name(headers: Any, db_url: str, auth_header: str | None = None) -> str:
+    """The user name a plain HTTP request proves: HTTP Basic checked against the database, or the trusted header.
 
+    Touches the database only on the first request with given credentials (then cached for a minute).
     `headers` is any case-insensitive mapping (Starlette's request.headers). Raises Unauthenticated.
     """
     if auth_header:
-        return _load_rater(db_url, (headers.get(auth_header) or "").strip() or None, session)
+        name = (headers.get(auth_header) or "").strip()
+        if not name:
+            raise Unauthenticated(f"no {auth_header} header: reach this server through the login proxy")
+        return name
     credentials = _basic_credentials(headers.get("authorization"))
     if credentials is None:
         raise Unauthenticated("HTTP Basic credentials required")
@@ -157,4 +160,10 @@ def rater_from_http(headers: Any, db_url: str, auth_header: str | None = None,
             if authenticate(own, name, password) is None:
                 raise Unauthenticated("wrong name or password")
         _basic_cache.put(name, password)
-    return _load_rater(db_url, name, session)
+    return name
+
+
+def rater_from_http(headers: Any, db_url: str, auth_header: str | None = None,
+                    session: Session | None = None) -> Rater:
+    """The rater behind a plain HTTP request (the JSON API), looked up in `session` when given."""
+    return _load_rater(db_url, authenticated_name(headers, db_url, auth_header), session)

@@ -1,0 +1,248 @@
+"""The rater app over plain HTTP: the authorization attack suite, and the JSON API.
+
+Every Gradio event handler is an HTTP endpoint. A rater of project X, and an anonymous client, call every
+one of them (through Gradio's queue, as the browser does, and through Gradio's direct /run route), and every
+JSON API route, with ids from project Y, forged assignment ids and forged sides and times: none may change
+anything in Y or return anything from Y.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from apps.rater_client import GradioRaterClient, RaterAPIError, RaterClient
+from collect import db
+from collect.assign import next_assignment, submit_judgment
+from collect.ingest import import_dataset
+from collect.models import Assignment, AuditEvent, Judgment, Pair, utcnow
+from collect.projects import ProjectSettings, add_rater, create_project, get_project, update_project
+from tests.browser import running_server
+from tests.postgres import free_port
+
+SECRET = "YSECRET"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rater-http")
+    url = f"sqlite:///{root / 'prefloop.db'}"
+    db.upgrade(url)
+    with db.session_scope(url) as s:
+        x = create_project(s, "xproj", ProjectSettings(overlap=2, rubric=[{"name": "helpful"}]))
+        import_dataset(s, x, [{"prompt": f"x question {i}", "response_a": f"xa{i}", "response_b": f"xb{i}"}
+                              for i in range(6)])
+        y = create_project(s, f"{SECRET}-project", ProjectSettings(
+            overlap=2, guidelines=f"{SECRET} guidelines", rubric=[{"name": f"{SECRET}-criterion"}]))
+        import_dataset(s, y, [{"prompt": f"{SECRET} question {i}", "response_a": f"{SECRET} a{i}",
+                               "response_b": f"{SECRET} b{i}"} for i in range(4)])
+        ids = {"x": x.id, "y": y.id,
+               "xavier": add_rater(s, "xavier", "x-pw", projects=[x]).id,
+               "yara": add_rater(s, "yara", "y-pw", projects=[y]).id,
+               "xena": add_rater(s, "xena", "xena-pw", projects=[x]).id}
+    with db.session_scope(url) as s:
+        # yara: one judgment (within the undo window) and one open assignment, both in Y.
+        served = next_assignment(s, ids["y"], ids["yara"])
+        submit_judgment(s, ids["yara"], served.assignment_id, 1, client_token="yara-1")
+        ids["yara_judged"] = served.assignment_id
+        ids["yara_open"] = next_assignment(s, ids["y"], ids["yara"]).assignment_id
+    with running_server(url, free_port(), log_path=root / "server.log") as base_url:
+        yield {"url": url, "base_url": base_url, **ids}
+
+
+def snapshot(url: str, project_id: int) -> tuple:
+    """Everything an attack on project Y could change."""
+    with db.session_scope(url) as s:
+        return (
+            s.execute(select(Assignment.id, Assignment.rater_id, Assignment.status, Assignment.active_seconds,
+                             Assignment.last_activity_at, Assignment.revealed_at, Assignment.lease_expires_at)
+                      .where(Assignment.project_id == project_id).order_by(Assignment.id)).all(),
+            s.execute(select(Judgment.id, Judgment.choice, Judgment.rater_id, Judgment.assignment_id)
+                      .where(Judgment.project_id == project_id).order_by(Judgment.id)).all(),
+            s.execute(select(Pair.id, Pair.status, Pair.n_claimed).where(Pair.project_id == project_id)
+                      .order_by(Pair.id)).all(),
+            s.scalar(select(func.count(AuditEvent.id)).where(AuditEvent.project_id == project_id)),
+        )
+
+
+def gradio_functions(base_url: str) -> list[dict]:
+    """Every event handler of the app (fn_index, api_name, number of inputs), read as a logged-in rater."""
+    with GradioRaterClient(base_url, "xena", "xena-pw") as c:
+        config = c.http.get("/config").json()
+    return [{"id": d["id"], "api_name": d.get("api_name"), "n": len(d["inputs"])} for d in config["dependencies"]]
+
+
+def forged_arguments(n: int, site: dict) -> list[list]:
+    """Inputs an attacker would try: Y's project id, yara's assignment ids, forged choices."""
+    y, judged, open_ = site["y"], site["yara_judged"], site["yara_open"]
+    return [
+        [None] * n,
+        [y] * n,
+        [open_] * n,
+        [str(open_)] * n,
+        ([None, str(open_), 2, False, "", ""] + [2] * max(0, n - 6))[:n],
+        ([None, str(judged), -2, True, "x", "y"] + [-2] * max(0, n - 6))[:n],
+    ]
+
+
+def test_every_gradio_endpoint_refuses_foreign_and_anonymous_calls(site):
+    functions = gradio_functions(site["base_url"])
+    assert {f["api_name"] for f in functions} >= {"load", "choose_project", "submit", "skip", "flag", "undo",
+                                                  "reveal", "activity", "stats"}
+    before = snapshot(site["url"], site["y"])
+    # yara's own browser tab: its server-side state points at her open assignment in Y.
+    victim = GradioRaterClient(site["base_url"], "yara", "y-pw")
+    assert int(victim.call("load")[-1]) == site["yara_open"]
+    before = snapshot(site["url"], site["y"])  # loading touched nothing but reading
+
+    attackers = {
+        "anonymous": GradioRaterClient(site["base_url"]),
+        "anonymous in yara's tab": GradioRaterClient(site["base_url"], session_hash=victim.session_hash),
+        "xavier": GradioRaterClient(site["base_url"], "xavier", "x-pw"),
+        "xavier in yara's tab": GradioRaterClient(site["base_url"], "xavier", "x-pw",
+                                                  session_hash=victim.session_hash),
+        "forged header": GradioRaterClient(site["base_url"], headers={"X-Forwarded-User": "yara"}),
+    }
+    attackers["xavier"].call("load")  # xavier's own tab holds an X assignment
+    results = {"refused": 0, "answered": 0}
+    for who, client in attackers.items():
+        for f in functions:
+            for args in forged_arguments(f["n"], site):
+                # Through the queue, as the browser does ...
+                try:
+                    out = client.call(f["id"], *args)
+                    assert SECRET not in str(out), (who, f, args, out)
+                    results["answered"] += 1
+                except RaterAPIError as e:
+                    assert SECRET not in e.message, (who, f, args, e)
+                    if who.startswith(("anonymous", "forged")):
+                        assert e.status == 401, (who, f, e)
+                    results["refused"] += 1
+                # ... and straight to the handler.
+                response = client.http.post(f"/gradio_api/run/{f['api_name']}",
+                                            json={"data": args, "session_hash": client.session_hash})
+                assert SECRET not in response.text, (who, f, args, response.text[:500])
+                if who.startswith(("anonymous", "forged")):
+                    assert response.status_code == 401, (who, f, response.text[:300])
+    # xavier's own calls may succeed on X (his own load, stats, activity): none of them reached into Y.
+    assert results["refused"] > results["answered"] > 0
+    assert snapshot(site["url"], site["y"]) == before
+    # And yara's tab still works for yara: the attacks did not break or hijack it.
+    assert int(victim.call("load")[-1]) == site["yara_open"]
+
+
+def test_every_json_route_refuses_foreign_and_anonymous_calls(site):
+    y, judged, open_ = site["y"], site["yara_judged"], site["yara_open"]
+    judgment = {"choice": 2, "client_token": uuid.uuid4().hex}
+    routes = [("GET", f"/api/v1/projects/{y}/me", None), ("POST", f"/api/v1/projects/{y}/next", {}),
+              ("POST", f"/api/v1/projects/{y}/undo", {})]
+    for assignment in (open_, judged, 0, -1, 10**9):
+        routes += [("POST", f"/api/v1/assignments/{assignment}/judgment", judgment),
+                   ("POST", f"/api/v1/assignments/{assignment}/skip", {"reason": "attack"}),
+                   ("POST", f"/api/v1/assignments/{assignment}/flag", {"reason": "attack"}),
+                   ("POST", f"/api/v1/assignments/{assignment}/activity", {})]
+    routes += [("POST", "/api/v1/assignments/abc/judgment", judgment), ("POST", f"/api/v1/projects/{y}x/next", {})]
+    callers = {
+        "anonymous": {},
+        "wrong password": {"auth": ("yara", "guess")},
+        "forged header": {"headers": {"X-Forwarded-User": "yara"}},
+        "xavier": {"auth": ("xavier", "x-pw")},
+        "xavier + forged header": {"auth": ("xavier", "x-pw"), "headers": {"X-Forwarded-User": "yara"}},
+    }
+    before = snapshot(site["url"], y)
+    with httpx.Client(base_url=site["base_url"]) as http:
+        for who, kwargs in callers.items():
+            for method, path, body in routes:
+                response = http.request(method, path, json=body, **kwargs)
+                assert response.status_code in (400, 401, 403, 404, 422), (who, method, path, response.text)
+                assert SECRET not in response.text
+                if "xavier" not in who:
+                    assert response.status_code == 401, (who, path, response.text)
+            projects = http.get("/api/v1/projects", **kwargs)
+            assert SECRET not in projects.text
+        # A form post (what a cross-site page can send without a CORS preflight) is refused outright.
+        form = http.post(f"/api/v1/assignments/{open_}/skip", data={"reason": "csrf"}, auth=("yara", "y-pw"))
+        assert form.status_code == 415
+    assert snapshot(site["url"], y) == before
+
+
+def test_sides_and_times_come_from_the_server(site):
+    with RaterClient(site["base_url"], "xavier", "x-pw") as c, httpx.Client(base_url=site["base_url"]) as http:
+        served_at = time.time()
+        item = c.next(site["x"])
+        for forged in ({"left_is_a": False}, {"side": "right"}, {"active_seconds": 9999},
+                       {"submitted_at": "2020-01-01T00:00:00"}, {"rater_id": site["yara"]}):
+            response = http.post(f"/api/v1/assignments/{item['assignment_id']}/judgment", auth=("xavier", "x-pw"),
+                                 json={"choice": 2, "client_token": uuid.uuid4().hex, **forged})
+            assert response.status_code == 422, forged  # unknown fields are refused, not ignored
+        judgment_id = c.submit(item["assignment_id"], 2, client_token="xavier-1")
+        assert c.submit(item["assignment_id"], -2, client_token="xavier-1") == judgment_id  # a retry is a no-op
+        took = time.time() - served_at
+    with db.session_scope(site["url"]) as s:
+        j = s.get(Judgment, judgment_id)
+        a = s.get(Assignment, item["assignment_id"])
+        left = a.pair.response_a.content if a.left_is_a else a.pair.response_b.content
+        assert item["left"] == left and j.left_is_a == a.left_is_a
+        assert j.choice == (2 if a.left_is_a else -2)  # "left much better", stored relative to A and B
+        # Active time is the server's: never more than the time between serving and submitting.
+        assert j.rater_id == site["xavier"] and 0 <= j.active_seconds <= (j.submitted_at - a.served_at).total_seconds()
+        assert abs((j.submitted_at - utcnow()).total_seconds()) < took + 5
+        assert s.scalar(select(func.count(Judgment.id)).where(Judgment.client_token == "xavier-1")) == 1
+
+
+def test_gradio_flow_stats_activity_and_break_reminder(site):
+    # xena has judged for 55 minutes without a pause; the project wants a break after 50.
+    with db.session_scope(site["url"]) as s:
+        update_project(s, get_project(s, site["x"]), break_after_minutes=50)
+        now = utcnow()
+        for minutes_ago in (4, 2):
+            served = next_assignment(s, site["x"], site["xena"], now=now - timedelta(minutes=minutes_ago + 28))
+            submit_judgment(s, site["xena"], served.assignment_id, 1, client_token=uuid.uuid4().hex,
+                            now=now - timedelta(minutes=minutes_ago))
+        s.execute(Judgment.__table__.update().where(Judgment.rater_id == site["xena"]).values(active_seconds=27.5 * 60))
+    with GradioRaterClient(site["base_url"], "xena", "xena-pw") as c:
+        first = c.call("load")
+        shown = first[-1]
+        assert "x question" in str(first) and SECRET not in str(first)
+        with pytest.raises(RaterAPIError, match="choose which response"):
+            c.call("submit", None, shown, None, False, "", "", *([None] * 8))
+        with pytest.raises(RaterAPIError, match="screen changed"):
+            c.call("submit", None, str(int(shown) + 1000), 1, False, "", "", *([None] * 8))
+        c.call("activity", None)
+        out = c.call("submit", None, shown, -1, True, "because", "", 1, *([None] * 7))
+        assert "without a break" in str(out)
+        stats = c.call("stats", None)[0]
+        assert "Judgments today | 3" in stats and "Judgments in total | 3" in stats
+        out = c.call("undo", None)
+        assert out[-1] == shown and "taken back" in str(out)
+    with db.session_scope(site["url"]) as s:
+        assert s.scalar(select(func.count(Judgment.id)).where(Judgment.assignment_id == int(shown))) == 0
+
+
+def test_trusted_header_mode(tmp_path):
+    url = f"sqlite:///{tmp_path / 'prefloop.db'}"
+    db.upgrade(url)
+    with db.session_scope(url) as s:
+        p = create_project(s, "sso", ProjectSettings(overlap=1))
+        import_dataset(s, p, [{"prompt": "q", "response_a": "a", "response_b": "b"}])
+        add_rater(s, "sso-user", None, projects=[p])  # no password at all: the proxy vouches for her
+        add_rater(s, "someone", "pw", projects=[p])
+        pid = p.id
+    header = "X-Forwarded-User"
+    with running_server(url, free_port(), auth_header=header, log_path=tmp_path / "server.log") as base_url:
+        with httpx.Client(base_url=base_url) as http:
+            assert http.get("/config").status_code == 401
+            assert http.get("/config", headers={header: "nobody"}).status_code == 200  # Gradio lets it in ...
+            with pytest.raises(RaterAPIError):  # ... but no handler acts for a name not in the database
+                GradioRaterClient(base_url, headers={header: "nobody"}).call("load")
+            # Basic credentials mean nothing in this mode; the header is the identity.
+            assert http.post(f"/api/v1/projects/{pid}/next", json={}, auth=("someone", "pw")).status_code == 401
+        with GradioRaterClient(base_url, headers={header: "sso-user"}) as c:
+            assert "Signed in as **sso-user**" in c.call("load")[0]
+        with RaterClient(base_url, "sso-user", auth_header=header) as c:
+            assert c.next(pid)["left"] in ("a", "b")
