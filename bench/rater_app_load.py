@@ -44,8 +44,9 @@ from sqlalchemy import select  # noqa: E402
 
 from apps.rater_client import GradioRaterClient, RaterAPIError, RaterClient  # noqa: E402
 from collect import db  # noqa: E402
+from collect.auth import hash_password  # noqa: E402
 from collect.formats import read_records  # noqa: E402
-from collect.ingest import import_records  # noqa: E402
+from collect.ingest import import_dataset, import_records  # noqa: E402
 from collect.models import Judgment, Pair  # noqa: E402
 from collect.projects import ProjectSettings, add_rater, create_project  # noqa: E402
 from tests.browser import start_server, stop_server  # noqa: E402
@@ -66,17 +67,26 @@ class Stats:
     exhausted: int = 0
 
 
-def build_database(url: str, n_raters: int) -> int:
+def build_database(url: str, n_raters: int, rows: list[dict] | None = None, overlap: int = OVERLAP,
+                   lease_seconds: int = 600) -> int:
+    """A migrated database with one project and raters rater0..rater{n-1} (password "pw"); the project id.
+
+    rows: pairs in collect's generic format; by default the HH-RLHF pairs without their labels.
+    """
     db.upgrade(url)
-    records = read_records(DATA, "hh-rlhf")
-    for r in records:
-        r.judgments = []  # the pairs only: the crowd labels would fill the overlap
     with db.session_scope(url) as session:
         project = create_project(session, "load", ProjectSettings(
-            overlap=OVERLAP, rubric=[{"name": c} for c in CRITERIA], lease_seconds=600))
-        import_records(session, project, records)
+            overlap=overlap, rubric=[{"name": c} for c in CRITERIA], lease_seconds=lease_seconds))
+        if rows is None:
+            records = read_records(DATA, "hh-rlhf")
+            for r in records:
+                r.judgments = []  # the pairs only: the crowd labels would fill the overlap
+            import_records(session, project, records)
+        else:
+            import_dataset(session, project, rows)
+        password_hash = hash_password("pw")  # once: Argon2 is slow on purpose
         for i in range(n_raters):
-            add_rater(session, f"rater{i}", "pw", projects=[project])
+            add_rater(session, f"rater{i}", projects=[project]).password_hash = password_hash
         return project.id
 
 
@@ -153,27 +163,40 @@ def check_database(url: str, project_id: int, acknowledged: list[int]) -> dict[s
     }
 
 
+def run_raters(base_url: str, project_id: int, paths: list[str], seconds: float = float("inf"),
+               think: float = 0.0, on_start=None) -> tuple[Stats, float]:
+    """Simulated raters rater0.. (one per entry of `paths`: "json" or "gradio") against a running server.
+
+    All log in before the clock starts; they stop after `seconds`, when no work is left, or at their first
+    error (say, the server was killed). `on_start()` runs when the clock starts. Returns (stats, elapsed s).
+    """
+    stats, lock = Stats(), threading.Lock()
+    barrier = threading.Barrier(len(paths) + 1)
+    clock = {"deadline": float("inf")}
+    threads = [threading.Thread(target=rater_loop, args=(path, base_url, f"rater{i}", project_id, clock, think,
+                                                         barrier, stats, lock), daemon=True)
+               for i, path in enumerate(paths)]
+    for t in threads:
+        t.start()
+    barrier.wait(timeout=600)  # every rater is logged in: the clock starts now
+    started = time.monotonic()
+    clock["deadline"] = started + seconds
+    if on_start is not None:
+        on_start()
+    for t in threads:
+        t.join(timeout=None if seconds == float("inf") else seconds + 120)
+    return stats, time.monotonic() - started
+
+
 def run_one(backend: str, url: str, path: str, raters: int, seconds: float, think: float, workdir: Path) -> dict:
     project_id = build_database(url, raters)
-    port = free_port()
-    server = start_server(url, port, log_path=workdir / f"server-{backend}-{path}-{think}.log")
+    server = start_server(url, free_port(), log_path=workdir / f"server-{backend}-{path}-{think}.log")
     try:
-        base_url = f"http://127.0.0.1:{port}"
-        stats, lock = Stats(), threading.Lock()
-        barrier = threading.Barrier(raters + 1)
-        clock = {"deadline": float("inf")}
-        threads = [threading.Thread(target=rater_loop, args=(path, base_url, f"rater{i}", project_id, clock, think,
-                                                             barrier, stats, lock), daemon=True)
-                   for i in range(raters)]
-        for t in threads:
-            t.start()
-        barrier.wait(timeout=600)  # every rater is logged in: the clock starts now
-        started, client_cpu, server_cpu = time.monotonic(), time.process_time(), _cpu_seconds(server.pid)
-        clock["deadline"] = started + seconds
-        for t in threads:
-            t.join(timeout=seconds + 120)
-        elapsed = time.monotonic() - started
-        client_cpu, server_cpu = time.process_time() - client_cpu, _cpu_seconds(server.pid) - server_cpu
+        cpu = {}
+        stats, elapsed = run_raters(
+            server.base_url, project_id, [path] * raters, seconds, think,
+            on_start=lambda: cpu.update(client=time.process_time(), server=_cpu_seconds(server.pid)))
+        client_cpu, server_cpu = time.process_time() - cpu["client"], _cpu_seconds(server.pid) - cpu["server"]
     finally:
         stop_server(server)
     checked = check_database(url, project_id, stats.acknowledged)

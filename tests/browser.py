@@ -25,7 +25,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 def start_server(db_url: str, port: int, auth_header: str | None = None, log_path: Path | None = None,
                  timeout: float = 60.0) -> subprocess.Popen:
-    """Start `apps.server.serve` in its own process (so a test can kill -9 it) and wait until it answers."""
+    """Start `apps.server.serve` in its own process (so a test can kill -9 it) and wait until it answers.
+
+    The returned process carries `base_url` ("http://127.0.0.1:<port>").
+    """
     code = (f"from apps.server import serve; serve(host='127.0.0.1', port={port}, db_url={db_url!r}, "
             f"auth_header={auth_header!r})")
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -38,6 +41,7 @@ def start_server(db_url: str, port: int, auth_header: str | None = None, log_pat
                                + (f"; log: {Path(log_path).read_text()[-3000:]}" if log_path else ""))
         try:
             if httpx.get(f"http://127.0.0.1:{port}/gradio_api/app_id", timeout=2).status_code < 500:
+                process.base_url = f"http://127.0.0.1:{port}"
                 return process
         except httpx.HTTPError:
             pass
@@ -63,7 +67,7 @@ def running_server(db_url: str, port: int, auth_header: str | None = None,
     """A server for the duration of a with-block; yields its base URL."""
     process = start_server(db_url, port, auth_header, log_path)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield process.base_url
     finally:
         stop_server(process)
 
