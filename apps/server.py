@@ -14,7 +14,6 @@ several behind a load balancer with sticky sessions (PostgreSQL then serves them
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import logging
 import os
@@ -41,11 +40,10 @@ CONCURRENCY = 16
 """Gradio events of one kind (e.g. submit) run at most this many at once; the rest wait in Gradio's queue."""
 
 
-def _mount(app: FastAPI, blocks: gr.Blocks, path: str, db_url: str, auth_header: str | None,
-           options: dict) -> None:
+def _mount(app: FastAPI, blocks: gr.Blocks, path: str, login: dict, options: dict) -> None:
     blocks.queue(default_concurrency_limit=CONCURRENCY)
     gr.mount_gradio_app(
-        app, blocks, path, **gradio_auth(db_url, auth_header), **options,
+        app, blocks, path, **login, **options,
         # Exceptions other than the messages we raise for users stay in the server log.
         show_error=False, footer_links=["api"], run_history=False, mcp_server=False, ssr_mode=False)
 
@@ -59,13 +57,13 @@ def create_server(db_url: str | None = None, auth_header: str | None = None) -> 
     app.include_router(api_router(db_url, auth_header), prefix="/api/v1")
     add_error_handlers(app, auth_header)
     # Starlette matches mounts in order: /admin before the catch-all / of the rater app.
-    if importlib.util.find_spec("apps.admin_app") is not None:
-        from apps import admin_app
+    from apps import admin_app
 
-        options = admin_app.mount_options() if hasattr(admin_app, "mount_options") else {}
-        _mount(app, admin_app.build_admin_app(db_url, auth_header=auth_header), "/admin", db_url, auth_header,
-               options)
-    _mount(app, build_rater_app(db_url, auth_header=auth_header), "/", db_url, auth_header, mount_options())
+    # The dashboard's own gate lets only admins log in at /admin; its handlers check the role again.
+    _mount(app, admin_app.build_admin_app(db_url, auth_header=auth_header), "/admin",
+           admin_app.login_options(db_url, auth_header), admin_app.mount_options())
+    _mount(app, build_rater_app(db_url, auth_header=auth_header), "/", gradio_auth(db_url, auth_header),
+           mount_options())
     return app
 
 
