@@ -24,6 +24,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # Gradio's queue otherwise rebuilds a pandas summary of its last 10,000 events after every event
 # (for its monitoring page): a third of the server's CPU under load. Once per 1,000 events is plenty.
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+# Gradio wraps every event in a matplotlib backend switch; with the backend left to auto-detection that
+# probes for GUI toolkits each time (~5 ms an event). A server draws with Agg anyway.
+os.environ.setdefault("MPLBACKEND", "agg")
 
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402

@@ -111,6 +111,8 @@ def rater_loop(path: str, base_url: str, name: str, project_id: int, clock: dict
             client = GradioRaterClient(base_url, name, "pw")
             on_screen = client.call("load")[-1]  # the page load serves the first pair
         start.wait(timeout=600)
+        if think > 0:
+            time.sleep(rng.uniform(0, think))  # raters do not all start on the same millisecond
         while time.monotonic() < clock["deadline"]:
             if path == "json":
                 t0 = time.perf_counter()

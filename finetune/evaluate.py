@@ -7,7 +7,8 @@ model with its adapter disabled). Reported:
   ties count one half; 95% bootstrap intervals;
 - mean reward of each policy under each reward model;
 - KL(aligned || base), estimated on the aligned model's own samples as the mean over responses of
-  sum_t [log p_aligned(y_t) - log p_base(y_t)], both at the sampling temperature;
+  sum_t [log p_aligned(y_t) - log p_base(y_t)], both at the sampling temperature (unbiased, so a
+  policy that barely moved can show a slightly negative estimate on few prompts);
 - mean response length in tokens, and a few side-by-side examples.
 Written as JSON and a PNG plot; the summary also lands in the adapter's prefloop.json.
 """

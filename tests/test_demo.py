@@ -20,7 +20,7 @@ def test_small_demo_runs_the_whole_loop(tmp_path, data_dir):
 
     result = run_demo(tmp_path / "demo", small=True, serve=False, data_dir=data_dir)
 
-    assert [status for _, status, _, _ in result.steps] == ["done"] * 4, result.steps
+    assert [step[1] for step in result.steps] == ["done"] * 4, result.steps
 
     # A reward model directory that loads, scores, and says how it was trained and how it did.
     reward = AutoModelForSequenceClassification.from_pretrained(result.reward_dir)

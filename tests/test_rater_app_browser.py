@@ -163,7 +163,11 @@ def test_model_output_is_inert(site):
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     gradio_login(page, site["base_url"], "xena", "xena-pw", "#pf-choice")
-    page.wait_for_function("document.querySelector('#pf-right').innerText.includes('PAYLOAD-END-RIGHT')")
+    # Which response is shown on the left is drawn at random per assignment: wait for both, either side.
+    page.wait_for_function("""() => {
+        const text = document.querySelector('#pf-left').innerText + document.querySelector('#pf-right').innerText;
+        return text.includes('PAYLOAD-END-LEFT') && text.includes('PAYLOAD-END-RIGHT');
+    }""")
     page.get_by_text("Guidelines").click()  # open the accordion: the guidelines are rendered too
     for selector in ["#pf-left", "#pf-right", "#pf-conversation"]:
         page.locator(selector).hover()
@@ -189,8 +193,10 @@ def test_model_output_is_inert(site):
     }""")
     assert found == {"bad": [], "pwned": None}
     assert dialogs == [] and outside == []
-    assert "[image not loaded: tracking pixel]" in _screen_text(page, "#pf-left")  # shown, as text
-    assert "${window.__pwned" in _screen_text(page, "#pf-right")  # template syntax stays text
+    a_side, b_side = ("#pf-left", "#pf-right") if "PAYLOAD-END-LEFT" in _screen_text(page, "#pf-left") \
+        else ("#pf-right", "#pf-left")
+    assert "[image not loaded: tracking pixel]" in _screen_text(page, a_side)  # shown, as text
+    assert "${window.__pwned" in _screen_text(page, b_side)  # template syntax stays text
     context.close()
 
 
