@@ -12,7 +12,7 @@ reward model, data, metrics, and the evaluation once `prefloop align eval` has r
 Scaling out: the trainers are TRL's, so the same command runs data-parallel on several GPUs through
 accelerate (each rank samples and scores its share of prompts; the first rank writes the output):
 
-    accelerate launch --config_file reward/accelerate/multi_gpu.yaml "$(which prefloop)" align run \
+    accelerate launch --config_file reward/accelerate/multi_gpu.yaml "$(which prefloop)" align \
         --method grpo --policy smollm2-135m-instruct --reward runs/rm --prompts prompts.jsonl --out runs/aligned
 
 On one GPU nothing is needed: the device is picked automatically, bf16 where the GPU supports it.

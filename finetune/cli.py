@@ -1,4 +1,5 @@
-"""`prefloop align run | eval`: thin wrappers over finetune.align.align and finetune.evaluate.evaluate."""
+"""`prefloop align --policy P --reward RM --prompts X --method M --out DIR` trains; `prefloop align eval ...`
+measures. Thin wrappers over finetune.align.align and finetune.evaluate.evaluate."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Align a policy with PEFT (grpo, rloo, dpo, bon) and measure that it worked.",
+app = typer.Typer(help="Align a policy with PEFT (grpo, rloo, dpo, bon); `align eval` measures that it worked.",
                   no_args_is_help=True)
 
 
-@app.command()
+# The training options sit on the group itself, so `prefloop align --prompts ...` trains and
+# `prefloop align eval ...` evaluates; --prompts and --out are therefore checked here, not by click.
+@app.callback(invoke_without_command=True)
 def run(
-    prompts: str = typer.Option(..., "--prompts", help="Prompts file/folder with a 'prompt' column; for dpo a "
-                                "preference dataset (prompt, chosen, rejected)."),
-    out: Path = typer.Option(..., "--out", help="Adapter directory to write (with prefloop.json)."),
+    ctx: typer.Context,
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompts file/folder with a 'prompt' column; "
+                                          "for dpo a preference dataset (prompt, chosen, rejected). Required."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Adapter directory to write (with prefloop.json). Required."),
     method: str = typer.Option("grpo", "--method", help="grpo | rloo | dpo | bon."),
     policy: str = typer.Option("smollm2-135m-instruct", "--policy", help="Alias, Hugging Face id or local path."),
     reward: Optional[str] = typer.Option(None, "--reward", "--reward-model",
@@ -42,6 +46,11 @@ def run(
     judge: Optional[str] = typer.Option(None, "--judge", help="Independent reward model for that evaluation."),
 ) -> None:
     """Train a LoRA adapter that aligns POLICY to a reward model (grpo, rloo, bon) or to preferences (dpo)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    for name, value in (("--prompts", prompts), ("--out", out)):
+        if value is None:
+            ctx.fail(f"Missing option '{name}' (required to train an adapter).")
     from finetune.align import AlignConfig, align
 
     align(AlignConfig(
@@ -59,7 +68,7 @@ def run(
 
 @app.command("eval")
 def eval_(
-    adapter: str = typer.Option(..., "--adapter", help="Adapter directory written by `align run`."),
+    adapter: str = typer.Option(..., "--adapter", help="Adapter directory written by `prefloop align`."),
     prompts: str = typer.Option(..., "--prompts", help="Held-out prompts (not used in training)."),
     policy: Optional[str] = typer.Option(None, "--policy", help="Base policy (default: from the adapter)."),
     reward: Optional[str] = typer.Option(None, "--reward", "--reward-model",

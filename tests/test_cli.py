@@ -47,6 +47,16 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
     assert len(result.stderr.strip().splitlines()) <= 2  # rich may wrap one long line
 
 
+@pytest.mark.parametrize("args, message", [
+    (["export"], "Missing argument"),
+    (["status", "--no-such-option"], "No such option"),
+])
+def test_usage_errors_show_usage_without_traceback(tmp_path, args, message):
+    result = prefloop(*args, db=f"sqlite:///{tmp_path / 'none.db'}", check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Usage: " in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_import_names_the_line_and_exit_code(tmp_path):
     db = f"sqlite:///{tmp_path / 'p.db'}"
     prefloop("init", db=db)

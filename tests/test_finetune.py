@@ -258,7 +258,7 @@ def test_cli_run_and_eval(models, tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     out = tmp_path / "cli"
     runner = CliRunner()
-    result = runner.invoke(app, ["run", "--method", "dpo", "--policy", models["policy"], "--prompts", str(prefs),
+    result = runner.invoke(app, ["--method", "dpo", "--policy", models["policy"], "--prompts", str(prefs),
                                  "--out", str(out), "--max-steps", "2"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "prefloop.json").read_text())["config"]["max_steps"] == 2
@@ -266,5 +266,7 @@ def test_cli_run_and_eval(models, tmp_path):
                                  models["reward"], "--max-new-tokens", "8", "--max-prompts", "4"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "evaluation.json").read_text())["summary"]["n_prompts"] == 4
-    result = runner.invoke(app, ["run", "--method", "nope", "--prompts", str(prompts), "--out", str(out)])
+    result = runner.invoke(app, ["--method", "nope", "--prompts", str(prompts), "--out", str(out)])
     assert isinstance(result.exception, UserError)
+    result = runner.invoke(app, ["--method", "dpo", "--prompts", str(prefs)])
+    assert result.exit_code == 2 and "'--out'" in result.output and "required" in result.output
