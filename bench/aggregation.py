@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-from common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 sys.path.insert(0, str(ROOT))
+from bench.common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 
 from collect.aggregate import aggregate  # noqa: E402
 from collect.formats import read_records  # noqa: E402

@@ -34,17 +34,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HH_FILE = ROOT.parent / "shared" / "data" / "hh_harmless_base_test.jsonl.gz"
 RESULTS = ROOT / "bench" / "results" / "align.md"
 METHODS = ("grpo", "rloo", "dpo", "bon")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor() or "unknown CPU")
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
 def hh_parts(n_rm: int, n_judge: int, n_train_prompts: int, n_eval_prompts: int, seed: int = 0):

@@ -17,8 +17,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 
 from collect import db  # noqa: E402
 from collect.export import export_project  # noqa: E402

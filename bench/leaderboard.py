@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-from common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 sys.path.insert(0, str(ROOT))
+from bench.common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 
 from collect.formats import read_records  # noqa: E402
 from collect.leaderboard import bradley_terry, elo, plot_leaderboard, win_rate_matrix  # noqa: E402

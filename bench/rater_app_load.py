@@ -38,6 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from sqlalchemy import select  # noqa: E402
@@ -218,14 +219,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem = next((int(line.split()[1]) // 1024 // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), 0)
-    return f"{os.cpu_count()} cores ({cpu}), {mem} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-
-
 def table(rows: list[dict]) -> str:
     head = ("| backend | client path | think (s) | next p50 / p95 / p99 (ms) | submit p50 / p95 / p99 (ms) "
             "| judgments/s | acknowledged | lost | duplicated | errors | p95 < 50 ms |")
@@ -253,6 +246,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rater_app_load.md")
     args = parser.parse_args()
     command = "python bench/rater_app_load.py " + " ".join(sys.argv[1:])
+    where = machine()  # now: it records the load before the run
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="prefloop-bench-"))
     thinks = [float(t) for t in args.think.split(",")]
@@ -289,7 +283,7 @@ Latency is measured at the client, which runs on the same machine as the server 
 Lost = acknowledged but not in the database; duplicated = a second judgment for an assignment, a pair
 judged twice by one rater, or a pair over its overlap (k = {OVERLAP}). Target: p95 < 50 ms for both operations.
 
-- Machine: {machine()}
+- Machine: {where}
 - Date: {datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
 - Command: `{command}`
 - Data: HH-RLHF harmless-base test pairs (../shared/data/hh_harmless_base_test.jsonl.gz), labels dropped

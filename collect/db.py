@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -30,10 +31,37 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _sqlite_begin(conn) -> None:
-    # IMMEDIATE takes the write lock up front: two assigners can never read the same free slot
-    # and both claim it, and no transaction fails half-way with "database is locked".
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_write_lock(engine: Engine) -> None:
+    """Every transaction takes SQLite's one write lock (BEGIN IMMEDIATE, below). Threads of this process
+    queue for it on a Python lock first: SQLite's own busy handler polls with sleeps of up to 100 ms,
+    which under many concurrent raters turns a few milliseconds of waiting into hundreds. Other processes
+    still meet at SQLite's lock (busy_timeout)."""
+    lock = threading.Lock()
+
+    def begin(conn) -> None:
+        lock.acquire()
+        try:
+            # IMMEDIATE takes the write lock up front: two assigners can never read the same free slot
+            # and both claim it, and no transaction fails half-way with "database is locked".
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            lock.release()
+            raise
+        conn.info["prefloop_write_lock"] = True
+
+    def end(conn, finish) -> None:
+        # These events fire before SQLAlchemy's own COMMIT/ROLLBACK: finish here, so the lock is
+        # released only once the transaction is over (SQLAlchemy's call then finds nothing to do).
+        if not conn.info.pop("prefloop_write_lock", False):
+            return
+        try:
+            finish(conn.connection.dbapi_connection)
+        finally:
+            lock.release()
+
+    event.listen(engine, "begin", begin)
+    event.listen(engine, "commit", lambda conn: end(conn, lambda dbapi: dbapi.commit()))
+    event.listen(engine, "rollback", lambda conn: end(conn, lambda dbapi: dbapi.rollback()))
 
 
 @lru_cache(maxsize=None)
@@ -42,7 +70,7 @@ def get_engine(url: str | None = None) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
+        _sqlite_write_lock(engine)
     else:
         engine = create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
     return engine

@@ -1,0 +1,339 @@
+"""Benchmark: prefloop's reward recipe versus plain TRL defaults, same backbone, pairs and time budget.
+
+    .venv/bin/python bench/reward.py              # the full run (about 45 minutes on 2 CPU cores)
+    .venv/bin/python bench/reward.py --quick      # a smoke run: small splits, 60 s budgets
+
+Data (../shared/data, imported with collect.formats):
+- HH-RLHF harmless-base test file: a seeded shuffle, 1,800 pairs to train on, the other 512 to test;
+- summarize-from-feedback batch 13: split by post id (seeded), so no post is on both sides.
+
+Sides, each in its own subprocess (so peak memory is its own), one after the other:
+1. `trl-defaults`: `trl.RewardTrainer` with its default `RewardConfig`, setting only output_dir,
+   max_length and the batch size, as a new user would; plus eos_token="[SEP]", without which TRL
+   cannot train a BERT model at all (BERT tokenizers have no EOS). The pairs are given as plain text
+   in the same `User:` / `Assistant:` layout prefloop renders for encoders, so both see the same text.
+2. `prefloop`: `reward.train.train_reward_model` with its defaults (only data, base and output set).
+3. `prefloop smollm2 LoRA`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`.
+
+Every side trains under the same wall-clock budget (`--budget-s`, default 600 s: training stops when
+it is spent) on the same training pairs, and is then scored on the same test pairs with
+reward.evaluate (accuracy with a 95% bootstrap interval). Pairs per second = training pairs processed
+/ training wall time (evaluation during training included). Peak memory = the subprocess's max RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import machine  # noqa: E402  (bench/common.py: one description of the machine)
+DATA = ROOT.parent / "shared" / "data"
+HH_FILE = DATA / "hh_harmless_base_test.jsonl.gz"
+SUMMARIZE_FILE = DATA / "summarize_feedback_batch13.jsonl"
+RESULTS = ROOT / "bench" / "results" / "reward.md"
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def records_to_preferences(records) -> list[dict]:
+    """collect.formats records -> TRL conversational preference rows (the exporter's margin scale:
+    A>B = 0.5, A>>B = 1.0). Ties carry no preference and are skipped."""
+    rows = []
+    for r in records:
+        choice = sum(j.choice for j in r.judgments)
+        if choice == 0:
+            continue
+        a_wins = choice > 0
+        rows.append({
+            "prompt": r.prompt,
+            "chosen": [{"role": "assistant", "content": r.response_a if a_wins else r.response_b}],
+            "rejected": [{"role": "assistant", "content": r.response_b if a_wins else r.response_a}],
+            "margin": min(1.0, abs(choice) / 2),
+            "source": r.source,
+            "prompt_id": r.prompt_id or "",
+        })
+    return rows
+
+
+def hh_split(n_train: int = 1800, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    from collect.formats import read_records
+
+    rows = records_to_preferences(read_records(HH_FILE, "hh-rlhf"))
+    random.Random(seed).shuffle(rows)
+    return rows[:n_train], rows[n_train:]
+
+
+def summarize_split(test_share: float = 0.2, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    from collect.formats import read_records
+
+    rows = records_to_preferences(read_records(SUMMARIZE_FILE, "summarize"))
+    posts = sorted({r["prompt_id"] for r in rows})
+    random.Random(seed).shuffle(posts)
+    test_posts = set(posts[: round(test_share * len(posts))])
+    return [r for r in rows if r["prompt_id"] not in test_posts], [r for r in rows if r["prompt_id"] in test_posts]
+
+
+def summarize_split_check(train: list[dict], test: list[dict]) -> None:
+    overlap = {r["prompt_id"] for r in train} & {r["prompt_id"] for r in test}
+    assert not overlap, f"posts on both sides of the summarize split: {sorted(overlap)[:3]}"
+
+
+def as_plain_text(rows: list[dict], tokenizer) -> list[dict]:
+    """The same pairs as whole-dialogue strings (TRL's implicit-prompt standard format), in the very
+    layout prefloop renders for a tokenizer without a chat template."""
+    from reward.data import pair_conversations, render
+
+    out = []
+    for row in rows:
+        chosen, rejected = pair_conversations(row)
+        out.append({"chosen": render(tokenizer, chosen)[0], "rejected": render(tokenizer, rejected)[0]})
+    return out
+
+
+# ----------------------------------------------------------------------------------------- workers
+
+
+def _time_budget_callback(seconds: float):
+    from transformers import TrainerCallback
+
+    class TimeBudget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.monotonic() - self.start > seconds:
+                control.should_training_stop = True
+
+    return TimeBudget()
+
+
+def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_size: int) -> dict:
+    """Plain TRL: default RewardConfig, only output_dir, max_length and the batch size (+ eos for BERT)."""
+    import datasets
+    from transformers import AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    from collect.offline_models import resolve_model
+
+    base = resolve_model("minilm-l6")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    rows = as_plain_text(datasets.load_dataset("parquet", data_files=train_path, split="train").to_list(), tokenizer)
+    train = datasets.Dataset.from_list(rows)
+    args = RewardConfig(
+        output_dir=out_dir,
+        max_length=256,
+        per_device_train_batch_size=batch_size,
+        eos_token="[SEP]",  # BERT has no EOS; without it TRL fails on plain-text pairs
+        report_to="none",  # no experiment trackers (no network here); does not change training
+    )
+    trainer = RewardTrainer(model=base, args=args, train_dataset=train, processing_class=tokenizer,
+                            callbacks=[_time_budget_callback(budget_s)])
+    kept = len(trainer.train_dataset)
+    start = time.monotonic()
+    trainer.train()
+    seconds = time.monotonic() - start
+    trainer.save_model(out_dir)
+    steps_per_epoch = -(-kept // batch_size)
+    full, rest = divmod(trainer.state.global_step, steps_per_epoch)
+    pairs = full * kept + min(rest * batch_size, kept)
+    return {"pairs_total": len(train), "pairs_used": kept, "pairs_dropped": len(train) - kept, "pairs_truncated": 0,
+            "pairs_seen": pairs, "train_seconds": seconds, "pairs_per_second": pairs / seconds,
+            "precision": "bf16" if args.bf16 else "fp32", "checkpointing": bool(args.gradient_checkpointing),
+            "epochs_done": trainer.state.epoch}
+
+
+def worker_prefloop(train_path: str, out_dir: str, budget_s: float, base: str, lora: bool) -> dict:
+    """prefloop's recipe: train_reward_model with its defaults; only data, base, output, budget (and LoRA)."""
+    from reward.train import RewardTrainingConfig, train_reward_model
+
+    result = train_reward_model(RewardTrainingConfig(data=train_path, base_model=base, output_dir=out_dir,
+                                                     lora=lora, time_budget_s=budget_s, progress=False))
+    info = json.loads((Path(out_dir) / "prefloop.json").read_text())
+    return {"pairs_total": result.n_train + result.n_eval, "pairs_used": result.n_train,
+            "pairs_dropped": 0, "pairs_truncated": result.truncated_train, "held_out": result.n_eval,
+            "pairs_seen": round(result.pairs_per_second * result.train_seconds),
+            "train_seconds": result.train_seconds, "pairs_per_second": result.pairs_per_second,
+            "precision": info["precision"], "checkpointing": False, "best_step": result.best_step,
+            "held_out_accuracy": result.metrics.get("eval_accuracy"),
+            "epochs_done": max((h.get("epoch", 0) for h in result.history), default=0)}
+
+
+def run_worker(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--side", required=True)
+    parser.add_argument("--train", required=True)
+    parser.add_argument("--test", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--budget-s", type=float, required=True)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--result", required=True)
+    a = parser.parse_args(argv)
+    if a.side == "trl-defaults":
+        stats = worker_trl_defaults(a.train, a.out, a.budget_s, a.batch_size)
+    elif a.side == "prefloop":
+        stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False)
+    elif a.side == "prefloop-smollm2-lora":
+        stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=True)
+    else:
+        raise SystemExit(f"unknown side {a.side}")
+    from reward.evaluate import evaluate_reward_model
+
+    # Both sides are scored by the same evaluator on every test pair (left truncation at the
+    # model's saved max length; 512, the position limit, for the TRL model, which saved none).
+    report = evaluate_reward_model(a.out, a.test, n_bootstrap=2000)
+    stats.update({"test_pairs": report["n"], "test_accuracy": report["accuracy"], "test_ci": report["ci"],
+                  "test_ece": report["calibration"]["ece"],
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+    Path(a.result).write_text(json.dumps(stats, indent=2))
+
+
+# --------------------------------------------------------------------------------------------- main
+
+SIDES = {
+    "trl-defaults": "plain TRL defaults (minilm-l6)",
+    "prefloop": "prefloop recipe (minilm-l6)",
+    "prefloop-smollm2-lora": "prefloop recipe, smollm2-135m-instruct + LoRA",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock budget per side")
+    parser.add_argument("--quick", action="store_true", help="small splits and 60 s budgets: a smoke run")
+    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ", ".join(SIDES))
+    parser.add_argument("--datasets", default="hh,summarize")
+    parser.add_argument("--batch-size", type=int, default=16, help="the TRL side's per-device batch size")
+    parser.add_argument("--work-dir", default=None, help="where models and splits go (default: a temp dir)")
+    parser.add_argument("--out", default=str(RESULTS), help="the Markdown results file")
+    args = parser.parse_args()
+    if args.quick and args.budget_s == 600.0:
+        args.budget_s = 60.0
+    import tempfile
+
+    import datasets
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="prefloop-bench-reward-"))
+    work.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    if "hh" in args.datasets:
+        splits["hh"] = hh_split(n_train=300 if args.quick else 1800)
+        if args.quick:
+            splits["hh"] = (splits["hh"][0], splits["hh"][1][:150])
+    if "summarize" in args.datasets:
+        train, test = summarize_split()
+        summarize_split_check(train, test)
+        splits["summarize"] = (train[:200], test[:100]) if args.quick else (train, test)
+    command = "python bench/reward.py " + " ".join(sys.argv[1:])
+    started = datetime.datetime.now().astimezone()
+    load_before = os.getloadavg()
+    where = machine()
+    results: dict[tuple[str, str], dict] = {}
+    for name, (train, test) in splits.items():
+        paths = {}
+        for part, rows in (("train", train), ("test", test)):
+            paths[part] = str(work / f"{name}_{part}.parquet")
+            datasets.Dataset.from_list(rows).to_parquet(paths[part])
+        for side in args.sides.split(","):
+            result_path = work / f"{name}_{side}.json"
+            cmd = [sys.executable, __file__, "--worker", "--side", side, "--train", paths["train"], "--test",
+                   paths["test"], "--out", str(work / f"{name}_{side}"), "--budget-s", str(args.budget_s),
+                   "--batch-size", str(args.batch_size), "--result", str(result_path)]
+            print(f"== {name}: {SIDES[side]} ({len(train)} train / {len(test)} test pairs, budget {args.budget_s:.0f} s)",
+                  flush=True)
+            t0 = time.monotonic()
+            load0 = os.getloadavg()[0]
+            subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+            results[(name, side)] = json.loads(result_path.read_text()) | {
+                "wall_seconds": time.monotonic() - t0, "load_before": load0, "load_after": os.getloadavg()[0]}
+            r = results[(name, side)]
+            print(f"   test accuracy {r['test_accuracy']:.3f} [{r['test_ci'][0]:.3f}, {r['test_ci'][1]:.3f}], "
+                  f"{r['pairs_per_second']:.2f} pairs/s, peak RSS {r['peak_rss_gb']:.2f} GiB", flush=True)
+    report = render_report(results, splits, args, command, started, load_before, where)
+    print(report)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(report)
+    print(f"wrote {args.out}")
+
+
+def recipe() -> str:
+    """prefloop's defaults, read from the config so this text cannot drift from the code."""
+    from reward.train import RewardTrainingConfig
+
+    c = RewardTrainingConfig(data=None)
+    return (f"fp32 on CPU, no gradient checkpointing, left truncation to {c.max_length} tokens (nothing dropped), "
+            f"length-grouped batches of {c.batch_size} pairs, {c.num_train_epochs:g} epochs at lr 5e-5 "
+            f"({c.lr_scheduler_type}, {c.warmup_ratio:.0%} warm-up), margin in the loss, reward centering "
+            f"{c.center_rewards_coefficient}, {c.eval_fraction:.0%} of the training pairs held out by prompt and "
+            f"evaluated {c.evals_per_epoch}x per epoch, the best step kept")
+
+
+def render_report(results, splits, args, command, started, load_before, where: str) -> str:
+    lines = [
+        "# Reward models: prefloop's recipe vs plain TRL defaults",
+        "",
+        f"- date: {started:%Y-%m-%d %H:%M %Z}",
+        f"- machine: {where}, torch {importlib.metadata.version('torch')}",
+        f"- command: `{command}` (from the repository root)",
+        f"- budget: {args.budget_s:.0f} s of training wall-clock per side; every side trains on the same pairs "
+        f"and is scored on the same test pairs by `reward.evaluate` (95% bootstrap intervals, 2,000 resamples)",
+        f"- load average when the run started: {load_before[0]:.1f} (other work on the machine slows every side; "
+        "the per-side load is in the last column)",
+        "",
+        "| data | side | test accuracy [95% CI] | pairs/s | pairs trained on | epochs | peak RSS | load avg |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, side), r in results.items():
+        used = f"{r['pairs_used']} of {r['pairs_total']}"
+        if r["pairs_dropped"]:
+            used += f" ({r['pairs_dropped']} dropped as too long)"
+        if r["pairs_truncated"]:
+            used += f" ({r['pairs_truncated']} truncated"
+            used += f", {r['held_out']} held out for checkpoint choice)" if r.get("held_out") else ")"
+        lines.append(
+            f"| {name} ({len(splits[name][0])} / {r['test_pairs']}) | {SIDES[side]} | "
+            f"{r['test_accuracy']:.3f} [{r['test_ci'][0]:.3f}, {r['test_ci'][1]:.3f}] | {r['pairs_per_second']:.2f} | "
+            f"{used} | {r['epochs_done']:.2f} | {r['peak_rss_gb']:.2f} GiB | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
+        )
+    lines += ["", "## Ratios (prefloop recipe / plain TRL defaults, same backbone)", ""]
+    for name in splits:
+        a, b = results.get((name, "prefloop")), results.get((name, "trl-defaults"))
+        if a and b:
+            lines.append(f"- {name}: {a['pairs_per_second'] / b['pairs_per_second']:.1f}x the pairs per second, "
+                         f"{100 * (a['test_accuracy'] - b['test_accuracy']):+.1f} points of test accuracy")
+    lines += [
+        "",
+        "## What each side is",
+        "",
+        "- plain TRL defaults: `RewardTrainer(model=minilm-l6, args=RewardConfig(output_dir, max_length=256, "
+        "per_device_train_batch_size=16, eos_token=\"[SEP]\", report_to=\"none\"))`: bf16 autocast and gradient "
+        "checkpointing (TRL's defaults), 3 epochs at lr 1e-4, random batches padded to their longest pair, and every "
+        "pair longer than 256 tokens dropped. eos_token is needed because BERT tokenizers have no EOS.",
+        "- prefloop recipe: `train_reward_model(RewardTrainingConfig(data, base_model, output_dir, time_budget_s))` "
+        f"with its defaults: {recipe()}.",
+        "- pairs/s = training pairs processed / training wall time (the held-out evaluations during training count "
+        "against prefloop). Peak RSS = the side's own subprocess.",
+        "- Data: `../shared/data/hh_harmless_base_test.jsonl.gz` (seeded shuffle: 1,800 train, 512 test) and "
+        "`../shared/data/summarize_feedback_batch13.jsonl` (posts split 80/20 by `info.id`, seeded), imported with "
+        "`collect.formats.read_records`; summarize margins come from the workers' confidence, HH margins are 0.5.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        run_worker(sys.argv[2:])
+    else:
+        main()
