@@ -27,6 +27,7 @@ import gradio as gr
 import pandas as pd
 from sqlalchemy import select
 
+from apps.rater_app import errors_on_screen
 from apps.render import code_css, render_conversation, render_markdown
 from apps.web_auth import current_rater, header_dependency, password_checker
 from collect import db
@@ -128,18 +129,9 @@ def _admin_only(db_url: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
     def handler(*args: Any) -> Any:
         *values, request = args
-        try:
+        with errors_on_screen(fn.__name__, advice="The details are in its log."):
             admin = _caller_is_admin(request if isinstance(request, gr.Request) else None, db_url)
             return fn(admin, *values)
-        except gr.Error:
-            raise
-        except UserError as e:
-            # gr.Error renders HTML, and messages can quote what the client sent.
-            raise gr.Error(html.escape(str(e)), print_exception=False) from None
-        except Exception:
-            log.exception("admin handler %s failed", fn.__name__)
-            raise gr.Error("Something went wrong on the server; the details are in its log.",
-                           print_exception=False) from None
 
     handler.__name__ = handler.__qualname__ = fn.__name__
     handler.__doc__ = fn.__doc__

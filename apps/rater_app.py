@@ -8,12 +8,13 @@ and times are never taken from the client. Choices arrive in screen terms (left/
 to the pair's A and B with the side it recorded when it served the pair.
 """
 
+import contextlib
 import functools
 import html
 import logging
 import secrets
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 from sqlalchemy.orm import Session
@@ -105,21 +106,27 @@ def _empty_state() -> dict[str, Any]:
     return {"project_id": None, "assignment_id": None, "token": None, "sensitive": [], "revealed": False}
 
 
-def _handler(fn: Callable) -> Callable:
-    """User errors become a message on screen; anything else is logged and shown without details."""
+@contextlib.contextmanager
+def errors_on_screen(handler_name: str, advice: str = "Try again.") -> Iterator[None]:
+    """For Gradio handlers: user errors become a message on screen; anything else is logged and shown
+    without details."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except UserError as e:
+        # gr.Error renders HTML, and messages can quote client input.
+        raise gr.Error(html.escape(str(e)), print_exception=False) from None
+    except Exception:
+        log.exception("handler %s failed", handler_name)
+        raise gr.Error(f"Something went wrong on the server. {advice}", print_exception=False) from None
 
+
+def _handler(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with errors_on_screen(fn.__name__):
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except UserError as e:
-            # gr.Error renders HTML, and messages can quote client input.
-            raise gr.Error(html.escape(str(e)), print_exception=False) from None
-        except Exception:
-            log.exception("rater app handler %s failed", fn.__name__)
-            raise gr.Error("Something went wrong on the server. Try again.", print_exception=False) from None
 
     return wrapper
 

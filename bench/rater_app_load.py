@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--paths", default="gradio,json")
-    parser.add_argument("--think", default="1,0",
+    parser.add_argument("--think", default="10,1,0",
                         help="mean think time between steps, seconds (comma-separated runs); 0 = flat out")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rater_app_load.md")
     args = parser.parse_args()
@@ -275,8 +275,9 @@ def main() -> None:
 
 {args.raters} simulated raters at once against one `prefloop serve` process for {args.seconds:g} s per row.
 Each rater loops: next pair, think, submit a judgment (5-point choice plus two rubric criteria), think.
-Think time is exponential with the mean shown; 0 means flat out (a saturation test: a human takes tens of
-seconds per pair, so 50 raters flat out stand for thousands of real ones).
+Think time (per step, twice per judgment) is exponential with the mean shown: 10 s stands for fast expert
+raters (comparing two long answers takes a person 30 s and more), 1 s is a stress test, and 0 means flat
+out (a saturation test: 50 raters flat out stand for thousands of real ones).
 Client paths: `gradio` = the rater app's Gradio events through Gradio's queue and server-sent events,
 as the browser sends them; `json` = the JSON API (/api/v1) for programmatic raters.
 Latency is measured at the client, which runs on the same machine as the server and the database.

@@ -215,9 +215,9 @@ def test_admin_only_login_gate():
 
 
 def test_dashboard_in_chromium(site, tmp_path):
-    # The README's screenshot is refreshed only on request (PREFLOOP_SCREENSHOTS=1), so that a test run
-    # does not rewrite a tracked file.
-    shots = REPO / "docs" / "screenshots" if os.environ.get("PREFLOOP_SCREENSHOTS") else tmp_path
+    # The README's screenshot is refreshed only on request (PREFLOOP_SCREENSHOTS=docs/screenshots), so
+    # that a test run does not rewrite a tracked file.
+    shots = REPO / os.environ["PREFLOOP_SCREENSHOTS"] if os.environ.get("PREFLOOP_SCREENSHOTS") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     admin_mount = site.base + "/admin"
     with chromium() as browser:

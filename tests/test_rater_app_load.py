@@ -10,6 +10,7 @@ half use the Gradio app's own events (as the browser does), half the JSON API.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -36,6 +37,11 @@ def _judgments(url: str, project_id: int):
                          .where(Judgment.project_id == project_id)).all()
         claimed = list(s.scalars(select(Pair.n_claimed).where(Pair.project_id == project_id)))
     return rows, claimed
+
+
+def _stored_judgments(sqlite_path: str) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)) as c:
+        return c.execute("SELECT count(*) FROM judgment").fetchone()[0]
 
 
 def _assert_complete(rows, claimed, n_pairs: int, overlap: int) -> None:
@@ -65,16 +71,21 @@ def test_many_raters_at_once_on_postgresql(postgres_server, tmp_path):
 
 
 def test_kill_9_loses_no_acknowledged_judgment(sqlite_url, tmp_path):
-    n_pairs, overlap, raters = 50, 2, 10
+    # Enough work that the raters are still busy when the kill comes: it waits for judgments to be on
+    # disk (not for a fixed time, which a fast machine outruns), then strikes with requests in flight.
+    n_pairs, overlap, raters = 150, 2, 10
     project_id = build_database(sqlite_url, raters, _rows(n_pairs), overlap=overlap, lease_seconds=600)
+    path = sqlite_url.removeprefix("sqlite:///")
     log = tmp_path / "server.log"
     server = start_server(sqlite_url, free_port(), log_path=log)
     killed = {}
 
     def kill_mid_run() -> None:
         def later() -> None:
-            time.sleep(1.5)  # raters are submitting flat out by now
-            killed["at"] = time.monotonic()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and _stored_judgments(path) < 40:
+                time.sleep(0.02)
+            killed["stored"] = _stored_judgments(path)
             stop_server(server, kill=True)  # SIGKILL: no shutdown, no flush, requests in flight
 
         threading.Thread(target=later, daemon=True).start()
@@ -83,9 +94,8 @@ def test_kill_9_loses_no_acknowledged_judgment(sqlite_url, tmp_path):
         before, _ = run_raters(server.base_url, project_id, ["json", "gradio"] * (raters // 2), on_start=kill_mid_run)
     finally:
         stop_server(server, kill=True)
-    assert "at" in killed and server.returncode == -9
+    assert killed["stored"] < n_pairs * overlap and server.returncode == -9  # killed mid-run
     assert before.acknowledged and before.errors  # it died under load: acknowledged work, and cut-off requests
-    path = sqlite_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as c:
         assert c.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     rows, _ = _judgments(sqlite_url, project_id)
