@@ -10,7 +10,8 @@ Data (../shared/data, imported with collect.formats):
 Sides, each in its own subprocess (so peak memory is its own), one after the other:
 1. `trl-defaults`: `trl.RewardTrainer` with its default `RewardConfig`, setting only output_dir,
    max_length and the batch size, as a new user would; plus eos_token="[SEP]", without which TRL
-   cannot train a BERT model at all (BERT tokenizers have no EOS). The pairs are given as plain text
+   cannot train a BERT model at all (BERT tokenizers have no EOS), and use_cpu=True, without which
+   RewardConfig refuses its own bf16 default on a machine with no GPU. The pairs are given as plain text
    in the same `User:` / `Assistant:` layout prefloop renders for encoders, so both see the same text.
 2. `prefloop`: `reward.train.train_reward_model` with its defaults (only data, base and output set).
 3. `prefloop smollm2 LoRA`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`.
@@ -137,6 +138,7 @@ def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_si
         max_length=256,
         per_device_train_batch_size=batch_size,
         eos_token="[SEP]",  # BERT has no EOS; without it TRL fails on plain-text pairs
+        use_cpu=True,  # without it RewardConfig stops on a CPU machine ("You need to assign use_cpu")
         report_to="none",  # no experiment trackers (no network here); does not change training
     )
     trainer = RewardTrainer(model=base, args=args, train_dataset=train, processing_class=tokenizer,
@@ -318,9 +320,10 @@ def render_report(results, splits, args, command, started, load_before, where: s
         "## What each side is",
         "",
         "- plain TRL defaults: `RewardTrainer(model=minilm-l6, args=RewardConfig(output_dir, max_length=256, "
-        "per_device_train_batch_size=16, eos_token=\"[SEP]\", report_to=\"none\"))`: bf16 autocast and gradient "
-        "checkpointing (TRL's defaults), 3 epochs at lr 1e-4, random batches padded to their longest pair, and every "
-        "pair longer than 256 tokens dropped. eos_token is needed because BERT tokenizers have no EOS.",
+        "per_device_train_batch_size=16, eos_token=\"[SEP]\", use_cpu=True, report_to=\"none\"))`: bf16 autocast and "
+        "gradient checkpointing (TRL's defaults), 3 epochs at lr 1e-4, random batches padded to their longest pair, and "
+        "every pair longer than 256 tokens dropped. eos_token is needed because BERT tokenizers have no EOS, use_cpu "
+        "because RewardConfig refuses its own bf16 default on a machine without a GPU unless told to use the CPU.",
         "- prefloop recipe: `train_reward_model(RewardTrainingConfig(data, base_model, output_dir, time_budget_s))` "
         f"with its defaults: {recipe()}.",
         "- pairs/s = training pairs processed / training wall time (the held-out evaluations during training count "
