@@ -5,8 +5,9 @@ payroll, export); this module only lays them out. Every event handler is also an
 can call with any arguments, so every handler is registered through `_admin_only`, which looks up the
 caller (apps.web_auth.current_rater) and refuses anyone who is not an admin before the handler runs: a
 rater or an anonymous caller gets an error and no data from any endpoint. The page itself carries no data:
-every table is filled by a handler after that check. Admin actions are written to the audit log by the
-collect/ functions they call, with the admin as the actor.
+every table is filled by a handler after that check. Every admin action that changes data is written to
+the audit log by the collect/ function it calls, with the admin as the actor (tests/test_admin_app.py checks
+each event: whatever changes the database writes an audit event).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import re
 import tempfile
 import typing
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +32,9 @@ from apps.rater_app import errors_on_screen
 from apps.render import code_css, render_conversation, render_markdown
 from apps.web_auth import current_rater, header_dependency, password_checker
 from collect import db
-from collect.adjudicate import QUEUE_COLUMNS, adjudicate, disagreement_queue, pair_detail
+from collect.adjudicate import (
+    FLAGGED_COLUMNS, QUEUE_COLUMNS, PairDetail, adjudicate, disagreement_queue, flagged_pairs, pair_detail,
+)
 from collect.agreement import agreement_summary, pairwise_cohen
 from collect.assign import review_flag
 from collect.errors import PermissionDenied, UserError
@@ -39,15 +42,16 @@ from collect.export import AGGREGATIONS, export_project
 from collect.formats import FORMATS
 from collect.ingest import import_file
 from collect.judgments import judgments_frame
-from collect.models import CHOICES, ROLES, ROUTING, AuditEvent, Pair, Project, Rater, utcnow
+from collect.models import CHOICES, ROLES, ROUTING, AuditEvent, Project, Rater
 from collect.payroll import PayrollConfig, export_payroll, payroll
 from collect.projects import (
     ProjectSettings, add_member, add_rater, create_project, get_project, get_rater, list_projects, list_raters,
+    sensitive_categories, update_rater,
 )
 from collect.rater_quality import config_table, rater_table
 from collect.status import project_status
 from collect.timeline import (
-    agreement_over_time, judgments_over_time, plot_agreement_over_time, plot_judgments_over_time,
+    agreement_over_time, judgments_over_time, plot_agreement_over_time, plot_judgments_over_time, recent_throughput,
 )
 
 log = logging.getLogger(__name__)
@@ -206,6 +210,15 @@ def _csv(text: str) -> list[str]:
     return [v.strip() for v in (text or "").split(",") if v.strip()]
 
 
+def _pair_html(detail: PairDetail) -> tuple[str, str, str]:
+    """A pair for review: the conversation, then response A and response B, as sanitized HTML."""
+    gold = f" · gold answer {CHOICES[detail.gold_choice]}" if detail.is_gold and detail.gold_choice is not None else ""
+    head = f"<p><b>Pair {detail.pair_id}</b>{html.escape(gold)}</p>" + render_conversation(detail.conversation)
+    side = '<p class="pf-side">{} ({})</p>'
+    return (head, side.format("A", html.escape(detail.model_a or "unknown model")) + render_markdown(detail.response_a),
+            side.format("B", html.escape(detail.model_b or "unknown model")) + render_markdown(detail.response_b))
+
+
 def _out_dir() -> Path:
     # Gradio copies a returned file into its own cache and serves it to logged-in users at an unguessable URL.
     return Path(tempfile.mkdtemp(prefix="prefloop-admin-"))
@@ -239,21 +252,22 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
             status = project_status(s, project)
             frame = judgments_frame(s, project.id)
             names = _names(s)
+        # Throughput and the plot count judgments made in the app: imported ones carry their import time.
         timeline = judgments_over_time(frame)
-        last_day = frame[frame["submitted_at"] >= utcnow() - timedelta(days=1)] if len(frame) else frame
+        recent, recent_raters = recent_throughput(frame)
         summary = "\n\n".join([
             f"### {html.escape(project.name)}",
             f"**Progress:** {status.progress:.0%} — {status.judgments} judgments, {status.judgments_needed} still "
-            f"needed for overlap k = {status.overlap}; {status.pairs_complete} of "
-            f"{status.pairs - status.gold_pairs - status.flagged_pairs} pairs complete.",
+            f"needed for overlap k = {status.overlap}; {status.pairs_complete} of {status.active_pairs} pairs "
+            f"complete (gold, flagged and retired pairs aside).",
             f"**Data:** {status.prompts} prompts, {status.pairs} pairs ({status.gold_pairs} gold, "
-            f"{status.flagged_pairs} flagged for review), {status.raters} members, "
+            f"{status.flagged_pairs} flagged for review, {status.retired_pairs} retired), {status.raters} members, "
             f"{status.open_assignments} open assignments.",
-            f"**Throughput:** {len(last_day)} judgments by {last_day['rater_id'].nunique() if len(last_day) else 0} "
-            f"raters in the last 24 hours.",
+            f"**Throughput:** {recent} judgments made in the app by {recent_raters} raters in the last 24 hours.",
         ])
-        target = status.judgments + status.judgments_needed
-        judged_plot = plot_judgments_over_time(timeline, target=target or None)
+        made_in_app = int(timeline["judgments"].sum()) if len(timeline) else 0
+        judged_plot = plot_judgments_over_time(timeline, target=made_in_app + status.judgments_needed or None,
+                                               title="Judgments made in the app")
         if len(frame):
             agreement = _rounded(agreement_summary(frame, n_boot=N_BOOT))
             kappas = pairwise_cohen(frame, n_boot=N_BOOT)
@@ -265,13 +279,15 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         agreement_plot = plot_agreement_over_time(agreement_over_time(frame, n_boot=N_BOOT))
         return summary, judged_plot, agreement, kappas, agreement_plot
 
-    def raters_view(admin: Rater, project_name: str) -> tuple[Any, pd.DataFrame, Any]:
+    def raters_view(admin: Rater, project_name: str) -> tuple[Any, pd.DataFrame, Any, Any, str]:
         with db.session_scope(db_url) as s:
             project = _project(s, project_name)
             frame = judgments_frame(s, project.id)
             names = _names(s)
             members = {r.id for r in list_raters(s, project)}
-            others = [r.name for r in list_raters(s) if r.id not in members and not r.external]
+            people = [r for r in list_raters(s) if not r.external]
+            others = [r.name for r in people if r.id not in members]
+            categories = sensitive_categories(s, project.id)
         if len(frame):
             table = rater_table(frame)
             table.insert(1, "rater", table["rater_id"].map(lambda r: names.get(int(r), str(r))))
@@ -280,7 +296,10 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
             shown = _highlight_rows(_rounded(table), table["flags"] != "")
         else:
             shown = pd.DataFrame()
-        return shown, config_table(), gr.Dropdown(choices=others, value=None)
+        present = ", ".join(f"`{c}`" for c in categories) or "none"
+        return (shown, config_table(), gr.Dropdown(choices=others, value=None),
+                gr.Dropdown(choices=[r.name for r in people], value=None),
+                f"Sensitive categories in this project's prompts: {present}.")
 
     def leaderboard_view(admin: Rater, project_name: str) -> tuple[pd.DataFrame, Any, Any, str]:
         from collect import leaderboard as lb
@@ -297,30 +316,31 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         return (board.round({"rating": 1, "ci_low": 1, "ci_high": 1, "elo": 1, "win_rate": 3}), lb.plot_leaderboard(board), lb.plot_win_rates(matrix),
                 f"{int(board['n_games'].sum()) // 2} model comparisons.")
 
-    def queue_view(admin: Rater, project_name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def queue_view(admin: Rater, project_name: str) -> pd.DataFrame:
         with db.session_scope(db_url) as s:
-            project = _project(s, project_name)
-            queue = disagreement_queue(s, project)
-            flagged = [(p.id, p.prompt.conversation[-1].get("content", "")[:200] if p.prompt.conversation else "",
-                        p.response_a.model, p.response_b.model)
-                       for p in s.scalars(select(Pair).where(Pair.project_id == project.id, Pair.status == "flagged"))]
-        return (_rounded(queue) if len(queue) else pd.DataFrame(columns=list(QUEUE_COLUMNS)),
-                pd.DataFrame(flagged, columns=["pair_id", "prompt", "model_a", "model_b"]))
+            queue = disagreement_queue(s, _project(s, project_name))
+        return _rounded(queue) if len(queue) else pd.DataFrame(columns=list(QUEUE_COLUMNS))
+
+    def flagged_view(admin: Rater, project_name: str) -> pd.DataFrame:
+        with db.session_scope(db_url) as s:
+            flagged = flagged_pairs(s, _project(s, project_name))
+        flagged["flagged_at"] = flagged["flagged_at"].map(lambda t: str(t)[:19] if pd.notna(t) else "")
+        return flagged
+
+    def read_pair(project_name: str, pair_value: Any) -> PairDetail:
+        with db.session_scope(db_url) as s:
+            return pair_detail(s, _project(s, project_name), _pair_id(pair_value))
 
     def open_pair(admin: Rater, project_name: str, pair_value: Any) -> tuple[str, str, str, pd.DataFrame]:
-        with db.session_scope(db_url) as s:
-            detail = pair_detail(s, _project(s, project_name), _pair_id(pair_value))
+        detail = read_pair(project_name, pair_value)
         votes = pd.DataFrame(columns=VOTE_COLUMNS, data=[{
             "rater": j.rater, "kind": j.kind, "choice": j.label, "both_bad": j.both_bad, "flags": j.flags,
             "rationale": j.rationale, "criteria": json.dumps(j.criteria) if j.criteria else "",
             "submitted_at": str(j.submitted_at)[:19]} for j in detail.judgments])
-        gold = f" · gold answer {CHOICES[detail.gold_choice]}" if detail.is_gold and detail.gold_choice is not None else ""
-        head = f"<p><b>Pair {detail.pair_id}</b>{html.escape(gold)}</p>" + render_conversation(detail.conversation)
-        side = '<p class="pf-side">{} ({})</p>'
-        return (head, side.format("A", html.escape(detail.model_a or "unknown model")) +
-                render_markdown(detail.response_a),
-                side.format("B", html.escape(detail.model_b or "unknown model")) + render_markdown(detail.response_b),
-                votes)
+        return (*_pair_html(detail), votes)
+
+    def open_flagged(admin: Rater, project_name: str, pair_value: Any) -> tuple[str, str, str]:
+        return _pair_html(read_pair(project_name, pair_value))
 
     def decide(admin: Rater, project_name: str, pair_value: Any, choice: Any, note: str) -> str:
         pair_id = _pair_id(pair_value)
@@ -334,7 +354,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
     def review(admin: Rater, project_name: str, pair_value: Any, keep: bool) -> str:
         pair_id = _pair_id(pair_value)
         with db.session_scope(db_url) as s:
-            pair_detail(s, _project(s, project_name), pair_id)
+            pair_detail(s, _project(s, project_name), pair_id)  # the pair must be in this project
             review_flag(s, admin.id, pair_id, keep)
         return f"Pair {pair_id} {'returned to the queue' if keep else 'retired'}."
 
@@ -420,8 +440,23 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
             rater = get_rater(s, rater_name or "")
             if rater.external:
                 raise UserError(f"{rater.name} is an imported rater and cannot log in")
-            add_member(s, project, rater, actor_id=admin.id)
-        return f"**{html.escape(rater.name)}** is now a member of **{html.escape(project.name)}**."
+            added = add_member(s, project, rater, actor_id=admin.id)
+        who, where = html.escape(rater.name), html.escape(project.name)
+        return (f"**{who}** is now a member of **{where}**." if added
+                else f"**{who}** is already a member of **{where}**: nothing changed.")
+
+    def rater_settings(admin: Rater, rater_name: str) -> tuple[str, str]:
+        with db.session_scope(db_url) as s:
+            rater = get_rater(s, rater_name or "")
+            return ", ".join(rater.expertise or []), ", ".join(rater.sensitive_opt_in or [])
+
+    def change_rater(admin: Rater, rater_name: str, expertise: str, sensitive: str) -> str:
+        with db.session_scope(db_url) as s:
+            rater = update_rater(s, admin.id, rater_name or "", expertise=_csv(expertise),
+                                 sensitive_opt_in=_csv(sensitive))
+            shown = (html.escape(rater.name), html.escape(", ".join(rater.expertise) or "none"),
+                     html.escape(", ".join(rater.sensitive_opt_in) or "none"))
+        return "Saved **{}**: expertise {}; sensitive categories {}.".format(*shown)
 
     def audit_view(admin: Rater, project_name: str, only_project: bool) -> pd.DataFrame:
         with db.session_scope(db_url) as s:
@@ -479,7 +514,17 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                         gr.Markdown("#### Add an existing person to this project")
                         member_name = gr.Dropdown(label="Person", choices=[], allow_custom_value=True, elem_id="pf-member")
                         add_member_button = gr.Button("Add to project", elem_id="pf-add-member")
-                people_msg = gr.Markdown("")
+                    with gr.Column():
+                        gr.Markdown("#### Change a person's expertise and sensitive-content opt-ins")
+                        edit_name = gr.Dropdown(label="Person", choices=[], allow_custom_value=True,
+                                                elem_id="pf-edit-rater")
+                        edit_expertise = gr.Textbox(label="Expertise (comma-separated, e.g. domain:medicine)",
+                                                    elem_id="pf-edit-expertise")
+                        edit_sensitive = gr.Textbox(label="Opted in to sensitive categories (comma-separated)",
+                                                    elem_id="pf-edit-sensitive")
+                        categories_md = gr.Markdown("", elem_id="pf-categories")
+                        edit_button = gr.Button("Save changes", elem_id="pf-update-rater")
+                people_msg = gr.Markdown("", elem_id="pf-people-msg")
 
             with gr.Tab("Leaderboard"):
                 board_msg = gr.Markdown("")
@@ -507,11 +552,24 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                 note = gr.Textbox(label="Note (why)", lines=2, elem_id="pf-note")
                 decide_button = gr.Button("Record decision", variant="primary", elem_id="pf-decide")
                 decide_msg = gr.Markdown("", elem_id="pf-decide-msg")
-                with gr.Accordion("Pairs flagged as harmful by raters", open=False):
-                    flagged_df = gr.Dataframe(interactive=False)
-                    with gr.Row():
-                        keep_button = gr.Button("Return the pair above to the queue")
-                        retire_button = gr.Button("Retire the pair above", variant="stop")
+
+            with gr.Tab("Flagged"):
+                gr.Markdown("Pairs raters flagged as harmful, out of every queue until you review them. Select a "
+                            "row (or type a pair id) to read the pair, then return it to the queue or retire it.")
+                flagged_df = gr.Dataframe(pd.DataFrame(columns=list(FLAGGED_COLUMNS)), label="Flagged pairs",
+                                          interactive=False, wrap=True, elem_id="pf-flagged")
+                with gr.Row():
+                    flag_number = gr.Number(label="Pair id", value=None, precision=0, elem_id="pf-flag-pair-id",
+                                            scale=1)
+                    open_flag_button = gr.Button("Open pair", scale=1, elem_id="pf-open-flagged")
+                flag_head = gr.HTML("", elem_id="pf-flag-head")
+                with gr.Row():
+                    flag_a = gr.HTML("", elem_id="pf-flag-a")
+                    flag_b = gr.HTML("", elem_id="pf-flag-b")
+                with gr.Row():
+                    keep_button = gr.Button("Return to the queue", elem_id="pf-keep")
+                    retire_button = gr.Button("Retire", variant="stop", elem_id="pf-retire")
+                flag_msg = gr.Markdown("", elem_id="pf-flag-msg")
 
             with gr.Tab("Payroll"):
                 gr.Markdown("Pay is the project's rate per active hour of submitted judgments. Effective hourly "
@@ -581,9 +639,10 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
 
         views = [
             (overview, [project], [status_md, judged_plot, agreement_df, kappa_df, agreement_plot]),
-            (raters_view, [project], [rater_df, thresholds_df, member_name]),
+            (raters_view, [project], [rater_df, thresholds_df, member_name, edit_name, categories_md]),
             (leaderboard_view, [project], [board_df, board_plot, winrate_plot, board_msg]),
-            (queue_view, [project], [queue_df, flagged_df]),
+            (queue_view, [project], [queue_df]),
+            (flagged_view, [project], [flagged_df]),
             (audit_view, [project, only_project], [audit_df]),
         ]
         app.load(guarded(start), None, [project, who], api_name="start")
@@ -603,17 +662,18 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         queue_df.select(guarded(select_pair), None, [pair_number], api_name="select_pair").success(
             guarded(open_pair), [project, pair_number], [pair_head, pair_a, pair_b, votes_df],
             api_visibility="private")
-        flagged_df.select(guarded(select_pair), None, [pair_number], api_name="select_flagged").success(
-            guarded(open_pair), [project, pair_number], [pair_head, pair_a, pair_b, votes_df],
-            api_visibility="private")
+        flagged_df.select(guarded(select_pair), None, [flag_number], api_name="select_flagged").success(
+            guarded(open_flagged), [project, flag_number], [flag_head, flag_a, flag_b], api_visibility="private")
         open_button.click(guarded(open_pair), [project, pair_number], [pair_head, pair_a, pair_b, votes_df],
                           api_name="open_pair")
+        open_flag_button.click(guarded(open_flagged), [project, flag_number], [flag_head, flag_a, flag_b],
+                               api_name="open_flagged")
         then_refresh(decide_button.click(guarded(decide), [project, pair_number, verdict, note], [decide_msg],
                                          api_name="decide"), queue_view, audit_view)
-        then_refresh(keep_button.click(guarded(keep_pair), [project, pair_number], [decide_msg],
-                                       api_name="keep_pair"), queue_view, overview, audit_view)
-        then_refresh(retire_button.click(guarded(retire_pair), [project, pair_number], [decide_msg],
-                                         api_name="retire_pair"), queue_view, overview, audit_view)
+        then_refresh(keep_button.click(guarded(keep_pair), [project, flag_number], [flag_msg],
+                                       api_name="keep_pair"), flagged_view, queue_view, overview, audit_view)
+        then_refresh(retire_button.click(guarded(retire_pair), [project, flag_number], [flag_msg],
+                                         api_name="retire_pair"), flagged_view, queue_view, overview, audit_view)
         payroll_button.click(guarded(payroll_view), [project, floor, since, until], [payroll_df, payroll_msg],
                              api_name="payroll")
         then_refresh(payroll_csv_button.click(guarded(payroll_csv), [project, floor, since, until],
@@ -634,6 +694,10 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                      raters_view, audit_view)
         then_refresh(add_member_button.click(guarded(join_project), [project, member_name], [people_msg],
                                              api_name="add_member"), raters_view, audit_view)
+        edit_name.input(guarded(rater_settings), [edit_name], [edit_expertise, edit_sensitive],
+                        api_name="rater_settings")
+        then_refresh(edit_button.click(guarded(change_rater), [edit_name, edit_expertise, edit_sensitive],
+                                       [people_msg], api_name="update_rater"), audit_view)
     return app
 
 

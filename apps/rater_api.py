@@ -14,6 +14,8 @@ server never grants, so a logged-in browser behind an SSO proxy cannot be made t
     POST /api/v1/projects/{project_id}/undo           {} -> {"assignment": {...}}
     GET  /api/v1/projects                             -> {"projects": [...]}
     GET  /api/v1/projects/{project_id}/me             -> the rater's own summary
+                                                         (gold_judged, gold_accuracy: check items judged
+                                                         before today, UTC)
 """
 
 from __future__ import annotations

@@ -23,12 +23,12 @@ from apps.render import code_css, render_conversation, render_markdown
 from apps.web_auth import current_rater
 from collect import db
 from collect.assign import (
-    UNDO_SECONDS, Served, flag_harmful, next_assignment, rater_summary, record_activity, reveal, skip,
-    submit_judgment, undo_last,
+    GOLD_MINIMUM, UNDO_SECONDS, RaterSummary, Served, flag_harmful, next_assignment, rater_summary, record_activity,
+    reveal, skip, submit_judgment, undo_last,
 )
 from collect.errors import UserError
 from collect.models import Project
-from collect.projects import projects_of, require_member
+from collect.projects import projects_of, require_member, sensitive_opt_in_choices, set_sensitive_opt_in
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,25 @@ def _warning(text: str) -> str:
     return f'<div class="pf-warning">{html.escape(text)}</div>'
 
 
+def _stats_markdown(project: Project, s: RaterSummary) -> str:
+    """The rater's own numbers in one project, as a Markdown table."""
+    # gold_judged and gold_accuracy count check items judged before today (UTC): today's stay unscored.
+    gold = (f"{s.gold_accuracy:.0%} on {s.gold_judged} check items" if s.gold_accuracy is not None
+            else f"shown after {GOLD_MINIMUM} check items judged before today ({s.gold_judged} so far)")
+    return "\n".join([
+        f"### {html.escape(project.name)}", "",
+        "| | You |", "|---|---|",
+        f"| Judgments today | {s.judgments_today} |",
+        f"| Judgments in total | {s.judgments_total} |",
+        f"| Active hours today | {s.active_hours_today:.2f} |",
+        f"| Active hours in total | {s.active_hours:.2f} |",
+        f"| Earnings (at {project.pay_rate:g} {html.escape(s.currency)}/active hour) | "
+        f"{s.earnings:.2f} {html.escape(s.currency)} |",
+        f"| Accuracy on check items (up to yesterday) | {gold} |",
+        f"| Active minutes since your last break | {s.minutes_since_break:.0f} |",
+    ])
+
+
 def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -> gr.Blocks:
     """The rater app as a gr.Blocks; mount it with `apps.server.create_server` (auth is set at mount)."""
     db_url = db.database_url(db_url)
@@ -192,6 +211,14 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
             with gr.Tab("My stats", id="stats") as stats_tab:
                 stats = gr.Markdown("", elem_id="pf-stats")
                 stats_refresh = gr.Button("Refresh", elem_id="pf-stats-refresh")
+                # Shown only for a project whose prompts carry sensitive categories.
+                with gr.Column(visible=False) as opt_in_box:
+                    opt_in = gr.CheckboxGroup([], value=[], elem_id="pf-opt-in",
+                                              label="Sensitive content I agree to be shown in this project",
+                                              info="Items in a category you tick come behind a content warning, "
+                                                   "hidden until you choose to see them. Change this at any time.")
+                    opt_in_save = gr.Button("Save my choice", elem_id="pf-opt-in-save")
+                    opt_in_msg = gr.Markdown("", elem_id="pf-opt-in-msg")
 
         screen = [state, banner, guidelines, conversation, reveal_button, left, right, choice, both_bad,
                   criteria_box, *criteria, rationale, rewrite, shown]
@@ -363,27 +390,28 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                     record_activity(session, rater.id, current["assignment_id"])
 
         @_handler
-        def on_stats(current: Any, request: gr.Request) -> str:
+        def on_stats(current: Any, request: gr.Request) -> dict:
             current = current if isinstance(current, dict) else {}
             with db.session_scope(db_url) as session:
                 rater = current_rater(request, db_url, session)
                 project_id = _project_id(current.get("project_id"))
                 s = rater_summary(session, rater.id, project_id)
                 project = session.get(Project, project_id)
-            gold = (f"{s.gold_accuracy:.0%} on {s.gold_judged} check items" if s.gold_accuracy is not None
-                    else f"shown after 5 check items ({s.gold_judged} so far)")
-            return "\n".join([
-                f"### {html.escape(project.name)}", "",
-                "| | You |", "|---|---|",
-                f"| Judgments today | {s.judgments_today} |",
-                f"| Judgments in total | {s.judgments_total} |",
-                f"| Active hours today | {s.active_hours_today:.2f} |",
-                f"| Active hours in total | {s.active_hours:.2f} |",
-                f"| Earnings (at {project.pay_rate:g} {html.escape(s.currency)}/active hour) | "
-                f"{s.earnings:.2f} {html.escape(s.currency)} |",
-                f"| Accuracy on check items | {gold} |",
-                f"| Active minutes since your last break | {s.minutes_since_break:.0f} |",
-            ])
+                offered, opted = sensitive_opt_in_choices(session, rater.id, project_id)
+            return {stats: _stats_markdown(project, s), opt_in_box: gr.update(visible=bool(offered)),
+                    opt_in: gr.update(choices=offered, value=opted), opt_in_msg: ""}
+
+        @_handler
+        def on_save_opt_in(current: Any, chosen: Any, request: gr.Request) -> str:
+            current = current if isinstance(current, dict) else {}
+            with db.session_scope(db_url) as session:
+                rater = current_rater(request, db_url, session)
+                if not isinstance(chosen, list):
+                    raise UserError("tick the categories you agree to be shown")
+                now = set_sensitive_opt_in(session, rater.id, _project_id(current.get("project_id")), chosen)
+            if not now:
+                return "Saved: you will not be shown sensitive items in this project."
+            return f"Saved: you may be shown items about {html.escape(', '.join(now))}, behind a content warning."
 
         app.load(on_load, None, [who, project_box, *screen], api_name="load")
         project_box.input(on_project, project_box, screen, api_name="choose_project")
@@ -397,5 +425,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
         gr.on([choice.input, both_bad.input, rationale.blur, rewrite.blur, heartbeat_button.click,
                *(box.input for box in criteria)],
               on_activity, state, None, api_name="activity", show_progress="hidden", queue=False)
-        gr.on([stats_tab.select, stats_refresh.click], on_stats, state, stats, api_name="stats")
+        gr.on([stats_tab.select, stats_refresh.click], on_stats, state, [stats, opt_in_box, opt_in, opt_in_msg],
+              api_name="stats")
+        opt_in_save.click(on_save_opt_in, [state, opt_in], opt_in_msg, api_name="save_opt_in")
     return app

@@ -7,6 +7,10 @@ A pair enters the queue when
   flags, the majority vote would come out differently (or there would be no vote at all).
 Gold pairs have a known answer and never enter; adjudicated pairs leave the queue.
 
+Pairs a rater flagged as harmful wait, out of every queue, for an admin's review: `flagged_pairs` lists
+them with who flagged each, when and why (from the `pair.flag` audit events);
+collect.assign.review_flag returns one to the queue or retires it.
+
 `adjudicate` records the admin's choice as a Judgment of kind "adjudication". It is not a vote: the
 statistics and the overlap count leave it out (`collect.judgments.judgments_frame`), and export uses it
 instead of the raters' aggregate. An admin may adjudicate a pair again; the latest decision counts and the
@@ -26,12 +30,13 @@ from collect.aggregate import majority_vote
 from collect.auth import audit
 from collect.errors import UserError
 from collect.judgments import judgments_frame
-from collect.models import CHOICES, Judgment, Pair, Project, Rater
+from collect.models import CHOICES, AuditEvent, Judgment, Pair, Project, Rater
 from collect.projects import require_admin
 from collect.rater_quality import QualityConfig, rater_table
 
 QUEUE_COLUMNS = ("pair_id", "reason", "winner", "agreement", "n_judgments", "votes", "flagged_raters",
                  "prompt", "model_a", "model_b")
+FLAGGED_COLUMNS = ("pair_id", "flagged_at", "flagged_by", "reason", "prompt", "model_a", "model_b")
 
 
 @dataclass
@@ -119,6 +124,42 @@ def disagreement_queue(session: Session, project: Project, config: QueueConfig |
     table = pd.DataFrame(rows, columns=list(QUEUE_COLUMNS))
     return table.sort_values(["agreement", "n_judgments", "pair_id"], ascending=[True, False, True],
                              ignore_index=True)
+
+
+def flagged_pairs(session: Session, project: Project) -> pd.DataFrame:
+    """The project's pairs flagged as harmful and awaiting review, first flagged first (FLAGGED_COLUMNS).
+
+    flagged_at, flagged_by and reason come from the `pair.flag` audit events since the pair's last review
+    (a pair returned to the queue and flagged again shows only the new flags; several raters' flags are
+    joined, the reasons with " | "); prompt is the last user turn, shortened.
+    """
+    pairs = {p.id: p for p in session.scalars(
+        select(Pair).where(Pair.project_id == project.id, Pair.status == "flagged").order_by(Pair.id))}
+    flags: dict[int, list[tuple[Any, str, str]]] = {pair_id: [] for pair_id in pairs}
+    events = session.execute(
+        select(AuditEvent.action, AuditEvent.at, AuditEvent.details, Rater.name)
+        .outerjoin(Rater, Rater.id == AuditEvent.actor_id)
+        .where(AuditEvent.project_id == project.id, AuditEvent.action.in_(("pair.flag", "pair.review_flag")))
+        .order_by(AuditEvent.at, AuditEvent.id)).all()
+    for action, at, details, name in events:
+        pair_id = (details or {}).get("pair_id")
+        if pair_id not in flags:
+            continue
+        if action == "pair.review_flag":
+            flags[pair_id] = []  # reviewed: only flags after the review are pending
+        else:
+            flags[pair_id].append((at, name or "", str(details.get("reason", "")).strip()))
+    rows = [{
+        "pair_id": pair_id,
+        "flagged_at": flags[pair_id][0][0] if flags[pair_id] else None,
+        "flagged_by": ", ".join(dict.fromkeys(name for _, name, _ in flags[pair_id])),
+        "reason": " | ".join(reason for *_, reason in flags[pair_id]),
+        "prompt": _prompt_text(pair.prompt.conversation),
+        "model_a": pair.response_a.model,
+        "model_b": pair.response_b.model,
+    } for pair_id, pair in pairs.items()]
+    table = pd.DataFrame(rows, columns=list(FLAGGED_COLUMNS))
+    return table.sort_values(["flagged_at", "pair_id"], ignore_index=True, na_position="first")
 
 
 def _prompt_text(conversation: list[dict[str, Any]], limit: int = 200) -> str:

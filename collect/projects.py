@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -11,7 +11,10 @@ from sqlalchemy.orm import Session
 
 from collect.auth import audit, hash_password, verify_password
 from collect.errors import PermissionDenied, UserError
-from collect.models import ROLES, ROUTING, Membership, Project, Rater
+from collect.models import ROLES, ROUTING, Membership, Project, Prompt, Rater
+
+MAX_CATEGORY_CHARS = 100
+"""Longest sensitive-category name accepted in an opt-in."""
 
 
 @dataclass
@@ -119,23 +122,120 @@ def add_rater(
         raise UserError(f"role must be one of {', '.join(ROLES)}")
     if not name or not name.strip():
         raise UserError("a rater needs a name")
-    for tag in expertise or []:
-        if not tag.startswith("domain:"):
-            raise UserError(f"expertise tag {tag!r} must look like 'domain:<name>'")
+    expertise = _checked_expertise(expertise)
     if session.scalar(select(Rater).where(Rater.name == name)):
         raise UserError(f"rater {name!r} already exists")
     rater = Rater(
         name=name,
         role=role,
         password_hash=hash_password(password) if password else None,
-        expertise=list(expertise or []),
-        sensitive_opt_in=sorted(set(sensitive_opt_in or [])),
+        expertise=expertise,
+        sensitive_opt_in=normalize_categories(sensitive_opt_in),
     )
     session.add(rater)
     session.flush()
     for project in projects or []:
         add_member(session, project, rater, actor_id=actor_id)
     audit(session, "rater.add", actor_id, None, rater=name, role=role, expertise=rater.expertise)
+    return rater
+
+
+def _checked_expertise(tags: Iterable[str] | None) -> list[str]:
+    """Expertise tags, trimmed and without repeats; each must look like `domain:<name>`."""
+    checked = []
+    for tag in tags or []:
+        tag = tag.strip() if isinstance(tag, str) else tag
+        if not isinstance(tag, str) or not tag.startswith("domain:"):
+            raise UserError(f"expertise tag {tag!r} must look like 'domain:<name>'")
+        checked.append(tag)
+    return list(dict.fromkeys(checked))
+
+
+def normalize_categories(categories: Iterable[str] | None) -> list[str]:
+    """Sensitive categories as stored in an opt-in: lower case, trimmed, without repeats, sorted.
+
+    Category names are compared in lower case, so "Violence" and "violence" are one category; a leading
+    `sensitive:` (the prompt tag's prefix) is dropped. Commas are refused: prompts list their categories
+    joined by commas.
+    """
+    names = set()
+    for value in categories or []:
+        if not isinstance(value, str):
+            raise UserError(f"a sensitive category is a name, not {value!r}")
+        name = value.strip().lower().removeprefix("sensitive:").strip()
+        if "," in name or len(name) > MAX_CATEGORY_CHARS:
+            raise UserError(f"{value[:MAX_CATEGORY_CHARS]!r} is not a sensitive category name "
+                            f"(no commas, at most {MAX_CATEGORY_CHARS} characters)")
+        if name:
+            names.add(name)
+    return sorted(names)
+
+
+def sensitive_categories(session: Session, project_id: int) -> list[str]:
+    """The sensitive categories (lower case) that the project's prompts are tagged with."""
+    tagged = session.scalars(select(Prompt.sensitive).distinct().where(
+        Prompt.project_id == project_id, Prompt.sensitive != ""))
+    return normalize_categories(name for value in tagged for name in value.split(","))
+
+
+def sensitive_opt_in_choices(session: Session, rater_id: int, project_id: int) -> tuple[list[str], list[str]]:
+    """(the project's sensitive categories, those the rater opted in to), for the rater's own page.
+
+    PermissionDenied unless the rater may work in the project.
+    """
+    rater = require_member(session, project_id, rater_id)
+    offered = sensitive_categories(session, project_id)
+    opted = set(normalize_categories(rater.sensitive_opt_in))
+    return offered, [c for c in offered if c in opted]
+
+
+def set_sensitive_opt_in(session: Session, rater_id: int, project_id: int, categories: Iterable[str]) -> list[str]:
+    """A rater's own choice of which of a project's sensitive categories they agree to be served.
+
+    `rater_id` is the caller (from their login, never from the browser): a rater changes only their own
+    opt-ins, only in a project they may work in, and only for categories that project's prompts carry;
+    opt-ins for other projects' categories stay as they were. A change is written to the audit log.
+    Returns the project's categories the rater is now opted in to.
+    """
+    offered, _ = sensitive_opt_in_choices(session, rater_id, project_id)
+    chosen = normalize_categories(categories)
+    unknown = [c for c in chosen if c not in offered]
+    if unknown:
+        raise UserError(f"not a sensitive category of this project: {', '.join(unknown)}")
+    rater = session.get(Rater, rater_id)
+    before = normalize_categories(rater.sensitive_opt_in)
+    after = sorted({c for c in before if c not in offered} | set(chosen))
+    if after != before:
+        rater.sensitive_opt_in = after
+        audit(session, "rater.sensitive_opt_in", rater.id, project_id, rater=rater.name, before=before, after=after)
+    return chosen
+
+
+def update_rater(
+    session: Session,
+    admin_id: int,
+    name_or_id: str | int,
+    *,
+    expertise: Iterable[str] | None = None,
+    sensitive_opt_in: Iterable[str] | None = None,
+) -> Rater:
+    """An admin changes a person's expertise tags or sensitive-category opt-ins (None leaves one as it is).
+
+    Only admins (PermissionDenied otherwise). Each change is written to the audit log with the old values.
+    """
+    admin = require_admin(session, admin_id)
+    rater = get_rater(session, name_or_id)
+    wanted = {}
+    if expertise is not None:
+        wanted["expertise"] = _checked_expertise(expertise)
+    if sensitive_opt_in is not None:
+        wanted["sensitive_opt_in"] = normalize_categories(sensitive_opt_in)
+    changed = {key: value for key, value in wanted.items() if list(getattr(rater, key) or []) != value}
+    if changed:
+        before = {key: list(getattr(rater, key) or []) for key in changed}
+        for key, value in changed.items():
+            setattr(rater, key, value)
+        audit(session, "rater.update", admin.id, None, rater=rater.name, before=before, after=changed)
     return rater
 
 
@@ -156,15 +256,17 @@ def list_raters(session: Session, project: Project | None = None) -> list[Rater]
     return list(session.scalars(query))
 
 
-def add_member(session: Session, project: Project, rater: Rater, actor_id: int | None = None) -> None:
+def add_member(session: Session, project: Project, rater: Rater, actor_id: int | None = None) -> bool:
+    """Make the rater a member of the project (audited). False, and nothing written, if they already were."""
     if is_member(session, project.id, rater.id):
-        return
+        return False
     try:
         with session.begin_nested():
             session.add(Membership(project_id=project.id, rater_id=rater.id))
     except IntegrityError:
-        return  # added by someone else meanwhile
+        return False  # added by someone else meanwhile
     audit(session, "membership.add", actor_id, project.id, rater=rater.name)
+    return True
 
 
 def is_member(session: Session, project_id: int, rater_id: int) -> bool:

@@ -17,11 +17,14 @@ class ProjectStatus:
     pairs: int
     gold_pairs: int
     flagged_pairs: int
+    retired_pairs: int
+    active_pairs: int
+    """Pairs (not gold) still in the queue: neither flagged nor retired. The pairs `pairs_complete` counts among."""
     judgments: int
     raters: int
     open_assignments: int
     pairs_complete: int
-    """Pairs (not gold) with at least `overlap` judgments."""
+    """Active pairs (not gold) with at least `overlap` judgments."""
     judgments_needed: int
     """Judgments still missing to bring every active pair to `overlap`."""
     overlap: int
@@ -41,6 +44,7 @@ def project_status(session: Session, project: Project) -> ProjectStatus:
     regular = select(Pair.id, func.coalesce(per_pair.c.n, 0).label("n")).outerjoin(
         per_pair, per_pair.c.pair_id == Pair.id).where(
         Pair.project_id == pid, Pair.is_gold.is_(False), Pair.status == "active").subquery()
+    active = count(select(func.count()).select_from(regular))
     complete = count(select(func.count()).select_from(regular).where(regular.c.n >= project.overlap))
     needed = count(select(func.sum(project.overlap - regular.c.n)).where(regular.c.n < project.overlap))
     return ProjectStatus(
@@ -49,6 +53,8 @@ def project_status(session: Session, project: Project) -> ProjectStatus:
         pairs=count(select(func.count(Pair.id)).where(Pair.project_id == pid)),
         gold_pairs=count(select(func.count(Pair.id)).where(Pair.project_id == pid, Pair.is_gold.is_(True))),
         flagged_pairs=count(select(func.count(Pair.id)).where(Pair.project_id == pid, Pair.status == "flagged")),
+        retired_pairs=count(select(func.count(Pair.id)).where(Pair.project_id == pid, Pair.status == "retired")),
+        active_pairs=active,
         judgments=count(select(func.count(Judgment.id)).where(Judgment.project_id == pid,
                                                               Judgment.kind != "adjudication")),
         raters=count(select(func.count(Membership.id)).where(Membership.project_id == pid)),

@@ -2,6 +2,8 @@
 
 Both read a judgments frame (collect.aggregate.JUDGMENT_COLUMNS) and bucket it by `submitted_at` into
 periods (pandas frequency strings: "h", "D", "W"; by default chosen from the time span).
+Throughput (`judgments_over_time`, `recent_throughput`) counts only judgments made in the app (kind
+"rater"): an imported judgment carries the time of its import, not of its making.
 Agreement over time puts each pair in the period of its last judgment, when the pair was complete, and
 computes Fleiss' kappa (on directions) over the pairs completed in that period with all their judgments,
 so every pair counts once, with all its votes.
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from collect.agreement import fleiss
+from collect.models import utcnow
 
 TIMELINE_COLUMNS = ("period", "judgments", "raters", "active_hours", "cumulative")
 AGREEMENT_COLUMNS = ("period", "pairs", "kappa", "ci_low", "ci_high")
@@ -33,12 +36,29 @@ def _periods(times: pd.Series, freq: str) -> pd.Series:
     return pd.to_datetime(times).dt.to_period(freq).dt.start_time
 
 
+def app_judgments(judgments: pd.DataFrame) -> pd.DataFrame:
+    """The judgments raters made in the app, with the time they made them (kind "rater", submitted_at set)."""
+    if len(judgments) == 0:
+        return judgments
+    return judgments[(judgments["kind"] == "rater") & judgments["submitted_at"].notna()]
+
+
+def recent_throughput(judgments: pd.DataFrame, window: pd.Timedelta = pd.Timedelta(days=1),
+                      now: pd.Timestamp | None = None) -> tuple[int, int]:
+    """(judgments, distinct raters) made in the app during the `window` before `now` (naive UTC)."""
+    made = app_judgments(judgments)
+    if len(made) == 0:
+        return 0, 0
+    recent = made[pd.to_datetime(made["submitted_at"]) >= (now or pd.Timestamp(utcnow())) - window]
+    return len(recent), int(recent["rater_id"].nunique())
+
+
 def judgments_over_time(judgments: pd.DataFrame, freq: str | None = None) -> pd.DataFrame:
-    """Per period: judgments submitted, distinct raters, their active hours, and the running total.
+    """Per period: judgments made in the app, distinct raters, their active hours, and the running total.
 
     Periods with no judgments between the first and the last appear with zeros, so a plot shows the gaps.
     """
-    timed = judgments[judgments["submitted_at"].notna()] if len(judgments) else judgments
+    timed = app_judgments(judgments)
     if len(timed) == 0:
         return pd.DataFrame(columns=list(TIMELINE_COLUMNS))
     freq = freq or pick_freq(timed["submitted_at"])
@@ -78,13 +98,13 @@ def agreement_over_time(
 
 def plot_judgments_over_time(table: pd.DataFrame, target: int | None = None, title: str = "Judgments over time"):
     """A matplotlib Figure: judgments per period (bars) and the running total (line, right axis), with the
-    total the project needs (`target`: judgments done plus still needed) as a dashed line."""
+    total the project needs (`target`: the table's judgments plus those still needed) as a dashed line."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 3.2), layout="constrained")
     ax = fig.add_subplot()
     if len(table) == 0:
-        ax.text(0.5, 0.5, "no judgments yet", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no judgments made in the app yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
     x = np.arange(len(table))

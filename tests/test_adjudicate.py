@@ -8,12 +8,13 @@ import pytest
 from sqlalchemy import func, select
 
 from collect import db
-from collect.adjudicate import QueueConfig, adjudicate, disagreement_queue, pair_detail
+from collect.adjudicate import QueueConfig, adjudicate, disagreement_queue, flagged_pairs, pair_detail
+from collect.assign import flag_harmful, next_assignment, review_flag, skip
 from collect.errors import PermissionDenied, UserError
 from collect.export import export_project
 from collect.ingest import import_dataset
 from collect.judgments import judgments_frame
-from collect.models import AuditEvent, Judgment, Pair
+from collect.models import Assignment, AuditEvent, Judgment, Pair, utcnow
 from collect.projects import ProjectSettings, add_rater, create_project, get_project
 from collect.status import project_status
 
@@ -150,3 +151,58 @@ def test_empty_project_has_an_empty_queue(sqlite_url):
     with db.session_scope(sqlite_url) as s:
         project = create_project(s, "empty")
         assert disagreement_queue(s, project).empty
+
+
+def flag_served(session, project_id: int, rater_id: int, reason: str, pair_id: int | None = None) -> int:
+    """The rater flags the pair they are served (skipping others until `pair_id`, when given). Its pair id."""
+    for _ in range(20):
+        served = next_assignment(session, project_id, rater_id)
+        assert served is not None, "the wanted pair was never served"
+        served_pair = session.get(Assignment, served.assignment_id).pair_id
+        if pair_id in (None, served_pair):
+            flag_harmful(session, rater_id, served.assignment_id, reason)
+            return served_pair
+        skip(session, rater_id, served.assignment_id, "looking for another pair")
+    raise AssertionError("the wanted pair was never served")
+
+
+def test_flagged_pairs_show_who_flagged_when_and_why_since_the_last_review(sqlite_url):
+    pid, pairs, admin, plain = build(sqlite_url)
+    with db.session_scope(sqlite_url) as s:
+        other = add_rater(s, "other", "pw", projects=[get_project(s, pid)]).id
+        assert flagged_pairs(s, get_project(s, pid)).empty
+        flagged = flag_served(s, pid, plain, "graphic violence")
+    with db.session_scope(sqlite_url) as s:
+        table = flagged_pairs(s, get_project(s, pid))
+    assert list(table["pair_id"]) == [flagged]
+    row = table.iloc[0]
+    assert (row["flagged_by"], row["reason"]) == ("plain", "graphic violence")
+    assert abs((row["flagged_at"] - utcnow()).total_seconds()) < 60
+    name = next(n for n, i in pairs.items() if i == flagged)
+    assert row["prompt"] == f"prompt {name}" and (row["model_a"], row["model_b"]) == ("m1", "m2")
+
+    # Returned to the queue, the pair leaves the list; flagged again, only the new flag shows.
+    with db.session_scope(sqlite_url) as s:
+        review_flag(s, admin, flagged, keep=True)
+    with db.session_scope(sqlite_url) as s:
+        assert flagged_pairs(s, get_project(s, pid)).empty
+        flag_served(s, pid, other, "still harmful", pair_id=flagged)
+    with db.session_scope(sqlite_url) as s:
+        table = flagged_pairs(s, get_project(s, pid))
+    assert list(table["pair_id"]) == [flagged]
+    assert (table["flagged_by"].iloc[0], table["reason"].iloc[0]) == ("other", "still harmful")
+
+
+def test_progress_counts_only_pairs_still_in_the_queue(sqlite_url):
+    pid, pairs, _, _ = build(sqlite_url)
+    with db.session_scope(sqlite_url) as s:
+        before = project_status(s, get_project(s, pid))
+        s.get(Pair, pairs["unanimous"]).status = "retired"  # complete, then retired
+        s.get(Pair, pairs["single"]).status = "flagged"  # one judgment of three, then flagged
+    with db.session_scope(sqlite_url) as s:
+        after = project_status(s, get_project(s, pid))
+    # complete: unanimous, two_one and spam_agrees have at least k = 3 judgments
+    assert (before.active_pairs, before.pairs_complete, before.retired_pairs) == (len(VOTES), 3, 0)
+    assert (after.active_pairs, after.pairs_complete) == (len(VOTES) - 2, 2)
+    assert (after.flagged_pairs, after.retired_pairs, after.pairs) == (1, 1, before.pairs)
+    assert after.judgments_needed == before.judgments_needed - 2  # single no longer needs its other two

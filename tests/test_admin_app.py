@@ -23,9 +23,11 @@ from tests.conftest import REPO, free_port
 from apps.admin_app import login_options
 from apps.rater_client import GradioRaterClient, RaterAPIError
 from collect import db
-from collect.assign import next_assignment, record_activity, skip, submit_judgment
+from collect.assign import flag_harmful, next_assignment, record_activity, skip, submit_judgment
 from collect.ingest import import_dataset
-from collect.models import AuditEvent, ImportRun, Judgment, Membership, Project, Prompt, Rater, utcnow
+from collect.models import (
+    Assignment, AuditEvent, ImportRun, Judgment, Membership, Pair, Project, Prompt, Rater, Response, utcnow,
+)
 from collect.projects import ProjectSettings, add_rater, create_project
 
 pytestmark = pytest.mark.browser
@@ -92,6 +94,28 @@ def snapshot(url: str) -> dict[str, int]:
                 for model in (Project, Rater, Membership, Prompt, Judgment, AuditEvent, ImportRun)}
 
 
+DATA_TABLES = (Project, Rater, Membership, Prompt, Response, Pair, Assignment, Judgment, ImportRun)
+
+
+def data_state(url: str) -> str:
+    """Every row of every table but the audit log: compared before and after an admin event."""
+    with db.session_scope(url) as s:
+        return repr([s.execute(select(model.__table__).order_by(model.__table__.c.id)).all() for model in DATA_TABLES])
+
+
+def audit_count(url: str) -> int:
+    with db.session_scope(url) as s:
+        return s.scalar(select(func.count(AuditEvent.id)))
+
+
+def flag_next(url: str, project_id: int, rater_id: int, reason: str) -> int:
+    """The rater flags the next pair they are served as harmful; returns its id."""
+    with db.session_scope(url) as s:
+        served = next_assignment(s, project_id, rater_id)
+        flag_harmful(s, rater_id, served.assignment_id, reason)
+        return s.get(Assignment, served.assignment_id).pair_id
+
+
 def upload(client: GradioRaterClient, name: str, text: str) -> dict:
     """Upload a file to Gradio (any logged-in user may) and return the FileData a File input takes."""
     response = client.http.post("/gradio_api/upload", files=[("files", (name, text.encode()))])
@@ -108,7 +132,8 @@ def payloads(client: GradioRaterClient, site, pair_id: int) -> tuple[list[dict],
         "pf-project": PROJECT, "pf-pair-id": pair_id, "pf-verdict": -2, "pf-note": "B is right",
         "pf-floor": 10.0, "pf-aggregation": "weighted", "pf-new-project": "made-over-http",
         "pf-new-rater-name": "newbie", "pf-new-rater-password": "newbie-pw", "pf-member": "vic",
-        "pf-audit-only": True, "pf-upload": upload(client, "more.jsonl", rows),
+        "pf-audit-only": True, "pf-upload": upload(client, "more.jsonl", rows), "pf-flag-pair-id": pair_id,
+        "pf-edit-rater": "vic", "pf-edit-expertise": "domain:law", "pf-edit-sensitive": "Violence, self-harm",
     }
     events = [d for d in config["dependencies"] if d["backend_fn"]]
     data = {d["id"]: [by_elem.get(components[i]["props"].get("elem_id"), components[i]["props"].get("value"))
@@ -160,15 +185,19 @@ def test_non_admins_get_nothing_and_admins_get_everything_over_http(site):
 
     with GradioRaterClient(admin_mount, "boss", "boss-pw") as admin:
         events, data = payloads(admin, site, pair_id)
-        outputs, failures = {}, {}
+        outputs, failures, unaudited = {}, {}, []
         for event in events:
             name = event["api_name"]
             if name.rstrip("0123456789").endswith("_") and name.rstrip("0123456789")[:-1] in outputs:
                 continue  # the same handler chained after another event: already called once
+            data_before, audits_before = data_state(site.url), audit_count(site.url)
             try:
                 outputs[name] = admin.call(event["id"], *data[event["id"]])
             except RaterAPIError as e:
                 failures[name] = str(e)
+            if data_state(site.url) != data_before and audit_count(site.url) == audits_before:
+                unaudited.append(name)
+        assert unaudited == []  # every admin event that changed the database wrote an audit event
         assert not any("admins only" in m for m in failures.values()), failures
         # Only what needs a browser's event data, or a pair flagged for harm, may fail.
         assert set(failures) <= {"select_pair", "select_flagged", "keep_pair", "retire_pair"}, failures
@@ -187,10 +216,85 @@ def test_non_admins_get_nothing_and_admins_get_everything_over_http(site):
         assert decided.rater_id == boss and decided.choice == -2 and decided.rationale == "B is right"
         assert s.scalar(select(Project).where(Project.name == "made-over-http")) is not None
         assert s.scalar(select(Rater).where(Rater.name == "newbie")).role == "rater"
+        vic = s.get(Rater, site.ids["vic"])
+        assert (vic.expertise, vic.sensitive_opt_in) == (["domain:law"], ["self-harm", "violence"])
         actions = set(s.scalars(select(AuditEvent.action).where(AuditEvent.actor_id == boss)))
     # every admin action is in the audit log, with the admin as the actor
     assert {"pair.adjudicate", "project.create", "import", "export", "payroll.export", "rater.add",
-            "membership.add"} <= actions
+            "membership.add", "rater.update"} <= actions
+
+
+def test_an_admin_demoted_while_logged_in_is_refused_by_every_handler(site):
+    """The per-handler check, not the login gate: a session opened as an admin, then the role is taken away."""
+    pair_id = queued_pair(site.url, site.ids["project"])
+    with db.session_scope(site.url) as s:
+        add_rater(s, "ex-admin", "ex-pw", role="admin", projects=[s.get(Project, site.ids["project"])])
+    with GradioRaterClient(site.base + "/admin", "ex-admin", "ex-pw") as client:  # through the admins-only gate
+        events, data = payloads(client, site, pair_id)
+        with db.session_scope(site.url) as s:
+            s.scalar(select(Rater).where(Rater.name == "ex-admin")).role = "rater"
+        before = data_state(site.url), audit_count(site.url)
+        assert len(events) >= 20
+        for event in events:
+            with pytest.raises(RaterAPIError) as refused:
+                client.call(event["id"], *data[event["id"]])
+            message = str(refused.value)
+            assert PROJECT not in message and SECRET not in message and "vic" not in message, event["api_name"]
+            if not event["api_name"].startswith("select"):  # select events also need event data
+                assert "admins only" in message, (event["api_name"], message)
+    assert (data_state(site.url), audit_count(site.url)) == before  # nothing changed, nothing audited
+
+
+def test_flagged_pairs_are_reviewed_then_kept_or_retired_over_http(site):
+    pid = site.ids["project"]
+    kept = flag_next(site.url, pid, site.ids["ann"], "graphic violence")
+    retired = flag_next(site.url, pid, site.ids["bo"], "personal data")
+    with GradioRaterClient(site.base + "/admin", "boss", "boss-pw") as admin:
+        table = admin.call("flagged_view", PROJECT)[0]
+        rows = {row[0]: dict(zip(table["headers"], row)) for row in table["data"]}
+        assert {kept, retired} <= set(rows)
+        assert (rows[kept]["flagged_by"], rows[kept]["reason"]) == ("ann", "graphic violence")
+        assert (rows[retired]["flagged_by"], rows[retired]["reason"]) == ("bo", "personal data")
+        assert rows[kept]["flagged_at"][:10] == str(utcnow().date()) and "question" in rows[kept]["prompt"]
+        head, side_a, side_b = admin.call("open_flagged", PROJECT, kept)  # the pair itself, for review
+        assert "question" in head and SECRET in side_a and SECRET in side_b
+
+        assert "returned to the queue" in admin.call("keep_pair", PROJECT, kept)[0]
+        assert "retired" in admin.call("retire_pair", PROJECT, retired)[0]
+        with pytest.raises(RaterAPIError, match="no such flagged pair"):
+            admin.call("keep_pair", PROJECT, retired)  # reviewed already
+        remaining = {row[0] for row in admin.call("flagged_view", PROJECT)[0]["data"]}
+        assert not {kept, retired} & remaining
+        summary = admin.call("overview", PROJECT)[0]
+
+    with db.session_scope(site.url) as s:
+        assert (s.get(Pair, kept).status, s.get(Pair, retired).status) == ("active", "retired")
+        reviews = {e.details["pair_id"]: e for e in s.scalars(
+            select(AuditEvent).where(AuditEvent.action == "pair.review_flag"))}
+        assert reviews[kept].details["keep"] is True and reviews[retired].details["keep"] is False
+        assert reviews[kept].actor_id == reviews[retired].actor_id == site.ids["boss"]
+        # The overview's denominator: pairs still in the queue, without gold, flagged or retired ones.
+        active = s.scalar(select(func.count(Pair.id)).where(
+            Pair.project_id == pid, Pair.status == "active", Pair.is_gold.is_(False)))
+        n_retired = s.scalar(select(func.count(Pair.id)).where(Pair.project_id == pid, Pair.status == "retired"))
+        n_pairs = s.scalar(select(func.count(Pair.id)).where(Pair.project_id == pid))
+        # Throughput: judgments made in the app, not the imported ones (stamped with the import time).
+        made = s.execute(select(func.count(Judgment.id), func.count(func.distinct(Judgment.rater_id))).where(
+            Judgment.project_id == pid, Judgment.kind == "rater",
+            Judgment.submitted_at >= utcnow() - timedelta(days=1))).one()
+        imported = s.scalar(select(func.count(Judgment.id)).where(Judgment.project_id == pid,
+                                                                 Judgment.kind == "import"))
+    assert active < n_pairs and f"of {active} pairs complete" in summary and f"{n_retired} retired" in summary
+    assert imported > 0 and made[0] > 0
+    assert f"**Throughput:** {made[0]} judgments made in the app by {made[1]} raters" in summary
+
+
+def test_adding_an_existing_member_says_so_and_changes_nothing(site):
+    with GradioRaterClient(site.base + "/admin", "boss", "boss-pw") as admin:
+        before = data_state(site.url), audit_count(site.url)
+        message = admin.call("add_member", PROJECT, "ann")[0]
+        assert "already a member" in message and "is now a member" not in message
+        assert (data_state(site.url), audit_count(site.url)) == before
 
 
 def test_admin_only_login_gate():
@@ -220,6 +324,7 @@ def test_dashboard_in_chromium(site, tmp_path):
     shots = REPO / os.environ["PREFLOOP_SCREENSHOTS"] if os.environ.get("PREFLOOP_SCREENSHOTS") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     admin_mount = site.base + "/admin"
+    flagged = flag_next(site.url, site.ids["project"], site.ids["ann"], "graphic violence")
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         gradio_login(page, admin_mount, "boss", "boss-pw", "#pf-status h3")
@@ -251,6 +356,20 @@ def test_dashboard_in_chromium(site, tmp_path):
         page.wait_for_function(
             "id => ![...document.querySelectorAll(\"#pf-queue [data-testid$='-0']\")]"
             ".some(cell => cell.innerText.trim() === String(id))", arg=first)
+
+        # Flagged: select the flagged pair, read it with the flag's reason and rater, retire it
+        page.get_by_role("tab", name="Flagged", exact=True).click()
+        first_flag = page.locator("#pf-flagged [data-testid='cell-0-0']")
+        first_flag.wait_for()
+        assert int(first_flag.inner_text()) == flagged
+        assert "graphic violence" in page.locator("#pf-flagged").inner_text()
+        assert "ann" in page.locator("#pf-flagged").inner_text()
+        first_flag.click()
+        page.wait_for_function("s => document.querySelector('#pf-flag-a').innerText.includes(s)", arg=SECRET)
+        assert "question" in page.locator("#pf-flag-head").inner_text()
+        page.get_by_role("button", name="Retire", exact=True).click()
+        page.locator("#pf-flag-msg").get_by_text("retired").wait_for()
+        page.wait_for_function("() => !document.querySelector('#pf-flagged').innerText.includes('graphic violence')")
 
         # Payroll: a floor above bo's effective pay highlights him; the CSV comes back as a file
         page.get_by_role("tab", name="Payroll", exact=True).click()
@@ -306,5 +425,6 @@ def test_dashboard_in_chromium(site, tmp_path):
         assert PROJECT not in rater_page.content() and SECRET not in rater_page.content()
     with db.session_scope(site.url) as s:
         assert s.scalar(select(Judgment).where(Judgment.rationale == "decided in the browser")).choice == 2
+        assert s.get(Pair, flagged).status == "retired"
         made = s.scalar(select(Project).where(Project.name == "browser-made"))
         assert s.scalar(select(func.count(Prompt.id)).where(Prompt.project_id == made.id)) == 4

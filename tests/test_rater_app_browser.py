@@ -11,11 +11,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from collect import db
 from collect.formats import read_records
 from collect.ingest import import_dataset, import_records
+from apps.rater_app import SKIP_REASONS
 from collect.models import Assignment, Judgment, Rater
 from collect.projects import ProjectSettings, add_rater, create_project
 from tests.browser import chromium, gradio_login, running_server
@@ -55,7 +56,7 @@ def site(tmp_path_factory, data_dir):
     with db.session_scope(url) as s:
         kb = create_project(s, "keyboard", ProjectSettings(overlap=1, rubric=[{"name": "helpfulness"}]))
         import_dataset(s, kb, [{"prompt": f"question {i}", "response_a": f"answer a{i}",
-                                "response_b": f"answer b{i}"} for i in range(4)])
+                                "response_b": f"answer b{i}"} for i in range(6)])
         add_rater(s, "ann", "ann-pw", projects=[kb])
         xss = create_project(s, "xss", ProjectSettings(overlap=1, guidelines="<script>window.__pwned='guide'</script>"))
         import_dataset(s, xss, [{"prompt": "<img src=x onerror=\"window.__pwned='prompt'\"> question",
@@ -103,6 +104,10 @@ def _judge_by_keyboard(page, key: str) -> None:
     _wait_idle(page)
 
 
+def _both_bad_checked(page) -> bool:
+    return page.locator("#pf-both-bad input[type=checkbox]").is_checked()
+
+
 def test_keyboard_only_judging_and_undo(site):
     page = site["browser"].new_page()
     started = time.time()
@@ -120,15 +125,14 @@ def test_keyboard_only_judging_and_undo(site):
     _wait_idle(page)
     assert _screen_text(page, "#pf-conversation") == seen[2][1]  # the undone pair is back on screen
     finished = time.time()
-    page.close()
 
     with db.session_scope(site["url"]) as s:
-        ann = s.scalar(select(Rater).where(Rater.name == "ann"))
+        ann_id = s.scalar(select(Rater.id).where(Rater.name == "ann"))
         rows = [(j, s.get(Assignment, j.assignment_id), j) for j in
-                s.scalars(select(Judgment).where(Judgment.rater_id == ann.id).order_by(Judgment.id))]
+                s.scalars(select(Judgment).where(Judgment.rater_id == ann_id).order_by(Judgment.id))]
         rows = [(j, a, a.pair.prompt.conversation[-1]["content"], a.pair.response_a.content) for j, a, _ in rows]
         undone_prompts = [a.pair.prompt.conversation[-1]["content"] for a in s.scalars(
-            select(Assignment).where(Assignment.rater_id == ann.id, Assignment.status == "open"))]
+            select(Assignment).where(Assignment.rater_id == ann_id, Assignment.status == "open"))]
     assert len(rows) == 2  # three submitted, one taken back
     screen_choice = {"1": 2, "4": -1}
     for (key, conversation, left), (judgment, assignment, prompt, response_a) in zip(seen[:2], rows):
@@ -139,6 +143,39 @@ def test_keyboard_only_judging_and_undo(site):
         assert 0 < judgment.active_seconds <= finished - started  # server-measured, never more than wall time
         assert started - 1 <= judgment.submitted_at.timestamp() - _utc_offset() <= finished + 1
     assert len(undone_prompts) == 1 and undone_prompts[0] in seen[2][1]  # the undone pair is open again
+
+    # b toggles the both-bad flag; the undone pair is judged again, flagged both bad.
+    assert not _both_bad_checked(page)
+    for expected in (True, False, True):
+        page.keyboard.press("b")
+        page.wait_for_function("c => document.querySelector('#pf-both-bad input[type=checkbox]').checked === c",
+                               arg=expected)
+    _judge_by_keyboard(page, "2")
+    # s skips the next pair with the reason selected on screen, and a new pair is served.
+    reason = SKIP_REASONS[1]
+    page.locator("#pf-skip-reason").get_by_text(reason, exact=True).click()
+    page.locator("#pf-conversation").click()  # back on the page, out of the radio group
+    skipped_prompt, skipped_shown = _screen_text(page, "#pf-conversation"), _shown(page)
+    page.keyboard.press("s")
+    page.wait_for_function("b => document.querySelector('#pf-shown textarea, #pf-shown input').value !== b",
+                           arg=skipped_shown)
+    page.locator("#pf-banner").get_by_text("Skipped").wait_for()
+    last_shown = _shown(page)
+    assert last_shown and _screen_text(page, "#pf-conversation") not in ("", skipped_prompt)
+    page.close()
+
+    with db.session_scope(site["url"]) as s:
+        redone = s.scalar(select(Judgment).where(Judgment.rater_id == ann_id).order_by(Judgment.id.desc()).limit(1))
+        redone_prompt = s.get(Assignment, redone.assignment_id).pair.prompt.conversation[-1]["content"]
+        assert redone_prompt in seen[2][1]  # the undone pair, judged again
+        assert redone.both_bad is True  # b pressed three times
+        assert redone.choice == (1 if redone.left_is_a else -1)  # "2": the left response is better
+        skipped = s.get(Assignment, int(skipped_shown))
+        assert (skipped.rater_id, skipped.status, skipped.skip_reason) == (ann_id, "skipped", reason)
+        assert skipped.pair.prompt.conversation[-1]["content"] in skipped_prompt
+        assert s.scalar(select(func.count(Judgment.id)).where(Judgment.pair_id == skipped.pair_id)) == 0
+        (now_open,) = s.scalars(select(Assignment).where(Assignment.rater_id == ann_id, Assignment.status == "open"))
+        assert now_open.id == int(last_shown) and now_open.pair_id != skipped.pair_id
 
 
 def _utc_offset() -> float:
@@ -217,6 +254,17 @@ def test_sensitive_items_are_hidden_until_revealed(site):
         (assignment,) = s.scalars(select(Assignment).where(Assignment.rater_id == sam.id)).all()
         assert assignment.revealed_at is not None and assignment.status == "open"
         assert s.scalar(select(Judgment).where(Judgment.rater_id == sam.id)) is None
+
+    # His own page lists the project's sensitive categories, his opt-in ticked; he opts out there.
+    page.get_by_role("tab", name="My stats").click()
+    page.locator("#pf-opt-in").get_by_text("violence", exact=True).wait_for()
+    boxes = page.locator("#pf-opt-in input[type=checkbox]")
+    assert boxes.count() == 1 and boxes.first.is_checked()
+    boxes.first.uncheck()
+    page.get_by_role("button", name="Save my choice", exact=True).click()
+    page.locator("#pf-opt-in-msg").get_by_text("will not be shown").wait_for()
+    with db.session_scope(site["url"]) as s:
+        assert s.scalar(select(Rater.sensitive_opt_in).where(Rater.name == "sam")) == []
     page.close()
 
 

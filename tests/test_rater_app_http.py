@@ -20,7 +20,7 @@ from apps.rater_client import GradioRaterClient, RaterAPIError, RaterClient
 from collect import db
 from collect.assign import next_assignment, submit_judgment
 from collect.ingest import import_dataset
-from collect.models import Assignment, AuditEvent, Judgment, Pair, utcnow
+from collect.models import Assignment, AuditEvent, Judgment, Pair, Rater, utcnow
 from collect.projects import ProjectSettings, add_rater, create_project, get_project, update_project
 from tests.browser import running_server
 from tests.postgres import free_port
@@ -246,3 +246,55 @@ def test_trusted_header_mode(tmp_path):
             assert "Signed in as **sso-user**" in c.call("load")[0]
         with RaterClient(base_url, "sso-user", auth_header=header) as c:
             assert c.next(pid)["left"] in ("a", "b")
+
+
+def test_raters_change_only_their_own_sensitive_opt_ins(site):
+    with db.session_scope(site["url"]) as s:
+        care = create_project(s, "care", ProjectSettings(overlap=1))
+        import_dataset(s, care, [{"prompt": f"care question {tag}", "response_a": "a", "response_b": "b",
+                                  "tags": [f"sensitive:{tag}"]} for tag in ("Violence", "self-harm")])
+        add_rater(s, "olga", "o-pw", projects=[care])
+
+    def opt_ins() -> dict[str, list[str]]:
+        with db.session_scope(site["url"]) as s:
+            return dict(s.execute(select(Rater.name, Rater.sensitive_opt_in).where(Rater.external.is_(False))).all())
+
+    with GradioRaterClient(site["base_url"], "olga", "o-pw") as olga:
+        olga.call("load")  # her only project: her tab's server-side state now points at it
+        _, box, choices, _ = olga.call("stats", None)
+        assert box["visible"] is True  # the control shows: this project has sensitive categories
+        assert [value for _, value in choices["choices"]] == ["self-harm", "violence"] and choices["value"] == []
+        assert "violence" in olga.call("save_opt_in", None, ["violence"])[0]
+        with db.session_scope(site["url"]) as s:
+            event = s.scalar(select(AuditEvent).where(AuditEvent.action == "rater.sensitive_opt_in"))
+            assert event.details["rater"] == "olga" and event.details["after"] == ["violence"]
+        before = opt_ins()
+        assert before["olga"] == ["violence"]
+
+        attackers = {
+            "anonymous": GradioRaterClient(site["base_url"]),
+            "anonymous in olga's tab": GradioRaterClient(site["base_url"], session_hash=olga.session_hash),
+            "xavier in olga's tab": GradioRaterClient(site["base_url"], "xavier", "x-pw",
+                                                      session_hash=olga.session_hash),
+            "forged header": GradioRaterClient(site["base_url"], headers={"X-Forwarded-User": "olga"}),
+        }
+        for who, client in attackers.items():
+            with client:
+                for chosen in ([], ["self-harm"], ["self-harm", "violence"]):
+                    with pytest.raises(RaterAPIError) as refused:
+                        client.call("save_opt_in", None, chosen)
+                    if who != "xavier in olga's tab":
+                        assert refused.value.status == 401, who
+                    response = client.http.post("/gradio_api/run/save_opt_in",
+                                                json={"data": [None, chosen], "session_hash": client.session_hash})
+                    assert response.status_code != 200 or "Saved" not in response.text, (who, response.text)
+        # xavier in his own tab acts on his own record only: his project has no sensitive categories.
+        with GradioRaterClient(site["base_url"], "xavier", "x-pw") as xavier:
+            xavier.call("load")
+            assert xavier.call("stats", None)[1]["visible"] is False
+            with pytest.raises(RaterAPIError):
+                xavier.call("save_opt_in", None, ["violence"])
+        assert opt_ins() == before
+
+        olga.call("save_opt_in", None, [])  # and she can take it back
+        assert opt_ins() == {**before, "olga": []}

@@ -9,22 +9,25 @@ import pytest
 from collect.agreement import fleiss
 from collect.timeline import (
     agreement_over_time, judgments_over_time, pick_freq, plot_agreement_over_time, plot_judgments_over_time,
+    recent_throughput,
 )
 
 DAY = pd.Timestamp("2025-03-03")
 
 
 def frame(rows):
-    """rows: (pair_id, rater_id, choice, submitted_at, active_seconds)."""
-    return pd.DataFrame(rows, columns=["pair_id", "rater_id", "choice", "submitted_at", "active_seconds"])
+    """rows: (pair_id, rater_id, choice, submitted_at, active_seconds[, kind]); kind is "rater" unless given."""
+    rows = [tuple(r) + ("rater",) * (6 - len(r)) for r in rows]
+    return pd.DataFrame(rows, columns=["pair_id", "rater_id", "choice", "submitted_at", "active_seconds", "kind"])
 
 
 def test_judgments_per_day_with_empty_days_and_running_total():
     judged = frame([
         (1, 1, 1, DAY + pd.Timedelta(hours=9), 30.0),
         (1, 2, 1, DAY + pd.Timedelta(hours=17), 90.0),
-        (2, 1, -1, DAY + pd.Timedelta(days=2, hours=8), np.nan),  # untimed (imported): counts, adds no hours
+        (2, 1, -1, DAY + pd.Timedelta(days=2, hours=8), np.nan),  # no active time: counts, adds no hours
         (2, 3, 0, pd.NaT, 10.0),  # no time at all: left out
+        (3, 4, 1, DAY + pd.Timedelta(days=1, hours=1), np.nan, "import"),  # imported: stamped at import, left out
     ])
     table = judgments_over_time(judged, freq="D")
     assert list(table["period"]) == [DAY, DAY + pd.Timedelta(days=1), DAY + pd.Timedelta(days=2)]
@@ -66,3 +69,20 @@ def test_frequency_follows_the_span_and_plots_draw():
     assert labels[0] == "03-03 00:00"  # hourly periods are labelled with the hour, midnight included
     assert plot_agreement_over_time(agreement_over_time(judged)).axes
     assert plot_judgments_over_time(judgments_over_time(judged.iloc[:0])).axes  # "no judgments yet"
+
+
+def test_throughput_counts_only_judgments_made_in_the_app():
+    now = DAY + pd.Timedelta(days=3)
+    judged = frame([
+        (1, 1, 1, now - pd.Timedelta(hours=2), 30.0),
+        (1, 2, 1, now - pd.Timedelta(hours=30), 30.0),  # made in the app, but before the last 24 hours
+        (2, 3, -1, now - pd.Timedelta(minutes=5), np.nan, "import"),  # imported a moment ago
+        (2, 4, 1, now - pd.Timedelta(minutes=5), np.nan, "import"),
+        (3, 5, 2, now - pd.Timedelta(hours=1), np.nan, "adjudication"),
+    ])
+    assert recent_throughput(judged, now=now) == (1, 1)
+    assert recent_throughput(judged, window=pd.Timedelta(days=2), now=now) == (2, 2)
+    assert recent_throughput(judged.iloc[:0], now=now) == (0, 0)
+    table = judgments_over_time(judged, freq="D")
+    assert table["judgments"].sum() == 2 and table["cumulative"].iloc[-1] == 2
+    assert judgments_over_time(judged[judged["kind"] == "import"]).empty
