@@ -19,6 +19,9 @@ Resuming. A run is a "round" (named by `round_name`, by default a hash of the mo
 parameters). Prompts are processed `batch_size` at a time; each batch's responses, pairs and a
 `generate.batch` audit event naming its prompts are committed together, so a crash or Ctrl-C loses at
 most the batch in flight, and running the same command again skips the prompts already done.
+A prompt the HTTP server rejected for any model (400/413/422) is not marked done, so a rerun retries it;
+a run whose first batch has every request rejected stops there (a systematic problem, such as a parameter
+the server refuses, would otherwise finish "successfully" with no pairs); later batches go on regardless.
 No database transaction stays open while a model generates: on SQLite that would lock out the rater app.
 """
 
@@ -67,6 +70,9 @@ class GenerationSettings:
     alone is longer is skipped."""
     system_prompt: str | None = None
     """Prepended as a system message to prompts that have none."""
+    chat_template: str | None = None
+    """Local models: a Jinja chat template (the text, or a .jinja file) replacing the tokenizer's, for a model
+    that has none or the wrong one. An HTTP server applies its own template, so it cannot be given there."""
 
 
 @dataclass
@@ -181,7 +187,7 @@ class LocalBackend:
         from finetune.policy import load_policy
 
         self.settings = settings
-        self.model, self.tokenizer = load_policy(spec.model, spec.adapter)
+        self.model, self.tokenizer = load_policy(spec.model, spec.adapter, chat_template=settings.chat_template)
         if spec.adapter:
             # Folded into the weights, LoRA costs nothing per token; unmerged it more than doubles CPU time.
             self.model = self.model.merge_and_unload()
@@ -327,6 +333,30 @@ def _done_prompts(session: Session, project_id: int, round_name: str) -> set[int
     return done
 
 
+def _rejected_prompts(
+    batch: list[tuple[int, Conversation]], outputs: dict[tuple[int, int], list[Completion]],
+) -> set[int]:
+    """Prompts of the batch for which the server rejected at least one request."""
+    return {prompt_id for row, (prompt_id, _) in enumerate(batch)
+            if any(_is_rejection(completions[row]) for completions in outputs.values())}
+
+
+def _is_rejection(completion: Completion) -> bool:
+    # "too_long" is decided here, before any request: the prompt will never fit, so it counts as done.
+    return completion.error is not None and completion.error != "too_long"
+
+
+def _check_not_all_rejected(outputs: dict[tuple[int, int], list[Completion]], client: ChatClient | None) -> None:
+    """Stop when the server rejected every request of the first batch: nothing got through, so it is likely
+    not the prompts but the request itself."""
+    completions = [c for row in outputs.values() for c in row]
+    if client is None or not completions or not all(_is_rejection(c) for c in completions):
+        return
+    messages = sorted({c.error for c in completions})
+    raise UserError(f"{client.url}: the server rejected all {len(completions)} requests of a batch "
+                    f"({'; '.join(messages[:2])}); nothing of that batch was stored")
+
+
 # ----------------------------------------------------------------------------------------- generation
 
 
@@ -353,7 +383,7 @@ def generate(
     started = time.perf_counter()
     settings = settings or GenerationSettings()
     specs = [parse_model(m) for m in models]
-    _check(specs, settings)
+    _check(specs, settings, endpoint)
     round_name = round_name or default_round(specs, settings, endpoint)
     project_id = project.id  # read now: no ORM access may start a transaction while models generate
     selected = select_prompts(session, project, prompts, limit)
@@ -377,9 +407,14 @@ def generate(
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start:start + settings.batch_size]
             outputs = _run_batch(batch, specs, backends, settings, pool)
+            if start == 0:
+                _check_not_all_rejected(outputs, client)
             _store_batch(session, project_id, round_name, batch, specs, settings.samples, outputs, result)
+            # Only the prompts done here: a rejected one is left for the rerun to retry.
+            rejected = _rejected_prompts(batch, outputs)
             audit(session, "generate.batch", actor_id, project_id, round=round_name,
-                  prompt_ids=[i for i, _ in batch], models=[s.label for s in specs])
+                  prompt_ids=[i for i, _ in batch if i not in rejected], rejected_prompt_ids=sorted(rejected),
+                  models=[s.label for s in specs])
             session.commit()
             if progress:
                 progress(start + len(batch), len(todo))
@@ -401,7 +436,7 @@ def generate(
     return result
 
 
-def _check(specs: list[ModelSpec], settings: GenerationSettings) -> None:
+def _check(specs: list[ModelSpec], settings: GenerationSettings, endpoint: OpenAIEndpoint | None) -> None:
     if not specs:
         raise UserError("give at least one --model")
     labels = [s.label for s in specs]
@@ -413,6 +448,9 @@ def _check(specs: list[ModelSpec], settings: GenerationSettings) -> None:
         raise UserError("samples, batch_size and max_new_tokens must be at least 1")
     if settings.temperature < 0 or not 0 < settings.top_p <= 1:
         raise UserError("temperature must be >= 0 and top_p in (0, 1]")
+    if settings.chat_template is not None and endpoint is not None:
+        raise UserError("--chat-template applies to local models only: an HTTP server renders prompts with its own "
+                        "template (vLLM: --chat-template when starting the server)")
 
 
 def _run_batch(
@@ -514,6 +552,8 @@ def generate_command(
     batch_size: int = typer.Option(8, help="Prompts per batch (and per database commit)."),
     max_prompt_tokens: int = typer.Option(1024, help="Local models: drop the oldest turns of longer prompts."),
     system_prompt: Optional[str] = typer.Option(None, help="A system message for prompts that have none."),
+    chat_template: Optional[str] = typer.Option(None, help="Local models: a Jinja chat template (a .jinja file or "
+                                                "the text) for a model whose tokenizer has none or the wrong one."),
     round_name: Optional[str] = typer.Option(None, "--round", help="Name of this round; rerunning a round resumes "
                                              "it (default: derived from the models and sampling settings)."),
     base_url: Optional[str] = typer.Option(None, help="An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; "
@@ -535,7 +575,7 @@ def generate_command(
         raise UserError(f"no prefloop database at {db.database_url(url)}: run `prefloop init` first")
     settings = GenerationSettings(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, samples=samples, seed=seed, batch_size=batch_size,
-        max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt)
+        max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, chat_template=chat_template)
     endpoint = OpenAIEndpoint(base_url=base_url, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
                               concurrency=concurrency) if base_url else None
     console = Console()

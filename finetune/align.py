@@ -35,7 +35,7 @@ from rich.table import Table
 
 from collect.errors import UserError
 from finetune.policy import load_tokenizer, resolve
-from finetune.prompts import fit_prompts, read_preferences, read_prompts
+from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
 from finetune.training import RichProgress, is_main_process, pick_device, summarize_history, use_bf16
 
 METHODS = ("grpo", "rloo", "dpo", "bon")
@@ -54,8 +54,9 @@ class AlignConfig:
     """Everything an alignment run needs. Fields left as None take the method's default (METHOD_DEFAULTS)."""
 
     # Prompts: a JSONL/JSON/CSV/Parquet file or save_to_disk folder with a `prompt` column (a string or a
-    # list of {role, content} messages), a `datasets.Dataset`, or a list of conversations. For `dpo`: a
-    # preference dataset (TRL format: prompt, chosen, rejected, as collect/ exports it; or raw HH-RLHF).
+    # list of {role, content} messages), a `datasets.Dataset`, a list of conversations, or a project of the
+    # collection database (`finetune.prompts.ProjectPrompts`). For `dpo`: a preference dataset (TRL format:
+    # prompt, chosen, rejected, as collect/ exports it; or raw HH-RLHF), or a project's judged pairs.
     prompts: Any
     # Where the adapter, prefloop.json (and merged/) are written; created if missing.
     output_dir: str | Path
@@ -187,12 +188,12 @@ def training_data(config: AlignConfig, tokenizer) -> tuple[list, dict[str, Any]]
     """The checked, shuffled, length-fitted prompts (or preference rows for dpo), and counts for prefloop.json."""
     rng = random.Random(config.seed)
     if config.method == "dpo":
-        pairs = read_preferences(config.prompts)
+        pairs, ties = read_preferences(config.prompts)
         rng.shuffle(pairs)
         pairs = pairs[:config.max_prompts] if config.max_prompts else pairs
         fitted, kept = fit_prompts(tokenizer, [p["prompt"] for p in pairs], config.max_prompt_length, "preferences")
         rows = [dict(pairs[i], prompt=prompt) for prompt, i in zip(fitted, kept)]
-        return rows, {"pairs": len(rows), "dropped_too_long": len(pairs) - len(rows)}
+        return rows, {"pairs": len(rows), "dropped_too_long": len(pairs) - len(rows), "skipped_ties": ties}
     prompts = read_prompts(config.prompts)
     rng.shuffle(prompts)
     prompts = prompts[:config.max_prompts] if config.max_prompts else prompts
@@ -238,7 +239,8 @@ def write_manifest(
     settings = {f.name: getattr(config, f.name) for f in fields(config)}
     for name in ("prompts", "eval_prompts"):
         value = getattr(config, name)
-        settings[name] = str(value) if value is None or isinstance(value, (str, Path)) else f"<{type(value).__name__}>"
+        described = value is None or isinstance(value, (str, Path, ProjectPrompts))
+        settings[name] = str(value) if described else f"<{type(value).__name__}>"
     settings["output_dir"] = str(config.output_dir)
     manifest = {
         "kind": "prefloop.aligned_policy",

@@ -17,8 +17,12 @@ app = typer.Typer(help="Align a policy with PEFT (grpo, rloo, dpo, bon); `align 
 @app.callback(invoke_without_command=True)
 def run(
     ctx: typer.Context,
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompts file/folder with a 'prompt' column; "
-                                          "for dpo a preference dataset (prompt, chosen, rejected). Required."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompts file/folder with a 'prompt' column; for "
+                                          "dpo a preference dataset (prompt, chosen, rejected). This or --project."),
+    project: Optional[str] = typer.Option(None, "--project", help="Take the prompts (dpo: the judged pairs) from "
+                                          "this project of the collection database instead of --prompts."),
+    db_url: Optional[str] = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL of the "
+                                         "collection database, for --project (default ./prefloop.db)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Adapter directory to write (with prefloop.json). Required."),
     method: str = typer.Option("grpo", "--method", help="grpo | rloo | dpo | bon."),
     policy: str = typer.Option("smollm2-135m-instruct", "--policy", help="Alias, Hugging Face id or local path."),
@@ -48,13 +52,18 @@ def run(
     """Train a LoRA adapter that aligns POLICY to a reward model (grpo, rloo, bon) or to preferences (dpo)."""
     if ctx.invoked_subcommand is not None:
         return
-    for name, value in (("--prompts", prompts), ("--out", out)):
-        if value is None:
-            ctx.fail(f"Missing option '{name}' (required to train an adapter).")
+    if prompts is not None and project is not None:
+        ctx.fail("--prompts and --project are mutually exclusive: give one source of prompts.")
+    if prompts is None and project is None:
+        ctx.fail("Missing option '--prompts' or '--project' (required to train an adapter).")
+    if out is None:
+        ctx.fail("Missing option '--out' (required to train an adapter).")
     from finetune.align import AlignConfig, align
+    from finetune.prompts import ProjectPrompts
 
     align(AlignConfig(
-        prompts=prompts, output_dir=out, method=method, policy=policy, reward_model=reward,
+        prompts=prompts if project is None else ProjectPrompts(project, db_url), output_dir=out, method=method,
+        policy=policy, reward_model=reward,
         chat_template=chat_template, max_steps=max_steps, learning_rate=learning_rate, beta=beta,
         prompts_per_step=prompts_per_step, num_generations=num_generations, max_prompt_length=max_prompt_length,
         max_completion_length=max_completion_length, temperature=temperature, length_penalty=length_penalty,
@@ -77,7 +86,8 @@ def eval_(
     max_prompts: Optional[int] = typer.Option(64, "--max-prompts", help="Evaluate on the first N prompts."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: as in training."),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature for both policies."),
-    seed: int = typer.Option(0, "--seed", help="Prompt i uses seed + i for both policies."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed, the same for both policies: prompts are sampled 8 at "
+                             "a time, the 8 starting at prompt i with seed + i."),
     n_examples: int = typer.Option(3, "--examples", help="Side-by-side examples in the report."),
     out: Optional[str] = typer.Option(None, "--out", help="JSON report (default ADAPTER/evaluation.json; PNG beside)."),
 ) -> None:

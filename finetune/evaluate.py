@@ -53,7 +53,8 @@ class EvalConfig:
     temperature: float = 0.7
     # Nucleus sampling; keep 1.0 for a KL estimate of the full distributions.
     top_p: float = 1.0
-    # Prompt i is sampled with seed + i for both policies.
+    # Sampling seed, the same for both policies: the prompts are sampled `batch_size` at a time, and the chunk
+    # that starts at prompt i is seeded with seed + i (finetune.sampling.sample).
     seed: int = 0
     # Sequences per generate / forward call.
     batch_size: int = 8

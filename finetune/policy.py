@@ -119,7 +119,8 @@ def load_policy(
     path = resolve(policy)
     check_causal_lm(path, policy)
     device = device or pick_device()
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    # "cuda:1" under `accelerate launch`: each rank's own GPU.
+    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else policy
     tokenizer = load_tokenizer(tokenizer_source, chat_template)

@@ -2,12 +2,14 @@
 
 Prompts come as a file (JSONL, JSON, CSV, Parquet, or a `save_to_disk` folder), a `datasets.Dataset`,
 or a Python list; each row has a `prompt` that is a string (one user turn) or a list of messages.
-A list of conversations is accepted as it is, which is how callers holding prompts in the collection
-database pass them in.
+A list of conversations is accepted as it is. `ProjectPrompts` names a project in the collection
+database instead: its prompts, or for DPO its judged pairs, exported as `prefloop export` would.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -17,6 +19,53 @@ from collect.errors import UserError
 from collect.formats import detect_format, parse_conversation, read_records, read_table, records_from_dataset
 
 Conversation = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class ProjectPrompts:
+    """A project in the collection database as the source of prompts (and, for dpo, of preference pairs)."""
+
+    project: str
+    """The project's name or id."""
+    db: str | None = None
+    """SQLAlchemy URL of the database; None: $PREFLOOP_DB, else ./prefloop.db."""
+
+    def __str__(self) -> str:
+        # What prefloop.json records: never the URL, which may hold a password.
+        return f"project:{self.project}"
+
+
+def _project_prompts(source: ProjectPrompts) -> list[Conversation]:
+    """The project's prompts that end with a user turn (the others have nothing to answer), in id order."""
+    from collect.generate import select_prompts
+
+    with _project_session(source) as (session, project):
+        return [c for _, c in select_prompts(session, project) if c and c[-1]["role"] == "user"]
+
+
+def _project_preferences(source: ProjectPrompts) -> tuple[list[dict[str, Any]], int]:
+    """The project's judged pairs as `prefloop export` writes them (default majority vote), and how many
+    pairs came out as ties or both-bad (no preference)."""
+    from collect.export import preference_rows
+
+    with _project_session(source) as (session, project):
+        rows, ties, counts = preference_rows(session, project)
+    if not rows:
+        raise UserError(f"{source}: no judged preference pairs to train on ({len(ties)} ties or both-bad, "
+                        f"{counts['unjudged']} unjudged)")
+    return rows, len(ties)
+
+
+@contextmanager
+def _project_session(source: ProjectPrompts) -> Iterator[tuple[Any, Any]]:
+    """(session, project) for `source`; UserError when there is no database or no such project."""
+    from collect import db
+    from collect.projects import get_project
+
+    if not db.is_initialized(source.db):
+        raise UserError(f"no prefloop database at {db.database_url(source.db)}: run `prefloop init` first")
+    with db.session_scope(source.db) as session:
+        yield session, get_project(session, source.project)
 
 
 def read_prompts(source: Any, limit: int | None = None) -> list[Conversation]:
@@ -37,10 +86,14 @@ def _checked(value: Any, where: str) -> Conversation:
 
 
 def _name(source: Any) -> str:
-    return str(source) if isinstance(source, (str, Path)) else type(source).__name__
+    return str(source) if isinstance(source, (str, Path, ProjectPrompts)) else type(source).__name__
 
 
 def _prompt_values(source: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(source, ProjectPrompts):
+        for i, conversation in enumerate(_project_prompts(source), start=1):
+            yield f"{source}: prompt {i}", conversation
+        return
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
@@ -80,13 +133,19 @@ def _load_from_disk(path: Path):
     return dataset
 
 
-def read_preferences(source: Any, limit: int | None = None) -> list[dict[str, Conversation]]:
-    """Preference pairs as TRL's conversational rows: `prompt`, `chosen` and `rejected` message lists.
+def read_preferences(source: Any, limit: int | None = None) -> tuple[list[dict[str, Conversation]], int]:
+    """Preference pairs as TRL's conversational rows (`prompt`, `chosen` and `rejected` message lists), and
+    the number of ties skipped.
 
-    Accepts what collect/ exports (TRL format, plain or conversational) and raw HH-RLHF files. A pair whose
-    judgments favour the second response is flipped; a tie teaches nothing to DPO and is skipped.
+    Accepts what collect/ exports (TRL format, plain or conversational), raw HH-RLHF files, and a project in
+    the collection database. A pair whose judgments favour the second response is flipped; a tie (or, from
+    a project, a pair most raters marked both-bad) teaches nothing to DPO and is skipped.
     """
-    if isinstance(source, (str, Path)):
+    ties = 0
+    if isinstance(source, ProjectPrompts):
+        exported, ties = _project_preferences(source)
+        records = records_from_dataset(exported, "trl", str(source))
+    elif isinstance(source, (str, Path)):
         path = Path(source)
         fmt = "hh-rlhf" if path.is_file() and detect_format(path) == "hh-rlhf" else "trl"
         records = read_records(path, fmt)
@@ -98,6 +157,7 @@ def read_preferences(source: Any, limit: int | None = None) -> list[dict[str, Co
             raise UserError(f"{record.where}: a preference row needs both 'chosen' and 'rejected'")
         vote = sum(j.choice for j in record.judgments)
         if vote == 0:
+            ties += 1
             continue
         chosen, rejected = (record.response_a, record.response_b) if vote > 0 else (record.response_b, record.response_a)
         rows.append({
@@ -107,7 +167,7 @@ def read_preferences(source: Any, limit: int | None = None) -> list[dict[str, Co
         })
     if not rows:
         raise UserError(f"{_name(source)}: no preference pairs (all rows are ties)")
-    return rows[:limit] if limit else rows
+    return (rows[:limit] if limit else rows), ties
 
 
 def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: Conversation, max_tokens: int) -> Conversation | None:

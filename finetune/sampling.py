@@ -31,8 +31,12 @@ def sample(
     seed: int = 0,
     batch_size: int = 8,
 ) -> Samples:
-    """Sample `n` responses per prompt. Each prompt gets its own seed (seed + index), so the same call on
-    two models (base and aligned) draws the same random numbers for the same prompt, whatever the batching.
+    """Sample `n` responses per prompt.
+
+    Prompts go to `generate` `batch_size // n` at a time (at least one), and each such chunk is seeded with
+    `seed` + the index of its first prompt: the same call on two models (base and aligned) draws the same
+    random numbers for the same prompt. A prompt's draws depend on its chunk, so changing `batch_size` or `n`
+    changes the samples.
     """
     texts: list[list[str]] = []
     token_ids: list[list[list[int]]] = []

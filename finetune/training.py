@@ -50,6 +50,8 @@ def common_trainer_args(
         gradient_accumulation_steps=gradient_accumulation_steps,
         seed=seed,
         bf16=use_bf16(),
+        # No CUDA: say it is a CPU run, so Transformers neither refuses bf16 nor picks another accelerator.
+        use_cpu=not torch.cuda.is_available(),
         # TRL turns checkpointing on by default (through the deprecated alias gradient_checkpointing, which
         # the new name overrides): it saves memory a 135M model does not need and costs ~20% time.
         activation_checkpointing=False,

@@ -47,8 +47,21 @@ def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: floa
 
 
 def _accuracy_entry(correct: np.ndarray, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    if not len(correct):  # an empty slice (no pair where chosen is shorter, say) has no accuracy: null, not NaN
+        return {"n": 0, "accuracy": None, "ci": [None, None]}
     lo, hi = bootstrap_interval(correct, n_bootstrap, seed=seed)
-    return {"n": int(len(correct)), "accuracy": float(np.mean(correct)) if len(correct) else None, "ci": [lo, hi]}
+    return {"n": int(len(correct)), "accuracy": float(np.mean(correct)), "ci": [lo, hi]}
+
+
+def _strict_json(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None: JSON has no NaN, and strict readers reject it."""
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def calibration(diff: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
@@ -182,7 +195,7 @@ def evaluate_reward_model(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "eval.json").write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False) + "\n")
         plot_reliability(report, out / "reliability.png")
         plot_accuracy(report, out / "accuracy.png")
         report["files"] = [str(out / "eval.json"), str(out / "reliability.png"), str(out / "accuracy.png")]

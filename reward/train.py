@@ -35,7 +35,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,8 @@ class RewardTrainingConfig:
     time_budget_s: float | None = None
     """Stop training after this many seconds of wall-clock time (then evaluate and keep the best)."""
     precision: str = "auto"
-    """'auto' (bf16 on a GPU that has it, fp16 on an older GPU, fp32 on CPU), 'fp32', 'bf16' or 'fp16'."""
+    """'auto' (bf16 on a GPU that has it, fp16 on an older GPU, fp32 on CPU), 'fp32', 'bf16' or 'fp16'.
+    'bf16' without a GPU trains in CPU bf16 autocast (works, but slower than fp32); 'fp16' needs a GPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third slower."""
     disable_dropout: bool = True
@@ -108,6 +109,8 @@ class RewardTrainingConfig:
     """Seed for the held-out split, the head's initialisation and the data order."""
     progress: bool = True
     """Show a Rich progress bar and print a summary at the end."""
+    callbacks: list[Any] = field(default_factory=list)
+    """More `transformers.TrainerCallback`s (logging, early stopping), run after prefloop's own."""
 
 
 @dataclass
@@ -320,7 +323,7 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
     callbacks = [TimeBudget(config.time_budget_s), keep_best]
     if config.progress:
         callbacks.append(RichProgress())
-    return callbacks, keep_best
+    return callbacks + list(config.callbacks), keep_best
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -387,6 +390,9 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         lr_scheduler_type=config.lr_scheduler_type,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        # Without a GPU, Transformers refuses bf16 unless told the run is on CPU; then it trains in CPU bf16
+        # autocast. Without it, a machine with another accelerator (MPS) would be picked over the CPU.
+        use_cpu=not torch.cuda.is_available(),
         # TRL's config still defaults the deprecated alias gradient_checkpointing to True; the new name wins.
         activation_checkpointing=config.gradient_checkpointing,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -503,7 +509,9 @@ def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path,
         "pairs_per_second": round(result.pairs_per_second, 3),
         "precision": precision,
         "learning_rate": learning_rate,
-        "config": {k: v for k, v in asdict(config).items() if k not in ("data", "eval_data")}
+        # fields(), not asdict(): asdict would deep-copy the datasets and callbacks only to drop them.
+        "config": {f.name: getattr(config, f.name) for f in fields(config)
+                   if f.name not in ("data", "eval_data", "callbacks")}
         | {"data": _describe(config.data), "eval_data": _describe(config.eval_data)},
         "versions": {"transformers": transformers.__version__, "trl": trl.__version__,
                      "peft": peft.__version__, "torch": torch.__version__},

@@ -4,7 +4,7 @@ It speaks enough of the protocol for prefloop (`POST /v1/chat/completions`, Open
 and misbehaves on request:
 - `faults`: a queue of faults served to the next requests, one each: "429" (rate limited, with
   Retry-After), "500" / "502" / "503", "slow" (answers after `slow_seconds`, later than a short client
-  timeout), "drop" (closes the connection without answering);
+  timeout), "drop" (closes the connection without answering), "400" (rejects that one request as invalid);
 - `delay`: every answer takes this long (to observe how many requests are in flight at once);
 - `api_key`: requests without `Authorization: Bearer <api_key>` get 401;
 - a model not in `models` gets 404; a user message containing "TOO_LONG" gets 400 (context length).
@@ -116,6 +116,8 @@ class FakeOpenAI:
                     return None
                 if fault == "429":
                     return self._error(429, "Rate limit reached", {"Retry-After": fake.retry_after})
+                if fault == "400":
+                    return self._error(400, "Invalid request (a fault injected by the test)")
                 if fault in ("500", "502", "503"):
                     return self._error(int(fault), "The server had an error")
                 if fault == "slow":

@@ -34,7 +34,8 @@ def preference_rows(n: int = 8) -> list[dict]:
 
 
 def greedy(model, tokenizer, prompt) -> list[int]:
-    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True).to(model.device)  # load_policy puts it on a GPU if any
     out = model.generate(**ids, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id)
     return out[0, ids["input_ids"].shape[1]:].tolist()
 
@@ -68,23 +69,50 @@ def test_method_saves_an_adapter_that_reloads_and_changes_generations(models, tm
         base = [greedy(model, tokenizer, p) for p in PROBES]
     assert aligned != base
 
-    if method == "dpo":  # the merged model computes what base + adapter computes
+    if method == "dpo":  # the merged model computes what base + adapter computes (both fp32 on the CPU)
         from transformers import AutoModelForCausalLM
 
         merged = AutoModelForCausalLM.from_pretrained(result.merged_dir).eval()
+        model, _ = load_policy(models["policy"], str(result.output_dir), device="cpu")
         ids = tokenizer.apply_chat_template(PROBES[0], add_generation_prompt=True, return_tensors="pt",
                                             return_dict=True)["input_ids"]
         with torch.no_grad():
             assert torch.allclose(merged(ids).logits, model(input_ids=ids).logits, atol=1e-4)
 
 
-def test_grpo_length_penalty_and_bon_stats(models, tmp_path):
+def test_grpo_length_penalty(models, tmp_path):
     result = align(small_config(models, "grpo", tmp_path / "lp", length_penalty=0.5, max_steps=1))
     # One reward per function is logged; the total reward includes -0.5 per token (>= 1 token each).
     assert result.metrics["first_reward"] < -0.4
-    bon = align(small_config(models, "bon", tmp_path / "bon", max_steps=1))
-    assert bon.metrics["bon_mean_reward_best"] >= bon.metrics["bon_mean_reward_all"]
-    assert bon.metrics["bon_prompts"] == 2  # max_steps * prompts_per_step prompts are sampled
+
+
+def test_best_of_n_fine_tunes_on_the_highest_scored_sample(models, tmp_path):
+    """The SFT rows are exactly, per prompt, the sample the reward model scores highest."""
+    from finetune.best_of_n import best_responses
+    from finetune.rewards import load_scorer
+    from finetune.sampling import sample
+
+    config = small_config(models, "bon", tmp_path / "bon", num_generations=4, temperature=1.0)
+    prompts = [[{"role": "user", "content": p}] for p in PROMPTS]
+    model, tokenizer = load_policy(models["policy"])
+    scorer = load_scorer(models["reward"], device="cpu")
+    rows, stats = best_responses(config, model, tokenizer, prompts, scorer)
+
+    # The same draws (same seed and settings), each sample scored on its own.
+    samples = sample(model, tokenizer, prompts, n=4, max_new_tokens=config.max_completion_length,
+                     temperature=1.0, seed=config.seed)
+    expected, picks, best_rewards = [], [], []
+    for prompt, texts in zip(prompts, samples.texts):
+        candidates = [t for t in texts if t]
+        rewards = [float(scorer.score([prompt + [{"role": "assistant", "content": t}]]).mean[0]) for t in candidates]
+        pick = max(range(len(candidates)), key=rewards.__getitem__)
+        expected.append({"prompt": prompt, "completion": [{"role": "assistant", "content": candidates[pick]}]})
+        picks.append(pick)
+        best_rewards.append(rewards[pick])
+    assert rows == expected
+    assert any(pick != 0 for pick in picks)  # taking the first sample would not pass
+    assert stats["bon_prompts"] == len(PROMPTS)
+    assert stats["bon_mean_reward_best"] == pytest.approx(sum(best_rewards) / len(best_rewards), abs=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -105,7 +133,7 @@ def test_win_rate_kl_and_interval_by_hand():
 
 
 def test_sequence_logprobs_match_a_hand_computed_sum(models):
-    model, tokenizer = load_policy(models["policy"])
+    model, tokenizer = load_policy(models["policy"], device="cpu")  # fp32: the check is to 1e-4
     prompt = PROBES[0]
     completion = tokenizer("Paris", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
@@ -270,3 +298,69 @@ def test_cli_run_and_eval(models, tmp_path):
     assert isinstance(result.exception, UserError)
     result = runner.invoke(app, ["--method", "dpo", "--prompts", str(prefs)])
     assert result.exit_code == 2 and "'--out'" in result.output and "required" in result.output
+
+
+# ------------------------------------------------------------------------------- prompts from a project
+
+
+def project_rows() -> list[dict]:
+    """Three bare prompts, one that ends with the assistant (nothing to answer), and three judged pairs."""
+    return [{"prompt": p} for p in PROMPTS[:3]] + [
+        {"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"prompt": "Say hello", "response_a": "Hello!", "response_b": "Go away.", "choice": "A>B", "rater": "r1"},
+        {"prompt": "Say bye", "response_a": "Bye.", "response_b": "Goodbye, take care!", "choice": "B>>A",
+         "rater": "r1"},
+        {"prompt": "Say what", "response_a": "What?", "response_b": "Pardon?", "choice": "tie", "rater": "r1"},
+    ]
+
+
+@pytest.fixture
+def project_db(sqlite_url) -> str:
+    from collect import db
+    from collect.ingest import import_dataset
+    from collect.projects import ProjectSettings, create_project
+
+    with db.session_scope(sqlite_url) as s:
+        import_dataset(s, create_project(s, "hh", ProjectSettings(overlap=1)), project_rows())
+    return sqlite_url
+
+
+def test_prompts_and_preferences_from_a_project(models, project_db, tmp_path):
+    from finetune.align import training_data
+    from finetune.prompts import ProjectPrompts
+
+    source = ProjectPrompts("hh", project_db)
+    answerable = PROMPTS[:3] + ["Say hello", "Say bye", "Say what"]
+    assert read_prompts(source) == [[{"role": "user", "content": p}] for p in answerable]
+    tokenizer = load_tokenizer(models["policy"])
+    _, stats = training_data(small_config(models, "bon", tmp_path / "bon", prompts=source), tokenizer)
+    assert stats == {"prompts": 6, "dropped_too_long": 0, "prompts_sampled": 6}  # max_steps 3 x 2 per step
+    # dpo takes the judged pairs as `prefloop export` does: the tie is skipped, and counted.
+    rows, stats = training_data(small_config(models, "dpo", tmp_path / "dpo", prompts=source), tokenizer)
+    assert stats == {"pairs": 2, "dropped_too_long": 0, "skipped_ties": 1}
+    chosen = {r["prompt"][0]["content"]: r["chosen"][0]["content"] for r in rows}
+    assert chosen == {"Say hello": "Hello!", "Say bye": "Goodbye, take care!"}
+    with pytest.raises(UserError, match="no project 'nope'"):
+        read_prompts(ProjectPrompts("nope", project_db))
+    with pytest.raises(UserError, match="no prefloop database"):
+        read_prompts(ProjectPrompts("hh", f"sqlite:///{tmp_path / 'none.db'}"))
+
+
+def test_cli_align_on_a_project(models, project_db, tmp_path):
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    out = tmp_path / "from-project"
+    runner = CliRunner()
+    result = runner.invoke(app, ["--project", "hh", "--db", project_db, "--method", "bon", "--policy",
+                                 models["policy"], "--reward", models["reward"], "--out", str(out), "--max-steps", "1",
+                                 "--num-generations", "2", "--max-completion-length", "4"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    manifest = json.loads((out / "prefloop.json").read_text())
+    assert manifest["config"]["prompts"] == "project:hh"  # the database URL is not written
+    assert manifest["data"]["prompts"] == 6 and manifest["data"]["prompts_sampled"] == 2
+    both = runner.invoke(app, ["--project", "hh", "--prompts", "p.jsonl", "--out", str(out)])
+    assert both.exit_code == 2 and "mutually exclusive" in both.output
+    neither = runner.invoke(app, ["--out", str(out)])
+    assert neither.exit_code == 2 and "'--prompts' or '--project'" in neither.output

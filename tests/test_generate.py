@@ -6,17 +6,18 @@ import json
 from collections import Counter
 
 import pytest
+import torch
 from sqlalchemy import func, select
 
 from collect import db
 from collect.errors import UserError
 from collect.generate import GenerationSettings, generate, parse_model
 from collect.ingest import import_dataset
-from collect.models import Pair, Prompt, Response
+from collect.models import AuditEvent, Pair, Prompt, Response
 from collect.openai_backend import OpenAIEndpoint
 from collect.projects import ProjectSettings, create_project, get_project
 from tests.fake_openai_server import FakeOpenAI
-from tests.tiny_models import tiny_causal_lm
+from tests.tiny_models import CHAT_TEMPLATE, tiny_causal_lm
 
 QUESTIONS = [f"question number {i}?" for i in range(5)]
 
@@ -110,6 +111,14 @@ def test_http_gives_up_after_retries_and_a_rerun_resumes(db_url):
     assert (again.already_done, again.pairs, again.responses) == (5, 0, 0)
 
 
+def done_prompts(url: str, project_id: int) -> list[str]:
+    """The prompts the `generate.batch` audit events record as done, by text."""
+    with db.session_scope(url) as s:
+        ids = [i for d in s.scalars(select(AuditEvent.details).where(AuditEvent.action == "generate.batch"))
+               for i in d["prompt_ids"]]
+        return sorted(s.get(Prompt, i).conversation[-1]["content"] for i in ids)
+
+
 def test_http_rejected_prompt_is_skipped_but_bad_key_and_unknown_model_stop(sqlite_url, monkeypatch):
     pid = make_project(sqlite_url, ["fine question", "TOO_LONG " * 3, "another one"])
     with FakeOpenAI(api_key="right") as server:
@@ -120,8 +129,53 @@ def test_http_rejected_prompt_is_skipped_but_bad_key_and_unknown_model_stop(sqli
         with pytest.raises(UserError, match="HTTP 404: The model 'gamma' does not exist"):
             run(sqlite_url, pid, ["alpha", "gamma"], endpoint=endpoint(server))
         result = run(sqlite_url, pid, ["alpha", "beta"], endpoint=endpoint(server))
-    assert (result.pairs, result.rejected) == (2, 2)
-    assert sorted(q for q, *_ in pairs_of(sqlite_url, pid)) == ["another one", "fine question"]
+        assert (result.pairs, result.rejected) == (2, 2)
+        assert sorted(q for q, *_ in pairs_of(sqlite_url, pid)) == ["another one", "fine question"]
+        # The rejected prompt is not recorded as done: the rerun of the round sends it again, and only it.
+        # Alone in its batch and rejected again, it stops the rerun with the server's reason.
+        assert done_prompts(sqlite_url, pid) == ["another one", "fine question"]
+        sent = len(server.requests)
+        with pytest.raises(UserError, match="rejected all 2 requests of a batch.*maximum context length"):
+            run(sqlite_url, pid, ["alpha", "beta"], endpoint=endpoint(server))
+        assert [r["messages"][-1]["content"] for r in server.requests[sent:]] == ["TOO_LONG " * 3] * 2
+
+
+def test_http_request_rejected_once_is_retried_by_the_rerun(sqlite_url):
+    pid = make_project(sqlite_url, QUESTIONS[:3])
+    with FakeOpenAI() as server:
+        server.faults.append("400")
+        first = run(sqlite_url, pid, ["alpha", "beta"], endpoint=endpoint(server))
+        assert (first.pairs, first.rejected, first.responses) == (2, 1, 5)
+        assert len(done_prompts(sqlite_url, pid)) == 2
+        second = run(sqlite_url, pid, ["alpha", "beta"], endpoint=endpoint(server))
+    # The rerun asks only for the prompt that was rejected and completes its pair.
+    assert (second.already_done, second.pairs, second.rejected) == (2, 1, 0)
+    assert len(server.requests) == 6 + 2
+    assert sorted(q for q, *_ in pairs_of(sqlite_url, pid)) == QUESTIONS[:3]
+    assert done_prompts(sqlite_url, pid) == QUESTIONS[:3]
+
+
+def test_http_first_batch_rejected_in_full_stops_with_the_server_message(sqlite_url):
+    # Every request of the run's first batch refused: the request itself is wrong, so stop and say why.
+    pid = make_project(sqlite_url, ["TOO_LONG one", "fine question"])
+    settings = GenerationSettings(batch_size=1)
+    with FakeOpenAI() as server:
+        with pytest.raises(UserError, match=r"rejected all 2 requests of a batch \(HTTP 400: This model's maximum "
+                                            r"context length is 2048 tokens\)") as e:
+            run(sqlite_url, pid, ["alpha", "beta"], settings=settings, endpoint=endpoint(server))
+    assert "\n" not in str(e.value)
+    assert pairs_of(sqlite_url, pid) == [] and done_prompts(sqlite_url, pid) == []
+
+
+def test_http_later_batch_rejected_in_full_is_left_for_the_rerun(sqlite_url):
+    # After a batch got through, a refused prompt is the prompt's problem: the run goes on without it.
+    pid = make_project(sqlite_url, ["fine question", "TOO_LONG one", "another fine question"])
+    settings = GenerationSettings(batch_size=1)
+    with FakeOpenAI() as server:
+        result = run(sqlite_url, pid, ["alpha", "beta"], settings=settings, endpoint=endpoint(server))
+    assert result.rejected == 2 and result.pairs == 2
+    assert sorted(q for q, *_ in pairs_of(sqlite_url, pid)) == ["another fine question", "fine question"]
+    assert sorted(done_prompts(sqlite_url, pid)) == ["another fine question", "fine question"]
 
 
 def test_http_concurrency_limit_is_respected(sqlite_url):
@@ -216,8 +270,12 @@ def test_local_models_with_adapter_record_parameters_and_reproduce(sqlite_url, t
     assert (result.responses, result.pairs, result.empty) == (9, 9, 0)  # 3 models: 3 pairs a prompt
     gens = {a: g for _, a, _, _, g, _ in pairs_of(sqlite_url, pid)}
     assert gens["base"]["adapter"] is None and gens["tuned"]["adapter"] == adapter
+    # The device is chosen automatically: a GPU when there is one (bf16 where it supports it), else the CPU.
+    device, dtype = "cpu", "float32"
+    if torch.cuda.is_available():
+        device, dtype = "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     for gen in gens.values():
-        assert gen["backend"] == "transformers" and gen["device"] == "cpu" and gen["dtype"] == "float32"
+        assert gen["backend"] == "transformers" and gen["device"].split(":")[0] == device and gen["dtype"] == dtype
         assert (gen["max_new_tokens"], gen["temperature"], gen["top_p"], gen["do_sample"]) == (6, 1.0, 0.9, True)
         assert gen["round"] == result.round and len(gen["batch_prompt_ids"]) in (1, 2)
         assert gen["completion_tokens"] <= 6 and gen["finish_reason"] in ("stop", "length")
@@ -262,3 +320,37 @@ def test_local_long_prompts_lose_old_turns_or_are_skipped(sqlite_url, tiny_model
     assert (result.pairs, result.too_long) == (1, 2)  # the 400-word question does not fit either model
     (_, _, _, _, gen, _), = pairs_of(sqlite_url, pid)
     assert 0 < gen["prompt_turns_dropped"] < len(long_chat) and gen["prompt_tokens"] <= 60
+
+
+def test_local_model_without_chat_template_needs_and_takes_one(sqlite_url, tiny_models, tmp_path):
+    """A base model with no chat template: generate says to pass --chat-template, and with one it works."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+
+    base, other, _ = tiny_models
+    bare = tmp_path / "bare"
+    shutil.copytree(base, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    pid = make_project(sqlite_url, QUESTIONS[:2])
+    settings = GenerationSettings(max_new_tokens=4)
+    with pytest.raises(UserError, match="no chat template; pass one with --chat-template"):
+        run(sqlite_url, pid, [str(bare), other], settings=settings)
+
+    template = tmp_path / "chat.jinja"
+    template.write_text(CHAT_TEMPLATE)
+    cli = CliRunner().invoke(app, ["generate", "--project", "gen", "--model", f"bare={bare}", "--model",
+                                   f"other={other}", "--max-new-tokens", "4", "--chat-template", str(template),
+                                   "--db", sqlite_url])
+    assert cli.exit_code == 0, cli.output + repr(cli.exception)
+    with db.session_scope(sqlite_url) as s:
+        assert s.scalar(select(func.count(Response.id)).where(Response.model == "bare")) == 2
+    assert len(pairs_of(sqlite_url, pid)) == 2
+    with pytest.raises(UserError, match="local models only"):
+        run(sqlite_url, pid, ["alpha", "beta"], settings=GenerationSettings(chat_template=CHAT_TEMPLATE),
+            endpoint=OpenAIEndpoint(base_url="http://127.0.0.1:9/v1"))

@@ -58,6 +58,7 @@ def trained(tmp_path_factory, tiny_rm):
         eval_data=datasets.Dataset.from_list(eval_rows),
         base_model=tiny_rm, output_dir=str(out), max_length=48, learning_rate=3e-3,
         num_train_epochs=2, batch_size=16, eval_batch_size=32, progress=False,
+        precision="fp32",  # pinned: the tests compare the trainer's numbers with the scorer's to 1e-4
     ))
     return result, eval_rows
 
@@ -136,16 +137,88 @@ def test_encoder_without_chat_template_keeps_cls_and_sep(tmp_path):
     assert tokenizer.decode(ids[-3:-1]) == "final answer"
 
 
-def test_encoder_backbone_trains_and_scores(tmp_path):
+def swapped(rows: list[dict]) -> list[dict]:
+    """The same pairs with chosen and rejected exchanged: the opposite rule."""
+    return [dict(r, chosen=r["rejected"], rejected=r["chosen"]) for r in rows]
+
+
+def held_out_accuracy(model, rows: list[dict], **scorer_args) -> float:
+    chosen, rejected = RewardScorer(model, device="cpu", **scorer_args).score_pairs(datasets.Dataset.from_list(rows))
+    return float(((chosen.mean - rejected.mean) > 0).mean())
+
+
+def test_encoder_backbone_learns_the_rule(tmp_path):
     """The encoder path end to end (minilm-l6's tokenizer, a tiny random BERT), full fine-tuning."""
     base = tiny_encoder_reward_model(tmp_path / "bert")
+    train_rows, eval_rows = rule_pairs(64), rule_pairs(32, seed=1)
+    # The pairs differ in one word, so even a random model ranks them all one way: teach it the way it
+    # does not rank them yet, or a model that learned nothing would pass.
+    if held_out_accuracy(base, eval_rows, max_length=32) > 0.5:
+        train_rows, eval_rows = swapped(train_rows), swapped(eval_rows)
+    assert held_out_accuracy(base, eval_rows, max_length=32) < 0.5
     result = train_reward_model(RewardTrainingConfig(
-        data=datasets.Dataset.from_list(rule_pairs(64)), base_model=base, output_dir=str(tmp_path / "out"),
-        max_length=32, max_steps=4, batch_size=16, learning_rate=1e-3, eval_fraction=0.25, progress=False,
+        data=datasets.Dataset.from_list(train_rows), eval_data=datasets.Dataset.from_list(eval_rows),
+        base_model=base, output_dir=str(tmp_path / "out"), max_length=32, max_steps=8, batch_size=16,
+        learning_rate=1e-3, precision="fp32", progress=False,
     ))
-    assert result.n_train + result.n_eval == 64
-    scores = RewardScorer(result.output_dir).score([rule_pairs(1)[0]["prompt"] + rule_pairs(1)[0]["chosen"]])
-    assert np.isfinite(scores.mean).all()
+    assert result.n_train == 64 and result.n_eval == 32
+    assert result.metrics["eval_accuracy"] >= 0.9
+    assert held_out_accuracy(result.output_dir, eval_rows) == result.metrics["eval_accuracy"]
+
+
+def test_bf16_trains_without_a_gpu(tmp_path, tiny_rm):
+    """--precision bf16 on a machine with no GPU trains in CPU bf16 autocast instead of stopping in Transformers."""
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.update(bf16=args.bf16, device=args.device.type)
+
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(16)), base_model=tiny_rm, output_dir=str(tmp_path / "bf16"),
+        eval_fraction=0, max_length=32, max_steps=2, batch_size=8, precision="bf16", callbacks=[Spy()],
+        progress=False,
+    ))
+    assert seen == {"bf16": True, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    assert math.isfinite(result.metrics["train_loss"])
+    assert json.loads((tmp_path / "bf16" / "prefloop.json").read_text())["precision"] == "bf16"
+
+
+def test_the_saved_model_is_the_best_held_out_step_not_the_last(tmp_path, tiny_rm):
+    """Held-out accuracy peaks, then falls (the score head is flipped and learning stopped at step 12):
+    the directory written must hold the peak."""
+    from transformers import TrainerCallback
+
+    class FlipHeadAt(TrainerCallback):
+        def __init__(self, step: int):
+            self.step = step
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+            if state.global_step != self.step:
+                return
+            with torch.no_grad():
+                model.score.weight.neg_()  # every reward changes sign: held-out accuracy becomes 1 - accuracy
+            lr_scheduler.base_lrs = [0.0] * len(lr_scheduler.base_lrs)  # and nothing learns it back
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
+
+    eval_rows = rule_pairs(32, seed=1)
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(128)), eval_data=datasets.Dataset.from_list(eval_rows),
+        base_model=tiny_rm, output_dir=str(tmp_path / "best"), max_length=48, learning_rate=3e-3,
+        num_train_epochs=2, batch_size=16, eval_batch_size=32, precision="fp32", callbacks=[FlipHeadAt(12)],
+        progress=False,
+    ))
+    # Evaluations every 2 steps during training; the very last entry is the final one, after restoring the best.
+    during = [h for h in result.history if "eval_accuracy" in h][:-1]
+    best = max(h["eval_accuracy"] for h in during)
+    assert best > 0.5 and during[-1]["eval_accuracy"] < best
+    assert result.best_step is not None and result.best_step < 12
+    saved = held_out_accuracy(result.output_dir, eval_rows)
+    assert saved == best == result.metrics["eval_accuracy"]
+    assert json.loads((tmp_path / "best" / "prefloop.json").read_text())["best_step"] == result.best_step
 
 
 # ------------------------------------------------------------------------------------- LoRA and CLI
@@ -224,8 +297,13 @@ def test_evaluate_writes_json_and_plots(trained, tmp_path):
     assert report["accuracy"] >= 0.9
     assert set(report["by"]["source"]) == {"alpha", "beta"}
     assert report["margin_correlation"] is not None
-    saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    def no_nan(name):
+        raise AssertionError(f"eval.json holds {name}: not valid JSON")
+
+    saved = json.loads((tmp_path / "eval" / "eval.json").read_text(), parse_constant=no_nan)
     assert saved["accuracy"] == report["accuracy"]
+    # Every chosen answer is the longer one: the "chosen shorter" slice is empty, its numbers null.
+    assert saved["length_bias"]["chosen_shorter"] == {"n": 0, "accuracy": None, "ci": [None, None]}
     for png in ("reliability.png", "accuracy.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -236,7 +314,8 @@ def test_evaluate_writes_json_and_plots(trained, tmp_path):
 def test_scoring_equals_what_the_trainer_saw(trained):
     """The trainer's own held-out numbers (one eval batch of 32) equal the scorer's on the same pairs."""
     result, eval_rows = trained
-    chosen, rejected = RewardScorer(result.output_dir).score_pairs(datasets.Dataset.from_list(eval_rows))
+    # fp32 on both sides (a GPU would otherwise score in bf16, about 1e-2 off).
+    chosen, rejected = RewardScorer(result.output_dir, device="cpu").score_pairs(datasets.Dataset.from_list(eval_rows))
     gap = chosen.mean - rejected.mean
     assert result.metrics["eval_margin"] == pytest.approx(gap.mean(), abs=1e-4)
     assert result.metrics["eval_accuracy"] == pytest.approx((gap > 0).mean())
