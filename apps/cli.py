@@ -6,12 +6,14 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
 from collect import db
 from collect.errors import UserError
@@ -31,14 +33,19 @@ app.add_typer(quality_app, name="quality", help="Agreement, per-rater quality an
 app.add_typer(reward_app, name="reward")
 app.add_typer(align_app, name="align")
 
-console = Console()
+# Names, paths and messages come from users and files: print them as text, never as rich markup.
+console = Console(markup=False)
 DB_OPTION = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL (default sqlite:///prefloop.db).")
 
 
-def _session(url: str | None):
-    if not db.is_initialized(url):
-        raise UserError(f"no prefloop database at {db.database_url(url)}: run `prefloop init` first")
-    return db.session_scope(url)
+def _password(value: str | None, envvar: str) -> str:
+    """The password given, or one asked for on the terminal."""
+    if value:
+        return value
+    try:
+        return typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    except typer.Abort:  # end of input (nothing to read from stdin) or Ctrl-C at the prompt
+        raise UserError(f"no password entered: pass --password or set {envvar}") from None
 
 
 def _csv(value: str | None) -> list[str]:
@@ -55,11 +62,13 @@ def init(
     """Create the database (or migrate it to the newest schema)."""
     from collect.projects import add_rater
 
-    db.upgrade(url)
-    console.print(f"database ready: {db.database_url(url)}")
+    db.check_database(url)
+    with db.connection_errors(url):
+        db.upgrade(url)
+    console.print(f"database ready: {db.shown_url(url)}")
     if admin:
-        password = password or typer.prompt("password", hide_input=True, confirmation_prompt=True)
-        with db.session_scope(url) as session:
+        password = _password(password, "PREFLOOP_ADMIN_PASSWORD")
+        with db.existing_session(url) as session:
             add_rater(session, admin, password, role="admin")
         console.print(f"admin {admin!r} created")
 
@@ -87,7 +96,7 @@ def project_create(
         overlap=overlap, gold_rate=gold_rate, pay_rate=pay_rate, currency=currency, routing=routing,
         guidelines=guidelines.read_text() if guidelines else "", sensitive_daily_cap=sensitive_daily_cap,
         rubric=[{"name": n} for n in _csv(rubric)], lease_seconds=lease_seconds)
-    with _session(url) as session:
+    with db.existing_session(url) as session:
         project = create_project(session, name, settings)
         console.print(f"project {project.name!r} created (id {project.id}, overlap {overlap})")
 
@@ -99,7 +108,7 @@ def project_list(url: Optional[str] = DB_OPTION) -> None:
     from collect.status import project_status
 
     table = Table("id", "name", "overlap", "pairs", "judgments", "progress")
-    with _session(url) as session:
+    with db.existing_session(url) as session:
         for project in list_projects(session):
             s = project_status(session, project)
             table.add_row(str(project.id), project.name, str(project.overlap), str(s.pairs), str(s.judgments),
@@ -121,8 +130,8 @@ def rater_add(
     """Add a rater who can log in to the apps."""
     from collect.projects import add_rater, get_project
 
-    password = password or typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    with _session(url) as session:
+    password = _password(password, "PREFLOOP_RATER_PASSWORD")
+    with db.existing_session(url) as session:
         projects = [get_project(session, p) for p in project]
         rater = add_rater(session, name, password, role=role, expertise=_csv(expertise),
                           sensitive_opt_in=_csv(sensitive), projects=projects)
@@ -135,7 +144,7 @@ def rater_list(url: Optional[str] = DB_OPTION, project: Optional[str] = typer.Op
     from collect.projects import get_project, list_raters
 
     table = Table("id", "name", "role", "expertise", "sensitive opt-in", "imported")
-    with _session(url) as session:
+    with db.existing_session(url) as session:
         p = get_project(session, project) if project else None
         for r in list_raters(session, p):
             table.add_row(str(r.id), r.name, r.role, ", ".join(r.expertise), ", ".join(r.sensitive_opt_in),
@@ -153,13 +162,18 @@ def import_(
     as_gold: bool = typer.Option(False, "--as-gold", help="Make the file's labels gold answers, not judgments."),
 ) -> None:
     """Import prompts, pairs and judgments. Atomic: one bad row and nothing is imported."""
-    from collect.ingest import import_file
+    from collect.ingest import import_parsed, read_file
     from collect.projects import get_project
 
-    with _session(url) as session, _progress() as progress:
-        task = progress.add_task(f"importing {path.name}", total=None)
-        result = import_file(session, get_project(session, project), path, format, rater=rater, as_gold=as_gold,
-                             progress=lambda done, total: progress.update(task, completed=done, total=total))
+    with db.existing_session(url) as session:
+        get_project(session, project)  # a wrong name fails now, not after parsing a large file
+    # Parsed outside any transaction: on SQLite a transaction holds the write lock every rater needs.
+    with console.status(f"reading {escape(path.name)}"):
+        parsed = read_file(path, format, rater=rater)
+    with db.existing_session(url) as session, _progress() as progress:
+        task = progress.add_task(f"importing {escape(path.name)}", total=None)
+        result = import_parsed(session, get_project(session, project), parsed, as_gold=as_gold,
+                               progress=_reporter(progress, task))
     console.print(f"imported {path}: " + ", ".join(f"{v} {k}" for k, v in result.as_dict().items())
                   + " (new; anything already there was skipped)")
 
@@ -177,12 +191,15 @@ def export(
     from collect.export import export_project
     from collect.projects import get_project
 
-    with _session(url) as session:
+    with db.existing_session(url) as session, _progress() as progress:
+        task = progress.add_task(f"exporting {escape(out.name)}", total=None)
         result = export_project(session, get_project(session, project), out, aggregation=aggregate,
-                                min_confidence=min_confidence, include_ties=include_ties)
+                                min_confidence=min_confidence, include_ties=include_ties,
+                                progress=_reporter(progress, task))
     console.print(f"exported {result.rows} preference pairs to {result.path} ({result.aggregation}); "
                   f"left out: {result.ties} ties, {result.both_bad} both-bad, "
-                  f"{result.below_confidence} below confidence, {result.unjudged} unjudged"
+                  f"{result.below_confidence} below confidence, {result.unjudged} unjudged, "
+                  f"{result.not_active} flagged or retired"
                   + (f"; ties in {result.ties_path}" if result.ties_path else ""))
 
 
@@ -196,7 +213,7 @@ def status(
     from collect.projects import get_project, list_projects
     from collect.status import project_status
 
-    with _session(url) as session:
+    with db.existing_session(url) as session:
         projects = [get_project(session, project)] if project else list_projects(session)
         statuses = [project_status(session, p) for p in projects]
     if json_out:
@@ -226,7 +243,7 @@ def payroll(
     from collect.projects import get_project
 
     config = PayrollConfig(floor=floor, since=since, until=until)
-    with _session(url) as session:
+    with db.existing_session(url) as session:
         p = get_project(session, project)
         table = export_payroll(session, p, output, config) if output else payroll_table(session, p, config)
     _print_frame(table, f"payroll: {project}")
@@ -242,7 +259,7 @@ def queue(
     from collect.adjudicate import QueueConfig, disagreement_queue
     from collect.projects import get_project
 
-    with _session(url) as session:
+    with db.existing_session(url) as session:
         table = disagreement_queue(session, get_project(session, project), QueueConfig(split_below=split_below))
     _print_frame(table, f"disagreements: {project}")
 
@@ -260,7 +277,7 @@ def adjudicate(
     from collect.formats import parse_choice
     from collect.projects import get_rater
 
-    with _session(url) as session:
+    with db.existing_session(url) as session:
         decide(session, get_rater(session, admin).id, pair, parse_choice(choice, "--choice"), note)
     console.print(f"pair {pair} decided: {choice}")
 
@@ -283,8 +300,7 @@ def serve(
     """Run the rater app (/), the admin dashboard (/admin) and the JSON API (/api/v1)."""
     from apps.server import serve as run_server
 
-    if not db.is_initialized(url):
-        raise UserError(f"no prefloop database at {db.database_url(url)}: run `prefloop init` first")
+    db.require_database(url)
     run_server(host=host, port=port, db_url=db.database_url(url), auth_header=auth_header)
 
 
@@ -298,13 +314,19 @@ def _progress() -> Progress:
                     console=console, transient=True)
 
 
+def _reporter(progress: Progress, task: TaskID) -> Callable[[int, int], None]:
+    """A `progress(done, total)` callback for the Python API that moves one bar."""
+    return lambda done, total: progress.update(task, completed=done, total=total)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 1, never a traceback."""
     try:
         app(standalone_mode=False)
     except UserError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _print_error(e)
+    except OperationalError as e:  # a database failure inside a command that opened its own session
+        _print_error(db.connection_problem(e))
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")
         sys.exit(130)
@@ -315,6 +337,13 @@ def main() -> None:
             raise
         e.show()
         sys.exit(getattr(e, "exit_code", 2))
+
+
+def _print_error(e: Exception) -> None:
+    """One line on stderr, then exit 1. The message is printed as is: a path such as `data[old].jsonl`
+    is text, not rich markup."""
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from apps.rater_api import add_error_handlers, api_router  # noqa: E402
 from apps.rater_app import build_rater_app, mount_options  # noqa: E402
 from apps.web_auth import gradio_auth  # noqa: E402
 from collect import db  # noqa: E402
-from collect.errors import UserError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +53,7 @@ def _mount(app: FastAPI, blocks: gr.Blocks, path: str, login: dict, options: dic
 def create_server(db_url: str | None = None, auth_header: str | None = None) -> FastAPI:
     """The whole web server as a FastAPI app (run it with uvicorn, or with `serve`)."""
     db_url = db.database_url(db_url)
-    if not db.is_initialized(db_url):
-        raise UserError(f"no prefloop database at {db_url}: run `prefloop init` first")
+    db.require_database(db_url)
     app = FastAPI(title="prefloop", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(api_router(db_url, auth_header), prefix="/api/v1")
     add_error_handlers(app, auth_header)

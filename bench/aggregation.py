@@ -20,8 +20,6 @@ Run: .venv/bin/python bench/aggregation.py   (writes bench/results/aggregation.m
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone

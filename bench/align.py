@@ -26,7 +26,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import random
 import sys
 import time

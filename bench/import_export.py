@@ -10,7 +10,6 @@ for summarize, pairs for the others).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time

@@ -22,11 +22,8 @@ import argparse
 import contextlib
 import datetime
 import os
-import platform
 import random
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +40,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from sqlalchemy import select  # noqa: E402
 
-from apps.rater_client import GradioRaterClient, RaterAPIError, RaterClient  # noqa: E402
+from apps.rater_client import GradioRaterClient, RaterClient  # noqa: E402
 from collect import db  # noqa: E402
 from collect.auth import hash_password  # noqa: E402
 from collect.formats import read_records  # noqa: E402

@@ -29,7 +29,6 @@ import datetime
 import importlib.metadata
 import json
 import os
-import platform
 import random
 import resource
 import subprocess

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy import case, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,6 +56,20 @@ def _view(assignment: Assignment) -> Served:
                   assignment.lease_expires_at)
 
 
+def _expire(session: Session, assignment_id: int, pair_id: int) -> bool:
+    """Expire one open assignment and give its slot back; False when it was no longer open.
+
+    The UPDATE is conditional on the status, so two callers racing on one assignment give back one slot.
+    """
+    changed = session.execute(
+        update(Assignment).where(Assignment.id == assignment_id, Assignment.status == "open")
+        .values(status="expired").execution_options(synchronize_session=False)).rowcount
+    if changed:
+        session.execute(update(Pair).where(Pair.id == pair_id).values(n_claimed=Pair.n_claimed - 1)
+                        .execution_options(synchronize_session=False))
+    return bool(changed)
+
+
 def expire_leases(session: Session, project_id: int, now: datetime | None = None) -> int:
     """Open assignments past their lease give their slot back. Returns how many expired."""
     now = now or utcnow()
@@ -63,16 +77,7 @@ def expire_leases(session: Session, project_id: int, now: datetime | None = None
         Assignment.project_id == project_id, Assignment.status == "open", Assignment.lease_expires_at < now)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    expired = 0
-    for assignment_id, pair_id in session.execute(query).all():
-        changed = session.execute(
-            update(Assignment).where(Assignment.id == assignment_id, Assignment.status == "open")
-            .values(status="expired").execution_options(synchronize_session=False)).rowcount
-        if changed:
-            session.execute(update(Pair).where(Pair.id == pair_id).values(n_claimed=Pair.n_claimed - 1)
-                            .execution_options(synchronize_session=False))
-            expired += 1
-    return expired
+    return sum(_expire(session, assignment_id, pair_id) for assignment_id, pair_id in session.execute(query).all())
 
 
 def _sensitive_allowed(rater: Rater) -> list[str]:
@@ -94,9 +99,11 @@ def _candidates(
     session: Session, project: Project, rater: Rater, gold: bool, allow_sensitive: bool, skip_locked: bool
 ) -> list[int]:
     already = exists().where(Assignment.pair_id == Pair.id, Assignment.rater_id == rater.id)
+    # An imported judgment attributed to this rater (same name) means they have judged the pair already.
+    judged = exists().where(Judgment.pair_id == Pair.id, Judgment.rater_id == rater.id)
     query = (
         select(Pair.id).join(Prompt, Prompt.id == Pair.prompt_id)
-        .where(Pair.project_id == project.id, Pair.status == "active", Pair.is_gold == gold, ~already)
+        .where(Pair.project_id == project.id, Pair.status == "active", Pair.is_gold == gold, ~already, ~judged)
     )
     if not gold:
         query = query.where(Pair.n_claimed < project.overlap)
@@ -106,8 +113,8 @@ def _candidates(
     if project.routing == "experts_only":
         query = query.where(or_(Prompt.domain == "", Prompt.domain.in_(domains)))
     order: list[Any] = []
-    if project.routing == "experts_first":
-        # Experts see their domain first; everyone else sees untagged prompts before domain ones.
+    if project.routing != "any":
+        # Experts see their own domain first; then untagged prompts; other domains last (experts_first only).
         order.append(case((Prompt.domain.in_(domains), 0), (Prompt.domain == "", 1), else_=2))
     # Finish pairs that are closest to k first, so complete data accumulates early.
     order += [Pair.n_claimed.desc(), Pair.id]
@@ -128,9 +135,7 @@ def next_assignment(session: Session, project_id: int, rater_id: int, now: datet
     if rater.role == "viewer":
         raise PermissionDenied("viewers cannot judge")
     expire_leases(session, project_id, now)
-    current = session.scalar(
-        select(Assignment).where(Assignment.project_id == project_id, Assignment.rater_id == rater_id,
-                                 Assignment.status == "open").order_by(Assignment.served_at).limit(1))
+    current = _current_assignment(session, project_id, rater_id)
     if current is not None:
         return _view(current)
     allow_sensitive = _sensitive_served_today(session, rater_id, now) < project.sensitive_daily_cap
@@ -161,6 +166,22 @@ def next_assignment(session: Session, project_id: int, rater_id: int, now: datet
                 continue
             session.refresh(assignment)
             return _view(assignment)
+    return None
+
+
+def _current_assignment(session: Session, project_id: int, rater_id: int) -> Assignment | None:
+    """The rater's oldest open assignment on a pair still in the queue.
+
+    Open assignments on a pair that was flagged or retired meanwhile are expired on the way: a pulled
+    pair is never shown again.
+    """
+    open_ones = session.scalars(
+        select(Assignment).where(Assignment.project_id == project_id, Assignment.rater_id == rater_id,
+                                 Assignment.status == "open").order_by(Assignment.served_at)).all()
+    for assignment in open_ones:
+        if assignment.pair.status == "active":
+            return assignment
+        _expire(session, assignment.id, assignment.pair_id)
     return None
 
 
@@ -206,6 +227,15 @@ def _check_choice(value: Any, name: str) -> int:
     return value
 
 
+def _by_token(session: Session, rater_id: int, client_token: str, assignment_id: int) -> Judgment | None:
+    """The judgment this rater already submitted with this token, if any."""
+    existing = session.scalar(select(Judgment).where(Judgment.rater_id == rater_id,
+                                                     Judgment.client_token == client_token))
+    if existing is not None and existing.assignment_id != assignment_id:
+        raise UserError("client_token was already used for another assignment")
+    return existing
+
+
 def submit_judgment(
     session: Session,
     rater_id: int,
@@ -221,18 +251,20 @@ def submit_judgment(
 ) -> Judgment:
     """Record a judgment. `choice` and `criteria` are as the rater saw them: +2 left much better .. -2 right.
 
-    Idempotent by client_token: submitting the same token again returns the first judgment unchanged.
+    Idempotent by client_token: submitting the same token again returns the first judgment unchanged, also
+    when the two submissions overlap (a retried request racing its original).
     """
     now = now or utcnow()
     if not client_token or len(client_token) > 100:
         raise UserError("client_token must be 1-100 characters")
-    existing = session.scalar(select(Judgment).where(Judgment.rater_id == rater_id,
-                                                     Judgment.client_token == client_token))
+    existing = _by_token(session, rater_id, client_token, assignment_id)
     if existing is not None:
-        if existing.assignment_id != assignment_id:
-            raise UserError("client_token was already used for another assignment")
         return existing
     assignment = _own_assignment(session, rater_id, assignment_id)
+    # A twin request with this token may have committed while this one waited for the row lock.
+    existing = _by_token(session, rater_id, client_token, assignment_id)
+    if existing is not None:
+        return existing
     project = session.get(Project, assignment.project_id)
     choice = _check_choice(choice, "choice")
     criteria = criteria or {}
@@ -247,6 +279,28 @@ def submit_judgment(
         raise UserError("this assignment was already submitted")
     if assignment.status == "skipped":
         raise UserError("this assignment was skipped")
+    if session.scalar(select(Pair.status).where(Pair.id == assignment.pair_id)) != "active":
+        raise UserError("this pair was pulled from the queue (flagged as harmful or retired): "
+                        "the judgment was not recorded")
+    try:
+        # A savepoint, so that a twin's committed insert (IntegrityError) leaves this transaction usable.
+        with session.begin_nested():
+            judgment = _record(session, assignment, project, rater_id, choice, criteria, both_bad=both_bad,
+                               rationale=rationale, rewrite=rewrite, client_token=client_token, now=now)
+    except IntegrityError:
+        existing = _by_token(session, rater_id, client_token, assignment_id)
+        if existing is not None:
+            return existing
+        raise UserError("this assignment was already submitted") from None
+    return judgment
+
+
+def _record(
+    session: Session, assignment: Assignment, project: Project, rater_id: int, choice: int,
+    criteria: dict[str, int], *, both_bad: bool, rationale: str, rewrite: str | None, client_token: str,
+    now: datetime,
+) -> Judgment:
+    """Write the judgment (relative to A and B) and close the assignment; flushed."""
     if assignment.status == "expired":
         # Late but welcome, if the pair still has room for it.
         claimed = session.execute(
@@ -254,23 +308,19 @@ def submit_judgment(
             .values(n_claimed=Pair.n_claimed + 1).execution_options(synchronize_session=False)).rowcount
         if not claimed and not assignment.pair.is_gold:
             raise UserError("the lease on this assignment ran out and the pair was given to someone else")
-    record_activity_at_submit = min(max(0.0, (now - assignment.last_activity_at).total_seconds()),
-                                    project.idle_seconds)
+    idle_capped = min(max(0.0, (now - assignment.last_activity_at).total_seconds()), project.idle_seconds)
     sign = 1 if assignment.left_is_a else -1
     judgment = Judgment(
         project_id=assignment.project_id, pair_id=assignment.pair_id, rater_id=rater_id,
         assignment_id=assignment.id, choice=sign * choice, left_is_a=assignment.left_is_a, both_bad=both_bad,
         criteria={k: sign * v for k, v in criteria.items()}, rationale=rationale, rewrite=rewrite,
-        active_seconds=assignment.active_seconds + record_activity_at_submit, submitted_at=now, kind="rater",
+        active_seconds=assignment.active_seconds + idle_capped, submitted_at=now, kind="rater",
         client_token=client_token)
     assignment.status = "submitted"
     assignment.active_seconds = judgment.active_seconds
     assignment.last_activity_at = now
     session.add(judgment)
-    try:
-        session.flush()
-    except IntegrityError:
-        raise UserError("this assignment was already submitted") from None
+    session.flush()
     return judgment
 
 
@@ -285,14 +335,13 @@ def undo_last(session: Session, rater_id: int, project_id: int, now: datetime | 
     if judgment is None or (now - judgment.submitted_at).total_seconds() > UNDO_SECONDS:
         raise UserError(f"nothing to undo (only the last judgment, within {UNDO_SECONDS} s)")
     assignment = session.get(Assignment, judgment.assignment_id)
+    if assignment.pair.status != "active":
+        raise UserError("that pair was pulled from the queue (flagged as harmful or retired): nothing to undo")
     project = session.get(Project, project_id)
     # The rater's open assignment, if any, goes back to the pool: the undone one comes first.
-    for other in session.scalars(select(Assignment).where(Assignment.rater_id == rater_id,
-                                                          Assignment.project_id == project_id,
-                                                          Assignment.status == "open")):
-        other.status = "expired"
-        session.execute(update(Pair).where(Pair.id == other.pair_id).values(n_claimed=Pair.n_claimed - 1)
-                        .execution_options(synchronize_session=False))
+    for other_id, pair_id in session.execute(select(Assignment.id, Assignment.pair_id).where(
+            Assignment.rater_id == rater_id, Assignment.project_id == project_id, Assignment.status == "open")):
+        _expire(session, other_id, pair_id)
     audit(session, "judgment.undo", rater_id, project_id, pair_id=judgment.pair_id, choice=judgment.choice)
     session.delete(judgment)
     assignment.status = "open"
@@ -320,11 +369,18 @@ def skip(session: Session, rater_id: int, assignment_id: int, reason: str) -> No
 
 
 def flag_harmful(session: Session, rater_id: int, assignment_id: int, reason: str) -> None:
-    """Pull the pair out of every queue until an admin reviews it."""
+    """Pull the pair out of every queue at once until an admin reviews it.
+
+    Other raters' open assignments on the pair expire and give their slots back, so nobody is shown it again.
+    """
     assignment = _own_assignment(session, rater_id, assignment_id)
     _release(session, assignment, "skipped", f"flagged: {reason.strip()[:2000]}")
     session.execute(update(Pair).where(Pair.id == assignment.pair_id).values(status="flagged")
                     .execution_options(synchronize_session=False))
+    others = session.scalars(select(Assignment.id).where(Assignment.pair_id == assignment.pair_id,
+                                                         Assignment.status == "open")).all()
+    for other_id in others:
+        _expire(session, other_id, assignment.pair_id)
     audit(session, "pair.flag", rater_id, assignment.project_id, pair_id=assignment.pair_id, reason=reason)
 
 
@@ -349,8 +405,10 @@ class RaterSummary:
     earnings: float
     currency: str
     gold_judged: int
+    """Gold pairs judged before today (UTC): today's are left out, so the numbers cannot reveal which of
+    today's items were gold."""
     gold_accuracy: float | None
-    """Share of gold pairs where the rater picked the known winner (ties must match); None until 5 are done."""
+    """Share of those gold pairs where the rater picked the known winner (ties must match); None until 5."""
     minutes_since_break: float
 
 
@@ -358,6 +416,12 @@ GOLD_MINIMUM = 5
 
 
 def rater_summary(session: Session, rater_id: int, project_id: int, now: datetime | None = None) -> RaterSummary:
+    """What a rater sees on their own page: counts, active time, earnings, gold accuracy, time since a break.
+
+    Gold accuracy counts only gold judgments submitted before the start of the current UTC day. Were
+    today's included, a rater could watch the numbers move after each submission and learn which items
+    are the gold ones, which would defeat gold pairs being indistinguishable from the rest.
+    """
     now = now or utcnow()
     require_member(session, project_id, rater_id)
     project = session.get(Project, project_id)
@@ -369,7 +433,8 @@ def rater_summary(session: Session, rater_id: int, project_id: int, now: datetim
         .order_by(Judgment.submitted_at)).all()
     total_s = sum(r.active_seconds or 0 for r in rows)
     today_s = sum(r.active_seconds or 0 for r in rows if r.submitted_at >= start)
-    gold = [(r.choice, r.gold_choice) for r in rows if r.is_gold and r.gold_choice is not None]
+    gold = [(r.choice, r.gold_choice) for r in rows
+            if r.is_gold and r.gold_choice is not None and r.submitted_at < start]
     correct = sum((c > 0) == (g > 0) and (c < 0) == (g < 0) for c, g in gold)
     # A break is a gap of at least 10 minutes between submissions.
     since_break = 0.0

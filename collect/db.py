@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from collect.errors import UserError
 
 DEFAULT_URL = "sqlite:///prefloop.db"
 
@@ -108,3 +112,54 @@ def upgrade(url: str | None = None) -> None:
 
 def is_initialized(url: str | None = None) -> bool:
     return inspect(get_engine(url)).has_table("project")
+
+
+def shown_url(url: str | None = None) -> str:
+    """The database URL for messages, password hidden."""
+    url = database_url(url)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def connection_problem(error: OperationalError, url: str | None = None) -> UserError:
+    """An unreachable server, a refused login, a locked or unwritable file: one line, the driver's words."""
+    where = f" at {shown_url(url)}" if url is not None else ""
+    return UserError(f"cannot use the database{where}: {' '.join(str(error.orig or error).split())}")
+
+
+@contextmanager
+def connection_errors(url: str | None = None) -> Iterator[None]:
+    """Database failures inside the block become a one-line UserError."""
+    try:
+        yield
+    except OperationalError as e:
+        raise connection_problem(e, url) from None
+
+
+def check_database(url: str | None = None) -> bool:
+    """Whether the database holds a prefloop schema. A malformed URL, a missing driver or a server that
+    cannot be reached is a UserError saying so (for command lines: one line, no traceback)."""
+    try:
+        get_engine(url)
+    except ArgumentError as e:  # includes an unknown dialect (NoSuchModuleError)
+        raise UserError(f"--db {shown_url(url)}: not a usable database URL ({e})") from None
+    except ImportError as e:  # the dialect's driver module
+        raise UserError(f"--db {shown_url(url)}: its database driver is not installed ({e})") from None
+    with connection_errors(url):
+        return is_initialized(url)
+
+
+def require_database(url: str | None = None) -> None:
+    """UserError unless the database is reachable and initialized (see check_database)."""
+    if not check_database(url):
+        raise UserError(f"no prefloop database at {shown_url(url)}: run `prefloop init` first")
+
+
+@contextmanager
+def existing_session(url: str | None = None) -> Iterator[Session]:
+    """session_scope on an initialized database; connection failures become one-line UserErrors."""
+    require_database(url)
+    with connection_errors(url), session_scope(url) as session:
+        yield session

@@ -4,12 +4,14 @@ Columns: `prompt` (list of messages), `chosen` and `rejected` (each a list holdi
 `margin`, `confidence`, `pair_id`, `n_judgments`, `agreement`, `source`, `domain`.
 
 How a pair becomes a row:
+- pairs that are not `active` (flagged as harmful and awaiting review, or retired) are left out and counted;
 - its judgments are aggregated (`majority` vote, or `weighted` by each rater's estimated reliability);
-  an admin's adjudication, when there is one, decides instead (confidence 1);
+  an admin's adjudication, when there is one, decides instead (confidence 1); a gold pair's known answer
+  decides over the raters' vote (confidence 1);
 - `margin` is the mean signed strength toward the winner, A>>B = 1.0, A>B = 0.5, tie = 0, the other way
   negative, floored at 0: three "much better" votes give 1.0, "better, better, tie" gives 0.33;
 - pairs that come out tied, or that most raters marked both-bad, are not preferences: they are left out,
-  or written to a separate file with `include_ties`; gold pairs are exported with their known answer.
+  or written to a separate file with `include_ties`.
 The aggregation, threshold and counts are written beside the data (`<name>.meta.json`, or
 `prefloop.json` inside a save_to_disk folder).
 """
@@ -19,10 +21,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from collect.aggregate import aggregate
@@ -45,16 +47,23 @@ class ExportResult:
     unjudged: int
     aggregation: str
     min_confidence: float
+    not_active: int = 0
+    """Pairs left out because they are flagged as harmful or retired."""
 
 
 def preference_rows(
-    session: Session, project: Project, aggregation: str = "majority", min_confidence: float = 0.0
+    session: Session,
+    project: Project,
+    aggregation: str = "majority",
+    min_confidence: float = 0.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
-    """(preference rows, tie and both-bad rows, counts) for a project."""
+    """(preference rows, tie and both-bad rows, counts) for a project; `progress(done, total)` over pairs."""
     if aggregation not in AGGREGATIONS:
         raise UserError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
     frame = judgments_frame(session, project.id)
-    pairs = {p.id: p for p in session.scalars(select(Pair).where(Pair.project_id == project.id))}
+    pairs = {p.id: p for p in session.scalars(
+        select(Pair).where(Pair.project_id == project.id, Pair.status == "active"))}
     verdicts = aggregate(frame, method=aggregation) if len(frame) else pd.DataFrame(
         columns=["pair_id", "winner", "confidence", "margin", "n_judgments", "agreement"])
     verdicts = {int(v.pair_id): v for v in verdicts.itertuples(index=False)}
@@ -64,19 +73,21 @@ def preference_rows(
         .order_by(Judgment.submitted_at))}
 
     rows, ties = [], []
-    counts = {"below_confidence": 0, "unjudged": 0, "both_bad": 0}
-    for pair_id, pair in pairs.items():
+    counts = {"below_confidence": 0, "unjudged": 0, "both_bad": 0, "not_active": session.scalar(
+        select(func.count(Pair.id)).where(Pair.project_id == project.id, Pair.status != "active"))}
+    for n, (pair_id, pair) in enumerate(pairs.items(), start=1):
+        if progress and (n % 500 == 0 or n == len(pairs)):
+            progress(n, len(pairs))
+        vote = verdicts.get(pair_id)
+        # A known answer (an admin's ruling, a gold pair's answer) overrides the raters, both-bad flags included.
+        raters_bad = False
         if pair_id in adjudicated:
-            choice = adjudicated[pair_id].choice
-            verdict = {"winner": "A" if choice > 0 else "B" if choice < 0 else "tie", "confidence": 1.0,
-                       "margin": abs(choice) / 2, "n_judgments": getattr(verdicts.get(pair_id), "n_judgments", 0),
-                       "agreement": getattr(verdicts.get(pair_id), "agreement", 1.0)}
-        elif pair_id in verdicts:
-            verdict = verdicts[pair_id]._asdict()
+            verdict = _decided(adjudicated[pair_id].choice, vote)
         elif pair.is_gold and pair.gold_choice is not None:
-            choice = pair.gold_choice
-            verdict = {"winner": "A" if choice > 0 else "B" if choice < 0 else "tie", "confidence": 1.0,
-                       "margin": abs(choice) / 2, "n_judgments": 0, "agreement": 1.0}
+            verdict = _decided(pair.gold_choice, vote)
+        elif vote is not None:
+            verdict = vote._asdict()
+            raters_bad = both_bad.get(pair_id, 0) > 0.5
         else:
             counts["unjudged"] += 1
             continue
@@ -94,7 +105,7 @@ def preference_rows(
             "source": pair.source,
             "domain": pair.prompt.domain,
         }
-        if both_bad.get(pair_id, 0) > 0.5:
+        if raters_bad:
             counts["both_bad"] += 1
             ties.append({**row, "kind": "both_bad"})
         elif winner == "tie":
@@ -104,6 +115,13 @@ def preference_rows(
         else:
             rows.append(row)
     return rows, ties, counts
+
+
+def _decided(choice: int, vote: Any) -> dict[str, Any]:
+    """A verdict fixed by a known answer (an adjudication or a gold pair's answer), with the vote's provenance."""
+    return {"winner": "A" if choice > 0 else "B" if choice < 0 else "tie", "confidence": 1.0,
+            "margin": abs(choice) / 2, "n_judgments": getattr(vote, "n_judgments", 0),
+            "agreement": getattr(vote, "agreement", 1.0)}
 
 
 def _write(rows: list[dict[str, Any]], path: Path) -> None:
@@ -130,10 +148,14 @@ def export_project(
     min_confidence: float = 0.0,
     include_ties: bool = False,
     actor_id: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
-    """Write a project's preferences to `out` (.parquet, .jsonl, or a folder for save_to_disk)."""
+    """Write a project's preferences to `out` (.parquet, .jsonl, or a folder for save_to_disk).
+
+    `progress(done, total)` is called as pairs are turned into rows.
+    """
     out = Path(out)
-    rows, ties, counts = preference_rows(session, project, aggregation, min_confidence)
+    rows, ties, counts = preference_rows(session, project, aggregation, min_confidence, progress)
     _write(rows, out)
     ties_path = None
     if include_ties:
@@ -142,7 +164,7 @@ def export_project(
         _write(ties, ties_path)
     result = ExportResult(str(out), len(rows), str(ties_path) if ties_path else None,
                           sum(t["kind"] == "tie" for t in ties), counts["both_bad"], counts["below_confidence"],
-                          counts["unjudged"], aggregation, min_confidence)
+                          counts["unjudged"], aggregation, min_confidence, counts["not_active"])
     meta = {"project": project.name, **asdict(result)}
     meta_path = out / "prefloop.json" if out.is_dir() else out.with_name(out.name + ".meta.json")
     meta_path.write_text(json.dumps(meta, indent=2))

@@ -30,6 +30,7 @@ import gzip
 import hashlib
 import io
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -40,6 +41,9 @@ FORMATS = ("generic", "hh-rlhf", "summarize", "finegrained-qa", "alpaca-eval", "
 CHOICE_LABELS = {"A>>B": 2, "A>B": 1, "tie": 0, "B>A": -1, "B>>A": -2}
 # A response larger than this is almost surely a broken export; raise instead of storing it.
 MAX_TEXT_CHARS = 1_000_000
+# Names and ids (models, raters, external ids, tags) live in VARCHAR(200) columns; domains in VARCHAR(100).
+MAX_NAME_CHARS = 200
+MAX_DOMAIN_CHARS = 100
 ROLES = ("system", "user", "assistant")
 
 
@@ -80,14 +84,26 @@ def _fail(where: str, field_name: str, problem: str) -> UserError:
     return UserError(f"{where}: field '{field_name}': {problem}")
 
 
-def _text(value: Any, where: str, field_name: str, *, allow_empty: bool = False) -> str:
+def _text(value: Any, where: str, field_name: str, *, allow_empty: bool = False,
+          max_chars: int = MAX_TEXT_CHARS) -> str:
     if not isinstance(value, str):
         raise _fail(where, field_name, f"expected a string, got {type(value).__name__}")
     if not allow_empty and not value.strip():
         raise _fail(where, field_name, "is empty")
-    if len(value) > MAX_TEXT_CHARS:
-        raise _fail(where, field_name, f"is {len(value):,} characters, over the {MAX_TEXT_CHARS:,} limit")
+    if len(value) > max_chars:
+        raise _fail(where, field_name, f"is {len(value):,} characters, over the {max_chars:,} limit")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL, and no real text contains one
+        raise _fail(where, field_name, "contains a NUL character")
     return value
+
+
+def _name(value: Any, where: str, field_name: str, *, allow_empty: bool = True) -> str:
+    """A short label: a model, rater or policy name (a number is taken as its string)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if value is None and allow_empty:
+        return ""
+    return _text(value, where, field_name, allow_empty=allow_empty, max_chars=MAX_NAME_CHARS)
 
 
 def parse_choice(value: Any, where: str, field_name: str = "choice") -> int:
@@ -124,6 +140,16 @@ def _tags(value: Any, where: str) -> list[str]:
         value = [t.strip() for t in value.split(",") if t.strip()]
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise _fail(where, "tags", "expected a list of strings")
+    for i, tag in enumerate(value):
+        _text(tag, where, f"tags[{i}]", max_chars=MAX_NAME_CHARS)
+    domains = [t.split(":", 1)[1] for t in value if t.startswith("domain:")]
+    if len(domains) > 1:
+        raise _fail(where, "tags", f"has {len(domains)} domain: tags; a prompt is routed by one domain")
+    if domains and len(domains[0]) > MAX_DOMAIN_CHARS:
+        raise _fail(where, "tags", f"domain {domains[0][:20]!r}... is over {MAX_DOMAIN_CHARS} characters")
+    sensitive = ",".join(sorted({t.split(":", 1)[1] for t in value if t.startswith("sensitive:")}))
+    if len(sensitive) > MAX_NAME_CHARS:
+        raise _fail(where, "tags", f"the sensitive: categories together are over {MAX_NAME_CHARS} characters")
     return value
 
 
@@ -157,10 +183,20 @@ def content_hash(value: Any) -> str:
 
 
 def read_text(path: Path) -> str:
-    """The whole file (gunzipped if .gz) as text; a bad byte is reported with its line."""
-    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    """The whole file (gunzipped if .gz) as text; a bad byte is reported with its line.
+
+    A UTF-8 byte-order mark (CSV files saved by spreadsheet programs start with one) is dropped.
+    """
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        except (EOFError, OSError, zlib.error) as e:
+            raise UserError(f"{path}: not a complete gzip file ({e or type(e).__name__})") from None
+    else:
+        raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
@@ -241,8 +277,8 @@ def generic_record(row: dict[str, Any], where: str, source: str) -> Record:
     if has_a:
         record.response_a = _text(row["response_a"], where, "response_a")
         record.response_b = _text(row["response_b"], where, "response_b")
-        record.model_a = _text(row.get("model_a") or "", where, "model_a", allow_empty=True)
-        record.model_b = _text(row.get("model_b") or "", where, "model_b", allow_empty=True)
+        record.model_a = _name(row.get("model_a") or "", where, "model_a")
+        record.model_b = _name(row.get("model_b") or "", where, "model_b")
         record.generation_a = _object(row.get("generation_a"), where, "generation_a")
         record.generation_b = _object(row.get("generation_b"), where, "generation_b")
         record.pair_id = _optional_id(row.get("pair_id"), where, "pair_id")
@@ -257,7 +293,7 @@ def generic_record(row: dict[str, Any], where: str, source: str) -> Record:
         criteria = _object(row.get("criteria"), where, "criteria")
         record.judgments.append(
             Judged(
-                rater=_text(str(rater), where, "rater"),
+                rater=_name(rater, where, "rater", allow_empty=False),
                 choice=parse_choice(row["choice"], where),
                 both_bad=_bool(row.get("both_bad"), where, "both_bad"),
                 rationale=_text(row.get("rationale") or "", where, "rationale", allow_empty=True),
@@ -271,7 +307,7 @@ def _optional_id(value: Any, where: str, field_name: str) -> str | None:
     if value in (None, ""):
         return None
     if isinstance(value, (str, int)) and not isinstance(value, bool):
-        return str(value)
+        return _name(value, where, field_name)
     raise _fail(where, field_name, "expected a string or integer id")
 
 
@@ -354,27 +390,35 @@ def summarize_record(row: dict[str, Any], where: str, source: str) -> Record:
         info, summaries, choice, worker = row["info"], row["summaries"], row["choice"], row["worker"]
     except KeyError as e:
         raise _fail(where, e.args[0], "is missing") from None
-    if not isinstance(summaries, list) or len(summaries) != 2:
-        raise _fail(where, "summaries", "expected a list of two summaries")
-    if choice not in (0, 1):
+    if not isinstance(info, dict):
+        raise _fail(where, "info", "expected an object with post, title, subreddit and id")
+    if not isinstance(summaries, list) or len(summaries) != 2 or not all(isinstance(x, dict) for x in summaries):
+        raise _fail(where, "summaries", "expected a list of two summaries, each an object with 'text'")
+    if choice not in (0, 1) or isinstance(choice, bool):
         raise _fail(where, "choice", f"{choice!r} is not 0 or 1")
-    confidence = (row.get("extra") or {}).get("confidence")
+    extra = row.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise _fail(where, "extra", "expected an object")
+    confidence = extra.get("confidence")
+    if confidence is not None and (isinstance(confidence, bool) or confidence not in range(1, 10)):
+        raise _fail(where, "extra.confidence", f"{confidence!r} is not an integer from 1 to 9")
     strength = _SUMMARIZE_CHOICE.get(confidence, 1 if choice == 0 else -1)
     if (strength > 0) != (choice == 0):  # a confidence that contradicts the choice: trust the choice
         strength = 1 if choice == 0 else -1
     post = _text(info.get("post") or "", where, "info.post")
-    prompt = (
-        f"SUBREDDIT: r/{info.get('subreddit') or ''}\nTITLE: {info.get('title') or ''}\nPOST: {post}\n\nTL;DR:"
-    )
+    subreddit = _name(info.get("subreddit"), where, "info.subreddit")
+    title = _text(info.get("title") or "", where, "info.title", allow_empty=True)
+    prompt = f"SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\n\nTL;DR:"
     return Record(
         where=where,
         prompt=[{"role": "user", "content": prompt}],
         prompt_id=_optional_id(info.get("id"), where, "info.id"),
         response_a=_text(summaries[0].get("text"), where, "summaries[0].text"),
         response_b=_text(summaries[1].get("text"), where, "summaries[1].text"),
-        model_a=summaries[0].get("policy") or "",
-        model_b=summaries[1].get("policy") or "",
-        judgments=[Judged(rater=f"summarize:{worker}", choice=strength, confidence=confidence)],
+        model_a=_name(summaries[0].get("policy"), where, "summaries[0].policy"),
+        model_b=_name(summaries[1].get("policy"), where, "summaries[1].policy"),
+        judgments=[Judged(rater="summarize:" + _name(worker, where, "worker", allow_empty=False),
+                          choice=strength, confidence=confidence)],
         source=source,
     )
 
@@ -420,17 +464,18 @@ def alpaca_eval_record(item: dict[str, Any], where: str, source: str) -> Record:
         prompt=[{"role": "user", "content": _text(item["instruction"], where, "instruction")}],
         response_a=_text(item["output_1"], where, "output_1", allow_empty=True) or " ",
         response_b=_text(item["output_2"], where, "output_2", allow_empty=True) or " ",
-        model_a=item["generator_1"],
-        model_b=item["generator_2"],
+        model_a=_name(item["generator_1"], where, "generator_1", allow_empty=False),
+        model_b=_name(item["generator_2"], where, "generator_2", allow_empty=False),
         source=source,
     )
     preference = item.get("preference")
     # 1 = output_1 better, 2 = output_2 better, 0 or anything between 1 and 2 = a draw; null = not judged.
     if preference is not None:
-        if not isinstance(preference, (int, float)) or not 0 <= preference <= 2:
+        if isinstance(preference, bool) or not isinstance(preference, (int, float)) or not 0 <= preference <= 2:
             raise _fail(where, "preference", f"{preference!r} is not 0, 1, 2 or between")
         choice = 1 if preference == 1 else -1 if preference == 2 else 0
-        record.judgments.append(Judged(rater=f"alpaca-eval:{item.get('annotator') or 'judge'}", choice=choice))
+        annotator = _name(item.get("annotator"), where, "annotator") or "judge"
+        record.judgments.append(Judged(rater=f"alpaca-eval:{annotator}", choice=choice))
     return record
 
 
@@ -493,6 +538,7 @@ def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) 
     `rater` names who made the labels of formats that carry no rater id (HH-RLHF, FineGrained, TRL).
     """
     path = Path(path)
+    _check_rater_option(rater)
     if not path.exists():
         raise UserError(f"{path}: no such file")
     if path.is_file() and path.stat().st_size == 0:
@@ -500,10 +546,10 @@ def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) 
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    source = f"{fmt}:{path.name}"
+    source = f"{fmt}:{path.name}"[:MAX_NAME_CHARS]
     if path.is_dir():  # a `datasets.save_to_disk` folder
-        return records_from_rows(_rows_from_dataset_dir(path), fmt, source, rater)
-    if fmt == "finegrained-qa":
+        records = records_from_rows(_rows_from_dataset_dir(path), fmt, source, rater)
+    elif fmt == "finegrained-qa":
         data = read_json_document(path)
         if not isinstance(data, list):
             raise UserError(f"{path}: expected a JSON list")
@@ -512,10 +558,11 @@ def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) 
             if not isinstance(item, dict):
                 raise UserError(f"{path}: item {i}: expected a JSON object")
             out.extend(finegrained_records(item, f"{path}: item {i}", source, rater or "finegrained-qa:crowd"))
-        return out
-    rows = ((f"{path}:{n}" if not path.name.endswith(".json") else f"{path}: item {n}", row)
-            for n, row in read_table(path))
-    records = records_from_rows(rows, fmt, source, rater)
+        records = out
+    else:
+        rows = ((f"{path}:{n}" if not path.name.endswith(".json") else f"{path}: item {n}", row)
+                for n, row in read_table(path))
+        records = records_from_rows(rows, fmt, source, rater)
     if not records:
         raise UserError(f"{path}: no rows")
     return records
@@ -544,11 +591,18 @@ def records_from_rows(
 
 def records_from_dataset(dataset: Any, fmt: str = "generic", name: str = "dataset", rater: str | None = None) -> list[Record]:
     """Records from an in-memory `datasets.Dataset` (or anything iterable of dicts)."""
+    _check_rater_option(rater)
     rows = ((f"{name}: row {i}", dict(row)) for i, row in enumerate(dataset, start=1))
-    records = records_from_rows(rows, fmt, f"{fmt}:{name}", rater)
+    records = records_from_rows(rows, fmt, f"{fmt}:{name}"[:MAX_NAME_CHARS], rater)
     if not records:
         raise UserError(f"{name}: no rows")
     return records
+
+
+def _check_rater_option(rater: str | None) -> None:
+    """The rater named by the caller (`--rater`) obeys the same limits as one named in a file."""
+    if rater is not None:
+        _name(rater, "--rater", "rater", allow_empty=False)
 
 
 def _rows_from_dataset_dir(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -571,15 +571,13 @@ def generate_command(
     from collect import db
     from collect.projects import get_project
 
-    if not db.is_initialized(url):
-        raise UserError(f"no prefloop database at {db.database_url(url)}: run `prefloop init` first")
     settings = GenerationSettings(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, samples=samples, seed=seed, batch_size=batch_size,
         max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, chat_template=chat_template)
     endpoint = OpenAIEndpoint(base_url=base_url, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
                               concurrency=concurrency) if base_url else None
     console = Console()
-    with db.session_scope(url) as session, Progress(
+    with db.existing_session(url) as session, Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=True) as bar:
         task = bar.add_task("generating", total=None)

@@ -12,29 +12,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from collect.auth import audit
 from collect.formats import Record, content_hash, detect_format, read_records, records_from_dataset
-from collect.models import ImportRun, Judgment, Pair, Project, Prompt, Rater, Response
+from collect.models import Assignment, ImportRun, Judgment, Pair, Project, Prompt, Rater, Response
 
 
 @dataclass
 class ImportResult:
+    """What an import added (anything already in the project is skipped, so a second import adds nothing)."""
+
     records: int
     prompts: int
     responses: int
     pairs: int
     judgments: int
     raters: int
+    gold: int = 0
+    """Pairs made gold (or given a new known answer) by this import, new pairs and existing ones alike."""
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
 
 def _sensitive_and_domain(tags: list[str]) -> tuple[str, str]:
-    sensitive = sorted({t.split(":", 1)[1] for t in tags if t.startswith("sensitive:")})
+    # Lower case, as raters' opt-ins are stored (collect.projects.normalize_categories): "Violence" is "violence".
+    sensitive = sorted({t.split(":", 1)[1].strip().lower() for t in tags if t.startswith("sensitive:")})
     domains = [t.split(":", 1)[1] for t in tags if t.startswith("domain:")]
     return ",".join(sensitive), (domains[0] if domains else "")
 
@@ -62,6 +67,8 @@ def import_records(
         .join(Prompt, Prompt.id == Response.prompt_id).where(Prompt.project_id == pid))}
     pairs = {(a, b): i for a, b, i in session.execute(
         select(Pair.response_a_id, Pair.response_b_id, Pair.id).where(Pair.project_id == pid))}
+    gold_answers = dict(session.execute(
+        select(Pair.id, Pair.gold_choice).where(Pair.project_id == pid, Pair.is_gold.is_(True))).all())
     judgment_keys = set(session.scalars(
         select(Judgment.external_key).where(Judgment.project_id == pid, Judgment.external_key.is_not(None))))
     raters = {n: i for n, i in session.execute(select(Rater.name, Rater.id))}
@@ -99,6 +106,7 @@ def import_records(
     result.responses = len(new_responses)
 
     new_pairs: dict[tuple[int, int], Pair] = {}
+    made_gold: dict[int, int] = {}  # existing pair id -> the known answer this file gives it
     record_pair: list[int | None] = []
     for record, prompt_id in zip(records, record_prompt):
         if record.response_a is None:
@@ -108,14 +116,21 @@ def import_records(
                responses[(prompt_id, record.model_b, content_hash(record.response_b))])
         record_pair.append(key)
         gold = record.judgments[0].choice if as_gold and record.judgments else record.gold_choice
-        if key not in pairs and key not in new_pairs:
+        if key in pairs:
+            # A pair already in the project becomes gold too; the file's first answer for it wins.
+            if gold is not None and pairs[key] not in made_gold and gold_answers.get(pairs[key]) != gold:
+                made_gold[pairs[key]] = gold
+        elif key not in new_pairs:
             new_pairs[key] = Pair(project_id=pid, prompt_id=prompt_id, response_a_id=key[0], response_b_id=key[1],
                                   source=record.source, external_id=record.pair_id, is_gold=gold is not None,
                                   gold_choice=gold)
     session.add_all(new_pairs.values())
+    if made_gold:
+        session.execute(update(Pair), [{"id": i, "is_gold": True, "gold_choice": g} for i, g in made_gold.items()])
     session.flush()
     pairs.update({k: p.id for k, p in new_pairs.items()})
     result.pairs = len(new_pairs)
+    result.gold = sum(p.is_gold for p in new_pairs.values()) + len(made_gold)
 
     if not as_gold:
         new_raters = {j.rater: Rater(name=j.rater, role="rater", external=True)
@@ -153,10 +168,6 @@ def import_records(
 
 def _recount_claims(session: Session, project_id: int) -> None:
     """Imported judgments count toward a pair's overlap like judgments made in the app."""
-    from sqlalchemy import func, update
-
-    from collect.models import Assignment
-
     judged = select(func.count(Judgment.id)).where(Judgment.pair_id == Pair.id, Judgment.assignment_id.is_(None))
     open_or_done = select(func.count(Assignment.id)).where(
         Assignment.pair_id == Pair.id, Assignment.status.in_(("open", "submitted")))
@@ -165,6 +176,41 @@ def _recount_claims(session: Session, project_id: int) -> None:
         .values(n_claimed=judged.scalar_subquery() + open_or_done.scalar_subquery())
         .execution_options(synchronize_session=False)
     )
+
+
+@dataclass
+class ParsedFile:
+    """A file read and checked, ready to write. Parsing needs no database, so it happens before a
+    transaction is opened (on SQLite, a transaction holds the one write lock)."""
+
+    path: Path
+    format: str
+    records: list[Record]
+    sha256: str
+
+
+def read_file(path: str | Path, fmt: str = "auto", *, rater: str | None = None) -> ParsedFile:
+    """Parse and check a file (or a save_to_disk folder); UserError naming file, line and field."""
+    records = read_records(path, fmt, rater)
+    path = Path(path)
+    return ParsedFile(path, detect_format(path) if fmt == "auto" else fmt, records,
+                      _sha256(path) if path.is_file() else "")
+
+
+def import_parsed(
+    session: Session,
+    project: Project,
+    parsed: ParsedFile,
+    *,
+    as_gold: bool = False,
+    actor_id: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportResult:
+    """Write a parsed file into a project and record the import run; the caller's transaction makes it atomic."""
+    result = import_records(session, project, parsed.records, as_gold=as_gold, actor_id=actor_id, progress=progress)
+    session.add(ImportRun(project_id=project.id, path=str(parsed.path), format=parsed.format, sha256=parsed.sha256,
+                          counts=result.as_dict()))
+    return result
 
 
 def import_file(
@@ -179,13 +225,8 @@ def import_file(
     progress: Callable[[int, int], None] | None = None,
 ) -> ImportResult:
     """Import a file (or a save_to_disk folder) into a project, atomically."""
-    records = read_records(path, fmt, rater)
-    fmt = detect_format(Path(path)) if fmt == "auto" else fmt
-    result = import_records(session, project, records, as_gold=as_gold, actor_id=actor_id, progress=progress)
-    path = Path(path)
-    digest = _sha256(path) if path.is_file() else ""
-    session.add(ImportRun(project_id=project.id, path=str(path), format=fmt, sha256=digest, counts=result.as_dict()))
-    return result
+    return import_parsed(session, project, read_file(path, fmt, rater=rater), as_gold=as_gold, actor_id=actor_id,
+                         progress=progress)
 
 
 def import_dataset(

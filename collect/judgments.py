@@ -13,6 +13,8 @@ def judgments_frame(session: Session, project_id: int, kinds: tuple[str, ...] = 
     """One row per judgment, with the columns listed in collect.aggregate.JUDGMENT_COLUMNS.
 
     Adjudications are left out by default: they are an admin's ruling, read separately by export.
+    Judgments of pairs that are not `active` (flagged as harmful, or retired) are left out: those pairs
+    are out of the data until an admin puts them back.
     """
     a, b = aliased(Response), aliased(Response)
     rows = session.execute(
@@ -24,7 +26,7 @@ def judgments_frame(session: Session, project_id: int, kinds: tuple[str, ...] = 
                b.model.label("model_b"))
         .join(Pair, Pair.id == Judgment.pair_id)
         .join(a, a.id == Pair.response_a_id).join(b, b.id == Pair.response_b_id)
-        .where(Judgment.project_id == project_id, Judgment.kind.in_(kinds))
+        .where(Judgment.project_id == project_id, Judgment.kind.in_(kinds), Pair.status == "active")
         .order_by(Judgment.id)
     ).mappings().all()
     frame = pd.DataFrame(rows, columns=[

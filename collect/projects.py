@@ -54,6 +54,16 @@ def _check_settings(settings: ProjectSettings) -> None:
         raise UserError("pay_rate must not be negative")
     if settings.routing not in ROUTING:
         raise UserError(f"routing must be one of {', '.join(ROUTING)}")
+    if settings.lease_seconds < 10:
+        raise UserError("lease_seconds must be at least 10 (an assignment's lease ends after this many seconds)")
+    if settings.idle_seconds < 0:
+        raise UserError("idle_seconds must not be negative")
+    if settings.sensitive_daily_cap < 0:
+        raise UserError("sensitive_daily_cap must not be negative")
+    if settings.break_after_minutes < 1:
+        raise UserError("break_after_minutes must be at least 1")
+    if not 1 <= len(settings.currency or "") <= 8:
+        raise UserError("currency must be 1-8 characters, e.g. USD")
     for criterion in settings.rubric or []:
         if not isinstance(criterion, dict) or not criterion.get("name"):
             raise UserError("each rubric criterion needs a 'name'")
@@ -65,6 +75,8 @@ def create_project(
     settings = settings or ProjectSettings()
     if not name or not name.strip():
         raise UserError("a project needs a name")
+    if len(name) > 200:
+        raise UserError("a project name is at most 200 characters")
     _check_settings(settings)
     if session.scalar(select(Project).where(Project.name == name)):
         raise UserError(f"project {name!r} already exists")
@@ -122,6 +134,8 @@ def add_rater(
         raise UserError(f"role must be one of {', '.join(ROLES)}")
     if not name or not name.strip():
         raise UserError("a rater needs a name")
+    if len(name) > 200:
+        raise UserError("a rater name is at most 200 characters")
     expertise = _checked_expertise(expertise)
     if session.scalar(select(Rater).where(Rater.name == name)):
         raise UserError(f"rater {name!r} already exists")

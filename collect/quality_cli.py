@@ -28,14 +28,12 @@ def load_judgments(project: str, db: str | None) -> tuple[pd.DataFrame, dict[int
     """The project's judgments frame (collect.aggregate.JUDGMENT_COLUMNS) and rater names by id."""
     from sqlalchemy import select
 
-    from collect.db import database_url, is_initialized, session_scope
+    from collect.db import existing_session
     from collect.judgments import judgments_frame
     from collect.models import Rater
     from collect.projects import get_project
 
-    if not is_initialized(db):
-        raise UserError(f"no prefloop database at {database_url(db)}: run `prefloop init` first")
-    with session_scope(db) as session:
+    with existing_session(db) as session:
         found = get_project(session, project)
         frame = judgments_frame(session, found.id)
         names = dict(session.execute(select(Rater.id, Rater.name)).all())

@@ -62,9 +62,7 @@ def _project_session(source: ProjectPrompts) -> Iterator[tuple[Any, Any]]:
     from collect import db
     from collect.projects import get_project
 
-    if not db.is_initialized(source.db):
-        raise UserError(f"no prefloop database at {db.database_url(source.db)}: run `prefloop init` first")
-    with db.session_scope(source.db) as session:
+    with db.existing_session(source.db) as session:
         yield session, get_project(session, source.project)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 
 from collect import db
 from collect.assign import (
@@ -17,7 +18,7 @@ from collect.assign import (
 from collect.errors import PermissionDenied, UserError
 from collect.ingest import import_dataset
 from collect.models import Assignment, Judgment, Pair, utcnow
-from collect.projects import ProjectSettings, add_rater, create_project
+from collect.projects import ProjectSettings, add_rater, create_project, get_project
 
 
 def setup_project(url: str, n_pairs: int = 6, overlap: int = 2, raters: int = 3, tags=None, **settings):
@@ -129,6 +130,97 @@ def test_undo_skip_and_flag(db_url):
     assert judge(db_url, pid, r1) is not None
 
 
+def test_a_flagged_pair_leaves_every_queue_at_once(db_url):
+    pid, (r0, r1, r2), admin = setup_project(db_url, n_pairs=2, overlap=3, raters=3)
+    with db.session_scope(db_url) as s:
+        held = {r: next_assignment(s, pid, r).assignment_id for r in (r0, r1, r2)}
+        pair_id = s.get(Assignment, held[r0]).pair_id
+        assert {s.get(Assignment, a).pair_id for a in held.values()} == {pair_id}  # all three hold the same pair
+    with db.session_scope(db_url) as s:
+        flag_harmful(s, r0, held[r0], "graphic content")
+    with db.session_scope(db_url) as s:
+        assert [s.get(Assignment, held[r]).status for r in (r1, r2)] == ["expired", "expired"]
+        assert s.get(Pair, pair_id).n_claimed == 0  # every slot given back
+        served = next_assignment(s, pid, r1)
+        assert s.get(Assignment, served.assignment_id).pair_id != pair_id  # r1 moves on to the other pair
+        with pytest.raises(UserError, match="pulled from the queue"):
+            submit_judgment(s, r2, held[r2], 1, client_token="late")
+        assert s.scalar(select(func.count(Judgment.id))) == 0
+
+
+def test_an_open_assignment_on_a_pulled_pair_is_not_served(db_url):
+    """A pair retired (or flagged) while a rater held it: their next request skips it and gives its slot back."""
+    pid, (r0,), _ = setup_project(db_url, n_pairs=2, overlap=1, raters=1)
+    with db.session_scope(db_url) as s:
+        held = next_assignment(s, pid, r0).assignment_id
+        pulled = s.get(Assignment, held).pair_id
+        s.execute(update(Pair).where(Pair.id == pulled).values(status="retired"))
+    with db.session_scope(db_url) as s:
+        served = next_assignment(s, pid, r0)
+        assert served.assignment_id != held and s.get(Assignment, served.assignment_id).pair_id != pulled
+        assert s.get(Assignment, held).status == "expired" and s.get(Pair, pulled).n_claimed == 0
+        with pytest.raises(UserError, match="pulled from the queue"):
+            submit_judgment(s, r0, held, 1, client_token="late")
+
+
+def test_undo_of_a_judgment_on_a_pulled_pair_is_refused(db_url):
+    pid, (r0,), _ = setup_project(db_url, n_pairs=2, overlap=1, raters=1)
+    served = judge(db_url, pid, r0)
+    with db.session_scope(db_url) as s:
+        s.execute(update(Pair).where(Pair.id == s.get(Assignment, served.assignment_id).pair_id)
+                  .values(status="flagged"))
+    with db.session_scope(db_url) as s, pytest.raises(UserError, match="pulled from the queue"):
+        undo_last(s, r0, pid)
+
+
+def test_overlapping_submissions_with_one_token_return_one_judgment(db_url):
+    """A retried request racing its original (same client_token): both get the same judgment, no error."""
+    pid, (r,), _ = setup_project(db_url, n_pairs=1, overlap=1, raters=1)
+    with db.session_scope(db_url) as s:
+        assignment_id = next_assignment(s, pid, r).assignment_id
+    first_written = threading.Event()
+    ids: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def submit(name: str) -> None:
+        try:
+            if name == "second":
+                first_written.wait(30)
+            with db.session_scope(db_url) as s:
+                ids[name] = submit_judgment(s, r, assignment_id, 1, client_token="twin").id
+                if name == "first":
+                    first_written.set()
+                    wait_until_another_transaction_waits(db_url)  # commit only once the twin is blocked on us
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+            first_written.set()
+
+    threads = [threading.Thread(target=submit, args=(name,)) for name in ("first", "second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert ids["first"] == ids["second"]
+    with db.session_scope(db_url) as s:
+        assert s.scalar(select(func.count(Judgment.id))) == 1
+
+
+def wait_until_another_transaction_waits(url: str, timeout: float = 10.0) -> None:
+    """On PostgreSQL, until some session waits for a lock (the twin, on the assignment row). SQLite serializes
+    whole transactions, so the twin cannot get that far: give it a moment to queue up."""
+    if not url.startswith("postgresql"):
+        time.sleep(0.3)
+        return
+    deadline = time.monotonic() + timeout
+    with db.get_engine(url).connect() as conn:
+        while time.monotonic() < deadline:
+            if conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar():
+                return
+            conn.rollback()
+            time.sleep(0.02)
+
+
 def test_undo_window_and_foreign_assignments(db_url):
     pid, (r0, r1), _ = setup_project(db_url, n_pairs=2, overlap=2, raters=2)
     long_ago = utcnow() - timedelta(minutes=5)
@@ -154,8 +246,6 @@ def test_sensitive_items_need_opt_in_and_respect_the_daily_cap(db_url):
     tags = {0: ["sensitive:violence"], 1: ["sensitive:violence"], 2: ["sensitive:violence", "sensitive:self-harm"]}
     pid, (plain,), _ = setup_project(db_url, n_pairs=5, overlap=1, raters=1, tags=tags, sensitive_daily_cap=1)
     with db.session_scope(db_url) as s:
-        from collect.projects import get_project
-
         brave = add_rater(s, "brave", "pw", sensitive_opt_in=["violence"], projects=[get_project(s, pid)]).id
     served = [judge(db_url, pid, plain) for _ in range(5)]
     assert [x is not None for x in served] == [True, True, False, False, False]
@@ -166,17 +256,48 @@ def test_sensitive_items_need_opt_in_and_respect_the_daily_cap(db_url):
     assert judge(db_url, pid, brave) is None
 
 
-def test_domain_routing(db_url):
-    tags = {i: ["domain:medicine"] for i in range(3)}
-    pid, (novice,), _ = setup_project(db_url, n_pairs=6, overlap=1, raters=1, tags=tags, routing="experts_only")
-    with db.session_scope(db_url) as s:
-        from collect.projects import get_project
+def add_doctor(url: str, project_id: int) -> int:
+    with db.session_scope(url) as s:
+        return add_rater(s, "doc", "pw", expertise=["domain:medicine"], projects=[get_project(s, project_id)]).id
 
-        doctor = add_rater(s, "doc", "pw", expertise=["domain:medicine"], projects=[get_project(s, pid)]).id
-    first = judge(db_url, pid, doctor)
-    assert first.conversation[0]["content"] in {"question 0", "question 1", "question 2"}  # experts first
+
+def asked(served) -> str:
+    return served.conversation[0]["content"]
+
+
+# The medicine prompts get the highest pair ids: served in id order they would come last, so the tests fail
+# unless routing puts them first for the expert.
+MEDICINE = {i: ["domain:medicine"] for i in (3, 4, 5)}
+
+
+def test_experts_only_routing(db_url):
+    pid, (novice,), _ = setup_project(db_url, n_pairs=6, overlap=1, raters=1, tags=MEDICINE, routing="experts_only")
+    doctor = add_doctor(db_url, pid)
+    assert asked(judge(db_url, pid, doctor)) in {"question 3", "question 4", "question 5"}  # own domain first
     got = [judge(db_url, pid, novice) for _ in range(6)]
-    assert sorted(x.conversation[0]["content"] for x in got if x) == ["question 3", "question 4", "question 5"]
+    assert sorted(asked(x) for x in got if x) == ["question 0", "question 1", "question 2"]  # never medicine
+
+
+def test_experts_first_routing(db_url):
+    pid, (novice,), _ = setup_project(db_url, n_pairs=6, overlap=2, raters=1, tags=MEDICINE, routing="experts_first")
+    doctor = add_doctor(db_url, pid)
+    assert {asked(judge(db_url, pid, doctor)) for _ in range(3)} == {"question 3", "question 4", "question 5"}
+    # The medicine pairs are now the closest to k, which alone would serve them first: untagged come first anyway.
+    got = [asked(judge(db_url, pid, novice)) for _ in range(6)]
+    assert set(got[:3]) == {"question 0", "question 1", "question 2"}
+    assert set(got[3:]) == {"question 3", "question 4", "question 5"}  # and then the domain ones, not never
+    assert judge(db_url, pid, novice) is None
+
+
+def test_a_pair_the_rater_judged_in_an_import_is_not_served_to_them(db_url):
+    pid, (r0, r1), _ = setup_project(db_url, n_pairs=2, overlap=3, raters=2)
+    with db.session_scope(db_url) as s:
+        result = import_dataset(s, get_project(s, pid), [
+            {"prompt": "question 0", "response_a": "answer a0", "response_b": "answer b0", "rater": "r0", "choice": 1}])
+        assert (result.pairs, result.judgments, result.raters) == (0, 1, 0)  # r0's judgment, on an existing pair
+    assert asked(judge(db_url, pid, r0)) == "question 1"
+    assert judge(db_url, pid, r0) is None
+    assert {asked(judge(db_url, pid, r1)) for _ in range(2)} == {"question 0", "question 1"}
 
 
 def test_active_time_is_measured_on_the_server(db_url):
@@ -198,8 +319,6 @@ def test_gold_pairs_are_mixed_in_and_scored(db_url):
     gold_rows = [{"prompt": f"gold {i}", "response_a": f"good {i}", "response_b": f"bad {i}", "gold": "A>B"}
                  for i in range(5)]
     with db.session_scope(db_url) as s:
-        from collect.projects import get_project
-
         import_dataset(s, get_project(s, pid), gold_rows)
     for _ in range(7):
         with db.session_scope(db_url) as s:
@@ -207,8 +326,40 @@ def test_gold_pairs_are_mixed_in_and_scored(db_url):
             left_good = served.left.startswith("good")
             submit_judgment(s, r, served.assignment_id, 1 if left_good else -1, client_token=uuid.uuid4().hex)
     with db.session_scope(db_url) as s:
-        summary = rater_summary(s, r, pid)
+        assert rater_summary(s, r, pid).gold_judged == 0  # judged today: not shown until tomorrow
+        summary = rater_summary(s, r, pid, now=utcnow() + timedelta(days=1))
         assert summary.gold_judged == 5 and summary.gold_accuracy == 1.0
+
+
+def test_todays_gold_judgments_do_not_move_the_gold_numbers(db_url):
+    """The rater's own page must not tell them which of today's items were gold."""
+    pid, (r,), _ = setup_project(db_url, n_pairs=1, overlap=1, raters=1, gold_rate=1.0)
+    gold_rows = [{"prompt": f"gold {i}", "response_a": f"good {i}", "response_b": f"bad {i}", "gold": "A>B"}
+                 for i in range(6)]
+    with db.session_scope(db_url) as s:
+        import_dataset(s, get_project(s, pid), gold_rows)
+
+    def judge_gold(right: bool, now=None) -> None:
+        with db.session_scope(db_url) as s:
+            served = next_assignment(s, pid, r, now=now)
+            assert served.left.startswith(("good", "bad"))
+            good_side = 1 if served.left.startswith("good") else -1
+            submit_judgment(s, r, served.assignment_id, good_side if right else -good_side,
+                            client_token=uuid.uuid4().hex, now=now)
+
+    yesterday = utcnow() - timedelta(days=1)
+    for _ in range(5):
+        judge_gold(True, now=yesterday)
+    with db.session_scope(db_url) as s:
+        before = rater_summary(s, r, pid)
+    assert (before.gold_judged, before.gold_accuracy) == (5, 1.0)
+    judge_gold(False)  # today, wrong
+    with db.session_scope(db_url) as s:
+        after = rater_summary(s, r, pid)
+        tomorrow = rater_summary(s, r, pid, now=utcnow() + timedelta(days=1))
+    assert (after.gold_judged, after.gold_accuracy) == (5, 1.0)
+    assert after.judgments_today == before.judgments_today + 1  # the judgment itself does count today
+    assert (tomorrow.gold_judged, tomorrow.gold_accuracy) == (6, pytest.approx(5 / 6))
 
 
 def test_many_threads_one_database(db_url):

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
+from rich.console import Console
+from rich.text import Text
 
+from sqlalchemy import func, select
+
+from collect import db as database
+from collect.ingest import import_dataset
+from collect.models import Pair
+from collect.projects import create_project
 from tests.conftest import REPO
+from tests.postgres import free_port
 
 
 def prefloop(*args: str, db: str, check: bool = True) -> subprocess.CompletedProcess:
+    # No PREFLOOP_* settings from the caller's shell; a new session has no terminal, so a password prompt
+    # reads the (empty) stdin instead of /dev/tty.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFLOOP_")}
     result = subprocess.run([sys.executable, "-m", "apps.cli", *args, "--db", db], cwd=REPO, capture_output=True,
-                            text=True, stdin=subprocess.DEVNULL, timeout=300)
+                            text=True, stdin=subprocess.DEVNULL, timeout=300, env=env, start_new_session=True)
     if check and result.returncode != 0:
         raise AssertionError(f"prefloop {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -68,7 +83,94 @@ def test_bad_import_names_the_line_and_exit_code(tmp_path):
     assert "Traceback" not in result.stderr
     status = json.loads(prefloop("status", "--json", db=db).stdout)[0]
     assert status["prompts"] == 0
-    missing = prefloop("import", str(tmp_path / "nope.jsonl"), "--project", "p", db=db, check=False)
-    assert missing.returncode == 1 and "no such file" in missing.stderr
+    missing = prefloop("import", str(tmp_path / "data[old].jsonl"), "--project", "p", db=db, check=False)
+    # printed as it is: "[old]" is part of the name, not rich markup
+    assert missing.returncode == 1 and "data[old].jsonl: no such file" in missing.stderr
     dup = prefloop("project", "create", "p", db=db, check=False)
     assert dup.returncode == 1 and "already exists" in dup.stderr
+
+
+UNREACHABLE = f"postgresql+psycopg://prefloop:hunter2@127.0.0.1:{free_port()}/prefloop"
+
+
+@pytest.mark.parametrize("args, url, message", [
+    (["init"], "not a url", "not a usable database URL"),
+    (["status"], "nosuchdb://somewhere/x", "not a usable database URL"),
+    (["serve"], "postgresql+psycopg2://prefloop@127.0.0.1/prefloop", "driver is not installed"),
+    (["init"], UNREACHABLE, "cannot use the database at postgresql+psycopg://prefloop:***@127.0.0.1"),
+    (["project", "list"], UNREACHABLE, "Connection refused"),
+    (["export", "out.jsonl", "--project", "p"], UNREACHABLE, "cannot use the database"),
+    (["serve"], UNREACHABLE, "cannot use the database"),
+])
+def test_database_problems_are_one_line(args, url, message):
+    """A bad --db URL, a missing driver, a server that is not there: one line, exit 1, no traceback."""
+    result = prefloop(*args, db=url, check=False)
+    assert result.returncode == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+    assert "hunter2" not in result.stderr  # the password in the URL is not printed
+
+
+def test_a_password_prompt_at_end_of_input_says_what_to_do(tmp_path):
+    result = prefloop("init", "--admin", "root", db=f"sqlite:///{tmp_path / 'p.db'}", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no password entered: pass --password or set PREFLOOP_ADMIN_PASSWORD" in result.stderr
+
+
+def run_cli(*args: str, monkeypatch) -> None:
+    """`prefloop ARGS` in this process (to watch what it does from inside); a non-zero exit fails the test."""
+    from apps import cli
+
+    monkeypatch.setattr(sys, "argv", ["prefloop", *args])
+    try:
+        cli.main()
+    except SystemExit as e:
+        assert not e.code, f"prefloop {' '.join(args)} exited with {e.code}"
+
+
+def test_import_parses_the_file_before_opening_a_transaction(sqlite_url, tmp_path, monkeypatch):
+    """On SQLite a transaction holds the one write lock: parsing a large file inside one would stall every rater."""
+    from collect import ingest
+
+    with database.session_scope(sqlite_url) as s:
+        create_project(s, "p")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "response_a": "a", "response_b": "b"}) + "\n"
+                            for i in range(20)))
+    open_sessions: list[int] = []
+    parsed_with_open_sessions: list[int] = []
+    real_scope, real_read = database.session_scope, ingest.read_file
+
+    @contextmanager
+    def counted_scope(url=None):
+        open_sessions.append(1)
+        try:
+            with real_scope(url) as session:
+                yield session
+        finally:
+            open_sessions.pop()
+
+    def watched_read(*args, **kwargs):
+        parsed_with_open_sessions.append(len(open_sessions))
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(database, "session_scope", counted_scope)
+    monkeypatch.setattr(ingest, "read_file", watched_read)
+    run_cli("import", str(path), "--project", "p", "--db", sqlite_url, monkeypatch=monkeypatch)
+    assert parsed_with_open_sessions == [0]
+    with real_scope(sqlite_url) as s:
+        assert s.scalar(select(func.count(Pair.id))) == 20
+
+
+def test_export_shows_progress(sqlite_url, tmp_path, monkeypatch):
+    from apps import cli
+
+    with database.session_scope(sqlite_url) as s:
+        import_dataset(s, create_project(s, "p"), [
+            {"prompt": f"q{i}", "response_a": "a", "response_b": "b", "rater": "ann", "choice": 1} for i in range(7)])
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=screen, force_terminal=True, width=120, markup=False))
+    run_cli("export", str(tmp_path / "out[1].jsonl"), "--project", "p", "--db", sqlite_url, monkeypatch=monkeypatch)
+    shown = Text.from_ansi(screen.getvalue()).plain
+    assert "exporting out[1].jsonl" in shown and "7/7" in shown  # the bar, filled, and the name as it is
+    assert "exported 7 preference pairs" in shown

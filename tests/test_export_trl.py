@@ -6,12 +6,13 @@ import json
 
 import datasets
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from collect import db
 from collect.export import export_project
 from collect.ingest import import_dataset
-from collect.models import Judgment
+from collect.judgments import judgments_frame
+from collect.models import Judgment, Pair
 from collect.projects import create_project, get_project
 
 
@@ -68,6 +69,38 @@ def test_adjudication_overrides_the_vote(sqlite_url, tmp_path):
         export_project(s, get_project(s, "p"), tmp_path / "o.jsonl")
     row = next(r for r in map(json.loads, open(tmp_path / "o.jsonl")) if r["pair_id"] == judged.pair_id)
     assert row["chosen"][0]["content"].startswith("You are awful") and row["confidence"] == 1.0
+
+
+def test_flagged_and_retired_pairs_leave_the_export_and_the_statistics(db_url, tmp_path):
+    build(db_url)
+    with db.session_scope(db_url) as s:
+        p = get_project(s, "p")
+        kind = sorted(s.scalars(select(Judgment.pair_id).where(Judgment.project_id == p.id).distinct()))[:2]
+        s.execute(update(Pair).where(Pair.id == kind[0]).values(status="flagged"))
+        s.execute(update(Pair).where(Pair.id == kind[1]).values(status="retired"))
+    with db.session_scope(db_url) as s:
+        p = get_project(s, "p")
+        result = export_project(s, p, tmp_path / "prefs.jsonl")
+        frame = judgments_frame(s, p.id)
+    exported = {r["pair_id"] for r in map(json.loads, open(tmp_path / "prefs.jsonl"))}
+    assert result.rows == 10 and result.not_active == 2
+    assert not exported & set(kind)
+    assert not set(frame["pair_id"]) & set(kind) and len(frame) == 38 - 6  # three judgments each
+    meta = json.loads((tmp_path / "prefs.jsonl.meta.json").read_text())
+    assert meta["not_active"] == 2
+
+
+def test_gold_pairs_export_their_known_answer_not_the_vote(db_url, tmp_path):
+    rows = [{"prompt": "Capital of Australia?", "response_a": "Canberra", "response_b": "Sydney", "gold": "A>B",
+             "rater": name, "choice": "B>>A"} for name in ("alice", "bob", "carol")]
+    with db.session_scope(db_url) as s:
+        import_dataset(s, create_project(s, "p"), rows)
+    with db.session_scope(db_url) as s:
+        result = export_project(s, get_project(s, "p"), tmp_path / "gold.jsonl")
+    (row,) = map(json.loads, open(tmp_path / "gold.jsonl"))
+    assert result.rows == 1
+    assert (row["chosen"][0]["content"], row["rejected"][0]["content"]) == ("Canberra", "Sydney")
+    assert (row["confidence"], row["margin"], row["n_judgments"]) == (1.0, 0.5, 3)
 
 
 def test_export_trains_unchanged_in_plain_trl_reward_trainer(sqlite_url, tmp_path):

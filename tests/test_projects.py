@@ -1,0 +1,60 @@
+"""Project and rater settings are checked before anything is written: a bad value is one clear error."""
+
+import pytest
+from sqlalchemy import func, select
+
+from collect import db
+from collect.errors import UserError
+from collect.ingest import import_dataset
+from collect.models import Project, Prompt, Rater
+from collect.projects import ProjectSettings, add_rater, create_project, get_project, update_project
+
+
+@pytest.mark.parametrize("settings, message", [
+    (ProjectSettings(overlap=0), "overlap must be at least 1"),
+    (ProjectSettings(gold_rate=1.5), "gold_rate must be between 0 and 1"),
+    (ProjectSettings(pay_rate=-1), "pay_rate must not be negative"),
+    (ProjectSettings(routing="nobody"), "routing must be one of"),
+    (ProjectSettings(lease_seconds=0), "lease_seconds must be at least 10"),
+    (ProjectSettings(idle_seconds=-5), "idle_seconds must not be negative"),
+    (ProjectSettings(sensitive_daily_cap=-1), "sensitive_daily_cap must not be negative"),
+    (ProjectSettings(break_after_minutes=0), "break_after_minutes must be at least 1"),
+    (ProjectSettings(currency="DOLLARS-US"), "currency must be 1-8 characters"),
+    (ProjectSettings(rubric=[{"description": "no name"}]), "needs a 'name'"),
+])
+def test_bad_project_settings_are_refused_and_nothing_is_written(db_url, settings, message):
+    with pytest.raises(UserError, match=message):
+        with db.session_scope(db_url) as s:
+            create_project(s, "p", settings)
+    with db.session_scope(db_url) as s:
+        assert s.scalar(select(func.count(Project.id))) == 0
+
+
+def test_update_checks_the_same_rules(db_url):
+    with db.session_scope(db_url) as s:
+        create_project(s, "p", ProjectSettings(lease_seconds=600))
+    with pytest.raises(UserError, match="lease_seconds"):
+        with db.session_scope(db_url) as s:
+            update_project(s, get_project(s, "p"), lease_seconds=-1)
+    with db.session_scope(db_url) as s:
+        assert get_project(s, "p").lease_seconds == 600
+
+
+def test_names_fit_their_columns(db_url):
+    # PostgreSQL would refuse these with a DataError traceback; the check names the problem first.
+    with pytest.raises(UserError, match="project name is at most 200"):
+        with db.session_scope(db_url) as s:
+            create_project(s, "p" * 201)
+    with pytest.raises(UserError, match="rater name is at most 200"):
+        with db.session_scope(db_url) as s:
+            add_rater(s, "r" * 201, "pw")
+    with db.session_scope(db_url) as s:
+        assert s.scalar(select(func.count(Rater.id))) == 0
+
+
+def test_sensitive_tags_are_stored_in_lower_case_like_opt_ins(db_url):
+    with db.session_scope(db_url) as s:
+        p = create_project(s, "p")
+        import_dataset(s, p, [{"prompt": "q", "tags": ["sensitive:Violence", "sensitive:self-harm "]}])
+    with db.session_scope(db_url) as s:
+        assert s.scalar(select(Prompt.sensitive)) == "self-harm,violence"
