@@ -41,7 +41,7 @@ from collect.errors import PermissionDenied, UserError
 from collect.export import AGGREGATIONS, export_project
 from collect.formats import FORMATS
 from collect.ingest import import_file
-from collect.judgments import judgments_frame
+from collect.judgments import QUALITY_KINDS, judgments_frame
 from collect.models import CHOICES, ROLES, ROUTING, AuditEvent, Project, Rater
 from collect.payroll import PayrollConfig, export_payroll, payroll
 from collect.projects import (
@@ -282,7 +282,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
     def raters_view(admin: Rater, project_name: str) -> tuple[Any, pd.DataFrame, Any, Any, str]:
         with db.session_scope(db_url) as s:
             project = _project(s, project_name)
-            frame = judgments_frame(s, project.id)
+            frame = judgments_frame(s, project.id, QUALITY_KINDS)
             names = _names(s)
             members = {r.id for r in list_raters(s, project)}
             people = [r for r in list_raters(s) if not r.external]
@@ -398,12 +398,14 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                        f"{result.min_confidence:g}, {result.unjudged} not judged yet.")
 
     def create(admin: Rater, name: str, description: str, guidelines: str, rubric: str, overlap: float,
-               gold_rate: float, pay_rate: float, currency: str, routing: str, sensitive_cap: float,
-               lease_seconds: float, idle_seconds: float, break_minutes: float) -> tuple[str, Any]:
+               gold_rate: float, repeat_rate: float, pay_rate: float, currency: str, routing: str,
+               sensitive_cap: float, lease_seconds: float, idle_seconds: float, break_minutes: float
+               ) -> tuple[str, Any]:
         settings = ProjectSettings(
             description=description or "", guidelines=guidelines or "", rubric=_rubric(rubric),
-            overlap=int(overlap), gold_rate=float(gold_rate), pay_rate=float(pay_rate),
-            currency=(currency or "USD").strip()[:8], routing=routing, sensitive_daily_cap=int(sensitive_cap),
+            overlap=int(overlap), gold_rate=float(gold_rate), repeat_rate=float(repeat_rate or 0),
+            pay_rate=float(pay_rate), currency=(currency or "USD").strip(), routing=routing,
+            sensitive_daily_cap=int(sensitive_cap),
             lease_seconds=int(lease_seconds), idle_seconds=int(idle_seconds), break_after_minutes=int(break_minutes))
         with db.session_scope(db_url) as s:
             project = create_project(s, (name or "").strip(), settings, actor_id=admin.id)
@@ -610,6 +612,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                         with gr.Row():
                             new_overlap = gr.Number(label="Overlap k", value=3, precision=0)
                             new_gold = gr.Number(label="Gold rate (0-1)", value=0.0)
+                            new_repeat = gr.Number(label="Repeat rate, sides swapped (0-0.5)", value=0.0)
                             new_pay = gr.Number(label="Pay per active hour", value=0.0)
                             new_currency = gr.Textbox(label="Currency", value="USD")
                         new_routing = gr.Radio(list(ROUTING), value="experts_first", label="Routing")
@@ -683,7 +686,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                                                                  export_format], [export_files, export_msg],
                                          api_name="export"), audit_view)
         create_button.click(guarded(create), [new_name, new_description, new_guidelines, new_rubric, new_overlap,
-                                              new_gold, new_pay, new_currency, new_routing, new_cap, new_lease,
+                                              new_gold, new_repeat, new_pay, new_currency, new_routing, new_cap, new_lease,
                                               new_idle, new_break], [projects_msg, project], api_name="create_project")
         then_refresh(import_button.click(guarded(import_data), [project, upload, import_format, as_gold],
                                          [projects_msg], api_name="import"),

@@ -79,6 +79,8 @@ def project_create(
     url: Optional[str] = DB_OPTION,
     overlap: int = typer.Option(3, help="How many raters judge each pair (k)."),
     gold_rate: float = typer.Option(0.0, help="Share of served items that are gold pairs."),
+    repeat_rate: float = typer.Option(0.0, help="Share of served items that repeat a pair the rater judged "
+                                      "earlier, sides swapped (consistency check; 0-0.5)."),
     pay_rate: float = typer.Option(0.0, help="Pay per active hour."),
     currency: str = typer.Option("USD"),
     guidelines: Optional[Path] = typer.Option(None, help="A Markdown file with the rating guidelines."),
@@ -86,6 +88,8 @@ def project_create(
     routing: str = typer.Option("experts_first", help="any | experts_first | experts_only"),
     sensitive_daily_cap: int = typer.Option(20, help="Most sensitive items per rater per day."),
     lease_seconds: int = typer.Option(900, help="Seconds before an unfinished assignment returns to the pool."),
+    idle_seconds: int = typer.Option(120, help="Gaps between a rater's actions longer than this are not paid time."),
+    break_after_minutes: int = typer.Option(50, help="Remind a rater to take a break after this much active time."),
 ) -> None:
     """Create a project."""
     from collect.projects import ProjectSettings, create_project
@@ -93,9 +97,10 @@ def project_create(
     if guidelines is not None and not guidelines.is_file():
         raise UserError(f"{guidelines}: no such file")
     settings = ProjectSettings(
-        overlap=overlap, gold_rate=gold_rate, pay_rate=pay_rate, currency=currency, routing=routing,
-        guidelines=guidelines.read_text() if guidelines else "", sensitive_daily_cap=sensitive_daily_cap,
-        rubric=[{"name": n} for n in _csv(rubric)], lease_seconds=lease_seconds)
+        overlap=overlap, gold_rate=gold_rate, repeat_rate=repeat_rate, pay_rate=pay_rate, currency=currency,
+        routing=routing, guidelines=guidelines.read_text() if guidelines else "",
+        sensitive_daily_cap=sensitive_daily_cap, rubric=[{"name": n} for n in _csv(rubric)],
+        lease_seconds=lease_seconds, idle_seconds=idle_seconds, break_after_minutes=break_after_minutes)
     with db.existing_session(url) as session:
         project = create_project(session, name, settings)
         console.print(f"project {project.name!r} created (id {project.id}, overlap {overlap})")

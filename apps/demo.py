@@ -344,7 +344,7 @@ def _create_project(db_url: str, workdir: Path) -> dict[str, str]:
         # round only; raise it in the dashboard to collect several judgments per pair.
         project = create_project(session, PROJECT, ProjectSettings(
             description="HH-RLHF harmless-base, a reward model and an aligned SmolLM2: the prefloop demo",
-            guidelines=GUIDELINES, rubric=RUBRIC, overlap=1))
+            guidelines=GUIDELINES, rubric=RUBRIC, overlap=1, repeat_rate=0.05))
         for name, role in RATERS:
             add_rater(session, name, logins[name], role=role, projects=[project])
     path = workdir / "logins.json"

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from collect.aggregate import majority_vote
 from collect.auth import audit
 from collect.errors import UserError
-from collect.judgments import judgments_frame
+from collect.judgments import QUALITY_KINDS, judgments_frame
 from collect.models import CHOICES, AuditEvent, Judgment, Pair, Project, Rater
 from collect.projects import require_admin
 from collect.rater_quality import QualityConfig, rater_table
@@ -76,8 +76,9 @@ def disagreement_queue(session: Session, project: Project, config: QueueConfig |
     frame = judgments_frame(session, project.id)
     if frame.empty:
         return pd.DataFrame(columns=list(QUEUE_COLUMNS))
-    # Flags read every judgment (gold accuracy needs the gold pairs); the queue itself skips gold pairs.
-    flags = flagged_raters(frame, config.quality)
+    # Flags read every judgment (gold accuracy needs the gold pairs, swap consistency the repeats); the
+    # queue itself skips gold pairs.
+    flags = flagged_raters(judgments_frame(session, project.id, QUALITY_KINDS), config.quality)
     adjudicated = set(session.scalars(select(Judgment.pair_id).where(
         Judgment.project_id == project.id, Judgment.kind == "adjudication")))
     frame = frame[~frame["is_gold"].astype(bool) & ~frame["pair_id"].isin(adjudicated)]
@@ -205,7 +206,7 @@ def pair_detail(session: Session, project: Project, pair_id: int, quality: Quali
     pair = session.get(Pair, pair_id) if isinstance(pair_id, int) and not isinstance(pair_id, bool) else None
     if pair is None or pair.project_id != project.id:
         raise UserError(f"pair {pair_id!r} is not in project {project.name!r}")
-    flags = flagged_raters(judgments_frame(session, project.id), quality)
+    flags = flagged_raters(judgments_frame(session, project.id, QUALITY_KINDS), quality)
     rows = session.execute(
         select(Judgment, Rater.name).join(Rater, Rater.id == Judgment.rater_id)
         .where(Judgment.pair_id == pair.id).order_by(Judgment.submitted_at, Judgment.id)).all()

@@ -6,6 +6,8 @@ The rules, all enforced by the database rather than by a lock in one process:
   and judgments, and is raised only by `UPDATE ... WHERE n_claimed < k` (on PostgreSQL the candidate rows are
   read with FOR UPDATE SKIP LOCKED; SQLite serializes writers with BEGIN IMMEDIATE);
 - an assignment not submitted before its lease ends returns its slot to the pool;
+- with the project's repeat_rate, a pair the rater judged a while ago comes back once with the sides swapped
+  (a repeat: no overlap slot, judgment kind "repeat", used only to measure the rater's consistency);
 - a judgment is stored relative to the pair's A and B; the screen side comes from the server's assignment.
 
 Every function takes the caller's rater id, checked against the project membership: ids coming from a
@@ -27,11 +29,13 @@ from sqlalchemy.orm import Session
 
 from collect.auth import audit
 from collect.errors import PermissionDenied, UserError
-from collect.models import Assignment, Judgment, Pair, Project, Prompt, Rater, utcnow
+from collect.models import RATER_KINDS, Assignment, Judgment, Pair, Project, Prompt, Rater, utcnow
 from collect.projects import require_member
 
 UNDO_SECONDS = 60
 """A rater may take back their last judgment this long after submitting it."""
+REPEAT_GAP = 10
+"""A repeat is drawn from pairs the rater judged before their last REPEAT_GAP judgments: not from memory."""
 
 
 @dataclass
@@ -64,10 +68,14 @@ def _expire(session: Session, assignment_id: int, pair_id: int) -> bool:
     changed = session.execute(
         update(Assignment).where(Assignment.id == assignment_id, Assignment.status == "open")
         .values(status="expired").execution_options(synchronize_session=False)).rowcount
-    if changed:
-        session.execute(update(Pair).where(Pair.id == pair_id).values(n_claimed=Pair.n_claimed - 1)
-                        .execution_options(synchronize_session=False))
+    if changed and not session.scalar(select(Assignment.is_repeat).where(Assignment.id == assignment_id)):
+        _give_back_slot(session, pair_id)
     return bool(changed)
+
+
+def _give_back_slot(session: Session, pair_id: int) -> None:
+    session.execute(update(Pair).where(Pair.id == pair_id).values(n_claimed=Pair.n_claimed - 1)
+                    .execution_options(synchronize_session=False))
 
 
 def expire_leases(session: Session, project_id: int, now: datetime | None = None) -> int:
@@ -138,6 +146,10 @@ def next_assignment(session: Session, project_id: int, rater_id: int, now: datet
     current = _current_assignment(session, project_id, rater_id)
     if current is not None:
         return _view(current)
+    if project.repeat_rate > 0 and random.random() < project.repeat_rate:
+        repeat = _serve_repeat(session, project, rater_id, now)
+        if repeat is not None:
+            return repeat
     allow_sensitive = _sensitive_served_today(session, rater_id, now) < project.sensitive_daily_cap
     use_gold = project.gold_rate > 0 and random.random() < project.gold_rate
     order = [True, False] if use_gold else [False]
@@ -161,12 +173,44 @@ def next_assignment(session: Session, project_id: int, rater_id: int, now: datet
                     session.add(assignment)
             except IntegrityError:
                 # Same rater, same pair, from a second browser tab at the same moment.
-                session.execute(update(Pair).where(Pair.id == pair_id).values(n_claimed=Pair.n_claimed - 1)
-                                .execution_options(synchronize_session=False))
+                _give_back_slot(session, pair_id)
                 continue
             session.refresh(assignment)
             return _view(assignment)
     return None
+
+
+def _serve_repeat(session: Session, project: Project, rater_id: int, now: datetime) -> Served | None:
+    """Serve again, sides swapped, a pair the rater judged before their last REPEAT_GAP judgments.
+
+    Only ordinary pairs still in the queue and without sensitive content come back (never gold, never a
+    second repeat). None when there is no such pair yet.
+    """
+    recent = (select(Judgment.pair_id).where(Judgment.rater_id == rater_id, Judgment.project_id == project.id,
+                                             Judgment.kind.in_(RATER_KINDS))
+              .order_by(Judgment.submitted_at.desc(), Judgment.id.desc()).limit(REPEAT_GAP))
+    repeated = exists().where(Assignment.pair_id == Judgment.pair_id, Assignment.rater_id == rater_id,
+                              Assignment.is_repeat)
+    row = session.execute(
+        select(Judgment.pair_id, Judgment.left_is_a).join(Pair, Pair.id == Judgment.pair_id)
+        .join(Prompt, Prompt.id == Pair.prompt_id)
+        .where(Judgment.rater_id == rater_id, Judgment.project_id == project.id, Judgment.kind == "rater",
+               Judgment.left_is_a.is_not(None), Pair.status == "active", ~Pair.is_gold, Prompt.sensitive == "",
+               Judgment.pair_id.not_in(recent.scalar_subquery()), ~repeated)
+        .order_by(func.random()).limit(1)).first()
+    if row is None:
+        return None
+    try:
+        with session.begin_nested():
+            assignment = Assignment(
+                project_id=project.id, pair_id=row.pair_id, rater_id=rater_id, served_at=now,
+                left_is_a=not row.left_is_a, is_repeat=True,
+                lease_expires_at=now + timedelta(seconds=project.lease_seconds), last_activity_at=now)
+            session.add(assignment)
+    except IntegrityError:  # the same repeat drawn in a second tab at the same moment
+        return None
+    session.refresh(assignment)
+    return _view(assignment)
 
 
 def _current_assignment(session: Session, project_id: int, rater_id: int) -> Assignment | None:
@@ -301,7 +345,7 @@ def _record(
     now: datetime,
 ) -> Judgment:
     """Write the judgment (relative to A and B) and close the assignment; flushed."""
-    if assignment.status == "expired":
+    if assignment.status == "expired" and not assignment.is_repeat:
         # Late but welcome, if the pair still has room for it.
         claimed = session.execute(
             update(Pair).where(Pair.id == assignment.pair_id, Pair.n_claimed < project.overlap)
@@ -314,7 +358,8 @@ def _record(
         project_id=assignment.project_id, pair_id=assignment.pair_id, rater_id=rater_id,
         assignment_id=assignment.id, choice=sign * choice, left_is_a=assignment.left_is_a, both_bad=both_bad,
         criteria={k: sign * v for k, v in criteria.items()}, rationale=rationale, rewrite=rewrite,
-        active_seconds=assignment.active_seconds + idle_capped, submitted_at=now, kind="rater",
+        active_seconds=assignment.active_seconds + idle_capped, submitted_at=now,
+        kind="repeat" if assignment.is_repeat else "rater",
         client_token=client_token)
     assignment.status = "submitted"
     assignment.active_seconds = judgment.active_seconds
@@ -330,7 +375,8 @@ def undo_last(session: Session, rater_id: int, project_id: int, now: datetime | 
     require_member(session, project_id, rater_id)
     judgment = session.scalar(
         select(Judgment).where(Judgment.rater_id == rater_id, Judgment.project_id == project_id,
-                               Judgment.kind == "rater").order_by(Judgment.submitted_at.desc(), Judgment.id.desc())
+                               Judgment.kind.in_(RATER_KINDS))
+        .order_by(Judgment.submitted_at.desc(), Judgment.id.desc())
         .limit(1))
     if judgment is None or (now - judgment.submitted_at).total_seconds() > UNDO_SECONDS:
         raise UserError(f"nothing to undo (only the last judgment, within {UNDO_SECONDS} s)")
@@ -356,8 +402,8 @@ def _release(session: Session, assignment: Assignment, status: str, reason: str)
         raise UserError(f"this assignment is {assignment.status}, not open")
     assignment.status = status
     assignment.skip_reason = reason
-    session.execute(update(Pair).where(Pair.id == assignment.pair_id).values(n_claimed=Pair.n_claimed - 1)
-                    .execution_options(synchronize_session=False))
+    if not assignment.is_repeat:
+        _give_back_slot(session, assignment.pair_id)
 
 
 def skip(session: Session, rater_id: int, assignment_id: int, reason: str) -> None:
@@ -429,7 +475,7 @@ def rater_summary(session: Session, rater_id: int, project_id: int, now: datetim
     rows = session.execute(
         select(Judgment.submitted_at, Judgment.active_seconds, Judgment.choice, Pair.is_gold, Pair.gold_choice)
         .join(Pair, Pair.id == Judgment.pair_id)
-        .where(Judgment.rater_id == rater_id, Judgment.project_id == project_id, Judgment.kind == "rater")
+        .where(Judgment.rater_id == rater_id, Judgment.project_id == project_id, Judgment.kind.in_(RATER_KINDS))
         .order_by(Judgment.submitted_at)).all()
     total_s = sum(r.active_seconds or 0 for r in rows)
     today_s = sum(r.active_seconds or 0 for r in rows if r.submitted_at >= start)

@@ -9,10 +9,16 @@ from sqlalchemy.orm import Session, aliased
 from collect.models import Judgment, Pair, Response
 
 
+QUALITY_KINDS = ("rater", "import", "repeat")
+"""The kinds per-rater statistics read: repeats (a pair served again with the sides swapped) are what swap
+consistency measures, and collect.rater_quality counts only each rater's first judgment of a pair elsewhere."""
+
+
 def judgments_frame(session: Session, project_id: int, kinds: tuple[str, ...] = ("rater", "import")) -> pd.DataFrame:
     """One row per judgment, with the columns listed in collect.aggregate.JUDGMENT_COLUMNS.
 
-    Adjudications are left out by default: they are an admin's ruling, read separately by export.
+    Adjudications are left out by default: they are an admin's ruling, read separately by export. So are
+    repeats: a rater's second look at a pair is a consistency check, not a second vote (see QUALITY_KINDS).
     Judgments of pairs that are not `active` (flagged as harmful, or retired) are left out: those pairs
     are out of the data until an admin puts them back.
     """

@@ -20,12 +20,15 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("admin", "rater", "viewer")
 ROUTING = ("any", "experts_first", "experts_only")
 CHOICES = {2: "A>>B", 1: "A>B", 0: "tie", -1: "B>A", -2: "B>>A"}
+RATER_KINDS = ("rater", "repeat")
+"""Judgment kinds a rater makes in the app: both are paid work and count in the rater's own numbers."""
 
 
 def utcnow() -> datetime:
@@ -53,6 +56,7 @@ class Project(Base):
     sensitive_daily_cap: Mapped[int] = mapped_column(Integer, default=20)
     break_after_minutes: Mapped[int] = mapped_column(Integer, default=50)
     idle_seconds: Mapped[int] = mapped_column(Integer, default=120)
+    repeat_rate: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -135,9 +139,10 @@ class Pair(Base):
 
 class Assignment(Base):
     __tablename__ = "assignment"
-    # One row per (pair, rater): the database itself forbids serving a pair twice to one rater.
+    # One row per (pair, rater), plus at most one repeat of it (is_repeat: served again with the sides swapped,
+    # to measure the rater's consistency): the database itself forbids serving a pair twice otherwise.
     __table_args__ = (
-        UniqueConstraint("pair_id", "rater_id"),
+        UniqueConstraint("pair_id", "rater_id", "is_repeat", name="uq_assignment_pair_rater_repeat"),
         Index("ix_assignment_rater_status", "rater_id", "status"),
         Index("ix_assignment_status_lease", "status", "lease_expires_at"),
     )
@@ -154,6 +159,8 @@ class Assignment(Base):
     active_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     last_activity_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     revealed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # A repeat takes no overlap slot and its judgment (kind "repeat") stays out of aggregation and export.
+    is_repeat: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     pair: Mapped[Pair] = relationship(lazy="joined", innerjoin=True)
 
@@ -180,7 +187,8 @@ class Judgment(Base):
     rewrite: Mapped[str | None] = mapped_column(Text, nullable=True)
     active_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     submitted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    # rater: from the app; import: from a file; adjudication: an admin's decision on a disputed pair.
+    # rater: from the app; repeat: from the app, on a pair the rater judged before (sides swapped), kept for
+    # consistency checks only; import: from a file; adjudication: an admin's decision on a disputed pair.
     kind: Mapped[str] = mapped_column(String(12), default="rater")
     client_token: Mapped[str | None] = mapped_column(String(100), nullable=True)
     external_key: Mapped[str | None] = mapped_column(String(300), nullable=True)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from collect.auth import audit
 from collect.errors import UserError
-from collect.models import Assignment, Judgment, Project, Rater
+from collect.models import RATER_KINDS, Assignment, Judgment, Project, Rater
 
 PAYROLL_COLUMNS = ("rater_id", "rater", "judgments", "paid_hours", "unpaid_hours", "logged_hours", "pay",
                    "currency", "effective_hourly", "below_floor")
@@ -68,7 +68,7 @@ def payroll(session: Session, project: Project, config: PayrollConfig | None = N
         raise UserError("the pay period ends before it starts (until <= since)")
     paid = session.execute(
         select(Judgment.rater_id, func.count(Judgment.id), func.coalesce(func.sum(Judgment.active_seconds), 0.0))
-        .where(Judgment.project_id == project.id, Judgment.kind == "rater",
+        .where(Judgment.project_id == project.id, Judgment.kind.in_(RATER_KINDS),
                *_in_period(Judgment.submitted_at, config))
         .group_by(Judgment.rater_id)).all()
     unpaid = session.execute(

@@ -43,6 +43,9 @@ class ProjectSettings:
     """A break reminder after this much active time without a pause."""
     idle_seconds: int = 120
     """Gaps between a rater's actions longer than this are not counted as active time."""
+    repeat_rate: float = 0.0
+    """Share of served items that repeat a pair the rater judged earlier, with the sides swapped: the swap
+    consistency check. Repeats take no overlap slot and stay out of aggregation and export."""
 
 
 def _check_settings(settings: ProjectSettings) -> None:
@@ -50,6 +53,8 @@ def _check_settings(settings: ProjectSettings) -> None:
         raise UserError("overlap must be at least 1")
     if not 0 <= settings.gold_rate <= 1:
         raise UserError("gold_rate must be between 0 and 1")
+    if not 0 <= settings.repeat_rate <= 0.5:
+        raise UserError("repeat_rate must be between 0 and 0.5")
     if settings.pay_rate < 0:
         raise UserError("pay_rate must not be negative")
     if settings.routing not in ROUTING:

@@ -24,7 +24,8 @@ DbOption = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL
 OutputOption = typer.Option(None, "--output", help="Also write the table to this CSV file.")
 
 
-def load_judgments(project: str, db: str | None) -> tuple[pd.DataFrame, dict[int, str]]:
+def load_judgments(project: str, db: str | None, kinds: tuple[str, ...] = ("rater", "import")
+                   ) -> tuple[pd.DataFrame, dict[int, str]]:
     """The project's judgments frame (collect.aggregate.JUDGMENT_COLUMNS) and rater names by id."""
     from sqlalchemy import select
 
@@ -35,7 +36,7 @@ def load_judgments(project: str, db: str | None) -> tuple[pd.DataFrame, dict[int
 
     with existing_session(db) as session:
         found = get_project(session, project)
-        frame = judgments_frame(session, found.id)
+        frame = judgments_frame(session, found.id, kinds)
         names = dict(session.execute(select(Rater.id, Rater.name)).all())
     if frame.empty:
         raise UserError(f"project {project!r} has no judgments yet")
@@ -107,9 +108,10 @@ def raters(
     output: Optional[Path] = OutputOption,
 ) -> None:
     """One row per rater: gold accuracy, consensus, position bias, consistency, speed, length bias, flags."""
+    from collect.judgments import QUALITY_KINDS
     from collect.rater_quality import rater_table
 
-    frame, names = load_judgments(project, db)
+    frame, names = load_judgments(project, db, QUALITY_KINDS)
     table = rater_table(frame)
     table.insert(1, "rater", table["rater_id"].map(lambda r: names.get(r, str(r))))
     if flagged:

@@ -257,15 +257,18 @@ def rater_table(judgments: pd.DataFrame, config: QualityConfig | None = None) ->
     """
     config = config or QualityConfig()
     df = validate_judgments(judgments)
-    fit = dawid_skene(df)
+    # A repeated pair is one item: statistics of what the rater decides read their first judgment of it;
+    # those of how they work (sides, speed, criteria) read every judgment.
+    first = _first_judgments(df)
+    fit = dawid_skene(first)
     parts = [
         df.groupby("rater_id").size().rename("n_judgments").to_frame(),
-        gold_accuracy(df, config.min_gold_accuracy),
-        consensus_agreement(df),
+        gold_accuracy(first, config.min_gold_accuracy),
+        consensus_agreement(first),
         position_bias(df),
         swap_consistency(df),
         speed(df, config.speeder_ratio),
-        length_bias(df),
+        length_bias(first),
         criteria_contradictions(df),
         fit.raters.set_index("rater_id")[["reliability"]],
     ]
