@@ -13,7 +13,8 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    cannot train a BERT model at all (BERT tokenizers have no EOS), and use_cpu=True, without which
    RewardConfig refuses its own bf16 default on a machine with no GPU. The pairs are given as plain text
    in the same `User:` / `Assistant:` layout prefloop renders for encoders, so both see the same text.
-2. `prefloop`: `reward.train.train_reward_model` with its defaults (only data, base and output set).
+2. `prefloop`: `reward.train.train_reward_model` with its defaults (only data, base and output set);
+   `prefloop-128` the same with max_length=128 (the speed end of the recipe: half the tokens per pair).
 3. `prefloop smollm2 LoRA`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`.
 
 Every side trains under the same wall-clock budget (`--budget-s`, default 600 s: training stops when
@@ -156,12 +157,13 @@ def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_si
             "epochs_done": trainer.state.epoch}
 
 
-def worker_prefloop(train_path: str, out_dir: str, budget_s: float, base: str, lora: bool) -> dict:
-    """prefloop's recipe: train_reward_model with its defaults; only data, base, output, budget (and LoRA)."""
+def worker_prefloop(train_path: str, out_dir: str, budget_s: float, base: str, lora: bool, **changes) -> dict:
+    """prefloop's recipe: train_reward_model with its defaults; only data, base, output, budget (and LoRA), plus
+    `changes` for the variants."""
     from reward.train import RewardTrainingConfig, train_reward_model
 
     result = train_reward_model(RewardTrainingConfig(data=train_path, base_model=base, output_dir=out_dir,
-                                                     lora=lora, time_budget_s=budget_s, progress=False))
+                                                     lora=lora, time_budget_s=budget_s, progress=False, **changes))
     info = json.loads((Path(out_dir) / "prefloop.json").read_text())
     return {"pairs_total": result.n_train + result.n_eval, "pairs_used": result.n_train,
             "pairs_dropped": 0, "pairs_truncated": result.truncated_train, "held_out": result.n_eval,
@@ -186,6 +188,8 @@ def run_worker(argv: list[str]) -> None:
         stats = worker_trl_defaults(a.train, a.out, a.budget_s, a.batch_size)
     elif a.side == "prefloop":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False)
+    elif a.side == "prefloop-128":
+        stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, max_length=128)
     elif a.side == "prefloop-smollm2-lora":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=True)
     else:
@@ -206,6 +210,7 @@ def run_worker(argv: list[str]) -> None:
 SIDES = {
     "trl-defaults": "plain TRL defaults (minilm-l6)",
     "prefloop": "prefloop recipe (minilm-l6)",
+    "prefloop-128": "prefloop recipe, max_length 128 (minilm-l6)",
     "prefloop-smollm2-lora": "prefloop recipe, smollm2-135m-instruct + LoRA",
 }
 
@@ -271,10 +276,11 @@ def main() -> None:
 
 def recipe() -> str:
     """prefloop's defaults, read from the config so this text cannot drift from the code."""
-    from reward.train import RewardTrainingConfig
+    from reward.train import RewardTrainingConfig, _precision
 
     c = RewardTrainingConfig(data=None)
-    return (f"fp32 on CPU, no gradient checkpointing, left truncation to {c.max_length} tokens (nothing dropped), "
+    return (f"{_precision(c.precision)} on this machine's CPU (auto: bf16 where the CPU has bf16 matrix units), no "
+            f"gradient checkpointing, left truncation to {c.max_length} tokens (nothing dropped), "
             f"length-grouped batches of {c.batch_size} pairs, {c.num_train_epochs:g} epochs at lr 5e-5 "
             f"({c.lr_scheduler_type}, {c.warmup_ratio:.0%} warm-up), margin in the loss, reward centering "
             f"{c.center_rewards_coefficient}, {c.eval_fraction:.0%} of the training pairs held out by prompt and "
@@ -308,12 +314,23 @@ def render_report(results, splits, args, command, started, load_before, where: s
             f"{r['test_accuracy']:.3f} [{r['test_ci'][0]:.3f}, {r['test_ci'][1]:.3f}] | {r['pairs_per_second']:.2f} | "
             f"{used} | {r['epochs_done']:.2f} | {r['peak_rss_gb']:.2f} GiB | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
         )
-    lines += ["", "## Ratios (prefloop recipe / plain TRL defaults, same backbone)", ""]
+    lines += ["", "## Targets (issue 5), against plain TRL defaults on the same backbone", ""]
     for name in splits:
-        a, b = results.get((name, "prefloop")), results.get((name, "trl-defaults"))
-        if a and b:
-            lines.append(f"- {name}: {a['pairs_per_second'] / b['pairs_per_second']:.1f}x the pairs per second, "
-                         f"{100 * (a['test_accuracy'] - b['test_accuracy']):+.1f} points of test accuracy")
+        base = results.get((name, "trl-defaults"))
+        for side in ("prefloop", "prefloop-128"):
+            ours = results.get((name, side))
+            if not (ours and base):
+                continue
+            speed = ours["pairs_per_second"] / base["pairs_per_second"]
+            gain = 100 * (ours["test_accuracy"] - base["test_accuracy"])
+            lines.append(f"- {name}, {SIDES[side]}: {speed:.1f}x the pairs per second (target 3x: "
+                         f"{'met' if speed >= 3 else 'not met'}), {gain:+.1f} points of test accuracy (target +5: "
+                         f"{'met' if gain >= 5 else 'not met'})")
+    best_hh = max((r["test_accuracy"], SIDES[side]) for (name, side), r in results.items()
+                  if name == "hh" and side != "trl-defaults") if "hh" in splits else None
+    if best_hh:
+        lines.append(f"- HH harmless, best prefloop side within the {args.budget_s:.0f} s budget: {best_hh[0]:.3f} "
+                     f"({best_hh[1]}; target 0.66: {'met' if best_hh[0] >= 0.66 else 'not met'})")
     lines += [
         "",
         "## What each side is",
