@@ -95,35 +95,42 @@ def gradio_auth(db_url: str, auth_header: str | None = None) -> dict[str, Any]:
 
 
 class _BasicCache:
-    """Successful HTTP Basic logins, remembered briefly so a busy API client pays for Argon2 once a minute.
+    """Successful HTTP Basic logins, remembered so that a busy API client pays for Argon2 once an hour.
 
-    Keyed by an HMAC of name and password under a per-process random key: a memory dump shows no password,
-    and a changed password or a removed rater stops working within `ttl` seconds.
+    Keyed by an HMAC of name and password under a per-process random key (a memory dump shows no
+    password). Each entry keeps the password hash it was verified against: `rater_from_http` compares it
+    with the rater's current hash on every request, so a changed password or a removed rater stops working
+    at once, in every server process; the `ttl` only bounds how long an unused entry lingers.
     """
 
-    def __init__(self, ttl: float = 60.0, max_entries: int = 10_000):
+    def __init__(self, ttl: float = 3600.0, max_entries: int = 10_000):
         self.ttl, self.max_entries = ttl, max_entries
         self._key = secrets.token_bytes(32)
-        self._seen: dict[bytes, tuple[str, float]] = {}
+        self._seen: dict[bytes, tuple[str, str, float]] = {}
         self._lock = threading.Lock()
 
     def _digest(self, name: str, password: str) -> bytes:
         return hmac.new(self._key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
 
-    def get(self, name: str, password: str) -> bool:
+    def get(self, name: str, password: str) -> str | None:
+        """The password hash these credentials were verified against, if they were, lately."""
         digest = self._digest(name, password)
         with self._lock:
             hit = self._seen.get(digest)
-            return hit is not None and hit[0] == name and hit[1] > time.monotonic()
+            return hit[1] if hit is not None and hit[0] == name and hit[2] > time.monotonic() else None
 
-    def put(self, name: str, password: str) -> None:
+    def put(self, name: str, password: str, password_hash: str) -> None:
         with self._lock:
             if len(self._seen) >= self.max_entries:
                 now = time.monotonic()
-                self._seen = {k: v for k, v in self._seen.items() if v[1] > now}
+                self._seen = {k: v for k, v in self._seen.items() if v[2] > now}
                 if len(self._seen) >= self.max_entries:
                     self._seen.clear()
-            self._seen[self._digest(name, password)] = (name, time.monotonic() + self.ttl)
+            self._seen[self._digest(name, password)] = (name, password_hash, time.monotonic() + self.ttl)
+
+    def forget(self, name: str, password: str) -> None:
+        with self._lock:
+            self._seen.pop(self._digest(name, password), None)
 
 
 _basic_cache = _BasicCache()
@@ -143,7 +150,7 @@ def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
 def authenticated_name(headers: Any, db_url: str, auth_header: str | None = None) -> str:
     """The user name a plain HTTP request proves: HTTP Basic checked against the database, or the trusted header.
 
-    Touches the database only on the first request with given credentials (then cached for a minute).
+    Touches the database only on the first request with given credentials (then cached, see _BasicCache).
     `headers` is any case-insensitive mapping (Starlette's request.headers). Raises Unauthenticated.
     """
     if auth_header:
@@ -155,15 +162,26 @@ def authenticated_name(headers: Any, db_url: str, auth_header: str | None = None
     if credentials is None:
         raise Unauthenticated("HTTP Basic credentials required")
     name, password = credentials
-    if not _basic_cache.get(name, password):
+    if _basic_cache.get(name, password) is None:
         with db.session_scope(db_url) as own:
-            if authenticate(own, name, password) is None:
+            rater = authenticate(own, name, password)
+            if rater is None:
                 raise Unauthenticated("wrong name or password")
-        _basic_cache.put(name, password)
+            _basic_cache.put(name, password, rater.password_hash)
     return name
 
 
 def rater_from_http(headers: Any, db_url: str, auth_header: str | None = None,
                     session: Session | None = None) -> Rater:
-    """The rater behind a plain HTTP request (the JSON API), looked up in `session` when given."""
-    return _load_rater(db_url, authenticated_name(headers, db_url, auth_header), session)
+    """The rater behind a plain HTTP request (the JSON API), looked up in `session` when given.
+
+    With HTTP Basic, the credentials must still match the rater's current password hash: a password changed
+    by another process since they were cached is refused here.
+    """
+    rater = _load_rater(db_url, authenticated_name(headers, db_url, auth_header), session)
+    if not auth_header:
+        name, password = _basic_credentials(headers.get("authorization"))
+        if _basic_cache.get(name, password) != rater.password_hash:
+            _basic_cache.forget(name, password)
+            raise Unauthenticated("wrong name or password")
+    return rater

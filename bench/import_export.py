@@ -30,8 +30,7 @@ FILES = [
     "hh_harmless_base_test.jsonl.gz",
     "summarize_feedback_batch13.jsonl",
     "finegrained_qa_dev_feedback.json",
-    "alpaca_eval/vicuna-13b.annotations.json",
-]
+] + sorted(f"alpaca_eval/{p.name}" for p in (DATA / "alpaca_eval").glob("*.annotations.json"))
 
 
 def measure(url: str, path: Path, workdir: Path) -> dict[str, float]:

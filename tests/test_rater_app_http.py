@@ -298,3 +298,22 @@ def test_raters_change_only_their_own_sensitive_opt_ins(site):
 
         olga.call("save_opt_in", None, [])  # and she can take it back
         assert opt_ins() == {**before, "olga": []}
+
+
+def test_a_password_changed_elsewhere_stops_working_at_once(site):
+    # The server caches verified HTTP Basic logins (Argon2 is slow on purpose); the cache must not outlive a
+    # password change made by another process, here this test writing to the database directly.
+    from collect.auth import hash_password
+
+    with db.session_scope(site["url"]) as s:
+        add_rater(s, "wanda", "old-pw", projects=[get_project(s, site["x"])])
+    with RaterClient(site["base_url"], "wanda", "old-pw") as old:
+        assert [p["id"] for p in old.projects()] == [site["x"]]  # verified once, cached now
+        with db.session_scope(site["url"]) as s:
+            s.scalar(select(Rater).where(Rater.name == "wanda")).password_hash = hash_password("new-pw")
+        with pytest.raises(RaterAPIError, match="401"):
+            old.projects()
+        with pytest.raises(RaterAPIError, match="401"):
+            old.projects()  # and stays refused (the stale entry is gone, Argon2 says no)
+    with RaterClient(site["base_url"], "wanda", "new-pw") as new:
+        assert [p["id"] for p in new.projects()] == [site["x"]]
