@@ -28,6 +28,8 @@ def train(
     epochs: float = typer.Option(2.0, "--epochs", help="Passes over the training pairs."),
     max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many steps when > 0."),
     batch_size: int = typer.Option(16, "--batch-size", help="Pairs per device per step."),
+    gradient_accumulation_steps: int = typer.Option(
+        1, "--gradient-accumulation-steps", help="Steps summed per update: a smaller --batch-size, same update."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Default 5e-5 (full) or 2e-4 (LoRA)."),
     center_rewards: Optional[float] = typer.Option(0.01, "--center-rewards", help="Reward-centering weight; 0 disables."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many seconds."),
@@ -42,7 +44,7 @@ def train(
         data=data, base_model=base, output_dir=str(out), eval_data=eval_data, eval_fraction=eval_fraction,
         lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, use_margin=not no_margin, max_length=max_length,
         truncation_side=truncation_side, num_train_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-        learning_rate=learning_rate, center_rewards_coefficient=center_rewards or None,
+        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate, center_rewards_coefficient=center_rewards or None,
         time_budget_s=time_budget, precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,
     ))
 
