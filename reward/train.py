@@ -13,7 +13,9 @@ What prefloop does on top of a plain `trl.RewardTrainer` (each point is a defaul
 - batches are grouped by length, so little compute goes to padding;
 - `margin` is used when the data has it, reward centering is on;
 - a held-out split (grouped by prompt, so a prompt is never on both sides) or `eval_data` is evaluated
-  during training and the best step by held-out accuracy is the one saved;
+  during training and the best step by held-out accuracy is the one saved (accuracies within one
+  standard error count as tied and the lower held-out loss wins: on small held-out sets the noise
+  otherwise picks an early step that has barely learned anything);
 - LoRA (`lora=True`) trains the score head in full and saves a merged model, so every consumer loads
   the output with AutoModelForSequenceClassification.
 
@@ -96,7 +98,7 @@ class RewardTrainingConfig:
     lr_scheduler_type: str = "linear"
     """Learning-rate schedule after warm-up (any Transformers scheduler name)."""
     evals_per_epoch: int = 4
-    """Held-out evaluations per epoch; the best one by accuracy is kept."""
+    """Held-out evaluations per epoch; the best one by accuracy is kept (see `better_evaluation`)."""
     time_budget_s: float | None = None
     """Stop training after this many seconds of wall-clock time (then evaluate and keep the best)."""
     precision: str = "auto"
@@ -129,6 +131,8 @@ class RewardTrainingResult:
     train_seconds: float
     pairs_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+    """Every held-out evaluation during training: step, accuracy, loss (the best is `best_step`)."""
 
 
 # ------------------------------------------------------------------------------------------ device
@@ -233,10 +237,25 @@ def split_by_prompt(dataset, fraction: float, seed: int):
     return dataset.select(train), dataset.select(sorted(held))
 
 
+def better_evaluation(candidate: tuple[float, float], best: tuple[float, float], n_eval: int) -> bool:
+    """Whether a held-out evaluation (accuracy, loss) replaces the best one so far.
+
+    Accuracy decides, but only by more than its sampling noise: on a small held-out set (90 pairs: one
+    standard error is 5 points) an early step that has barely left its initialisation can score highest
+    by luck and would be kept with near-constant rewards. Accuracies within one standard error of the
+    best count as tied, and the lower held-out loss, a far less noisy measure, breaks the tie."""
+    accuracy, loss = candidate
+    best_accuracy, best_loss = best
+    noise = math.sqrt(max(best_accuracy * (1 - best_accuracy), 1e-12) / max(n_eval, 1))
+    if accuracy > best_accuracy + noise:
+        return True
+    return accuracy >= best_accuracy - noise and loss < best_loss
+
+
 # ---------------------------------------------------------------------------------------- callbacks
 
 
-def _callbacks(config: RewardTrainingConfig, steps_total: int):
+def _callbacks(config: RewardTrainingConfig, steps_total: int, n_eval: int):
     """Callbacks: wall-clock budget, best-step snapshot, Rich progress. Built here so that
     transformers is imported only when training."""
     import torch
@@ -262,24 +281,24 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
 
     class KeepBest(TrainerCallback):
         """Keep the trainable weights of the best evaluation in memory (cheaper than checkpoints on disk).
-
-        Best = highest held-out accuracy, ties broken by lower held-out loss (on easy data several
-        early steps reach the same accuracy while the loss still falls)."""
+        Which evaluation is best is `better_evaluation`'s call."""
 
         def __init__(self):
-            self.best: tuple[float, float] = (-math.inf, -math.inf)
+            self.best: tuple[float, float] | None = None  # (accuracy, loss)
             self.best_step: int | None = None
             self.snapshot: dict[str, torch.Tensor] | None = None
-            self.last_eval_step: int | None = None
+            self.evaluations: list[dict[str, float]] = []
 
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
             metrics = metrics or {}
-            if "eval_accuracy" not in metrics or model is None or self.last_eval_step == state.global_step:
+            if "eval_accuracy" not in metrics or model is None:
                 return
-            self.last_eval_step = state.global_step
-            key = (metrics["eval_accuracy"], -metrics.get("eval_loss", 0.0))
-            if key > self.best:
-                self.best, self.best_step = key, state.global_step
+            if self.evaluations and self.evaluations[-1]["step"] == state.global_step:
+                return
+            accuracy, loss = metrics["eval_accuracy"], metrics.get("eval_loss", 0.0)
+            self.evaluations.append({"step": state.global_step, "accuracy": accuracy, "loss": loss})
+            if self.best is None or better_evaluation((accuracy, loss), self.best, n_eval):
+                self.best, self.best_step = (accuracy, loss), state.global_step
                 self.snapshot = {
                     n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
                 }
@@ -422,7 +441,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         seed=config.seed,
         data_seed=config.seed,
     )
-    callbacks, keep_best = _callbacks(config, steps_total)
+    callbacks, keep_best = _callbacks(config, steps_total, len(eval_set) if eval_set is not None else 0)
     trainer = RewardTrainer(
         model=model,
         args=args,
@@ -456,6 +475,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         train_seconds=train_seconds,
         pairs_per_second=pairs_seen / max(train_seconds, 1e-9),
         history=[dict(h) for h in trainer.state.log_history],
+        evaluations=keep_best.evaluations,
     )
     if trainer.is_world_process_zero():
         _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision, learning_rate)
@@ -516,6 +536,7 @@ def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path,
         "truncated_train": result.truncated_train,
         "truncated_eval": result.truncated_eval,
         "best_step": result.best_step,
+        "evaluations": result.evaluations,
         "train_seconds": round(result.train_seconds, 2),
         "pairs_per_second": round(result.pairs_per_second, 3),
         "precision": precision,
