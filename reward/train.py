@@ -98,7 +98,7 @@ class RewardTrainingConfig:
     lr_scheduler_type: str = "linear"
     """Learning-rate schedule after warm-up (any Transformers scheduler name)."""
     evals_per_epoch: int = 4
-    """Held-out evaluations per epoch; the best one by accuracy is kept (see `better_evaluation`)."""
+    """Held-out evaluations per epoch; the best one by accuracy is kept (see `tied_with_best`)."""
     time_budget_s: float | None = None
     """Stop training after this many seconds of wall-clock time (then evaluate and keep the best)."""
     precision: str = "auto"
@@ -237,19 +237,16 @@ def split_by_prompt(dataset, fraction: float, seed: int):
     return dataset.select(train), dataset.select(sorted(held))
 
 
-def better_evaluation(candidate: tuple[float, float], best: tuple[float, float], n_eval: int) -> bool:
-    """Whether a held-out evaluation (accuracy, loss) replaces the best one so far.
+def tied_with_best(evaluations: list[dict[str, float]], n_eval: int) -> list[dict[str, float]]:
+    """The held-out evaluations ({"step", "accuracy", "loss"}) whose accuracy is within one standard
+    error of the highest: the ones a held-out set of `n_eval` pairs cannot tell apart.
 
-    Accuracy decides, but only by more than its sampling noise: on a small held-out set (90 pairs: one
-    standard error is 5 points) an early step that has barely left its initialisation can score highest
-    by luck and would be kept with near-constant rewards. Accuracies within one standard error of the
-    best count as tied, and the lower held-out loss, a far less noisy measure, breaks the tie."""
-    accuracy, loss = candidate
-    best_accuracy, best_loss = best
-    noise = math.sqrt(max(best_accuracy * (1 - best_accuracy), 1e-12) / max(n_eval, 1))
-    if accuracy > best_accuracy + noise:
-        return True
-    return accuracy >= best_accuracy - noise and loss < best_loss
+    The best step is the one with the lowest held-out loss among these. Accuracy alone is too noisy on
+    small held-out sets (90 pairs: one standard error is 5 points): an early step that has barely left
+    its initialisation can score highest by luck and would be kept with near-constant rewards."""
+    top = max(e["accuracy"] for e in evaluations)
+    noise = math.sqrt(max(top * (1 - top), 1e-12) / max(n_eval, 1))
+    return [e for e in evaluations if e["accuracy"] >= top - noise]
 
 
 # ---------------------------------------------------------------------------------------- callbacks
@@ -281,10 +278,9 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int, n_eval: int):
 
     class KeepBest(TrainerCallback):
         """Keep the trainable weights of the best evaluation in memory (cheaper than checkpoints on disk).
-        Which evaluation is best is `better_evaluation`'s call."""
+        The best is the lowest held-out loss among the evaluations `tied_with_best`."""
 
         def __init__(self):
-            self.best: tuple[float, float] | None = None  # (accuracy, loss)
             self.best_step: int | None = None
             self.snapshot: dict[str, torch.Tensor] | None = None
             self.evaluations: list[dict[str, float]] = []
@@ -295,10 +291,16 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int, n_eval: int):
                 return
             if self.evaluations and self.evaluations[-1]["step"] == state.global_step:
                 return
-            accuracy, loss = metrics["eval_accuracy"], metrics.get("eval_loss", 0.0)
-            self.evaluations.append({"step": state.global_step, "accuracy": accuracy, "loss": loss})
-            if self.best is None or better_evaluation((accuracy, loss), self.best, n_eval):
-                self.best, self.best_step = (accuracy, loss), state.global_step
+            evaluation = {"step": state.global_step, "accuracy": metrics["eval_accuracy"],
+                          "loss": metrics.get("eval_loss", 0.0)}
+            self.evaluations.append(evaluation)
+            # Only the kept step's weights are in memory, so the choice is made as evaluations arrive:
+            # the new one wins when it is tied with the best and has a lower loss than the kept one, or
+            # when it is so much more accurate that the kept one is no longer tied.
+            tied = tied_with_best(self.evaluations, n_eval)
+            kept = next((e for e in tied if e["step"] == self.best_step), None)
+            if kept is None or (evaluation in tied and evaluation["loss"] < kept["loss"]):
+                self.best_step = state.global_step
                 self.snapshot = {
                     n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
                 }
