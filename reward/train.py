@@ -583,7 +583,7 @@ one scalar; higher means more preferred by the raters.
 - training pairs: {info["n_train"]} ({info["truncated_train"]} truncated), held-out pairs: {info["n_eval"]}
 - data: `{info["config"]["data"]}` ({info["data_fingerprint"]})
 - max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}
-- best step by held-out accuracy: {info["best_step"]}
+- kept step (held-out accuracy; accuracies within one standard error decided by held-out loss): {info["best_step"]}
 - precision: {info["precision"]}, learning rate: {info["learning_rate"]}
 
 | metric | value |
