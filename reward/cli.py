@@ -44,7 +44,8 @@ def train(
         data=data, base_model=base, output_dir=str(out), eval_data=eval_data, eval_fraction=eval_fraction,
         lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, use_margin=not no_margin, max_length=max_length,
         truncation_side=truncation_side, num_train_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate, center_rewards_coefficient=center_rewards or None,
+        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+        center_rewards_coefficient=center_rewards or None,
         time_budget_s=time_budget, precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,
     ))
 

@@ -98,7 +98,7 @@ class RewardTrainingConfig:
     lr_scheduler_type: str = "linear"
     """Learning-rate schedule after warm-up (any Transformers scheduler name)."""
     evals_per_epoch: int = 4
-    """Held-out evaluations per epoch; the best one by accuracy is kept (see `tied_with_best`)."""
+    """Held-out evaluations per epoch; the best one by accuracy is kept (see `keeps_latest`)."""
     time_budget_s: float | None = None
     """Stop training after this many seconds of wall-clock time (then evaluate and keep the best)."""
     precision: str = "auto"
@@ -237,16 +237,23 @@ def split_by_prompt(dataset, fraction: float, seed: int):
     return dataset.select(train), dataset.select(sorted(held))
 
 
-def tied_with_best(evaluations: list[dict[str, float]], n_eval: int) -> list[dict[str, float]]:
-    """The held-out evaluations ({"step", "accuracy", "loss"}) whose accuracy is within one standard
-    error of the highest: the ones a held-out set of `n_eval` pairs cannot tell apart.
+def keeps_latest(evaluations: list[dict[str, float]], kept_step: int | None, n_eval: int) -> bool:
+    """Whether the latest held-out evaluation ({"step", "accuracy", "loss"}, last in `evaluations`) replaces
+    the one kept so far (`kept_step`, None at first).
 
-    The best step is the one with the lowest held-out loss among these. Accuracy alone is too noisy on
-    small held-out sets (90 pairs: one standard error is 5 points): an early step that has barely left
-    its initialisation can score highest by luck and would be kept with near-constant rewards."""
+    Accuracy decides, but only by more than its sampling noise: evaluations within one standard error of
+    the highest accuracy are tied, and among them the lower held-out loss wins. Accuracy alone is too noisy
+    on small held-out sets (90 pairs: one standard error is 5 points): an early step that has barely left
+    its initialisation can score highest by luck and would be kept with near-constant rewards. Only the
+    kept step's weights are in memory, so the choice is made as evaluations arrive: the latest wins when
+    it is tied with the best and has a lower loss than the kept one, or when it is so much more accurate
+    that the kept one is no longer tied."""
     top = max(e["accuracy"] for e in evaluations)
     noise = math.sqrt(max(top * (1 - top), 1e-12) / max(n_eval, 1))
-    return [e for e in evaluations if e["accuracy"] >= top - noise]
+    tied = [e for e in evaluations if e["accuracy"] >= top - noise]
+    kept = next((e for e in tied if e["step"] == kept_step), None)
+    latest = evaluations[-1]
+    return kept is None or (latest in tied and latest["loss"] < kept["loss"])
 
 
 # ---------------------------------------------------------------------------------------- callbacks
@@ -278,7 +285,7 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int, n_eval: int):
 
     class KeepBest(TrainerCallback):
         """Keep the trainable weights of the best evaluation in memory (cheaper than checkpoints on disk).
-        The best is the lowest held-out loss among the evaluations `tied_with_best`."""
+        Which one is `keeps_latest`'s call."""
 
         def __init__(self):
             self.best_step: int | None = None
@@ -294,12 +301,7 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int, n_eval: int):
             evaluation = {"step": state.global_step, "accuracy": metrics["eval_accuracy"],
                           "loss": metrics.get("eval_loss", 0.0)}
             self.evaluations.append(evaluation)
-            # Only the kept step's weights are in memory, so the choice is made as evaluations arrive:
-            # the new one wins when it is tied with the best and has a lower loss than the kept one, or
-            # when it is so much more accurate that the kept one is no longer tied.
-            tied = tied_with_best(self.evaluations, n_eval)
-            kept = next((e for e in tied if e["step"] == self.best_step), None)
-            if kept is None or (evaluation in tied and evaluation["loss"] < kept["loss"]):
+            if keeps_latest(self.evaluations, self.best_step, n_eval):
                 self.best_step = state.global_step
                 self.snapshot = {
                     n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
