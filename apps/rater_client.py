@@ -7,13 +7,15 @@
             c.submit(item["assignment_id"], choice=+1)   # +1: the `left` response is better
 
 `GradioRaterClient` drives the rater app's own Gradio events over HTTP, exactly as the browser does
-(login cookie, Gradio queue, server-sent events): the load benchmark and the tests use it to measure and
-attack the path real raters take.
+(login cookie, session hash, Gradio's queue and server-sent events where the app uses them): the load
+benchmark and the tests use it to measure and attack the path real raters take.
 """
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import secrets
 import uuid
 from typing import Any
@@ -100,7 +102,7 @@ class GradioRaterClient:
             response = self.http.post("/login", data={"username": name, "password": password or ""})
             if response.status_code != 200:
                 raise RaterAPIError(response.status_code, response.text)
-        self._fn_index: dict[str, int] | None = None
+        self._config: dict[str, Any] | None = None
 
     def __enter__(self) -> "GradioRaterClient":
         return self
@@ -111,20 +113,47 @@ class GradioRaterClient:
     def close(self) -> None:
         self.http.close()
 
-    def fn_index(self, api_name: str) -> int:
-        if self._fn_index is None:
+    def _dependency(self, api_name: str | int) -> dict[str, Any]:
+        if self._config is None:
             response = self.http.get("/config")
             if response.status_code != 200:
                 raise RaterAPIError(response.status_code, response.text)
-            self._fn_index = {d["api_name"]: d["id"] for d in response.json()["dependencies"] if d.get("api_name")}
-        return self._fn_index[api_name]
+            self._config = response.json()
+        for dependency in self._config["dependencies"]:
+            if api_name in (dependency.get("api_name"), dependency["id"]):
+                return dependency
+        raise KeyError(api_name)
+
+    def _banner_error(self, dependency: dict[str, Any], outputs: list[Any]) -> str | None:
+        """The message of an error the app showed in its banner (the per-item events answer errors there)."""
+        banner = [c["id"] for c in self._config["components"] if c.get("props", {}).get("elem_id") == "pf-banner"]
+        for component_id, value in zip(dependency["outputs"], outputs):
+            if component_id in banner and isinstance(value, str) and 'class="pf-warning pf-error"' in value:
+                return html.unescape(re.sub(r"<[^>]+>", "", value))
+        return None
 
     def call(self, api_name: str | int, *data: Any) -> list[Any]:
-        """Run one event through Gradio's queue as the browser does; its outputs, or RaterAPIError."""
-        fn_index = api_name if isinstance(api_name, int) else self.fn_index(api_name)
-        joined = self.http.post("/gradio_api/queue/join", json={
-            "data": list(data), "fn_index": fn_index, "session_hash": self.session_hash, "event_data": None,
-            "trigger_id": None})
+        """Run one event as the browser does; its outputs, or RaterAPIError.
+
+        api_name: the event's api_name or its fn_index. Events declared with queue=False are one POST to
+        /gradio_api/run/predict (the app answers their errors in its banner, raised here); the others join
+        Gradio's queue and their result arrives as a server-sent event.
+        """
+        dependency = self._dependency(api_name)
+        body = {"data": list(data), "fn_index": dependency["id"], "session_hash": self.session_hash,
+                "event_data": None, "trigger_id": None}
+        if dependency.get("queue") is False:
+            response = self.http.post("/gradio_api/run/predict", json=body)  # the browser's route, by fn_index
+            if response.status_code != 200:
+                payload = response.json() if response.headers.get("content-type", "").startswith(
+                    "application/json") else {}
+                raise RaterAPIError(400 if response.status_code == 500 else response.status_code,
+                                    str(payload.get("error") or response.text))
+            outputs = response.json()["data"]
+            if (message := self._banner_error(dependency, outputs)) is not None:
+                raise RaterAPIError(400, message)
+            return outputs
+        joined = self.http.post("/gradio_api/queue/join", json=body)
         if joined.status_code != 200:
             raise RaterAPIError(joined.status_code, joined.text)
         event_id = joined.json()["event_id"]

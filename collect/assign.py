@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import case, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from collect.auth import audit
 from collect.errors import PermissionDenied, UserError
@@ -150,7 +150,8 @@ def next_assignment(session: Session, project_id: int, rater_id: int, now: datet
         repeat = _serve_repeat(session, project, rater_id, now)
         if repeat is not None:
             return repeat
-    allow_sensitive = _sensitive_served_today(session, rater_id, now) < project.sensitive_daily_cap
+    allow_sensitive = bool(rater.sensitive_opt_in) and (
+        _sensitive_served_today(session, rater_id, now) < project.sensitive_daily_cap)
     use_gold = project.gold_rate > 0 and random.random() < project.gold_rate
     order = [True, False] if use_gold else [False]
     # On PostgreSQL, first pass over rows other servers are not claiming right now (SKIP LOCKED); if all
@@ -232,8 +233,10 @@ def _current_assignment(session: Session, project_id: int, rater_id: int) -> Ass
 def _own_assignment(session: Session, rater_id: int, assignment_id: Any) -> Assignment:
     if isinstance(assignment_id, bool) or not isinstance(assignment_id, int):
         raise PermissionDenied("no such assignment")
-    # Row-locked on PostgreSQL, so a lease cannot expire under a submission in flight.
-    assignment = session.get(Assignment, assignment_id, with_for_update={"of": Assignment}, populate_existing=True)
+    # Row-locked on PostgreSQL, so a lease cannot expire under a submission in flight. The pair and its texts
+    # are loaded only if used (most callers need the assignment row alone).
+    assignment = session.get(Assignment, assignment_id, with_for_update={"of": Assignment}, populate_existing=True,
+                             options=[lazyload(Assignment.pair)])
     if assignment is None or assignment.rater_id != rater_id:
         # The same answer for "not yours" and "does not exist": ids are not an oracle.
         raise PermissionDenied("no such assignment")
@@ -301,11 +304,8 @@ def submit_judgment(
     now = now or utcnow()
     if not client_token or len(client_token) > 100:
         raise UserError("client_token must be 1-100 characters")
-    existing = _by_token(session, rater_id, client_token, assignment_id)
-    if existing is not None:
-        return existing
     assignment = _own_assignment(session, rater_id, assignment_id)
-    # A twin request with this token may have committed while this one waited for the row lock.
+    # Looked up after the row lock: a twin request with this token may have committed while this one waited.
     existing = _by_token(session, rater_id, client_token, assignment_id)
     if existing is not None:
         return existing

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -76,7 +76,11 @@ def get_engine(url: str | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         _sqlite_write_lock(engine)
     else:
-        engine = create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True)
+        # No server-side prepared statements: after five runs psycopg prepares a query, and PostgreSQL then
+        # switches to a generic plan that ignores the parameter values; for the next-pair query that plan is
+        # 2.5x slower (5.7 vs 2.3 ms on 2,300 pairs). Also keeps prefloop usable behind pgbouncer.
+        engine = create_engine(url, pool_size=20, max_overflow=40, pool_pre_ping=True,
+                               connect_args={"prepare_threshold": None})
     return engine
 
 
@@ -97,6 +101,19 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def refresh_planner_statistics(session: Session, tables: list[str]) -> None:
+    """ANALYZE the tables a bulk write just filled, inside the caller's transaction.
+
+    Without statistics PostgreSQL plans a freshly imported queue as if it held one pair, and picks nested-loop
+    anti-joins for the next-pair query that cost O(pairs x the rater's history): 40 ms per request after 60
+    judgments on 2,300 pairs, against 1.6 ms once analyzed. Autovacuum would get there, but only a minute or
+    more after the import, while the first raters are already waiting. (On PostgreSQL two imports running at
+    once therefore take turns at this step.)
+    """
+    for table in tables:
+        session.execute(text(f"ANALYZE {table}"))
 
 
 def upgrade(url: str | None = None) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from collect.auth import audit
+from collect.db import refresh_planner_statistics
 from collect.formats import Record, content_hash, detect_format, read_records, records_from_dataset
 from collect.models import Assignment, ImportRun, Judgment, Pair, Project, Prompt, Rater, Response
 
@@ -162,6 +163,7 @@ def import_records(
         result.judgments = len(new_judgments)
     session.flush()
     _recount_claims(session, pid)
+    refresh_planner_statistics(session, ["prompt", "response", "pair", "judgment"])
     audit(session, "import", actor_id, pid, **result.as_dict())
     return result
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from sqlalchemy import text as sql
 
 from collect import db
 from collect.errors import UserError
@@ -312,3 +313,17 @@ def _has_project(session) -> bool:
         return True
     except UserError:
         return False
+
+
+def test_an_import_leaves_the_query_planner_statistics_of_what_it_wrote(db_url):
+    # The next-pair query is planned from these: without them PostgreSQL plans a freshly imported queue as if
+    # it held one pair (nested-loop anti-joins, 40 ms a request on 2,300 pairs instead of 2 ms).
+    with db.session_scope(db_url) as s:
+        import_dataset(s, create_project(s, "p"),
+                       [{"prompt": f"q{i}", "response_a": f"a{i}", "response_b": f"b{i}"} for i in range(300)])
+    with db.session_scope(db_url) as s:
+        if db_url.startswith("postgresql"):
+            rows = s.scalar(sql("SELECT reltuples FROM pg_class WHERE relname = 'pair'"))
+        else:
+            rows = s.scalar(sql("SELECT stat FROM sqlite_stat1 WHERE tbl = 'pair' LIMIT 1")).split()[0]
+    assert int(rows) == 300
