@@ -1,8 +1,8 @@
 """Load test of `prefloop serve`: simulated raters over HTTP, on SQLite and on PostgreSQL.
 
 Each simulated rater logs in, then loops: get the next pair, think, submit a judgment. Two client paths:
-- `gradio`: the rater app's own Gradio events (login cookie, Gradio queue, server-sent events), exactly
-  what the browser sends (apps.rater_client.GradioRaterClient);
+- `gradio`: the rater app's own Gradio events (login cookie, session hash; submit is one POST to
+  /gradio_api/run/predict), exactly what the browser sends (apps.rater_client.GradioRaterClient);
 - `json`: the JSON API for programmatic raters (/api/v1, HTTP Basic; apps.rater_client.RaterClient).
 Latency is measured per operation at the client (request sent to answer parsed). Afterwards every judgment
 the server acknowledged is looked up in the database: lost (acknowledged, missing) and duplicated (a pair
@@ -275,8 +275,8 @@ Each rater loops: next pair, think, submit a judgment (5-point choice plus two r
 Think time (per step, twice per judgment) is exponential with the mean shown: 10 s stands for fast expert
 raters (comparing two long answers takes a person 30 s and more), 1 s is a stress test, and 0 means flat
 out (a saturation test: 50 raters flat out stand for thousands of real ones).
-Client paths: `gradio` = the rater app's Gradio events through Gradio's queue and server-sent events,
-as the browser sends them; `json` = the JSON API (/api/v1) for programmatic raters.
+Client paths: `gradio` = the rater app's Gradio events as the browser sends them (the page load through
+Gradio's queue; submit, which also serves the next pair, as one POST to /gradio_api/run/predict); `json` = the JSON API (/api/v1) for programmatic raters.
 Latency is measured at the client, which runs on the same machine as the server and the database.
 Lost = acknowledged but not in the database; duplicated = a second judgment for an assignment, a pair
 judged twice by one rater, or a pair over its overlap (k = {OVERLAP}). Target: p95 < 50 ms for both operations.
