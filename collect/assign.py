@@ -255,10 +255,17 @@ def record_activity(session: Session, rater_id: int, assignment_id: int, now: da
     if assignment.status != "open":
         return assignment.active_seconds
     project = session.get(Project, assignment.project_id)
-    gap = max(0.0, (now - assignment.last_activity_at).total_seconds())
-    assignment.active_seconds += min(gap, project.idle_seconds)
+    assignment.active_seconds = _active_until(assignment, project, now)
     assignment.last_activity_at = now
     return assignment.active_seconds
+
+
+def _active_until(assignment: Assignment, project: Project, now: datetime) -> float:
+    """The assignment's active seconds counted up to `now`: the gap since the last action, capped at the idle
+    threshold, added; never more than the wall time since it was served (float sums of many gaps can
+    otherwise overshoot it by a rounding error)."""
+    gap = min(max(0.0, (now - assignment.last_activity_at).total_seconds()), project.idle_seconds)
+    return min(assignment.active_seconds + gap, max(0.0, (now - assignment.served_at).total_seconds()))
 
 
 def reveal(session: Session, rater_id: int, assignment_id: int, now: datetime | None = None) -> None:
@@ -352,13 +359,12 @@ def _record(
             .values(n_claimed=Pair.n_claimed + 1).execution_options(synchronize_session=False)).rowcount
         if not claimed and not assignment.pair.is_gold:
             raise UserError("the lease on this assignment ran out and the pair was given to someone else")
-    idle_capped = min(max(0.0, (now - assignment.last_activity_at).total_seconds()), project.idle_seconds)
     sign = 1 if assignment.left_is_a else -1
     judgment = Judgment(
         project_id=assignment.project_id, pair_id=assignment.pair_id, rater_id=rater_id,
         assignment_id=assignment.id, choice=sign * choice, left_is_a=assignment.left_is_a, both_bad=both_bad,
         criteria={k: sign * v for k, v in criteria.items()}, rationale=rationale, rewrite=rewrite,
-        active_seconds=assignment.active_seconds + idle_capped, submitted_at=now,
+        active_seconds=_active_until(assignment, project, now), submitted_at=now,
         kind="repeat" if assignment.is_repeat else "rater",
         client_token=client_token)
     assignment.status = "submitted"

@@ -314,6 +314,20 @@ def test_active_time_is_measured_on_the_server(db_url):
         assert summary.earnings == pytest.approx(45 / 3600 * 36.0, abs=0.01)
 
 
+def test_active_time_never_exceeds_the_wall_time_even_by_a_rounding_error(sqlite_url):
+    # An action every 0.1 s: three float gaps of 0.1 add up to 0.30000000000000004, a hair over the 0.3 s
+    # between serving and submitting. Active time is capped at the wall time, so payroll never pays more.
+    pid, (r,), _ = setup_project(sqlite_url, n_pairs=1, overlap=1, raters=1, idle_seconds=30)
+    t0 = utcnow() - timedelta(seconds=100)
+    with db.session_scope(sqlite_url) as s:
+        served = next_assignment(s, pid, r, now=t0)
+        for k in (1, 2):
+            record_activity(s, r, served.assignment_id, now=t0 + timedelta(microseconds=k * 100_000))
+        j = submit_judgment(s, r, served.assignment_id, 1, client_token="t", now=t0 + timedelta(microseconds=300_000))
+        assert 0.1 + 0.1 + 0.1 > 0.3  # the rounding error this guards against
+        assert j.active_seconds == 0.3
+
+
 def test_gold_pairs_are_mixed_in_and_scored(db_url):
     pid, (r,), _ = setup_project(db_url, n_pairs=2, overlap=1, raters=1, gold_rate=1.0)
     gold_rows = [{"prompt": f"gold {i}", "response_a": f"good {i}", "response_b": f"bad {i}", "gold": "A>B"}
