@@ -433,7 +433,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
         project_box.input(on_project, project_box, screen, api_name="choose_project")
         # The per-item events are one short transaction each: they skip Gradio's queue, so the browser sends one
         # POST and reads the answer, instead of joining the queue and waiting on a server-sent event stream
-        # (about 8 ms less per judgment; see bench/results/rater_app_load.md).
+        # (6-7 ms less per judgment for one rater; see bench/results/rater_app_load.md).
         per_item = {"queue": False}
         submit_button.click(on_submit, [state, shown, choice, both_bad, rationale, rewrite, *criteria], screen,
                             api_name="submit", **per_item)
