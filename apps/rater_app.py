@@ -28,7 +28,7 @@ from collect.assign import (
 )
 from collect.errors import UserError
 from collect.models import Project
-from collect.projects import projects_of, require_member, sensitive_opt_in_choices, set_sensitive_opt_in
+from collect.projects import projects_of, sensitive_opt_in_choices, set_sensitive_opt_in
 
 log = logging.getLogger(__name__)
 
@@ -274,9 +274,8 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
 
         def serve(session: Session, rater_id: int, project_id: int, note: str = "", layout: bool = False,
                   **state_extra: Any) -> dict:
-            require_member(session, project_id, rater_id)
-            project = session.get(Project, project_id)
-            out = show(next_assignment(session, project_id, rater_id), project, note, layout=layout)
+            served = next_assignment(session, project_id, rater_id)  # checks the membership
+            out = show(served, session.get(Project, project_id), note, layout=layout)
             out[state] = {**out[state], **state_extra}
             return out
 

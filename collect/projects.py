@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from collect.auth import audit, hash_password, verify_password
 from collect.errors import PermissionDenied, UserError
@@ -289,22 +289,8 @@ def add_member(session: Session, project: Project, rater: Rater, actor_id: int |
 
 
 def is_member(session: Session, project_id: int, rater_id: int) -> bool:
-    # A yes is remembered until the transaction ends: one event checks membership in every collect function it
-    # calls. A membership removed while an event is in flight then takes effect from the next event on.
-    known = session.info.setdefault("memberships", set())
-    if (project_id, rater_id) in known:
-        return True
-    member = bool(session.scalar(select(func.count(Membership.id)).where(
+    return bool(session.scalar(select(func.count(Membership.id)).where(
         Membership.project_id == project_id, Membership.rater_id == rater_id)))
-    if member:
-        known.add((project_id, rater_id))
-    return member
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _forget_memberships(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:
-        session.info.pop("memberships", None)
 
 
 def projects_of(session: Session, rater: Rater) -> list[Project]:

@@ -1,14 +1,13 @@
 """Project and rater settings are checked before anything is written: a bad value is one clear error."""
 
 import pytest
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
 
 from collect import db
-from collect.errors import PermissionDenied, UserError
+from collect.errors import UserError
 from collect.ingest import import_dataset
-from collect.models import Membership, Project, Prompt, Rater
-from collect.projects import ProjectSettings, add_rater, create_project, get_project, require_member, update_project
+from collect.models import Project, Prompt, Rater
+from collect.projects import ProjectSettings, add_rater, create_project, get_project, update_project
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -59,20 +58,3 @@ def test_sensitive_tags_are_stored_in_lower_case_like_opt_ins(db_url):
         import_dataset(s, p, [{"prompt": "q", "tags": ["sensitive:Violence", "sensitive:self-harm "]}])
     with db.session_scope(db_url) as s:
         assert s.scalar(select(Prompt.sensitive)) == "self-harm,violence"
-
-
-def test_membership_is_looked_up_again_in_each_transaction(db_url):
-    # require_member remembers a yes for the rest of a transaction (one event checks it several times), never
-    # longer: a rater taken off a project is refused from the next transaction on, even in the same session.
-    with db.session_scope(db_url) as s:
-        project = create_project(s, "p")
-        rater = add_rater(s, "ann", "pw", projects=[project])
-        project_id, rater_id = project.id, rater.id
-    with Session(db.get_engine(db_url)) as session:
-        assert require_member(session, project_id, rater_id).name == "ann"
-        assert require_member(session, project_id, rater_id).name == "ann"
-        session.commit()
-        with db.session_scope(db_url) as other:
-            other.execute(delete(Membership).where(Membership.rater_id == rater_id))
-        with pytest.raises(PermissionDenied, match="not a member"):
-            require_member(session, project_id, rater_id)
