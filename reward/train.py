@@ -79,6 +79,14 @@ class RewardTrainingConfig:
     """LoRA scaling numerator (the update is scaled by alpha / r)."""
     lora_dropout: float = 0.05
     """Dropout on the LoRA branch."""
+    backbone_layers: int | None = None
+    """Keep only the bottom N transformer layers of the base model (the rest are not loaded): a shallower,
+    faster reward model, and for decoders often a better one (middle layers carry more of what a preference
+    probe needs than the last, which is shaped for next-token prediction). None keeps them all."""
+    trainable_layers: int | None = None
+    """Train only the top N transformer layers (with LoRA: put adapters only there) and everything above them
+    (pooler, final norm, head); the embeddings and the layers below stay frozen, so the backward pass stops at
+    layer N from the top. 0 trains the head alone; None trains every layer."""
     learning_rate: float | None = None
     """Peak learning rate; None picks 5e-5 for full fine-tuning and 2e-4 for LoRA."""
     num_train_epochs: float = 2.0
@@ -180,18 +188,33 @@ def load_tokenizer(model_path: str):
     return tokenizer
 
 
-def _load_model(model_path: str, pad_token_id: int):
+def _load_model(model_path: str, pad_token_id: int, backbone_layers: int | None = None):
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as transformers_logging
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
     try:
+        config = AutoConfig.from_pretrained(model_path, num_labels=1)
+        if backbone_layers is not None:
+            if not 1 <= backbone_layers <= config.num_hidden_layers:
+                raise UserError(f"backbone_layers must be between 1 and {config.num_hidden_layers} (the layers of "
+                                f"{model_path}), got {backbone_layers}")
+            config.num_hidden_layers = backbone_layers
+            if getattr(config, "layer_types", None):  # per-layer attention kinds (Qwen3, Gemma) must match
+                config.layer_types = config.layer_types[:backbone_layers]
         # suppress_seqcls_warning: a causal-LM checkpoint loaded for classification has a new score
-        # head and an unused lm_head; both are expected, the warning would only confuse.
-        with suppress_seqcls_warning():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_path, num_labels=1, dtype=torch.float32
-            )
+        # head and an unused lm_head; both are expected, the warning would only confuse. So are the
+        # upper layers left out by backbone_layers, which Transformers would list one by one.
+        verbosity = transformers_logging.get_verbosity()
+        if backbone_layers is not None:
+            transformers_logging.set_verbosity_error()
+        try:
+            with suppress_seqcls_warning():
+                model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config,
+                                                                           dtype=torch.float32)
+        finally:
+            transformers_logging.set_verbosity(verbosity)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {model_path!r}: {_first_line(e)}") from None
     # Sequence-classification models find the last real token through config.pad_token_id.
@@ -209,6 +232,47 @@ def _head_name(model) -> str:
         if hasattr(model, name):
             return name
     raise UserError(f"{type(model).__name__}: no 'score' or 'classifier' head for LoRA's modules_to_save")
+
+
+def transformer_layers(model):
+    """The model's stack of transformer blocks (BERT's encoder.layer, Llama's layers, GPT-2's h)."""
+    import torch
+
+    count = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise UserError(f"{type(model).__name__}: cannot find its {count} transformer layers")
+
+
+def lora_targets(model, trainable_layers: int | None):
+    """PEFT's target_modules: every linear layer, or those of the top `trainable_layers` blocks only (PEFT's
+    own layers_to_transform does not combine with "all-linear", so they are named one by one)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    if trainable_layers is None:
+        return "all-linear"
+    if trainable_layers == 0:
+        raise UserError("trainable_layers=0 with LoRA leaves nothing to adapt; without LoRA it trains the head alone")
+    layers = transformer_layers(model)
+    prefix = next(name for name, module in model.named_modules() if module is layers)
+    first = len(layers) - trainable_layers
+    return [f"{prefix}.{i}.{name}" for i in range(first, len(layers))
+            for name, module in layers[i].named_modules() if isinstance(module, (torch.nn.Linear, Conv1D))]
+
+
+def freeze_lower_layers(model, trainable_layers: int) -> None:
+    """Freeze the frozen blocks (all but the top `trainable_layers`) and every parameter the forward pass
+    reaches before them. Parameters are registered in forward order (embeddings, blocks, final norm or
+    pooler, head), so that is every parameter listed up to the last one of the highest frozen block."""
+    layers = transformer_layers(model)
+    frozen = {id(p) for layer in layers[: len(layers) - trainable_layers] for p in layer.parameters()}
+    for param in model.parameters():
+        if not frozen:
+            break
+        param.requires_grad_(False)
+        frozen.discard(id(param))
 
 
 def split_by_prompt(dataset, fraction: float, seed: int):
@@ -387,7 +451,11 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     if eval_rows is not None:
         eval_set, truncated_eval = encoder.encode_pairs(eval_rows, config.use_margin, "eval_data")
 
-    model = _load_model(model_path, tokenizer.pad_token_id)
+    model = _load_model(model_path, tokenizer.pad_token_id, config.backbone_layers)
+    n_layers = len(transformer_layers(model))
+    if config.trainable_layers is not None and not 0 <= config.trainable_layers <= n_layers:
+        raise UserError(f"trainable_layers must be between 0 and {n_layers} (the layers of the model), "
+                        f"got {config.trainable_layers}")
     peft_config = None
     if config.lora:
         from peft import LoraConfig
@@ -397,9 +465,11 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
-            target_modules="all-linear",
+            target_modules=lora_targets(model, config.trainable_layers),
             modules_to_save=[_head_name(model)],
         )
+    elif config.trainable_layers is not None:
+        freeze_lower_layers(model, config.trainable_layers)
 
     learning_rate = config.learning_rate or (2e-4 if config.lora else 5e-5)
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))

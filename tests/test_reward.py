@@ -276,6 +276,67 @@ def test_lora_run_through_the_cli_saves_and_reloads(tmp_path, tiny_rm):
     assert json.loads((out / "prefloop.json").read_text())["config"]["lora"] is True
 
 
+def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny_rm):
+    from transformers import AutoModelForSequenceClassification
+
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(32)), base_model=tiny_rm, output_dir=str(tmp_path / "top1"),
+        eval_fraction=0, max_length=48, max_steps=3, batch_size=8, learning_rate=1e-2, trainable_layers=1,
+        precision="fp32", progress=False,
+    ))
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_rm)
+    trained = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    changed = {name for name, p in trained.state_dict().items() if not torch.equal(p, base.state_dict()[name])}
+    # The tiny model has 2 layers: embeddings and layer 0 are untouched; layer 1, the final norm and the head moved.
+    assert not any(name.startswith(("model.embed_tokens", "model.layers.0.")) for name in changed)
+    assert {"model.layers.1.self_attn.q_proj.weight", "model.norm.weight", "score.weight"} <= changed
+
+
+def test_head_only_training_and_lora_limited_to_the_top_layers(tmp_path, tiny_rm):
+    from transformers import AutoModelForSequenceClassification
+
+    data = datasets.Dataset.from_list(rule_pairs(32))
+    head = train_reward_model(RewardTrainingConfig(
+        data=data, base_model=tiny_rm, output_dir=str(tmp_path / "head"), eval_fraction=0, max_length=48,
+        max_steps=3, batch_size=8, learning_rate=1e-2, trainable_layers=0, precision="fp32", progress=False,
+    ))
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_rm).state_dict()
+    trained = AutoModelForSequenceClassification.from_pretrained(head.output_dir).state_dict()
+    assert {name for name, p in trained.items() if not torch.equal(p, base[name])} == {"model.norm.weight",
+                                                                                        "score.weight"}
+    lora = train_reward_model(RewardTrainingConfig(
+        data=data, base_model=tiny_rm, output_dir=str(tmp_path / "lora"), eval_fraction=0, max_length=48,
+        max_steps=3, batch_size=8, learning_rate=1e-2, lora=True, trainable_layers=1, progress=False,
+    ))
+    from safetensors.torch import load_file
+
+    adapter = load_file(f"{lora.output_dir}/adapter/adapter_model.safetensors")
+    lora_keys = [k for k in adapter if "lora_" in k]
+    assert lora_keys and all(".layers.1." in k for k in lora_keys)
+
+
+def test_backbone_layers_keeps_the_bottom_layers_and_saves_a_shallower_model(tmp_path, tiny_rm):
+    from transformers import AutoModelForSequenceClassification
+
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(32)), base_model=tiny_rm, output_dir=str(tmp_path / "short"),
+        eval_fraction=0, max_length=48, max_steps=2, batch_size=8, backbone_layers=1, trainable_layers=0,
+        learning_rate=1e-2, precision="fp32", progress=False,
+    ))
+    short = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_rm)
+    assert short.config.num_hidden_layers == 1 and len(short.model.layers) == 1
+    assert torch.equal(short.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    for bad in ({"backbone_layers": 3}, {"backbone_layers": 0}, {"trainable_layers": 3}, {"trainable_layers": -1}):
+        with pytest.raises(UserError, match="layers must be between"):
+            train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(8)), base_model=tiny_rm,
+                                                    output_dir=str(tmp_path / "bad"), progress=False, **bad))
+    with pytest.raises(UserError, match="nothing to adapt"):
+        train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(8)), base_model=tiny_rm,
+                                                output_dir=str(tmp_path / "bad"), lora=True, trainable_layers=0,
+                                                progress=False))
+
+
 # -------------------------------------------------------------------------------------- evaluation
 
 
