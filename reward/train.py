@@ -81,8 +81,8 @@ class RewardTrainingConfig:
     """Dropout on the LoRA branch."""
     backbone_layers: int | None = None
     """Keep only the bottom N transformer layers of the base model (the rest are not loaded): a shallower,
-    faster reward model, and for decoders often a better one (middle layers carry more of what a preference
-    probe needs than the last, which is shaped for next-token prediction). None keeps them all."""
+    faster reward model, sometimes a better one (on HH harmless, smollm2's middle layers probe better than its
+    last, which next-token prediction shapes; bench/reward.py). None keeps them all."""
     trainable_layers: int | None = None
     """Train only the top N transformer layers (with LoRA: put adapters only there) and everything above them
     (pooler, final norm, head); the embeddings and the layers below stay frozen, so the backward pass stops at
@@ -263,16 +263,18 @@ def lora_targets(model, trainable_layers: int | None):
 
 
 def freeze_lower_layers(model, trainable_layers: int) -> None:
-    """Freeze the frozen blocks (all but the top `trainable_layers`) and every parameter the forward pass
-    reaches before them. Parameters are registered in forward order (embeddings, blocks, final norm or
-    pooler, head), so that is every parameter listed up to the last one of the highest frozen block."""
+    """Freeze every parameter the forward pass reaches before the top `trainable_layers` blocks: the
+    embeddings and the lower blocks. Parameters are registered in forward order (embeddings, blocks, final
+    norm or pooler, head), so those are the ones listed before the first trained parameter."""
     layers = transformer_layers(model)
-    frozen = {id(p) for layer in layers[: len(layers) - trainable_layers] for p in layer.parameters()}
-    for param in model.parameters():
-        if not frozen:
-            break
+    params = list(model.parameters())
+    position = {id(p): i for i, p in enumerate(params)}
+    if trainable_layers:
+        first_trained = position[id(next(layers[len(layers) - trainable_layers].parameters()))]
+    else:  # the head alone: everything up to the last block's last parameter
+        first_trained = max(position[id(p)] for p in layers.parameters()) + 1
+    for param in params[:first_trained]:
         param.requires_grad_(False)
-        frozen.discard(id(param))
 
 
 def split_by_prompt(dataset, fraction: float, seed: int):
@@ -452,10 +454,9 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         eval_set, truncated_eval = encoder.encode_pairs(eval_rows, config.use_margin, "eval_data")
 
     model = _load_model(model_path, tokenizer.pad_token_id, config.backbone_layers)
-    n_layers = len(transformer_layers(model))
-    if config.trainable_layers is not None and not 0 <= config.trainable_layers <= n_layers:
-        raise UserError(f"trainable_layers must be between 0 and {n_layers} (the layers of the model), "
-                        f"got {config.trainable_layers}")
+    if config.trainable_layers is not None and not 0 <= config.trainable_layers <= len(transformer_layers(model)):
+        raise UserError(f"trainable_layers must be between 0 and {len(transformer_layers(model))} (the layers of "
+                        f"the model), got {config.trainable_layers}")
     peft_config = None
     if config.lora:
         from peft import LoraConfig

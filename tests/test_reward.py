@@ -290,6 +290,15 @@ def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny
     # The tiny model has 2 layers: embeddings and layer 0 are untouched; layer 1, the final norm and the head moved.
     assert not any(name.startswith(("model.embed_tokens", "model.layers.0.")) for name in changed)
     assert {"model.layers.1.self_attn.q_proj.weight", "model.norm.weight", "score.weight"} <= changed
+    # Every layer trained: the embeddings are still what is below them, so they stay frozen.
+    every = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(32)), base_model=tiny_rm, output_dir=str(tmp_path / "top2"),
+        eval_fraction=0, max_length=48, max_steps=3, batch_size=8, learning_rate=1e-2, trainable_layers=2,
+        precision="fp32", progress=False,
+    ))
+    trained = AutoModelForSequenceClassification.from_pretrained(every.output_dir)
+    assert torch.equal(trained.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
 
 
 def test_head_only_training_and_lora_limited_to_the_top_layers(tmp_path, tiny_rm):
