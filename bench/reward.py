@@ -14,10 +14,11 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    RewardConfig refuses its own bf16 default on a machine with no GPU. The pairs are given as plain text
    in the same `User:` / `Assistant:` layout prefloop renders for encoders, so both see the same text.
 2. `prefloop`: `reward.train.train_reward_model` with its defaults (only data, base and output set);
-   `prefloop-top1` the same with trainable_layers=1 and evals_per_epoch=2 (the speed end of the recipe:
+   `prefloop-top1` the same with trainable_layers=1, lr 5e-5 and evals_per_epoch=2 (the speed end of the recipe:
    the embeddings and the lower 5 of MiniLM's 6 layers frozen, so the backward pass covers one layer, and
    half the held-out evaluations, which then cost about a third of the training time);
-   `prefloop-top1-lr2e-4` the same at learning_rate=2e-4 (one layer barely moves at 5e-5 in 2 epochs).
+   `prefloop-top1-lr2e-4` the same at learning_rate=2e-4 (one layer barely moves at 5e-5 in 2 epochs; 2e-4
+   is now the default whenever trainable_layers is set). The smollm2 cut side pins the 5e-5 it was measured at.
 3. `prefloop-smollm2-lora`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`;
    `prefloop-smollm2-20` the decoder cut to its bottom 20 of 30 layers (backbone_layers=20), the top 2 of
    those and the head trained in full (trainable_layers=2). Why 20: linear probes of each layer's last-token
@@ -197,7 +198,7 @@ def run_worker(argv: list[str]) -> None:
         stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False)
     elif a.side == "prefloop-top1":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, trainable_layers=1,
-                                evals_per_epoch=2)
+                                evals_per_epoch=2, learning_rate=5e-5)
     elif a.side == "prefloop-top1-lr2e-4":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, trainable_layers=1,
                                 evals_per_epoch=2, learning_rate=2e-4)
@@ -205,7 +206,7 @@ def run_worker(argv: list[str]) -> None:
         stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=True)
     elif a.side == "prefloop-smollm2-20":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=False,
-                                backbone_layers=20, trainable_layers=2)
+                                backbone_layers=20, trainable_layers=2, learning_rate=5e-5)
     else:
         raise SystemExit(f"unknown side {a.side}")
     from reward.evaluate import evaluate_reward_model
@@ -359,7 +360,7 @@ def render_report(results, splits, args, command, started, load_before, where: s
         "- prefloop recipe: `train_reward_model(RewardTrainingConfig(data, base_model, output_dir, time_budget_s))` "
         f"with its defaults: {recipe()}.",
         "- prefloop recipe, top layer trained: the same with `trainable_layers=1` (embeddings and the lower 5 of "
-        "6 layers frozen: the backward pass stops after one layer) and `evals_per_epoch=2` (with a one-layer backward "
+        "6 layers frozen: the backward pass stops after one layer), lr 5e-5 and `evals_per_epoch=2` (with a one-layer backward "
         "pass, 4 held-out evaluations per epoch would take about a third of the training time).",
         "- top layer trained at lr 2e-4: the same as the row above with `learning_rate=2e-4`; at the default 5e-5 one "
         "layer barely moves in 2 epochs (held-out loss 0.971 -> 0.947 on HH) and the checkpoint choice between "

@@ -34,7 +34,7 @@ def train(
     batch_size: int = typer.Option(16, "--batch-size", help="Pairs per device per step."),
     gradient_accumulation_steps: int = typer.Option(
         1, "--gradient-accumulation-steps", help="Steps summed per update: a smaller --batch-size, same update."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Default 5e-5 (full) or 2e-4 (LoRA)."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Default 5e-5 (full), 2e-4 (LoRA, --trainable-layers)."),
     center_rewards: Optional[float] = typer.Option(0.01, "--center-rewards", help="Reward-centering weight; 0 disables."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many seconds."),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16."),

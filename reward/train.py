@@ -88,7 +88,8 @@ class RewardTrainingConfig:
     (pooler, final norm, head); the embeddings and the layers below stay frozen, so the backward pass stops at
     layer N from the top. 0 trains the head alone; None trains every layer."""
     learning_rate: float | None = None
-    """Peak learning rate; None picks 5e-5 for full fine-tuning and 2e-4 for LoRA."""
+    """Peak learning rate; None picks 5e-5 for full fine-tuning and 2e-4 for LoRA or `trainable_layers` (few
+    weights move: at 5e-5 one MiniLM layer barely trains in 2 epochs, bench/results/reward.md)."""
     num_train_epochs: float = 2.0
     """Passes over the training pairs (ignored when `max_steps` > 0)."""
     max_steps: int = -1
@@ -472,7 +473,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     elif config.trainable_layers is not None:
         freeze_lower_layers(model, config.trainable_layers)
 
-    learning_rate = config.learning_rate or (2e-4 if config.lora else 5e-5)
+    learning_rate = config.learning_rate or (2e-4 if config.lora or config.trainable_layers is not None else 5e-5)
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     pairs_per_step = config.batch_size * config.gradient_accumulation_steps * world
     steps_per_epoch = max(1, math.ceil(len(train_set) / pairs_per_step))

@@ -290,6 +290,13 @@ def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny
     # The tiny model has 2 layers: embeddings and layer 0 are untouched; layer 1, the final norm and the head moved.
     assert not any(name.startswith(("model.embed_tokens", "model.layers.0.")) for name in changed)
     assert {"model.layers.1.self_attn.q_proj.weight", "model.norm.weight", "score.weight"} <= changed
+    # Few weights move: the default learning rate is LoRA's, not full fine-tuning's.
+    default_lr = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(8)), base_model=tiny_rm, output_dir=str(tmp_path / "lr"),
+        eval_fraction=0, max_length=48, max_steps=1, batch_size=8, trainable_layers=1, progress=False,
+    ))
+    assert json.loads((tmp_path / "lr" / "prefloop.json").read_text())["learning_rate"] == 2e-4
+    assert default_lr.n_train == 8
     # Every layer trained: the embeddings are still what is below them, so they stay frozen.
     every = train_reward_model(RewardTrainingConfig(
         data=datasets.Dataset.from_list(rule_pairs(32)), base_model=tiny_rm, output_dir=str(tmp_path / "top2"),
