@@ -409,8 +409,12 @@ def test_dashboard_in_chromium(site, tmp_path):
         # component (about one run in four under full-suite load): set it again until its name shows.
         from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+        # Under load the name can also take over 10 s to show; by then the component has swapped its file
+        # input for the file's row, so set the file again only while the input is still there.
         for attempt in range(3):
-            page.locator("#pf-upload input[type=file]").set_input_files(str(upload_file))
+            file_input = page.locator("#pf-upload input[type=file]")
+            if file_input.count():
+                file_input.set_input_files(str(upload_file))
             try:
                 page.locator("#pf-upload").get_by_text("pairs.jsonl").wait_for(timeout=10_000)
                 break
