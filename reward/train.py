@@ -254,8 +254,6 @@ def lora_targets(model, trainable_layers: int | None):
 
     if trainable_layers is None:
         return "all-linear"
-    if trainable_layers == 0:
-        raise UserError("trainable_layers=0 with LoRA leaves nothing to adapt; without LoRA it trains the head alone")
     layers = transformer_layers(model)
     prefix = next(name for name, module in model.named_modules() if module is layers)
     first = len(layers) - trainable_layers
@@ -455,9 +453,10 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         eval_set, truncated_eval = encoder.encode_pairs(eval_rows, config.use_margin, "eval_data")
 
     model = _load_model(model_path, tokenizer.pad_token_id, config.backbone_layers)
-    if config.trainable_layers is not None and not 0 <= config.trainable_layers <= len(transformer_layers(model)):
-        raise UserError(f"trainable_layers must be between 0 and {len(transformer_layers(model))} (the layers of "
-                        f"the model), got {config.trainable_layers}")
+    depth = model.config.num_hidden_layers
+    if config.trainable_layers is not None and config.trainable_layers > depth:
+        raise UserError(f"trainable_layers must be between 0 and {depth} (the layers of the model), "
+                        f"got {config.trainable_layers}")
     peft_config = None
     if config.lora:
         from peft import LoraConfig
@@ -572,6 +571,10 @@ def _check(config: RewardTrainingConfig) -> None:
         raise UserError("batch sizes must be at least 1")
     if config.num_train_epochs <= 0 and config.max_steps <= 0:
         raise UserError("set num_train_epochs > 0 or max_steps > 0")
+    if config.trainable_layers is not None and config.trainable_layers < 0:
+        raise UserError(f"trainable_layers must be between 0 and the model's layers, got {config.trainable_layers}")
+    if config.lora and config.trainable_layers == 0:
+        raise UserError("trainable_layers=0 with LoRA leaves nothing to adapt; without LoRA it trains the head alone")
     ds_stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     if ds_stage == "3":
         raise UserError("DeepSpeed ZeRO-3 is not supported for reward training; use deepspeed_zero2.yaml")
@@ -642,6 +645,8 @@ def model_card(info: dict[str, Any]) -> str:
     metrics = info["metrics"]
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
     lora = " with LoRA (score head trained in full, adapters merged)" if info["config"]["lora"] else ""
+    kept = info["config"]["backbone_layers"] or "all"
+    trained = "all" if info["config"]["trainable_layers"] is None else f"the top {info['config']['trainable_layers']}"
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -657,6 +662,7 @@ one scalar; higher means more preferred by the raters.
 - training pairs: {info["n_train"]} ({info["truncated_train"]} truncated), held-out pairs: {info["n_eval"]}
 - data: `{info["config"]["data"]}` ({info["data_fingerprint"]})
 - max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}
+- layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
 - kept step (held-out accuracy; accuracies within one standard error decided by held-out loss): {info["best_step"]}
 - precision: {info["precision"]}, learning rate: {info["learning_rate"]}
 

@@ -291,12 +291,11 @@ def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny
     assert not any(name.startswith(("model.embed_tokens", "model.layers.0.")) for name in changed)
     assert {"model.layers.1.self_attn.q_proj.weight", "model.norm.weight", "score.weight"} <= changed
     # Few weights move: the default learning rate is LoRA's, not full fine-tuning's.
-    default_lr = train_reward_model(RewardTrainingConfig(
+    train_reward_model(RewardTrainingConfig(
         data=datasets.Dataset.from_list(rule_pairs(8)), base_model=tiny_rm, output_dir=str(tmp_path / "lr"),
         eval_fraction=0, max_length=48, max_steps=1, batch_size=8, trainable_layers=1, progress=False,
     ))
     assert json.loads((tmp_path / "lr" / "prefloop.json").read_text())["learning_rate"] == 2e-4
-    assert default_lr.n_train == 8
     # Every layer trained: the embeddings are still what is below them, so they stay frozen.
     every = train_reward_model(RewardTrainingConfig(
         data=datasets.Dataset.from_list(rule_pairs(32)), base_model=tiny_rm, output_dir=str(tmp_path / "top2"),
@@ -342,6 +341,7 @@ def test_backbone_layers_keeps_the_bottom_layers_and_saves_a_shallower_model(tmp
     short = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_rm)
     assert short.config.num_hidden_layers == 1 and len(short.model.layers) == 1
+    assert "layers kept from the base model: 1; trained: the top 0" in (tmp_path / "short" / "README.md").read_text()
     assert torch.equal(short.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
     for bad in ({"backbone_layers": 3}, {"backbone_layers": 0}, {"trainable_layers": 3}, {"trainable_layers": -1}):
         with pytest.raises(UserError, match="layers must be between"):
