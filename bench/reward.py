@@ -14,11 +14,10 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    RewardConfig refuses its own bf16 default on a machine with no GPU. The pairs are given as plain text
    in the same `User:` / `Assistant:` layout prefloop renders for encoders, so both see the same text.
 2. `prefloop`: `reward.train.train_reward_model` with its defaults (only data, base and output set);
-   `prefloop-top1` the same with trainable_layers=1, lr 5e-5 and evals_per_epoch=2 (the speed end of the recipe:
-   the embeddings and the lower 5 of MiniLM's 6 layers frozen, so the backward pass covers one layer, and
-   half the held-out evaluations, which then cost about a third of the training time);
-   `prefloop-top1-lr2e-4` the same at learning_rate=2e-4 (one layer barely moves at 5e-5 in 2 epochs; 2e-4
-   is now the default whenever trainable_layers is set). The smollm2 cut side pins the 5e-5 it was measured at.
+   `prefloop-top1` the same with trainable_layers=1 and evals_per_epoch=2 (the speed end of the recipe: the
+   embeddings and the lower 5 of MiniLM's 6 layers frozen, so the backward pass covers one layer, at the
+   2e-4 learning rate that trainable_layers defaults to, and half the held-out evaluations, which would
+   otherwise cost about a third of the training time).
 3. `prefloop-smollm2-lora`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`;
    `prefloop-smollm2-20` the decoder cut to its bottom 20 of 30 layers (backbone_layers=20), the top 2 of
    those and the head trained in full (trainable_layers=2). Why 20: linear probes of each layer's last-token
@@ -198,10 +197,7 @@ def run_worker(argv: list[str]) -> None:
         stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False)
     elif a.side == "prefloop-top1":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, trainable_layers=1,
-                                evals_per_epoch=2, learning_rate=5e-5)
-    elif a.side == "prefloop-top1-lr2e-4":
-        stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, trainable_layers=1,
-                                evals_per_epoch=2, learning_rate=2e-4)
+                                evals_per_epoch=2)
     elif a.side == "prefloop-smollm2-lora":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=True)
     elif a.side == "prefloop-smollm2-20":
@@ -226,7 +222,6 @@ SIDES = {
     "trl-defaults": "plain TRL defaults (minilm-l6)",
     "prefloop": "prefloop recipe (minilm-l6)",
     "prefloop-top1": "prefloop recipe, top layer trained, 2 evaluations per epoch (minilm-l6)",
-    "prefloop-top1-lr2e-4": "prefloop recipe, top layer trained at lr 2e-4, 2 evaluations per epoch (minilm-l6)",
     "prefloop-smollm2-lora": "prefloop recipe, smollm2-135m-instruct + LoRA",
     "prefloop-smollm2-20": "prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained",
 }
@@ -291,6 +286,11 @@ def main() -> None:
     print(f"wrote {args.out}")
 
 
+def short_float(x: float) -> str:
+    """5e-5, not Python's 5e-05."""
+    return f"{x:.0e}".replace("e-0", "e-")
+
+
 def recipe() -> str:
     """prefloop's defaults, read from the config so this text cannot drift from the code."""
     from reward.train import RewardTrainingConfig, _precision
@@ -298,13 +298,15 @@ def recipe() -> str:
     c = RewardTrainingConfig(data=None)
     return (f"{_precision(c.precision)} on this machine's CPU (auto: bf16 where the CPU has bf16 matrix units), no "
             f"gradient checkpointing, left truncation to {c.max_length} tokens (nothing dropped), "
-            f"length-grouped batches of {c.batch_size} pairs, {c.num_train_epochs:g} epochs at lr 5e-5 "
+            f"length-grouped batches of {c.batch_size} pairs, {c.num_train_epochs:g} epochs at lr {short_float(c.peak_learning_rate())} "
             f"({c.lr_scheduler_type}, {c.warmup_ratio:.0%} warm-up), margin in the loss, reward centering "
             f"{c.center_rewards_coefficient}, {c.eval_fraction:.0%} of the training pairs held out by prompt and "
             f"evaluated {c.evals_per_epoch}x per epoch, the best step kept")
 
 
 def render_report(results, splits, args, command, started, load_before, where: str) -> str:
+    from reward.train import RewardTrainingConfig
+
     lines = [
         "# Reward models: prefloop's recipe vs plain TRL defaults",
         "",
@@ -334,7 +336,7 @@ def render_report(results, splits, args, command, started, load_before, where: s
     lines += ["", "## Targets (issue 5), against plain TRL defaults on the same backbone", ""]
     for name in splits:
         base = results.get((name, "trl-defaults"))
-        for side in ("prefloop", "prefloop-top1", "prefloop-top1-lr2e-4"):
+        for side in ("prefloop", "prefloop-top1"):
             ours = results.get((name, side))
             if not (ours and base):
                 continue
@@ -360,11 +362,10 @@ def render_report(results, splits, args, command, started, load_before, where: s
         "- prefloop recipe: `train_reward_model(RewardTrainingConfig(data, base_model, output_dir, time_budget_s))` "
         f"with its defaults: {recipe()}.",
         "- prefloop recipe, top layer trained: the same with `trainable_layers=1` (embeddings and the lower 5 of "
-        "6 layers frozen: the backward pass stops after one layer), lr 5e-5 and `evals_per_epoch=2` (with a one-layer backward "
-        "pass, 4 held-out evaluations per epoch would take about a third of the training time).",
-        "- top layer trained at lr 2e-4: the same as the row above with `learning_rate=2e-4`; at the default 5e-5 one "
-        "layer barely moves in 2 epochs (held-out loss 0.971 -> 0.947 on HH) and the checkpoint choice between "
-        "near-untrained steps is left to noise.",
+        "6 layers frozen: the backward pass stops after one layer), at the learning rate trainable_layers defaults to "
+        f"({short_float(RewardTrainingConfig(data=None, trainable_layers=1).peak_learning_rate())}; at 5e-5 one layer barely "
+        "moves in 2 epochs), and `evals_per_epoch=2` (with a one-layer backward pass, 4 held-out evaluations per "
+        "epoch would take about a third of the training time).",
         "- smollm2-135m-instruct + LoRA: the recipe with `lora=True` (rank 16 on every linear layer, score head in "
         "full, lr 2e-4). Bottom 20 of 30 layers: `backbone_layers=20, trainable_layers=2`: the decoder cut after "
         "layer 20 (the upper 10 are not loaded), the top 2 of the remaining layers, the final norm and the score head "

@@ -155,7 +155,9 @@ class Encoder:
 
     def encode(self, conversation: Conversation) -> tuple[list[int], bool]:
         text, special = render(self.tokenizer, conversation)
-        ids = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        # verbose=False: the length is measured here on purpose; Transformers' "longer than the maximum
+        # sequence length ... indexing errors" warning would alarm users about pairs truncated just below.
+        ids = self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
         if self.max_length is None or len(ids) <= self.max_length:
             return list(ids), False
         # Let the tokenizer truncate: it keeps its own special tokens ([CLS] ... [SEP]) at the edges.

@@ -125,6 +125,12 @@ class RewardTrainingConfig:
     callbacks: list[Any] = field(default_factory=list)
     """More `transformers.TrainerCallback`s (logging, early stopping), run after prefloop's own."""
 
+    def peak_learning_rate(self) -> float:
+        """`learning_rate`, or the default for this kind of run when it is None."""
+        if self.learning_rate:
+            return self.learning_rate
+        return 2e-4 if self.lora or self.trainable_layers is not None else 5e-5
+
 
 @dataclass
 class RewardTrainingResult:
@@ -472,7 +478,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     elif config.trainable_layers is not None:
         freeze_lower_layers(model, config.trainable_layers)
 
-    learning_rate = config.learning_rate or (2e-4 if config.lora or config.trainable_layers is not None else 5e-5)
+    learning_rate = config.peak_learning_rate()
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     pairs_per_step = config.batch_size * config.gradient_accumulation_steps * world
     steps_per_epoch = max(1, math.ceil(len(train_set) / pairs_per_step))
