@@ -178,6 +178,8 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
         with gr.Tabs():
             with gr.Tab("Rate", id="rate"):
                 banner = gr.HTML("", elem_id="pf-banner", js_on_load=None)
+                # A refused action is explained here, below the banner, so a content warning stays in view.
+                alert = gr.HTML("", elem_id="pf-alert", js_on_load=None)
                 with gr.Accordion("Guidelines", open=False):
                     guidelines = gr.HTML("", elem_id="pf-guidelines", js_on_load=None)
                 conversation = gr.HTML("", elem_id="pf-conversation", js_on_load=None)
@@ -221,7 +223,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                     opt_in_save = gr.Button("Save my choice", elem_id="pf-opt-in-save")
                     opt_in_msg = gr.Markdown("", elem_id="pf-opt-in-msg")
 
-        screen = [state, banner, guidelines, conversation, reveal_button, left, right, choice, both_bad,
+        screen = [state, banner, alert, guidelines, conversation, reveal_button, left, right, choice, both_bad,
                   criteria_box, *criteria, rationale, rewrite, shown]
 
         def show(served: Served | None, project: Project, note: str = "", revealed: bool = False,
@@ -232,7 +234,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
             project is chosen, skipped between pairs of the same project because every gr.update() costs
             Gradio a component construction.
             """
-            out: dict = {choice: None, both_bad: False, rationale: "", rewrite: ""}
+            out: dict = {alert: "", choice: None, both_bad: False, rationale: "", rewrite: ""}
             out.update({box: None for box in criteria})
             if layout or served is None:
                 rubric = (project.rubric or [])[:MAX_CRITERIA]
@@ -289,10 +291,11 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 raise UserError("the screen changed before this was sent; look at the pair again")
             return _project_id(current.get("project_id")), assignment_id
 
-        def errors_in_banner(fn: Callable) -> Callable:
+        def errors_in_alert(fn: Callable) -> Callable:
             """For the per-item events, which skip Gradio's queue (see below): Gradio's page shows no message for
-            an error raised by such an event, so the message goes to the banner above the pair instead and the
-            rest of the screen stays as it was. The JSON answer carries it too (GradioRaterClient raises it)."""
+            an error raised by such an event, so the message goes to the alert above the pair instead and the
+            rest of the screen, the banner too, stays as it was. The JSON answer carries it too (GradioRaterClient
+            raises it)."""
             handler = _handler(fn)
 
             @functools.wraps(fn)
@@ -300,7 +303,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 try:
                     return handler(*args, **kwargs)
                 except gr.Error as e:  # its message is already HTML-escaped (errors_on_screen)
-                    return {banner: f'<div class="pf-warning pf-error" role="alert">{e.message}</div>'}
+                    return {alert: f'<div class="pf-warning pf-error" role="alert">{e.message}</div>'}
 
             return wrapper
 
@@ -327,7 +330,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                     return {}
                 return serve(session, rater.id, _project_id(project_value), layout=True)
 
-        @errors_in_banner
+        @errors_in_alert
         def on_submit(request: gr.Request, current: Any, shown_id: Any, choice_value: Any, both_bad_value: Any,
                       rationale_value: Any, rewrite_value: Any, *criterion_values: Any) -> dict:
             # One transaction: the judgment and the next pair commit together, before the answer leaves.
@@ -354,7 +357,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                                 "please take one (ten minutes away resets this).")
                 return serve(session, rater.id, project_id, note, break_checked_at=checked)
 
-        @errors_in_banner
+        @errors_in_alert
         def on_skip(current: Any, shown_id: Any, reason: Any, request: gr.Request) -> dict:
             with db.session_scope(db_url) as session:
                 rater = current_rater(request, db_url, session)
@@ -362,7 +365,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 skip(session, rater.id, assignment_id, str(reason or ""))
                 return serve(session, rater.id, project_id, "Skipped.")
 
-        @errors_in_banner
+        @errors_in_alert
         def on_flag(current: Any, shown_id: Any, reason: Any, request: gr.Request) -> dict:
             reason = str(reason or "").strip()
             with db.session_scope(db_url) as session:
@@ -374,7 +377,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 return {**serve(session, rater.id, project_id,
                                 "Flagged for review and taken out of the queue. Thank you."), flag_reason: ""}
 
-        @errors_in_banner
+        @errors_in_alert
         def on_undo(current: Any, request: gr.Request) -> dict:
             current = current if isinstance(current, dict) else {}
             with db.session_scope(db_url) as session:
@@ -384,7 +387,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 project = session.get(Project, project_id)
                 return show(served, project, "Your last judgment was taken back: judge this pair again.")
 
-        @errors_in_banner
+        @errors_in_alert
         def on_reveal(current: Any, request: gr.Request) -> dict:
             with db.session_scope(db_url) as session:
                 rater = current_rater(request, db_url, session)

@@ -124,11 +124,11 @@ class GradioRaterClient:
                 return dependency
         raise KeyError(api_name)
 
-    def _banner_error(self, dependency: dict[str, Any], outputs: list[Any]) -> str | None:
-        """The message of an error the app showed in its banner (the per-item events answer errors there)."""
-        banner = [c["id"] for c in self._config["components"] if c.get("props", {}).get("elem_id") == "pf-banner"]
+    def _alert_error(self, dependency: dict[str, Any], outputs: list[Any]) -> str | None:
+        """The message of an error the app showed in its alert (the per-item events answer errors there)."""
+        alert = [c["id"] for c in self._config["components"] if c.get("props", {}).get("elem_id") == "pf-alert"]
         for component_id, value in zip(dependency["outputs"], outputs):
-            if component_id in banner and isinstance(value, str) and 'class="pf-warning pf-error"' in value:
+            if component_id in alert and isinstance(value, str) and 'class="pf-warning pf-error"' in value:
                 return html.unescape(re.sub(r"<[^>]+>", "", value))
         return None
 
@@ -136,7 +136,7 @@ class GradioRaterClient:
         """Run one event as the browser does; its outputs, or RaterAPIError.
 
         api_name: the event's api_name or its fn_index. Events declared with queue=False are one POST to
-        /gradio_api/run/predict (the app answers their errors in its banner, raised here); the others join
+        /gradio_api/run/predict (the app answers their errors in its alert, raised here); the others join
         Gradio's queue and their result arrives as a server-sent event.
         """
         dependency = self._dependency(api_name)
@@ -150,7 +150,7 @@ class GradioRaterClient:
                 raise RaterAPIError(400 if response.status_code == 500 else response.status_code,
                                     str(payload.get("error") or response.text))
             outputs = response.json()["data"]
-            if (message := self._banner_error(dependency, outputs)) is not None:
+            if (message := self._alert_error(dependency, outputs)) is not None:
                 raise RaterAPIError(400, message)
             return outputs
         joined = self.http.post("/gradio_api/queue/join", json=body)

@@ -245,10 +245,12 @@ def test_sensitive_items_are_hidden_until_revealed(site):
     assert "SECRET-VIOLENT" not in page.content()  # withheld, not merely blurred
     assert page.locator("#pf-left .pf-blurred").count() == 1
     page.keyboard.press("1")
-    page.keyboard.press("Enter")  # judging before revealing is refused
-    page.get_by_text("show the content before judging").first.wait_for()
+    page.keyboard.press("Enter")  # judging before revealing is refused, and the warning stays in view
+    page.locator("#pf-alert").get_by_text("show the content before judging").wait_for()
+    assert "Content warning" in page.locator("#pf-banner").inner_text()
     page.locator("#pf-reveal").click()
     page.wait_for_function("document.querySelector('#pf-left').innerText.includes('SECRET-VIOLENT')")
+    assert page.locator("#pf-alert").inner_text().strip() == ""  # the next screen clears the refusal
     with db.session_scope(site["url"]) as s:
         sam = s.scalar(select(Rater).where(Rater.name == "sam"))
         (assignment,) = s.scalars(select(Assignment).where(Assignment.rater_id == sam.id)).all()
