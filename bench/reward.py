@@ -23,6 +23,8 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    those and the head trained in full (trainable_layers=2). Why 20: linear probes of each layer's last-token
    state (and mean-pooled state), fitted with 5-fold cross-validation on the HH training pairs, peaked at
    layers 18-22 (0.64-0.67 in cross-validation), above layers 10 and 15 and the last layer (0.62-0.65).
+   `prefloop-smollm2-20-evals2` the same cut with evals_per_epoch=2: 20 frozen layers make a held-out
+   evaluation of 180 pairs cost about as much as training on 150, so 4 a epoch take a third of the budget.
 
 Every side trains under the same wall-clock budget (`--budget-s`, default 600 s: training stops when
 it is spent) on the same training pairs, and is then scored on the same test pairs with
@@ -203,6 +205,9 @@ def run_worker(argv: list[str]) -> None:
     elif a.side == "prefloop-smollm2-20":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=False,
                                 backbone_layers=20, trainable_layers=2, learning_rate=5e-5)
+    elif a.side == "prefloop-smollm2-20-evals2":
+        stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=False,
+                                backbone_layers=20, trainable_layers=2, learning_rate=5e-5, evals_per_epoch=2)
     else:
         raise SystemExit(f"unknown side {a.side}")
     from reward.evaluate import evaluate_reward_model
@@ -224,6 +229,8 @@ SIDES = {
     "prefloop-top1": "prefloop recipe, top layer trained, 2 evaluations per epoch (minilm-l6)",
     "prefloop-smollm2-lora": "prefloop recipe, smollm2-135m-instruct + LoRA",
     "prefloop-smollm2-20": "prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained",
+    "prefloop-smollm2-20-evals2": ("prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, "
+                                   "2 evaluations per epoch"),
 }
 
 
@@ -370,7 +377,9 @@ def render_report(results, splits, args, command, started, load_before, where: s
         "full, lr 2e-4). Bottom 20 of 30 layers: `backbone_layers=20, trainable_layers=2`: the decoder cut after "
         "layer 20 (the upper 10 are not loaded), the top 2 of the remaining layers, the final norm and the score head "
         "trained in full at lr 5e-5. Layer 20 because linear probes of each layer's last-token state, fitted with "
-        "5-fold cross-validation on the HH training pairs, peaked around layers 18-22.",
+        "5-fold cross-validation on the HH training pairs, peaked around layers 18-22. With 2 evaluations per epoch: "
+        "the same and `evals_per_epoch=2` (with 20 frozen layers a held-out evaluation of 180 pairs costs about as "
+        "much as training on 150, so 4 a epoch take a third of the budget).",
         "- pairs/s = training pairs processed / training wall time (the held-out evaluations during training count "
         "against prefloop). Peak RSS = the side's own subprocess.",
         "- Data: `../shared/data/hh_harmless_base_test.jsonl.gz` (seeded shuffle: 1,800 train, 512 test) and "

@@ -35,6 +35,8 @@ def train(
     gradient_accumulation_steps: int = typer.Option(
         1, "--gradient-accumulation-steps", help="Steps summed per update: a smaller --batch-size, same update."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Default 5e-5 (full), 2e-4 (LoRA, --trainable-layers)."),
+    evals_per_epoch: int = typer.Option(
+        4, "--evals-per-epoch", help="Held-out evaluations per epoch; the best is kept (2 halves their cost)."),
     center_rewards: Optional[float] = typer.Option(0.01, "--center-rewards", help="Reward-centering weight; 0 disables."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many seconds."),
     precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16."),
@@ -50,7 +52,7 @@ def train(
         trainable_layers=trainable_layers, use_margin=not no_margin, max_length=max_length,
         truncation_side=truncation_side, num_train_epochs=epochs, max_steps=max_steps, batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
-        center_rewards_coefficient=center_rewards or None,
+        center_rewards_coefficient=center_rewards or None, evals_per_epoch=evals_per_epoch,
         time_budget_s=time_budget, precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,
     ))
 

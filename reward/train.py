@@ -483,7 +483,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     pairs_per_step = config.batch_size * config.gradient_accumulation_steps * world
     steps_per_epoch = max(1, math.ceil(len(train_set) / pairs_per_step))
     steps_total = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_train_epochs)
-    eval_steps = max(1, steps_per_epoch // max(1, config.evals_per_epoch))
+    eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
     out = Path(config.output_dir)
 
     # Trainer wants an output_dir even with nothing to save; keep it out of the model directory.
@@ -575,6 +575,8 @@ def _check(config: RewardTrainingConfig) -> None:
         raise UserError(f"eval_fraction must be in [0, 1), got {config.eval_fraction}")
     if config.batch_size < 1 or config.eval_batch_size < 1:
         raise UserError("batch sizes must be at least 1")
+    if config.evals_per_epoch < 1:
+        raise UserError(f"evals_per_epoch must be at least 1, got {config.evals_per_epoch}")
     if config.num_train_epochs <= 0 and config.max_steps <= 0:
         raise UserError("set num_train_epochs > 0 or max_steps > 0")
     if config.trainable_layers is not None and config.trainable_layers < 0:

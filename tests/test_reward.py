@@ -261,7 +261,7 @@ def test_lora_run_through_the_cli_saves_and_reloads(tmp_path, tiny_rm):
     out = tmp_path / "lora"
     run = CliRunner().invoke(app, ["train", "--data", str(data), "--base", tiny_rm, "--out", str(out), "--lora",
                                    "--max-steps", "3", "--batch-size", "8", "--max-length", "48",
-                                   "--learning-rate", "1e-2"])
+                                   "--learning-rate", "1e-2", "--evals-per-epoch", "2"])
     assert run.exit_code == 0, run.output + repr(run.exception)
     assert (out / "adapter" / "adapter_config.json").exists()
     merged = AutoModelForSequenceClassification.from_pretrained(out)
@@ -273,7 +273,8 @@ def test_lora_run_through_the_cli_saves_and_reloads(tmp_path, tiny_rm):
     with_adapter = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
     batch = torch.tensor([[5, 6, 7, 8, 9]])
     assert torch.allclose(with_adapter(batch).logits, merged(batch).logits, atol=1e-5)
-    assert json.loads((out / "prefloop.json").read_text())["config"]["lora"] is True
+    config = json.loads((out / "prefloop.json").read_text())["config"]
+    assert config["lora"] is True and config["evals_per_epoch"] == 2
 
 
 def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny_rm):
@@ -485,6 +486,10 @@ def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, t
         train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(4)),
                                                 base_model=str(tmp_path / "no-such-model"), progress=False))
     assert "no-such-model" in _one_line_error(e)
+    with pytest.raises(UserError) as e:
+        train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(4)), base_model=tiny_rm,
+                                                evals_per_epoch=0, progress=False))
+    assert "evals_per_epoch must be at least 1, got 0" in _one_line_error(e)
     with pytest.raises(UserError) as e:
         RewardScorer(str(tmp_path / "no-such-model"))
     assert "no-such-model" in _one_line_error(e)
