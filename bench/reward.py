@@ -1,6 +1,6 @@
 """Benchmark: prefloop's reward recipe versus plain TRL defaults, same backbone, pairs and time budget.
 
-    .venv/bin/python bench/reward.py              # the full run (about 80 minutes on 2 CPU cores)
+    .venv/bin/python bench/reward.py              # the full run (about 90 minutes on 2 CPU cores)
     .venv/bin/python bench/reward.py --quick      # a smoke run: small splits, 60 s budgets
 
 Data (../shared/data, imported with collect.formats):
