@@ -437,7 +437,7 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int, n_eval: int):
 def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     """Train, keep the best held-out step, save the model directory; return its metrics."""
     import torch
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, set_seed
     from trl import RewardConfig, RewardTrainer
 
     _check(config)
@@ -458,6 +458,9 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     if eval_rows is not None:
         eval_set, truncated_eval = encoder.encode_pairs(eval_rows, config.use_margin, "eval_data")
 
+    # The new score head (and LoRA's A matrices) are drawn from the global RNG: unseeded, the same data, base
+    # and seed gave a different model on every run.
+    set_seed(config.seed)
     model = _load_model(model_path, tokenizer.pad_token_id, config.backbone_layers)
     depth = model.config.num_hidden_layers
     if config.trainable_layers is not None and config.trainable_layers > depth:

@@ -21,7 +21,7 @@ from reward.data import Encoder, load_preferences  # noqa: E402
 from reward.evaluate import calibration, evaluate_reward_model, preference_metrics  # noqa: E402
 from reward.score import RewardScorer, score_file  # noqa: E402
 from reward.train import RewardTrainingConfig, train_reward_model  # noqa: E402
-from tests.tiny_models import tiny_encoder_reward_model, tiny_reward_model, tiny_tokenizer  # noqa: E402
+from tests.tiny_models import tiny_causal_lm, tiny_encoder_reward_model, tiny_reward_model, tiny_tokenizer  # noqa: E402
 
 WORDS = "the a cat dog sea sky red blue one two three tree house river".split()
 
@@ -275,6 +275,24 @@ def test_lora_run_through_the_cli_saves_and_reloads(tmp_path, tiny_rm):
     assert torch.allclose(with_adapter(batch).logits, merged(batch).logits, atol=1e-5)
     config = json.loads((out / "prefloop.json").read_text())["config"]
     assert config["lora"] is True and config["evals_per_epoch"] == 2
+
+
+def test_the_same_seed_trains_the_same_model(tmp_path):
+    from safetensors.torch import load_file
+
+    # A causal LM gets a new score head when loaded for classification: its draw must follow the seed too.
+    base = tiny_causal_lm(tmp_path / "lm")
+
+    def weights(name: str, seed: int) -> dict:
+        train_reward_model(RewardTrainingConfig(
+            data=datasets.Dataset.from_list(rule_pairs(16)), base_model=base, output_dir=str(tmp_path / name),
+            eval_fraction=0, max_length=48, max_steps=2, batch_size=8, seed=seed, precision="fp32", progress=False,
+        ))
+        return load_file(str(tmp_path / name / "model.safetensors"))
+
+    first, again, other = weights("first", 0), weights("again", 0), weights("other", 1)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["score.weight"], other["score.weight"])
 
 
 def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny_rm):
