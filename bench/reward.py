@@ -19,12 +19,12 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    2e-4 learning rate that trainable_layers defaults to, and half the held-out evaluations, which would
    otherwise cost about a third of the training time).
 3. `prefloop-smollm2-lora`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`;
-   `prefloop-smollm2-20` the decoder cut to its bottom 20 of 30 layers (backbone_layers=20), the top 2 of
-   those and the head trained in full (trainable_layers=2). Why 20: linear probes of each layer's last-token
-   state (and mean-pooled state), fitted with 5-fold cross-validation on the HH training pairs, peaked at
-   layers 18-22 (0.64-0.67 in cross-validation), above layers 10 and 15 and the last layer (0.62-0.65).
-   `prefloop-smollm2-20-evals2` the same cut with evals_per_epoch=2: 20 frozen layers make a held-out
-   evaluation of 180 pairs cost about as much as training on 150, so 4 a epoch take a third of the budget.
+   `prefloop-smollm2-20-evals2` the decoder cut to its bottom 20 of 30 layers (backbone_layers=20), the top 2
+   of those and the head trained in full (trainable_layers=2), with evals_per_epoch=2: 20 frozen layers make a
+   held-out evaluation of 180 pairs cost about as much as training on 150, so 4 a epoch would take a third of
+   the budget (an earlier run with 4 got 1.5 of its 2 epochs done). Why 20: linear probes of each layer's
+   last-token state (and mean-pooled state), fitted with 5-fold cross-validation on the HH training pairs,
+   peaked at layers 18-22 (0.64-0.67 in cross-validation), above layers 10 and 15 and the last layer (0.62-0.65).
 
 Every side trains under the same wall-clock budget (`--budget-s`, default 600 s: training stops when
 it is spent) on the same training pairs, and is then scored on the same test pairs with
@@ -202,9 +202,6 @@ def run_worker(argv: list[str]) -> None:
                                 evals_per_epoch=2)
     elif a.side == "prefloop-smollm2-lora":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=True)
-    elif a.side == "prefloop-smollm2-20":
-        stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=False,
-                                backbone_layers=20, trainable_layers=2, learning_rate=5e-5)
     elif a.side == "prefloop-smollm2-20-evals2":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=False,
                                 backbone_layers=20, trainable_layers=2, learning_rate=5e-5, evals_per_epoch=2)
@@ -228,7 +225,6 @@ SIDES = {
     "prefloop": "prefloop recipe (minilm-l6)",
     "prefloop-top1": "prefloop recipe, top layer trained, 2 evaluations per epoch (minilm-l6)",
     "prefloop-smollm2-lora": "prefloop recipe, smollm2-135m-instruct + LoRA",
-    "prefloop-smollm2-20": "prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained",
     "prefloop-smollm2-20-evals2": ("prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, "
                                    "2 evaluations per epoch"),
 }
