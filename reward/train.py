@@ -348,6 +348,12 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int, n_eval: int):
 
         def on_step_end(self, args, state, control, **kwargs):
             out_of_time = self.seconds is not None and time.monotonic() - self.start > self.seconds
+            if self.seconds is not None and args.world_size > 1:
+                # Under `accelerate launch`, ranks whose clocks cross the budget on different steps would stop
+                # apart and wait on each other forever: the first rank's clock decides for all.
+                from accelerate.utils import broadcast_object_list
+
+                out_of_time = broadcast_object_list([out_of_time], from_process=0)[0]
             if out_of_time:
                 control.should_training_stop = True
             if (out_of_time or state.global_step >= state.max_steps) and args.eval_strategy != "no":
