@@ -169,8 +169,9 @@ def _precision(choice: str) -> str:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX or AVX512-BF16). There, bf16 autocast
-    trains a MiniLM reward model 1.6x faster than fp32 (bench/reward.py); on other CPUs bf16 is emulated and
-    several times slower than fp32."""
+    trains a MiniLM reward model 1.6x faster than fp32 (Xeon with AMX, bench/reward.py), 2.3x on an AMD EPYC
+    with AVX512-BF16 (a training step of 32 sequences of 256 tokens: 1.7 s against 3.9 s; smollm2-135m 2.3x);
+    on other CPUs bf16 is emulated and several times slower than fp32."""
     import torch
 
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
