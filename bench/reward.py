@@ -21,7 +21,7 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
 3. `prefloop-smollm2-lora`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`;
    `prefloop-smollm2-20-evals2` the decoder cut to its bottom 20 of 30 layers (backbone_layers=20), the top 2
    of those and the head trained in full (trainable_layers=2), with evals_per_epoch=2: 20 frozen layers make a
-   held-out evaluation of 180 pairs cost about as much as training on 150, so 4 a epoch would take a third of
+   held-out evaluation of 180 pairs cost about as much as training on 150, so 4 an epoch would take a third of
    the budget (an earlier run with 4 got 1.5 of its 2 epochs done). Why 20: linear probes of each layer's
    last-token state (and mean-pooled state), fitted with 5-fold cross-validation on the HH training pairs,
    peaked at layers 18-22 (0.64-0.67 in cross-validation), above layers 10 and 15 and the last layer (0.62-0.65).
@@ -370,12 +370,12 @@ def render_report(results, splits, args, command, started, load_before, where: s
         "moves in 2 epochs), and `evals_per_epoch=2` (with a one-layer backward pass, 4 held-out evaluations per "
         "epoch would take about a third of the training time).",
         "- smollm2-135m-instruct + LoRA: the recipe with `lora=True` (rank 16 on every linear layer, score head in "
-        "full, lr 2e-4). Bottom 20 of 30 layers: `backbone_layers=20, trainable_layers=2`: the decoder cut after "
-        "layer 20 (the upper 10 are not loaded), the top 2 of the remaining layers, the final norm and the score head "
-        "trained in full at lr 5e-5. Layer 20 because linear probes of each layer's last-token state, fitted with "
-        "5-fold cross-validation on the HH training pairs, peaked around layers 18-22. With 2 evaluations per epoch: "
-        "the same and `evals_per_epoch=2` (with 20 frozen layers a held-out evaluation of 180 pairs costs about as "
-        "much as training on 150, so 4 a epoch take a third of the budget).",
+        "full, lr 2e-4). Bottom 20 of 30 layers: `backbone_layers=20, trainable_layers=2, evals_per_epoch=2`: the "
+        "decoder cut after layer 20 (the upper 10 are not loaded), the top 2 of the remaining layers, the final norm "
+        "and the score head trained in full at lr 5e-5, evaluated twice an epoch (with 20 frozen layers a held-out "
+        "evaluation of 180 pairs costs about as much as training on 150, so 4 an epoch take a third of the budget). "
+        "Layer 20 because linear probes of each layer's last-token state, fitted with 5-fold cross-validation on the "
+        "HH training pairs, peaked around layers 18-22.",
         "- pairs/s = training pairs processed / training wall time (the held-out evaluations during training count "
         "against prefloop). Peak RSS = the side's own subprocess.",
         "- Data: `../shared/data/hh_harmless_base_test.jsonl.gz` (seeded shuffle: 1,800 train, 512 test) and "
