@@ -15,16 +15,17 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    in the same `User:` / `Assistant:` layout prefloop renders for encoders, so both see the same text.
 2. `prefloop`: `reward.train.train_reward_model` with its defaults (only data, base and output set);
    `prefloop-top1` the same with trainable_layers=1 and evals_per_epoch=2 (the speed end of the recipe: the
-   embeddings and the lower 5 of MiniLM's 6 layers frozen, so the backward pass covers one layer, at the
-   2e-4 learning rate that trainable_layers defaults to, and half the held-out evaluations, which would
-   otherwise cost about a third of the training time).
+   embeddings and the lower 5 of MiniLM's 6 layers frozen, so the backward pass covers one layer and, from the
+   second epoch on, the frozen layers' kept output stands in for them (FrozenLayerCache); at the 2e-4 learning
+   rate that trainable_layers defaults to; 2 evaluations an epoch were chosen before the cache, when 4 cost
+   about a third of the training time, and are kept so runs compare).
 3. `prefloop-smollm2-lora`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`;
    `prefloop-smollm2-20-evals2` the decoder cut to its bottom 20 of 30 layers (backbone_layers=20), the top 2
-   of those and the head trained in full (trainable_layers=2), with evals_per_epoch=2: 20 frozen layers make a
-   held-out evaluation of 180 pairs cost about as much as training on 150, so 4 an epoch would take a third of
-   the budget (an earlier run with 4 got 1.5 of its 2 epochs done). Why 20: linear probes of each layer's
-   last-token state (and mean-pooled state), fitted with 5-fold cross-validation on the HH training pairs,
-   peaked at layers 18-22 (0.64-0.67 in cross-validation), above layers 10 and 15 and the last layer (0.62-0.65).
+   of those and the head trained in full (trainable_layers=2), the 18 frozen layers run once per sequence
+   (FrozenLayerCache), with evals_per_epoch=2 (before the cache, a held-out evaluation of 180 pairs cost about
+   as much as training on 150, and a run with 4 an epoch got 1.5 of its 2 epochs done). Why 20: linear probes
+   of each layer's last-token state (and mean-pooled state), fitted with 5-fold cross-validation on the HH
+   training pairs, peaked at layers 18-22 (0.64-0.67 in cross-validation), above layers 10 and 15 and the last layer (0.62-0.65).
 
 Every side trains under the same wall-clock budget (`--budget-s`, default 600 s: training stops when
 it is spent) on the same training pairs, and is then scored on the same test pairs with
@@ -365,15 +366,18 @@ def render_report(results, splits, args, command, started, load_before, where: s
         "- prefloop recipe: `train_reward_model(RewardTrainingConfig(data, base_model, output_dir, time_budget_s))` "
         f"with its defaults: {recipe()}.",
         "- prefloop recipe, top layer trained: the same with `trainable_layers=1` (embeddings and the lower 5 of "
-        "6 layers frozen: the backward pass stops after one layer), at the learning rate trainable_layers defaults to "
-        f"({short_float(RewardTrainingConfig(data=None, trainable_layers=1).peak_learning_rate())}; at 5e-5 one layer barely "
-        "moves in 2 epochs), and `evals_per_epoch=2` (with a one-layer backward pass, 4 held-out evaluations per "
-        "epoch would take about a third of the training time).",
+        "6 layers frozen: the backward pass stops after one layer, and the frozen layers' output for each sequence is "
+        "kept from its first pass, so later epochs and evaluations run one layer), at the learning rate "
+        "trainable_layers defaults to "
+        f"({short_float(RewardTrainingConfig(data=None, trainable_layers=1).peak_learning_rate())}; "
+        "at 5e-5 one layer barely moves in 2 epochs), and `evals_per_epoch=2` (chosen when 4 evaluations an epoch "
+        "took about a third of the training time, before the frozen layers were cached; kept so runs compare).",
         "- smollm2-135m-instruct + LoRA: the recipe with `lora=True` (rank 16 on every linear layer, score head in "
         "full, lr 2e-4). Bottom 20 of 30 layers: `backbone_layers=20, trainable_layers=2, evals_per_epoch=2`: the "
         "decoder cut after layer 20 (the upper 10 are not loaded), the top 2 of the remaining layers, the final norm "
-        "and the score head trained in full at lr 5e-5, evaluated twice an epoch (with 20 frozen layers a held-out "
-        "evaluation of 180 pairs costs about as much as training on 150, so 4 an epoch take a third of the budget). "
+        "and the score head trained in full at lr 5e-5, the 18 frozen layers run once per sequence (their output is "
+        "kept from the first pass), evaluated twice an epoch (before that cache, an evaluation of 180 pairs cost "
+        "about as much as training on 150). "
         "Layer 20 because linear probes of each layer's last-token state, fitted with 5-fold cross-validation on the "
         "HH training pairs, peaked around layers 18-22.",
         "- pairs/s = training pairs processed / training wall time (the held-out evaluations during training count "

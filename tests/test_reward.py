@@ -358,6 +358,50 @@ def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny
     assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
 
 
+@pytest.mark.parametrize("backbone", ["decoder", "encoder"])
+def test_frozen_layers_run_in_the_first_epoch_only_and_train_the_same_model(tmp_path, tiny_rm, backbone):
+    """With trainable_layers, the frozen bottom layer's output for each sequence is kept from its first pass:
+    epochs 2 and 3 and the later held-out evaluations never run it, and the model is the one trained without
+    the cache (batches are reshuffled every epoch, so a sequence comes back with other padding)."""
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    base = tiny_rm if backbone == "decoder" else tiny_encoder_reward_model(tmp_path / "bert")
+
+    class CountFrozenLayerCalls(TrainerCallback):
+        def __init__(self):
+            self.per_epoch: list[int] = []
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            from reward.train import transformer_layers
+
+            # A part of the block, not the block: a cached block is still called, and passes its input through.
+            inside = next(transformer_layers(model)[0].children())
+            inside.register_forward_hook(lambda *_: self.per_epoch.__setitem__(-1, self.per_epoch[-1] + 1))
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.per_epoch.append(0)
+
+    def train(name: str, cache: bool) -> tuple[dict, CountFrozenLayerCalls, list]:
+        calls = CountFrozenLayerCalls()
+        result = train_reward_model(RewardTrainingConfig(
+            data=datasets.Dataset.from_list(rule_pairs(48)),
+            eval_data=datasets.Dataset.from_list(rule_pairs(8, seed=1)),
+            base_model=base, output_dir=str(tmp_path / name), max_length=48, num_train_epochs=3, batch_size=8,
+            evals_per_epoch=2, learning_rate=1e-2, trainable_layers=1, cache_frozen_layers=cache, precision="fp32",
+            progress=False, callbacks=[calls],
+        ))
+        return load_file(str(tmp_path / name / "model.safetensors")), calls, result.evaluations
+
+    cached, cached_calls, cached_evaluations = train("cached", True)
+    plain, plain_calls, plain_evaluations = train("plain", False)
+    assert cached_calls.per_epoch[0] > 0 and cached_calls.per_epoch[1:] == [0, 0]
+    assert all(n > 0 for n in plain_calls.per_epoch) and len(plain_calls.per_epoch) == 3
+    assert cached.keys() == plain.keys()
+    assert all(torch.allclose(cached[k], plain[k], atol=1e-5) for k in cached)
+    assert [e["accuracy"] for e in cached_evaluations] == [e["accuracy"] for e in plain_evaluations]
+
+
 def test_head_only_training_and_lora_limited_to_the_top_layers(tmp_path, tiny_rm):
     from transformers import AutoModelForSequenceClassification
 
