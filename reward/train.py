@@ -305,8 +305,6 @@ class FrozenLayerCache:
 
         self.blocks = list(transformer_layers(model))[:frozen_blocks]
         self.states: dict[bytes, torch.Tensor] = {}
-        self.hits = 0
-        self.misses = 0
         self._keys: list[bytes] | None = None
         self._mask = None
         self._hit = False
@@ -327,10 +325,6 @@ class FrozenLayerCache:
         self._keys = [ids[i][rows[i]].tobytes() for i in range(len(ids))]
         self._mask = mask
         self._hit = all(key in self.states for key in self._keys)
-        if self._hit:
-            self.hits += len(self._keys)
-        else:
-            self.misses += len(self._keys)
 
     def _stand_in(self, forward, top: bool):
         import torch
