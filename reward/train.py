@@ -557,8 +557,6 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     elif config.trainable_layers is not None:
         freeze_lower_layers(model, config.trainable_layers)
 
-    frozen_cache = _frozen_cache(model, config, train_set, eval_set)
-
     learning_rate = config.peak_learning_rate()
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     pairs_per_step = config.batch_size * config.gradient_accumulation_steps * world
@@ -615,17 +613,20 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     )
     # The Rich progress bar replaces Trainer's printing of every log dict.
     trainer.remove_callback(PrinterCallback)
-    start = time.monotonic()
-    train_output = trainer.train()
-    train_seconds = time.monotonic() - start
-    keep_best.restore(trainer.model)
+    frozen_cache = _frozen_cache(model, config, train_set, eval_set)
+    try:
+        start = time.monotonic()
+        train_output = trainer.train()
+        train_seconds = time.monotonic() - start
+        keep_best.restore(trainer.model)
 
-    metrics: dict[str, float] = {"train_loss": float(train_output.training_loss)}
-    if eval_set is not None:
-        final = trainer.evaluate()
-        metrics.update({k: float(v) for k, v in final.items() if isinstance(v, (int, float))})
-    if frozen_cache is not None:
-        frozen_cache.close()
+        metrics: dict[str, float] = {"train_loss": float(train_output.training_loss)}
+        if eval_set is not None:
+            final = trainer.evaluate()
+            metrics.update({k: float(v) for k, v in final.items() if isinstance(v, (int, float))})
+    finally:
+        if frozen_cache is not None:  # a failed or interrupted run must not leave the stand-ins in the model
+            frozen_cache.close()
     full_epochs, rest = divmod(trainer.state.global_step, steps_per_epoch)
     pairs_seen = full_epochs * len(train_set) + min(rest * pairs_per_step, len(train_set))
     result = RewardTrainingResult(
