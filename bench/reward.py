@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/reward.py              # the full run (about 90 minutes on 2 CPU cores)
     .venv/bin/python bench/reward.py --quick      # a smoke run: small splits, 60 s budgets
+    .venv/bin/python bench/reward.py --seeds 0,1,2 --sides trl-defaults,prefloop,prefloop-top1 \
+        --out bench/results/reward_seeds.md      # each side once per seed; targets judged on the means
 
 Data (../shared/data, imported with collect.formats):
 - HH-RLHF harmless-base test file: a seeded shuffle, 1,800 pairs to train on, the other 512 to test;
@@ -131,8 +133,9 @@ def _time_budget_callback(seconds: float):
     return TimeBudget()
 
 
-def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_size: int) -> dict:
-    """Plain TRL: default RewardConfig, only output_dir, max_length and the batch size (+ eos for BERT)."""
+def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_size: int, seed: int = 42) -> dict:
+    """Plain TRL: default RewardConfig, only output_dir, max_length and the batch size (+ eos for BERT); `seed`
+    is RewardConfig's own default (42) unless the bench is run over several seeds."""
     import datasets
     from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
@@ -150,6 +153,7 @@ def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_si
         eos_token="[SEP]",  # BERT has no EOS; without it TRL fails on plain-text pairs
         use_cpu=True,  # without it RewardConfig stops on a CPU machine ("You need to assign use_cpu")
         report_to="none",  # no experiment trackers (no network here); does not change training
+        seed=seed,
     )
     trainer = RewardTrainer(model=base, args=args, train_dataset=train, processing_class=tokenizer,
                             callbacks=[_time_budget_callback(budget_s)])
@@ -192,20 +196,22 @@ def run_worker(argv: list[str]) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--budget-s", type=float, required=True)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--result", required=True)
     a = parser.parse_args(argv)
     if a.side == "trl-defaults":
-        stats = worker_trl_defaults(a.train, a.out, a.budget_s, a.batch_size)
+        stats = worker_trl_defaults(a.train, a.out, a.budget_s, a.batch_size, seed=42 + a.seed)
     elif a.side == "prefloop":
-        stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False)
+        stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, seed=a.seed)
     elif a.side == "prefloop-top1":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, trainable_layers=1,
-                                evals_per_epoch=2)
+                                evals_per_epoch=2, seed=a.seed)
     elif a.side == "prefloop-smollm2-lora":
-        stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=True)
+        stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=True, seed=a.seed)
     elif a.side == "prefloop-smollm2-20-evals2":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=False,
-                                backbone_layers=20, trainable_layers=2, learning_rate=5e-5, evals_per_epoch=2)
+                                backbone_layers=20, trainable_layers=2, learning_rate=5e-5, evals_per_epoch=2,
+                                seed=a.seed)
     else:
         raise SystemExit(f"unknown side {a.side}")
     from reward.evaluate import evaluate_reward_model
@@ -238,6 +244,8 @@ def main() -> None:
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ", ".join(SIDES))
     parser.add_argument("--datasets", default="hh,summarize")
     parser.add_argument("--batch-size", type=int, default=16, help="the TRL side's per-device batch size")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each side runs once per seed (prefloop's "
+                        "seed S; TRL's seed 42+S, its default for S=0) and the targets are judged on the means")
     parser.add_argument("--work-dir", default=None, help="where models and splits go (default: a temp dir)")
     parser.add_argument("--out", default=str(RESULTS), help="the Markdown results file")
     args = parser.parse_args()
@@ -262,25 +270,27 @@ def main() -> None:
     started = datetime.datetime.now().astimezone()
     load_before = os.getloadavg()
     where = machine()
-    results: dict[tuple[str, str], dict] = {}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results: dict[tuple[str, str, int], dict] = {}
     for name, (train, test) in splits.items():
         paths = {}
         for part, rows in (("train", train), ("test", test)):
             paths[part] = str(work / f"{name}_{part}.parquet")
             datasets.Dataset.from_list(rows).to_parquet(paths[part])
-        for side in args.sides.split(","):
-            result_path = work / f"{name}_{side}.json"
+        for seed, side in ((seed, side) for seed in seeds for side in args.sides.split(",")):
+            run = f"{name}_{side}" + (f"_seed{seed}" if seed else "")
+            result_path = work / f"{run}.json"
             cmd = [sys.executable, __file__, "--worker", "--side", side, "--train", paths["train"], "--test",
-                   paths["test"], "--out", str(work / f"{name}_{side}"), "--budget-s", str(args.budget_s),
-                   "--batch-size", str(args.batch_size), "--result", str(result_path)]
-            print(f"== {name}: {SIDES[side]} ({len(train)} train / {len(test)} test pairs, budget {args.budget_s:.0f} s)",
-                  flush=True)
+                   paths["test"], "--out", str(work / run), "--budget-s", str(args.budget_s),
+                   "--batch-size", str(args.batch_size), "--seed", str(seed), "--result", str(result_path)]
+            print(f"== {name}: {SIDES[side]}, seed {seed} ({len(train)} train / {len(test)} test pairs, "
+                  f"budget {args.budget_s:.0f} s)", flush=True)
             t0 = time.monotonic()
             load0 = os.getloadavg()[0]
             subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-            results[(name, side)] = json.loads(result_path.read_text()) | {
+            results[(name, side, seed)] = json.loads(result_path.read_text()) | {
                 "wall_seconds": time.monotonic() - t0, "load_before": load0, "load_after": os.getloadavg()[0]}
-            r = results[(name, side)]
+            r = results[(name, side, seed)]
             print(f"   test accuracy {r['test_accuracy']:.3f} [{r['test_ci'][0]:.3f}, {r['test_ci'][1]:.3f}], "
                   f"{r['pairs_per_second']:.2f} pairs/s, peak RSS {r['peak_rss_gb']:.2f} GiB", flush=True)
     report = render_report(results, splits, args, command, started, load_before, where)
@@ -308,6 +318,20 @@ def recipe() -> str:
             f"evaluated {c.evals_per_epoch}x per epoch, the best step kept")
 
 
+def mean_over_seeds(results: dict[tuple[str, str, int], dict]) -> dict[tuple[str, str], dict]:
+    """Per data set and side: mean test accuracy, its sample standard deviation over seeds, and mean pairs/s."""
+    import statistics
+
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for (name, side, _), r in results.items():
+        grouped.setdefault((name, side), []).append(r)
+    return {key: {"accuracies": [r["test_accuracy"] for r in runs],
+                  "accuracy": statistics.fmean(r["test_accuracy"] for r in runs),
+                  "accuracy_sd": statistics.stdev(r["test_accuracy"] for r in runs) if len(runs) > 1 else 0.0,
+                  "pairs_per_second": statistics.fmean(r["pairs_per_second"] for r in runs)}
+            for key, runs in grouped.items()}
+
+
 def render_report(results, splits, args, command, started, load_before, where: str) -> str:
     from reward.train import RewardTrainingConfig
 
@@ -322,10 +346,10 @@ def render_report(results, splits, args, command, started, load_before, where: s
         f"- load average when the run started: {load_before[0]:.1f} (other work on the machine slows every side; "
         "the per-side load is in the last column)",
         "",
-        "| data | side | test accuracy [95% CI] | pairs/s | pairs trained on | epochs | peak RSS | load avg |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data | side | seed | test accuracy [95% CI] | pairs/s | pairs trained on | epochs | peak RSS | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (name, side), r in results.items():
+    for (name, side, seed), r in results.items():
         used = f"{r['pairs_used']} of {r['pairs_total']}"
         if r["pairs_dropped"]:
             used += f" ({r['pairs_dropped']} dropped as too long)"
@@ -333,23 +357,34 @@ def render_report(results, splits, args, command, started, load_before, where: s
             used += f" ({r['pairs_truncated']} truncated"
             used += f", {r['held_out']} held out for checkpoint choice)" if r.get("held_out") else ")"
         lines.append(
-            f"| {name} ({len(splits[name][0])} / {r['test_pairs']}) | {SIDES[side]} | "
+            f"| {name} ({len(splits[name][0])} / {r['test_pairs']}) | {SIDES[side]} | {seed} | "
             f"{r['test_accuracy']:.3f} [{r['test_ci'][0]:.3f}, {r['test_ci'][1]:.3f}] | {r['pairs_per_second']:.2f} | "
             f"{used} | {r['epochs_done']:.2f} | {r['peak_rss_gb']:.2f} GiB | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
         )
-    lines += ["", "## Targets (issue 5), against plain TRL defaults on the same backbone", ""]
+    means = mean_over_seeds(results)
+    seeds = sorted({seed for _, _, seed in results})
+    over = f" (means over seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
+    if len(seeds) > 1:
+        lines += ["", "## Mean over seeds", "",
+                  "A seed changes the head's initialisation and the batch order, and for prefloop also which 10% of "
+                  "the training pairs are held out; the test pairs are the same for every run.", "",
+                  "| data | side | test accuracy: mean (sd) | per seed | pairs/s: mean |", "|---|---|---|---|---|"]
+        for (name, side), m in means.items():
+            lines.append(f"| {name} | {SIDES[side]} | {m['accuracy']:.3f} ({m['accuracy_sd']:.3f}) | "
+                         f"{', '.join(f'{a:.3f}' for a in m['accuracies'])} | {m['pairs_per_second']:.2f} |")
+    lines += ["", f"## Targets (issue 5), against plain TRL defaults on the same backbone{over}", ""]
     for name in splits:
-        base = results.get((name, "trl-defaults"))
+        base = means.get((name, "trl-defaults"))
         for side in ("prefloop", "prefloop-top1"):
-            ours = results.get((name, side))
+            ours = means.get((name, side))
             if not (ours and base):
                 continue
             speed = ours["pairs_per_second"] / base["pairs_per_second"]
-            gain = 100 * (ours["test_accuracy"] - base["test_accuracy"])
+            gain = 100 * (ours["accuracy"] - base["accuracy"])
             lines.append(f"- {name}, {SIDES[side]}: {speed:.1f}x the pairs per second (target 3x: "
                          f"{'met' if speed >= 3 else 'not met'}), {gain:+.1f} points of test accuracy (target +5: "
                          f"{'met' if gain >= 5 else 'not met'})")
-    best_hh = max((r["test_accuracy"], SIDES[side]) for (name, side), r in results.items()
+    best_hh = max((m["accuracy"], SIDES[side]) for (name, side), m in means.items()
                   if name == "hh" and side != "trl-defaults") if "hh" in splits else None
     if best_hh:
         lines.append(f"- HH harmless, best prefloop side within the {args.budget_s:.0f} s budget: {best_hh[0]:.3f} "
