@@ -244,8 +244,9 @@ def main() -> None:
     parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ", ".join(SIDES))
     parser.add_argument("--datasets", default="hh,summarize")
     parser.add_argument("--batch-size", type=int, default=16, help="the TRL side's per-device batch size")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each side runs once per seed (prefloop's "
-                        "seed S; TRL's seed 42+S, its default for S=0) and the targets are judged on the means")
+    parser.add_argument("--seeds", type=seed_list, default=[0],
+                        help="comma-separated seeds; each side runs once per seed (prefloop's seed S; TRL's seed 42+S, "
+                        "its default for S=0) and the targets are judged on the means")
     parser.add_argument("--work-dir", default=None, help="where models and splits go (default: a temp dir)")
     parser.add_argument("--out", default=str(RESULTS), help="the Markdown results file")
     args = parser.parse_args()
@@ -270,7 +271,7 @@ def main() -> None:
     started = datetime.datetime.now().astimezone()
     load_before = os.getloadavg()
     where = machine()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     results: dict[tuple[str, str, int], dict] = {}
     for name, (train, test) in splits.items():
         paths = {}
@@ -318,6 +319,17 @@ def recipe() -> str:
             f"evaluated {c.evals_per_epoch}x per epoch, the best step kept")
 
 
+def seed_list(text: str) -> list[int]:
+    """--seeds: distinct integers, comma-separated."""
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed appears twice in {text!r}; each would overwrite the other's run")
+    return seeds
+
+
 def mean_over_seeds(results: dict[tuple[str, str, int], dict]) -> dict[tuple[str, str], dict]:
     """Per data set and side: mean test accuracy, its sample standard deviation over seeds, and mean pairs/s."""
     import statistics
@@ -335,6 +347,7 @@ def mean_over_seeds(results: dict[tuple[str, str, int], dict]) -> dict[tuple[str
 def render_report(results, splits, args, command, started, load_before, where: str) -> str:
     from reward.train import RewardTrainingConfig
 
+    held_out = RewardTrainingConfig(data=None).eval_fraction
     lines = [
         "# Reward models: prefloop's recipe vs plain TRL defaults",
         "",
@@ -366,8 +379,8 @@ def render_report(results, splits, args, command, started, load_before, where: s
     over = f" (means over seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
     if len(seeds) > 1:
         lines += ["", "## Mean over seeds", "",
-                  "A seed changes the head's initialisation and the batch order, and for prefloop also which 10% of "
-                  "the training pairs are held out; the test pairs are the same for every run.", "",
+                  "A seed changes the head's initialisation and the batch order, and for prefloop also which "
+                  f"{held_out:.0%} of the training pairs are held out; the test pairs are the same for every run.", "",
                   "| data | side | test accuracy: mean (sd) | per seed | pairs/s: mean |", "|---|---|---|---|---|"]
         for (name, side), m in means.items():
             lines.append(f"| {name} | {SIDES[side]} | {m['accuracy']:.3f} ({m['accuracy_sd']:.3f}) | "
