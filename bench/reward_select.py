@@ -1,0 +1,143 @@
+"""Choosing the reward recipe without looking at the test pairs: candidates compared on validation splits.
+
+    .venv/bin/python bench/reward_select.py            # 4 candidates x 2 datasets x 2 splits (about 45 minutes)
+    .venv/bin/python bench/reward_select.py --quick    # a smoke run: small data, two candidates, one split
+
+bench/reward.py scores recipes on its test pairs; choosing a default by those same numbers would overfit the
+test set (the summarize test set is 222 pairs: one point of accuracy is two pairs). Here every candidate trains
+on 70% of bench/reward.py's *training* pairs and is scored on the other 30% (whole prompts on one side, so a
+post or a dialogue opening is never on both), over several such splits; the test pairs are never read.
+
+Each candidate is `reward.train.train_reward_model` with prefloop's defaults plus the changes listed in
+CANDIDATES (its own 10% held out for choosing the step, as always), seed 0, the same 600 s budget as
+bench/reward.py. Pairs per second are measured as in bench/reward.py, on 70% of the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import command, machine  # noqa: E402
+from bench.reward import hh_split, summarize_split  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "reward_select.md"
+
+# name -> (what it is, the RewardTrainingConfig fields it changes from the defaults)
+CANDIDATES: dict[str, tuple[str, dict]] = {
+    "prefloop": ("the default recipe: every layer trained, 2 epochs at 5e-5", {}),
+    "top1": ("top layer trained, 2 epochs at 2e-4, 2 evaluations per epoch (bench/reward.py's prefloop-top1)",
+             {"trainable_layers": 1, "evals_per_epoch": 2}),
+    "top1-5-epochs": ("top layer trained, 5 epochs at 2e-4, 2 evaluations per epoch",
+                      {"trainable_layers": 1, "evals_per_epoch": 2, "num_train_epochs": 5}),
+    "top2-5-epochs": ("top 2 layers trained, 5 epochs at 2e-4, 2 evaluations per epoch",
+                      {"trainable_layers": 2, "evals_per_epoch": 2, "num_train_epochs": 5}),
+}
+VALIDATION_SHARE = 0.3
+
+
+def validation_splits(rows: list[dict], n_splits: int):
+    """(fit, validation) datasets, one pair per split seed; whole prompts go to one side."""
+    import datasets
+
+    from reward.train import split_by_prompt
+
+    dataset = datasets.Dataset.from_list(rows)
+    return [split_by_prompt(dataset, VALIDATION_SHARE, seed=100 + k) for k in range(n_splits)]
+
+
+def run_candidate(changes: dict, fit, validation, out_dir: Path, budget_s: float) -> dict:
+    from reward.evaluate import evaluate_reward_model
+    from reward.train import RewardTrainingConfig, train_reward_model
+
+    result = train_reward_model(RewardTrainingConfig(data=fit, base_model="minilm-l6", output_dir=str(out_dir),
+                                                     time_budget_s=budget_s, progress=False, **changes))
+    report = evaluate_reward_model(str(out_dir), validation, n_bootstrap=1000)
+    return {"accuracy": report["accuracy"], "ci": report["ci"], "pairs_per_second": result.pairs_per_second,
+            "train_seconds": result.train_seconds}
+
+
+def render_report(results: dict, sizes: dict, args, started: datetime.datetime, where: str) -> str:
+    names = list(dict.fromkeys(name for _, name, _ in results))
+    minutes = (datetime.datetime.now().astimezone() - started).total_seconds() / 60
+    lines = [
+        "# Choosing the reward recipe on validation splits of the training pairs",
+        "",
+        f"- Command: `{command()}`",
+        f"- Machine: {where}",
+        f"- Started {started:%Y-%m-%d %H:%M %Z}, took {minutes:.0f} min",
+        f"- Data: bench/reward.py's training pairs only ({', '.join(f'{d}: {n}' for d, n in sizes.items())}); "
+        f"each split fits on {1 - VALIDATION_SHARE:.0%} and validates on {VALIDATION_SHARE:.0%}, whole prompts on "
+        "one side (`reward.train.split_by_prompt`, seeds 100, 101, ...); the test pairs are never read.",
+        "",
+        "| data | candidate | validation accuracy per split [95% CI] | mean | vs default, paired by split | pairs/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for data in sizes:
+        default = [results[(data, "prefloop", k)]["accuracy"] for k in range(args.splits)
+                   if (data, "prefloop", k) in results]
+        for name in names:
+            runs = [results[(data, name, k)] for k in range(args.splits) if (data, name, k) in results]
+            if not runs:
+                continue
+            accs = [r["accuracy"] for r in runs]
+            per_split = "; ".join(f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" for r in runs)
+            paired = ("" if name == "prefloop" or len(default) != len(accs) else
+                      f"{100 * statistics.mean(a - b for a, b in zip(accs, default)):+.1f} points")
+            speed = statistics.mean(r["pairs_per_second"] for r in runs)
+            lines.append(f"| {data} | {name} | {per_split} | {statistics.mean(accs):.3f} | {paired} | {speed:.1f} |")
+    lines += ["", "Candidates:", ""]
+    lines += [f"- `{name}`: {CANDIDATES[name][0]}; changes `{CANDIDATES[name][1] or 'none'}`" for name in names]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="hh,summarize")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES),
+                        help="comma-separated subset of " + ", ".join(CANDIDATES))
+    parser.add_argument("--splits", type=int, default=2, help="validation splits per dataset")
+    parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock budget per run")
+    parser.add_argument("--quick", action="store_true", help="200 pairs, 30 s budgets, one split: a smoke run")
+    parser.add_argument("--work-dir", default=None, help="where the models go (default: a temp dir)")
+    parser.add_argument("--out", default=str(RESULTS), help="the Markdown results file")
+    args = parser.parse_args()
+    names = args.candidates.split(",")
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        parser.error(f"unknown candidate(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
+    if args.quick:
+        args.splits, args.budget_s = 1, 30.0
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="prefloop-bench-reward-select-"))
+    started = datetime.datetime.now().astimezone()
+    where = machine()
+    loaders = {"hh": lambda: hh_split()[0], "summarize": lambda: summarize_split()[0]}
+    results: dict[tuple[str, str, int], dict] = {}
+    sizes: dict[str, int] = {}
+    for data in args.datasets.split(","):
+        rows = loaders[data]()[: 200 if args.quick else None]
+        sizes[data] = len(rows)
+        for k, (fit, validation) in enumerate(validation_splits(rows, args.splits)):
+            for name in names:
+                t0 = time.monotonic()
+                r = run_candidate(CANDIDATES[name][1], fit, validation, work / f"{data}_{name}_split{k}", args.budget_s)
+                results[(data, name, k)] = r
+                print(f"{data} split {k} ({len(fit)} fit / {len(validation)} validation) {name}: "
+                      f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}], {r['pairs_per_second']:.1f} pairs/s, "
+                      f"{time.monotonic() - t0:.0f} s", flush=True)
+    report = render_report(results, sizes, args, started, where)
+    print(report)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(report)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
