@@ -20,7 +20,9 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    embeddings and the lower 5 of MiniLM's 6 layers frozen, so the backward pass covers one layer and, from the
    second epoch on, the frozen layers' kept output stands in for them (FrozenLayerCache); at the 2e-4 learning
    rate that trainable_layers defaults to; 2 evaluations an epoch were chosen before the cache, when 4 cost
-   about a third of the training time, and are kept so runs compare).
+   about a third of the training time, and are kept so runs compare). `prefloop-top2-5-epochs`: the top 2
+   layers for 5 epochs, the candidate that matched the default's accuracy on validation splits of the
+   training pairs (bench/reward_select.py) at about 3x its pairs per second.
 3. `prefloop-smollm2-lora`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`;
    `prefloop-smollm2-20-evals2` the decoder cut to its bottom 20 of 30 layers (backbone_layers=20), the top 2
    of those and the head trained in full (trainable_layers=2), the 18 frozen layers run once per sequence
@@ -206,6 +208,9 @@ def run_worker(argv: list[str]) -> None:
     elif a.side == "prefloop-top1":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, trainable_layers=1,
                                 evals_per_epoch=2, seed=a.seed)
+    elif a.side == "prefloop-top2-5-epochs":
+        stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, trainable_layers=2,
+                                evals_per_epoch=2, num_train_epochs=5, seed=a.seed)
     elif a.side == "prefloop-smollm2-lora":
         stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=True, seed=a.seed)
     elif a.side == "prefloop-smollm2-20-evals2":
@@ -231,6 +236,7 @@ SIDES = {
     "trl-defaults": "plain TRL defaults (minilm-l6)",
     "prefloop": "prefloop recipe (minilm-l6)",
     "prefloop-top1": "prefloop recipe, top layer trained, 2 evaluations per epoch (minilm-l6)",
+    "prefloop-top2-5-epochs": "prefloop recipe, top 2 layers trained, 5 epochs, 2 evaluations per epoch (minilm-l6)",
     "prefloop-smollm2-lora": "prefloop recipe, smollm2-135m-instruct + LoRA",
     "prefloop-smollm2-20-evals2": ("prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, "
                                    "2 evaluations per epoch"),
