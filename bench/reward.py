@@ -20,7 +20,8 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    embeddings and the lower 5 of MiniLM's 6 layers frozen, so the backward pass covers one layer and, from the
    second epoch on, the frozen layers' kept output stands in for them (FrozenLayerCache); at the 2e-4 learning
    rate that trainable_layers defaults to; 2 evaluations an epoch were chosen before the cache, when 4 cost
-   about a third of the training time, and are kept so runs compare). `prefloop-top2-5-epochs`: the top 2
+   about a third of the training time, and are kept so runs compare). `prefloop-top1-5-epochs` the same for 5
+   epochs; `prefloop-top2-5-epochs`: the top 2
    layers for 5 epochs, the candidate that matched the default's accuracy on validation splits of the
    training pairs (bench/reward_select.py) at about 3x its pairs per second.
 3. `prefloop-smollm2-lora`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`;
@@ -203,20 +204,9 @@ def run_worker(argv: list[str]) -> None:
     a = parser.parse_args(argv)
     if a.side == "trl-defaults":
         stats = worker_trl_defaults(a.train, a.out, a.budget_s, a.batch_size, seed=42 + a.seed)
-    elif a.side == "prefloop":
-        stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, seed=a.seed)
-    elif a.side == "prefloop-top1":
-        stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, trainable_layers=1,
-                                evals_per_epoch=2, seed=a.seed)
-    elif a.side == "prefloop-top2-5-epochs":
-        stats = worker_prefloop(a.train, a.out, a.budget_s, "minilm-l6", lora=False, trainable_layers=2,
-                                evals_per_epoch=2, num_train_epochs=5, seed=a.seed)
-    elif a.side == "prefloop-smollm2-lora":
-        stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=True, seed=a.seed)
-    elif a.side == "prefloop-smollm2-20-evals2":
-        stats = worker_prefloop(a.train, a.out, a.budget_s, "smollm2-135m-instruct", lora=False,
-                                backbone_layers=20, trainable_layers=2, learning_rate=5e-5, evals_per_epoch=2,
-                                seed=a.seed)
+    elif a.side in PREFLOOP_SIDES:
+        base, lora, changes = PREFLOOP_SIDES[a.side]
+        stats = worker_prefloop(a.train, a.out, a.budget_s, base, lora=lora, seed=a.seed, **changes)
     else:
         raise SystemExit(f"unknown side {a.side}")
     from reward.evaluate import evaluate_reward_model
@@ -232,10 +222,26 @@ def run_worker(argv: list[str]) -> None:
 
 # --------------------------------------------------------------------------------------------- main
 
+# prefloop's sides: (base model, lora, the RewardTrainingConfig fields changed from the defaults);
+# bench/reward_select.py compares the ones on TRL's backbone by validation.
+PREFLOOP_SIDES: dict[str, tuple[str, bool, dict]] = {
+    "prefloop": ("minilm-l6", False, {}),
+    "prefloop-top1": ("minilm-l6", False, {"trainable_layers": 1, "evals_per_epoch": 2}),
+    "prefloop-top1-5-epochs": ("minilm-l6", False,
+                               {"trainable_layers": 1, "evals_per_epoch": 2, "num_train_epochs": 5}),
+    "prefloop-top2-5-epochs": ("minilm-l6", False,
+                               {"trainable_layers": 2, "evals_per_epoch": 2, "num_train_epochs": 5}),
+    "prefloop-smollm2-lora": ("smollm2-135m-instruct", True, {}),
+    "prefloop-smollm2-20-evals2": ("smollm2-135m-instruct", False, {"backbone_layers": 20, "trainable_layers": 2,
+                                                                    "learning_rate": 5e-5, "evals_per_epoch": 2}),
+}
+TRL_BACKBONE_SIDES = [side for side, (base, _, _) in PREFLOOP_SIDES.items() if base == "minilm-l6"]
+
 SIDES = {
     "trl-defaults": "plain TRL defaults (minilm-l6)",
     "prefloop": "prefloop recipe (minilm-l6)",
     "prefloop-top1": "prefloop recipe, top layer trained, 2 evaluations per epoch (minilm-l6)",
+    "prefloop-top1-5-epochs": "prefloop recipe, top layer trained, 5 epochs, 2 evaluations per epoch (minilm-l6)",
     "prefloop-top2-5-epochs": "prefloop recipe, top 2 layers trained, 5 epochs, 2 evaluations per epoch (minilm-l6)",
     "prefloop-smollm2-lora": "prefloop recipe, smollm2-135m-instruct + LoRA",
     "prefloop-smollm2-20-evals2": ("prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, "
@@ -394,7 +400,7 @@ def render_report(results, splits, args, command, started, load_before, where: s
     lines += ["", f"## Targets (issue 5), against plain TRL defaults on the same backbone{over}", ""]
     for name in splits:
         base = means.get((name, "trl-defaults"))
-        for side in ("prefloop", "prefloop-top1", "prefloop-top2-5-epochs"):  # the sides on TRL's backbone
+        for side in TRL_BACKBONE_SIDES:
             ours = means.get((name, side))
             if not (ours and base):
                 continue

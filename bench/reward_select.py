@@ -1,15 +1,15 @@
 """Choosing the reward recipe without looking at the test pairs: candidates compared on validation splits.
 
     .venv/bin/python bench/reward_select.py            # 4 candidates x 2 datasets x 2 splits (about 45 minutes)
-    .venv/bin/python bench/reward_select.py --quick    # a smoke run: small data, two candidates, one split
+    .venv/bin/python bench/reward_select.py --quick    # a smoke run: 200 pairs, 30 s budgets, one split
 
 bench/reward.py scores recipes on its test pairs; choosing a default by those same numbers would overfit the
 test set (the summarize test set is 222 pairs: one point of accuracy is two pairs). Here every candidate trains
 on 70% of bench/reward.py's *training* pairs and is scored on the other 30% (whole prompts on one side, so a
 post or a dialogue opening is never on both), over several such splits; the test pairs are never read.
 
-Each candidate is `reward.train.train_reward_model` with prefloop's defaults plus the changes listed in
-CANDIDATES (its own 10% held out for choosing the step, as always), seed 0, the same 600 s budget as
+Each candidate is one of bench/reward.py's prefloop sides on MiniLM (`PREFLOOP_SIDES`: prefloop's defaults plus
+the changes listed there; its own 10% held out for choosing the step, as always), seed 0, the same 600 s budget as
 bench/reward.py. Pairs per second are measured as in bench/reward.py, on 70% of the data.
 """
 
@@ -26,20 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import command, machine  # noqa: E402
-from bench.reward import hh_split, summarize_split  # noqa: E402
+from bench.reward import PREFLOOP_SIDES, SIDES, TRL_BACKBONE_SIDES, hh_split, summarize_split  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_select.md"
-
-# name -> (what it is, the RewardTrainingConfig fields it changes from the defaults)
-CANDIDATES: dict[str, tuple[str, dict]] = {
-    "prefloop": ("the default recipe: every layer trained, 2 epochs at 5e-5", {}),
-    "top1": ("top layer trained, 2 epochs at 2e-4, 2 evaluations per epoch (bench/reward.py's prefloop-top1)",
-             {"trainable_layers": 1, "evals_per_epoch": 2}),
-    "top1-5-epochs": ("top layer trained, 5 epochs at 2e-4, 2 evaluations per epoch",
-                      {"trainable_layers": 1, "evals_per_epoch": 2, "num_train_epochs": 5}),
-    "top2-5-epochs": ("top 2 layers trained, 5 epochs at 2e-4, 2 evaluations per epoch",
-                      {"trainable_layers": 2, "evals_per_epoch": 2, "num_train_epochs": 5}),
-}
+# The candidates are bench/reward.py's prefloop sides on TRL's backbone: one definition of each recipe.
+CANDIDATES = TRL_BACKBONE_SIDES
 VALIDATION_SHARE = 0.3
 
 
@@ -53,11 +44,12 @@ def validation_splits(rows: list[dict], n_splits: int):
     return [split_by_prompt(dataset, VALIDATION_SHARE, seed=100 + k) for k in range(n_splits)]
 
 
-def run_candidate(changes: dict, fit, validation, out_dir: Path, budget_s: float) -> dict:
+def run_candidate(name: str, fit, validation, out_dir: Path, budget_s: float) -> dict:
     from reward.evaluate import evaluate_reward_model
     from reward.train import RewardTrainingConfig, train_reward_model
 
-    result = train_reward_model(RewardTrainingConfig(data=fit, base_model="minilm-l6", output_dir=str(out_dir),
+    base, lora, changes = PREFLOOP_SIDES[name]
+    result = train_reward_model(RewardTrainingConfig(data=fit, base_model=base, lora=lora, output_dir=str(out_dir),
                                                      time_budget_s=budget_s, progress=False, **changes))
     report = evaluate_reward_model(str(out_dir), validation, n_bootstrap=1000)
     return {"accuracy": report["accuracy"], "ci": report["ci"], "pairs_per_second": result.pairs_per_second,
@@ -94,7 +86,8 @@ def render_report(results: dict, sizes: dict, args, started: datetime.datetime, 
             speed = statistics.mean(r["pairs_per_second"] for r in runs)
             lines.append(f"| {data} | {name} | {per_split} | {statistics.mean(accs):.3f} | {paired} | {speed:.1f} |")
     lines += ["", "Candidates:", ""]
-    lines += [f"- `{name}`: {CANDIDATES[name][0]}; changes `{CANDIDATES[name][1] or 'none'}`" for name in names]
+    lines += [f"- `{name}`: {SIDES[name]}; changes from the defaults `{PREFLOOP_SIDES[name][2] or 'none'}`"
+              for name in names]
     return "\n".join(lines) + "\n"
 
 
@@ -113,6 +106,11 @@ def main() -> None:
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         parser.error(f"unknown candidate(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
+    if args.splits < 1:
+        parser.error(f"--splits must be at least 1, got {args.splits}")
+    unknown_data = [d for d in args.datasets.split(",") if d not in ("hh", "summarize")]
+    if unknown_data:
+        parser.error(f"unknown dataset(s) {', '.join(unknown_data)}; choose from hh, summarize")
     if args.quick:
         args.splits, args.budget_s = 1, 30.0
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="prefloop-bench-reward-select-"))
@@ -127,7 +125,7 @@ def main() -> None:
         for k, (fit, validation) in enumerate(validation_splits(rows, args.splits)):
             for name in names:
                 t0 = time.monotonic()
-                r = run_candidate(CANDIDATES[name][1], fit, validation, work / f"{data}_{name}_split{k}", args.budget_s)
+                r = run_candidate(name, fit, validation, work / f"{data}_{name}_split{k}", args.budget_s)
                 results[(data, name, k)] = r
                 print(f"{data} split {k} ({len(fit)} fit / {len(validation)} validation) {name}: "
                       f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}], {r['pairs_per_second']:.1f} pairs/s, "
