@@ -96,6 +96,12 @@ def gradio_login(page, base_url: str, name: str, password: str, ready_selector: 
     page.locator(ready_selector).wait_for(timeout=30_000)
 
 
+def wait_idle(page, timeout_ms: float = 60_000) -> None:
+    """Wait until no Gradio event is pending on the page (every status tracker hidden)."""
+    page.wait_for_function("document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0",
+                           timeout=timeout_ms)
+
+
 def login_client(base_url: str, name: str, password: str, mount: str = "") -> httpx.Client:
     """An httpx client holding a Gradio login cookie for the app mounted at `mount` ("" or "/admin")."""
     client = httpx.Client(base_url=base_url + mount, timeout=30)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.browser import chromium, gradio_login, running_server
+from tests.browser import chromium, gradio_login, running_server, wait_idle
 from tests.conftest import REPO, free_port
 from apps.admin_app import login_options
 from apps.rater_client import GradioRaterClient, RaterAPIError
@@ -405,22 +405,23 @@ def test_dashboard_in_chromium(site, tmp_path):
         upload_file = tmp_path / "pairs.jsonl"
         upload_file.write_text("\n".join(json.dumps({"prompt": f"p{i}", "response_a": "a", "response_b": "b"})
                                          for i in range(4)))
-        # A file set while Gradio is still applying the project switch's updates is sometimes dropped from the
-        # component (about one run in four under full-suite load): set it again until its name shows.
+        # A file set while Gradio is still applying the project switch's updates can be dropped from the
+        # component (about one fresh-clone CI run in three, even with three tries 10 s apart): wait until every
+        # pending event has finished first, and set it again only while the component still shows its input.
         from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-        # Under load the name can also take over 10 s to show; by then the component has swapped its file
-        # input for the file's row, so set the file again only while the input is still there.
         for attempt in range(3):
+            wait_idle(page)
             file_input = page.locator("#pf-upload input[type=file]")
             if file_input.count():
                 file_input.set_input_files(str(upload_file))
             try:
-                page.locator("#pf-upload").get_by_text("pairs.jsonl").wait_for(timeout=10_000)
+                page.locator("#pf-upload").get_by_text("pairs.jsonl").wait_for(timeout=20_000)
                 break
             except PlaywrightTimeoutError:
                 if attempt == 2:
-                    raise
+                    shown = page.locator("#pf-upload").evaluate("e => e.outerHTML")[-2000:]
+                    raise AssertionError(f"the uploaded file's name never showed; the component: {shown}") from None
         page.get_by_role("button", name="Import", exact=True).click()
         page.locator("#pf-projects-msg").get_by_text("Imported").wait_for()
         page.get_by_role("tab", name="Overview", exact=True).click()

@@ -19,7 +19,7 @@ from collect.ingest import import_dataset, import_records
 from apps.rater_app import SKIP_REASONS
 from collect.models import Assignment, Judgment, Rater
 from collect.projects import ProjectSettings, add_rater, create_project
-from tests.browser import chromium, gradio_login, running_server
+from tests.browser import chromium, gradio_login, running_server, wait_idle
 from tests.postgres import free_port
 
 pytestmark = pytest.mark.browser
@@ -90,10 +90,6 @@ def _shown(page) -> str:
     return page.locator("#pf-shown textarea, #pf-shown input").first.input_value()
 
 
-def _wait_idle(page) -> None:
-    page.wait_for_function("document.querySelectorAll('[data-testid=status-tracker]:not(.hide)').length === 0")
-
-
 def _judge_by_keyboard(page, key: str) -> None:
     before = _shown(page)
     page.keyboard.press(key)
@@ -101,7 +97,7 @@ def _judge_by_keyboard(page, key: str) -> None:
     page.keyboard.press("Enter")
     page.wait_for_function("""b => document.querySelector('#pf-shown textarea, #pf-shown input').value !== b""",
                            arg=before)
-    _wait_idle(page)
+    wait_idle(page)
 
 
 def _both_bad_checked(page) -> bool:
@@ -113,7 +109,7 @@ def test_keyboard_only_judging_and_undo(site):
     started = time.time()
     gradio_login(page, site["base_url"], "ann", "ann-pw", "#pf-choice")
     page.wait_for_function("document.querySelector('#pf-conversation').innerText.includes('question')")
-    _wait_idle(page)
+    wait_idle(page)
     assert "Enter" in page.locator("#pf-keys").inner_text()  # the keys are shown on screen
     page.locator("#pf-conversation").click()  # focus on the page, not in a text field
     seen = []
@@ -122,7 +118,7 @@ def test_keyboard_only_judging_and_undo(site):
         _judge_by_keyboard(page, key)
     page.keyboard.press("u")
     page.wait_for_function("document.querySelector('#pf-banner').innerText.includes('taken back')")
-    _wait_idle(page)
+    wait_idle(page)
     assert _screen_text(page, "#pf-conversation") == seen[2][1]  # the undone pair is back on screen
     finished = time.time()
 
@@ -276,7 +272,7 @@ def test_screenshots(site, tmp_path):
     page = site["browser"].new_page(viewport={"width": 1280, "height": 1000})
     gradio_login(page, site["base_url"], "dana", "dana-pw", "#pf-choice")
     page.locator(':is(#pf-left, #pf-right) pre').first.wait_for()  # a code answer, highlighted
-    _wait_idle(page)
+    wait_idle(page)
     page.locator("#pf-choice input").nth(1).click()
     page.locator("#pf-criterion-0 input").nth(1).click()
     shots = {"rater-app.png": page.screenshot(full_page=True)}
