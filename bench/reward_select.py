@@ -8,9 +8,14 @@ test set (the summarize test set is 222 pairs: one point of accuracy is two pair
 on 70% of bench/reward.py's *training* pairs and is scored on the other 30% (whole prompts on one side, so a
 post or a dialogue opening is never on both), over several such splits; the test pairs are never read.
 
-Each candidate is one of bench/reward.py's prefloop sides on MiniLM (`PREFLOOP_SIDES`: prefloop's defaults plus
-the changes listed there; its own 10% held out for choosing the step, as always), seed 0, the same 600 s budget as
-bench/reward.py. Pairs per second are measured as in bench/reward.py, on 70% of the data.
+Each candidate is one of bench/reward.py's prefloop sides (`PREFLOOP_SIDES`: prefloop's defaults plus the changes
+listed there, such as its own 10% held out for choosing the step or none), seed 0, the same 600 s budget as
+bench/reward.py; by default the sides on MiniLM, TRL's backbone in bench/reward.py. Each candidate's accuracy is
+also given as a difference from the first candidate named, paired by split. Pairs per second are measured as in
+bench/reward.py, on 70% of the data.
+
+    .venv/bin/python bench/reward_select.py --datasets hh \
+        --candidates prefloop-smollm2-20-evals2,prefloop-smollm2-20-all-pairs   # hold 10% out or not
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from bench.common import command, machine  # noqa: E402
 from bench.reward import PREFLOOP_SIDES, SIDES, TRL_BACKBONE_SIDES, hh_split, summarize_split  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_select.md"
-# The candidates are bench/reward.py's prefloop sides on TRL's backbone: one definition of each recipe.
-CANDIDATES = TRL_BACKBONE_SIDES
+# The candidates are bench/reward.py's prefloop sides: one definition of each recipe.
+CANDIDATES = list(PREFLOOP_SIDES)
 VALIDATION_SHARE = 0.3
 
 
@@ -69,20 +74,21 @@ def render_report(results: dict, sizes: dict, args, started: datetime.datetime, 
         f"each split fits on {1 - VALIDATION_SHARE:.0%} and validates on {VALIDATION_SHARE:.0%}, whole prompts on "
         "one side (`reward.train.split_by_prompt`, seeds 100, 101, ...); the test pairs are never read.",
         "",
-        "| data | candidate | validation accuracy per split [95% CI] | mean | vs default, paired by split | pairs/s |",
+        f"| data | candidate | validation accuracy per split [95% CI] | mean | vs {names[0]}, paired by split "
+        "| pairs/s |",
         "|---|---|---|---|---|---|",
     ]
     for data in sizes:
-        default = [results[(data, "prefloop", k)]["accuracy"] for k in range(args.splits)
-                   if (data, "prefloop", k) in results]
+        reference = [results[(data, names[0], k)]["accuracy"] for k in range(args.splits)
+                     if (data, names[0], k) in results]
         for name in names:
             runs = [results[(data, name, k)] for k in range(args.splits) if (data, name, k) in results]
             if not runs:
                 continue
             accs = [r["accuracy"] for r in runs]
             per_split = "; ".join(f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]" for r in runs)
-            paired = ("" if name == "prefloop" or len(default) != len(accs) else
-                      f"{100 * statistics.mean(a - b for a, b in zip(accs, default)):+.1f} points")
+            paired = ("" if name == names[0] or len(reference) != len(accs) else
+                      f"{100 * statistics.mean(a - b for a, b in zip(accs, reference)):+.1f} points")
             speed = statistics.mean(r["pairs_per_second"] for r in runs)
             lines.append(f"| {data} | {name} | {per_split} | {statistics.mean(accs):.3f} | {paired} | {speed:.1f} |")
     lines += ["", "Candidates:", ""]
@@ -94,8 +100,8 @@ def render_report(results: dict, sizes: dict, args, started: datetime.datetime, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="hh,summarize")
-    parser.add_argument("--candidates", default=",".join(CANDIDATES),
-                        help="comma-separated subset of " + ", ".join(CANDIDATES))
+    parser.add_argument("--candidates", default=",".join(TRL_BACKBONE_SIDES),
+                        help="comma-separated subset of " + ", ".join(CANDIDATES) + "; the first is the reference")
     parser.add_argument("--splits", type=int, default=2, help="validation splits per dataset")
     parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock budget per run")
     parser.add_argument("--quick", action="store_true", help="200 pairs, 30 s budgets, one split: a smoke run")
