@@ -23,7 +23,8 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    about a third of the training time, and are kept so runs compare). `prefloop-top1-5-epochs` the same for 5
    epochs; `prefloop-top2-5-epochs`: the top 2
    layers for 5 epochs, the candidate that matched the default's accuracy on validation splits of the
-   training pairs (bench/reward_select.py) at about 3x its pairs per second.
+   training pairs (bench/reward_select.py) at about 3x its pairs per second. `prefloop-all-pairs`: the defaults
+   with eval_fraction=0 (every training pair trained on, the last step kept).
 3. `prefloop-smollm2-lora`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`;
    `prefloop-smollm2-20-evals2` the decoder cut to its bottom 20 of 30 layers (backbone_layers=20), the top 2
    of those and the head trained in full (trainable_layers=2), the 18 frozen layers run once per sequence
@@ -234,6 +235,7 @@ PREFLOOP_SIDES: dict[str, tuple[str, bool, dict]] = {
                                {"trainable_layers": 1, "evals_per_epoch": 2, "num_train_epochs": 5}),
     "prefloop-top2-5-epochs": ("minilm-l6", False,
                                {"trainable_layers": 2, "evals_per_epoch": 2, "num_train_epochs": 5}),
+    "prefloop-all-pairs": ("minilm-l6", False, {"eval_fraction": 0.0}),
     "prefloop-smollm2-lora": ("smollm2-135m-instruct", True, {}),
     "prefloop-smollm2-20-evals2": ("smollm2-135m-instruct", False, {"backbone_layers": 20, "trainable_layers": 2,
                                                                     "learning_rate": 5e-5, "evals_per_epoch": 2}),
@@ -248,6 +250,7 @@ SIDES = {
     "prefloop-top1": "prefloop recipe, top layer trained, 2 evaluations per epoch (minilm-l6)",
     "prefloop-top1-5-epochs": "prefloop recipe, top layer trained, 5 epochs, 2 evaluations per epoch (minilm-l6)",
     "prefloop-top2-5-epochs": "prefloop recipe, top 2 layers trained, 5 epochs, 2 evaluations per epoch (minilm-l6)",
+    "prefloop-all-pairs": "prefloop recipe, every training pair trained on (none held out), the last step kept (minilm-l6)",
     "prefloop-smollm2-lora": "prefloop recipe, smollm2-135m-instruct + LoRA",
     "prefloop-smollm2-20-evals2": ("prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, "
                                    "2 evaluations per epoch"),
