@@ -250,7 +250,8 @@ SIDES = {
     "prefloop-top1": "prefloop recipe, top layer trained, 2 evaluations per epoch (minilm-l6)",
     "prefloop-top1-5-epochs": "prefloop recipe, top layer trained, 5 epochs, 2 evaluations per epoch (minilm-l6)",
     "prefloop-top2-5-epochs": "prefloop recipe, top 2 layers trained, 5 epochs, 2 evaluations per epoch (minilm-l6)",
-    "prefloop-all-pairs": "prefloop recipe, every training pair trained on (none held out), the last step kept (minilm-l6)",
+    "prefloop-all-pairs": ("prefloop recipe, every training pair trained on (none held out), the last step kept "
+                           "(minilm-l6)"),
     "prefloop-smollm2-lora": "prefloop recipe, smollm2-135m-instruct + LoRA",
     "prefloop-smollm2-20-evals2": ("prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, "
                                    "2 evaluations per epoch"),
