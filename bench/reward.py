@@ -1,6 +1,6 @@
 """Benchmark: prefloop's reward recipe versus plain TRL defaults, same backbone, pairs and time budget.
 
-    .venv/bin/python bench/reward.py              # the full run (about 90 minutes on 2 CPU cores)
+    .venv/bin/python bench/reward.py              # every side (about 2 hours on 2 CPU cores)
     .venv/bin/python bench/reward.py --quick      # a smoke run: small splits, 60 s budgets
     .venv/bin/python bench/reward.py --seeds 0,1,2 --sides trl-defaults,prefloop,prefloop-top1 \
         --out bench/results/reward_seeds.md      # each side once per seed; targets judged on the means

@@ -1,6 +1,6 @@
 """Choosing the reward recipe without looking at the test pairs: candidates compared on validation splits.
 
-    .venv/bin/python bench/reward_select.py            # 4 candidates x 2 datasets x 2 splits (about 45 minutes)
+    .venv/bin/python bench/reward_select.py            # 5 MiniLM candidates x 2 datasets x 2 splits (about 55 min)
     .venv/bin/python bench/reward_select.py --quick    # a smoke run: 200 pairs, 30 s budgets, one split
 
 bench/reward.py scores recipes on its test pairs; choosing a default by those same numbers would overfit the
