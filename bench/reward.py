@@ -21,10 +21,10 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    second epoch on, the frozen layers' kept output stands in for them (FrozenLayerCache); at the 2e-4 learning
    rate that trainable_layers defaults to; 2 evaluations an epoch were chosen before the cache, when 4 cost
    about a third of the training time, and are kept so runs compare). `prefloop-top1-5-epochs` the same for 5
-   epochs; `prefloop-top2-5-epochs`: the top 2
-   layers for 5 epochs, the candidate that matched the default's accuracy on validation splits of the
-   training pairs (bench/reward_select.py) at about 3x its pairs per second. `prefloop-all-pairs`: the defaults
-   with eval_fraction=0 (every training pair trained on, the last step kept).
+   epochs; `prefloop-top2-5-epochs` the top 2 layers for 5 epochs, the candidate that matched the default's
+   accuracy on validation splits of the training pairs (bench/reward_select.py) at about 3x its pairs per
+   second. `prefloop-all-pairs`: the defaults with eval_fraction=0 (every training pair trained on, the last
+   step kept).
 3. `prefloop-smollm2-lora`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`;
    `prefloop-smollm2-20-evals2` the decoder cut to its bottom 20 of 30 layers (backbone_layers=20), the top 2
    of those and the head trained in full (trainable_layers=2), the 18 frozen layers run once per sequence
@@ -55,6 +55,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -209,8 +210,8 @@ def run_worker(argv: list[str]) -> None:
     if a.side == "trl-defaults":
         stats = worker_trl_defaults(a.train, a.out, a.budget_s, a.batch_size, seed=42 + a.seed)
     elif a.side in PREFLOOP_SIDES:
-        base, lora, changes = PREFLOOP_SIDES[a.side]
-        stats = worker_prefloop(a.train, a.out, a.budget_s, base, lora=lora, seed=a.seed, **changes)
+        side = PREFLOOP_SIDES[a.side]
+        stats = worker_prefloop(a.train, a.out, a.budget_s, side.base, lora=side.lora, seed=a.seed, **side.changes)
     else:
         raise SystemExit(f"unknown side {a.side}")
     from reward.evaluate import evaluate_reward_model
@@ -226,38 +227,46 @@ def run_worker(argv: list[str]) -> None:
 
 # --------------------------------------------------------------------------------------------- main
 
-# prefloop's sides: (base model, lora, the RewardTrainingConfig fields changed from the defaults);
-# bench/reward_select.py compares the ones on TRL's backbone by validation.
-PREFLOOP_SIDES: dict[str, tuple[str, bool, dict]] = {
-    "prefloop": ("minilm-l6", False, {}),
-    "prefloop-top1": ("minilm-l6", False, {"trainable_layers": 1, "evals_per_epoch": 2}),
-    "prefloop-top1-5-epochs": ("minilm-l6", False,
-                               {"trainable_layers": 1, "evals_per_epoch": 2, "num_train_epochs": 5}),
-    "prefloop-top2-5-epochs": ("minilm-l6", False,
-                               {"trainable_layers": 2, "evals_per_epoch": 2, "num_train_epochs": 5}),
-    "prefloop-all-pairs": ("minilm-l6", False, {"eval_fraction": 0.0}),
-    "prefloop-smollm2-lora": ("smollm2-135m-instruct", True, {}),
-    "prefloop-smollm2-20-evals2": ("smollm2-135m-instruct", False, {"backbone_layers": 20, "trainable_layers": 2,
-                                                                    "learning_rate": 5e-5, "evals_per_epoch": 2}),
-    "prefloop-smollm2-20-all-pairs": ("smollm2-135m-instruct", False, {"backbone_layers": 20, "trainable_layers": 2,
-                                                                       "learning_rate": 5e-5, "eval_fraction": 0.0}),
-}
-TRL_BACKBONE_SIDES = [side for side, (base, _, _) in PREFLOOP_SIDES.items() if base == "minilm-l6"]
+class PrefloopSide(NamedTuple):
+    """One prefloop recipe the bench runs: prefloop's defaults plus `changes`."""
 
-SIDES = {
-    "trl-defaults": "plain TRL defaults (minilm-l6)",
-    "prefloop": "prefloop recipe (minilm-l6)",
-    "prefloop-top1": "prefloop recipe, top layer trained, 2 evaluations per epoch (minilm-l6)",
-    "prefloop-top1-5-epochs": "prefloop recipe, top layer trained, 5 epochs, 2 evaluations per epoch (minilm-l6)",
-    "prefloop-top2-5-epochs": "prefloop recipe, top 2 layers trained, 5 epochs, 2 evaluations per epoch (minilm-l6)",
-    "prefloop-all-pairs": ("prefloop recipe, every training pair trained on (none held out), the last step kept "
-                           "(minilm-l6)"),
-    "prefloop-smollm2-lora": "prefloop recipe, smollm2-135m-instruct + LoRA",
-    "prefloop-smollm2-20-evals2": ("prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, "
-                                   "2 evaluations per epoch"),
-    "prefloop-smollm2-20-all-pairs": ("prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, "
-                                      "every training pair trained on (none held out), the last step kept"),
+    description: str
+    base: str
+    lora: bool
+    changes: dict
+    """The RewardTrainingConfig fields changed from the defaults."""
+
+
+# One definition of each prefloop recipe: the worker trains it, the report describes it, and
+# bench/reward_select.py compares them by validation.
+PREFLOOP_SIDES: dict[str, PrefloopSide] = {
+    "prefloop": PrefloopSide("prefloop recipe (minilm-l6)", "minilm-l6", False, {}),
+    "prefloop-top1": PrefloopSide(
+        "prefloop recipe, top layer trained, 2 evaluations per epoch (minilm-l6)", "minilm-l6", False,
+        {"trainable_layers": 1, "evals_per_epoch": 2}),
+    "prefloop-top1-5-epochs": PrefloopSide(
+        "prefloop recipe, top layer trained, 5 epochs, 2 evaluations per epoch (minilm-l6)", "minilm-l6", False,
+        {"trainable_layers": 1, "evals_per_epoch": 2, "num_train_epochs": 5}),
+    "prefloop-top2-5-epochs": PrefloopSide(
+        "prefloop recipe, top 2 layers trained, 5 epochs, 2 evaluations per epoch (minilm-l6)", "minilm-l6", False,
+        {"trainable_layers": 2, "evals_per_epoch": 2, "num_train_epochs": 5}),
+    "prefloop-all-pairs": PrefloopSide(
+        "prefloop recipe, every training pair trained on (none held out), the last step kept (minilm-l6)",
+        "minilm-l6", False, {"eval_fraction": 0.0}),
+    "prefloop-smollm2-lora": PrefloopSide(
+        "prefloop recipe, smollm2-135m-instruct + LoRA", "smollm2-135m-instruct", True, {}),
+    "prefloop-smollm2-20-evals2": PrefloopSide(
+        "prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, 2 evaluations per epoch",
+        "smollm2-135m-instruct", False,
+        {"backbone_layers": 20, "trainable_layers": 2, "learning_rate": 5e-5, "evals_per_epoch": 2}),
+    "prefloop-smollm2-20-all-pairs": PrefloopSide(
+        "prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, every training pair trained "
+        "on (none held out), the last step kept", "smollm2-135m-instruct", False,
+        {"backbone_layers": 20, "trainable_layers": 2, "learning_rate": 5e-5, "eval_fraction": 0.0}),
 }
+TRL_BACKBONE_SIDES = [name for name, side in PREFLOOP_SIDES.items() if side.base == "minilm-l6"]
+SIDES = {"trl-defaults": "plain TRL defaults (minilm-l6)",
+         **{name: side.description for name, side in PREFLOOP_SIDES.items()}}
 
 
 def main() -> None:
@@ -443,10 +452,6 @@ def render_report(results, splits, args, command, started, load_before, where: s
         f"({short_float(RewardTrainingConfig(data=None, trainable_layers=1).peak_learning_rate())}; "
         "at 5e-5 one layer barely moves in 2 epochs), and `evals_per_epoch=2` (chosen when 4 evaluations an epoch "
         "took about a third of the training time, before the frozen layers were cached; kept so runs compare).",
-        "- prefloop recipe, top 2 layers trained, 5 epochs: `trainable_layers=2, num_train_epochs=5, "
-        "evals_per_epoch=2` at the same 2e-4, the candidate that matched the default's accuracy on validation "
-        "splits of the training pairs (bench/reward_select.py) at about 3x its pairs per second; from the second "
-        "epoch on each epoch runs 2 of the 6 layers.",
         "- smollm2-135m-instruct + LoRA: the recipe with `lora=True` (rank 16 on every linear layer, score head in "
         "full, lr 2e-4). Bottom 20 of 30 layers: `backbone_layers=20, trainable_layers=2, evals_per_epoch=2`: the "
         "decoder cut after layer 20 (the upper 10 are not loaded), the top 2 of the remaining layers, the final norm "
@@ -455,6 +460,11 @@ def render_report(results, splits, args, command, started, load_before, where: s
         "about as much as training on 150). "
         "Layer 20 because linear probes of each layer's last-token state, fitted with 5-fold cross-validation on the "
         "HH training pairs, peaked around layers 18-22.",
+        "- Each prefloop side exactly (base model, LoRA, the RewardTrainingConfig fields changed from the "
+        "defaults): " + "; ".join(f"{name}: {PREFLOOP_SIDES[name].base}{', LoRA' if PREFLOOP_SIDES[name].lora else ''}"
+                                 f", `{PREFLOOP_SIDES[name].changes or 'none'}`"
+                                 for name in dict.fromkeys(side for _, side, _ in results) if name in PREFLOOP_SIDES)
+        + ".",
         "- pairs/s = training pairs processed / training wall time (the held-out evaluations during training count "
         "against prefloop). Peak RSS = the side's own subprocess.",
         "- Data: `../shared/data/hh_harmless_base_test.jsonl.gz` (seeded shuffle: 1,800 train, 512 test) and "

@@ -37,6 +37,8 @@ RESULTS = ROOT / "bench" / "results" / "reward_select.md"
 # The candidates are bench/reward.py's prefloop sides: one definition of each recipe.
 CANDIDATES = list(PREFLOOP_SIDES)
 VALIDATION_SHARE = 0.3
+# bench/reward.py's training pairs of each dataset (its test pairs are never read here)
+TRAINING_PAIRS = {"hh": lambda: hh_split()[0], "summarize": lambda: summarize_split()[0]}
 
 
 def validation_splits(rows: list[dict], n_splits: int):
@@ -53,9 +55,10 @@ def run_candidate(name: str, fit, validation, out_dir: Path, budget_s: float) ->
     from reward.evaluate import evaluate_reward_model
     from reward.train import RewardTrainingConfig, train_reward_model
 
-    base, lora, changes = PREFLOOP_SIDES[name]
-    result = train_reward_model(RewardTrainingConfig(data=fit, base_model=base, lora=lora, output_dir=str(out_dir),
-                                                     time_budget_s=budget_s, progress=False, **changes))
+    side = PREFLOOP_SIDES[name]
+    result = train_reward_model(RewardTrainingConfig(data=fit, base_model=side.base, lora=side.lora,
+                                                     output_dir=str(out_dir), time_budget_s=budget_s, progress=False,
+                                                     **side.changes))
     report = evaluate_reward_model(str(out_dir), validation, n_bootstrap=1000)
     return {"accuracy": report["accuracy"], "ci": report["ci"], "pairs_per_second": result.pairs_per_second,
             "train_seconds": result.train_seconds}
@@ -92,7 +95,7 @@ def render_report(results: dict, sizes: dict, args, started: datetime.datetime, 
             speed = statistics.mean(r["pairs_per_second"] for r in runs)
             lines.append(f"| {data} | {name} | {per_split} | {statistics.mean(accs):.3f} | {paired} | {speed:.1f} |")
     lines += ["", "Candidates:", ""]
-    lines += [f"- `{name}`: {SIDES[name]}; changes from the defaults `{PREFLOOP_SIDES[name][2] or 'none'}`"
+    lines += [f"- `{name}`: {SIDES[name]}; changes from the defaults `{PREFLOOP_SIDES[name].changes or 'none'}`"
               for name in names]
     return "\n".join(lines) + "\n"
 
@@ -114,19 +117,18 @@ def main() -> None:
         parser.error(f"unknown candidate(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
     if args.splits < 1:
         parser.error(f"--splits must be at least 1, got {args.splits}")
-    unknown_data = [d for d in args.datasets.split(",") if d not in ("hh", "summarize")]
+    unknown_data = [d for d in args.datasets.split(",") if d not in TRAINING_PAIRS]
     if unknown_data:
-        parser.error(f"unknown dataset(s) {', '.join(unknown_data)}; choose from hh, summarize")
+        parser.error(f"unknown dataset(s) {', '.join(unknown_data)}; choose from {', '.join(TRAINING_PAIRS)}")
     if args.quick:
         args.splits, args.budget_s = 1, 30.0
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="prefloop-bench-reward-select-"))
     started = datetime.datetime.now().astimezone()
     where = machine()
-    loaders = {"hh": lambda: hh_split()[0], "summarize": lambda: summarize_split()[0]}
     results: dict[tuple[str, str, int], dict] = {}
     sizes: dict[str, int] = {}
     for data in args.datasets.split(","):
-        rows = loaders[data]()[: 200 if args.quick else None]
+        rows = TRAINING_PAIRS[data]()[: 200 if args.quick else None]
         sizes[data] = len(rows)
         for k, (fit, validation) in enumerate(validation_splits(rows, args.splits)):
             for name in names:
