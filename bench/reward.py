@@ -179,13 +179,12 @@ def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_si
             "epochs_done": trainer.state.epoch}
 
 
-def worker_prefloop(train_path: str, out_dir: str, budget_s: float, base: str, lora: bool, **changes) -> dict:
+def worker_prefloop(side: PrefloopSide, train_path: str, out_dir: str, budget_s: float, seed: int) -> dict:
     """prefloop's recipe: train_reward_model with its defaults; only data, base, output, budget (and LoRA), plus
-    `changes` for the variants."""
-    from reward.train import RewardTrainingConfig, train_reward_model
+    the side's changes for the variants."""
+    from reward.train import train_reward_model
 
-    result = train_reward_model(RewardTrainingConfig(data=train_path, base_model=base, output_dir=out_dir,
-                                                     lora=lora, time_budget_s=budget_s, progress=False, **changes))
+    result = train_reward_model(side.config(train_path, out_dir, budget_s, seed=seed))
     info = json.loads((Path(out_dir) / "prefloop.json").read_text())
     return {"pairs_total": result.n_train + result.n_eval, "pairs_used": result.n_train,
             "pairs_dropped": 0, "pairs_truncated": result.truncated_train, "held_out": result.n_eval,
@@ -210,8 +209,7 @@ def run_worker(argv: list[str]) -> None:
     if a.side == "trl-defaults":
         stats = worker_trl_defaults(a.train, a.out, a.budget_s, a.batch_size, seed=42 + a.seed)
     elif a.side in PREFLOOP_SIDES:
-        side = PREFLOOP_SIDES[a.side]
-        stats = worker_prefloop(a.train, a.out, a.budget_s, side.base, lora=side.lora, seed=a.seed, **side.changes)
+        stats = worker_prefloop(PREFLOOP_SIDES[a.side], a.train, a.out, a.budget_s, a.seed)
     else:
         raise SystemExit(f"unknown side {a.side}")
     from reward.evaluate import evaluate_reward_model
@@ -235,6 +233,17 @@ class PrefloopSide(NamedTuple):
     lora: bool
     changes: dict
     """The RewardTrainingConfig fields changed from the defaults."""
+
+    def config(self, data, output_dir: str, time_budget_s: float, **run):
+        """The RewardTrainingConfig that trains this recipe on `data` (`run`: per-run fields such as the seed)."""
+        from reward.train import RewardTrainingConfig
+
+        return RewardTrainingConfig(data=data, base_model=self.base, lora=self.lora, output_dir=output_dir,
+                                    time_budget_s=time_budget_s, progress=False, **self.changes, **run)
+
+    def exactly(self) -> str:
+        """Base model, LoRA and the changed fields, as the reports list them."""
+        return f"{self.base}{', LoRA' if self.lora else ''}, changes from the defaults `{self.changes or 'none'}`"
 
 
 # One definition of each prefloop recipe: the worker trains it, the report describes it, and
@@ -460,11 +469,9 @@ def render_report(results, splits, args, command, started, load_before, where: s
         "about as much as training on 150). "
         "Layer 20 because linear probes of each layer's last-token state, fitted with 5-fold cross-validation on the "
         "HH training pairs, peaked around layers 18-22.",
-        "- Each prefloop side exactly (base model, LoRA, the RewardTrainingConfig fields changed from the "
-        "defaults): " + "; ".join(f"{name}: {PREFLOOP_SIDES[name].base}{', LoRA' if PREFLOOP_SIDES[name].lora else ''}"
-                                 f", `{PREFLOOP_SIDES[name].changes or 'none'}`"
-                                 for name in dict.fromkeys(side for _, side, _ in results) if name in PREFLOOP_SIDES)
-        + ".",
+        "- Each prefloop side exactly: " + "; ".join(f"{name}: {PREFLOOP_SIDES[name].exactly()}" for name in
+                                                    dict.fromkeys(side for _, side, _ in results)
+                                                    if name in PREFLOOP_SIDES) + ".",
         "- pairs/s = training pairs processed / training wall time (the held-out evaluations during training count "
         "against prefloop). Peak RSS = the side's own subprocess.",
         "- Data: `../shared/data/hh_harmless_base_test.jsonl.gz` (seeded shuffle: 1,800 train, 512 test) and "

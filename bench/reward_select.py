@@ -53,12 +53,9 @@ def validation_splits(rows: list[dict], n_splits: int):
 
 def run_candidate(name: str, fit, validation, out_dir: Path, budget_s: float) -> dict:
     from reward.evaluate import evaluate_reward_model
-    from reward.train import RewardTrainingConfig, train_reward_model
+    from reward.train import train_reward_model
 
-    side = PREFLOOP_SIDES[name]
-    result = train_reward_model(RewardTrainingConfig(data=fit, base_model=side.base, lora=side.lora,
-                                                     output_dir=str(out_dir), time_budget_s=budget_s, progress=False,
-                                                     **side.changes))
+    result = train_reward_model(PREFLOOP_SIDES[name].config(fit, str(out_dir), budget_s))
     report = evaluate_reward_model(str(out_dir), validation, n_bootstrap=1000)
     return {"accuracy": report["accuracy"], "ci": report["ci"], "pairs_per_second": result.pairs_per_second,
             "train_seconds": result.train_seconds}
@@ -95,8 +92,7 @@ def render_report(results: dict, sizes: dict, args, started: datetime.datetime, 
             speed = statistics.mean(r["pairs_per_second"] for r in runs)
             lines.append(f"| {data} | {name} | {per_split} | {statistics.mean(accs):.3f} | {paired} | {speed:.1f} |")
     lines += ["", "Candidates:", ""]
-    lines += [f"- `{name}`: {SIDES[name]}; changes from the defaults `{PREFLOOP_SIDES[name].changes or 'none'}`"
-              for name in names]
+    lines += [f"- `{name}`: {SIDES[name]}; {PREFLOOP_SIDES[name].exactly()}" for name in names]
     return "\n".join(lines) + "\n"
 
 
