@@ -268,6 +268,11 @@ PREFLOOP_SIDES: dict[str, PrefloopSide] = {
         "prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, 2 evaluations per epoch",
         "smollm2-135m-instruct", False,
         {"backbone_layers": 20, "trainable_layers": 2, "learning_rate": 5e-5, "evals_per_epoch": 2}),
+    "prefloop-smollm2-20-two-sequences": PrefloopSide(
+        "prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, 2 evaluations per epoch, "
+        "chosen and rejected as two sequences (the prompt run twice)", "smollm2-135m-instruct", False,
+        {"backbone_layers": 20, "trainable_layers": 2, "learning_rate": 5e-5, "evals_per_epoch": 2,
+         "share_prompt": False}),
     "prefloop-smollm2-20-all-pairs": PrefloopSide(
         "prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, every training pair trained "
         "on (none held out), the last step kept", "smollm2-135m-instruct", False,

@@ -29,6 +29,8 @@ def train(
     no_frozen_cache: bool = typer.Option(
         False, "--no-frozen-cache", help="With --trainable-layers, recompute the frozen layers every epoch."),
     no_margin: bool = typer.Option(False, "--no-margin", help="Ignore the data's margin column."),
+    no_share_prompt: bool = typer.Option(
+        False, "--no-share-prompt", help="On a decoder, run chosen and rejected as two sequences, the prompt twice."),
     max_length: int = typer.Option(256, "--max-length", help="Longest sequence in tokens (longer: truncated)."),
     truncation_side: str = typer.Option("left", "--truncation-side", help="left keeps the end of the dialogue."),
     epochs: float = typer.Option(2.0, "--epochs", help="Passes over the training pairs."),
@@ -52,7 +54,8 @@ def train(
         data=data, base_model=base, output_dir=str(out), eval_data=eval_data, eval_fraction=eval_fraction,
         lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, backbone_layers=backbone_layers,
         trainable_layers=trainable_layers, cache_frozen_layers=not no_frozen_cache, use_margin=not no_margin,
-        max_length=max_length, truncation_side=truncation_side, num_train_epochs=epochs, max_steps=max_steps,
+        share_prompt=not no_share_prompt, max_length=max_length, truncation_side=truncation_side,
+        num_train_epochs=epochs, max_steps=max_steps,
         batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
         center_rewards_coefficient=center_rewards or None, evals_per_epoch=evals_per_epoch,
         time_budget_s=time_budget, precision=precision, gradient_checkpointing=gradient_checkpointing, seed=seed,

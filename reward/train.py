@@ -124,6 +124,11 @@ class RewardTrainingConfig:
     Skipped when dropout is on (the frozen output then changes between passes) or when the states would take
     more than half the free memory (fp32: tokens x hidden size x 4 bytes; HH's 1,800 pairs on MiniLM: about
     0.7 GiB)."""
+    share_prompt: bool = True
+    """On a decoder, train each pair as one sequence whose shared start (the prompt) runs once, the two endings
+    each attending to it (reward.shared_prompt): the same rewards from fewer tokens, 1.35x fewer on HH harmless
+    at 256 tokens, 1.7-1.9x at 1,024. Encoders, kernels without a 4D mask (FlashAttention) and runs of several
+    processes keep two sequences a pair."""
     seed: int = 0
     """Seed for the held-out split, the head's initialisation and the data order."""
     progress: bool = True
@@ -151,6 +156,10 @@ class RewardTrainingResult:
     best_step: int | None
     train_seconds: float
     pairs_per_second: float
+    shared_prompt: bool = False
+    """Whether each pair trained as one sequence with its prompt run once (`share_prompt`)."""
+    tokens_per_pair: float = 0.0
+    """Training tokens a pair cost, averaged (two sequences, or one packed sequence with `shared_prompt`)."""
     history: list[dict[str, Any]] = field(default_factory=list)
     evaluations: list[dict[str, float]] = field(default_factory=list)
     """Every held-out evaluation during training: step, accuracy, loss (the best is `best_step`)."""
@@ -314,15 +323,27 @@ class FrozenLayerCache:
             block.forward = self._stand_in(block.forward, top=i == len(self.blocks) - 1)
 
     def _see_inputs(self, module, args, kwargs):
+        import torch
+
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
         if input_ids is None:  # inputs_embeds: nothing to key the cache on
             self._keys, self._hit = None, False
             return
-        mask = mask.bool() if mask is not None else input_ids.new_ones(input_ids.shape, dtype=bool)
+        if mask is None:
+            mask = input_ids.new_ones(input_ids.shape, dtype=bool)
+        elif mask.ndim == 4:  # packed pairs (reward.shared_prompt): the real tokens are those something attends to
+            attended = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
+            mask = attended.any(dim=1)
+        else:
+            mask = mask.bool()
         ids = input_ids.cpu().numpy()
         rows = mask.cpu().numpy()
         self._keys = [ids[i][rows[i]].tobytes() for i in range(len(ids))]
+        positions = kwargs.get("position_ids")
+        if positions is not None:  # a packed pair is its tokens and where its rejected ending restarts
+            places = positions.cpu().numpy()
+            self._keys = [key + places[i][rows[i]].tobytes() for i, key in enumerate(self._keys)]
         self._mask = mask
         self._hit = all(key in self.states for key in self._keys)
 
@@ -516,6 +537,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     from transformers import PrinterCallback, set_seed
     from trl import RewardConfig, RewardTrainer
 
+    from reward.shared_prompt import SharedPromptCollator, SharedPromptRewardTrainer, packed_tokens, shares_prompt
+
     _check(config)
     precision = _precision(config.precision)
     model_path = resolve_model(config.base_model)
@@ -602,9 +625,11 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         data_seed=config.seed,
     )
     callbacks, keep_best = _callbacks(config, steps_total, len(eval_set) if eval_set is not None else 0)
-    trainer = RewardTrainer(
+    shared_prompt = config.share_prompt and shares_prompt(model)
+    trainer = (SharedPromptRewardTrainer if shared_prompt else RewardTrainer)(
         model=model,
         args=args,
+        data_collator=SharedPromptCollator(tokenizer.pad_token_id) if shared_prompt else None,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
@@ -639,6 +664,11 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         best_step=keep_best.best_step,
         train_seconds=train_seconds,
         pairs_per_second=pairs_seen / max(train_seconds, 1e-9),
+        shared_prompt=shared_prompt,
+        tokens_per_pair=sum(
+            packed_tokens(c, r) if shared_prompt else len(c) + len(r)
+            for c, r in zip(train_set["chosen_ids"], train_set["rejected_ids"])
+        ) / max(len(train_set), 1),
         history=[dict(h) for h in trainer.state.log_history],
         evaluations=keep_best.evaluations,
     )
@@ -731,6 +761,8 @@ def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path,
         "evaluations": result.evaluations,
         "train_seconds": round(result.train_seconds, 2),
         "pairs_per_second": round(result.pairs_per_second, 3),
+        "shared_prompt": result.shared_prompt,
+        "tokens_per_pair": round(result.tokens_per_pair, 1),
         "precision": precision,
         "learning_rate": learning_rate,
         # fields(), not asdict(): asdict would deep-copy the datasets and callbacks only to drop them.
@@ -807,5 +839,7 @@ def print_summary(result: RewardTrainingResult) -> None:
     if "eval_accuracy" in result.metrics:
         table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f} (best step {result.best_step})")
     table.add_row("train loss", f"{result.metrics['train_loss']:.4f}")
+    table.add_row("tokens per pair", f"{result.tokens_per_pair:.0f}"
+                  + (" (one sequence a pair, its prompt run once)" if result.shared_prompt else ""))
     table.add_row("time", f"{result.train_seconds:.1f} s, {result.pairs_per_second:.1f} pairs/s")
     Console(stderr=True).print(table)

@@ -402,6 +402,57 @@ def test_frozen_layers_run_in_the_first_epoch_only_and_train_the_same_model(tmp_
     assert [e["accuracy"] for e in cached_evaluations] == [e["accuracy"] for e in plain_evaluations]
 
 
+@pytest.mark.parametrize("kind", ["sdpa", "eager", "lora"])
+def test_a_packed_pair_gives_the_rewards_of_two_sequences(tiny_rm, kind):
+    """A decoder reads each pair as one sequence (shared start, chosen ending, rejected ending), with the same
+    rewards as the two sequences run apart, through either attention kernel and through LoRA adapters; edge
+    cases: endings of different lengths, an ending that extends the other, identical sides, nothing shared."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from reward.shared_prompt import SharedPromptCollator, packed_tokens, pair_rewards, shares_prompt
+
+    attention = "eager" if kind == "eager" else "sdpa"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_rm, attn_implementation=attention).eval()
+    assert shares_prompt(model)
+    if kind == "lora":  # adapters drawn at random (not LoRA's zero start), so they change the rewards
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", target_modules="all-linear",
+                                                 modules_to_save=["score"], init_lora_weights=False)).eval()
+    pairs = [([5, 6, 7, 8, 9, 10], [5, 6, 7, 11]), ([5, 6, 7], [5, 6, 7, 12, 13]), ([5, 6, 7], [5, 6, 7]),
+             ([14, 6, 7], [15, 6, 7, 8]), ([5, 6, 7, 8, 9, 10, 16, 17], [5, 6, 7, 8, 9, 10, 18])]
+    batch = SharedPromptCollator(pad_token_id=0)([{"chosen_ids": c, "rejected_ids": r, "margin": 0.5} for c, r in pairs])
+    assert batch["input_ids"].shape == (5, max(packed_tokens(c, r) for c, r in pairs))
+    assert batch["attention_mask"].sum() == sum(packed_tokens(c, r) for c, r in pairs) == 7 + 6 + 4 + 7 + 9
+    with torch.no_grad():
+        packed = pair_rewards(model, **batch)
+        apart = torch.cat([model(input_ids=torch.tensor([c])).logits[0] for c, _ in pairs]
+                          + [model(input_ids=torch.tensor([r])).logits[0] for _, r in pairs])
+    assert torch.allclose(packed, apart, atol=1e-5)
+
+
+def test_shared_prompt_trains_the_model_two_sequences_train_and_encoders_keep_two(tmp_path, tiny_rm):
+    from safetensors.torch import load_file
+
+    def train(name: str, base: str, share: bool):
+        result = train_reward_model(RewardTrainingConfig(
+            data=datasets.Dataset.from_list(rule_pairs(48, long_prompt=True)),
+            eval_data=datasets.Dataset.from_list(rule_pairs(8, seed=1)), base_model=base,
+            output_dir=str(tmp_path / name), max_length=64, max_steps=6, batch_size=8, learning_rate=1e-2,
+            share_prompt=share, precision="fp32", progress=False,
+        ))
+        return result, load_file(str(tmp_path / name / "model.safetensors"))
+
+    shared, shared_weights = train("shared", tiny_rm, True)
+    apart, apart_weights = train("apart", tiny_rm, False)
+    assert shared.shared_prompt and not apart.shared_prompt
+    assert shared.tokens_per_pair < 0.7 * apart.tokens_per_pair  # the long prompt runs once
+    assert json.loads((tmp_path / "shared" / "prefloop.json").read_text())["shared_prompt"] is True
+    assert all(torch.allclose(shared_weights[k], apart_weights[k], atol=1e-4) for k in shared_weights)
+    assert [e["accuracy"] for e in shared.evaluations] == [e["accuracy"] for e in apart.evaluations]
+    encoder, _ = train("encoder", tiny_encoder_reward_model(tmp_path / "bert"), True)
+    assert not encoder.shared_prompt  # an encoder's prompt sees the ending: it cannot be shared
+
+
 def test_head_only_training_and_lora_limited_to_the_top_layers(tmp_path, tiny_rm):
     from transformers import AutoModelForSequenceClassification
 

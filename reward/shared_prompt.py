@@ -1,0 +1,122 @@
+"""Training a decoder reward model on each pair as one sequence, so the prompt runs once instead of twice.
+
+Chosen and rejected share their start (the prompt, often most of the tokens) and differ only in the ending.
+In a decoder, a token's state depends only on the tokens before it, so the shared start gives the same states
+in both sequences. A pair is therefore packed as
+
+    shared start | chosen ending | rejected ending
+
+with positions restarting where the rejected ending begins and an attention mask under which each ending sees
+the shared start and itself, never the other ending. The reward of each side is read at its last token, as
+sequence classification does. The rewards equal those of two separate sequences (to float rounding; the
+tests check it); the pair costs fewer tokens: 1.35x fewer on HH harmless at 256 tokens, 1.7-1.9x on HH and
+summarize at 1,024 tokens (bench/results/reward_shared_prompt.md).
+
+Encoders see in both directions, so the start's states depend on the ending: they keep two sequences
+(`shares_prompt` is False for them). So do runs of several processes (`accelerate launch`), where the model
+must be called through its data-parallel wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import SequenceClassifierOutput
+from trl import RewardTrainer
+
+# The attention kernels that take an explicit 4D mask; FlashAttention and friends take none.
+MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
+
+
+def shares_prompt(model) -> bool:
+    """Whether a pair can train as one packed sequence on `model`: causal attention through a kernel that
+    takes a 4D mask, in a single process, with a `score` head read at the last token (decoder
+    sequence classification)."""
+    causal = [m.is_causal for m in model.modules() if hasattr(m, "is_causal") and "Attention" in type(m).__name__]
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1 and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true"
+    return (bool(causal) and all(causal) and single and hasattr(model, "score")
+            and model.config._attn_implementation in MASK_KINDS)
+
+
+def shared_start(chosen: list[int], rejected: list[int]) -> int:
+    """Tokens the two sequences share at their start, leaving each at least its last token of its own
+    (the reward is read there, so it must be in the ending)."""
+    limit = min(len(chosen), len(rejected)) - 1
+    n = 0
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    return n
+
+
+def packed_tokens(chosen: list[int], rejected: list[int]) -> int:
+    """Tokens the pair takes packed."""
+    return len(chosen) + len(rejected) - shared_start(chosen, rejected)
+
+
+class SharedPromptCollator:
+    """Batches of packed pairs for `SharedPromptRewardTrainer`: `input_ids` and `attention_mask` (the real
+    tokens, which TRL counts), `pair_mask` (batch, 1, n, n: who attends to whom), `position_ids` and
+    `reward_index` (batch, 2: where the chosen and the rejected reward are read)."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        n = max(packed_tokens(e["chosen_ids"], e["rejected_ids"]) for e in examples)
+        batch = len(examples)
+        input_ids = torch.full((batch, n), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, n), dtype=torch.long)
+        position_ids = torch.zeros((batch, n), dtype=torch.long)
+        pair_mask = torch.zeros((batch, 1, n, n), dtype=torch.bool)
+        reward_index = torch.zeros((batch, 2), dtype=torch.long)
+        causal = torch.ones((n, n), dtype=torch.bool).tril()
+        for i, e in enumerate(examples):
+            chosen, rejected = e["chosen_ids"], e["rejected_ids"]
+            start = shared_start(chosen, rejected)
+            end = len(chosen) + len(rejected) - start  # where the rejected ending ends
+            input_ids[i, :end] = torch.tensor(chosen + rejected[start:])
+            attention_mask[i, :end] = 1
+            position_ids[i, :len(chosen)] = torch.arange(len(chosen))
+            position_ids[i, len(chosen):end] = torch.arange(start, len(rejected))
+            # The shared start and the chosen ending: plain causal attention.
+            pair_mask[i, 0, :len(chosen), :len(chosen)] = causal[:len(chosen), :len(chosen)]
+            # The rejected ending: the shared start, then itself causally.
+            pair_mask[i, 0, len(chosen):end, :start] = True
+            pair_mask[i, 0, len(chosen):end, len(chosen):end] = causal[:end - len(chosen), :end - len(chosen)]
+            # Padding attends to the first token only: a row with nothing to attend to gives NaN, and no real
+            # token attends to padding.
+            pair_mask[i, 0, end:, 0] = True
+            reward_index[i] = torch.tensor([len(chosen) - 1, end - 1])
+        out = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+               "pair_mask": pair_mask, "reward_index": reward_index}
+        if "margin" in examples[0]:
+            out["margin"] = torch.tensor([e["margin"] for e in examples], dtype=torch.float)
+        return out
+
+
+def pair_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_) -> torch.Tensor:
+    """The rewards of a batch of packed pairs, chosen then rejected (2 x batch), as TRL's loss expects them.
+    `model` is the sequence-classification model, or a PEFT model around one."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(inner, inner.base_model_prefix)
+    mask = pair_mask
+    if MASK_KINDS[inner.config._attn_implementation] == "additive":
+        mask = torch.zeros(pair_mask.shape, dtype=body.dtype, device=pair_mask.device).masked_fill(
+            ~pair_mask, torch.finfo(body.dtype).min)
+    hidden = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                  use_cache=False).last_hidden_state
+    rows = torch.arange(len(input_ids), device=input_ids.device)[:, None]
+    rewards = inner.score(hidden[rows, reward_index]).squeeze(-1)  # (batch, 2)
+    return torch.cat([rewards[:, 0], rewards[:, 1]])
+
+
+class SharedPromptRewardTrainer(RewardTrainer):
+    """TRL's RewardTrainer, its loss and metrics unchanged, fed the rewards of packed pairs."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        def packed_forward(**batch) -> SequenceClassifierOutput:
+            return SequenceClassifierOutput(logits=pair_rewards(model, **batch)[:, None])
+
+        return super().compute_loss(packed_forward, inputs, return_outputs, num_items_in_batch)
