@@ -112,11 +112,21 @@ def pair_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_) -
     return torch.cat([rewards[:, 0], rewards[:, 1]])
 
 
+def with_packed_lengths(dataset):
+    """`dataset` with its `length` column (what batches are grouped by) set to each pair's packed length, the
+    width its row will have; a pair truncated on both sides shares no start and packs to twice the max length."""
+    lengths = [packed_tokens(c, r) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
+    return dataset.remove_columns("length").add_column("length", lengths)
+
+
 class SharedPromptRewardTrainer(RewardTrainer):
     """TRL's RewardTrainer, its loss and metrics unchanged, fed the rewards of packed pairs."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         def packed_forward(**batch) -> SequenceClassifierOutput:
-            return SequenceClassifierOutput(logits=pair_rewards(model, **batch)[:, None])
+            # The model's own forward runs under the run's mixed precision (Accelerate wraps it); the inner
+            # modules called here do not, so the same autocast is entered by hand (else bf16 runs train in fp32).
+            with self.accelerator.autocast():
+                return SequenceClassifierOutput(logits=pair_rewards(model, **batch)[:, None])
 
         return super().compute_loss(packed_forward, inputs, return_outputs, num_items_in_batch)

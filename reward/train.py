@@ -537,7 +537,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     from transformers import PrinterCallback, set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from reward.shared_prompt import SharedPromptCollator, SharedPromptRewardTrainer, packed_tokens, shares_prompt
+    from reward.shared_prompt import (SharedPromptCollator, SharedPromptRewardTrainer, packed_tokens, shares_prompt,
+                                      with_packed_lengths)
 
     _check(config)
     precision = _precision(config.precision)
@@ -626,6 +627,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     )
     callbacks, keep_best = _callbacks(config, steps_total, len(eval_set) if eval_set is not None else 0)
     shared_prompt = config.share_prompt and shares_prompt(model)
+    if shared_prompt:
+        train_set = with_packed_lengths(train_set)
     trainer = (SharedPromptRewardTrainer if shared_prompt else RewardTrainer)(
         model=model,
         args=args,

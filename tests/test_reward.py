@@ -166,22 +166,30 @@ def test_encoder_backbone_learns_the_rule(tmp_path):
     assert held_out_accuracy(result.output_dir, eval_rows) == result.metrics["eval_accuracy"]
 
 
-def test_bf16_trains_without_a_gpu(tmp_path, tiny_rm):
-    """--precision bf16 on a machine with no GPU trains in CPU bf16 autocast instead of stopping in Transformers."""
+@pytest.mark.parametrize("share_prompt", [True, False])
+def test_bf16_trains_without_a_gpu(tmp_path, tiny_rm, share_prompt):
+    """--precision bf16 on a machine with no GPU trains in CPU bf16 autocast instead of stopping in Transformers,
+    also when pairs are packed and the model's inner modules are called directly."""
     from transformers import TrainerCallback
 
-    seen = {}
+    from reward.train import transformer_layers
+
+    seen = {"matmul dtypes": set()}
 
     class Spy(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
             seen.update(bf16=args.bf16, device=args.device.type)
+            transformer_layers(model)[0].mlp.up_proj.register_forward_hook(
+                lambda module, inputs, output: seen["matmul dtypes"].add(output.dtype))
 
     result = train_reward_model(RewardTrainingConfig(
         data=datasets.Dataset.from_list(rule_pairs(16)), base_model=tiny_rm, output_dir=str(tmp_path / "bf16"),
         eval_fraction=0, max_length=32, max_steps=2, batch_size=8, precision="bf16", callbacks=[Spy()],
-        progress=False,
+        share_prompt=share_prompt, progress=False,
     ))
-    assert seen == {"bf16": True, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    assert result.shared_prompt == share_prompt
+    assert seen == {"bf16": True, "device": "cuda" if torch.cuda.is_available() else "cpu",
+                    "matmul dtypes": {torch.bfloat16}}
     assert math.isfinite(result.metrics["train_loss"])
     assert json.loads((tmp_path / "bf16" / "prefloop.json").read_text())["precision"] == "bf16"
 
@@ -437,6 +445,8 @@ def test_shared_prompt_trains_the_model_two_sequences_train_and_encoders_keep_tw
         result = train_reward_model(RewardTrainingConfig(
             data=datasets.Dataset.from_list(rule_pairs(48, long_prompt=True)),
             eval_data=datasets.Dataset.from_list(rule_pairs(8, seed=1)), base_model=base,
+            # Packed runs group batches by packed length, but on 48 pairs the length-grouped sampler's groups are
+            # single batches of a random draw: both runs see the same pairs in each step.
             output_dir=str(tmp_path / name), max_length=64, max_steps=6, batch_size=8, learning_rate=1e-2,
             share_prompt=share, precision="fp32", progress=False,
         ))
