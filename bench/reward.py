@@ -32,6 +32,8 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    as much as training on 150, and a run with 4 an epoch got 1.5 of its 2 epochs done). Why 20: linear probes
    of each layer's last-token state (and mean-pooled state), fitted with 5-fold cross-validation on the HH
    training pairs, peaked at layers 18-22 (0.64-0.67 in cross-validation), above layers 10 and 15 and the last layer (0.62-0.65).
+   `prefloop-smollm2-20-two-sequences` the same cut with share_prompt=False: chosen and rejected as two
+   sequences, the prompt run twice (the other decoder sides run each pair as one sequence, its prompt once).
    `prefloop-smollm2-20-all-pairs` the same cut trained on every training pair (eval_fraction=0: none held
    out, so no step is chosen and the last is kept); with 1,800 pairs the 180 held out cost a tenth of the data
    and pick the step by an accuracy whose standard error is about 3.6 points.

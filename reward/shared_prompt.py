@@ -13,8 +13,9 @@ tests check it); the pair costs fewer tokens: 1.35x fewer on HH harmless at 256 
 summarize at 1,024 tokens (bench/results/reward_shared_prompt.md).
 
 Encoders see in both directions, so the start's states depend on the ending: they keep two sequences
-(`shares_prompt` is False for them). So do runs of several processes (`accelerate launch`), where the model
-must be called through its data-parallel wrapper.
+(`shares_prompt` is False for them). So do models with sliding-window layers (the packed mask would stand in
+for their window) and runs of several processes (`accelerate launch`), where the model must be called
+through its data-parallel wrapper.
 """
 
 from __future__ import annotations
@@ -31,13 +32,20 @@ MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
 
 
 def shares_prompt(model) -> bool:
-    """Whether a pair can train as one packed sequence on `model`: causal attention through a kernel that
-    takes a 4D mask, in a single process, with a `score` head read at the last token (decoder
-    sequence classification)."""
+    """Whether a pair can train as one packed sequence on `model`: causal attention over the whole sequence
+    (no sliding window, which the packed mask would override) through a kernel that takes a 4D mask, in a
+    single process, with a `score` head read at the last token (decoder sequence classification)."""
     causal = [m.is_causal for m in model.modules() if hasattr(m, "is_causal") and "Attention" in type(m).__name__]
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1 and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true"
-    return (bool(causal) and all(causal) and single and hasattr(model, "score")
+    return (bool(causal) and all(causal) and single and hasattr(model, "score") and not _sliding_window(model.config)
             and model.config._attn_implementation in MASK_KINDS)
+
+
+def _sliding_window(config) -> bool:
+    kinds = getattr(config, "layer_types", None)
+    if kinds:
+        return any(kind != "full_attention" for kind in kinds)
+    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True)
 
 
 def shared_start(chosen: list[int], rejected: list[int]) -> int:
