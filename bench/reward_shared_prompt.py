@@ -2,13 +2,15 @@
 against chosen and rejected as two sequences, the prompt run twice (`share_prompt=False`), in the same run.
 
     .venv/bin/python bench/reward_shared_prompt.py            # about 20 minutes on 2 CPU cores
-    .venv/bin/python bench/reward_shared_prompt.py --quick    # a smoke run: 2 steps, max length 256 only
+    .venv/bin/python bench/reward_shared_prompt.py --quick    # a smoke run: 16 pairs, max length 256 only
 
 For each dataset (bench/reward.py's training pairs of HH harmless and summarize) and max length (256, the
 default, and 1,024), `smollm2-135m-instruct` with LoRA (prefloop's decoder recipe, every layer adapted) trains
-the same `--steps` optimizer steps of `--batch-size` pairs both ways, each run in its own subprocess (so its
-peak memory is its own), nothing held out, seed 0. Reported: the tokens a pair costs over the whole training
-set, pairs per second over the steps, and peak RSS. The two ways compute the same rewards (tests/test_reward.py
+one epoch over the same `--pairs` pairs drawn at random (seeded) from the training pairs, in batches of
+`--batch-size`, both ways, each run in its own subprocess (so its peak memory is its own), nothing held out,
+seed 0. A random draw, not the first steps of a full run: the length-grouped sampler serves the longest pairs
+first, which are the truncated ones that share nothing. Reported: the tokens a pair costs over all the training
+pairs, pairs per second over the epoch, and peak RSS. The two ways compute the same rewards (tests/test_reward.py
 checks it to 1e-5); bench/reward.py's side `prefloop-smollm2-20-two-sequences` compares them end to end, held-out
 accuracy included.
 """
@@ -34,57 +36,71 @@ BASE = "smollm2-135m-instruct"
 TRAINING_PAIRS = {"hh": lambda: hh_split()[0], "summarize": lambda: summarize_split()[0]}
 
 
-def worker(data: str, max_length: int, share: bool, steps: int, batch_size: int, out: str) -> dict:
+def worker(data: str, max_length: int, share: bool, batch_size: int, out: str) -> dict:
     from reward.train import RewardTrainingConfig, train_reward_model
 
     result = train_reward_model(RewardTrainingConfig(
         data=data, base_model=BASE, lora=True, output_dir=out, max_length=max_length, share_prompt=share,
-        eval_fraction=0.0, max_steps=steps, batch_size=batch_size, progress=False,
+        eval_fraction=0.0, num_train_epochs=1, batch_size=batch_size, progress=False,
     ))
     return {"pairs_per_second": result.pairs_per_second, "train_seconds": result.train_seconds,
-            "tokens_per_pair": result.tokens_per_pair, "shared_prompt": result.shared_prompt,
+            "shared_prompt": result.shared_prompt,
             "train_loss": result.metrics["train_loss"],
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run")
+    parser.add_argument("--pairs", type=int, default=48, help="pairs drawn at random; each run trains one epoch")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     parser.add_argument("--max-lengths", default="256,1024")
     parser.add_argument("--datasets", default="hh,summarize")
-    parser.add_argument("--quick", action="store_true", help="2 steps, max length 256: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="16 pairs, max length 256: a smoke run")
     parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--worker", nargs=6, metavar=("DATA", "MAX_LENGTH", "SHARE", "STEPS", "BATCH", "RESULT"),
+    parser.add_argument("--worker", nargs=5, metavar=("DATA", "MAX_LENGTH", "SHARE", "BATCH", "RESULT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        data, max_length, share, steps, batch, result = args.worker
+        data, max_length, share, batch, result = args.worker
         with tempfile.TemporaryDirectory() as out:
-            stats = worker(data, int(max_length), share == "shared", int(steps), int(batch), out)
+            stats = worker(data, int(max_length), share == "shared", int(batch), out)
         Path(result).write_text(json.dumps(stats))
         return
     if args.quick:
-        args.steps, args.max_lengths = 2, "256"
+        args.pairs, args.max_lengths = 16, "256"
+    import random
+
     import datasets
+
+    from collect.offline_models import resolve_model
+    from reward.data import Encoder
+    from reward.shared_prompt import packed_tokens
+    from reward.train import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_model(BASE))
 
     started = datetime.datetime.now().astimezone()
     where = machine()
     work = Path(tempfile.mkdtemp(prefix="prefloop-bench-shared-prompt-"))
     rows = []
     for name in args.datasets.split(","):
+        pairs = datasets.Dataset.from_list(TRAINING_PAIRS[name]())
         data = str(work / f"{name}.parquet")
-        datasets.Dataset.from_list(TRAINING_PAIRS[name]()).to_parquet(data)
+        pairs.select(sorted(random.Random(0).sample(range(len(pairs)), args.pairs))).to_parquet(data)
         for max_length in [int(x) for x in args.max_lengths.split(",")]:
+            encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
+            sides = list(zip(encoded["chosen_ids"], encoded["rejected_ids"]))
+            tokens_apart = sum(len(c) + len(r) for c, r in sides) / len(sides)
+            tokens_shared = sum(packed_tokens(c, r) for c, r in sides) / len(sides)
             stats = {}
             for way in ("two sequences", "shared"):
                 result = work / "result.json"
-                subprocess.run([sys.executable, __file__, "--worker", data, str(max_length), way, str(args.steps),
+                subprocess.run([sys.executable, __file__, "--worker", data, str(max_length), way,
                                 str(args.batch_size), str(result)], check=True)
                 stats[way] = json.loads(result.read_text())
             assert stats["shared"]["shared_prompt"] and not stats["two sequences"]["shared_prompt"]
             two, shared = stats["two sequences"], stats["shared"]
-            rows.append(f"| {name} | {max_length} | {two['tokens_per_pair']:.0f} | {shared['tokens_per_pair']:.0f} | "
+            rows.append(f"| {name} | {max_length} | {tokens_apart:.0f} | {tokens_shared:.0f} | "
                         f"{two['pairs_per_second']:.2f} | {shared['pairs_per_second']:.2f} | "
                         f"**{shared['pairs_per_second'] / two['pairs_per_second']:.2f}x** | "
                         f"{two['peak_rss_gb']:.2f} / {shared['peak_rss_gb']:.2f} GiB | "
@@ -98,16 +114,17 @@ def main() -> None:
         f"- Machine: {where}",
         f"- Started {started:%Y-%m-%d %H:%M %Z}, took {minutes:.0f} min",
         f"- Each run: `{BASE}` with LoRA (prefloop's defaults otherwise: bf16 where the CPU has bf16 units), "
-        f"{args.steps} steps of {args.batch_size} pairs, nothing held out, seed 0, in its own subprocess; "
-        "data: bench/reward.py's training pairs.",
+        f"one epoch over {args.pairs} pairs drawn at random (seeded) from bench/reward.py's training pairs, batches of "
+        f"{args.batch_size}, nothing held out, seed 0, in its own subprocess.",
         "",
         "| data | max length | tokens/pair, two sequences | tokens/pair, shared | pairs/s, two sequences "
         "| pairs/s, shared | speed-up | peak RSS (two / shared) | train loss (two / shared) |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "Tokens per pair are over the whole training set; pairs per second over the steps run (the first includes "
-        "warm-up). The two ways compute the same rewards; the train losses differ only by bf16 rounding.",
+        "Tokens per pair are over all the training pairs; pairs per second over the epoch (its first step includes "
+        "warm-up). The two ways compute the same rewards; their batches differ (shared-prompt runs group pairs by "
+        "packed length), hence the train losses.",
         "",
     ])
     Path(args.out).write_text(report)

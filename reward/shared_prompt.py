@@ -9,8 +9,9 @@ in both sequences. A pair is therefore packed as
 with positions restarting where the rejected ending begins and an attention mask under which each ending sees
 the shared start and itself, never the other ending. The reward of each side is read at its last token, as
 sequence classification does. The rewards equal those of two separate sequences (to float rounding; the
-tests check it); the pair costs fewer tokens: 1.35x fewer on HH harmless at 256 tokens, 1.7-1.9x on HH and
-summarize at 1,024 tokens (bench/results/reward_shared_prompt.md).
+tests check it), from fewer tokens (bench/results/reward_shared_prompt.md). A pair whose sides share less than
+half the shorter one, typically one truncated on both sides, each by its own amount, keeps two plain rows in
+the same batch (`packs`).
 
 Encoders see in both directions, so the start's states depend on the ending: they keep two sequences
 (`shares_prompt` is False for them). So do models with sliding-window layers (the packed mask would stand in
@@ -58,45 +59,69 @@ def shared_start(chosen: list[int], rejected: list[int]) -> int:
     return n
 
 
+def packs(chosen: list[int], rejected: list[int]) -> bool:
+    """Whether a pair runs as one packed row: when the shared start is at least half the shorter side. A pair
+    truncated on both sides (each by its own amount, so their starts no longer line up) shares nothing, and one
+    row of twice the length would cost more attention than the two rows it stands for."""
+    return 2 * shared_start(chosen, rejected) >= min(len(chosen), len(rejected))
+
+
 def packed_tokens(chosen: list[int], rejected: list[int]) -> int:
-    """Tokens the pair takes packed."""
-    return len(chosen) + len(rejected) - shared_start(chosen, rejected)
+    """Tokens the pair costs: one packed row, or its two sequences when it does not pack."""
+    shared = shared_start(chosen, rejected) if packs(chosen, rejected) else 0
+    return len(chosen) + len(rejected) - shared
+
+
+def row_length(chosen: list[int], rejected: list[int]) -> int:
+    """The width of the widest row the pair takes."""
+    return packed_tokens(chosen, rejected) if packs(chosen, rejected) else max(len(chosen), len(rejected))
 
 
 class SharedPromptCollator:
-    """Batches of packed pairs for `SharedPromptRewardTrainer`: `input_ids` and `attention_mask` (the real
-    tokens, which TRL counts), `pair_mask` (batch, 1, n, n: who attends to whom), `position_ids` and
-    `reward_index` (batch, 2: where the chosen and the rejected reward are read)."""
+    """Batches for `SharedPromptRewardTrainer`: a packed row per pair that packs, two plain rows per pair that
+    does not (`packs`). `input_ids` and `attention_mask` (the real tokens, which TRL counts), `pair_mask`
+    (rows, 1, n, n: who attends to whom), `position_ids`, and `reward_index` (pairs, 2: where in the
+    flattened rows the chosen and the rejected reward are read)."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        n = max(packed_tokens(e["chosen_ids"], e["rejected_ids"]) for e in examples)
-        batch = len(examples)
-        input_ids = torch.full((batch, n), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((batch, n), dtype=torch.long)
-        position_ids = torch.zeros((batch, n), dtype=torch.long)
-        pair_mask = torch.zeros((batch, 1, n, n), dtype=torch.bool)
-        reward_index = torch.zeros((batch, 2), dtype=torch.long)
-        causal = torch.ones((n, n), dtype=torch.bool).tril()
-        for i, e in enumerate(examples):
+        # A row: its tokens, their positions, the length of its leading causal block and, for a packed row,
+        # the shared start the second block (the rejected ending) sees.
+        rows: list[tuple[list[int], list[int], int, int | None]] = []
+        reads: list[tuple[int, int, int, int]] = []  # (row, token) of the chosen and of the rejected reward
+        for e in examples:
             chosen, rejected = e["chosen_ids"], e["rejected_ids"]
-            start = shared_start(chosen, rejected)
-            end = len(chosen) + len(rejected) - start  # where the rejected ending ends
-            input_ids[i, :end] = torch.tensor(chosen + rejected[start:])
+            if packs(chosen, rejected):
+                start = shared_start(chosen, rejected)
+                rows.append((chosen + rejected[start:], [*range(len(chosen)), *range(start, len(rejected))],
+                             len(chosen), start))
+                reads.append((len(rows) - 1, len(chosen) - 1, len(rows) - 1, len(rows[-1][0]) - 1))
+            else:
+                rows += [(chosen, list(range(len(chosen))), len(chosen), None),
+                         (rejected, list(range(len(rejected))), len(rejected), None)]
+                reads.append((len(rows) - 2, len(chosen) - 1, len(rows) - 1, len(rejected) - 1))
+        n = max(len(ids) for ids, *_ in rows)
+        input_ids = torch.full((len(rows), n), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), n), dtype=torch.long)
+        position_ids = torch.zeros((len(rows), n), dtype=torch.long)
+        pair_mask = torch.zeros((len(rows), 1, n, n), dtype=torch.bool)
+        causal = torch.ones((n, n), dtype=torch.bool).tril()
+        for i, (ids, positions, first, start) in enumerate(rows):
+            end = len(ids)
+            input_ids[i, :end] = torch.tensor(ids)
             attention_mask[i, :end] = 1
-            position_ids[i, :len(chosen)] = torch.arange(len(chosen))
-            position_ids[i, len(chosen):end] = torch.arange(start, len(rejected))
-            # The shared start and the chosen ending: plain causal attention.
-            pair_mask[i, 0, :len(chosen), :len(chosen)] = causal[:len(chosen), :len(chosen)]
-            # The rejected ending: the shared start, then itself causally.
-            pair_mask[i, 0, len(chosen):end, :start] = True
-            pair_mask[i, 0, len(chosen):end, len(chosen):end] = causal[:end - len(chosen), :end - len(chosen)]
+            position_ids[i, :end] = torch.tensor(positions)
+            # The sequence, or the shared start and the chosen ending: plain causal attention.
+            pair_mask[i, 0, :first, :first] = causal[:first, :first]
+            if start is not None:  # the rejected ending: the shared start, then itself causally
+                pair_mask[i, 0, first:end, :start] = True
+                pair_mask[i, 0, first:end, first:end] = causal[:end - first, :end - first]
             # Padding attends to the first token only: a row with nothing to attend to gives NaN, and no real
             # token attends to padding.
             pair_mask[i, 0, end:, 0] = True
-            reward_index[i] = torch.tensor([len(chosen) - 1, end - 1])
+        reward_index = torch.tensor([[row_c * n + at_c, row_r * n + at_r] for row_c, at_c, row_r, at_r in reads])
         out = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
                "pair_mask": pair_mask, "reward_index": reward_index}
         if "margin" in examples[0]:
@@ -105,7 +130,8 @@ class SharedPromptCollator:
 
 
 def pair_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_) -> torch.Tensor:
-    """The rewards of a batch of packed pairs, chosen then rejected (2 x batch), as TRL's loss expects them.
+    """The rewards of a batch from `SharedPromptCollator`, chosen then rejected (2 x pairs), as TRL's loss
+    expects them.
     `model` is the sequence-classification model, or a PEFT model around one."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(inner, inner.base_model_prefix)
@@ -115,15 +141,14 @@ def pair_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_) -
             ~pair_mask, torch.finfo(body.dtype).min)
     hidden = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                   use_cache=False).last_hidden_state
-    rows = torch.arange(len(input_ids), device=input_ids.device)[:, None]
-    rewards = inner.score(hidden[rows, reward_index]).squeeze(-1)  # (batch, 2)
+    rewards = inner.score(hidden.flatten(0, 1)[reward_index]).squeeze(-1)  # (pairs, 2)
     return torch.cat([rewards[:, 0], rewards[:, 1]])
 
 
 def with_packed_lengths(dataset):
-    """`dataset` with its `length` column (what batches are grouped by) set to each pair's packed length, the
-    width its row will have; a pair truncated on both sides shares no start and packs to twice the max length."""
-    lengths = [packed_tokens(c, r) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
+    """`dataset` with its `length` column (what batches are grouped by) set to the width of each pair's widest
+    row (`row_length`)."""
+    lengths = [row_length(c, r) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
     return dataset.remove_columns("length").add_column("length", lengths)
 
 

@@ -414,7 +414,8 @@ def test_frozen_layers_run_in_the_first_epoch_only_and_train_the_same_model(tmp_
 def test_a_packed_pair_gives_the_rewards_of_two_sequences(tiny_rm, kind):
     """A decoder reads each pair as one sequence (shared start, chosen ending, rejected ending), with the same
     rewards as the two sequences run apart, through either attention kernel and through LoRA adapters; edge
-    cases: endings of different lengths, an ending that extends the other, identical sides, nothing shared."""
+    cases: endings of different lengths, an ending that extends the other, identical sides, nothing shared (two
+    rows in the same batch)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
@@ -429,13 +430,29 @@ def test_a_packed_pair_gives_the_rewards_of_two_sequences(tiny_rm, kind):
     pairs = [([5, 6, 7, 8, 9, 10], [5, 6, 7, 11]), ([5, 6, 7], [5, 6, 7, 12, 13]), ([5, 6, 7], [5, 6, 7]),
              ([14, 6, 7], [15, 6, 7, 8]), ([5, 6, 7, 8, 9, 10, 16, 17], [5, 6, 7, 8, 9, 10, 18])]
     batch = SharedPromptCollator(pad_token_id=0)([{"chosen_ids": c, "rejected_ids": r, "margin": 0.5} for c, r in pairs])
-    assert batch["input_ids"].shape == (5, max(packed_tokens(c, r) for c, r in pairs))
+    # Four pairs pack; [14, 6, 7] and [15, 6, 7, 8] share nothing and keep two rows.
+    assert batch["input_ids"].shape == (6, 9) and batch["reward_index"].shape == (5, 2)
     assert batch["attention_mask"].sum() == sum(packed_tokens(c, r) for c, r in pairs) == 7 + 6 + 4 + 7 + 9
     with torch.no_grad():
         packed = pair_rewards(model, **batch)
         apart = torch.cat([model(input_ids=torch.tensor([c])).logits[0] for c, _ in pairs]
                           + [model(input_ids=torch.tensor([r])).logits[0] for _, r in pairs])
     assert torch.allclose(packed, apart, atol=1e-5)
+
+
+def test_a_sliding_window_decoder_keeps_two_sequences():
+    """The packed mask would stand in for a sliding window, letting tokens see further back than the model does."""
+    from transformers import MistralConfig, MistralForSequenceClassification
+
+    from reward.shared_prompt import shares_prompt
+
+    def model(window):
+        return MistralForSequenceClassification(MistralConfig(
+            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, num_labels=1, sliding_window=window))
+
+    assert not shares_prompt(model(8))
+    assert shares_prompt(model(None))
 
 
 def test_shared_prompt_trains_the_model_two_sequences_train_and_encoders_keep_two(tmp_path, tiny_rm):
