@@ -340,10 +340,13 @@ class FrozenLayerCache:
         ids = input_ids.cpu().numpy()
         rows = mask.cpu().numpy()
         self._keys = [ids[i][rows[i]].tobytes() for i in range(len(ids))]
+        # A packed pair is its tokens and where its rejected ending restarts; a plain sequence (right-padded)
+        # counts from 0, the same key whether it came in a packed batch or a plain one.
         positions = kwargs.get("position_ids")
-        if positions is not None:  # a packed pair is its tokens and where its rejected ending restarts
-            places = positions.cpu().numpy()
-            self._keys = [key + places[i][rows[i]].tobytes() for i, key in enumerate(self._keys)]
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1]).expand(input_ids.shape)
+        places = positions.cpu().numpy()
+        self._keys = [key + places[i][rows[i]].tobytes() for i, key in enumerate(self._keys)]
         self._mask = mask
         self._hit = all(key in self.states for key in self._keys)
 

@@ -429,8 +429,11 @@ def test_a_packed_pair_gives_the_rewards_of_two_sequences(tiny_rm, kind):
                                                  modules_to_save=["score"], init_lora_weights=False)).eval()
     pairs = [([5, 6, 7, 8, 9, 10], [5, 6, 7, 11]), ([5, 6, 7], [5, 6, 7, 12, 13]), ([5, 6, 7], [5, 6, 7]),
              ([14, 6, 7], [15, 6, 7, 8]), ([5, 6, 7, 8, 9, 10, 16, 17], [5, 6, 7, 8, 9, 10, 18])]
-    batch = SharedPromptCollator(pad_token_id=0)([{"chosen_ids": c, "rejected_ids": r, "margin": 0.5} for c, r in pairs])
-    # Four pairs pack; [14, 6, 7] and [15, 6, 7, 8] share nothing and keep two rows.
+    collate = SharedPromptCollator(pad_token_id=0)
+    batch = collate([{"chosen_ids": c, "rejected_ids": r, "margin": 0.5} for c, r in pairs])
+    # A batch where nothing packs is TRL's own; in a mixed one, [14, 6, 7] and [15, 6, 7, 8] keep two rows.
+    alone = collate([{"chosen_ids": [14, 6, 7], "rejected_ids": [15, 6, 7, 8]}])
+    assert "pair_mask" not in alone and alone["input_ids"].shape == (2, 4)
     assert batch["input_ids"].shape == (6, 9) and batch["reward_index"].shape == (5, 2)
     assert batch["attention_mask"].sum() == sum(packed_tokens(c, r) for c, r in pairs) == 7 + 6 + 4 + 7 + 9
     with torch.no_grad():
