@@ -137,8 +137,7 @@ class SharedPromptCollator:
 
 def pair_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_) -> torch.Tensor:
     """The rewards of a batch from `SharedPromptCollator`, chosen then rejected (2 x pairs), as TRL's loss
-    expects them.
-    `model` is the sequence-classification model, or a PEFT model around one."""
+    expects them. `model` is the sequence-classification model, or a PEFT model around one."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(inner, inner.base_model_prefix)
     mask = pair_mask
