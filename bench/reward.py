@@ -109,6 +109,10 @@ def summarize_split(test_share: float = 0.2, seed: int = 0) -> tuple[list[dict],
     return [r for r in rows if r["prompt_id"] not in test_posts], [r for r in rows if r["prompt_id"] in test_posts]
 
 
+# The training pairs of each dataset, for benchmarks that never read the test pairs.
+TRAINING_PAIRS = {"hh": lambda: hh_split()[0], "summarize": lambda: summarize_split()[0]}
+
+
 def summarize_split_check(train: list[dict], test: list[dict]) -> None:
     overlap = {r["prompt_id"] for r in train} & {r["prompt_id"] for r in test}
     assert not overlap, f"posts on both sides of the summarize split: {sorted(overlap)[:3]}"

@@ -31,14 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import command, machine  # noqa: E402
-from bench.reward import PREFLOOP_SIDES, SIDES, TRL_BACKBONE_SIDES, hh_split, summarize_split  # noqa: E402
+from bench.reward import PREFLOOP_SIDES, SIDES, TRAINING_PAIRS, TRL_BACKBONE_SIDES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_select.md"
 # The candidates are bench/reward.py's prefloop sides: one definition of each recipe.
 CANDIDATES = list(PREFLOOP_SIDES)
 VALIDATION_SHARE = 0.3
-# bench/reward.py's training pairs of each dataset (its test pairs are never read here)
-TRAINING_PAIRS = {"hh": lambda: hh_split()[0], "summarize": lambda: summarize_split()[0]}
 
 
 def validation_splits(rows: list[dict], n_splits: int):

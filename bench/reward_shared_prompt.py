@@ -29,11 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import command, machine  # noqa: E402
-from bench.reward import hh_split, summarize_split  # noqa: E402
+from bench.reward import TRAINING_PAIRS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_shared_prompt.md"
 BASE = "smollm2-135m-instruct"
-TRAINING_PAIRS = {"hh": lambda: hh_split()[0], "summarize": lambda: summarize_split()[0]}
 
 
 def worker(data: str, max_length: int, share: bool, batch_size: int, out: str) -> dict:
@@ -74,7 +73,7 @@ def main() -> None:
 
     from collect.offline_models import resolve_model
     from reward.data import Encoder
-    from reward.shared_prompt import packed_tokens
+    from reward.shared_prompt import tokens_per_pair
     from reward.train import load_tokenizer
 
     tokenizer = load_tokenizer(resolve_model(BASE))
@@ -89,9 +88,7 @@ def main() -> None:
         pairs.select(sorted(random.Random(0).sample(range(len(pairs)), args.pairs))).to_parquet(data)
         for max_length in [int(x) for x in args.max_lengths.split(",")]:
             encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
-            sides = list(zip(encoded["chosen_ids"], encoded["rejected_ids"]))
-            tokens_apart = sum(len(c) + len(r) for c, r in sides) / len(sides)
-            tokens_shared = sum(packed_tokens(c, r) for c, r in sides) / len(sides)
+            tokens_apart, tokens_shared = tokens_per_pair(encoded, False), tokens_per_pair(encoded, True)
             stats = {}
             for way in ("two sequences", "shared"):
                 result = work / "result.json"

@@ -78,6 +78,13 @@ def row_length(chosen: list[int], rejected: list[int]) -> int:
     return packed_tokens(chosen, rejected) if packs(chosen, rejected) else max(len(chosen), len(rejected))
 
 
+def tokens_per_pair(dataset, shared: bool) -> float:
+    """The training tokens a pair of `dataset` (`chosen_ids`, `rejected_ids`) costs on average, packed or as two
+    sequences."""
+    pairs = list(zip(dataset["chosen_ids"], dataset["rejected_ids"]))
+    return sum(packed_tokens(c, r) if shared else len(c) + len(r) for c, r in pairs) / max(len(pairs), 1)
+
+
 class SharedPromptCollator:
     """Batches for `SharedPromptRewardTrainer`: a packed row per pair that packs, two plain rows per pair that
     does not (`packs`); TRL's own batch when no pair of the batch packs. `input_ids` and `attention_mask` (the

@@ -458,12 +458,21 @@ def test_a_sliding_window_decoder_keeps_two_sequences():
     assert shares_prompt(model(None))
 
 
-def test_shared_prompt_trains_the_model_two_sequences_train_and_encoders_keep_two(tmp_path, tiny_rm):
+@pytest.mark.parametrize("unpacked_share", [0, 3, 1])
+def test_shared_prompt_trains_the_model_two_sequences_train_and_encoders_keep_two(tmp_path, tiny_rm, unpacked_share):
+    """Every pair packed, a third kept as two rows (mixed batches), or none packed (TRL's own batches): the same
+    model as two sequences a pair."""
     from safetensors.torch import load_file
+
+    rows = rule_pairs(48, long_prompt=True)
+    if unpacked_share:
+        # A longer rejected answer is cut further from the left at 64 tokens: the two starts no longer line up.
+        for row in rows[::unpacked_share]:
+            row["rejected"] = [{"role": "assistant", "content": row["rejected"][0]["content"] + " tree" * 12}]
 
     def train(name: str, base: str, share: bool):
         result = train_reward_model(RewardTrainingConfig(
-            data=datasets.Dataset.from_list(rule_pairs(48, long_prompt=True)),
+            data=datasets.Dataset.from_list(rows),
             eval_data=datasets.Dataset.from_list(rule_pairs(8, seed=1)), base_model=base,
             # Packed runs group batches by packed length, but on 48 pairs the length-grouped sampler's groups are
             # single batches of a random draw: both runs see the same pairs in each step.
@@ -475,12 +484,18 @@ def test_shared_prompt_trains_the_model_two_sequences_train_and_encoders_keep_tw
     shared, shared_weights = train("shared", tiny_rm, True)
     apart, apart_weights = train("apart", tiny_rm, False)
     assert shared.shared_prompt and not apart.shared_prompt
-    assert shared.tokens_per_pair < 0.7 * apart.tokens_per_pair  # the long prompt runs once
+    if unpacked_share == 0:
+        assert shared.tokens_per_pair < 0.7 * apart.tokens_per_pair  # the long prompt runs once
+    elif unpacked_share == 3:
+        assert shared.tokens_per_pair < apart.tokens_per_pair  # two thirds still pack
+    else:
+        assert shared.tokens_per_pair == apart.tokens_per_pair  # nothing packed
     assert json.loads((tmp_path / "shared" / "prefloop.json").read_text())["shared_prompt"] is True
     assert all(torch.allclose(shared_weights[k], apart_weights[k], atol=1e-4) for k in shared_weights)
     assert [e["accuracy"] for e in shared.evaluations] == [e["accuracy"] for e in apart.evaluations]
-    encoder, _ = train("encoder", tiny_encoder_reward_model(tmp_path / "bert"), True)
-    assert not encoder.shared_prompt  # an encoder's prompt sees the ending: it cannot be shared
+    if unpacked_share == 0:
+        encoder, _ = train("encoder", tiny_encoder_reward_model(tmp_path / "bert"), True)
+        assert not encoder.shared_prompt  # an encoder's prompt sees the ending: it cannot be shared
 
 
 def test_head_only_training_and_lora_limited_to_the_top_layers(tmp_path, tiny_rm):
