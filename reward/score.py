@@ -50,10 +50,11 @@ def model_info(model_dir: str | Path) -> dict[str, Any]:
 
 
 class _Member:
-    def __init__(self, model_dir: str, device: str, dtype, max_length: int | None):
+    def __init__(self, model_dir: str, device: str, dtype, max_length: int | None, share_prompt: bool):
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        from reward.shared_prompt import shares_prompt
         from reward.train import load_tokenizer
 
         path = resolve_model(model_dir)
@@ -76,6 +77,7 @@ class _Member:
         self.encoder = Encoder(self.tokenizer, limit, info.get("truncation_side", "left"))
         self.device = device
         self.torch = torch
+        self.shares_prompt = share_prompt and shares_prompt(self.model)
 
     def score_ids(self, sequences: list[list[int]], batch_size: int) -> np.ndarray:
         torch = self.torch
@@ -97,6 +99,29 @@ class _Member:
                 out[idx] = logits[:, 0].float().cpu().numpy()
         return out
 
+    def score_pair_ids(self, chosen: list[list[int]], rejected: list[list[int]],
+                       batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rewards of pairs. On a decoder a pair that `packs` is read as one sequence, its shared start once, as its
+        training did (reward.shared_prompt); other pairs, and every pair on other models, as two sequences."""
+        from reward.shared_prompt import SharedPromptCollator, pair_rewards, packs, row_length
+
+        out = np.empty((2, len(chosen)), dtype=np.float64)
+        packed = [i for i in range(len(chosen)) if self.shares_prompt and packs(chosen[i], rejected[i])]
+        apart = sorted(set(range(len(chosen))) - set(packed))
+        # Plain batches of their own: the model's causal kernel, no explicit mask to compute under.
+        both = self.score_ids([chosen[i] for i in apart] + [rejected[i] for i in apart], batch_size)
+        out[0, apart], out[1, apart] = both[:len(apart)], both[len(apart):]
+        collate = SharedPromptCollator(self.tokenizer.pad_token_id)
+        packed.sort(key=lambda i: -row_length(chosen[i], rejected[i]))
+        per_batch = max(1, batch_size // 2)  # a packed row holds about two sequences' tokens
+        with self.torch.inference_mode():
+            for start in range(0, len(packed), per_batch):
+                idx = packed[start:start + per_batch]
+                batch = collate([{"chosen_ids": chosen[i], "rejected_ids": rejected[i]} for i in idx])
+                rewards = pair_rewards(self.model, **{k: v.to(self.device) for k, v in batch.items()})
+                out[:, idx] = rewards.float().cpu().numpy().reshape(2, len(idx))
+        return out[0], out[1]
+
 
 class RewardScorer:
     """Load one reward model (or several, as an ensemble) once; score batches of conversations."""
@@ -108,7 +133,11 @@ class RewardScorer:
         device: str | None = None,
         batch_size: int = 16,
         max_length: int | None = None,
+        share_prompt: bool = True,
     ):
+        """`batch_size` sequences a batch (packed pairs go half as many a batch); `max_length`
+        overrides the one each model trained with; `share_prompt=False` scores the two sides of a pair apart
+        even on a decoder (the same rewards, to float rounding, from more tokens)."""
         import torch
 
         paths = [models] if isinstance(models, (str, Path)) else list(models)
@@ -119,7 +148,7 @@ class RewardScorer:
         dtype = torch.bfloat16 if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
         self.batch_size = batch_size
         self.model_dirs = [str(p) for p in paths]
-        self.members = [_Member(str(p), self.device, dtype, max_length) for p in paths]
+        self.members = [_Member(str(p), self.device, dtype, max_length, share_prompt) for p in paths]
 
     def score(self, conversations: Sequence[Conversation]) -> RewardScores:
         """Rewards for whole conversations (prompt turns followed by the response being judged)."""
@@ -129,44 +158,32 @@ class RewardScorer:
             rows.append(member.score_ids(ids, self.batch_size))
         return RewardScores(np.vstack(rows) if rows else np.empty((0, 0)))
 
-    def score_pairs(self, dataset) -> tuple[RewardScores, RewardScores]:
+    def score_pairs(self, dataset, where: str = "data") -> tuple[RewardScores, RewardScores]:
         """(chosen, rejected) rewards for every row of a preference dataset."""
-        chosen, rejected = [], []
-        for i, row in enumerate(dataset):
-            c, r = pair_conversations(row, f"row {i}")
-            chosen.append(c)
-            rejected.append(r)
-        both = self.score(chosen + rejected)
-        n = len(chosen)
-        return RewardScores(both.per_model[:, :n]), RewardScores(both.per_model[:, n:])
+        pairs = [pair_conversations(row, f"{where}: row {i}") for i, row in enumerate(dataset)]
+        chosen_rows, rejected_rows = [], []
+        for member in self.members:
+            chosen = [member.encoder.encode(list(c))[0] for c, _ in pairs]
+            rejected = [member.encoder.encode(list(r))[0] for _, r in pairs]
+            rewards = member.score_pair_ids(chosen, rejected, self.batch_size)
+            chosen_rows.append(rewards[0])
+            rejected_rows.append(rewards[1])
+        return RewardScores(np.vstack(chosen_rows)), RewardScores(np.vstack(rejected_rows))
 
 
-def conversations_from_rows(dataset, where: str = "data") -> tuple[list[Conversation], list[str]]:
-    """Conversations to score from a dataset: a `messages` column, or `prompt` + `completion`
-    (TRL's prompt-completion format), or a preference dataset's `prompt` + `chosen`/`rejected`.
-    Returns the conversations and, for each, which column it came from."""
+def conversations_from_rows(dataset, where: str = "data") -> list[Conversation]:
+    """Conversations to score from a dataset of single responses: a `messages` column, or `prompt` +
+    `completion` (TRL's prompt-completion format)."""
     columns = set(dataset.column_names)
     conversations: list[Conversation] = []
-    labels: list[str] = []
     for i, row in enumerate(dataset):
         here = f"{where}: row {i}"
         if "messages" in columns:
             conversations.append(as_messages(row["messages"], here, "messages", "user"))
-            labels.append("messages")
-        elif "completion" in columns:
+        else:
             prompt = as_messages(row.get("prompt") or [], here, "prompt", "user")
             conversations.append(prompt + as_messages(row["completion"], here, "completion", "assistant"))
-            labels.append("completion")
-        elif {"chosen", "rejected"} <= columns:
-            c, r = pair_conversations(row, here)
-            conversations.extend([c, r])
-            labels.extend(["chosen", "rejected"])
-        else:
-            raise UserError(
-                f"{where}: nothing to score: expected a 'messages' column, 'prompt' + 'completion', or "
-                f"'prompt' + 'chosen' + 'rejected'; it has {', '.join(sorted(columns))}"
-            )
-    return conversations, labels
+    return conversations
 
 
 def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_size: int = 16) -> Path:
@@ -179,20 +196,30 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
     rows = load_dataset_any(data, "data")
     if len(rows) == 0:
         raise UserError(f"{data}: the dataset is empty")
-    conversations, labels = conversations_from_rows(rows, str(data))
+    columns = set(rows.column_names)
+    single = "messages" in columns or "completion" in columns
+    if not single and not {"chosen", "rejected"} <= columns:
+        raise UserError(
+            f"{data}: nothing to score: expected a 'messages' column, 'prompt' + 'completion', or "
+            f"'prompt' + 'chosen' + 'rejected'; it has {', '.join(sorted(columns))}"
+        )
+    conversations = conversations_from_rows(rows, str(data)) if single else None  # bad rows fail before loading
     scorer = RewardScorer(models, batch_size=batch_size)
-    scores = scorer.score(conversations)
-    columns: dict[str, list[float]] = {}
-    for j, label in enumerate(labels):
-        name = "reward" if label in ("messages", "completion") else f"reward_{label}"
-        columns.setdefault(name, []).append(float(scores.mean[j]))
+    if single:
+        scores = {"reward": scorer.score(conversations)}
+    else:
+        chosen, rejected = scorer.score_pairs(rows, str(data))
+        scores = {"reward_chosen": chosen, "reward_rejected": rejected}
+    values: dict[str, np.ndarray] = {}
+    for name, score in scores.items():
+        values[name] = score.mean
         if len(scorer.members) > 1:
-            columns.setdefault(f"{name}_spread", []).append(float(scores.spread[j]))
+            values[f"{name}_spread"] = score.spread
     scored = rows
-    for name, values in columns.items():
+    for name, column in values.items():
         if name in scored.column_names:
             scored = scored.remove_columns(name)
-        scored = scored.add_column(name, values)
+        scored = scored.add_column(name, [float(v) for v in column])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":

@@ -7,11 +7,12 @@ in both sequences. A pair is therefore packed as
     shared start | chosen ending | rejected ending
 
 with positions restarting where the rejected ending begins and an attention mask under which each ending sees
-the shared start and itself, never the other ending. The reward of each side is read at its last token, as
-sequence classification does. The rewards equal those of two separate sequences (to float rounding; the
-tests check it), from fewer tokens (bench/results/reward_shared_prompt.md). A pair whose sides share less than
-half the shorter one, typically one truncated on both sides, each by its own amount, keeps two plain rows in
-the same batch (`packs`).
+the shared start and itself, never the other ending. The reward of each side is read at its last token that is
+not padding, as sequence classification does (`reward_token`). The rewards equal those of two separate sequences
+(to float rounding; the tests check it), from fewer tokens (bench/results/reward_shared_prompt.md). A pair
+whose sides share less than half the shorter one, typically one truncated on both sides, each by its own
+amount, keeps two plain rows in the same batch (`packs`). Scoring pairs (reward.score, and so evaluation)
+packs them the same way.
 
 Encoders see in both directions, so the start's states depend on the ending: they keep two sequences
 (`shares_prompt` is False for them). So do models with sliding-window layers (the packed mask would stand in
@@ -60,6 +61,12 @@ def shared_start(chosen: list[int], rejected: list[int]) -> int:
     return n
 
 
+def reward_token(ids: list[int], pad_token_id: int) -> int:
+    """Where sequence classification reads a sequence's reward: at its rightmost token that is not the pad token
+    (Transformers' rule, so an end-of-sequence token that doubles as the pad token is skipped), 0 when none is."""
+    return next((i for i in range(len(ids) - 1, -1, -1) if ids[i] != pad_token_id), 0)
+
+
 def packs(chosen: list[int], rejected: list[int]) -> bool:
     """Whether a pair runs as one packed row: when the shared start is at least half the shorter side. A pair
     truncated on both sides (each by its own amount, so their starts no longer line up) shares nothing, and one
@@ -106,15 +113,18 @@ class SharedPromptCollator:
         reads: list[tuple[int, int, int, int]] = []  # (row, token) of the chosen and of the rejected reward
         for e in examples:
             chosen, rejected = e["chosen_ids"], e["rejected_ids"]
+            at_chosen, at_rejected = reward_token(chosen, self.pad_token_id), reward_token(rejected, self.pad_token_id)
             if packs(chosen, rejected):
                 start = shared_start(chosen, rejected)
                 rows.append((chosen + rejected[start:], [*range(len(chosen)), *range(start, len(rejected))],
                              len(chosen), start))
-                reads.append((len(rows) - 1, len(chosen) - 1, len(rows) - 1, len(rows[-1][0]) - 1))
+                # A reward read inside the shared start (an ending of pad tokens only) reads the chosen side's copy.
+                at_packed = at_rejected if at_rejected < start else len(chosen) + at_rejected - start
+                reads.append((len(rows) - 1, at_chosen, len(rows) - 1, at_packed))
             else:
                 rows += [(chosen, list(range(len(chosen))), len(chosen), None),
                          (rejected, list(range(len(rejected))), len(rejected), None)]
-                reads.append((len(rows) - 2, len(chosen) - 1, len(rows) - 1, len(rejected) - 1))
+                reads.append((len(rows) - 2, at_chosen, len(rows) - 1, at_rejected))
         n = max(len(ids) for ids, *_ in rows)
         input_ids = torch.full((len(rows), n), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), n), dtype=torch.long)

@@ -443,6 +443,28 @@ def test_a_packed_pair_gives_the_rewards_of_two_sequences(tiny_rm, kind):
     assert torch.allclose(packed, apart, atol=1e-5)
 
 
+def test_a_packed_pair_skips_an_end_token_that_is_the_pad_token(tiny_rm):
+    """Where the pad token is also the end-of-sequence token (Llama 2, Mistral), sequence classification reads the
+    reward at the last token before it; a packed pair reads the same tokens, also when a whole ending is pad."""
+    from transformers import AutoModelForSequenceClassification
+
+    from reward.shared_prompt import SharedPromptCollator, pair_rewards
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_rm).eval()
+    model.config.pad_token_id = 10
+    pairs = [([5, 6, 7, 8, 9, 10], [5, 6, 7, 11, 10]), ([5, 6, 7, 8, 10], [5, 6, 7, 8, 10, 10]),
+             ([14, 6, 7, 10], [15, 6, 7, 8, 10])]
+    batch = SharedPromptCollator(pad_token_id=10)([{"chosen_ids": c, "rejected_ids": r} for c, r in pairs])
+    assert "pair_mask" in batch
+    with torch.no_grad():
+        packed = pair_rewards(model, **batch)
+        apart = torch.cat([model(input_ids=torch.tensor([c])).logits[0] for c, _ in pairs]
+                          + [model(input_ids=torch.tensor([r])).logits[0] for _, r in pairs])
+        at_the_end = model.score(model.model(input_ids=torch.tensor([pairs[0][0]])).last_hidden_state[0, -1])
+    assert torch.allclose(packed, apart, atol=1e-5)
+    assert not torch.allclose(at_the_end, apart[0], atol=1e-3)  # the last token itself gives another reward
+
+
 def test_a_sliding_window_decoder_keeps_two_sequences():
     """The packed mask would stand in for a sliding window, letting tokens see further back than the model does."""
     from transformers import MistralConfig, MistralForSequenceClassification
@@ -615,6 +637,32 @@ def test_scoring_equals_what_the_trainer_saw(trained):
     assert result.metrics["eval_mean_reward"] == pytest.approx(np.concatenate([chosen.mean, rejected.mean]).mean(), abs=1e-4)
 
 
+@pytest.mark.parametrize("batch_size", [16, 2])
+def test_scoring_pairs_packs_them_with_the_rewards_of_each_conversation_alone(tiny_rm, tmp_path, batch_size):
+    """A decoder scores each pair as one sequence, its shared start once, as it trained; the rewards are those of
+    each conversation scored alone, in batches of several packed pairs (16 sequences) or of one (2). Some pairs
+    here are truncated on both sides and keep two sequences. An encoder scores the two sides apart."""
+    from reward.shared_prompt import packs
+
+    rows = rule_pairs(12, long_prompt=True)
+    for row in rows[::3]:  # a longer rejected answer is cut further from the left: the starts no longer line up
+        row["rejected"] = [{"role": "assistant", "content": row["rejected"][0]["content"] + " tree" * 12}]
+    scorer = RewardScorer(tiny_rm, device="cpu", batch_size=batch_size, max_length=64)
+    member = scorer.members[0]
+    packing = [packs(member.encoder.encode(r["prompt"] + r["chosen"])[0],
+                     member.encoder.encode(r["prompt"] + r["rejected"])[0]) for r in rows]
+    assert member.shares_prompt and 0 < sum(packing) < len(rows)
+    chosen, rejected = scorer.score_pairs(datasets.Dataset.from_list(rows))
+    alone = scorer.score([r["prompt"] + r["chosen"] for r in rows] + [r["prompt"] + r["rejected"] for r in rows])
+    np.testing.assert_allclose(np.concatenate([chosen.mean, rejected.mean]), alone.mean, atol=1e-5)
+
+    encoder = RewardScorer(tiny_encoder_reward_model(tmp_path / "bert"), device="cpu", max_length=64)
+    assert not encoder.members[0].shares_prompt
+    chosen, rejected = encoder.score_pairs(datasets.Dataset.from_list(rows))
+    alone = encoder.score([r["prompt"] + r["chosen"] for r in rows] + [r["prompt"] + r["rejected"] for r in rows])
+    np.testing.assert_allclose(np.concatenate([chosen.mean, rejected.mean]), alone.mean, atol=1e-5)
+
+
 def test_ensemble_returns_mean_and_spread(trained, tiny_rm, tmp_path):
     result, eval_rows = trained
     conversations = [r["prompt"] + r["chosen"] for r in eval_rows[:6]]
@@ -638,6 +686,11 @@ def test_score_file_adds_reward_columns(trained, tmp_path):
     completions.write_text(json.dumps({"prompt": "hi", "completion": "hello good"}) + "\n")
     scored = [json.loads(x) for x in score_file(result.output_dir, str(completions), tmp_path / "c.jsonl").read_text().splitlines()]
     assert isinstance(scored[0]["reward"], float)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"prompt": "hi", "answer": "hello"}) + "\n")
+    with pytest.raises(UserError) as e:
+        score_file(result.output_dir, str(answers), tmp_path / "a.jsonl")
+    assert "answers.jsonl: nothing to score" in _one_line_error(e) and "it has answer, prompt" in str(e.value)
 
 
 # ------------------------------------------------------------------------------------- bad input

@@ -1,0 +1,143 @@
+"""Benchmark: scoring preference pairs with a decoder reward model, each pair as one sequence with its prompt run
+once (`RewardScorer.score_pairs`, the default) against the two sides scored apart (`share_prompt=False`), in the
+same run.
+
+    .venv/bin/python bench/reward_score.py            # about 10 minutes on 2 CPU cores
+    .venv/bin/python bench/reward_score.py --quick    # a smoke run: 16 pairs, max length 256 only
+
+`smollm2-135m-instruct` loaded for sequence classification (one label; the head drawn with seed 0: the speed does
+not depend on what it learned) and saved as a reward-model directory scores the first `--pairs` test pairs of
+bench/reward.py's HH harmless and summarize splits at max lengths 256 and 1,024, both ways, each in its own
+subprocess (so its peak memory is its own), on the CPU in fp32 (RewardScorer's CPU precision). Reported: tokens a
+pair costs, pairs per second, peak RSS, and the largest difference between the two ways' rewards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import command, machine  # noqa: E402
+from bench.reward import hh_split, summarize_split  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "reward_score.md"
+BASE = "smollm2-135m-instruct"
+TEST_PAIRS = {"hh": lambda: hh_split()[1], "summarize": lambda: summarize_split()[1]}
+
+
+def reward_model_directory(out: Path) -> None:
+    """`BASE` with a one-output score head, saved where RewardScorer can load it."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from collect.offline_models import resolve_model
+    from reward.train import load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(resolve_model(BASE))
+    model = AutoModelForSequenceClassification.from_pretrained(resolve_model(BASE), num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def worker(model_dir: str, data: str, max_length: int, share: bool, batch_size: int) -> dict:
+    import datasets
+
+    from reward.score import RewardScorer
+
+    pairs = datasets.Dataset.from_parquet(data)
+    scorer = RewardScorer(model_dir, device="cpu", batch_size=batch_size, max_length=max_length, share_prompt=share)
+    started = time.perf_counter()
+    chosen, rejected = scorer.score_pairs(pairs)
+    seconds = time.perf_counter() - started
+    return {"pairs_per_second": len(pairs) / seconds, "shares_prompt": scorer.members[0].shares_prompt,
+            "rewards": [*chosen.mean.tolist(), *rejected.mean.tolist()],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=96, help="test pairs scored (the first N of each split)")
+    parser.add_argument("--batch-size", type=int, default=16, help="RewardScorer's batch size (sequences)")
+    parser.add_argument("--max-lengths", default="256,1024")
+    parser.add_argument("--datasets", default="hh,summarize")
+    parser.add_argument("--quick", action="store_true", help="16 pairs, max length 256: a smoke run")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--worker", nargs=6, metavar=("MODEL", "DATA", "MAX_LENGTH", "SHARE", "BATCH", "RESULT"),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        model_dir, data, max_length, share, batch, result = args.worker
+        Path(result).write_text(json.dumps(worker(model_dir, data, int(max_length), share == "shared", int(batch))))
+        return
+    if args.quick:
+        args.pairs, args.max_lengths = 16, "256"
+    import datasets
+
+    from reward.data import Encoder
+    from reward.shared_prompt import tokens_per_pair
+    from reward.train import load_tokenizer
+
+    started = datetime.datetime.now().astimezone()
+    where = machine()
+    work = Path(tempfile.mkdtemp(prefix="prefloop-bench-reward-score-"))
+    model_dir = work / "rm"
+    reward_model_directory(model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
+    rows = []
+    for name in args.datasets.split(","):
+        pairs = datasets.Dataset.from_list(TEST_PAIRS[name]()[:args.pairs])
+        data = str(work / f"{name}.parquet")
+        pairs.to_parquet(data)
+        for max_length in [int(x) for x in args.max_lengths.split(",")]:
+            encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
+            tokens_apart, tokens_shared = tokens_per_pair(encoded, False), tokens_per_pair(encoded, True)
+            stats = {}
+            for way in ("apart", "shared"):
+                result = work / "result.json"
+                subprocess.run([sys.executable, __file__, "--worker", str(model_dir), data, str(max_length), way,
+                                str(args.batch_size), str(result)], check=True)
+                stats[way] = json.loads(result.read_text())
+            apart, shared = stats["apart"], stats["shared"]
+            assert shared["shares_prompt"] and not apart["shares_prompt"]
+            gap = max(abs(a - b) for a, b in zip(apart["rewards"], shared["rewards"]))
+            rows.append(f"| {name} | {max_length} | {len(pairs)} | {tokens_apart:.0f} | {tokens_shared:.0f} | "
+                        f"{apart['pairs_per_second']:.2f} | {shared['pairs_per_second']:.2f} | "
+                        f"**{shared['pairs_per_second'] / apart['pairs_per_second']:.2f}x** | "
+                        f"{apart['peak_rss_gb']:.2f} / {shared['peak_rss_gb']:.2f} GiB | {gap:.1e} |")
+            print(rows[-1], flush=True)
+    minutes = (datetime.datetime.now().astimezone() - started).total_seconds() / 60
+    report = "\n".join([
+        "# Scoring pairs with a decoder reward model: the prompt run once per pair, or twice",
+        "",
+        f"- Command: `{command()}`",
+        f"- Machine: {where}",
+        f"- Started {started:%Y-%m-%d %H:%M %Z}, took {minutes:.0f} min",
+        f"- Each run: `RewardScorer(...).score_pairs` on `{BASE}` with a one-output head, fp32 on the CPU, batches of "
+        f"{args.batch_size} sequences ({args.batch_size // 2} pairs when packed), in its own subprocess.",
+        "",
+        "| data | max length | pairs | tokens/pair, apart | tokens/pair, shared | pairs/s, apart | pairs/s, shared "
+        "| speed-up | peak RSS (apart / shared) | largest reward difference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "The clock runs from the loaded model to the last reward (tokenizing included). A pair whose sides share "
+        "less than half the shorter one (truncated on both sides) is scored as two rows either way.",
+        "",
+    ])
+    Path(args.out).write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
