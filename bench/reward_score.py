@@ -2,7 +2,7 @@
 once (`RewardScorer.score_pairs`, the default) against the two sides scored apart (`share_prompt=False`), in the
 same run.
 
-    .venv/bin/python bench/reward_score.py            # about 10 minutes on 2 CPU cores
+    .venv/bin/python bench/reward_score.py            # about 15 minutes on 2 CPU cores
     .venv/bin/python bench/reward_score.py --quick    # a smoke run: 16 pairs, max length 256 only
 
 `smollm2-135m-instruct` loaded for sequence classification (one label; the head drawn with seed 0: the speed does
@@ -85,7 +85,7 @@ def main() -> None:
     import datasets
 
     from reward.data import Encoder
-    from reward.shared_prompt import tokens_per_pair
+    from reward.shared_prompt import packs, tokens_per_pair
     from reward.train import load_tokenizer
 
     started = datetime.datetime.now().astimezone()
@@ -102,6 +102,7 @@ def main() -> None:
         for max_length in [int(x) for x in args.max_lengths.split(",")]:
             encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
             tokens_apart, tokens_shared = tokens_per_pair(encoded, False), tokens_per_pair(encoded, True)
+            packed = sum(packs(c, r) for c, r in zip(encoded["chosen_ids"], encoded["rejected_ids"]))
             stats = {}
             for way in ("apart", "shared"):
                 result = work / "result.json"
@@ -111,7 +112,8 @@ def main() -> None:
             apart, shared = stats["apart"], stats["shared"]
             assert shared["shares_prompt"] and not apart["shares_prompt"]
             gap = max(abs(a - b) for a, b in zip(apart["rewards"], shared["rewards"]))
-            rows.append(f"| {name} | {max_length} | {len(pairs)} | {tokens_apart:.0f} | {tokens_shared:.0f} | "
+            rows.append(f"| {name} | {max_length} | {len(pairs)} | {packed} | {tokens_apart:.0f} | "
+                        f"{tokens_shared:.0f} | "
                         f"{apart['pairs_per_second']:.2f} | {shared['pairs_per_second']:.2f} | "
                         f"**{shared['pairs_per_second'] / apart['pairs_per_second']:.2f}x** | "
                         f"{apart['peak_rss_gb']:.2f} / {shared['peak_rss_gb']:.2f} GiB | {gap:.1e} |")
@@ -126,13 +128,14 @@ def main() -> None:
         f"- Each run: `RewardScorer(...).score_pairs` on `{BASE}` with a one-output head, fp32 on the CPU, batches of "
         f"{args.batch_size} sequences ({args.batch_size // 2} pairs when packed), in its own subprocess.",
         "",
-        "| data | max length | pairs | tokens/pair, apart | tokens/pair, shared | pairs/s, apart | pairs/s, shared "
-        "| speed-up | peak RSS (apart / shared) | largest reward difference |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| data | max length | pairs | pairs that pack | tokens/pair, apart | tokens/pair, shared | pairs/s, apart "
+        "| pairs/s, shared | speed-up | peak RSS (apart / shared) | largest reward difference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         "The clock runs from the loaded model to the last reward (tokenizing included). A pair whose sides share "
-        "less than half the shorter one (truncated on both sides) is scored as two rows either way.",
+        "less than half the shorter one (truncated on both sides) is scored as two sequences either way; where few "
+        "pairs pack, the two ways do the same work and their difference is this machine's run-to-run noise.",
         "",
     ])
     Path(args.out).write_text(report)
