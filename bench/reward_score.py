@@ -14,11 +14,9 @@ pair costs, pairs per second, peak RSS, and the largest difference between the t
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.common import command, machine  # noqa: E402
 from bench.reward import hh_split, summarize_split  # noqa: E402
+from bench.reward_shared_prompt import both_ways, parse_arguments  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_score.md"
 BASE = "smollm2-135m-instruct"
@@ -66,22 +65,12 @@ def worker(model_dir: str, data: str, max_length: int, share: bool, batch_size: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=96, help="test pairs scored (the first N of each split)")
-    parser.add_argument("--batch-size", type=int, default=16, help="RewardScorer's batch size (sequences)")
-    parser.add_argument("--max-lengths", default="256,1024")
-    parser.add_argument("--datasets", default="hh,summarize")
-    parser.add_argument("--quick", action="store_true", help="16 pairs, max length 256: a smoke run")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--worker", nargs=6, metavar=("MODEL", "DATA", "MAX_LENGTH", "SHARE", "BATCH", "RESULT"),
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__.split("\n\n")[0], 96, "test pairs scored (the first N of each split)", 16,
+                           "RewardScorer's batch size (sequences)", RESULTS, ("MODEL", "DATA", "MAX_LENGTH", "BATCH"))
     if args.worker:
-        model_dir, data, max_length, share, batch, result = args.worker
+        model_dir, data, max_length, batch, share, result = args.worker
         Path(result).write_text(json.dumps(worker(model_dir, data, int(max_length), share == "shared", int(batch))))
         return
-    if args.quick:
-        args.pairs, args.max_lengths = 16, "256"
     import datasets
 
     from reward.data import Encoder
@@ -103,12 +92,7 @@ def main() -> None:
             encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
             tokens_apart, tokens_shared = tokens_per_pair(encoded, False), tokens_per_pair(encoded, True)
             packed = sum(packs(c, r) for c, r in zip(encoded["chosen_ids"], encoded["rejected_ids"]))
-            stats = {}
-            for way in ("apart", "shared"):
-                result = work / "result.json"
-                subprocess.run([sys.executable, __file__, "--worker", str(model_dir), data, str(max_length), way,
-                                str(args.batch_size), str(result)], check=True)
-                stats[way] = json.loads(result.read_text())
+            stats = both_ways(__file__, [str(model_dir), data, str(max_length), str(args.batch_size)], work)
             apart, shared = stats["apart"], stats["shared"]
             assert shared["shares_prompt"] and not apart["shares_prompt"]
             gap = max(abs(a - b) for a, b in zip(apart["rewards"], shared["rewards"]))

@@ -48,25 +48,44 @@ def worker(data: str, max_length: int, share: bool, batch_size: int, out: str) -
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=48, help="pairs drawn at random; each run trains one epoch")
-    parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+def parse_arguments(description: str, pairs: int, pairs_help: str, batch_size: int, batch_help: str,
+                    results: Path, worker: tuple[str, ...]) -> argparse.Namespace:
+    """The options of this benchmark and of bench/reward_score.py, which time the two ways the same way: the
+    hidden `--worker` takes `worker`'s arguments, then the way (`apart` or `shared`) and the result file."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--pairs", type=int, default=pairs, help=pairs_help)
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
     parser.add_argument("--max-lengths", default="256,1024")
     parser.add_argument("--datasets", default="hh,summarize")
     parser.add_argument("--quick", action="store_true", help="16 pairs, max length 256: a smoke run")
-    parser.add_argument("--out", default=str(RESULTS))
-    parser.add_argument("--worker", nargs=5, metavar=("DATA", "MAX_LENGTH", "SHARE", "BATCH", "RESULT"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(results))
+    parser.add_argument("--worker", nargs=len(worker) + 2, metavar=(*worker, "WAY", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.pairs, args.max_lengths = 16, "256"
+    return args
+
+
+def both_ways(script: str, worker_arguments: list[str], work: Path) -> dict[str, dict]:
+    """`script`'s worker run apart and shared, each in its own subprocess (so its peak memory is its own): the
+    result of each way."""
+    stats = {}
+    for way in ("apart", "shared"):
+        result = work / "result.json"
+        subprocess.run([sys.executable, script, "--worker", *worker_arguments, way, str(result)], check=True)
+        stats[way] = json.loads(result.read_text())
+    return stats
+
+
+def main() -> None:
+    args = parse_arguments(__doc__.split("\n\n")[0], 48, "pairs drawn at random; each run trains one epoch", 8,
+                           "pairs per step", RESULTS, ("DATA", "MAX_LENGTH", "BATCH"))
     if args.worker:
-        data, max_length, share, batch, result = args.worker
+        data, max_length, batch, share, result = args.worker
         with tempfile.TemporaryDirectory() as out:
             stats = worker(data, int(max_length), share == "shared", int(batch), out)
         Path(result).write_text(json.dumps(stats))
         return
-    if args.quick:
-        args.pairs, args.max_lengths = 16, "256"
     import random
 
     import datasets
@@ -89,14 +108,9 @@ def main() -> None:
         for max_length in [int(x) for x in args.max_lengths.split(",")]:
             encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
             tokens_apart, tokens_shared = tokens_per_pair(encoded, False), tokens_per_pair(encoded, True)
-            stats = {}
-            for way in ("two sequences", "shared"):
-                result = work / "result.json"
-                subprocess.run([sys.executable, __file__, "--worker", data, str(max_length), way,
-                                str(args.batch_size), str(result)], check=True)
-                stats[way] = json.loads(result.read_text())
-            assert stats["shared"]["shared_prompt"] and not stats["two sequences"]["shared_prompt"]
-            two, shared = stats["two sequences"], stats["shared"]
+            stats = both_ways(__file__, [data, str(max_length), str(args.batch_size)], work)
+            two, shared = stats["apart"], stats["shared"]
+            assert shared["shared_prompt"] and not two["shared_prompt"]
             rows.append(f"| {name} | {max_length} | {tokens_apart:.0f} | {tokens_shared:.0f} | "
                         f"{two['pairs_per_second']:.2f} | {shared['pairs_per_second']:.2f} | "
                         f"**{shared['pairs_per_second'] / two['pairs_per_second']:.2f}x** | "
