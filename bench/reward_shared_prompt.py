@@ -68,13 +68,21 @@ def parse_arguments(description: str, pairs: int, pairs_help: str, batch_size: i
 
 def both_ways(script: str, worker_arguments: list[str], work: Path) -> dict[str, dict]:
     """`script`'s worker run apart and shared, each in its own subprocess (so its peak memory is its own): the
-    result of each way."""
+    result of each way, which says whether it packed (`shared_prompt`)."""
     stats = {}
     for way in ("apart", "shared"):
         result = work / "result.json"
         subprocess.run([sys.executable, script, "--worker", *worker_arguments, way, str(result)], check=True)
         stats[way] = json.loads(result.read_text())
+    assert stats["shared"]["shared_prompt"] and not stats["apart"]["shared_prompt"]
     return stats
+
+
+def speed_cells(apart: dict, shared: dict) -> str:
+    """The table cells both benchmarks report: pairs per second each way, the speed-up, peak RSS each way."""
+    return (f"{apart['pairs_per_second']:.2f} | {shared['pairs_per_second']:.2f} | "
+            f"**{shared['pairs_per_second'] / apart['pairs_per_second']:.2f}x** | "
+            f"{apart['peak_rss_gb']:.2f} / {shared['peak_rss_gb']:.2f} GiB")
 
 
 def main() -> None:
@@ -110,12 +118,8 @@ def main() -> None:
             tokens_apart, tokens_shared = tokens_per_pair(encoded, False), tokens_per_pair(encoded, True)
             stats = both_ways(__file__, [data, str(max_length), str(args.batch_size)], work)
             two, shared = stats["apart"], stats["shared"]
-            assert shared["shared_prompt"] and not two["shared_prompt"]
             rows.append(f"| {name} | {max_length} | {tokens_apart:.0f} | {tokens_shared:.0f} | "
-                        f"{two['pairs_per_second']:.2f} | {shared['pairs_per_second']:.2f} | "
-                        f"**{shared['pairs_per_second'] / two['pairs_per_second']:.2f}x** | "
-                        f"{two['peak_rss_gb']:.2f} / {shared['peak_rss_gb']:.2f} GiB | "
-                        f"{two['train_loss']:.4f} / {shared['train_loss']:.4f} |")
+                        f"{speed_cells(two, shared)} | {two['train_loss']:.4f} / {shared['train_loss']:.4f} |")
             print(rows[-1], flush=True)
     minutes = (datetime.datetime.now().astimezone() - started).total_seconds() / 60
     report = "\n".join([
