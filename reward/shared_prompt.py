@@ -16,8 +16,8 @@ packs them the same way.
 
 Encoders see in both directions, so the start's states depend on the ending: they keep two sequences
 (`shares_prompt` is False for them). So do models with sliding-window layers (the packed mask would stand in
-for their window) and runs of several processes (`accelerate launch`), where the model must be called
-through its data-parallel wrapper.
+for their window) and DeepSpeed runs (untested). Data-parallel runs (`accelerate launch`) pack: the packed
+batch goes through the model's own forward, and so through the data-parallel wrapper that averages gradients.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
 
 def shares_prompt(model) -> bool:
     """Whether a pair can train as one packed sequence on `model`: causal attention over the whole sequence
-    (no sliding window, which the packed mask would override) through a kernel that takes a 4D mask, in a
-    single process, with a `score` head read at the last token (decoder sequence classification)."""
+    (no sliding window, which the packed mask would override) through a kernel that takes a 4D mask, outside
+    DeepSpeed, with a `score` head read at the last token (decoder sequence classification)."""
     causal = [m.is_causal for m in model.modules() if hasattr(m, "is_causal") and "Attention" in type(m).__name__]
-    single = int(os.environ.get("WORLD_SIZE", "1")) == 1 and os.environ.get("ACCELERATE_USE_DEEPSPEED") != "true"
-    return (bool(causal) and all(causal) and single and hasattr(model, "score") and not _sliding_window(model.config)
-            and model.config._attn_implementation in MASK_KINDS)
+    # DeepSpeed's engine would call the model as data-parallel training does, but that is untested here.
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+    return (bool(causal) and all(causal) and not deepspeed and hasattr(model, "score")
+            and not _sliding_window(model.config) and model.config._attn_implementation in MASK_KINDS)
 
 
 def _sliding_window(config) -> bool:
@@ -154,16 +155,24 @@ class SharedPromptCollator:
 
 def pair_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_) -> torch.Tensor:
     """The rewards of a batch from `SharedPromptCollator`, chosen then rejected (2 x pairs), as TRL's loss
-    expects them. `model` is the sequence-classification model, or a PEFT model around one."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    body = getattr(inner, inner.base_model_prefix)
+    expects them. `model` is the sequence-classification model, or a wrapper around one (PEFT, data-parallel):
+    it is called through its own forward, so a data-parallel wrapper still averages the gradients across ranks.
+    Sequence classification keeps only each row's last reward; the rewards at every token are read off its
+    score head as it runs."""
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     mask = pair_mask
     if MASK_KINDS[inner.config._attn_implementation] == "additive":
-        mask = torch.zeros(pair_mask.shape, dtype=body.dtype, device=pair_mask.device).masked_fill(
-            ~pair_mask, torch.finfo(body.dtype).min)
-    hidden = body(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                  use_cache=False).last_hidden_state
-    rewards = inner.score(hidden.flatten(0, 1)[reward_index]).squeeze(-1)  # (pairs, 2)
+        dtype = getattr(inner, inner.base_model_prefix).dtype
+        mask = torch.zeros(pair_mask.shape, dtype=dtype, device=pair_mask.device).masked_fill(
+            ~pair_mask, torch.finfo(dtype).min)
+    every_token: list[torch.Tensor] = []
+    hook = inner.score.register_forward_hook(lambda module, args, output: every_token.append(output))
+    try:
+        model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+    finally:
+        hook.remove()
+    rewards = every_token[0].flatten(0, 1)[reward_index].squeeze(-1)  # (pairs, 2)
     return torch.cat([rewards[:, 0], rewards[:, 1]])
 
 
@@ -182,9 +191,7 @@ class SharedPromptRewardTrainer(RewardTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def packed_forward(**batch) -> SequenceClassifierOutput:
-            # The model's own forward runs under the run's mixed precision (Accelerate wraps it); the inner
-            # modules called here do not, so the same autocast is entered by hand (else bf16 runs train in fp32).
-            with self.accelerator.autocast():
-                return SequenceClassifierOutput(logits=pair_rewards(model, **batch)[:, None])
+            # fp32 like the outputs of the model's forward under mixed precision (Accelerate converts those).
+            return SequenceClassifierOutput(logits=pair_rewards(model, **batch)[:, None].float())
 
         return super().compute_loss(packed_forward, inputs, return_outputs, num_items_in_batch)

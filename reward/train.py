@@ -129,7 +129,7 @@ class RewardTrainingConfig:
     each attending to it (reward.shared_prompt): the same rewards from fewer tokens, with LoRA smollm2 1.4x the
     pairs per second on HH harmless at 256 tokens and 1.9-2x on HH and summarize at 1,024
     (bench/reward_shared_prompt.py). Encoders, sliding-window models, kernels without a 4D mask
-    (FlashAttention) and runs of several processes keep two sequences a pair."""
+    (FlashAttention) and DeepSpeed runs keep two sequences a pair."""
     seed: int = 0
     """Seed for the held-out split, the head's initialisation and the data order."""
     progress: bool = True

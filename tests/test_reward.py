@@ -303,36 +303,50 @@ def test_the_same_seed_trains_the_same_model(tmp_path):
     assert not torch.equal(first["score.weight"], other["score.weight"])
 
 
-def test_two_ranks_stop_on_the_same_step_when_one_clock_runs_out(tmp_path, tiny_rm):
+def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences_would(tmp_path, tiny_rm):
     """Data-parallel training (`accelerate launch`, here two CPU ranks under torchrun): the time budget is rank
-    0's call, so ranks never stop apart (the one that stopped would wait on the other forever)."""
+    0's call, so ranks never stop apart (the one that stopped would wait on the other forever); packed pairs go
+    through the data-parallel wrapper, so the ranks average their gradients as with two sequences a pair."""
     import os
     import signal
     import subprocess
     import sys
     from pathlib import Path
 
+    from safetensors.torch import load_file
+
     data = tmp_path / "pairs.parquet"
     datasets.Dataset.from_list(rule_pairs(128)).to_parquet(str(data))
     script = Path(__file__).with_name("reward_two_ranks.py")
-    # Its own process group, so that a hang (the failure this test exists for) kills the ranks too.
-    run = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(data), tiny_rm, str(tmp_path / "rm")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        _, stderr = run.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(run.pid, signal.SIGKILL)
-        run.communicate()
-        pytest.fail("the ranks did not finish within 300 s: one stopped training while the other waited on it")
-    assert run.returncode == 0, stderr[-3000:]
-    info = json.loads((tmp_path / "rm" / "prefloop.json").read_text())
-    # 115 training pairs, 16 per rank and step: 4 steps an epoch, 2 epochs; rank 1's budget would have stopped at 1.
-    assert info["n_train"] == 115
-    assert info["evaluations"][-1]["step"] == 8
+
+    def train(way: str) -> tuple[dict, dict]:
+        # Its own process group, so that a hang (the failure this test exists for) kills the ranks too.
+        run = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+             str(data), tiny_rm, str(tmp_path / way), way],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        try:
+            _, stderr = run.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.communicate()
+            pytest.fail("the ranks did not finish within 300 s: one stopped training while the other waited on it")
+        assert run.returncode == 0, stderr[-3000:]
+        info = json.loads((tmp_path / way / "prefloop.json").read_text())
+        # 115 training pairs, 16 per rank and step: 4 steps an epoch, 2 epochs; rank 1's budget would have
+        # stopped at 1.
+        assert info["n_train"] == 115
+        assert info["evaluations"][-1]["step"] == 8
+        return info, load_file(str(tmp_path / way / "model.safetensors"))
+
+    shared, shared_weights = train("shared")
+    apart, apart_weights = train("apart")
+    assert shared["shared_prompt"] and not apart["shared_prompt"]
+    assert shared["tokens_per_pair"] < 0.8 * apart["tokens_per_pair"]
+    assert all(torch.allclose(shared_weights[k], apart_weights[k], atol=1e-4) for k in shared_weights)
+    assert [e["accuracy"] for e in shared["evaluations"]] == [e["accuracy"] for e in apart["evaluations"]]
 
 
 def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny_rm):
