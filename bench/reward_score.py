@@ -1,6 +1,6 @@
-"""Benchmark: scoring preference pairs with a decoder reward model, each pair as one sequence with its prompt run
-once (`RewardScorer.score_pairs`, the default) against the two sides scored apart (`share_prompt=False`), in the
-same run.
+"""Benchmark: scoring preference pairs with a decoder reward model, the conversations that share a prompt packed
+into one sequence with the prompt run once (`RewardScorer.score_pairs`, the default: `prompt_groups`) against
+every conversation scored alone (`share_prompt=False`), in the same run.
 
     .venv/bin/python bench/reward_score.py            # about 15 minutes on 2 CPU cores
     .venv/bin/python bench/reward_score.py --quick    # a smoke run: 16 pairs, max length 256 only
@@ -8,8 +8,9 @@ same run.
 `smollm2-135m-instruct` loaded for sequence classification (one label; the head drawn with seed 0: the speed does
 not depend on what it learned) and saved as a reward-model directory scores the first `--pairs` test pairs of
 bench/reward.py's HH harmless and summarize splits at max lengths 256 and 1,024, both ways, each in its own
-subprocess (so its peak memory is its own), on the CPU in fp32 (RewardScorer's CPU precision). Reported: tokens a
-pair costs, pairs per second, peak RSS, and the largest difference between the two ways' rewards.
+subprocess (so its peak memory is its own), on the CPU in fp32 (RewardScorer's CPU precision). Reported: how many
+of the conversations run packed, tokens a pair costs, pairs per second, peak RSS, and the largest difference
+between the two ways' rewards.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def main() -> None:
     import datasets
 
     from reward.data import Encoder
-    from reward.shared_prompt import packs, tokens_per_pair
+    from reward.shared_prompt import prompt_groups, row_tokens
     from reward.train import load_tokenizer
 
     started = datetime.datetime.now().astimezone()
@@ -90,12 +91,15 @@ def main() -> None:
         pairs.to_parquet(data)
         for max_length in [int(x) for x in args.max_lengths.split(",")]:
             encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
-            tokens_apart, tokens_shared = tokens_per_pair(encoded, False), tokens_per_pair(encoded, True)
-            packed = sum(packs(c, r) for c, r in zip(encoded["chosen_ids"], encoded["rejected_ids"]))
+            sequences = encoded["chosen_ids"] + encoded["rejected_ids"]
+            groups = [[sequences[i] for i in g] for g in prompt_groups(sequences)]
+            tokens_apart = sum(map(len, sequences)) / len(pairs)
+            tokens_shared = sum(map(row_tokens, groups)) / len(pairs)
+            packed = sum(len(g) for g in groups if len(g) > 1)
             stats = both_ways(__file__, [str(model_dir), data, str(max_length), str(args.batch_size)], work)
             apart, shared = stats["apart"], stats["shared"]
             gap = max(abs(a - b) for a, b in zip(apart["rewards"], shared["rewards"]))
-            rows.append(f"| {name} | {max_length} | {len(pairs)} | {packed} | {tokens_apart:.0f} | "
+            rows.append(f"| {name} | {max_length} | {len(pairs)} | {packed} of {len(sequences)} | {tokens_apart:.0f} | "
                         f"{tokens_shared:.0f} | {speed_cells(apart, shared)} | {gap:.1e} |")
             print(rows[-1], flush=True)
     minutes = (datetime.datetime.now().astimezone() - started).total_seconds() / 60
@@ -106,16 +110,18 @@ def main() -> None:
         f"- Machine: {where}",
         f"- Started {started:%Y-%m-%d %H:%M %Z}, took {minutes:.0f} min",
         f"- Each run: `RewardScorer(...).score_pairs` on `{BASE}` with a one-output head, fp32 on the CPU, batches of "
-        f"{args.batch_size} sequences ({args.batch_size // 2} pairs when packed), in its own subprocess.",
+        f"{args.batch_size} sequences ({args.batch_size // 2} packed rows), in its own subprocess.",
         "",
-        "| data | max length | pairs | pairs that pack | tokens/pair, apart | tokens/pair, shared | pairs/s, apart "
-        "| pairs/s, shared | speed-up | peak RSS (apart / shared) | largest reward difference |",
+        "| data | max length | pairs | conversations packed | tokens/pair, apart | tokens/pair, shared "
+        "| pairs/s, apart | pairs/s, shared | speed-up | peak RSS (apart / shared) | largest reward difference |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "The clock runs from the loaded model to the last reward (tokenizing included). A pair whose sides share "
-        "less than half the shorter one (truncated on both sides) is scored as two sequences either way; where few "
-        "pairs pack, the two ways do the same work and their difference is this machine's run-to-run noise.",
+        "The clock runs from the loaded model to the last reward (tokenizing included). Conversations that share "
+        "less than half the shorter one's tokens (truncated on both sides, so their starts no longer line up) are "
+        "scored alone either way; where few pack, the two ways do the same work and their difference is this "
+        "machine's run-to-run noise. Packed rows group every conversation of a prompt, not only a pair's two sides "
+        "(summarize has several pairs per post), up to twice the longest one's tokens a row.",
         "",
     ])
     Path(args.out).write_text(report)

@@ -7,7 +7,8 @@
 With several model directories (seeds, LoRA heads) `scores.mean` is the ensemble mean and
 `scores.spread` the standard deviation across members, per item: the disagreement that active pair
 selection looks for. Each member encodes text exactly as its training did (same chat template, max
-length and truncation side, read from its prefloop.json).
+length and truncation side, read from its prefloop.json). On a decoder, conversations that share their
+start (the two sides of a pair, several responses to one prompt) run as one sequence, the start once.
 """
 
 from __future__ import annotations
@@ -80,14 +81,22 @@ class _Member:
         self.shares_prompt = share_prompt and shares_prompt(self.model)
 
     def score_ids(self, sequences: list[list[int]], batch_size: int) -> np.ndarray:
+        """Rewards of token sequences. On a decoder, sequences that share a start (a prompt and its responses)
+        run as one packed row, the start once (`prompt_groups`), as pairs train (reward.shared_prompt); the rest,
+        and every sequence on other models, run plain."""
+        from reward.shared_prompt import packed_batch, packed_rewards, prompt_groups
+
         torch = self.torch
         out = np.empty(len(sequences), dtype=np.float64)
+        groups = prompt_groups(sequences) if self.shares_prompt else [[i] for i in range(len(sequences))]
+        # Alone, in plain batches of their own: the model's causal kernel, no explicit mask to compute under.
         # Longest first, batched by length: little padding, and an out-of-memory shows up at once.
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+        alone = sorted((g[0] for g in groups if len(g) == 1), key=lambda i: -len(sequences[i]))
+        packed = sorted((g for g in groups if len(g) > 1), key=lambda g: -sum(len(sequences[i]) for i in g))
         pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+            for start in range(0, len(alone), batch_size):
+                idx = alone[start:start + batch_size]
                 width = max(len(sequences[i]) for i in idx)
                 # Right padding, as TRL's DataCollatorForPreference pads during training.
                 ids = torch.full((len(idx), width), pad, dtype=torch.long)
@@ -97,30 +106,13 @@ class _Member:
                     mask[row, : len(sequences[i])] = 1
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 out[idx] = logits[:, 0].float().cpu().numpy()
-        return out
-
-    def score_pair_ids(self, chosen: list[list[int]], rejected: list[list[int]],
-                       batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rewards of pairs. On a decoder a pair that `packs` is read as one sequence, its shared start once, as its
-        training did (reward.shared_prompt); other pairs, and every pair on other models, as two sequences."""
-        from reward.shared_prompt import SharedPromptCollator, pair_rewards, packs, row_length
-
-        out = np.empty((2, len(chosen)), dtype=np.float64)
-        packed = [i for i in range(len(chosen)) if self.shares_prompt and packs(chosen[i], rejected[i])]
-        apart = sorted(set(range(len(chosen))) - set(packed))
-        # Plain batches of their own: the model's causal kernel, no explicit mask to compute under.
-        both = self.score_ids([chosen[i] for i in apart] + [rejected[i] for i in apart], batch_size)
-        out[0, apart], out[1, apart] = both[:len(apart)], both[len(apart):]
-        collate = SharedPromptCollator(self.tokenizer.pad_token_id)
-        packed.sort(key=lambda i: -row_length(chosen[i], rejected[i]))
-        per_batch = max(1, batch_size // 2)  # a packed row holds about two sequences' tokens
-        with self.torch.inference_mode():
+            per_batch = max(1, batch_size // 2)  # a packed row holds at most two sequences' width of tokens
             for start in range(0, len(packed), per_batch):
-                idx = packed[start:start + per_batch]
-                batch = collate([{"chosen_ids": chosen[i], "rejected_ids": rejected[i]} for i in idx])
-                rewards = pair_rewards(self.model, **{k: v.to(self.device) for k, v in batch.items()})
-                out[:, idx] = rewards.float().cpu().numpy().reshape(2, len(idx))
-        return out[0], out[1]
+                rows = packed[start:start + per_batch]
+                batch = packed_batch([[sequences[i] for i in g] for g in rows], pad)
+                rewards = packed_rewards(self.model, **{k: v.to(self.device) for k, v in batch.items()})
+                out[[i for g in rows for i in g]] = rewards.float().cpu().numpy()
+        return out
 
 
 class RewardScorer:
@@ -135,9 +127,9 @@ class RewardScorer:
         max_length: int | None = None,
         share_prompt: bool = True,
     ):
-        """`batch_size` sequences a batch (packed pairs go half as many a batch); `max_length`
-        overrides the one each model trained with; `share_prompt=False` scores the two sides of a pair apart
-        even on a decoder (the same rewards, to float rounding, from more tokens)."""
+        """`batch_size` sequences a batch (packed rows, several sequences sharing their prompt, go half as many
+        a batch); `max_length` overrides the one each model trained with; `share_prompt=False` scores every
+        conversation alone even on a decoder (the same rewards, to float rounding, from more tokens)."""
         import torch
 
         paths = [models] if isinstance(models, (str, Path)) else list(models)
@@ -163,11 +155,10 @@ class RewardScorer:
         pairs = [pair_conversations(row, f"{where}: row {i}") for i, row in enumerate(dataset)]
         chosen_rows, rejected_rows = [], []
         for member in self.members:
-            chosen = [member.encoder.encode(list(c))[0] for c, _ in pairs]
-            rejected = [member.encoder.encode(list(r))[0] for _, r in pairs]
-            rewards = member.score_pair_ids(chosen, rejected, self.batch_size)
-            chosen_rows.append(rewards[0])
-            rejected_rows.append(rewards[1])
+            ids = [member.encoder.encode(list(side))[0] for side in (*(c for c, _ in pairs), *(r for _, r in pairs))]
+            rewards = member.score_ids(ids, self.batch_size)
+            chosen_rows.append(rewards[:len(pairs)])
+            rejected_rows.append(rewards[len(pairs):])
         return RewardScores(np.vstack(chosen_rows)), RewardScores(np.vstack(rejected_rows))
 
 

@@ -11,8 +11,10 @@ the shared start and itself, never the other ending. The reward of each side is 
 not padding, as sequence classification does (`reward_token`). The rewards equal those of two separate sequences
 (to float rounding; the tests check it), from fewer tokens (bench/results/reward_shared_prompt.md). A pair
 whose sides share less than half the shorter one, typically one truncated on both sides, each by its own
-amount, keeps two plain rows in the same batch (`packs`). Scoring pairs (reward.score, and so evaluation)
-packs them the same way.
+amount, keeps two plain rows in the same batch (`packs`). Scoring (reward.score, and so evaluation, GRPO's
+reward function and best-of-n) packs every group of conversations that share a start the same way, one
+ending after another (`prompt_groups`, `packed_batch`): a pair, several pairs on one prompt, a prompt's sampled
+responses.
 
 Encoders see in both directions, so the start's states depend on the ending: they keep two sequences
 (`shares_prompt` is False for them). So do models with sliding-window layers (the packed mask would stand in
@@ -77,8 +79,7 @@ def packs(chosen: list[int], rejected: list[int]) -> bool:
 
 def packed_tokens(chosen: list[int], rejected: list[int]) -> int:
     """Tokens the pair costs: one packed row, or its two sequences when it does not pack."""
-    shared = shared_start(chosen, rejected) if packs(chosen, rejected) else 0
-    return len(chosen) + len(rejected) - shared
+    return row_tokens([chosen, rejected]) if packs(chosen, rejected) else len(chosen) + len(rejected)
 
 
 def row_length(chosen: list[int], rejected: list[int]) -> int:
@@ -93,11 +94,87 @@ def tokens_per_pair(dataset, shared: bool) -> float:
     return sum(packed_tokens(c, r) if shared else len(c) + len(r) for c, r in pairs) / max(len(pairs), 1)
 
 
+def group_start(sequences: list[list[int]]) -> int:
+    """Tokens all of `sequences` share at their start, leaving each at least its last token (`shared_start`)."""
+    return min(shared_start(sequences[0], other) for other in sequences[1:])
+
+
+def row_tokens(sequences: list[list[int]]) -> int:
+    """The tokens of one packed row of `sequences` (`packed_batch`): the shared start once, then each ending."""
+    if len(sequences) == 1:
+        return len(sequences[0])
+    return sum(map(len, sequences)) - (len(sequences) - 1) * group_start(sequences)
+
+
+def packed_batch(rows: list[list[list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One batch of rows, each row a list of sequences: one sequence runs plain; several run packed as
+
+        shared start | first ending | second ending | ...
+
+    the first sequence whole, then each further one's ending (after their `group_start`) with its positions
+    continuing from the shared start, seeing that start and itself, never another ending.
+
+    Returns `input_ids`, `attention_mask` (the real tokens), `position_ids`, `pair_mask` (rows, 1, n, n: who
+    attends to whom) and `reward_index`: for each sequence, in the order given, where its reward is read in the
+    flattened rows (its last token that is not padding, `reward_token`)."""
+    layouts = []  # (ids, positions, where each sequence's reward is read, the blocks: (first, end, start))
+    for sequences in rows:
+        first = sequences[0]
+        start = group_start(sequences) if len(sequences) > 1 else len(first)
+        ids, positions, reads = list(first), list(range(len(first))), [reward_token(first, pad_token_id)]
+        blocks = [(0, len(first), None)]
+        for other in sequences[1:]:
+            at = reward_token(other, pad_token_id)
+            # A reward read inside the shared start (an ending of pad tokens only) reads the first sequence's copy.
+            reads.append(at if at < start else len(ids) + at - start)
+            blocks.append((len(ids), len(ids) + len(other) - start, start))
+            ids += other[start:]
+            positions += range(start, len(other))
+        layouts.append((ids, positions, reads, blocks))
+    n = max(len(ids) for ids, *_ in layouts)
+    input_ids = torch.full((len(rows), n), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), n), dtype=torch.long)
+    position_ids = torch.zeros((len(rows), n), dtype=torch.long)
+    pair_mask = torch.zeros((len(rows), 1, n, n), dtype=torch.bool)
+    causal = torch.ones((n, n), dtype=torch.bool).tril()
+    reward_index = []
+    for i, (ids, positions, reads, blocks) in enumerate(layouts):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attention_mask[i, :len(ids)] = 1
+        position_ids[i, :len(ids)] = torch.tensor(positions)
+        for first, end, start in blocks:
+            if start is not None:  # a further ending: the shared start, then itself causally
+                pair_mask[i, 0, first:end, :start] = True
+            pair_mask[i, 0, first:end, first:end] = causal[:end - first, :end - first]
+        # Padding attends to the first token only: a row with nothing to attend to gives NaN, and no real
+        # token attends to padding.
+        pair_mask[i, 0, len(ids):, 0] = True
+        reward_index += [i * n + at for at in reads]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+            "pair_mask": pair_mask, "reward_index": torch.tensor(reward_index)}
+
+
+def prompt_groups(sequences: list[list[int]]) -> list[list[int]]:
+    """The indices of `sequences` in groups that each run as one packed row (`packed_batch`): sequences that share
+    a start (a prompt with several responses: a pair, a GRPO group, best-of-n samples) go together while the
+    shared start is at least half the shortest of them (`packs`) and the row stays within twice the longest
+    (beyond that the row's attention costs more than the tokens it saves). Most other sequences are alone."""
+    groups: list[list[int]] = []
+    # Sorted by their tokens, sequences with a common start are neighbours.
+    for i in sorted(range(len(sequences)), key=lambda i: sequences[i]):
+        if groups:
+            members = [sequences[j] for j in groups[-1]] + [sequences[i]]
+            if 2 * group_start(members) >= min(map(len, members)) and row_tokens(members) <= 2 * max(map(len, members)):
+                groups[-1].append(i)
+                continue
+        groups.append([i])
+    return groups
+
+
 class SharedPromptCollator:
     """Batches for `SharedPromptRewardTrainer`: a packed row per pair that packs, two plain rows per pair that
-    does not (`packs`); TRL's own batch when no pair of the batch packs. `input_ids` and `attention_mask` (the
-    real tokens, which TRL counts), `pair_mask` (rows, 1, n, n: who attends to whom), `position_ids`, and
-    `reward_index` (pairs, 2: where in the flattened rows the chosen and the rejected reward are read)."""
+    does not (`packs`), laid out by `packed_batch`; TRL's own batch when no pair of the batch packs. Its
+    `reward_index` is (pairs, 2): where the chosen and the rejected reward are read."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -108,57 +185,22 @@ class SharedPromptCollator:
             # Nothing to share: TRL's own batch, so the model runs its causal kernel, which skips the masked-out
             # half of attention that an explicit mask makes it compute (0.92x on summarize at 256 tokens).
             return self.plain(examples)
-        # A row: its tokens, their positions, the length of its leading causal block and, for a packed row,
-        # the shared start the second block (the rejected ending) sees.
-        rows: list[tuple[list[int], list[int], int, int | None]] = []
-        reads: list[tuple[int, int, int, int]] = []  # (row, token) of the chosen and of the rejected reward
+        rows = []
         for e in examples:
             chosen, rejected = e["chosen_ids"], e["rejected_ids"]
-            at_chosen, at_rejected = reward_token(chosen, self.pad_token_id), reward_token(rejected, self.pad_token_id)
-            if packs(chosen, rejected):
-                start = shared_start(chosen, rejected)
-                rows.append((chosen + rejected[start:], [*range(len(chosen)), *range(start, len(rejected))],
-                             len(chosen), start))
-                # A reward read inside the shared start (an ending of pad tokens only) reads the chosen side's copy.
-                at_packed = at_rejected if at_rejected < start else len(chosen) + at_rejected - start
-                reads.append((len(rows) - 1, at_chosen, len(rows) - 1, at_packed))
-            else:
-                rows += [(chosen, list(range(len(chosen))), len(chosen), None),
-                         (rejected, list(range(len(rejected))), len(rejected), None)]
-                reads.append((len(rows) - 2, at_chosen, len(rows) - 1, at_rejected))
-        n = max(len(ids) for ids, *_ in rows)
-        input_ids = torch.full((len(rows), n), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), n), dtype=torch.long)
-        position_ids = torch.zeros((len(rows), n), dtype=torch.long)
-        pair_mask = torch.zeros((len(rows), 1, n, n), dtype=torch.bool)
-        causal = torch.ones((n, n), dtype=torch.bool).tril()
-        for i, (ids, positions, first, start) in enumerate(rows):
-            end = len(ids)
-            input_ids[i, :end] = torch.tensor(ids)
-            attention_mask[i, :end] = 1
-            position_ids[i, :end] = torch.tensor(positions)
-            # The sequence, or the shared start and the chosen ending: plain causal attention.
-            pair_mask[i, 0, :first, :first] = causal[:first, :first]
-            if start is not None:  # the rejected ending: the shared start, then itself causally
-                pair_mask[i, 0, first:end, :start] = True
-                pair_mask[i, 0, first:end, first:end] = causal[:end - first, :end - first]
-            # Padding attends to the first token only: a row with nothing to attend to gives NaN, and no real
-            # token attends to padding.
-            pair_mask[i, 0, end:, 0] = True
-        reward_index = torch.tensor([[row_c * n + at_c, row_r * n + at_r] for row_c, at_c, row_r, at_r in reads])
-        out = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-               "pair_mask": pair_mask, "reward_index": reward_index}
+            rows += [[chosen, rejected]] if packs(chosen, rejected) else [[chosen], [rejected]]
+        out = packed_batch(rows, self.pad_token_id)
+        out["reward_index"] = out["reward_index"].view(-1, 2)
         if "margin" in examples[0]:
             out["margin"] = torch.tensor([e["margin"] for e in examples], dtype=torch.float)
         return out
 
 
-def pair_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_) -> torch.Tensor:
-    """The rewards of a batch from `SharedPromptCollator`, chosen then rejected (2 x pairs), as TRL's loss
-    expects them. `model` is the sequence-classification model, or a wrapper around one (PEFT, data-parallel):
-    it is called through its own forward, so a data-parallel wrapper still averages the gradients across ranks.
-    Sequence classification keeps only each row's last reward; the rewards at every token are read off its
-    score head as it runs."""
+def packed_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_) -> torch.Tensor:
+    """The rewards of a `packed_batch`, shaped like its `reward_index`. `model` is the sequence-classification
+    model, or a wrapper around one (PEFT, data-parallel): it is called through its own forward, so a
+    data-parallel wrapper still averages the gradients across ranks. Sequence classification keeps only each
+    row's last reward; the rewards at every token are read off its score head as it runs."""
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     mask = pair_mask
@@ -172,7 +214,13 @@ def pair_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_) -
         model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
     finally:
         hook.remove()
-    rewards = every_token[0].flatten(0, 1)[reward_index].squeeze(-1)  # (pairs, 2)
+    return every_token[0].flatten(0, 1)[reward_index].squeeze(-1)
+
+
+def pair_rewards(model, reward_index, **batch) -> torch.Tensor:
+    """The rewards of a batch from `SharedPromptCollator`, chosen then rejected (2 x pairs), as TRL's loss
+    expects them."""
+    rewards = packed_rewards(model, reward_index=reward_index, **batch)  # (pairs, 2)
     return torch.cat([rewards[:, 0], rewards[:, 1]])
 
 

@@ -667,7 +667,8 @@ def test_scoring_pairs_packs_them_with_the_rewards_of_each_conversation_alone(ti
                      member.encoder.encode(r["prompt"] + r["rejected"])[0]) for r in rows]
     assert member.shares_prompt and 0 < sum(packing) < len(rows)
     chosen, rejected = scorer.score_pairs(datasets.Dataset.from_list(rows))
-    alone = scorer.score([r["prompt"] + r["chosen"] for r in rows] + [r["prompt"] + r["rejected"] for r in rows])
+    apart = RewardScorer(tiny_rm, device="cpu", batch_size=batch_size, max_length=64, share_prompt=False)
+    alone = apart.score([r["prompt"] + r["chosen"] for r in rows] + [r["prompt"] + r["rejected"] for r in rows])
     np.testing.assert_allclose(np.concatenate([chosen.mean, rejected.mean]), alone.mean, atol=1e-5)
 
     encoder = RewardScorer(tiny_encoder_reward_model(tmp_path / "bert"), device="cpu", max_length=64)
@@ -675,6 +676,45 @@ def test_scoring_pairs_packs_them_with_the_rewards_of_each_conversation_alone(ti
     chosen, rejected = encoder.score_pairs(datasets.Dataset.from_list(rows))
     alone = encoder.score([r["prompt"] + r["chosen"] for r in rows] + [r["prompt"] + r["rejected"] for r in rows])
     np.testing.assert_allclose(np.concatenate([chosen.mean, rejected.mean]), alone.mean, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [16, 2])
+def test_scoring_packs_responses_that_share_a_prompt(tiny_rm, batch_size):
+    """Several responses to one prompt (a GRPO group, best-of-n samples) run as packed rows, the prompt once, with
+    the rewards of each conversation scored alone; edge cases: a response repeated, a sequence that is the start
+    of others, one ending inside another's; a row never holds more than twice its longest sequence's tokens."""
+    from reward.shared_prompt import prompt_groups, row_tokens
+
+    rng = random.Random(3)
+    conversations, prompt_of = [], []
+    # Two long prompts with short answers (rows of 3 and more), one short prompt with long answers (rows of 2).
+    for k, row in enumerate(rule_pairs(2, long_prompt=True) + rule_pairs(1, seed=1)):
+        for n in range(5):
+            answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12) if k < 2 else rng.randint(8, 12)))
+            conversations.append(row["prompt"] + [{"role": "assistant", "content": answer}])
+            prompt_of.append(k)
+    conversations.append(conversations[0])
+    prompt_of.append(0)
+    conversations.append([{"role": "user", "content": "a prompt of its own"}, {"role": "assistant", "content": "yes"}])
+    prompt_of.append(3)
+    # Long enough for the whole dialogues: a prompt cut from the left by each response's own amount shares no start.
+    scorer = RewardScorer(tiny_rm, device="cpu", batch_size=batch_size, max_length=256)
+    apart = RewardScorer(tiny_rm, device="cpu", batch_size=batch_size, max_length=256, share_prompt=False)
+    np.testing.assert_allclose(scorer.score(conversations).mean, apart.score(conversations).mean, atol=1e-5)
+
+    member = scorer.members[0]
+    ids = [member.encoder.encode(c)[0] for c in conversations]
+    groups = prompt_groups(ids)
+    assert sorted(i for g in groups for i in g) == list(range(len(ids)))
+    assert max(map(len, groups)) >= 3  # more than a pair shares one row
+    for g in groups:
+        assert len({prompt_of[i] for i in g}) == 1
+        assert row_tokens([ids[i] for i in g]) <= 2 * max(len(ids[i]) for i in g)
+    # Hand-made token sequences: a repeat, a sequence that starts others, one that shares nothing.
+    sequences = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 10, 11], [5, 6, 7, 12], [5, 6, 7, 8, 9], [5, 6, 7], [14, 6, 7]]
+    assert len(prompt_groups(sequences)) < len(sequences)
+    np.testing.assert_allclose(member.score_ids(sequences, batch_size), apart.members[0].score_ids(sequences, 16),
+                               atol=1e-5)
 
 
 def test_ensemble_returns_mean_and_spread(trained, tiny_rm, tmp_path):
