@@ -268,6 +268,9 @@ PREFLOOP_SIDES: dict[str, PrefloopSide] = {
     "prefloop-all-pairs": PrefloopSide(
         "prefloop recipe, every training pair trained on (none held out), the last step kept (minilm-l6)",
         "minilm-l6", False, {"eval_fraction": 0.0}),
+    "prefloop-no-margin": PrefloopSide(
+        "prefloop recipe, the margin column left out of the loss (minilm-l6)", "minilm-l6", False,
+        {"use_margin": False}),
     "prefloop-smollm2-lora": PrefloopSide(
         "prefloop recipe, smollm2-135m-instruct + LoRA", "smollm2-135m-instruct", True, {}),
     "prefloop-smollm2-20-evals2": PrefloopSide(
