@@ -91,7 +91,7 @@ def main() -> None:
         pairs.to_parquet(data)
         for max_length in [int(x) for x in args.max_lengths.split(",")]:
             encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
-            sequences = encoded["chosen_ids"] + encoded["rejected_ids"]
+            sequences = list(encoded["chosen_ids"]) + list(encoded["rejected_ids"])
             groups = [[sequences[i] for i in g] for g in prompt_groups(sequences)]
             tokens_apart = sum(map(len, sequences)) / len(pairs)
             tokens_shared = sum(map(row_tokens, groups)) / len(pairs)
