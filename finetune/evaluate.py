@@ -164,9 +164,10 @@ def evaluate(config: EvalConfig) -> EvalResult:
             continue
         with console.status(f"scoring with the {role.replace('_', ' ')}"):
             scorer = load_scorer(path, device=device, batch_size=config.batch_size)
-            r_base = score(scorer, [p + [{"role": "assistant", "content": t}] for p, t in zip(prompts, base_texts)])
-            r_aligned = score(scorer, [p + [{"role": "assistant", "content": t}]
-                                       for p, t in zip(prompts, aligned_texts)])
+            # In one call, so a decoder reward model runs each prompt once for both its responses (reward.score).
+            both = score(scorer, [p + [{"role": "assistant", "content": t}]
+                                  for texts in (base_texts, aligned_texts) for p, t in zip(prompts, texts)])
+            r_base, r_aligned = both[:len(prompts)], both[len(prompts):]
             del scorer
         scores[role] = (r_aligned, r_base)
         summary[f"win_rate_{role}"] = win_rate(r_aligned, r_base)

@@ -161,10 +161,16 @@ def prompt_groups(sequences: list[list[int]]) -> list[list[int]]:
     (beyond that the row's attention costs more than the tokens it saves). Most other sequences are alone."""
     groups: list[list[int]] = []
     # Sorted by their tokens, sequences with a common start are neighbours.
-    for i in sorted(range(len(sequences)), key=lambda i: sequences[i]):
+    order = sorted(range(len(sequences)), key=lambda i: sequences[i])
+    for k, i in enumerate(order):
         if groups:
             members = [sequences[j] for j in groups[-1]] + [sequences[i]]
-            if 2 * group_start(members) >= min(map(len, members)) and row_tokens(members) <= 2 * max(map(len, members)):
+            start = group_start(members)
+            # A sequence that shares more with the next one starts a row with it: HH dialogues that open with the
+            # same question share that question across pairs, and each pair much more within itself.
+            ahead = shared_start(sequences[i], sequences[order[k + 1]]) if k + 1 < len(order) else 0
+            fits = 2 * start >= min(map(len, members)) and row_tokens(members) <= 2 * max(map(len, members))
+            if fits and start >= ahead:
                 groups[-1].append(i)
                 continue
         groups.append([i])

@@ -713,6 +713,10 @@ def test_scoring_packs_responses_that_share_a_prompt(tiny_rm, batch_size):
     # Hand-made token sequences: a repeat, a sequence that starts others, one that shares nothing.
     sequences = [[5, 6, 7, 8, 9], [5, 6, 7, 8, 10, 11], [5, 6, 7, 12], [5, 6, 7, 8, 9], [5, 6, 7], [14, 6, 7]]
     assert len(prompt_groups(sequences)) < len(sequences)
+    # Two pairs whose dialogues open alike: each pair shares more within itself, so each pair is a row.
+    opening = [1, 2, 3, 4, 5, 6, 7]
+    pairs = [opening + [8, 9, 10, 20], opening + [8, 9, 10, 21], opening + [11, 12, 13, 22], opening + [11, 12, 13, 23]]
+    assert prompt_groups(pairs) == [[0, 1], [2, 3]]
     np.testing.assert_allclose(member.score_ids(sequences, batch_size), apart.members[0].score_ids(sequences, 16),
                                atol=1e-5)
 
