@@ -87,6 +87,11 @@ class _Member:
         from reward.shared_prompt import packed_batch, packed_rewards, prompt_groups
 
         torch = self.torch
+        # Each distinct sequence once: a repeat gets the very same reward (in another row it could differ in the
+        # last bit, and an exact tie, such as two identical responses, would no longer be one).
+        distinct: dict[tuple[int, ...], int] = {}
+        first = [distinct.setdefault(tuple(s), len(distinct)) for s in sequences]
+        sequences = [list(s) for s in distinct]
         out = np.empty(len(sequences), dtype=np.float64)
         groups = prompt_groups(sequences) if self.shares_prompt else [[i] for i in range(len(sequences))]
         # Alone, in plain batches of their own: the model's causal kernel, no explicit mask to compute under.
@@ -112,7 +117,7 @@ class _Member:
                 batch = packed_batch([[sequences[i] for i in g] for g in rows], pad)
                 rewards = packed_rewards(self.model, **{k: v.to(self.device) for k, v in batch.items()})
                 out[[i for g in rows for i in g]] = rewards.float().cpu().numpy()
-        return out
+        return out[first]
 
 
 class RewardScorer:

@@ -700,7 +700,9 @@ def test_scoring_packs_responses_that_share_a_prompt(tiny_rm, batch_size):
     # Long enough for the whole dialogues: a prompt cut from the left by each response's own amount shares no start.
     scorer = RewardScorer(tiny_rm, device="cpu", batch_size=batch_size, max_length=256)
     apart = RewardScorer(tiny_rm, device="cpu", batch_size=batch_size, max_length=256, share_prompt=False)
-    np.testing.assert_allclose(scorer.score(conversations).mean, apart.score(conversations).mean, atol=1e-5)
+    rewards = scorer.score(conversations).mean
+    np.testing.assert_allclose(rewards, apart.score(conversations).mean, atol=1e-5)
+    assert rewards[0] == rewards[-2]  # a repeat gets the very same reward (an exact tie stays one)
 
     member = scorer.members[0]
     ids = [member.encoder.encode(c)[0] for c in conversations]
