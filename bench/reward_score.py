@@ -91,15 +91,16 @@ def main() -> None:
         pairs.to_parquet(data)
         for max_length in [int(x) for x in args.max_lengths.split(",")]:
             encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
-            sequences = list(encoded["chosen_ids"]) + list(encoded["rejected_ids"])
-            groups = [[sequences[i] for i in g] for g in prompt_groups(sequences)]
+            # RewardScorer scores each distinct conversation once, either way.
+            sequences = list({tuple(s): None for s in [*encoded["chosen_ids"], *encoded["rejected_ids"]]})
+            groups = [[list(sequences[i]) for i in g] for g in prompt_groups([list(s) for s in sequences])]
             tokens_apart = sum(map(len, sequences)) / len(pairs)
             tokens_shared = sum(map(row_tokens, groups)) / len(pairs)
             packed = sum(len(g) for g in groups if len(g) > 1)
             stats = both_ways(__file__, [str(model_dir), data, str(max_length), str(args.batch_size)], work)
             apart, shared = stats["apart"], stats["shared"]
             gap = max(abs(a - b) for a, b in zip(apart["rewards"], shared["rewards"]))
-            rows.append(f"| {name} | {max_length} | {len(pairs)} | {packed} of {len(sequences)} | {tokens_apart:.0f} | "
+            rows.append(f"| {name} | {max_length} | {len(pairs)} | {len(sequences)} | {packed} | {tokens_apart:.0f} | "
                         f"{tokens_shared:.0f} | {speed_cells(apart, shared)} | {gap:.1e} |")
             print(rows[-1], flush=True)
     minutes = (datetime.datetime.now().astimezone() - started).total_seconds() / 60
@@ -112,12 +113,13 @@ def main() -> None:
         f"- Each run: `RewardScorer(...).score_pairs` on `{BASE}` with a one-output head, fp32 on the CPU, batches of "
         f"{args.batch_size} sequences ({args.batch_size // 2} packed rows), in its own subprocess.",
         "",
-        "| data | max length | pairs | conversations packed | tokens/pair, apart | tokens/pair, shared "
+        "| data | max length | pairs | distinct conversations | packed | tokens/pair, apart | tokens/pair, shared "
         "| pairs/s, apart | pairs/s, shared | speed-up | peak RSS (apart / shared) | largest reward difference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "The clock runs from the loaded model to the last reward (tokenizing included). Conversations that share "
+        "The clock runs from the loaded model to the last reward (tokenizing included). Both ways score each distinct "
+        "conversation once (summarize repeats summaries across a post's pairs). Conversations that share "
         "less than half the shorter one's tokens (truncated on both sides, so their starts no longer line up) are "
         "scored alone either way; where few pack, the two ways do the same work and their difference is this "
         "machine's run-to-run noise. Packed rows group every conversation of a prompt, not only a pair's two sides "
