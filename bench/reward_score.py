@@ -105,7 +105,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     minutes = (datetime.datetime.now().astimezone() - started).total_seconds() / 60
     report = "\n".join([
-        "# Scoring pairs with a decoder reward model: the prompt run once per pair, or twice",
+        "# Scoring pairs with a decoder reward model: conversations that share a prompt packed, or each alone",
         "",
         f"- Command: `{command()}`",
         f"- Machine: {where}",
