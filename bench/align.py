@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import machine  # noqa: E402  (bench/common.py: one description of the machine)
+from bench.common import machine, results_file  # noqa: E402  (bench/common.py: one description of the machine)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HH_FILE = ROOT.parent / "shared" / "data" / "hh_harmless_base_test.jsonl.gz"
 RESULTS = ROOT / "bench" / "results" / "align.md"
@@ -123,7 +123,7 @@ def main() -> None:
         del result
         gc.collect()
         print(json.dumps(rows[-1], default=str)[:600], flush=True)
-    out = Path(args.out) if args.out else (work / "align.md" if args.quick else RESULTS)
+    out = results_file(args.out, args.quick, RESULTS, work)
     write_table(rows, rm_metrics, judge_metrics, sizes, command, out, args.quick)
 
 

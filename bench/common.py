@@ -25,3 +25,9 @@ def machine() -> str:
 def command() -> str:
     """The command line that ran this benchmark, as a user would type it."""
     return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+
+
+def results_file(out: str | None, quick: bool, results: Path, work: Path) -> Path:
+    """Where a benchmark writes its table: `--out` when given; else a smoke run (`--quick`) writes into its work
+    folder, so it never replaces a full run's results; else `results` (bench/results/NAME.md)."""
+    return Path(out) if out else (Path(work) / results.name if quick else results)

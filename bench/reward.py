@@ -61,7 +61,7 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import machine  # noqa: E402  (bench/common.py: one description of the machine)
+from bench.common import machine, results_file  # noqa: E402  (bench/common.py: one description of the machine)
 DATA = ROOT.parent / "shared" / "data"
 HH_FILE = DATA / "hh_harmless_base_test.jsonl.gz"
 SUMMARIZE_FILE = DATA / "summarize_feedback_batch13.jsonl"
@@ -303,7 +303,8 @@ def main() -> None:
                         help="comma-separated seeds; each side runs once per seed (prefloop's seed S; TRL's seed 42+S, "
                         "its default for S=0) and the targets are judged on the means")
     parser.add_argument("--work-dir", default=None, help="where models and splits go (default: a temp dir)")
-    parser.add_argument("--out", default=str(RESULTS), help="the Markdown results file")
+    parser.add_argument("--out", default=None, help="the Markdown results file (default: bench/results/reward.md; "
+                        "a --quick run writes into its work folder)")
     args = parser.parse_args()
     if args.quick and args.budget_s == 600.0:
         args.budget_s = 60.0
@@ -351,9 +352,10 @@ def main() -> None:
                   f"{r['pairs_per_second']:.2f} pairs/s, peak RSS {r['peak_rss_gb']:.2f} GiB", flush=True)
     report = render_report(results, splits, args, command, started, load_before, where)
     print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(report)
-    print(f"wrote {args.out}")
+    out = results_file(args.out, args.quick, RESULTS, work)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(f"wrote {out}")
 
 
 def short_float(x: float) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import command, machine  # noqa: E402
+from bench.common import command, machine, results_file  # noqa: E402
 from bench.reward import PREFLOOP_SIDES, SIDES, TRAINING_PAIRS, TRL_BACKBONE_SIDES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_select.md"
@@ -103,7 +103,8 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock budget per run")
     parser.add_argument("--quick", action="store_true", help="200 pairs, 30 s budgets, one split: a smoke run")
     parser.add_argument("--work-dir", default=None, help="where the models go (default: a temp dir)")
-    parser.add_argument("--out", default=str(RESULTS), help="the Markdown results file")
+    parser.add_argument("--out", default=None, help="the Markdown results file (default: "
+                        "bench/results/reward_select.md; a --quick run writes into its work folder)")
     args = parser.parse_args()
     names = args.candidates.split(",")
     unknown = [n for n in names if n not in CANDIDATES]
@@ -134,9 +135,10 @@ def main() -> None:
                       f"{time.monotonic() - t0:.0f} s", flush=True)
     report = render_report(results, sizes, args, started, where)
     print(report)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(report)
-    print(f"wrote {args.out}")
+    out = results_file(args.out, args.quick, RESULTS, work)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import command, machine  # noqa: E402
+from bench.common import command, machine, results_file  # noqa: E402
 from bench.reward import TRAINING_PAIRS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_shared_prompt.md"
@@ -58,7 +58,8 @@ def parse_arguments(description: str, pairs: int, pairs_help: str, batch_size: i
     parser.add_argument("--max-lengths", default="256,1024")
     parser.add_argument("--datasets", default="hh,summarize")
     parser.add_argument("--quick", action="store_true", help="16 pairs, max length 256: a smoke run")
-    parser.add_argument("--out", default=str(results))
+    parser.add_argument("--out", help=f"the Markdown results file (default: bench/results/{results.name}; a --quick "
+                        "run writes into its work folder)")
     parser.add_argument("--worker", nargs=len(worker) + 2, metavar=(*worker, "WAY", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -142,8 +143,10 @@ def main() -> None:
         "packed length), hence the train losses.",
         "",
     ])
-    Path(args.out).write_text(report)
+    out = results_file(args.out, args.quick, RESULTS, work)
+    out.write_text(report)
     print(report)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
