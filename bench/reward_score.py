@@ -2,7 +2,7 @@
 into one sequence with the prompt run once (`RewardScorer.score_pairs`, the default: `prompt_groups`) against
 every conversation scored alone (`share_prompt=False`), in the same run.
 
-    .venv/bin/python bench/reward_score.py            # about 15 minutes on 2 CPU cores
+    .venv/bin/python bench/reward_score.py            # about 10 minutes on 2 CPU cores
     .venv/bin/python bench/reward_score.py --quick    # a smoke run: 16 pairs, max length 256 only
 
 `smollm2-135m-instruct` loaded for sequence classification (one label; the head drawn with seed 0: the speed does
@@ -75,6 +75,7 @@ def main() -> None:
     import datasets
 
     from reward.data import Encoder
+    from reward.score import distinct_sequences
     from reward.shared_prompt import prompt_groups, row_tokens
     from reward.train import load_tokenizer
 
@@ -91,9 +92,9 @@ def main() -> None:
         pairs.to_parquet(data)
         for max_length in [int(x) for x in args.max_lengths.split(",")]:
             encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
-            # RewardScorer scores each distinct conversation once, either way.
-            sequences = list({tuple(s): None for s in [*encoded["chosen_ids"], *encoded["rejected_ids"]]})
-            groups = [[list(sequences[i]) for i in g] for g in prompt_groups([list(s) for s in sequences])]
+            # What RewardScorer runs: each distinct conversation once (either way), grouped when shared.
+            sequences, _ = distinct_sequences([*encoded["chosen_ids"], *encoded["rejected_ids"]])
+            groups = [[sequences[i] for i in g] for g in prompt_groups(sequences)]
             tokens_apart = sum(map(len, sequences)) / len(pairs)
             tokens_shared = sum(map(row_tokens, groups)) / len(pairs)
             packed = sum(len(g) for g in groups if len(g) > 1)

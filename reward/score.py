@@ -50,6 +50,15 @@ def model_info(model_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def distinct_sequences(sequences: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """(each distinct sequence once, in first-seen order; for each input, the index of its distinct copy). Scoring
+    runs each once, so a repeat gets the very same reward: packed into another row it could differ in the last
+    bit, and an exact tie, such as two identical responses, would no longer be one."""
+    index: dict[tuple[int, ...], int] = {}
+    first = [index.setdefault(tuple(s), len(index)) for s in sequences]
+    return [list(s) for s in index], first
+
+
 class _Member:
     def __init__(self, model_dir: str, device: str, dtype, max_length: int | None, share_prompt: bool):
         import torch
@@ -87,11 +96,7 @@ class _Member:
         from reward.shared_prompt import packed_batch, packed_rewards, prompt_groups
 
         torch = self.torch
-        # Each distinct sequence once: a repeat gets the very same reward (in another row it could differ in the
-        # last bit, and an exact tie, such as two identical responses, would no longer be one).
-        distinct: dict[tuple[int, ...], int] = {}
-        first = [distinct.setdefault(tuple(s), len(distinct)) for s in sequences]
-        sequences = [list(s) for s in distinct]
+        sequences, first = distinct_sequences(sequences)
         out = np.empty(len(sequences), dtype=np.float64)
         groups = prompt_groups(sequences) if self.shares_prompt else [[i] for i in range(len(sequences))]
         # Alone, in plain batches of their own: the model's causal kernel, no explicit mask to compute under.
