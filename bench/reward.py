@@ -271,6 +271,9 @@ PREFLOOP_SIDES: dict[str, PrefloopSide] = {
     "prefloop-no-margin": PrefloopSide(
         "prefloop recipe, the margin column left out of the loss (minilm-l6)", "minilm-l6", False,
         {"use_margin": False}),
+    "prefloop-each-alone": PrefloopSide(
+        "prefloop recipe, each side of an over-long training pair cut alone (minilm-l6)", "minilm-l6", False,
+        {"align_truncation": False}),
     "prefloop-smollm2-lora": PrefloopSide(
         "prefloop recipe, smollm2-135m-instruct + LoRA", "smollm2-135m-instruct", True, {}),
     "prefloop-smollm2-20-evals2": PrefloopSide(
@@ -282,6 +285,11 @@ PREFLOOP_SIDES: dict[str, PrefloopSide] = {
         "chosen and rejected as two sequences (the prompt run twice)", "smollm2-135m-instruct", False,
         {"backbone_layers": 20, "trainable_layers": 2, "learning_rate": 5e-5, "evals_per_epoch": 2,
          "share_prompt": False}),
+    "prefloop-smollm2-20-each-alone": PrefloopSide(
+        "prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, 2 evaluations per epoch, "
+        "each side of an over-long training pair cut alone", "smollm2-135m-instruct", False,
+        {"backbone_layers": 20, "trainable_layers": 2, "learning_rate": 5e-5, "evals_per_epoch": 2,
+         "align_truncation": False}),
     "prefloop-smollm2-20-all-pairs": PrefloopSide(
         "prefloop recipe, smollm2-135m-instruct, bottom 20 of 30 layers, top 2 trained, every training pair trained "
         "on (none held out), the last step kept", "smollm2-135m-instruct", False,

@@ -35,12 +35,12 @@ RESULTS = ROOT / "bench" / "results" / "reward_shared_prompt.md"
 BASE = "smollm2-135m-instruct"
 
 
-def worker(data: str, max_length: int, share: bool, batch_size: int, out: str) -> dict:
+def worker(data: str, max_length: int, share: bool, align: bool, batch_size: int, out: str) -> dict:
     from reward.train import RewardTrainingConfig, train_reward_model
 
     result = train_reward_model(RewardTrainingConfig(
         data=data, base_model=BASE, lora=True, output_dir=out, max_length=max_length, share_prompt=share,
-        eval_fraction=0.0, num_train_epochs=1, batch_size=batch_size, progress=False,
+        align_truncation=align, eval_fraction=0.0, num_train_epochs=1, batch_size=batch_size, progress=False,
     ))
     return {"pairs_per_second": result.pairs_per_second, "train_seconds": result.train_seconds,
             "shared_prompt": result.shared_prompt,
@@ -49,15 +49,19 @@ def worker(data: str, max_length: int, share: bool, batch_size: int, out: str) -
 
 
 def parse_arguments(description: str, pairs: int, pairs_help: str, batch_size: int, batch_help: str,
-                    results: Path, worker: tuple[str, ...]) -> argparse.Namespace:
+                    results: Path, worker: tuple[str, ...], training: bool = False) -> argparse.Namespace:
     """The options of this benchmark and of bench/reward_score.py, which time the two ways the same way: the
-    hidden `--worker` takes `worker`'s arguments, then the way (`apart` or `shared`) and the result file."""
+    hidden `--worker` takes `worker`'s arguments, then the way (`apart` or `shared`) and the result file.
+    `training` adds --no-align-truncation (scoring always cuts each conversation alone)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--pairs", type=int, default=pairs, help=pairs_help)
     parser.add_argument("--batch-size", type=int, default=batch_size, help=batch_help)
     parser.add_argument("--max-lengths", default="256,1024")
     parser.add_argument("--datasets", default="hh,summarize")
     parser.add_argument("--quick", action="store_true", help="16 pairs, max length 256: a smoke run")
+    if training:
+        parser.add_argument("--no-align-truncation", action="store_true",
+                            help="cut each side of an over-long pair alone (default: both lose the same prompt tokens)")
     parser.add_argument("--out", help=f"the Markdown results file (default: bench/results/{results.name}; a --quick "
                         "run writes into its work folder)")
     parser.add_argument("--worker", nargs=len(worker) + 2, metavar=(*worker, "WAY", "RESULT"), help=argparse.SUPPRESS)
@@ -88,11 +92,11 @@ def speed_cells(apart: dict, shared: dict) -> str:
 
 def main() -> None:
     args = parse_arguments(__doc__.split("\n\n")[0], 48, "pairs drawn at random; each run trains one epoch", 8,
-                           "pairs per step", RESULTS, ("DATA", "MAX_LENGTH", "BATCH"))
+                           "pairs per step", RESULTS, ("DATA", "MAX_LENGTH", "BATCH", "ALIGN"), training=True)
     if args.worker:
-        data, max_length, batch, share, result = args.worker
+        data, max_length, batch, align, share, result = args.worker
         with tempfile.TemporaryDirectory() as out:
-            stats = worker(data, int(max_length), share == "shared", int(batch), out)
+            stats = worker(data, int(max_length), share == "shared", align == "aligned", int(batch), out)
         Path(result).write_text(json.dumps(stats))
         return
     import random
@@ -115,9 +119,10 @@ def main() -> None:
         data = str(work / f"{name}.parquet")
         pairs.select(sorted(random.Random(0).sample(range(len(pairs)), args.pairs))).to_parquet(data)
         for max_length in [int(x) for x in args.max_lengths.split(",")]:
-            encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
+            encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs, align=not args.no_align_truncation)
             tokens_apart, tokens_shared = tokens_per_pair(encoded, False), tokens_per_pair(encoded, True)
-            stats = both_ways(__file__, [data, str(max_length), str(args.batch_size)], work)
+            align = "each-alone" if args.no_align_truncation else "aligned"
+            stats = both_ways(__file__, [data, str(max_length), str(args.batch_size), align], work)
             two, shared = stats["apart"], stats["shared"]
             rows.append(f"| {name} | {max_length} | {tokens_apart:.0f} | {tokens_shared:.0f} | "
                         f"{speed_cells(two, shared)} | {two['train_loss']:.4f} / {shared['train_loss']:.4f} |")
@@ -131,7 +136,9 @@ def main() -> None:
         f"- Started {started:%Y-%m-%d %H:%M %Z}, took {minutes:.0f} min",
         f"- Each run: `{BASE}` with LoRA (prefloop's defaults otherwise: bf16 where the CPU has bf16 units), "
         f"one epoch over {args.pairs} pairs drawn at random (seeded) from bench/reward.py's training pairs, batches of "
-        f"{args.batch_size}, nothing held out, seed 0, in its own subprocess.",
+        f"{args.batch_size}, nothing held out, seed 0, in its own subprocess; over-long pairs "
+        + ("cut each side alone (`align_truncation=False`)." if args.no_align_truncation else
+           "lose the same prompt tokens on both sides (`align_truncation`, the default)."),
         "",
         "| data | max length | tokens/pair, two sequences | tokens/pair, shared | pairs/s, two sequences "
         "| pairs/s, shared | speed-up | peak RSS (two / shared) | train loss (two / shared) |",

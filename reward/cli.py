@@ -33,6 +33,8 @@ def train(
         False, "--no-share-prompt", help="On a decoder, run chosen and rejected as two sequences, the prompt twice."),
     max_length: int = typer.Option(256, "--max-length", help="Longest sequence in tokens (longer: truncated)."),
     truncation_side: str = typer.Option("left", "--truncation-side", help="left keeps the end of the dialogue."),
+    no_align_truncation: bool = typer.Option(
+        False, "--no-align-truncation", help="Cut each side of an over-long pair alone (default: both alike)."),
     epochs: float = typer.Option(2.0, "--epochs", help="Passes over the training pairs."),
     max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many steps when > 0."),
     batch_size: int = typer.Option(16, "--batch-size", help="Pairs per device per step."),
@@ -55,6 +57,7 @@ def train(
         lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, backbone_layers=backbone_layers,
         trainable_layers=trainable_layers, cache_frozen_layers=not no_frozen_cache, use_margin=not no_margin,
         share_prompt=not no_share_prompt, max_length=max_length, truncation_side=truncation_side,
+        align_truncation=not no_align_truncation,
         num_train_epochs=epochs, max_steps=max_steps,
         batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
         center_rewards_coefficient=center_rewards or None, evals_per_epoch=evals_per_epoch,

@@ -8,7 +8,9 @@ A preference dataset is TRL's format: `prompt` (a list of {role, content} messag
 A conversation becomes text through the tokenizer's chat template; tokenizers without one (BERT-style
 encoders such as `minilm-l6`) get a plain `User: ...` / `Assistant: ...` layout. Over-long sequences
 are truncated from the LEFT by default: chosen and rejected usually share the prompt and differ in
-the last turn, so the end is what the reward model must see. Nothing is ever dropped.
+the last turn, so the end is what the reward model must see. Nothing is ever dropped. Training cuts an
+over-long pair's two sides alike, the same prompt tokens from both (`Encoder.encode_pair`); scoring sees one
+conversation at a time and cuts it alone (`Encoder.encode`).
 """
 
 from __future__ import annotations
@@ -152,38 +154,76 @@ class Encoder:
         self.max_length = max_length
         self.truncation_side = truncation_side
         tokenizer.truncation_side = truncation_side
+        # The special tokens the tokenizer puts before the text ([CLS]); left truncation keeps them.
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        marked = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self.leading_special = next((i for i in range(len(marked)) if marked[i:i + len(plain)] == plain), 0)
 
     def encode(self, conversation: Conversation) -> tuple[list[int], bool]:
         text, special = render(self.tokenizer, conversation)
+        return self._fit(text, special, self._ids(text, special))
+
+    def _ids(self, text: str, special: bool) -> list[int]:
         # verbose=False: the length is measured here on purpose; Transformers' "longer than the maximum
         # sequence length ... indexing errors" warning would alarm users about pairs truncated just below.
-        ids = self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"]
+        return list(self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
+
+    def _fit(self, text: str, special: bool, ids: list[int]) -> tuple[list[int], bool]:
         if self.max_length is None or len(ids) <= self.max_length:
-            return list(ids), False
+            return ids, False
         # Let the tokenizer truncate: it keeps its own special tokens ([CLS] ... [SEP]) at the edges.
         ids = self.tokenizer(text, add_special_tokens=special, truncation=True, max_length=self.max_length)[
             "input_ids"
         ]
         return list(ids), True
 
-    def encode_pairs(self, dataset, use_margin: bool = True, desc: str = "data"):
+    def encode_pair(self, chosen: Conversation, rejected: Conversation,
+                    align: bool = True) -> tuple[list[int], list[int], bool]:
+        """Both sides' ids and whether either was truncated. With `align` (and left truncation), an over-long
+        pair loses the same tokens from the start of its shared prompt on both sides, as many as its longer
+        side must: the two sides then see the same window of the prompt and differ only in their responses
+        (cut alone, the side with the shorter response would see more of the prompt), and on a decoder they
+        still share their start, so the pair trains as one packed row (reward.shared_prompt). When the cut
+        would reach into a response, or without `align`, each side is cut alone, as `encode` cuts it."""
+        rendered = [render(self.tokenizer, side) for side in (chosen, rejected)]
+        full = [self._ids(text, special) for text, special in rendered]
+        excess = max(map(len, full)) - self.max_length if self.max_length is not None else 0
+        if excess <= 0:
+            return full[0], full[1], False
+        lead = self.leading_special if rendered[0][1] else 0
+        if align and self.truncation_side == "left" and lead + excess <= shared_start(*full):
+            return full[0][:lead] + full[0][lead + excess:], full[1][:lead] + full[1][lead + excess:], True
+        (chosen_ids, _), (rejected_ids, _) = (self._fit(text, special, ids) for (text, special), ids in
+                                              zip(rendered, full))
+        return chosen_ids, rejected_ids, True
+
+    def encode_pairs(self, dataset, use_margin: bool = True, desc: str = "data", align: bool = True):
         """A dataset of `chosen_ids`, `rejected_ids`, `length` (and `margin`) ready for RewardTrainer,
-        plus the number of pairs where either side was truncated."""
+        plus the number of pairs where either side was truncated (`align`: see `encode_pair`)."""
         import datasets
 
         columns: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "length": []}
         truncated = 0
         for i, row in enumerate(dataset):
             chosen, rejected = pair_conversations(row, f"{desc}: row {i}")
-            chosen_ids, cut_c = self.encode(chosen)
-            rejected_ids, cut_r = self.encode(rejected)
-            truncated += cut_c or cut_r
+            chosen_ids, rejected_ids, cut = self.encode_pair(chosen, rejected, align)
+            truncated += cut
             columns["chosen_ids"].append(chosen_ids)
             columns["rejected_ids"].append(rejected_ids)
             columns["length"].append(max(len(chosen_ids), len(rejected_ids)))
         if use_margin and "margin" in dataset.column_names:
             columns["margin"] = [float(m) for m in dataset["margin"]]
         return datasets.Dataset.from_dict(columns), truncated
+
+
+def shared_start(chosen: list[int], rejected: list[int]) -> int:
+    """Tokens the two sequences share at their start, leaving each at least its last token of its own
+    (a reward is read there, so it must be in the ending)."""
+    limit = min(len(chosen), len(rejected)) - 1
+    n = 0
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    return n
 
 
 # ------------------------------------------------------------------------------------- fingerprint

@@ -9,9 +9,10 @@ in both sequences. A pair is therefore packed as
 with positions restarting where the rejected ending begins and an attention mask under which each ending sees
 the shared start and itself, never the other ending. The reward of each side is read at its last token that is
 not padding, as sequence classification does (`reward_token`). The rewards equal those of two separate sequences
-(to float rounding; the tests check it), from fewer tokens (bench/results/reward_shared_prompt.md). A pair
-whose sides share less than half the shorter one, typically one truncated on both sides, each by its own
-amount, keeps two plain rows in the same batch (`packs`). Scoring (reward.score, and so evaluation, GRPO's
+(to float rounding; the tests check it), from fewer tokens (bench/results/reward_shared_prompt.md). An
+over-long pair still shares its start: training cuts both sides' prompt alike (reward.data `encode_pair`). A
+pair whose sides share less than half the shorter one (cut each alone, or a response longer than the prompt)
+keeps two plain rows in the same batch (`packs`). Scoring (reward.score, and so evaluation, GRPO's
 reward function and best-of-n) packs every group of conversations that share a start the same way, one
 ending after another (`prompt_groups`, `packed_batch`): a pair, several pairs on one prompt, a prompt's sampled
 responses.
@@ -31,6 +32,8 @@ import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
+
+from reward.data import shared_start
 
 # The attention kernels that take an explicit 4D mask; FlashAttention and friends take none.
 MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
@@ -54,16 +57,6 @@ def _sliding_window(config) -> bool:
     return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True)
 
 
-def shared_start(chosen: list[int], rejected: list[int]) -> int:
-    """Tokens the two sequences share at their start, leaving each at least its last token of its own
-    (the reward is read there, so it must be in the ending)."""
-    limit = min(len(chosen), len(rejected)) - 1
-    n = 0
-    while n < limit and chosen[n] == rejected[n]:
-        n += 1
-    return n
-
-
 def reward_token(ids: list[int], pad_token_id: int) -> int:
     """Where sequence classification reads a sequence's reward: at its rightmost token that is not the pad token
     (Transformers' rule, so an end-of-sequence token that doubles as the pad token is skipped), 0 when none is."""
@@ -72,8 +65,8 @@ def reward_token(ids: list[int], pad_token_id: int) -> int:
 
 def packs(chosen: list[int], rejected: list[int]) -> bool:
     """Whether a pair runs as one packed row: when the shared start is at least half the shorter side. A pair
-    truncated on both sides (each by its own amount, so their starts no longer line up) shares nothing, and one
-    row of twice the length would cost more attention than the two rows it stands for."""
+    whose sides were truncated each by its own amount (so their starts no longer line up) shares nothing, and
+    one row of twice the length would cost more attention than the two rows it stands for."""
     return 2 * shared_start(chosen, rejected) >= min(len(chosen), len(rejected))
 
 

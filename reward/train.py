@@ -67,6 +67,12 @@ class RewardTrainingConfig:
     """Longest sequence in tokens; longer ones are truncated on `truncation_side`, never dropped."""
     truncation_side: str = "left"
     """'left' keeps the end of the conversation, where chosen and rejected differ."""
+    align_truncation: bool = True
+    """With left truncation, cut an over-long pair's shared prompt by the same tokens on both sides (as many as
+    its longer side must lose), so the two sides see the same window of the prompt and differ only in their
+    responses; on a decoder they then still share their start and train as one packed row (`share_prompt`).
+    Held-out pairs are always cut each side alone, as scoring cuts every conversation (it sees one at a time),
+    so held-out metrics equal `prefloop reward eval`'s. False cuts training pairs that way too."""
     use_margin: bool = True
     """Use the `margin` column (the raters' strength) in the loss when the data has one."""
     center_rewards_coefficient: float | None = 0.01
@@ -557,10 +563,12 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         train_rows, eval_rows = split_by_prompt(train_rows, config.eval_fraction, config.seed)
     else:
         eval_rows = None
-    train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data")
+    train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data", config.align_truncation)
     eval_set, truncated_eval = (None, 0)
     if eval_rows is not None:
-        eval_set, truncated_eval = encoder.encode_pairs(eval_rows, config.use_margin, "eval_data")
+        # Held-out pairs are cut as scoring cuts them (each side alone): the held-out accuracy that picks the
+        # step is then the one `prefloop reward eval` reports on the same pairs.
+        eval_set, truncated_eval = encoder.encode_pairs(eval_rows, config.use_margin, "eval_data", align=False)
 
     # The new score head (and LoRA's A matrices) are drawn from the global RNG: unseeded, the same data, base
     # and seed gave a different model on every run.
@@ -754,6 +762,7 @@ def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path,
         "base_model_path": model_path,
         "max_length": config.max_length,
         "truncation_side": config.truncation_side,
+        "align_truncation": config.align_truncation,
         "data_fingerprint": fingerprint(train_rows),
         "eval_data_fingerprint": fingerprint(eval_rows) if eval_rows is not None else None,
         "metrics": result.metrics,
@@ -795,6 +804,8 @@ def model_card(info: dict[str, Any]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
     lora = " with LoRA (score head trained in full, adapters merged)" if info["config"]["lora"] else ""
     kept = info["config"]["backbone_layers"] or "all"
+    aligned = (" (in training, an over-long pair lost the same prompt tokens on both sides)"
+               if info.get("align_truncation") and info["truncation_side"] == "left" else "")
     trained = "all" if info["config"]["trainable_layers"] is None else f"the top {info['config']['trainable_layers']}"
     return f"""---
 library_name: transformers
@@ -810,7 +821,7 @@ one scalar; higher means more preferred by the raters.
 - base model: `{info["base_model"]}`
 - training pairs: {info["n_train"]} ({info["truncated_train"]} truncated), held-out pairs: {info["n_eval"]}
 - data: `{info["config"]["data"]}` ({info["data_fingerprint"]})
-- max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}
+- max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}{aligned}
 - layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
 - kept step (held-out accuracy; accuracies within one standard error decided by held-out loss): {info["best_step"]}
 - precision: {info["precision"]}, learning rate: {info["learning_rate"]}

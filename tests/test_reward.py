@@ -26,17 +26,20 @@ from tests.tiny_models import tiny_causal_lm, tiny_encoder_reward_model, tiny_re
 WORDS = "the a cat dog sea sky red blue one two three tree house river".split()
 
 
-def rule_pairs(n: int, seed: int = 0, *, long_prompt: bool = False) -> list[dict]:
-    """A learnable rule: the chosen answer ends in 'good', the rejected one in 'bad'; otherwise identical."""
+def rule_pairs(n: int, seed: int = 0, *, long_prompt: bool = False, uneven: bool = False) -> list[dict]:
+    """A learnable rule: the chosen answer ends in 'good', the rejected one in 'bad'; otherwise identical
+    (`uneven`: each answer has 0-4 more random words before its last, so the two sides differ in length)."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         filler = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10)))
         prompt = f"question {i}: {filler}" + (" " + " ".join(rng.choice(WORDS) for _ in range(60)) if long_prompt else "")
+        chosen, rejected = ([filler, *(rng.choice(WORDS) for _ in range(rng.randint(0, 4) if uneven else 0)), last]
+                            for last in ("good", "bad"))
         rows.append({
             "prompt": [{"role": "user", "content": prompt}],
-            "chosen": [{"role": "assistant", "content": f"{filler} good"}],
-            "rejected": [{"role": "assistant", "content": f"{filler} bad"}],
+            "chosen": [{"role": "assistant", "content": " ".join(chosen)}],
+            "rejected": [{"role": "assistant", "content": " ".join(rejected)}],
             "margin": rng.choice([0.5, 1.0]),
             "source": rng.choice(["alpha", "beta"]),
         })
@@ -50,11 +53,12 @@ def tiny_rm(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_rm):
-    """One real training run shared by several tests: 256 rule pairs, 32 held-out pairs in one eval batch."""
+    """One real training run shared by several tests: 256 rule pairs, 32 held-out pairs in one eval batch, all
+    truncated, their two sides of different lengths."""
     out = tmp_path_factory.mktemp("trained") / "rm"
-    eval_rows = rule_pairs(32, seed=1, long_prompt=True)
+    eval_rows = rule_pairs(32, seed=1, long_prompt=True, uneven=True)
     result = train_reward_model(RewardTrainingConfig(
-        data=datasets.Dataset.from_list(rule_pairs(256, long_prompt=True)),
+        data=datasets.Dataset.from_list(rule_pairs(256, long_prompt=True, uneven=True)),
         eval_data=datasets.Dataset.from_list(eval_rows),
         base_model=tiny_rm, output_dir=str(out), max_length=48, learning_rate=3e-3,
         num_train_epochs=2, batch_size=16, eval_batch_size=32, progress=False,
@@ -68,6 +72,8 @@ def trained(tmp_path_factory, tiny_rm):
 
 def test_training_lowers_the_loss_and_learns_the_rule(trained):
     result, _ = trained
+    # Truncated alike, every training pair still shares its prompt and trains as one packed row.
+    assert result.shared_prompt and result.tokens_per_pair < 48 + 8
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert len(losses) >= 3
     assert losses[-1] < 0.5 * losses[0]
@@ -123,6 +129,38 @@ def test_truncation_keeps_the_end():
     assert cut_right and "THE END" not in tokenizer.decode(right)
     short, cut_short = Encoder(tokenizer, 512, "left").encode(conversation[-1:])
     assert not cut_short and "THE END" in tokenizer.decode(short)
+
+
+@pytest.mark.parametrize("backbone", ["decoder", "encoder"])
+def test_an_over_long_pair_loses_the_same_prompt_tokens_on_both_sides(backbone):
+    """Aligned, both sides keep the same window of the prompt (the longer side as `encode` cuts it alone) and
+    share their start; cut alone, the side with the shorter answer keeps more of the prompt and the starts
+    no longer line up. An answer longer than the limit is cut alone either way."""
+    from transformers import AutoTokenizer
+
+    from reward.data import shared_start
+
+    tokenizer = tiny_tokenizer() if backbone == "decoder" else AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    encoder = Encoder(tokenizer, 40, "left")
+    prompt = [{"role": "user", "content": " ".join(WORDS * 6)}]
+    long_side = prompt + [{"role": "assistant", "content": "one two three four five six seven final"}]
+    short_side = prompt + [{"role": "assistant", "content": "short"}]
+    chosen, rejected, cut = encoder.encode_pair(long_side, short_side)
+    assert cut and chosen == encoder.encode(long_side)[0] and len(chosen) == 40
+    assert len(rejected) < 40 and rejected != encoder.encode(short_side)[0]
+    answer = len(tokenizer(" short", add_special_tokens=False)["input_ids"])
+    assert shared_start(chosen, rejected) >= len(rejected) - answer - 4  # all but the answer and its markers
+    if backbone == "encoder":
+        assert chosen[0] == rejected[0] == tokenizer.cls_token_id and rejected[-1] == tokenizer.sep_token_id
+    assert "short" in tokenizer.decode(rejected[-answer - 3:])
+
+    alone = encoder.encode_pair(long_side, short_side, align=False)
+    assert alone == (encoder.encode(long_side)[0], encoder.encode(short_side)[0], True)
+    assert shared_start(alone[0], alone[1]) < 5
+
+    endless = prompt[:0] + [{"role": "assistant", "content": " ".join(WORDS * 4)}]
+    chosen, rejected, _ = encoder.encode_pair(endless, short_side)
+    assert (chosen, rejected) == (encoder.encode(endless)[0], encoder.encode(short_side)[0])
 
 
 def test_encoder_without_chat_template_keeps_cls_and_sep(tmp_path):
@@ -502,7 +540,8 @@ def test_shared_prompt_trains_the_model_two_sequences_train_and_encoders_keep_tw
 
     rows = rule_pairs(48, long_prompt=True)
     if unpacked_share:
-        # A longer rejected answer is cut further from the left at 64 tokens: the two starts no longer line up.
+        # A longer rejected answer, each side cut alone at 64 tokens (align_truncation=False): the rejected side
+        # is cut further from the left and the two starts no longer line up.
         for row in rows[::unpacked_share]:
             row["rejected"] = [{"role": "assistant", "content": row["rejected"][0]["content"] + " tree" * 12}]
 
@@ -513,7 +552,7 @@ def test_shared_prompt_trains_the_model_two_sequences_train_and_encoders_keep_tw
             # Packed runs group batches by packed length, but on 48 pairs the length-grouped sampler's groups are
             # single batches of a random draw: both runs see the same pairs in each step.
             output_dir=str(tmp_path / name), max_length=64, max_steps=6, batch_size=8, learning_rate=1e-2,
-            share_prompt=share, precision="fp32", progress=False,
+            share_prompt=share, align_truncation=False, precision="fp32", progress=False,
         ))
         return result, load_file(str(tmp_path / name / "model.safetensors"))
 
@@ -620,7 +659,8 @@ def test_calibration_by_hand():
 
 
 def test_evaluate_writes_json_and_plots(trained, tmp_path):
-    result, eval_rows = trained
+    result, _ = trained
+    eval_rows = rule_pairs(32, seed=1, long_prompt=True)  # answers of even length: 'good' is longer than 'bad'
     report = evaluate_reward_model(result.output_dir, datasets.Dataset.from_list(eval_rows), tmp_path / "eval",
                                    n_bootstrap=200)
     assert report["accuracy"] >= 0.9
