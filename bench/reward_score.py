@@ -91,8 +91,9 @@ def main() -> None:
         data = str(work / f"{name}.parquet")
         pairs.to_parquet(data)
         for max_length in [int(x) for x in args.max_lengths.split(",")]:
-            encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs)
-            # What RewardScorer runs: each distinct conversation once (either way), grouped when shared.
+            # What RewardScorer runs: each conversation cut alone (align=False), each distinct one once (either
+            # way), grouped when shared.
+            encoded, _ = Encoder(tokenizer, max_length).encode_pairs(pairs, align=False)
             sequences, _ = distinct_sequences([*encoded["chosen_ids"], *encoded["rejected_ids"]])
             groups = [[sequences[i] for i in g] for g in prompt_groups(sequences)]
             tokens_apart = sum(map(len, sequences)) / len(pairs)
