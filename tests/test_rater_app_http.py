@@ -217,7 +217,10 @@ def test_gradio_flow_stats_activity_and_break_reminder(site):
         out = c.call("submit", None, shown, -1, True, "because", "", 1, *([None] * 7))
         assert "without a break" in str(out)
         stats = c.call("stats", None)[0]
-        assert "Judgments today | 3" in stats and "Judgments in total | 3" in stats
+        # "Today" is the UTC day: in the first minutes after midnight the back-dated judgments are yesterday's.
+        midnight = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+        today = 1 + sum(now - timedelta(minutes=m) >= midnight for m in (4, 2))
+        assert f"Judgments today | {today}" in stats and "Judgments in total | 3" in stats
         out = c.call("undo", None)
         assert out[-1] == shown and "taken back" in str(out)
     with db.session_scope(site["url"]) as s:
