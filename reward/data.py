@@ -154,28 +154,31 @@ class Encoder:
         self.max_length = max_length
         self.truncation_side = truncation_side
         tokenizer.truncation_side = truncation_side
-        # The special tokens the tokenizer puts before the text ([CLS]); left truncation keeps them.
+        # The special tokens the tokenizer adds before and after the text ([CLS] ... [SEP]): a cut keeps them.
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
         marked = tokenizer("a", add_special_tokens=True)["input_ids"]
         self.leading_special = next((i for i in range(len(marked)) if marked[i:i + len(plain)] == plain), 0)
+        self.trailing_special = len(marked) - len(plain) - self.leading_special
 
     def encode(self, conversation: Conversation) -> tuple[list[int], bool]:
         text, special = render(self.tokenizer, conversation)
-        return self._fit(text, special, self._ids(text, special))
+        ids = self._ids(text, special)
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids, False
+        return self._cut(ids, len(ids) - self.max_length, special), True
 
     def _ids(self, text: str, special: bool) -> list[int]:
         # verbose=False: the length is measured here on purpose; Transformers' "longer than the maximum
         # sequence length ... indexing errors" warning would alarm users about pairs truncated just below.
         return list(self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
 
-    def _fit(self, text: str, special: bool, ids: list[int]) -> tuple[list[int], bool]:
-        if self.max_length is None or len(ids) <= self.max_length:
-            return ids, False
-        # Let the tokenizer truncate: it keeps its own special tokens ([CLS] ... [SEP]) at the edges.
-        ids = self.tokenizer(text, add_special_tokens=special, truncation=True, max_length=self.max_length)[
-            "input_ids"
-        ]
-        return list(ids), True
+    def _cut(self, ids: list[int], n: int, special: bool) -> list[int]:
+        """`ids` less `n` tokens on the truncation side, the tokenizer's own special tokens kept at the edges (what
+        the tokenizer's truncation gives; the tests check it)."""
+        lead, trail = (self.leading_special, self.trailing_special) if special else (0, 0)
+        if self.truncation_side == "left":
+            return ids[:lead] + ids[lead + n:]
+        return ids[:len(ids) - trail - n] + ids[len(ids) - trail:]
 
     def encode_pair(self, chosen: Conversation, rejected: Conversation,
                     align: bool = True) -> tuple[list[int], list[int], bool]:
@@ -187,14 +190,14 @@ class Encoder:
         would reach into a response, or without `align`, each side is cut alone, as `encode` cuts it."""
         rendered = [render(self.tokenizer, side) for side in (chosen, rejected)]
         full = [self._ids(text, special) for text, special in rendered]
-        excess = max(map(len, full)) - self.max_length if self.max_length is not None else 0
-        if excess <= 0:
+        special = rendered[0][1]
+        over = [len(ids) - self.max_length if self.max_length is not None else 0 for ids in full]
+        if max(over) <= 0:
             return full[0], full[1], False
-        lead = self.leading_special if rendered[0][1] else 0
-        if align and self.truncation_side == "left" and lead + excess <= shared_start(*full):
-            return full[0][:lead] + full[0][lead + excess:], full[1][:lead] + full[1][lead + excess:], True
-        (chosen_ids, _), (rejected_ids, _) = (self._fit(text, special, ids) for (text, special), ids in
-                                              zip(rendered, full))
+        lead = self.leading_special if special else 0
+        if align and self.truncation_side == "left" and lead + max(over) <= shared_start(*full):
+            over = [max(over)] * 2
+        chosen_ids, rejected_ids = (self._cut(ids, n, special) if n > 0 else ids for ids, n in zip(full, over))
         return chosen_ids, rejected_ids, True
 
     def encode_pairs(self, dataset, use_margin: bool = True, desc: str = "data", align: bool = True):

@@ -158,7 +158,7 @@ def test_an_over_long_pair_loses_the_same_prompt_tokens_on_both_sides(backbone):
     assert alone == (encoder.encode(long_side)[0], encoder.encode(short_side)[0], True)
     assert shared_start(alone[0], alone[1]) < 5
 
-    endless = prompt[:0] + [{"role": "assistant", "content": " ".join(WORDS * 4)}]
+    endless = [{"role": "assistant", "content": " ".join(WORDS * 4)}]
     chosen, rejected, _ = encoder.encode_pair(endless, short_side)
     assert (chosen, rejected) == (encoder.encode(endless)[0], encoder.encode(short_side)[0])
 
@@ -173,6 +173,15 @@ def test_encoder_without_chat_template_keeps_cls_and_sep(tmp_path):
     assert cut and len(ids) == 16
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     assert tokenizer.decode(ids[-3:-1]) == "final answer"
+    # The Encoder cuts the ids itself (a pair's two sides by the same amount); alone, that is the tokenizer's own
+    # truncation, on either side.
+    from reward.data import render
+
+    for side in ("left", "right"):
+        for tok in (tokenizer, tiny_tokenizer()):
+            text, special = render(tok, conversation)
+            own = Encoder(tok, 16, side).encode(conversation)[0]
+            assert own == tok(text, add_special_tokens=special, truncation=True, max_length=16)["input_ids"]
 
 
 def swapped(rows: list[dict]) -> list[dict]:
