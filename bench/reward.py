@@ -1,6 +1,6 @@
 """Benchmark: prefloop's reward recipe versus plain TRL defaults, same backbone, pairs and time budget.
 
-    .venv/bin/python bench/reward.py              # every side (about 2 hours on 2 CPU cores)
+    .venv/bin/python bench/reward.py              # the issue's sides (about 80 min on 2 CPU cores)
     .venv/bin/python bench/reward.py --quick      # a smoke run: small splits, 60 s budgets
     .venv/bin/python bench/reward.py --seeds 0,1,2 --sides trl-defaults,prefloop,prefloop-top1 \
         --out bench/results/reward_seeds.md      # each side once per seed; targets judged on the means
@@ -9,7 +9,9 @@ Data (../shared/data, imported with collect.formats):
 - HH-RLHF harmless-base test file: a seeded shuffle, 1,800 pairs to train on, the other 512 to test;
 - summarize-from-feedback batch 13: split by post id (seeded), so no post is on both sides.
 
-Sides, each in its own subprocess (so peak memory is its own), one after the other:
+Sides, each in its own subprocess (so peak memory is its own), one after the other; a plain run runs
+MAIN_SIDES (TRL's defaults, `prefloop`, `prefloop-top1`, `prefloop-smollm2-lora`, `prefloop-smollm2-20-evals2`),
+the others vary one setting and run when named in --sides:
 1. `trl-defaults`: `trl.RewardTrainer` with its default `RewardConfig`, setting only output_dir,
    max_length and the batch size, as a new user would; plus eos_token="[SEP]", without which TRL
    cannot train a BERT model at all (BERT tokenizers have no EOS), and use_cpu=True, without which
@@ -24,7 +26,7 @@ Sides, each in its own subprocess (so peak memory is its own), one after the oth
    epochs; `prefloop-top2-5-epochs` the top 2 layers for 5 epochs, the candidate that matched the default's
    accuracy on validation splits of the training pairs (bench/reward_select.py) at about 3x its pairs per
    second. `prefloop-all-pairs`: the defaults with eval_fraction=0 (every training pair trained on, the last
-   step kept).
+   step kept). `prefloop-trl-schedule`: the defaults at TRL's schedule, 3 epochs at lr 1e-4.
 3. `prefloop-smollm2-lora`: the same recipe on the `smollm2-135m-instruct` decoder with `lora=True`;
    `prefloop-smollm2-20-evals2` the decoder cut to its bottom 20 of 30 layers (backbone_layers=20), the top 2
    of those and the head trained in full (trainable_layers=2), the 18 frozen layers run once per sequence
@@ -265,6 +267,9 @@ PREFLOOP_SIDES: dict[str, PrefloopSide] = {
     "prefloop-top2-5-epochs": PrefloopSide(
         "prefloop recipe, top 2 layers trained, 5 epochs, 2 evaluations per epoch (minilm-l6)", "minilm-l6", False,
         {"trainable_layers": 2, "evals_per_epoch": 2, "num_train_epochs": 5}),
+    "prefloop-trl-schedule": PrefloopSide(
+        "prefloop recipe at TRL's schedule, 3 epochs at lr 1e-4 (minilm-l6)", "minilm-l6", False,
+        {"learning_rate": 1e-4, "num_train_epochs": 3}),
     "prefloop-all-pairs": PrefloopSide(
         "prefloop recipe, every training pair trained on (none held out), the last step kept (minilm-l6)",
         "minilm-l6", False, {"eval_fraction": 0.0}),
@@ -298,13 +303,17 @@ PREFLOOP_SIDES: dict[str, PrefloopSide] = {
 TRL_BACKBONE_SIDES = [name for name, side in PREFLOOP_SIDES.items() if side.base == "minilm-l6"]
 SIDES = {"trl-defaults": "plain TRL defaults (minilm-l6)",
          **{name: side.description for name, side in PREFLOOP_SIDES.items()}}
+# What a plain run compares: TRL's defaults, the default recipe, its speed end, and the smollm2 reward model
+# as LoRA and as the cut that reaches 0.66 on HH. The other sides vary one setting and run by --sides.
+MAIN_SIDES = ["trl-defaults", "prefloop", "prefloop-top1", "prefloop-smollm2-lora", "prefloop-smollm2-20-evals2"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock budget per side")
     parser.add_argument("--quick", action="store_true", help="small splits and 60 s budgets: a smoke run")
-    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated subset of " + ", ".join(SIDES))
+    parser.add_argument("--sides", default=",".join(MAIN_SIDES),
+                        help="comma-separated subset of " + ", ".join(SIDES) + " (default: " + ",".join(MAIN_SIDES) + ")")
     parser.add_argument("--datasets", default="hh,summarize")
     parser.add_argument("--batch-size", type=int, default=16, help="the TRL side's per-device batch size")
     parser.add_argument("--seeds", type=seed_list, default=[0],
@@ -314,6 +323,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="the Markdown results file (default: bench/results/reward.md; "
                         "a --quick run writes into its work folder)")
     args = parser.parse_args()
+    unknown = [s for s in args.sides.split(",") if s not in SIDES]
+    if unknown:
+        parser.error(f"unknown side(s) {', '.join(unknown)}; choose from {', '.join(SIDES)}")
+    unknown_data = [d for d in args.datasets.split(",") if d not in TRAINING_PAIRS]
+    if unknown_data:
+        parser.error(f"unknown dataset(s) {', '.join(unknown_data)}; choose from {', '.join(TRAINING_PAIRS)}")
     if args.quick and args.budget_s == 600.0:
         args.budget_s = 60.0
     import tempfile
@@ -377,7 +392,8 @@ def recipe() -> str:
 
     c = RewardTrainingConfig(data=None)
     return (f"{_precision(c.precision)} on this machine's CPU (auto: bf16 where the CPU has bf16 matrix units), no "
-            f"gradient checkpointing, left truncation to {c.max_length} tokens (nothing dropped), "
+            f"gradient checkpointing, left truncation to {c.max_length} tokens (nothing dropped"
+            f"{', the two sides of a training pair cut alike' if c.align_truncation else ''}), "
             f"length-grouped batches of {c.batch_size} pairs, {c.num_train_epochs:g} epochs at lr {short_float(c.peak_learning_rate())} "
             f"({c.lr_scheduler_type}, {c.warmup_ratio:.0%} warm-up), margin in the loss, reward centering "
             f"{c.center_rewards_coefficient}, {c.eval_fraction:.0%} of the training pairs held out by prompt and "
