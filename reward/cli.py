@@ -8,6 +8,11 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from reward.train import RewardTrainingConfig
+
+# The options' defaults are the config's, so the CLI and the Python API train the same recipe.
+DEFAULTS = RewardTrainingConfig(data=None)
+
 app = typer.Typer(help="Reward models: train on preference data, evaluate, score conversations.",
                   no_args_is_help=True)
 console = Console()
@@ -16,12 +21,12 @@ console = Console()
 @app.command()
 def train(
     data: str = typer.Option(..., "--data", help="Preference dataset: .parquet, .jsonl, or a save_to_disk folder."),
-    base: str = typer.Option("minilm-l6", "--base", help="Backbone: minilm-l6, smollm2-135m-instruct, an HF id or a path."),
-    out: Path = typer.Option(Path("runs/reward"), "--out", help="Output model directory."),
+    base: str = typer.Option(DEFAULTS.base_model, "--base", help="Backbone: minilm-l6, smollm2-135m-instruct, an HF id or a path."),
+    out: Path = typer.Option(Path(DEFAULTS.output_dir), "--out", help="Output model directory."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out pairs (default: hold out --eval-fraction)."),
-    eval_fraction: float = typer.Option(0.1, "--eval-fraction", help="Share of --data held out, grouped by prompt."),
+    eval_fraction: float = typer.Option(DEFAULTS.eval_fraction, "--eval-fraction", help="Share of --data held out, grouped by prompt."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters and the score head, save a merged model."),
-    lora_r: int = typer.Option(16, "--lora-r", help="LoRA rank."),
+    lora_r: int = typer.Option(DEFAULTS.lora_r, "--lora-r", help="LoRA rank."),
     backbone_layers: Optional[int] = typer.Option(
         None, "--backbone-layers", help="Keep only the bottom N layers of the base model (default: all)."),
     trainable_layers: Optional[int] = typer.Option(
@@ -31,26 +36,26 @@ def train(
     no_margin: bool = typer.Option(False, "--no-margin", help="Ignore the data's margin column."),
     no_share_prompt: bool = typer.Option(
         False, "--no-share-prompt", help="On a decoder, run chosen and rejected as two sequences, the prompt twice."),
-    max_length: int = typer.Option(256, "--max-length", help="Longest sequence in tokens (longer: truncated)."),
-    truncation_side: str = typer.Option("left", "--truncation-side", help="left keeps the end of the dialogue."),
+    max_length: int = typer.Option(DEFAULTS.max_length, "--max-length", help="Longest sequence in tokens (longer: truncated)."),
+    truncation_side: str = typer.Option(DEFAULTS.truncation_side, "--truncation-side", help="left keeps the end of the dialogue."),
     no_align_truncation: bool = typer.Option(
         False, "--no-align-truncation", help="Cut each side of an over-long pair alone (default: both alike)."),
-    epochs: float = typer.Option(2.0, "--epochs", help="Passes over the training pairs."),
-    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many steps when > 0."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Pairs per device per step."),
+    epochs: float = typer.Option(DEFAULTS.num_train_epochs, "--epochs", help="Passes over the training pairs."),
+    max_steps: int = typer.Option(DEFAULTS.max_steps, "--max-steps", help="Stop after this many steps when > 0."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", help="Pairs per device per step."),
     gradient_accumulation_steps: int = typer.Option(
-        1, "--gradient-accumulation-steps", help="Steps summed per update: a smaller --batch-size, same update."),
+        DEFAULTS.gradient_accumulation_steps, "--gradient-accumulation-steps", help="Steps summed per update: a smaller --batch-size, same update."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Default 5e-5 (full), 2e-4 (LoRA, --trainable-layers)."),
     evals_per_epoch: int = typer.Option(
-        4, "--evals-per-epoch", help="Held-out evaluations per epoch; the best is kept (2 halves their cost)."),
-    center_rewards: Optional[float] = typer.Option(0.01, "--center-rewards", help="Reward-centering weight; 0 disables."),
+        DEFAULTS.evals_per_epoch, "--evals-per-epoch", help="Held-out evaluations per epoch; the best is kept (2 halves their cost)."),
+    center_rewards: Optional[float] = typer.Option(DEFAULTS.center_rewards_coefficient, "--center-rewards", help="Reward-centering weight; 0 disables."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many seconds."),
-    precision: str = typer.Option("auto", "--precision", help="auto | fp32 | bf16 | fp16."),
+    precision: str = typer.Option(DEFAULTS.precision, "--precision", help="auto | fp32 | bf16 | fp16."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Less memory, slower."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(DEFAULTS.seed, "--seed"),
 ) -> None:
     """Train a reward model with TRL's RewardTrainer."""
-    from reward.train import RewardTrainingConfig, train_reward_model
+    from reward.train import train_reward_model
 
     train_reward_model(RewardTrainingConfig(
         data=data, base_model=base, output_dir=str(out), eval_data=eval_data, eval_fraction=eval_fraction,
