@@ -332,6 +332,27 @@ def test_lora_run_through_the_cli_saves_and_reloads(tmp_path, tiny_rm):
     assert config["lora"] is True and config["evals_per_epoch"] == 2
 
 
+def test_the_cli_trains_the_python_apis_recipe(monkeypatch):
+    """`prefloop reward train --data D` builds exactly `RewardTrainingConfig(data=D)`, and each switch changes
+    only its own field: the CLI and the Python API cannot drift apart."""
+    from typer.testing import CliRunner
+
+    import reward.train
+    from reward.cli import app
+
+    built = []
+    monkeypatch.setattr(reward.train, "train_reward_model", built.append)
+
+    def config(*options: str) -> RewardTrainingConfig:
+        run = CliRunner().invoke(app, ["train", "--data", "prefs.parquet", *options])
+        assert run.exit_code == 0, run.output + repr(run.exception)
+        return built.pop()
+
+    assert config() == RewardTrainingConfig(data="prefs.parquet")
+    assert config("--no-align-truncation", "--center-rewards", "0", "--lora-r", "8") == RewardTrainingConfig(
+        data="prefs.parquet", align_truncation=False, center_rewards_coefficient=None, lora_r=8, lora_alpha=16)
+
+
 def test_the_same_seed_trains_the_same_model(tmp_path):
     from safetensors.torch import load_file
 
