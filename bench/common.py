@@ -31,3 +31,12 @@ def results_file(out: str | None, quick: bool, results: Path, work: Path) -> Pat
     """Where a benchmark writes its table: `--out` when given; else a smoke run (`--quick`) writes into its work
     folder, so it never replaces a full run's results; else `results` (bench/results/NAME.md)."""
     return Path(out) if out else (Path(work) / results.name if quick else results)
+
+
+def chosen(parser, option: str, given: str, known) -> list[str]:
+    """The comma-separated names given to `option`; an argparse error naming any that are not in `known`."""
+    names = given.split(",")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    return names

@@ -63,7 +63,7 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import machine, results_file  # noqa: E402  (bench/common.py: one description of the machine)
+from bench.common import chosen, machine, results_file  # noqa: E402  (bench/common.py: one description of the machine)
 DATA = ROOT.parent / "shared" / "data"
 HH_FILE = DATA / "hh_harmless_base_test.jsonl.gz"
 SUMMARIZE_FILE = DATA / "summarize_feedback_batch13.jsonl"
@@ -323,12 +323,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="the Markdown results file (default: bench/results/reward.md; "
                         "a --quick run writes into its work folder)")
     args = parser.parse_args()
-    unknown = [s for s in args.sides.split(",") if s not in SIDES]
-    if unknown:
-        parser.error(f"unknown side(s) {', '.join(unknown)}; choose from {', '.join(SIDES)}")
-    unknown_data = [d for d in args.datasets.split(",") if d not in TRAINING_PAIRS]
-    if unknown_data:
-        parser.error(f"unknown dataset(s) {', '.join(unknown_data)}; choose from {', '.join(TRAINING_PAIRS)}")
+    chosen(parser, "--sides", args.sides, SIDES)
+    chosen(parser, "--datasets", args.datasets, TRAINING_PAIRS)
     if args.quick and args.budget_s == 600.0:
         args.budget_s = 60.0
     import tempfile

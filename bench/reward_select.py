@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import command, machine, results_file  # noqa: E402
+from bench.common import chosen, command, machine, results_file  # noqa: E402
 from bench.reward import PREFLOOP_SIDES, SIDES, TRAINING_PAIRS, TRL_BACKBONE_SIDES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_select.md"
@@ -106,15 +106,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="the Markdown results file (default: "
                         "bench/results/reward_select.md; a --quick run writes into its work folder)")
     args = parser.parse_args()
-    names = args.candidates.split(",")
-    unknown = [n for n in names if n not in CANDIDATES]
-    if unknown:
-        parser.error(f"unknown candidate(s) {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
+    names = chosen(parser, "--candidates", args.candidates, CANDIDATES)
+    chosen(parser, "--datasets", args.datasets, TRAINING_PAIRS)
     if args.splits < 1:
         parser.error(f"--splits must be at least 1, got {args.splits}")
-    unknown_data = [d for d in args.datasets.split(",") if d not in TRAINING_PAIRS]
-    if unknown_data:
-        parser.error(f"unknown dataset(s) {', '.join(unknown_data)}; choose from {', '.join(TRAINING_PAIRS)}")
     if args.quick:
         args.splits, args.budget_s = 1, 30.0
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="prefloop-bench-reward-select-"))

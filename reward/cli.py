@@ -45,7 +45,8 @@ def train(
     batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", help="Pairs per device per step."),
     gradient_accumulation_steps: int = typer.Option(
         DEFAULTS.gradient_accumulation_steps, "--gradient-accumulation-steps", help="Steps summed per update: a smaller --batch-size, same update."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="Default 5e-5 (full), 2e-4 (LoRA, --trainable-layers)."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help=f"Default {DEFAULTS.peak_learning_rate():g} (full), "
+        f"{RewardTrainingConfig(data=None, lora=True).peak_learning_rate():g} (LoRA, --trainable-layers)."),
     evals_per_epoch: int = typer.Option(
         DEFAULTS.evals_per_epoch, "--evals-per-epoch", help="Held-out evaluations per epoch; the best is kept (2 halves their cost)."),
     center_rewards: Optional[float] = typer.Option(DEFAULTS.center_rewards_coefficient, "--center-rewards", help="Reward-centering weight; 0 disables."),
