@@ -120,6 +120,19 @@ def summarize_split_check(train: list[dict], test: list[dict]) -> None:
     assert not overlap, f"posts on both sides of the summarize split: {sorted(overlap)[:3]}"
 
 
+def train_test_splits(names: list[str], quick: bool) -> dict[str, tuple[list[dict], list[dict]]]:
+    """(train, test) pairs of each named dataset; `quick`: small ones for a smoke run."""
+    splits = {}
+    if "hh" in names:
+        train, test = hh_split(n_train=300 if quick else 1800)
+        splits["hh"] = (train, test[:150]) if quick else (train, test)
+    if "summarize" in names:
+        train, test = summarize_split()
+        summarize_split_check(train, test)
+        splits["summarize"] = (train[:200], test[:100]) if quick else (train, test)
+    return splits
+
+
 def as_plain_text(rows: list[dict], tokenizer) -> list[dict]:
     """The same pairs as whole-dialogue strings (TRL's implicit-prompt standard format), in the very
     layout prefloop renders for a tokenizer without a chat template."""
@@ -333,15 +346,7 @@ def main() -> None:
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="prefloop-bench-reward-"))
     work.mkdir(parents=True, exist_ok=True)
-    splits = {}
-    if "hh" in args.datasets:
-        splits["hh"] = hh_split(n_train=300 if args.quick else 1800)
-        if args.quick:
-            splits["hh"] = (splits["hh"][0], splits["hh"][1][:150])
-    if "summarize" in args.datasets:
-        train, test = summarize_split()
-        summarize_split_check(train, test)
-        splits["summarize"] = (train[:200], test[:100]) if args.quick else (train, test)
+    splits = train_test_splits(args.datasets.split(","), args.quick)
     command = "python bench/reward.py " + " ".join(sys.argv[1:])
     started = datetime.datetime.now().astimezone()
     load_before = os.getloadavg()

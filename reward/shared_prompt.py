@@ -29,8 +29,6 @@ import os
 from typing import Any
 
 import torch
-from transformers.modeling_outputs import SequenceClassifierOutput
-from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from reward.data import shared_start
@@ -171,9 +169,9 @@ def prompt_groups(sequences: list[list[int]]) -> list[list[int]]:
 
 
 class SharedPromptCollator:
-    """Batches for `SharedPromptRewardTrainer`: a packed row per pair that packs, two plain rows per pair that
-    does not (`packs`), laid out by `packed_batch`; TRL's own batch when no pair of the batch packs. Its
-    `reward_index` is (pairs, 2): where the chosen and the rejected reward are read."""
+    """Batches for `reward.trainer.PrefloopRewardTrainer`: a packed row per pair that packs, two plain rows per
+    pair that does not (`packs`), laid out by `packed_batch`; TRL's own batch when no pair of the batch packs.
+    Its `reward_index` is (pairs, 2): where the chosen and the rejected reward are read."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -229,16 +227,3 @@ def with_packed_lengths(dataset):
     lengths = [row_length(c, r) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
     return dataset.remove_columns("length").add_column("length", lengths)
 
-
-class SharedPromptRewardTrainer(RewardTrainer):
-    """TRL's RewardTrainer, its loss and metrics unchanged, fed the rewards of packed pairs."""
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if "pair_mask" not in inputs:  # a batch where no pair packs (SharedPromptCollator)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-        def packed_forward(**batch) -> SequenceClassifierOutput:
-            # fp32 like the outputs of the model's forward under mixed precision (Accelerate converts those).
-            return SequenceClassifierOutput(logits=pair_rewards(model, **batch)[:, None].float())
-
-        return super().compute_loss(packed_forward, inputs, return_outputs, num_items_in_batch)

@@ -13,9 +13,9 @@ What prefloop does on top of a plain `trl.RewardTrainer` (each point is a defaul
 - batches are grouped by length, so little compute goes to padding;
 - `margin` is used when the data has it, reward centering is on;
 - a held-out split (grouped by prompt, so a prompt is never on both sides) or `eval_data` is evaluated
-  during training and the best step by held-out accuracy is the one saved (accuracies within one
-  standard error count as tied and the lower held-out loss wins: on small held-out sets the noise
-  otherwise picks an early step that has barely learned anything);
+  during training, and the step saved is the latest one that no earlier step beats significantly on the
+  same held-out pairs (`keeps_latest`): the highest held-out accuracy alone lets noise keep an early
+  step that has barely learned anything on small held-out sets;
 - LoRA (`lora=True`) trains the score head in full and saves a merged model, so every consumer loads
   the output with AutoModelForSequenceClassification.
 
@@ -27,7 +27,7 @@ Scale-out goes through `accelerate launch` with the config files shipped in rewa
     accelerate launch --config_file reward/accelerate/deepspeed_zero2.yaml "$(which prefloop)" reward train \
         --data prefs.parquet --base smollm2-135m-instruct --out runs/rm --lora
 
-DeepSpeed ZeRO-3 is not supported: the best step's weights are kept in memory, which needs whole
+DeepSpeed ZeRO-3 is not supported: the kept step's weights are held in memory, which needs whole
 parameters on every rank (ZeRO-2 shards only optimizer states and gradients).
 """
 
@@ -113,7 +113,7 @@ class RewardTrainingConfig:
     lr_scheduler_type: str = "linear"
     """Learning-rate schedule after warm-up (any Transformers scheduler name)."""
     evals_per_epoch: int = 4
-    """Held-out evaluations per epoch; the best one by accuracy is kept (see `keeps_latest`)."""
+    """Held-out evaluations per epoch; the latest one that no earlier one beats is kept (see `keeps_latest`)."""
     time_budget_s: float | None = None
     """Stop training after this many seconds of wall-clock time (then evaluate and keep the best)."""
     precision: str = "auto"
@@ -168,8 +168,9 @@ class RewardTrainingResult:
     tokens_per_pair: float = 0.0
     """Training tokens a pair cost, averaged (two sequences, or one packed sequence with `shared_prompt`)."""
     history: list[dict[str, Any]] = field(default_factory=list)
-    evaluations: list[dict[str, float]] = field(default_factory=list)
-    """Every held-out evaluation during training: step, accuracy, loss (the best is `best_step`)."""
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    """Every held-out evaluation during training: step, accuracy, loss and `correct`, one bool per held-out pair
+    (the kept step is `best_step`; prefloop.json has them without `correct`)."""
 
 
 # ------------------------------------------------------------------------------------------ device
@@ -409,29 +410,44 @@ def split_by_prompt(dataset, fraction: float, seed: int):
     return dataset.select(train), dataset.select(sorted(held))
 
 
-def keeps_latest(evaluations: list[dict[str, float]], kept_step: int | None, n_eval: int) -> bool:
-    """Whether the latest held-out evaluation ({"step", "accuracy", "loss"}, last in `evaluations`) replaces
-    the one kept so far (`kept_step`, None at first).
+def keeps_latest(evaluations: list[dict[str, Any]], alpha: float = 0.05) -> bool:
+    """Whether the latest held-out evaluation (last in `evaluations`) replaces the step kept so far. Each
+    evaluation is {"step", "accuracy", "loss", "correct"}, `correct` holding one bool per held-out pair (chosen
+    ranked above rejected), the pairs in the same order at every evaluation.
 
-    Accuracy decides, but only by more than its sampling noise: evaluations within one standard error of
-    the highest accuracy are tied, and among them the lower held-out loss wins. Accuracy alone is too noisy
-    on small held-out sets (90 pairs: one standard error is 5 points): an early step that has barely left
-    its initialisation can score highest by luck and would be kept with near-constant rewards. Only the
-    kept step's weights are in memory, so the choice is made as evaluations arrive: the latest wins when
-    it is tied with the best and has a lower loss than the kept one, or when it is so much more accurate
-    that the kept one is no longer tied."""
-    top = max(e["accuracy"] for e in evaluations)
-    noise = math.sqrt(max(top * (1 - top), 1e-12) / max(n_eval, 1))
-    tied = [e for e in evaluations if e["accuracy"] >= top - noise]
-    kept = next((e for e in tied if e["step"] == kept_step), None)
-    latest = evaluations[-1]
-    return kept is None or (latest in tied and latest["loss"] < kept["loss"])
+    The latest step wins unless an earlier one ranks significantly more of the same pairs right: a one-sided
+    exact McNemar test on the pairs the two disagree on (`better_on_same_pairs`), at alpha divided by the number
+    of earlier evaluations (Bonferroni: the latest is compared with each of them). Later steps have trained on
+    more and, as the learning rate decays, usually generalise best; an earlier step is kept only when the held-out
+    pairs clearly say the model got worse since. Taking the highest held-out accuracy instead (or anything within
+    one standard error of it) lets noise choose on small held-out sets: on summarize's 88 held-out pairs the first
+    evaluation, still in warm-up, scored 0.604 by luck against 0.47-0.51 for every later one and was kept, with a
+    test accuracy of 0.586 where the last step has 0.707 (bench/results/reward_steps.md). Only the kept step's
+    weights are in memory, so the choice is made as evaluations arrive."""
+    *earlier, latest = evaluations
+    return not any(better_on_same_pairs(e["correct"], latest["correct"], alpha / len(earlier)) for e in earlier)
+
+
+def better_on_same_pairs(first: list[bool], second: list[bool], alpha: float) -> bool:
+    """Whether `first` ranks significantly more of the same pairs right than `second` (each one bool per pair):
+    of the pairs exactly one of them gets right, `first` must get right more than chance explains (one-sided
+    exact binomial test against one half, p < alpha). Pairs both get right or both wrong say nothing about
+    which is better."""
+    from scipy.stats import binomtest
+
+    if len(first) != len(second):
+        raise ValueError(f"the evaluations scored {len(first)} and {len(second)} pairs; they must be the same pairs")
+    only_first = sum(a and not b for a, b in zip(first, second))
+    only_second = sum(b and not a for a, b in zip(first, second))
+    if only_first <= only_second:
+        return False
+    return binomtest(only_first, only_first + only_second, 0.5, alternative="greater").pvalue < alpha
 
 
 # ---------------------------------------------------------------------------------------- callbacks
 
 
-def _callbacks(config: RewardTrainingConfig, steps_total: int, n_eval: int):
+def _callbacks(config: RewardTrainingConfig, steps_total: int):
     """Callbacks: wall-clock budget, best-step snapshot, Rich progress. Built here so that
     transformers is imported only when training."""
     import torch
@@ -462,24 +478,26 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int, n_eval: int):
             return control
 
     class KeepBest(TrainerCallback):
-        """Keep the trainable weights of the best evaluation in memory (cheaper than checkpoints on disk).
-        Which one is `keeps_latest`'s call."""
+        """Keep the trainable weights of the chosen evaluation step in memory (cheaper than checkpoints on disk).
+        Which step is `keeps_latest`'s call, from the held-out pairs' outcomes that the trainer writes into
+        `held_out_outcomes` at each evaluation."""
 
         def __init__(self):
             self.best_step: int | None = None
             self.snapshot: dict[str, torch.Tensor] | None = None
-            self.evaluations: list[dict[str, float]] = []
+            self.evaluations: list[dict[str, Any]] = []
+            self.held_out_outcomes: list[bool] = []
 
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
             metrics = metrics or {}
-            if "eval_accuracy" not in metrics or model is None:
+            if not self.held_out_outcomes or model is None:
                 return
             if self.evaluations and self.evaluations[-1]["step"] == state.global_step:
                 return
-            evaluation = {"step": state.global_step, "accuracy": metrics["eval_accuracy"],
-                          "loss": metrics.get("eval_loss", 0.0)}
-            self.evaluations.append(evaluation)
-            if keeps_latest(self.evaluations, self.best_step, n_eval):
+            outcomes = list(self.held_out_outcomes)
+            self.evaluations.append({"step": state.global_step, "accuracy": sum(outcomes) / len(outcomes),
+                                     "loss": metrics.get("eval_loss", 0.0), "correct": outcomes})
+            if keeps_latest(self.evaluations):
                 self.best_step = state.global_step
                 self.snapshot = {
                     n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
@@ -542,13 +560,13 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int, n_eval: int):
 
 
 def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
-    """Train, keep the best held-out step, save the model directory; return its metrics."""
+    """Train, keep the step `keeps_latest` chooses, save the model directory; return its metrics."""
     import torch
     from transformers import PrinterCallback, set_seed
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardConfig
 
-    from reward.shared_prompt import (SharedPromptCollator, SharedPromptRewardTrainer, shares_prompt, tokens_per_pair,
-                                      with_packed_lengths)
+    from reward.shared_prompt import SharedPromptCollator, shares_prompt, tokens_per_pair, with_packed_lengths
+    from reward.trainer import PrefloopRewardTrainer
 
     _check(config)
     precision = _precision(config.precision)
@@ -627,7 +645,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         max_length=None,  # already truncated by the Encoder; TRL would drop, not truncate
         eval_strategy="steps" if eval_set is not None else "no",
         eval_steps=eval_steps,
-        save_strategy="no",  # the best step lives in memory (KeepBest); the final save is ours
+        save_strategy="no",  # the kept step lives in memory (KeepBest); the final save is ours
         logging_steps=max(1, min(10, eval_steps)),
         report_to="none",
         disable_tqdm=True,
@@ -637,11 +655,11 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         seed=config.seed,
         data_seed=config.seed,
     )
-    callbacks, keep_best = _callbacks(config, steps_total, len(eval_set) if eval_set is not None else 0)
+    callbacks, keep_best = _callbacks(config, steps_total)
     shared_prompt = config.share_prompt and shares_prompt(model)
     if shared_prompt:
         train_set = with_packed_lengths(train_set)
-    trainer = (SharedPromptRewardTrainer if shared_prompt else RewardTrainer)(
+    trainer = PrefloopRewardTrainer(
         model=model,
         args=args,
         data_collator=SharedPromptCollator(tokenizer.pad_token_id) if shared_prompt else None,
@@ -650,6 +668,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
+        held_out_outcomes=keep_best.held_out_outcomes,
     )
     # The Rich progress bar replaces Trainer's printing of every log dict.
     trainer.remove_callback(PrinterCallback)
@@ -664,6 +683,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         if eval_set is not None:
             final = trainer.evaluate()
             metrics.update({k: float(v) for k, v in final.items() if isinstance(v, (int, float))})
+            # Every pair counts once (TRL's figure averages per-batch accuracies), as in `prefloop reward eval`.
+            metrics["eval_accuracy"] = sum(keep_best.held_out_outcomes) / len(keep_best.held_out_outcomes)
     finally:
         if frozen_cache is not None:  # a failed or interrupted run must not leave the stand-ins in the model
             frozen_cache.close()
@@ -771,7 +792,8 @@ def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path,
         "truncated_train": result.truncated_train,
         "truncated_eval": result.truncated_eval,
         "best_step": result.best_step,
-        "evaluations": result.evaluations,
+        # Without each pair's outcome: `RewardTrainingResult.evaluations` has them.
+        "evaluations": [{k: v for k, v in e.items() if k != "correct"} for e in result.evaluations],
         "train_seconds": round(result.train_seconds, 2),
         "pairs_per_second": round(result.pairs_per_second, 3),
         "shared_prompt": result.shared_prompt,
@@ -852,7 +874,7 @@ def print_summary(result: RewardTrainingResult) -> None:
     table.add_row("training pairs", f"{result.n_train} ({result.truncated_train} truncated, none dropped)")
     table.add_row("held-out pairs", f"{result.n_eval} ({result.truncated_eval} truncated)")
     if "eval_accuracy" in result.metrics:
-        table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f} (best step {result.best_step})")
+        table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f} (kept step {result.best_step})")
     table.add_row("train loss", f"{result.metrics['train_loss']:.4f}")
     table.add_row("tokens per pair", f"{result.tokens_per_pair:.0f}"
                   + (" (one sequence a pair, its prompt run once)" if result.shared_prompt else ""))

@@ -1,0 +1,45 @@
+"""prefloop's RewardTrainer: TRL's `RewardTrainer`, its loss and metrics unchanged, with two additions.
+
+- Batches from `reward.shared_prompt.SharedPromptCollator` (a pair packed as one sequence whose prompt runs once)
+  get their rewards from `pair_rewards`; TRL's own batches go through TRL's path.
+- Each held-out evaluation writes which pairs the model ranks right (chosen above rejected) into
+  `held_out_outcomes`, one bool per pair, in the same order at every evaluation, so the step choice can compare
+  two steps on the same pairs (`reward.train.keeps_latest`). TRL reports only the mean of per-batch accuracies.
+
+The order is the evaluation dataloader's: Transformers builds it afresh at each evaluation with a sampler seeded
+the same way (sequential, or length-grouped from `data_seed`), so the order repeats; a test checks it.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.modeling_outputs import SequenceClassifierOutput
+from trl import RewardTrainer
+
+from reward.shared_prompt import pair_rewards
+
+
+class PrefloopRewardTrainer(RewardTrainer):
+    def __init__(self, *args, held_out_outcomes: list[bool] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A list the caller owns (the step-choice callback reads it); filled in place at each evaluation.
+        self.held_out_outcomes = held_out_outcomes if held_out_outcomes is not None else []
+
+    def evaluate(self, *args, **kwargs):
+        self.held_out_outcomes.clear()
+        return super().evaluate(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "pair_mask" in inputs:  # a batch where some pair packs (SharedPromptCollator)
+            packed_model = model
+
+            def model(**batch) -> SequenceClassifierOutput:
+                # fp32 like the outputs of the model's forward under mixed precision (Accelerate converts those).
+                return SequenceClassifierOutput(logits=pair_rewards(packed_model, **batch)[:, None].float())
+
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if not self.model.training:
+            with torch.no_grad():
+                chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+                self.held_out_outcomes.extend(self.accelerator.gather_for_metrics(chosen > rejected).tolist())
+        return (loss, outputs) if return_outputs else loss
