@@ -134,7 +134,9 @@ def write_table(rows, rm_metrics, judge_metrics, sizes, command, out: Path, quic
         low, high = row[f"win_rate_{role}_ci95"]
         return f"{row[f'win_rate_{role}']:.0%} [{low:.0%}, {high:.0%}]"
 
-    acc = lambda m: next((f"{v:.3f}" for k, v in m.items() if "accuracy" in k and isinstance(v, float)), "n/a")
+    def acc(m):
+        return next((f"{v:.3f}" for k, v in m.items() if "accuracy" in k and isinstance(v, float)), "n/a")
+
     lines = [
         "# Alignment methods on smollm2-135m-instruct" + (" (QUICK smoke run, not a result)" if quick else ""),
         "",

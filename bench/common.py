@@ -40,3 +40,13 @@ def chosen(parser, option: str, given: str, known) -> list[str]:
     if unknown:
         parser.error(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     return names
+
+
+def write_report(report: str, out: str | None, quick: bool, results: Path, work: Path) -> Path:
+    """Print a benchmark's Markdown report and write it where `results_file` says; the path written."""
+    print(report)
+    path = results_file(out, quick, results, work)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report)
+    print(f"wrote {path}")
+    return path

@@ -63,7 +63,7 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import chosen, machine, results_file  # noqa: E402  (bench/common.py: one description of the machine)
+from bench.common import chosen, machine, write_report  # noqa: E402  (bench/common.py: one description of the machine)
 DATA = ROOT.parent / "shared" / "data"
 HH_FILE = DATA / "hh_harmless_base_test.jsonl.gz"
 SUMMARIZE_FILE = DATA / "summarize_feedback_batch13.jsonl"
@@ -375,11 +375,7 @@ def main() -> None:
             print(f"   test accuracy {r['test_accuracy']:.3f} [{r['test_ci'][0]:.3f}, {r['test_ci'][1]:.3f}], "
                   f"{r['pairs_per_second']:.2f} pairs/s, peak RSS {r['peak_rss_gb']:.2f} GiB", flush=True)
     report = render_report(results, splits, args, command, started, load_before, where)
-    print(report)
-    out = results_file(args.out, args.quick, RESULTS, work)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(f"wrote {out}")
+    write_report(report, args.out, args.quick, RESULTS, work)
 
 
 def short_float(x: float) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import command, machine, results_file  # noqa: E402
+from bench.common import command, machine, write_report  # noqa: E402
 from bench.reward import hh_split, summarize_split  # noqa: E402
 from bench.reward_shared_prompt import both_ways, parse_arguments, speed_cells  # noqa: E402
 
@@ -128,10 +128,7 @@ def main() -> None:
         "(summarize has several pairs per post), up to twice the longest one's tokens a row.",
         "",
     ])
-    out = results_file(args.out, args.quick, RESULTS, work)
-    out.write_text(report)
-    print(report)
-    print(f"wrote {out}")
+    write_report(report, args.out, args.quick, RESULTS, work)
 
 
 if __name__ == "__main__":

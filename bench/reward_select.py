@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import chosen, command, machine, results_file  # noqa: E402
+from bench.common import chosen, command, machine, write_report  # noqa: E402
 from bench.reward import PREFLOOP_SIDES, SIDES, TRAINING_PAIRS, TRL_BACKBONE_SIDES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_select.md"
@@ -129,11 +129,7 @@ def main() -> None:
                       f"{r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}], {r['pairs_per_second']:.1f} pairs/s, "
                       f"{time.monotonic() - t0:.0f} s", flush=True)
     report = render_report(results, sizes, args, started, where)
-    print(report)
-    out = results_file(args.out, args.quick, RESULTS, work)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(f"wrote {out}")
+    write_report(report, args.out, args.quick, RESULTS, work)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import command, machine, results_file  # noqa: E402
+from bench.common import command, machine, write_report  # noqa: E402
 from bench.reward import TRAINING_PAIRS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_shared_prompt.md"
@@ -150,10 +150,7 @@ def main() -> None:
         "packed length), hence the train losses.",
         "",
     ])
-    out = results_file(args.out, args.quick, RESULTS, work)
-    out.write_text(report)
-    print(report)
-    print(f"wrote {out}")
+    write_report(report, args.out, args.quick, RESULTS, work)
 
 
 if __name__ == "__main__":

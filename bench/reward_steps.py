@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import chosen, command, machine, results_file  # noqa: E402
+from bench.common import chosen, command, machine, write_report  # noqa: E402
 from bench.reward import PREFLOOP_SIDES, SIDES, train_test_splits  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_steps.md"
@@ -147,11 +147,7 @@ def main() -> None:
                   f"held-out step {r['highest_held_out']['step']} ({r['highest_held_out']['test']:.3f}), last step "
                   f"{r['last']['step']} ({r['last']['test']:.3f})", flush=True)
     report = render_report(results, sizes, args.side, started, where)
-    print(report)
-    out = results_file(args.out, args.quick, RESULTS, work)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(f"wrote {out}")
+    write_report(report, args.out, args.quick, RESULTS, work)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def train(
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help=f"Default {DEFAULTS.peak_learning_rate():g} (full), "
         f"{RewardTrainingConfig(data=None, lora=True).peak_learning_rate():g} (LoRA, --trainable-layers)."),
     evals_per_epoch: int = typer.Option(
-        DEFAULTS.evals_per_epoch, "--evals-per-epoch", help="Held-out evaluations per epoch; the best is kept (2 halves their cost)."),
+        DEFAULTS.evals_per_epoch, "--evals-per-epoch", help="Held-out evaluations per epoch; the latest that no earlier one beats significantly is kept (2 halves their cost)."),
     center_rewards: Optional[float] = typer.Option(DEFAULTS.center_rewards_coefficient, "--center-rewards", help="Reward-centering weight; 0 disables."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many seconds."),
     precision: str = typer.Option(DEFAULTS.precision, "--precision", help="auto | fp32 | bf16 | fp16."),
