@@ -212,6 +212,7 @@ def worker_prefloop(side: PrefloopSide, train_path: str, out_dir: str, budget_s:
             "pairs_seen": round(result.pairs_per_second * result.train_seconds),
             "train_seconds": result.train_seconds, "pairs_per_second": result.pairs_per_second,
             "precision": info["precision"], "checkpointing": False, "best_step": result.best_step,
+            "last_step": max((h.get("step", 0) for h in result.history), default=0),
             "held_out_accuracy": result.metrics.get("eval_accuracy"),
             "epochs_done": max((h.get("epoch", 0) for h in result.history), default=0)}
 
@@ -394,7 +395,15 @@ def recipe() -> str:
             f"length-grouped batches of {c.batch_size} pairs, {c.num_train_epochs:g} epochs at lr {short_float(c.peak_learning_rate())} "
             f"({c.lr_scheduler_type}, {c.warmup_ratio:.0%} warm-up), margin in the loss, reward centering "
             f"{c.center_rewards_coefficient}, {c.eval_fraction:.0%} of the training pairs held out by prompt and "
-            f"evaluated {c.evals_per_epoch}x per epoch, the best step kept")
+            f"evaluated {c.evals_per_epoch}x per epoch, the latest evaluated step kept unless an earlier one ranks "
+            "significantly more of the same held-out pairs right (`reward.train.keeps_latest`)")
+
+
+def kept_step(r: dict) -> str:
+    """"12 of 100" for a side that chose a step on held-out pairs; "last" for one that keeps the last."""
+    if r.get("best_step") is None:
+        return "last"
+    return f"{r['best_step']} of {r['last_step']}" if r.get("last_step") else str(r["best_step"])
 
 
 def seed_list(text: str) -> list[int]:
@@ -437,8 +446,8 @@ def render_report(results, splits, args, command, started, load_before, where: s
         f"- load average when the run started: {load_before[0]:.1f} (other work on the machine slows every side; "
         "the per-side load is in the last column)",
         "",
-        "| data | side | seed | test accuracy [95% CI] | pairs/s | pairs trained on | epochs | peak RSS | load avg |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data | side | seed | test accuracy [95% CI] | pairs/s | pairs trained on | epochs | kept step | peak RSS | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, side, seed), r in results.items():
         used = f"{r['pairs_used']} of {r['pairs_total']}"
@@ -450,7 +459,7 @@ def render_report(results, splits, args, command, started, load_before, where: s
         lines.append(
             f"| {name} ({len(splits[name][0])} / {r['test_pairs']}) | {SIDES[side]} | {seed} | "
             f"{r['test_accuracy']:.3f} [{r['test_ci'][0]:.3f}, {r['test_ci'][1]:.3f}] | {r['pairs_per_second']:.2f} | "
-            f"{used} | {r['epochs_done']:.2f} | {r['peak_rss_gb']:.2f} GiB | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
+            f"{used} | {r['epochs_done']:.2f} | {kept_step(r)} | {r['peak_rss_gb']:.2f} GiB | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
         )
     means = mean_over_seeds(results)
     seeds = sorted({seed for _, _, seed in results})

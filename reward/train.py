@@ -845,7 +845,7 @@ one scalar; higher means more preferred by the raters.
 - data: `{info["config"]["data"]}` ({info["data_fingerprint"]})
 - max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}{aligned}
 - layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
-- kept step (held-out accuracy; accuracies within one standard error decided by held-out loss): {info["best_step"]}
+- kept step (the latest held-out evaluation unless an earlier one ranked significantly more of the same held-out pairs right): {info["best_step"]}
 - precision: {info["precision"]}, learning rate: {info["learning_rate"]}
 
 | metric | value |
