@@ -115,7 +115,7 @@ class RewardTrainingConfig:
     evals_per_epoch: int = 4
     """Held-out evaluations per epoch; the latest one that no earlier one beats is kept (see `keeps_latest`)."""
     time_budget_s: float | None = None
-    """Stop training after this many seconds of wall-clock time (then evaluate and keep the best)."""
+    """Stop training after this many seconds of wall-clock time (then evaluate once more and choose the kept step)."""
     precision: str = "auto"
     """'auto' (bf16 on a GPU that has it, fp16 on an older GPU; on a CPU, bf16 where it has bf16 matrix units
     (Intel AMX, AVX512-BF16), else fp32), 'fp32', 'bf16' or 'fp16'. 'bf16' without a GPU trains in CPU bf16
