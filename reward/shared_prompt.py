@@ -19,16 +19,16 @@ responses.
 
 Encoders see in both directions, so the start's states depend on the ending: they keep two sequences
 (`shares_prompt` is False for them). So do models with sliding-window layers (the packed mask would stand in
-for their window) and DeepSpeed runs (untested). Data-parallel runs (`accelerate launch`) pack: the packed
-batch goes through the model's own forward, and so through the data-parallel wrapper that averages gradients.
+for their window). Data-parallel runs (`accelerate launch`, DDP or DeepSpeed ZeRO-2) pack: the packed batch goes
+through the model's own forward, and so through the data-parallel wrapper that averages gradients.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from reward.data import shared_start
@@ -39,12 +39,10 @@ MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
 
 def shares_prompt(model) -> bool:
     """Whether a pair can train as one packed sequence on `model`: causal attention over the whole sequence
-    (no sliding window, which the packed mask would override) through a kernel that takes a 4D mask, outside
-    DeepSpeed, with a `score` head read at the last token (decoder sequence classification)."""
+    (no sliding window, which the packed mask would override) through a kernel that takes a 4D mask, with a
+    `score` head read at the last token (decoder sequence classification)."""
     causal = [m.is_causal for m in model.modules() if hasattr(m, "is_causal") and "Attention" in type(m).__name__]
-    # DeepSpeed's engine would call the model as data-parallel training does, but that is untested here.
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
-    return (bool(causal) and all(causal) and not deepspeed and hasattr(model, "score")
+    return (bool(causal) and all(causal) and hasattr(model, "score")
             and not _sliding_window(model.config) and model.config._attn_implementation in MASK_KINDS)
 
 
@@ -198,7 +196,7 @@ def packed_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_)
     model, or a wrapper around one (PEFT, data-parallel): it is called through its own forward, so a
     data-parallel wrapper still averages the gradients across ranks. Sequence classification keeps only each
     row's last reward; the rewards at every token are read off its score head as it runs."""
-    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    inner = extract_model_from_parallel(model)  # DDP, DeepSpeed's engine
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     mask = pair_mask
     if MASK_KINDS[inner.config._attn_implementation] == "additive":

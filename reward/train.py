@@ -798,6 +798,9 @@ def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path,
         "pairs_per_second": round(result.pairs_per_second, 3),
         "shared_prompt": result.shared_prompt,
         "tokens_per_pair": round(result.tokens_per_pair, 1),
+        # How the run was launched: the batch size is per process, so the effective one is this many times it.
+        "processes": trainer.accelerator.num_processes,
+        "distributed": trainer.accelerator.distributed_type.value,
         "precision": precision,
         "learning_rate": learning_rate,
         # fields(), not asdict(): asdict would deep-copy the datasets and callbacks only to drop them.
@@ -846,7 +849,7 @@ one scalar; higher means more preferred by the raters.
 - max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}{aligned}
 - layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
 - kept step (the latest held-out evaluation unless an earlier one ranked significantly more of the same held-out pairs right): {info["best_step"]}
-- precision: {info["precision"]}, learning rate: {info["learning_rate"]}
+- precision: {info["precision"]}, learning rate: {info["learning_rate"]}, processes: {info["processes"]} ({info["distributed"]})
 
 | metric | value |
 |---|---|

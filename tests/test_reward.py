@@ -412,27 +412,39 @@ def test_the_same_seed_trains_the_same_model(tmp_path):
     assert not torch.equal(first["score.weight"], other["score.weight"])
 
 
-def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences_would(tmp_path, tiny_rm):
-    """Data-parallel training (`accelerate launch`, here two CPU ranks under torchrun): the time budget is rank
-    0's call, so ranks never stop apart (the one that stopped would wait on the other forever); packed pairs go
-    through the data-parallel wrapper, so the ranks average their gradients as with two sequences a pair."""
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences_would(tmp_path, tiny_rm, launcher):
+    """Data-parallel training (`accelerate launch`, here two CPU ranks under torchrun, or under DeepSpeed ZeRO-2
+    with the shipped config): the time budget is rank 0's call, so ranks never stop apart (the one that stopped
+    would wait on the other forever); packed pairs go through the data-parallel wrapper, so the ranks average
+    their gradients as with two sequences a pair."""
     import os
     import signal
     import subprocess
     import sys
     from pathlib import Path
 
+    import yaml
     from safetensors.torch import load_file
 
     data = tmp_path / "pairs.parquet"
     datasets.Dataset.from_list(rule_pairs(128)).to_parquet(str(data))
     script = Path(__file__).with_name("reward_two_ranks.py")
+    if launcher == "torchrun":
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    else:
+        # The shipped file as a user runs it, but on the CPU: this machine has no GPU, and CPU bf16 under
+        # DeepSpeed is not what the file is for.
+        shipped = Path(__file__).parent.parent / "reward" / "accelerate" / "deepspeed_zero2.yaml"
+        config = yaml.safe_load(shipped.read_text()) | {"use_cpu": True, "mixed_precision": "no"}
+        (tmp_path / "deepspeed_cpu.yaml").write_text(yaml.safe_dump(config))
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                  str(tmp_path / "deepspeed_cpu.yaml")]
 
     def train(way: str) -> tuple[dict, dict]:
         # Its own process group, so that a hang (the failure this test exists for) kills the ranks too.
         run = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-             str(data), tiny_rm, str(tmp_path / way), way],
+            [*launch, str(script), str(data), tiny_rm, str(tmp_path / way), way],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
@@ -444,6 +456,7 @@ def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences
             pytest.fail("the ranks did not finish within 300 s: one stopped training while the other waited on it")
         assert run.returncode == 0, stderr[-3000:]
         info = json.loads((tmp_path / way / "prefloop.json").read_text())
+        assert (info["processes"], info["distributed"]) == (2, "MULTI_CPU" if launcher == "torchrun" else "DEEPSPEED")
         # 115 training pairs, 16 per rank and step: 4 steps an epoch, 2 epochs; rank 1's budget would have
         # stopped at 1.
         assert info["n_train"] == 115
