@@ -886,7 +886,7 @@ def _one_line_error(excinfo) -> str:
     return message
 
 
-def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, tiny_rm):
+def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, tiny_rm, monkeypatch):
     with pytest.raises(UserError) as e:
         load_preferences(datasets.Dataset.from_list([{"prompt": "x", "answer": "y"}]))
     assert "missing column(s) chosen, rejected" in _one_line_error(e)
@@ -917,6 +917,14 @@ def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, t
         train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(4)), base_model=tiny_rm,
                                                 evals_per_epoch=0, progress=False))
     assert "evals_per_epoch must be at least 1, got 0" in _one_line_error(e)
+    # What `accelerate launch` sets from a config with zero_stage: 3 (checked by hand with such a config on two
+    # CPU ranks: each rank printed this error and no output directory was made).
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(UserError) as e:
+        train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(4)), base_model=tiny_rm,
+                                                output_dir=str(tmp_path / "zero3"), progress=False))
+    assert "ZeRO-3 is not supported" in _one_line_error(e) and not (tmp_path / "zero3").exists()
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     with pytest.raises(UserError) as e:
         RewardScorer(str(tmp_path / "no-such-model"))
     assert "no-such-model" in _one_line_error(e)
