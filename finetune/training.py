@@ -10,6 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from reward.train import checkpointing_argument
+
 
 def pick_device() -> str:
     """This process's device: a GPU when there is one (its own under `accelerate launch`), else the CPU.
@@ -52,9 +54,8 @@ def common_trainer_args(
         bf16=use_bf16(),
         # No CUDA: say it is a CPU run, so Transformers neither refuses bf16 nor picks another accelerator.
         use_cpu=not torch.cuda.is_available(),
-        # TRL turns checkpointing on by default (through the deprecated alias gradient_checkpointing, which
-        # the new name overrides): it saves memory a 135M model does not need and costs ~20% time.
-        activation_checkpointing=False,
+        # TRL turns checkpointing on by default: it saves memory a 135M model does not need and costs ~20% time.
+        **checkpointing_argument(False),
         logging_steps=1,
         save_strategy="no",
         report_to="none",

@@ -190,6 +190,18 @@ def _precision(choice: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def checkpointing_argument(enabled: bool) -> dict[str, bool]:
+    """The TrainingArguments keyword that turns activation (gradient) checkpointing on or off, for
+    `RewardConfig(**checkpointing_argument(False))` and the other TRL configs. Transformers renamed
+    gradient_checkpointing to activation_checkpointing: newer releases warn on the old name, older ones
+    (5.17, on the GPU machine this was found on) refuse the new one. TRL's configs default checkpointing
+    to on, so the value is always passed."""
+    from transformers import TrainingArguments
+
+    known = {f.name for f in fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing": enabled}
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX or AVX512-BF16). There, bf16 autocast
     trains a MiniLM reward model 1.6x faster than fp32 (Xeon with AMX, bench/reward.py), 2.3x on an AMD EPYC
@@ -637,8 +649,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         # Without a GPU, Transformers refuses bf16 unless told the run is on CPU; then it trains in CPU bf16
         # autocast. Without it, a machine with another accelerator (MPS) would be picked over the CPU.
         use_cpu=not torch.cuda.is_available(),
-        # TRL's config still defaults the deprecated alias gradient_checkpointing to True; the new name wins.
-        activation_checkpointing=config.gradient_checkpointing,
+        **checkpointing_argument(config.gradient_checkpointing),
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_dropout=config.disable_dropout,
         center_rewards_coefficient=config.center_rewards_coefficient,

@@ -241,6 +241,30 @@ def test_bf16_trains_without_a_gpu(tmp_path, tiny_rm, share_prompt):
     assert json.loads((tmp_path / "bf16" / "prefloop.json").read_text())["precision"] == "bf16"
 
 
+@pytest.mark.parametrize("asked", [False, True])
+def test_gradient_checkpointing_is_off_unless_asked(tmp_path, tiny_rm, asked):
+    """TRL's RewardConfig turns checkpointing on by default (about 3x slower on a CPU); prefloop trains without it
+    unless asked, passing the switch under whichever name the installed Transformers knows (5.17 refuses
+    activation_checkpointing, later releases warn on gradient_checkpointing)."""
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            # The model's flag has been renamed the same way (is_gradient_checkpointing still answers, with a warning).
+            renamed = hasattr(type(model), "is_activation_checkpointing")
+            seen.update(args=args.gradient_checkpointing,
+                        model=model.is_activation_checkpointing if renamed else model.is_gradient_checkpointing)
+
+    train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(16)), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+        eval_fraction=0, max_length=32, max_steps=1, batch_size=8, gradient_checkpointing=asked, callbacks=[Spy()],
+        progress=False,
+    ))
+    assert seen == {"args": asked, "model": asked}
+
+
 def test_the_saved_model_is_the_best_held_out_step_not_the_last(tmp_path, tiny_rm):
     """Held-out accuracy peaks, then falls (the score head is flipped and learning stopped at step 12): the
     later steps rank most pairs the other way, significantly worse, and the directory written must hold the peak."""
