@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,13 +15,27 @@ if str(REPO) not in sys.path:
 
 
 def machine() -> str:
-    """Cores, CPU model, RAM, OS, Python, and the load when the benchmark started (other work skews timings)."""
+    """Cores, CPU model, RAM, any NVIDIA GPU, OS, Python, and the load when the benchmark started (other work
+    skews timings)."""
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor() or "unknown CPU")
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{os.cpu_count()} cores ({cpu}), {ram:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+    return (f"{os.cpu_count()} cores ({cpu}), {ram:.0f} GiB RAM{gpus()}, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}; load average at start {load}")
+
+
+def gpus() -> str:
+    """", 1 GPU (NVIDIA H200, 143771 MiB)" from nvidia-smi; "" on a machine without one (asking torch would import it
+    into every benchmark)."""
+    if not shutil.which("nvidia-smi"):
+        return ""
+    run = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                         capture_output=True, text=True)
+    found = [line.strip() for line in run.stdout.splitlines() if line.strip()]
+    if run.returncode != 0 or not found:
+        return ""
+    return f", {len(found)} GPU{'s' if len(found) > 1 else ''} ({'; '.join(sorted(set(found)))})"
 
 
 def command() -> str:

@@ -166,6 +166,7 @@ def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_si
     """Plain TRL: default RewardConfig, only output_dir, max_length and the batch size (+ eos for BERT); `seed`
     is RewardConfig's own default (42) unless the bench is run over several seeds."""
     import datasets
+    import torch
     from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
@@ -180,7 +181,8 @@ def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_si
         max_length=256,
         per_device_train_batch_size=batch_size,
         eos_token="[SEP]",  # BERT has no EOS; without it TRL fails on plain-text pairs
-        use_cpu=True,  # without it RewardConfig stops on a CPU machine ("You need to assign use_cpu")
+        # Without it RewardConfig stops on a CPU machine ("You need to assign use_cpu"); on a GPU a new user sets nothing.
+        use_cpu=not torch.cuda.is_available(),
         report_to="none",  # no experiment trackers (no network here); does not change training
         seed=seed,
     )
@@ -239,9 +241,12 @@ def run_worker(argv: list[str]) -> None:
     # Both sides are scored by the same evaluator on every test pair (left truncation at the
     # model's saved max length; 512, the position limit, for the TRL model, which saved none).
     report = evaluate_reward_model(a.out, a.test, n_bootstrap=2000)
+    import torch
+
     stats.update({"test_pairs": report["n"], "test_accuracy": report["accuracy"], "test_ci": report["ci"],
                   "test_ece": report["calibration"]["ece"],
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None})
     Path(a.result).write_text(json.dumps(stats, indent=2))
 
 
@@ -386,10 +391,13 @@ def short_float(x: float) -> str:
 
 def recipe() -> str:
     """prefloop's defaults, read from the config so this text cannot drift from the code."""
+    import torch
+
     from reward.train import RewardTrainingConfig, _precision
 
     c = RewardTrainingConfig(data=None)
-    return (f"{_precision(c.precision)} on this machine's CPU (auto: bf16 where the CPU has bf16 matrix units), no "
+    where = "the GPU" if torch.cuda.is_available() else "this machine's CPU"
+    return (f"{_precision(c.precision)} on {where} (auto: bf16 on a GPU and where the CPU has bf16 matrix units), no "
             f"gradient checkpointing, left truncation to {c.max_length} tokens (nothing dropped"
             f"{', the two sides of a training pair cut alike' if c.align_truncation else ''}), "
             f"length-grouped batches of {c.batch_size} pairs, {c.num_train_epochs:g} epochs at lr {short_float(c.peak_learning_rate())} "
@@ -397,6 +405,12 @@ def recipe() -> str:
             f"{c.center_rewards_coefficient}, {c.eval_fraction:.0%} of the training pairs held out by prompt and "
             f"evaluated {c.evals_per_epoch}x per epoch, the latest evaluated step kept unless an earlier one ranks "
             "significantly more of the same held-out pairs right (`reward.train.keeps_latest`)")
+
+
+def peak_memory(r: dict) -> str:
+    """"1.23 GiB", or "1.23 GiB (GPU 0.45 GiB)" for a side that ran on a GPU."""
+    gpu = r.get("peak_gpu_gb")
+    return f"{r['peak_rss_gb']:.2f} GiB" + (f" (GPU {gpu:.2f} GiB)" if gpu is not None else "")
 
 
 def kept_step(r: dict) -> str:
@@ -459,7 +473,7 @@ def render_report(results, splits, args, command, started, load_before, where: s
         lines.append(
             f"| {name} ({len(splits[name][0])} / {r['test_pairs']}) | {SIDES[side]} | {seed} | "
             f"{r['test_accuracy']:.3f} [{r['test_ci'][0]:.3f}, {r['test_ci'][1]:.3f}] | {r['pairs_per_second']:.2f} | "
-            f"{used} | {r['epochs_done']:.2f} | {kept_step(r)} | {r['peak_rss_gb']:.2f} GiB | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
+            f"{used} | {r['epochs_done']:.2f} | {kept_step(r)} | {peak_memory(r)} | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
         )
     means = mean_over_seeds(results)
     seeds = sorted({seed for _, _, seed in results})
@@ -494,10 +508,11 @@ def render_report(results, splits, args, command, started, load_before, where: s
         "## What each side is",
         "",
         "- plain TRL defaults: `RewardTrainer(model=minilm-l6, args=RewardConfig(output_dir, max_length=256, "
-        "per_device_train_batch_size=16, eos_token=\"[SEP]\", use_cpu=True, report_to=\"none\"))`: bf16 autocast and "
+        "per_device_train_batch_size=16, eos_token=\"[SEP]\", use_cpu=<no GPU>, report_to=\"none\"))`: bf16 autocast and "
         "gradient checkpointing (TRL's defaults), 3 epochs at lr 1e-4, random batches padded to their longest pair, and "
         "every pair longer than 256 tokens dropped. eos_token is needed because BERT tokenizers have no EOS, use_cpu "
-        "because RewardConfig refuses its own bf16 default on a machine without a GPU unless told to use the CPU.",
+        "(set only where there is no GPU) because RewardConfig refuses its own bf16 default on a machine without a "
+        "GPU unless told to use the CPU.",
         "- prefloop recipe: `train_reward_model(RewardTrainingConfig(data, base_model, output_dir, time_budget_s))` "
         f"with its defaults: {recipe()}.",
         "- prefloop recipe, top layer trained: the same with `trainable_layers=1` (embeddings and the lower 5 of "
@@ -519,7 +534,7 @@ def render_report(results, splits, args, command, started, load_before, where: s
                                                     dict.fromkeys(side for _, side, _ in results)
                                                     if name in PREFLOOP_SIDES) + ".",
         "- pairs/s = training pairs processed / training wall time (the held-out evaluations during training count "
-        "against prefloop). Peak RSS = the side's own subprocess.",
+        "against prefloop). Peak RSS = the side's own subprocess; on a GPU also the peak GPU memory torch allocated.",
         "- Data: `../shared/data/hh_harmless_base_test.jsonl.gz` (seeded shuffle: 1,800 train, 512 test) and "
         "`../shared/data/summarize_feedback_batch13.jsonl` (posts split 80/20 by `info.id`, seeded), imported with "
         "`collect.formats.read_records`; summarize margins come from the workers' confidence, HH margins are 0.5.",
