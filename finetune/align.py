@@ -97,7 +97,8 @@ class AlignConfig:
     max_prompts: int | None = None
     # Seeds the shuffle, LoRA initialisation and sampling.
     seed: int = 0
-    # Also write a merged model (base weights + adapter) to output_dir/merged.
+    # Also write a merged model (base weights + adapter, added in float32, saved in the base checkpoint's
+    # dtype) to output_dir/merged.
     merge: bool = False
     # Held-out prompts: when set, `finetune.evaluate` runs at the end and its summary lands in prefloop.json.
     eval_prompts: Any = None
@@ -166,7 +167,7 @@ def align(config: AlignConfig) -> AlignResult:
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if merged_dir is not None:
-        peft_model.merge_and_unload().save_pretrained(merged_dir)
+        write_merged(path, out, merged_dir)
         tokenizer.save_pretrained(merged_dir)
 
     metrics["wall_s"] = time.monotonic() - started
@@ -182,6 +183,23 @@ def align(config: AlignConfig) -> AlignResult:
         )).summary
     _print_summary(console, config, out, metrics, evaluation)
     return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=evaluation)
+
+
+def write_merged(base_path: str, adapter_dir: Path, merged_dir: Path) -> None:
+    """The base weights with the saved adapter added in, in float32, written in the base checkpoint's own dtype.
+
+    Not the trained model merged in place: on a GPU that is bfloat16, whose 8-bit mantissa rounds away much of a
+    LoRA update (a weight changes by about 1/256 of itself or not at all), and the merged model would differ from
+    base + adapter by that rounding.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    saved = getattr(AutoConfig.from_pretrained(base_path), "dtype", None) or torch.float32
+    merged.to(getattr(torch, saved) if isinstance(saved, str) else saved).save_pretrained(merged_dir)
 
 
 def training_data(config: AlignConfig, tokenizer) -> tuple[list, dict[str, Any]]:

@@ -7,8 +7,9 @@ model with its adapter disabled). Reported:
   ties count one half; 95% bootstrap intervals;
 - mean reward of each policy under each reward model;
 - KL(aligned || base), estimated on the aligned model's own samples as the mean over responses of
-  sum_t [log p_aligned(y_t) - log p_base(y_t)], both at the sampling temperature (unbiased, so a
-  policy that barely moved can show a slightly negative estimate on few prompts);
+  sum_t KL(p_aligned(. | y_<t) || p_base(. | y_<t)), the exact next-token KL at each position of the
+  response, both at the sampling temperature (`finetune.sampling.completion_kl`: the same expectation as
+  the mean log-ratio of the sampled responses, never negative, and with less variance);
 - mean response length in tokens, and a few side-by-side examples.
 Written as JSON and a PNG plot; the summary also lands in the adapter's prefloop.json.
 """
@@ -26,7 +27,7 @@ from rich.console import Console
 from collect.errors import UserError
 from finetune.policy import load_policy
 from finetune.prompts import fit_prompts, read_prompts
-from finetune.sampling import sample, sequence_logprobs
+from finetune.sampling import completion_kl, sample
 
 
 @dataclass
@@ -93,13 +94,6 @@ def win_rate_interval(aligned: Sequence[float], base: Sequence[float], n_boot: i
     return rates[int(0.025 * n_boot)], rates[min(int(0.975 * n_boot), n_boot - 1)]
 
 
-def kl_estimate(logp_aligned: Sequence[float], logp_base: Sequence[float]) -> float:
-    """Monte-Carlo KL(aligned || base) from sequence log-probs of samples drawn from the aligned model."""
-    if len(logp_aligned) != len(logp_base) or not logp_aligned:
-        raise ValueError("kl_estimate needs two equally long, non-empty lists of log-probabilities")
-    return sum(a - b for a, b in zip(logp_aligned, logp_base)) / len(logp_aligned)
-
-
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
@@ -137,12 +131,9 @@ def evaluate(config: EvalConfig) -> EvalResult:
         aligned = sample(model, tokenizer, prompts, **settings)
     aligned_ids = [ids[0] for ids in aligned.token_ids]
     kl_temperature = config.temperature if config.temperature > 0 else 1.0
-    with console.status("log-probabilities for the KL estimate"):
-        logp_aligned = sequence_logprobs(model, tokenizer, prompts, aligned_ids, temperature=kl_temperature,
-                                         batch_size=config.batch_size)
-        with model.disable_adapter():
-            logp_base = sequence_logprobs(model, tokenizer, prompts, aligned_ids, temperature=kl_temperature,
-                                          batch_size=config.batch_size)
+    with console.status("KL to the base along the aligned responses"):
+        kl = completion_kl(model, tokenizer, prompts, aligned_ids, temperature=kl_temperature,
+                           batch_size=config.batch_size)
     device = model.device.type
     del model
 
@@ -152,7 +143,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         "policy": policy, "adapter": str(config.adapter), "method": manifest.get("method"),
         "n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "temperature": config.temperature,
         "seed": config.seed,
-        "kl_to_base": kl_estimate(logp_aligned, logp_base),
+        "kl_to_base": _mean(kl),
         "mean_length_base": _mean([len(ids[0]) for ids in base.token_ids]),
         "mean_length_aligned": _mean([len(ids) for ids in aligned_ids]),
     }

@@ -85,7 +85,7 @@ def _until_stop(row: list[int], stops: list[int]) -> list[int]:
     return row
 
 
-def sequence_logprobs(
+def completion_kl(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[Conversation],
@@ -94,30 +94,41 @@ def sequence_logprobs(
     temperature: float = 1.0,
     batch_size: int = 8,
 ) -> list[float]:
-    """log p(completion | prompt) summed over the completion's tokens, under `model` at `temperature`.
+    """Per completion, KL(adapter || base) summed along it: at each completion token, the exact KL between the
+    next-token distributions of `model` (a PEFT model) with and without its adapter, at `temperature`.
 
-    The temperature divides the logits as sampling does, so the numbers describe the distribution the
+    Over completions sampled from the adapter this is an estimate of the KL between the two models' response
+    distributions (the chain rule). It has the expectation of the plain estimate, the mean log-ratio of the
+    sampled sequences, but every term is a KL, so it is never below zero, and each position contributes its
+    whole distribution rather than one drawn token: a plain estimate on 32 prompts came out negative on a GPU.
+    The temperature divides the logits as sampling does, so the numbers describe the distributions the
     responses were actually drawn from.
     """
     out: list[float] = []
     device = model.device
     for start in range(0, len(prompts), batch_size):
-        rows, prompt_lens = [], []
+        rows, spans = [], []
         for messages, completion in zip(prompts[start:start + batch_size], completions[start:start + batch_size]):
             prompt_ids = tokenizer.apply_chat_template(
                 messages, tokenize=True, add_generation_prompt=True, return_dict=False)
             rows.append(list(prompt_ids) + list(completion))
-            prompt_lens.append(len(prompt_ids))
+            # Token t is predicted at position t-1: the completion's tokens are predicted at these positions.
+            spans.append((len(prompt_ids) - 1, len(rows[-1]) - 1))
         width = max(len(r) for r in rows)
-        pad = tokenizer.pad_token_id
         # Right padding: positions stay those the model saw while generating from the unpadded prompt.
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=device)
         attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-        with torch.inference_mode():
-            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-        logps = torch.log_softmax(logits[:, :-1] / (temperature if temperature > 0 else 1.0), dim=-1)
-        token_logps = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        for i, (row, plen) in enumerate(zip(rows, prompt_lens)):
-            # Token t is predicted at position t-1; the completion spans positions plen..len(row)-1.
-            out.append(float(token_logps[i, plen - 1:len(row) - 1].sum()))
+        aligned = _log_probs(model, input_ids, attention, temperature)
+        with model.disable_adapter():
+            base = _log_probs(model, input_ids, attention, temperature)
+        for i, (first, last) in enumerate(spans):
+            a, b = aligned[i, first:last], base[i, first:last]
+            out.append(float((a.exp() * (a - b)).sum()))
     return out
+
+
+def _log_probs(model: PreTrainedModel, input_ids: torch.Tensor, attention: torch.Tensor,
+               temperature: float) -> torch.Tensor:
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
+    return torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)

@@ -9,10 +9,10 @@ import torch
 
 from collect.errors import UserError
 from finetune.align import AlignConfig, align
-from finetune.evaluate import EvalConfig, evaluate, kl_estimate, win_rate, win_rate_interval
+from finetune.evaluate import EvalConfig, evaluate, win_rate, win_rate_interval
 from finetune.policy import check_chat_template, load_policy, load_tokenizer
 from finetune.prompts import fit_prompt, read_preferences, read_prompts
-from finetune.sampling import sequence_logprobs
+from finetune.sampling import completion_kl
 from tests.tiny_models import tiny_causal_lm, tiny_reward_model, tiny_tokenizer
 
 PROMPTS = [f"What is {i} plus {i + 1}?" for i in range(8)]
@@ -69,15 +69,30 @@ def test_method_saves_an_adapter_that_reloads_and_changes_generations(models, tm
         base = [greedy(model, tokenizer, p) for p in PROBES]
     assert aligned != base
 
-    if method == "dpo":  # the merged model computes what base + adapter computes (both fp32 on the CPU)
-        from transformers import AutoModelForCausalLM
+    if method == "dpo":
+        assert_merged_is_base_plus_adapter(models, result)
 
-        merged = AutoModelForCausalLM.from_pretrained(result.merged_dir).eval()
-        model, _ = load_policy(models["policy"], str(result.output_dir), device="cpu")
-        ids = tokenizer.apply_chat_template(PROBES[0], add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"]
-        with torch.no_grad():
-            assert torch.allclose(merged(ids).logits, model(input_ids=ids).logits, atol=1e-4)
+
+def assert_merged_is_base_plus_adapter(models, result) -> None:
+    """The merged model is in the base's float32 and computes what base + adapter compute on the CPU."""
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(result.merged_dir).eval()
+    assert merged.dtype == torch.float32
+    model, tokenizer = load_policy(models["policy"], str(result.output_dir), device="cpu")
+    ids = tokenizer.apply_chat_template(PROBES[0], add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, model(input_ids=ids).logits, atol=1e-4)
+
+
+def test_a_policy_trained_in_bf16_merges_in_float32(models, tmp_path, monkeypatch):
+    """On a GPU the policy trains in bf16 (here forced on the CPU); merged in place, the model would be bf16 and
+    would lose much of the LoRA update to rounding. The merge adds the saved adapter to the float32 base instead."""
+    import finetune.align
+
+    monkeypatch.setattr(finetune.align, "use_bf16", lambda: True)
+    assert_merged_is_base_plus_adapter(models, align(small_config(models, "dpo", tmp_path / "dpo", merge=True)))
 
 
 def test_grpo_length_penalty(models, tmp_path):
@@ -118,12 +133,10 @@ def test_best_of_n_fine_tunes_on_the_highest_scored_sample(models, tmp_path):
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-def test_win_rate_kl_and_interval_by_hand():
+def test_win_rate_and_interval_by_hand():
     # aligned wins, ties, loses: (1 + 0.5 + 0) / 3
     assert win_rate([3.0, 1.0, 2.0], [1.0, 1.0, 5.0]) == pytest.approx(0.5)
     assert win_rate([2.0, 2.0], [1.0, 0.0]) == 1.0
-    # mean of (-1 - -1.5, -2 - -3) = (0.5 + 1) / 2
-    assert kl_estimate([-1.0, -2.0], [-1.5, -3.0]) == pytest.approx(0.75)
     low, high = win_rate_interval([1.0] * 10, [0.0] * 10)
     assert low == high == 1.0
     low, high = win_rate_interval([1.0, 0.0] * 20, [0.0, 1.0] * 20)
@@ -132,18 +145,29 @@ def test_win_rate_kl_and_interval_by_hand():
         win_rate([], [])
 
 
-def test_sequence_logprobs_match_a_hand_computed_sum(models):
+def test_completion_kl_matches_a_hand_computed_sum(models):
+    """At each completion token, KL between the adapter's and the base's next-token distributions, summed."""
+    from peft import LoraConfig, get_peft_model
+
     model, tokenizer = load_policy(models["policy"], device="cpu")  # fp32: the check is to 1e-4
+    torch.manual_seed(0)  # init_lora_weights=False: B is random too, so the adapter changes the model
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                             init_lora_weights=False)).eval()
     prompt = PROBES[0]
     completion = tokenizer("Paris", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
     ids = torch.tensor([prompt_ids + completion])
     with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0] / 0.5, dim=-1)
-    expected = sum(float(logp[len(prompt_ids) - 1 + t, tok]) for t, tok in enumerate(completion))
+        aligned = torch.log_softmax(model(input_ids=ids).logits[0] / 0.5, dim=-1)
+        with model.disable_adapter():
+            base = torch.log_softmax(model(input_ids=ids).logits[0] / 0.5, dim=-1)
+    positions = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(completion))
+    expected = sum(float(sum(aligned[t].exp()[v] * (aligned[t][v] - base[t][v]) for v in range(aligned.shape[-1])))
+                   for t in positions)
     # Batched with a longer row, so the right padding is exercised too.
-    got = sequence_logprobs(model, tokenizer, [prompt, PROBES[1]], [completion, completion * 3], temperature=0.5)
-    assert got[0] == pytest.approx(expected, abs=1e-4)
+    got = completion_kl(model, tokenizer, [prompt, PROBES[1]], [completion, completion * 3], temperature=0.5)
+    assert expected > 0.01 and got[0] == pytest.approx(expected, abs=1e-4)
+    assert got[1] > 0
 
 
 def test_untrained_adapter_evaluates_as_a_tie_with_zero_kl(models, tmp_path):
