@@ -524,16 +524,27 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
                         param.copy_(self.snapshot[name].to(param.device))
 
     class RichProgress(TrainerCallback):
+        """A Rich bar on a terminal. In a log (nohup, CI, a cluster job, `accelerate launch`) a line per held-out
+        evaluation instead: there Rich draws the bar once, at the end, cut to 80 columns."""
+
         def __init__(self):
             self.progress = None
             self.task = None
+            self.log_console = None
+            self.total = steps_total
             self.last: dict[str, float] = {}
 
         def on_train_begin(self, args, state, control, **kwargs):
             if not state.is_world_process_zero:
                 return
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+            self.total = state.max_steps or steps_total
+            console = Console()
+            if not console.is_terminal:
+                self.log_console = console
+                return
             self.progress = Progress(
                 TextColumn("[bold]reward[/bold] {task.description}"),
                 BarColumn(),
@@ -542,24 +553,29 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
                 TextColumn("{task.fields[stats]}"),
             )
             self.progress.start()
-            self.task = self.progress.add_task("training", total=state.max_steps or steps_total, stats="")
+            self.task = self.progress.add_task("training", total=self.total, stats="")
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.progress is not None:
                 self.progress.update(self.task, completed=state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.progress is None or not logs:
+            if (self.progress is None and self.log_console is None) or not logs:
                 return
             for key in ("loss", "accuracy", "eval_accuracy"):
                 if key in logs:
                     self.last[key] = logs[key]
             stats = "  ".join(f"{k.replace('eval_accuracy', 'held-out acc')} {v:.3f}" for k, v in self.last.items())
-            self.progress.update(self.task, stats=stats)
+            if self.progress is not None:
+                self.progress.update(self.task, stats=stats)
+            elif "eval_accuracy" in logs:
+                self.log_console.print(f"reward training  step {state.global_step}/{self.total}  {stats}",
+                                       soft_wrap=True, highlight=False)
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.progress is not None:
                 self.progress.stop()
+            self.log_console = None  # the kept step's final evaluation is in the summary, not a step of its own
 
     keep_best = KeepBest()
     callbacks = [TimeBudget(config.time_budget_s), keep_best]

@@ -321,6 +321,20 @@ def test_held_out_pairs_come_in_the_same_order_at_every_evaluation(tmp_path, tin
     assert result.best_step == result.evaluations[-1]["step"]  # nothing beats the latest: it is kept
 
 
+def test_progress_in_a_log_is_a_line_per_evaluation(tmp_path, tiny_rm, capsys):
+    """Outside a terminal (a log file, CI, a cluster job) a run prints one whole line per held-out evaluation, not
+    a bar that Rich would draw once, at the end, cut to 80 columns."""
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(64)), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+        max_length=32, max_steps=8, evals_per_epoch=2, batch_size=8, precision="fp32", progress=True,
+    ))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("reward training")]
+    assert [line.split()[3] for line in lines] == [f"{e['step']}/8" for e in result.evaluations]
+    # Whole lines: each ends in the held-out accuracy that evaluation measured.
+    assert [line.split()[-3:] for line in lines] == [["held-out", "acc", f"{e['accuracy']:.3f}"]
+                                                     for e in result.evaluations]
+
+
 def test_a_step_beats_another_only_by_more_pairs_right_than_chance_explains():
     from reward.train import better_on_same_pairs
 
