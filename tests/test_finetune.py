@@ -95,6 +95,15 @@ def test_a_policy_trained_in_bf16_merges_in_float32(models, tmp_path, monkeypatc
     assert_merged_is_base_plus_adapter(models, align(small_config(models, "dpo", tmp_path / "dpo", merge=True)))
 
 
+def test_progress_in_a_log_is_a_line_every_tenth_of_the_run(models, tmp_path, capsys):
+    """Outside a terminal (a log file, CI, a cluster job) alignment prints whole lines, one every tenth of the
+    run and one at the end, not a bar that Rich would draw once, at the end, cut to 80 columns."""
+    align(small_config(models, "dpo", tmp_path / "dpo", max_steps=20, show_progress=True))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dpo on ")]
+    assert [line.split()[4] for line in lines] == [f"{step}/20" for step in range(2, 21, 2)]
+    assert all(line.split()[5] == "loss" and float(line.split()[6]) > 0 for line in lines)
+
+
 def test_grpo_length_penalty(models, tmp_path):
     result = align(small_config(models, "grpo", tmp_path / "lp", length_penalty=0.5, max_steps=1))
     # One reward per function is logged; the total reward includes -0.5 per token (>= 1 token each).
