@@ -97,8 +97,8 @@ class AlignConfig:
     max_prompts: int | None = None
     # Seeds the shuffle, LoRA initialisation and sampling.
     seed: int = 0
-    # Also write a merged model (base weights + adapter, added in float32, saved in the base checkpoint's
-    # dtype) to output_dir/merged.
+    # Also write a merged model (the base checkpoint in its own dtype with the adapter merged in) to
+    # output_dir/merged.
     merge: bool = False
     # Held-out prompts: when set, `finetune.evaluate` runs at the end and its summary lands in prefloop.json.
     eval_prompts: Any = None
@@ -166,6 +166,9 @@ def align(config: AlignConfig) -> AlignResult:
     peft_model = trainer.accelerator.unwrap_model(trainer.model)
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # The merge and the evaluation load the model afresh: free the trained one first.
+    del trainer, peft_model, model
+    gc.collect()
     if merged_dir is not None:
         write_merged(path, out, merged_dir)
         tokenizer.save_pretrained(merged_dir)
@@ -175,8 +178,6 @@ def align(config: AlignConfig) -> AlignResult:
     if config.eval_prompts is not None:
         from finetune.evaluate import EvalConfig, evaluate
 
-        del trainer, peft_model, model
-        gc.collect()
         evaluation = evaluate(EvalConfig(
             adapter=str(out), prompts=config.eval_prompts, reward_model=config.reward_model, judge=config.judge,
             seed=config.seed, show_progress=config.show_progress,
@@ -186,20 +187,17 @@ def align(config: AlignConfig) -> AlignResult:
 
 
 def write_merged(base_path: str, adapter_dir: Path, merged_dir: Path) -> None:
-    """The base weights with the saved adapter added in, in float32, written in the base checkpoint's own dtype.
+    """The base checkpoint, loaded in its own dtype, with the saved adapter merged in.
 
-    Not the trained model merged in place: on a GPU that is bfloat16, whose 8-bit mantissa rounds away much of a
-    LoRA update (a weight changes by about 1/256 of itself or not at all), and the merged model would differ from
-    base + adapter by that rounding.
+    Not the trained model merged in place: on a GPU that is bfloat16, and a float32 base (smollm2's cached
+    checkpoint, say) merged in bf16 loses much of the LoRA update to rounding (8-bit mantissa: a weight changes by
+    about 1/256 of itself or not at all). A bf16 checkpoint merges in bf16 either way.
     """
-    import torch
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    saved = getattr(AutoConfig.from_pretrained(base_path), "dtype", None) or torch.float32
-    merged.to(getattr(torch, saved) if isinstance(saved, str) else saved).save_pretrained(merged_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+    PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(merged_dir)
 
 
 def training_data(config: AlignConfig, tokenizer) -> tuple[list, dict[str, Any]]:

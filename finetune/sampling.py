@@ -102,7 +102,8 @@ def completion_kl(
     sampled sequences, but every term is a KL, so it is never below zero, and each position contributes its
     whole distribution rather than one drawn token: a plain estimate on 32 prompts came out negative on a GPU.
     The temperature divides the logits as sampling does, so the numbers describe the distributions the
-    responses were actually drawn from.
+    responses were drawn from; with top_p < 1 or greedy decoding (then taken at temperature 1) they were drawn
+    from narrower ones, and the sum is the KL of the full distributions along those responses.
     """
     out: list[float] = []
     device = model.device
@@ -118,17 +119,19 @@ def completion_kl(
         # Right padding: positions stay those the model saw while generating from the unpadded prompt.
         input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=device)
         attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-        aligned = _log_probs(model, input_ids, attention, temperature)
+        aligned = _completion_log_probs(model, input_ids, attention, spans, temperature)
         with model.disable_adapter():
-            base = _log_probs(model, input_ids, attention, temperature)
-        for i, (first, last) in enumerate(spans):
-            a, b = aligned[i, first:last], base[i, first:last]
-            out.append(float((a.exp() * (a - b)).sum()))
+            base = _completion_log_probs(model, input_ids, attention, spans, temperature)
+        per_token = (aligned.exp() * (aligned - base)).sum(-1)
+        out.extend(float(kl.sum()) for kl in per_token.split([last - first for first, last in spans]))
     return out
 
 
-def _log_probs(model: PreTrainedModel, input_ids: torch.Tensor, attention: torch.Tensor,
-               temperature: float) -> torch.Tensor:
+def _completion_log_probs(model: PreTrainedModel, input_ids: torch.Tensor, attention: torch.Tensor,
+                          spans: list[tuple[int, int]], temperature: float) -> torch.Tensor:
+    """Next-token log-probabilities at the completions' positions only, one row per position, rows in order: the
+    prompts' positions would be most of a full-vocabulary float32 tensor and are not needed."""
     with torch.inference_mode():
-        logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
-    return torch.log_softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        kept = torch.cat([logits[i, first:last] for i, (first, last) in enumerate(spans)]).float()
+    return torch.log_softmax(kept / (temperature if temperature > 0 else 1.0), dim=-1)

@@ -205,7 +205,7 @@ def test_evaluation_of_a_trained_adapter_writes_report_plot_and_manifest(models,
     result = evaluate(EvalConfig(adapter=str(out), prompts=PROMPTS, reward_model=models["reward"],
                                  judge=models["judge"], max_new_tokens=10, n_examples=2, show_progress=False))
     s = result.summary
-    assert s["kl_to_base"] > 0  # trained with a large learning rate: the policy moved
+    assert s["kl_to_base"] > 0.01  # trained with a large learning rate: the policy moved (an untrained one: 0)
     assert 0.0 <= s["win_rate_judge"] <= 1.0
     assert s["win_rate_judge_ci95"][0] <= s["win_rate_judge"] <= s["win_rate_judge_ci95"][1]
     report = json.loads(result.json_path.read_text())
