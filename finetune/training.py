@@ -6,12 +6,11 @@ from typing import Any
 
 import torch
 from peft import LoraConfig
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from reward.train import checkpointing_argument
+from reward.train import LogLines, checkpointing_argument
 
 
 def pick_device() -> str:
@@ -76,25 +75,21 @@ def run(trainer) -> None:
 
 class RichProgress(TrainerCallback):
     """One Rich progress bar for the run, with the latest logged loss and reward in its description. In a log
-    (nohup, CI, a cluster job, `accelerate launch`) a line every tenth of the run instead: there Rich draws the
-    bar once, at the end, cut to 80 columns."""
+    (`reward.train.LogLines`) a line every tenth of the run instead."""
 
     def __init__(self, label: str, show: bool = True) -> None:
         self.label = label
         self.show = show
         self.progress: Progress | None = None
         self.task = None
-        self.log_console: Console | None = None
-        self.every = 1
+        self.log_lines: LogLines | None = None
         self.history: list[dict[str, float]] = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not self.show or not state.is_world_process_zero:
             return
-        console = Console()
-        if not console.is_terminal:
-            self.log_console = console
-            self.every = max(1, state.max_steps // 10)
+        self.log_lines = LogLines.for_run(state.max_steps)
+        if self.log_lines is not None:
             return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -119,16 +114,14 @@ class RichProgress(TrainerCallback):
             return
         if self.progress is not None:
             self.progress.update(self.task, description=f"{self.label}  " + "  ".join(shown))
-        elif self.log_console is not None and (state.global_step % self.every == 0
-                                                or state.global_step == state.max_steps):
-            self.log_console.print(f"{self.label}  step {state.global_step}/{state.max_steps}  " + "  ".join(shown),
-                                   soft_wrap=True, highlight=False)
+        elif self.log_lines is not None and self.log_lines.due(state.global_step):
+            self.log_lines.print(self.label, state.global_step, "  ".join(shown))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-        self.log_console = None
+        self.log_lines = None
 
 
 def summarize_history(history: list[dict[str, float]]) -> dict[str, float]:

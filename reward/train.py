@@ -459,6 +459,39 @@ def better_on_same_pairs(first: list[bool], second: list[bool], alpha: float) ->
 # ---------------------------------------------------------------------------------------- callbacks
 
 
+class LogLines:
+    """Training progress as whole lines, for output that goes to a log (nohup, CI, a cluster job, `accelerate
+    launch`) rather than a terminal or a notebook: there Rich would draw its bar once, at the end, cut to 80
+    columns. Used by reward training and by alignment (finetune.training.RichProgress)."""
+
+    def __init__(self, console, total_steps: int):
+        self.console = console
+        self.total = total_steps
+        self.every = max(1, math.ceil(total_steps / 10))
+        self.next = self.every
+        self.printed = 0
+
+    @classmethod
+    def for_run(cls, total_steps: int) -> LogLines | None:
+        """LogLines when standard output is a log; None where a live bar works."""
+        from rich.console import Console
+
+        console = Console()
+        return None if console.is_terminal or console.is_jupyter else cls(console, total_steps)
+
+    def due(self, step: int) -> bool:
+        """True once per tenth of the run (at the first call at or past it) and at the last step, never twice for
+        one step."""
+        if step == self.printed or (step < self.next and step != self.total):
+            return False
+        self.printed = step
+        self.next = (step // self.every + 1) * self.every
+        return True
+
+    def print(self, label: str, step: int, stats: str) -> None:
+        self.console.print(f"{label}  step {step}/{self.total}  {stats}", soft_wrap=True, highlight=False)
+
+
 def _callbacks(config: RewardTrainingConfig, steps_total: int):
     """Callbacks: wall-clock budget, best-step snapshot, Rich progress. Built here so that
     transformers is imported only when training."""
@@ -524,26 +557,25 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
                         param.copy_(self.snapshot[name].to(param.device))
 
     class RichProgress(TrainerCallback):
-        """A Rich bar on a terminal. In a log (nohup, CI, a cluster job, `accelerate launch`) a line per held-out
-        evaluation instead: there Rich draws the bar once, at the end, cut to 80 columns."""
+        """A Rich bar on a terminal or in a notebook. In a log (`LogLines`) a line per held-out evaluation, or
+        every tenth of the run when nothing is held out."""
 
         def __init__(self):
             self.progress = None
             self.task = None
-            self.log_console = None
-            self.total = steps_total
+            self.log_lines: LogLines | None = None
+            self.evaluates = True
             self.last: dict[str, float] = {}
 
         def on_train_begin(self, args, state, control, **kwargs):
             if not state.is_world_process_zero:
                 return
-            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.total = state.max_steps or steps_total
-            console = Console()
-            if not console.is_terminal:
-                self.log_console = console
+            total = state.max_steps or steps_total
+            self.log_lines = LogLines.for_run(total)
+            self.evaluates = args.eval_strategy != "no"
+            if self.log_lines is not None:
                 return
             self.progress = Progress(
                 TextColumn("[bold]reward[/bold] {task.description}"),
@@ -553,14 +585,14 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
                 TextColumn("{task.fields[stats]}"),
             )
             self.progress.start()
-            self.task = self.progress.add_task("training", total=self.total, stats="")
+            self.task = self.progress.add_task("training", total=total, stats="")
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.progress is not None:
                 self.progress.update(self.task, completed=state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if (self.progress is None and self.log_console is None) or not logs:
+            if (self.progress is None and self.log_lines is None) or not logs:
                 return
             for key in ("loss", "accuracy", "eval_accuracy"):
                 if key in logs:
@@ -568,14 +600,15 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
             stats = "  ".join(f"{k.replace('eval_accuracy', 'held-out acc')} {v:.3f}" for k, v in self.last.items())
             if self.progress is not None:
                 self.progress.update(self.task, stats=stats)
-            elif "eval_accuracy" in logs:
-                self.log_console.print(f"reward training  step {state.global_step}/{self.total}  {stats}",
-                                       soft_wrap=True, highlight=False)
+                return
+            line_due = "eval_accuracy" in logs if self.evaluates else self.log_lines.due(state.global_step)
+            if line_due:
+                self.log_lines.print("reward training", state.global_step, stats)
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.progress is not None:
                 self.progress.stop()
-            self.log_console = None  # the kept step's final evaluation is in the summary, not a step of its own
+            self.log_lines = None  # the kept step's final evaluation is in the summary, not a step of its own
 
     keep_best = KeepBest()
     callbacks = [TimeBudget(config.time_budget_s), keep_best]

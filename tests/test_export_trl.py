@@ -107,6 +107,7 @@ def test_export_trains_unchanged_in_plain_trl_reward_trainer(sqlite_url, tmp_pat
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
+    from reward.train import checkpointing_argument
     from tests.tiny_models import tiny_reward_model
 
     build(sqlite_url)
@@ -117,7 +118,7 @@ def test_export_trains_unchanged_in_plain_trl_reward_trainer(sqlite_url, tmp_pat
     trainer = RewardTrainer(
         model=AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1),
         args=RewardConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4,
-                          bf16=False, gradient_checkpointing=False, report_to=[], use_cpu=True, logging_steps=1,
+                          bf16=False, **checkpointing_argument(False), report_to=[], use_cpu=True, logging_steps=1,
                           save_strategy="no"),
         train_dataset=train,
         processing_class=AutoTokenizer.from_pretrained(model_dir),

@@ -265,6 +265,21 @@ def test_gradient_checkpointing_is_off_unless_asked(tmp_path, tiny_rm, asked):
     assert seen == {"args": asked, "model": asked}
 
 
+def test_checkpointing_switch_uses_the_old_name_where_transformers_has_only_that(monkeypatch):
+    """Transformers 5.17 (seen on a GPU machine) has only gradient_checkpointing and refuses the newer name."""
+    import dataclasses
+
+    import reward.train
+    from trl import RewardConfig
+
+    monkeypatch.setattr(reward.train, "fields", lambda cls: [f for f in dataclasses.fields(cls)
+                                                             if f.name != "activation_checkpointing"])
+    assert reward.train.checkpointing_argument(False) == {"gradient_checkpointing": False}
+    # ...which the installed release still honours (TRL's own default for it is True).
+    config = RewardConfig(output_dir="unused", use_cpu=True, **reward.train.checkpointing_argument(False))
+    assert config.gradient_checkpointing is False
+
+
 def test_the_saved_model_is_the_best_held_out_step_not_the_last(tmp_path, tiny_rm):
     """Held-out accuracy peaks, then falls (the score head is flipped and learning stopped at step 12): the
     later steps rank most pairs the other way, significantly worse, and the directory written must hold the peak."""
@@ -333,6 +348,22 @@ def test_progress_in_a_log_is_a_line_per_evaluation(tmp_path, tiny_rm, capsys):
     # Whole lines: each ends in the held-out accuracy that evaluation measured.
     assert [line.split()[-3:] for line in lines] == [["held-out", "acc", f"{e['accuracy']:.3f}"]
                                                      for e in result.evaluations]
+
+
+def test_progress_in_a_log_without_held_out_pairs_is_a_line_every_tenth_of_the_run(tmp_path, tiny_rm, capsys):
+    from reward.train import LogLines
+
+    lines = LogLines(console=None, total_steps=15)  # a line every 2 steps, and the last
+    assert [step for step in range(1, 16) if lines.due(step)] == [2, 4, 6, 8, 10, 12, 14, 15]
+    assert not lines.due(15)  # the trainer's closing log of the last step does not repeat it
+    train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(64)), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+        eval_fraction=0, max_length=32, max_steps=20, batch_size=8, precision="fp32", progress=True,
+    ))
+    printed = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("reward training")]
+    steps = [int(words[3].split("/")[0]) for words in printed]
+    assert len(steps) >= 2 and steps == sorted(set(steps)) and steps[-1] == 20
+    assert all(words[4] == "loss" for words in printed)
 
 
 def test_a_step_beats_another_only_by_more_pairs_right_than_chance_explains():
