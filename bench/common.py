@@ -30,8 +30,13 @@ def gpus() -> str:
     into every benchmark)."""
     if not shutil.which("nvidia-smi"):
         return ""
-    run = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                         capture_output=True, text=True)
+    # The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (nvidia-smi itself ignores it).
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        run = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader",
+                              *(["--id=" + visible] if visible else [])], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:  # a hung driver must not hang the benchmark
+        return ", GPU: nvidia-smi did not answer"
     found = [line.strip() for line in run.stdout.splitlines() if line.strip()]
     if run.returncode != 0 or not found:
         return ""

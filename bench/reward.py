@@ -397,7 +397,7 @@ def recipe() -> str:
 
     c = RewardTrainingConfig(data=None)
     where = "the GPU" if torch.cuda.is_available() else "this machine's CPU"
-    return (f"{_precision(c.precision)} on {where} (auto: bf16 on a GPU and where the CPU has bf16 matrix units), no "
+    return (f"{_precision(c.precision)} on {where} (auto: bf16 on a GPU that has it, else fp16; on a CPU bf16 where it has bf16 matrix units), no "
             f"gradient checkpointing, left truncation to {c.max_length} tokens (nothing dropped"
             f"{', the two sides of a training pair cut alike' if c.align_truncation else ''}), "
             f"length-grouped batches of {c.batch_size} pairs, {c.num_train_epochs:g} epochs at lr {short_float(c.peak_learning_rate())} "
