@@ -230,6 +230,8 @@ def run_worker(argv: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--result", required=True)
     a = parser.parse_args(argv)
+    import torch
+
     if a.side == "trl-defaults":
         stats = worker_trl_defaults(a.train, a.out, a.budget_s, a.batch_size, seed=42 + a.seed)
     elif a.side in PREFLOOP_SIDES:
@@ -241,8 +243,6 @@ def run_worker(argv: list[str]) -> None:
     # Both sides are scored by the same evaluator on every test pair (left truncation at the
     # model's saved max length; 512, the position limit, for the TRL model, which saved none).
     report = evaluate_reward_model(a.out, a.test, n_bootstrap=2000)
-    import torch
-
     stats.update({"test_pairs": report["n"], "test_accuracy": report["accuracy"], "test_ci": report["ci"],
                   "test_ece": report["calibration"]["ece"],
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -397,7 +397,8 @@ def recipe() -> str:
 
     c = RewardTrainingConfig(data=None)
     where = "the GPU" if torch.cuda.is_available() else "this machine's CPU"
-    return (f"{_precision(c.precision)} on {where} (auto: bf16 on a GPU that has it, else fp16; on a CPU bf16 where it has bf16 matrix units), no "
+    return (f"{_precision(c.precision)} on {where} (auto: bf16 on a GPU that has it, else fp16; on a CPU bf16 "
+            "where it has bf16 matrix units), no "
             f"gradient checkpointing, left truncation to {c.max_length} tokens (nothing dropped"
             f"{', the two sides of a training pair cut alike' if c.align_truncation else ''}), "
             f"length-grouped batches of {c.batch_size} pairs, {c.num_train_epochs:g} epochs at lr {short_float(c.peak_learning_rate())} "

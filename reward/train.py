@@ -468,8 +468,7 @@ class LogLines:
         self.console = console
         self.total = total_steps
         self.every = max(1, math.ceil(total_steps / 10))
-        self.next = self.every
-        self.printed = 0
+        self.printed = 0  # the last step a line was printed for
 
     @classmethod
     def for_run(cls, total_steps: int) -> LogLines | None:
@@ -482,10 +481,10 @@ class LogLines:
     def due(self, step: int) -> bool:
         """True once per tenth of the run (at the first call at or past it) and at the last step, never twice for
         one step."""
-        if step == self.printed or (step < self.next and step != self.total):
+        next_tenth = (self.printed // self.every + 1) * self.every
+        if step == self.printed or (step < next_tenth and step != self.total):
             return False
         self.printed = step
-        self.next = (step // self.every + 1) * self.every
         return True
 
     def print(self, label: str, step: int, stats: str) -> None:
@@ -564,7 +563,6 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
             self.progress = None
             self.task = None
             self.log_lines: LogLines | None = None
-            self.evaluates = True
             self.last: dict[str, float] = {}
 
         def on_train_begin(self, args, state, control, **kwargs):
@@ -574,7 +572,6 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
 
             total = state.max_steps or steps_total
             self.log_lines = LogLines.for_run(total)
-            self.evaluates = args.eval_strategy != "no"
             if self.log_lines is not None:
                 return
             self.progress = Progress(
@@ -601,7 +598,9 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
             if self.progress is not None:
                 self.progress.update(self.task, stats=stats)
                 return
-            line_due = "eval_accuracy" in logs if self.evaluates else self.log_lines.due(state.global_step)
+            # With held-out pairs a line per evaluation; without, a line every tenth of the run.
+            evaluates = args.eval_strategy != "no"
+            line_due = "eval_accuracy" in logs if evaluates else self.log_lines.due(state.global_step)
             if line_due:
                 self.log_lines.print("reward training", state.global_step, stats)
 
