@@ -6,14 +6,16 @@
   `held_out_outcomes`, one bool per pair, in the same order at every evaluation, so the step choice can compare
   two steps on the same pairs (`reward.train.keeps_latest`). TRL reports only the mean of per-batch accuracies.
 
-The order is the evaluation dataloader's: Transformers builds it afresh at each evaluation with a sampler seeded
-the same way (sequential, or length-grouped from `data_seed`), so the order repeats; a test checks it.
+The order is the evaluation dataloader's, which Transformers builds afresh at each evaluation. A length-grouped
+sampler shuffles its groups, so `_get_eval_sampler` gives it a generator seeded the same way each time: Transformers
+does that itself from 5.16 on, earlier releases drew from the global random state. A test checks the order repeats.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from trl import RewardTrainer
 
 from reward.shared_prompt import pair_rewards
@@ -28,6 +30,13 @@ class PrefloopRewardTrainer(RewardTrainer):
     def evaluate(self, *args, **kwargs):
         self.held_out_outcomes.clear()
         return super().evaluate(*args, **kwargs)
+
+    def _get_eval_sampler(self, eval_dataset):
+        sampler = super()._get_eval_sampler(eval_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler.generator = torch.Generator().manual_seed(seed)
+        return sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "pair_mask" in inputs:  # a batch where some pair packs (SharedPromptCollator)
