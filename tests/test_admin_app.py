@@ -416,7 +416,8 @@ def test_dashboard_in_chromium(site, tmp_path):
             if file_input.count():
                 file_input.set_input_files(str(upload_file))
             try:
-                page.locator("#pf-upload").get_by_text("pairs.jsonl").wait_for(timeout=20_000)
+                # The file's row is labelled with its name (its text splits stem and extension into two spans).
+                page.locator("#pf-upload").get_by_label("pairs.jsonl").wait_for(timeout=20_000)
                 break
             except PlaywrightTimeoutError:
                 if attempt == 2:
