@@ -36,7 +36,8 @@ from rich.table import Table
 from collect.errors import UserError
 from finetune.policy import load_tokenizer, resolve
 from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
-from finetune.training import RichProgress, is_main_process, pick_device, summarize_history, use_bf16
+from finetune.training import alignment_progress, is_main_process, pick_device, summarize_history, use_bf16
+from reward.progress import TrainingProgress
 
 METHODS = ("grpo", "rloo", "dpo", "bon")
 # Per-method defaults, chosen so that smollm2-135m-instruct finishes in minutes on a 2-core CPU
@@ -152,7 +153,7 @@ def align(config: AlignConfig) -> AlignResult:
     path = resolve(config.policy)
     dtype = torch.bfloat16 if use_bf16() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    progress = RichProgress(f"{config.method} on {Path(str(config.policy)).name}", show=config.show_progress)
+    progress = alignment_progress(f"{config.method} on {Path(str(config.policy)).name}", show=config.show_progress)
 
     trainer, extra = _train(config, model, tokenizer, data, progress, console)
 
@@ -222,7 +223,7 @@ def training_data(config: AlignConfig, tokenizer) -> tuple[list, dict[str, Any]]
     return fitted, stats
 
 
-def _train(config: AlignConfig, model, tokenizer, data: list, progress: RichProgress, console: Console):
+def _train(config: AlignConfig, model, tokenizer, data: list, progress: TrainingProgress, console: Console):
     """Run the method; returns the trainer (its model is the PeftModel) and method-specific metrics."""
     if config.method == "dpo":
         from finetune.dpo import train_dpo

@@ -12,7 +12,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from finetune.prompts import Conversation
 from finetune.rewards import score
 from finetune.sampling import sample
-from finetune.training import RichProgress, common_trainer_args, lora_config, pick_device, run
+from finetune.training import common_trainer_args, lora_config, pick_device, run
+from reward.progress import TrainingProgress
 
 if TYPE_CHECKING:
     from finetune.align import AlignConfig
@@ -54,7 +55,7 @@ def train_best_of_n(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     rows: list[dict],
-    progress: RichProgress,
+    progress: TrainingProgress,
 ):
     """Supervised fine-tuning on the best responses; returns the trainer."""
     from trl import SFTConfig, SFTTrainer

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from finetune.training import RichProgress, common_trainer_args, lora_config, run
+from finetune.training import common_trainer_args, lora_config, run
+from reward.progress import TrainingProgress
 
 if TYPE_CHECKING:
     from finetune.align import AlignConfig
@@ -22,7 +23,7 @@ def train_dpo(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: list[dict],
-    progress: RichProgress,
+    progress: TrainingProgress,
 ):
     """Train on conversational rows (`prompt`, `chosen`, `rejected`) and return the trainer."""
     from trl import DPOConfig, DPOTrainer

@@ -14,7 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from finetune.prompts import Conversation
 from finetune.rewards import LengthPenalty, RewardFunction
-from finetune.training import RichProgress, common_trainer_args, lora_config, run
+from finetune.training import common_trainer_args, lora_config, run
+from reward.progress import TrainingProgress
 
 if TYPE_CHECKING:
     from finetune.align import AlignConfig
@@ -26,7 +27,7 @@ def train_rl(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[Conversation],
     reward: RewardFunction,
-    progress: RichProgress,
+    progress: TrainingProgress,
 ):
     """Train and return the trainer (its `.model` is the PeftModel)."""
     reward_funcs: list = [reward]

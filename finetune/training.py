@@ -6,11 +6,10 @@ from typing import Any
 
 import torch
 from peft import LoraConfig
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from reward.train import LogLines, checkpointing_argument
+from reward.progress import TrainingProgress
+from reward.train import checkpointing_argument
 
 
 def pick_device() -> str:
@@ -59,7 +58,7 @@ def common_trainer_args(
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        disable_tqdm=True,  # RichProgress below draws the bar
+        disable_tqdm=True,  # reward.progress.TrainingProgress draws the bar
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=0,
         dataloader_num_workers=0,
@@ -68,60 +67,15 @@ def common_trainer_args(
 
 
 def run(trainer) -> None:
-    """Train without the Trainer printing raw log dicts: RichProgress shows them instead."""
+    """Train without the Trainer printing raw log dicts: TrainingProgress shows them instead."""
     trainer.remove_callback(PrinterCallback)
     trainer.train()
 
 
-class RichProgress(TrainerCallback):
-    """One Rich progress bar for the run, with the latest logged loss and reward in its description. In a log
-    (`reward.train.LogLines`) a line every tenth of the run instead."""
-
-    def __init__(self, label: str, show: bool = True) -> None:
-        self.label = label
-        self.show = show
-        self.progress: Progress | None = None
-        self.task = None
-        self.log_lines: LogLines | None = None
-        self.history: list[dict[str, float]] = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if not self.show or not state.is_world_process_zero:
-            return
-        self.log_lines = LogLines.for_run(state.max_steps)
-        if self.log_lines is not None:
-            return
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(self.label, total=state.max_steps)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
-            return
-        self.history.append({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
-        shown = []
-        for key in ("loss", "reward", "rewards/chosen", "rewards/margins"):
-            if key in logs:
-                shown.append(f"{key.split('/')[-1]} {logs[key]:.3f}")
-        if not shown:
-            return
-        if self.progress is not None:
-            self.progress.update(self.task, description=f"{self.label}  " + "  ".join(shown))
-        elif self.log_lines is not None and self.log_lines.due(state.global_step):
-            self.log_lines.print(self.label, state.global_step, "  ".join(shown))
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-        self.log_lines = None
+def alignment_progress(label: str, show: bool = True) -> TrainingProgress:
+    """The progress callback of an alignment run, showing the numbers TRL's trainers log that matter most."""
+    shown = {"loss": "loss", "reward": "reward", "rewards/chosen": "chosen", "rewards/margins": "margins"}
+    return TrainingProgress(label, shown, show=show)
 
 
 def summarize_history(history: list[dict[str, float]]) -> dict[str, float]:

@@ -459,43 +459,13 @@ def better_on_same_pairs(first: list[bool], second: list[bool], alpha: float) ->
 # ---------------------------------------------------------------------------------------- callbacks
 
 
-class LogLines:
-    """Training progress as whole lines, for output that goes to a log (nohup, CI, a cluster job, `accelerate
-    launch`) rather than a terminal or a notebook: there Rich would draw its bar once, at the end, cut to 80
-    columns. Used by reward training and by alignment (finetune.training.RichProgress)."""
-
-    def __init__(self, console, total_steps: int):
-        self.console = console
-        self.total = total_steps
-        self.every = max(1, math.ceil(total_steps / 10))
-        self.printed = 0  # the last step a line was printed for
-
-    @classmethod
-    def for_run(cls, total_steps: int) -> LogLines | None:
-        """LogLines when standard output is a log; None where a live bar works."""
-        from rich.console import Console
-
-        console = Console()
-        return None if console.is_terminal or console.is_jupyter else cls(console, total_steps)
-
-    def due(self, step: int) -> bool:
-        """True once per tenth of the run (at the first call at or past it) and at the last step, never twice for
-        one step."""
-        next_tenth = (self.printed // self.every + 1) * self.every
-        if step == self.printed or (step < next_tenth and step != self.total):
-            return False
-        self.printed = step
-        return True
-
-    def print(self, label: str, step: int, stats: str) -> None:
-        self.console.print(f"{label}  step {step}/{self.total}  {stats}", soft_wrap=True, highlight=False)
-
-
-def _callbacks(config: RewardTrainingConfig, steps_total: int):
+def _callbacks(config: RewardTrainingConfig):
     """Callbacks: wall-clock budget, best-step snapshot, Rich progress. Built here so that
     transformers is imported only when training."""
     import torch
     from transformers import TrainerCallback
+
+    from reward.progress import TrainingProgress
 
     class TimeBudget(TrainerCallback):
         """Stop when the budget is spent, with one last evaluation so the final state can win."""
@@ -555,64 +525,11 @@ def _callbacks(config: RewardTrainingConfig, steps_total: int):
                     if name in self.snapshot:
                         param.copy_(self.snapshot[name].to(param.device))
 
-    class RichProgress(TrainerCallback):
-        """A Rich bar on a terminal or in a notebook. In a log (`LogLines`) a line per held-out evaluation, or
-        every tenth of the run when nothing is held out."""
-
-        def __init__(self):
-            self.progress = None
-            self.task = None
-            self.log_lines: LogLines | None = None
-            self.last: dict[str, float] = {}
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero:
-                return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            total = state.max_steps or steps_total
-            self.log_lines = LogLines.for_run(total)
-            if self.log_lines is not None:
-                return
-            self.progress = Progress(
-                TextColumn("[bold]reward[/bold] {task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[stats]}"),
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("training", total=total, stats="")
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if (self.progress is None and self.log_lines is None) or not logs:
-                return
-            for key in ("loss", "accuracy", "eval_accuracy"):
-                if key in logs:
-                    self.last[key] = logs[key]
-            stats = "  ".join(f"{k.replace('eval_accuracy', 'held-out acc')} {v:.3f}" for k, v in self.last.items())
-            if self.progress is not None:
-                self.progress.update(self.task, stats=stats)
-                return
-            # With held-out pairs a line per evaluation; without, a line every tenth of the run.
-            evaluates = args.eval_strategy != "no"
-            line_due = "eval_accuracy" in logs if evaluates else self.log_lines.due(state.global_step)
-            if line_due:
-                self.log_lines.print("reward training", state.global_step, stats)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.progress is not None:
-                self.progress.stop()
-            self.log_lines = None  # the kept step's final evaluation is in the summary, not a step of its own
-
     keep_best = KeepBest()
     callbacks = [TimeBudget(config.time_budget_s), keep_best]
     if config.progress:
-        callbacks.append(RichProgress())
+        shown = {"loss": "loss", "accuracy": "accuracy", "eval_accuracy": "held-out acc"}
+        callbacks.append(TrainingProgress("reward training", shown))
     return callbacks + list(config.callbacks), keep_best
 
 
@@ -675,7 +592,6 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     pairs_per_step = config.batch_size * config.gradient_accumulation_steps * world
     steps_per_epoch = max(1, math.ceil(len(train_set) / pairs_per_step))
-    steps_total = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_train_epochs)
     eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
     out = Path(config.output_dir)
 
@@ -714,7 +630,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         seed=config.seed,
         data_seed=config.seed,
     )
-    callbacks, keep_best = _callbacks(config, steps_total)
+    callbacks, keep_best = _callbacks(config)
     shared_prompt = config.share_prompt and shares_prompt(model)
     if shared_prompt:
         train_set = with_packed_lengths(train_set)

@@ -351,7 +351,7 @@ def test_progress_in_a_log_is_a_line_per_evaluation(tmp_path, tiny_rm, capsys):
 
 
 def test_progress_in_a_log_without_held_out_pairs_is_a_line_every_tenth_of_the_run(tmp_path, tiny_rm, capsys):
-    from reward.train import LogLines
+    from reward.progress import LogLines
 
     lines = LogLines(console=None, total_steps=15)  # a line every 2 steps, and the last
     assert [step for step in range(1, 16) if lines.due(step)] == [2, 4, 6, 8, 10, 12, 14, 15]

@@ -1,0 +1,100 @@
+"""Training progress for every trainer in prefloop (reward models and alignment): a Rich bar on a terminal or in
+a notebook, whole lines in a log. Imported only when training, since it imports Transformers."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+
+class LogLines:
+    """Training progress as whole lines, for output that goes to a log (nohup, CI, a cluster job, `accelerate
+    launch`) rather than a terminal or a notebook: there Rich would draw its bar once, at the end, cut to 80
+    columns."""
+
+    def __init__(self, console: Console, total_steps: int):
+        self.console = console
+        self.total = total_steps
+        self.every = max(1, math.ceil(total_steps / 10))
+        self.printed = 0  # the last step a line was printed for
+
+    @classmethod
+    def for_run(cls, total_steps: int) -> LogLines | None:
+        """LogLines when standard output is a log; None where a live bar works."""
+        console = Console()
+        return None if console.is_terminal or console.is_jupyter else cls(console, total_steps)
+
+    def due(self, step: int) -> bool:
+        """True once per tenth of the run (at the first call at or past it) and at the last step, never twice for
+        one step."""
+        next_tenth = (self.printed // self.every + 1) * self.every
+        if step == self.printed or (step < next_tenth and step != self.total):
+            return False
+        self.printed = step
+        return True
+
+    def print(self, label: str, step: int, stats: str) -> None:
+        self.console.print(f"{label}  step {step}/{self.total}  {stats}", soft_wrap=True, highlight=False)
+
+
+class TrainingProgress(TrainerCallback):
+    """A Rich bar with the latest logged numbers beside it; in a log (`LogLines`), a line per evaluation when the
+    run evaluates, else a line every tenth of the run. Keeps every logged dict in `history` for the run's summary.
+
+    `shown` maps a logged key to the name it is shown under, in display order."""
+
+    def __init__(self, label: str, shown: dict[str, str], show: bool = True):
+        self.label = label
+        self.shown = shown
+        self.show = show
+        self.latest: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self.progress: Progress | None = None
+        self.task = None
+        self.log_lines: LogLines | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not self.show or not state.is_world_process_zero:
+            return
+        self.log_lines = LogLines.for_run(state.max_steps)
+        if self.log_lines is not None:
+            return
+        self.progress = Progress(
+            # No markup: a model's name may hold square brackets.
+            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}", markup=False),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(self.label, total=state.max_steps, stats="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        self.history.append({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+        # Merged over logs: a held-out evaluation's numbers come in a log of their own, between training logs.
+        self.latest.update({name: logs[key] for key, name in self.shown.items() if key in logs})
+        if not self.latest:
+            return
+        stats = "  ".join(f"{name} {self.latest[name]:.3f}" for name in self.shown.values() if name in self.latest)
+        if self.progress is not None:
+            self.progress.update(self.task, stats=stats)
+            return
+        if self.log_lines is None:
+            return
+        evaluates = args.eval_strategy != "no"
+        due = any(key.startswith("eval_") for key in logs) if evaluates else self.log_lines.due(state.global_step)
+        if due:
+            self.log_lines.print(self.label, state.global_step, stats)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        self.log_lines = None  # a reward run's closing evaluation of the kept step is in its summary, not a step
