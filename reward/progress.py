@@ -37,7 +37,7 @@ class LogLines:
         return True
 
     def print(self, label: str, step: int, stats: str) -> None:
-        self.console.print(f"{label}  step {step}/{self.total}  {stats}", soft_wrap=True, highlight=False)
+        self.console.print(f"{label}  step {step}/{self.total}  {stats}", soft_wrap=True, highlight=False, markup=False)
 
 
 class TrainingProgress(TrainerCallback):

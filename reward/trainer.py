@@ -8,7 +8,8 @@
 
 The order is the evaluation dataloader's, which Transformers builds afresh at each evaluation. A length-grouped
 sampler shuffles its groups, so `_get_eval_sampler` gives it a generator seeded the same way each time: Transformers
-does that itself from 5.16 on, earlier releases drew from the global random state. A test checks the order repeats.
+does that itself from 5.16 on, earlier releases drew from the global random state. Under `accelerate launch` every
+rank then draws the same order, so the shards agree. A test checks the order repeats.
 """
 
 from __future__ import annotations
