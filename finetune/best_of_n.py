@@ -13,10 +13,10 @@ from finetune.prompts import Conversation
 from finetune.rewards import score
 from finetune.sampling import sample
 from finetune.training import common_trainer_args, lora_config, pick_device, run
-from reward.progress import TrainingProgress
 
 if TYPE_CHECKING:
     from finetune.align import AlignConfig
+    from reward.progress import TrainingProgress
 
 
 def best_responses(

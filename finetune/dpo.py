@@ -12,10 +12,10 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from finetune.training import common_trainer_args, lora_config, run
-from reward.progress import TrainingProgress
 
 if TYPE_CHECKING:
     from finetune.align import AlignConfig
+    from reward.progress import TrainingProgress
 
 
 def train_dpo(

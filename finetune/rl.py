@@ -15,10 +15,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from finetune.prompts import Conversation
 from finetune.rewards import LengthPenalty, RewardFunction
 from finetune.training import common_trainer_args, lora_config, run
-from reward.progress import TrainingProgress
 
 if TYPE_CHECKING:
     from finetune.align import AlignConfig
+    from reward.progress import TrainingProgress
 
 
 def train_rl(
