@@ -342,6 +342,21 @@ def main() -> None:
             raise
         e.show()
         sys.exit(getattr(e, "exit_code", 2))
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Under `accelerate launch`, leave the ranks' process group before the interpreter shuts down.
+
+    Left to the interpreter's teardown, Gloo's worker threads can still hold tensors then, and a rank that already
+    saved its work dies with SIGABRT ("terminate called without an active exception"), so the launcher reports a
+    failed run (seen once in this project's CI, in the two-rank DeepSpeed test; pytorch/pytorch#179291 traces the
+    abort). PyTorch asks every process to call `destroy_process_group` once it needs no more communication.
+    """
+    distributed = sys.modules.get("torch.distributed")  # never import torch for a command that did not
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def _print_error(e: Exception) -> None:

@@ -7,6 +7,7 @@ import math
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 from transformers import TrainerCallback
 
 
@@ -64,8 +65,13 @@ class TrainingProgress(TrainerCallback):
             return
         self.progress = Progress(
             # No markup: a model's name may hold square brackets.
-            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}", markup=False),
+            TextColumn("{task.description}", style="bold", markup=False),
+            # The bar and the numbers share what the label, step count and times leave, so a narrow terminal
+            # (80 columns) wraps the numbers onto a second line instead of cutting the step count and times.
+            BarColumn(bar_width=None, table_column=Column(ratio=1)), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}", markup=False, table_column=Column(ratio=2)),
+            expand=True,
         )
         self.progress.start()
         self.task = self.progress.add_task(self.label, total=state.max_steps, stats="")

@@ -684,6 +684,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision, learning_rate)
         if config.progress:
             print_summary(result)
+    # Under `accelerate launch` no rank returns before the first has written the model directory.
+    trainer.accelerator.wait_for_everyone()
     # Trainer keeps references (optimizer, accelerator); free them before the caller trains again.
     del trainer
     scratch.cleanup()

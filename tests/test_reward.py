@@ -350,6 +350,24 @@ def test_progress_in_a_log_is_a_line_per_evaluation(tmp_path, tiny_rm, capsys):
                                                      for e in result.evaluations]
 
 
+def test_progress_on_an_80_column_terminal_keeps_the_step_count_and_times_whole(tmp_path, tiny_rm, capsys,
+                                                                                monkeypatch):
+    """A terminal as narrow as the usual default: the numbers wrap onto a second line, nothing is cut."""
+    import re
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # Rich draws its live bar as on a terminal
+    monkeypatch.setenv("COLUMNS", "80")
+    train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(64)), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+        max_length=32, max_steps=8, evals_per_epoch=2, batch_size=8, precision="fp32", progress=True,
+    ))
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().out)
+    bar = [line.split() for line in shown.splitlines() if line.startswith("reward training")][-1]
+    # "reward training", the bar, then the step count, time elapsed and time remaining, whole.
+    assert bar[3] == "8/8" and all(re.fullmatch(r"\d+:\d\d:\d\d", time) for time in bar[4:6]), bar
+    assert "…" not in shown
+
+
 def test_progress_in_a_log_without_held_out_pairs_is_a_line_every_tenth_of_the_run(tmp_path, tiny_rm, capsys):
     from reward.progress import LogLines
 
