@@ -396,8 +396,9 @@ class FrozenLayerCache:
         self.states.clear()
 
 
-def split_by_prompt(dataset, fraction: float, seed: int):
-    """(train, held_out): whole prompts go to one side, about `fraction` of the rows held out."""
+def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
+    """The row indices of each distinct prompt (each row alone without a `prompt` column), prompts in an order
+    shuffled by `seed`."""
     import random
 
     if "prompt" not in dataset.column_names:
@@ -407,14 +408,19 @@ def split_by_prompt(dataset, fraction: float, seed: int):
     groups: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
-    order = list(groups)
+    order = list(groups.values())
     random.Random(seed).shuffle(order)
+    return order
+
+
+def split_by_prompt(dataset, fraction: float, seed: int):
+    """(train, held_out): whole prompts go to one side, about `fraction` of the rows held out."""
     target = max(1, round(fraction * len(dataset)))
     held: list[int] = []
-    for key in order:
+    for rows in rows_by_prompt(dataset, seed):
         if len(held) >= target:
             break
-        held.extend(groups[key])
+        held.extend(rows)
     held_set = set(held)
     train = [i for i in range(len(dataset)) if i not in held_set]
     if not train:
