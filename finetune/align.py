@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -37,7 +37,9 @@ from collect.errors import UserError
 from finetune.policy import load_tokenizer, resolve
 from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
 from finetune.training import alignment_progress, is_main_process, pick_device, summarize_history, use_bf16
-from reward.progress import TrainingProgress
+
+if TYPE_CHECKING:
+    from reward.progress import TrainingProgress
 
 METHODS = ("grpo", "rloo", "dpo", "bon")
 # Per-method defaults, chosen so that smollm2-135m-instruct finishes in minutes on a 2-core CPU

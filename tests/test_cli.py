@@ -174,3 +174,28 @@ def test_export_shows_progress(sqlite_url, tmp_path, monkeypatch):
     shown = Text.from_ansi(screen.getvalue()).plain
     assert "exporting out[1].jsonl" in shown and "7/7" in shown  # the bar, filled, and the name as it is
     assert "exported 7 preference pairs" in shown
+
+
+def test_prefloop_leaves_the_process_group_it_ran_in_also_after_an_error(sqlite_url, tmp_path, monkeypatch):
+    """Under `accelerate launch` each rank runs `prefloop` inside a process group; exiting without leaving it can
+    kill a rank that already saved its work with SIGABRT in the interpreter's teardown (pytorch/pytorch#179291)."""
+    import torch.distributed as dist
+
+    from apps import cli
+
+    def join(store: str) -> None:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / store}", rank=0, world_size=1)
+
+    try:
+        join("store-ok")
+        run_cli("project", "list", "--db", sqlite_url, monkeypatch=monkeypatch)
+        assert not dist.is_initialized()
+        join("store-error")
+        monkeypatch.setattr(sys, "argv", ["prefloop", "export", str(tmp_path / "out.jsonl"), "--project", "nope",
+                                          "--db", sqlite_url])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        assert exit_.value.code == 1 and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
