@@ -20,7 +20,7 @@ from collect.offline_models import MODEL_ALIASES, resolve_model  # noqa: E402
 from reward.data import Encoder, load_preferences  # noqa: E402
 from reward.evaluate import calibration, evaluate_reward_model, preference_metrics  # noqa: E402
 from reward.score import RewardScorer, score_file  # noqa: E402
-from reward.train import RewardTrainingConfig, train_reward_model  # noqa: E402
+from reward.train import RewardTrainingConfig, rows_by_prompt, split_by_prompt, train_reward_model  # noqa: E402
 from tests.tiny_models import tiny_causal_lm, tiny_encoder_reward_model, tiny_reward_model, tiny_tokenizer  # noqa: E402
 
 WORDS = "the a cat dog sea sky red blue one two three tree house river".split()
@@ -278,6 +278,25 @@ def test_checkpointing_switch_uses_the_old_name_where_transformers_has_only_that
     # ...which the installed release still honours (TRL's own default for it is True).
     config = RewardConfig(output_dir="unused", use_cpu=True, **reward.train.checkpointing_argument(False))
     assert config.gradient_checkpointing is False
+
+
+def test_held_out_pairs_are_whole_prompts_and_a_lone_prompt_is_too_few_to_split():
+    # 12 prompts with 1-4 pairs each: a prompt's pairs must all land on one side, never both.
+    rows = [{**row, "prompt": [{"role": "user", "content": f"prompt {i % 12}"}]}
+            for i, row in enumerate(rule_pairs(30))]
+    data = datasets.Dataset.from_list(rows)
+    train, held = split_by_prompt(data, 0.2, seed=3)
+    prompts = {side: {r["prompt"][0]["content"] for r in part} for side, part in (("train", train), ("held", held))}
+    assert not prompts["train"] & prompts["held"]
+    assert len(train) + len(held) == 30 and 6 <= len(held) < 6 + 3  # the target, overshot by less than one prompt
+    assert split_by_prompt(data, 0.2, seed=3)[1]["prompt"] == held["prompt"]  # the seed fixes the split
+    assert sorted(sum(rows_by_prompt(data, seed=3), [])) == list(range(30))
+    assert all(len({rows[i]["prompt"][0]["content"] for i in group}) == 1 for group in rows_by_prompt(data, seed=3))
+    # Without a prompt column every pair is its own group.
+    assert sorted(map(len, rows_by_prompt(data.remove_columns("prompt"), seed=0))) == [1] * 30
+    one_prompt = datasets.Dataset.from_list([{**row, "prompt": rows[0]["prompt"]} for row in rows[:5]])
+    with pytest.raises(UserError, match="too few to hold some out"):
+        split_by_prompt(one_prompt, 0.1, seed=0)
 
 
 def test_the_saved_model_is_the_best_held_out_step_not_the_last(tmp_path, tiny_rm):
