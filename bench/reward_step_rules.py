@@ -1,0 +1,239 @@
+"""Which evaluated step a reward run should keep: step rules judged on validation splits of the training pairs.
+
+    .venv/bin/python bench/reward_step_rules.py           # 3 candidates x 2 datasets x 2 splits (about 70 min)
+    .venv/bin/python bench/reward_step_rules.py --quick   # a smoke run: 200 pairs, 30 s budgets, one split
+    .venv/bin/python bench/reward_step_rules.py --from-json bench/results/reward_step_rules.json   # rules only
+
+A reward run evaluates its own held-out pairs (10% of what it trains on) several times and keeps one of those
+steps; `reward.train.keeps_latest` decides which. Whether a rule chose well can only be told on pairs the run
+never saw. So here, as in bench/reward_select.py, each run fits on 70% of bench/reward.py's training pairs, and
+every step it evaluated is also scored on the other 30% (the validation pairs; the test pairs are never read).
+Each rule below then picks a step from the run's own held-out evaluations, exactly as it would in training, and is
+judged by that step's validation accuracy. The per-step outcomes go to a JSON file beside the report, so a new
+rule can be judged on the same runs without training again (`--from-json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.common import chosen, command, machine, write_report  # noqa: E402
+from bench.reward import PREFLOOP_SIDES, TRAINING_PAIRS  # noqa: E402
+from bench.reward_select import validation_splits  # noqa: E402
+from reward.train import better_on_same_pairs, keeps_latest  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "reward_step_rules.md"
+DEFAULT_CANDIDATES = "prefloop,prefloop-top2-5-epochs,prefloop-top1-5-epochs"
+
+
+# ------------------------------------------------------------------------------------------- rules
+# Each rule takes the run's held-out evaluations ({"step", "accuracy", "loss", "correct"}, in order) and returns
+# the index of the step it keeps. A rule must be computable as the evaluations arrive: only the kept step's
+# weights are in memory during training.
+
+
+def online(replaces: Callable[[list[dict]], bool]) -> Callable[[list[dict]], int]:
+    """The rule that keeps the latest evaluation whenever `replaces(evaluations so far)` says so."""
+    def rule(evaluations: list[dict]) -> int:
+        kept = 0
+        for i in range(1, len(evaluations)):
+            if replaces(evaluations[: i + 1]):
+                kept = i
+        return kept
+    return rule
+
+
+def highest(evaluations: list[dict]) -> int:
+    """Highest held-out accuracy, the latest of ties."""
+    best = max(e["accuracy"] for e in evaluations)
+    return max(i for i, e in enumerate(evaluations) if e["accuracy"] == best)
+
+
+def lowest_loss(evaluations: list[dict]) -> int:
+    return min(range(len(evaluations)), key=lambda i: (evaluations[i]["loss"], -i))
+
+
+def not_beaten_by_kept(alpha: float) -> Callable[[list[dict]], int]:
+    """The latest step replaces the kept one unless the kept one ranks significantly more of the same held-out
+    pairs right (one test a step, against the step kept so far, not against every earlier one)."""
+    def rule(evaluations: list[dict]) -> int:
+        kept = 0
+        for i in range(1, len(evaluations)):
+            if not better_on_same_pairs(evaluations[kept]["correct"], evaluations[i]["correct"], alpha):
+                kept = i
+        return kept
+    return rule
+
+
+def smoothed(evaluations: list[dict]) -> int:
+    """Highest mean held-out accuracy over a step and the one before it (the latest of ties)."""
+    if len(evaluations) == 1:
+        return 0
+    means = [(evaluations[i - 1]["accuracy"] + evaluations[i]["accuracy"]) / 2 for i in range(1, len(evaluations))]
+    best = max(means)
+    return 1 + max(i for i, m in enumerate(means) if m == best)
+
+
+RULES: dict[str, tuple[str, Callable[[list[dict]], int]]] = {
+    "current": ("keeps_latest, the rule in reward.train: the latest unless an earlier step ranks significantly "
+                "more held-out pairs right (McNemar, alpha 0.05 / earlier evaluations)", online(keeps_latest)),
+    "latest": ("the last evaluated step, always", lambda evaluations: len(evaluations) - 1),
+    "highest": ("the highest held-out accuracy (the latest of ties)", highest),
+    "lowest-loss": ("the lowest held-out loss", lowest_loss),
+    "smoothed": ("the highest mean held-out accuracy over two consecutive evaluations", smoothed),
+    "uncorrected": ("keeps_latest at alpha 0.05 with no Bonferroni correction",
+                    online(lambda evaluations: keeps_latest(evaluations, alpha=0.05 * (len(evaluations) - 1)))),
+    "vs-kept-0.05": ("the latest unless the step kept so far ranks significantly more right (alpha 0.05)",
+                     not_beaten_by_kept(0.05)),
+    "vs-kept-0.2": ("the same at alpha 0.2", not_beaten_by_kept(0.2)),
+}
+
+
+# ------------------------------------------------------------------------------------------- runs
+
+
+def run_candidate(name: str, fit, validation, out_dir: Path, budget_s: float) -> dict[str, Any]:
+    """Train one candidate, keeping a copy of its trainable weights at every held-out evaluation; then score each
+    copy on the validation pairs. Returns the held-out evaluations with each step's validation outcomes."""
+    from transformers import TrainerCallback
+
+    from reward.score import RewardScorer
+    from reward.train import train_reward_model
+
+    class SnapshotEachEvaluation(TrainerCallback):
+        def __init__(self):
+            self.snapshots: dict[int, dict] = {}
+
+        def on_evaluate(self, args, state, control, model=None, **kwargs):
+            if model is not None and state.global_step not in self.snapshots:
+                self.snapshots[state.global_step] = {
+                    n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    snapshots = SnapshotEachEvaluation()
+    result = train_reward_model(PREFLOOP_SIDES[name].config(fit, str(out_dir), budget_s, callbacks=[snapshots]))
+    scorer = RewardScorer(str(out_dir))
+    model = scorer.members[0].model
+    evaluations = []
+    for e in result.evaluations:
+        unexpected = model.load_state_dict(snapshots.snapshots[e["step"]], strict=False).unexpected_keys
+        if unexpected:
+            raise RuntimeError(f"step {e['step']}: the snapshot has weights the saved model lacks: {unexpected[:3]}")
+        chosen_rewards, rejected_rewards = scorer.score_pairs(validation)
+        correct = chosen_rewards.mean > rejected_rewards.mean
+        evaluations.append({**e, "validation_correct": [bool(c) for c in correct]})
+    return {"best_step": result.best_step, "pairs_per_second": result.pairs_per_second,
+            "train_seconds": result.train_seconds, "evaluations": evaluations}
+
+
+def validation_accuracy(evaluation: dict) -> float:
+    return sum(evaluation["validation_correct"]) / len(evaluation["validation_correct"])
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def render_report(runs: list[dict], header: list[str]) -> str:
+    """Per rule: the mean validation accuracy of the steps it keeps, by dataset and candidate, and its paired
+    difference from the current rule; then each run's steps."""
+    groups = list(dict.fromkeys((r["data"], r["candidate"]) for r in runs))
+    picked = {(id(r), rule): fn(r["evaluations"]) for r in runs for rule, (_, fn) in RULES.items()}
+
+    def mean_accuracy(rule: str, subset: list[dict]) -> float:
+        return statistics.mean(validation_accuracy(r["evaluations"][picked[(id(r), rule)]]) for r in subset)
+
+    lines = header + [
+        "",
+        "Mean validation accuracy of the step each rule keeps (in brackets: the paired difference from `current`, "
+        "in points). `best possible` is the step with the highest validation accuracy, which no rule can know.",
+        "",
+        "| rule | " + " | ".join(f"{d}, {c}" for d, c in groups) + " | all runs |",
+        "|---|" + "---|" * (len(groups) + 1),
+    ]
+    for rule in RULES:
+        cells = []
+        for subset in [[r for r in runs if (r["data"], r["candidate"]) == g] for g in groups] + [runs]:
+            acc, ref = mean_accuracy(rule, subset), mean_accuracy("current", subset)
+            cells.append(f"{acc:.3f}" + ("" if rule == "current" else f" ({100 * (acc - ref):+.1f})"))
+        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    best = [statistics.mean(max(validation_accuracy(e) for e in r["evaluations"])
+                            for r in runs if (r["data"], r["candidate"]) == g) for g in groups]
+    overall = statistics.mean(max(validation_accuracy(e) for e in r["evaluations"]) for r in runs)
+    lines.append("| best possible | " + " | ".join(f"{b:.3f}" for b in best) + f" | {overall:.3f} |")
+    lines += ["", "Rules:", ""] + [f"- `{rule}`: {text}" for rule, (text, _) in RULES.items()]
+    lines += ["", "Each run: held-out accuracy / validation accuracy at every evaluated step (the step `current` kept "
+              "in bold).", ""]
+    for r in runs:
+        kept = picked[(id(r), "current")]
+        steps = ", ".join(("**{}: {:.3f} / {:.3f}**" if i == kept else "{}: {:.3f} / {:.3f}").format(
+            e["step"], e["accuracy"], validation_accuracy(e)) for i, e in enumerate(r["evaluations"]))
+        lines.append(f"- {r['data']} split {r['split']}, {r['candidate']} ({len(r['evaluations'][0]['correct'])} held "
+                     f"out, {len(r['evaluations'][0]['validation_correct'])} validation): {steps}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="hh,summarize")
+    parser.add_argument("--candidates", default=DEFAULT_CANDIDATES,
+                        help="comma-separated subset of " + ", ".join(PREFLOOP_SIDES))
+    parser.add_argument("--splits", type=int, default=2, help="validation splits per dataset")
+    parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock budget per run")
+    parser.add_argument("--quick", action="store_true", help="200 pairs, 30 s budgets, one split: a smoke run")
+    parser.add_argument("--from-json", default=None, help="judge the rules on the runs recorded in this JSON file "
+                        "(what a full run writes beside its report) instead of training")
+    parser.add_argument("--work-dir", default=None, help="where the models go (default: a temp dir)")
+    parser.add_argument("--out", default=None, help="the Markdown results file (default: "
+                        "bench/results/reward_step_rules.md; a --quick run writes into its work folder)")
+    args = parser.parse_args()
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="prefloop-bench-reward-step-rules-"))
+    if args.from_json:
+        recorded = json.loads(Path(args.from_json).read_text())
+        report = render_report(recorded["runs"], recorded["header"])
+        write_report(report, args.out, args.quick, RESULTS, work)
+        return
+    names = chosen(parser, "--candidates", args.candidates, PREFLOOP_SIDES)
+    chosen(parser, "--datasets", args.datasets, TRAINING_PAIRS)
+    if args.splits < 1:
+        parser.error(f"--splits must be at least 1, got {args.splits}")
+    if args.quick:
+        args.splits, args.budget_s = 1, 30.0
+    started = datetime.datetime.now().astimezone()
+    header = [
+        "# Which evaluated step to keep: step rules judged on validation splits of the training pairs",
+        "",
+        f"- Command: `{command()}`",
+        f"- Machine: {machine()}",
+        f"- Started {started:%Y-%m-%d %H:%M %Z}",
+        "- Data: bench/reward.py's training pairs only; each split fits on 70% and validates on 30%, whole prompts "
+        "on one side (bench/reward_select.py's splits); each run holds 10% of its 70% out for its own evaluations. "
+        "Candidates: " + ", ".join(f"`{n}` ({PREFLOOP_SIDES[n].exactly()})" for n in names) + "; seed 0.",
+    ]
+    runs: list[dict] = []
+    for data in args.datasets.split(","):
+        rows = TRAINING_PAIRS[data]()[: 200 if args.quick else None]
+        for k, (fit, validation) in enumerate(validation_splits(rows, args.splits)):
+            for name in names:
+                t0 = time.monotonic()
+                run = run_candidate(name, fit, validation, work / f"{data}_{name}_split{k}", args.budget_s)
+                runs.append({"data": data, "split": k, "candidate": name, **run})
+                print(f"{data} split {k} {name}: {len(run['evaluations'])} steps, validation accuracy "
+                      + ", ".join(f"{validation_accuracy(e):.3f}" for e in run["evaluations"])
+                      + f" ({time.monotonic() - t0:.0f} s)", flush=True)
+    minutes = (datetime.datetime.now().astimezone() - started).total_seconds() / 60
+    header[4] += f", took {minutes:.0f} min"
+    path = write_report(render_report(runs, header), args.out, args.quick, RESULTS, work)
+    path.with_suffix(".json").write_text(json.dumps({"header": header, "runs": runs}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
