@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import math
 
+from rich.cells import cell_len
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.measure import Measurement
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Column
+from rich.text import Text
 from transformers import TrainerCallback
 
 
@@ -41,6 +45,52 @@ class LogLines:
         self.console.print(f"{label}  step {step}/{self.total}  {stats}", soft_wrap=True, highlight=False, markup=False)
 
 
+class Stats:
+    """The latest numbers ("loss 0.412", "held-out acc 0.611") laid out in the width Rich gives them, a line broken
+    only between two of them: Rich's own wrapping breaks at any space, a no-break space included, so a name could
+    end one line and its number start the next."""
+
+    def __init__(self, entries: list[str], gap: str = "  "):
+        self.entries = entries
+        self.gap = gap
+
+    def __rich_console__(self, console, options):
+        lines: list[str] = []
+        for entry in self.entries:
+            if lines and cell_len(lines[-1] + self.gap + entry) <= options.max_width:
+                lines[-1] += self.gap + entry
+            else:
+                lines.append(entry)
+        yield Text("\n".join(lines), no_wrap=True, overflow="fold")
+
+    def __rich_measure__(self, console, options) -> Measurement:
+        widths = [cell_len(entry) for entry in self.entries] or [0]
+        return Measurement(max(widths), sum(widths) + cell_len(self.gap) * (len(widths) - 1))
+
+
+class StatsColumn(ProgressColumn):
+    """A progress column showing a task's `stats` field (a list of entries) as `Stats`."""
+
+    def render(self, task) -> Stats:
+        return Stats(task.fields["stats"])
+
+
+def progress_bar(widest_entry: int, console: Console | None = None) -> Progress:
+    """The bar a training run draws; its task has a `stats` field, the latest numbers as a list of entries, the
+    widest `widest_entry` cells (the numbers' column never gets less, so no entry is cut)."""
+    return Progress(
+        # No markup: a model's name may hold square brackets.
+        TextColumn("{task.description}", style="bold", markup=False),
+        # The bar and the numbers share what the label, step count and times leave, so a narrow terminal
+        # (80 columns) wraps the numbers onto a second line instead of cutting the step count and times.
+        BarColumn(bar_width=None, table_column=Column(ratio=1)), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+        # A column with a ratio gets at least its width, and nothing else it measures.
+        StatsColumn(table_column=Column(ratio=2, width=widest_entry)),
+        expand=True, console=console,
+    )
+
+
 class TrainingProgress(TrainerCallback):
     """A Rich bar with the latest logged numbers beside it; in a log (`LogLines`), a line per evaluation when the
     run evaluates, else a line every tenth of the run. Keeps every logged dict in `history` for the run's summary.
@@ -63,18 +113,10 @@ class TrainingProgress(TrainerCallback):
         self.log_lines = LogLines.for_run(state.max_steps)
         if self.log_lines is not None:
             return
-        self.progress = Progress(
-            # No markup: a model's name may hold square brackets.
-            TextColumn("{task.description}", style="bold", markup=False),
-            # The bar and the numbers share what the label, step count and times leave, so a narrow terminal
-            # (80 columns) wraps the numbers onto a second line instead of cutting the step count and times.
-            BarColumn(bar_width=None, table_column=Column(ratio=1)), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[stats]}", markup=False, table_column=Column(ratio=2)),
-            expand=True,
-        )
+        # A name, a space and a number as `on_log` formats it: "0.611", "-0.123" or "12.345".
+        self.progress = progress_bar(widest_entry=max(cell_len(name) for name in self.shown.values()) + 7)
         self.progress.start()
-        self.task = self.progress.add_task(self.label, total=state.max_steps, stats="")
+        self.task = self.progress.add_task(self.label, total=state.max_steps, stats=[])
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
@@ -88,7 +130,7 @@ class TrainingProgress(TrainerCallback):
         self.latest.update({name: logs[key] for key, name in self.shown.items() if key in logs})
         if not self.latest:
             return
-        stats = "  ".join(f"{name} {self.latest[name]:.3f}" for name in self.shown.values() if name in self.latest)
+        stats = [f"{name} {self.latest[name]:.3f}" for name in self.shown.values() if name in self.latest]
         if self.progress is not None:
             self.progress.update(self.task, stats=stats)
             return
@@ -97,7 +139,7 @@ class TrainingProgress(TrainerCallback):
         evaluates = args.eval_strategy != "no"
         due = any(key.startswith("eval_") for key in logs) if evaluates else self.log_lines.due(state.global_step)
         if due:
-            self.log_lines.print(self.label, state.global_step, stats)
+            self.log_lines.print(self.label, state.global_step, "  ".join(stats))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:

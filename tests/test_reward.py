@@ -385,6 +385,29 @@ def test_progress_on_an_80_column_terminal_keeps_the_step_count_and_times_whole(
     # "reward training", the bar, then the step count, time elapsed and time remaining, whole.
     assert bar[3] == "8/8" and all(re.fullmatch(r"\d+:\d\d:\d\d", time) for time in bar[4:6]), bar
     assert "…" not in shown
+    assert "held-out acc" in shown
+
+
+def test_progress_breaks_a_line_between_two_numbers_never_between_a_name_and_its_number():
+    """Rich wraps text at any space, so at some widths "held-out acc 0.611" came out as "held-out acc" at the end
+    of one line and "0.611" under it. Drawn at every width from 80 columns (the usual default) to 200, each number
+    stays whole and nothing is cut."""
+    import re
+
+    from rich.console import Console
+
+    from reward.progress import progress_bar
+
+    entries = ["loss 0.412", "accuracy 0.688", "held-out acc 0.611"]
+    for width in range(80, 201):
+        console = Console(width=width, color_system=None)
+        bar = progress_bar(widest_entry=len("held-out acc") + 7, console=console)
+        bar.add_task("reward training", total=204, completed=100, stats=entries)
+        with console.capture() as drawn:
+            console.print(bar.make_tasks_table(bar.tasks))
+        text = drawn.get()
+        assert re.findall(r"(?:loss|accuracy|held-out acc) \d\.\d{3}", text) == entries, (width, text)
+        assert "100/204" in text and "…" not in text, (width, text)
 
 
 def test_progress_in_a_log_without_held_out_pairs_is_a_line_every_tenth_of_the_run(tmp_path, tiny_rm, capsys):
