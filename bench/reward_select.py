@@ -39,14 +39,14 @@ CANDIDATES = list(PREFLOOP_SIDES)
 VALIDATION_SHARE = 0.3
 
 
-def validation_splits(rows: list[dict], n_splits: int):
-    """(fit, validation) datasets, one pair per split seed; whole prompts go to one side."""
+def validation_splits(rows: list[dict], splits: range):
+    """(fit, validation) datasets, one pair per split number k (seed 100 + k); whole prompts go to one side."""
     import datasets
 
     from reward.train import split_by_prompt
 
     dataset = datasets.Dataset.from_list(rows)
-    return [split_by_prompt(dataset, VALIDATION_SHARE, seed=100 + k) for k in range(n_splits)]
+    return [split_by_prompt(dataset, VALIDATION_SHARE, seed=100 + k) for k in splits]
 
 
 def run_candidate(name: str, fit, validation, out_dir: Path, budget_s: float) -> dict:
@@ -120,7 +120,7 @@ def main() -> None:
     for data in args.datasets.split(","):
         rows = TRAINING_PAIRS[data]()[: 200 if args.quick else None]
         sizes[data] = len(rows)
-        for k, (fit, validation) in enumerate(validation_splits(rows, args.splits)):
+        for k, (fit, validation) in enumerate(validation_splits(rows, range(args.splits))):
             for name in names:
                 t0 = time.monotonic()
                 r = run_candidate(name, fit, validation, work / f"{data}_{name}_split{k}", args.budget_s)

@@ -187,6 +187,8 @@ def main() -> None:
     parser.add_argument("--candidates", default=DEFAULT_CANDIDATES,
                         help="comma-separated subset of " + ", ".join(PREFLOOP_SIDES))
     parser.add_argument("--splits", type=int, default=2, help="validation splits per dataset")
+    parser.add_argument("--first-split", type=int, default=0, help="the first split's number (seed 100 + it): "
+                        "splits never used before, to confirm a rule chosen on others")
     parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock budget per run")
     parser.add_argument("--quick", action="store_true", help="200 pairs, 30 s budgets, one split: a smoke run")
     parser.add_argument("--from-json", default=None, help="judge the rules on the runs recorded in this JSON file "
@@ -221,7 +223,8 @@ def main() -> None:
     runs: list[dict] = []
     for data in args.datasets.split(","):
         rows = TRAINING_PAIRS[data]()[: 200 if args.quick else None]
-        for k, (fit, validation) in enumerate(validation_splits(rows, args.splits)):
+        splits = range(args.first_split, args.first_split + args.splits)
+        for k, (fit, validation) in zip(splits, validation_splits(rows, splits)):
             for name in names:
                 t0 = time.monotonic()
                 run = run_candidate(name, fit, validation, work / f"{data}_{name}_split{k}", args.budget_s)
