@@ -200,7 +200,8 @@ def main() -> None:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="prefloop-bench-reward-step-rules-"))
     if args.from_json:
         recorded = json.loads(Path(args.from_json).read_text())
-        report = render_report(recorded["runs"], recorded["header"])
+        header = recorded["header"] + [f"- Rules judged again on these runs by `{command()}`"]
+        report = render_report(recorded["runs"], header)
         write_report(report, args.out, args.quick, RESULTS, work)
         return
     names = chosen(parser, "--candidates", args.candidates, PREFLOOP_SIDES)
