@@ -442,8 +442,11 @@ def keeps_latest(evaluations: list[dict[str, Any]], alpha: float = 0.05) -> bool
     evaluation, still in warm-up, scored 0.604 by luck against 0.47-0.51 for every later one and was kept, with a
     test accuracy of 0.586 where the last step has 0.707 (bench/results/reward_steps.md). The cost is in runs long
     enough to overfit: they keep a late step unless its fall is significant, and at 5 epochs on 61-126 held-out
-    pairs falls of 5-10 points were not (bench/results/reward_select.md). Only the kept step's weights are in
-    memory, so the choice is made as evaluations arrive."""
+    pairs falls of 5-10 points were not (bench/results/reward_select.md). Of seven other rules judged on validation
+    splits, those that recovered most of such a fall lost on 2-epoch runs, and the rest recovered about a third of
+    it on one candidate and changed nothing else: not enough, on two splits, to replace this one
+    (bench/results/reward_step_rules.md). Only the kept step's weights are in memory, so the choice is made as
+    evaluations arrive."""
     *earlier, latest = evaluations
     return not any(better_on_same_pairs(e["correct"], latest["correct"], alpha / len(earlier)) for e in earlier)
 
