@@ -94,6 +94,18 @@ def render_report(results: dict, sizes: dict, args, started: datetime.datetime, 
     return "\n".join(lines) + "\n"
 
 
+def checked_runs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The candidates named by --candidates, after an argparse error for any unknown candidate or dataset or for
+    fewer than one split; --quick's smoke settings (one split, 30 s budgets) applied to `args`."""
+    names = chosen(parser, "--candidates", args.candidates, CANDIDATES)
+    chosen(parser, "--datasets", args.datasets, TRAINING_PAIRS)
+    if args.splits < 1:
+        parser.error(f"--splits must be at least 1, got {args.splits}")
+    if args.quick:
+        args.splits, args.budget_s = 1, 30.0
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="hh,summarize")
@@ -106,12 +118,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="the Markdown results file (default: "
                         "bench/results/reward_select.md; a --quick run writes into its work folder)")
     args = parser.parse_args()
-    names = chosen(parser, "--candidates", args.candidates, CANDIDATES)
-    chosen(parser, "--datasets", args.datasets, TRAINING_PAIRS)
-    if args.splits < 1:
-        parser.error(f"--splits must be at least 1, got {args.splits}")
-    if args.quick:
-        args.splits, args.budget_s = 1, 30.0
+    names = checked_runs(parser, args)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="prefloop-bench-reward-select-"))
     started = datetime.datetime.now().astimezone()
     where = machine()

@@ -27,9 +27,9 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import chosen, command, machine, write_report  # noqa: E402
+from bench.common import command, machine, write_report  # noqa: E402
 from bench.reward import PREFLOOP_SIDES, TRAINING_PAIRS  # noqa: E402
-from bench.reward_select import validation_splits  # noqa: E402
+from bench.reward_select import checked_runs, validation_splits  # noqa: E402
 from reward.train import better_on_same_pairs, keeps_latest  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_step_rules.md"
@@ -204,12 +204,7 @@ def main() -> None:
         report = render_report(recorded["runs"], header)
         write_report(report, args.out, args.quick, RESULTS, work)
         return
-    names = chosen(parser, "--candidates", args.candidates, PREFLOOP_SIDES)
-    chosen(parser, "--datasets", args.datasets, TRAINING_PAIRS)
-    if args.splits < 1:
-        parser.error(f"--splits must be at least 1, got {args.splits}")
-    if args.quick:
-        args.splits, args.budget_s = 1, 30.0
+    names = checked_runs(parser, args)
     started = datetime.datetime.now().astimezone()
     header = [
         "# Which evaluated step to keep: step rules judged on validation splits of the training pairs",
