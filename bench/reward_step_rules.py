@@ -1,6 +1,6 @@
 """Which evaluated step a reward run should keep: step rules judged on validation splits of the training pairs.
 
-    .venv/bin/python bench/reward_step_rules.py           # 3 candidates x 2 datasets x 2 splits (about 70 min)
+    .venv/bin/python bench/reward_step_rules.py           # 3 candidates x 2 datasets x 2 splits (about 80 min)
     .venv/bin/python bench/reward_step_rules.py --quick   # a smoke run: 200 pairs, 30 s budgets, one split
     .venv/bin/python bench/reward_step_rules.py --from-json bench/results/reward_step_rules.json   # rules only
 
