@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import command, machine, write_report  # noqa: E402
 from bench.reward import PREFLOOP_SIDES, TRAINING_PAIRS  # noqa: E402
 from bench.reward_select import checked_runs, validation_splits  # noqa: E402
+from bench.reward_steps import scores_at_each_evaluation  # noqa: E402
 from reward.train import better_on_same_pairs, keeps_latest  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_step_rules.md"
@@ -102,41 +103,18 @@ RULES: dict[str, tuple[str, Callable[[list[dict]], int]]] = {
 # ------------------------------------------------------------------------------------------- runs
 
 
-def run_candidate(name: str, fit, validation, out_dir: Path, budget_s: float) -> dict[str, Any]:
-    """Train one candidate, keeping a copy of its trainable weights at every held-out evaluation; then score each
-    copy on the validation pairs. Returns the held-out evaluations with each step's validation outcomes."""
-    from transformers import TrainerCallback
-
-    from reward.score import RewardScorer
+def run_candidate(name: str, fit, validation, out_dir: Path, budget_s: float | None) -> dict[str, Any]:
+    """Train one candidate with every held-out evaluation's model also scored on the validation pairs
+    (bench/reward_steps.py's callback); the held-out evaluations, each with its step's validation accuracy."""
     from reward.train import train_reward_model
 
-    class SnapshotEachEvaluation(TrainerCallback):
-        def __init__(self):
-            self.snapshots: dict[int, dict] = {}
-
-        def on_evaluate(self, args, state, control, model=None, **kwargs):
-            if model is not None and state.global_step not in self.snapshots:
-                self.snapshots[state.global_step] = {
-                    n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-
-    snapshots = SnapshotEachEvaluation()
-    result = train_reward_model(PREFLOOP_SIDES[name].config(fit, str(out_dir), budget_s, callbacks=[snapshots]))
-    scorer = RewardScorer(str(out_dir))
-    model = scorer.members[0].model
-    evaluations = []
-    for e in result.evaluations:
-        unexpected = model.load_state_dict(snapshots.snapshots[e["step"]], strict=False).unexpected_keys
-        if unexpected:
-            raise RuntimeError(f"step {e['step']}: the snapshot has weights the saved model lacks: {unexpected[:3]}")
-        chosen_rewards, rejected_rewards = scorer.score_pairs(validation)
-        correct = chosen_rewards.mean > rejected_rewards.mean
-        evaluations.append({**e, "validation_correct": [bool(c) for c in correct]})
+    config = PREFLOOP_SIDES[name].config(fit, str(out_dir / "model"), budget_s)
+    scores = scores_at_each_evaluation(validation, out_dir, config.max_length, config.truncation_side)
+    config.callbacks = [scores]
+    result = train_reward_model(config)
+    evaluations = [{**e, "validation_accuracy": scores.by_step[e["step"]]} for e in result.evaluations]
     return {"best_step": result.best_step, "pairs_per_second": result.pairs_per_second,
             "train_seconds": result.train_seconds, "evaluations": evaluations}
-
-
-def validation_accuracy(evaluation: dict) -> float:
-    return sum(evaluation["validation_correct"]) / len(evaluation["validation_correct"])
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -149,7 +127,7 @@ def render_report(runs: list[dict], header: list[str]) -> str:
     picked = {(id(r), rule): fn(r["evaluations"]) for r in runs for rule, (_, fn) in RULES.items()}
 
     def mean_accuracy(rule: str, subset: list[dict]) -> float:
-        return statistics.mean(validation_accuracy(r["evaluations"][picked[(id(r), rule)]]) for r in subset)
+        return statistics.mean(r["evaluations"][picked[(id(r), rule)]]["validation_accuracy"] for r in subset)
 
     lines = header + [
         "",
@@ -165,9 +143,9 @@ def render_report(runs: list[dict], header: list[str]) -> str:
             acc, ref = mean_accuracy(rule, subset), mean_accuracy("current", subset)
             cells.append(f"{acc:.3f}" + ("" if rule == "current" else f" ({100 * (acc - ref):+.1f})"))
         lines.append(f"| {rule} | " + " | ".join(cells) + " |")
-    best = [statistics.mean(max(validation_accuracy(e) for e in r["evaluations"])
+    best = [statistics.mean(max(e["validation_accuracy"] for e in r["evaluations"])
                             for r in runs if (r["data"], r["candidate"]) == g) for g in groups]
-    overall = statistics.mean(max(validation_accuracy(e) for e in r["evaluations"]) for r in runs)
+    overall = statistics.mean(max(e["validation_accuracy"] for e in r["evaluations"]) for r in runs)
     lines.append("| best possible | " + " | ".join(f"{b:.3f}" for b in best) + f" | {overall:.3f} |")
     lines += ["", "Rules:", ""] + [f"- `{rule}`: {text}" for rule, (text, _) in RULES.items()]
     lines += ["", "Each run: held-out accuracy / validation accuracy at every evaluated step (the step `current` kept "
@@ -175,9 +153,9 @@ def render_report(runs: list[dict], header: list[str]) -> str:
     for r in runs:
         kept = picked[(id(r), "current")]
         steps = ", ".join(("**{}: {:.3f} / {:.3f}**" if i == kept else "{}: {:.3f} / {:.3f}").format(
-            e["step"], e["accuracy"], validation_accuracy(e)) for i, e in enumerate(r["evaluations"]))
+            e["step"], e["accuracy"], e["validation_accuracy"]) for i, e in enumerate(r["evaluations"]))
         lines.append(f"- {r['data']} split {r['split']}, {r['candidate']} ({len(r['evaluations'][0]['correct'])} held "
-                     f"out, {len(r['evaluations'][0]['validation_correct'])} validation): {steps}")
+                     f"out, {r['n_validation']} validation): {steps}")
     return "\n".join(lines) + "\n"
 
 
@@ -189,7 +167,8 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=2, help="validation splits per dataset")
     parser.add_argument("--first-split", type=int, default=0, help="the first split's number (seed 100 + it): "
                         "splits never used before, to confirm a rule chosen on others")
-    parser.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock budget per run")
+    parser.add_argument("--budget-s", type=float, default=None, help="training wall-clock budget per run (default: "
+                        "none, as in bench/reward_steps.py: scoring every step would eat it)")
     parser.add_argument("--quick", action="store_true", help="200 pairs, 30 s budgets, one split: a smoke run")
     parser.add_argument("--from-json", default=None, help="judge the rules on the runs recorded in this JSON file "
                         "(what a full run writes beside its report) instead of training")
@@ -224,9 +203,9 @@ def main() -> None:
             for name in names:
                 t0 = time.monotonic()
                 run = run_candidate(name, fit, validation, work / f"{data}_{name}_split{k}", args.budget_s)
-                runs.append({"data": data, "split": k, "candidate": name, **run})
+                runs.append({"data": data, "split": k, "candidate": name, "n_validation": len(validation), **run})
                 print(f"{data} split {k} {name}: {len(run['evaluations'])} steps, validation accuracy "
-                      + ", ".join(f"{validation_accuracy(e):.3f}" for e in run["evaluations"])
+                      + ", ".join(f"{e['validation_accuracy']:.3f}" for e in run["evaluations"])
                       + f" ({time.monotonic() - t0:.0f} s)", flush=True)
     minutes = (datetime.datetime.now().astimezone() - started).total_seconds() / 60
     header[4] += f", took {minutes:.0f} min"

@@ -35,9 +35,9 @@ RESULTS = ROOT / "bench" / "results" / "reward_steps.md"
 STEP_SIDES = [name for name, side in PREFLOOP_SIDES.items() if not side.lora]
 
 
-def test_scores_at_each_evaluation(test, work: Path, max_length: int, truncation_side: str):
-    """A TrainerCallback that, after each held-out evaluation, saves the model and scores it on `test`; the
-    scores land in its `by_step` ({step: accuracy})."""
+def scores_at_each_evaluation(pairs, work: Path, max_length: int, truncation_side: str):
+    """A TrainerCallback that, after each held-out evaluation, saves the model and scores it on `pairs` (pairs the
+    run never reads, such as the test pairs); the accuracies land in its `by_step` ({step: accuracy})."""
     from transformers import TrainerCallback
 
     from reward.evaluate import evaluate_reward_model
@@ -54,7 +54,7 @@ def test_scores_at_each_evaluation(test, work: Path, max_length: int, truncation
             processing_class.save_pretrained(folder)
             (folder / "prefloop.json").write_text(
                 json.dumps({"max_length": max_length, "truncation_side": truncation_side}))
-            self.by_step[state.global_step] = evaluate_reward_model(str(folder), test, n_bootstrap=200)["accuracy"]
+            self.by_step[state.global_step] = evaluate_reward_model(str(folder), pairs, n_bootstrap=200)["accuracy"]
             shutil.rmtree(folder)
 
     return TestScores()
@@ -68,7 +68,7 @@ def run(side: str, train, test, seed: int, work: Path, max_steps: int | None) ->
     config = PREFLOOP_SIDES[side].config(train, str(work / "model"), None, seed=seed)
     if max_steps:
         config.max_steps = max_steps
-    scores = test_scores_at_each_evaluation(test, work, config.max_length, config.truncation_side)
+    scores = scores_at_each_evaluation(test, work, config.max_length, config.truncation_side)
     config.callbacks = [scores]
     result = train_reward_model(config)
     kept_test = evaluate_reward_model(str(work / "model"), test, n_bootstrap=200)["accuracy"]
