@@ -38,6 +38,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -246,23 +247,49 @@ def _load_model(model_path: str, pad_token_id: int, backbone_layers: int | None 
             config.num_hidden_layers = backbone_layers
             if getattr(config, "layer_types", None):  # per-layer attention kinds (Qwen3, Gemma) must match
                 config.layer_types = config.layer_types[:backbone_layers]
-        # suppress_seqcls_warning: a causal-LM checkpoint loaded for classification has a new score
-        # head and an unused lm_head; both are expected, the warning would only confuse. So are the
-        # upper layers left out by backbone_layers, which Transformers would list one by one.
+        # Transformers' load report would list, as a table of warnings, what is expected here: the new score
+        # head, a causal LM's unused lm_head (suppress_seqcls_warning), the upper layers backbone_layers leaves
+        # out. `unexpected_weights` warns, in one line, about anything else.
         verbosity = transformers_logging.get_verbosity()
-        if backbone_layers is not None:
-            transformers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
         try:
             with suppress_seqcls_warning():
-                model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config,
-                                                                           dtype=torch.float32)
+                model, loading = AutoModelForSequenceClassification.from_pretrained(
+                    model_path, config=config, dtype=torch.float32, output_loading_info=True)
         finally:
             transformers_logging.set_verbosity(verbosity)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {model_path!r}: {_first_line(e)}") from None
+    surprises = unexpected_weights(loading, _head_name(model), backbone_layers)
+    if surprises:
+        warnings.warn(f"model {model_path!r}: {surprises}", stacklevel=2)
     # Sequence-classification models find the last real token through config.pad_token_id.
     model.config.pad_token_id = pad_token_id
     return model
+
+
+def unexpected_weights(loading: dict[str, Any], head: str, backbone_layers: int | None) -> str:
+    """What `from_pretrained(..., output_loading_info=True)` reported beyond what loading a checkpoint for
+    reward scoring explains (a new `head`, an unused lm_head, layers from `backbone_layers` up), as one
+    sentence; "" when nothing."""
+    import re
+
+    def expected_unused(key: str) -> bool:
+        layer = re.search(r"\.layers?\.(\d+)\.", key)
+        return key.startswith("lm_head.") or (backbone_layers is not None and layer is not None
+                                               and int(layer.group(1)) >= backbone_layers)
+
+    problems = []
+    for kind, keys in (("newly initialised, missing from the checkpoint",
+                        [k for k in loading.get("missing_keys", ()) if not k.startswith(head + ".")]),
+                       ("in the checkpoint but unused", [k for k in loading.get("unexpected_keys", ())
+                                                          if not expected_unused(k)]),
+                       ("of another shape in the checkpoint, newly initialised",
+                        [k if isinstance(k, str) else k[0] for k in loading.get("mismatched_keys", ())])):
+        if keys:
+            shown = ", ".join(sorted(keys)[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            problems.append(f"{len(keys)} weight(s) {kind} ({shown})")
+    return "; ".join(problems)
 
 
 def _first_line(error: Exception) -> str:
@@ -669,8 +696,6 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         if eval_set is not None:
             final = trainer.evaluate()
             metrics.update({k: float(v) for k, v in final.items() if isinstance(v, (int, float))})
-            # Every pair counts once (TRL's figure averages per-batch accuracies), as in `prefloop reward eval`.
-            metrics["eval_accuracy"] = sum(keep_best.held_out_outcomes) / len(keep_best.held_out_outcomes)
     finally:
         if frozen_cache is not None:  # a failed or interrupted run must not leave the stand-ins in the model
             frozen_cache.close()
@@ -820,6 +845,8 @@ def model_card(info: dict[str, Any]) -> str:
     aligned = (" (in training, an over-long pair lost the same prompt tokens on both sides)"
                if info.get("align_truncation") and info["truncation_side"] == "left" else "")
     trained = "all" if info["config"]["trainable_layers"] is None else f"the top {info['config']['trainable_layers']}"
+    evaluations = ", ".join(("**step {} {:.3f}**" if e["step"] == info["best_step"] else "step {} {:.3f}").format(
+        e["step"], e["accuracy"]) for e in info["evaluations"])
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -837,6 +864,7 @@ one scalar; higher means more preferred by the raters.
 - max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}{aligned}
 - layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
 - kept step (the latest held-out evaluation unless an earlier one ranked significantly more of the same held-out pairs right): {info["best_step"]}
+- held-out accuracy at each evaluation: {evaluations or "none (no held-out pairs)"}
 - precision: {info["precision"]}, learning rate: {info["learning_rate"]}, processes: {info["processes"]} ({info["distributed"]})
 
 | metric | value |
@@ -857,6 +885,18 @@ truncate from the {info["truncation_side"]} to {info["max_length"]} tokens to se
 """
 
 
+def _higher_step(evaluations: list[dict[str, Any]], kept: int | None) -> str:
+    """"; step 105 scored 0.651, ..." where an evaluation scored higher than the kept step, else "": a run that
+    trains past its peak (more epochs than the default) shows it, though `keeps_latest` kept the later step."""
+    if not evaluations or kept is None:
+        return ""
+    kept_accuracy = next(e["accuracy"] for e in evaluations if e["step"] == kept)
+    best = max(evaluations, key=lambda e: e["accuracy"])
+    if best["accuracy"] <= kept_accuracy:
+        return ""
+    return f"; step {best['step']} scored {best['accuracy']:.3f}, not significantly better"
+
+
 def print_summary(result: RewardTrainingResult) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -865,7 +905,8 @@ def print_summary(result: RewardTrainingResult) -> None:
     table.add_row("training pairs", f"{result.n_train} ({result.truncated_train} truncated, none dropped)")
     table.add_row("held-out pairs", f"{result.n_eval} ({result.truncated_eval} truncated)")
     if "eval_accuracy" in result.metrics:
-        table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f} (kept step {result.best_step})")
+        table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f} (kept step {result.best_step}"
+                      f"{_higher_step(result.evaluations, result.best_step)})")
     table.add_row("train loss", f"{result.metrics['train_loss']:.4f}")
     table.add_row("tokens per pair", f"{result.tokens_per_pair:.0f}"
                   + (" (one sequence a pair, its prompt run once)" if result.shared_prompt else ""))

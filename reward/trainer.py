@@ -4,7 +4,10 @@
   get their rewards from `pair_rewards`; TRL's own batches go through TRL's path.
 - Each held-out evaluation writes which pairs the model ranks right (chosen above rejected) into
   `held_out_outcomes`, one bool per pair, in the same order at every evaluation, so the step choice can compare
-  two steps on the same pairs (`reward.train.keeps_latest`). TRL reports only the mean of per-batch accuracies.
+  two steps on the same pairs (`reward.train.keeps_latest`). The logged `eval_accuracy` is the share of those
+  pairs ranked right, each pair counting once, so the progress bar, the log history, the summary and the step
+  choice show one number; TRL's own figure is the mean of per-batch accuracies, which weighs a short last batch
+  like a full one.
 
 The order is the evaluation dataloader's, which Transformers builds afresh at each evaluation. A length-grouped
 sampler shuffles its groups, so `_get_eval_sampler` gives it a generator seeded the same way each time: Transformers
@@ -31,6 +34,13 @@ class PrefloopRewardTrainer(RewardTrainer):
     def evaluate(self, *args, **kwargs):
         self.held_out_outcomes.clear()
         return super().evaluate(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # An evaluation's log, not the closing training log that Trainer writes with the model still in eval mode.
+        if not self.model.training and self._metrics["eval"].get("accuracy") and self.held_out_outcomes:
+            # TRL's log() averages what compute_loss appended per batch: one value makes the mean that value.
+            self._metrics["eval"]["accuracy"] = [sum(self.held_out_outcomes) / len(self.held_out_outcomes)]
+        super().log(logs, start_time)
 
     def _get_eval_sampler(self, eval_dataset):
         sampler = super()._get_eval_sampler(eval_dataset)

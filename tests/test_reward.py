@@ -99,6 +99,28 @@ def test_output_directory_has_model_tokenizer_metadata_and_card(trained):
     AutoTokenizer.from_pretrained(out)
     card = open(f"{out}/README.md").read()
     assert "eval_accuracy" in card and "left" in card
+    # Every held-out evaluation, the kept one in bold.
+    steps = [(f"**step {e['step']} {e['accuracy']:.3f}**" if e["step"] == result.best_step
+              else f"step {e['step']} {e['accuracy']:.3f}") for e in result.evaluations]
+    assert len(steps) >= 2 and f"held-out accuracy at each evaluation: {', '.join(steps)}\n" in card
+
+
+def test_the_summary_names_a_higher_step_the_rule_did_not_keep(monkeypatch, capsys):
+    """A run that trains past its held-out peak keeps the later step unless the peak is significantly better
+    (`keeps_latest`); the summary says where the peak was, so a user sees that more epochs did not help."""
+    from reward.train import RewardTrainingResult, print_summary
+
+    monkeypatch.setenv("COLUMNS", "200")
+    evaluations = [{"step": 10, "accuracy": 0.60}, {"step": 20, "accuracy": 0.70}, {"step": 30, "accuracy": 0.65}]
+    result = RewardTrainingResult(output_dir="rm", metrics={"eval_accuracy": 0.65, "train_loss": 0.5}, n_train=100,
+                                  n_eval=20, truncated_train=0, truncated_eval=0, best_step=30, train_seconds=2.0,
+                                  pairs_per_second=50.0, evaluations=evaluations)
+    print_summary(result)
+    assert "0.650 (kept step 30; step 20 scored 0.700, not significantly better)" in capsys.readouterr().err
+    result.evaluations = evaluations[:2]
+    result.best_step, result.metrics["eval_accuracy"] = 20, 0.70
+    print_summary(result)
+    assert "0.700 (kept step 20) " in capsys.readouterr().err
 
 
 def test_margins_change_the_loss(tmp_path, tiny_rm):
@@ -357,16 +379,23 @@ def test_held_out_pairs_come_in_the_same_order_at_every_evaluation(tmp_path, tin
 
 def test_progress_in_a_log_is_a_line_per_evaluation(tmp_path, tiny_rm, capsys):
     """Outside a terminal (a log file, CI, a cluster job) a run prints one whole line per held-out evaluation, not
-    a bar that Rich would draw once, at the end, cut to 80 columns."""
+    a bar that Rich would draw once, at the end, cut to 80 columns. Its held-out accuracy is the one the step
+    choice and the summary use, each pair counting once, even where the held-out pairs split into uneven batches
+    (10 pairs in batches of 4, 4 and 2: TRL's mean of per-batch accuracies would weigh the last two pairs double)."""
     result = train_reward_model(RewardTrainingConfig(
         data=datasets.Dataset.from_list(rule_pairs(64)), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+        eval_data=datasets.Dataset.from_list(rule_pairs(10, seed=1, uneven=True)), eval_batch_size=4,
         max_length=32, max_steps=8, evals_per_epoch=2, batch_size=8, precision="fp32", progress=True,
     ))
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("reward training")]
+    out = capsys.readouterr()
+    lines = [line for line in out.out.splitlines() if line.startswith("reward training")]
     assert [line.split()[3] for line in lines] == [f"{e['step']}/8" for e in result.evaluations]
     # Whole lines: each ends in the held-out accuracy that evaluation measured.
     assert [line.split()[-3:] for line in lines] == [["held-out", "acc", f"{e['accuracy']:.3f}"]
                                                      for e in result.evaluations]
+    assert [h["eval_accuracy"] for h in result.history if "eval_accuracy" in h][:-1] == [
+        e["accuracy"] for e in result.evaluations]
+    assert f"{result.metrics['eval_accuracy']:.3f} (kept step" in out.err
 
 
 def test_progress_on_an_80_column_terminal_keeps_the_step_count_and_times_whole(tmp_path, tiny_rm, capsys,
@@ -807,6 +836,40 @@ def test_head_only_training_and_lora_limited_to_the_top_layers(tmp_path, tiny_rm
     adapter = load_file(f"{lora.output_dir}/adapter/adapter_model.safetensors")
     lora_keys = [k for k in adapter if "lora_" in k]
     assert lora_keys and all(".layers.1." in k for k in lora_keys)
+
+
+def test_loading_warns_in_one_line_about_weights_only_a_broken_checkpoint_explains(tmp_path, tiny_rm, capfd):
+    """A checkpoint loaded for reward scoring lacks its new head and, cut by backbone_layers, leaves its upper
+    layers unused: expected, so no warning and none of Transformers' load-report tables. A weight missing from
+    the backbone is a broken checkpoint: one warning naming it."""
+    import shutil
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    from reward.train import _load_model
+
+    def load_warnings(path: str, **kwargs) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _load_model(path, pad_token_id=0, **kwargs)
+        return [str(w.message) for w in caught if str(w.message).startswith("model ")]
+
+    for model, head in ((tiny_rm, "score."), (tiny_encoder_reward_model(tmp_path / "encoder"), "classifier.")):
+        headless = tmp_path / f"headless-{head}"
+        shutil.copytree(model, headless)
+        weights = load_file(headless / "model.safetensors")
+        save_file({k: v for k, v in weights.items() if not k.startswith(head)}, headless / "model.safetensors")
+        assert load_warnings(str(headless)) == [] and load_warnings(str(headless), backbone_layers=1) == []
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    weights = load_file(f"{tiny_rm}/model.safetensors")
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_rm, broken)
+    del weights["model.layers.0.mlp.up_proj.weight"]
+    save_file(weights, broken / "model.safetensors")
+    assert load_warnings(str(broken)) == [f"model {str(broken)!r}: 1 weight(s) newly initialised, missing from "
+                                          "the checkpoint (model.layers.0.mlp.up_proj.weight)"]
 
 
 def test_backbone_layers_keeps_the_bottom_layers_and_saves_a_shallower_model(tmp_path, tiny_rm):
