@@ -260,7 +260,7 @@ def _load_model(model_path: str, pad_token_id: int, backbone_layers: int | None 
             transformers_logging.set_verbosity(verbosity)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {model_path!r}: {_first_line(e)}") from None
-    surprises = unexpected_weights(loading, _head_name(model), backbone_layers)
+    surprises = unexpected_weights(loading, model.base_model_prefix, backbone_layers)
     if surprises:
         warnings.warn(f"model {model_path!r}: {surprises}", stacklevel=2)
     # Sequence-classification models find the last real token through config.pad_token_id.
@@ -268,10 +268,10 @@ def _load_model(model_path: str, pad_token_id: int, backbone_layers: int | None 
     return model
 
 
-def unexpected_weights(loading: dict[str, Any], head: str, backbone_layers: int | None) -> str:
+def unexpected_weights(loading: dict[str, Any], backbone: str, backbone_layers: int | None) -> str:
     """What `from_pretrained(..., output_loading_info=True)` reported beyond what loading a checkpoint for
-    reward scoring explains (a new `head`, an unused lm_head, layers from `backbone_layers` up), as one
-    sentence; "" when nothing."""
+    reward scoring explains (a new head: whatever lies outside the `backbone` prefix, such as "bert" or
+    "model"; an unused lm_head; layers from `backbone_layers` up), as one sentence; "" when nothing."""
     import re
 
     def expected_unused(key: str) -> bool:
@@ -281,7 +281,7 @@ def unexpected_weights(loading: dict[str, Any], head: str, backbone_layers: int 
 
     problems = []
     for kind, keys in (("newly initialised, missing from the checkpoint",
-                        [k for k in loading.get("missing_keys", ()) if not k.startswith(head + ".")]),
+                        [k for k in loading.get("missing_keys", ()) if k.startswith(backbone + ".")]),
                        ("in the checkpoint but unused", [k for k in loading.get("unexpected_keys", ())
                                                           if not expected_unused(k)]),
                        ("of another shape in the checkpoint, newly initialised",
