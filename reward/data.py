@@ -3,7 +3,7 @@
 A preference dataset is TRL's format: `prompt` (a list of {role, content} messages, or a string),
 `chosen` and `rejected` (each a list holding the assistant message, or a string), plus optional
 `margin`, `pair_id`, `source` and any other columns. `prompt` may be absent when `chosen` and
-`rejected` are whole conversations (TRL's implicit-prompt format).
+`rejected` are whole conversations (TRL's implicit-prompt format), also as strings in Anthropic HH's layout.
 
 A conversation becomes text through the tokenizer's chat template; tokenizers without one (BERT-style
 encoders such as `minilm-l6`) get a plain `User: ...` / `Assistant: ...` layout. Over-long sequences
@@ -28,64 +28,136 @@ Conversation = list[Message]
 REQUIRED_COLUMNS = ("chosen", "rejected")
 TRUNCATION_SIDES = ("left", "right")
 _ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+HH_FIRST_TURN = "\n\nHuman:"
 
 
 # ----------------------------------------------------------------------------------------- loading
 
 
-def load_dataset_any(data: Any, what: str = "data"):
-    """A `datasets.Dataset` from a Dataset, a Parquet/JSONL/JSON file, or a `save_to_disk` folder."""
+def load_rows(data: Any, what: str = "data") -> tuple[Any, list[str]]:
+    """A `datasets.Dataset` from a Dataset, a list of dicts, a Parquet/JSONL/JSON file (optionally .gz) or a
+    `save_to_disk` folder, and where each row came from, for error messages: "prefs.jsonl:12" (a line of a
+    JSON Lines file), "prefs.parquet: row 3" (counting from 1), "data[2]" (an index into a Dataset or list)."""
     import datasets
 
     if isinstance(data, datasets.DatasetDict):
         if "train" not in data:
             raise UserError(f"{what}: a DatasetDict needs a 'train' split, it has {sorted(data)}")
         data = data["train"]
-    if isinstance(data, datasets.Dataset):
-        return data
     if isinstance(data, list):
-        return datasets.Dataset.from_list(data)
+        data = datasets.Dataset.from_list(data)
+    if type(data).__name__ == "DataFrame":  # pandas, without importing it here
+        data = datasets.Dataset.from_pandas(data, preserve_index=False)
+    if isinstance(data, datasets.Dataset):
+        return data, [f"{what}[{i}]" for i in range(len(data))]
     path = Path(str(data))
     if not path.exists():
         raise UserError(f"{what}: {path}: no such file or directory")
+    name = path.name.lower().removesuffix(".gz")
     try:
         if path.is_dir():
-            loaded = datasets.load_from_disk(str(path))
-            return load_dataset_any(loaded, what=str(path))
-        name = path.name.lower()
+            if not any(path.iterdir()):
+                raise UserError(f"{path}: the folder is empty (expected a datasets save_to_disk folder)")
+            loaded = load_rows(datasets.load_from_disk(str(path)), what=str(path))[0]
+            return loaded, [f"{path}: row {i + 1}" for i in range(len(loaded))]
         if name.endswith(".parquet"):
-            return datasets.Dataset.from_parquet(str(path))
-        if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
-            if path.stat().st_size == 0:
-                raise UserError(f"{path}: the file is empty")
-            return datasets.Dataset.from_json(str(path))
+            import pyarrow.parquet as pq
+
+            # Read the footer first: datasets would log Arrow's error on a broken file before raising its own.
+            if pq.read_metadata(path).num_rows == 0:
+                raise UserError(f"{path}: the file is empty (no rows)")
+            loaded = datasets.Dataset.from_parquet(str(path))
+            return loaded, [f"{path}: row {i + 1}" for i in range(len(loaded))]
     except UserError:
         raise
     except Exception as e:  # datasets raises many types for unreadable files; name the file instead
-        raise UserError(f"{path}: cannot read it as a dataset ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path}: cannot read it as a dataset ({type(e).__name__}: {first_line(e)})") from None
+    if name.endswith((".jsonl", ".json")):
+        return _rows_to_dataset(path, list(_json_rows(path)))
     raise UserError(f"{path}: unsupported file type (expected .parquet, .jsonl, .json or a save_to_disk folder)")
 
 
-def load_preferences(data: Any, what: str = "data"):
-    """Load and check a preference dataset; raise UserError naming the column or row at fault."""
-    dataset = load_dataset_any(data, what)
-    name = what if not isinstance(data, (str, Path)) else str(data)
+def _json_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    """(place, object) for each row of a JSON Lines file, or of a .json file holding a list or JSON lines (what
+    `Dataset.to_json` writes under any name)."""
+    from collect.formats import read_json_lines, read_text
+
+    if path.name.lower().removesuffix(".gz").endswith(".json"):
+        text = read_text(path)
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError:
+            document = None  # JSON lines, read below
+        if isinstance(document, list):
+            for i, row in enumerate(document, start=1):
+                if not isinstance(row, dict):
+                    raise UserError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")
+                yield f"{path}: item {i}", row
+            return
+    for line, row in read_json_lines(path):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
+        yield f"{path}:{line}", row
+
+
+def _json_kind(value: Any) -> str:
+    for kind, types in (("true/false", bool), ("a number", (int, float)), ("a string", str), ("a list", list)):
+        if isinstance(value, types):
+            return kind
+    return "an object"
+
+
+def _rows_to_dataset(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> tuple[Any, list[str]]:
+    import datasets
+
+    if not rows:
+        raise UserError(f"{path}: the file is empty (no rows)")
+    columns = list(dict.fromkeys(key for _, row in rows for key in row))  # every key, in first-seen order
+    try:
+        return (datasets.Dataset.from_dict({c: [row.get(c) for _, row in rows] for c in columns}),
+                [place for place, _ in rows])
+    except Exception as e:  # pyarrow: values of one column that share no type
+        for column in columns:
+            first = next(((place, _json_kind(row[column])) for place, row in rows if row.get(column) is not None),
+                         None)
+            for place, row in rows if first is not None else ():
+                if row.get(column) is not None and _json_kind(row[column]) != first[1]:
+                    raise UserError(f"{place}: field '{column}': {_json_kind(row[column])} where {first[0]} has "
+                                    f"{first[1]}; a column holds one kind of value") from None
+        raise UserError(f"{path}: cannot build a dataset from its rows ({type(e).__name__}: {first_line(e)})") from None
+
+
+def first_line(error: Exception) -> str:
+    """An exception's message cut to one line, for a UserError that quotes it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_preferences(data: Any, what: str = "data", use_margin: bool = True):
+    """Load and check a preference dataset; raise UserError naming the column or row at fault. With
+    `use_margin=False` the `margin` column is not read, so not checked either."""
+    dataset, places = load_rows(data, what)
+    check_preferences(dataset, places, what if not isinstance(data, (str, Path)) else str(data), use_margin)
+    return dataset
+
+
+def check_preferences(dataset, places: list[str], name: str, use_margin: bool = True) -> None:
+    """UserError, naming the column or the row's place, unless every row is a usable preference pair."""
+    if len(dataset) == 0:
+        raise UserError(f"{name}: the dataset is empty")
     missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
     if missing:
         raise UserError(
             f"{name}: missing column(s) {', '.join(missing)}: a preference dataset needs 'chosen' and "
             f"'rejected' (and usually 'prompt'); it has {', '.join(dataset.column_names) or 'no columns'}"
         )
-    if len(dataset) == 0:
-        raise UserError(f"{name}: the dataset is empty")
-    if "margin" in dataset.column_names:
-        for i, value in enumerate(dataset["margin"]):
-            if value is None or not isinstance(value, (int, float)) or value != value:
-                raise UserError(f"{name}: row {i}: field 'margin': expected a number, got {value!r}")
-    for i, row in enumerate(dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
-                                                    if c in dataset.column_names])):
-        pair_conversations(row, f"{name}: row {i}")
-    return dataset
+    if use_margin and "margin" in dataset.column_names:
+        for place, value in zip(places, dataset["margin"]):
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise UserError(f"{place}: field 'margin': expected a number, got {value!r}")
+    for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
+                                                          if c in dataset.column_names])):
+        pair_conversations(row, place)
 
 
 # ------------------------------------------------------------------------------------ conversations
@@ -103,7 +175,9 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
                 raise UserError(f"{where}: field '{field}[{j}]': expected a message {{role, content}}")
             if not isinstance(m["content"], str):
                 raise UserError(f"{where}: field '{field}[{j}].content': expected a string")
-            out.append({"role": str(m["role"]), "content": m["content"]})
+            if not isinstance(m["role"], str) or not m["role"]:
+                raise UserError(f"{where}: field '{field}[{j}].role': expected a role name, got {m['role']!r}")
+            out.append({"role": m["role"], "content": m["content"]})
         if not out and field != "prompt":
             raise UserError(f"{where}: field '{field}': is empty")
         return out
@@ -111,7 +185,14 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
 
 
 def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Conversation, Conversation]:
-    """The chosen and rejected whole conversations (prompt + completion) of one preference row."""
+    """The chosen and rejected whole conversations (prompt + completion) of one preference row. Sides in
+    Anthropic HH's layout, a whole dialogue in one string ("\n\nHuman: ...\n\nAssistant: ..."), with no
+    prompt, are split into their turns, so a chat template renders them as the dialogue they are."""
+    if not row.get("prompt") and all(isinstance(row.get(side), str) and row[side].startswith(HH_FIRST_TURN)
+                                     for side in ("chosen", "rejected")):
+        from collect.formats import split_hh_dialogue
+
+        return split_hh_dialogue(row["chosen"], where, "chosen"), split_hh_dialogue(row["rejected"], where, "rejected")
     prompt = as_messages(row.get("prompt") or [], where, "prompt", "user")
     chosen = as_messages(row.get("chosen"), where, "chosen", "assistant")
     rejected = as_messages(row.get("rejected"), where, "rejected", "assistant")
@@ -217,6 +298,16 @@ class Encoder:
         if use_margin and "margin" in dataset.column_names:
             columns["margin"] = [float(m) for m in dataset["margin"]]
         return datasets.Dataset.from_dict(columns), truncated
+
+
+def check_token_ids(sequences: Iterable[list[int]], model, what: str) -> None:
+    """UserError when a token id is beyond the model's embeddings: a tokenizer that is not the model's (a
+    copied tokenizer file, say) would otherwise fail deep in the forward pass with an IndexError."""
+    rows = model.get_input_embeddings().num_embeddings
+    highest = max((max(ids) for ids in sequences if ids), default=-1)
+    if highest >= rows:
+        raise UserError(f"{what}: the tokenizer gives token id {highest}, beyond the model's {rows} embeddings: "
+                        "the tokenizer is not this model's")
 
 
 def shared_start(chosen: list[int], rejected: list[int]) -> int:

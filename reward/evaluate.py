@@ -3,7 +3,7 @@
     report = evaluate_reward_model("runs/rm", "heldout.parquet", out_dir="runs/rm/eval")
 
 - accuracy (reward of chosen > reward of rejected) with a percentile-bootstrap interval;
-- the same by `source` and by every category column (a string column with a few distinct values);
+- the same by `source` and by every category column (a few distinct values; `category_columns`);
 - calibration: P(chosen preferred) = sigmoid(r_chosen - r_rejected); the model's confidence in its
   own pick, max(p, 1 - p), is binned on [0.5, 1] and compared with how often the pick was right;
   the expected calibration error (ECE) is the count-weighted gap, drawn as a reliability plot;
@@ -115,6 +115,7 @@ def preference_metrics(
     report: dict[str, Any] = {"n": int(len(diff)), **_accuracy_entry(correct, n_bootstrap, seed)}
     report["ci_level"] = 0.95
     report["mean_reward_gap"] = float(diff.mean()) if len(diff) else None
+    report["ties"] = int((diff == 0).sum())  # equal rewards: the model did not rank chosen above, so counted wrong
     report["by"] = {}
     for column, labels in (groups or {}).items():
         labels = np.asarray([str(v) for v in labels])
@@ -136,23 +137,38 @@ def preference_metrics(
             "model_prefers_longer": float(picks_longer.mean()) if len(picks_longer) else None,
         }
     if margins is not None:
-        report["margin_correlation"] = _correlations(diff, np.asarray(margins, dtype=np.float64))
+        margins = np.asarray(margins, dtype=np.float64)
+        report["margin_correlation"] = _correlations(diff, margins)
+        if report["margin_correlation"] is None:
+            report["margin_correlation_missing"] = (
+                "fewer than 3 pairs" if len(diff) < 3 else
+                "every pair has the same margin" if np.std(margins) == 0 else "every pair has the same reward gap")
     return report
 
 
-def category_columns(dataset) -> list[str]:
-    """`source` plus every string column with 2..50 distinct values that is not an id or text."""
-    out = []
+def category_columns(dataset) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """({column: each row's label}, {column: why it is not broken down}) over every column that is not an id,
+    text or the margin. A column is broken down by when its values are strings, numbers or true/false (a missing
+    value labelled "(none)") with 2..50 distinct labels, at most half as many as rows; `source` always is."""
+    used: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
     for name in dataset.column_names:
         if name in _NOT_CATEGORIES:
             continue
         values = dataset[name]
-        if not values or not all(isinstance(v, str) for v in values):
+        if any(isinstance(v, (list, dict)) for v in values):
+            skipped[name] = "holds lists or objects"
             continue
-        distinct = len(set(values))
+        labels = ["(none)" if v is None else str(v) for v in values]
+        distinct = len(set(labels))
         if name == "source" or 2 <= distinct <= min(MAX_CATEGORY_VALUES, max(2, len(values) // 2)):
-            out.append(name)
-    return out
+            used[name] = labels
+        elif distinct < 2:
+            skipped[name] = f"one value for every pair ({labels[0]})"
+        else:
+            skipped[name] = (f"{distinct} distinct values in {len(values)} pairs (a category has 2 to "
+                             f"{min(MAX_CATEGORY_VALUES, max(2, len(values) // 2))})")
+    return used, skipped
 
 
 def _completion_chars(value: Any) -> int:
@@ -178,17 +194,19 @@ def evaluate_reward_model(
     rows = load_preferences(data, "data")
     scorer = model if isinstance(model, RewardScorer) else RewardScorer(model, batch_size=batch_size)
     chosen, rejected = scorer.score_pairs(rows)
+    groups, not_grouped = category_columns(rows)
     report = preference_metrics(
         chosen.mean,
         rejected.mean,
-        groups={c: rows[c] for c in category_columns(rows)},
+        groups=groups,
         margins=rows["margin"] if "margin" in rows.column_names else None,
         chosen_lengths=[_completion_chars(v) for v in rows["chosen"]],
         rejected_lengths=[_completion_chars(v) for v in rows["rejected"]],
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
-    report["model"] = scorer.model_dirs
+    report["not_broken_down"] = not_grouped
+    report["model"] = [str(Path(m).resolve()) if Path(m).exists() else m for m in scorer.model_dirs]
     report["data"] = str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__}>"
     if len(scorer.members) > 1:
         report["ensemble_spread_mean"] = float(np.concatenate([chosen.spread, rejected.spread]).mean())

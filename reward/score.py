@@ -22,7 +22,8 @@ import numpy as np
 
 from collect.errors import UserError
 from collect.offline_models import resolve_model
-from reward.data import Conversation, Encoder, as_messages, pair_conversations
+from reward.data import (Conversation, Encoder, as_messages, check_preferences, check_token_ids, load_rows,
+                         pair_conversations)
 
 
 @dataclass
@@ -37,7 +38,8 @@ class RewardScores:
 
     @property
     def spread(self) -> np.ndarray:
-        """Standard deviation across members (zeros for a single model)."""
+        """Standard deviation across members, population form (with two members, half their difference; zeros for
+        a single model)."""
         return self.per_model.std(axis=0)
 
     def __len__(self) -> int:
@@ -62,10 +64,9 @@ def distinct_sequences(sequences: list[list[int]]) -> tuple[list[list[int]], lis
 class _Member:
     def __init__(self, model_dir: str, device: str, dtype, max_length: int | None, share_prompt: bool):
         import torch
-        from transformers import AutoModelForSequenceClassification
 
         from reward.shared_prompt import shares_prompt
-        from reward.train import load_tokenizer
+        from reward.train import load_sequence_classifier, load_tokenizer
 
         path = resolve_model(model_dir)
         if not Path(path).exists():
@@ -73,7 +74,7 @@ class _Member:
         info = model_info(path)
         self.tokenizer = load_tokenizer(path)
         try:
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+            self.model = load_sequence_classifier(path, dtype=dtype)
         except (OSError, ValueError) as e:
             raise UserError(f"reward model {model_dir}: cannot load it ({str(e).splitlines()[0]})") from None
         if self.model.config.num_labels != 1:
@@ -86,6 +87,7 @@ class _Member:
             limit = min(self.tokenizer.model_max_length, positions)
         self.encoder = Encoder(self.tokenizer, limit, info.get("truncation_side", "left"))
         self.device = device
+        self.name = model_dir
         self.torch = torch
         self.shares_prompt = share_prompt and shares_prompt(self.model)
 
@@ -97,6 +99,7 @@ class _Member:
 
         torch = self.torch
         sequences, first = distinct_sequences(sequences)
+        check_token_ids(sequences, self.model, f"reward model {self.name}")
         out = np.empty(len(sequences), dtype=np.float64)
         groups = prompt_groups(sequences) if self.shares_prompt else [[i] for i in range(len(sequences))]
         # Alone, in plain batches of their own: the model's causal kernel, no explicit mask to compute under.
@@ -153,16 +156,20 @@ class RewardScorer:
         self.members = [_Member(str(p), self.device, dtype, max_length, share_prompt) for p in paths]
 
     def score(self, conversations: Sequence[Conversation]) -> RewardScores:
-        """Rewards for whole conversations (prompt turns followed by the response being judged)."""
+        """Rewards for whole conversations (prompt turns followed by the response being judged). UserError,
+        naming the conversation's index and field, for one that is not a non-empty list of {role, content}
+        messages with string content (a lone string is read as one user message)."""
+        conversations = [as_messages(c, f"conversation {i}", "messages", "user") for i, c in enumerate(conversations)]
         rows = []
         for member in self.members:
-            ids = [member.encoder.encode(list(c))[0] for c in conversations]
+            ids = [member.encoder.encode(c)[0] for c in conversations]
             rows.append(member.score_ids(ids, self.batch_size))
         return RewardScores(np.vstack(rows) if rows else np.empty((0, 0)))
 
-    def score_pairs(self, dataset, where: str = "data") -> tuple[RewardScores, RewardScores]:
-        """(chosen, rejected) rewards for every row of a preference dataset."""
-        pairs = [pair_conversations(row, f"{where}: row {i}") for i, row in enumerate(dataset)]
+    def score_pairs(self, dataset) -> tuple[RewardScores, RewardScores]:
+        """(chosen, rejected) rewards for every row of a preference dataset (`reward.data.load_preferences`
+        checks one, naming a bad row's file and line)."""
+        pairs = [pair_conversations(row, f"data[{i}]") for i, row in enumerate(dataset)]
         chosen_rows, rejected_rows = [], []
         for member in self.members:
             ids = [member.encoder.encode(list(side))[0] for side in (*(c for c, _ in pairs), *(r for _, r in pairs))]
@@ -172,13 +179,12 @@ class RewardScorer:
         return RewardScores(np.vstack(chosen_rows)), RewardScores(np.vstack(rejected_rows))
 
 
-def conversations_from_rows(dataset, where: str = "data") -> list[Conversation]:
+def conversations_from_rows(dataset, places: list[str]) -> list[Conversation]:
     """Conversations to score from a dataset of single responses: a `messages` column, or `prompt` +
-    `completion` (TRL's prompt-completion format)."""
+    `completion` (TRL's prompt-completion format); `places` name each row in errors (`reward.data.load_rows`)."""
     columns = set(dataset.column_names)
     conversations: list[Conversation] = []
-    for i, row in enumerate(dataset):
-        here = f"{where}: row {i}"
+    for here, row in zip(places, dataset):
         if "messages" in columns:
             conversations.append(as_messages(row["messages"], here, "messages", "user"))
         else:
@@ -192,9 +198,12 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
 
     A preference dataset gets `reward_chosen` and `reward_rejected`; others get `reward`. Ensembles
     also get the spread (`..._spread`)."""
-    from reward.data import load_dataset_any
-
-    rows = load_dataset_any(data, "data")
+    out = Path(out)
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise UserError(f"{out}: the scored file is written as .jsonl or .parquet; name it so")
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory; name the scored file (.jsonl or .parquet)")
+    rows, places = load_rows(data, "data")
     if len(rows) == 0:
         raise UserError(f"{data}: the dataset is empty")
     columns = set(rows.column_names)
@@ -204,12 +213,13 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
             f"{data}: nothing to score: expected a 'messages' column, 'prompt' + 'completion', or "
             f"'prompt' + 'chosen' + 'rejected'; it has {', '.join(sorted(columns))}"
         )
-    conversations = conversations_from_rows(rows, str(data)) if single else None  # bad rows fail before loading
+    # Bad rows fail before the models load.
+    conversations = conversations_from_rows(rows, places) if single else check_preferences(rows, places, str(data))
     scorer = RewardScorer(models, batch_size=batch_size)
     if single:
         scores = {"reward": scorer.score(conversations)}
     else:
-        chosen, rejected = scorer.score_pairs(rows, str(data))
+        chosen, rejected = scorer.score_pairs(rows)
         scores = {"reward_chosen": chosen, "reward_rejected": rejected}
     values: dict[str, np.ndarray] = {}
     for name, score in scores.items():
@@ -221,7 +231,6 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
         if name in scored.column_names:
             scored = scored.remove_columns(name)
         scored = scored.add_column(name, [float(v) for v in column])
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         scored.to_parquet(str(out))

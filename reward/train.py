@@ -33,6 +33,7 @@ parameters on every rank (ZeRO-2 shards only optimizer states and gradients).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -45,7 +46,8 @@ from typing import Any
 
 from collect.errors import UserError
 from collect.offline_models import resolve_model
-from reward.data import Encoder, fingerprint, load_preferences
+from collect.output_dirs import check_output_dir, replacing_dir
+from reward.data import Encoder, check_token_ids, fingerprint, first_line, load_preferences, pair_conversations
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -146,7 +148,7 @@ class RewardTrainingConfig:
 
     def peak_learning_rate(self) -> float:
         """`learning_rate`, or the default for this kind of run when it is None."""
-        if self.learning_rate:
+        if self.learning_rate is not None:
             return self.learning_rate
         return 2e-4 if self.lora or self.trainable_layers is not None else 5e-5
 
@@ -221,10 +223,12 @@ def load_tokenizer(model_path: str):
     """The tokenizer of a local model directory or Hugging Face id; UserError when it is not there."""
     from transformers import AutoTokenizer
 
+    if Path(model_path).is_dir() and not (Path(model_path) / "config.json").exists():
+        raise UserError(f"cannot load model {model_path!r}: not a model directory (it has no config.json)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {model_path!r}: {_first_line(e)}") from None
+        raise UserError(f"cannot load model {model_path!r}: {first_line(e)}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise UserError(f"model {model_path!r}: its tokenizer has neither a pad nor an eos token")
@@ -234,9 +238,7 @@ def load_tokenizer(model_path: str):
 
 def _load_model(model_path: str, pad_token_id: int, backbone_layers: int | None = None):
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.utils import logging as transformers_logging
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(model_path, num_labels=1)
@@ -247,24 +249,34 @@ def _load_model(model_path: str, pad_token_id: int, backbone_layers: int | None 
             config.num_hidden_layers = backbone_layers
             if getattr(config, "layer_types", None):  # per-layer attention kinds (Qwen3, Gemma) must match
                 config.layer_types = config.layer_types[:backbone_layers]
-        # Transformers' load report would list, as a table of warnings, what is expected here: the new score
-        # head, a causal LM's unused lm_head (suppress_seqcls_warning), the upper layers backbone_layers leaves
-        # out. `unexpected_weights` warns, in one line, about anything else.
-        verbosity = transformers_logging.get_verbosity()
-        transformers_logging.set_verbosity_error()
-        try:
-            with suppress_seqcls_warning():
-                model, loading = AutoModelForSequenceClassification.from_pretrained(
-                    model_path, config=config, dtype=torch.float32, output_loading_info=True)
-        finally:
-            transformers_logging.set_verbosity(verbosity)
+        model = load_sequence_classifier(model_path, backbone_layers, config=config, dtype=torch.float32)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {model_path!r}: {_first_line(e)}") from None
-    surprises = unexpected_weights(loading, model.base_model_prefix, backbone_layers)
-    if surprises:
-        warnings.warn(f"model {model_path!r}: {surprises}", stacklevel=2)
+        raise UserError(f"cannot load model {model_path!r}: {first_line(e)}") from None
     # Sequence-classification models find the last real token through config.pad_token_id.
     model.config.pad_token_id = pad_token_id
+    return model
+
+
+def load_sequence_classifier(model_path: str, backbone_layers: int | None = None, **kwargs):
+    """`AutoModelForSequenceClassification.from_pretrained(model_path, **kwargs)` without Transformers' load-report
+    table for what loading a checkpoint for reward scoring expects (a new score head, a causal LM's unused lm_head,
+    the upper layers `backbone_layers` leaves out), and with a one-line warning for anything else
+    (`unexpected_weights`)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as transformers_logging
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        with suppress_seqcls_warning():
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
+                model_path, output_loading_info=True, **kwargs)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    surprises = unexpected_weights(loading, model.base_model_prefix, backbone_layers)
+    if surprises:
+        warnings.warn(f"model {model_path!r}: {surprises}", stacklevel=3)
     return model
 
 
@@ -290,11 +302,6 @@ def unexpected_weights(loading: dict[str, Any], backbone: str, backbone_layers: 
             shown = ", ".join(sorted(keys)[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
             problems.append(f"{len(keys)} weight(s) {kind} ({shown})")
     return "; ".join(problems)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _head_name(model) -> str:
@@ -424,14 +431,19 @@ class FrozenLayerCache:
 
 
 def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
-    """The row indices of each distinct prompt (each row alone without a `prompt` column), prompts in an order
-    shuffled by `seed`."""
+    """The row indices of each distinct prompt, prompts in an order shuffled by `seed`. Without a `prompt`
+    column the prompt is the turns a row's chosen and rejected conversations share (TRL's implicit prompt);
+    a row whose sides share none is a group of its own."""
     import random
 
-    if "prompt" not in dataset.column_names:
-        keys = [str(i) for i in range(len(dataset))]
-    else:
+    if "prompt" in dataset.column_names:
         keys = [json.dumps(p, sort_keys=True, default=str) for p in dataset["prompt"]]
+    else:
+        keys = []
+        for i, row in enumerate(dataset):
+            chosen, rejected = pair_conversations(row, f"data[{i}]")
+            shared = list(itertools.takewhile(lambda turns: turns[0] == turns[1], zip(chosen[:-1], rejected[:-1])))
+            keys.append(json.dumps([turn for turn, _ in shared], sort_keys=True) if shared else f"row {i}")
     groups: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
@@ -441,17 +453,24 @@ def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
 
 
 def split_by_prompt(dataset, fraction: float, seed: int):
-    """(train, held_out): whole prompts go to one side, about `fraction` of the rows held out."""
+    """(train, held_out): whole prompts go to one side, about `fraction` of the rows held out. A prompt whose
+    pairs would take the held-out share past twice `fraction` is passed over (one prompt with most of the pairs
+    would otherwise go out whole), unless no prompt fits, when the smallest goes."""
     target = max(1, round(fraction * len(dataset)))
+    groups = rows_by_prompt(dataset, seed)
     held: list[int] = []
-    for rows in rows_by_prompt(dataset, seed):
+    for rows in groups:
         if len(held) >= target:
             break
-        held.extend(rows)
+        if len(held) + len(rows) <= 2 * target:
+            held.extend(rows)
+    if not held:
+        held = min(groups, key=len)
     held_set = set(held)
     train = [i for i in range(len(dataset)) if i not in held_set]
     if not train:
-        raise UserError(f"data: {len(dataset)} pair(s) are too few to hold some out; pass eval_data or eval_fraction=0")
+        raise UserError(f"data: its {len(dataset)} pair(s) share {len(groups)} prompt(s), too few to hold whole "
+                        "prompts out; give held-out pairs (--eval-data) or hold none out (--eval-fraction 0)")
     return dataset.select(train), dataset.select(sorted(held))
 
 
@@ -589,9 +608,9 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     tokenizer = load_tokenizer(model_path)
     encoder = Encoder(tokenizer, config.max_length, config.truncation_side)
 
-    train_rows = load_preferences(config.data, "data")
+    train_rows = load_preferences(config.data, "data", config.use_margin)
     if config.eval_data is not None:
-        eval_rows = load_preferences(config.eval_data, "eval_data")
+        eval_rows = load_preferences(config.eval_data, "eval_data", config.use_margin)
     elif config.eval_fraction > 0:
         train_rows, eval_rows = split_by_prompt(train_rows, config.eval_fraction, config.seed)
     else:
@@ -607,6 +626,10 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     # and seed gave a different model on every run.
     set_seed(config.seed)
     model = _load_model(model_path, tokenizer.pad_token_id, config.backbone_layers)
+    for dataset, name in ((train_set, "data"), (eval_set, "eval_data")):
+        if dataset is not None:
+            check_token_ids(itertools.chain(dataset["chosen_ids"], dataset["rejected_ids"]), model,
+                            f"{name} for {model_path}")
     depth = model.config.num_hidden_layers
     if config.trainable_layers is not None and config.trainable_layers > depth:
         raise UserError(f"trainable_layers must be between 0 and {depth} (the layers of the model), "
@@ -764,6 +787,19 @@ def _check(config: RewardTrainingConfig) -> None:
         raise UserError(f"trainable_layers must be between 0 and the model's layers, got {config.trainable_layers}")
     if config.lora and config.trainable_layers == 0:
         raise UserError("trainable_layers=0 with LoRA leaves nothing to adapt; without LoRA it trains the head alone")
+    if config.learning_rate is not None and config.learning_rate <= 0:
+        raise UserError(f"learning_rate must be above 0, got {config.learning_rate}")
+    if config.gradient_accumulation_steps < 1:
+        raise UserError(f"gradient_accumulation_steps must be at least 1, got {config.gradient_accumulation_steps}")
+    if config.lora and config.lora_r < 1:
+        raise UserError(f"lora_r must be at least 1, got {config.lora_r}")
+    if not 0 <= config.seed < 2**32:
+        raise UserError(f"seed must be between 0 and 2**32 - 1, got {config.seed}")
+    if config.center_rewards_coefficient is not None and config.center_rewards_coefficient < 0:
+        raise UserError(f"center_rewards_coefficient must be 0 or more, got {config.center_rewards_coefficient}")
+    if config.time_budget_s is not None and config.time_budget_s <= 0:
+        raise UserError(f"time_budget_s must be above 0, got {config.time_budget_s}")
+    check_output_dir(Path(config.output_dir), "prefloop.json")
     ds_stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     if ds_stage == "3":
         raise UserError("DeepSpeed ZeRO-3 is not supported for reward training; use deepspeed_zero2.yaml")
@@ -773,13 +809,19 @@ def _check(config: RewardTrainingConfig) -> None:
 
 
 def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision, learning_rate) -> None:
+    """Write the model directory in a staging folder that then replaces `output_dir` whole (`replacing_dir`)."""
+    with replacing_dir(Path(config.output_dir)) as staging:
+        _write_model_dir(staging, trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision,
+                         learning_rate)
+
+
+def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision,
+                     learning_rate) -> None:
     import peft
     import torch
     import transformers
     import trl
 
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if config.lora:
         # The adapter alone, for those who want it; the merged model is what everything else loads.
@@ -791,7 +833,7 @@ def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path,
     tokenizer.save_pretrained(out)
     info = {
         "kind": "reward_model",
-        "output_dir": str(out),
+        "output_dir": str(config.output_dir),
         "base_model": config.base_model,
         "base_model_path": model_path,
         "max_length": config.max_length,

@@ -6,8 +6,10 @@ All models are tiny and built in process (tests/tiny_models.py); the whole file 
 from __future__ import annotations
 
 import json
+import os
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,8 +319,10 @@ def test_held_out_pairs_are_whole_prompts_and_a_lone_prompt_is_too_few_to_split(
     # Without a prompt column every pair is its own group.
     assert sorted(map(len, rows_by_prompt(data.remove_columns("prompt"), seed=0))) == [1] * 30
     one_prompt = datasets.Dataset.from_list([{**row, "prompt": rows[0]["prompt"]} for row in rows[:5]])
-    with pytest.raises(UserError, match="too few to hold some out"):
+    with pytest.raises(UserError) as e:
         split_by_prompt(one_prompt, 0.1, seed=0)
+    assert "its 5 pair(s) share 1 prompt(s), too few to hold whole prompts out" in _one_line_error(e)
+    assert "(--eval-data)" in str(e.value) and "(--eval-fraction 0)" in str(e.value)
 
 
 def test_the_saved_model_is_the_best_held_out_step_not_the_last(tmp_path, tiny_rm):
@@ -1099,7 +1103,7 @@ def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, t
     bad_row = [{"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"text": "b"}]}]
     with pytest.raises(UserError) as e:
         load_preferences(datasets.Dataset.from_list(bad_row))
-    assert "row 0" in _one_line_error(e) and "rejected" in str(e.value)
+    assert "data[0]" in _one_line_error(e) and "rejected" in str(e.value)
 
     with pytest.raises(UserError) as e:
         train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(4)),
@@ -1125,6 +1129,188 @@ def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, t
 def test_offline_model_aliases():
     assert set(MODEL_ALIASES) == {"smollm2-135m-instruct", "minilm-l6"}
     assert resolve_model("some-org/some-model") == "some-org/some-model"
-    assert resolve_model("./local/dir") == "./local/dir"
     minilm = resolve_model("minilm-l6")
-    assert (__import__("pathlib").Path(minilm) / "config.json").exists()
+    assert (Path(minilm) / "config.json").exists()
+    assert resolve_model(minilm) == minilm  # an existing folder: itself
+
+
+# ------------------------------------------------------------------- bad input: files, rows, options, folders
+
+
+def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
+    """JSON Lines errors name the file's own line (blank lines count), Parquet rows count from 1, in-memory
+    datasets give the index; a column mixing kinds of value names the field and both lines."""
+    good = json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"})
+    cases = {
+        "broken.jsonl": (f"{good}\n\n{good}\n{{\"prompt\": \"q\", \"chosen\": \n", "broken.jsonl:4: invalid JSON"),
+        "null.jsonl": (f"{good}\n\n{good}\n" + json.dumps({"prompt": "q", "chosen": None, "rejected": "b"}) + "\n",
+                       "null.jsonl:4: field 'chosen'"),
+        "mixed.jsonl": (f"{good}\n" + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "source": "x"}) + "\n"
+                        + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "source": 5}) + "\n",
+                        "mixed.jsonl:3: field 'source': a number where"),
+        "blank.jsonl": ("\n\n", "blank.jsonl: the file is empty"),
+        "role.jsonl": (json.dumps({"prompt": [{"role": None, "content": "q"}], "chosen": "a", "rejected": "b"}) + "\n",
+                       "role.jsonl:1: field 'prompt[0].role': expected a role name, got None"),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UserError) as e:
+            load_preferences(str(tmp_path / name))
+        assert expected in _one_line_error(e), name
+    assert "mixed.jsonl:2 has a string" in str(pytest.raises(UserError, load_preferences, str(tmp_path / "mixed.jsonl")).value)
+
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": ""}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "rows.parquet"))
+    with pytest.raises(UserError) as e:
+        load_preferences(str(tmp_path / "rows.parquet"))
+    assert "rows.parquet: row 2: field 'rejected': is empty" in _one_line_error(e)
+    with pytest.raises(UserError) as e:
+        load_preferences(datasets.Dataset.from_list(rows))
+    assert _one_line_error(e).startswith("data[1]: field 'rejected'")
+    datasets.Dataset.from_list(rows[:1]).select([]).to_parquet(str(tmp_path / "none.parquet"))
+    with pytest.raises(UserError) as e:
+        load_preferences(str(tmp_path / "none.parquet"))
+    assert "none.parquet: the file is empty" in _one_line_error(e)
+    # What Dataset.to_json writes under a .json name (JSON lines), and a pandas DataFrame, load as they are.
+    datasets.Dataset.from_list(rows[:1]).to_json(str(tmp_path / "lines.json"))
+    assert len(load_preferences(str(tmp_path / "lines.json"))) == 1
+    assert len(load_preferences(datasets.Dataset.from_list(rows[:1]).to_pandas())) == 1
+    # The margin column is checked only where it is read.
+    bad_margin = [dict(rows[0], margin="high")]
+    with pytest.raises(UserError) as e:
+        load_preferences(bad_margin)
+    assert "data[0]: field 'margin': expected a number, got 'high'" in _one_line_error(e)
+    assert len(load_preferences(bad_margin, use_margin=False)) == 1
+
+
+def test_one_prompt_with_most_pairs_is_not_held_out_whole():
+    """Held-out pairs are whole prompts, about the fraction asked: a prompt holding 15 of 20 pairs stays in
+    training, where the first prompt drawn would have taken three quarters of the data out."""
+    rows = [{"prompt": "shared", "chosen": f"a{i}", "rejected": "b"} for i in range(15)]
+    rows += [{"prompt": f"own {i}", "chosen": "a", "rejected": "b"} for i in range(5)]
+    for seed in range(10):
+        train, held = split_by_prompt(datasets.Dataset.from_list(rows), 0.1, seed)
+        assert len(held) <= 4 and len(train) + len(held) == 20
+        assert {r["prompt"] for r in held}.isdisjoint(r["prompt"] for r in train)
+
+
+def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_path, tiny_rm, monkeypatch):
+    """A bad output_dir fails before any training; a previous model directory is replaced whole (no stale adapter
+    or evaluation of the old model left beside the new one), with the permissions the umask gives."""
+    def config(out, **overrides) -> RewardTrainingConfig:
+        return RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(16)), base_model=tiny_rm,
+                                    output_dir=str(out), eval_fraction=0, max_length=32, max_steps=1, batch_size=8,
+                                    precision="fp32", progress=False, **overrides)
+
+    trained_steps = []
+    monkeypatch.setattr("reward.train.load_preferences",
+                        lambda *a, **k: trained_steps.append(1) or pytest.fail("loaded data before the checks"))
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("keep me")
+    for out, expected in ((tmp_path / "a-file", "is a file"), (tmp_path / "a-file" / "sub", "a-file is a file"),
+                          (tmp_path / "theirs", "holds other files (no prefloop.json)")):
+        with pytest.raises(UserError) as e:
+            train_reward_model(config(out))
+        assert expected in _one_line_error(e)
+    for bad, message in (({"learning_rate": 0.0}, "learning_rate must be above 0"),
+                         ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be at least 1"),
+                         ({"lora": True, "lora_r": 0}, "lora_r must be at least 1"),
+                         ({"seed": -1}, "seed must be between 0"),
+                         ({"time_budget_s": -5}, "time_budget_s must be above 0")):
+        with pytest.raises(UserError) as e:
+            train_reward_model(config(tmp_path / "new", **bad))
+        assert message in _one_line_error(e)
+    assert trained_steps == [] and (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"
+    monkeypatch.undo()
+
+    out = tmp_path / "rm"
+    train_reward_model(config(out, lora=True))
+    assert (out / "adapter").is_dir()
+    (out / "eval").mkdir()
+    (out / "eval" / "eval.json").write_text("{}")
+    old_umask = os.umask(0o022)
+    try:
+        train_reward_model(config(out))
+    finally:
+        os.umask(old_umask)
+    assert not (out / "adapter").exists() and not (out / "eval").exists()
+    assert json.loads((out / "prefloop.json").read_text())["output_dir"] == str(out)
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o644"}
+    assert oct(out.stat().st_mode & 0o777) == "0o755"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_scoring_names_a_bad_conversation_and_a_tokenizer_that_is_not_the_models(trained, tmp_path, tiny_rm):
+    import shutil
+
+    result, _ = trained
+    scorer = RewardScorer(result.output_dir)
+    for conversations, expected in (([[]], "conversation 0: field 'messages': is empty"),
+                                    ([[{"role": "user", "content": "hi"}], [{"role": "user"}]],
+                                     "conversation 1: field 'messages[0]': expected a message"),
+                                    ([{"messages": []}], "conversation 0: field 'messages': expected a string or a list")):
+        with pytest.raises(UserError) as e:
+            scorer.score(conversations)
+        assert expected in _one_line_error(e)
+    # A copied-in tokenizer with a larger vocabulary than the model's embeddings.
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(result.output_dir, mismatched)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        (mismatched / name).unlink(missing_ok=True)
+        source = Path(resolve_model("minilm-l6")) / name
+        if source.exists():
+            shutil.copy(source, mismatched / name)
+    with pytest.raises(UserError) as e:
+        RewardScorer(str(mismatched)).score([[{"role": "user", "content": "hello there, general kenobi"}]])
+    assert "beyond the model's" in _one_line_error(e) and "the tokenizer is not this model's" in str(e.value)
+    not_a_model = tmp_path / "notes"
+    not_a_model.mkdir()
+    (not_a_model / "a.txt").write_text("x")
+    with pytest.raises(UserError) as e:
+        RewardScorer(str(not_a_model))
+    assert "not a model directory (it has no config.json)" in _one_line_error(e)
+    with pytest.raises(UserError) as e:
+        score_file(result.output_dir, "unused.jsonl", tmp_path / "out.csv")
+    assert "written as .jsonl or .parquet" in _one_line_error(e)
+
+
+def test_evaluation_reports_ties_unused_columns_and_why_the_margin_agreement_is_missing(trained, tmp_path):
+    result, _ = trained
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "same"}],
+             "rejected": [{"role": "assistant", "content": "same" if i < 2 else f"other {i}"}], "margin": 1.0,
+             "topic": ["x", None][i % 2], "rater_note": f"note {i}", "flag": True} for i in range(6)]
+    report = evaluate_reward_model(result.output_dir, rows, tmp_path / "eval", n_bootstrap=50)
+    assert report["ties"] == 2  # identical sides: equal rewards, counted wrong
+    assert set(report["by"]["topic"]) == {"x", "(none)"}
+    assert report["not_broken_down"] == {"rater_note": "6 distinct values in 6 pairs (a category has 2 to 3)",
+                                         "flag": "one value for every pair (True)"}
+    assert report["margin_correlation"] is None
+    assert report["margin_correlation_missing"] == "every pair has the same margin"
+
+
+def test_a_local_path_or_a_near_miss_of_an_alias_fails_at_once():
+    for name, expected in (("/no/such/model", "no such directory"), ("./rm", "no such directory"),
+                           ("smollm2-135m", "did you mean 'smollm2-135m-instruct'?"),
+                           ("minilm", "did you mean 'minilm-l6'?")):
+        with pytest.raises(UserError) as e:
+            resolve_model(name)
+        assert expected in _one_line_error(e)
+    assert resolve_model("org/some-reward-model") == "org/some-reward-model"  # a Hub id: left to Transformers
+
+
+def test_hh_dialogue_strings_are_split_into_turns_and_grouped_by_their_shared_turns():
+    """Anthropic HH's files hold each side as one string; split into turns they render through a chat template as
+    a dialogue (not as one assistant message holding "Human: ..."), and two rows on the same dialogue are one
+    prompt when held-out pairs are drawn."""
+    from reward.data import pair_conversations
+
+    dialogue = "\n\nHuman: how do I pick a lock?\n\nAssistant: Why do you need to?\n\nHuman: locked out"
+    rows = [{"chosen": dialogue + "\n\nAssistant: Call a locksmith.", "rejected": dialogue + "\n\nAssistant: Use a pin."},
+            {"chosen": dialogue + "\n\nAssistant: Try the landlord.", "rejected": dialogue + "\n\nAssistant: Kick it."},
+            {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi there\n\nAssistant: go away"}]
+    chosen, rejected = pair_conversations(rows[0])
+    assert [m["role"] for m in chosen] == ["user", "assistant", "user", "assistant"]
+    assert chosen[:3] == rejected[:3] and chosen[-1]["content"] == "Call a locksmith."
+    groups = sorted(sorted(g) for g in rows_by_prompt(datasets.Dataset.from_list(rows), seed=0))
+    assert groups == [[0, 1], [2]]  # row 2's sides share no turn: a group of its own

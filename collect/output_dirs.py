@@ -1,0 +1,69 @@
+"""Output directories of trained models: checked before training, replaced whole after it.
+
+A training run can take hours, so a bad `--out` (a file, a folder of someone else's files, a place that cannot be
+written) must fail before it starts, not when the model is saved. The model is written into a staging folder
+beside the target and swapped in at the end: an interrupted save leaves the previous model whole, and a retrained
+model never sits next to the files of the one it replaces (a stale LoRA adapter, an evaluation of the old model).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from collect.errors import UserError
+
+
+def check_output_dir(path: Path, marker: str) -> None:
+    """UserError unless `path` is new, empty, or a previous output (it holds `marker`), and can be written."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output_dir {path}: is a file; name a folder")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
+        raise UserError(f"output_dir {path}: holds other files (no {marker}); name a new or empty folder, or an "
+                        "earlier output of this command, which is replaced")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"output_dir {path}: {existing} is a file")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as e:
+        raise UserError(f"output_dir {path}: cannot write in {existing} ({e.strerror or e})") from None
+
+
+@contextmanager
+def replacing_dir(path: Path) -> Iterator[Path]:
+    """A staging folder to write the new output into; on leaving the block it replaces `path` whole (on an
+    error it is removed and `path` is left as it was). Files get the permissions the umask gives, not the
+    owner-only ones of a temporary folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield staging
+        _permissions_from_umask(staging)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(staging, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _permissions_from_umask(root: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            Path(folder, name).chmod(0o777 & ~umask)
+        for name in files:
+            Path(folder, name).chmod(0o666 & ~umask)
