@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from collect.errors import UserError
+from collect.output_dirs import check_output_dir, replacing_dir
 from finetune.policy import load_tokenizer, resolve
 from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
 from finetune.training import alignment_progress, is_main_process, pick_device, summarize_history, use_bf16
@@ -148,6 +149,7 @@ def align(config: AlignConfig) -> AlignResult:
         reward_info = reward_model_info(config.reward_model)
         if config.method == "dpo":
             reward_info = None  # checked for the evaluation, but not what the adapter was trained against
+    check_output_dir(config.output_dir, "prefloop.json")  # before training, not when the adapter is saved
     tokenizer = load_tokenizer(config.policy, config.chat_template)
 
     data, data_stats = training_data(config, tokenizer)
@@ -165,19 +167,19 @@ def align(config: AlignConfig) -> AlignResult:
     evaluation = None
     if not is_main_process():  # under `accelerate launch`, the first rank writes for everyone
         return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=None)
-    out.mkdir(parents=True, exist_ok=True)
-    peft_model = trainer.accelerator.unwrap_model(trainer.model)
-    peft_model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    # The merge and the evaluation load the model afresh: free the trained one first.
-    del trainer, peft_model, model
-    gc.collect()
-    if merged_dir is not None:
-        write_merged(path, out, merged_dir)
-        tokenizer.save_pretrained(merged_dir)
-
-    metrics["wall_s"] = time.monotonic() - started
-    write_manifest(out, config, path, reward_info, data_stats, metrics)
+    # Written into a staging folder that then replaces `out` whole: no file of an earlier run stays beside it.
+    with replacing_dir(out) as staging:
+        peft_model = trainer.accelerator.unwrap_model(trainer.model)
+        peft_model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        # The merge and the evaluation load the model afresh: free the trained one first.
+        del trainer, peft_model, model
+        gc.collect()
+        if merged_dir is not None:
+            write_merged(path, staging, staging / "merged")
+            tokenizer.save_pretrained(staging / "merged")
+        metrics["wall_s"] = time.monotonic() - started
+        write_manifest(staging, config, path, reward_info, data_stats, metrics)
     if config.eval_prompts is not None:
         from finetune.evaluate import EvalConfig, evaluate
 

@@ -235,6 +235,15 @@ def test_reward_model_that_is_not_a_sequence_classifier(models, tmp_path):
         small_config(models, "grpo", tmp_path / "w", reward_model=None)
 
 
+def test_an_output_folder_of_other_files_is_refused_before_training(models, tmp_path):
+    """The check runs before the policy loads: a run of hours must not fail when it saves."""
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match=r"holds other files \(no prefloop.json\)"):
+        align(small_config(models, "grpo", tmp_path / "theirs"))
+    assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["notes.txt"]
+
+
 def test_empty_prompts(models, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
