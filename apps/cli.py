@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
@@ -324,8 +325,14 @@ def _reporter(progress: Progress, task: TaskID) -> Callable[[int, int], None]:
     return lambda done, total: progress.update(task, completed=done, total=total)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # Python's default adds the file, line number and source line: noise to someone running a command.
+    return f"warning: {message}\n" if category is UserWarning else f"{category.__name__}: {message}\n"
+
+
 def main() -> None:
-    """Entry point: user errors print one line and exit 1, never a traceback."""
+    """Entry point: user errors print one line and exit 1, never a traceback; warnings print one line each."""
+    warnings.formatwarning = _one_line_warning
     try:
         app(standalone_mode=False)
     except UserError as e:

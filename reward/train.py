@@ -615,7 +615,14 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         train_rows, eval_rows = split_by_prompt(train_rows, config.eval_fraction, config.seed)
     else:
         eval_rows = None
+    if config.eval_data is not None and fingerprint(eval_rows) == fingerprint(train_rows):
+        warnings.warn("eval_data holds the same pairs as data: the held-out accuracy that picks the step will "
+                      "measure memory, not generalisation", stacklevel=2)
     train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data", config.align_truncation)
+    identical = sum(c == r for c, r in zip(train_set["chosen_ids"], train_set["rejected_ids"]))
+    if identical:
+        warnings.warn(f"data: {identical} of {len(train_set)} training pair(s) read the same on both sides "
+                      "(chosen = rejected as the model sees them): they carry no preference to learn", stacklevel=2)
     eval_set, truncated_eval = (None, 0)
     if eval_rows is not None:
         # Held-out pairs are cut as scoring cuts them (each side alone): the held-out accuracy that picks the

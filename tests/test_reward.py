@@ -1314,3 +1314,26 @@ def test_hh_dialogue_strings_are_split_into_turns_and_grouped_by_their_shared_tu
     assert chosen[:3] == rejected[:3] and chosen[-1]["content"] == "Call a locksmith."
     groups = sorted(sorted(g) for g in rows_by_prompt(datasets.Dataset.from_list(rows), seed=0))
     assert groups == [[0, 1], [2]]  # row 2's sides share no turn: a group of its own
+
+
+def test_training_warns_about_pairs_with_nothing_to_learn_and_held_out_pairs_it_trains_on(tmp_path, tiny_rm):
+    """Each warning is one line of the command's output, as errors are."""
+    import subprocess
+    import sys
+
+    rows = rule_pairs(16)
+    rows[3] = {**rows[3], "rejected": rows[3]["chosen"]}
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = subprocess.run([sys.executable, "-m", "apps.cli", "reward", "train", "--data", str(data), "--eval-data",
+                          str(data), "--base", tiny_rm, "--out", str(tmp_path / "rm"), "--max-steps", "1",
+                          "--batch-size", "8", "--max-length", "32", "--precision", "fp32"],
+                         cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    warned = [line for line in run.stderr.splitlines() if line.startswith("warning: ")]
+    assert warned == [
+        "warning: eval_data holds the same pairs as data: the held-out accuracy that picks the step will measure "
+        "memory, not generalisation",
+        "warning: data: 1 of 16 training pair(s) read the same on both sides (chosen = rejected as the model sees "
+        "them): they carry no preference to learn",
+    ]
