@@ -491,7 +491,8 @@ def keeps_latest(evaluations: list[dict[str, Any]], alpha: float = 0.05) -> bool
     pairs falls of 5-10 points were not (bench/results/reward_select.md). Of seven other rules judged on validation
     splits, those that recovered most of such a fall lost on 2-epoch runs, and the rest recovered about a third of
     it on one candidate and changed nothing else: not enough, on two splits, to replace this one
-    (bench/results/reward_step_rules.md). Only the kept step's weights are in memory, so the choice is made as
+    (bench/results/reward_step_rules.md); on two fresh summarize splits the peak-chasing rules lost 2.5-3.2 points
+    on the 5-epoch runs (reward_step_rules_confirm_summarize.md). Only the kept step's weights are in memory, so the choice is made as
     evaluations arrive."""
     *earlier, latest = evaluations
     return not any(better_on_same_pairs(e["correct"], latest["correct"], alpha / len(earlier)) for e in earlier)
