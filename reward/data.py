@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -155,9 +156,15 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
         for place, value in zip(places, dataset["margin"]):
             if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 raise UserError(f"{place}: field 'margin': expected a number, got {value!r}")
+    roles: set[str] = set()
     for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
                                                           if c in dataset.column_names])):
-        pair_conversations(row, place)
+        chosen, rejected = pair_conversations(row, place)
+        roles.update(m["role"] for m in chosen + rejected)
+    unknown = sorted(roles - set(_ROLE_NAMES) - {"tool"})
+    if unknown:
+        warnings.warn(f"{name}: role(s) {', '.join(map(repr, unknown))} are not system, user or assistant: a chat "
+                      "template renders them as they are, or refuses them", stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------ conversations

@@ -14,6 +14,7 @@ start (the two sides of a pair, several responses to one prompt) run as one sequ
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -217,6 +218,10 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
     conversations = conversations_from_rows(rows, places) if single else check_preferences(rows, places, str(data))
     scorer = RewardScorer(models, batch_size=batch_size)
     if single:
+        alone = sum(not any(m["role"] == "assistant" for m in c) for c in conversations)
+        if alone:
+            warnings.warn(f"{data}: {alone} of {len(conversations)} conversation(s) have no assistant turn: their "
+                          "reward is for the prompt alone", stacklevel=2)
         scores = {"reward": scorer.score(conversations)}
     else:
         chosen, rejected = scorer.score_pairs(rows)

@@ -1337,3 +1337,17 @@ def test_training_warns_about_pairs_with_nothing_to_learn_and_held_out_pairs_it_
         "warning: data: 1 of 16 training pair(s) read the same on both sides (chosen = rejected as the model sees "
         "them): they carry no preference to learn",
     ]
+
+
+def test_unknown_roles_and_conversations_without_a_response_are_warned_about(trained, tmp_path):
+    rows = [{"prompt": [{"role": "human", "content": "q"}], "chosen": [{"role": "gpt", "content": "a"}],
+             "rejected": [{"role": "gpt", "content": "b"}]}]
+    with pytest.warns(UserWarning, match="data: role\\(s\\) 'gpt', 'human' are not system, user or assistant"):
+        load_preferences(rows)
+    result, _ = trained
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n"
+                       + json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                  {"role": "assistant", "content": "good"}]}) + "\n")
+    with pytest.warns(UserWarning, match="1 of 2 conversation\\(s\\) have no assistant turn"):
+        score_file(result.output_dir, str(prompts), tmp_path / "scored.jsonl")
