@@ -50,7 +50,13 @@ def replacing_dir(path: Path) -> Iterator[Path]:
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / path.name)
-        os.replace(staging, path)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            if old is not None:  # put the previous output back where it was
+                os.replace(old / path.name, path)
+                old.rmdir()
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

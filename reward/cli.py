@@ -81,12 +81,9 @@ def eval_(
     n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=1, help="Bootstrap resamples for the intervals."),
 ) -> None:
     """Accuracy with intervals, by source and category, calibration, length bias, margin agreement."""
-    from collect.errors import UserError
     from reward.evaluate import evaluate_reward_model
 
     out = out or Path(model[0]) / ("eval" if len(model) == 1 else "eval-ensemble")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; eval writes a folder (eval.json and two PNGs)")
     report = evaluate_reward_model(model if len(model) > 1 else model[0], data, out,
                                    batch_size=batch_size, n_bootstrap=n_bootstrap)
     print_report(report)

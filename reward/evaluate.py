@@ -161,13 +161,13 @@ def category_columns(dataset) -> tuple[dict[str, list[str]], dict[str, str]]:
             continue
         labels = ["(none)" if v is None else str(v) for v in values]
         distinct = len(set(labels))
-        if name == "source" or 2 <= distinct <= min(MAX_CATEGORY_VALUES, max(2, len(values) // 2)):
+        most = min(MAX_CATEGORY_VALUES, max(2, len(values) // 2))
+        if name == "source" or 2 <= distinct <= most:
             used[name] = labels
         elif distinct < 2:
             skipped[name] = f"one value for every pair ({labels[0]})"
         else:
-            skipped[name] = (f"{distinct} distinct values in {len(values)} pairs (a category has 2 to "
-                             f"{min(MAX_CATEGORY_VALUES, max(2, len(values) // 2))})")
+            skipped[name] = f"{distinct} distinct values in {len(values)} pairs (a category has 2 to {most})"
     return used, skipped
 
 
@@ -188,9 +188,12 @@ def evaluate_reward_model(
 ) -> dict[str, Any]:
     """Score every pair of `data` with `model` (a directory, several, or a RewardScorer) and report
     the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there."""
+    from collect.errors import UserError
     from reward.data import load_preferences
     from reward.score import RewardScorer
 
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"{out_dir}: is a file; the evaluation writes a folder (eval.json and two PNGs)")
     rows = load_preferences(data, "data")
     scorer = model if isinstance(model, RewardScorer) else RewardScorer(model, batch_size=batch_size)
     chosen, rejected = scorer.score_pairs(rows)

@@ -23,8 +23,8 @@ import numpy as np
 
 from collect.errors import UserError
 from collect.offline_models import resolve_model
-from reward.data import (Conversation, Encoder, as_messages, check_preferences, check_token_ids, load_rows,
-                         pair_conversations)
+from reward.data import (Conversation, Encoder, as_messages, check_preferences, check_token_ids, first_line,
+                         load_rows, pair_conversations)
 
 
 @dataclass
@@ -77,7 +77,7 @@ class _Member:
         try:
             self.model = load_sequence_classifier(path, dtype=dtype)
         except (OSError, ValueError) as e:
-            raise UserError(f"reward model {model_dir}: cannot load it ({str(e).splitlines()[0]})") from None
+            raise UserError(f"reward model {model_dir}: cannot load it ({first_line(e)})") from None
         if self.model.config.num_labels != 1:
             raise UserError(f"reward model {model_dir}: has {self.model.config.num_labels} labels, a reward model has 1")
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -215,7 +215,10 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
             f"'prompt' + 'chosen' + 'rejected'; it has {', '.join(sorted(columns))}"
         )
     # Bad rows fail before the models load.
-    conversations = conversations_from_rows(rows, places) if single else check_preferences(rows, places, str(data))
+    if single:
+        conversations = conversations_from_rows(rows, places)
+    else:
+        check_preferences(rows, places, str(data))
     scorer = RewardScorer(models, batch_size=batch_size)
     if single:
         alone = sum(not any(m["role"] == "assistant" for m in c) for c in conversations)

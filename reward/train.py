@@ -249,7 +249,9 @@ def _load_model(model_path: str, pad_token_id: int, backbone_layers: int | None 
             config.num_hidden_layers = backbone_layers
             if getattr(config, "layer_types", None):  # per-layer attention kinds (Qwen3, Gemma) must match
                 config.layer_types = config.layer_types[:backbone_layers]
-        model = load_sequence_classifier(model_path, backbone_layers, config=config, dtype=torch.float32)
+        # A classifier checkpoint's own head (two labels, say) gives way to the new one-output head.
+        model = load_sequence_classifier(model_path, backbone_layers, config=config, dtype=torch.float32,
+                                         ignore_mismatched_sizes=True)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load model {model_path!r}: {first_line(e)}") from None
     # Sequence-classification models find the last real token through config.pad_token_id.
@@ -282,8 +284,9 @@ def load_sequence_classifier(model_path: str, backbone_layers: int | None = None
 
 def unexpected_weights(loading: dict[str, Any], backbone: str, backbone_layers: int | None) -> str:
     """What `from_pretrained(..., output_loading_info=True)` reported beyond what loading a checkpoint for
-    reward scoring explains (a new head: whatever lies outside the `backbone` prefix, such as "bert" or
-    "model"; an unused lm_head; layers from `backbone_layers` up), as one sentence; "" when nothing."""
+    reward scoring explains (a new head, or one of another shape replaced: whatever lies outside the `backbone`
+    prefix, such as "bert" or "model"; an unused lm_head; layers from `backbone_layers` up), as one sentence;
+    "" when nothing."""
     import re
 
     def expected_unused(key: str) -> bool:
@@ -297,7 +300,7 @@ def unexpected_weights(loading: dict[str, Any], backbone: str, backbone_layers: 
                        ("in the checkpoint but unused", [k for k in loading.get("unexpected_keys", ())
                                                           if not expected_unused(k)]),
                        ("of another shape in the checkpoint, newly initialised",
-                        [k if isinstance(k, str) else k[0] for k in loading.get("mismatched_keys", ())])):
+                        [k for k, *_ in loading.get("mismatched_keys", ()) if k.startswith(backbone + ".")])):
         if keys:
             shown = ", ".join(sorted(keys)[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
             problems.append(f"{len(keys)} weight(s) {kind} ({shown})")
@@ -492,8 +495,8 @@ def keeps_latest(evaluations: list[dict[str, Any]], alpha: float = 0.05) -> bool
     splits, those that recovered most of such a fall lost on 2-epoch runs, and the rest recovered about a third of
     it on one candidate and changed nothing else: not enough, on two splits, to replace this one
     (bench/results/reward_step_rules.md); on two fresh summarize splits the peak-chasing rules lost 2.5-3.2 points
-    on the 5-epoch runs (reward_step_rules_confirm_summarize.md). Only the kept step's weights are in memory, so the choice is made as
-    evaluations arrive."""
+    on the 5-epoch runs (reward_step_rules_confirm_summarize.md). Only the kept step's weights are in memory, so
+    the choice is made as evaluations arrive."""
     *earlier, latest = evaluations
     return not any(better_on_same_pairs(e["correct"], latest["correct"], alpha / len(earlier)) for e in earlier)
 

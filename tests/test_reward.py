@@ -843,9 +843,9 @@ def test_head_only_training_and_lora_limited_to_the_top_layers(tmp_path, tiny_rm
 
 
 def test_loading_warns_in_one_line_about_weights_only_a_broken_checkpoint_explains(tmp_path, tiny_rm, capfd):
-    """A checkpoint loaded for reward scoring lacks its new head and, cut by backbone_layers, leaves its upper
-    layers unused: expected, so no warning and none of Transformers' load-report tables. A weight missing from
-    the backbone is a broken checkpoint: one warning naming it."""
+    """A checkpoint loaded for reward scoring lacks its new head (or has a head of another shape) and, cut by
+    backbone_layers, leaves its upper layers unused: expected, so no warning and none of Transformers' load-report
+    tables. A backbone weight missing or of another shape is a broken checkpoint: one warning naming it."""
     import shutil
     import warnings
 
@@ -865,15 +865,25 @@ def test_loading_warns_in_one_line_about_weights_only_a_broken_checkpoint_explai
         weights = load_file(headless / "model.safetensors")
         save_file({k: v for k, v in weights.items() if not k.startswith(head)}, headless / "model.safetensors")
         assert load_warnings(str(headless)) == [] and load_warnings(str(headless), backbone_layers=1) == []
-    assert "LOAD REPORT" not in capfd.readouterr().err
+    # A classifier checkpoint with two labels: its head gives way to a one-output head, quietly (it raised a
+    # RuntimeError about ignore_mismatched_sizes).
+    two_labels = tmp_path / "two-labels"
+    shutil.copytree(tiny_rm, two_labels)
     weights = load_file(f"{tiny_rm}/model.safetensors")
+    save_file({**weights, "score.weight": torch.zeros(2, weights["score.weight"].shape[1])},
+              two_labels / "model.safetensors")
+    assert load_warnings(str(two_labels)) == []
+    assert "LOAD REPORT" not in capfd.readouterr().err
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_rm, broken)
-    del weights["model.layers.0.mlp.up_proj.weight"]
+    up = weights.pop("model.layers.0.mlp.up_proj.weight")
     save_file(weights, broken / "model.safetensors")
     assert load_warnings(str(broken)) == [f"model {str(broken)!r}: 1 weight(s) newly initialised, missing from "
                                           "the checkpoint (model.layers.0.mlp.up_proj.weight)"]
+    save_file({**weights, "model.layers.0.mlp.up_proj.weight": up[:-1]}, broken / "model.safetensors")
+    assert load_warnings(str(broken)) == [f"model {str(broken)!r}: 1 weight(s) of another shape in the checkpoint, "
+                                          "newly initialised (model.layers.0.mlp.up_proj.weight)"]
 
 
 def test_backbone_layers_keeps_the_bottom_layers_and_saves_a_shallower_model(tmp_path, tiny_rm):
@@ -1202,9 +1212,7 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
                                     output_dir=str(out), eval_fraction=0, max_length=32, max_steps=1, batch_size=8,
                                     precision="fp32", progress=False, **overrides)
 
-    trained_steps = []
-    monkeypatch.setattr("reward.train.load_preferences",
-                        lambda *a, **k: trained_steps.append(1) or pytest.fail("loaded data before the checks"))
+    monkeypatch.setattr("reward.train.load_preferences", lambda *a, **k: pytest.fail("loaded data before the checks"))
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "notes.txt").write_text("keep me")
@@ -1221,7 +1229,7 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
         with pytest.raises(UserError) as e:
             train_reward_model(config(tmp_path / "new", **bad))
         assert message in _one_line_error(e)
-    assert trained_steps == [] and (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"
     monkeypatch.undo()
 
     out = tmp_path / "rm"
@@ -1239,6 +1247,24 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
     assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o644"}
     assert oct(out.stat().st_mode & 0o777) == "0o755"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+    # A save that fails at the last step (the swap) leaves the previous model where it was, whole.
+    from collect.output_dirs import replacing_dir
+
+    before = sorted(p.name for p in out.iterdir())
+    real_replace = os.replace
+
+    def swap_fails(src, dst):  # moving the old model aside and back works; moving the new one in does not
+        if Path(src).name != out.name:
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr("collect.output_dirs.os.replace", swap_fails)
+    with pytest.raises(OSError, match="disk full"):
+        with replacing_dir(out) as staging:
+            (staging / "partial.bin").write_text("x")
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_scoring_names_a_bad_conversation_and_a_tokenizer_that_is_not_the_models(trained, tmp_path, tiny_rm):
@@ -1287,6 +1313,10 @@ def test_evaluation_reports_ties_unused_columns_and_why_the_margin_agreement_is_
                                          "flag": "one value for every pair (True)"}
     assert report["margin_correlation"] is None
     assert report["margin_correlation_missing"] == "every pair has the same margin"
+    (tmp_path / "a-file").write_text("keep")
+    with pytest.raises(UserError) as e:
+        evaluate_reward_model(result.output_dir, rows, tmp_path / "a-file")
+    assert "a-file: is a file; the evaluation writes a folder" in _one_line_error(e)
 
 
 def test_a_local_path_or_a_near_miss_of_an_alias_fails_at_once():
