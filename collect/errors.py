@@ -7,3 +7,9 @@ class UserError(Exception):
 
 class PermissionDenied(UserError):
     """The caller may not touch this project, pair or assignment."""
+
+
+def first_line(error: Exception) -> str:
+    """An exception's message cut to one line, for a UserError that quotes it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

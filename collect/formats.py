@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from collect.errors import UserError
+from collect.errors import UserError, first_line
 
 FORMATS = ("generic", "hh-rlhf", "summarize", "finegrained-qa", "alpaca-eval", "trl")
 CHOICE_LABELS = {"A>>B": 2, "A>B": 1, "tie": 0, "B>A": -1, "B>>A": -2}
@@ -592,7 +592,7 @@ def records_from_rows(
 def records_from_dataset(dataset: Any, fmt: str = "generic", name: str = "dataset", rater: str | None = None) -> list[Record]:
     """Records from an in-memory `datasets.Dataset` (or anything iterable of dicts)."""
     _check_rater_option(rater)
-    rows = ((f"{name}: row {i}", dict(row)) for i, row in enumerate(dataset, start=1))
+    rows = ((f"{name}: row {i}", dict(row)) for i, row in enumerate(one_split(dataset, name), start=1))
     records = records_from_rows(rows, fmt, f"{fmt}:{name}"[:MAX_NAME_CHARS], rater)
     if not records:
         raise UserError(f"{name}: no rows")
@@ -606,13 +606,37 @@ def _check_rater_option(rater: str | None) -> None:
 
 
 def _rows_from_dataset_dir(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for i, row in enumerate(load_dataset_dir(path), start=1):
+        yield f"{path}: row {i}", dict(row)
+
+
+def load_dataset_dir(path: Path, split: str | None = "train") -> Any:
+    """The `datasets.Dataset` in a `save_to_disk` folder; of a DatasetDict, the one split `one_split` picks."""
     import datasets
 
     try:
         dataset = datasets.load_from_disk(str(path))
     except Exception as e:
-        raise UserError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
-    if isinstance(dataset, datasets.DatasetDict):
-        dataset = dataset[next(iter(dataset))]
-    for i, row in enumerate(dataset, start=1):
-        yield f"{path}: row {i}", dict(row)
+        raise UserError(f"{path}: not a dataset saved with save_to_disk ({first_line(e)})") from None
+    return one_split(dataset, str(path), split)
+
+
+def one_split(dataset: Any, what: str, split: str | None = "train") -> Any:
+    """A Dataset as it is; a DatasetDict's only split, or its `split`, with a warning naming the splits left
+    unread; a UserError where the DatasetDict has several and no `split` (None: the caller cannot choose)."""
+    import warnings
+
+    import datasets
+
+    if not isinstance(dataset, datasets.DatasetDict):
+        return dataset
+    names = list(dataset)
+    if len(names) == 1:
+        return dataset[names[0]]
+    if split is None or split not in dataset:
+        wanted = f"no {split!r} split" if split else "which split?"
+        raise UserError(f"{what}: a DatasetDict with splits {', '.join(map(repr, names))}, {wanted}: pass one "
+                        f"split (its folder FOLDER/SPLIT, or dataset['SPLIT'] in Python)")
+    unread = ", ".join(repr(n) for n in names if n != split)
+    warnings.warn(f"{what}: reading the DatasetDict's {split!r} split; {unread} not read")
+    return dataset[split]

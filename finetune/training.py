@@ -9,7 +9,7 @@ from peft import LoraConfig
 from transformers.trainer_callback import PrinterCallback
 
 from reward.progress import TrainingProgress
-from reward.train import checkpointing_argument
+from reward.train import checkpointing_argument, cpu_only
 
 
 def pick_device() -> str:
@@ -52,7 +52,7 @@ def common_trainer_args(
         seed=seed,
         bf16=use_bf16(),
         # No CUDA: say it is a CPU run, so Transformers neither refuses bf16 nor picks another accelerator.
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=cpu_only(),
         # TRL turns checkpointing on by default: it saves memory a 135M model does not need and costs ~20% time.
         **checkpointing_argument(False),
         logging_steps=1,

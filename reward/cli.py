@@ -20,10 +20,10 @@ console = Console()
 
 @app.command()
 def train(
-    data: str = typer.Option(..., "--data", help="Preference dataset: .parquet, .jsonl, or a save_to_disk folder."),
+    data: str = typer.Option(..., "--data", help="Preference dataset: .parquet, .jsonl, or a save_to_disk folder (of a DatasetDict, its train split)."),
     base: str = typer.Option(DEFAULTS.base_model, "--base", help="Backbone: minilm-l6, smollm2-135m-instruct, an HF id or a path."),
     out: Path = typer.Option(Path(DEFAULTS.output_dir), "--out", help="Output model directory."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out pairs (default: hold out --eval-fraction)."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out pairs (of a DatasetDict, its test split; default: hold out --eval-fraction)."),
     eval_fraction: float = typer.Option(DEFAULTS.eval_fraction, "--eval-fraction", help="Share of --data held out, grouped by prompt."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters and the score head, save a merged model."),
     lora_r: int = typer.Option(DEFAULTS.lora_r, "--lora-r", help="LoRA rank."),
@@ -74,7 +74,7 @@ def train(
 @app.command("eval")
 def eval_(
     model: List[str] = typer.Option(..., "--model", help="Reward-model directory (repeat for an ensemble)."),
-    data: str = typer.Option(..., "--data", help="Preference dataset to evaluate on."),
+    data: str = typer.Option(..., "--data", help="Preference dataset to evaluate on (of a DatasetDict, its test split)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and the PNGs (default MODEL/eval, "
                                        "or FIRST-MODEL/eval-ensemble for several)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),

@@ -21,7 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from collect.errors import UserError
+from collect.errors import UserError, first_line
+from collect.formats import load_dataset_dir, one_split, read_json_lines, read_text, split_hh_dialogue
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -35,18 +36,22 @@ HH_FIRST_TURN = "\n\nHuman:"
 # ----------------------------------------------------------------------------------------- loading
 
 
-def load_rows(data: Any, what: str = "data") -> tuple[Any, list[str]]:
+def load_rows(data: Any, what: str = "data", split: str | None = "train") -> tuple[Any, list[str]]:
     """A `datasets.Dataset` from a Dataset, a list of dicts, a Parquet/JSONL/JSON file (optionally .gz) or a
     `save_to_disk` folder, and where each row came from, for error messages: "prefs.jsonl:12" (a line of a
-    JSON Lines file), "prefs.parquet: row 3" (counting from 1), "data[2]" (an index into a Dataset or list)."""
+    JSON Lines file), "prefs.parquet: row 3" (counting from 1), "data[2]" (an index into a Dataset or list).
+    Of a DatasetDict with several splits, `split` is read (`collect.formats.one_split`)."""
     import datasets
 
-    if isinstance(data, datasets.DatasetDict):
-        if "train" not in data:
-            raise UserError(f"{what}: a DatasetDict needs a 'train' split, it has {sorted(data)}")
-        data = data["train"]
+    data = one_split(data, what, split)
+    if isinstance(data, list) and data:
+        # Not Dataset.from_list, which takes its columns from the first row and drops keys only later rows have.
+        for i, row in enumerate(data):
+            if not isinstance(row, dict):
+                raise UserError(f"{what}[{i}]: expected a dict, got {type(row).__name__}")
+        return _rows_to_dataset(what, [(f"{what}[{i}]", row) for i, row in enumerate(data)])
     if isinstance(data, list):
-        data = datasets.Dataset.from_list(data)
+        data = datasets.Dataset.from_list(data)  # empty: check_preferences says so
     if type(data).__name__ == "DataFrame":  # pandas, without importing it here
         data = datasets.Dataset.from_pandas(data, preserve_index=False)
     if isinstance(data, datasets.Dataset):
@@ -59,7 +64,7 @@ def load_rows(data: Any, what: str = "data") -> tuple[Any, list[str]]:
         if path.is_dir():
             if not any(path.iterdir()):
                 raise UserError(f"{path}: the folder is empty (expected a datasets save_to_disk folder)")
-            loaded = load_rows(datasets.load_from_disk(str(path)), what=str(path))[0]
+            loaded = load_dataset_dir(path, split)
             return loaded, [f"{path}: row {i + 1}" for i in range(len(loaded))]
         if name.endswith(".parquet"):
             import pyarrow.parquet as pq
@@ -81,8 +86,6 @@ def load_rows(data: Any, what: str = "data") -> tuple[Any, list[str]]:
 def _json_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
     """(place, object) for each row of a JSON Lines file, or of a .json file holding a list or JSON lines (what
     `Dataset.to_json` writes under any name)."""
-    from collect.formats import read_json_lines, read_text
-
     if path.name.lower().removesuffix(".gz").endswith(".json"):
         text = read_text(path)
         try:
@@ -108,11 +111,12 @@ def _json_kind(value: Any) -> str:
     return "an object"
 
 
-def _rows_to_dataset(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> tuple[Any, list[str]]:
+def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]]) -> tuple[Any, list[str]]:
+    """A Dataset with every key any row has (None where a row lacks it), and each row's place."""
     import datasets
 
     if not rows:
-        raise UserError(f"{path}: the file is empty (no rows)")
+        raise UserError(f"{source}: the file is empty (no rows)")
     columns = list(dict.fromkeys(key for _, row in rows for key in row))  # every key, in first-seen order
     try:
         return (datasets.Dataset.from_dict({c: [row.get(c) for _, row in rows] for c in columns}),
@@ -125,19 +129,13 @@ def _rows_to_dataset(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> tupl
                 if row.get(column) is not None and _json_kind(row[column]) != first[1]:
                     raise UserError(f"{place}: field '{column}': {_json_kind(row[column])} where {first[0]} has "
                                     f"{first[1]}; a column holds one kind of value") from None
-        raise UserError(f"{path}: cannot build a dataset from its rows ({type(e).__name__}: {first_line(e)})") from None
+        raise UserError(f"{source}: cannot build a dataset from its rows ({type(e).__name__}: {first_line(e)})") from None
 
 
-def first_line(error: Exception) -> str:
-    """An exception's message cut to one line, for a UserError that quotes it."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def load_preferences(data: Any, what: str = "data", use_margin: bool = True):
+def load_preferences(data: Any, what: str = "data", use_margin: bool = True, split: str | None = "train"):
     """Load and check a preference dataset; raise UserError naming the column or row at fault. With
-    `use_margin=False` the `margin` column is not read, so not checked either."""
-    dataset, places = load_rows(data, what)
+    `use_margin=False` the `margin` column is not read, so not checked either. `split`: as in `load_rows`."""
+    dataset, places = load_rows(data, what, split)
     check_preferences(dataset, places, what if not isinstance(data, (str, Path)) else str(data), use_margin)
     return dataset
 
@@ -154,8 +152,16 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
         )
     if use_margin and "margin" in dataset.column_names:
         for place, value in zip(places, dataset["margin"]):
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            if value is None:
+                raise UserError(f"{place}: field 'margin': missing or null where other rows have one (every row "
+                                f"needs one; `reward train --no-margin` ignores the column)")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 raise UserError(f"{place}: field 'margin': expected a number, got {value!r}")
+            # The loss asks r_chosen - r_rejected to exceed the margin: a negative one would ask less than a
+            # preference (a signed strength toward one side, read as toward `chosen`, is the likely cause).
+            if not 0 <= value < float("inf"):
+                raise UserError(f"{place}: field 'margin': {value!r} is not a finite number >= 0 (how strongly "
+                                f"'chosen' beats 'rejected'; `reward train --no-margin` ignores the column)")
     roles: set[str] = set()
     for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
                                                           if c in dataset.column_names])):
@@ -197,8 +203,6 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
     prompt, are split into their turns, so a chat template renders them as the dialogue they are."""
     if not row.get("prompt") and all(isinstance(row.get(side), str) and row[side].startswith(HH_FIRST_TURN)
                                      for side in ("chosen", "rejected")):
-        from collect.formats import split_hh_dialogue
-
         return split_hh_dialogue(row["chosen"], where, "chosen"), split_hh_dialogue(row["rejected"], where, "rejected")
     prompt = as_messages(row.get("prompt") or [], where, "prompt", "user")
     chosen = as_messages(row.get("chosen"), where, "chosen", "assistant")

@@ -194,7 +194,7 @@ def evaluate_reward_model(
 
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"{out_dir}: is a file; the evaluation writes a folder (eval.json and two PNGs)")
-    rows = load_preferences(data, "data")
+    rows = load_preferences(data, "data", split="test")
     scorer = model if isinstance(model, RewardScorer) else RewardScorer(model, batch_size=batch_size)
     chosen, rejected = scorer.score_pairs(rows)
     groups, not_grouped = category_columns(rows)

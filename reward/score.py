@@ -21,9 +21,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from collect.errors import UserError
+from collect.errors import UserError, first_line
 from collect.offline_models import resolve_model
-from reward.data import (Conversation, Encoder, as_messages, check_preferences, check_token_ids, first_line,
+from reward.data import (Conversation, Encoder, as_messages, check_preferences, check_token_ids,
                          load_rows, pair_conversations)
 
 
@@ -204,7 +204,7 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
         raise UserError(f"{out}: the scored file is written as .jsonl or .parquet; name it so")
     if out.is_dir():
         raise UserError(f"{out}: is a directory; name the scored file (.jsonl or .parquet)")
-    rows, places = load_rows(data, "data")
+    rows, places = load_rows(data, "data", split=None)
     if len(rows) == 0:
         raise UserError(f"{data}: the dataset is empty")
     columns = set(rows.column_names)

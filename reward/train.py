@@ -44,10 +44,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from collect.errors import UserError
+from collect.errors import UserError, first_line
 from collect.offline_models import resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
-from reward.data import Encoder, check_token_ids, fingerprint, first_line, load_preferences, pair_conversations
+from reward.data import Encoder, check_token_ids, fingerprint, load_preferences, pair_conversations
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -57,13 +57,15 @@ class RewardTrainingConfig:
     """Everything a reward-model run needs. Defaults are prefloop's recipe."""
 
     data: Any
-    """Training pairs: a Parquet/JSONL file, a `save_to_disk` folder, or a `datasets.Dataset`."""
+    """Training pairs: a Parquet/JSONL file, a `save_to_disk` folder, or a `datasets.Dataset` (of a DatasetDict,
+    the 'train' split)."""
     base_model: str = "minilm-l6"
     """Backbone: an alias from collect.offline_models, a Hugging Face id, or a local path."""
     output_dir: str = "runs/reward"
     """Where the model, tokenizer, prefloop.json and README.md are written."""
     eval_data: Any = None
-    """Held-out pairs evaluated during training; when None, `eval_fraction` of `data` is held out."""
+    """Held-out pairs evaluated during training (of a DatasetDict, the 'test' split); when None, `eval_fraction` of
+    `data` is held out."""
     eval_fraction: float = 0.1
     """Share of `data` held out (grouped by prompt) when `eval_data` is None; 0 trains on everything."""
     max_length: int | None = 256
@@ -203,6 +205,17 @@ def checkpointing_argument(enabled: bool) -> dict[str, bool]:
 
     known = {f.name for f in fields(TrainingArguments)}
     return {"activation_checkpointing" if "activation_checkpointing" in known else "gradient_checkpointing": enabled}
+
+
+def cpu_only() -> bool:
+    """`use_cpu` for the TRL configs: True without CUDA. Then DeepSpeed, if installed, is told so too: Accelerate
+    imports it to look for its engine in every run, and it warns "Setting accelerator to CPU" each time."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return True
 
 
 def cpu_has_native_bf16() -> bool:
@@ -614,7 +627,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
 
     train_rows = load_preferences(config.data, "data", config.use_margin)
     if config.eval_data is not None:
-        eval_rows = load_preferences(config.eval_data, "eval_data", config.use_margin)
+        eval_rows = load_preferences(config.eval_data, "eval_data", config.use_margin, split="test")
     elif config.eval_fraction > 0:
         train_rows, eval_rows = split_by_prompt(train_rows, config.eval_fraction, config.seed)
     else:
@@ -684,7 +697,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         fp16=precision == "fp16",
         # Without a GPU, Transformers refuses bf16 unless told the run is on CPU; then it trains in CPU bf16
         # autocast. Without it, a machine with another accelerator (MPS) would be picked over the CPU.
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=cpu_only(),
         **checkpointing_argument(config.gradient_checkpointing),
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_dropout=config.disable_dropout,

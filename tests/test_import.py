@@ -127,6 +127,23 @@ def test_generic_csv_with_judgments_and_dataset(sqlite_url, tmp_path):
     assert rows["What is 3+3?"]["n_judgments"] == 2
 
 
+def test_a_saved_datasetdict_imports_its_train_split_and_names_the_others(sqlite_url, tmp_path):
+    """`prefloop import FOLDER` of a `save_to_disk` DatasetDict: its 'train' split, with the rest named (the
+    first split used to be read in silence, whatever its name); one split's folder imports on its own."""
+    import datasets
+
+    def pairs(prompts):
+        return datasets.Dataset.from_list([{"prompt": q, "response_a": "1", "response_b": "2"} for q in prompts])
+
+    datasets.DatasetDict({"test": pairs(["t1"]), "train": pairs(["a", "b"])}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.warns(UserWarning, match="reading the DatasetDict's 'train' split; 'test' not read"):
+        assert (import_into(sqlite_url, tmp_path / "dd")).pairs == 2
+    assert import_into(sqlite_url, tmp_path / "dd" / "test").pairs == 1
+    datasets.DatasetDict({"test": pairs(["t1"]), "dev": pairs(["d"])}).save_to_disk(str(tmp_path / "no-train"))
+    with pytest.raises(UserError, match="with splits 'test', 'dev', no 'train' split: pass one split"):
+        import_into(sqlite_url, tmp_path / "no-train")
+
+
 def _summarize(**changes) -> bytes:
     """One summarize-from-feedback row (the shape of the shared file), with some fields replaced."""
     row = {"info": {"id": "t3_1", "post": "My cat...", "title": "Cat", "subreddit": "cats"},

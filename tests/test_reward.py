@@ -19,7 +19,7 @@ datasets = pytest.importorskip("datasets")
 
 from collect.errors import UserError  # noqa: E402
 from collect.offline_models import MODEL_ALIASES, resolve_model  # noqa: E402
-from reward.data import Encoder, load_preferences  # noqa: E402
+from reward.data import Encoder, load_preferences, load_rows  # noqa: E402
 from reward.evaluate import calibration, evaluate_reward_model, preference_metrics  # noqa: E402
 from reward.score import RewardScorer, score_file  # noqa: E402
 from reward.train import RewardTrainingConfig, rows_by_prompt, split_by_prompt, train_reward_model  # noqa: E402
@@ -1138,7 +1138,6 @@ def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, t
 
 def test_offline_model_aliases():
     assert set(MODEL_ALIASES) == {"smollm2-135m-instruct", "minilm-l6"}
-    assert resolve_model("some-org/some-model") == "some-org/some-model"
     minilm = resolve_model("minilm-l6")
     assert (Path(minilm) / "config.json").exists()
     assert resolve_model(minilm) == minilm  # an existing folder: itself
@@ -1191,6 +1190,44 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
         load_preferences(bad_margin)
     assert "data[0]: field 'margin': expected a number, got 'high'" in _one_line_error(e)
     assert len(load_preferences(bad_margin, use_margin=False)) == 1
+    for margin in (-0.5, float("inf")):  # DESIGN.md's contract: margin >= 0; a signed one is refused, not learnt
+        with pytest.raises(UserError) as e:
+            load_preferences([dict(rows[0], margin=1.0), dict(rows[0], margin=margin)])
+        assert (f"data[1]: field 'margin': {margin!r} is not a finite number >= 0 (how strongly 'chosen' beats "
+                "'rejected'; `reward train --no-margin` ignores the column)") == _one_line_error(e)
+    assert len(load_preferences([dict(rows[0], margin=0), dict(rows[0], margin=1.5)])) == 2
+    # A list's columns are every row's keys, not the first row's (Dataset.from_list dropped this margin unread).
+    with pytest.raises(UserError) as e:
+        load_preferences([rows[0], dict(rows[0], margin=-1.0)])
+    assert _one_line_error(e).startswith("data[0]: field 'margin': missing or null where other rows have one")
+    with pytest.raises(UserError) as e:
+        load_preferences([rows[0], "a string"])
+    assert _one_line_error(e) == "data[1]: expected a dict, got str"
+
+
+def test_a_datasetdict_is_read_by_the_split_each_command_means(tmp_path):
+    """Training reads 'train'; held-out pairs (`--eval-data`) and `reward eval` read 'test'; scoring, which has
+    no such convention, asks. The splits left unread are named; a DatasetDict of one split is that split."""
+    import re
+
+    rows = [{"prompt": "q", "chosen": f"a{i}", "rejected": "b"} for i in range(3)]
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows),
+                                   "test": datasets.Dataset.from_list(rows[:1])})
+    splits.save_to_disk(str(tmp_path / "prefs"))
+    folder = str(tmp_path / "prefs")
+    with pytest.warns(UserWarning, match=re.escape(f"{folder}: reading the DatasetDict's 'train' split; 'test' not read")):
+        assert len(load_preferences(folder)) == 3
+    with pytest.warns(UserWarning, match=re.escape("eval_data: reading the DatasetDict's 'test' split; 'train' not")):
+        assert len(load_preferences(splits, "eval_data", split="test")) == 1
+    assert len(load_preferences(str(tmp_path / "prefs" / "test"))) == 1  # one split's own folder
+    with pytest.raises(UserError) as e:
+        load_rows(folder, "data", split=None)
+    assert _one_line_error(e) == (f"{folder}: a DatasetDict with splits 'train', 'test', which split?: pass one "
+                                  "split (its folder FOLDER/SPLIT, or dataset['SPLIT'] in Python)")
+    with pytest.raises(UserError, match="'train', 'validation', no 'test' split: pass one split"):
+        load_preferences(datasets.DatasetDict({"train": splits["train"], "validation": splits["test"]}),
+                         "eval_data", split="test")
+    assert len(load_preferences(datasets.DatasetDict({"validation": splits["train"]}), split="test")) == 3
 
 
 def test_one_prompt_with_most_pairs_is_not_held_out_whole():
@@ -1326,7 +1363,85 @@ def test_a_local_path_or_a_near_miss_of_an_alias_fails_at_once():
         with pytest.raises(UserError) as e:
             resolve_model(name)
         assert expected in _one_line_error(e)
-    assert resolve_model("org/some-reward-model") == "org/some-reward-model"  # a Hub id: left to Transformers
+
+
+def _cache_as_hub_model(model_dir: str, hub_cache: Path, repo_id: str) -> Path:
+    """Lay a model out as `hf download` leaves it in the Hugging Face cache."""
+    import shutil
+
+    repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / "0123abcd"
+    shutil.copytree(model_dir, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    return snapshot
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_hub_id_is_read_from_the_hugging_face_cache_where_the_hub_cannot_be_reached(tmp_path, tiny_rm,
+                                                                                       monkeypatch):
+    """On an air-gapped machine Transformers retries each file of a Hub id for about half a minute before it looks
+    in the cache (2.5 minutes to load a cached model); prefloop asks the Hub once and, where it does not answer,
+    loads the cached snapshot, or says at once that there is none."""
+    import http.server
+    import threading
+
+    from huggingface_hub import constants
+
+    snapshot = _cache_as_hub_model(tiny_rm, tmp_path / "hub", "some-org/tiny-rm")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest sets it; here the Hub is asked
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    assert resolve_model("some-org/tiny-rm") == str(snapshot)
+    with pytest.raises(UserError) as e:
+        resolve_model("some-org/not-cached")
+    assert _one_line_error(e).startswith(
+        f"model 'some-org/not-cached': not a local directory, not in the Hugging Face cache ({tmp_path / 'hub'}), "
+        f"and the Hub ({constants.ENDPOINT}) cannot be reached (")
+    assert "`hf download some-org/not-cached`" in _one_line_error(e)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert resolve_model("some-org/tiny-rm") == str(snapshot)
+    with pytest.raises(UserError, match="and HF_HUB_OFFLINE is set;"):
+        resolve_model("some-org/not-cached")
+
+    # Where the Hub answers (any status), the id is Transformers' to download or to check for a newer revision.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{hub.server_port}")
+        assert resolve_model("some-org/not-cached") == "some-org/not-cached"
+        assert resolve_model("some-org/tiny-rm") == "some-org/tiny-rm"
+    finally:
+        hub.shutdown()
+
+
+def test_training_from_a_cached_hub_id_without_a_network(tmp_path, tiny_rm):
+    import subprocess
+    import sys
+
+    _cache_as_hub_model(tiny_rm, tmp_path / "hf" / "hub", "some-org/tiny-rm")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rule_pairs(16)))
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}",
+           "HF_HUB_OFFLINE": "0"}
+    run = subprocess.run([sys.executable, "-m", "apps.cli", "reward", "train", "--data", str(data), "--base",
+                          "some-org/tiny-rm", "--out", str(tmp_path / "rm"), "--max-steps", "1", "--batch-size", "8",
+                          "--max-length", "32", "--precision", "fp32"],
+                         cwd=Path(__file__).parent.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Retrying" not in run.stderr
+    info = json.loads((tmp_path / "rm" / "prefloop.json").read_text())
+    assert info["base_model"] == "some-org/tiny-rm"
+    assert info["base_model_path"].endswith("models--some-org--tiny-rm/snapshots/0123abcd")
 
 
 def test_hh_dialogue_strings_are_split_into_turns_and_grouped_by_their_shared_turns():
@@ -1367,6 +1482,8 @@ def test_training_warns_about_pairs_with_nothing_to_learn_and_held_out_pairs_it_
         "warning: data: 1 of 16 training pair(s) read the same on both sides (chosen = rejected as the model sees "
         "them): they carry no preference to learn",
     ]
+    # DeepSpeed (a dev extra), which Accelerate imports in every run, is told it is a CPU run instead of saying so.
+    assert "Setting accelerator to CPU" not in run.stdout + run.stderr
 
 
 def test_unknown_roles_and_conversations_without_a_response_are_warned_about(trained, tmp_path):
