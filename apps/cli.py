@@ -333,6 +333,9 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main() -> None:
     """Entry point: user errors print one line and exit 1, never a traceback; warnings print one line each."""
     warnings.formatwarning = _one_line_warning
+    # PEFT reads Transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model: nothing a user of
+    # this command can change.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
         app(standalone_mode=False)
     except UserError as e:

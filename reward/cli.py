@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from collect.errors import UserError
 from reward.train import RewardTrainingConfig
 
 # The options' defaults are the config's, so the CLI and the Python API train the same recipe.
@@ -27,6 +28,8 @@ def train(
     eval_fraction: float = typer.Option(DEFAULTS.eval_fraction, "--eval-fraction", help="Share of --data held out, grouped by prompt."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters and the score head, save a merged model."),
     lora_r: int = typer.Option(DEFAULTS.lora_r, "--lora-r", help="LoRA rank."),
+    lora_alpha: Optional[int] = typer.Option(
+        DEFAULTS.lora_alpha, "--lora-alpha", help="LoRA scale numerator (updates scaled by alpha / r; default 2 * r)."),
     backbone_layers: Optional[int] = typer.Option(
         None, "--backbone-layers", help="Keep only the bottom N layers of the base model (default: all)."),
     trainable_layers: Optional[int] = typer.Option(
@@ -60,7 +63,7 @@ def train(
 
     train_reward_model(RewardTrainingConfig(
         data=data, base_model=base, output_dir=str(out), eval_data=eval_data, eval_fraction=eval_fraction,
-        lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, backbone_layers=backbone_layers,
+        lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, backbone_layers=backbone_layers,
         trainable_layers=trainable_layers, cache_frozen_layers=not no_frozen_cache, use_margin=not no_margin,
         share_prompt=not no_share_prompt, max_length=max_length, truncation_side=truncation_side,
         align_truncation=not no_align_truncation,
@@ -104,8 +107,11 @@ def score(
     name = Path(data).name
     for extension in (".gz", ".jsonl", ".json", ".parquet"):
         name = name.removesuffix(extension)
-    written = score_file(model if len(model) > 1 else model[0], data, out or Path(f"{name or 'data'}.scored.jsonl"),
-                         batch_size=batch_size)
+    if out is None:
+        out = Path(f"{name or 'data'}.scored.jsonl")
+        if out.exists():  # a name the user did not give: another file's scores (a.jsonl and b/a.jsonl) may be there
+            raise UserError(f"{out} exists; pass --out {out} to replace it, or another name")
+    written = score_file(model if len(model) > 1 else model[0], data, out, batch_size=batch_size)
     console.print(f"wrote {written}")
 
 

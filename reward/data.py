@@ -140,6 +140,21 @@ def load_preferences(data: Any, what: str = "data", use_margin: bool = True, spl
     return dataset
 
 
+def check_margins(dataset, places: list[str]) -> None:
+    """UserError naming the row unless every row's `margin` is a finite number >= 0 (DESIGN.md's contract)."""
+    for place, value in zip(places, dataset["margin"]):
+        if value is None:
+            raise UserError(f"{place}: field 'margin': missing or null where other rows have one (every row "
+                            f"needs one; `reward train --no-margin` ignores the column)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise UserError(f"{place}: field 'margin': expected a number, got {value!r}")
+        # The loss asks r_chosen - r_rejected to exceed the margin: a negative one would ask less than a
+        # preference (a signed strength toward one side, read as toward `chosen`, is the likely cause).
+        if not 0 <= value < float("inf"):
+            raise UserError(f"{place}: field 'margin': {value!r} is not a finite number >= 0 (how strongly "
+                            f"'chosen' beats 'rejected'; `reward train --no-margin` ignores the column)")
+
+
 def check_preferences(dataset, places: list[str], name: str, use_margin: bool = True) -> None:
     """UserError, naming the column or the row's place, unless every row is a usable preference pair."""
     if len(dataset) == 0:
@@ -151,17 +166,7 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
             f"'rejected' (and usually 'prompt'); it has {', '.join(dataset.column_names) or 'no columns'}"
         )
     if use_margin and "margin" in dataset.column_names:
-        for place, value in zip(places, dataset["margin"]):
-            if value is None:
-                raise UserError(f"{place}: field 'margin': missing or null where other rows have one (every row "
-                                f"needs one; `reward train --no-margin` ignores the column)")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise UserError(f"{place}: field 'margin': expected a number, got {value!r}")
-            # The loss asks r_chosen - r_rejected to exceed the margin: a negative one would ask less than a
-            # preference (a signed strength toward one side, read as toward `chosen`, is the likely cause).
-            if not 0 <= value < float("inf"):
-                raise UserError(f"{place}: field 'margin': {value!r} is not a finite number >= 0 (how strongly "
-                                f"'chosen' beats 'rejected'; `reward train --no-margin` ignores the column)")
+        check_margins(dataset, places)
     roles: set[str] = set()
     for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
                                                           if c in dataset.column_names])):

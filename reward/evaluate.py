@@ -188,13 +188,21 @@ def evaluate_reward_model(
 ) -> dict[str, Any]:
     """Score every pair of `data` with `model` (a directory, several, or a RewardScorer) and report
     the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there."""
-    from collect.errors import UserError
-    from reward.data import load_preferences
+    from collect.errors import UserError, first_line
+    from reward.data import check_margins, check_preferences, load_rows
     from reward.score import RewardScorer
 
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"{out_dir}: is a file; the evaluation writes a folder (eval.json and two PNGs)")
-    rows = load_preferences(data, "data", split="test")
+    rows, places = load_rows(data, "data", split="test")
+    check_preferences(rows, places, str(data) if isinstance(data, (str, Path)) else "data", use_margin=False)
+    # The margin only feeds the agreement figure: a bad one leaves that out, not the evaluation.
+    bad_margin = None
+    if "margin" in rows.column_names:
+        try:
+            check_margins(rows, places)
+        except UserError as e:
+            bad_margin = first_line(e)
     scorer = model if isinstance(model, RewardScorer) else RewardScorer(model, batch_size=batch_size)
     chosen, rejected = scorer.score_pairs(rows)
     groups, not_grouped = category_columns(rows)
@@ -202,13 +210,16 @@ def evaluate_reward_model(
         chosen.mean,
         rejected.mean,
         groups=groups,
-        margins=rows["margin"] if "margin" in rows.column_names else None,
+        margins=rows["margin"] if "margin" in rows.column_names and bad_margin is None else None,
         chosen_lengths=[_completion_chars(v) for v in rows["chosen"]],
         rejected_lengths=[_completion_chars(v) for v in rows["rejected"]],
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
     report["not_broken_down"] = not_grouped
+    if bad_margin is not None:
+        report["margin_correlation"] = None
+        report["margin_correlation_missing"] = bad_margin
     report["model"] = [str(Path(m).resolve()) if Path(m).exists() else m for m in scorer.model_dirs]
     report["data"] = str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__}>"
     if len(scorer.members) > 1:

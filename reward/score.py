@@ -69,9 +69,7 @@ class _Member:
         from reward.shared_prompt import shares_prompt
         from reward.train import load_sequence_classifier, load_tokenizer
 
-        path = resolve_model(model_dir)
-        if not Path(path).exists():
-            raise UserError(f"reward model {model_dir}: no such directory")
+        path = resolve_model(model_dir)  # a local folder, a cached snapshot, or a Hub id Transformers downloads
         info = model_info(path)
         self.tokenizer = load_tokenizer(path)
         try:
@@ -218,7 +216,7 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
     if single:
         conversations = conversations_from_rows(rows, places)
     else:
-        check_preferences(rows, places, str(data))
+        check_preferences(rows, places, str(data), use_margin=False)  # scoring reads no margin
     scorer = RewardScorer(models, batch_size=batch_size)
     if single:
         alone = sum(not any(m["role"] == "assistant" for m in c) for c in conversations)
@@ -240,8 +238,14 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
             scored = scored.remove_columns(name)
         scored = scored.add_column(name, [float(v) for v in column])
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        scored.to_parquet(str(out))
-    else:
-        scored.to_json(str(out), lines=True, force_ascii=False)
+    # Written beside `out`, then renamed over it: a failure part way leaves any earlier file whole.
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        if out.suffix == ".parquet":
+            scored.to_parquet(str(partial))
+        else:
+            scored.to_json(str(partial), lines=True, force_ascii=False)
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
     return out

@@ -196,7 +196,9 @@ def packed_rewards(model, input_ids, pair_mask, position_ids, reward_index, **_)
     model, or a wrapper around one (PEFT, data-parallel): it is called through its own forward, so a
     data-parallel wrapper still averages the gradients across ranks. Sequence classification keeps only each
     row's last reward; the rewards at every token are read off its score head as it runs."""
-    inner = extract_model_from_parallel(model)  # DDP, DeepSpeed's engine
+    # DDP and DeepSpeed's engine hold the model as `.module`; unwrapping imports DeepSpeed where it is installed
+    # (a second's import and a log line), so a bare model, as in scoring, skips it.
+    inner = extract_model_from_parallel(model) if hasattr(model, "module") else model
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
     mask = pair_mask
     if MASK_KINDS[inner.config._attn_implementation] == "additive":

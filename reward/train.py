@@ -86,8 +86,8 @@ class RewardTrainingConfig:
     """Train LoRA adapters (plus the score head in full) instead of all weights."""
     lora_r: int = 16
     """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_alpha: int | None = None
+    """LoRA scaling numerator (the update is scaled by alpha / r); None: 2 * lora_r, the same scale at any rank."""
     lora_dropout: float = 0.05
     """Dropout on the LoRA branch."""
     backbone_layers: int | None = None
@@ -172,6 +172,8 @@ class RewardTrainingResult:
     """Whether each pair trained as one sequence with its prompt run once (`share_prompt`)."""
     tokens_per_pair: float = 0.0
     """Training tokens a pair cost, averaged (two sequences, or one packed sequence with `shared_prompt`)."""
+    precision: str = "fp32"
+    """What training computed in: fp32, or bf16 or fp16 autocast."""
     history: list[dict[str, Any]] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     """Every held-out evaluation during training: step, accuracy, loss and `correct`, one bool per held-out pair
@@ -257,8 +259,8 @@ def _load_model(model_path: str, pad_token_id: int, backbone_layers: int | None 
         config = AutoConfig.from_pretrained(model_path, num_labels=1)
         if backbone_layers is not None:
             if not 1 <= backbone_layers <= config.num_hidden_layers:
-                raise UserError(f"backbone_layers must be between 1 and {config.num_hidden_layers} (the layers of "
-                                f"{model_path}), got {backbone_layers}")
+                raise UserError(f"backbone_layers must be between 1 and {config.num_hidden_layers} (the base model's "
+                                f"layers), got {backbone_layers}")
             config.num_hidden_layers = backbone_layers
             if getattr(config, "layer_types", None):  # per-layer attention kinds (Qwen3, Gemma) must match
                 config.layer_types = config.layer_types[:backbone_layers]
@@ -468,6 +470,12 @@ def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
     return order
 
 
+def _pair_keys(rows) -> list[str]:
+    """Each pair as the two conversations the model reads, so a pair matches across formats (an implicit prompt
+    or an explicit one, a string or a message list)."""
+    return [json.dumps(pair_conversations(row), sort_keys=True) for row in rows]
+
+
 def split_by_prompt(dataset, fraction: float, seed: int):
     """(train, held_out): whole prompts go to one side, about `fraction` of the rows held out. A prompt whose
     pairs would take the held-out share past twice `fraction` is passed over (one prompt with most of the pairs
@@ -632,9 +640,12 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         train_rows, eval_rows = split_by_prompt(train_rows, config.eval_fraction, config.seed)
     else:
         eval_rows = None
-    if config.eval_data is not None and fingerprint(eval_rows) == fingerprint(train_rows):
-        warnings.warn("eval_data holds the same pairs as data: the held-out accuracy that picks the step will "
-                      "measure memory, not generalisation", stacklevel=2)
+    if config.eval_data is not None:
+        trained_on = set(_pair_keys(train_rows))
+        leaked = sum(key in trained_on for key in _pair_keys(eval_rows))
+        if leaked:
+            warnings.warn(f"eval_data: {leaked} of its {len(eval_rows)} pair(s) are also in data: the held-out "
+                          f"accuracy that picks the step will measure memory, not generalisation", stacklevel=2)
     train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data", config.align_truncation)
     identical = sum(c == r for c, r in zip(train_set["chosen_ids"], train_set["rejected_ids"]))
     if identical:
@@ -665,7 +676,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         peft_config = LoraConfig(
             task_type="SEQ_CLS",
             r=config.lora_r,
-            lora_alpha=config.lora_alpha,
+            lora_alpha=config.lora_alpha if config.lora_alpha is not None else 2 * config.lora_r,
             lora_dropout=config.lora_dropout,
             target_modules=lora_targets(model, config.trainable_layers),
             modules_to_save=[_head_name(model)],
@@ -698,6 +709,9 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         # Without a GPU, Transformers refuses bf16 unless told the run is on CPU; then it trains in CPU bf16
         # autocast. Without it, a machine with another accelerator (MPS) would be picked over the CPU.
         use_cpu=cpu_only(),
+        # Every trainable weight gets a gradient each step (frozen ones are not DDP's to track): without this,
+        # DDP walks the autograd graph for unused ones every step, and says so on each rank.
+        ddp_find_unused_parameters=False,
         **checkpointing_argument(config.gradient_checkpointing),
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_dropout=config.disable_dropout,
@@ -760,6 +774,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         pairs_per_second=pairs_seen / max(train_seconds, 1e-9),
         shared_prompt=shared_prompt,
         tokens_per_pair=tokens_per_pair(train_set, shared_prompt),
+        precision=precision,
         history=[dict(h) for h in trainer.state.log_history],
         evaluations=keep_best.evaluations,
     )
@@ -779,10 +794,15 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
 
 def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> FrozenLayerCache | None:
     """A FrozenLayerCache for this run when it has frozen blocks, dropout is off and the states fit."""
-    if not config.cache_frozen_layers or config.trainable_layers is None or not config.disable_dropout:
+    if not config.cache_frozen_layers or config.trainable_layers is None:
         return None
     frozen_blocks = model.config.num_hidden_layers - config.trainable_layers
     if frozen_blocks < 1 or not hasattr(model, model.base_model_prefix):
+        return None
+    if not config.disable_dropout:
+        if config.progress:
+            print(f"not caching the {frozen_blocks} frozen layers: with dropout on their output differs at every pass "
+                  f"(cache_frozen_layers=False silences this)")
         return None
     import psutil
 
@@ -837,6 +857,24 @@ def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path,
     with replacing_dir(Path(config.output_dir)) as staging:
         _write_model_dir(staging, trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision,
                          learning_rate)
+        if eval_rows is not None:
+            _record_held_out_as_scored(staging, eval_rows, config.eval_batch_size, result)
+
+
+def _record_held_out_as_scored(out: Path, eval_rows, batch_size: int, result: RewardTrainingResult) -> None:
+    """Make the held-out accuracy of the saved model the one `prefloop reward eval` gives on those pairs: score
+    them with the saved model as it does. Training evaluates under its mixed precision (bf16 autocast on a CPU
+    with bf16 units; scoring runs fp32 there), where a near tie can round to an exact one, counted wrong. The
+    training-time figure stays as `eval_accuracy_in_training`."""
+    from reward.score import RewardScorer
+
+    chosen, rejected = RewardScorer(out, batch_size=batch_size).score_pairs(eval_rows)
+    result.metrics["eval_accuracy_in_training"] = result.metrics["eval_accuracy"]
+    result.metrics["eval_accuracy"] = float((chosen.mean > rejected.mean).mean())
+    info = json.loads((out / "prefloop.json").read_text())
+    info["metrics"] = result.metrics
+    (out / "prefloop.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    (out / "README.md").write_text(model_card(info))
 
 
 def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision,
@@ -929,8 +967,8 @@ one scalar; higher means more preferred by the raters.
 - data: `{info["config"]["data"]}` ({info["data_fingerprint"]})
 - max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}{aligned}
 - layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
-- kept step (the latest held-out evaluation unless an earlier one ranked significantly more of the same held-out pairs right): {info["best_step"]}
-- held-out accuracy at each evaluation: {evaluations or "none (no held-out pairs)"}
+- kept step (the latest held-out evaluation unless an earlier one ranked significantly more of the same held-out pairs right): {info["best_step"] if info["best_step"] is not None else "the last (no held-out pairs)"}
+- held-out accuracy at each evaluation (in training, {info["precision"]}): {evaluations or "none (no held-out pairs)"}
 - precision: {info["precision"]}, learning rate: {info["learning_rate"]}, processes: {info["processes"]} ({info["distributed"]})
 
 | metric | value |
@@ -971,8 +1009,11 @@ def print_summary(result: RewardTrainingResult) -> None:
     table.add_row("training pairs", f"{result.n_train} ({result.truncated_train} truncated, none dropped)")
     table.add_row("held-out pairs", f"{result.n_eval} ({result.truncated_eval} truncated)")
     if "eval_accuracy" in result.metrics:
+        in_training = result.metrics.get("eval_accuracy_in_training", result.metrics["eval_accuracy"])
+        rounded = (f", {in_training:.3f} in training's {result.precision} autocast"
+                   if in_training != result.metrics["eval_accuracy"] else "")
         table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f} (kept step {result.best_step}"
-                      f"{_higher_step(result.evaluations, result.best_step)})")
+                      f"{rounded}{_higher_step(result.evaluations, result.best_step)})")
     table.add_row("train loss", f"{result.metrics['train_loss']:.4f}")
     table.add_row("tokens per pair", f"{result.tokens_per_pair:.0f}"
                   + (" (one sequence a pair, its prompt run once)" if result.shared_prompt else ""))

@@ -104,7 +104,7 @@ def test_output_directory_has_model_tokenizer_metadata_and_card(trained):
     # Every held-out evaluation, the kept one in bold.
     steps = [(f"**step {e['step']} {e['accuracy']:.3f}**" if e["step"] == result.best_step
               else f"step {e['step']} {e['accuracy']:.3f}") for e in result.evaluations]
-    assert len(steps) >= 2 and f"held-out accuracy at each evaluation: {', '.join(steps)}\n" in card
+    assert len(steps) >= 2 and f"held-out accuracy at each evaluation (in training, fp32): {', '.join(steps)}\n" in card
 
 
 def test_the_summary_names_a_higher_step_the_rule_did_not_keep(monkeypatch, capsys):
@@ -365,6 +365,27 @@ def test_the_saved_model_is_the_best_held_out_step_not_the_last(tmp_path, tiny_r
     assert all(len(e["correct"]) == len(eval_rows) for e in result.evaluations)
 
 
+def test_the_saved_held_out_accuracy_is_the_one_reward_eval_gives_after_bf16_training(tmp_path, capsys):
+    """Training evaluates under bf16 autocast, where this barely trained encoder's rewards round to exact ties
+    (counted wrong); `reward eval` scores in fp32. The summary, prefloop.json and the result give eval's figure,
+    and the training-time one beside it."""
+    eval_rows = rule_pairs(64, seed=1, uneven=True)
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(64, uneven=True)), eval_data=datasets.Dataset.from_list(eval_rows),
+        base_model=tiny_encoder_reward_model(tmp_path / "encoder"), output_dir=str(tmp_path / "rm"), max_length=48,
+        max_steps=2, batch_size=16, learning_rate=1e-6, precision="bf16", progress=True,
+    ))
+    report = evaluate_reward_model(result.output_dir, eval_rows, n_bootstrap=10)
+    assert result.metrics["eval_accuracy"] == report["accuracy"]
+    in_training = result.metrics["eval_accuracy_in_training"]
+    assert in_training == result.evaluations[-1]["accuracy"] != report["accuracy"]  # the rounding this is about
+    info = json.loads((tmp_path / "rm" / "prefloop.json").read_text())
+    assert info["metrics"]["eval_accuracy"] == report["accuracy"]
+    assert info["metrics"]["eval_accuracy_in_training"] == in_training
+    assert f"{report['accuracy']:.3f} (kept step 2, {in_training:.3f} in training's bf16 autocast)" in (
+        " ".join(capsys.readouterr().err.split()))
+
+
 def test_held_out_pairs_come_in_the_same_order_at_every_evaluation(tmp_path, tiny_rm):
     """The step choice compares steps pair by pair, so each evaluation must list the pairs in one order. The
     held-out batches are grouped by length (not in data order); at a learning rate too small to change a ranking,
@@ -519,9 +540,10 @@ def test_lora_run_through_the_cli_saves_and_reloads(tmp_path, tiny_rm):
     out = tmp_path / "lora"
     run = CliRunner().invoke(app, ["train", "--data", str(data), "--base", tiny_rm, "--out", str(out), "--lora",
                                    "--max-steps", "3", "--batch-size", "8", "--max-length", "48",
-                                   "--learning-rate", "1e-2", "--evals-per-epoch", "2"])
+                                   "--learning-rate", "1e-2", "--evals-per-epoch", "2", "--lora-r", "4"])
     assert run.exit_code == 0, run.output + repr(run.exception)
-    assert (out / "adapter" / "adapter_config.json").exists()
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (4, 8)  # alpha 2 * r unless given, as in the Python API
     merged = AutoModelForSequenceClassification.from_pretrained(out)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_rm)
     # The score head was trained in full, and LoRA moved the backbone.
@@ -553,7 +575,8 @@ def test_the_cli_trains_the_python_apis_recipe(monkeypatch):
 
     assert config() == RewardTrainingConfig(data="prefs.parquet")
     assert config("--no-align-truncation", "--center-rewards", "0", "--lora-r", "8") == RewardTrainingConfig(
-        data="prefs.parquet", align_truncation=False, center_rewards_coefficient=None, lora_r=8, lora_alpha=16)
+        data="prefs.parquet", align_truncation=False, center_rewards_coefficient=None, lora_r=8)
+    assert config("--lora-alpha", "4") == RewardTrainingConfig(data="prefs.parquet", lora_alpha=4)
 
 
 def test_the_same_seed_trains_the_same_model(tmp_path):
@@ -617,6 +640,7 @@ def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences
             run.communicate()
             pytest.fail("the ranks did not finish within 300 s: one stopped training while the other waited on it")
         assert run.returncode == 0, stderr[-3000:]
+        assert "find_unused_parameters=True" not in stderr  # DDP's per-rank note of a wasted graph walk
         info = json.loads((tmp_path / way / "prefloop.json").read_text())
         assert (info["processes"], info["distributed"]) == (2, "MULTI_CPU" if launcher == "torchrun" else "DEEPSPEED")
         # 115 training pairs, 16 per rank and step: 4 steps an epoch, 2 epochs; rank 1's budget would have
@@ -653,6 +677,7 @@ def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny
         eval_fraction=0, max_length=48, max_steps=1, batch_size=8, trainable_layers=1, progress=False,
     ))
     assert json.loads((tmp_path / "lr" / "prefloop.json").read_text())["learning_rate"] == 2e-4
+    assert ": the last (no held-out pairs)\n" in (tmp_path / "lr" / "README.md").read_text()  # the kept step
     # Every layer trained: the embeddings are still what is below them, so they stay frozen.
     every = train_reward_model(RewardTrainingConfig(
         data=datasets.Dataset.from_list(rule_pairs(32)), base_model=tiny_rm, output_dir=str(tmp_path / "top2"),
@@ -662,6 +687,16 @@ def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny
     trained = AutoModelForSequenceClassification.from_pretrained(every.output_dir)
     assert torch.equal(trained.model.embed_tokens.weight, base.model.embed_tokens.weight)
     assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+
+
+def test_the_frozen_layers_are_not_cached_with_dropout_on_and_the_run_says_so(tmp_path, tiny_rm, capsys):
+    train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(8)), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+        eval_fraction=0, max_length=48, max_steps=1, batch_size=8, trainable_layers=1, disable_dropout=False,
+        precision="fp32", progress=True,
+    ))
+    assert ("not caching the 1 frozen layers: with dropout on their output differs at every pass "
+            "(cache_frozen_layers=False silences this)") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("backbone", ["decoder", "encoder"])
@@ -900,9 +935,10 @@ def test_backbone_layers_keeps_the_bottom_layers_and_saves_a_shallower_model(tmp
     assert "layers kept from the base model: 1; trained: the top 0" in (tmp_path / "short" / "README.md").read_text()
     assert torch.equal(short.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
     for bad in ({"backbone_layers": 3}, {"backbone_layers": 0}, {"trainable_layers": 3}, {"trainable_layers": -1}):
-        with pytest.raises(UserError, match="layers must be between"):
+        with pytest.raises(UserError, match="layers must be between") as e:
             train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(8)), base_model=tiny_rm,
                                                     output_dir=str(tmp_path / "bad"), progress=False, **bad))
+        assert tiny_rm not in str(e.value)  # the model's layers, not its resolved path (in site-packages, for an alias)
     with pytest.raises(UserError, match="nothing to adapt"):
         train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(8)), base_model=tiny_rm,
                                                 output_dir=str(tmp_path / "bad"), lora=True, trainable_layers=0,
@@ -1063,6 +1099,47 @@ def test_ensemble_returns_mean_and_spread(trained, tiny_rm, tmp_path):
     np.testing.assert_allclose(both.mean, (one + other) / 2, atol=1e-5)
     np.testing.assert_allclose(both.spread, np.abs(one - other) / 2, atol=1e-5)
     assert (both.spread > 0).all()
+
+
+def test_reward_score_names_its_output_after_the_data_and_never_overwrites_a_name_it_chose(trained, tmp_path,
+                                                                                           monkeypatch):
+    from typer.testing import CliRunner
+
+    from reward.cli import app
+
+    result, eval_rows = trained
+    for folder, n in (("a", 3), ("b", 1)):
+        (tmp_path / folder).mkdir()
+        datasets.Dataset.from_list(eval_rows[:n]).to_json(str(tmp_path / folder / "pairs.jsonl"), lines=True)
+    monkeypatch.chdir(tmp_path)
+    score = ["score", "--model", result.output_dir, "--data"]
+    run = CliRunner().invoke(app, [*score, "a/pairs.jsonl"])
+    assert run.exit_code == 0, run.output + repr(run.exception)
+    assert len((tmp_path / "pairs.scored.jsonl").read_text().splitlines()) == 3
+    run = CliRunner().invoke(app, [*score, "b/pairs.jsonl"])  # the same default name: a's scores stay
+    assert isinstance(run.exception, UserError)
+    assert str(run.exception) == "pairs.scored.jsonl exists; pass --out pairs.scored.jsonl to replace it, or another name"
+    assert len((tmp_path / "pairs.scored.jsonl").read_text().splitlines()) == 3
+    run = CliRunner().invoke(app, [*score, "b/pairs.jsonl", "--out", "pairs.scored.jsonl"])
+    assert run.exit_code == 0 and len((tmp_path / "pairs.scored.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "pairs.scored.jsonl"]  # no partial file left
+
+
+def test_scoring_does_not_import_deepspeed(trained, tmp_path):
+    """Unwrapping a data-parallel model imports DeepSpeed where it is installed (a dev extra), which logs "Setting
+    accelerator to CPU"; scoring's model is never wrapped, pairs that share a prompt packed or not."""
+    import subprocess
+    import sys
+
+    result, eval_rows = trained
+    data = tmp_path / "pairs.jsonl"
+    datasets.Dataset.from_list(eval_rows[:4]).to_json(str(data), lines=True)
+    code = (f"import sys; from reward.score import score_file; score_file({result.output_dir!r}, {str(data)!r}, "
+            f"{str(tmp_path / 'out.jsonl')!r}); print('deepspeed' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_score_file_adds_reward_columns(trained, tmp_path):
@@ -1350,6 +1427,13 @@ def test_evaluation_reports_ties_unused_columns_and_why_the_margin_agreement_is_
                                          "flag": "one value for every pair (True)"}
     assert report["margin_correlation"] is None
     assert report["margin_correlation_missing"] == "every pair has the same margin"
+    # A margin training would refuse leaves out the agreement figure, not the evaluation; scoring reads none.
+    rows[3]["margin"] = -0.5
+    report = evaluate_reward_model(result.output_dir, rows, n_bootstrap=50)
+    assert report["n"] == 6 and report["margin_correlation"] is None
+    assert report["margin_correlation_missing"].startswith("data[3]: field 'margin': -0.5 is not a finite number >= 0")
+    scored = score_file(result.output_dir, rows, tmp_path / "scored.jsonl")
+    assert len(scored.read_text().splitlines()) == 6
     (tmp_path / "a-file").write_text("keep")
     with pytest.raises(UserError) as e:
         evaluate_reward_model(result.output_dir, rows, tmp_path / "a-file")
@@ -1477,13 +1561,26 @@ def test_training_warns_about_pairs_with_nothing_to_learn_and_held_out_pairs_it_
     assert run.returncode == 0, run.stderr
     warned = [line for line in run.stderr.splitlines() if line.startswith("warning: ")]
     assert warned == [
-        "warning: eval_data holds the same pairs as data: the held-out accuracy that picks the step will measure "
-        "memory, not generalisation",
+        "warning: eval_data: 16 of its 16 pair(s) are also in data: the held-out accuracy that picks the step will "
+        "measure memory, not generalisation",
         "warning: data: 1 of 16 training pair(s) read the same on both sides (chosen = rejected as the model sees "
         "them): they carry no preference to learn",
     ]
     # DeepSpeed (a dev extra), which Accelerate imports in every run, is told it is a CPU run instead of saying so.
     assert "Setting accelerator to CPU" not in run.stdout + run.stderr
+
+
+def test_held_out_pairs_that_are_also_training_pairs_are_counted_in_a_warning(tmp_path, tiny_rm):
+    """A subset of the training pairs, written in another layout (plain strings rather than messages), is still
+    the training pairs."""
+    rows = rule_pairs(40)
+    plain = [{"prompt": r["prompt"][0]["content"], "chosen": r["chosen"][0]["content"],
+              "rejected": r["rejected"][0]["content"]} for r in rows[:10] + rule_pairs(2, seed=5)]
+    with pytest.warns(UserWarning, match=r"eval_data: 10 of its 12 pair\(s\) are also in data"):
+        train_reward_model(RewardTrainingConfig(
+            data=datasets.Dataset.from_list(rows), eval_data=plain, base_model=tiny_rm,
+            output_dir=str(tmp_path / "rm"), max_steps=1, batch_size=8, max_length=32, precision="fp32",
+            progress=False))
 
 
 def test_unknown_roles_and_conversations_without_a_response_are_warned_about(trained, tmp_path):
