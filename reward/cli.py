@@ -125,8 +125,9 @@ def print_report(report: dict) -> None:
 
     def row(label: str, entry: dict) -> None:
         if entry["n"]:
+            method = "" if entry["ci_method"] == "bootstrap" else f" ({entry['ci_method']})"
             table.add_row(label, str(entry["n"]), f"{entry['accuracy']:.3f}",
-                          f"{entry['ci'][0]:.3f} - {entry['ci'][1]:.3f}")
+                          f"{entry['ci'][0]:.3f} - {entry['ci'][1]:.3f}{method}")
 
     row("all", report)
     for column, entries in report["by"].items():
@@ -140,7 +141,11 @@ def print_report(report: dict) -> None:
         console.print(f"ties: {report['ties']} pair(s) got equal rewards, counted wrong")
     for column, why in report.get("not_broken_down", {}).items():
         console.print(f"not broken down by {column}: {why}")
-    console.print(f"calibration: ECE {report['calibration']['ece']:.3f}")
+    cal = report["calibration"]
+    console.print(f"calibration: ECE {cal['ece']:.3f}; a calibrated model would show {cal['ece_if_calibrated']['mean']:.3f} "
+                  f"on these pairs (95% of the time below {cal['ece_if_calibrated']['p95']:.3f})")
+    if "note" in cal:
+        console.print(f"calibration: {cal['note']}")
     if report.get("margin_correlation"):
         m = report["margin_correlation"]
         console.print(f"reward gap vs margin: Pearson {m['pearson']:.3f}, Spearman {m['spearman']:.3f} (n={m['n']})")

@@ -71,6 +71,7 @@ class _Member:
 
         path = resolve_model(model_dir)  # a local folder, a cached snapshot, or a Hub id Transformers downloads
         info = model_info(path)
+        self.info = info
         self.tokenizer = load_tokenizer(path)
         try:
             self.model = load_sequence_classifier(path, dtype=dtype)

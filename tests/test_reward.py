@@ -962,9 +962,14 @@ def test_metrics_on_a_hand_checked_example():
     assert report["by"]["source"]["a"]["accuracy"] == 0.5
     assert report["by"]["source"]["b"]["accuracy"] == pytest.approx(2 / 3)
     # chosen longer in rows 0, 2 (both right); shorter in rows 1, 3 (both wrong); row 4 equal.
-    assert report["length_bias"]["chosen_longer"] == {"n": 2, "accuracy": 1.0, "ci": [1.0, 1.0]}
+    # Two pairs, both right: a bootstrap interval would be [1, 1]; Wilson's, by hand (z = 1.96, p = 1, n = 2):
+    # centre (1 + z^2/4) / (1 + z^2/2) = 0.6712, half-width z * sqrt(z^2/16) / (1 + z^2/2) = 0.3288.
+    chosen_longer = report["length_bias"]["chosen_longer"]
+    assert (chosen_longer["n"], chosen_longer["accuracy"], chosen_longer["ci_method"]) == (2, 1.0, "wilson")
+    assert chosen_longer["ci"] == pytest.approx([0.3424, 1.0], abs=1e-4)
     assert report["length_bias"]["chosen_shorter"]["accuracy"] == 0.0
     assert report["length_bias"]["equal_length"] == 1
+    assert report["length_bias"]["share_chosen_longer"] == 0.5  # 2 of the 4 pairs of unequal length
     # The model picked the longer response in rows 0, 1 and 2; in row 3 its gap is 0 -> it "picked" rejected,
     # the longer one. 4 of the 4 rows with a length difference.
     assert report["length_bias"]["model_prefers_longer"] == 1.0
@@ -984,6 +989,42 @@ def test_calibration_by_hand():
     assert cal["ece"] == pytest.approx(2 / 3 * 0.25 + 1 / 3 * 0.05)
 
 
+def test_the_interval_resamples_whole_prompts():
+    """Pairs on one prompt tend to be right or wrong together (here exactly: 40 prompts of 5 pairs): resampled
+    one by one they look like 200 independent pairs and the interval comes out too narrow. With each pair's prompt
+    given, whole prompts are resampled, and the interval is as wide as that of 40 pairs."""
+    rng = np.random.default_rng(0)
+    per_prompt = rng.random(40) < 0.6
+    correct = np.repeat(per_prompt, 5).astype(float)
+    gaps = np.where(correct > 0, 1.0, -1.0)
+    prompts = np.repeat(np.arange(40), 5)
+    clustered = preference_metrics(gaps, np.zeros(200), prompts=prompts, n_bootstrap=2000)
+    as_if_apart = preference_metrics(gaps, np.zeros(200), n_bootstrap=2000)
+    alone = preference_metrics(np.where(per_prompt, 1.0, -1.0), np.zeros(40), n_bootstrap=2000)
+    width = {name: r["ci"][1] - r["ci"][0] for name, r in
+             (("clustered", clustered), ("apart", as_if_apart), ("alone", alone))}
+    assert clustered["ci_method"] == "bootstrap over prompts" and as_if_apart["ci_method"] == "bootstrap"
+    assert width["clustered"] == pytest.approx(width["alone"], abs=0.03)
+    assert width["clustered"] > 1.8 * width["apart"]  # sqrt(5) = 2.2 in theory
+
+
+def test_ece_is_reported_beside_what_a_calibrated_model_would_show():
+    """ECE is biased upward on few pairs. For a model whose picks are right exactly as often as it claims, the
+    ECE falls as pairs are added, and lies within what `ece_if_calibrated` expects at each size."""
+    rng = np.random.default_rng(1)
+    for n, expected in ((88, 0.1), (2000, 0.02)):
+        gaps = rng.normal(0, 1.5, n)
+        confidence = 1 / (1 + np.exp(-np.abs(gaps)))
+        right = rng.random(n) < confidence
+        cal = calibration(np.where(right, np.abs(gaps), -np.abs(gaps)))
+        assert cal["ece"] <= cal["ece_if_calibrated"]["p95"]
+        assert cal["ece_if_calibrated"]["mean"] == pytest.approx(expected, abs=0.04)
+    # A model whose picks are right far less often than claimed stands out at 2000 pairs.
+    overconfident = calibration(np.where(rng.random(2000) < 0.6, 4.0, -4.0))
+    assert overconfident["ece"] > 5 * overconfident["ece_if_calibrated"]["p95"]
+    assert calibration(np.array([]))["ece"] is None
+
+
 def test_evaluate_writes_json_and_plots(trained, tmp_path):
     result, _ = trained
     eval_rows = rule_pairs(32, seed=1, long_prompt=True)  # answers of even length: 'good' is longer than 'bad'
@@ -992,13 +1033,16 @@ def test_evaluate_writes_json_and_plots(trained, tmp_path):
     assert report["accuracy"] >= 0.9
     assert set(report["by"]["source"]) == {"alpha", "beta"}
     assert report["margin_correlation"] is not None
+    # The model trained with the data's margins in its loss, which widens its gaps on purpose: said beside the ECE.
+    assert json.loads((Path(result.output_dir) / "prefloop.json").read_text())["margin_in_loss"] is True
+    assert report["calibration"]["note"].startswith("trained with the raters' margin in the loss")
     def no_nan(name):
         raise AssertionError(f"eval.json holds {name}: not valid JSON")
 
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text(), parse_constant=no_nan)
     assert saved["accuracy"] == report["accuracy"]
     # Every chosen answer is the longer one: the "chosen shorter" slice is empty, its numbers null.
-    assert saved["length_bias"]["chosen_shorter"] == {"n": 0, "accuracy": None, "ci": [None, None]}
+    assert saved["length_bias"]["chosen_shorter"] == {"n": 0, "accuracy": None, "ci": [None, None], "ci_method": None}
     for png in ("reliability.png", "accuracy.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
 
