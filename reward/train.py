@@ -174,6 +174,9 @@ class RewardTrainingResult:
     """Training tokens a pair cost, averaged (two sequences, or one packed sequence with `shared_prompt`)."""
     precision: str = "fp32"
     """What training computed in: fp32, or bf16 or fp16 autocast."""
+    stopped: str | None = None
+    """Why training ended early, e.g. "interrupted (Ctrl-C) at step 40 of 204" or "time budget at step ..."; None
+    when it ran its course."""
     history: list[dict[str, Any]] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     """Every held-out evaluation during training: step, accuracy, loss and `correct`, one bool per held-out pair
@@ -542,34 +545,60 @@ def better_on_same_pairs(first: list[bool], second: list[bool], alpha: float) ->
 
 
 def _callbacks(config: RewardTrainingConfig):
-    """Callbacks: wall-clock budget, best-step snapshot, Rich progress. Built here so that
+    """Callbacks: early stop (time budget, Ctrl-C), best-step snapshot, Rich progress. Built here so that
     transformers is imported only when training."""
     import torch
     from transformers import TrainerCallback
 
     from reward.progress import TrainingProgress
 
-    class TimeBudget(TrainerCallback):
-        """Stop when the budget is spent, with one last evaluation so the final state can win."""
+    class StopEarly(TrainerCallback):
+        """Stop when the time budget is spent, or at the first Ctrl-C (a second one aborts at once), with one last
+        evaluation so the final state can win; the run then keeps its step and saves as if it had finished.
+        `reason` says which stopped it."""
 
         def __init__(self, seconds: float | None):
             self.seconds = seconds
             self.start = 0.0
+            self.interrupted = False
+            self.reason: str | None = None
+            self._previous_handler = None
+
+        def _on_interrupt(self, signum, frame):
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+            print("\nstopping after this step and saving the model so far (Ctrl-C again to abort)", flush=True)
 
         def on_train_begin(self, args, state, control, **kwargs):
+            import signal
+            import threading
+
             self.start = time.monotonic()
+            if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+                self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            import signal
+
+            if self._previous_handler is not None:
+                signal.signal(signal.SIGINT, self._previous_handler)
+                self._previous_handler = None
 
         def on_step_end(self, args, state, control, **kwargs):
             out_of_time = self.seconds is not None and time.monotonic() - self.start > self.seconds
-            if self.seconds is not None and args.world_size > 1:
+            stop = [out_of_time, self.interrupted]
+            if args.world_size > 1:
                 # Under `accelerate launch`, ranks whose clocks cross the budget on different steps would stop
-                # apart and wait on each other forever: the first rank's clock decides for all.
+                # apart and wait on each other forever: the first rank decides for all.
                 from accelerate.utils import broadcast_object_list
 
-                out_of_time = broadcast_object_list([out_of_time], from_process=0)[0]
-            if out_of_time:
+                stop = broadcast_object_list([stop], from_process=0)[0]
+            if any(stop):
                 control.should_training_stop = True
-            if (out_of_time or state.global_step >= state.max_steps) and args.eval_strategy != "no":
+                why = "time budget" if stop[0] else "interrupted (Ctrl-C)"
+                self.reason = f"{why} at step {state.global_step} of {state.max_steps}"
+            if (any(stop) or state.global_step >= state.max_steps) and args.eval_strategy != "no":
                 control.should_evaluate = True
             return control
 
@@ -607,12 +636,12 @@ def _callbacks(config: RewardTrainingConfig):
                     if name in self.snapshot:
                         param.copy_(self.snapshot[name].to(param.device))
 
-    keep_best = KeepBest()
-    callbacks = [TimeBudget(config.time_budget_s), keep_best]
+    keep_best, stop_early = KeepBest(), StopEarly(config.time_budget_s)
+    callbacks = [stop_early, keep_best]
     if config.progress:
         shown = {"loss": "loss", "accuracy": "accuracy", "eval_accuracy": "held-out acc"}
         callbacks.append(TrainingProgress("reward training", shown))
-    return callbacks + list(config.callbacks), keep_best
+    return callbacks + list(config.callbacks), keep_best, stop_early
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -729,7 +758,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         seed=config.seed,
         data_seed=config.seed,
     )
-    callbacks, keep_best = _callbacks(config)
+    callbacks, keep_best, stop_early = _callbacks(config)
     shared_prompt = config.share_prompt and shares_prompt(model)
     if shared_prompt:
         train_set = with_packed_lengths(train_set)
@@ -775,6 +804,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         shared_prompt=shared_prompt,
         tokens_per_pair=tokens_per_pair(train_set, shared_prompt),
         precision=precision,
+        stopped=stop_early.reason,
         history=[dict(h) for h in trainer.state.log_history],
         evaluations=keep_best.evaluations,
     )
@@ -912,6 +942,7 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
         "best_step": result.best_step,
         # Without each pair's outcome: `RewardTrainingResult.evaluations` has them.
         "evaluations": [{k: v for k, v in e.items() if k != "correct"} for e in result.evaluations],
+        "stopped": result.stopped,
         "train_seconds": round(result.train_seconds, 2),
         "pairs_per_second": round(result.pairs_per_second, 3),
         "shared_prompt": result.shared_prompt,
@@ -1018,5 +1049,6 @@ def print_summary(result: RewardTrainingResult) -> None:
     table.add_row("train loss", f"{result.metrics['train_loss']:.4f}")
     table.add_row("tokens per pair", f"{result.tokens_per_pair:.0f}"
                   + (" (one sequence a pair, its prompt run once)" if result.shared_prompt else ""))
-    table.add_row("time", f"{result.train_seconds:.1f} s, {result.pairs_per_second:.1f} pairs/s")
+    table.add_row("time", f"{result.train_seconds:.1f} s, {result.pairs_per_second:.1f} pairs/s"
+                  + (f" (stopped early: {result.stopped})" if result.stopped else ""))
     Console(stderr=True).print(table)

@@ -1614,6 +1614,33 @@ def test_training_warns_about_pairs_with_nothing_to_learn_and_held_out_pairs_it_
     assert "Setting accelerator to CPU" not in run.stdout + run.stderr
 
 
+def test_ctrl_c_stops_training_and_saves_the_model_so_far(tmp_path, tiny_rm):
+    """The first Ctrl-C ends training after the step it is in, with one last held-out evaluation, and the run
+    keeps its step and saves as if it had finished (a second Ctrl-C would abort)."""
+    import signal
+    import subprocess
+    import sys
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rule_pairs(64)))
+    run = subprocess.Popen([sys.executable, "-m", "apps.cli", "reward", "train", "--data", str(data), "--base", tiny_rm,
+                            "--out", str(tmp_path / "rm"), "--epochs", "10000", "--batch-size", "8",
+                            "--max-length", "32", "--precision", "fp32"],
+                           cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in run.stdout:  # outside a terminal: one line per held-out evaluation
+        if line.startswith("reward training"):
+            break
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    assert "stopping after this step and saving the model so far" in out
+    info = json.loads((tmp_path / "rm" / "prefloop.json").read_text())
+    step = info["evaluations"][-1]["step"]
+    stopped_at, planned = info["stopped"].removeprefix("interrupted (Ctrl-C) at step ").split(" of ")
+    assert int(stopped_at) == step < int(planned) // 1000  # 10,000 epochs planned
+    assert "stopped early: interrupted (Ctrl-C)" in " ".join(err.split())
+
+
 def test_held_out_pairs_that_are_also_training_pairs_are_counted_in_a_warning(tmp_path, tiny_rm):
     """A subset of the training pairs, written in another layout (plain strings rather than messages), is still
     the training pairs."""
