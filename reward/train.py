@@ -1042,7 +1042,7 @@ def print_summary(result: RewardTrainingResult) -> None:
     table.add_row("held-out pairs", f"{result.n_eval} ({result.truncated_eval} truncated)")
     if "eval_accuracy" in result.metrics:
         in_training = result.metrics.get("eval_accuracy_in_training", result.metrics["eval_accuracy"])
-        rounded = (f", {in_training:.3f} in training's {result.precision} autocast"
+        rounded = (f", {in_training:.3f} in training's {result.precision}"
                    if in_training != result.metrics["eval_accuracy"] else "")
         table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f} (kept step {result.best_step}"
                       f"{rounded}{_higher_step(result.evaluations, result.best_step)})")

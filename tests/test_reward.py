@@ -382,7 +382,7 @@ def test_the_saved_held_out_accuracy_is_the_one_reward_eval_gives_after_bf16_tra
     info = json.loads((tmp_path / "rm" / "prefloop.json").read_text())
     assert info["metrics"]["eval_accuracy"] == report["accuracy"]
     assert info["metrics"]["eval_accuracy_in_training"] == in_training
-    assert f"{report['accuracy']:.3f} (kept step 2, {in_training:.3f} in training's bf16 autocast)" in (
+    assert f"{report['accuracy']:.3f} (kept step 2, {in_training:.3f} in training's bf16)" in (
         " ".join(capsys.readouterr().err.split()))
 
 
