@@ -579,6 +579,10 @@ def _callbacks(config: RewardTrainingConfig):
                 self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
 
         def on_train_end(self, args, state, control, **kwargs):
+            self.release()
+
+        def release(self) -> None:
+            """Put the caller's Ctrl-C handler back; also called when training raises (no on_train_end then)."""
             import signal
 
             if self._previous_handler is not None:
@@ -787,6 +791,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
             final = trainer.evaluate()
             metrics.update({k: float(v) for k, v in final.items() if isinstance(v, (int, float))})
     finally:
+        stop_early.release()
         if frozen_cache is not None:  # a failed or interrupted run must not leave the stand-ins in the model
             frozen_cache.close()
     full_epochs, rest = divmod(trainer.state.global_step, steps_per_epoch)

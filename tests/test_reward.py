@@ -1641,6 +1641,26 @@ def test_ctrl_c_stops_training_and_saves_the_model_so_far(tmp_path, tiny_rm):
     assert "stopped early: interrupted (Ctrl-C)" in " ".join(err.split())
 
 
+def test_a_run_that_fails_gives_ctrl_c_back(tmp_path, tiny_rm):
+    """Training takes Ctrl-C over while it runs; a run that raises must hand it back, or the caller's next Ctrl-C
+    (in a notebook, say) would only ask a finished run to stop."""
+    import signal
+
+    from transformers import TrainerCallback
+
+    class FailAtFirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise RuntimeError("disk full")
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(RuntimeError, match="disk full"):
+        train_reward_model(RewardTrainingConfig(
+            data=datasets.Dataset.from_list(rule_pairs(16)), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+            eval_fraction=0, max_steps=2, batch_size=8, max_length=32, precision="fp32", progress=False,
+            callbacks=[FailAtFirstStep()]))
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_held_out_pairs_that_are_also_training_pairs_are_counted_in_a_warning(tmp_path, tiny_rm):
     """A subset of the training pairs, written in another layout (plain strings rather than messages), is still
     the training pairs."""
