@@ -220,29 +220,41 @@ def read_json_document(path: Path) -> Any:
         raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
 
 
-def read_table(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows of a JSONL, JSON list, CSV or Parquet file, each with its line (or row) number."""
+def read_table(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a JSONL, JSON, CSV or Parquet file (optionally .gz), each with where it is, for error messages:
+    "prefs.jsonl:12" (a line), "prefs.json: item 3" (of a JSON list), "prefs.parquet: row 3" (from 1). A .json
+    file may also hold JSON lines, as `Dataset.to_json` writes them under any name."""
     name = path.name.lower().removesuffix(".gz")
-    if name.endswith(".jsonl"):
+    if name.endswith(".json"):
+        text = read_text(path)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            if text.lstrip().startswith("["):  # a broken list, not JSON lines
+                raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+            data = None
+        if isinstance(data, dict):
+            data = None  # one object: one JSON line
+        if data is not None:
+            if not isinstance(data, list):
+                raise UserError(f"{path}: expected a JSON list of objects (or JSON lines)")
+            for i, row in enumerate(data, start=1):
+                if not isinstance(row, dict):
+                    raise UserError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")
+                yield f"{path}: item {i}", row
+            return
+    if name.endswith((".jsonl", ".json")):
         for line_no, row in read_json_lines(path):
             if not isinstance(row, dict):
                 raise UserError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            yield line_no, row
-    elif name.endswith(".json"):
-        data = read_json_document(path)
-        if not isinstance(data, list):
-            raise UserError(f"{path}: expected a JSON list of objects")
-        for i, row in enumerate(data, start=1):
-            if not isinstance(row, dict):
-                raise UserError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")
-            yield i, row
+            yield f"{path}:{line_no}", row
     elif name.endswith(".csv"):
         reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
         try:
             for row in reader:
                 if None in row:
                     raise UserError(f"{path}:{reader.line_num}: more values than there are columns")
-                yield reader.line_num, row
+                yield f"{path}:{reader.line_num}", row
         except csv.Error as e:
             raise UserError(f"{path}:{reader.line_num}: broken CSV ({e})") from None
     elif name.endswith(".parquet"):
@@ -253,7 +265,7 @@ def read_table(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except Exception as e:  # pyarrow raises many types for a broken file
             raise UserError(f"{path}: not a readable Parquet file ({e})") from None
         for i, row in enumerate(table.to_pylist(), start=1):
-            yield i, row
+            yield f"{path}: row {i}", row
     else:
         raise UserError(f"{path}: unknown file type (expected .jsonl, .json, .csv or .parquet, optionally .gz)")
 
@@ -548,7 +560,7 @@ def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) 
         raise UserError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
     source = f"{fmt}:{path.name}"[:MAX_NAME_CHARS]
     if path.is_dir():  # a `datasets.save_to_disk` folder
-        records = records_from_rows(_rows_from_dataset_dir(path), fmt, source, rater)
+        records = records_from_rows(dataset_dir_rows(path), fmt, source, rater)
     elif fmt == "finegrained-qa":
         data = read_json_document(path)
         if not isinstance(data, list):
@@ -560,9 +572,7 @@ def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) 
             out.extend(finegrained_records(item, f"{path}: item {i}", source, rater or "finegrained-qa:crowd"))
         records = out
     else:
-        rows = ((f"{path}:{n}" if not path.name.endswith(".json") else f"{path}: item {n}", row)
-                for n, row in read_table(path))
-        records = records_from_rows(rows, fmt, source, rater)
+        records = records_from_rows(read_table(path), fmt, source, rater)
     if not records:
         raise UserError(f"{path}: no rows")
     return records
@@ -605,7 +615,8 @@ def _check_rater_option(rater: str | None) -> None:
         _name(rater, "--rater", "rater", allow_empty=False)
 
 
-def _rows_from_dataset_dir(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def dataset_dir_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a `save_to_disk` folder (`load_dataset_dir`), each with where it is: "prefs: row 3"."""
     for i, row in enumerate(load_dataset_dir(path), start=1):
         yield f"{path}: row {i}", dict(row)
 

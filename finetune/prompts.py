@@ -11,12 +11,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
 from collect.errors import UserError
-from collect.formats import (detect_format, load_dataset_dir, one_split, parse_conversation, read_records, read_table,
+from collect.formats import (dataset_dir_rows, detect_format, one_split, parse_conversation, read_records, read_table,
                              records_from_dataset)
 
 Conversation = list[dict[str, str]]
@@ -97,16 +97,10 @@ def _prompt_values(source: Any) -> Iterator[tuple[str, Any]]:
         path = Path(source)
         if not path.exists():
             raise UserError(f"{path}: no such file")
-        if path.is_dir():
-            rows: Iterable[tuple[Any, dict]] = enumerate(load_dataset_dir(path), start=1)
-            where = f"{path}: row {{}}"
-        else:
-            rows = read_table(path)
-            where = f"{path}:{{}}"
-        for n, row in rows:
+        for where, row in dataset_dir_rows(path) if path.is_dir() else read_table(path):
             if "prompt" not in row:
-                raise UserError(f"{where.format(n)}: field 'prompt': is missing (columns: {', '.join(row)})")
-            yield where.format(n), row["prompt"]
+                raise UserError(f"{where}: field 'prompt': is missing (columns: {', '.join(row)})")
+            yield where, row["prompt"]
         return
     if isinstance(source, Sequence) or hasattr(source, "column_names"):
         for i, row in enumerate(one_split(source, "prompts"), start=1):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from collect.errors import UserError, first_line
-from collect.formats import load_dataset_dir, one_split, read_json_lines, read_text, split_hh_dialogue
+from collect.formats import load_dataset_dir, one_split, read_table, split_hh_dialogue
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -79,29 +79,8 @@ def load_rows(data: Any, what: str = "data", split: str | None = "train") -> tup
     except Exception as e:  # datasets raises many types for unreadable files; name the file instead
         raise UserError(f"{path}: cannot read it as a dataset ({type(e).__name__}: {first_line(e)})") from None
     if name.endswith((".jsonl", ".json")):
-        return _rows_to_dataset(path, list(_json_rows(path)))
+        return _rows_to_dataset(path, list(read_table(path)))
     raise UserError(f"{path}: unsupported file type (expected .parquet, .jsonl, .json or a save_to_disk folder)")
-
-
-def _json_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
-    """(place, object) for each row of a JSON Lines file, or of a .json file holding a list or JSON lines (what
-    `Dataset.to_json` writes under any name)."""
-    if path.name.lower().removesuffix(".gz").endswith(".json"):
-        text = read_text(path)
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError:
-            document = None  # JSON lines, read below
-        if isinstance(document, list):
-            for i, row in enumerate(document, start=1):
-                if not isinstance(row, dict):
-                    raise UserError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")
-                yield f"{path}: item {i}", row
-            return
-    for line, row in read_json_lines(path):
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{line}: expected a JSON object, got {type(row).__name__}")
-        yield f"{path}:{line}", row
 
 
 def _json_kind(value: Any) -> str:

@@ -171,6 +171,12 @@ BAD_INPUTS = {
     "norater.jsonl": (b'{"prompt": "a", "response_a": "x", "response_b": "y", "choice": "tie"}\n',
                       r"norater.jsonl:1: field 'rater'"),
     "empty.jsonl": (b"", r"empty.jsonl: the file is empty"),
+    # A .json file holds a list (rows named by item) or JSON lines, as Dataset.to_json writes it (named by line).
+    "items.json.gz": (gzip.compress(b'[{"prompt": "a"}, {"prompt": "b", "response_a": 5, "response_b": "y"}]'),
+                      r"items.json.gz: item 2: field 'response_a'"),
+    "lines.json": (b'{"prompt": "a"}\n{"prompt": "b", "response_a": 5, "response_b": "y"}\n',
+                   r"lines.json:2: field 'response_a'"),
+    "brokenlist.json": (b'[\n {"prompt": "a"},\n {"prompt": "b",}\n]\n', r"brokenlist.json:3: invalid JSON"),
     "latin1.jsonl": ('{"prompt": "ok", "response_a": "x", "response_b": "y"}\n{"prompt": "caf\xe9"}\n'.encode("latin-1"),
                      r"latin1.jsonl:2: not valid UTF-8"),
     "huge.jsonl": (b'{"prompt": "a", "response_a": "x", "response_b": "y"}\n'
