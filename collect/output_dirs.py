@@ -21,19 +21,19 @@ from collect.errors import UserError
 def check_output_dir(path: Path, marker: str) -> None:
     """UserError unless `path` is new, empty, or a previous output (it holds `marker`), and can be written."""
     if path.exists() and not path.is_dir():
-        raise UserError(f"output_dir {path}: is a file; name a folder")
+        raise UserError(f"output_dir (--out) {path}: is a file; name a folder")
     if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
-        raise UserError(f"output_dir {path}: holds other files (no {marker}); name a new or empty folder, or an "
+        raise UserError(f"output_dir (--out) {path}: holds other files (no {marker}); name a new or empty folder, or an "
                         "earlier output of this command, which is replaced")
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"output_dir {path}: {existing} is a file")
+        raise UserError(f"output_dir (--out) {path}: {existing} is a file")
     try:
         tempfile.TemporaryDirectory(dir=existing).cleanup()
     except OSError as e:
-        raise UserError(f"output_dir {path}: cannot write in {existing} ({e.strerror or e})") from None
+        raise UserError(f"output_dir (--out) {path}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 @contextmanager

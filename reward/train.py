@@ -155,6 +155,20 @@ class RewardTrainingConfig:
         return 2e-4 if self.lora or self.trainable_layers is not None else 5e-5
 
 
+# `prefloop reward train`'s flag for each setting whose flag is not the field's name with dashes (reward/cli.py).
+CLI_FLAGS = {"base_model": "--base", "output_dir": "--out", "num_train_epochs": "--epochs",
+             "time_budget_s": "--time-budget", "center_rewards_coefficient": "--center-rewards"}
+
+
+def setting(field_name: str) -> str:
+    """A RewardTrainingConfig field as errors name it: the Python name and the CLI flag, for either kind of user.
+    Fields the CLI does not offer (eval_batch_size) are named alone."""
+    from reward.cli import train_flags  # the CLI module imports this one at its top
+
+    flag = CLI_FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+    return f"{field_name} ({flag})" if flag in train_flags() else field_name
+
+
 @dataclass
 class RewardTrainingResult:
     """What a run produced; the same numbers are in `<output_dir>/prefloop.json`."""
@@ -190,9 +204,9 @@ def _precision(choice: str) -> str:
     import torch
 
     if choice not in PRECISIONS:
-        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {choice!r}")
+        raise UserError(f"{setting('precision')} must be one of {', '.join(PRECISIONS)}, got {choice!r}")
     if choice == "fp16" and not torch.cuda.is_available():
-        raise UserError("precision 'fp16' needs a GPU")
+        raise UserError(f"{setting('precision')} 'fp16' needs a GPU")
     if choice != "auto":
         return choice
     if torch.cuda.is_available():
@@ -262,8 +276,8 @@ def _load_model(model_path: str, pad_token_id: int, backbone_layers: int | None 
         config = AutoConfig.from_pretrained(model_path, num_labels=1)
         if backbone_layers is not None:
             if not 1 <= backbone_layers <= config.num_hidden_layers:
-                raise UserError(f"backbone_layers must be between 1 and {config.num_hidden_layers} (the base model's "
-                                f"layers), got {backbone_layers}")
+                raise UserError(f"{setting('backbone_layers')} must be between 1 and {config.num_hidden_layers} (the "
+                                f"base model's layers), got {backbone_layers}")
             config.num_hidden_layers = backbone_layers
             if getattr(config, "layer_types", None):  # per-layer attention kinds (Qwen3, Gemma) must match
                 config.layer_types = config.layer_types[:backbone_layers]
@@ -700,7 +714,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
                             f"{name} for {model_path}")
     depth = model.config.num_hidden_layers
     if config.trainable_layers is not None and config.trainable_layers > depth:
-        raise UserError(f"trainable_layers must be between 0 and {depth} (the layers of the model), "
+        raise UserError(f"{setting('trainable_layers')} must be between 0 and {depth} (the layers of the model), "
                         f"got {config.trainable_layers}")
     peft_config = None
     if config.lora:
@@ -855,29 +869,29 @@ def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> F
 
 def _check(config: RewardTrainingConfig) -> None:
     if not 0 <= config.eval_fraction < 1:
-        raise UserError(f"eval_fraction must be in [0, 1), got {config.eval_fraction}")
-    if config.batch_size < 1 or config.eval_batch_size < 1:
-        raise UserError("batch sizes must be at least 1")
-    if config.evals_per_epoch < 1:
-        raise UserError(f"evals_per_epoch must be at least 1, got {config.evals_per_epoch}")
+        raise UserError(f"{setting('eval_fraction')} must be in [0, 1), got {config.eval_fraction}")
+    for name in ("batch_size", "eval_batch_size", "evals_per_epoch", "gradient_accumulation_steps"):
+        if getattr(config, name) < 1:
+            raise UserError(f"{setting(name)} must be at least 1, got {getattr(config, name)}")
     if config.num_train_epochs <= 0 and config.max_steps <= 0:
-        raise UserError("set num_train_epochs > 0 or max_steps > 0")
+        raise UserError(f"set {setting('num_train_epochs')} > 0 or {setting('max_steps')} > 0")
     if config.trainable_layers is not None and config.trainable_layers < 0:
-        raise UserError(f"trainable_layers must be between 0 and the model's layers, got {config.trainable_layers}")
+        raise UserError(f"{setting('trainable_layers')} must be between 0 and the model's layers, "
+                        f"got {config.trainable_layers}")
     if config.lora and config.trainable_layers == 0:
-        raise UserError("trainable_layers=0 with LoRA leaves nothing to adapt; without LoRA it trains the head alone")
+        raise UserError(f"{setting('trainable_layers')} 0 with LoRA leaves nothing to adapt; without LoRA it "
+                        "trains the head alone")
     if config.learning_rate is not None and config.learning_rate <= 0:
-        raise UserError(f"learning_rate must be above 0, got {config.learning_rate}")
-    if config.gradient_accumulation_steps < 1:
-        raise UserError(f"gradient_accumulation_steps must be at least 1, got {config.gradient_accumulation_steps}")
+        raise UserError(f"{setting('learning_rate')} must be above 0, got {config.learning_rate}")
     if config.lora and config.lora_r < 1:
-        raise UserError(f"lora_r must be at least 1, got {config.lora_r}")
+        raise UserError(f"{setting('lora_r')} must be at least 1, got {config.lora_r}")
     if not 0 <= config.seed < 2**32:
-        raise UserError(f"seed must be between 0 and 2**32 - 1, got {config.seed}")
+        raise UserError(f"{setting('seed')} must be between 0 and 2**32 - 1, got {config.seed}")
     if config.center_rewards_coefficient is not None and config.center_rewards_coefficient < 0:
-        raise UserError(f"center_rewards_coefficient must be 0 or more, got {config.center_rewards_coefficient}")
+        raise UserError(f"{setting('center_rewards_coefficient')} must be 0 or more, "
+                        f"got {config.center_rewards_coefficient}")
     if config.time_budget_s is not None and config.time_budget_s <= 0:
-        raise UserError(f"time_budget_s must be above 0, got {config.time_budget_s}")
+        raise UserError(f"{setting('time_budget_s')} must be above 0, got {config.time_budget_s}")
     check_output_dir(Path(config.output_dir), "prefloop.json")
     ds_stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     if ds_stage == "3":

@@ -579,6 +579,28 @@ def test_the_cli_trains_the_python_apis_recipe(monkeypatch):
     assert config("--lora-alpha", "4") == RewardTrainingConfig(data="prefs.parquet", lora_alpha=4)
 
 
+def test_a_bad_setting_is_named_as_the_python_api_and_the_cli_spell_it(tmp_path, tiny_rm):
+    """A CLI user reads `--time-budget`, a Python user `time_budget_s`: the error names both. Fields the CLI does
+    not offer are named alone."""
+    from reward.cli import train_flags
+    from reward.train import CLI_FLAGS
+
+    assert set(CLI_FLAGS.values()) <= train_flags()
+    (tmp_path / "a-file").write_text("")
+    cases = {
+        "set num_train_epochs (--epochs) > 0 or max_steps (--max-steps) > 0": dict(num_train_epochs=0),
+        "center_rewards_coefficient (--center-rewards) must be 0 or more": dict(center_rewards_coefficient=-1),
+        f"output_dir (--out) {tmp_path / 'a-file'}: is a file": dict(output_dir=str(tmp_path / "a-file")),
+        "eval_batch_size must be at least 1, got 0": dict(eval_batch_size=0),
+        "precision (--precision) must be one of": dict(precision="fp8"),
+    }
+    for expected, overrides in cases.items():
+        with pytest.raises(UserError) as e:
+            train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(4)), base_model=tiny_rm,
+                                                    progress=False, **overrides))
+        assert expected in _one_line_error(e), overrides
+
+
 def test_the_same_seed_trains_the_same_model(tmp_path):
     from safetensors.torch import load_file
 
@@ -935,7 +957,7 @@ def test_backbone_layers_keeps_the_bottom_layers_and_saves_a_shallower_model(tmp
     assert "layers kept from the base model: 1; trained: the top 0" in (tmp_path / "short" / "README.md").read_text()
     assert torch.equal(short.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
     for bad in ({"backbone_layers": 3}, {"backbone_layers": 0}, {"trainable_layers": 3}, {"trainable_layers": -1}):
-        with pytest.raises(UserError, match="layers must be between") as e:
+        with pytest.raises(UserError, match=r"layers \(--(backbone|trainable)-layers\) must be between") as e:
             train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(8)), base_model=tiny_rm,
                                                     output_dir=str(tmp_path / "bad"), progress=False, **bad))
         assert tiny_rm not in str(e.value)  # the model's layers, not its resolved path (in site-packages, for an alias)
@@ -1243,7 +1265,7 @@ def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, t
     with pytest.raises(UserError) as e:
         train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(4)), base_model=tiny_rm,
                                                 evals_per_epoch=0, progress=False))
-    assert "evals_per_epoch must be at least 1, got 0" in _one_line_error(e)
+    assert "evals_per_epoch (--evals-per-epoch) must be at least 1, got 0" in _one_line_error(e)
     # What `accelerate launch` sets from a config with zero_stage: 3 (checked by hand with such a config on two
     # CPU ranks: each rank printed this error and no output directory was made).
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
@@ -1379,11 +1401,12 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
         with pytest.raises(UserError) as e:
             train_reward_model(config(out))
         assert expected in _one_line_error(e)
-    for bad, message in (({"learning_rate": 0.0}, "learning_rate must be above 0"),
-                         ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be at least 1"),
-                         ({"lora": True, "lora_r": 0}, "lora_r must be at least 1"),
-                         ({"seed": -1}, "seed must be between 0"),
-                         ({"time_budget_s": -5}, "time_budget_s must be above 0")):
+    for bad, message in (({"learning_rate": 0.0}, "learning_rate (--learning-rate) must be above 0"),
+                         ({"gradient_accumulation_steps": 0},
+                          "gradient_accumulation_steps (--gradient-accumulation-steps) must be at least 1"),
+                         ({"lora": True, "lora_r": 0}, "lora_r (--lora-r) must be at least 1"),
+                         ({"seed": -1}, "seed (--seed) must be between 0"),
+                         ({"time_budget_s": -5}, "time_budget_s (--time-budget) must be above 0")):
         with pytest.raises(UserError) as e:
             train_reward_model(config(tmp_path / "new", **bad))
         assert message in _one_line_error(e)
