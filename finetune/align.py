@@ -40,7 +40,7 @@ from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read
 from finetune.training import alignment_progress, is_main_process, pick_device, summarize_history, use_bf16
 
 if TYPE_CHECKING:
-    from reward.progress import TrainingProgress
+    from transformers import TrainerCallback
 
 METHODS = ("grpo", "rloo", "dpo", "bon")
 # Per-method defaults, chosen so that smollm2-135m-instruct finishes in minutes on a 2-core CPU
@@ -133,12 +133,15 @@ class AlignResult:
     merged_dir: Path | None  # the merged model, with merge=True
     metrics: dict[str, float]  # training numbers (first/last loss and reward, runtime, ...)
     evaluation: dict[str, Any] | None  # the summary of the held-out evaluation, when eval_prompts was given
+    stopped: str | None = None  # why training ended before max_steps (Ctrl-C), or None
 
 
 def align(config: AlignConfig) -> AlignResult:
     """Train a LoRA adapter with `config.method` and save it with prefloop.json. See AlignConfig."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from reward.progress import StopEarly
 
     started = time.monotonic()
     console = Console(quiet=not config.show_progress)
@@ -158,15 +161,20 @@ def align(config: AlignConfig) -> AlignResult:
     dtype = torch.bfloat16 if use_bf16() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     progress = alignment_progress(f"{config.method} on {Path(str(config.policy)).name}", show=config.show_progress)
-
-    trainer, extra = _train(config, model, tokenizer, data, progress, console)
+    # The first Ctrl-C ends training after its step; the adapter so far is then saved (and evaluated) as usual.
+    stop_early = StopEarly(seconds=None)
+    try:
+        trainer, extra = _train(config, model, tokenizer, data, [progress, stop_early], console)
+    finally:
+        stop_early.release()
 
     out = Path(config.output_dir)
     merged_dir = out / "merged" if config.merge else None
     metrics = summarize_history(progress.history) | extra
     evaluation = None
     if not is_main_process():  # under `accelerate launch`, the first rank writes for everyone
-        return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=None)
+        return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=None,
+                           stopped=stop_early.reason)
     # Written into a staging folder that then replaces `out` whole: no file of an earlier run stays beside it.
     with replacing_dir(out) as staging:
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
@@ -179,7 +187,7 @@ def align(config: AlignConfig) -> AlignResult:
             write_merged(path, staging, staging / "merged")
             tokenizer.save_pretrained(staging / "merged")
         metrics["wall_s"] = time.monotonic() - started
-        write_manifest(staging, config, path, reward_info, data_stats, metrics)
+        write_manifest(staging, config, path, reward_info, data_stats, metrics, stop_early.reason)
     if config.eval_prompts is not None:
         from finetune.evaluate import EvalConfig, evaluate
 
@@ -187,8 +195,9 @@ def align(config: AlignConfig) -> AlignResult:
             adapter=str(out), prompts=config.eval_prompts, reward_model=config.reward_model, judge=config.judge,
             seed=config.seed, show_progress=config.show_progress,
         )).summary
-    _print_summary(console, config, out, metrics, evaluation)
-    return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=evaluation)
+    _print_summary(console, config, out, metrics, evaluation, stop_early.reason)
+    return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=evaluation,
+                       stopped=stop_early.reason)
 
 
 def write_merged(base_path: str, adapter_dir: Path, merged_dir: Path) -> None:
@@ -227,12 +236,12 @@ def training_data(config: AlignConfig, tokenizer) -> tuple[list, dict[str, Any]]
     return fitted, stats
 
 
-def _train(config: AlignConfig, model, tokenizer, data: list, progress: TrainingProgress, console: Console):
+def _train(config: AlignConfig, model, tokenizer, data: list, callbacks: list[TrainerCallback], console: Console):
     """Run the method; returns the trainer (its model is the PeftModel) and method-specific metrics."""
     if config.method == "dpo":
         from finetune.dpo import train_dpo
 
-        return train_dpo(config, model, tokenizer, data, progress), {}
+        return train_dpo(config, model, tokenizer, data, callbacks), {}
     from finetune.rewards import RewardFunction, load_scorer
 
     scorer = load_scorer(config.reward_model, device=pick_device())
@@ -243,14 +252,15 @@ def _train(config: AlignConfig, model, tokenizer, data: list, progress: Training
             rows, extra = best_responses(config, model, tokenizer, data, scorer)
         if not rows:
             raise UserError("best-of-n: the policy produced no non-empty response to any prompt")
-        return train_best_of_n(config, model, tokenizer, rows, progress), extra
+        return train_best_of_n(config, model, tokenizer, rows, callbacks), extra
     from finetune.rl import train_rl
 
-    return train_rl(config, model, tokenizer, data, RewardFunction(scorer), progress), {}
+    return train_rl(config, model, tokenizer, data, RewardFunction(scorer), callbacks), {}
 
 
 def write_manifest(
-    out: Path, config: AlignConfig, policy_path: str, reward_info: dict | None, data: dict, metrics: dict
+    out: Path, config: AlignConfig, policy_path: str, reward_info: dict | None, data: dict, metrics: dict,
+    stopped: str | None,
 ) -> None:
     import peft
     import torch
@@ -274,6 +284,7 @@ def write_manifest(
         },
         "data": data,
         "metrics": metrics,
+        "stopped": stopped,
         "evaluation": None,
         "device": pick_device(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -283,9 +294,12 @@ def write_manifest(
     (out / "prefloop.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-def _print_summary(console: Console, config: AlignConfig, out: Path, metrics: dict, evaluation: dict | None) -> None:
+def _print_summary(console: Console, config: AlignConfig, out: Path, metrics: dict, evaluation: dict | None,
+                   stopped: str | None) -> None:
     table = Table(title=f"prefloop align: {config.method}", show_header=False)
     table.add_row("adapter", str(out))
+    if stopped:
+        table.add_row("stopped early", stopped)
     for key in ("first_reward", "last_reward", "first_loss", "last_loss", "last_rewards_margins",
                 "bon_mean_reward_all", "bon_mean_reward_best", "wall_s"):
         if key in metrics:

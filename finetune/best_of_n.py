@@ -16,7 +16,7 @@ from finetune.training import common_trainer_args, lora_config, pick_device, run
 
 if TYPE_CHECKING:
     from finetune.align import AlignConfig
-    from reward.progress import TrainingProgress
+    from transformers import TrainerCallback
 
 
 def best_responses(
@@ -55,7 +55,7 @@ def train_best_of_n(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     rows: list[dict],
-    progress: TrainingProgress,
+    callbacks: list[TrainerCallback],
 ):
     """Supervised fine-tuning on the best responses; returns the trainer."""
     from trl import SFTConfig, SFTTrainer
@@ -74,7 +74,7 @@ def train_best_of_n(
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules),
-        callbacks=[progress],
+        callbacks=callbacks,
     )
     run(trainer)
     return trainer

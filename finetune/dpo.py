@@ -15,7 +15,7 @@ from finetune.training import common_trainer_args, lora_config, run
 
 if TYPE_CHECKING:
     from finetune.align import AlignConfig
-    from reward.progress import TrainingProgress
+    from transformers import TrainerCallback
 
 
 def train_dpo(
@@ -23,7 +23,7 @@ def train_dpo(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: list[dict],
-    progress: TrainingProgress,
+    callbacks: list[TrainerCallback],
 ):
     """Train on conversational rows (`prompt`, `chosen`, `rejected`) and return the trainer."""
     from trl import DPOConfig, DPOTrainer
@@ -45,7 +45,7 @@ def train_dpo(
         train_dataset=Dataset.from_list(pairs),
         processing_class=tokenizer,
         peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules),
-        callbacks=[progress],
+        callbacks=callbacks,
     )
     run(trainer)
     return trainer

@@ -18,7 +18,7 @@ from finetune.training import common_trainer_args, lora_config, run
 
 if TYPE_CHECKING:
     from finetune.align import AlignConfig
-    from reward.progress import TrainingProgress
+    from transformers import TrainerCallback
 
 
 def train_rl(
@@ -27,7 +27,7 @@ def train_rl(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[Conversation],
     reward: RewardFunction,
-    progress: TrainingProgress,
+    callbacks: list[TrainerCallback],
 ):
     """Train and return the trainer (its `.model` is the PeftModel)."""
     reward_funcs: list = [reward]
@@ -61,7 +61,7 @@ def train_rl(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules),
-        callbacks=[progress],
+        callbacks=callbacks,
     )
     run(trainer)
     return trainer

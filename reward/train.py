@@ -564,61 +564,7 @@ def _callbacks(config: RewardTrainingConfig):
     import torch
     from transformers import TrainerCallback
 
-    from reward.progress import TrainingProgress
-
-    class StopEarly(TrainerCallback):
-        """Stop when the time budget is spent, or at the first Ctrl-C (a second one aborts at once), with one last
-        evaluation so the final state can win; the run then keeps its step and saves as if it had finished.
-        `reason` says which stopped it."""
-
-        def __init__(self, seconds: float | None):
-            self.seconds = seconds
-            self.start = 0.0
-            self.interrupted = False
-            self.reason: str | None = None
-            self._previous_handler = None
-
-        def _on_interrupt(self, signum, frame):
-            if self.interrupted:
-                raise KeyboardInterrupt
-            self.interrupted = True
-            print("\nstopping after this step and saving the model so far (Ctrl-C again to abort)", flush=True)
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            import signal
-            import threading
-
-            self.start = time.monotonic()
-            if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-                self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.release()
-
-        def release(self) -> None:
-            """Put the caller's Ctrl-C handler back; also called when training raises (no on_train_end then)."""
-            import signal
-
-            if self._previous_handler is not None:
-                signal.signal(signal.SIGINT, self._previous_handler)
-                self._previous_handler = None
-
-        def on_step_end(self, args, state, control, **kwargs):
-            out_of_time = self.seconds is not None and time.monotonic() - self.start > self.seconds
-            stop = [out_of_time, self.interrupted]
-            if args.world_size > 1:
-                # Under `accelerate launch`, ranks whose clocks cross the budget on different steps would stop
-                # apart and wait on each other forever: the first rank decides for all.
-                from accelerate.utils import broadcast_object_list
-
-                stop = broadcast_object_list([stop], from_process=0)[0]
-            if any(stop):
-                control.should_training_stop = True
-                why = "time budget" if stop[0] else "interrupted (Ctrl-C)"
-                self.reason = f"{why} at step {state.global_step} of {state.max_steps}"
-            if (any(stop) or state.global_step >= state.max_steps) and args.eval_strategy != "no":
-                control.should_evaluate = True
-            return control
+    from reward.progress import StopEarly, TrainingProgress
 
     class KeepBest(TrainerCallback):
         """Keep the trainable weights of the chosen evaluation step in memory (cheaper than checkpoints on disk).

@@ -104,6 +104,35 @@ def test_progress_in_a_log_is_a_line_every_tenth_of_the_run(models, tmp_path, ca
     assert all(line.split()[5] == "loss" and float(line.split()[6]) > 0 for line in lines)
 
 
+def test_ctrl_c_stops_alignment_after_the_step_and_saves_the_adapter(models, tmp_path, monkeypatch, capsys):
+    """As in reward training: the first Ctrl-C ends the run after its step, the adapter so far is saved and
+    prefloop.json says why it stopped; the caller's Ctrl-C handler is back afterwards."""
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    import finetune.align
+
+    class CtrlCAtStepOne(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    train = finetune.align._train
+    monkeypatch.setattr(finetune.align, "_train", lambda config, model, tokenizer, data, callbacks, console: train(
+        config, model, tokenizer, data, callbacks + [CtrlCAtStepOne()], console))
+    before = signal.getsignal(signal.SIGINT)
+    result = align(small_config(models, "dpo", tmp_path / "dpo", max_steps=500))
+
+    assert "stopping after this step and saving the model so far" in capsys.readouterr().out
+    stopped_at = int(result.stopped.removeprefix("interrupted (Ctrl-C) at step ").split(" of ")[0])
+    assert 1 <= stopped_at <= 2 and result.stopped.endswith(" of 500")
+    assert json.loads((result.output_dir / "prefloop.json").read_text())["stopped"] == result.stopped
+    assert (result.output_dir / "adapter_model.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_grpo_length_penalty(models, tmp_path):
     result = align(small_config(models, "grpo", tmp_path / "lp", length_penalty=0.5, max_steps=1))
     # One reward per function is logged; the total reward includes -0.5 per token (>= 1 token each).
