@@ -99,6 +99,9 @@ class AlignConfig:
     lora_target_modules: str | list[str] = "all-linear"
     # Use at most this many prompts (after a seeded shuffle); None keeps them all.
     max_prompts: int | None = None
+    # Stop training after this many seconds (on the first process's clock under `accelerate launch`), then save
+    # the adapter as if the run had finished; None runs all max_steps.
+    time_budget_s: float | None = None
     # Seeds the shuffle, LoRA initialisation and sampling.
     seed: int = 0
     # Also write a merged model (the base checkpoint in its own dtype with the adapter merged in) to
@@ -121,6 +124,8 @@ class AlignConfig:
         for name in ("max_steps", "prompts_per_step", "max_prompt_length", "max_completion_length", "lora_r"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise UserError(f"time_budget_s (--time-budget) must be above 0, got {self.time_budget_s}")
         if self.method in ("grpo", "rloo") and self.num_generations < 2:
             raise UserError(f"num_generations must be at least 2 for {self.method} (it compares responses)")
         if self.method != "dpo" and not self.reward_model:
@@ -161,8 +166,9 @@ def align(config: AlignConfig) -> AlignResult:
     dtype = torch.bfloat16 if use_bf16() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     progress = alignment_progress(f"{config.method} on {Path(str(config.policy)).name}", show=config.show_progress)
-    # The first Ctrl-C ends training after its step; the adapter so far is then saved (and evaluated) as usual.
-    stop_early = StopEarly(seconds=None)
+    # The first Ctrl-C or the time budget ends training after its step; the adapter so far is then saved (and
+    # evaluated) as usual.
+    stop_early = StopEarly(config.time_budget_s)
     try:
         trainer, extra = _train(config, model, tokenizer, data, [progress, stop_early], console)
     finally:

@@ -44,6 +44,8 @@ def run(
     lora_target_modules: str = typer.Option("all-linear", "--lora-target-modules",
                                             help="all-linear, or comma-separated module names."),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Use at most this many prompts."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many seconds "
+                                                "and save the adapter so far."),
     seed: int = typer.Option(0, "--seed"),
     merge: bool = typer.Option(False, "--merge", help="Also write a merged model to OUT/merged."),
     eval_prompts: Optional[str] = typer.Option(None, "--eval-prompts", help="Held-out prompts: evaluate at the end."),
@@ -70,7 +72,7 @@ def run(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         lora_target_modules=lora_target_modules if lora_target_modules == "all-linear"
         else [m.strip() for m in lora_target_modules.split(",") if m.strip()],
-        max_prompts=max_prompts, seed=seed, merge=merge,
+        max_prompts=max_prompts, time_budget_s=time_budget, seed=seed, merge=merge,
         eval_prompts=eval_prompts, judge=judge,
     ))
 

@@ -155,9 +155,12 @@ class RewardTrainingConfig:
         return 2e-4 if self.lora or self.trainable_layers is not None else 5e-5
 
 
-# `prefloop reward train`'s flag for each setting whose flag is not the field's name with dashes (reward/cli.py).
+# `prefloop reward train`'s flag for each setting whose flag is not the field's name with dashes (reward/cli.py);
+# a `--no-...` switch sets its field to False.
 CLI_FLAGS = {"base_model": "--base", "output_dir": "--out", "num_train_epochs": "--epochs",
-             "time_budget_s": "--time-budget", "center_rewards_coefficient": "--center-rewards"}
+             "time_budget_s": "--time-budget", "center_rewards_coefficient": "--center-rewards",
+             "use_margin": "--no-margin", "cache_frozen_layers": "--no-frozen-cache", "share_prompt": "--no-share-prompt",
+             "align_truncation": "--no-align-truncation"}
 
 
 def setting(field_name: str) -> str:
@@ -797,7 +800,7 @@ def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> F
     if not config.disable_dropout:
         if config.progress:
             print(f"not caching the {frozen_blocks} frozen layers: with dropout on their output differs at every pass "
-                  f"(cache_frozen_layers=False silences this)")
+                  "(cache_frozen_layers=False silences this)")  # disable_dropout is Python-only: no flag to name
         return None
     import psutil
 
@@ -808,7 +811,7 @@ def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> F
     if needed > free / 2:
         if config.progress:
             print(f"not caching the {frozen_blocks} frozen layers: their output would take {needed / 2**30:.1f} GiB, "
-                  f"more than half the free {free / 2**30:.1f} GiB (cache_frozen_layers=False silences this)")
+                  f"more than half the free {free / 2**30:.1f} GiB (cache_frozen_layers=False, --no-frozen-cache, silences this)")
         return None
     return FrozenLayerCache(model, frozen_blocks)
 
@@ -825,8 +828,8 @@ def _check(config: RewardTrainingConfig) -> None:
         raise UserError(f"{setting('trainable_layers')} must be between 0 and the model's layers, "
                         f"got {config.trainable_layers}")
     if config.lora and config.trainable_layers == 0:
-        raise UserError(f"{setting('trainable_layers')} 0 with LoRA leaves nothing to adapt; without LoRA it "
-                        "trains the head alone")
+        raise UserError(f"{setting('trainable_layers')} 0 with {setting('lora')} leaves nothing to adapt; without "
+                        "LoRA it trains the head alone")
     if config.learning_rate is not None and config.learning_rate <= 0:
         raise UserError(f"{setting('learning_rate')} must be above 0, got {config.learning_rate}")
     if config.lora and config.lora_r < 1:

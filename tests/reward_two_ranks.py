@@ -3,7 +3,8 @@ reward train`, as a user launches it, on each rank.
 
 Arguments: DATA BASE OUT WAY, WAY being `shared` (pairs packed, their prompt run once) or `apart` (two sequences a
 pair). Rank 1 alone believes its time budget is spent after the first step (a clock that crossed the budget a
-step before the others); the ranks must still stop on the same step, the one rank 0 decides.
+step before the others); the ranks must still stop on the same step, the one rank 0 decides. WAY `until-ctrl-c`
+trains for 10,000 epochs with no budget: the test stops it with Ctrl-C.
 """
 
 import os
@@ -13,7 +14,8 @@ from apps.cli import main
 
 data, base, out, way = sys.argv[1:5]
 budget = "0.0001" if os.environ["RANK"] == "1" else "1000000"
+until = ["--epochs", "10000"] if way == "until-ctrl-c" else ["--time-budget", budget]
 sys.argv = ["prefloop", "reward", "train", "--data", data, "--base", base, "--out", out, "--max-length", "48",
-            "--learning-rate", "3e-3", "--precision", "fp32", "--time-budget", budget,
+            "--learning-rate", "3e-3", "--precision", "fp32", *until,
             *(["--no-share-prompt"] if way == "apart" else [])]
 main()

@@ -123,14 +123,23 @@ def test_ctrl_c_stops_alignment_after_the_step_and_saves_the_adapter(models, tmp
     monkeypatch.setattr(finetune.align, "_train", lambda config, model, tokenizer, data, callbacks, console: train(
         config, model, tokenizer, data, callbacks + [CtrlCAtStepOne()], console))
     before = signal.getsignal(signal.SIGINT)
-    result = align(small_config(models, "dpo", tmp_path / "dpo", max_steps=500))
+    result = align(small_config(models, "dpo", tmp_path / "dpo", max_steps=20))
 
     assert "stopping after this step and saving the model so far" in capsys.readouterr().out
     stopped_at = int(result.stopped.removeprefix("interrupted (Ctrl-C) at step ").split(" of ")[0])
-    assert 1 <= stopped_at <= 2 and result.stopped.endswith(" of 500")
+    assert stopped_at == 2 and result.stopped.endswith(" of 20")  # the Ctrl-C came after StopEarly's step-1 check
     assert json.loads((result.output_dir / "prefloop.json").read_text())["stopped"] == result.stopped
     assert (result.output_dir / "adapter_model.safetensors").exists()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_time_budget_stops_alignment_and_saves_the_adapter(models, tmp_path):
+    result = align(small_config(models, "dpo", tmp_path / "dpo", max_steps=10_000, time_budget_s=0.5))
+    stopped_at = int(result.stopped.removeprefix("time budget at step ").split(" of ")[0])
+    assert 1 <= stopped_at < 10_000
+    assert json.loads((result.output_dir / "prefloop.json").read_text())["stopped"] == result.stopped
+    with pytest.raises(UserError, match=r"time_budget_s \(--time-budget\) must be above 0"):
+        small_config(models, "dpo", tmp_path / "never", time_budget_s=0)
 
 
 def test_grpo_length_penalty(models, tmp_path):

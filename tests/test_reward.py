@@ -5,6 +5,7 @@ All models are tiny and built in process (tests/tiny_models.py); the whole file 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import math
@@ -582,10 +583,13 @@ def test_the_cli_trains_the_python_apis_recipe(monkeypatch):
 def test_a_bad_setting_is_named_as_the_python_api_and_the_cli_spell_it(tmp_path, tiny_rm):
     """A CLI user reads `--time-budget`, a Python user `time_budget_s`: the error names both. Fields the CLI does
     not offer are named alone."""
-    from reward.cli import train_flags
-    from reward.train import CLI_FLAGS
+    from reward.train import setting
 
-    assert set(CLI_FLAGS.values()) <= train_flags()
+    # A renamed flag would drop out of the messages in silence: every field has one but these Python-only knobs.
+    python_only = {"eval_batch_size", "lora_dropout", "warmup_ratio", "weight_decay", "lr_scheduler_type",
+                   "disable_dropout", "progress", "callbacks"}
+    for field in dataclasses.fields(RewardTrainingConfig):
+        assert (setting(field.name) == field.name) == (field.name in python_only), field.name
     (tmp_path / "a-file").write_text("")
     cases = {
         "set num_train_epochs (--epochs) > 0 or max_steps (--max-steps) > 0": dict(num_train_epochs=0),
@@ -677,6 +681,39 @@ def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences
     assert shared["tokens_per_pair"] < 0.8 * apart["tokens_per_pair"]
     assert all(torch.allclose(shared_weights[k], apart_weights[k], atol=1e-4) for k in shared_weights)
     assert [e["accuracy"] for e in shared["evaluations"]] == [e["accuracy"] for e in apart["evaluations"]]
+
+
+def test_ctrl_c_under_a_launcher_stops_every_rank_and_saves(tmp_path, tiny_rm):
+    """A terminal's Ctrl-C reaches torchrun (what `accelerate launch` runs for several processes), which passes it
+    to the ranks: they stop on the same step, rank 0's, and save. (The launcher itself then exits 1, and kills the
+    ranks if they take longer than TORCH_ELASTIC_SHUTDOWN_TIMEOUT: torch's behaviour, in the README.)"""
+    import signal
+    import subprocess
+    import sys
+
+    data = tmp_path / "pairs.parquet"
+    datasets.Dataset.from_list(rule_pairs(128)).to_parquet(str(data))
+    script = Path(__file__).with_name("reward_two_ranks.py")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(data), tiny_rm, str(tmp_path / "rm"), "until-ctrl-c"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        for line in run.stdout:  # rank 0's line per held-out evaluation
+            if line.startswith("reward training"):
+                break
+        run.send_signal(signal.SIGINT)  # the launcher alone, as a terminal's Ctrl-C: the ranks have their own session
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert (tmp_path / "rm" / "prefloop.json").exists(), stderr[-3000:]
+    info = json.loads((tmp_path / "rm" / "prefloop.json").read_text())
+    assert info["processes"] == 2
+    stopped_at, planned = info["stopped"].removeprefix("interrupted (Ctrl-C) at step ").split(" of ")
+    assert int(stopped_at) == info["evaluations"][-1]["step"] < int(planned) // 1000
 
 
 def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny_rm):
