@@ -457,7 +457,8 @@ def render_report(results, splits, args, command, started, load_before, where: s
         f"- machine: {where}, torch {importlib.metadata.version('torch')}",
         f"- command: `{command}` (from the repository root)",
         f"- budget: {args.budget_s:.0f} s of training wall-clock per side; every side trains on the same pairs "
-        f"and is scored on the same test pairs by `reward.evaluate` (95% bootstrap intervals, 2,000 resamples)",
+        "and is scored on the same test pairs by `reward.evaluate` (95% bootstrap intervals, 2,000 resamples of "
+        "the prompts, a prompt's pairs together)",
         f"- load average when the run started: {load_before[0]:.1f} (other work on the machine slows every side; "
         "the per-side load is in the last column)",
         "",
