@@ -138,7 +138,7 @@ class AlignResult:
     merged_dir: Path | None  # the merged model, with merge=True
     metrics: dict[str, float]  # training numbers (first/last loss and reward, runtime, ...)
     evaluation: dict[str, Any] | None  # the summary of the held-out evaluation, when eval_prompts was given
-    stopped: str | None = None  # why training ended before max_steps (Ctrl-C), or None
+    stopped: str | None = None  # why training ended before max_steps (Ctrl-C, the time budget), or None
 
 
 def align(config: AlignConfig) -> AlignResult:
