@@ -98,7 +98,7 @@ def prompt_folds(rows: list[dict]):
     import datasets
     import torch
 
-    from reward.train import rows_by_prompt
+    from reward.data import rows_by_prompt
 
     fold = torch.empty(len(rows), dtype=torch.long)
     for k, group in enumerate(rows_by_prompt(datasets.Dataset.from_list(rows), seed=0)):

@@ -115,13 +115,6 @@ def score(
     console.print(f"wrote {written}")
 
 
-def train_flags() -> set[str]:
-    """Every option name `prefloop reward train` takes."""
-    import typer.main
-
-    return {name for param in typer.main.get_command(app).commands["train"].params for name in param.opts}
-
-
 def print_report(report: dict) -> None:
     from rich.table import Table
 

@@ -16,6 +16,7 @@ conversation at a time and cuts it alone (`Encoder.encode`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import warnings
 from pathlib import Path
@@ -192,6 +193,28 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
     chosen = as_messages(row.get("chosen"), where, "chosen", "assistant")
     rejected = as_messages(row.get("rejected"), where, "rejected", "assistant")
     return prompt + chosen, prompt + rejected
+
+
+def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
+    """The row indices of each distinct prompt, prompts in an order shuffled by `seed`. Without a `prompt`
+    column the prompt is the turns a row's chosen and rejected conversations share (TRL's implicit prompt);
+    a row whose sides share none is a group of its own."""
+    import random
+
+    if "prompt" in dataset.column_names:
+        keys = [json.dumps(p, sort_keys=True, default=str) for p in dataset["prompt"]]
+    else:
+        keys = []
+        for i, row in enumerate(dataset):
+            chosen, rejected = pair_conversations(row, f"data[{i}]")
+            shared = list(itertools.takewhile(lambda turns: turns[0] == turns[1], zip(chosen[:-1], rejected[:-1])))
+            keys.append(json.dumps([turn for turn, _ in shared], sort_keys=True) if shared else f"row {i}")
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    return order
 
 
 def render(tokenizer, conversation: Conversation) -> tuple[str, bool]:

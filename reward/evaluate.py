@@ -32,7 +32,7 @@ MAX_CATEGORY_VALUES = 50
 
 
 def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0,
-                       clusters: Sequence[int] | None = None) -> tuple[float, float]:
+                       clusters: Sequence[Any] | None = None) -> tuple[float, float]:
     """Percentile-bootstrap interval of the mean of a 0/1 array. With `clusters` (a label per item: the prompt
     of each pair) whole clusters are resampled: pairs on one prompt are not independent evidence, and resampling
     them one by one gives too narrow an interval (20% too narrow at a within-prompt correlation of 0.3 on
@@ -73,7 +73,7 @@ MIN_BOOTSTRAP_UNITS = 10
 
 
 def _accuracy_entry(correct: np.ndarray, n_bootstrap: int, seed: int,
-                    clusters: Sequence[int] | None = None) -> dict[str, Any]:
+                    clusters: Sequence[Any] | None = None) -> dict[str, Any]:
     if not len(correct):  # an empty slice (no pair where chosen is shorter, say) has no accuracy: null, not NaN
         return {"n": 0, "accuracy": None, "ci": [None, None], "ci_method": None}
     units = len(set(clusters)) if clusters is not None else len(correct)
@@ -162,7 +162,7 @@ def preference_metrics(
     rr = np.asarray(reward_rejected, dtype=np.float64)
     diff = rc - rr
     correct = (diff > 0).astype(np.float64)
-    clusters = np.unique(np.asarray([str(v) for v in prompts]), return_inverse=True)[1] if prompts is not None else None
+    clusters = np.asarray([str(v) for v in prompts]) if prompts is not None else None
 
     def entry(mask: np.ndarray | None = None) -> dict[str, Any]:
         if mask is None:
@@ -244,9 +244,8 @@ def evaluate_reward_model(
     """Score every pair of `data` with `model` (a directory, several, or a RewardScorer) and report
     the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there."""
     from collect.errors import UserError, first_line
-    from reward.data import check_margins, check_preferences, load_rows
+    from reward.data import check_margins, check_preferences, load_rows, rows_by_prompt
     from reward.score import RewardScorer
-    from reward.train import rows_by_prompt
 
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"{out_dir}: is a file; the evaluation writes a folder (eval.json and two PNGs)")

@@ -47,7 +47,8 @@ from typing import Any
 from collect.errors import UserError, first_line
 from collect.offline_models import resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
-from reward.data import Encoder, check_token_ids, fingerprint, load_preferences, pair_conversations
+from reward.data import (Encoder, check_token_ids, fingerprint, load_preferences, pair_conversations,
+                         rows_by_prompt)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -159,17 +160,19 @@ class RewardTrainingConfig:
 # a `--no-...` switch sets its field to False.
 CLI_FLAGS = {"base_model": "--base", "output_dir": "--out", "num_train_epochs": "--epochs",
              "time_budget_s": "--time-budget", "center_rewards_coefficient": "--center-rewards",
-             "use_margin": "--no-margin", "cache_frozen_layers": "--no-frozen-cache", "share_prompt": "--no-share-prompt",
-             "align_truncation": "--no-align-truncation"}
+             "use_margin": "--no-margin", "cache_frozen_layers": "--no-frozen-cache",
+             "share_prompt": "--no-share-prompt", "align_truncation": "--no-align-truncation"}
+# The settings the CLI has no flag for (a test checks both lists against reward/cli.py).
+PYTHON_ONLY = frozenset({"eval_batch_size", "lora_dropout", "warmup_ratio", "weight_decay", "lr_scheduler_type",
+                         "disable_dropout", "progress", "callbacks"})
 
 
 def setting(field_name: str) -> str:
     """A RewardTrainingConfig field as errors name it: the Python name and the CLI flag, for either kind of user.
-    Fields the CLI does not offer (eval_batch_size) are named alone."""
-    from reward.cli import train_flags  # the CLI module imports this one at its top
-
-    flag = CLI_FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
-    return f"{field_name} ({flag})" if flag in train_flags() else field_name
+    Python-only fields (eval_batch_size) are named alone."""
+    if field_name in PYTHON_ONLY:
+        return field_name
+    return f"{field_name} ({CLI_FLAGS.get(field_name, '--' + field_name.replace('_', '-'))})"
 
 
 @dataclass
@@ -466,28 +469,6 @@ class FrozenLayerCache:
         for block in self.blocks:
             del block.forward  # the instance attribute; the class's forward is back
         self.states.clear()
-
-
-def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
-    """The row indices of each distinct prompt, prompts in an order shuffled by `seed`. Without a `prompt`
-    column the prompt is the turns a row's chosen and rejected conversations share (TRL's implicit prompt);
-    a row whose sides share none is a group of its own."""
-    import random
-
-    if "prompt" in dataset.column_names:
-        keys = [json.dumps(p, sort_keys=True, default=str) for p in dataset["prompt"]]
-    else:
-        keys = []
-        for i, row in enumerate(dataset):
-            chosen, rejected = pair_conversations(row, f"data[{i}]")
-            shared = list(itertools.takewhile(lambda turns: turns[0] == turns[1], zip(chosen[:-1], rejected[:-1])))
-            keys.append(json.dumps([turn for turn, _ in shared], sort_keys=True) if shared else f"row {i}")
-    groups: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    order = list(groups.values())
-    random.Random(seed).shuffle(order)
-    return order
 
 
 def _pair_keys(rows) -> list[str]:
@@ -811,7 +792,8 @@ def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> F
     if needed > free / 2:
         if config.progress:
             print(f"not caching the {frozen_blocks} frozen layers: their output would take {needed / 2**30:.1f} GiB, "
-                  f"more than half the free {free / 2**30:.1f} GiB (cache_frozen_layers=False, --no-frozen-cache, silences this)")
+                  f"more than half the free {free / 2**30:.1f} GiB (cache_frozen_layers=False, --no-frozen-cache, "
+                  "silences this)")
         return None
     return FrozenLayerCache(model, frozen_blocks)
 
