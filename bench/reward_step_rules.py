@@ -9,8 +9,10 @@ steps; `reward.train.keeps_latest` decides which. Whether a rule chose well can 
 never saw. So here, as in bench/reward_select.py, each run fits on 70% of bench/reward.py's training pairs, and
 every step it evaluated is also scored on the other 30% (the validation pairs; the test pairs are never read).
 Each rule below then picks a step from the run's own held-out evaluations, exactly as it would in training, and is
-judged by that step's validation accuracy. The per-step outcomes go to a JSON file beside the report, so a new
-rule can be judged on the same runs without training again (`--from-json`).
+judged by that step's validation accuracy. The per-step outcomes go to a JSON file beside the report, with each
+held-out pair's prompt, so a new rule can be judged on the same runs without training again (`--from-json`). Files
+written before the held-out outcomes came in row order (before 2026-12-05's prompt-grouped test) have no prompts;
+their rules are judged with every pair its own prompt, as they were then.
 """
 
 from __future__ import annotations
@@ -38,45 +40,46 @@ DEFAULT_CANDIDATES = "prefloop,prefloop-top2-5-epochs,prefloop-top1-5-epochs"
 
 
 # ------------------------------------------------------------------------------------------- rules
-# Each rule takes the run's held-out evaluations ({"step", "accuracy", "loss", "correct"}, in order) and returns
-# the index of the step it keeps. A rule must be computable as the evaluations arrive: only the kept step's
-# weights are in memory during training.
+# Each rule takes the run's held-out evaluations ({"step", "accuracy", "loss", "correct"}, in order) and each
+# held-out pair's prompt (None: every pair its own), and returns the index of the step it keeps. A rule must be
+# computable as the evaluations arrive: only the kept step's weights are in memory during training.
+Rule = Callable[[list[dict], list | None], int]
 
 
-def online(replaces: Callable[[list[dict]], bool]) -> Callable[[list[dict]], int]:
-    """The rule that keeps the latest evaluation whenever `replaces(evaluations so far)` says so."""
-    def rule(evaluations: list[dict]) -> int:
+def online(replaces: Callable[[list[dict], list | None], bool]) -> Rule:
+    """The rule that keeps the latest evaluation whenever `replaces(evaluations so far, prompts)` says so."""
+    def rule(evaluations: list[dict], prompts: list | None) -> int:
         kept = 0
         for i in range(1, len(evaluations)):
-            if replaces(evaluations[: i + 1]):
+            if replaces(evaluations[: i + 1], prompts):
                 kept = i
         return kept
     return rule
 
 
-def highest(evaluations: list[dict]) -> int:
+def highest(evaluations: list[dict], prompts: list | None = None) -> int:
     """Highest held-out accuracy, the latest of ties."""
     best = max(e["accuracy"] for e in evaluations)
     return max(i for i, e in enumerate(evaluations) if e["accuracy"] == best)
 
 
-def lowest_loss(evaluations: list[dict]) -> int:
+def lowest_loss(evaluations: list[dict], prompts: list | None = None) -> int:
     return min(range(len(evaluations)), key=lambda i: (evaluations[i]["loss"], -i))
 
 
-def not_beaten_by_kept(alpha: float) -> Callable[[list[dict]], int]:
+def not_beaten_by_kept(alpha: float) -> Rule:
     """The latest step replaces the kept one unless the kept one ranks significantly more of the same held-out
     pairs right (one test a step, against the step kept so far, not against every earlier one)."""
-    def rule(evaluations: list[dict]) -> int:
+    def rule(evaluations: list[dict], prompts: list | None) -> int:
         kept = 0
         for i in range(1, len(evaluations)):
-            if not better_on_same_pairs(evaluations[kept]["correct"], evaluations[i]["correct"], alpha):
+            if not better_on_same_pairs(evaluations[kept]["correct"], evaluations[i]["correct"], alpha, prompts):
                 kept = i
         return kept
     return rule
 
 
-def smoothed(evaluations: list[dict]) -> int:
+def smoothed(evaluations: list[dict], prompts: list | None = None) -> int:
     """Highest mean held-out accuracy over a step and the one before it (the latest of ties)."""
     if len(evaluations) == 1:
         return 0
@@ -85,15 +88,17 @@ def smoothed(evaluations: list[dict]) -> int:
     return 1 + max(i for i, m in enumerate(means) if m == best)
 
 
-RULES: dict[str, tuple[str, Callable[[list[dict]], int]]] = {
+RULES: dict[str, tuple[str, Rule]] = {
     "current": ("keeps_latest, the rule in reward.train: the latest unless an earlier step ranks significantly "
-                "more held-out pairs right (McNemar, alpha 0.05 / earlier evaluations)", online(keeps_latest)),
-    "latest": ("the last evaluated step, always", lambda evaluations: len(evaluations) - 1),
+                "more held-out pairs right (an exact test taking a prompt's pairs together, alpha 0.05 / earlier "
+                "evaluations)", online(lambda evaluations, prompts: keeps_latest(evaluations, prompts=prompts))),
+    "latest": ("the last evaluated step, always", lambda evaluations, prompts: len(evaluations) - 1),
     "highest": ("the highest held-out accuracy (the latest of ties)", highest),
     "lowest-loss": ("the lowest held-out loss", lowest_loss),
     "smoothed": ("the highest mean held-out accuracy over two consecutive evaluations", smoothed),
     "uncorrected": ("keeps_latest at alpha 0.05 with no Bonferroni correction",
-                    online(lambda evaluations: keeps_latest(evaluations, alpha=0.05 * (len(evaluations) - 1)))),
+                    online(lambda evaluations, prompts: keeps_latest(evaluations, 0.05 * (len(evaluations) - 1),
+                                                                     prompts))),
     "vs-kept-0.05": ("the latest unless the step kept so far ranks significantly more right (alpha 0.05)",
                      not_beaten_by_kept(0.05)),
     "vs-kept-0.2": ("the same at alpha 0.2", not_beaten_by_kept(0.2)),
@@ -114,7 +119,8 @@ def run_candidate(name: str, fit, validation, out_dir: Path, budget_s: float | N
     result = train_reward_model(config)
     evaluations = [{**e, "validation_accuracy": scores.by_step[e["step"]]} for e in result.evaluations]
     return {"best_step": result.best_step, "pairs_per_second": result.pairs_per_second,
-            "train_seconds": result.train_seconds, "evaluations": evaluations}
+            "train_seconds": result.train_seconds, "evaluations": evaluations,
+            "held_out_prompts": result.held_out_prompts}
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -124,7 +130,8 @@ def render_report(runs: list[dict], header: list[str]) -> str:
     """Per rule: the mean validation accuracy of the steps it keeps, by dataset and candidate, and its paired
     difference from the current rule; then each run's steps."""
     groups = list(dict.fromkeys((r["data"], r["candidate"]) for r in runs))
-    picked = {(id(r), rule): fn(r["evaluations"]) for r in runs for rule, (_, fn) in RULES.items()}
+    picked = {(id(r), rule): fn(r["evaluations"], r.get("held_out_prompts")) for r in runs
+              for rule, (_, fn) in RULES.items()}
 
     def mean_accuracy(rule: str, subset: list[dict]) -> float:
         return statistics.mean(r["evaluations"][picked[(id(r), rule)]]["validation_accuracy"] for r in subset)

@@ -217,6 +217,16 @@ def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
     return order
 
 
+def prompt_of_rows(dataset) -> list[int]:
+    """Each row's prompt as a number, the same for the pairs that share a prompt (as `rows_by_prompt` groups
+    them): what resampling and tests over prompts cluster on."""
+    prompt_of = [0] * len(dataset)
+    for prompt, rows in enumerate(rows_by_prompt(dataset, seed=0)):
+        for row in rows:
+            prompt_of[row] = prompt
+    return prompt_of
+
+
 def render(tokenizer, conversation: Conversation) -> tuple[str, bool]:
     """(text, add_special_tokens): the chat template when the tokenizer has one, else a plain layout."""
     if getattr(tokenizer, "chat_template", None):

@@ -244,7 +244,7 @@ def evaluate_reward_model(
     """Score every pair of `data` with `model` (a directory, several, or a RewardScorer) and report
     the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there."""
     from collect.errors import UserError, first_line
-    from reward.data import check_margins, check_preferences, load_rows, rows_by_prompt
+    from reward.data import check_margins, check_preferences, load_rows, prompt_of_rows
     from reward.score import RewardScorer
 
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -261,9 +261,6 @@ def evaluate_reward_model(
     scorer = model if isinstance(model, RewardScorer) else RewardScorer(model, batch_size=batch_size)
     chosen, rejected = scorer.score_pairs(rows)
     groups, not_grouped = category_columns(rows)
-    prompt_of = np.empty(len(rows), dtype=np.int64)
-    for group, members in enumerate(rows_by_prompt(rows, seed=0)):
-        prompt_of[members] = group
     report = preference_metrics(
         chosen.mean,
         rejected.mean,
@@ -271,7 +268,7 @@ def evaluate_reward_model(
         margins=rows["margin"] if "margin" in rows.column_names and bad_margin is None else None,
         chosen_lengths=[_completion_chars(v) for v in rows["chosen"]],
         rejected_lengths=[_completion_chars(v) for v in rows["rejected"]],
-        prompts=prompt_of,
+        prompts=prompt_of_rows(rows),
         n_bootstrap=n_bootstrap,
         seed=seed,
     )

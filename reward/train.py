@@ -42,13 +42,13 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from collect.errors import UserError, first_line
 from collect.offline_models import resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (Encoder, check_token_ids, fingerprint, load_preferences, pair_conversations,
-                         rows_by_prompt)
+                         prompt_of_rows, rows_by_prompt)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -200,7 +200,10 @@ class RewardTrainingResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     """Every held-out evaluation during training: step, accuracy, loss and `correct`, one bool per held-out pair
-    (the kept step is `best_step`; prefloop.json has them without `correct`)."""
+    in the held-out rows' order (the kept step is `best_step`; prefloop.json has them without `correct`)."""
+    held_out_prompts: list[int] = field(default_factory=list)
+    """Each held-out pair's prompt as a number (`reward.data.prompt_of_rows`), in the order of `correct`: the
+    groups the step choice takes together."""
 
 
 # ------------------------------------------------------------------------------------------ device
@@ -499,13 +502,15 @@ def split_by_prompt(dataset, fraction: float, seed: int):
     return dataset.select(train), dataset.select(sorted(held))
 
 
-def keeps_latest(evaluations: list[dict[str, Any]], alpha: float = 0.05) -> bool:
+def keeps_latest(evaluations: list[dict[str, Any]], alpha: float = 0.05,
+                 prompts: Sequence[Any] | None = None) -> bool:
     """Whether the latest held-out evaluation (last in `evaluations`) replaces the step kept so far. Each
     evaluation is {"step", "accuracy", "loss", "correct"}, `correct` holding one bool per held-out pair (chosen
-    ranked above rejected), the pairs in the same order at every evaluation.
+    ranked above rejected), the pairs in the same order at every evaluation; `prompts` names each pair's prompt,
+    in that order (None: every pair its own).
 
-    The latest step wins unless an earlier one ranks significantly more of the same pairs right: a one-sided
-    exact McNemar test on the pairs the two disagree on (`better_on_same_pairs`), at alpha divided by the number
+    The latest step wins unless an earlier one ranks significantly more of the same pairs right
+    (`better_on_same_pairs`, an exact test that takes a prompt's pairs together), at alpha divided by the number
     of earlier evaluations (Bonferroni: the latest is compared with each of them). Later steps have trained on
     more and, as the learning rate decays, usually generalise best; an earlier step is kept only when the held-out
     pairs clearly say the model got worse since. Taking the highest held-out accuracy instead (or anything within
@@ -520,23 +525,55 @@ def keeps_latest(evaluations: list[dict[str, Any]], alpha: float = 0.05) -> bool
     on the 5-epoch runs (reward_step_rules_confirm_summarize.md). Only the kept step's weights are in memory, so
     the choice is made as evaluations arrive."""
     *earlier, latest = evaluations
-    return not any(better_on_same_pairs(e["correct"], latest["correct"], alpha / len(earlier)) for e in earlier)
+    return not any(better_on_same_pairs(e["correct"], latest["correct"], alpha / len(earlier), prompts)
+                   for e in earlier)
 
 
-def better_on_same_pairs(first: list[bool], second: list[bool], alpha: float) -> bool:
-    """Whether `first` ranks significantly more of the same pairs right than `second` (each one bool per pair):
-    of the pairs exactly one of them gets right, `first` must get right more than chance explains (one-sided
-    exact binomial test against one half, p < alpha). Pairs both get right or both wrong say nothing about
-    which is better."""
-    from scipy.stats import binomtest
+def better_on_same_pairs(first: list[bool], second: list[bool], alpha: float,
+                         prompts: Sequence[Any] | None = None) -> bool:
+    """Whether `first` ranks significantly more of the same pairs right than `second` (each one bool per pair).
 
+    Pairs that share a prompt (`prompts`, one name per pair; None: every pair its own) share that prompt's text
+    and often a response, so they are not independent evidence: a step that happens to suit one prompt gets all
+    its pairs right together. The test therefore takes each prompt as one unit: its difference is how many more of
+    its pairs `first` gets right than `second`. If neither step were better, swapping the two steps' outcomes on
+    any prompt would be as likely as not, so each prompt's difference is as likely negative as positive; `first`
+    is better when the observed total is larger than all but `alpha` of the totals those sign flips give (an exact
+    one-sided permutation test, `_sign_flip_p_value`). With one pair a prompt this is the exact McNemar test: of
+    the pairs exactly one step gets right, `first` must get right more than a fair coin explains. Pairs both get
+    right or both wrong say nothing about which is better."""
     if len(first) != len(second):
         raise ValueError(f"the evaluations scored {len(first)} and {len(second)} pairs; they must be the same pairs")
-    only_first = sum(a and not b for a, b in zip(first, second))
-    only_second = sum(b and not a for a, b in zip(first, second))
-    if only_first <= only_second:
+    if prompts is not None and len(prompts) != len(first):
+        raise ValueError(f"{len(prompts)} prompts named for {len(first)} pairs; name one per pair")
+    difference: dict[Any, int] = {}
+    for pair, (a, b) in enumerate(zip(first, second)):
+        prompt = prompts[pair] if prompts is not None else pair
+        difference[prompt] = difference.get(prompt, 0) + int(a) - int(b)
+    if sum(difference.values()) <= 0:
         return False
-    return binomtest(only_first, only_first + only_second, 0.5, alternative="greater").pvalue < alpha
+    return _sign_flip_p_value(list(difference.values())) < alpha
+
+
+def _sign_flip_p_value(differences: list[int]) -> float:
+    """P(sum of +-|d| over `differences` >= sum of `differences`), each sign + or - at even odds, exactly. Prompts
+    whose differences have the same size add up as a binomial (k of n signs +: size * (2k - n)), so the null
+    distribution is the convolution of one binomial per distinct size, on a grid of integer totals."""
+    import numpy as np
+    from scipy.stats import binom
+
+    sizes: dict[int, int] = {}
+    for d in differences:
+        if d:
+            sizes[abs(d)] = sizes.get(abs(d), 0) + 1
+    null = np.ones(1)  # null[i]: the probability that the total is i - offset
+    offset = 0
+    for size, count in sizes.items():
+        spread = np.zeros(2 * size * count + 1)
+        spread[::2 * size] = binom.pmf(np.arange(count + 1), count, 0.5)
+        null = np.convolve(null, spread)
+        offset += size * count
+    return float(null[sum(differences) + offset:].sum())
 
 
 # ---------------------------------------------------------------------------------------- callbacks
@@ -553,13 +590,14 @@ def _callbacks(config: RewardTrainingConfig):
     class KeepBest(TrainerCallback):
         """Keep the trainable weights of the chosen evaluation step in memory (cheaper than checkpoints on disk).
         Which step is `keeps_latest`'s call, from the held-out pairs' outcomes that the trainer writes into
-        `held_out_outcomes` at each evaluation."""
+        `held_out_outcomes` at each evaluation, grouped by `held_out_prompts`."""
 
         def __init__(self):
             self.best_step: int | None = None
             self.snapshot: dict[str, torch.Tensor] | None = None
             self.evaluations: list[dict[str, Any]] = []
             self.held_out_outcomes: list[bool] = []
+            self.held_out_prompts: list[int] | None = None
 
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
             metrics = metrics or {}
@@ -570,7 +608,7 @@ def _callbacks(config: RewardTrainingConfig):
             outcomes = list(self.held_out_outcomes)
             self.evaluations.append({"step": state.global_step, "accuracy": sum(outcomes) / len(outcomes),
                                      "loss": metrics.get("eval_loss", 0.0), "correct": outcomes})
-            if keeps_latest(self.evaluations):
+            if keeps_latest(self.evaluations, prompts=self.held_out_prompts):
                 self.best_step = state.global_step
                 self.snapshot = {
                     n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
@@ -707,6 +745,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         data_seed=config.seed,
     )
     callbacks, keep_best, stop_early = _callbacks(config)
+    if eval_rows is not None:
+        keep_best.held_out_prompts = prompt_of_rows(eval_rows)
     shared_prompt = config.share_prompt and shares_prompt(model)
     if shared_prompt:
         train_set = with_packed_lengths(train_set)
@@ -756,6 +796,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         stopped=stop_early.reason,
         history=[dict(h) for h in trainer.state.log_history],
         evaluations=keep_best.evaluations,
+        held_out_prompts=keep_best.held_out_prompts or [],
     )
     if trainer.is_world_process_zero():
         _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision, learning_rate)

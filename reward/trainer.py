@@ -3,16 +3,18 @@
 - Batches from `reward.shared_prompt.SharedPromptCollator` (a pair packed as one sequence whose prompt runs once)
   get their rewards from `pair_rewards`; TRL's own batches go through TRL's path.
 - Each held-out evaluation writes which pairs the model ranks right (chosen above rejected) into
-  `held_out_outcomes`, one bool per pair, in the same order at every evaluation, so the step choice can compare
-  two steps on the same pairs (`reward.train.keeps_latest`). The logged `eval_accuracy` is the share of those
-  pairs ranked right, each pair counting once, so the progress bar, the log history, the summary and the step
-  choice show one number; TRL's own figure is the mean of per-batch accuracies, which weighs a short last batch
-  like a full one.
+  `held_out_outcomes`, one bool per pair in the held-out dataset's row order, so the step choice can compare two
+  steps on the same pairs, and group them by prompt (`reward.train.keeps_latest`). The logged `eval_accuracy` is
+  the share of those pairs ranked right, each pair counting once, so the progress bar, the log history, the
+  summary and the step choice show one number; TRL's own figure is the mean of per-batch accuracies, which weighs
+  a short last batch like a full one.
 
-The order is the evaluation dataloader's, which Transformers builds afresh at each evaluation. A length-grouped
-sampler shuffles its groups, so `_get_eval_sampler` gives it a generator seeded the same way each time: Transformers
-does that itself from 5.16 on, earlier releases drew from the global random state. Under `accelerate launch` every
-rank then draws the same order, so the shards agree. A test checks the order repeats.
+The evaluation dataloader reads the pairs grouped by length, not in row order. `_get_eval_sampler` draws that order
+once per evaluation and hands the dataloader the drawn list, so the outcomes, which arrive in it, can be put back in
+row order. Under `accelerate launch` the ranks take turns at its batches and `gather_for_metrics` puts them back in
+turn, so the gathered outcomes arrive in the same order. Each rank draws it from a generator seeded the same way
+(Transformers does that itself from 5.16 on; earlier releases drew from the global random state), so the ranks'
+shards agree. A test checks the outcomes against the saved model's scores, row by row.
 """
 
 from __future__ import annotations
@@ -30,10 +32,20 @@ class PrefloopRewardTrainer(RewardTrainer):
         super().__init__(*args, **kwargs)
         # A list the caller owns (the step-choice callback reads it); filled in place at each evaluation.
         self.held_out_outcomes = held_out_outcomes if held_out_outcomes is not None else []
+        self.held_out_order: list[int] = []  # the rows in the order the last evaluation read them
 
-    def evaluate(self, *args, **kwargs):
+    def evaluation_loop(self, *args, **kwargs):
         self.held_out_outcomes.clear()
-        return super().evaluate(*args, **kwargs)
+        output = super().evaluation_loop(*args, **kwargs)
+        # Before `evaluate` logs the accuracy and the callbacks read the outcomes.
+        order = self.held_out_order
+        if len(order) != len(self.held_out_outcomes):
+            raise RuntimeError(f"held-out evaluation ranked {len(self.held_out_outcomes)} pairs of {len(order)}")
+        in_row_order = [False] * len(order)
+        for row, outcome in zip(order, self.held_out_outcomes):
+            in_row_order[row] = outcome
+        self.held_out_outcomes[:] = in_row_order
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # An evaluation's log, not the closing training log that Trainer writes with the model still in eval mode.
@@ -42,12 +54,13 @@ class PrefloopRewardTrainer(RewardTrainer):
             self._metrics["eval"]["accuracy"] = [sum(self.held_out_outcomes) / len(self.held_out_outcomes)]
         super().log(logs, start_time)
 
-    def _get_eval_sampler(self, eval_dataset):
+    def _get_eval_sampler(self, eval_dataset) -> list[int]:
         sampler = super()._get_eval_sampler(eval_dataset)
         if isinstance(sampler, LengthGroupedSampler):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             sampler.generator = torch.Generator().manual_seed(seed)
-        return sampler
+        self.held_out_order = list(sampler) if sampler is not None else list(range(len(eval_dataset)))
+        return self.held_out_order
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "pair_mask" in inputs:  # a batch where some pair packs (SharedPromptCollator)

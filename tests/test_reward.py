@@ -20,7 +20,7 @@ datasets = pytest.importorskip("datasets")
 
 from collect.errors import UserError  # noqa: E402
 from collect.offline_models import MODEL_ALIASES, resolve_model  # noqa: E402
-from reward.data import Encoder, load_preferences, load_rows, rows_by_prompt  # noqa: E402
+from reward.data import Encoder, load_preferences, load_rows, prompt_of_rows, rows_by_prompt  # noqa: E402
 from reward.evaluate import calibration, evaluate_reward_model, preference_metrics  # noqa: E402
 from reward.score import RewardScorer, score_file  # noqa: E402
 from reward.train import RewardTrainingConfig, split_by_prompt, train_reward_model  # noqa: E402
@@ -387,9 +387,9 @@ def test_the_saved_held_out_accuracy_is_the_one_reward_eval_gives_after_bf16_tra
         " ".join(capsys.readouterr().err.split()))
 
 
-def test_held_out_pairs_come_in_the_same_order_at_every_evaluation(tmp_path, tiny_rm):
+def test_held_out_pairs_come_in_row_order_at_every_evaluation(tmp_path, tiny_rm):
     """The step choice compares steps pair by pair, so each evaluation must list the pairs in one order. The
-    held-out batches are grouped by length (not in data order); at a learning rate too small to change a ranking,
+    held-out batches are grouped by length (not in row order); at a learning rate too small to change a ranking,
     every evaluation must give the same list, which a reshuffled order would not."""
     rows = rule_pairs(96, seed=3, uneven=True)
     result = train_reward_model(RewardTrainingConfig(
@@ -401,6 +401,11 @@ def test_held_out_pairs_come_in_the_same_order_at_every_evaluation(tmp_path, tin
     assert len(outcomes) >= 3 and 0 < sum(outcomes[0]) < len(rows)  # a mix, so a reshuffle would show
     assert all(o == outcomes[0] for o in outcomes)
     assert result.best_step == result.evaluations[-1]["step"]  # nothing beats the latest: it is kept
+    # And in the rows' own order, which the step choice's grouping by prompt relies on: pair i's outcome is
+    # whether the saved model scores row i's chosen side above its rejected side.
+    chosen, rejected = RewardScorer(tmp_path / "order").score_pairs(datasets.Dataset.from_list(rows))
+    assert outcomes[-1] == (chosen.mean > rejected.mean).tolist()
+    assert result.held_out_prompts == prompt_of_rows(datasets.Dataset.from_list(rows))  # the groups, same order
 
 
 def test_progress_in_a_log_is_a_line_per_evaluation(tmp_path, tiny_rm, capsys):
@@ -498,6 +503,37 @@ def test_a_step_beats_another_only_by_more_pairs_right_than_chance_explains():
         better_on_same_pairs([True], [True, False], alpha=0.05)
 
 
+def test_pairs_that_share_a_prompt_count_as_one_piece_of_evidence():
+    from scipy.stats import binomtest
+
+    from reward.train import _sign_flip_p_value, better_on_same_pairs
+
+    # One pair a prompt: the exact McNemar test, the one-sided binomial on the pairs the two disagree on.
+    rng = random.Random(1)
+    for _ in range(30):
+        wins, losses = rng.randrange(0, 40), rng.randrange(0, 40)
+        assert _sign_flip_p_value([1] * wins + [-1] * losses + [0] * 7) == pytest.approx(
+            binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0)
+    # Eight more pairs right, all of one prompt: eight pairs alone would be significant (2^-8), one prompt is a
+    # coin toss; as the same eight pairs over eight prompts they are significant again.
+    first, second = [True] * 8 + [False] * 20, [False] * 28
+    assert better_on_same_pairs(first, second, alpha=0.05)
+    assert not better_on_same_pairs(first, second, alpha=0.05, prompts=["post"] * 8 + list(range(20)))
+    assert better_on_same_pairs(first, second, alpha=0.05, prompts=list(range(28)))
+    # Not a count of prompts either (a sign test would be): 12 prompts a pair better, 2 prompts 5 pairs worse.
+    # 12 of 14 prompts is significant by count (p = 0.006), but the total, 12 - 10 = 2 pairs, is not.
+    prompts = list(range(12)) + ["a"] * 5 + ["b"] * 5
+    first, second = [True] * 12 + [False] * 10, [False] * 12 + [True] * 10
+    assert _sign_flip_p_value([1] * 12 + [-5, -5]) > 0.2
+    assert not better_on_same_pairs(first, second, alpha=0.05, prompts=prompts)
+    # Exact: [3, 1, 1] has 8 equally likely sign patterns; totals >= 5 are +3+1+1 only (1/8); >= 3 add +3+1-1,
+    # +3-1+1 (3/8).
+    assert _sign_flip_p_value([3, 1, 1]) == pytest.approx(1 / 8)
+    assert _sign_flip_p_value([3, 1, -1]) == pytest.approx(3 / 8)
+    with pytest.raises(ValueError, match="one per pair"):
+        better_on_same_pairs([True, False], [False, False], alpha=0.05, prompts=["a"])
+
+
 def test_the_latest_step_is_kept_unless_an_earlier_one_is_significantly_better():
     from reward.train import keeps_latest
 
@@ -527,6 +563,13 @@ def test_the_latest_step_is_kept_unless_an_earlier_one_is_significantly_better()
     # A few points lower on the same pairs is noise, and the later step wins.
     slightly_lower = [True] * 77 + [False] * 23
     assert kept_step([evaluation(20, learned), evaluation(30, slightly_lower)]) == 30
+    # The same fall from 80 to 50 on ten prompts of ten pairs each, the lost pairs all on three of them
+    # (30 pairs): those are three prompts the earlier step suited, not significant evidence that it was better.
+    lost_on_three_prompts = [not (i < 30) and learned[i] for i in range(100)]
+    by_prompt = [i // 10 for i in range(100)]
+    steps = [evaluation(20, learned), evaluation(30, lost_on_three_prompts)]
+    assert kept_step(steps) == 20
+    assert keeps_latest(steps, prompts=by_prompt)
 
 
 def test_lora_run_through_the_cli_saves_and_reloads(tmp_path, tiny_rm):
@@ -687,6 +730,30 @@ def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences
     assert shared["tokens_per_pair"] < 0.8 * apart["tokens_per_pair"]
     assert all(torch.allclose(shared_weights[k], apart_weights[k], atol=1e-4) for k in shared_weights)
     assert [e["accuracy"] for e in shared["evaluations"]] == [e["accuracy"] for e in apart["evaluations"]]
+
+
+def test_held_out_outcomes_gathered_from_two_ranks_are_in_row_order(tmp_path, tiny_rm):
+    """Under two ranks each scores every other held-out batch and rank 0 gathers them; the step choice groups the
+    outcomes by prompt, so they must still be in the held-out rows' order: pair i's outcome is whether the saved
+    model (the kept step) scores held-out row i's chosen side above its rejected side."""
+    import subprocess
+    import sys
+
+    rows = datasets.Dataset.from_list(rule_pairs(128, uneven=True))
+    rows.to_parquet(str(tmp_path / "pairs.parquet"))
+    script = Path(__file__).with_name("reward_two_ranks.py")
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(tmp_path / "pairs.parquet"), tiny_rm, str(tmp_path / "rm"), "row-order"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcomes = json.loads((tmp_path / "rm.outcomes.json").read_text())
+    _, held_out = split_by_prompt(rows, fraction=0.1, seed=0)  # the split training made, by its defaults
+    chosen, rejected = RewardScorer(tmp_path / "rm").score_pairs(held_out)
+    assert len(outcomes) == len(held_out) == 13  # in 7 batches of 2: rank 0 scored 4, rank 1 3 and a repeat
+    assert 0 < sum(outcomes) < len(outcomes)  # a mix, so a reordering would show
+    assert outcomes == (chosen.mean > rejected.mean).tolist()
 
 
 def test_ctrl_c_under_a_launcher_stops_every_rank_and_saves(tmp_path, tiny_rm):
