@@ -11,8 +11,10 @@ every step it evaluated is also scored on the other 30% (the validation pairs; t
 Each rule below then picks a step from the run's own held-out evaluations, exactly as it would in training, and is
 judged by that step's validation accuracy. The per-step outcomes go to a JSON file beside the report, with each
 held-out pair's prompt, so a new rule can be judged on the same runs without training again (`--from-json`). Files
-written before the held-out outcomes came in row order (before 2026-12-05's prompt-grouped test) have no prompts;
-their rules are judged with every pair its own prompt, as they were then.
+written before the held-out outcomes came in row order (before 2026-12-05's prompt-grouped test) have no prompts,
+and their outcomes are in the order the evaluation read the pairs; `--from-json` names each outcome's prompt by
+drawing that order again (`prompts_in_recorded_order`: the held-out split and the length-grouped order were both
+seeded).
 """
 
 from __future__ import annotations
@@ -123,6 +125,29 @@ def run_candidate(name: str, fit, validation, out_dir: Path, budget_s: float | N
             "held_out_prompts": result.held_out_prompts}
 
 
+def prompts_in_recorded_order(run: dict[str, Any]) -> list[int]:
+    """The prompt of each held-out outcome of a run recorded before outcomes came in row order: the run's held-out
+    rows (its split of its validation split's fit, both seeded) in the order the evaluation read them, which was
+    Transformers' length-grouped sampler drawn with the run's seed."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from reward.data import Encoder, load_preferences, prompt_of_rows
+    from collect.offline_models import resolve_model
+    from reward.train import load_tokenizer, split_by_prompt
+
+    fit, _ = validation_splits(TRAINING_PAIRS[run["data"]](), range(run["split"], run["split"] + 1))[0]
+    config = PREFLOOP_SIDES[run["candidate"]].config(fit, "unused", None)
+    rows = load_preferences(config.data, "data", config.use_margin)
+    _, held_out = split_by_prompt(rows, config.eval_fraction, config.seed)
+    encoder = Encoder(load_tokenizer(resolve_model(config.base_model)), config.max_length, config.truncation_side)
+    lengths = encoder.encode_pairs(held_out, config.use_margin, "eval_data", align=False)[0]["length"]
+    order = LengthGroupedSampler(config.eval_batch_size, lengths=list(lengths),
+                                 generator=torch.Generator().manual_seed(config.seed))
+    prompt_of = prompt_of_rows(held_out)
+    return [prompt_of[row] for row in order]
+
+
 # ------------------------------------------------------------------------------------------- report
 
 
@@ -186,7 +211,17 @@ def main() -> None:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="prefloop-bench-reward-step-rules-"))
     if args.from_json:
         recorded = json.loads(Path(args.from_json).read_text())
-        header = recorded["header"] + [f"- Rules judged again on these runs by `{command()}`"]
+        header = recorded["header"] + [
+            f"- Rules judged again on these runs on {datetime.date.today()} by `{command()}`"]
+        if any("held_out_prompts" not in run for run in recorded["runs"]):
+            header[-1] += (", each held-out outcome's prompt named by drawing the recorded evaluation order again "
+                           "(`prompts_in_recorded_order`)")
+        for run in recorded["runs"]:
+            if "held_out_prompts" not in run:
+                run["held_out_prompts"] = prompts_in_recorded_order(run)
+                if len(run["held_out_prompts"]) != len(run["evaluations"][0]["correct"]):
+                    raise SystemExit(f"{run['data']} split {run['split']} {run['candidate']}: the held-out pairs "
+                                     "drawn again are not the recorded ones")
         report = render_report(recorded["runs"], header)
         write_report(report, args.out, args.quick, RESULTS, work)
         return

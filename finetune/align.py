@@ -42,6 +42,8 @@ from finetune.training import alignment_progress, is_main_process, pick_device, 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
+    from reward.progress import StopEarly
+
 METHODS = ("grpo", "rloo", "dpo", "bon")
 # Per-method defaults, chosen so that smollm2-135m-instruct finishes in minutes on a 2-core CPU
 # (bench/results/align.md has the timings). LoRA learning rates are ~100x full fine-tuning ones.
@@ -100,7 +102,8 @@ class AlignConfig:
     # Use at most this many prompts (after a seeded shuffle); None keeps them all.
     max_prompts: int | None = None
     # Stop training after this many seconds (on the first process's clock under `accelerate launch`), then save
-    # the adapter as if the run had finished; None runs all max_steps.
+    # the adapter as if the run had finished; None runs all max_steps. For bon the clock starts with sampling,
+    # which a spent budget ends (in one process), training the prompts sampled so far for one step.
     time_budget_s: float | None = None
     # Seeds the shuffle, LoRA initialisation and sampling.
     seed: int = 0
@@ -170,7 +173,7 @@ def align(config: AlignConfig) -> AlignResult:
     # evaluated) as usual.
     stop_early = StopEarly(config.time_budget_s)
     try:
-        trainer, extra = _train(config, model, tokenizer, data, [progress, stop_early], console)
+        trainer, extra = _train(config, model, tokenizer, data, [progress, stop_early], stop_early, console)
     finally:
         stop_early.release()
 
@@ -242,8 +245,10 @@ def training_data(config: AlignConfig, tokenizer) -> tuple[list, dict[str, Any]]
     return fitted, stats
 
 
-def _train(config: AlignConfig, model, tokenizer, data: list, callbacks: list[TrainerCallback], console: Console):
-    """Run the method; returns the trainer (its model is the PeftModel) and method-specific metrics."""
+def _train(config: AlignConfig, model, tokenizer, data: list, callbacks: list[TrainerCallback],
+           stop_early: StopEarly, console: Console):
+    """Run the method; returns the trainer (its model is the PeftModel) and method-specific metrics. `stop_early`
+    is among the callbacks; best-of-n also asks it between sampling batches."""
     if config.method == "dpo":
         from finetune.dpo import train_dpo
 
@@ -254,8 +259,11 @@ def _train(config: AlignConfig, model, tokenizer, data: list, callbacks: list[Tr
     if config.method == "bon":
         from finetune.best_of_n import best_responses, train_best_of_n
 
+        # The budget and the first Ctrl-C cover sampling as well: they end it, and the prompts sampled so far
+        # train (for one step, the stop being still due).
+        stop_early.begin()
         with console.status(f"sampling {config.num_generations} responses for {len(data)} prompts"):
-            rows, extra = best_responses(config, model, tokenizer, data, scorer)
+            rows, extra = best_responses(config, model, tokenizer, data, scorer, stop_early.stop_sampling)
         if not rows:
             raise UserError("best-of-n: the policy produced no non-empty response to any prompt")
         return train_best_of_n(config, model, tokenizer, rows, callbacks), extra

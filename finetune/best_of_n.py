@@ -4,7 +4,7 @@ and fine-tune on those with LoRA (TRL's SFTTrainer, loss on the response only).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -25,12 +25,14 @@ def best_responses(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[Conversation],
     scorer,
+    should_stop: Callable[[int, int], bool] | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
-    """Prompt-completion rows with the best of `num_generations` samples, and how much picking helped."""
+    """Prompt-completion rows with the best of `num_generations` samples, and how much picking helped.
+    `should_stop` may end sampling early (`finetune.sampling.sample`): the rows then cover the prompts sampled."""
     model.to(pick_device()).eval()
     samples = sample(
         model, tokenizer, prompts, n=config.num_generations, max_new_tokens=config.max_completion_length,
-        temperature=config.temperature, seed=config.seed,
+        temperature=config.temperature, seed=config.seed, should_stop=should_stop,
     )
     rows, all_rewards, best_rewards = [], [], []
     for prompt, texts in zip(prompts, samples.texts):

@@ -45,7 +45,8 @@ def run(
                                             help="all-linear, or comma-separated module names."),
     max_prompts: Optional[int] = typer.Option(None, "--max-prompts", help="Use at most this many prompts."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many seconds "
-                                                "and save the adapter so far."),
+                                                "and save the adapter so far (bon: counted from the start of "
+                                                "sampling)."),
     seed: int = typer.Option(0, "--seed"),
     merge: bool = typer.Option(False, "--merge", help="Also write a merged model to OUT/merged."),
     eval_prompts: Optional[str] = typer.Option(None, "--eval-prompts", help="Held-out prompts: evaluate at the end."),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -30,8 +30,10 @@ def sample(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 8,
+    should_stop: Callable[[int, int], bool] | None = None,
 ) -> Samples:
-    """Sample `n` responses per prompt.
+    """Sample `n` responses per prompt. `should_stop(sampled, total)`, asked before each batch but the first,
+    ends sampling early: the Samples then cover the first `sampled` prompts.
 
     Prompts go to `generate` `batch_size // n` at a time (at least one), and each such chunk is seeded with
     `seed` + the index of its first prompt: the same call on two models (base and aligned) draws the same
@@ -45,6 +47,8 @@ def sample(
     # One prompt (repeated n times) per generate call when n fills a batch; else several prompts at once.
     per_call = max(1, batch_size // n)
     for start in range(0, len(prompts), per_call):
+        if start and should_stop is not None and should_stop(start, len(prompts)):
+            break
         chunk = prompts[start:start + per_call]
         rendered = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
         batch = tokenizer([r for r in rendered for _ in range(n)], return_tensors="pt", padding=True,

@@ -5,6 +5,7 @@ Imported only when training, since it imports Transformers."""
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -155,11 +156,12 @@ class TrainingProgress(TrainerCallback):
 class StopEarly(TrainerCallback):
     """Stop when the time budget is spent, or at the first Ctrl-C (a second one aborts at once); the run then saves
     what it has trained as if it had finished. A run that evaluates gets one last evaluation, so the final state can
-    be the kept one. `reason` says what stopped it. Reward training and every alignment method use it."""
+    be the kept one. `reason` says what stopped it. Reward training and every alignment method use it; best-of-n
+    also asks it between sampling batches (`stop_sampling`), so its budget and Ctrl-C cover sampling too."""
 
     def __init__(self, seconds: float | None):
         self.seconds = seconds
-        self.start = 0.0
+        self.started_at: float | None = None
         self.interrupted = False
         self.reason: str | None = None
         self._previous_handler = None
@@ -170,10 +172,17 @@ class StopEarly(TrainerCallback):
         self.interrupted = True
         print("\nstopping after this step and saving the model so far (Ctrl-C again to abort)", flush=True)
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.monotonic()
+    def begin(self) -> None:
+        """Start the clock and take Ctrl-C over. Training begins it, unless best-of-n's sampling did already: the
+        budget then counts from the start of sampling."""
+        if self.started_at is not None:
+            return
+        self.started_at = time.monotonic()
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.begin()
 
     def on_train_end(self, args, state, control, **kwargs):
         self.release()
@@ -184,19 +193,35 @@ class StopEarly(TrainerCallback):
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
 
-    def on_step_end(self, args, state, control, **kwargs):
-        out_of_time = self.seconds is not None and time.monotonic() - self.start > self.seconds
+    def _why(self, world_size: int) -> str | None:
+        """Why the run should stop now ("time budget", "interrupted (Ctrl-C)"), or None to go on."""
+        out_of_time = self.seconds is not None and time.monotonic() - self.started_at > self.seconds
         stop = [out_of_time, self.interrupted]
-        if args.world_size > 1:
+        if world_size > 1:
             # Under `accelerate launch`, ranks whose clocks cross the budget on different steps would stop
             # apart and wait on each other forever: the first rank decides for all.
             from accelerate.utils import broadcast_object_list
 
             stop = broadcast_object_list([stop], from_process=0)[0]
-        if any(stop):
+        return "time budget" if stop[0] else "interrupted (Ctrl-C)" if stop[1] else None
+
+    def stop_sampling(self, sampled: int, prompts: int) -> bool:
+        """Whether best-of-n should stop sampling, after `sampled` of its `prompts`, and train on those. In one
+        process only: under `accelerate launch` sampling runs before the ranks can agree, so it runs to its end."""
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return False
+        why = self._why(1)
+        if why is not None:
+            self.reason = f"{why} while sampling, after {sampled} of {prompts} prompts"
+        return why is not None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        why = self._why(args.world_size)
+        if why is not None:
             control.should_training_stop = True
-            why = "time budget" if stop[0] else "interrupted (Ctrl-C)"
-            self.reason = f"{why} at step {state.global_step} of {state.max_steps}"
-        if (any(stop) or state.global_step >= state.max_steps) and args.eval_strategy != "no":
+            at = f"step {state.global_step} of {state.max_steps}"
+            # After a stop while sampling, the budget is still spent (or the Ctrl-C still pressed): one step.
+            self.reason = f"{why} at {at}" if self.reason is None else f"{self.reason}, trained on them to {at}"
+        if (why is not None or state.global_step >= state.max_steps) and args.eval_strategy != "no":
             control.should_evaluate = True
         return control

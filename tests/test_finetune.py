@@ -120,8 +120,9 @@ def test_ctrl_c_stops_alignment_after_the_step_and_saves_the_adapter(models, tmp
                 os.kill(os.getpid(), signal.SIGINT)
 
     train = finetune.align._train
-    monkeypatch.setattr(finetune.align, "_train", lambda config, model, tokenizer, data, callbacks, console: train(
-        config, model, tokenizer, data, callbacks + [CtrlCAtStepOne()], console))
+    monkeypatch.setattr(finetune.align, "_train", lambda config, model, tokenizer, data, callbacks, stop_early,
+                        console: train(config, model, tokenizer, data, callbacks + [CtrlCAtStepOne()], stop_early,
+                                       console))
     before = signal.getsignal(signal.SIGINT)
     result = align(small_config(models, "dpo", tmp_path / "dpo", max_steps=20))
 
@@ -140,6 +141,40 @@ def test_a_time_budget_stops_alignment_and_saves_the_adapter(models, tmp_path):
     assert json.loads((result.output_dir / "prefloop.json").read_text())["stopped"] == result.stopped
     with pytest.raises(UserError, match=r"time_budget_s \(--time-budget\) must be above 0"):
         small_config(models, "dpo", tmp_path / "never", time_budget_s=0)
+
+
+def test_ctrl_c_or_the_budget_while_best_of_n_samples_trains_on_the_prompts_sampled(models, tmp_path, monkeypatch):
+    """Best-of-n spends most of its time sampling, before training: the first Ctrl-C there (or the time budget
+    running out) ends sampling after the current batch, and the prompts sampled so far train for one step (the stop
+    still stands) and are saved, as a stop during training would be. Four batches of two prompts are planned (8
+    prompts, 4 samples each, 8 sequences a batch)."""
+    import os
+    import signal
+
+    import finetune.best_of_n
+
+    sample = finetune.best_of_n.sample
+
+    def ctrl_c_in_the_first_batch(*args, should_stop, **kwargs):
+        def ctrl_c_then_ask(sampled: int, total: int) -> bool:
+            os.kill(os.getpid(), signal.SIGINT)
+            return should_stop(sampled, total)
+        return sample(*args, should_stop=ctrl_c_then_ask, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune.best_of_n, "sample", ctrl_c_in_the_first_batch)
+        before = signal.getsignal(signal.SIGINT)
+        interrupted = align(small_config(models, "bon", tmp_path / "ctrl-c", max_steps=4, num_generations=4))
+        assert signal.getsignal(signal.SIGINT) is before
+    out_of_time = align(small_config(models, "bon", tmp_path / "budget", max_steps=4, num_generations=4,
+                                     time_budget_s=0.001))
+
+    for result, why in ((interrupted, "interrupted (Ctrl-C)"), (out_of_time, "time budget")):
+        assert result.stopped == f"{why} while sampling, after 2 of 8 prompts, trained on them to step 1 of 4"
+        manifest = json.loads((result.output_dir / "prefloop.json").read_text())
+        assert manifest["stopped"] == result.stopped
+        assert manifest["metrics"]["bon_prompts"] == 2 == result.metrics["bon_prompts"]
+        assert (result.output_dir / "adapter_model.safetensors").exists()
 
 
 def test_grpo_length_penalty(models, tmp_path):
