@@ -11,10 +11,10 @@ every step it evaluated is also scored on the other 30% (the validation pairs; t
 Each rule below then picks a step from the run's own held-out evaluations, exactly as it would in training, and is
 judged by that step's validation accuracy. The per-step outcomes go to a JSON file beside the report, with each
 held-out pair's prompt, so a new rule can be judged on the same runs without training again (`--from-json`). Files
-written before the held-out outcomes came in row order (before 2026-12-05's prompt-grouped test) have no prompts,
-and their outcomes are in the order the evaluation read the pairs; `--from-json` names each outcome's prompt by
-drawing that order again (`prompts_in_recorded_order`: the held-out split and the length-grouped order were both
-seeded).
+written before the held-out outcomes came in row order (before 2026-12-05's prompt-grouped test) have their outcomes
+in the order the evaluation read the pairs, and no prompts; `--from-json` names each outcome's prompt by drawing
+that order again (`prompts_in_recorded_order`: the held-out split and the length-grouped order were both seeded).
+The three files in bench/results/ carry prompts drawn that way on 2026-12-05, under the runs' Transformers 5.25.
 """
 
 from __future__ import annotations

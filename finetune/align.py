@@ -103,7 +103,7 @@ class AlignConfig:
     max_prompts: int | None = None
     # Stop training after this many seconds (on the first process's clock under `accelerate launch`), then save
     # the adapter as if the run had finished; None runs all max_steps. For bon the clock starts with sampling,
-    # which a spent budget ends (in one process), training the prompts sampled so far for one step.
+    # which a spent budget ends (in one process); training then stops after its first step.
     time_budget_s: float | None = None
     # Seeds the shuffle, LoRA initialisation and sampling.
     seed: int = 0
@@ -259,13 +259,14 @@ def _train(config: AlignConfig, model, tokenizer, data: list, callbacks: list[Tr
     if config.method == "bon":
         from finetune.best_of_n import best_responses, train_best_of_n
 
-        # The budget and the first Ctrl-C cover sampling as well: they end it, and the prompts sampled so far
-        # train (for one step, the stop being still due).
-        stop_early.begin()
+        # The budget and the first Ctrl-C cover sampling as well: they end it after the current batch, and
+        # training then stops after its first step (the stop still stands) and saves.
+        stop_early.begin("sampling batch")
         with console.status(f"sampling {config.num_generations} responses for {len(data)} prompts"):
             rows, extra = best_responses(config, model, tokenizer, data, scorer, stop_early.stop_sampling)
         if not rows:
-            raise UserError("best-of-n: the policy produced no non-empty response to any prompt")
+            stopped = f" sampled before the stop ({stop_early.reason})" if stop_early.reason else ""
+            raise UserError(f"best-of-n: the policy produced no non-empty response to any prompt{stopped}")
         return train_best_of_n(config, model, tokenizer, rows, callbacks), extra
     from finetune.rl import train_rl
 

@@ -164,17 +164,19 @@ class StopEarly(TrainerCallback):
         self.started_at: float | None = None
         self.interrupted = False
         self.reason: str | None = None
+        self.doing = "step"  # what a first Ctrl-C lets finish: a training step, or a best-of-n sampling batch
         self._previous_handler = None
 
     def _on_interrupt(self, signum, frame):
         if self.interrupted:
             raise KeyboardInterrupt
         self.interrupted = True
-        print("\nstopping after this step and saving the model so far (Ctrl-C again to abort)", flush=True)
+        print(f"\nstopping after this {self.doing} and saving the model so far (Ctrl-C again to abort)", flush=True)
 
-    def begin(self) -> None:
-        """Start the clock and take Ctrl-C over. Training begins it, unless best-of-n's sampling did already: the
-        budget then counts from the start of sampling."""
+    def begin(self, doing: str = "step") -> None:
+        """Start the clock and take Ctrl-C over. Training begins it, unless best-of-n's sampling did already
+        (`doing="sampling batch"`): the budget then counts from the start of sampling."""
+        self.doing = doing
         if self.started_at is not None:
             return
         self.started_at = time.monotonic()
@@ -195,7 +197,8 @@ class StopEarly(TrainerCallback):
 
     def _why(self, world_size: int) -> str | None:
         """Why the run should stop now ("time budget", "interrupted (Ctrl-C)"), or None to go on."""
-        out_of_time = self.seconds is not None and time.monotonic() - self.started_at > self.seconds
+        spent = time.monotonic() - self.started_at if self.started_at is not None else 0.0
+        out_of_time = self.seconds is not None and spent > self.seconds
         stop = [out_of_time, self.interrupted]
         if world_size > 1:
             # Under `accelerate launch`, ranks whose clocks cross the budget on different steps would stop
@@ -221,7 +224,7 @@ class StopEarly(TrainerCallback):
             control.should_training_stop = True
             at = f"step {state.global_step} of {state.max_steps}"
             # After a stop while sampling, the budget is still spent (or the Ctrl-C still pressed): one step.
-            self.reason = f"{why} at {at}" if self.reason is None else f"{self.reason}, trained on them to {at}"
+            self.reason = f"{why} at {at}" if self.reason is None else f"{self.reason}; training stopped at {at}"
         if (why is not None or state.global_step >= state.max_steps) and args.eval_strategy != "no":
             control.should_evaluate = True
         return control

@@ -573,7 +573,7 @@ def _sign_flip_p_value(differences: list[int]) -> float:
         spread[::2 * size] = binom.pmf(np.arange(count + 1), count, 0.5)
         null = np.convolve(null, spread)
         offset += size * count
-    return float(null[sum(differences) + offset:].sum())
+    return min(1.0, float(null[sum(differences) + offset:].sum()))  # rounding can take a sum of all past 1
 
 
 # ---------------------------------------------------------------------------------------- callbacks

@@ -39,8 +39,9 @@ class PrefloopRewardTrainer(RewardTrainer):
         output = super().evaluation_loop(*args, **kwargs)
         # Before `evaluate` logs the accuracy and the callbacks read the outcomes.
         order = self.held_out_order
-        if len(order) != len(self.held_out_outcomes):
-            raise RuntimeError(f"held-out evaluation ranked {len(self.held_out_outcomes)} pairs of {len(order)}")
+        if len(order) != len(self.held_out_outcomes) or sorted(order) != list(range(len(order))):
+            raise RuntimeError(f"held-out evaluation ranked {len(self.held_out_outcomes)} pairs, not each of the "
+                               f"{len(order)} once")
         in_row_order = [False] * len(order)
         for row, outcome in zip(order, self.held_out_outcomes):
             in_row_order[row] = outcome

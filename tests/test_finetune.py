@@ -143,11 +143,11 @@ def test_a_time_budget_stops_alignment_and_saves_the_adapter(models, tmp_path):
         small_config(models, "dpo", tmp_path / "never", time_budget_s=0)
 
 
-def test_ctrl_c_or_the_budget_while_best_of_n_samples_trains_on_the_prompts_sampled(models, tmp_path, monkeypatch):
+def test_ctrl_c_or_the_budget_while_best_of_n_samples_ends_sampling_and_saves(models, tmp_path, monkeypatch, capsys):
     """Best-of-n spends most of its time sampling, before training: the first Ctrl-C there (or the time budget
-    running out) ends sampling after the current batch, and the prompts sampled so far train for one step (the stop
-    still stands) and are saved, as a stop during training would be. Four batches of two prompts are planned (8
-    prompts, 4 samples each, 8 sequences a batch)."""
+    running out) ends sampling after the current batch; training then stops after its first step (the stop still
+    stands) and the adapter is saved, as a stop during training would be. Four batches of two prompts are planned
+    (8 prompts, 4 samples each, 8 sequences a batch)."""
     import os
     import signal
 
@@ -166,11 +166,12 @@ def test_ctrl_c_or_the_budget_while_best_of_n_samples_trains_on_the_prompts_samp
         before = signal.getsignal(signal.SIGINT)
         interrupted = align(small_config(models, "bon", tmp_path / "ctrl-c", max_steps=4, num_generations=4))
         assert signal.getsignal(signal.SIGINT) is before
+    assert "stopping after this sampling batch and saving the model so far" in capsys.readouterr().out
     out_of_time = align(small_config(models, "bon", tmp_path / "budget", max_steps=4, num_generations=4,
                                      time_budget_s=0.001))
 
     for result, why in ((interrupted, "interrupted (Ctrl-C)"), (out_of_time, "time budget")):
-        assert result.stopped == f"{why} while sampling, after 2 of 8 prompts, trained on them to step 1 of 4"
+        assert result.stopped == f"{why} while sampling, after 2 of 8 prompts; training stopped at step 1 of 4"
         manifest = json.loads((result.output_dir / "prefloop.json").read_text())
         assert manifest["stopped"] == result.stopped
         assert manifest["metrics"]["bon_prompts"] == 2 == result.metrics["bon_prompts"]

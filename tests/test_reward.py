@@ -20,7 +20,7 @@ datasets = pytest.importorskip("datasets")
 
 from collect.errors import UserError  # noqa: E402
 from collect.offline_models import MODEL_ALIASES, resolve_model  # noqa: E402
-from reward.data import Encoder, load_preferences, load_rows, prompt_of_rows, rows_by_prompt  # noqa: E402
+from reward.data import Encoder, load_preferences, load_rows, rows_by_prompt  # noqa: E402
 from reward.evaluate import calibration, evaluate_reward_model, preference_metrics  # noqa: E402
 from reward.score import RewardScorer, score_file  # noqa: E402
 from reward.train import RewardTrainingConfig, split_by_prompt, train_reward_model  # noqa: E402
@@ -387,11 +387,24 @@ def test_the_saved_held_out_accuracy_is_the_one_reward_eval_gives_after_bf16_tra
         " ".join(capsys.readouterr().err.split()))
 
 
-def test_held_out_pairs_come_in_row_order_at_every_evaluation(tmp_path, tiny_rm):
+def test_held_out_pairs_come_in_row_order_at_every_evaluation(tmp_path, tiny_rm, monkeypatch):
     """The step choice compares steps pair by pair, so each evaluation must list the pairs in one order. The
     held-out batches are grouped by length (not in row order); at a learning rate too small to change a ranking,
-    every evaluation must give the same list, which a reshuffled order would not."""
+    every evaluation must give the same list, which a reshuffled order would not. The step choice takes a prompt's
+    pairs together, so it gets each pair's prompt in that order (here three pairs a prompt)."""
+    import reward.train
+
     rows = rule_pairs(96, seed=3, uneven=True)
+    for i, row in enumerate(rows):
+        row["prompt"] = rows[i - i % 3]["prompt"]
+    prompts_seen = []
+
+    def keeps_latest(evaluations, alpha=0.05, prompts=None):
+        prompts_seen.append(prompts)
+        return choose(evaluations, alpha, prompts)
+
+    choose = reward.train.keeps_latest
+    monkeypatch.setattr(reward.train, "keeps_latest", keeps_latest)
     result = train_reward_model(RewardTrainingConfig(
         data=datasets.Dataset.from_list(rule_pairs(64, uneven=True)), eval_data=datasets.Dataset.from_list(rows),
         base_model=tiny_rm, output_dir=str(tmp_path / "order"), max_length=48, learning_rate=1e-12, max_steps=6,
@@ -405,7 +418,10 @@ def test_held_out_pairs_come_in_row_order_at_every_evaluation(tmp_path, tiny_rm)
     # whether the saved model scores row i's chosen side above its rejected side.
     chosen, rejected = RewardScorer(tmp_path / "order").score_pairs(datasets.Dataset.from_list(rows))
     assert outcomes[-1] == (chosen.mean > rejected.mean).tolist()
-    assert result.held_out_prompts == prompt_of_rows(datasets.Dataset.from_list(rows))  # the groups, same order
+    by_prompt = [i // 3 for i in range(96)]
+    assert len(prompts_seen) == len(outcomes)
+    for prompts in [*prompts_seen, result.held_out_prompts]:  # numbered in another order, the same groups
+        assert [prompts.index(p) for p in prompts] == [3 * g for g in by_prompt]
 
 
 def test_progress_in_a_log_is_a_line_per_evaluation(tmp_path, tiny_rm, capsys):
