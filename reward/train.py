@@ -205,6 +205,11 @@ class RewardTrainingResult:
     """Each held-out pair's prompt as a number (`reward.data.prompt_of_rows`), in the order of `correct`: the
     groups the step choice takes together."""
 
+    @property
+    def n_eval_prompts(self) -> int:
+        """The prompts the held-out pairs are on: what the step choice's test counts as evidence."""
+        return len(set(self.held_out_prompts))
+
 
 # ------------------------------------------------------------------------------------------ device
 
@@ -928,6 +933,7 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
         "metrics": result.metrics,
         "n_train": result.n_train,
         "n_eval": result.n_eval,
+        "n_eval_prompts": result.n_eval_prompts,
         "truncated_train": result.truncated_train,
         "truncated_eval": result.truncated_eval,
         "best_step": result.best_step,
@@ -986,7 +992,7 @@ A reward model trained by prefloop with TRL's `RewardTrainer`{lora}: it reads a 
 one scalar; higher means more preferred by the raters.
 
 - base model: `{info["base_model"]}`
-- training pairs: {info["n_train"]} ({info["truncated_train"]} truncated), held-out pairs: {info["n_eval"]}
+- training pairs: {info["n_train"]} ({info["truncated_train"]} truncated), held-out pairs: {_held_out_pairs(info["n_eval"], info["n_eval_prompts"])}
 - data: `{info["config"]["data"]}` ({info["data_fingerprint"]})
 - max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}{aligned}
 - layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
@@ -1024,13 +1030,18 @@ def _higher_step(evaluations: list[dict[str, Any]], kept: int | None) -> str:
     return f"; step {best['step']} scored {best['accuracy']:.3f}, not significantly better"
 
 
+def _held_out_pairs(pairs: int, prompts: int) -> str:
+    return f"{pairs} on {prompts} prompt{'s' * (prompts != 1)}" if pairs else "none"
+
+
 def print_summary(result: RewardTrainingResult) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"reward model saved to {result.output_dir}", show_header=False)
     table.add_row("training pairs", f"{result.n_train} ({result.truncated_train} truncated, none dropped)")
-    table.add_row("held-out pairs", f"{result.n_eval} ({result.truncated_eval} truncated)")
+    table.add_row("held-out pairs", f"{_held_out_pairs(result.n_eval, result.n_eval_prompts)} "
+                  f"({result.truncated_eval} truncated)")
     if "eval_accuracy" in result.metrics:
         in_training = result.metrics.get("eval_accuracy_in_training", result.metrics["eval_accuracy"])
         rounded = (f", {in_training:.3f} in training's {result.precision}"

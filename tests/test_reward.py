@@ -422,6 +422,8 @@ def test_held_out_pairs_come_in_row_order_at_every_evaluation(tmp_path, tiny_rm,
     assert len(prompts_seen) == len(outcomes)
     for prompts in [*prompts_seen, result.held_out_prompts]:  # numbered in another order, the same groups
         assert [prompts.index(p) for p in prompts] == [3 * g for g in by_prompt]
+    assert json.loads((tmp_path / "order" / "prefloop.json").read_text())["n_eval_prompts"] == 32
+    assert "held-out pairs: 96 on 32 prompts\n" in (tmp_path / "order" / "README.md").read_text()
 
 
 def test_progress_in_a_log_is_a_line_per_evaluation(tmp_path, tiny_rm, capsys):
