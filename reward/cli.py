@@ -1,4 +1,4 @@
-"""`prefloop reward train | eval | score`: thin wrappers over reward.train, reward.evaluate, reward.score."""
+"""`prefloop reward train | eval | compare | score`: thin wrappers over reward.train, reward.evaluate, reward.score."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from reward.train import RewardTrainingConfig
 # The options' defaults are the config's, so the CLI and the Python API train the same recipe.
 DEFAULTS = RewardTrainingConfig(data=None)
 
-app = typer.Typer(help="Reward models: train on preference data, evaluate, score conversations.",
+app = typer.Typer(help="Reward models: train on preference data, evaluate, compare two, score conversations.",
                   no_args_is_help=True)
 console = Console()
 
@@ -94,6 +94,27 @@ def eval_(
 
 
 @app.command()
+def compare(
+    model: List[str] = typer.Option(..., "--model", help="Reward-model directory (repeat for an ensemble)."),
+    baseline: List[str] = typer.Option(..., "--baseline", help="The reward model to compare it with (repeat for an "
+                                       "ensemble)."),
+    data: str = typer.Option(..., "--data", help="Preference dataset both score (of a DatasetDict, its test split)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the comparison to this JSON file."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=1, help="Bootstrap resamples for the intervals."),
+) -> None:
+    """Is --model better than --baseline on the same pairs? Accuracy difference, interval and exact test over prompts."""
+    from reward.evaluate import compare_reward_models
+
+    report = compare_reward_models(model if len(model) > 1 else model[0],
+                                   baseline if len(baseline) > 1 else baseline[0], data, out,
+                                   batch_size=batch_size, n_bootstrap=n_bootstrap)
+    print_comparison(report)
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+@app.command()
 def score(
     model: List[str] = typer.Option(..., "--model", help="Reward-model directory (repeat for an ensemble)."),
     data: str = typer.Option(..., "--data", help="messages, prompt+completion, or prompt+chosen+rejected rows."),
@@ -153,3 +174,22 @@ def print_report(report: dict) -> None:
         console.print(f"reward gap vs margin: not computed ({report['margin_correlation_missing']})")
     if "ensemble_spread_mean" in report:
         console.print(f"ensemble spread (standard deviation across members), mean: {report['ensemble_spread_mean']:.3f}")
+
+
+def print_comparison(report: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"reward models compared on {report['data']}: {report['n']} pairs, {report['prompts']} prompts")
+    for column in ("", "accuracy", "95% interval"):
+        table.add_column(column)
+    for side in ("model", "baseline"):
+        entry = report[side]
+        names = ", ".join(report["models"][side])
+        table.add_row(f"{side} ({names})", f"{entry['accuracy']:.3f}", f"{entry['ci'][0]:.3f} - {entry['ci'][1]:.3f}")
+    interval = (f"{report['ci'][0]:+.3f} - {report['ci'][1]:+.3f}" if report["ci_method"] else
+                "(too few prompts or no pair told apart)")
+    table.add_row("difference", f"{report['difference']:+.3f}", interval)
+    console.print(table)
+    console.print(f"pairs only the model ranks right: {report['only_model_right']}, only the baseline: "
+                  f"{report['only_baseline_right']}; exact permutation test over prompts, two-sided p = "
+                  f"{report['p_value']:.3g}")

@@ -16,6 +16,13 @@
   with the `margin` column.
 
 `preference_metrics` computes all of it from rewards alone, so it can be checked by hand.
+
+    comparison = compare_reward_models("runs/rm-new", "runs/rm-old", "heldout.parquet")
+
+Is one reward model better than another on the same pairs? `paired_comparison` gives each one's accuracy, the
+difference with a bootstrap interval over prompts, and an exact permutation test over prompts (`sign_flip_p_value`,
+which the step choice in training uses too): two models scored on the same pairs are compared pair by pair, which
+separates them on far fewer pairs than two independent intervals would.
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ MAX_CATEGORY_VALUES = 50
 
 def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0,
                        clusters: Sequence[Any] | None = None) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean of a 0/1 array. With `clusters` (a label per item: the prompt
+    """Percentile-bootstrap interval of the mean of a per-pair array (0/1 outcomes, or the -1/0/1 differences of
+    two models' outcomes). With `clusters` (a label per item: the prompt
     of each pair) whole clusters are resampled: pairs on one prompt are not independent evidence, and resampling
     them one by one gives too narrow an interval (20% too narrow at a within-prompt correlation of 0.3 on
     summarize's test pairs, up to 10 a post)."""
@@ -54,6 +62,73 @@ def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: floa
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(means, [tail, 100 - tail])
     return (float(lo), float(hi))
+
+
+def sign_flip_p_value(differences: Sequence[int]) -> float:
+    """P(sum of +-|d| over `differences` >= sum of `differences`), each sign + or - at even odds, exactly: the
+    one-sided p-value of a permutation test where each prompt's difference (pairs one model gets right less pairs
+    the other does) is as likely negative as positive if neither model is better. With differences of +-1 (one pair
+    a prompt) it is the exact McNemar test. Prompts whose differences have the same size add up as a binomial (k of
+    n signs +: size * (2k - n)), so the null distribution is the convolution of one binomial per distinct size, on
+    a grid of integer totals."""
+    from scipy.stats import binom
+
+    sizes: dict[int, int] = {}
+    for d in differences:
+        if d:
+            sizes[abs(int(d))] = sizes.get(abs(int(d)), 0) + 1
+    null = np.ones(1)  # null[i]: the probability that the total is i - offset
+    offset = 0
+    for size, count in sizes.items():
+        spread = np.zeros(2 * size * count + 1)
+        spread[::2 * size] = binom.pmf(np.arange(count + 1), count, 0.5)
+        null = np.convolve(null, spread)
+        offset += size * count
+    return min(1.0, float(null[int(sum(differences)) + offset:].sum()))  # rounding can take a sum past 1
+
+
+def prompt_differences(first: Sequence[bool], second: Sequence[bool], prompts: Sequence[Any] | None = None) -> list[int]:
+    """Per prompt (`prompts`: one label per pair; None: each pair its own), how many more of its pairs `first`
+    gets right than `second`, in order of each prompt's first pair."""
+    if len(first) != len(second):
+        raise ValueError(f"the evaluations scored {len(first)} and {len(second)} pairs; they must be the same pairs")
+    if prompts is not None and len(prompts) != len(first):
+        raise ValueError(f"{len(prompts)} prompts named for {len(first)} pairs; name one per pair")
+    difference: dict[Any, int] = {}
+    for pair, (a, b) in enumerate(zip(first, second)):
+        prompt = prompts[pair] if prompts is not None else pair
+        difference[prompt] = difference.get(prompt, 0) + int(a) - int(b)
+    return list(difference.values())
+
+
+def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bool],
+                      prompts: Sequence[Any] | None = None, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Two models' outcomes on the same pairs (True: chosen ranked above rejected), compared: each one's accuracy
+    entry, `difference` (first minus second) with a bootstrap interval that resamples whole prompts, the pairs only
+    one of them gets right, and `p_value`, two-sided, of the exact permutation test over prompts
+    (`sign_flip_p_value`)."""
+    first, second = np.asarray(first_correct, dtype=bool), np.asarray(second_correct, dtype=bool)
+    differences = prompt_differences(first.tolist(), second.tolist(), prompts)
+    one_sided = min(sign_flip_p_value(differences), sign_flip_p_value([-d for d in differences]))
+    units = len(differences)
+    if units < MIN_BOOTSTRAP_UNITS or (first == second).all():
+        interval, method = [None, None], None
+    else:
+        interval = list(bootstrap_interval(first.astype(float) - second.astype(float), n_bootstrap, seed=seed,
+                                           clusters=prompts))
+        method = "bootstrap over prompts" if units < len(first) else "bootstrap"
+    return {
+        "n": int(len(first)),
+        "prompts": units,
+        "first": _accuracy_entry(first.astype(float), n_bootstrap, seed, prompts),
+        "second": _accuracy_entry(second.astype(float), n_bootstrap, seed, prompts),
+        "difference": float(first.mean() - second.mean()) if len(first) else None,
+        "ci": interval,
+        "ci_method": method,
+        "only_first_right": int((first & ~second).sum()),
+        "only_second_right": int((second & ~first).sum()),
+        "p_value": min(1.0, 2 * one_sided),
+    }
 
 
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -244,13 +319,12 @@ def evaluate_reward_model(
     """Score every pair of `data` with `model` (a directory, several, or a RewardScorer) and report
     the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there."""
     from collect.errors import UserError, first_line
-    from reward.data import check_margins, check_preferences, load_rows, prompt_of_rows
+    from reward.data import check_margins, prompt_of_rows
     from reward.score import RewardScorer
 
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"{out_dir}: is a file; the evaluation writes a folder (eval.json and two PNGs)")
-    rows, places = load_rows(data, "data", split="test")
-    check_preferences(rows, places, str(data) if isinstance(data, (str, Path)) else "data", use_margin=False)
+    rows, places = _read_pairs(data)
     # The margin only feeds the agreement figure: a bad one leaves that out, not the evaluation.
     bad_margin = None
     if "margin" in rows.column_names:
@@ -280,8 +354,8 @@ def evaluate_reward_model(
     if bad_margin is not None:
         report["margin_correlation"] = None
         report["margin_correlation_missing"] = bad_margin
-    report["model"] = [str(Path(m).resolve()) if Path(m).exists() else m for m in scorer.model_dirs]
-    report["data"] = str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__}>"
+    report["model"] = _model_names(scorer)
+    report["data"] = _data_name(data)
     if len(scorer.members) > 1:
         report["ensemble_spread_mean"] = float(np.concatenate([chosen.spread, rejected.spread]).mean())
     if out_dir is not None:
@@ -292,6 +366,70 @@ def evaluate_reward_model(
         plot_accuracy(report, out / "accuracy.png")
         report["files"] = [str(out / "eval.json"), str(out / "reliability.png"), str(out / "accuracy.png")]
     return report
+
+
+def _read_pairs(data: Any):
+    """(rows, places) of a preference dataset to evaluate on (a DatasetDict's `test` split), checked."""
+    from reward.data import check_preferences, load_rows
+
+    rows, places = load_rows(data, "data", split="test")
+    check_preferences(rows, places, str(data) if isinstance(data, (str, Path)) else "data", use_margin=False)
+    return rows, places
+
+
+def _data_name(data: Any) -> str:
+    return str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__}>"
+
+
+def compare_reward_models(
+    model: Any,
+    baseline: Any,
+    data: Any,
+    out: str | Path | None = None,
+    *,
+    batch_size: int = 16,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score every pair of `data` with `model` and with `baseline` (each a directory, several for an ensemble, or a
+    RewardScorer) and compare them pair by pair (`paired_comparison`, `model` first: a positive difference means
+    `model` ranks more pairs right). With `out`, also write the report there as JSON."""
+    from reward.data import prompt_of_rows
+    from reward.score import RewardScorer
+
+    from collect.errors import UserError
+    from collect.offline_models import resolve_model
+
+    for side, models in (("model", model), ("baseline", baseline)):
+        for path in [] if isinstance(models, RewardScorer) else models if isinstance(models, (list, tuple)) else [models]:
+            try:
+                resolve_model(str(path))  # a missing one is named before the other spends minutes scoring
+            except UserError as e:
+                raise UserError(f"{side}: {e}") from None
+    rows, _ = _read_pairs(data)
+    outcomes = []
+    for scorer in (model, baseline):
+        scorer = scorer if isinstance(scorer, RewardScorer) else RewardScorer(scorer, batch_size=batch_size)
+        chosen, rejected = scorer.score_pairs(rows)
+        outcomes.append(chosen.mean > rejected.mean)  # a tie counts wrong, as in evaluate_reward_model
+        del scorer
+    report = paired_comparison(*outcomes, prompts=prompt_of_rows(rows), n_bootstrap=n_bootstrap, seed=seed)
+    report["model"], report["baseline"] = report.pop("first"), report.pop("second")
+    report["only_model_right"], report["only_baseline_right"] = (report.pop("only_first_right"),
+                                                                 report.pop("only_second_right"))
+    report["models"] = {"model": _model_names(model), "baseline": _model_names(baseline)}
+    report["data"] = _data_name(data)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False) + "\n")
+    return report
+
+
+def _model_names(model: Any) -> list[str]:
+    from reward.score import RewardScorer
+
+    dirs = model.model_dirs if isinstance(model, RewardScorer) else model if isinstance(model, (list, tuple)) else [model]
+    return [str(Path(m).resolve()) if Path(m).exists() else str(m) for m in dirs]
 
 
 # ------------------------------------------------------------------------------------------ plots

@@ -544,41 +544,13 @@ def better_on_same_pairs(first: list[bool], second: list[bool], alpha: float,
     its pairs `first` gets right than `second`. If neither step were better, swapping the two steps' outcomes on
     any prompt would be as likely as not, so each prompt's difference is as likely negative as positive; `first`
     is better when the observed total is larger than all but `alpha` of the totals those sign flips give (an exact
-    one-sided permutation test, `_sign_flip_p_value`). With one pair a prompt this is the exact McNemar test: of
-    the pairs exactly one step gets right, `first` must get right more than a fair coin explains. Pairs both get
-    right or both wrong say nothing about which is better."""
-    if len(first) != len(second):
-        raise ValueError(f"the evaluations scored {len(first)} and {len(second)} pairs; they must be the same pairs")
-    if prompts is not None and len(prompts) != len(first):
-        raise ValueError(f"{len(prompts)} prompts named for {len(first)} pairs; name one per pair")
-    difference: dict[Any, int] = {}
-    for pair, (a, b) in enumerate(zip(first, second)):
-        prompt = prompts[pair] if prompts is not None else pair
-        difference[prompt] = difference.get(prompt, 0) + int(a) - int(b)
-    if sum(difference.values()) <= 0:
-        return False
-    return _sign_flip_p_value(list(difference.values())) < alpha
+    one-sided permutation test, `reward.evaluate.sign_flip_p_value`). With one pair a prompt this is the exact
+    McNemar test: of the pairs exactly one step gets right, `first` must get right more than a fair coin explains.
+    Pairs both get right or both wrong say nothing about which is better."""
+    from reward.evaluate import prompt_differences, sign_flip_p_value
 
-
-def _sign_flip_p_value(differences: list[int]) -> float:
-    """P(sum of +-|d| over `differences` >= sum of `differences`), each sign + or - at even odds, exactly. Prompts
-    whose differences have the same size add up as a binomial (k of n signs +: size * (2k - n)), so the null
-    distribution is the convolution of one binomial per distinct size, on a grid of integer totals."""
-    import numpy as np
-    from scipy.stats import binom
-
-    sizes: dict[int, int] = {}
-    for d in differences:
-        if d:
-            sizes[abs(d)] = sizes.get(abs(d), 0) + 1
-    null = np.ones(1)  # null[i]: the probability that the total is i - offset
-    offset = 0
-    for size, count in sizes.items():
-        spread = np.zeros(2 * size * count + 1)
-        spread[::2 * size] = binom.pmf(np.arange(count + 1), count, 0.5)
-        null = np.convolve(null, spread)
-        offset += size * count
-    return min(1.0, float(null[sum(differences) + offset:].sum()))  # rounding can take a sum of all past 1
+    differences = prompt_differences(first, second, prompts)
+    return sum(differences) > 0 and sign_flip_p_value(differences) < alpha
 
 
 # ---------------------------------------------------------------------------------------- callbacks

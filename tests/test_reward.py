@@ -524,13 +524,14 @@ def test_a_step_beats_another_only_by_more_pairs_right_than_chance_explains():
 def test_pairs_that_share_a_prompt_count_as_one_piece_of_evidence():
     from scipy.stats import binomtest
 
-    from reward.train import _sign_flip_p_value, better_on_same_pairs
+    from reward.evaluate import sign_flip_p_value
+    from reward.train import better_on_same_pairs
 
     # One pair a prompt: the exact McNemar test, the one-sided binomial on the pairs the two disagree on.
     rng = random.Random(1)
     for _ in range(30):
         wins, losses = rng.randrange(0, 40), rng.randrange(0, 40)
-        assert _sign_flip_p_value([1] * wins + [-1] * losses + [0] * 7) == pytest.approx(
+        assert sign_flip_p_value([1] * wins + [-1] * losses + [0] * 7) == pytest.approx(
             binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0)
     # Eight more pairs right, all of one prompt: eight pairs alone would be significant (2^-8), one prompt is a
     # coin toss; as the same eight pairs over eight prompts they are significant again.
@@ -542,12 +543,12 @@ def test_pairs_that_share_a_prompt_count_as_one_piece_of_evidence():
     # 12 of 14 prompts is significant by count (p = 0.006), but the total, 12 - 10 = 2 pairs, is not.
     prompts = list(range(12)) + ["a"] * 5 + ["b"] * 5
     first, second = [True] * 12 + [False] * 10, [False] * 12 + [True] * 10
-    assert _sign_flip_p_value([1] * 12 + [-5, -5]) > 0.2
+    assert sign_flip_p_value([1] * 12 + [-5, -5]) > 0.2
     assert not better_on_same_pairs(first, second, alpha=0.05, prompts=prompts)
     # Exact: [3, 1, 1] has 8 equally likely sign patterns; totals >= 5 are +3+1+1 only (1/8); >= 3 add +3+1-1,
     # +3-1+1 (3/8).
-    assert _sign_flip_p_value([3, 1, 1]) == pytest.approx(1 / 8)
-    assert _sign_flip_p_value([3, 1, -1]) == pytest.approx(3 / 8)
+    assert sign_flip_p_value([3, 1, 1]) == pytest.approx(1 / 8)
+    assert sign_flip_p_value([3, 1, -1]) == pytest.approx(3 / 8)
     with pytest.raises(ValueError, match="one per pair"):
         better_on_same_pairs([True, False], [False, False], alpha=0.05, prompts=["a"])
 
@@ -1195,6 +1196,67 @@ def test_evaluate_writes_json_and_plots(trained, tmp_path):
     assert saved["length_bias"]["chosen_shorter"] == {"n": 0, "accuracy": None, "ci": [None, None], "ci_method": None}
     for png in ("reliability.png", "accuracy.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_paired_comparison_counts_pairs_one_model_gets_right_and_tests_over_prompts():
+    from scipy.stats import binomtest
+
+    from reward.evaluate import paired_comparison
+
+    # 40 pairs, one a prompt: 10 only the first model gets right, 2 only the second, 20 both, 8 neither.
+    first = [True] * 10 + [False] * 2 + [True] * 20 + [False] * 8
+    second = [False] * 10 + [True] * 2 + [True] * 20 + [False] * 8
+    report = paired_comparison(first, second, n_bootstrap=500)
+    assert report["first"]["accuracy"] == 0.75 and report["second"]["accuracy"] == 0.55
+    assert report["difference"] == pytest.approx(0.2)
+    assert (report["only_first_right"], report["only_second_right"], report["prompts"]) == (10, 2, 40)
+    # Two-sided exact McNemar: twice P(at least 10 of 12 fair coins) = 2 * 79 / 4096.
+    assert report["p_value"] == pytest.approx(2 * 79 / 4096)
+    assert report["p_value"] == pytest.approx(binomtest(10, 12, 0.5).pvalue)
+    low, high = report["ci"]
+    assert 0 < low < 0.2 < high and report["ci_method"] == "bootstrap"
+    # The same pairs with the ten the first model alone gets right all on one prompt: one prompt's luck.
+    prompts = [0] * 10 + list(range(1, 31))
+    clustered = paired_comparison(first, second, prompts=prompts, n_bootstrap=500)
+    assert clustered["difference"] == report["difference"] and clustered["prompts"] == 31
+    assert clustered["p_value"] > 0.5 and clustered["ci_method"] == "bootstrap over prompts"
+    assert clustered["ci"][0] < 0 < clustered["ci"][1]
+    # A model against itself: no difference, no pair told apart, nothing to resample.
+    same = paired_comparison(first, first)
+    assert (same["difference"], same["p_value"], same["ci"]) == (0.0, 1.0, [None, None])
+
+
+def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, tiny_rm, tmp_path):
+    """`prefloop reward compare`, as a user runs it: a trained model against its untrained base on 32 held-out
+    pairs, pair by pair; the same numbers as each model's own evaluation."""
+    from typer.testing import CliRunner
+
+    from reward.cli import app
+
+    result, eval_rows = trained
+    data = tmp_path / "heldout.jsonl"
+    datasets.Dataset.from_list(eval_rows).to_json(str(data), lines=True)
+    run = CliRunner().invoke(app, ["compare", "--model", result.output_dir, "--baseline", tiny_rm, "--data", str(data),
+                                   "--out", str(tmp_path / "compare.json"), "--n-bootstrap", "300"])
+    assert run.exit_code == 0, run.output + repr(run.exception)
+    report = json.loads((tmp_path / "compare.json").read_text())
+    alone = {name: evaluate_reward_model(path, str(data), n_bootstrap=50)["accuracy"]
+             for name, path in (("model", result.output_dir), ("baseline", tiny_rm))}
+    assert report["model"]["accuracy"] == alone["model"] and report["baseline"]["accuracy"] == alone["baseline"]
+    assert report["difference"] == pytest.approx(alone["model"] - alone["baseline"]) and report["difference"] > 0.2
+    assert report["ci"][0] > 0 and report["p_value"] < 0.01
+    assert report["models"]["model"] == [str(Path(result.output_dir).resolve())]
+    assert "difference" in run.output and "two-sided p =" in run.output
+    # Compared with itself, a model is no better.
+    itself = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", tiny_rm, "--data", str(data),
+                                      "--out", str(tmp_path / "itself.json")])
+    assert itself.exit_code == 0 and "two-sided p = 1\n" in itself.output
+    same = json.loads((tmp_path / "itself.json").read_text())
+    assert (same["difference"], same["only_model_right"], same["ci"]) == (0.0, 0, [None, None])
+    missing = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", str(tmp_path / "nope"),
+                                       "--data", str(data)])
+    assert isinstance(missing.exception, UserError)
+    assert str(missing.exception) == f"baseline: model '{tmp_path / 'nope'}': no such directory"
 
 
 # ----------------------------------------------------------------------------------------- scoring
