@@ -238,12 +238,17 @@ def run_worker(argv: list[str]) -> None:
         stats = worker_prefloop(PREFLOOP_SIDES[a.side], a.train, a.out, a.budget_s, a.seed)
     else:
         raise SystemExit(f"unknown side {a.side}")
+    from reward.data import load_rows
     from reward.evaluate import evaluate_reward_model
+    from reward.score import RewardScorer
 
     # Both sides are scored by the same evaluator on every test pair (left truncation at the
     # model's saved max length; 512, the position limit, for the TRL model, which saved none).
     report = evaluate_reward_model(a.out, a.test, n_bootstrap=2000)
+    # Each test pair's outcome, so the report can compare two sides pair by pair (paired_comparison).
+    chosen, rejected = RewardScorer(a.out).score_pairs(load_rows(a.test, "data", split="test")[0])
     stats.update({"test_pairs": report["n"], "test_accuracy": report["accuracy"], "test_ci": report["ci"],
+                  "test_correct": (chosen.mean > rejected.mean).tolist(),
                   "test_ece": report["calibration"]["ece"],
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                   "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None})
@@ -446,6 +451,33 @@ def mean_over_seeds(results: dict[tuple[str, str, int], dict]) -> dict[tuple[str
             for key, runs in grouped.items()}
 
 
+def paired_with_trl(results, splits) -> list[str]:
+    """Each side against TRL's defaults of the same seed, pair by pair on the same test pairs
+    (`reward.evaluate.paired_comparison`): the accuracy difference with its interval over prompts and the exact
+    permutation test, which tell two sides apart where their own intervals overlap."""
+    import datasets
+
+    from reward.data import prompt_of_rows
+    from reward.evaluate import paired_comparison
+
+    lines = ["", "## Against plain TRL defaults, pair by pair", "",
+             "The same test pairs scored by both sides: the difference in accuracy with a 95% bootstrap interval that "
+             "resamples prompts, the pairs only one side ranks right, and the two-sided exact permutation test over "
+             "prompts (`reward.evaluate.paired_comparison`, what `prefloop reward compare` reports).", "",
+             "| data | side | seed | difference [95% CI] | only this side right / only TRL right | p |",
+             "|---|---|---|---|---|---|"]
+    for (name, side, seed), r in results.items():
+        trl = results.get((name, "trl-defaults", seed))
+        if side == "trl-defaults" or trl is None or "test_correct" not in r or "test_correct" not in trl:
+            continue
+        prompts = prompt_of_rows(datasets.Dataset.from_list(splits[name][1]))
+        c = paired_comparison(r["test_correct"], trl["test_correct"], prompts, n_bootstrap=2000)
+        interval = f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]" if c["ci_method"] else ""
+        lines.append(f"| {name} | {SIDES[side]} | {seed} | {100 * c['difference']:+.1f} points {interval} | "
+                     f"{c['only_first_right']} / {c['only_second_right']} | {c['p_value']:.3g} |")
+    return lines if len(lines) > 6 else []
+
+
 def render_report(results, splits, args, command, started, load_before, where: str) -> str:
     from reward.train import RewardTrainingConfig
 
@@ -488,6 +520,7 @@ def render_report(results, splits, args, command, started, load_before, where: s
         for (name, side), m in means.items():
             lines.append(f"| {name} | {SIDES[side]} | {m['accuracy']:.3f} ({m['accuracy_sd']:.3f}) | "
                          f"{', '.join(f'{a:.3f}' for a in m['accuracies'])} | {m['pairs_per_second']:.2f} |")
+    lines += paired_with_trl(results, splits)
     lines += ["", f"## Targets (issue 5), against plain TRL defaults on the same backbone{over}", ""]
     for name in splits:
         base = means.get((name, "trl-defaults"))
