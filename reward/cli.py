@@ -187,7 +187,7 @@ def print_comparison(report: dict) -> None:
         names = ", ".join(report["models"][side])
         table.add_row(f"{side} ({names})", f"{entry['accuracy']:.3f}", f"{entry['ci'][0]:.3f} - {entry['ci'][1]:.3f}")
     interval = (f"{report['ci'][0]:+.3f} - {report['ci'][1]:+.3f}" if report["ci_method"] else
-                "(too few prompts or no pair told apart)")
+                "none: under 10 prompts tell them apart (p decides)")
     table.add_row("difference", f"{report['difference']:+.3f}", interval)
     console.print(table)
     console.print(f"pairs only the model ranks right: {report['only_model_right']}, only the baseline: "

@@ -106,12 +106,14 @@ def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bo
     """Two models' outcomes on the same pairs (True: chosen ranked above rejected), compared: each one's accuracy
     entry, `difference` (first minus second) with a bootstrap interval that resamples whole prompts, the pairs only
     one of them gets right, and `p_value`, two-sided, of the exact permutation test over prompts
-    (`sign_flip_p_value`)."""
+    (`sign_flip_p_value`). The interval needs at least MIN_BOOTSTRAP_UNITS prompts on which the two differ: with
+    fewer, a percentile bootstrap cannot draw a resample without them often enough (with 4 such prompts, all one
+    way, among 100, it gives [+0.01, +0.08] where the exact test gives p = 0.125), so there is none, and p decides."""
     first, second = np.asarray(first_correct, dtype=bool), np.asarray(second_correct, dtype=bool)
     differences = prompt_differences(first.tolist(), second.tolist(), prompts)
     one_sided = min(sign_flip_p_value(differences), sign_flip_p_value([-d for d in differences]))
     units = len(differences)
-    if units < MIN_BOOTSTRAP_UNITS or (first == second).all():
+    if sum(d != 0 for d in differences) < MIN_BOOTSTRAP_UNITS:
         interval, method = [None, None], None
     else:
         interval = list(bootstrap_interval(first.astype(float) - second.astype(float), n_bootstrap, seed=seed,
@@ -400,10 +402,16 @@ def compare_reward_models(
     from collect.errors import UserError
     from collect.offline_models import resolve_model
 
+    # Checked before either model spends minutes scoring.
+    if out is not None and (Path(out).is_dir() or Path(out).parent.is_file()):
+        raise UserError(f"{out}: the comparison is written to a JSON file; name a file in an existing folder or a new one")
     for side, models in (("model", model), ("baseline", baseline)):
-        for path in [] if isinstance(models, RewardScorer) else models if isinstance(models, (list, tuple)) else [models]:
+        paths = [] if isinstance(models, RewardScorer) else models if isinstance(models, (list, tuple)) else [models]
+        if not paths and not isinstance(models, RewardScorer):
+            raise UserError(f"{side}: name at least one reward model")
+        for path in paths:
             try:
-                resolve_model(str(path))  # a missing one is named before the other spends minutes scoring
+                resolve_model(str(path))
             except UserError as e:
                 raise UserError(f"{side}: {e}") from None
     rows, _ = _read_pairs(data)

@@ -1215,12 +1215,23 @@ def test_a_paired_comparison_counts_pairs_one_model_gets_right_and_tests_over_pr
     assert report["p_value"] == pytest.approx(binomtest(10, 12, 0.5).pvalue)
     low, high = report["ci"]
     assert 0 < low < 0.2 < high and report["ci_method"] == "bootstrap"
-    # The same pairs with the ten the first model alone gets right all on one prompt: one prompt's luck.
+    # The same pairs with the ten the first model alone gets right all on one prompt: one prompt's luck. Three
+    # prompts tell the two apart, too few for a bootstrap interval (see the next case): the test alone decides.
     prompts = [0] * 10 + list(range(1, 31))
     clustered = paired_comparison(first, second, prompts=prompts, n_bootstrap=500)
     assert clustered["difference"] == report["difference"] and clustered["prompts"] == 31
-    assert clustered["p_value"] > 0.5 and clustered["ci_method"] == "bootstrap over prompts"
-    assert clustered["ci"][0] < 0 < clustered["ci"][1]
+    assert clustered["p_value"] > 0.5 and clustered["ci"] == [None, None]
+    # Twenty pairs only the first gets right, two a prompt on ten prompts, against two on two prompts: evidence
+    # again. Exactly: P(total >= 18) = (1 + 10 / 4) / 1024 over the ten prompts' and two prompts' sign flips.
+    first, second = [True] * 20 + [False] * 2 + [True] * 18, [False] * 20 + [True] * 2 + [True] * 18
+    spread = paired_comparison(first, second, prompts=[i // 2 for i in range(20)] + list(range(10, 30)),
+                               n_bootstrap=500)
+    assert spread["prompts"] == 30 and spread["p_value"] == pytest.approx(2 * 3.5 / 1024)
+    assert spread["ci_method"] == "bootstrap over prompts" and 0 < spread["ci"][0] < 0.45 < spread["ci"][1]
+    # Four pairs of 100 told apart, all one way: a percentile bootstrap would give an interval above 0 (it rarely
+    # draws none of the four) where the exact test says p = 2 / 16; so no interval.
+    few = paired_comparison([True] * 4 + [False] * 96, [False] * 100, n_bootstrap=500)
+    assert few["p_value"] == pytest.approx(0.125) and few["ci"] == [None, None]
     # A model against itself: no difference, no pair told apart, nothing to resample.
     same = paired_comparison(first, first)
     assert (same["difference"], same["p_value"], same["ci"]) == (0.0, 1.0, [None, None])
@@ -1253,6 +1264,9 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
     assert itself.exit_code == 0 and "two-sided p = 1\n" in itself.output
     same = json.loads((tmp_path / "itself.json").read_text())
     assert (same["difference"], same["only_model_right"], same["ci"]) == (0.0, 0, [None, None])
+    into_a_folder = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", tiny_rm, "--data",
+                                             str(data), "--out", str(tmp_path)])
+    assert isinstance(into_a_folder.exception, UserError) and str(tmp_path) in str(into_a_folder.exception)
     missing = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", str(tmp_path / "nope"),
                                        "--data", str(data)])
     assert isinstance(missing.exception, UserError)
