@@ -245,13 +245,16 @@ def run_worker(argv: list[str]) -> None:
     # Both sides are scored by the same evaluator on every test pair (left truncation at the
     # model's saved max length; 512, the position limit, for the TRL model, which saved none).
     report = evaluate_reward_model(a.out, a.test, n_bootstrap=2000)
-    # Each test pair's outcome, so the report can compare two sides pair by pair (paired_comparison).
-    chosen, rejected = RewardScorer(a.out).score_pairs(load_rows(a.test, "data", split="test")[0])
     stats.update({"test_pairs": report["n"], "test_accuracy": report["accuracy"], "test_ci": report["ci"],
-                  "test_correct": (chosen.mean > rejected.mean).tolist(),
                   "test_ece": report["calibration"]["ece"],
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
                   "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None})
+    # Each test pair's outcome, so the report can compare two sides pair by pair (paired_comparison); scored
+    # again as the evaluation scored them, after the peak memory is read.
+    chosen, rejected = RewardScorer(a.out).score_pairs(load_rows(a.test, "data", split="test")[0])
+    stats["test_correct"] = (chosen.mean > rejected.mean).tolist()
+    if sum(stats["test_correct"]) != round(report["accuracy"] * report["n"]):
+        raise SystemExit(f"{a.side}: scoring the test pairs again gave another accuracy than the evaluation")
     Path(a.result).write_text(json.dumps(stats, indent=2))
 
 
@@ -460,12 +463,7 @@ def paired_with_trl(results, splits) -> list[str]:
     from reward.data import prompt_of_rows
     from reward.evaluate import paired_comparison
 
-    lines = ["", "## Against plain TRL defaults, pair by pair", "",
-             "The same test pairs scored by both sides: the difference in accuracy with a 95% bootstrap interval that "
-             "resamples prompts, the pairs only one side ranks right, and the two-sided exact permutation test over "
-             "prompts (`reward.evaluate.paired_comparison`, what `prefloop reward compare` reports).", "",
-             "| data | side | seed | difference [95% CI] | only this side right / only TRL right | p |",
-             "|---|---|---|---|---|---|"]
+    rows = []
     for (name, side, seed), r in results.items():
         trl = results.get((name, "trl-defaults", seed))
         if side == "trl-defaults" or trl is None or "test_correct" not in r or "test_correct" not in trl:
@@ -473,9 +471,17 @@ def paired_with_trl(results, splits) -> list[str]:
         prompts = prompt_of_rows(datasets.Dataset.from_list(splits[name][1]))
         c = paired_comparison(r["test_correct"], trl["test_correct"], prompts, n_bootstrap=2000)
         interval = f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]" if c["ci_method"] else ""
-        lines.append(f"| {name} | {SIDES[side]} | {seed} | {100 * c['difference']:+.1f} points {interval} | "
-                     f"{c['only_first_right']} / {c['only_second_right']} | {c['p_value']:.3g} |")
-    return lines if len(lines) > 6 else []
+        rows.append(f"| {name} | {SIDES[side]} | {seed} | {100 * c['difference']:+.1f} points {interval} | "
+                    f"{c['only_first_right']} / {c['only_second_right']} | {c['p_value']:.3g} |")
+    if not rows:
+        return []
+    return ["", "## Against plain TRL defaults, pair by pair", "",
+            "The same test pairs scored by both sides: the difference in accuracy with a 95% bootstrap interval that "
+            "resamples prompts (none where under 10 prompts tell the two apart), the pairs only one side ranks right, "
+            "and the two-sided exact permutation test over prompts (`reward.evaluate.paired_comparison`, what "
+            "`prefloop reward compare` reports).", "",
+            "| data | side | seed | difference [95% CI] | only this side right / only TRL right | p |",
+            "|---|---|---|---|---|---|", *rows]
 
 
 def render_report(results, splits, args, command, started, load_before, where: str) -> str:
