@@ -102,9 +102,10 @@ def prompt_differences(first: Sequence[bool], second: Sequence[bool], prompts: S
 
 
 def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bool],
-                      prompts: Sequence[Any] | None = None, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+                      prompts: Sequence[Any] | None = None, n_bootstrap: int = 1000, seed: int = 0,
+                      names: tuple[str, str] = ("first", "second")) -> dict[str, Any]:
     """Two models' outcomes on the same pairs (True: chosen ranked above rejected), compared: each one's accuracy
-    entry, `difference` (first minus second) with a bootstrap interval that resamples whole prompts, the pairs only
+    entry (under its name in `names`), `difference` (first minus second) with a bootstrap interval that resamples whole prompts, the pairs only
     one of them gets right, and `p_value`, two-sided, of the exact permutation test over prompts
     (`sign_flip_p_value`). The interval needs at least MIN_BOOTSTRAP_UNITS prompts on which the two differ: with
     fewer, a percentile bootstrap cannot draw a resample without them often enough (with 4 such prompts, all one
@@ -122,13 +123,13 @@ def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bo
     return {
         "n": int(len(first)),
         "prompts": units,
-        "first": _accuracy_entry(first.astype(float), n_bootstrap, seed, prompts),
-        "second": _accuracy_entry(second.astype(float), n_bootstrap, seed, prompts),
+        names[0]: _accuracy_entry(first.astype(float), n_bootstrap, seed, prompts),
+        names[1]: _accuracy_entry(second.astype(float), n_bootstrap, seed, prompts),
         "difference": float(first.mean() - second.mean()) if len(first) else None,
         "ci": interval,
         "ci_method": method,
-        "only_first_right": int((first & ~second).sum()),
-        "only_second_right": int((second & ~first).sum()),
+        f"only_{names[0]}_right": int((first & ~second).sum()),
+        f"only_{names[1]}_right": int((second & ~first).sum()),
         "p_value": min(1.0, 2 * one_sided),
     }
 
@@ -396,20 +397,20 @@ def compare_reward_models(
     """Score every pair of `data` with `model` and with `baseline` (each a directory, several for an ensemble, or a
     RewardScorer) and compare them pair by pair (`paired_comparison`, `model` first: a positive difference means
     `model` ranks more pairs right). With `out`, also write the report there as JSON."""
-    from reward.data import prompt_of_rows
-    from reward.score import RewardScorer
-
     from collect.errors import UserError
     from collect.offline_models import resolve_model
+    from reward.data import prompt_of_rows
+    from reward.score import RewardScorer
 
     # Checked before either model spends minutes scoring.
     if out is not None and (Path(out).is_dir() or Path(out).parent.is_file()):
         raise UserError(f"{out}: the comparison is written to a JSON file; name a file in an existing folder or a new one")
     for side, models in (("model", model), ("baseline", baseline)):
-        paths = [] if isinstance(models, RewardScorer) else models if isinstance(models, (list, tuple)) else [models]
-        if not paths and not isinstance(models, RewardScorer):
+        if isinstance(models, RewardScorer):
+            continue
+        if not _model_dirs(models):
             raise UserError(f"{side}: name at least one reward model")
-        for path in paths:
+        for path in _model_dirs(models):
             try:
                 resolve_model(str(path))
             except UserError as e:
@@ -421,10 +422,8 @@ def compare_reward_models(
         chosen, rejected = scorer.score_pairs(rows)
         outcomes.append(chosen.mean > rejected.mean)  # a tie counts wrong, as in evaluate_reward_model
         del scorer
-    report = paired_comparison(*outcomes, prompts=prompt_of_rows(rows), n_bootstrap=n_bootstrap, seed=seed)
-    report["model"], report["baseline"] = report.pop("first"), report.pop("second")
-    report["only_model_right"], report["only_baseline_right"] = (report.pop("only_first_right"),
-                                                                 report.pop("only_second_right"))
+    report = paired_comparison(*outcomes, prompts=prompt_of_rows(rows), n_bootstrap=n_bootstrap, seed=seed,
+                               names=("model", "baseline"))
     report["models"] = {"model": _model_names(model), "baseline": _model_names(baseline)}
     report["data"] = _data_name(data)
     if out is not None:
@@ -433,11 +432,15 @@ def compare_reward_models(
     return report
 
 
-def _model_names(model: Any) -> list[str]:
+def _model_dirs(model: Any) -> list:
+    """The directories behind `model`: a RewardScorer's, a list's, or the one given."""
     from reward.score import RewardScorer
 
-    dirs = model.model_dirs if isinstance(model, RewardScorer) else model if isinstance(model, (list, tuple)) else [model]
-    return [str(Path(m).resolve()) if Path(m).exists() else str(m) for m in dirs]
+    return model.model_dirs if isinstance(model, RewardScorer) else list(model) if isinstance(model, (list, tuple)) else [model]
+
+
+def _model_names(model: Any) -> list[str]:
+    return [str(Path(m).resolve()) if Path(m).exists() else str(m) for m in _model_dirs(model)]
 
 
 # ------------------------------------------------------------------------------------------ plots
