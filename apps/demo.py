@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # data, paths and errors may hold "[...]", which Rich reads as a style
 from rich.table import Table
 
 from collect import db
@@ -127,7 +128,7 @@ def run_demo(
     db_url = f"sqlite:///{workdir / 'prefloop.db'}"
     result = DemoResult(workdir=workdir, db_url=db_url, project=PROJECT, logins={})
     started = time.monotonic()
-    console.rule(f"[bold]prefloop demo[/] ({'small' if small else 'full'} size) in {workdir}")
+    console.rule(f"[bold]prefloop demo[/] ({'small' if small else 'full'} size) in {escape(str(workdir))}")
 
     step = _Step(console, result, "1. project, raters, data")
     with step:
@@ -155,7 +156,7 @@ def run_demo(
         prefs = workdir / "preferences.parquet"
         with db.session_scope(db_url) as session:
             exported = export_project(session, get_project(session, PROJECT), prefs)
-        console.print(f"exported {exported.rows} preference pairs to {prefs}")
+        console.print(f"exported {exported.rows} preference pairs to {escape(str(prefs))}")
         trained = train_reward_model(RewardTrainingConfig(
             data=str(prefs), base_model="minilm-l6", output_dir=str(workdir / "reward"),
             max_steps=size.reward_max_steps, num_train_epochs=1.0, time_budget_s=size.reward_time_budget_s,
@@ -219,7 +220,7 @@ def run_demo(
         console.rule("[bold]5. rater app and admin dashboard")
         console.print(f"rater app:       http://127.0.0.1:{port}/\nadmin dashboard: http://127.0.0.1:{port}/admin")
         _print_logins(console, result.logins)
-        console.print("Ctrl-C stops the server; the data stays in " + db_url)
+        console.print("Ctrl-C stops the server; the data stays in " + escape(db_url))
         serve_apps(host="127.0.0.1", port=port, db_url=db_url)
     return result
 
@@ -260,7 +261,7 @@ class _Step:
         # CPU time (all threads) next to wall time: on a machine shared with other jobs the two differ a lot.
         cpu = time.process_time() - self.cpu_started
         if kind is None:
-            self.console.print(f"[green]done[/] in {seconds:.0f} s: {self.numbers}")
+            self.console.print(f"[green]done[/] in {seconds:.0f} s: {escape(self.numbers)}")
             self.result.steps.append((self.name, "done", self.numbers, seconds, cpu))
             return False
         if kind is _Unavailable:
@@ -269,7 +270,7 @@ class _Step:
             why = f"skipped: {error}"
         else:
             return False  # a real failure: let it surface
-        self.console.print(f"[yellow]{why}[/]")
+        self.console.print(f"[yellow]{escape(why)}[/]")
         self.result.steps.append((self.name, why, "", seconds, cpu))
         return True
 
@@ -296,7 +297,7 @@ def _load_hh(data_dir: Path, console: Console) -> tuple[list[Any], str]:
     path = data_dir / HH_FILE
     if path.is_file():
         return read_records(path, "hh-rlhf"), str(path)
-    console.print(f"{path} not found: downloading HH-RLHF harmless-base (test split) from the Hugging Face Hub")
+    console.print(f"{escape(str(path))} not found: downloading HH-RLHF harmless-base (test split) from the Hugging Face Hub")
     import datasets
 
     try:
@@ -357,7 +358,7 @@ def _print_logins(console: Console, logins: dict[str, str]) -> None:
     table = Table("login", "role", "password", title="demo logins (also in logins.json)")
     roles = dict(RATERS)
     for name, password in logins.items():
-        table.add_row(name, roles[name], password)
+        table.add_row(name, roles[name], escape(password))
     console.print(table)
 
 
@@ -371,10 +372,10 @@ def _print_example(console: Console, db_url: str) -> None:
                                .limit(1)).first()
         if pair is None:
             return
-        table = Table("", pair.response_a.model, pair.response_b.model, title="a pair of the new round",
+        table = Table("", escape(pair.response_a.model), escape(pair.response_b.model), title="a pair of the new round",
                       show_lines=True)
-        table.add_row("prompt", pair.prompt.conversation[-1]["content"], "")
-        table.add_row("response", pair.response_a.content, pair.response_b.content)
+        table.add_row("prompt", escape(pair.prompt.conversation[-1]["content"]), "")
+        table.add_row("response", escape(pair.response_a.content), escape(pair.response_b.content))
     console.print(table)
 
 
@@ -382,12 +383,13 @@ def _print_summary(console: Console, result: DemoResult, seconds: float) -> None
     table = Table("step", "result", "time (CPU)", title=f"prefloop demo: {seconds / 60:.1f} minutes",
                   show_lines=True)
     for name, status, numbers, took, cpu in result.steps:
-        table.add_row(name, numbers if status == "done" else f"[yellow]{status}[/]", f"{took:.0f} s ({cpu:.0f} s)")
+        table.add_row(name, escape(numbers) if status == "done" else f"[yellow]{escape(status)}[/]",
+                      f"{took:.0f} s ({cpu:.0f} s)")
     console.print(table)
-    console.print(f"database: {result.db_url}")
+    console.print(f"database: {escape(result.db_url)}")
     for label, path in (("reward model", result.reward_dir), ("aligned policy (LoRA adapter)", result.adapter_dir)):
         if path:
-            console.print(f"{label}: {path}")
+            console.print(f"{label}: {escape(str(path))}")
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -576,7 +576,7 @@ def generate_command(
         max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, chat_template=chat_template)
     endpoint = OpenAIEndpoint(base_url=base_url, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
                               concurrency=concurrency) if base_url else None
-    console = Console()
+    console = Console(markup=False)
     with db.existing_session(url) as session, Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=True) as bar:

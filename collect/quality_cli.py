@@ -55,7 +55,7 @@ def show(table: pd.DataFrame, title: str, output: Path | None, columns: list[str
 
     columns: the columns to print (a dict also renames them for the header); default all.
     """
-    console = Console()
+    console = Console(markup=False)
     view = Table(title=title)
     shown = table[list(columns)] if columns is not None else table
     headers = columns if isinstance(columns, dict) else {c: c for c in shown.columns}
@@ -139,4 +139,4 @@ def leaderboard(
     show(lb.win_rate_matrix(frame).reset_index(), "Win rate of row model against column model", None)
     if plot is not None:
         lb.plot_leaderboard(board).savefig(plot, dpi=120)
-        Console().print(f"wrote {plot}")
+        Console(markup=False).print(f"wrote {plot}")

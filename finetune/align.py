@@ -152,7 +152,7 @@ def align(config: AlignConfig) -> AlignResult:
     from reward.progress import StopEarly
 
     started = time.monotonic()
-    console = Console(quiet=not config.show_progress)
+    console = Console(quiet=not config.show_progress, markup=False)
     reward_info = None
     if config.reward_model:
         from finetune.rewards import reward_model_info

@@ -107,7 +107,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     """Compare the aligned policy with its base on held-out prompts; write JSON + PNG. See EvalConfig."""
     from finetune.rewards import load_scorer, score
 
-    console = Console(quiet=not config.show_progress)
+    console = Console(quiet=not config.show_progress, markup=False)
     if not Path(config.adapter).is_dir():
         raise UserError(f"adapter {config.adapter}: no such directory")
     manifest = read_manifest(config.adapter)

@@ -16,7 +16,7 @@ DEFAULTS = RewardTrainingConfig(data=None)
 
 app = typer.Typer(help="Reward models: train on preference data, evaluate, compare two, score conversations.",
                   no_args_is_help=True)
-console = Console()
+console = Console(markup=False)  # paths and category values are printed as given: "[v2]" is not a style
 
 
 @app.command()

@@ -142,7 +142,8 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+    # The interval holds p exactly; rounding put the upper end of 13 of 13 at 0.9999999999999999.
+    return (float(min(p, max(0.0, centre - half))), float(max(p, min(1.0, centre + half))))
 
 
 # Below this many pairs (or prompts), or with every pair right or every pair wrong, the bootstrap has too little
@@ -486,8 +487,9 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
         if entry["n"]:
             labels.append(f"{label} (n={entry['n']})")
             values.append(entry["accuracy"])
-            lows.append(entry["accuracy"] - entry["ci"][0])
-            highs.append(entry["ci"][1] - entry["accuracy"])
+            # A percentile interval from a few resamples (--n-bootstrap 1) need not hold the accuracy itself.
+            lows.append(max(0.0, entry["accuracy"] - entry["ci"][0]))
+            highs.append(max(0.0, entry["ci"][1] - entry["accuracy"]))
 
     add("all", report)
     for column, entries in report["by"].items():

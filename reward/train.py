@@ -1025,4 +1025,4 @@ def print_summary(result: RewardTrainingResult) -> None:
                   + (" (one sequence a pair, its prompt run once)" if result.shared_prompt else ""))
     table.add_row("time", f"{result.train_seconds:.1f} s, {result.pairs_per_second:.1f} pairs/s"
                   + (f" (stopped early: {result.stopped})" if result.stopped else ""))
-    Console(stderr=True).print(table)
+    Console(stderr=True, markup=False).print(table)

@@ -57,3 +57,23 @@ def test_small_demo_runs_the_whole_loop(tmp_path, data_dir):
             assert authenticate(session, name, password) is not None
             assert authenticate(session, name, password + "x") is None
     db.get_engine(result.db_url).dispose()
+
+
+def test_the_summary_prints_paths_and_errors_with_brackets_as_given(tmp_path):
+    """Rich reads "[...]" as markup: "[v2]" vanished from a path and "[/INST]" in a message raised MarkupError."""
+    import io
+
+    from rich.console import Console
+
+    from apps.demo import DemoResult, _print_summary
+
+    screen = io.StringIO()
+    result = DemoResult(workdir=tmp_path, db_url="sqlite:///runs [v2]/prefloop.db", project=PROJECT, logins={},
+                        reward_dir=tmp_path / "[v2]" / "reward",
+                        steps=[("2. reward model", "done", "accuracy 0.64 on [test]", 1.0, 1.0),
+                               ("3. align", "skipped: a prompt ends in [/INST]", "", 1.0, 1.0)])
+    _print_summary(Console(file=screen, width=200), result, 120.0)
+    shown = screen.getvalue()
+    for text in ("sqlite:///runs [v2]/prefloop.db", str(tmp_path / "[v2]" / "reward"), "accuracy 0.64 on [test]",
+                 "skipped: a prompt ends in [/INST]"):
+        assert text in shown, text

@@ -1159,6 +1159,27 @@ def test_the_interval_resamples_whole_prompts():
     assert width["clustered"] > 1.8 * width["apart"]  # sqrt(5) = 2.2 in theory
 
 
+def test_a_wilson_interval_holds_its_proportion_exactly():
+    """13 of 13 right once came out as [0.772, 0.9999999999999999]: an interval short of the accuracy it is about,
+    which the accuracy plot refused (negative error bar) and `prefloop reward eval` died on."""
+    from reward.evaluate import wilson_interval
+
+    for n in range(1, 301):
+        for k in range(n + 1):
+            lo, hi = wilson_interval(k, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+
+
+def test_the_accuracy_plot_draws_an_interval_that_misses_its_accuracy():
+    """One bootstrap resample (--n-bootstrap 1) gives an 'interval' that need not hold the accuracy; the plot still
+    draws."""
+    from reward.evaluate import plot_accuracy
+
+    entry = {"n": 40, "accuracy": 0.7, "ci": [0.72, 0.72], "ci_method": "bootstrap"}
+    plot_accuracy({**entry, "by": {}}, "/dev/null")
+
+
 def test_ece_is_reported_beside_what_a_calibrated_model_would_show():
     """ECE is biased upward on few pairs. For a model whose picks are right exactly as often as it claims, the
     ECE falls as pairs are added, and lies within what `ece_if_calibrated` expects at each size."""
@@ -1271,6 +1292,29 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
                                        "--data", str(data)])
     assert isinstance(missing.exception, UserError)
     assert str(missing.exception) == f"baseline: model '{tmp_path / 'nope'}': no such directory"
+
+
+def test_reward_eval_prints_paths_and_categories_with_brackets_as_given(trained, tmp_path):
+    """Rich reads "[v2]" as a style and drops it; a user's folder and category names are printed whole."""
+    from typer.testing import CliRunner
+
+    from reward.cli import app
+
+    result, eval_rows = trained
+    folder = tmp_path / "runs [v2]"
+    folder.mkdir()
+    data = folder / "heldout.jsonl"
+    datasets.Dataset.from_list([{**row, "domain": ["[red]", "[b]law"][i % 2]} for i, row in enumerate(eval_rows)]
+                               ).to_json(str(data), lines=True)
+    run = CliRunner().invoke(app, ["eval", "--model", result.output_dir, "--data", str(data),
+                                   "--out", str(folder / "eval"), "--n-bootstrap", "50"])
+    assert run.exit_code == 0, run.output + repr(run.exception)
+
+    def shown(text: str) -> bool:  # the table's title wraps at its width: compare without the line breaks
+        return "".join(text.split()) in "".join(run.output.split())
+
+    assert shown(f"on {data}") and shown(f"wrote {folder / 'eval' / 'eval.json'}")
+    assert shown("domain = [red]") and shown("domain = [b]law")
 
 
 # ----------------------------------------------------------------------------------------- scoring
