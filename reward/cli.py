@@ -81,11 +81,14 @@ def eval_(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and the PNGs (default MODEL/eval, "
                                        "or FIRST-MODEL/eval-ensemble for several)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=1, help="Bootstrap resamples for the intervals."),
+    n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=100, help="Bootstrap resamples for the intervals."),
 ) -> None:
     """Accuracy with intervals, by source and category, calibration, length bias, margin agreement."""
     from reward.evaluate import evaluate_reward_model
 
+    if out is None and not Path(model[0]).is_dir():
+        # Beside a Hub id or an alias, "acme/rm/eval" would make a local acme/rm that then shadows the model.
+        raise UserError(f"--out: {model[0]} is not a local folder to write the evaluation beside; name one")
     out = out or Path(model[0]) / ("eval" if len(model) == 1 else "eval-ensemble")
     report = evaluate_reward_model(model if len(model) > 1 else model[0], data, out,
                                    batch_size=batch_size, n_bootstrap=n_bootstrap)
@@ -101,7 +104,7 @@ def compare(
     data: str = typer.Option(..., "--data", help="Preference dataset both score (of a DatasetDict, its test split)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the comparison to this JSON file."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
-    n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=1, help="Bootstrap resamples for the intervals."),
+    n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=100, help="Bootstrap resamples for the intervals."),
 ) -> None:
     """Is --model better than --baseline on the same pairs? Accuracy difference, interval and exact test over prompts."""
     from reward.evaluate import compare_reward_models
@@ -187,7 +190,7 @@ def print_comparison(report: dict) -> None:
         names = ", ".join(report["models"][side])
         table.add_row(f"{side} ({names})", f"{entry['accuracy']:.3f}", f"{entry['ci'][0]:.3f} - {entry['ci'][1]:.3f}")
     interval = (f"{report['ci'][0]:+.3f} - {report['ci'][1]:+.3f}" if report["ci_method"] else
-                "none: under 10 prompts tell them apart (p decides)")
+                f"none: {report['ci_missing']} (p decides)")
     table.add_row("difference", f"{report['difference']:+.3f}", interval)
     console.print(table)
     console.print(f"pairs only the model ranks right: {report['only_model_right']}, only the baseline: "

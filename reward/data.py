@@ -92,23 +92,28 @@ def _json_kind(value: Any) -> str:
 
 
 def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]]) -> tuple[Any, list[str]]:
-    """A Dataset with every key any row has (None where a row lacks it), and each row's place."""
+    """A Dataset with every key any row has (None where a row lacks it), and each row's place. A column that
+    mixes kinds of value is refused, naming the first row that differs, where the pair is read from it (prompt,
+    chosen, rejected, margin: Arrow would turn a `true` among margins into 1.0); any other column (a rater's note,
+    a category) is kept as text, so it neither stops training nor hides from the evaluation's breakdown."""
     import datasets
 
     if not rows:
         raise UserError(f"{source}: the file is empty (no rows)")
     columns = list(dict.fromkeys(key for _, row in rows for key in row))  # every key, in first-seen order
+    values = {c: [row.get(c) for _, row in rows] for c in columns}
+    for column in columns:
+        kinds = [(place, _json_kind(row[column])) for place, row in rows if row.get(column) is not None]
+        differ = next((kind for kind in kinds if kind[1] != kinds[0][1]), None)
+        if differ is None:
+            continue
+        if column in (*REQUIRED_COLUMNS, "prompt", "margin"):
+            raise UserError(f"{differ[0]}: field '{column}': {differ[1]} where {kinds[0][0]} has {kinds[0][1]}; "
+                            "a column holds one kind of value")
+        values[column] = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values[column]]
     try:
-        return (datasets.Dataset.from_dict({c: [row.get(c) for _, row in rows] for c in columns}),
-                [place for place, _ in rows])
-    except Exception as e:  # pyarrow: values of one column that share no type
-        for column in columns:
-            first = next(((place, _json_kind(row[column])) for place, row in rows if row.get(column) is not None),
-                         None)
-            for place, row in rows if first is not None else ():
-                if row.get(column) is not None and _json_kind(row[column]) != first[1]:
-                    raise UserError(f"{place}: field '{column}': {_json_kind(row[column])} where {first[0]} has "
-                                    f"{first[1]}; a column holds one kind of value") from None
+        return datasets.Dataset.from_dict(values), [place for place, _ in rows]
+    except Exception as e:  # pyarrow: lists or objects whose items share no type
         raise UserError(f"{source}: cannot build a dataset from its rows ({type(e).__name__}: {first_line(e)})") from None
 
 
@@ -196,19 +201,21 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
 
 
 def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
-    """The row indices of each distinct prompt, prompts in an order shuffled by `seed`. Without a `prompt`
-    column the prompt is the turns a row's chosen and rejected conversations share (TRL's implicit prompt);
-    a row whose sides share none is a group of its own."""
+    """The row indices of each distinct prompt, prompts in an order shuffled by `seed`. A row with no prompt (no
+    `prompt` column, or an empty or null one there) has for its prompt the turns its chosen and rejected
+    conversations share (TRL's implicit prompt); a row whose sides share none is a group of its own."""
     import random
 
-    if "prompt" in dataset.column_names:
-        keys = [json.dumps(p, sort_keys=True, default=str) for p in dataset["prompt"]]
-    else:
-        keys = []
-        for i, row in enumerate(dataset):
-            chosen, rejected = pair_conversations(row, f"data[{i}]")
-            shared = list(itertools.takewhile(lambda turns: turns[0] == turns[1], zip(chosen[:-1], rejected[:-1])))
-            keys.append(json.dumps([turn for turn, _ in shared], sort_keys=True) if shared else f"row {i}")
+    prompts = dataset["prompt"] if "prompt" in dataset.column_names else [None] * len(dataset)
+    keys = []
+    for i, prompt in enumerate(prompts):
+        if prompt and not (isinstance(prompt, str) and not prompt.strip()):
+            turns = as_messages(prompt, f"data[{i}]", "prompt", "user")
+        else:  # an empty prompt is not one prompt that every such row shares
+            chosen, rejected = pair_conversations(dataset[i], f"data[{i}]")
+            turns = [turn for turn, _ in itertools.takewhile(lambda sides: sides[0] == sides[1],
+                                                              zip(chosen[:-1], rejected[:-1]))]
+        keys.append(json.dumps(turns, sort_keys=True, default=str) if turns else f"row {i}")
     groups: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)

@@ -33,9 +33,22 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from collect.errors import UserError
+
 # Columns that identify or carry text, never categories.
 _NOT_CATEGORIES = {"prompt", "chosen", "rejected", "pair_id", "prompt_id", "id", "margin", "messages"}
 MAX_CATEGORY_VALUES = 50
+
+
+# A 95% percentile interval reads the 2.5th and 97.5th percentiles of the resamples: from fewer than 100 those are
+# one or two draws, and from one resample an "interval" that need not hold the estimate at all.
+MIN_BOOTSTRAP_RESAMPLES = 100
+
+
+def check_resamples(n_bootstrap: int) -> None:
+    if n_bootstrap < MIN_BOOTSTRAP_RESAMPLES:
+        raise UserError(f"n_bootstrap (--n-bootstrap) {n_bootstrap}: at least {MIN_BOOTSTRAP_RESAMPLES} resamples, "
+                        "or the 95% interval is read off a draw or two")
 
 
 def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0,
@@ -45,6 +58,7 @@ def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: floa
     of each pair) whole clusters are resampled: pairs on one prompt are not independent evidence, and resampling
     them one by one gives too narrow an interval (20% too narrow at a within-prompt correlation of 0.3 on
     summarize's test pairs, up to 10 a post)."""
+    check_resamples(n_bootstrap)
     correct = np.asarray(correct, dtype=np.float64)
     if len(correct) == 0:
         return (float("nan"), float("nan"))
@@ -109,16 +123,20 @@ def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bo
     one of them gets right, and `p_value`, two-sided, of the exact permutation test over prompts
     (`sign_flip_p_value`). The interval needs at least MIN_BOOTSTRAP_UNITS prompts on which the two differ: with
     fewer, a percentile bootstrap cannot draw a resample without them often enough (with 4 such prompts, all one
-    way, among 100, it gives [+0.01, +0.08] where the exact test gives p = 0.125), so there is none, and p decides."""
+    way, among 100, it gives [+0.01, +0.08] where the exact test gives p = 0.125), so there is none, and p decides;
+    nor where every pair goes the same way (each resample then has the same difference). `ci_missing` says why."""
     first, second = np.asarray(first_correct, dtype=bool), np.asarray(second_correct, dtype=bool)
     differences = prompt_differences(first.tolist(), second.tolist(), prompts)
     one_sided = min(sign_flip_p_value(differences), sign_flip_p_value([-d for d in differences]))
     units = len(differences)
+    pair_differences = first.astype(float) - second.astype(float)
+    interval, method, missing = [None, None], None, None
     if sum(d != 0 for d in differences) < MIN_BOOTSTRAP_UNITS:
-        interval, method = [None, None], None
+        missing = f"under {MIN_BOOTSTRAP_UNITS} prompts tell them apart"
+    elif pair_differences.min() == pair_differences.max():
+        missing = "every pair goes the same way"
     else:
-        interval = list(bootstrap_interval(first.astype(float) - second.astype(float), n_bootstrap, seed=seed,
-                                           clusters=prompts))
+        interval = list(bootstrap_interval(pair_differences, n_bootstrap, seed=seed, clusters=prompts))
         method = "bootstrap over prompts" if units < len(first) else "bootstrap"
     return {
         "n": int(len(first)),
@@ -128,6 +146,7 @@ def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bo
         "difference": float(first.mean() - second.mean()) if len(first) else None,
         "ci": interval,
         "ci_method": method,
+        "ci_missing": missing,
         f"only_{names[0]}_right": int((first & ~second).sum()),
         f"only_{names[1]}_right": int((second & ~first).sum()),
         "p_value": min(1.0, 2 * one_sided),
@@ -194,7 +213,9 @@ def calibration(diff: np.ndarray, n_bins: int = 10, n_draws: int = 500, seed: in
         return {"ece": None, "ece_if_calibrated": None, "n_bins": n_bins, "bins": [], "mean_p_chosen": None}
     p = 1 / (1 + np.exp(-np.clip(diff, -500, 500)))
     confidence = np.maximum(p, 1 - p)
-    correct = (diff > 0).astype(np.float64)
+    # A tie claims 50/50 and is counted half right, as the calibrated reference below draws it: counted wrong, 40
+    # ties alone gave an ECE of 0.5 to a model that claims nothing.
+    correct = np.where(diff > 0, 1.0, np.where(diff == 0, 0.5, 0.0))
     edges = np.linspace(0.5, 1.0, n_bins + 1)
     # Right-closed last bin so confidence 1.0 lands inside.
     which = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
@@ -283,7 +304,8 @@ def preference_metrics(
 def category_columns(dataset) -> tuple[dict[str, list[str]], dict[str, str]]:
     """({column: each row's label}, {column: why it is not broken down}) over every column that is not an id,
     text or the margin. A column is broken down by when its values are strings, numbers or true/false (a missing
-    value labelled "(none)") with 2..50 distinct labels, at most half as many as rows; `source` always is."""
+    value labelled "(none)") with 2..50 distinct labels, at most half as many as rows; `source` whenever it has
+    at most 50 (1,600 sources made a 1,600-row table and an accuracy plot 86,000 pixels tall)."""
     used: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
     for name in dataset.column_names:
@@ -296,7 +318,7 @@ def category_columns(dataset) -> tuple[dict[str, list[str]], dict[str, str]]:
         labels = ["(none)" if v is None else str(v) for v in values]
         distinct = len(set(labels))
         most = min(MAX_CATEGORY_VALUES, max(2, len(values) // 2))
-        if name == "source" or 2 <= distinct <= most:
+        if (name == "source" and distinct <= MAX_CATEGORY_VALUES) or 2 <= distinct <= most:
             used[name] = labels
         elif distinct < 2:
             skipped[name] = f"one value for every pair ({labels[0]})"
@@ -322,12 +344,16 @@ def evaluate_reward_model(
 ) -> dict[str, Any]:
     """Score every pair of `data` with `model` (a directory, several, or a RewardScorer) and report
     the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there."""
-    from collect.errors import UserError, first_line
+    from collect.errors import first_line
+    from collect.output_dirs import check_can_create
     from reward.data import check_margins, prompt_of_rows
     from reward.score import RewardScorer
 
-    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise UserError(f"{out_dir}: is a file; the evaluation writes a folder (eval.json and two PNGs)")
+    check_resamples(n_bootstrap)
+    if out_dir is not None:  # checked before the model spends minutes scoring
+        if Path(out_dir).exists() and not Path(out_dir).is_dir():
+            raise UserError(f"{out_dir}: is a file; the evaluation writes a folder (eval.json and two PNGs)")
+        check_can_create(Path(out_dir), "--out")
     rows, places = _read_pairs(data)
     # The margin only feeds the agreement figure: a bad one leaves that out, not the evaluation.
     bad_margin = None
@@ -398,14 +424,17 @@ def compare_reward_models(
     """Score every pair of `data` with `model` and with `baseline` (each a directory, several for an ensemble, or a
     RewardScorer) and compare them pair by pair (`paired_comparison`, `model` first: a positive difference means
     `model` ranks more pairs right). With `out`, also write the report there as JSON."""
-    from collect.errors import UserError
     from collect.offline_models import resolve_model
+    from collect.output_dirs import check_can_create
     from reward.data import prompt_of_rows
     from reward.score import RewardScorer
 
     # Checked before either model spends minutes scoring.
-    if out is not None and (Path(out).is_dir() or Path(out).parent.is_file()):
-        raise UserError(f"{out}: the comparison is written to a JSON file; name a file in an existing folder or a new one")
+    check_resamples(n_bootstrap)
+    if out is not None:
+        if Path(out).is_dir():
+            raise UserError(f"{out}: the comparison is written to a JSON file; name a file, not a folder")
+        check_can_create(Path(out), "--out")
     for side, models in (("model", model), ("baseline", baseline)):
         if isinstance(models, RewardScorer):
             continue

@@ -125,6 +125,10 @@ class _Member:
                 batch = packed_batch([[sequences[i] for i in g] for g in rows], pad)
                 rewards = packed_rewards(self.model, **{k: v.to(self.device) for k, v in batch.items()})
                 out[[i for g in rows for i in g]] = rewards.float().cpu().numpy()
+        broken = int((~np.isfinite(out)).sum())
+        if broken:  # a NaN compares false both ways: it would pass for a wrong pick, a null reward, a NaN ECE
+            raise UserError(f"reward model {self.name}: {broken} of {len(out)} sequences scored NaN or infinite "
+                            "(its weights hold NaN, or the run that trained it diverged)")
         return out[first]
 
 

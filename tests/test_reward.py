@@ -326,6 +326,29 @@ def test_held_out_pairs_are_whole_prompts_and_a_lone_prompt_is_too_few_to_split(
     assert "(--eval-data)" in str(e.value) and "(--eval-fraction 0)" in str(e.value)
 
 
+def test_an_empty_prompt_is_not_one_prompt_that_every_such_pair_shares():
+    """Rows whose prompt is "", None or missing (the dialogue is in chosen and rejected, as in HH's own layout)
+    take TRL's implicit prompt, the turns the two sides share; they once all fell in one group, so 30 pairs on
+    30 prompts counted as one prompt in the intervals, the tests over prompts and the held-out split."""
+    from reward.data import prompt_of_rows
+
+    def dialogue(i: int, answer: str) -> str:
+        return f"\n\nHuman: question {i % 10}\n\nAssistant: {answer}"
+
+    hh = [{"prompt": ["", None][i % 2], "chosen": dialogue(i, "good"), "rejected": dialogue(i, "bad")}
+          for i in range(30)]
+    # The same prompts written out, as a string or as a list of messages.
+    written = [{"prompt": f"question {i % 10}", "chosen": "good", "rejected": "bad"} for i in range(30)]
+    as_messages = [{**row, "prompt": [{"role": "user", "content": row["prompt"]}]} for row in written]
+    for rows in (hh, written, as_messages, hh + written):
+        prompts = prompt_of_rows(datasets.Dataset.from_list(rows))
+        assert len(set(prompts)) == 10
+        assert all(prompts[i] == prompts[j] for i in range(len(rows)) for j in range(len(rows)) if i % 10 == j % 10)
+    # Sides that share no turn, with an empty prompt: each pair is a prompt of its own.
+    alone = [{"prompt": "", "chosen": f"good {i}", "rejected": "bad"} for i in range(30)]
+    assert len(set(prompt_of_rows(datasets.Dataset.from_list(alone)))) == 30
+
+
 def test_the_saved_model_is_the_best_held_out_step_not_the_last(tmp_path, tiny_rm):
     """Held-out accuracy peaks, then falls (the score head is flipped and learning stopped at step 12): the
     later steps rank most pairs the other way, significantly worse, and the directory written must hold the peak."""
@@ -376,7 +399,7 @@ def test_the_saved_held_out_accuracy_is_the_one_reward_eval_gives_after_bf16_tra
         base_model=tiny_encoder_reward_model(tmp_path / "encoder"), output_dir=str(tmp_path / "rm"), max_length=48,
         max_steps=2, batch_size=16, learning_rate=1e-6, precision="bf16", progress=True,
     ))
-    report = evaluate_reward_model(result.output_dir, eval_rows, n_bootstrap=10)
+    report = evaluate_reward_model(result.output_dir, eval_rows, n_bootstrap=100)
     assert result.metrics["eval_accuracy"] == report["accuracy"]
     in_training = result.metrics["eval_accuracy_in_training"]
     assert in_training == result.evaluations[-1]["accuracy"] != report["accuracy"]  # the rounding this is about
@@ -1171,6 +1194,17 @@ def test_a_wilson_interval_holds_its_proportion_exactly():
         assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
 
 
+def test_too_few_bootstrap_resamples_are_refused_before_any_scoring():
+    """From one resample, "eval" printed 0.533 with a 95% interval of 0.550 - 0.550; 0 resamples crashed."""
+    from reward.evaluate import bootstrap_interval, compare_reward_models
+
+    for call in (lambda: evaluate_reward_model("no/such/model", "no-such.jsonl", n_bootstrap=1),
+                 lambda: compare_reward_models("no/such/model", "no/such/model", "no-such.jsonl", n_bootstrap=99),
+                 lambda: bootstrap_interval(np.ones(20), n_bootstrap=0)):
+        with pytest.raises(UserError, match="at least 100 resamples"):
+            call()
+
+
 def test_the_accuracy_plot_draws_an_interval_that_misses_its_accuracy():
     """One bootstrap resample (--n-bootstrap 1) gives an 'interval' that need not hold the accuracy; the plot still
     draws."""
@@ -1195,6 +1229,11 @@ def test_ece_is_reported_beside_what_a_calibrated_model_would_show():
     overconfident = calibration(np.where(rng.random(2000) < 0.6, 4.0, -4.0))
     assert overconfident["ece"] > 5 * overconfident["ece_if_calibrated"]["p95"]
     assert calibration(np.array([]))["ece"] is None
+    # Ties claim 50/50 and count half right: a model that ties every pair is not miscalibrated, and as many ties
+    # again beside 30 picks add nothing to their miscalibration (the ECE halves: the ties' bin is a gap of 0).
+    assert calibration(np.zeros(40))["ece"] == 0.0
+    picks = np.where(np.arange(30) < 24, 1.0, -1.0) * np.log(9)  # 80% right at a claimed 90%
+    assert calibration(np.concatenate([picks, np.zeros(30)]))["ece"] == pytest.approx(calibration(picks)["ece"] / 2)
 
 
 def test_evaluate_writes_json_and_plots(trained, tmp_path):
@@ -1253,9 +1292,15 @@ def test_a_paired_comparison_counts_pairs_one_model_gets_right_and_tests_over_pr
     # draws none of the four) where the exact test says p = 2 / 16; so no interval.
     few = paired_comparison([True] * 4 + [False] * 96, [False] * 100, n_bootstrap=500)
     assert few["p_value"] == pytest.approx(0.125) and few["ci"] == [None, None]
+    assert few["ci_missing"] == "under 10 prompts tell them apart"
     # A model against itself: no difference, no pair told apart, nothing to resample.
     same = paired_comparison(first, first)
     assert (same["difference"], same["p_value"], same["ci"]) == (0.0, 1.0, [None, None])
+    # Every pair right against every pair wrong: each resample's difference is 1, so a bootstrap interval would be
+    # [1, 1]; there is none, and p = 2 / 2^30 decides.
+    sweep = paired_comparison([True] * 30, [False] * 30)
+    assert sweep["ci"] == [None, None] and sweep["ci_missing"] == "every pair goes the same way"
+    assert sweep["p_value"] == pytest.approx(2 / 2 ** 30) and report["ci_missing"] is None
 
 
 def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, tiny_rm, tmp_path):
@@ -1272,7 +1317,7 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
                                    "--out", str(tmp_path / "compare.json"), "--n-bootstrap", "300"])
     assert run.exit_code == 0, run.output + repr(run.exception)
     report = json.loads((tmp_path / "compare.json").read_text())
-    alone = {name: evaluate_reward_model(path, str(data), n_bootstrap=50)["accuracy"]
+    alone = {name: evaluate_reward_model(path, str(data), n_bootstrap=100)["accuracy"]
              for name, path in (("model", result.output_dir), ("baseline", tiny_rm))}
     assert report["model"]["accuracy"] == alone["model"] and report["baseline"]["accuracy"] == alone["baseline"]
     assert report["difference"] == pytest.approx(alone["model"] - alone["baseline"]) and report["difference"] > 0.2
@@ -1288,6 +1333,13 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
     into_a_folder = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", tiny_rm, "--data",
                                              str(data), "--out", str(tmp_path)])
     assert isinstance(into_a_folder.exception, UserError) and str(tmp_path) in str(into_a_folder.exception)
+    # Under a file, however deep: refused before scoring, for compare and for eval alike.
+    (tmp_path / "notes.txt").write_text("x")
+    for command, out in (("compare", tmp_path / "notes.txt" / "runs" / "c.json"), ("eval", tmp_path / "notes.txt" / "ev")):
+        models = ["--model", tiny_rm] + (["--baseline", tiny_rm] if command == "compare" else [])
+        under_a_file = CliRunner().invoke(app, [command, *models, "--data", str(data), "--out", str(out)])
+        assert isinstance(under_a_file.exception, UserError), under_a_file.output
+        assert str(under_a_file.exception) == f"--out {out}: {tmp_path / 'notes.txt'} is a file"
     missing = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", str(tmp_path / "nope"),
                                        "--data", str(data)])
     assert isinstance(missing.exception, UserError)
@@ -1307,7 +1359,7 @@ def test_reward_eval_prints_paths_and_categories_with_brackets_as_given(trained,
     datasets.Dataset.from_list([{**row, "domain": ["[red]", "[b]law"][i % 2]} for i, row in enumerate(eval_rows)]
                                ).to_json(str(data), lines=True)
     run = CliRunner().invoke(app, ["eval", "--model", result.output_dir, "--data", str(data),
-                                   "--out", str(folder / "eval"), "--n-bootstrap", "50"])
+                                   "--out", str(folder / "eval"), "--n-bootstrap", "100"])
     assert run.exit_code == 0, run.output + repr(run.exception)
 
     def shown(text: str) -> bool:  # the table's title wraps at its width: compare without the line breaks
@@ -1315,6 +1367,22 @@ def test_reward_eval_prints_paths_and_categories_with_brackets_as_given(trained,
 
     assert shown(f"on {data}") and shown(f"wrote {folder / 'eval' / 'eval.json'}")
     assert shown("domain = [red]") and shown("domain = [b]law")
+    # A Hub id or alias has no folder of its own to write beside: asked for --out before anything loads.
+    hub = CliRunner().invoke(app, ["eval", "--model", "acme/rm", "--data", str(data)])
+    assert str(hub.exception) == "--out: acme/rm is not a local folder to write the evaluation beside; name one"
+    assert not Path("acme").exists()
+
+
+def test_sources_are_broken_down_up_to_fifty():
+    from reward.evaluate import category_columns
+
+    def sources(n_sources: int, n_pairs: int) -> datasets.Dataset:
+        return datasets.Dataset.from_list([{"source": f"s{i % n_sources}"} for i in range(n_pairs)])
+
+    assert category_columns(sources(1, 10))[0]["source"] == ["s0"] * 10  # one source: still shown
+    assert len(set(category_columns(sources(50, 100))[0]["source"])) == 50
+    used, skipped = category_columns(sources(51, 1000))
+    assert "source" not in used and skipped["source"] == "51 distinct values in 1000 pairs (a category has 2 to 50)"
 
 
 # ----------------------------------------------------------------------------------------- scoring
@@ -1545,9 +1613,9 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
         "broken.jsonl": (f"{good}\n\n{good}\n{{\"prompt\": \"q\", \"chosen\": \n", "broken.jsonl:4: invalid JSON"),
         "null.jsonl": (f"{good}\n\n{good}\n" + json.dumps({"prompt": "q", "chosen": None, "rejected": "b"}) + "\n",
                        "null.jsonl:4: field 'chosen'"),
-        "mixed.jsonl": (f"{good}\n" + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "source": "x"}) + "\n"
-                        + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "source": 5}) + "\n",
-                        "mixed.jsonl:3: field 'source': a number where"),
+        "mixed.jsonl": (f"{good}\n" + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "margin": 1}) + "\n"
+                        + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "margin": True}) + "\n",
+                        "mixed.jsonl:3: field 'margin': true/false where"),  # not read as 1.0, as Arrow would
         "blank.jsonl": ("\n\n", "blank.jsonl: the file is empty"),
         "role.jsonl": (json.dumps({"prompt": [{"role": None, "content": "q"}], "chosen": "a", "rejected": "b"}) + "\n",
                        "role.jsonl:1: field 'prompt[0].role': expected a role name, got None"),
@@ -1557,7 +1625,11 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
         with pytest.raises(UserError) as e:
             load_preferences(str(tmp_path / name))
         assert expected in _one_line_error(e), name
-    assert "mixed.jsonl:2 has a string" in str(pytest.raises(UserError, load_preferences, str(tmp_path / "mixed.jsonl")).value)
+    assert "mixed.jsonl:2 has a number" in str(pytest.raises(UserError, load_preferences, str(tmp_path / "mixed.jsonl")).value)
+    # A column the pair is not read from may mix kinds: kept as text, it stops nothing.
+    (tmp_path / "notes.jsonl").write_text("".join(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b",
+                                                              "rating": rating}) + "\n" for rating in (3, "n/a", None, [1])))
+    assert load_preferences(str(tmp_path / "notes.jsonl"))["rating"] == ["3", "n/a", None, "[1]"]
 
     rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": ""}]
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "rows.parquet"))
@@ -1699,6 +1771,8 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
 def test_scoring_names_a_bad_conversation_and_a_tokenizer_that_is_not_the_models(trained, tmp_path, tiny_rm):
     import shutil
 
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
     result, _ = trained
     scorer = RewardScorer(result.output_dir)
     for conversations, expected in (([[]], "conversation 0: field 'messages': is empty"),
@@ -1719,6 +1793,18 @@ def test_scoring_names_a_bad_conversation_and_a_tokenizer_that_is_not_the_models
     with pytest.raises(UserError) as e:
         RewardScorer(str(mismatched)).score([[{"role": "user", "content": "hello there, general kenobi"}]])
     assert "beyond the model's" in _one_line_error(e) and "the tokenizer is not this model's" in str(e.value)
+    # Weights that hold NaN: an error naming the model, not NaN rewards that pass for wrong picks.
+    broken = tmp_path / "nan"
+    model = AutoModelForSequenceClassification.from_pretrained(result.output_dir)
+    with torch.no_grad():
+        model.score.weight[0, 0] = float("nan")
+    model.save_pretrained(broken)
+    shutil.copy(Path(result.output_dir) / "prefloop.json", broken)
+    AutoTokenizer.from_pretrained(result.output_dir).save_pretrained(broken)
+    with pytest.raises(UserError) as e:
+        RewardScorer(str(broken)).score([[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]])
+    assert _one_line_error(e) == (f"reward model {broken}: 2 of 2 sequences scored NaN or infinite (its weights "
+                                  "hold NaN, or the run that trained it diverged)")
     not_a_model = tmp_path / "notes"
     not_a_model.mkdir()
     (not_a_model / "a.txt").write_text("x")
@@ -1735,7 +1821,7 @@ def test_evaluation_reports_ties_unused_columns_and_why_the_margin_agreement_is_
     rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "same"}],
              "rejected": [{"role": "assistant", "content": "same" if i < 2 else f"other {i}"}], "margin": 1.0,
              "topic": ["x", None][i % 2], "rater_note": f"note {i}", "flag": True} for i in range(6)]
-    report = evaluate_reward_model(result.output_dir, rows, tmp_path / "eval", n_bootstrap=50)
+    report = evaluate_reward_model(result.output_dir, rows, tmp_path / "eval", n_bootstrap=100)
     assert report["ties"] == 2  # identical sides: equal rewards, counted wrong
     assert set(report["by"]["topic"]) == {"x", "(none)"}
     assert report["not_broken_down"] == {"rater_note": "6 distinct values in 6 pairs (a category has 2 to 3)",
@@ -1744,7 +1830,7 @@ def test_evaluation_reports_ties_unused_columns_and_why_the_margin_agreement_is_
     assert report["margin_correlation_missing"] == "every pair has the same margin"
     # A margin training would refuse leaves out the agreement figure, not the evaluation; scoring reads none.
     rows[3]["margin"] = -0.5
-    report = evaluate_reward_model(result.output_dir, rows, n_bootstrap=50)
+    report = evaluate_reward_model(result.output_dir, rows, n_bootstrap=100)
     assert report["n"] == 6 and report["margin_correlation"] is None
     assert report["margin_correlation_missing"].startswith("data[3]: field 'margin': -0.5 is not a finite number >= 0")
     scored = score_file(result.output_dir, rows, tmp_path / "scored.jsonl")
@@ -1755,8 +1841,11 @@ def test_evaluation_reports_ties_unused_columns_and_why_the_margin_agreement_is_
     assert "a-file: is a file; the evaluation writes a folder" in _one_line_error(e)
 
 
-def test_a_local_path_or_a_near_miss_of_an_alias_fails_at_once():
+def test_a_local_path_or_a_near_miss_of_an_alias_fails_at_once(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"not read")
     for name, expected in (("/no/such/model", "no such directory"), ("./rm", "no such directory"),
+                           (str(weights), "is a file; name the model's folder"),
                            ("smollm2-135m", "did you mean 'smollm2-135m-instruct'?"),
                            ("minilm", "did you mean 'minilm-l6'?")):
         with pytest.raises(UserError) as e:
