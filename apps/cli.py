@@ -337,7 +337,14 @@ def main() -> None:
     # this command can change.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode typer turns Ctrl-C (outside a command's own handling: while loading, saving, or
+        # a second Ctrl-C in training) into Exit(130) and returns that code instead of raising it; no command
+        # returns a value of its own.
+        code = app(standalone_mode=False)
+        if code == 130:
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as e:
         _print_error(e)
     except OperationalError as e:  # a database failure inside a command that opened its own session

@@ -22,6 +22,9 @@ def check_output_dir(path: Path, marker: str) -> None:
     """UserError unless `path` is new, empty, or a previous output (it holds `marker`), and can be written."""
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir (--out) {path}: is a file; name a folder")
+    if Path.cwd().is_relative_to(Path(path).resolve()):  # "." trained for minutes, then could not be moved aside
+        raise UserError(f"output_dir (--out) {path}: holds the current folder, and the output replaces its folder "
+                        "whole; name a folder inside it (./rm)")
     if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
         raise UserError(f"output_dir (--out) {path}: holds other files (no {marker}); name a new or empty folder, or an "
                         "earlier output of this command, which is replaced")

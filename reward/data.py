@@ -114,6 +114,9 @@ def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]])
     try:
         return datasets.Dataset.from_dict(values), [place for place, _ in rows]
     except Exception as e:  # pyarrow: lists or objects whose items share no type
+        for place, row in rows:  # a message of the wrong shape is the likely cause: name its line and field
+            if any(side in row for side in REQUIRED_COLUMNS):
+                pair_conversations(row, place)
         raise UserError(f"{source}: cannot build a dataset from its rows ({type(e).__name__}: {first_line(e)})") from None
 
 
@@ -127,7 +130,11 @@ def load_preferences(data: Any, what: str = "data", use_margin: bool = True, spl
 
 def check_margins(dataset, places: list[str]) -> None:
     """UserError naming the row unless every row's `margin` is a finite number >= 0 (DESIGN.md's contract)."""
-    for place, value in zip(places, dataset["margin"]):
+    margins = dataset["margin"]
+    for place, value in zip(places, margins):
+        if value is None and all(m is None for m in margins):
+            raise UserError("field 'margin': null in every row; drop the column, or pass `reward train --no-margin`, "
+                            "which ignores it")
         if value is None:
             raise UserError(f"{place}: field 'margin': missing or null where other rows have one (every row "
                             f"needs one; `reward train --no-margin` ignores the column)")
@@ -181,7 +188,7 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
             if not isinstance(m["role"], str) or not m["role"]:
                 raise UserError(f"{where}: field '{field}[{j}].role': expected a role name, got {m['role']!r}")
             out.append({"role": m["role"], "content": m["content"]})
-        if not out and field != "prompt":
+        if field != "prompt" and not any(m["content"].strip() for m in out):  # as a blank string is refused
             raise UserError(f"{where}: field '{field}': is empty")
         return out
     raise UserError(f"{where}: field '{field}': expected a string or a list of messages, got {type(value).__name__}")
@@ -238,7 +245,10 @@ def render(tokenizer, conversation: Conversation) -> tuple[str, bool]:
     """(text, add_special_tokens): the chat template when the tokenizer has one, else a plain layout."""
     if getattr(tokenizer, "chat_template", None):
         # The template already writes BOS/role tokens; the tokenizer must not add them twice.
-        return tokenizer.apply_chat_template(conversation, tokenize=False), False
+        try:
+            return tokenizer.apply_chat_template(conversation, tokenize=False), False
+        except Exception as e:  # templates raise on roles or turn orders they do not take (jinja2's TemplateError)
+            raise UserError(f"the model's chat template refuses this conversation ({first_line(e)})") from None
     text = "\n\n".join(f"{_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}" for m in conversation)
     if _needs_eos(tokenizer):
         # Decoder tokenizers without a template (GPT-2 style) add no end marker; the reward is read
@@ -325,7 +335,10 @@ class Encoder:
         truncated = 0
         for i, row in enumerate(dataset):
             chosen, rejected = pair_conversations(row, f"{desc}: row {i}")
-            chosen_ids, rejected_ids, cut = self.encode_pair(chosen, rejected, align)
+            try:
+                chosen_ids, rejected_ids, cut = self.encode_pair(chosen, rejected, align)
+            except UserError as e:  # the row number counts the pairs as loaded (and split): say how it starts too
+                raise UserError(f"{desc}: row {i}, starting {chosen[0]['content'][:40]!r}: {e}") from None
             truncated += cut
             columns["chosen_ids"].append(chosen_ids)
             columns["rejected_ids"].append(rejected_ids)
@@ -336,13 +349,21 @@ class Encoder:
 
 
 def check_token_ids(sequences: Iterable[list[int]], model, what: str) -> None:
-    """UserError when a token id is beyond the model's embeddings: a tokenizer that is not the model's (a
-    copied tokenizer file, say) would otherwise fail deep in the forward pass with an IndexError."""
+    """UserError when a token id is beyond the model's embeddings (a tokenizer that is not the model's, a copied
+    tokenizer file, say) or a sequence is longer than the model has positions (--max-length 1024 on a 512-position
+    BERT): either would otherwise fail deep in the first forward pass, after the model has loaded."""
     rows = model.get_input_embeddings().num_embeddings
-    highest = max((max(ids) for ids in sequences if ids), default=-1)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    highest, longest = -1, 0
+    for ids in sequences:
+        if ids:
+            highest, longest = max(highest, max(ids)), max(longest, len(ids))
     if highest >= rows:
         raise UserError(f"{what}: the tokenizer gives token id {highest}, beyond the model's {rows} embeddings: "
                         "the tokenizer is not this model's")
+    if positions and longest > positions:
+        raise UserError(f"{what}: a sequence of {longest} tokens, beyond the model's {positions} positions; set "
+                        f"--max-length {positions} or less")
 
 
 def shared_start(chosen: list[int], rejected: list[int]) -> int:

@@ -153,6 +153,21 @@ class TrainingProgress(TrainerCallback):
         self.log_lines = None  # a reward run's closing evaluation of the kept step is in its summary, not a step
 
 
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Stop training at the first logged loss that is NaN or infinite; `diverged` then says where, for the caller to
+    raise. Without it a diverged run trained to its end and failed at the save on NaN rewards (and Transformers'
+    `logging_nan_inf_filter`, which such runs turn off, showed its loss as 0.000)."""
+
+    def __init__(self):
+        self.diverged: str | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if self.diverged is None and isinstance(loss, (int, float)) and not math.isfinite(loss):
+            self.diverged = f"the training loss is {loss} at step {state.global_step}"
+            control.should_training_stop = True
+
+
 class StopEarly(TrainerCallback):
     """Stop when the time budget is spent, or at the first Ctrl-C (a second one aborts at once); the run then saves
     what it has trained as if it had finished. A run that evaluates gets one last evaluation, so the final state can

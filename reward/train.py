@@ -501,6 +501,9 @@ def split_by_prompt(dataset, fraction: float, seed: int):
         held = min(groups, key=len)
     held_set = set(held)
     train = [i for i in range(len(dataset)) if i not in held_set]
+    if not train and len(groups) > 1:  # a share near 1 took every prompt
+        raise UserError(f"{setting('eval_fraction')} {fraction} holds out all {len(dataset)} pairs, leaving none to "
+                        "train on; hold out a smaller share")
     if not train:
         raise UserError(f"data: its {len(dataset)} pair(s) share {len(groups)} prompt(s), too few to hold whole "
                         "prompts out; give held-out pairs (--eval-data) or hold none out (--eval-fraction 0)")
@@ -562,7 +565,7 @@ def _callbacks(config: RewardTrainingConfig):
     import torch
     from transformers import TrainerCallback
 
-    from reward.progress import StopEarly, TrainingProgress
+    from reward.progress import StopEarly, StopOnNonFiniteLoss, TrainingProgress
 
     class KeepBest(TrainerCallback):
         """Keep the trainable weights of the chosen evaluation step in memory (cheaper than checkpoints on disk).
@@ -599,12 +602,12 @@ def _callbacks(config: RewardTrainingConfig):
                     if name in self.snapshot:
                         param.copy_(self.snapshot[name].to(param.device))
 
-    keep_best, stop_early = KeepBest(), StopEarly(config.time_budget_s)
-    callbacks = [stop_early, keep_best]
+    keep_best, stop_early, divergence = KeepBest(), StopEarly(config.time_budget_s), StopOnNonFiniteLoss()
+    callbacks = [stop_early, keep_best, divergence]
     if config.progress:
         shown = {"loss": "loss", "accuracy": "accuracy", "eval_accuracy": "held-out acc"}
         callbacks.append(TrainingProgress("reward training", shown))
-    return callbacks + list(config.callbacks), keep_best, stop_early
+    return callbacks + list(config.callbacks), keep_best, stop_early, divergence
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -713,6 +716,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         eval_steps=eval_steps,
         save_strategy="no",  # the kept step lives in memory (KeepBest); the final save is ours
         logging_steps=max(1, min(10, eval_steps)),
+        logging_nan_inf_filter=False,  # a NaN loss logged as it is, so StopOnNonFiniteLoss sees it
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,  # keeps `length` for the length-grouped sampler
@@ -721,7 +725,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         seed=config.seed,
         data_seed=config.seed,
     )
-    callbacks, keep_best, stop_early = _callbacks(config)
+    callbacks, keep_best, stop_early, divergence = _callbacks(config)
     if eval_rows is not None:
         keep_best.held_out_prompts = prompt_of_rows(eval_rows)
     shared_prompt = config.share_prompt and shares_prompt(model)
@@ -745,6 +749,9 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         start = time.monotonic()
         train_output = trainer.train()
         train_seconds = time.monotonic() - start
+        if divergence.diverged:
+            raise UserError(f"training diverged: {divergence.diverged}; nothing was saved (a learning rate below "
+                            f"{learning_rate:g} usually helps: {setting('learning_rate')})")
         keep_best.restore(trainer.model)
 
         metrics: dict[str, float] = {"train_loss": float(train_output.training_loss)}
@@ -817,6 +824,14 @@ def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> F
 
 
 def _check(config: RewardTrainingConfig) -> None:
+    from transformers.trainer_utils import SchedulerType
+
+    for name in ("eval_fraction", "num_train_epochs", "learning_rate", "center_rewards_coefficient", "time_budget_s",
+                 "warmup_ratio", "weight_decay", "lora_dropout"):
+        value = getattr(config, name)
+        # nan passes every comparison below unnoticed; inf epochs or learning rate fail deep in Transformers or torch
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{setting(name)} must be a finite number, got {value}")
     if not 0 <= config.eval_fraction < 1:
         raise UserError(f"{setting('eval_fraction')} must be in [0, 1), got {config.eval_fraction}")
     for name in ("batch_size", "eval_batch_size", "evals_per_epoch", "gradient_accumulation_steps"):
@@ -834,6 +849,16 @@ def _check(config: RewardTrainingConfig) -> None:
         raise UserError(f"{setting('learning_rate')} must be above 0, got {config.learning_rate}")
     if config.lora and config.lora_r < 1:
         raise UserError(f"{setting('lora_r')} must be at least 1, got {config.lora_r}")
+    if config.lora and config.lora_alpha is not None and config.lora_alpha < 1:  # 0 scales every update to nothing
+        raise UserError(f"{setting('lora_alpha')} must be at least 1, got {config.lora_alpha}")
+    for name, low, high in (("warmup_ratio", 0, 1), ("lora_dropout", 0, 1)):
+        if not low <= getattr(config, name) < high:
+            raise UserError(f"{setting(name)} must be in [{low}, {high}), got {getattr(config, name)}")
+    if config.weight_decay < 0:
+        raise UserError(f"{setting('weight_decay')} must be 0 or more, got {config.weight_decay}")
+    if config.lr_scheduler_type not in {kind.value for kind in SchedulerType}:
+        raise UserError(f"{setting('lr_scheduler_type')} {config.lr_scheduler_type!r} is not one of Transformers' "
+                        f"schedules ({', '.join(kind.value for kind in SchedulerType)})")
     if not 0 <= config.seed < 2**32:
         raise UserError(f"{setting('seed')} must be between 0 and 2**32 - 1, got {config.seed}")
     if config.center_rewards_coefficient is not None and config.center_rewards_coefficient < 0:

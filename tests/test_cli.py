@@ -199,3 +199,20 @@ def test_prefloop_leaves_the_process_group_it_ran_in_also_after_an_error(sqlite_
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_ctrl_c_outside_a_commands_own_handling_says_interrupted_and_exits_130(monkeypatch, capsys):
+    """Typer, outside standalone mode, turns a KeyboardInterrupt (Ctrl-C while a model loads or saves) into exit
+    code 130 and returns it: `prefloop` exited 0, silently, with nothing saved."""
+    from apps import cli
+    from reward import score
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(score, "score_file", interrupted)
+    monkeypatch.setattr(sys, "argv", ["prefloop", "reward", "score", "--model", "rm", "--data", "pairs.jsonl",
+                                      "--out", "unused.jsonl"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"

@@ -324,6 +324,10 @@ def test_held_out_pairs_are_whole_prompts_and_a_lone_prompt_is_too_few_to_split(
         split_by_prompt(one_prompt, 0.1, seed=0)
     assert "its 5 pair(s) share 1 prompt(s), too few to hold whole prompts out" in _one_line_error(e)
     assert "(--eval-data)" in str(e.value) and "(--eval-fraction 0)" in str(e.value)
+    with pytest.raises(UserError) as e:  # many prompts, but a share that takes them all
+        split_by_prompt(data, 0.99, seed=0)
+    assert _one_line_error(e) == ("eval_fraction (--eval-fraction) 0.99 holds out all 30 pairs, leaving none to "
+                                  "train on; hold out a smaller share")
 
 
 def test_an_empty_prompt_is_not_one_prompt_that_every_such_pair_shares():
@@ -1595,6 +1599,55 @@ def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, t
     assert "no-such-model" in _one_line_error(e)
 
 
+def test_sequences_longer_than_the_model_has_positions_are_refused_before_training(tmp_path):
+    """--max-length 1024 on minilm-l6 (512 positions) failed at the first step with a tensor-size RuntimeError."""
+    short = tiny_reward_model(tmp_path / "short", max_position_embeddings=16)
+    with pytest.raises(UserError) as e:
+        train_reward_model(RewardTrainingConfig(
+            data=datasets.Dataset.from_list(rule_pairs(16, long_prompt=True)), base_model=short,
+            output_dir=str(tmp_path / "rm"), eval_fraction=0, max_length=40, max_steps=1, precision="fp32",
+            progress=False))
+    assert _one_line_error(e).startswith(f"data for {short}: a sequence of ")
+    assert "tokens, beyond the model's 16 positions; set --max-length 16 or less" in str(e.value)
+    assert not (tmp_path / "rm").exists()
+
+
+def test_a_chat_template_that_refuses_a_conversation_names_the_row(tmp_path, tiny_rm):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    strict = tmp_path / "strict"
+    shutil.copytree(tiny_rm, strict)
+    tokenizer = AutoTokenizer.from_pretrained(strict)
+    tokenizer.chat_template = ("{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role "
+                               "not supported') }}{% endif %}{{ m.role }}: {{ m.content }}\n{% endfor %}")
+    tokenizer.save_pretrained(strict)
+    rows = rule_pairs(8)
+    rows[5] = {**rows[5], "prompt": [{"role": "system", "content": "Be terse."}, *rows[5]["prompt"]]}
+    with pytest.raises(UserError) as e:
+        train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rows), base_model=str(strict),
+                                                output_dir=str(tmp_path / "rm"), eval_fraction=0, max_steps=1,
+                                                progress=False))
+    assert _one_line_error(e) == ("data: row 5, starting 'Be terse.': the model's chat template refuses this "
+                                  "conversation (System role not supported)")
+
+
+def test_a_diverged_run_stops_where_the_loss_turns_nan_and_saves_nothing(tmp_path, tiny_rm):
+    """At a learning rate of 1000 the loss reached 5e11, then NaN, which the logs showed as 0.000; the run trained
+    on to its end and failed at the save, naming its staging folder."""
+    with pytest.raises(UserError) as e:
+        train_reward_model(RewardTrainingConfig(
+            data=datasets.Dataset.from_list(rule_pairs(64)), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+            eval_fraction=0, max_length=32, max_steps=40, batch_size=8, learning_rate=1000.0, precision="fp32",
+            progress=False))
+    message = _one_line_error(e)
+    assert message.startswith("training diverged: the training loss is nan at step ")
+    assert message.endswith("nothing was saved (a learning rate below 1000 usually helps: learning_rate "
+                            "(--learning-rate))")
+    assert int(message.split(" at step ")[1].split(";")[0]) < 40 and not (tmp_path / "rm").exists()
+
+
 def test_offline_model_aliases():
     assert set(MODEL_ALIASES) == {"smollm2-135m-instruct", "minilm-l6"}
     minilm = resolve_model("minilm-l6")
@@ -1617,6 +1670,10 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
                         + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "margin": True}) + "\n",
                         "mixed.jsonl:3: field 'margin': true/false where"),  # not read as 1.0, as Arrow would
         "blank.jsonl": ("\n\n", "blank.jsonl: the file is empty"),
+        "content.jsonl": (json.dumps({"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"})
+                          + "\n" + json.dumps({"prompt": "q", "chosen": [{"role": "assistant", "content": 42}],
+                                               "rejected": "b"}) + "\n",
+                          "content.jsonl:2: field 'chosen[0].content': expected a string"),
         "role.jsonl": (json.dumps({"prompt": [{"role": None, "content": "q"}], "chosen": "a", "rejected": "b"}) + "\n",
                        "role.jsonl:1: field 'prompt[0].role': expected a role name, got None"),
     }
@@ -1636,6 +1693,10 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
     with pytest.raises(UserError) as e:
         load_preferences(str(tmp_path / "rows.parquet"))
     assert "rows.parquet: row 2: field 'rejected': is empty" in _one_line_error(e)
+    blank = [{"role": "assistant", "content": " "}]  # blank as a list of messages: refused as the blank string is
+    with pytest.raises(UserError) as e:
+        load_preferences([{"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": blank}])
+    assert _one_line_error(e) == "data[0]: field 'rejected': is empty"
     with pytest.raises(UserError) as e:
         load_preferences(datasets.Dataset.from_list(rows))
     assert _one_line_error(e).startswith("data[1]: field 'rejected'")
@@ -1663,6 +1724,9 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
     with pytest.raises(UserError) as e:
         load_preferences([rows[0], dict(rows[0], margin=-1.0)])
     assert _one_line_error(e).startswith("data[0]: field 'margin': missing or null where other rows have one")
+    with pytest.raises(UserError) as e:
+        load_preferences([dict(rows[0], margin=None)] * 2)
+    assert _one_line_error(e).startswith("field 'margin': null in every row; drop the column")
     with pytest.raises(UserError) as e:
         load_preferences([rows[0], "a string"])
     assert _one_line_error(e) == "data[1]: expected a dict, got str"
@@ -1726,11 +1790,25 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
                           "gradient_accumulation_steps (--gradient-accumulation-steps) must be at least 1"),
                          ({"lora": True, "lora_r": 0}, "lora_r (--lora-r) must be at least 1"),
                          ({"seed": -1}, "seed (--seed) must be between 0"),
-                         ({"time_budget_s": -5}, "time_budget_s (--time-budget) must be above 0")):
+                         ({"time_budget_s": -5}, "time_budget_s (--time-budget) must be above 0"),
+                         ({"time_budget_s": math.nan}, "time_budget_s (--time-budget) must be a finite number, got nan"),
+                         ({"num_train_epochs": math.inf}, "num_train_epochs (--epochs) must be a finite number"),
+                         ({"learning_rate": math.nan}, "learning_rate (--learning-rate) must be a finite number"),
+                         ({"lora": True, "lora_alpha": 0}, "lora_alpha (--lora-alpha) must be at least 1, got 0"),
+                         ({"warmup_ratio": 2.0}, "warmup_ratio must be in [0, 1), got 2.0"),
+                         ({"lr_scheduler_type": "bogus"}, "lr_scheduler_type 'bogus' is not one of Transformers'")):
         with pytest.raises(UserError) as e:
             train_reward_model(config(tmp_path / "new", **bad))
         assert message in _one_line_error(e)
     assert (tmp_path / "theirs" / "notes.txt").read_text() == "keep me"
+    # The current folder (empty, so no other check objects) cannot be replaced whole: it is refused before training
+    # instead of failing at the save.
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for out in (".", str(tmp_path)):
+        with pytest.raises(UserError) as e:
+            train_reward_model(config(out))
+        assert "holds the current folder" in _one_line_error(e)
     monkeypatch.undo()
 
     out = tmp_path / "rm"
