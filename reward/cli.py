@@ -84,9 +84,11 @@ def eval_(
     n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=100, help="Bootstrap resamples for the intervals."),
 ) -> None:
     """Accuracy with intervals, by source and category, calibration, length bias, margin agreement."""
+    from collect.offline_models import resolve_model
     from reward.evaluate import evaluate_reward_model
 
     if out is None and not Path(model[0]).is_dir():
+        resolve_model(model[0])  # a file, or a folder that is not there, is named as such first
         # Beside a Hub id or an alias, "acme/rm/eval" would make a local acme/rm that then shadows the model.
         raise UserError(f"--out: {model[0]} is not a local folder to write the evaluation beside; name one")
     out = out or Path(model[0]) / ("eval" if len(model) == 1 else "eval-ensemble")

@@ -1350,7 +1350,7 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
     assert str(missing.exception) == f"baseline: model '{tmp_path / 'nope'}': no such directory"
 
 
-def test_reward_eval_prints_paths_and_categories_with_brackets_as_given(trained, tmp_path):
+def test_reward_eval_prints_paths_and_categories_with_brackets_as_given(trained, tmp_path, monkeypatch):
     """Rich reads "[v2]" as a style and drops it; a user's folder and category names are printed whole."""
     from typer.testing import CliRunner
 
@@ -1371,10 +1371,18 @@ def test_reward_eval_prints_paths_and_categories_with_brackets_as_given(trained,
 
     assert shown(f"on {data}") and shown(f"wrote {folder / 'eval' / 'eval.json'}")
     assert shown("domain = [red]") and shown("domain = [b]law")
-    # A Hub id or alias has no folder of its own to write beside: asked for --out before anything loads.
+    # A Hub id (here one in the Hugging Face cache) has no folder of its own to write beside: asked for --out before
+    # anything loads; a file is named as one.
+    from huggingface_hub import constants
+
+    _cache_as_hub_model(result.output_dir, tmp_path / "hub", "acme/rm")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
     hub = CliRunner().invoke(app, ["eval", "--model", "acme/rm", "--data", str(data)])
     assert str(hub.exception) == "--out: acme/rm is not a local folder to write the evaluation beside; name one"
-    assert not Path("acme").exists()
+    assert not (tmp_path / "acme").exists()
+    a_file = CliRunner().invoke(app, ["eval", "--model", str(data), "--data", str(data)])
+    assert str(a_file.exception) == f"model '{data}': is a file; name the model's folder"
 
 
 def test_sources_are_broken_down_up_to_fifty():
