@@ -149,7 +149,7 @@ def align(config: AlignConfig) -> AlignResult:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from reward.progress import StopEarly
+    from reward.progress import StopEarly, StopOnNonFiniteLoss
 
     started = time.monotonic()
     console = Console(quiet=not config.show_progress, markup=False)
@@ -171,11 +171,15 @@ def align(config: AlignConfig) -> AlignResult:
     progress = alignment_progress(f"{config.method} on {Path(str(config.policy)).name}", show=config.show_progress)
     # The first Ctrl-C or the time budget ends training after its step; the adapter so far is then saved (and
     # evaluated) as usual.
-    stop_early = StopEarly(config.time_budget_s)
+    stop_early, divergence = StopEarly(config.time_budget_s), StopOnNonFiniteLoss()
     try:
-        trainer, extra = _train(config, model, tokenizer, data, [progress, stop_early], stop_early, console)
+        trainer, extra = _train(config, model, tokenizer, data, [progress, stop_early, divergence], stop_early,
+                                console)
     finally:
         stop_early.release()
+    if divergence.diverged:
+        raise UserError(f"training diverged: {divergence.diverged}; nothing was saved (a lower --learning-rate, now "
+                        f"{config.learning_rate:g}, usually helps)")
 
     out = Path(config.output_dir)
     merged_dir = out / "merged" if config.merge else None
