@@ -149,7 +149,7 @@ def align(config: AlignConfig) -> AlignResult:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from reward.progress import StopEarly, StopOnNonFiniteLoss
+    from reward.progress import StopEarly, StopOnNonFiniteWeights
 
     started = time.monotonic()
     console = Console(quiet=not config.show_progress, markup=False)
@@ -171,7 +171,7 @@ def align(config: AlignConfig) -> AlignResult:
     progress = alignment_progress(f"{config.method} on {Path(str(config.policy)).name}", show=config.show_progress)
     # The first Ctrl-C or the time budget ends training after its step; the adapter so far is then saved (and
     # evaluated) as usual.
-    stop_early, divergence = StopEarly(config.time_budget_s), StopOnNonFiniteLoss()
+    stop_early, divergence = StopEarly(config.time_budget_s), StopOnNonFiniteWeights()
     try:
         trainer, extra = _train(config, model, tokenizer, data, [progress, stop_early, divergence], stop_early,
                                 console)

@@ -56,7 +56,6 @@ def common_trainer_args(
         # TRL turns checkpointing on by default: it saves memory a 135M model does not need and costs ~20% time.
         **checkpointing_argument(False),
         logging_steps=1,
-        logging_nan_inf_filter=False,  # a NaN loss logged as it is, so StopOnNonFiniteLoss sees it
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,  # reward.progress.TrainingProgress draws the bar

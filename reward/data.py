@@ -93,8 +93,9 @@ def _json_kind(value: Any) -> str:
 
 def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]]) -> tuple[Any, list[str]]:
     """A Dataset with every key any row has (None where a row lacks it), and each row's place. A column that
-    mixes kinds of value is refused, naming the first row that differs, where the pair is read from it (prompt,
-    chosen, rejected, margin: Arrow would turn a `true` among margins into 1.0); any other column (a rater's note,
+    mixes kinds of value is refused, naming the first row that differs, where a pair or a scored conversation is
+    read from it (prompt, chosen, rejected, margin, messages, completion: Arrow would turn a `true` among margins
+    into 1.0, and text would turn a list of messages into one message of JSON); any other column (a rater's note,
     a category) is kept as text, so it neither stops training nor hides from the evaluation's breakdown."""
     import datasets
 
@@ -107,7 +108,7 @@ def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]])
         differ = next((kind for kind in kinds if kind[1] != kinds[0][1]), None)
         if differ is None:
             continue
-        if column in (*REQUIRED_COLUMNS, "prompt", "margin"):
+        if column in (*REQUIRED_COLUMNS, "prompt", "margin", "messages", "completion"):  # what a pair or a score reads
             raise UserError(f"{differ[0]}: field '{column}': {differ[1]} where {kinds[0][0]} has {kinds[0][1]}; "
                             "a column holds one kind of value")
         values[column] = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values[column]]
@@ -177,7 +178,7 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
     if isinstance(value, str):
         if not value.strip() and field != "prompt":
             raise UserError(f"{where}: field '{field}': is empty")
-        return [{"role": role, "content": value}] if value else []
+        return [{"role": role, "content": value}] if value.strip() else []  # a blank prompt is no prompt
     if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
         out = []
         for j, m in enumerate(value):
@@ -198,10 +199,10 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
     """The chosen and rejected whole conversations (prompt + completion) of one preference row. Sides in
     Anthropic HH's layout, a whole dialogue in one string ("\n\nHuman: ...\n\nAssistant: ..."), with no
     prompt, are split into their turns, so a chat template renders them as the dialogue they are."""
-    if not row.get("prompt") and all(isinstance(row.get(side), str) and row[side].startswith(HH_FIRST_TURN)
-                                     for side in ("chosen", "rejected")):
-        return split_hh_dialogue(row["chosen"], where, "chosen"), split_hh_dialogue(row["rejected"], where, "rejected")
     prompt = as_messages(row.get("prompt") or [], where, "prompt", "user")
+    if not prompt and all(isinstance(row.get(side), str) and row[side].startswith(HH_FIRST_TURN)
+                          for side in ("chosen", "rejected")):
+        return split_hh_dialogue(row["chosen"], where, "chosen"), split_hh_dialogue(row["rejected"], where, "rejected")
     chosen = as_messages(row.get("chosen"), where, "chosen", "assistant")
     rejected = as_messages(row.get("rejected"), where, "rejected", "assistant")
     return prompt + chosen, prompt + rejected
@@ -216,9 +217,8 @@ def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
     prompts = dataset["prompt"] if "prompt" in dataset.column_names else [None] * len(dataset)
     keys = []
     for i, prompt in enumerate(prompts):
-        if prompt and not (isinstance(prompt, str) and not prompt.strip()):
-            turns = as_messages(prompt, f"data[{i}]", "prompt", "user")
-        else:  # an empty prompt is not one prompt that every such row shares
+        turns = as_messages(prompt or [], f"data[{i}]", "prompt", "user")
+        if not turns:  # no prompt, or a blank one, is not one prompt that every such row shares
             chosen, rejected = pair_conversations(dataset[i], f"data[{i}]")
             turns = [turn for turn, _ in itertools.takewhile(lambda sides: sides[0] == sides[1],
                                                               zip(chosen[:-1], rejected[:-1]))]
@@ -337,8 +337,8 @@ class Encoder:
             chosen, rejected = pair_conversations(row, f"{desc}: row {i}")
             try:
                 chosen_ids, rejected_ids, cut = self.encode_pair(chosen, rejected, align)
-            except UserError as e:  # the row number counts the pairs as loaded (and split): say how it starts too
-                raise UserError(f"{desc}: row {i}, starting {chosen[0]['content'][:40]!r}: {e}") from None
+            except UserError as e:  # `i` counts the pairs left after the held-out split, not the file's rows
+                raise UserError(f"{desc}: the pair that starts {chosen[0]['content'][:40]!r}: {e}") from None
             truncated += cut
             columns["chosen_ids"].append(chosen_ids)
             columns["rejected_ids"].append(rejected_ids)
@@ -350,10 +350,11 @@ class Encoder:
 
 def check_token_ids(sequences: Iterable[list[int]], model, what: str) -> None:
     """UserError when a token id is beyond the model's embeddings (a tokenizer that is not the model's, a copied
-    tokenizer file, say) or a sequence is longer than the model has positions (--max-length 1024 on a 512-position
-    BERT): either would otherwise fail deep in the first forward pass, after the model has loaded."""
+    tokenizer file, say) or a sequence is longer than the model's table of positions takes (`position_limit`:
+    --max-length 1024 on a 512-position BERT): either would otherwise fail deep in the first forward pass, after
+    the model has loaded."""
     rows = model.get_input_embeddings().num_embeddings
-    positions = getattr(model.config, "max_position_embeddings", None)
+    limit = position_limit(model)
     highest, longest = -1, 0
     for ids in sequences:
         if ids:
@@ -361,9 +362,25 @@ def check_token_ids(sequences: Iterable[list[int]], model, what: str) -> None:
     if highest >= rows:
         raise UserError(f"{what}: the tokenizer gives token id {highest}, beyond the model's {rows} embeddings: "
                         "the tokenizer is not this model's")
-    if positions and longest > positions:
-        raise UserError(f"{what}: a sequence of {longest} tokens, beyond the model's {positions} positions; set "
-                        f"--max-length {positions} or less")
+    if limit is not None and longest > limit:
+        raise UserError(f"{what}: a sequence of {longest} tokens, beyond the {limit} positions the model takes; set "
+                        f"max_length (--max-length) to {limit} or less")
+
+
+def position_limit(model) -> int | None:
+    """The longest sequence a model with a learned table of absolute positions takes (BERT, RoBERTa, GPT-2); None
+    where positions are relative or rotary (DeBERTa-v3, Llama), which run longer sequences than their
+    `max_position_embeddings`."""
+    import torch
+
+    backbone = model.base_model
+    embeddings = getattr(backbone, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    table = table if table is not None else getattr(backbone, "wpe", None)
+    if not isinstance(table, torch.nn.Embedding):
+        return None
+    padding = getattr(embeddings, "padding_idx", None)  # RoBERTa counts positions from padding_idx + 1: 514 rows, 512
+    return table.num_embeddings - (padding + 1 if padding is not None else 0)
 
 
 def shared_start(chosen: list[int], rejected: list[int]) -> int:

@@ -434,7 +434,8 @@ def compare_reward_models(
     if out is not None:
         if Path(out).is_dir():
             raise UserError(f"{out}: the comparison is written to a JSON file; name a file, not a folder")
-        check_can_create(Path(out), "--out")
+        if not Path(out).is_file():  # an earlier comparison there is replaced
+            check_can_create(Path(out), "--out")
     for side, models in (("model", model), ("baseline", baseline)):
         if isinstance(models, RewardScorer):
             continue

