@@ -161,10 +161,18 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
     if use_margin and "margin" in dataset.column_names:
         check_margins(dataset, places)
     roles: set[str] = set()
+    empty: list[str] = []
     for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
                                                           if c in dataset.column_names])):
         chosen, rejected = pair_conversations(row, place)
         roles.update(m["role"] for m in chosen + rejected)
+        empty += [f"{place}, {side}" for side, turns in (("chosen", chosen), ("rejected", rejected))
+                  if not turns[-1]["content"].strip()]
+    if empty:
+        # Raters did prefer an empty answer or one over it (4 of HH harmless's 2,312 pairs, which import and export
+        # keep): a response like any other, read as an empty last turn, not bad input that stops the run.
+        warnings.warn(f"{name}: {len(empty)} response(s) are empty (first: {empty[0]}); they are scored as an empty "
+                      "last turn", stacklevel=3)
     unknown = sorted(roles - set(_ROLE_NAMES) - {"tool"})
     if unknown:
         warnings.warn(f"{name}: role(s) {', '.join(map(repr, unknown))} are not system, user or assistant: a chat "
@@ -176,9 +184,9 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
 
 def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
     if isinstance(value, str):
-        if not value.strip() and field != "prompt":
-            raise UserError(f"{where}: field '{field}': is empty")
-        return [{"role": role, "content": value}] if value.strip() else []  # a blank prompt is no prompt
+        if field == "prompt":
+            return [{"role": role, "content": value}] if value.strip() else []  # a blank prompt is no prompt
+        return [{"role": role, "content": value}]  # an empty response is a response (HH has a few; see below)
     if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
         out = []
         for j, m in enumerate(value):
@@ -189,7 +197,7 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
             if not isinstance(m["role"], str) or not m["role"]:
                 raise UserError(f"{where}: field '{field}[{j}].role': expected a role name, got {m['role']!r}")
             out.append({"role": m["role"], "content": m["content"]})
-        if field != "prompt" and not any(m["content"].strip() for m in out):  # as a blank string is refused
+        if not out and field != "prompt":  # no message at all; a message with empty content is an empty response
             raise UserError(f"{where}: field '{field}': is empty")
         return out
     raise UserError(f"{where}: field '{field}': expected a string or a list of messages, got {type(value).__name__}")

@@ -138,8 +138,8 @@ class RewardTrainingConfig:
     0.7 GiB)."""
     share_prompt: bool = True
     """On a decoder, train each pair as one sequence whose shared start (the prompt) runs once, the two endings
-    each attending to it (reward.shared_prompt): the same rewards from fewer tokens, with LoRA smollm2 1.4x the
-    pairs per second on HH harmless at 256 tokens and 1.9-2x on HH and summarize at 1,024
+    each attending to it (reward.shared_prompt): the same rewards from fewer tokens, with LoRA smollm2 1.6x the
+    pairs per second on HH harmless and summarize at 256 tokens and 1.8-2x at 1,024
     (bench/reward_shared_prompt.py). Encoders, sliding-window models, kernels without a 4D mask
     (FlashAttention) and DeepSpeed runs keep two sequences a pair."""
     seed: int = 0

@@ -1716,15 +1716,22 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
                                                               "rating": rating}) + "\n" for rating in (3, "n/a", None, [1])))
     assert load_preferences(str(tmp_path / "notes.jsonl"))["rating"] == ["3", "n/a", None, "[1]"]
 
-    rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": ""}]
+    rows = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": None}]
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "rows.parquet"))
     with pytest.raises(UserError) as e:
         load_preferences(str(tmp_path / "rows.parquet"))
-    assert "rows.parquet: row 2: field 'rejected': is empty" in _one_line_error(e)
-    blank = [{"role": "assistant", "content": " "}]  # blank as a list of messages: refused as the blank string is
-    with pytest.raises(UserError) as e:
-        load_preferences([{"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": blank}])
+    assert "rows.parquet: row 2: field 'rejected': expected a string or a list" in _one_line_error(e)
+    with pytest.raises(UserError) as e:  # no message at all
+        load_preferences([{"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": []}])
     assert _one_line_error(e) == "data[0]: field 'rejected': is empty"
+    # An empty response is a response (HH harmless has four that import and export keep): loaded, with a warning.
+    empty = [{"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}],
+              "rejected": [{"role": "assistant", "content": ""}]},
+             {"prompt": "q", "chosen": [{"role": "assistant", "content": " "}],
+              "rejected": [{"role": "assistant", "content": "b"}]}]
+    with pytest.warns(UserWarning, match=r"^data: 2 response\(s\) are empty \(first: data\[0\], rejected\); they are "
+                      "scored as an empty last turn$"):
+        assert len(load_preferences(empty)) == 2
     with pytest.raises(UserError) as e:
         load_preferences(datasets.Dataset.from_list(rows))
     assert _one_line_error(e).startswith("data[1]: field 'rejected'")
