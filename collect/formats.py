@@ -532,8 +532,11 @@ def _trl_completion(value: Any, where: str, field_name: str) -> str:
 
 
 def detect_format(path: Path) -> str:
+    """The format of a file by its name, as the datasets in ../shared/data are named. An "hh" JSON Lines file is
+    HH-RLHF's only if its first row reads like one (whole dialogues in `chosen`): `prefloop export hh_prefs.jsonl`
+    of a project called hh writes TRL's rows."""
     name = path.name.lower()
-    if "hh" in name and "jsonl" in name:
+    if "hh" in name and "jsonl" in name and _first_row_is_hh_dialogue(path):
         return "hh-rlhf"
     if "summarize" in name:
         return "summarize"
@@ -542,6 +545,14 @@ def detect_format(path: Path) -> str:
     if "annotations.json" in name:
         return "alpaca-eval"
     return "generic"
+
+
+def _first_row_is_hh_dialogue(path: Path) -> bool:
+    try:
+        _, row = next(read_json_lines(path))
+    except (UserError, StopIteration, OSError):
+        return True  # unreadable: the HH parser names the line that is wrong
+    return not isinstance(row, dict) or "prompt" not in row and isinstance(row.get("chosen"), str)
 
 
 def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) -> list[Record]:

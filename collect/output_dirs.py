@@ -8,6 +8,7 @@ model never sits next to the files of the one it replaces (a stale LoRA adapter,
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,10 +19,21 @@ from typing import Iterator
 from collect.errors import UserError
 
 
-def check_output_dir(path: Path, marker: str) -> None:
-    """UserError unless `path` is new, empty, or a previous output (it holds `marker`), and can be written."""
+def check_output_dir(path: Path, marker: str, kind: str) -> None:
+    """UserError unless `path` is new, empty, or a previous output of the same command (it holds `marker`, a JSON
+    file whose "kind" is `kind`), and can be written."""
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir (--out) {path}: is a file; name a folder")
+    if (path / marker).is_file():
+        # A reward model's folder named as an aligned policy's --out (both write prefloop.json) was replaced whole.
+        try:
+            found = json.loads((path / marker).read_text()).get("kind")
+        except (ValueError, AttributeError, OSError):
+            found = None
+        if found != kind:
+            raise UserError(f"output_dir (--out) {path}: holds a {found or 'folder of another kind'} ({marker} says "
+                            f"so), not an earlier output of this command, which alone is replaced; name another "
+                            "folder")
     if Path.cwd().is_relative_to(Path(path).resolve()):  # "." trained for minutes, then could not be moved aside
         raise UserError(f"output_dir (--out) {path}: holds the current folder, and the output replaces its folder "
                         "whole; name a folder inside it (./rm)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, fields
@@ -35,7 +36,7 @@ from rich.table import Table
 
 from collect.errors import UserError
 from collect.output_dirs import check_output_dir, replacing_dir
-from finetune.policy import load_tokenizer, resolve
+from finetune.policy import check_causal_lm, load_tokenizer, resolve
 from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
 from finetune.training import alignment_progress, is_main_process, pick_device, summarize_history, use_bf16
 
@@ -129,6 +130,17 @@ class AlignConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise UserError(f"time_budget_s (--time-budget) must be above 0, got {self.time_budget_s}")
+        # What torch, TRL or PEFT would refuse with a traceback after the model has loaded, or quietly reinterpret.
+        for name, ok, expected in (
+                ("learning_rate", 0 < self.learning_rate < math.inf, "above 0"),
+                ("temperature", 0 < self.temperature < math.inf, "above 0"),
+                ("num_generations", self.num_generations >= 1, "at least 1"),
+                ("lora_alpha", self.lora_alpha >= 1, "at least 1"),
+                ("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)"),
+                ("max_prompts", self.max_prompts is None or self.max_prompts >= 1, "at least 1 (leave it out for all)"),
+                ("beta", self.beta is None or 0 <= self.beta < math.inf, "0 or more")):
+            if not ok:
+                raise UserError(f"{name} (--{name.replace('_', '-')}) must be {expected}, got {getattr(self, name)}")
         if self.method in ("grpo", "rloo") and self.num_generations < 2:
             raise UserError(f"num_generations must be at least 2 for {self.method} (it compares responses)")
         if self.method != "dpo" and not self.reward_model:
@@ -153,19 +165,30 @@ def align(config: AlignConfig) -> AlignResult:
 
     started = time.monotonic()
     console = Console(quiet=not config.show_progress, markup=False)
+    from finetune.rewards import reward_model_info
+
     reward_info = None
     if config.reward_model:
-        from finetune.rewards import reward_model_info
-
         reward_info = reward_model_info(config.reward_model)
         if config.method == "dpo":
             reward_info = None  # checked for the evaluation, but not what the adapter was trained against
-    check_output_dir(config.output_dir, "prefloop.json")  # before training, not when the adapter is saved
+    check_output_dir(config.output_dir, "prefloop.json", "prefloop.aligned_policy")  # before training, not at the save
+    path = resolve(config.policy)
+    check_causal_lm(path, config.policy)  # a reward model as --policy trained a random lm_head
     tokenizer = load_tokenizer(config.policy, config.chat_template)
 
     data, data_stats = training_data(config, tokenizer)
-
-    path = resolve(config.policy)
+    if config.method in ("grpo", "rloo") and len(data) < config.prompts_per_step:
+        # Transformers then ran no step at all and an untrained adapter was saved, exit 0.
+        raise UserError(f"{len(data)} prompt(s) to train on, fewer than one step takes (prompts_per_step, "
+                        f"--prompts-per-step, is {config.prompts_per_step}); lower it or give more prompts")
+    if config.eval_prompts is not None:  # the evaluation's inputs, checked before hours of training
+        if not (config.reward_model or config.judge):
+            raise UserError("eval_prompts (--eval-prompts): the evaluation needs a reward model to compare with: "
+                            "pass --reward and/or --judge")
+        read_prompts(config.eval_prompts)
+        if config.judge:
+            reward_model_info(config.judge)
     dtype = torch.bfloat16 if use_bf16() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     progress = alignment_progress(f"{config.method} on {Path(str(config.policy)).name}", show=config.show_progress)
@@ -296,7 +319,8 @@ def write_manifest(
         "kind": "prefloop.aligned_policy",
         "method": config.method,
         "config": settings,
-        "base_policy": {"name": config.policy, "path": str(policy_path)},
+        "base_policy": {"name": config.policy, "path": str(Path(policy_path).resolve()) if Path(policy_path).exists()
+                        else str(policy_path)},
         "reward_model": None if reward_info is None else {
             "path": str(Path(config.reward_model).resolve()) if Path(config.reward_model).exists() else config.reward_model,
             **{k: reward_info[k] for k in ("base_model", "max_length", "truncation_side", "metrics") if k in reward_info},

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from collect.errors import UserError
+from collect.output_dirs import check_can_create
 from finetune.policy import load_policy
 from finetune.prompts import fit_prompts, read_prompts
 from finetune.sampling import completion_kl, sample
@@ -110,8 +111,15 @@ def evaluate(config: EvalConfig) -> EvalResult:
     console = Console(quiet=not config.show_progress, markup=False)
     if not Path(config.adapter).is_dir():
         raise UserError(f"adapter {config.adapter}: no such directory")
+    if config.out:  # checked before minutes of sampling and scoring
+        if Path(config.out).is_dir() or Path(config.out).suffix.lower() != ".json":
+            raise UserError(f"out (--out) {config.out}: name a .json file (the plot is written beside it as .png)")
+        if not Path(config.out).is_file():
+            check_can_create(Path(config.out), "out (--out)")
     manifest = read_manifest(config.adapter)
-    policy = config.policy or (manifest.get("base_policy") or {}).get("name")
+    # The recorded path is absolute where the policy was a local folder: `--policy m/lm` must reload from elsewhere.
+    recorded = manifest.get("base_policy") or {}
+    policy = config.policy or (recorded.get("path") if Path(recorded.get("path") or "").is_dir() else recorded.get("name"))
     if not policy:
         raise UserError(f"adapter {config.adapter}: no prefloop.json naming its base policy; pass --policy")
     reward_model = config.reward_model or (manifest.get("reward_model") or {}).get("path")

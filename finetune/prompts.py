@@ -120,7 +120,8 @@ def read_preferences(source: Any, limit: int | None = None) -> tuple[list[dict[s
 
     Accepts what collect/ exports (TRL format, plain or conversational), raw HH-RLHF files, and a project in
     the collection database. A pair whose judgments favour the second response is flipped; a tie (or, from
-    a project, a pair most raters marked both-bad) teaches nothing to DPO and is skipped.
+    a project, a pair most raters marked both-bad) teaches nothing to DPO and is skipped, as is a pair whose two
+    responses are the same text.
     """
     ties = 0
     if isinstance(source, ProjectPrompts):
@@ -137,7 +138,7 @@ def read_preferences(source: Any, limit: int | None = None) -> tuple[list[dict[s
         if record.response_a is None or record.response_b is None:
             raise UserError(f"{record.where}: a preference row needs both 'chosen' and 'rejected'")
         vote = sum(j.choice for j in record.judgments)
-        if vote == 0:
+        if vote == 0 or record.response_a == record.response_b:  # the same answer twice teaches as little as a tie
             ties += 1
             continue
         chosen, rejected = (record.response_a, record.response_b) if vote > 0 else (record.response_b, record.response_a)

@@ -242,6 +242,8 @@ class StopEarly(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         why = self._why(args.world_size)
+        if why is not None and state.global_step >= state.max_steps:
+            why = None  # the budget ran out (or Ctrl-C came) on the last step: the run finished, nothing was cut
         if why is not None:
             control.should_training_stop = True
             at = f"step {state.global_step} of {state.max_steps}"

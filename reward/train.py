@@ -865,7 +865,7 @@ def _check(config: RewardTrainingConfig) -> None:
                         f"got {config.center_rewards_coefficient}")
     if config.time_budget_s is not None and config.time_budget_s <= 0:
         raise UserError(f"{setting('time_budget_s')} must be above 0, got {config.time_budget_s}")
-    check_output_dir(Path(config.output_dir), "prefloop.json")
+    check_output_dir(Path(config.output_dir), "prefloop.json", "reward_model")
     ds_stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     if ds_stage == "3":
         raise UserError("DeepSpeed ZeRO-3 is not supported for reward training; use deepspeed_zero2.yaml")

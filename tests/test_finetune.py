@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -141,6 +142,49 @@ def test_a_time_budget_stops_alignment_and_saves_the_adapter(models, tmp_path):
     assert json.loads((result.output_dir / "prefloop.json").read_text())["stopped"] == result.stopped
     with pytest.raises(UserError, match=r"time_budget_s \(--time-budget\) must be above 0"):
         small_config(models, "dpo", tmp_path / "never", time_budget_s=0)
+    # A budget spent on the last step cut nothing: the run is not recorded as stopped.
+    finished = align(small_config(models, "dpo", tmp_path / "one", max_steps=1, time_budget_s=0.001))
+    assert finished.stopped is None
+
+
+def test_what_would_fail_after_training_is_refused_before_it(models, tmp_path):
+    """Each of these trained first and then failed, or saved an untrained adapter with exit 0."""
+    cases = [
+        # GRPO with fewer prompts than a step takes ran no step at all.
+        (dict(method="grpo", prompts=PROMPTS[:1], prompts_per_step=2), "1 prompt(s) to train on, fewer than one step"),
+        # A reward model as the policy trained a randomly initialised lm_head.
+        (dict(method="dpo", policy=models["reward"]), "is not a causal language model"),
+        # The evaluation's inputs: a reward model to compare with, prompts that exist, a judge that is one.
+        (dict(method="dpo", eval_prompts=PROMPTS), "the evaluation needs a reward model to compare with"),
+        (dict(method="grpo", eval_prompts=str(tmp_path / "nope.jsonl")), "nope.jsonl"),
+        (dict(method="grpo", eval_prompts=PROMPTS, judge=models["policy"]), "not a sequence classifier"),
+    ]
+    for name, value, expected in (("num_generations", 0, "num_generations (--num-generations) must be at least 1"),
+                                  ("temperature", 0.0, "temperature (--temperature) must be above 0"),
+                                  ("learning_rate", -1.0, "learning_rate (--learning-rate) must be above 0"),
+                                  ("lora_dropout", 2.0, "lora_dropout (--lora-dropout) must be in [0, 1)"),
+                                  ("max_prompts", -1, "max_prompts (--max-prompts) must be at least 1")):
+        with pytest.raises(UserError, match=re.escape(expected)):
+            small_config(models, "bon", tmp_path / "out", **{name: value})
+    for overrides, expected in cases:
+        method = overrides.pop("method")
+        with pytest.raises(UserError, match=re.escape(expected)):
+            align(small_config(models, method, tmp_path / "out", **overrides))
+        assert not (tmp_path / "out").exists(), overrides
+
+
+def test_an_adapter_made_from_a_relative_policy_path_evaluates_from_anywhere(models, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(models["policy"], tmp_path / "lm")
+    monkeypatch.chdir(tmp_path)
+    result = align(small_config(models, "dpo", tmp_path / "dpo", policy="lm", max_steps=1))
+    manifest = json.loads((result.output_dir / "prefloop.json").read_text())
+    assert manifest["base_policy"] == {"name": "lm", "path": str(tmp_path / "lm")}
+    monkeypatch.chdir(tmp_path.parent)
+    report = evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS[:2], reward_model=models["reward"],
+                                 show_progress=False))
+    assert report.summary["n_prompts"] == 2 and report.summary["policy"] == str(tmp_path / "lm")
 
 
 def test_ctrl_c_or_the_budget_while_best_of_n_samples_ends_sampling_and_saves(models, tmp_path, monkeypatch, capsys):
@@ -316,6 +360,22 @@ def test_an_output_folder_of_other_files_is_refused_before_training(models, tmp_
     with pytest.raises(UserError, match=r"holds other files \(no prefloop.json\)"):
         align(small_config(models, "grpo", tmp_path / "theirs"))
     assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["notes.txt"]
+    # A reward model's folder also holds a prefloop.json: named as --out (a typo, or the --reward path pasted), it
+    # was replaced by the adapter. Refused, both ways round.
+    from reward.train import RewardTrainingConfig, train_reward_model
+
+    reward_dir = tmp_path / "rm"
+    reward_dir.mkdir()
+    (reward_dir / "prefloop.json").write_text(json.dumps({"kind": "reward_model"}))
+    with pytest.raises(UserError, match=r"holds a reward_model \(prefloop.json says so\), not an earlier output"):
+        align(small_config(models, "grpo", reward_dir))
+    aligned = tmp_path / "aligned"
+    aligned.mkdir()
+    (aligned / "prefloop.json").write_text(json.dumps({"kind": "prefloop.aligned_policy"}))
+    with pytest.raises(UserError, match=r"holds a prefloop.aligned_policy \(prefloop.json says so\)"):
+        train_reward_model(RewardTrainingConfig(data=preference_rows(), base_model=models["reward"],
+                                                output_dir=str(aligned)))
+    assert json.loads((reward_dir / "prefloop.json").read_text()) == {"kind": "reward_model"}
 
 
 def test_empty_prompts(models, tmp_path):
@@ -488,3 +548,22 @@ def test_a_diverged_alignment_stops_where_the_loss_turns_nan_and_saves_nothing(m
     assert str(e.value).startswith("training diverged: the trained weights hold NaN or infinite values after step ")
     assert "nothing was saved (a lower --learning-rate, now 1e+06, usually helps)" in str(e.value)
     assert not (tmp_path / "dpo").exists() or not any((tmp_path / "dpo").iterdir())  # TRL makes the folder
+
+
+def test_an_export_named_after_an_hh_project_is_read_as_trl_rows(tmp_path, data_dir):
+    """`prefloop export hh_prefs.jsonl --project hh` was read as raw HH-RLHF for its name: "field 'chosen': expected
+    a string, got list"."""
+    from collect.formats import detect_format
+    from finetune.prompts import read_preferences
+
+    export = tmp_path / "hh_prefs.jsonl"
+    export.write_text("".join(json.dumps(row) + "\n" for row in preference_rows(3)))
+    pairs, ties = read_preferences(str(export))
+    assert [p["chosen"][0]["content"] for p in pairs] == ["Hello! Happy to help."] * 3 and ties == 0
+    # The same answer on both sides teaches DPO nothing (its loss stays at ln 2): skipped and counted with the ties.
+    same = preference_rows(2)
+    same[1]["rejected"] = same[1]["chosen"]
+    pairs, ties = read_preferences(same)
+    assert len(pairs) == 1 and ties == 1
+    assert detect_format(export) == "generic"
+    assert detect_format(data_dir / "hh_harmless_base_test.jsonl.gz") == "hh-rlhf"
