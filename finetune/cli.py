@@ -88,6 +88,8 @@ def eval_(
     judge: Optional[str] = typer.Option(None, "--judge", help="Independent reward model (disjoint training split)."),
     max_prompts: Optional[int] = typer.Option(64, "--max-prompts", help="Evaluate on the first N prompts."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: as in training."),
+    max_prompt_length: Optional[int] = typer.Option(None, "--max-prompt-length",
+                                                    help="Prompts fitted to this many tokens. Default: as in training."),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature for both policies."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed, the same for both policies: prompts are sampled 8 at "
                              "a time, the 8 starting at prompt i with seed + i."),
@@ -99,6 +101,7 @@ def eval_(
 
     result = evaluate(EvalConfig(
         adapter=adapter, prompts=prompts, policy=policy, reward_model=reward, judge=judge, max_prompts=max_prompts,
-        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, n_examples=n_examples, out=out,
+        max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length, temperature=temperature, seed=seed,
+        n_examples=n_examples, out=out,
     ))
     typer.echo(f"wrote {result.json_path} and {result.png_path}")

@@ -47,8 +47,9 @@ class EvalConfig:
     judge: str | None = None
     # Evaluate on the first this-many prompts (None: all).
     max_prompts: int | None = 64
-    # Prompts are fitted to this many tokens like in training (oldest turns dropped).
-    max_prompt_length: int = 256
+    # Prompts are fitted to this many tokens like in training (oldest turns dropped); by default the adapter's
+    # training max_prompt_length (else 256).
+    max_prompt_length: int | None = None
     # Most tokens per response; by default the adapter's training max_completion_length (else 64).
     max_new_tokens: int | None = None
     # Sampling temperature for both policies (0 = greedy; then KL is computed at temperature 1).
@@ -111,6 +112,14 @@ def evaluate(config: EvalConfig) -> EvalResult:
     console = Console(quiet=not config.show_progress, markup=False)
     if not Path(config.adapter).is_dir():
         raise UserError(f"adapter {config.adapter}: no such directory")
+    for name, ok, expected in (("max_prompts", config.max_prompts is None or config.max_prompts >= 1, "at least 1"),
+                               ("max_new_tokens", config.max_new_tokens is None or config.max_new_tokens >= 1,
+                                "at least 1"),
+                               ("max_prompt_length", config.max_prompt_length is None or config.max_prompt_length >= 1,
+                                "at least 1"),
+                               ("temperature", 0 <= config.temperature < float("inf"), "0 (greedy) or more")):
+        if not ok:
+            raise UserError(f"{name} (--{name.replace('_', '-')}) must be {expected}, got {getattr(config, name)}")
     if config.out:  # checked before minutes of sampling and scoring
         if Path(config.out).is_dir() or Path(config.out).suffix.lower() != ".json":
             raise UserError(f"out (--out) {config.out}: name a .json file (the plot is written beside it as .png)")
@@ -125,11 +134,13 @@ def evaluate(config: EvalConfig) -> EvalResult:
     reward_model = config.reward_model or (manifest.get("reward_model") or {}).get("path")
     if not reward_model and not config.judge:
         raise UserError("evaluation needs a reward model to compare with: pass --reward and/or --judge")
-    max_new_tokens = config.max_new_tokens or (manifest.get("config") or {}).get("max_completion_length") or 64
+    trained = manifest.get("config") or {}
+    max_new_tokens = config.max_new_tokens or trained.get("max_completion_length") or 64
+    max_prompt_length = config.max_prompt_length or trained.get("max_prompt_length") or 256
 
     model, tokenizer = load_policy(policy, config.adapter)
     prompts = read_prompts(config.prompts, limit=config.max_prompts)
-    prompts, _ = fit_prompts(tokenizer, prompts, config.max_prompt_length)
+    prompts, _ = fit_prompts(tokenizer, prompts, max_prompt_length)
     settings = dict(n=1, max_new_tokens=max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                     seed=config.seed, batch_size=config.batch_size)
     with console.status(f"sampling the base policy on {len(prompts)} prompts"):

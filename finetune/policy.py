@@ -14,7 +14,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from collect.errors import UserError
+from collect.errors import UserError, first_line
 from finetune.training import pick_device
 
 _PROBE = [
@@ -129,7 +129,11 @@ def load_policy(
 
         if not (Path(adapter) / "adapter_config.json").exists():
             raise UserError(f"adapter {adapter}: no adapter_config.json there (expected a PEFT adapter directory)")
-        model = PeftModel.from_pretrained(model, adapter)
+        try:
+            model = PeftModel.from_pretrained(model, adapter)
+        except (RuntimeError, ValueError) as e:  # a size mismatch: the adapter was trained on another base
+            raise UserError(f"adapter {adapter}: does not fit policy {policy} ({first_line(e)}); pass the policy it "
+                            "was trained from") from None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.to(device).eval()
     return model, tokenizer

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from collect.errors import UserError
+from collect.errors import UserError, first_line
 from collect.formats import (dataset_dir_rows, detect_format, one_split, parse_conversation, read_records, read_table,
                              records_from_dataset)
 
@@ -180,7 +180,14 @@ def fit_prompts(
     """Fitted prompts and the indices of those kept; raises UserError when none fit."""
     kept, indices = [], []
     for i, messages in enumerate(conversations):
-        fitted = fit_prompt(tokenizer, messages, max_tokens)
+        try:
+            fitted = fit_prompt(tokenizer, messages, max_tokens)
+        except UserError:
+            raise
+        except Exception as e:  # a template raises on roles or turn orders it does not take (jinja2's TemplateError)
+            start = messages[0]["content"][:40] if messages else ""
+            raise UserError(f"{what}: the prompt that starts {start!r}: the policy's chat template refuses it "
+                            f"({first_line(e)})") from None
         if fitted is not None:
             kept.append(fitted)
             indices.append(i)

@@ -173,6 +173,40 @@ def test_what_would_fail_after_training_is_refused_before_it(models, tmp_path):
         assert not (tmp_path / "out").exists(), overrides
 
 
+def test_a_prompt_the_chat_template_refuses_is_named(models, tmp_path):
+    from tests.tiny_models import CHAT_TEMPLATE
+
+    strict = tmp_path / "strict.jinja"  # the tiny policy's own template, refusing a system turn as Llama 2's do
+    strict.write_text("{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not "
+                      "supported') }}{% endif %}{% endfor %}" + CHAT_TEMPLATE)
+    prompts = [[{"role": "user", "content": "hi"}], [{"role": "system", "content": "Be terse."},
+                                                     {"role": "user", "content": "hello"}]]
+    with pytest.raises(UserError) as e:
+        align(small_config(models, "grpo", tmp_path / "out", prompts=prompts, chat_template=str(strict)))
+    assert str(e.value) == ("prompts: the prompt that starts 'Be terse.': the policy's chat template refuses it "
+                            "(System role not supported)")
+
+
+def test_the_evaluation_fits_prompts_to_the_length_the_adapter_trained_with(models, tmp_path, monkeypatch):
+    """It fitted them to 256 tokens whatever the training's --max-prompt-length, and dropped longer ones unsaid."""
+    import finetune.evaluate
+
+    result = align(small_config(models, "dpo", tmp_path / "dpo", max_steps=1, max_prompt_length=300))
+    lengths = []
+    real = finetune.evaluate.fit_prompts
+    monkeypatch.setattr(finetune.evaluate, "fit_prompts", lambda tok, prompts, n: lengths.append(n) or real(tok, prompts, n))
+    for asked, used in ((None, 300), (40, 40)):
+        evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS[:2], reward_model=models["reward"],
+                            max_prompt_length=asked, show_progress=False))
+        assert lengths[-1] == used
+    with pytest.raises(UserError, match=r"max_new_tokens \(--max-new-tokens\) must be at least 1, got 0"):
+        evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS, max_new_tokens=0))
+    # Another base than the one the adapter was trained on: named, not a size-mismatch traceback.
+    wider = tiny_causal_lm(tmp_path / "wider", hidden_size=64)
+    with pytest.raises(UserError, match=r"does not fit policy .*wider .*pass the policy it was trained from"):
+        load_policy(wider, str(result.output_dir))
+
+
 def test_an_adapter_made_from_a_relative_policy_path_evaluates_from_anywhere(models, tmp_path, monkeypatch):
     import shutil
 
