@@ -26,6 +26,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +39,8 @@ from collect.errors import UserError
 from collect.output_dirs import check_output_dir, replacing_dir
 from finetune.policy import check_causal_lm, load_tokenizer, resolve
 from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
-from finetune.training import alignment_progress, is_main_process, pick_device, summarize_history, use_bf16
+from finetune.training import (alignment_progress, check_lora_targets, is_main_process, pick_device, summarize_history,
+                               use_bf16)
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -186,11 +188,18 @@ def align(config: AlignConfig) -> AlignResult:
         if not (config.reward_model or config.judge):
             raise UserError("eval_prompts (--eval-prompts): the evaluation needs a reward model to compare with: "
                             "pass --reward and/or --judge")
-        read_prompts(config.eval_prompts)
+        held_out = read_prompts(config.eval_prompts)
         if config.judge:
             reward_model_info(config.judge)
+        if config.method != "dpo":  # DPO's rows are pairs; their prompts are not what is sampled
+            trained_on = {json.dumps(p, sort_keys=True) for p in data}
+            seen = sum(json.dumps(p, sort_keys=True) in trained_on for p in held_out)
+            if seen:
+                warnings.warn(f"eval_prompts: {seen} of {len(held_out)} held-out prompt(s) are also training prompts: "
+                              "the evaluation then measures memory, not generalisation", stacklevel=2)
     dtype = torch.bfloat16 if use_bf16() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    check_lora_targets(model, config.lora_target_modules)
     progress = alignment_progress(f"{config.method} on {Path(str(config.policy)).name}", show=config.show_progress)
     # The first Ctrl-C or the time budget ends training after its step; the adapter so far is then saved (and
     # evaluated) as usual.

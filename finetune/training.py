@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig
 from transformers.trainer_callback import PrinterCallback
 
+from collect.errors import UserError
 from reward.progress import TrainingProgress
 from reward.train import checkpointing_argument, cpu_only
 
@@ -36,6 +37,19 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: str | list[s
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
     )
+
+
+def check_lora_targets(model, target_modules: str | list[str]) -> None:
+    """UserError unless every module name listed (PEFT matches a name by its last part) is a linear layer of
+    `model`: PEFT would fail inside the trainer with NoMatchingPeftModuleError. A string is PEFT's own ("all-linear",
+    or a regular expression), left to it."""
+    if isinstance(target_modules, str):
+        return
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    missing = [t for t in target_modules if t not in names]
+    if missing or not target_modules:
+        raise UserError(f"lora_target_modules (--lora-target-modules) {', '.join(missing) or '(none)'}: no linear "
+                        f"layer of the policy has that name; it has {', '.join(sorted(names))}")
 
 
 def common_trainer_args(

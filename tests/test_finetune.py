@@ -166,11 +166,22 @@ def test_what_would_fail_after_training_is_refused_before_it(models, tmp_path):
                                   ("max_prompts", -1, "max_prompts (--max-prompts) must be at least 1")):
         with pytest.raises(UserError, match=re.escape(expected)):
             small_config(models, "bon", tmp_path / "out", **{name: value})
+    cases.append((dict(method="dpo", lora_target_modules=["q_proj", "foo"]),
+                  "lora_target_modules (--lora-target-modules) foo: no linear layer of the policy has that name"))
     for overrides, expected in cases:
         method = overrides.pop("method")
         with pytest.raises(UserError, match=re.escape(expected)):
             align(small_config(models, method, tmp_path / "out", **overrides))
         assert not (tmp_path / "out").exists(), overrides
+
+
+def test_an_evaluation_that_is_no_independent_check_says_so(models, tmp_path):
+    with pytest.warns(UserWarning, match=r"eval_prompts: 2 of 3 held-out prompt\(s\) are also training prompts"):
+        result = align(small_config(models, "grpo", tmp_path / "grpo", max_steps=1,
+                                    eval_prompts=PROMPTS[:2] + ["A prompt of its own?"]))
+    with pytest.warns(UserWarning, match="is the training reward model: its win rate is no independent check"):
+        evaluate(EvalConfig(adapter=str(result.output_dir), prompts=["A prompt of its own?"],
+                            judge=models["reward"], show_progress=False))
 
 
 def test_a_prompt_the_chat_template_refuses_is_named(models, tmp_path):
