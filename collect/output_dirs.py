@@ -94,3 +94,12 @@ def _permissions_from_umask(root: Path) -> None:
             Path(folder, name).chmod(0o777 & ~umask)
         for name in files:
             Path(folder, name).chmod(0o666 & ~umask)
+
+
+def check_can_write_file(path: Path, label: str) -> None:
+    """UserError unless `path` can be written as a file: not a folder, and an existing file (an earlier report,
+    replaced) or a place `check_can_create` allows."""
+    if path.is_dir():
+        raise UserError(f"{label} {path}: is a folder; name a file")
+    if not path.is_file():
+        check_can_create(path, label)

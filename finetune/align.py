@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from collect.errors import UserError
+from collect.errors import UserError, check_settings
 from collect.output_dirs import check_output_dir, replacing_dir
 from finetune.policy import check_causal_lm, load_tokenizer, resolve
 from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
@@ -133,16 +133,14 @@ class AlignConfig:
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise UserError(f"time_budget_s (--time-budget) must be above 0, got {self.time_budget_s}")
         # What torch, TRL or PEFT would refuse with a traceback after the model has loaded, or quietly reinterpret.
-        for name, ok, expected in (
-                ("learning_rate", 0 < self.learning_rate < math.inf, "above 0"),
-                ("temperature", 0 < self.temperature < math.inf, "above 0"),
-                ("num_generations", self.num_generations >= 1, "at least 1"),
-                ("lora_alpha", self.lora_alpha >= 1, "at least 1"),
-                ("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)"),
-                ("max_prompts", self.max_prompts is None or self.max_prompts >= 1, "at least 1 (leave it out for all)"),
-                ("beta", self.beta is None or 0 <= self.beta < math.inf, "0 or more")):
-            if not ok:
-                raise UserError(f"{name} (--{name.replace('_', '-')}) must be {expected}, got {getattr(self, name)}")
+        check_settings(self, (
+            ("learning_rate", 0 < self.learning_rate < math.inf, "above 0"),
+            ("temperature", 0 < self.temperature < math.inf, "above 0"),
+            ("num_generations", self.num_generations >= 1, "at least 1"),
+            ("lora_alpha", self.lora_alpha >= 1, "at least 1"),
+            ("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)"),
+            ("max_prompts", self.max_prompts is None or self.max_prompts >= 1, "at least 1 (leave it out for all)"),
+            ("beta", self.beta is None or 0 <= self.beta < math.inf, "0 or more")))
         if self.method in ("grpo", "rloo") and self.num_generations < 2:
             raise UserError(f"num_generations must be at least 2 for {self.method} (it compares responses)")
         if self.method != "dpo" and not self.reward_model:

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from collect.errors import UserError
-from collect.output_dirs import check_can_create
+from collect.errors import UserError, check_settings
+from collect.output_dirs import check_can_write_file
 from finetune.policy import load_policy
 from finetune.prompts import fit_prompts, read_prompts
 from finetune.sampling import completion_kl, sample
@@ -113,19 +113,15 @@ def evaluate(config: EvalConfig) -> EvalResult:
     console = Console(quiet=not config.show_progress, markup=False)
     if not Path(config.adapter).is_dir():
         raise UserError(f"adapter {config.adapter}: no such directory")
-    for name, ok, expected in (("max_prompts", config.max_prompts is None or config.max_prompts >= 1, "at least 1"),
-                               ("max_new_tokens", config.max_new_tokens is None or config.max_new_tokens >= 1,
-                                "at least 1"),
-                               ("max_prompt_length", config.max_prompt_length is None or config.max_prompt_length >= 1,
-                                "at least 1"),
-                               ("temperature", 0 <= config.temperature < float("inf"), "0 (greedy) or more")):
-        if not ok:
-            raise UserError(f"{name} (--{name.replace('_', '-')}) must be {expected}, got {getattr(config, name)}")
+    check_settings(config, (
+        ("max_prompts", config.max_prompts is None or config.max_prompts >= 1, "at least 1"),
+        ("max_new_tokens", config.max_new_tokens is None or config.max_new_tokens >= 1, "at least 1"),
+        ("max_prompt_length", config.max_prompt_length is None or config.max_prompt_length >= 1, "at least 1"),
+        ("temperature", 0 <= config.temperature < float("inf"), "0 (greedy) or more")))
     if config.out:  # checked before minutes of sampling and scoring
-        if Path(config.out).is_dir() or Path(config.out).suffix.lower() != ".json":
+        if Path(config.out).suffix.lower() != ".json" and not Path(config.out).is_dir():
             raise UserError(f"out (--out) {config.out}: name a .json file (the plot is written beside it as .png)")
-        if not Path(config.out).is_file():
-            check_can_create(Path(config.out), "out (--out)")
+        check_can_write_file(Path(config.out), "out (--out)")
     manifest = read_manifest(config.adapter)
     # The recorded path is absolute where the policy was a local folder: `--policy m/lm` must reload from elsewhere.
     recorded = manifest.get("base_policy") or {}

@@ -425,17 +425,14 @@ def compare_reward_models(
     RewardScorer) and compare them pair by pair (`paired_comparison`, `model` first: a positive difference means
     `model` ranks more pairs right). With `out`, also write the report there as JSON."""
     from collect.offline_models import resolve_model
-    from collect.output_dirs import check_can_create
+    from collect.output_dirs import check_can_write_file
     from reward.data import prompt_of_rows
     from reward.score import RewardScorer
 
     # Checked before either model spends minutes scoring.
     check_resamples(n_bootstrap)
-    if out is not None:
-        if Path(out).is_dir():
-            raise UserError(f"{out}: the comparison is written to a JSON file; name a file, not a folder")
-        if not Path(out).is_file():  # an earlier comparison there is replaced
-            check_can_create(Path(out), "--out")
+    if out is not None:  # an earlier comparison there is replaced
+        check_can_write_file(Path(out), "--out")
     for side, models in (("model", model), ("baseline", baseline)):
         if isinstance(models, RewardScorer):
             continue

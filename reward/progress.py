@@ -168,8 +168,11 @@ class StopOnNonFiniteWeights(TrainerCallback):
 
         if self.diverged is not None or model is None:
             return
+        trained = [p for p in model.parameters() if p.requires_grad]
         with torch.no_grad():
-            broken = any(not torch.isfinite(p).all() for p in model.parameters() if p.requires_grad)
+            # A NaN or an infinity anywhere makes the sum of sums non-finite: 2 ms on minilm-l6's 22.7M weights,
+            # where isfinite over every weight took 60 ms at each log.
+            broken = bool(trained) and not torch.isfinite(torch.stack([p.sum() for p in trained]).sum())
         if broken:
             self.diverged = f"the trained weights hold NaN or infinite values after step {state.global_step}"
             control.should_training_stop = True

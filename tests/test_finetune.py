@@ -212,6 +212,10 @@ def test_the_evaluation_fits_prompts_to_the_length_the_adapter_trained_with(mode
         assert lengths[-1] == used
     with pytest.raises(UserError, match=r"max_new_tokens \(--max-new-tokens\) must be at least 1, got 0"):
         evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS, max_new_tokens=0))
+    # --out is the JSON report: a .png there was overwritten by the plot, a folder failed after all the sampling.
+    for out, expected in ((tmp_path / "report.png", "name a .json file"), (tmp_path, "is a folder; name a file")):
+        with pytest.raises(UserError, match=re.escape(expected)):
+            evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS, out=str(out)))
     # Another base than the one the adapter was trained on: named, not a size-mismatch traceback.
     wider = tiny_causal_lm(tmp_path / "wider", hidden_size=64)
     with pytest.raises(UserError, match=r"does not fit policy .*wider .*pass the policy it was trained from"):
