@@ -291,7 +291,9 @@ def test_local_models_with_adapter_record_parameters_and_reproduce(sqlite_url, t
 
 
 def test_local_run_interrupted_by_ctrl_c_resumes_without_duplicates(sqlite_url, tiny_models):
-    base, other, _ = tiny_models
+    # Labelled: a response's seed derives from its label, and an unlabelled model's label is its temporary path,
+    # under which some runs' tiny model says nothing (an empty response makes no pair).
+    base, other = "base=" + tiny_models[0], "other=" + tiny_models[1]
     pid = make_project(sqlite_url, QUESTIONS)
     settings = GenerationSettings(max_new_tokens=4, batch_size=2)
 
@@ -309,7 +311,7 @@ def test_local_run_interrupted_by_ctrl_c_resumes_without_duplicates(sqlite_url, 
 
 
 def test_local_long_prompts_lose_old_turns_or_are_skipped(sqlite_url, tiny_models):
-    base, other, _ = tiny_models
+    base, other = "base=" + tiny_models[0], "other=" + tiny_models[1]
     long_chat = []
     for i in range(6):
         long_chat += [{"role": "user", "content": f"turn {i} " + "words " * 20},
