@@ -159,7 +159,7 @@ class AlignResult:
 def align(config: AlignConfig) -> AlignResult:
     """Train a LoRA adapter with `config.method` and save it with prefloop.json. See AlignConfig."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
 
     from reward.progress import StopEarly, StopOnNonFiniteWeights
 
@@ -197,6 +197,9 @@ def align(config: AlignConfig) -> AlignResult:
                               "the evaluation then measures memory, not generalisation", stacklevel=2)
     dtype = torch.bfloat16 if use_bf16() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    # Older TRL releases wrap the model in LoRA before seeding, drawing the A matrices from whatever random state
+    # the process had: the same data, policy and seed then gave another adapter on each run.
+    set_seed(config.seed)
     check_lora_targets(model, config.lora_target_modules)
     progress = alignment_progress(f"{config.method} on {Path(str(config.policy)).name}", show=config.show_progress)
     # The first Ctrl-C or the time budget ends training after its step; the adapter so far is then saved (and

@@ -78,9 +78,10 @@ def test_http_two_models_make_one_pair_per_prompt_with_parameters_recorded(sqlit
 
 def test_http_retries_rate_limits_server_errors_drops_and_timeouts(sqlite_url):
     pid = make_project(sqlite_url, QUESTIONS[:2])
-    with FakeOpenAI(slow_seconds=1.5) as server:
+    # The timeout leaves an ordinary request time to spare on a busy machine: only the "slow" fault times out.
+    with FakeOpenAI(slow_seconds=6) as server:
         server.faults.extend(["429", "503", "drop", "slow", "500"])
-        result = run(sqlite_url, pid, ["alpha", "beta"], endpoint=endpoint(server, timeout=0.5, concurrency=1,
+        result = run(sqlite_url, pid, ["alpha", "beta"], endpoint=endpoint(server, timeout=2, concurrency=1,
                                                                              max_retries=5))
         assert result.retries == 5
         assert len(server.requests) == 4 + 5
@@ -234,15 +235,25 @@ def test_prompts_from_a_file_join_the_project_without_their_pairs(sqlite_url, tm
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    """Two tiny causal LMs and a LoRA adapter on the first (random, non-zero weights so it changes outputs)."""
+    """Two tiny causal LMs and a LoRA adapter on the first (random, non-zero weights so it changes outputs).
+
+    The tests count pairs, so the models never end a response on its first token: a random tiny model does that
+    about once in 600 samples, and an empty response makes no pair."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     root = tmp_path_factory.mktemp("tiny")
     base = tiny_causal_lm(root / "base", seed=0)
     other = tiny_causal_lm(root / "other", seed=1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
+    for path in (base, other):
+        generation = GenerationConfig.from_pretrained(path)
+        generation.begin_suppress_tokens = [generation.eos_token_id]
+        generation.save_pretrained(path)
+    # Seeded: LoRA's weights come from the global random state, which depends on the tests run before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
     model.save_pretrained(root / "adapter")
     return base, other, str(root / "adapter")
 
