@@ -548,9 +548,11 @@ def detect_format(path: Path) -> str:
 
 
 def _first_row_is_hh_dialogue(path: Path) -> bool:
+    # Only the first row is read: HH files run to hundreds of megabytes, and the parser reads them again anyway.
     try:
-        _, row = next(read_json_lines(path))
-    except (UserError, StopIteration, OSError):
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8-sig") as f:
+            row = json.loads(next((line for line in f if line.strip()), ""))
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError):
         return True  # unreadable: the HH parser names the line that is wrong
     return not isinstance(row, dict) or "prompt" not in row and isinstance(row.get("chosen"), str)
 
