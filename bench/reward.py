@@ -463,23 +463,38 @@ def paired_with_trl(results, splits) -> list[str]:
     from reward.data import prompt_of_rows
     from reward.evaluate import paired_comparison
 
+    def row(name: str, side: str, seed: str, ours: list[bool], trl: list[bool], prompts: list) -> str:
+        c = paired_comparison(ours, trl, prompts, n_bootstrap=2000)
+        interval = f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]" if c["ci_method"] else ""
+        return (f"| {name} | {SIDES[side]} | {seed} | {100 * c['difference']:+.1f} points {interval} | "
+                f"{c['only_first_right']} / {c['only_second_right']} | {c['p_value']:.3g} |")
+
     rows = []
+    pooled: dict[tuple[str, str], tuple[list, list, list, list]] = {}  # (name, side) -> ours, trl's, prompts, seeds
     for (name, side, seed), r in results.items():
         trl = results.get((name, "trl-defaults", seed))
         if side == "trl-defaults" or trl is None or "test_correct" not in r or "test_correct" not in trl:
             continue
         prompts = prompt_of_rows(datasets.Dataset.from_list(splits[name][1]))
-        c = paired_comparison(r["test_correct"], trl["test_correct"], prompts, n_bootstrap=2000)
-        interval = f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]" if c["ci_method"] else ""
-        rows.append(f"| {name} | {SIDES[side]} | {seed} | {100 * c['difference']:+.1f} points {interval} | "
-                    f"{c['only_first_right']} / {c['only_second_right']} | {c['p_value']:.3g} |")
+        rows.append(row(name, side, str(seed), r["test_correct"], trl["test_correct"], prompts))
+        ours, theirs, all_prompts, seeds = pooled.setdefault((name, side), ([], [], [], []))
+        ours += r["test_correct"]
+        theirs += trl["test_correct"]
+        all_prompts += prompts
+        seeds.append(seed)
+    for (name, side), (ours, theirs, prompts, seeds) in pooled.items():
+        if len(seeds) > 1:
+            rows.append(row(name, side, "all: " + ", ".join(map(str, seeds)), ours, theirs, prompts))
     if not rows:
         return []
     return ["", "## Against plain TRL defaults, pair by pair", "",
             "The same test pairs scored by both sides: the difference in accuracy with a 95% bootstrap interval that "
             "resamples prompts (none where under 10 prompts tell the two apart), the pairs only one side ranks right, "
             "and the two-sided exact permutation test over prompts (`reward.evaluate.paired_comparison`, what "
-            "`prefloop reward compare` reports).", "",
+            "`prefloop reward compare` reports). With several seeds, the last row of a side pools them: each test "
+            "pair counts once per seed, and a prompt's pairs from every seed are resampled and sign-flipped together, "
+            "so the seeds average out training noise while the interval and p still count the test prompts, not "
+            "the runs.", "",
             "| data | side | seed | difference [95% CI] | only this side right / only TRL right | p |",
             "|---|---|---|---|---|---|", *rows]
 

@@ -1,0 +1,129 @@
+"""Reward-model test accuracy counted per distinct comparison instead of per row, from a bench/reward.py run.
+
+Summarize-from-feedback has several workers rate some comparisons (the same post and the same two summaries): in
+the bench's test split, 6 of 181 comparisons carry 46 of the 222 rows. Counted per row, a model that ranks one of
+those right gains as much as from 9 comparisons rated once. Here each distinct comparison counts once, labelled
+as most of its raters labelled it (comparisons whose raters split evenly are left out), and each prefloop side is
+compared with TRL's defaults of the same seed, and over all seeds pooled, pair by pair
+(`reward.evaluate.paired_comparison`: bootstrap interval and exact permutation test over prompts).
+
+Reads what `python bench/reward.py --work-dir DIR` leaves in DIR (the test split and each side's per-row
+outcomes); trains nothing:
+
+    python bench/reward_by_comparison.py --work-dir /tmp/s36/sum3 --out bench/results/reward_by_comparison.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import command, machine, write_report  # noqa: E402
+from bench.reward import SIDES  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "reward_by_comparison.md"
+
+
+def majority_rows(test: list[dict], prompts: list) -> list[int]:
+    """One row index per distinct comparison (the same prompt and the same two responses, either way round): a row
+    whose chosen response most of the comparison's raters chose. Comparisons rated evenly both ways are left out."""
+    votes: dict[tuple, Counter] = {}
+    first_row: dict[tuple, int] = {}
+    for i, (row, prompt) in enumerate(zip(test, prompts)):
+        chosen, rejected = json.dumps(row["chosen"], sort_keys=True), json.dumps(row["rejected"], sort_keys=True)
+        key = (json.dumps(prompt, sort_keys=True), min(chosen, rejected), max(chosen, rejected))
+        votes.setdefault(key, Counter())[chosen] += 1
+        first_row.setdefault((key, chosen), i)
+    kept = []
+    for key, counts in votes.items():
+        (winner, most), *rest = counts.most_common()
+        if not rest or rest[0][1] < most:
+            kept.append(first_row[key, winner])
+    return sorted(kept)
+
+
+def main() -> None:
+    import datasets
+
+    from reward.data import prompt_of_rows
+    from reward.evaluate import paired_comparison
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", required=True, help="a bench/reward.py --work-dir that holds finished runs")
+    parser.add_argument("--out", default=None, help="the Markdown results file (default: "
+                        "bench/results/reward_by_comparison.md)")
+    args = parser.parse_args()
+    work = Path(args.work_dir)
+    lines = []
+    for test_path in sorted(work.glob("*_test.parquet")):
+        name = test_path.name.removesuffix("_test.parquet")
+        test = datasets.Dataset.from_parquet(str(test_path))
+        prompts = prompt_of_rows(test)
+        rows = test.to_list()
+        kept = majority_rows(rows, prompts)
+        sizes = Counter(Counter(json.dumps(p, sort_keys=True) for p in prompts).values())
+        runs = {}
+        for path in work.glob(f"{name}_*.json"):
+            match = re.fullmatch(rf"{re.escape(name)}_(.+?)(?:_seed(\d+))?\.json", path.name)
+            result = json.loads(path.read_text())
+            if match and match[1] in SIDES and "test_correct" in result:  # runs before 2026-12-05 kept no outcomes
+                runs[match[1], int(match[2] or 0)] = result["test_correct"]
+        lines += [f"## {name}: {len(rows)} test rows, {len(kept)} distinct comparisons with a majority label", "",
+                  "Prompts by how many rows they hold: " + ", ".join(f"{n} rows: {count}" for n, count in
+                                                                      sorted(sizes.items())) + ".", "",
+                  "| side | seed | accuracy per row | per comparison | vs TRL per comparison [95% CI] | "
+                  "only this side right / only TRL right | p |", "|---|---|---|---|---|---|---|"]
+        sides = sorted({side for side, _ in runs}, key=list(SIDES).index)
+        for side in sides:
+            pooled: tuple[list, list, list] = ([], [], [])
+            seeds = sorted(seed for s, seed in runs if s == side)
+            for seed in seeds:
+                correct = runs[side, seed]
+                ours = [correct[i] for i in kept]
+                cells = [SIDES[side], str(seed), f"{sum(correct) / len(correct):.3f}", f"{sum(ours) / len(ours):.3f}"]
+                trl = runs.get(("trl-defaults", seed))
+                if side != "trl-defaults" and trl is not None:
+                    theirs = [trl[i] for i in kept]
+                    cells += compared(paired_comparison, ours, theirs, [prompts[i] for i in kept])
+                    for into, values in zip(pooled, (ours, theirs, [prompts[i] for i in kept])):
+                        into += values
+                else:
+                    cells += ["", "", ""]
+                lines.append("| " + " | ".join(cells) + " |")
+            if len(seeds) > 1 and pooled[0]:
+                accuracy = sum(pooled[0]) / len(pooled[0])
+                lines.append("| " + " | ".join([SIDES[side], "all: " + ", ".join(map(str, seeds)), "",
+                                                f"{accuracy:.3f}", *compared(paired_comparison, *pooled)]) + " |")
+        lines.append("")
+    if not lines:
+        raise SystemExit(f"{work}: no *_test.parquet; give the --work-dir of a bench/reward.py run")
+    report = "\n".join([
+        "# Reward models: test accuracy per distinct comparison", "",
+        f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"- machine: {machine()} (this script only reads the outcomes the bench run saved)",
+        f"- command: `{command()}` (from the repository root)",
+        f"- runs read: {work} (a bench/reward.py --work-dir; its results file names the command)",
+        "- per row: what bench/reward.py reports; per comparison: each distinct comparison once, as most of its "
+        "raters labelled it; with several seeds, the `all` row pools them (each comparison once per seed, a prompt's "
+        "comparisons from every seed resampled and sign-flipped together)", "",
+        *lines])
+    write_report(report, args.out, False, RESULTS, work)
+
+
+def compared(paired_comparison, ours: list, theirs: list, prompts: list) -> list[str]:
+    c = paired_comparison(ours, theirs, prompts, n_bootstrap=2000)
+    interval = f" [{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}]" if c["ci_method"] else ""
+    return [f"{100 * c['difference']:+.1f} points{interval}", f"{c['only_first_right']} / {c['only_second_right']}",
+            f"{c['p_value']:.3g}"]
+
+
+if __name__ == "__main__":
+    main()
