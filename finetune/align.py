@@ -16,7 +16,7 @@ accelerate (each rank samples and scores its share of prompts; the first rank wr
         --method grpo --policy smollm2-135m-instruct --reward runs/rm --prompts prompts.jsonl --out runs/aligned
 
 On one GPU nothing is needed: the device is picked automatically, bf16 where the GPU supports it.
-`--prompts-per-step` is per GPU. Best-of-n samples on every rank before training (not sharded).
+`--prompts-per-step` is per GPU. Best-of-n's ranks share the sampling before training, each its own prompts.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from finetune.prompts import Conversation
 from finetune.rewards import score
 from finetune.sampling import sample
-from finetune.training import common_trainer_args, lora_config, pick_device, run
+from finetune.training import common_trainer_args, lora_config, pick_device, process_state, run
 
 if TYPE_CHECKING:
     from finetune.align import AlignConfig
@@ -28,22 +28,34 @@ def best_responses(
     should_stop: Callable[[int, int], bool] | None = None,
 ) -> tuple[list[dict], dict[str, float]]:
     """Prompt-completion rows with the best of `num_generations` samples, and how much picking helped.
-    `should_stop` may end sampling early (`finetune.sampling.sample`): the rows then cover the prompts sampled."""
+    `should_stop` may end sampling early (`finetune.sampling.sample`): the rows then cover the prompts sampled.
+
+    Under `accelerate launch` each rank samples and scores its share of the prompts, and every rank gets all the
+    rows, in prompt order, for the trainer to split again: the same rows as one process would pick."""
+    from accelerate.utils import gather_object
+
+    state = process_state()
     model.to(pick_device()).eval()
     samples = sample(
         model, tokenizer, prompts, n=config.num_generations, max_new_tokens=config.max_completion_length,
         temperature=config.temperature, seed=config.seed, should_stop=should_stop,
+        shard=(state.process_index, state.num_processes),
     )
-    rows, all_rewards, best_rewards = [], [], []
-    for prompt, texts in zip(prompts, samples.texts):
+    picked = []  # (prompt index, row, every candidate's reward)
+    for index, texts in zip(samples.indices, samples.texts):
         candidates = [t for t in texts if t]
         if not candidates:
             continue
+        prompt = prompts[index]
         rewards = score(scorer, [prompt + [{"role": "assistant", "content": t}] for t in candidates])
         best = max(range(len(candidates)), key=rewards.__getitem__)
-        rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": candidates[best]}]})
-        all_rewards.extend(rewards)
-        best_rewards.append(rewards[best])
+        picked.append((index, {"prompt": prompt, "completion": [{"role": "assistant", "content": candidates[best]}]},
+                       rewards, rewards[best]))
+    if state.num_processes > 1:
+        picked = sorted(gather_object(picked), key=lambda p: p[0])
+    rows = [row for _, row, _, _ in picked]
+    all_rewards = [r for _, _, rewards, _ in picked for r in rewards]
+    best_rewards = [best for *_, best in picked]
     stats = {
         "bon_prompts": float(len(rows)),
         "bon_mean_reward_all": sum(all_rewards) / max(len(all_rewards), 1),

@@ -13,10 +13,11 @@ from finetune.prompts import Conversation
 
 @dataclass
 class Samples:
-    """`n` responses per prompt, in prompt order: texts[i][k] is the k-th response to prompt i."""
+    """`n` responses per prompt, in prompt order: texts[i][k] is the k-th response to prompt `indices[i]`."""
 
     texts: list[list[str]]
     token_ids: list[list[list[int]]]  # the generated ids, EOS included when the model stopped
+    indices: list[int]  # which of the prompts given: all sampled ones in one process, this rank's share in several
 
 
 def sample(
@@ -31,6 +32,7 @@ def sample(
     seed: int = 0,
     batch_size: int = 8,
     should_stop: Callable[[int, int], bool] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Samples:
     """Sample `n` responses per prompt. `should_stop(sampled, total)`, asked before each batch but the first,
     ends sampling early: the Samples then cover the first `sampled` prompts.
@@ -39,16 +41,28 @@ def sample(
     `seed` + the index of its first prompt: the same call on two models (base and aligned) draws the same
     random numbers for the same prompt. A prompt's draws depend on its chunk, so changing `batch_size` or `n`
     changes the samples.
+
+    `shard` (rank, number of ranks) splits the work between data-parallel processes: the chunks are dealt out in
+    turn, each rank samples its own, and the Samples cover those (`indices`). A chunk's seed does not depend on
+    the split, so the responses are the ones one process would draw. Every rank asks `should_stop` before each
+    round of chunks, as many times as the others (a rank past the last chunk still asks), so that a
+    `should_stop` that makes the ranks agree (`reward.progress.StopEarly.stop_sampling`) cannot leave one waiting.
     """
+    rank, ranks = shard
     texts: list[list[str]] = []
     token_ids: list[list[list[int]]] = []
+    indices: list[int] = []
     stops = _stop_ids(model, tokenizer)
     device = model.device
     # One prompt (repeated n times) per generate call when n fills a batch; else several prompts at once.
     per_call = max(1, batch_size // n)
-    for start in range(0, len(prompts), per_call):
-        if start and should_stop is not None and should_stop(start, len(prompts)):
+    starts = range(0, len(prompts), per_call)
+    for first in range(0, len(starts), ranks):  # one round: a chunk per rank
+        if first and should_stop is not None and should_stop(starts[first], len(prompts)):
             break
+        if first + rank >= len(starts):
+            continue
+        start = starts[first + rank]
         chunk = prompts[start:start + per_call]
         rendered = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in chunk]
         batch = tokenizer([r for r in rendered for _ in range(n)], return_tensors="pt", padding=True,
@@ -70,7 +84,8 @@ def sample(
                 texts_i.append(tokenizer.decode([t for t in ids if t not in stops], skip_special_tokens=True).strip())
             token_ids.append(ids_i)
             texts.append(texts_i)
-    return Samples(texts=texts, token_ids=token_ids)
+            indices.append(start + i)
+    return Samples(texts=texts, token_ids=token_ids, indices=indices)
 
 
 def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

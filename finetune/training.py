@@ -13,19 +13,24 @@ from reward.progress import TrainingProgress
 from reward.train import checkpointing_argument, cpu_only
 
 
+def process_state():
+    """Accelerate's view of this process among data-parallel ranks (`num_processes`, `process_index`). Without
+    CUDA the ranks are CPU ranks, as the trainers see them (`use_cpu`): Accelerate would otherwise count each of
+    two CPU ranks as a run of its own."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=cpu_only())
+
+
 def pick_device() -> str:
     """This process's device: a GPU when there is one (its own under `accelerate launch`), else the CPU.
     Never fails for want of CUDA."""
-    from accelerate import PartialState
-
-    return str(PartialState().device)
+    return str(process_state().device)
 
 
 def is_main_process() -> bool:
     """False on every rank but the first under `accelerate launch`: only one process writes files."""
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    return process_state().is_main_process
 
 
 def use_bf16() -> bool:

@@ -234,11 +234,9 @@ class StopEarly(TrainerCallback):
         return "time budget" if stop[0] else "interrupted (Ctrl-C)" if stop[1] else None
 
     def stop_sampling(self, sampled: int, prompts: int) -> bool:
-        """Whether best-of-n should stop sampling, after `sampled` of its `prompts`, and train on those. In one
-        process only: under `accelerate launch` sampling runs before the ranks can agree, so it runs to its end."""
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            return False
-        why = self._why(1)
+        """Whether best-of-n should stop sampling, after `sampled` of its `prompts`, and train on those. Under
+        `accelerate launch` every rank asks at the same point (`finetune.sampling.sample`) and the first decides."""
+        why = self._why(int(os.environ.get("WORLD_SIZE", "1")))
         if why is not None:
             self.reason = f"{why} while sampling, after {sampled} of {prompts} prompts"
         return why is not None

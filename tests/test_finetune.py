@@ -306,6 +306,58 @@ def test_best_of_n_fine_tunes_on_the_highest_scored_sample(models, tmp_path):
     assert stats["bon_mean_reward_best"] == pytest.approx(sum(best_rewards) / len(best_rewards), abs=1e-5)
 
 
+
+def test_best_of_n_under_two_ranks_shares_the_sampling_and_stops_together(models, tmp_path):
+    """Under `accelerate launch` (here two CPU ranks under torchrun) each rank samples and scores half the prompts,
+    and both get every row: the rows one process picks. The stop is rank 0's call, at the same point on both
+    ranks, so a rank whose clock crossed the budget first neither stops alone nor leaves the other waiting."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from finetune.best_of_n import best_responses
+    from finetune.rewards import load_scorer
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    script = Path(__file__).with_name("align_two_ranks.py")
+
+    def launch(way: str) -> None:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+             models["policy"], models["reward"], str(prompts), str(tmp_path / way), way],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            _, stderr = run.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.communicate()
+            pytest.fail("the ranks did not finish within 300 s: one stopped sampling while the other waited on it")
+        assert run.returncode == 0, stderr[-3000:]
+
+    launch("rows")
+    ranks = [json.loads((tmp_path / f"rows.rank{r}.json").read_text()) for r in (0, 1)]
+    # 8 prompts, 4 samples each, 8 sequences a batch: chunks of 2 prompts, dealt out in turn.
+    assert [r["sampled_here"] for r in ranks] == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    assert [r["stopped"] for r in ranks] == [None, None]  # rank 1's spent budget is not rank 0's
+    config = small_config(models, "bon", tmp_path / "one", num_generations=4, temperature=1.0)
+    model, tokenizer = load_policy(models["policy"])
+    rows, stats = best_responses(config, model, tokenizer, [[{"role": "user", "content": p}] for p in PROMPTS],
+                                 load_scorer(models["reward"], device="cpu"))
+    for rank in ranks:
+        assert rank["rows"] == rows
+        assert rank["stats"] == pytest.approx(stats, abs=1e-5)
+
+    launch("budget")
+    manifest = json.loads((tmp_path / "budget" / "prefloop.json").read_text())
+    assert manifest["stopped"] == "time budget while sampling, after 4 of 8 prompts; training stopped at step 1 of 4"
+    assert manifest["metrics"]["bon_prompts"] == 4
+    assert (tmp_path / "budget" / "adapter_model.safetensors").exists()
+
+
 # ------------------------------------------------------------------------------------------ evaluation
 
 
