@@ -389,6 +389,9 @@ def main() -> None:
             print(f"   test accuracy {r['test_accuracy']:.3f} [{r['test_ci'][0]:.3f}, {r['test_ci'][1]:.3f}], "
                   f"{r['pairs_per_second']:.2f} pairs/s, peak RSS {r['peak_rss_gb']:.2f} GiB", flush=True)
     report = render_report(results, splits, args, command, started, load_before, where)
+    from bench.reward_by_comparison import DESCRIPTION, by_comparison_section
+
+    report += "\n".join(["", "## Per distinct comparison", "", DESCRIPTION, "", *by_comparison_section(work)])
     write_report(report, args.out, args.quick, RESULTS, work)
 
 

@@ -7,8 +7,9 @@ as most of its raters labelled it (comparisons whose raters split evenly are lef
 compared with TRL's defaults of the same seed, and over all seeds pooled, pair by pair
 (`reward.evaluate.paired_comparison`: bootstrap interval and exact permutation test over prompts).
 
-Reads what `python bench/reward.py --work-dir DIR` leaves in DIR (the test split and each side's per-row
-outcomes); trains nothing:
+bench/reward.py adds these tables to its own report; this script makes them from what an earlier
+`python bench/reward.py --work-dir DIR` left in DIR (the test split and each side's per-row outcomes), training
+nothing (`make bench` skips it):
 
     python bench/reward_by_comparison.py --work-dir /tmp/s36/sum3 --out bench/results/reward_by_comparison.md
 """
@@ -50,18 +51,13 @@ def majority_rows(test: list[dict], prompts: list) -> list[int]:
     return sorted(kept)
 
 
-def main() -> None:
+def by_comparison_section(work: Path) -> list[str]:
+    """The Markdown tables, one per data set whose test split and per-row outcomes `work` holds."""
     import datasets
 
     from reward.data import prompt_of_rows
     from reward.evaluate import paired_comparison
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-dir", required=True, help="a bench/reward.py --work-dir that holds finished runs")
-    parser.add_argument("--out", default=None, help="the Markdown results file (default: "
-                        "bench/results/reward_by_comparison.md)")
-    args = parser.parse_args()
-    work = Path(args.work_dir)
     lines = []
     for test_path in sorted(work.glob("*_test.parquet")):
         name = test_path.name.removesuffix("_test.parquet")
@@ -103,6 +99,23 @@ def main() -> None:
                 lines.append("| " + " | ".join([SIDES[side], "all: " + ", ".join(map(str, seeds)), "",
                                                 f"{accuracy:.3f}", *compared(paired_comparison, *pooled)]) + " |")
         lines.append("")
+    return lines
+
+
+DESCRIPTION = ("Per row: what bench/reward.py reports; per comparison: each distinct comparison (the same prompt and "
+               "the same two responses) once, as most of its raters labelled it, those rated evenly both ways left "
+               "out; with several seeds, the `all` row pools them (each comparison once per seed, a prompt's "
+               "comparisons from every seed resampled and sign-flipped together).")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", required=True, help="a bench/reward.py --work-dir that holds finished runs")
+    parser.add_argument("--out", default=None, help="the Markdown results file (default: "
+                        "bench/results/reward_by_comparison.md)")
+    args = parser.parse_args()
+    work = Path(args.work_dir)
+    lines = by_comparison_section(work)
     if not lines:
         raise SystemExit(f"{work}: no *_test.parquet; give the --work-dir of a bench/reward.py run")
     report = "\n".join([
@@ -111,9 +124,7 @@ def main() -> None:
         f"- machine: {machine()} (this script only reads the outcomes the bench run saved)",
         f"- command: `{command()}` (from the repository root)",
         f"- runs read: {work} (a bench/reward.py --work-dir; its results file names the command)",
-        "- per row: what bench/reward.py reports; per comparison: each distinct comparison once, as most of its "
-        "raters labelled it; with several seeds, the `all` row pools them (each comparison once per seed, a prompt's "
-        "comparisons from every seed resampled and sign-flipped together)", "",
+        f"- {DESCRIPTION}", "",
         *lines])
     write_report(report, args.out, False, RESULTS, work)
 
