@@ -311,32 +311,19 @@ def test_best_of_n_under_two_ranks_shares_the_sampling_and_stops_together(models
     """Under `accelerate launch` (here two CPU ranks under torchrun) each rank samples and scores half the prompts,
     and both get every row: the rows one process picks. The stop is rank 0's call, at the same point on both
     ranks, so a rank whose clock crossed the budget first neither stops alone nor leaves the other waiting."""
-    import os
-    import signal
-    import subprocess
-    import sys
     from pathlib import Path
 
     from finetune.best_of_n import best_responses
     from finetune.rewards import load_scorer
+    from tests.ranks import TORCHRUN, run_ranks
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     script = Path(__file__).with_name("align_two_ranks.py")
 
     def launch(way: str) -> None:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-             models["policy"], models["reward"], str(prompts), str(tmp_path / way), way],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            _, stderr = run.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.communicate()
-            pytest.fail("the ranks did not finish within 300 s: one stopped sampling while the other waited on it")
-        assert run.returncode == 0, stderr[-3000:]
+        run_ranks([*TORCHRUN, str(script), models["policy"], models["reward"], str(prompts), str(tmp_path / way), way],
+                  "sampling")
 
     launch("rows")
     ranks = [json.loads((tmp_path / f"rows.rank{r}.json").read_text()) for r in (0, 1)]

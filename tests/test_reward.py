@@ -24,6 +24,7 @@ from reward.data import Encoder, load_preferences, load_rows, rows_by_prompt  # 
 from reward.evaluate import calibration, evaluate_reward_model, preference_metrics  # noqa: E402
 from reward.score import RewardScorer, score_file  # noqa: E402
 from reward.train import RewardTrainingConfig, split_by_prompt, train_reward_model  # noqa: E402
+from tests.ranks import TORCHRUN, run_ranks  # noqa: E402
 from tests.tiny_models import tiny_causal_lm, tiny_encoder_reward_model, tiny_reward_model, tiny_tokenizer  # noqa: E402
 
 WORDS = "the a cat dog sea sky red blue one two three tree house river".split()
@@ -724,9 +725,6 @@ def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences
     with the shipped config): the time budget is rank 0's call, so ranks never stop apart (the one that stopped
     would wait on the other forever); packed pairs go through the data-parallel wrapper, so the ranks average
     their gradients as with two sequences a pair."""
-    import os
-    import signal
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -737,7 +735,7 @@ def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences
     datasets.Dataset.from_list(rule_pairs(128)).to_parquet(str(data))
     script = Path(__file__).with_name("reward_two_ranks.py")
     if launcher == "torchrun":
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        launch = TORCHRUN
     else:
         # The shipped file as a user runs it, but on the CPU: this machine has no GPU, and CPU bf16 under
         # DeepSpeed is not what the file is for.
@@ -748,19 +746,7 @@ def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences
                   str(tmp_path / "deepspeed_cpu.yaml")]
 
     def train(way: str) -> tuple[dict, dict]:
-        # Its own process group, so that a hang (the failure this test exists for) kills the ranks too.
-        run = subprocess.Popen(
-            [*launch, str(script), str(data), tiny_rm, str(tmp_path / way), way],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        try:
-            _, stderr = run.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.communicate()
-            pytest.fail("the ranks did not finish within 300 s: one stopped training while the other waited on it")
-        assert run.returncode == 0, stderr[-3000:]
+        stderr = run_ranks([*launch, str(script), str(data), tiny_rm, str(tmp_path / way), way], "training")
         assert "find_unused_parameters=True" not in stderr  # DDP's per-rank note of a wasted graph walk
         info = json.loads((tmp_path / way / "prefloop.json").read_text())
         assert (info["processes"], info["distributed"]) == (2, "MULTI_CPU" if launcher == "torchrun" else "DEEPSPEED")
@@ -782,18 +768,12 @@ def test_held_out_outcomes_gathered_from_two_ranks_are_in_row_order(tmp_path, ti
     """Under two ranks each scores every other held-out batch and rank 0 gathers them; the step choice groups the
     outcomes by prompt, so they must still be in the held-out rows' order: pair i's outcome is whether the saved
     model (the kept step) scores held-out row i's chosen side above its rejected side."""
-    import subprocess
-    import sys
 
     rows = datasets.Dataset.from_list(rule_pairs(128, uneven=True))
     rows.to_parquet(str(tmp_path / "pairs.parquet"))
     script = Path(__file__).with_name("reward_two_ranks.py")
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(tmp_path / "pairs.parquet"), tiny_rm, str(tmp_path / "rm"), "row-order"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_ranks([*TORCHRUN, str(script), str(tmp_path / "pairs.parquet"), tiny_rm, str(tmp_path / "rm"), "row-order"],
+              "scoring")
     outcomes = json.loads((tmp_path / "rm.outcomes.json").read_text())
     _, held_out = split_by_prompt(rows, fraction=0.1, seed=0)  # the split training made, by its defaults
     chosen, rejected = RewardScorer(tmp_path / "rm").score_pairs(held_out)
@@ -808,14 +788,12 @@ def test_ctrl_c_under_a_launcher_stops_every_rank_and_saves(tmp_path, tiny_rm):
     ranks if they take longer than TORCH_ELASTIC_SHUTDOWN_TIMEOUT: torch's behaviour, in the README.)"""
     import signal
     import subprocess
-    import sys
 
     data = tmp_path / "pairs.parquet"
     datasets.Dataset.from_list(rule_pairs(128)).to_parquet(str(data))
     script = Path(__file__).with_name("reward_two_ranks.py")
     run = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         str(data), tiny_rm, str(tmp_path / "rm"), "until-ctrl-c"],
+        [*TORCHRUN, str(script), str(data), tiny_rm, str(tmp_path / "rm"), "until-ctrl-c"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
