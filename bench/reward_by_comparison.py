@@ -33,30 +33,12 @@ from bench.reward import SIDES  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "reward_by_comparison.md"
 
 
-def majority_rows(test: list[dict], prompts: list) -> list[int]:
-    """One row index per distinct comparison (the same prompt and the same two responses, either way round): a row
-    whose chosen response most of the comparison's raters chose. Comparisons rated evenly both ways are left out."""
-    votes: dict[tuple, Counter] = {}
-    first_row: dict[tuple, int] = {}
-    for i, (row, prompt) in enumerate(zip(test, prompts)):
-        chosen, rejected = json.dumps(row["chosen"], sort_keys=True), json.dumps(row["rejected"], sort_keys=True)
-        key = (json.dumps(prompt, sort_keys=True), min(chosen, rejected), max(chosen, rejected))
-        votes.setdefault(key, Counter())[chosen] += 1
-        first_row.setdefault((key, chosen), i)
-    kept = []
-    for key, counts in votes.items():
-        (winner, most), *rest = counts.most_common()
-        if not rest or rest[0][1] < most:
-            kept.append(first_row[key, winner])
-    return sorted(kept)
-
-
 def by_comparison_section(work: Path) -> list[str]:
     """The Markdown tables, one per data set whose test split and per-row outcomes `work` holds."""
     import datasets
 
     from reward.data import prompt_of_rows
-    from reward.evaluate import paired_comparison
+    from reward.evaluate import distinct_comparisons, paired_comparison
 
     lines = []
     for test_path in sorted(work.glob("*_test.parquet")):
@@ -64,7 +46,8 @@ def by_comparison_section(work: Path) -> list[str]:
         test = datasets.Dataset.from_parquet(str(test_path))
         prompts = prompt_of_rows(test)
         rows = test.to_list()
-        kept = majority_rows(rows, prompts)
+        comparisons = distinct_comparisons(test["chosen"], test["rejected"], prompts)
+        kept = sorted(rows_of[0] for rows_of in comparisons.values() if rows_of)
         sizes = Counter(Counter(json.dumps(p, sort_keys=True) for p in prompts).values())
         runs = {}
         for path in work.glob(f"{name}_*.json"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig
@@ -12,8 +12,11 @@ from collect.errors import UserError
 from reward.progress import TrainingProgress
 from reward.train import checkpointing_argument, cpu_only
 
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
-def process_state():
+
+def process_state() -> PartialState:
     """Accelerate's view of this process among data-parallel ranks (`num_processes`, `process_index`). Without
     CUDA the ranks are CPU ranks, as the trainers see them (`use_cpu`): Accelerate would otherwise count each of
     two CPU ranks as a run of its own."""

@@ -156,6 +156,8 @@ def print_report(report: dict) -> None:
                           f"{entry['ci'][0]:.3f} - {entry['ci'][1]:.3f}{method}")
 
     row("all", report)
+    if "per_comparison" in report:
+        row("each comparison once", report["per_comparison"])
     for column, entries in report["by"].items():
         for value, entry in entries.items():
             row(f"{column} = {value}", entry)
@@ -165,6 +167,12 @@ def print_report(report: dict) -> None:
     console.print(table)
     if report["ties"]:
         console.print(f"ties: {report['ties']} pair(s) got equal rewards, counted wrong")
+    if "per_comparison" in report:
+        c = report["per_comparison"]
+        evenly = f"; {c['rated_evenly']} rated evenly both ways left out" if c["rated_evenly"] else ""
+        console.print(f"each comparison once: the {report['n']} pairs hold {c['comparisons']} distinct comparisons "
+                      f"(same prompt, same two responses), each counted once as most of its raters labelled it"
+                      f"{evenly}")
     for column, why in report.get("not_broken_down", {}).items():
         console.print(f"not broken down by {column}: {why}")
     cal = report["calibration"]

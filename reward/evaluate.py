@@ -365,6 +365,7 @@ def evaluate_reward_model(
     scorer = model if isinstance(model, RewardScorer) else RewardScorer(model, batch_size=batch_size)
     chosen, rejected = scorer.score_pairs(rows)
     groups, not_grouped = category_columns(rows)
+    prompts = prompt_of_rows(rows)
     report = preference_metrics(
         chosen.mean,
         rejected.mean,
@@ -372,11 +373,20 @@ def evaluate_reward_model(
         margins=rows["margin"] if "margin" in rows.column_names and bad_margin is None else None,
         chosen_lengths=[_completion_chars(v) for v in rows["chosen"]],
         rejected_lengths=[_completion_chars(v) for v in rows["rejected"]],
-        prompts=prompt_of_rows(rows),
+        prompts=prompts,
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
     report["not_broken_down"] = not_grouped
+    comparisons = distinct_comparisons(rows["chosen"], rows["rejected"], prompts)
+    if len(comparisons) < len(rows):
+        # Several raters judged some comparisons (summarize-from-feedback: up to 10 each): per row, one such
+        # comparison weighs as much as that many comparisons rated once. Here each counts once.
+        kept = [rows_of[0] for rows_of in comparisons.values() if rows_of]
+        correct = (chosen.mean > rejected.mean)[kept].astype(float)
+        report["per_comparison"] = {
+            "comparisons": len(comparisons), "rated_evenly": len(comparisons) - len(kept),
+            **_accuracy_entry(correct, n_bootstrap, seed, [prompts[i] for i in kept])}
     if any(member.info.get("margin_in_loss") for member in scorer.members):
         # TRL's loss with a margin, -log sigmoid(gap - margin), pushes each gap past the raters' margin.
         report["calibration"]["note"] = ("trained with the raters' margin in the loss, which pushes reward gaps "
@@ -396,6 +406,21 @@ def evaluate_reward_model(
         plot_accuracy(report, out / "accuracy.png")
         report["files"] = [str(out / "eval.json"), str(out / "reliability.png"), str(out / "accuracy.png")]
     return report
+
+
+def distinct_comparisons(chosen: Sequence[Any], rejected: Sequence[Any], prompts: Sequence[Any]) -> dict[tuple, list[int]]:
+    """The rows of each distinct comparison (the same prompt and the same two responses, either way round) whose
+    chosen response most of that comparison's raters chose; an empty list where they split evenly."""
+    votes: dict[tuple, dict[str, list[int]]] = {}
+    for i, (good, bad, prompt) in enumerate(zip(chosen, rejected, prompts)):
+        good, bad = json.dumps(good, sort_keys=True), json.dumps(bad, sort_keys=True)
+        key = (json.dumps(prompt, sort_keys=True, default=str), min(good, bad), max(good, bad))
+        votes.setdefault(key, {}).setdefault(good, []).append(i)
+    majority = {}
+    for key, by_chosen in votes.items():
+        (most, *rest) = sorted(by_chosen.values(), key=len, reverse=True)
+        majority[key] = most if not rest or len(rest[0]) < len(most) else []
+    return majority
 
 
 def _read_pairs(data: Any):

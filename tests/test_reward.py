@@ -1240,6 +1240,43 @@ def test_evaluate_writes_json_and_plots(trained, tmp_path):
         assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+
+def test_a_comparison_rated_several_times_is_also_counted_once(trained, tmp_path):
+    """Summarize-from-feedback has up to 10 raters on one comparison, which then weighs as 10 in the accuracy per
+    row. The evaluation also reports the accuracy with each distinct comparison (same prompt, same two responses)
+    counted once, as most of its raters labelled it; one rated evenly both ways is left out of it."""
+    from typer.testing import CliRunner
+
+    from reward.cli import app
+
+    result, _ = trained
+    rows = rule_pairs(6, seed=2)
+
+    def flipped(row: dict) -> dict:
+        return {**row, "chosen": row["rejected"], "rejected": row["chosen"]}
+
+    # Comparison 0: three raters one way, one the other. Comparison 1: one each way. Comparisons 2-5: one rater.
+    data = [rows[0], rows[0], flipped(rows[0]), rows[0], rows[1], flipped(rows[1]), *rows[2:]]
+    chosen, rejected = RewardScorer(result.output_dir).score_pairs(datasets.Dataset.from_list(rows))
+    right = (chosen.mean > rejected.mean).tolist()  # whether the model ranks each comparison as `rows` labels it
+    report = evaluate_reward_model(result.output_dir, datasets.Dataset.from_list(data), n_bootstrap=200)
+    per_row = 3 * right[0] + (not right[0]) + 1 + sum(right[2:])
+    assert (report["n"], report["accuracy"]) == (10, pytest.approx(per_row / 10))
+    once = report["per_comparison"]
+    assert (once["comparisons"], once["rated_evenly"], once["n"]) == (6, 1, 5)
+    assert once["accuracy"] == pytest.approx((right[0] + sum(right[2:])) / 5)
+    assert report["accuracy"] != once["accuracy"]  # 0.8 against 1.0 for a model that ranks all six as labelled
+    # Every comparison rated once: nothing to add.
+    assert "per_comparison" not in evaluate_reward_model(result.output_dir, datasets.Dataset.from_list(rows),
+                                                         n_bootstrap=200)
+    datasets.Dataset.from_list(data).to_json(str(tmp_path / "repeated.jsonl"), lines=True)
+    run = CliRunner().invoke(app, ["eval", "--model", result.output_dir, "--data", str(tmp_path / "repeated.jsonl"),
+                                   "--out", str(tmp_path / "eval"), "--n-bootstrap", "100"])
+    assert run.exit_code == 0, run.output + repr(run.exception)
+    assert "each comparison once" in run.output and "6 distinct comparisons" in " ".join(run.output.split())
+    assert "1 rated evenly both ways left out" in " ".join(run.output.split())
+
+
 def test_a_paired_comparison_counts_pairs_one_model_gets_right_and_tests_over_prompts():
     from scipy.stats import binomtest
 
