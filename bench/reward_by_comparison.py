@@ -46,8 +46,7 @@ def by_comparison_section(work: Path) -> list[str]:
         test = datasets.Dataset.from_parquet(str(test_path))
         prompts = prompt_of_rows(test)
         rows = test.to_list()
-        comparisons = distinct_comparisons(test["chosen"], test["rejected"], prompts)
-        kept = sorted(rows_of[0] for rows_of in comparisons.values() if rows_of)
+        _, kept = distinct_comparisons(test["chosen"], test["rejected"], prompts)
         sizes = Counter(Counter(json.dumps(p, sort_keys=True) for p in prompts).values())
         runs = {}
         for path in work.glob(f"{name}_*.json"):

@@ -206,3 +206,11 @@ def print_comparison(report: dict) -> None:
     console.print(f"pairs only the model ranks right: {report['only_model_right']}, only the baseline: "
                   f"{report['only_baseline_right']}; exact permutation test over prompts, two-sided p = "
                   f"{report['p_value']:.3g}")
+    if "per_comparison" in report:
+        c = report["per_comparison"]
+        interval = f"{c['ci'][0]:+.3f} - {c['ci'][1]:+.3f}" if c["ci_method"] else f"none: {c['ci_missing']}"
+        evenly = f", {c['rated_evenly']} rated evenly both ways left out" if c["rated_evenly"] else ""
+        console.print(f"each comparison once ({c['comparisons']} distinct among {report['n']} pairs, as most of its "
+                      f"raters labelled it{evenly}): model {c['model']['accuracy']:.3f}, baseline "
+                      f"{c['baseline']['accuracy']:.3f}, difference {c['difference']:+.3f} ({interval}), p = "
+                      f"{c['p_value']:.3g}")

@@ -378,15 +378,13 @@ def evaluate_reward_model(
         seed=seed,
     )
     report["not_broken_down"] = not_grouped
-    comparisons = distinct_comparisons(rows["chosen"], rows["rejected"], prompts)
-    if len(comparisons) < len(rows):
+    comparisons, kept = distinct_comparisons(rows["chosen"], rows["rejected"], prompts)
+    if comparisons < len(rows):
         # Several raters judged some comparisons (summarize-from-feedback: up to 10 each): per row, one such
         # comparison weighs as much as that many comparisons rated once. Here each counts once.
-        kept = [rows_of[0] for rows_of in comparisons.values() if rows_of]
         correct = (chosen.mean > rejected.mean)[kept].astype(float)
-        report["per_comparison"] = {
-            "comparisons": len(comparisons), "rated_evenly": len(comparisons) - len(kept),
-            **_accuracy_entry(correct, n_bootstrap, seed, [prompts[i] for i in kept])}
+        report["per_comparison"] = {"comparisons": comparisons, "rated_evenly": comparisons - len(kept),
+                                    **_accuracy_entry(correct, n_bootstrap, seed, [prompts[i] for i in kept])}
     if any(member.info.get("margin_in_loss") for member in scorer.members):
         # TRL's loss with a margin, -log sigmoid(gap - margin), pushes each gap past the raters' margin.
         report["calibration"]["note"] = ("trained with the raters' margin in the loss, which pushes reward gaps "
@@ -408,19 +406,21 @@ def evaluate_reward_model(
     return report
 
 
-def distinct_comparisons(chosen: Sequence[Any], rejected: Sequence[Any], prompts: Sequence[Any]) -> dict[tuple, list[int]]:
-    """The rows of each distinct comparison (the same prompt and the same two responses, either way round) whose
-    chosen response most of that comparison's raters chose; an empty list where they split evenly."""
+def distinct_comparisons(chosen: Sequence[Any], rejected: Sequence[Any], prompts: Sequence[Any]) -> tuple[int, list[int]]:
+    """How many distinct comparisons (the same prompt and the same two responses, either way round) the rows hold,
+    and, in row order, one row of each whose chosen response most of that comparison's raters chose (none for a
+    comparison rated evenly both ways)."""
     votes: dict[tuple, dict[str, list[int]]] = {}
     for i, (good, bad, prompt) in enumerate(zip(chosen, rejected, prompts)):
         good, bad = json.dumps(good, sort_keys=True), json.dumps(bad, sort_keys=True)
         key = (json.dumps(prompt, sort_keys=True, default=str), min(good, bad), max(good, bad))
         votes.setdefault(key, {}).setdefault(good, []).append(i)
-    majority = {}
-    for key, by_chosen in votes.items():
-        (most, *rest) = sorted(by_chosen.values(), key=len, reverse=True)
-        majority[key] = most if not rest or len(rest[0]) < len(most) else []
-    return majority
+    kept = []
+    for by_chosen in votes.values():
+        most, *rest = sorted(by_chosen.values(), key=len, reverse=True)
+        if not rest or len(rest[0]) < len(most):
+            kept.append(most[0])
+    return len(votes), sorted(kept)
 
 
 def _read_pairs(data: Any):
@@ -475,8 +475,14 @@ def compare_reward_models(
         chosen, rejected = scorer.score_pairs(rows)
         outcomes.append(chosen.mean > rejected.mean)  # a tie counts wrong, as in evaluate_reward_model
         del scorer
-    report = paired_comparison(*outcomes, prompts=prompt_of_rows(rows), n_bootstrap=n_bootstrap, seed=seed,
+    prompts = prompt_of_rows(rows)
+    report = paired_comparison(*outcomes, prompts=prompts, n_bootstrap=n_bootstrap, seed=seed,
                                names=("model", "baseline"))
+    comparisons, kept = distinct_comparisons(rows["chosen"], rows["rejected"], prompts)
+    if comparisons < len(rows):  # as in evaluate_reward_model: each distinct comparison once, by its majority
+        report["per_comparison"] = {"comparisons": comparisons, "rated_evenly": comparisons - len(kept),
+                                    **paired_comparison(*(o[kept] for o in outcomes), prompts=[prompts[i] for i in kept],
+                                                        n_bootstrap=n_bootstrap, seed=seed, names=("model", "baseline"))}
     report["models"] = {"model": _model_names(model), "baseline": _model_names(baseline)}
     report["data"] = _data_name(data)
     if out is not None:

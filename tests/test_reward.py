@@ -21,7 +21,7 @@ datasets = pytest.importorskip("datasets")
 from collect.errors import UserError  # noqa: E402
 from collect.offline_models import MODEL_ALIASES, resolve_model  # noqa: E402
 from reward.data import Encoder, load_preferences, load_rows, rows_by_prompt  # noqa: E402
-from reward.evaluate import calibration, evaluate_reward_model, preference_metrics  # noqa: E402
+from reward.evaluate import calibration, compare_reward_models, evaluate_reward_model, preference_metrics  # noqa: E402
 from reward.score import RewardScorer, score_file  # noqa: E402
 from reward.train import RewardTrainingConfig, split_by_prompt, train_reward_model  # noqa: E402
 from tests.ranks import TORCHRUN, run_ranks  # noqa: E402
@@ -1241,7 +1241,7 @@ def test_evaluate_writes_json_and_plots(trained, tmp_path):
 
 
 
-def test_a_comparison_rated_several_times_is_also_counted_once(trained, tmp_path):
+def test_a_comparison_rated_several_times_is_also_counted_once(trained, tiny_rm, tmp_path):
     """Summarize-from-feedback has up to 10 raters on one comparison, which then weighs as 10 in the accuracy per
     row. The evaluation also reports the accuracy with each distinct comparison (same prompt, same two responses)
     counted once, as most of its raters labelled it; one rated evenly both ways is left out of it."""
@@ -1275,6 +1275,18 @@ def test_a_comparison_rated_several_times_is_also_counted_once(trained, tmp_path
     assert run.exit_code == 0, run.output + repr(run.exception)
     assert "each comparison once" in run.output and "6 distinct comparisons" in " ".join(run.output.split())
     assert "1 rated evenly both ways left out" in " ".join(run.output.split())
+    # `reward compare` likewise: the untrained base as the baseline, each comparison once.
+    compared = compare_reward_models(result.output_dir, tiny_rm, datasets.Dataset.from_list(data), n_bootstrap=200)
+    base_chosen, base_rejected = RewardScorer(tiny_rm).score_pairs(datasets.Dataset.from_list(rows))
+    base_right = (base_chosen.mean > base_rejected.mean).tolist()
+    once = compared["per_comparison"]
+    assert (once["comparisons"], once["rated_evenly"], once["n"]) == (6, 1, 5)
+    assert once["model"]["accuracy"] == pytest.approx((right[0] + sum(right[2:])) / 5)
+    assert once["baseline"]["accuracy"] == pytest.approx((base_right[0] + sum(base_right[2:])) / 5)
+    run = CliRunner().invoke(app, ["compare", "--model", result.output_dir, "--baseline", tiny_rm, "--data",
+                                   str(tmp_path / "repeated.jsonl"), "--n-bootstrap", "100"])
+    assert run.exit_code == 0, run.output + repr(run.exception)
+    assert "each comparison once (6 distinct among 10 pairs" in " ".join(run.output.split())
 
 
 def test_a_paired_comparison_counts_pairs_one_model_gets_right_and_tests_over_prompts():
