@@ -39,8 +39,8 @@ from collect.errors import UserError, check_settings
 from collect.output_dirs import check_output_dir, replacing_dir
 from finetune.policy import check_causal_lm, load_tokenizer, resolve
 from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
-from finetune.training import (alignment_progress, check_lora_targets, is_main_process, pick_device, summarize_history,
-                               use_bf16)
+from finetune.training import (alignment_progress, check_lora_targets, is_main_process, pick_device, process_state,
+                               summarize_history, use_bf16)
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -219,6 +219,9 @@ def align(config: AlignConfig) -> AlignResult:
     metrics = summarize_history(progress.history) | extra
     evaluation = None
     if not is_main_process():  # under `accelerate launch`, the first rank writes for everyone
+        # No rank leaves before the first has written the adapter: a rank that left the process group while the
+        # first was still in it died with SIGABRT now and then ("terminate called without an active exception").
+        process_state().wait_for_everyone()
         return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=None,
                            stopped=stop_early.reason)
     # Written into a staging folder that then replaces `out` whole: no file of an earlier run stays beside it.
@@ -234,6 +237,7 @@ def align(config: AlignConfig) -> AlignResult:
             tokenizer.save_pretrained(staging / "merged")
         metrics["wall_s"] = time.monotonic() - started
         write_manifest(staging, config, path, reward_info, data_stats, metrics, stop_early.reason)
+    process_state().wait_for_everyone()  # the other ranks return now; the evaluation below is the first rank's
     if config.eval_prompts is not None:
         from finetune.evaluate import EvalConfig, evaluate
 

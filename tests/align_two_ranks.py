@@ -43,6 +43,12 @@ if way == "rows":
     stop.release()
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump({"sampled_here": sampled_here, "rows": rows, "stats": stats, "stopped": stop.reason}, f)
+    # As the CLI does on its way out: left to the interpreter's teardown, a rank can die with SIGABRT.
+    from apps.cli import leave_process_group
+    from finetune.training import process_state
+
+    process_state().wait_for_everyone()
+    leave_process_group()
     sys.exit(0)
 
 from apps.cli import main  # noqa: E402

@@ -26,6 +26,10 @@ if way == "row-order":
         kept = next(e for e in result.evaluations if e["step"] == result.best_step)
         with open(f"{out}.outcomes.json", "w") as f:
             json.dump(kept["correct"], f)
+    # As the CLI does on its way out: left to the interpreter's teardown, a rank can die with SIGABRT.
+    from apps.cli import leave_process_group
+
+    leave_process_group()
     sys.exit(0)
 budget = "0.0001" if os.environ["RANK"] == "1" else "1000000"
 until = ["--epochs", "10000"] if way == "until-ctrl-c" else ["--time-budget", budget]
