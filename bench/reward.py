@@ -391,7 +391,7 @@ def main() -> None:
     report = render_report(results, splits, args, command, started, load_before, where)
     from bench.reward_by_comparison import DESCRIPTION, by_comparison_section
 
-    report += "\n".join(["", "## Per distinct comparison", "", DESCRIPTION, "", *by_comparison_section(work)])
+    report += "\n".join(["", "## Per distinct comparison", "", DESCRIPTION, "", *by_comparison_section(work, heading="###")])
     write_report(report, args.out, args.quick, RESULTS, work)
 
 

@@ -33,8 +33,9 @@ from bench.reward import SIDES  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "reward_by_comparison.md"
 
 
-def by_comparison_section(work: Path) -> list[str]:
-    """The Markdown tables, one per data set whose test split and per-row outcomes `work` holds."""
+def by_comparison_section(work: Path, heading: str = "##") -> list[str]:
+    """The Markdown tables, one per data set whose test split and per-row outcomes `work` holds, each under a
+    `heading` of its own."""
     import datasets
 
     from reward.data import prompt_of_rows
@@ -45,16 +46,17 @@ def by_comparison_section(work: Path) -> list[str]:
         name = test_path.name.removesuffix("_test.parquet")
         test = datasets.Dataset.from_parquet(str(test_path))
         prompts = prompt_of_rows(test)
-        rows = test.to_list()
         _, kept = distinct_comparisons(test["chosen"], test["rejected"], prompts)
         sizes = Counter(Counter(json.dumps(p, sort_keys=True) for p in prompts).values())
         runs = {}
         for path in work.glob(f"{name}_*.json"):
             match = re.fullmatch(rf"{re.escape(name)}_(.+?)(?:_seed(\d+))?\.json", path.name)
+            if not match or match[1] not in SIDES:
+                continue
             result = json.loads(path.read_text())
-            if match and match[1] in SIDES and "test_correct" in result:  # runs before 2026-12-05 kept no outcomes
+            if "test_correct" in result:  # runs before 2026-12-05 kept no outcomes
                 runs[match[1], int(match[2] or 0)] = result["test_correct"]
-        lines += [f"## {name}: {len(rows)} test rows, {len(kept)} distinct comparisons with a majority label", "",
+        lines += [f"{heading} {name}: {len(test)} test rows, {len(kept)} distinct comparisons with a majority label", "",
                   "Prompts by how many rows they hold: " + ", ".join(f"{n} rows: {count}" for n, count in
                                                                       sorted(sizes.items())) + ".", "",
                   "| side | seed | accuracy per row | per comparison | vs TRL per comparison [95% CI] | "
