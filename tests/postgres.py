@@ -42,14 +42,22 @@ def throwaway_postgres(durable: bool = False) -> Iterator[str]:
         shutil.chown(root, "postgres")
         shutil.chown(sockets, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
     subprocess.run(as_postgres + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
                                   "--no-sync"], check=True, capture_output=True)
-    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=300"
-    if not durable:
-        options += " -c fsync=off -c synchronous_commit=off"
-    subprocess.run(as_postgres + [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
-                                  "-w", "start"], check=True, capture_output=True)
+    # free_port's port is free only until another process binds it, so a start that fails is retried on a new one.
+    for attempt in range(3):
+        port = free_port()
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off"
+        started = subprocess.run(as_postgres + [str(bindir / "pg_ctl"), "-D", str(data), "-o", options,
+                                                "-l", str(root / "log"), "-w", "start"], capture_output=True)
+        if started.returncode == 0:
+            break
+        if attempt == 2:
+            log = (root / "log").read_text(errors="replace") if (root / "log").exists() else ""
+            shutil.rmtree(root, ignore_errors=True)
+            raise RuntimeError(f"PostgreSQL did not start: {started.stderr.decode(errors='replace')}{log[-2000:]}")
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
