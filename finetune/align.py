@@ -280,8 +280,9 @@ def training_data(config: AlignConfig, tokenizer) -> tuple[list, dict[str, Any]]
     fitted, _ = fit_prompts(tokenizer, prompts, config.max_prompt_length)
     stats: dict[str, Any] = {"prompts": len(fitted), "dropped_too_long": len(prompts) - len(fitted)}
     if config.method == "bon":
-        # Best-of-n samples only the prompts its SFT steps see once: the same prompt budget as grpo.
-        fitted = fitted[:config.max_steps * config.prompts_per_step]
+        # Best-of-n samples only the prompts its SFT steps see once: the same prompt budget as grpo. Under
+        # `accelerate launch` a step takes prompts_per_step on every rank.
+        fitted = fitted[:config.max_steps * config.prompts_per_step * process_state().num_processes]
         stats["prompts_sampled"] = len(fitted)
     return fitted, stats
 
@@ -344,6 +345,9 @@ def write_manifest(
         "stopped": stopped,
         "evaluation": None,
         "device": pick_device(),
+        # How the run was launched: --prompts-per-step is per process, so a step took this many times as many.
+        "processes": process_state().num_processes,
+        "distributed": process_state().distributed_type.value,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "trl": trl.__version__, "peft": peft.__version__},
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

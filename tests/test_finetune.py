@@ -345,6 +345,39 @@ def test_best_of_n_under_two_ranks_shares_the_sampling_and_stops_together(models
     assert (tmp_path / "budget" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.parametrize("method", ["grpo", "rloo", "dpo"])
+def test_each_method_trains_under_two_ranks_and_saves_once(models, tmp_path, method):
+    """`accelerate launch "$(which prefloop)" align`, as the README has it, here on two CPU ranks under torchrun:
+    the ranks train together, the first saves (dpo also merges; grpo then evaluates alone while the other rank
+    leaves), and no rank hangs or aborts on the way out. The manifest says how the run was launched."""
+    import sys
+    from pathlib import Path
+
+    from tests.ranks import TORCHRUN, run_ranks
+
+    data = tmp_path / "data.jsonl"
+    rows = preference_rows() if method == "dpo" else [{"prompt": p} for p in PROMPTS]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / method
+    command = [*TORCHRUN, str(Path(sys.executable).with_name("prefloop")), "align", "--method", method,
+               "--policy", models["policy"], "--prompts", str(data), "--out", str(out), "--max-steps", "3",
+               "--learning-rate", "0.05", "--max-completion-length", "12", "--seed", "0"]
+    if method == "dpo":
+        command.append("--merge")
+    else:
+        command += ["--reward", models["reward"]]
+    if method == "grpo":
+        command += ["--eval-prompts", str(data)]
+    run_ranks(command, "training")
+
+    manifest = json.loads((out / "prefloop.json").read_text())
+    assert (manifest["processes"], manifest["distributed"]) == (2, "MULTI_CPU")
+    assert (manifest["evaluation"] is not None) == (method == "grpo")
+    model, _ = load_policy(models["policy"], str(out), device="cpu")
+    assert any(p.abs().max() > 0 for name, p in model.named_parameters() if "lora_B" in name)
+    assert (out / "merged" / "config.json").exists() == (method == "dpo")
+
+
 # ------------------------------------------------------------------------------------------ evaluation
 
 
