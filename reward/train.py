@@ -222,10 +222,19 @@ def _precision(choice: str) -> str:
     if choice == "fp16" and not torch.cuda.is_available():
         raise UserError(f"{setting('precision')} 'fp16' needs a GPU")
     if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+        chosen = choice
+    elif torch.cuda.is_available():
+        chosen = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    else:
+        chosen = "bf16" if cpu_has_native_bf16() else "fp32"
+    # `accelerate launch` passes its mixed_precision (config file or flag) in this variable, and Transformers applies
+    # it where neither bf16 nor fp16 is set: an fp32 run would train in bf16 and be recorded as fp32.
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if chosen == "fp32" and launched != "no":
+        raise UserError(f"{setting('precision')} is fp32{' (auto, on this machine)' if choice == 'auto' else ''}, "
+                        f"but accelerate launch asks for {launched} (mixed_precision in its config file, or "
+                        f"--mixed_precision): set mixed_precision: 'no' there, or ask for {launched} here")
+    return chosen
 
 
 def checkpointing_argument(enabled: bool) -> dict[str, bool]:

@@ -719,31 +719,30 @@ def test_the_same_seed_trains_the_same_model(tmp_path):
     assert not torch.equal(first["score.weight"], other["score.weight"])
 
 
+def deepspeed_launch(tmp_path: Path) -> list[str]:
+    """`accelerate launch` with the shipped DeepSpeed ZeRO-2 file as a user runs it, but on the CPU (this machine
+    has no GPU)."""
+    import sys
+
+    import yaml
+
+    shipped = Path(__file__).parent.parent / "reward" / "accelerate" / "deepspeed_zero2.yaml"
+    (tmp_path / "deepspeed_cpu.yaml").write_text(yaml.safe_dump(yaml.safe_load(shipped.read_text()) | {"use_cpu": True}))
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "deepspeed_cpu.yaml")]
+
+
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
 def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences_would(tmp_path, tiny_rm, launcher):
     """Data-parallel training (`accelerate launch`, here two CPU ranks under torchrun, or under DeepSpeed ZeRO-2
     with the shipped config): the time budget is rank 0's call, so ranks never stop apart (the one that stopped
     would wait on the other forever); packed pairs go through the data-parallel wrapper, so the ranks average
     their gradients as with two sequences a pair."""
-    import sys
-    from pathlib import Path
-
-    import yaml
     from safetensors.torch import load_file
 
     data = tmp_path / "pairs.parquet"
     datasets.Dataset.from_list(rule_pairs(128)).to_parquet(str(data))
     script = Path(__file__).with_name("reward_two_ranks.py")
-    if launcher == "torchrun":
-        launch = TORCHRUN
-    else:
-        # The shipped file as a user runs it, but on the CPU: this machine has no GPU, and CPU bf16 under
-        # DeepSpeed is not what the file is for.
-        shipped = Path(__file__).parent.parent / "reward" / "accelerate" / "deepspeed_zero2.yaml"
-        config = yaml.safe_load(shipped.read_text()) | {"use_cpu": True, "mixed_precision": "no"}
-        (tmp_path / "deepspeed_cpu.yaml").write_text(yaml.safe_dump(config))
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                  str(tmp_path / "deepspeed_cpu.yaml")]
+    launch = TORCHRUN if launcher == "torchrun" else deepspeed_launch(tmp_path)
 
     def train(way: str) -> tuple[dict, dict]:
         stderr = run_ranks([*launch, str(script), str(data), tiny_rm, str(tmp_path / way), way], "training")
@@ -762,6 +761,39 @@ def test_two_ranks_stop_on_the_same_step_and_train_packed_pairs_as_two_sequences
     assert shared["tokens_per_pair"] < 0.8 * apart["tokens_per_pair"]
     assert all(torch.allclose(shared_weights[k], apart_weights[k], atol=1e-4) for k in shared_weights)
     assert [e["accuracy"] for e in shared["evaluations"]] == [e["accuracy"] for e in apart["evaluations"]]
+
+
+def test_the_shipped_deepspeed_config_takes_the_accumulation_and_precision_prefloop_is_given(tmp_path, tiny_rm):
+    """The DeepSpeed file leaves gradient accumulation to --gradient-accumulation-steps (a number fixed there made
+    Transformers refuse any other) and the precision to --precision (its mixed_precision: bf16 turned an fp32 run
+    into a bf16 one)."""
+    data = tmp_path / "pairs.parquet"
+    datasets.Dataset.from_list(rule_pairs(128)).to_parquet(str(data))
+    script = Path(__file__).with_name("reward_two_ranks.py")
+    run_ranks([*deepspeed_launch(tmp_path), str(script), str(data), tiny_rm, str(tmp_path / "rm"), "accumulate"],
+              "training")
+    info = json.loads((tmp_path / "rm" / "prefloop.json").read_text())
+    assert (info["distributed"], info["config"]["gradient_accumulation_steps"], info["precision"]) == \
+        ("DEEPSPEED", 2, "fp32")
+    assert [e["step"] for e in info["evaluations"]][-1] == 2
+
+
+def test_an_fp32_run_is_refused_where_accelerate_launch_asks_for_bf16(tmp_path, tiny_rm, monkeypatch):
+    """`accelerate launch` passes its config's mixed_precision in ACCELERATE_MIXED_PRECISION, which Transformers
+    applies where neither bf16 nor fp16 is set: an fp32 run would train in bf16 under a record saying fp32."""
+    from trl import RewardConfig
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert RewardConfig(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none").mixed_precision == "bf16"
+    with pytest.raises(UserError) as e:
+        train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(16)), base_model=tiny_rm,
+                                                output_dir=str(tmp_path / "fp32"), precision="fp32", progress=False))
+    assert "precision (--precision) is fp32, but accelerate launch asks for bf16" in _one_line_error(e)
+    assert not (tmp_path / "fp32").exists()
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(16)), base_model=tiny_rm, output_dir=str(tmp_path / "bf16"),
+        eval_fraction=0, max_length=32, max_steps=1, batch_size=8, precision="bf16", progress=False))
+    assert json.loads((Path(result.output_dir) / "prefloop.json").read_text())["precision"] == "bf16"
 
 
 def test_held_out_outcomes_gathered_from_two_ranks_are_in_row_order(tmp_path, tiny_rm):
