@@ -67,7 +67,7 @@ class DemoSize:
     reward_max_steps: int
     """Reward-model optimizer steps (-1: one epoch)."""
     reward_time_budget_s: float
-    """Reward training stops after this many seconds and keeps its best held-out step."""
+    """Reward training stops after this many seconds; the step choice is `reward.train.keeps_latest`'s."""
     reward_batch_size: int
     reward_max_length: int
     """Tokens per sequence; HH dialogues are truncated from the left (the end is where the pair differs)."""

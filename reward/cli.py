@@ -21,7 +21,7 @@ console = Console(markup=False)  # paths and category values are printed as give
 
 @app.command()
 def train(
-    data: str = typer.Option(..., "--data", help="Preference dataset: .parquet, .jsonl, or a save_to_disk folder (of a DatasetDict, its train split)."),
+    data: str = typer.Option(..., "--data", help="Preference dataset: .parquet, .jsonl or .json (optionally .gz), or a save_to_disk folder (of a DatasetDict, its train split)."),
     base: str = typer.Option(DEFAULTS.base_model, "--base", help="Backbone: minilm-l6, smollm2-135m-instruct, an HF id or a path."),
     out: Path = typer.Option(Path(DEFAULTS.output_dir), "--out", help="Output model directory."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out pairs (of a DatasetDict, its test split; default: hold out --eval-fraction)."),

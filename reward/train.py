@@ -58,12 +58,13 @@ class RewardTrainingConfig:
     """Everything a reward-model run needs. Defaults are prefloop's recipe."""
 
     data: Any
-    """Training pairs: a Parquet/JSONL file, a `save_to_disk` folder, or a `datasets.Dataset` (of a DatasetDict,
-    the 'train' split)."""
+    """Training pairs: a Parquet, JSONL or JSON file (optionally .gz), a `save_to_disk` folder, a `datasets.Dataset`
+    (of a DatasetDict, the 'train' split), a list of dicts or a pandas DataFrame."""
     base_model: str = "minilm-l6"
     """Backbone: an alias from collect.offline_models, a Hugging Face id, or a local path."""
     output_dir: str = "runs/reward"
-    """Where the model, tokenizer, prefloop.json and README.md are written."""
+    """Where the model, tokenizer, prefloop.json and README.md are written (with `lora`, also the adapter alone in
+    `adapter/`)."""
     eval_data: Any = None
     """Held-out pairs evaluated during training (of a DatasetDict, the 'test' split); when None, `eval_fraction` of
     `data` is held out."""
@@ -140,8 +141,8 @@ class RewardTrainingConfig:
     """On a decoder, train each pair as one sequence whose shared start (the prompt) runs once, the two endings
     each attending to it (reward.shared_prompt): the same rewards from fewer tokens, with LoRA smollm2 1.6x the
     pairs per second on HH harmless and summarize at 256 tokens and 1.8-2x at 1,024
-    (bench/reward_shared_prompt.py). Encoders, sliding-window models, kernels without a 4D mask
-    (FlashAttention) and DeepSpeed runs keep two sequences a pair."""
+    (bench/reward_shared_prompt.py). Encoders, sliding-window models and kernels without a 4D mask (FlashAttention)
+    keep two sequences a pair; data-parallel runs (DDP or DeepSpeed ZeRO-2) pack too."""
     seed: int = 0
     """Seed for the held-out split, the head's initialisation and the data order."""
     progress: bool = True
@@ -535,7 +536,7 @@ def keeps_latest(evaluations: list[dict[str, Any]], alpha: float = 0.05,
     evaluation, still in warm-up, scored 0.604 by luck against 0.47-0.51 for every later one and was kept, with a
     test accuracy of 0.586 where the last step has 0.707 (bench/results/reward_steps.md). The cost is in runs long
     enough to overfit: they keep a late step unless its fall is significant, and at 5 epochs on 61-126 held-out
-    pairs falls of 5-10 points were not (bench/results/reward_select.md). Of seven other rules judged on validation
+    pairs falls of 5-10 points were not (bench/results/reward_step_rules.md). Of seven other rules judged on validation
     splits, those that recovered most of such a fall lost on 2-epoch runs, and the rest recovered about a third of
     it on one candidate and changed nothing else: not enough, on two splits, to replace this one
     (bench/results/reward_step_rules.md); on two fresh summarize splits the peak-chasing rules lost 2.5-3.2 points

@@ -1808,7 +1808,7 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
         load_preferences(bad_margin)
     assert "data[0]: field 'margin': expected a number, got 'high'" in _one_line_error(e)
     assert len(load_preferences(bad_margin, use_margin=False)) == 1
-    for margin in (-0.5, float("inf")):  # DESIGN.md's contract: margin >= 0; a signed one is refused, not learnt
+    for margin in (-0.5, float("inf")):  # the export contract (../shared/DESIGN.md): margin >= 0; a signed one is refused, not learnt
         with pytest.raises(UserError) as e:
             load_preferences([dict(rows[0], margin=1.0), dict(rows[0], margin=margin)])
         assert (f"data[1]: field 'margin': {margin!r} is not a finite number >= 0 (how strongly 'chosen' beats "
