@@ -192,6 +192,8 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
         for j, m in enumerate(value):
             if not isinstance(m, dict) or "content" not in m or "role" not in m:
                 raise UserError(f"{where}: field '{field}[{j}]': expected a message {{role, content}}")
+            if m["content"] is None:  # a key one message lacks reads as None once the rows share columns
+                raise UserError(f"{where}: field '{field}[{j}].content': is missing or null")
             if not isinstance(m["content"], str):
                 raise UserError(f"{where}: field '{field}[{j}].content': expected a string")
             if not isinstance(m["role"], str) or not m["role"]:
@@ -200,6 +202,8 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
         if not out and field != "prompt":  # no message at all; a message with empty content is an empty response
             raise UserError(f"{where}: field '{field}': is empty")
         return out
+    if value is None:  # a key one row lacks reads as None once the rows share columns
+        raise UserError(f"{where}: field '{field}': is missing or null")
     raise UserError(f"{where}: field '{field}': expected a string or a list of messages, got {type(value).__name__}")
 
 

@@ -303,8 +303,8 @@ def preference_metrics(
 
 def category_columns(dataset) -> tuple[dict[str, list[str]], dict[str, str]]:
     """({column: each row's label}, {column: why it is not broken down}) over every column that is not an id,
-    text or the margin. A column is broken down by when its values are strings, numbers or true/false (a missing
-    value labelled "(none)") with 2..50 distinct labels, at most half as many as rows; `source` whenever it has
+    text or the margin. A column is broken down by when its values are strings, whole numbers or true/false (a
+    missing value labelled "(none)", an empty string "(empty)") with 2..50 distinct labels, at most half as many as rows; `source` whenever it has
     at most 50 (1,600 sources made a 1,600-row table and an accuracy plot 86,000 pixels tall)."""
     used: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
@@ -315,7 +315,11 @@ def category_columns(dataset) -> tuple[dict[str, list[str]], dict[str, str]]:
         if any(isinstance(v, (list, dict)) for v in values):
             skipped[name] = "holds lists or objects"
             continue
-        labels = ["(none)" if v is None else str(v) for v in values]
+        if any(isinstance(v, float) and not v.is_integer() for v in values if v is not None):
+            # prefloop export's confidence and agreement: each distinct value would be a category of a pair or two.
+            skipped[name] = "fractional numbers (to break down by them, bin them into a column of labels)"
+            continue
+        labels = ["(none)" if v is None else "(empty)" if v == "" else str(v) for v in values]
         distinct = len(set(labels))
         most = min(MAX_CATEGORY_VALUES, max(2, len(values) // 2))
         if (name == "source" and distinct <= MAX_CATEGORY_VALUES) or 2 <= distinct <= most:

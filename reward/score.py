@@ -24,7 +24,7 @@ import numpy as np
 from collect.errors import UserError, first_line
 from collect.offline_models import resolve_model
 from reward.data import (Conversation, Encoder, as_messages, check_preferences, check_token_ids,
-                         load_rows, pair_conversations)
+                         load_rows, pair_conversations, position_limit)
 
 
 @dataclass
@@ -85,6 +85,9 @@ class _Member:
         if limit is None:
             positions = getattr(self.model.config, "max_position_embeddings", None) or 512
             limit = min(self.tokenizer.model_max_length, positions)
+        # A model saved by an earlier prefloop with a max_length beyond its positions (training now refuses that)
+        # scores with the longest input it takes.
+        limit = min(limit, position_limit(self.model) or limit)
         self.encoder = Encoder(self.tokenizer, limit, info.get("truncation_side", "left"))
         self.device = device
         self.name = model_dir
@@ -201,7 +204,8 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
     """Score every conversation of a dataset file and write it back with reward columns (JSONL or Parquet).
 
     A preference dataset gets `reward_chosen` and `reward_rejected`; others get `reward`. Ensembles
-    also get the spread (`..._spread`)."""
+    also get the spread (`..._spread`, the population standard deviation) and each member's reward in the order
+    of `models` (`..._members`)."""
     out = Path(out)
     if out.suffix not in (".jsonl", ".parquet"):
         raise UserError(f"{out}: the scored file is written as .jsonl or .parquet; name it so")
@@ -232,16 +236,19 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
     else:
         chosen, rejected = scorer.score_pairs(rows)
         scores = {"reward_chosen": chosen, "reward_rejected": rejected}
-    values: dict[str, np.ndarray] = {}
+    values: dict[str, list] = {}
     for name, score in scores.items():
-        values[name] = score.mean
+        values[name] = [float(v) for v in score.mean]
         if len(scorer.members) > 1:
-            values[f"{name}_spread"] = score.spread
+            values[f"{name}_spread"] = [float(v) for v in score.spread]
+            # Each member's own reward, in --model order: members are averaged as they are, not rescaled, so this
+            # shows whether a spread is disagreement or two models on different scales.
+            values[f"{name}_members"] = score.per_model.T.tolist()
     scored = rows
     for name, column in values.items():
         if name in scored.column_names:
             scored = scored.remove_columns(name)
-        scored = scored.add_column(name, [float(v) for v in column])
+        scored = scored.add_column(name, column)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside `out`, then renamed over it: a failure part way leaves any earlier file whole.
     partial = out.with_name(f".{out.name}.partial")

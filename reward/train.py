@@ -47,7 +47,7 @@ from typing import Any, Sequence
 from collect.errors import UserError, first_line
 from collect.offline_models import resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
-from reward.data import (Encoder, check_token_ids, fingerprint, load_preferences, pair_conversations,
+from reward.data import (Encoder, check_token_ids, fingerprint, load_preferences, pair_conversations, position_limit,
                          prompt_of_rows, rows_by_prompt)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -195,6 +195,8 @@ class RewardTrainingResult:
     """Training tokens a pair cost, averaged (two sequences, or one packed sequence with `shared_prompt`)."""
     precision: str = "fp32"
     """What training computed in: fp32, or bf16 or fp16 autocast."""
+    margin_in_loss: bool = False
+    """Whether the data's `margin` column entered the loss (it has one, and `use_margin`)."""
     stopped: str | None = None
     """Why training ended early, e.g. "interrupted (Ctrl-C) at step 40 of 204" or "time budget at step ..."; None
     when it ran its course."""
@@ -666,6 +668,11 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     # and seed gave a different model on every run.
     set_seed(config.seed)
     model = _load_model(model_path, tokenizer.pad_token_id, config.backbone_layers)
+    limit = position_limit(model)
+    # Refused whatever the data: a model saved with a max_length beyond its positions cannot score longer input.
+    if limit is not None and config.max_length is not None and config.max_length > limit:
+        raise UserError(f"{setting('max_length')} is {config.max_length}, beyond the {limit} positions "
+                        f"{config.base_model} takes; set it to {limit} or less")
     for dataset, name in ((train_set, "data"), (eval_set, "eval_data")):
         if dataset is not None:
             check_token_ids(itertools.chain(dataset["chosen_ids"], dataset["rejected_ids"]), model,
@@ -693,7 +700,10 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     pairs_per_step = config.batch_size * config.gradient_accumulation_steps * world
     steps_per_epoch = max(1, math.ceil(len(train_set) / pairs_per_step))
-    eval_steps = max(1, steps_per_epoch // config.evals_per_epoch)
+    # The interval whose evaluations an epoch come nearest the number asked (the more frequent on a tie): 102 steps
+    # at 4 an epoch evaluate every 25 steps; 7 steps every 2, not every step as 7 // 4 would (7 where 4 were asked).
+    intervals = sorted({max(1, steps_per_epoch // config.evals_per_epoch), steps_per_epoch // config.evals_per_epoch + 1})
+    eval_steps = min(intervals, key=lambda every: abs(steps_per_epoch // every - config.evals_per_epoch))
     out = Path(config.output_dir)
 
     # Trainer wants an output_dir even with nothing to save; keep it out of the model directory.
@@ -705,7 +715,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=learning_rate,
         num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,  # Transformers runs a step on 0
         warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the steps
         weight_decay=config.weight_decay,
         lr_scheduler_type=config.lr_scheduler_type,
@@ -780,6 +790,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         n_eval=len(eval_set) if eval_set is not None else 0,
         truncated_train=truncated_train,
         truncated_eval=truncated_eval,
+        margin_in_loss=config.use_margin and "margin" in train_rows.column_names,
         best_step=keep_best.best_step,
         train_seconds=train_seconds,
         pairs_per_second=pairs_seen / max(train_seconds, 1e-9),
@@ -870,6 +881,16 @@ def _check(config: RewardTrainingConfig) -> None:
                         f"schedules ({', '.join(kind.value for kind in SchedulerType)})")
     if not 0 <= config.seed < 2**32:
         raise UserError(f"{setting('seed')} must be between 0 and 2**32 - 1, got {config.seed}")
+    # Settings another one overrules, said rather than dropped (a default left alone says nothing).
+    defaults = RewardTrainingConfig(data=None)
+    if config.eval_data is not None and config.eval_fraction not in (0, defaults.eval_fraction):
+        warnings.warn(f"{setting('eval_fraction')} {config.eval_fraction:g} is not used: {setting('eval_data')} "
+                      "gives the held-out pairs", stacklevel=3)
+    unused = [name for name in ("lora_r", "lora_alpha", "lora_dropout")
+              if getattr(config, name) != getattr(defaults, name)]
+    if unused and not config.lora:
+        warnings.warn(f"{', '.join(setting(name) for name in unused)} not used: they set LoRA's adapter, and "
+                      f"{setting('lora')} is off", stacklevel=3)
     if config.center_rewards_coefficient is not None and config.center_rewards_coefficient < 0:
         raise UserError(f"{setting('center_rewards_coefficient')} must be 0 or more, "
                         f"got {config.center_rewards_coefficient}")
@@ -933,7 +954,7 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
         "max_length": config.max_length,
         "truncation_side": config.truncation_side,
         "align_truncation": config.align_truncation,
-        "margin_in_loss": config.use_margin and "margin" in train_rows.column_names,
+        "margin_in_loss": result.margin_in_loss,
         "data_fingerprint": fingerprint(train_rows),
         "eval_data_fingerprint": fingerprint(eval_rows) if eval_rows is not None else None,
         "metrics": result.metrics,
@@ -978,7 +999,12 @@ def _describe(data: Any) -> str | None:
 def model_card(info: dict[str, Any]) -> str:
     """A short model card: what the model is, how it was trained, how well it does, how to use it."""
     metrics = info["metrics"]
-    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
+    # TRL's eval_margin is the mean reward gap (chosen minus rejected), not the raters' margin column.
+    rows = "\n".join(f"| {k}{' (mean reward of chosen minus rejected)' if k == 'eval_margin' else ''} | {v:.4f} |"
+                     for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
+    centering = info["config"]["center_rewards_coefficient"]
+    loss = (("with the raters' margin (the `margin` column) subtracted from the reward gap" if info["margin_in_loss"]
+             else "without margins") + (f", reward centering {centering:g}" if centering else ""))
     lora = " with LoRA (score head trained in full, adapters merged)" if info["config"]["lora"] else ""
     kept = info["config"]["backbone_layers"] or "all"
     aligned = (" (in training, an over-long pair lost the same prompt tokens on both sides)"
@@ -998,9 +1024,10 @@ A reward model trained by prefloop with TRL's `RewardTrainer`{lora}: it reads a 
 one scalar; higher means more preferred by the raters.
 
 - base model: `{info["base_model"]}`
-- training pairs: {info["n_train"]} ({info["truncated_train"]} truncated), held-out pairs: {_held_out_pairs(info["n_eval"], info["n_eval_prompts"])}
+- training pairs: {info["n_train"]} ({info["truncated_train"]} truncated), held-out pairs: {_held_out_pairs(info["n_eval"], info["n_eval_prompts"], info["truncated_eval"])}
 - data: `{info["config"]["data"]}` ({info["data_fingerprint"]})
 - max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}{aligned}
+- loss: TRL's pairwise loss {loss}
 - layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
 - kept step (the latest held-out evaluation unless an earlier one ranked significantly more of the same held-out pairs right): {info["best_step"] if info["best_step"] is not None else "the last (no held-out pairs)"}
 - held-out accuracy at each evaluation (in training, {info["precision"]}): {evaluations or "none (no held-out pairs)"}
@@ -1036,8 +1063,10 @@ def _higher_step(evaluations: list[dict[str, Any]], kept: int | None) -> str:
     return f"; step {best['step']} scored {best['accuracy']:.3f}, not significantly better"
 
 
-def _held_out_pairs(pairs: int, prompts: int) -> str:
-    return f"{pairs} on {prompts} prompt{'s' * (prompts != 1)}" if pairs else "none"
+def _held_out_pairs(pairs: int, prompts: int, truncated: int) -> str:
+    if not pairs:
+        return "none"
+    return f"{pairs} on {prompts} prompt{'s' * (prompts != 1)} ({truncated} truncated)"
 
 
 def print_summary(result: RewardTrainingResult) -> None:
@@ -1046,15 +1075,15 @@ def print_summary(result: RewardTrainingResult) -> None:
 
     table = Table(title=f"reward model saved to {result.output_dir}", show_header=False)
     table.add_row("training pairs", f"{result.n_train} ({result.truncated_train} truncated, none dropped)")
-    table.add_row("held-out pairs", f"{_held_out_pairs(result.n_eval, result.n_eval_prompts)} "
-                  f"({result.truncated_eval} truncated)")
+    table.add_row("held-out pairs", _held_out_pairs(result.n_eval, result.n_eval_prompts, result.truncated_eval))
     if "eval_accuracy" in result.metrics:
         in_training = result.metrics.get("eval_accuracy_in_training", result.metrics["eval_accuracy"])
         rounded = (f", {in_training:.3f} in training's {result.precision}"
                    if in_training != result.metrics["eval_accuracy"] else "")
         table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f} (kept step {result.best_step}"
                       f"{rounded}{_higher_step(result.evaluations, result.best_step)})")
-    table.add_row("train loss", f"{result.metrics['train_loss']:.4f}")
+    table.add_row("train loss", f"{result.metrics['train_loss']:.4f} ("
+                  + ("the data's margin in the loss)" if result.margin_in_loss else "no margin in the loss)"))
     table.add_row("tokens per pair", f"{result.tokens_per_pair:.0f}"
                   + (" (one sequence a pair, its prompt run once)" if result.shared_prompt else ""))
     table.add_row("time", f"{result.train_seconds:.1f} s, {result.pairs_per_second:.1f} pairs/s"

@@ -103,6 +103,8 @@ def test_output_directory_has_model_tokenizer_metadata_and_card(trained):
     AutoTokenizer.from_pretrained(out)
     card = open(f"{out}/README.md").read()
     assert "eval_accuracy" in card and "left" in card
+    assert info["margin_in_loss"] is True and "- loss: TRL's pairwise loss with the raters' margin (the `margin` " in card
+    assert "| eval_margin (mean reward of chosen minus rejected) |" in card  # TRL's name, not the raters' margin
     # Every held-out evaluation, the kept one in bold.
     steps = [(f"**step {e['step']} {e['accuracy']:.3f}**" if e["step"] == result.best_step
               else f"step {e['step']} {e['accuracy']:.3f}") for e in result.evaluations]
@@ -124,7 +126,13 @@ def test_the_summary_names_a_higher_step_the_rule_did_not_keep(monkeypatch, caps
     result.evaluations = evaluations[:2]
     result.best_step, result.metrics["eval_accuracy"] = 20, 0.70
     print_summary(result)
-    assert "0.700 (kept step 20) " in capsys.readouterr().err
+    summary = capsys.readouterr().err
+    assert "0.700 (kept step 20) " in summary and "0.5000 (no margin in the loss)" in summary
+    result.n_eval, result.evaluations, result.margin_in_loss = 0, [], True
+    del result.metrics["eval_accuracy"]
+    print_summary(result)
+    summary = capsys.readouterr().err
+    assert " none " in summary and "none (0 truncated)" not in summary and "the data's margin in the loss" in summary
 
 
 def test_margins_change_the_loss(tmp_path, tiny_rm):
@@ -451,7 +459,7 @@ def test_held_out_pairs_come_in_row_order_at_every_evaluation(tmp_path, tiny_rm,
     for prompts in [*prompts_seen, result.held_out_prompts]:  # numbered in another order, the same groups
         assert [prompts.index(p) for p in prompts] == [3 * g for g in by_prompt]
     assert json.loads((tmp_path / "order" / "prefloop.json").read_text())["n_eval_prompts"] == 32
-    assert "held-out pairs: 96 on 32 prompts\n" in (tmp_path / "order" / "README.md").read_text()
+    assert "held-out pairs: 96 on 32 prompts (84 truncated)\n" in (tmp_path / "order" / "README.md").read_text()
 
 
 def test_progress_in_a_log_is_a_line_per_evaluation(tmp_path, tiny_rm, capsys):
@@ -699,6 +707,40 @@ def test_a_bad_setting_is_named_as_the_python_api_and_the_cli_spell_it(tmp_path,
             train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(4)), base_model=tiny_rm,
                                                     progress=False, **overrides))
         assert expected in _one_line_error(e), overrides
+
+
+def test_a_setting_another_overrules_is_said_not_dropped(tmp_path):
+    """--eval-fraction beside --eval-data, or a LoRA rank without --lora, would otherwise vanish without a word;
+    the warnings come before the model loads (here a missing one). Max steps 0 means no limit, as the help says."""
+    import warnings
+
+    rows = datasets.Dataset.from_list(rule_pairs(4))
+    missing = str(tmp_path / "no-such-model")
+    with pytest.warns(UserWarning, match=r"^eval_fraction \(--eval-fraction\) 0.3 is not used: eval_data "
+                      r"\(--eval-data\) gives the held-out pairs$"), pytest.raises(UserError):
+        train_reward_model(RewardTrainingConfig(data=rows, eval_data=rows, eval_fraction=0.3, base_model=missing))
+    with pytest.warns(UserWarning, match=r"^lora_r \(--lora-r\), lora_dropout not used: they set LoRA's adapter, "
+                      r"and lora \(--lora\) is off$"), pytest.raises(UserError):
+        train_reward_model(RewardTrainingConfig(data=rows, lora_r=8, lora_dropout=0.0, base_model=missing))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the defaults, or the same settings where they apply, say nothing
+        for quiet in (dict(eval_data=rows), dict(eval_data=rows, eval_fraction=0), dict(lora=True, lora_r=8)):
+            with pytest.raises(UserError):
+                train_reward_model(RewardTrainingConfig(data=rows, base_model=missing, **quiet))
+
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(32)), base_model=tiny_reward_model(tmp_path / "rm"),
+        output_dir=str(tmp_path / "all"), eval_fraction=0, max_length=32, batch_size=8, num_train_epochs=1,
+        max_steps=0, precision="fp32", progress=False))
+    assert max(h["step"] for h in result.history) == 4  # one epoch of 32 pairs, 8 a step; Transformers alone ran 1
+
+
+def test_evaluations_an_epoch_come_near_the_number_asked(tmp_path, tiny_rm):
+    """7 steps an epoch at 4 evaluations an epoch: every 2 steps and the last, not every step (7 // 4 = 1)."""
+    result = train_reward_model(RewardTrainingConfig(
+        data=rule_pairs(56), eval_data=rule_pairs(8), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+        max_length=32, batch_size=8, num_train_epochs=1, evals_per_epoch=4, precision="fp32", progress=False))
+    assert [e["step"] for e in result.evaluations] == [2, 4, 6, 7]
 
 
 def test_the_same_seed_trains_the_same_model(tmp_path):
@@ -1556,6 +1598,18 @@ def test_ensemble_returns_mean_and_spread(trained, tiny_rm, tmp_path):
     np.testing.assert_allclose(both.spread, np.abs(one - other) / 2, atol=1e-5)
     assert (both.spread > 0).all()
 
+    # A scored file holds each member's reward beside the mean and spread, so a user can see what the spread is.
+    rows = [{"messages": c} for c in conversations]
+    alone = [json.loads(line) for line in score_file(result.output_dir, rows, tmp_path / "one.jsonl").read_text().splitlines()]
+    scored = [json.loads(line) for line in
+              score_file([result.output_dir, tiny_rm], rows, tmp_path / "both.jsonl").read_text().splitlines()]
+    members = np.array([row["reward_members"] for row in scored])
+    assert members.shape == (6, 2)
+    np.testing.assert_allclose(members[:, 0], [row["reward"] for row in alone], atol=1e-6)
+    np.testing.assert_allclose(members.mean(axis=1), [row["reward"] for row in scored], atol=1e-6)
+    np.testing.assert_allclose(members.std(axis=1), [row["reward_spread"] for row in scored], atol=1e-6)
+    assert "reward_members" not in alone[0]
+
 
 def test_reward_score_names_its_output_after_the_data_and_never_overwrites_a_name_it_chose(trained, tmp_path,
                                                                                            monkeypatch):
@@ -1678,14 +1732,32 @@ def test_sequences_longer_than_the_model_has_positions_are_refused_before_traini
     from reward.data import position_limit
 
     short = tiny_encoder_reward_model(tmp_path / "short", max_position_embeddings=16)
+    # Refused whatever the data: short pairs would train, and the saved model could not score a long one.
+    for data in (rule_pairs(16, long_prompt=True), rule_pairs(16)):
+        with pytest.raises(UserError) as e:
+            train_reward_model(RewardTrainingConfig(
+                data=datasets.Dataset.from_list(data), base_model=short, output_dir=str(tmp_path / "rm"),
+                eval_fraction=0, max_length=40, max_steps=1, precision="fp32", progress=False))
+        assert _one_line_error(e) == (f"max_length (--max-length) is 40, beyond the 16 positions {short} takes; "
+                                      "set it to 16 or less")
+        assert not (tmp_path / "rm").exists()
+    # Without a max_length the data's longest sequence is what is checked.
     with pytest.raises(UserError) as e:
         train_reward_model(RewardTrainingConfig(
             data=datasets.Dataset.from_list(rule_pairs(16, long_prompt=True)), base_model=short,
-            output_dir=str(tmp_path / "rm"), eval_fraction=0, max_length=40, max_steps=1, precision="fp32",
+            output_dir=str(tmp_path / "rm"), eval_fraction=0, max_length=None, max_steps=1, precision="fp32",
             progress=False))
     assert _one_line_error(e).startswith(f"data for {short}: a sequence of ")
     assert "tokens, beyond the 16 positions the model takes; set max_length (--max-length) to 16 or less" in str(e.value)
-    assert not (tmp_path / "rm").exists()
+    # A model saved with a max_length beyond its positions (as earlier releases allowed) scores at its positions.
+    trained = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(16)), base_model=short, output_dir=str(tmp_path / "ok"),
+        eval_fraction=0, max_length=16, max_steps=1, precision="fp32", progress=False))
+    info = json.loads((Path(trained.output_dir) / "prefloop.json").read_text())
+    (Path(trained.output_dir) / "prefloop.json").write_text(json.dumps(info | {"max_length": 40}))
+    chosen, rejected = RewardScorer(trained.output_dir).score_pairs(
+        datasets.Dataset.from_list(rule_pairs(4, long_prompt=True)))
+    assert len(chosen.mean) == 4 and np.isfinite(chosen.mean).all()
     small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=1)
     roberta = RobertaForSequenceClassification(RobertaConfig(max_position_embeddings=18, **small))
     assert position_limit(roberta) == 16  # its positions start after the padding index
@@ -1752,7 +1824,12 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
     cases = {
         "broken.jsonl": (f"{good}\n\n{good}\n{{\"prompt\": \"q\", \"chosen\": \n", "broken.jsonl:4: invalid JSON"),
         "null.jsonl": (f"{good}\n\n{good}\n" + json.dumps({"prompt": "q", "chosen": None, "rejected": "b"}) + "\n",
-                       "null.jsonl:4: field 'chosen'"),
+                       "null.jsonl:4: field 'chosen': is missing or null"),
+        "nokey.jsonl": (f"{good}\n" + json.dumps({"prompt": "q", "chosen": "a"}) + "\n",
+                        "nokey.jsonl:2: field 'rejected': is missing or null"),
+        "nocontent.jsonl": (json.dumps({"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"})
+                            + "\n" + json.dumps({"prompt": "q", "chosen": [{"role": "assistant"}], "rejected": "b"}) + "\n",
+                            "nocontent.jsonl:2: field 'chosen[0].content': is missing or null"),
         "mixed.jsonl": (f"{good}\n" + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "margin": 1}) + "\n"
                         + json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "margin": True}) + "\n",
                         "mixed.jsonl:3: field 'margin': true/false where"),  # not read as 1.0, as Arrow would
@@ -1779,7 +1856,7 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "rows.parquet"))
     with pytest.raises(UserError) as e:
         load_preferences(str(tmp_path / "rows.parquet"))
-    assert "rows.parquet: row 2: field 'rejected': expected a string or a list" in _one_line_error(e)
+    assert _one_line_error(e).endswith("rows.parquet: row 2: field 'rejected': is missing or null")
     with pytest.raises(UserError) as e:  # no message at all
         load_preferences([{"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": []}])
     assert _one_line_error(e) == "data[0]: field 'rejected': is empty"
@@ -1992,12 +2069,17 @@ def test_evaluation_reports_ties_unused_columns_and_why_the_margin_agreement_is_
     result, _ = trained
     rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "same"}],
              "rejected": [{"role": "assistant", "content": "same" if i < 2 else f"other {i}"}], "margin": 1.0,
-             "topic": ["x", None][i % 2], "rater_note": f"note {i}", "flag": True} for i in range(6)]
+             "topic": ["x", None][i % 2], "rater_note": f"note {i}", "flag": True, "domain": "",
+             # what prefloop export writes beside each pair: a number of judgments is a category, a share is not
+             "n_judgments": 1 + i % 2, "confidence": [1.0, 0.75, 2 / 3][i % 3]} for i in range(6)]
     report = evaluate_reward_model(result.output_dir, rows, tmp_path / "eval", n_bootstrap=100)
     assert report["ties"] == 2  # identical sides: equal rewards, counted wrong
     assert set(report["by"]["topic"]) == {"x", "(none)"}
-    assert report["not_broken_down"] == {"rater_note": "6 distinct values in 6 pairs (a category has 2 to 3)",
-                                         "flag": "one value for every pair (True)"}
+    assert set(report["by"]["n_judgments"]) == {"1", "2"}
+    assert report["not_broken_down"] == {
+        "rater_note": "6 distinct values in 6 pairs (a category has 2 to 3)", "flag": "one value for every pair (True)",
+        "domain": "one value for every pair ((empty))",
+        "confidence": "fractional numbers (to break down by them, bin them into a column of labels)"}
     assert report["margin_correlation"] is None
     assert report["margin_correlation_missing"] == "every pair has the same margin"
     # A margin training would refuse leaves out the agreement figure, not the evaluation; scoring reads none.
