@@ -567,7 +567,7 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy (95% bootstrap interval)")
+    ax.set_xlabel("accuracy (95% interval: bootstrap, or Wilson for a few pairs or all one way)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

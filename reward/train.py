@@ -651,8 +651,9 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         trained_on = set(_pair_keys(train_rows))
         leaked = sum(key in trained_on for key in _pair_keys(eval_rows))
         if leaked:
-            warnings.warn(f"eval_data: {leaked} of its {len(eval_rows)} pair(s) are also in data: the held-out "
-                          f"accuracy that picks the step will measure memory, not generalisation", stacklevel=2)
+            warnings.warn(f"{_named('eval_data', config.eval_data)}: {leaked} of its {len(eval_rows)} pair(s) are also "
+                          f"in {_named('data', config.data)}: the held-out accuracy that picks the step will measure "
+                          "memory, not generalisation", stacklevel=2)
     train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data", config.align_truncation)
     identical = sum(c == r for c, r in zip(train_set["chosen_ids"], train_set["rejected_ids"]))
     if identical:
@@ -986,6 +987,11 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
     }
     (out / "prefloop.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     (out / "README.md").write_text(model_card(info))
+
+
+def _named(field: str, data: Any) -> str:
+    """"eval_data held.jsonl" for a file or folder, the field alone for data in memory."""
+    return f"{field} {data}" if isinstance(data, (str, Path)) else field
 
 
 def _describe(data: Any) -> str | None:

@@ -2219,8 +2219,8 @@ def test_training_warns_about_pairs_with_nothing_to_learn_and_held_out_pairs_it_
     assert run.returncode == 0, run.stderr
     warned = [line for line in run.stderr.splitlines() if line.startswith("warning: ")]
     assert warned == [
-        "warning: eval_data: 16 of its 16 pair(s) are also in data: the held-out accuracy that picks the step will "
-        "measure memory, not generalisation",
+        f"warning: eval_data {data}: 16 of its 16 pair(s) are also in data {data}: the held-out accuracy that picks "
+        "the step will measure memory, not generalisation",
         "warning: data: 1 of 16 training pair(s) read the same on both sides (chosen = rejected as the model sees "
         "them): they carry no preference to learn",
     ]
