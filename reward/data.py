@@ -220,6 +220,17 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
     return prompt + chosen, prompt + rejected
 
 
+TRAINING_PAIRS_FILE = "training_pairs.txt"
+"""In a reward-model directory: a digest of each pair it trained on (`pair_digests`), one a line, sorted."""
+
+
+def pair_digests(rows) -> list[str]:
+    """Each pair as a 64-bit digest of the two conversations the model reads, so a pair matches across formats
+    (an implicit prompt or an explicit one, a string or a message list) without keeping its text."""
+    return [hashlib.sha256(json.dumps(pair_conversations(row), sort_keys=True, ensure_ascii=False).encode())
+            .hexdigest()[:16] for row in rows]
+
+
 def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
     """The row indices of each distinct prompt, prompts in an order shuffled by `seed`. A row with no prompt (no
     `prompt` column, or an empty or null one there) has for its prompt the turns its chosen and rejected

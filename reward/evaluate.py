@@ -28,6 +28,7 @@ separates them on far fewer pairs than two independent intervals would.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -367,6 +368,7 @@ def evaluate_reward_model(
         except UserError as e:
             bad_margin = first_line(e)
     scorer = model if isinstance(model, RewardScorer) else RewardScorer(model, batch_size=batch_size)
+    trained_on = _pairs_trained_on(scorer, rows, data)
     chosen, rejected = scorer.score_pairs(rows)
     groups, not_grouped = category_columns(rows)
     prompts = prompt_of_rows(rows)
@@ -382,6 +384,8 @@ def evaluate_reward_model(
         seed=seed,
     )
     report["not_broken_down"] = not_grouped
+    if trained_on is not None:
+        report["trained_on"] = trained_on
     comparisons, kept = distinct_comparisons(rows["chosen"], rows["rejected"], prompts)
     if comparisons < len(rows):
         # Several raters judged some comparisons (summarize-from-feedback: up to 10 each): per row, one such
@@ -408,6 +412,22 @@ def evaluate_reward_model(
         plot_accuracy(report, out / "accuracy.png")
         report["files"] = [str(out / "eval.json"), str(out / "reliability.png"), str(out / "accuracy.png")]
     return report
+
+
+def _pairs_trained_on(scorer, rows, data: Any) -> int | None:
+    """How many of `rows` are pairs a member of `scorer` trained on (None where no member says what it trained
+    on), with a warning when any are: accuracy on them measures memory, not generalisation."""
+    from reward.data import pair_digests
+
+    seen = scorer.training_pairs()
+    if not seen:
+        return None
+    trained_on = sum(d in seen for d in pair_digests(rows))
+    if trained_on:
+        where = str(data) if isinstance(data, (str, Path)) else "data"
+        warnings.warn(f"{where}: {trained_on} of its {len(rows)} pair(s) are pairs {' + '.join(scorer.model_dirs)} "
+                      "trained on: accuracy on them measures memory, not generalisation", stacklevel=3)
+    return trained_on
 
 
 def distinct_comparisons(chosen: Sequence[Any], rejected: Sequence[Any], prompts: Sequence[Any]) -> tuple[int, list[int]]:
@@ -476,6 +496,7 @@ def compare_reward_models(
     outcomes = []
     for scorer in (model, baseline):
         scorer = scorer if isinstance(scorer, RewardScorer) else RewardScorer(scorer, batch_size=batch_size)
+        _pairs_trained_on(scorer, rows, data)
         chosen, rejected = scorer.score_pairs(rows)
         outcomes.append(chosen.mean > rejected.mean)  # a tie counts wrong, as in evaluate_reward_model
         del scorer

@@ -23,7 +23,7 @@ import numpy as np
 
 from collect.errors import UserError, first_line
 from collect.offline_models import resolve_model
-from reward.data import (Conversation, Encoder, as_messages, check_preferences, check_token_ids,
+from reward.data import (TRAINING_PAIRS_FILE, Conversation, Encoder, as_messages, check_preferences, check_token_ids,
                          load_rows, pair_conversations, position_limit)
 
 
@@ -70,6 +70,7 @@ class _Member:
         from reward.train import load_sequence_classifier, load_tokenizer
 
         path = resolve_model(model_dir)  # a local folder, a cached snapshot, or a Hub id Transformers downloads
+        self.path = Path(path)
         info = model_info(path)
         self.info = info
         self.tokenizer = load_tokenizer(path)
@@ -161,6 +162,16 @@ class RewardScorer:
         self.batch_size = batch_size
         self.model_dirs = [str(p) for p in paths]
         self.members = [_Member(str(p), self.device, dtype, max_length, share_prompt) for p in paths]
+
+    def training_pairs(self) -> set[str]:
+        """The digests (`reward.data.pair_digests`) of the pairs any member trained on, from each one's
+        training_pairs.txt (empty for a model trained elsewhere or by an earlier prefloop)."""
+        digests: set[str] = set()
+        for member in self.members:
+            path = member.path / TRAINING_PAIRS_FILE
+            if path.exists():
+                digests.update(path.read_text().split())
+        return digests
 
     def score(self, conversations: Sequence[Conversation]) -> RewardScores:
         """Rewards for whole conversations (prompt turns followed by the response being judged). UserError,

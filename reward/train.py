@@ -47,8 +47,8 @@ from typing import Any, Sequence
 from collect.errors import UserError, first_line
 from collect.offline_models import resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
-from reward.data import (Encoder, check_token_ids, fingerprint, load_preferences, pair_conversations, position_limit,
-                         prompt_of_rows, rows_by_prompt)
+from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, fingerprint, load_preferences, pair_digests,
+                         position_limit, prompt_of_rows, rows_by_prompt)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -491,12 +491,6 @@ class FrozenLayerCache:
         self.states.clear()
 
 
-def _pair_keys(rows) -> list[str]:
-    """Each pair as the two conversations the model reads, so a pair matches across formats (an implicit prompt
-    or an explicit one, a string or a message list)."""
-    return [json.dumps(pair_conversations(row), sort_keys=True) for row in rows]
-
-
 def split_by_prompt(dataset, fraction: float, seed: int):
     """(train, held_out): whole prompts go to one side, about `fraction` of the rows held out. A prompt whose
     pairs would take the held-out share past twice `fraction` is passed over (one prompt with most of the pairs
@@ -648,8 +642,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     else:
         eval_rows = None
     if config.eval_data is not None:
-        trained_on = set(_pair_keys(train_rows))
-        leaked = sum(key in trained_on for key in _pair_keys(eval_rows))
+        trained_on = set(pair_digests(train_rows))
+        leaked = sum(key in trained_on for key in pair_digests(eval_rows))
         if leaked:
             warnings.warn(f"{_named('eval_data', config.eval_data)}: {leaked} of its {len(eval_rows)} pair(s) are also "
                           f"in {_named('data', config.data)}: the held-out accuracy that picks the step will measure "
@@ -947,6 +941,8 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # So `reward eval` and `reward compare` can say when pairs they score are pairs the model trained on.
+    (out / TRAINING_PAIRS_FILE).write_text("".join(f"{d}\n" for d in sorted(set(pair_digests(train_rows)))))
     info = {
         "kind": "reward_model",
         "output_dir": str(config.output_dir),

@@ -2275,6 +2275,36 @@ def test_a_run_that_fails_gives_ctrl_c_back(tmp_path, tiny_rm):
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_eval_and_compare_say_when_they_score_pairs_the_model_trained_on(tmp_path, tiny_rm):
+    """The model directory keeps a digest of each training pair (not its text), so evaluating on the training file
+    by mistake is said, and counted in eval.json; the held-out pairs, or a model trained elsewhere, say nothing."""
+    import warnings
+
+    from reward.data import pair_digests
+
+    rows = rule_pairs(40)
+    result = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rows), base_model=tiny_rm, output_dir=str(tmp_path / "rm"), eval_fraction=0.25,
+        max_steps=1, batch_size=8, max_length=32, precision="fp32", progress=False))
+    digests = (Path(result.output_dir) / "training_pairs.txt").read_text().split()
+    assert len(digests) == result.n_train == 30 and digests == sorted(digests)
+    # The same pairs in another layout (plain strings, not messages) are the same pairs.
+    plain = [{"prompt": r["prompt"][0]["content"], "chosen": r["chosen"][0]["content"],
+              "rejected": r["rejected"][0]["content"]} for r in rows]
+    assert set(pair_digests(plain)) == set(pair_digests(rows)) >= set(digests)
+    with pytest.warns(UserWarning, match=rf"^data: 30 of its 40 pair\(s\) are pairs {result.output_dir} trained on: "
+                      "accuracy on them measures memory, not generalisation$"):
+        report = evaluate_reward_model(result.output_dir, plain, n_bootstrap=100)
+    assert report["trained_on"] == 30
+    with pytest.warns(UserWarning, match="30 of its 40 pair"):
+        compare_reward_models(result.output_dir, tiny_rm, plain, n_bootstrap=100)
+    held_out = [r for r, d in zip(rows, pair_digests(rows)) if d not in set(digests)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert evaluate_reward_model(result.output_dir, held_out, n_bootstrap=100)["trained_on"] == 0
+        assert "trained_on" not in evaluate_reward_model(tiny_rm, held_out, n_bootstrap=100)  # no record to check
+
+
 def test_held_out_pairs_that_are_also_training_pairs_are_counted_in_a_warning(tmp_path, tiny_rm):
     """A subset of the training pairs, written in another layout (plain strings rather than messages), is still
     the training pairs."""
