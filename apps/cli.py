@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
+
+# datasets' bars for local conversions (reading a file, writing Arrow as JSON) on every command, in a log as much as
+# on a terminal; read when datasets is imported (set it to 0 for them). Hub download bars stay.
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
