@@ -160,12 +160,13 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
         )
     if use_margin and "margin" in dataset.column_names:
         check_margins(dataset, places)
-    roles: set[str] = set()
+    roles: dict[str, str] = {}  # each role, where it first appears
     empty: list[str] = []
     for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
                                                           if c in dataset.column_names])):
         chosen, rejected = pair_conversations(row, place)
-        roles.update(m["role"] for m in chosen + rejected)
+        for m in chosen + rejected:
+            roles.setdefault(m["role"], place)
         empty += [f"{place}, {side}" for side, turns in (("chosen", chosen), ("rejected", rejected))
                   if not turns[-1]["content"].strip()]
     if empty:
@@ -173,10 +174,11 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
         # keep): a response like any other, read as an empty last turn, not bad input that stops the run.
         warnings.warn(f"{name}: {len(empty)} response(s) are empty (first: {empty[0]}); they are scored as an empty "
                       "last turn", stacklevel=3)
-    unknown = sorted(roles - set(_ROLE_NAMES) - {"tool"})
+    unknown = sorted(set(roles) - set(_ROLE_NAMES) - {"tool"})
     if unknown:
-        warnings.warn(f"{name}: role(s) {', '.join(map(repr, unknown))} are not system, user or assistant: a chat "
-                      "template renders them as they are, or refuses them", stacklevel=3)
+        warnings.warn(f"{name}: role(s) {', '.join(map(repr, unknown))} are not system, user, assistant or tool "
+                      f"(first: {roles[unknown[0]]}): a chat template renders them as they are, or refuses them",
+                      stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------ conversations

@@ -738,7 +738,7 @@ def test_a_setting_another_overrules_is_said_not_dropped(tmp_path):
 def test_evaluations_an_epoch_come_near_the_number_asked(tmp_path, tiny_rm):
     """7 steps an epoch at 4 evaluations an epoch: every 2 steps and the last, not every step (7 // 4 = 1)."""
     result = train_reward_model(RewardTrainingConfig(
-        data=rule_pairs(56), eval_data=rule_pairs(8), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+        data=rule_pairs(56), eval_data=rule_pairs(8, seed=1), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
         max_length=32, batch_size=8, num_train_epochs=1, evals_per_epoch=4, precision="fp32", progress=False))
     assert [e["step"] for e in result.evaluations] == [2, 4, 6, 7]
 
@@ -825,8 +825,11 @@ def test_an_fp32_run_is_refused_where_accelerate_launch_asks_for_bf16(tmp_path, 
     applies where neither bf16 nor fp16 is set: an fp32 run would train in bf16 under a record saying fp32."""
     from trl import RewardConfig
 
+    from reward.train import checkpointing_argument
+
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    assert RewardConfig(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none").mixed_precision == "bf16"
+    assert RewardConfig(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none",
+                        **checkpointing_argument(False)).mixed_precision == "bf16"
     with pytest.raises(UserError) as e:
         train_reward_model(RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(16)), base_model=tiny_rm,
                                                 output_dir=str(tmp_path / "fp32"), precision="fp32", progress=False))
@@ -2321,7 +2324,8 @@ def test_held_out_pairs_that_are_also_training_pairs_are_counted_in_a_warning(tm
 def test_unknown_roles_and_conversations_without_a_response_are_warned_about(trained, tmp_path):
     rows = [{"prompt": [{"role": "human", "content": "q"}], "chosen": [{"role": "gpt", "content": "a"}],
              "rejected": [{"role": "gpt", "content": "b"}]}]
-    with pytest.warns(UserWarning, match="data: role\\(s\\) 'gpt', 'human' are not system, user or assistant"):
+    with pytest.warns(UserWarning, match="data: role\\(s\\) 'gpt', 'human' are not system, user, assistant or tool "
+                      "\\(first: data\\[0\\]\\)"):
         load_preferences(rows)
     result, _ = trained
     prompts = tmp_path / "prompts.jsonl"
