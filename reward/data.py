@@ -130,7 +130,8 @@ def load_preferences(data: Any, what: str = "data", use_margin: bool = True, spl
 
 
 def check_margins(dataset, places: list[str]) -> None:
-    """UserError naming the row unless every row's `margin` is a finite number >= 0 (the export contract in ../shared/DESIGN.md)."""
+    """UserError naming the row unless every row's `margin` is a finite number >= 0 (the export contract in
+    ../shared/DESIGN.md)."""
     margins = dataset["margin"]
     for place, value in zip(places, margins):
         if value is None and all(m is None for m in margins):

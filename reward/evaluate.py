@@ -305,8 +305,9 @@ def preference_metrics(
 def category_columns(dataset) -> tuple[dict[str, list[str]], dict[str, str]]:
     """({column: each row's label}, {column: why it is not broken down}) over every column that is not an id,
     text or the margin. A column is broken down by when its values are strings, whole numbers or true/false (a
-    missing value labelled "(none)", an empty string "(empty)") with 2..50 distinct labels, at most half as many as rows; `source` whenever it has
-    at most 50 (1,600 sources made a 1,600-row table and an accuracy plot 86,000 pixels tall)."""
+    missing value labelled "(none)", an empty string "(empty)") with 2..50 distinct labels, at most half as many
+    as rows; `source` whenever it has at most 50 (1,600 sources made a 1,600-row table and an accuracy plot
+    86,000 pixels tall)."""
     used: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
     for name in dataset.column_names:

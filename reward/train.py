@@ -697,8 +697,9 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     steps_per_epoch = max(1, math.ceil(len(train_set) / pairs_per_step))
     # The interval whose evaluations an epoch come nearest the number asked (the more frequent on a tie): 102 steps
     # at 4 an epoch evaluate every 25 steps; 7 steps every 2, not every step as 7 // 4 would (7 where 4 were asked).
-    intervals = sorted({max(1, steps_per_epoch // config.evals_per_epoch), steps_per_epoch // config.evals_per_epoch + 1})
-    eval_steps = min(intervals, key=lambda every: abs(steps_per_epoch // every - config.evals_per_epoch))
+    floor = steps_per_epoch // config.evals_per_epoch
+    eval_steps = min(sorted({max(1, floor), floor + 1}),
+                     key=lambda every: abs(steps_per_epoch // every - config.evals_per_epoch))
     out = Path(config.output_dir)
 
     # Trainer wants an output_dir even with nothing to save; keep it out of the model directory.
