@@ -225,6 +225,8 @@ def align(config: AlignConfig) -> AlignResult:
         return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=None,
                            stopped=stop_early.reason)
     # Written into a staging folder that then replaces `out` whole: no file of an earlier run stays beside it.
+    # What training computed in: Transformers takes `accelerate launch`'s mixed_precision where align asks for none.
+    precision = {"no": "fp32"}.get(trainer.args.mixed_precision, trainer.args.mixed_precision)
     with replacing_dir(out) as staging:
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
         peft_model.save_pretrained(staging)
@@ -236,7 +238,7 @@ def align(config: AlignConfig) -> AlignResult:
             write_merged(path, staging, staging / "merged")
             tokenizer.save_pretrained(staging / "merged")
         metrics["wall_s"] = time.monotonic() - started
-        write_manifest(staging, config, path, reward_info, data_stats, metrics, stop_early.reason)
+        write_manifest(staging, config, path, reward_info, data_stats, metrics, stop_early.reason, precision)
     process_state().wait_for_everyone()  # the other ranks return now; the evaluation below is the first rank's
     if config.eval_prompts is not None:
         from finetune.evaluate import EvalConfig, evaluate
@@ -317,7 +319,7 @@ def _train(config: AlignConfig, model, tokenizer, data: list, callbacks: list[Tr
 
 def write_manifest(
     out: Path, config: AlignConfig, policy_path: str, reward_info: dict | None, data: dict, metrics: dict,
-    stopped: str | None,
+    stopped: str | None, precision: str,
 ) -> None:
     import peft
     import torch
@@ -345,6 +347,7 @@ def write_manifest(
         "stopped": stopped,
         "evaluation": None,
         "device": pick_device(),
+        "precision": precision,
         # How the run was launched: --prompts-per-step is per process, so a step took this many times as many.
         "processes": process_state().num_processes,
         "distributed": process_state().distributed_type.value,

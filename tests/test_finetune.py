@@ -59,6 +59,7 @@ def test_method_saves_an_adapter_that_reloads_and_changes_generations(models, tm
     assert manifest["base_policy"]["name"] == models["policy"]
     assert (manifest["reward_model"] is None) == (method == "dpo")
     assert manifest["config"]["max_steps"] == 3
+    assert manifest["precision"] == "fp32"  # no GPU, and nothing launched it in another precision
     assert manifest["metrics"]["train_runtime_s"] > 0
     assert (result.output_dir / "adapter_config.json").exists()
 
@@ -93,7 +94,11 @@ def test_a_policy_trained_in_bf16_merges_in_float32(models, tmp_path, monkeypatc
     import finetune.align
 
     monkeypatch.setattr(finetune.align, "use_bf16", lambda: True)
-    assert_merged_is_base_plus_adapter(models, align(small_config(models, "dpo", tmp_path / "dpo", merge=True)))
+    # As `accelerate launch` with mixed_precision bf16 passes it on: training runs in bf16, and the manifest says so.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    result = align(small_config(models, "dpo", tmp_path / "dpo", merge=True))
+    assert json.loads((result.output_dir / "prefloop.json").read_text())["precision"] == "bf16"
+    assert_merged_is_base_plus_adapter(models, result)
 
 
 def test_progress_in_a_log_is_a_line_every_tenth_of_the_run(models, tmp_path, capsys):
