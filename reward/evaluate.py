@@ -142,8 +142,8 @@ def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bo
     return {
         "n": int(len(first)),
         "prompts": units,
-        names[0]: _accuracy_entry(first.astype(float), n_bootstrap, seed, prompts),
-        names[1]: _accuracy_entry(second.astype(float), n_bootstrap, seed, prompts),
+        names[0]: accuracy_entry(first.astype(float), n_bootstrap, seed, prompts),
+        names[1]: accuracy_entry(second.astype(float), n_bootstrap, seed, prompts),
         "difference": float(first.mean() - second.mean()) if len(first) else None,
         "ci": interval,
         "ci_method": method,
@@ -171,8 +171,10 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
 MIN_BOOTSTRAP_UNITS = 10
 
 
-def _accuracy_entry(correct: np.ndarray, n_bootstrap: int, seed: int,
-                    clusters: Sequence[Any] | None = None) -> dict[str, Any]:
+def accuracy_entry(correct: np.ndarray, n_bootstrap: int, seed: int,
+                   clusters: Sequence[Any] | None = None) -> dict[str, Any]:
+    """{n, accuracy, ci, ci_method} of per-pair outcomes (1 right, 0 wrong): a bootstrap over `clusters` (each
+    pair's prompt) or over pairs, or the Wilson interval where the bootstrap has too little to resample."""
     if not len(correct):  # an empty slice (no pair where chosen is shorter, say) has no accuracy: null, not NaN
         return {"n": 0, "accuracy": None, "ci": [None, None], "ci_method": None}
     units = len(set(clusters)) if clusters is not None else len(correct)
@@ -267,8 +269,8 @@ def preference_metrics(
 
     def entry(mask: np.ndarray | None = None) -> dict[str, Any]:
         if mask is None:
-            return _accuracy_entry(correct, n_bootstrap, seed, clusters)
-        return _accuracy_entry(correct[mask], n_bootstrap, seed, clusters[mask] if clusters is not None else None)
+            return accuracy_entry(correct, n_bootstrap, seed, clusters)
+        return accuracy_entry(correct[mask], n_bootstrap, seed, clusters[mask] if clusters is not None else None)
 
     report: dict[str, Any] = {"n": int(len(diff)), **entry()}
     report["ci_level"] = 0.95
@@ -393,7 +395,7 @@ def evaluate_reward_model(
         # comparison weighs as much as that many comparisons rated once. Here each counts once.
         correct = (chosen.mean > rejected.mean)[kept].astype(float)
         report["per_comparison"] = {"comparisons": comparisons, "rated_evenly": comparisons - len(kept),
-                                    **_accuracy_entry(correct, n_bootstrap, seed, [prompts[i] for i in kept])}
+                                    **accuracy_entry(correct, n_bootstrap, seed, [prompts[i] for i in kept])}
     if any(member.info.get("margin_in_loss") for member in scorer.members):
         # TRL's loss with a margin, -log sigmoid(gap - margin), pushes each gap past the raters' margin.
         report["calibration"]["note"] = ("trained with the raters' margin in the loss, which pushes reward gaps "

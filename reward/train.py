@@ -197,6 +197,9 @@ class RewardTrainingResult:
     """What training computed in: fp32, or bf16 or fp16 autocast."""
     margin_in_loss: bool = False
     """Whether the data's `margin` column entered the loss (it has one, and `use_margin`)."""
+    eval_accuracy_ci: list[float] | None = None
+    """95% interval of the saved model's held-out accuracy (`reward.evaluate.accuracy_entry`: a bootstrap over
+    prompts, or Wilson on a few pairs)."""
     stopped: str | None = None
     """Why training ended early, e.g. "interrupted (Ctrl-C) at step 40 of 204" or "time budget at step ..."; None
     when it ran its course."""
@@ -915,13 +918,18 @@ def _record_held_out_as_scored(out: Path, eval_rows, batch_size: int, result: Re
     them with the saved model as it does. Training evaluates under its mixed precision (bf16 autocast on a CPU
     with bf16 units; scoring runs fp32 there), where a near tie can round to an exact one, counted wrong. The
     training-time figure stays as `eval_accuracy_in_training`."""
+    from reward.evaluate import accuracy_entry
     from reward.score import RewardScorer
 
     chosen, rejected = RewardScorer(out, batch_size=batch_size).score_pairs(eval_rows)
     result.metrics["eval_accuracy_in_training"] = result.metrics["eval_accuracy"]
-    result.metrics["eval_accuracy"] = float((chosen.mean > rejected.mean).mean())
+    # With an interval, as `reward eval` gives it: on a few dozen held-out pairs the accuracy alone says little.
+    entry = accuracy_entry((chosen.mean > rejected.mean).astype(float), 1000, 0, prompt_of_rows(eval_rows))
+    result.metrics["eval_accuracy"] = entry["accuracy"]
+    result.eval_accuracy_ci = entry["ci"]
     info = json.loads((out / "prefloop.json").read_text())
     info["metrics"] = result.metrics
+    info["eval_accuracy_ci"] = entry["ci"]
     (out / "prefloop.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     (out / "README.md").write_text(model_card(info))
 
@@ -1009,6 +1017,9 @@ def model_card(info: dict[str, Any]) -> str:
     loss = (("with the raters' margin (the `margin` column) subtracted from the reward gap" if info["margin_in_loss"]
              else "without margins") + (f", reward centering {centering:g}" if centering else ""))
     lora = " with LoRA (score head trained in full, adapters merged)" if info["config"]["lora"] else ""
+    ci = info.get("eval_accuracy_ci")
+    held_out = (f"- held-out accuracy of this model: {metrics['eval_accuracy']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (95%)\n"
+                if ci else "")
     kept = info["config"]["backbone_layers"] or "all"
     aligned = (" (in training, an over-long pair lost the same prompt tokens on both sides)"
                if info.get("align_truncation") and info["truncation_side"] == "left" else "")
@@ -1033,7 +1044,7 @@ one scalar; higher means more preferred by the raters.
 - loss: TRL's pairwise loss {loss}
 - layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
 - kept step (the latest held-out evaluation unless an earlier one ranked significantly more of the same held-out pairs right): {info["best_step"] if info["best_step"] is not None else "the last (no held-out pairs)"}
-- held-out accuracy at each evaluation (in training, {info["precision"]}): {evaluations or "none (no held-out pairs)"}
+{held_out}- held-out accuracy at each evaluation (in training, {info["precision"]}): {evaluations or "none (no held-out pairs)"}
 - precision: {info["precision"]}, learning rate: {info["learning_rate"]}, processes: {info["processes"]} ({info["distributed"]})
 
 | metric | value |
@@ -1083,7 +1094,9 @@ def print_summary(result: RewardTrainingResult) -> None:
         in_training = result.metrics.get("eval_accuracy_in_training", result.metrics["eval_accuracy"])
         rounded = (f", {in_training:.3f} in training's {result.precision}"
                    if in_training != result.metrics["eval_accuracy"] else "")
-        table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f} (kept step {result.best_step}"
+        interval = (f" [{result.eval_accuracy_ci[0]:.3f}, {result.eval_accuracy_ci[1]:.3f}]"
+                    if result.eval_accuracy_ci else "")
+        table.add_row("held-out accuracy", f"{result.metrics['eval_accuracy']:.3f}{interval} (kept step {result.best_step}"
                       f"{rounded}{_higher_step(result.evaluations, result.best_step)})")
     table.add_row("train loss", f"{result.metrics['train_loss']:.4f} ("
                   + ("the data's margin in the loss)" if result.margin_in_loss else "no margin in the loss)"))

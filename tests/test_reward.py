@@ -105,6 +105,9 @@ def test_output_directory_has_model_tokenizer_metadata_and_card(trained):
     assert "eval_accuracy" in card and "left" in card
     assert info["margin_in_loss"] is True and "- loss: TRL's pairwise loss with the raters' margin (the `margin` " in card
     assert "| eval_margin (mean reward of chosen minus rejected) |" in card  # TRL's name, not the raters' margin
+    low, high = info["eval_accuracy_ci"]
+    assert low <= info["metrics"]["eval_accuracy"] <= high and high - low > 0
+    assert f"- held-out accuracy of this model: {info['metrics']['eval_accuracy']:.3f} [{low:.3f}, {high:.3f}]" in card
     # Every held-out evaluation, the kept one in bold.
     steps = [(f"**step {e['step']} {e['accuracy']:.3f}**" if e["step"] == result.best_step
               else f"step {e['step']} {e['accuracy']:.3f}") for e in result.evaluations]
@@ -123,6 +126,10 @@ def test_the_summary_names_a_higher_step_the_rule_did_not_keep(monkeypatch, caps
                                   pairs_per_second=50.0, evaluations=evaluations)
     print_summary(result)
     assert "0.650 (kept step 30; step 20 scored 0.700, not significantly better)" in capsys.readouterr().err
+    result.eval_accuracy_ci = [0.432, 0.819]
+    print_summary(result)
+    assert "0.650 [0.432, 0.819] (kept step 30;" in capsys.readouterr().err
+    result.eval_accuracy_ci = None
     result.evaluations = evaluations[:2]
     result.best_step, result.metrics["eval_accuracy"] = 20, 0.70
     print_summary(result)
@@ -402,10 +409,11 @@ def test_the_saved_model_is_the_best_held_out_step_not_the_last(tmp_path, tiny_r
     assert all(len(e["correct"]) == len(eval_rows) for e in result.evaluations)
 
 
-def test_the_saved_held_out_accuracy_is_the_one_reward_eval_gives_after_bf16_training(tmp_path, capsys):
+def test_the_saved_held_out_accuracy_is_the_one_reward_eval_gives_after_bf16_training(tmp_path, capsys, monkeypatch):
     """Training evaluates under bf16 autocast, where this barely trained encoder's rewards round to exact ties
     (counted wrong); `reward eval` scores in fp32. The summary, prefloop.json and the result give eval's figure,
-    and the training-time one beside it."""
+    with eval's interval, and the training-time one beside it."""
+    monkeypatch.setenv("COLUMNS", "200")  # the summary's row on one line
     eval_rows = rule_pairs(64, seed=1, uneven=True)
     result = train_reward_model(RewardTrainingConfig(
         data=datasets.Dataset.from_list(rule_pairs(64, uneven=True)), eval_data=datasets.Dataset.from_list(eval_rows),
@@ -419,7 +427,9 @@ def test_the_saved_held_out_accuracy_is_the_one_reward_eval_gives_after_bf16_tra
     info = json.loads((tmp_path / "rm" / "prefloop.json").read_text())
     assert info["metrics"]["eval_accuracy"] == report["accuracy"]
     assert info["metrics"]["eval_accuracy_in_training"] == in_training
-    assert f"{report['accuracy']:.3f} (kept step 2, {in_training:.3f} in training's bf16)" in (
+    assert info["eval_accuracy_ci"] == report["ci"]  # the interval too is reward eval's
+    low, high = report["ci"]
+    assert f"{report['accuracy']:.3f} [{low:.3f}, {high:.3f}] (kept step 2, {in_training:.3f} in training's bf16)" in (
         " ".join(capsys.readouterr().err.split()))
 
 
@@ -480,7 +490,8 @@ def test_progress_in_a_log_is_a_line_per_evaluation(tmp_path, tiny_rm, capsys):
                                                      for e in result.evaluations]
     assert [h["eval_accuracy"] for h in result.history if "eval_accuracy" in h][:-1] == [
         e["accuracy"] for e in result.evaluations]
-    assert f"{result.metrics['eval_accuracy']:.3f} (kept step" in out.err
+    low, high = result.eval_accuracy_ci
+    assert f"{result.metrics['eval_accuracy']:.3f} [{low:.3f}, {high:.3f}] (kept step" in out.err
 
 
 def test_progress_on_an_80_column_terminal_keeps_the_step_count_and_times_whole(tmp_path, tiny_rm, capsys,
