@@ -9,10 +9,7 @@ import typer
 from rich.console import Console
 
 from collect.errors import UserError
-from reward.train import RewardTrainingConfig
-
-# The options' defaults are the config's, so the CLI and the Python API train the same recipe.
-DEFAULTS = RewardTrainingConfig(data=None)
+from reward.train import DEFAULTS, RewardTrainingConfig
 
 app = typer.Typer(help="Reward models: train on preference data, evaluate, compare two, score conversations.",
                   no_args_is_help=True)

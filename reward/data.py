@@ -223,6 +223,12 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
     return prompt + chosen, prompt + rejected
 
 
+def data_label(field: str, data: Any) -> str:
+    """How messages name a dataset: "eval_data held.jsonl" for a file or folder, the field alone for data in
+    memory."""
+    return f"{field} {data}" if isinstance(data, (str, Path)) else field
+
+
 TRAINING_PAIRS_FILE = "training_pairs.txt"
 """In a reward-model directory: a digest of each pair it trained on (`pair_digests`), one a line, sorted."""
 

@@ -420,15 +420,14 @@ def evaluate_reward_model(
 def _pairs_trained_on(scorer, rows, data: Any) -> int | None:
     """How many of `rows` are pairs a member of `scorer` trained on (None where no member says what it trained
     on), with a warning when any are: accuracy on them measures memory, not generalisation."""
-    from reward.data import pair_digests
+    from reward.data import data_label, pair_digests
 
     seen = scorer.training_pairs()
     if not seen:
         return None
     trained_on = sum(d in seen for d in pair_digests(rows))
     if trained_on:
-        where = str(data) if isinstance(data, (str, Path)) else "data"
-        warnings.warn(f"{where}: {trained_on} of its {len(rows)} pair(s) are pairs {' + '.join(scorer.model_dirs)} "
+        warnings.warn(f"{data_label('data', data)}: {trained_on} of its {len(rows)} pair(s) are pairs {' + '.join(scorer.model_dirs)} "
                       "trained on: accuracy on them measures memory, not generalisation", stacklevel=3)
     return trained_on
 

@@ -47,8 +47,8 @@ from typing import Any, Sequence
 from collect.errors import UserError, first_line
 from collect.offline_models import resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
-from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, fingerprint, load_preferences, pair_digests,
-                         position_limit, prompt_of_rows, rows_by_prompt)
+from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
+                         pair_digests, position_limit, prompt_of_rows, rows_by_prompt)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -166,6 +166,10 @@ CLI_FLAGS = {"base_model": "--base", "output_dir": "--out", "num_train_epochs": 
 # The settings the CLI has no flag for (a test checks both lists against reward/cli.py).
 PYTHON_ONLY = frozenset({"eval_batch_size", "lora_dropout", "warmup_ratio", "weight_decay", "lr_scheduler_type",
                          "disable_dropout", "progress", "callbacks"})
+
+
+DEFAULTS = RewardTrainingConfig(data=None)
+"""The recipe's defaults: the CLI's options take theirs from here, so both train the same recipe."""
 
 
 def setting(field_name: str) -> str:
@@ -648,8 +652,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         trained_on = set(pair_digests(train_rows))
         leaked = sum(key in trained_on for key in pair_digests(eval_rows))
         if leaked:
-            warnings.warn(f"{_named('eval_data', config.eval_data)}: {leaked} of its {len(eval_rows)} pair(s) are also "
-                          f"in {_named('data', config.data)}: the held-out accuracy that picks the step will measure "
+            warnings.warn(f"{data_label('eval_data', config.eval_data)}: {leaked} of its {len(eval_rows)} pair(s) are "
+                          f"also in {data_label('data', config.data)}: the held-out accuracy that picks the step will measure "
                           "memory, not generalisation", stacklevel=2)
     train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data", config.align_truncation)
     identical = sum(c == r for c, r in zip(train_set["chosen_ids"], train_set["rejected_ids"]))
@@ -881,12 +885,11 @@ def _check(config: RewardTrainingConfig) -> None:
     if not 0 <= config.seed < 2**32:
         raise UserError(f"{setting('seed')} must be between 0 and 2**32 - 1, got {config.seed}")
     # Settings another one overrules, said rather than dropped (a default left alone says nothing).
-    defaults = RewardTrainingConfig(data=None)
-    if config.eval_data is not None and config.eval_fraction not in (0, defaults.eval_fraction):
+    if config.eval_data is not None and config.eval_fraction not in (0, DEFAULTS.eval_fraction):
         warnings.warn(f"{setting('eval_fraction')} {config.eval_fraction:g} is not used: {setting('eval_data')} "
                       "gives the held-out pairs", stacklevel=3)
     unused = [name for name in ("lora_r", "lora_alpha", "lora_dropout")
-              if getattr(config, name) != getattr(defaults, name)]
+              if getattr(config, name) != getattr(DEFAULTS, name)]
     if unused and not config.lora:
         warnings.warn(f"{', '.join(setting(name) for name in unused)} not used: they set LoRA's adapter, and "
                       f"{setting('lora')} is off", stacklevel=3)
@@ -992,11 +995,6 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
     }
     (out / "prefloop.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     (out / "README.md").write_text(model_card(info))
-
-
-def _named(field: str, data: Any) -> str:
-    """"eval_data held.jsonl" for a file or folder, the field alone for data in memory."""
-    return f"{field} {data}" if isinstance(data, (str, Path)) else field
 
 
 def _describe(data: Any) -> str | None:

@@ -722,7 +722,7 @@ def test_a_bad_setting_is_named_as_the_python_api_and_the_cli_spell_it(tmp_path,
 
 def test_a_setting_another_overrules_is_said_not_dropped(tmp_path):
     """--eval-fraction beside --eval-data, or a LoRA rank without --lora, would otherwise vanish without a word;
-    the warnings come before the model loads (here a missing one). Max steps 0 means no limit, as the help says."""
+    the warnings come before the model loads (here a missing one)."""
     import warnings
 
     rows = datasets.Dataset.from_list(rule_pairs(4))
@@ -739,6 +739,9 @@ def test_a_setting_another_overrules_is_said_not_dropped(tmp_path):
             with pytest.raises(UserError):
                 train_reward_model(RewardTrainingConfig(data=rows, base_model=missing, **quiet))
 
+
+def test_max_steps_0_means_no_limit(tmp_path):
+    """As --max-steps's help says ("when > 0"); passed on as it was, Transformers ran one step."""
     result = train_reward_model(RewardTrainingConfig(
         data=datasets.Dataset.from_list(rule_pairs(32)), base_model=tiny_reward_model(tmp_path / "rm"),
         output_dir=str(tmp_path / "all"), eval_fraction=0, max_length=32, batch_size=8, num_train_epochs=1,
