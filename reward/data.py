@@ -37,11 +37,13 @@ HH_FIRST_TURN = "\n\nHuman:"
 # ----------------------------------------------------------------------------------------- loading
 
 
-def load_rows(data: Any, what: str = "data", split: str | None = "train") -> tuple[Any, list[str]]:
+def load_rows(data: Any, what: str = "data", split: str | None = "train",
+              unread: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
     """A `datasets.Dataset` from a Dataset, a list of dicts, a Parquet/JSONL/JSON file (optionally .gz) or a
     `save_to_disk` folder, and where each row came from, for error messages: "prefs.jsonl:12" (a line of a
     JSON Lines file), "prefs.parquet: row 3" (counting from 1), "data[2]" (an index into a Dataset or list).
-    Of a DatasetDict with several splits, `split` is read (`collect.formats.one_split`)."""
+    Of a DatasetDict with several splits, `split` is read (`collect.formats.one_split`). `unread`: columns the
+    caller ignores (`margin` under `--no-margin`), kept as text where their values mix kinds, not refused."""
     import datasets
 
     data = one_split(data, what, split)
@@ -50,7 +52,7 @@ def load_rows(data: Any, what: str = "data", split: str | None = "train") -> tup
         for i, row in enumerate(data):
             if not isinstance(row, dict):
                 raise UserError(f"{what}[{i}]: expected a dict, got {type(row).__name__}")
-        return _rows_to_dataset(what, [(f"{what}[{i}]", row) for i, row in enumerate(data)])
+        return _rows_to_dataset(what, [(f"{what}[{i}]", row) for i, row in enumerate(data)], unread)
     if isinstance(data, list):
         data = datasets.Dataset.from_list(data)  # empty: check_preferences says so
     if type(data).__name__ == "DataFrame":  # pandas, without importing it here
@@ -80,7 +82,7 @@ def load_rows(data: Any, what: str = "data", split: str | None = "train") -> tup
     except Exception as e:  # datasets raises many types for unreadable files; name the file instead
         raise UserError(f"{path}: cannot read it as a dataset ({type(e).__name__}: {first_line(e)})") from None
     if name.endswith((".jsonl", ".json")):
-        return _rows_to_dataset(path, list(read_table(path)))
+        return _rows_to_dataset(path, list(read_table(path)), unread)
     raise UserError(f"{path}: unsupported file type (expected .parquet, .jsonl, .json or a save_to_disk folder)")
 
 
@@ -91,7 +93,8 @@ def _json_kind(value: Any) -> str:
     return "an object"
 
 
-def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]]) -> tuple[Any, list[str]]:
+def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]],
+                     unread: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
     """A Dataset with every key any row has (None where a row lacks it), and each row's place. A column that
     mixes kinds of value is refused, naming the first row that differs, where a pair or a scored conversation is
     read from it (prompt, chosen, rejected, margin, messages, completion: Arrow would turn a `true` among margins
@@ -108,7 +111,8 @@ def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]])
         differ = next((kind for kind in kinds if kind[1] != kinds[0][1]), None)
         if differ is None:
             continue
-        if column in (*REQUIRED_COLUMNS, "prompt", "margin", "messages", "completion"):  # what a pair or a score reads
+        read = {*REQUIRED_COLUMNS, "prompt", "margin", "messages", "completion"} - set(unread)  # a pair's or a score's
+        if column in read:
             raise UserError(f"{differ[0]}: field '{column}': {differ[1]} where {kinds[0][0]} has {kinds[0][1]}; "
                             "a column holds one kind of value")
         values[column] = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values[column]]
@@ -124,7 +128,7 @@ def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]])
 def load_preferences(data: Any, what: str = "data", use_margin: bool = True, split: str | None = "train"):
     """Load and check a preference dataset; raise UserError naming the column or row at fault. With
     `use_margin=False` the `margin` column is not read, so not checked either. `split`: as in `load_rows`."""
-    dataset, places = load_rows(data, what, split)
+    dataset, places = load_rows(data, what, split, unread=() if use_margin else ("margin",))
     check_preferences(dataset, places, what if not isinstance(data, (str, Path)) else str(data), use_margin)
     return dataset
 

@@ -63,8 +63,10 @@ def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: floa
     correct = np.asarray(correct, dtype=np.float64)
     if len(correct) == 0:
         return (float("nan"), float("nan"))
-    _, label = np.unique(np.asarray(clusters if clusters is not None else np.arange(len(correct))),
-                         return_inverse=True)
+    # Labels as text, whatever their type: the resampling stream follows their sorted order, and prompt numbers
+    # (`prefloop reward compare`, training's summary) must draw what their text (`reward eval`) draws.
+    keys = clusters if clusters is not None else range(len(correct))
+    _, label = np.unique(np.asarray([str(key) for key in keys]), return_inverse=True)
     right = np.bincount(label, weights=correct)  # per cluster: pairs right, and pairs
     size = np.bincount(label).astype(np.float64)
     rng = np.random.default_rng(seed)

@@ -48,7 +48,7 @@ from collect.errors import UserError, first_line
 from collect.offline_models import resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
-                         pair_digests, position_limit, prompt_of_rows, rows_by_prompt)
+                         pair_conversations, pair_digests, position_limit, prompt_of_rows, rows_by_prompt)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -656,10 +656,13 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
                           f"also in {data_label('data', config.data)}: the held-out accuracy that picks the step will measure "
                           "memory, not generalisation", stacklevel=2)
     train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data", config.align_truncation)
-    identical = sum(c == r for c, r in zip(train_set["chosen_ids"], train_set["rejected_ids"]))
+    identical = [i for i, (c, r) in enumerate(zip(train_set["chosen_ids"], train_set["rejected_ids"])) if c == r]
     if identical:
-        warnings.warn(f"data: {identical} of {len(train_set)} training pair(s) read the same on both sides "
-                      "(chosen = rejected as the model sees them): they carry no preference to learn", stacklevel=2)
+        # Named by its text: after the held-out split a pair's index is not its row in the file.
+        first = pair_conversations(train_rows[identical[0]])[0][-1]["content"]
+        warnings.warn(f"data: {len(identical)} of {len(train_set)} training pair(s) read the same on both sides "
+                      f"(chosen = rejected as the model sees them; first: the pair whose chosen response starts "
+                      f"{first[:40]!r}): they carry no preference to learn", stacklevel=2)
     eval_set, truncated_eval = (None, 0)
     if eval_rows is not None:
         # Held-out pairs are cut as scoring cuts them (each side alone): the held-out accuracy that picks the

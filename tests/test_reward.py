@@ -420,7 +420,7 @@ def test_the_saved_held_out_accuracy_is_the_one_reward_eval_gives_after_bf16_tra
         base_model=tiny_encoder_reward_model(tmp_path / "encoder"), output_dir=str(tmp_path / "rm"), max_length=48,
         max_steps=2, batch_size=16, learning_rate=1e-6, precision="bf16", progress=True,
     ))
-    report = evaluate_reward_model(result.output_dir, eval_rows, n_bootstrap=100)
+    report = evaluate_reward_model(result.output_dir, eval_rows, n_bootstrap=1000)  # as training computes it
     assert result.metrics["eval_accuracy"] == report["accuracy"]
     in_training = result.metrics["eval_accuracy_in_training"]
     assert in_training == result.evaluations[-1]["accuracy"] != report["accuracy"]  # the rounding this is about
@@ -1255,6 +1255,19 @@ def test_the_interval_resamples_whole_prompts():
     assert width["clustered"] > 1.8 * width["apart"]  # sqrt(5) = 2.2 in theory
 
 
+def test_the_interval_is_the_same_whatever_type_names_the_prompts():
+    """`reward eval` names each pair's prompt by text, `reward compare` and training's summary by number: the same
+    prompts give the same interval, so one model's accuracy reads the same in all three."""
+    from reward.evaluate import bootstrap_interval
+
+    rng = np.random.default_rng(1)
+    prompts = rng.integers(0, 40, size=150)  # 40 prompts, 1-9 pairs each
+    correct = (rng.random(150) < 0.6).astype(float)
+    as_numbers = bootstrap_interval(correct, 2000, clusters=prompts.tolist())
+    assert as_numbers == bootstrap_interval(correct, 2000, clusters=[str(p) for p in prompts])
+    assert as_numbers != bootstrap_interval(correct, 2000, clusters=(prompts + 1).tolist())  # other prompts differ
+
+
 def test_a_wilson_interval_holds_its_proportion_exactly():
     """13 of 13 right once came out as [0.772, 0.9999999999999999]: an interval short of the accuracy it is about,
     which the accuracy plot refused (negative error bar) and `prefloop reward eval` died on."""
@@ -1439,10 +1452,13 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
                                    "--out", str(tmp_path / "compare.json"), "--n-bootstrap", "300"])
     assert run.exit_code == 0, run.output + repr(run.exception)
     report = json.loads((tmp_path / "compare.json").read_text())
-    alone = {name: evaluate_reward_model(path, str(data), n_bootstrap=100)["accuracy"]
+    alone = {name: evaluate_reward_model(path, str(data), n_bootstrap=300)
              for name, path in (("model", result.output_dir), ("baseline", tiny_rm))}
-    assert report["model"]["accuracy"] == alone["model"] and report["baseline"]["accuracy"] == alone["baseline"]
-    assert report["difference"] == pytest.approx(alone["model"] - alone["baseline"]) and report["difference"] > 0.2
+    for name in ("model", "baseline"):  # the interval too (the baseline's a bootstrap over the same 32 prompts)
+        assert (report[name]["accuracy"], report[name]["ci"]) == (alone[name]["accuracy"], alone[name]["ci"])
+    assert alone["baseline"]["ci_method"] == "bootstrap"
+    assert report["difference"] == pytest.approx(alone["model"]["accuracy"] - alone["baseline"]["accuracy"])
+    assert report["difference"] > 0.2
     assert report["ci"][0] > 0 and report["p_value"] < 0.01
     assert report["models"]["model"] == [str(Path(result.output_dir).resolve())]
     assert "difference" in run.output and "two-sided p =" in run.output
@@ -1864,6 +1880,8 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
             load_preferences(str(tmp_path / name))
         assert expected in _one_line_error(e), name
     assert "mixed.jsonl:2 has a number" in str(pytest.raises(UserError, load_preferences, str(tmp_path / "mixed.jsonl")).value)
+    # `--no-margin` reads no margin, so a margin column that mixes kinds no longer stops the run.
+    assert load_preferences(str(tmp_path / "mixed.jsonl"), use_margin=False)["margin"] == [None, "1", "true"]
     # A column the pair is not read from may mix kinds: kept as text, it stops nothing.
     (tmp_path / "notes.jsonl").write_text("".join(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b",
                                                               "rating": rating}) + "\n" for rating in (3, "n/a", None, [1])))
@@ -2239,7 +2257,8 @@ def test_training_warns_about_pairs_with_nothing_to_learn_and_held_out_pairs_it_
         f"warning: eval_data {data}: 16 of its 16 pair(s) are also in data {data}: the held-out accuracy that picks "
         "the step will measure memory, not generalisation",
         "warning: data: 1 of 16 training pair(s) read the same on both sides (chosen = rejected as the model sees "
-        "them): they carry no preference to learn",
+        "them; first: the pair whose chosen response starts "
+        f"{rows[3]['chosen'][-1]['content'][:40]!r}): they carry no preference to learn",
     ]
     # DeepSpeed (a dev extra), which Accelerate imports in every run, is told it is a CPU run instead of saying so.
     assert "Setting accelerator to CPU" not in run.stdout + run.stderr
