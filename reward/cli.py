@@ -143,14 +143,14 @@ def print_report(report: dict) -> None:
 
     members = f" (ensemble of {len(report['model'])})" if len(report["model"]) > 1 else ""
     table = Table(title=f"reward-model evaluation{members} on {report['data']}")
-    for column in ("slice", "n", "accuracy", "95% interval"):
+    for column in ("slice", "n", "accuracy", "95% interval", "interval from"):
         table.add_column(column)
 
     def row(label: str, entry: dict) -> None:
         if entry["n"]:
-            method = "" if entry["ci_method"] == "bootstrap" else f" ({entry['ci_method']})"
+            method = "bootstrap over pairs" if entry["ci_method"] == "bootstrap" else entry["ci_method"]
             table.add_row(label, str(entry["n"]), f"{entry['accuracy']:.3f}",
-                          f"{entry['ci'][0]:.3f} - {entry['ci'][1]:.3f}{method}")
+                          f"{entry['ci'][0]:.3f} - {entry['ci'][1]:.3f}", method)
 
     row("all", report)
     if "per_comparison" in report:
@@ -162,6 +162,13 @@ def print_report(report: dict) -> None:
         row("chosen is longer", report["length_bias"]["chosen_longer"])
         row("chosen is shorter", report["length_bias"]["chosen_shorter"])
     console.print(table)
+    bias = report.get("length_bias")
+    if bias and bias["share_chosen_longer"] is not None:
+        unequal = bias["chosen_longer"]["n"] + bias["chosen_shorter"]["n"]
+        equal = f" ({bias['equal_length']} of equal length left out)" if bias["equal_length"] else ""
+        console.print(f"length: of the {unequal} pairs whose responses differ in length{equal}, the raters chose the "
+                      f"longer in {bias['share_chosen_longer']:.0%}, the model prefers it in "
+                      f"{bias['model_prefers_longer']:.0%}")
     if report["ties"]:
         console.print(f"ties: {report['ties']} pair(s) got equal rewards, counted wrong")
     if "per_comparison" in report:

@@ -343,6 +343,10 @@ def _completion_chars(value: Any) -> int:
     return sum(len(m.get("content") or "") for m in value)
 
 
+EVAL_FILES = ("eval.json", "reliability.png", "accuracy.png")
+"""What `evaluate_reward_model` writes into its `out_dir`."""
+
+
 def evaluate_reward_model(
     model: Any,
     data: Any,
@@ -363,6 +367,14 @@ def evaluate_reward_model(
     if out_dir is not None:  # checked before the model spends minutes scoring
         if Path(out_dir).exists() and not Path(out_dir).is_dir():
             raise UserError(f"{out_dir}: is a file; the evaluation writes a folder (eval.json and two PNGs)")
+        # Its three files would land among a model's (another model's folder named by mistake): only a new or
+        # empty folder, or an earlier evaluation's, whose files are replaced.
+        others = sorted(p.name for p in Path(out_dir).iterdir() if p.name not in EVAL_FILES) \
+            if Path(out_dir).is_dir() else []
+        if others:
+            raise UserError(f"--out {out_dir}: holds other files ({', '.join(others[:3])}"
+                            f"{', ...' if len(others) > 3 else ''}); name a new or empty folder, or an earlier "
+                            "evaluation's, whose files are replaced")
         check_can_create(Path(out_dir), "--out")
     rows, places = _read_pairs(data)
     # The margin only feeds the agreement figure: a bad one leaves that out, not the evaluation.
@@ -412,10 +424,11 @@ def evaluate_reward_model(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False) + "\n")
-        plot_reliability(report, out / "reliability.png")
-        plot_accuracy(report, out / "accuracy.png")
-        report["files"] = [str(out / "eval.json"), str(out / "reliability.png"), str(out / "accuracy.png")]
+        report_file, reliability_plot, accuracy_plot = (out / name for name in EVAL_FILES)
+        report_file.write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False) + "\n")
+        plot_reliability(report, reliability_plot)
+        plot_accuracy(report, accuracy_plot)
+        report["files"] = [str(report_file), str(reliability_plot), str(accuracy_plot)]
     return report
 
 
@@ -461,7 +474,10 @@ def _read_pairs(data: Any):
 
 
 def _data_name(data: Any) -> str:
-    return str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__}>"
+    """A file or folder as its absolute path, as the models are named: the report may be read from elsewhere."""
+    if not isinstance(data, (str, Path)):
+        return f"<{type(data).__name__}>"
+    return str(Path(data).resolve()) if Path(data).exists() else str(data)
 
 
 def compare_reward_models(
@@ -579,6 +595,8 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
             highs.append(max(0.0, entry["ci"][1] - entry["accuracy"]))
 
     add("all", report)
+    if "per_comparison" in report:
+        add("each comparison once", report["per_comparison"])
     for column, entries in report["by"].items():
         for value, entry in entries.items():
             add(f"{column}={value}"[:40], entry)
@@ -592,7 +610,7 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy (95% interval: bootstrap, or Wilson for a few pairs or all one way)")
+    ax.set_xlabel("accuracy, with its 95% interval\n(bootstrap; Wilson where few pairs, or all one way)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -75,9 +75,11 @@ class _Member:
         self.info = info
         self.tokenizer = load_tokenizer(path)
         try:
-            self.model = load_sequence_classifier(path, dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise UserError(f"reward model {model_dir}: cannot load it ({first_line(e)})") from None
+            self.model = load_sequence_classifier(path, dtype=dtype, trained_head=True)
+        except UserError:
+            raise
+        except Exception as e:  # a damaged file raises whatever its reader raises (safetensors: SafetensorError)
+            raise UserError(f"reward model {model_dir}: cannot load it ({type(e).__name__}: {first_line(e)})") from None
         if self.model.config.num_labels != 1:
             raise UserError(f"reward model {model_dir}: has {self.model.config.num_labels} labels, a reward model has 1")
         self.model.config.pad_token_id = self.tokenizer.pad_token_id

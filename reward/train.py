@@ -33,6 +33,7 @@ parameters on every rank (ZeRO-2 shards only optimizer states and gradients).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -284,12 +285,21 @@ def cpu_has_native_bf16() -> bool:
 # ------------------------------------------------------------------------------------------ loading
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model")
+
+
 def load_tokenizer(model_path: str):
     """The tokenizer of a local model directory or Hugging Face id; UserError when it is not there."""
     from transformers import AutoTokenizer
 
     if Path(model_path).is_dir() and not (Path(model_path) / "config.json").exists():
         raise UserError(f"cannot load model {model_path!r}: not a model directory (it has no config.json)")
+    # Without its files Transformers builds a tokenizer from the config alone (a BERT of 5 words: every word
+    # [UNK]), and the model scores nonsense without a word of complaint.
+    if Path(model_path).is_dir() and not any((Path(model_path) / name).exists() for name in TOKENIZER_FILES):
+        raise UserError(f"cannot load model {model_path!r}: no tokenizer in it (none of {', '.join(TOKENIZER_FILES)}); "
+                        "copy the tokenizer's files from the model it was trained from")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except (OSError, ValueError) as e:
@@ -324,11 +334,13 @@ def _load_model(model_path: str, pad_token_id: int, backbone_layers: int | None 
     return model
 
 
-def load_sequence_classifier(model_path: str, backbone_layers: int | None = None, **kwargs):
+def load_sequence_classifier(model_path: str, backbone_layers: int | None = None, *, trained_head: bool = False,
+                             **kwargs):
     """`AutoModelForSequenceClassification.from_pretrained(model_path, **kwargs)` without Transformers' load-report
     table for what loading a checkpoint for reward scoring expects (a new score head, a causal LM's unused lm_head,
     the upper layers `backbone_layers` leaves out), and with a one-line warning for anything else
-    (`unexpected_weights`)."""
+    (`unexpected_weights`). `trained_head`: the head must come from the checkpoint (scoring), else UserError: a
+    head drawn at random would score every run differently."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as transformers_logging
     from trl.trainer.reward_trainer import suppress_seqcls_warning
@@ -336,11 +348,17 @@ def load_sequence_classifier(model_path: str, backbone_layers: int | None = None
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        with suppress_seqcls_warning():
+        # TRL's context drops a missing head from the loading report; scoring needs to see one.
+        with contextlib.nullcontext() if trained_head else suppress_seqcls_warning():
             model, loading = AutoModelForSequenceClassification.from_pretrained(
                 model_path, output_loading_info=True, **kwargs)
     finally:
         transformers_logging.set_verbosity(verbosity)
+    drawn = sorted(k for k in loading.get("missing_keys", ()) if not k.startswith(model.base_model_prefix + "."))
+    if trained_head and drawn:
+        raise UserError(f"model {model_path!r}: its score head ({', '.join(drawn[:2])}) is not in the checkpoint, so "
+                        "it would be drawn at random: a base model or another kind of classifier, not a trained "
+                        "reward model (train one with `prefloop reward train`)")
     surprises = unexpected_weights(loading, model.base_model_prefix, backbone_layers)
     if surprises:
         warnings.warn(f"model {model_path!r}: {surprises}", stacklevel=3)

@@ -1508,6 +1508,15 @@ def test_reward_eval_prints_paths_and_categories_with_brackets_as_given(trained,
 
     assert shown(f"on {data}") and shown(f"wrote {folder / 'eval' / 'eval.json'}")
     assert shown("domain = [red]") and shown("domain = [b]law")
+    # Each row names where its interval comes from; the length-bias shares are printed, not only written.
+    report = json.loads((folder / "eval" / "eval.json").read_text())
+    assert shown("interval from") and shown({"bootstrap": "bootstrap over pairs"}.get(report["ci_method"],
+                                                                                       report["ci_method"]))
+    bias = report["length_bias"]
+    assert bias["chosen_longer"]["n"] and bias["chosen_shorter"]["n"]
+    assert shown(f"of the {bias['chosen_longer']['n'] + bias['chosen_shorter']['n']} pairs whose responses differ in "
+                 f"length") and shown(f"the raters chose the longer in {bias['share_chosen_longer']:.0%}, the model "
+                                      f"prefers it in {bias['model_prefers_longer']:.0%}")
     # A Hub id (here one in the Hugging Face cache) has no folder of its own to write beside: asked for --out before
     # anything loads; a file is named as one.
     from huggingface_hub import constants
@@ -2052,7 +2061,7 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
-def test_scoring_names_a_bad_conversation_and_a_tokenizer_that_is_not_the_models(trained, tmp_path, tiny_rm):
+def test_scoring_names_bad_conversations_and_models_it_cannot_score(trained, tmp_path, tiny_rm):
     import shutil
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -2095,6 +2104,33 @@ def test_scoring_names_a_bad_conversation_and_a_tokenizer_that_is_not_the_models
     with pytest.raises(UserError) as e:
         RewardScorer(str(not_a_model))
     assert "not a model directory (it has no config.json)" in _one_line_error(e)
+    # A base model with no score head (its config says one label): a head drawn at random would score each run
+    # differently, so it is refused, not scored.
+    headless = tmp_path / "headless"
+    model.base_model.save_pretrained(headless)
+    config = json.loads((headless / "config.json").read_text())
+    (headless / "config.json").write_text(json.dumps({**config, "architectures": [type(model).__name__],
+                                                      "num_labels": 1, "id2label": {"0": "LABEL_0"}}))
+    AutoTokenizer.from_pretrained(result.output_dir).save_pretrained(headless)
+    with pytest.raises(UserError) as e:
+        RewardScorer(str(headless))
+    assert _one_line_error(e).startswith(f"model {str(headless)!r}: its score head (score.weight) is not in the "
+                                         "checkpoint, so it would be drawn at random")
+    # Weights without their tokenizer: Transformers would build one from the config alone and score nonsense.
+    no_tokenizer = tmp_path / "no_tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(result.output_dir) / name, no_tokenizer)
+    with pytest.raises(UserError) as e:
+        RewardScorer(str(no_tokenizer))
+    assert _one_line_error(e).startswith(f"cannot load model {str(no_tokenizer)!r}: no tokenizer in it")
+    # A damaged weights file: one line, whatever the file's reader raises.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(result.output_dir, damaged)
+    (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(UserError) as e:
+        RewardScorer(str(damaged))
+    assert _one_line_error(e).startswith(f"reward model {damaged}: cannot load it (SafetensorError: ")
     with pytest.raises(UserError) as e:
         score_file(result.output_dir, "unused.jsonl", tmp_path / "out.csv")
     assert "written as .jsonl or .parquet" in _one_line_error(e)
@@ -2128,6 +2164,14 @@ def test_evaluation_reports_ties_unused_columns_and_why_the_margin_agreement_is_
     with pytest.raises(UserError) as e:
         evaluate_reward_model(result.output_dir, rows, tmp_path / "a-file")
     assert "a-file: is a file; the evaluation writes a folder" in _one_line_error(e)
+    # Another model's folder, named as --out by mistake: refused before scoring; an earlier evaluation is replaced.
+    with pytest.raises(UserError) as e:
+        evaluate_reward_model(result.output_dir, rows, result.output_dir)
+    assert _one_line_error(e).startswith(f"--out {result.output_dir}: holds other files (README.md, chat_template.jinja, "
+                                         "config.json, ...); name a new or empty folder")
+    assert not (Path(result.output_dir) / "eval.json").exists()
+    evaluate_reward_model(result.output_dir, rows, tmp_path / "eval", n_bootstrap=100)  # written there above
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["accuracy.png", "eval.json", "reliability.png"]
 
 
 def test_a_local_path_or_a_near_miss_of_an_alias_fails_at_once(tmp_path):
@@ -2262,6 +2306,22 @@ def test_training_warns_about_pairs_with_nothing_to_learn_and_held_out_pairs_it_
     ]
     # DeepSpeed (a dev extra), which Accelerate imports in every run, is told it is a CPU run instead of saying so.
     assert "Setting accelerator to CPU" not in run.stdout + run.stderr
+    assert "Loading weights" not in run.stderr  # Transformers' bar for each model it loads (apps.cli hides it)
+
+
+def test_the_cli_hides_the_weight_loading_bars_but_not_the_hubs_download_bars():
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    from apps.cli import hide_weight_loading_bars
+
+    assert transformers_logging.is_progress_bar_enabled() and not hub_utils.are_progress_bars_disabled()
+    try:
+        hide_weight_loading_bars()
+        assert not transformers_logging.is_progress_bar_enabled()
+        assert not hub_utils.are_progress_bars_disabled()
+    finally:
+        transformers_logging.enable_progress_bar()
 
 
 def test_ctrl_c_stops_training_and_saves_the_model_so_far(tmp_path, tiny_rm):
