@@ -312,7 +312,12 @@ def _split(records: list[Any], size: DemoSize) -> dict[str, list[int]]:
     """Disjoint, seeded parts of the HH rows; prompts for the policy are single-turn (fast on a CPU)."""
     order = list(range(len(records)))
     random.Random(0).shuffle(order)
-    single = [i for i in order if len(records[i].prompt) == 1]
+    # HH asks some prompts more than once: each is taken once, or a held-out prompt would also be a training one.
+    first_of = {}
+    for i in order:
+        if len(records[i].prompt) == 1:
+            first_of.setdefault(records[i].prompt[0]["content"].strip(), i)
+    single = list(first_of.values())
     n_align = max(2 * size.align_steps, 8)
     wanted = n_align + size.eval_prompts + size.fresh_prompts
     if len(single) < wanted or len(order) - wanted < size.train_pairs + size.test_pairs:

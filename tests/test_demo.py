@@ -77,3 +77,21 @@ def test_the_summary_prints_paths_and_errors_with_brackets_as_given(tmp_path):
     for text in ("sqlite:///runs [v2]/prefloop.db", str(tmp_path / "[v2]" / "reward"), "accuracy 0.64 on [test]",
                  "skipped: a prompt ends in [/INST]"):
         assert text in shown, text
+
+
+def test_the_policys_prompts_are_distinct_where_hh_repeats_a_prompt():
+    """HH asks some prompts in several rows: split by row, one held-out prompt of the full demo was also a training
+    prompt (align warned about it). Each prompt text now lands in one part only."""
+    from types import SimpleNamespace
+
+    from apps.demo import FULL, _split
+
+    def record(i: int) -> SimpleNamespace:  # every third row repeats the prompt of the row before
+        text = f"prompt {i - 1 if i % 3 == 0 else i}"
+        return SimpleNamespace(prompt=[{"role": "user", "content": text}])
+
+    records = [record(i) for i in range(3000)]
+    split = _split(records, FULL)
+    texts = {part: [records[i].prompt[0]["content"] for i in split[part]] for part in ("align", "eval", "fresh")}
+    every = [text for part in texts.values() for text in part]
+    assert len(every) == len(set(every)) == len(split["align"]) + FULL.eval_prompts + FULL.fresh_prompts
