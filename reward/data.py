@@ -106,12 +106,12 @@ def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]],
         raise UserError(f"{source}: the file is empty (no rows)")
     columns = list(dict.fromkeys(key for _, row in rows for key in row))  # every key, in first-seen order
     values = {c: [row.get(c) for _, row in rows] for c in columns}
+    read = {*REQUIRED_COLUMNS, "prompt", "margin", "messages", "completion"} - set(unread)  # a pair's or a score's
     for column in columns:
         kinds = [(place, _json_kind(row[column])) for place, row in rows if row.get(column) is not None]
         differ = next((kind for kind in kinds if kind[1] != kinds[0][1]), None)
         if differ is None:
             continue
-        read = {*REQUIRED_COLUMNS, "prompt", "margin", "messages", "completion"} - set(unread)  # a pair's or a score's
         if column in read:
             raise UserError(f"{differ[0]}: field '{column}': {differ[1]} where {kinds[0][0]} has {kinds[0][1]}; "
                             "a column holds one kind of value")
