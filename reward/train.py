@@ -285,8 +285,8 @@ def cpu_has_native_bf16() -> bool:
 # ------------------------------------------------------------------------------------------ loading
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
-                   "spiece.model")
+TOKENIZER_FILES = ("tokenizer", "vocab", "spiece", "sentencepiece", "merges")
+"""How the files of a saved tokenizer begin (tokenizer.json, tokenizer_config.json, vocab.txt, spiece.model, ...)."""
 
 
 def load_tokenizer(model_path: str):
@@ -297,8 +297,9 @@ def load_tokenizer(model_path: str):
         raise UserError(f"cannot load model {model_path!r}: not a model directory (it has no config.json)")
     # Without its files Transformers builds a tokenizer from the config alone (a BERT of 5 words: every word
     # [UNK]), and the model scores nonsense without a word of complaint.
-    if Path(model_path).is_dir() and not any((Path(model_path) / name).exists() for name in TOKENIZER_FILES):
-        raise UserError(f"cannot load model {model_path!r}: no tokenizer in it (none of {', '.join(TOKENIZER_FILES)}); "
+    if Path(model_path).is_dir() and not any(p.name.startswith(TOKENIZER_FILES) for p in Path(model_path).iterdir()):
+        raise UserError(f"cannot load model {model_path!r}: no tokenizer in it (no tokenizer.json, "
+                        "tokenizer_config.json, vocab or sentencepiece file); "
                         "copy the tokenizer's files from the model it was trained from")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
