@@ -341,7 +341,6 @@ def main() -> None:
     # PEFT reads Transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model: nothing a user of
     # this command can change.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    hide_weight_loading_bars()
     try:
         # Outside standalone mode typer turns Ctrl-C (outside a command's own handling: while loading, saving, or
         # a second Ctrl-C in training) into Exit(130) and returns that code instead of raising it; no command
@@ -367,19 +366,6 @@ def main() -> None:
         sys.exit(getattr(e, "exit_code", 2))
     finally:
         leave_process_group()
-
-
-def hide_weight_loading_bars() -> None:
-    """Transformers draws a "Loading weights" bar for every model it loads, even one read from a local folder in
-    a fraction of a second: two lines of noise in a command's output and logs for every model. Its switch turns
-    off the Hub's download bars too, which are switched back on: a large download still shows its progress."""
-    from huggingface_hub import utils as hub_utils
-    from transformers.utils import logging as transformers_logging
-
-    hub_bars = not hub_utils.are_progress_bars_disabled()
-    transformers_logging.disable_progress_bar()
-    if hub_bars:
-        hub_utils.enable_progress_bars()
 
 
 def leave_process_group() -> None:

@@ -24,6 +24,7 @@ import contextlib
 import importlib.util
 import os
 from pathlib import Path
+from typing import Iterator
 
 from collect.errors import UserError, first_line
 from collect.output_dirs import replacing_dir
@@ -168,3 +169,29 @@ def _file_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def no_weight_loading_bar() -> Iterator[None]:
+    """Transformers' "Loading weights" bar left out while a model loads: drawn for every model, even one read from
+    a local folder in a fraction of a second, it is two lines of noise in a command's output and logs. Transformers'
+    switch turns the Hub's bars off too; those are switched back on inside (a download that from_pretrained starts
+    still shows its progress), and both are left as they were after. A user's HF_HUB_DISABLE_PROGRESS_BARS decides
+    alone."""
+    from huggingface_hub import constants
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is not None or not transformers_logging.is_progress_bar_enabled():
+        yield
+        return
+    hub_bars = not hub_utils.are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()
+    if hub_bars:
+        hub_utils.enable_progress_bars()
+    try:
+        yield
+    finally:
+        transformers_logging.enable_progress_bar()
+        if not hub_bars:
+            hub_utils.disable_progress_bars()

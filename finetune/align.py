@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from collect.errors import UserError, check_settings
+from collect.offline_models import no_weight_loading_bar
 from collect.output_dirs import check_output_dir, replacing_dir
 from finetune.policy import check_causal_lm, load_tokenizer, resolve
 from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
@@ -196,7 +197,8 @@ def align(config: AlignConfig) -> AlignResult:
                 warnings.warn(f"eval_prompts: {seen} of {len(held_out)} held-out prompt(s) are also training prompts: "
                               "the evaluation then measures memory, not generalisation", stacklevel=2)
     dtype = torch.bfloat16 if use_bf16() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    with no_weight_loading_bar():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     # Older TRL releases wrap the model in LoRA before seeding, drawing the A matrices from whatever random state
     # the process had: the same data, policy and seed then gave another adapter on each run.
     set_seed(config.seed)
@@ -262,7 +264,8 @@ def write_merged(base_path: str, adapter_dir: Path, merged_dir: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+    with no_weight_loading_bar():
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
     PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(merged_dir)
 
 

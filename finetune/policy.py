@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from collect.errors import UserError, first_line
+from collect.offline_models import no_weight_loading_bar
 from finetune.training import pick_device
 
 _PROBE = [
@@ -121,7 +122,8 @@ def load_policy(
     device = device or pick_device()
     # "cuda:1" under `accelerate launch`: each rank's own GPU.
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    with no_weight_loading_bar():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else policy
     tokenizer = load_tokenizer(tokenizer_source, chat_template)
     if adapter is not None:

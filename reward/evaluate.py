@@ -63,8 +63,9 @@ def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: floa
     correct = np.asarray(correct, dtype=np.float64)
     if len(correct) == 0:
         return (float("nan"), float("nan"))
-    # Labels as text, whatever their type: the resampling stream follows their sorted order, and prompt numbers
-    # (`prefloop reward compare`, training's summary) must draw what their text (`reward eval`) draws.
+    # Labels as strings, whatever their type: the resampling stream follows their sorted order, and prompt numbers
+    # passed as ints (`prefloop reward compare`, training's summary) must draw what the same numbers passed as
+    # strings (`reward eval`, before) drew: 10 sorts after 2 as an int, before it as a string.
     keys = clusters if clusters is not None else range(len(correct))
     _, label = np.unique(np.asarray([str(key) for key in keys]), return_inverse=True)
     right = np.bincount(label, weights=correct)  # per cluster: pairs right, and pairs
@@ -267,7 +268,7 @@ def preference_metrics(
     rr = np.asarray(reward_rejected, dtype=np.float64)
     diff = rc - rr
     correct = (diff > 0).astype(np.float64)
-    clusters = np.asarray([str(v) for v in prompts]) if prompts is not None else None
+    clusters = np.asarray(prompts) if prompts is not None else None
 
     def entry(mask: np.ndarray | None = None) -> dict[str, Any]:
         if mask is None:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from collect.errors import UserError, first_line
-from collect.offline_models import resolve_model
+from collect.offline_models import no_weight_loading_bar, resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
                          pair_conversations, pair_digests, position_limit, prompt_of_rows, rows_by_prompt)
@@ -285,8 +285,9 @@ def cpu_has_native_bf16() -> bool:
 # ------------------------------------------------------------------------------------------ loading
 
 
-TOKENIZER_FILES = ("tokenizer", "vocab", "spiece", "sentencepiece", "merges")
-"""How the files of a saved tokenizer begin (tokenizer.json, tokenizer_config.json, vocab.txt, spiece.model, ...)."""
+TOKENIZER_FILES = ("tokenizer", "vocab", "spiece", "sentencepiece", "merges", "tekken", "tiktoken")
+"""How the files of a saved tokenizer begin (tokenizer.json, tokenizer_config.json, vocab.txt, spiece.model,
+Mistral's tekken.json, ...)."""
 
 
 def load_tokenizer(model_path: str):
@@ -299,7 +300,7 @@ def load_tokenizer(model_path: str):
     # [UNK]), and the model scores nonsense without a word of complaint.
     if Path(model_path).is_dir() and not any(p.name.startswith(TOKENIZER_FILES) for p in Path(model_path).iterdir()):
         raise UserError(f"cannot load model {model_path!r}: no tokenizer in it (no tokenizer.json, "
-                        "tokenizer_config.json, vocab or sentencepiece file); "
+                        "tokenizer_config.json, vocab, sentencepiece or tekken file); "
                         "copy the tokenizer's files from the model it was trained from")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -350,13 +351,14 @@ def load_sequence_classifier(model_path: str, backbone_layers: int | None = None
     transformers_logging.set_verbosity_error()
     try:
         # TRL's context drops a missing head from the loading report; scoring needs to see one.
-        with contextlib.nullcontext() if trained_head else suppress_seqcls_warning():
+        with no_weight_loading_bar(), contextlib.nullcontext() if trained_head else suppress_seqcls_warning():
             model, loading = AutoModelForSequenceClassification.from_pretrained(
                 model_path, output_loading_info=True, **kwargs)
     finally:
         transformers_logging.set_verbosity(verbosity)
     drawn = sorted(k for k in loading.get("missing_keys", ()) if not k.startswith(model.base_model_prefix + "."))
-    if trained_head and drawn:
+    # A LoRA adapter from the Hub loads onto its base, which reports the head missing; the adapter brings it.
+    if trained_head and drawn and not getattr(model, "_hf_peft_config_loaded", False):
         raise UserError(f"model {model_path!r}: its score head ({', '.join(drawn[:2])}) is not in the checkpoint, so "
                         "it would be drawn at random: a base model or another kind of classifier, not a trained "
                         "reward model (train one with `prefloop reward train`)")

@@ -2306,22 +2306,34 @@ def test_training_warns_about_pairs_with_nothing_to_learn_and_held_out_pairs_it_
     ]
     # DeepSpeed (a dev extra), which Accelerate imports in every run, is told it is a CPU run instead of saying so.
     assert "Setting accelerator to CPU" not in run.stdout + run.stderr
-    assert "Loading weights" not in run.stderr  # Transformers' bar for each model it loads (apps.cli hides it)
+    assert "Loading weights" not in run.stderr  # Transformers' bar for each model it loads
 
 
-def test_the_cli_hides_the_weight_loading_bars_but_not_the_hubs_download_bars():
+def test_loading_a_model_hides_transformers_bar_not_the_hubs_and_puts_both_back(monkeypatch):
+    import warnings
+
+    from huggingface_hub import constants
     from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as transformers_logging
 
-    from apps.cli import hide_weight_loading_bars
+    from collect.offline_models import no_weight_loading_bar
 
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", None)  # as where the variable is not set
     assert transformers_logging.is_progress_bar_enabled() and not hub_utils.are_progress_bars_disabled()
-    try:
-        hide_weight_loading_bars()
+    with no_weight_loading_bar():
         assert not transformers_logging.is_progress_bar_enabled()
-        assert not hub_utils.are_progress_bars_disabled()
-    finally:
-        transformers_logging.enable_progress_bar()
+        assert not hub_utils.are_progress_bars_disabled()  # a download while loading still shows its progress
+    assert transformers_logging.is_progress_bar_enabled() and not hub_utils.are_progress_bars_disabled()
+    with pytest.raises(RuntimeError), no_weight_loading_bar():
+        raise RuntimeError("a load that fails")
+    assert transformers_logging.is_progress_bar_enabled()
+    # HF_HUB_DISABLE_PROGRESS_BARS=0: the user asked for every bar, and gets it, with no warning that the Hub's
+    # switch was overruled.
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with no_weight_loading_bar():
+            assert transformers_logging.is_progress_bar_enabled()
 
 
 def test_ctrl_c_stops_training_and_saves_the_model_so_far(tmp_path, tiny_rm):
