@@ -16,6 +16,9 @@ Aliases (see MODEL_ALIASES):
   (a BERT encoder, 22.7M parameters) as a normal Transformers directory, returned as is.
 
 Cache folder: `$PREFLOOP_CACHE/models/<alias>`, by default `~/.cache/prefloop/models/<alias>`.
+
+Every stage loads its models inside `no_weight_loading_bar()`, which keeps Transformers' per-model "Loading
+weights" bar out of prefloop's output.
 """
 
 from __future__ import annotations
@@ -145,7 +148,8 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    with no_weight_loading_bar():
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     # The weights are already dequantized; a leftover GGUF quantization_config would make every
     # later load (and PEFT/TRL) treat this float checkpoint as quantized.
     if hasattr(model.config, "quantization_config"):

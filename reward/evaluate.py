@@ -370,8 +370,8 @@ def evaluate_reward_model(
             raise UserError(f"{out_dir}: is a file; the evaluation writes a folder (eval.json and two PNGs)")
         # Its three files would land among a model's (another model's folder named by mistake): only a new or
         # empty folder, or an earlier evaluation's, whose files are replaced.
-        others = sorted(p.name for p in Path(out_dir).iterdir() if p.name not in EVAL_FILES) \
-            if Path(out_dir).is_dir() else []
+        existing = list(Path(out_dir).iterdir()) if Path(out_dir).is_dir() else []
+        others = sorted(p.name for p in existing if p.name not in EVAL_FILES)
         if others:
             raise UserError(f"--out {out_dir}: holds other files ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}); name a new or empty folder, or an earlier "
@@ -443,7 +443,8 @@ def _pairs_trained_on(scorer, rows, data: Any) -> int | None:
         return None
     trained_on = sum(d in seen for d in pair_digests(rows))
     if trained_on:
-        warnings.warn(f"{data_label('data', data)}: {trained_on} of its {len(rows)} pair(s) are pairs {' + '.join(scorer.model_dirs)} "
+        models = " + ".join(scorer.model_dirs)
+        warnings.warn(f"{data_label('data', data)}: {trained_on} of its {len(rows)} pair(s) are pairs {models} "
                       "trained on: accuracy on them measures memory, not generalisation", stacklevel=3)
     return trained_on
 

@@ -674,8 +674,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         leaked = sum(key in trained_on for key in pair_digests(eval_rows))
         if leaked:
             warnings.warn(f"{data_label('eval_data', config.eval_data)}: {leaked} of its {len(eval_rows)} pair(s) are "
-                          f"also in {data_label('data', config.data)}: the held-out accuracy that picks the step will measure "
-                          "memory, not generalisation", stacklevel=2)
+                          f"also in {data_label('data', config.data)}: the held-out accuracy that picks the step will "
+                          "measure memory, not generalisation", stacklevel=2)
     train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data", config.align_truncation)
     identical = [i for i, (c, r) in enumerate(zip(train_set["chosen_ids"], train_set["rejected_ids"])) if c == r]
     if identical:

@@ -1256,8 +1256,8 @@ def test_the_interval_resamples_whole_prompts():
 
 
 def test_the_interval_is_the_same_whatever_type_names_the_prompts():
-    """`reward eval` names each pair's prompt by text, `reward compare` and training's summary by number: the same
-    prompts give the same interval, so one model's accuracy reads the same in all three."""
+    """`reward eval` passes each pair's prompt number as a string, `reward compare` and training's summary as an
+    int: the same prompts give the same interval, so one model's accuracy reads the same in all three."""
     from reward.evaluate import bootstrap_interval
 
     rng = np.random.default_rng(1)
