@@ -44,6 +44,7 @@ from collect.auth import audit
 from collect.errors import UserError
 from collect.formats import Record, content_hash, read_records, records_from_dataset
 from collect.models import AuditEvent, Pair, Project, Prompt, Response, utcnow
+from collect.offline_models import adapter_base
 from collect.openai_backend import ChatClient, OpenAIEndpoint, RequestRejected
 
 Conversation = list[dict[str, str]]
@@ -138,23 +139,8 @@ def parse_model(text: str) -> ModelSpec:
         raise UserError("--model: empty model name")
     adapter = None
     if (Path(model) / "adapter_config.json").is_file():
-        adapter, model = model, _adapter_base(Path(model))
+        adapter, model = model, adapter_base(Path(model))
     return ModelSpec(label=label, model=model, adapter=adapter)
-
-
-def _adapter_base(adapter: Path) -> str:
-    # finetune/ writes the policy as the user named it (an alias) into prefloop.json; PEFT's own
-    # config holds the resolved local path, which also works on this machine.
-    for name, keys in (("prefloop.json", ("base_policy", "name")), ("adapter_config.json", ("base_model_name_or_path",))):
-        try:
-            value = json.loads((adapter / name).read_text())
-            for key in keys:
-                value = value.get(key)
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(value, str) and value:
-            return value
-    raise UserError(f"adapter {adapter}: adapter_config.json names no base model (base_model_name_or_path)")
 
 
 def response_seed(base: int, conversation: Conversation, label: str, sample: int) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -99,6 +100,39 @@ def _hub_id_or_cached_snapshot(repo_id: str) -> str:
             f"and {why}; download it where there is a network (`hf download {repo_id}`) and copy that cache "
             f"here, or pass the model's folder"
         ) from None
+
+
+def adapter_folder(name_or_path: str) -> Path | None:
+    """The local folder of the PEFT adapter that `name_or_path` names (a folder holding adapter_config.json, or a
+    Hub id whose repository has one, then downloaded), or None for a whole model."""
+    from transformers.utils import find_adapter_config_file
+
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path) if (Path(name_or_path) / "adapter_config.json").is_file() else None
+    try:
+        if find_adapter_config_file(name_or_path) is None:
+            return None
+    except (OSError, ValueError):  # no such repository, or not a valid id: loading the model says which
+        return None
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(name_or_path))
+
+
+def adapter_base(adapter: Path) -> str:
+    """The base model a PEFT adapter folder was trained on."""
+    # finetune/ writes the policy as the user named it (an alias) into prefloop.json; PEFT's own
+    # config holds the resolved local path, which also works on this machine.
+    for name, keys in (("prefloop.json", ("base_policy", "name")), ("adapter_config.json", ("base_model_name_or_path",))):
+        try:
+            value = json.loads((adapter / name).read_text())
+            for key in keys:
+                value = value.get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(value, str) and value:
+            return value
+    raise UserError(f"adapter {adapter}: adapter_config.json names no base model (base_model_name_or_path)")
 
 
 def _hub_unreachable(endpoint: str) -> str | None:

@@ -22,12 +22,15 @@ from reward.score import RewardScorer
 
 def reward_model_info(path: str) -> dict[str, Any]:
     """The reward model's prefloop.json (empty when it has none). Raises UserError unless `path` is a
-    sequence classifier with a single output."""
-    from collect.offline_models import resolve_model
+    sequence classifier with a single output, or a LoRA adapter of one (RewardScorer checks that it brings its
+    score head)."""
+    from collect.offline_models import adapter_folder, resolve_model
 
     resolved = resolve_model(path)
     if not Path(resolved).exists() and Path(resolved).is_absolute():
         raise UserError(f"reward model {path}: no such directory")
+    if adapter_folder(resolved) is not None:
+        return {}
     try:
         config = AutoConfig.from_pretrained(resolved)
     except (OSError, ValueError) as e:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from collect.errors import UserError, first_line
-from collect.offline_models import no_weight_loading_bar, resolve_model
+from collect.offline_models import adapter_base, adapter_folder, no_weight_loading_bar, resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
                          pair_conversations, pair_digests, position_limit, prompt_of_rows, rows_by_prompt)
@@ -290,15 +290,21 @@ TOKENIZER_FILES = ("tokenizer", "vocab", "spiece", "sentencepiece", "merges", "t
 Mistral's tekken.json, ...)."""
 
 
+def has_tokenizer(folder: Path) -> bool:
+    """Whether a model or adapter folder holds a saved tokenizer."""
+    return any(path.name.startswith(TOKENIZER_FILES) for path in folder.iterdir())
+
+
 def load_tokenizer(model_path: str):
-    """The tokenizer of a local model directory or Hugging Face id; UserError when it is not there."""
+    """The tokenizer of a local model or adapter directory or a Hugging Face id; UserError when it is not there."""
     from transformers import AutoTokenizer
 
-    if Path(model_path).is_dir() and not (Path(model_path) / "config.json").exists():
+    folder = Path(model_path)
+    if folder.is_dir() and not any((folder / name).exists() for name in ("config.json", "adapter_config.json")):
         raise UserError(f"cannot load model {model_path!r}: not a model directory (it has no config.json)")
     # Without its files Transformers builds a tokenizer from the config alone (a BERT of 5 words: every word
     # [UNK]), and the model scores nonsense without a word of complaint.
-    if Path(model_path).is_dir() and not any(p.name.startswith(TOKENIZER_FILES) for p in Path(model_path).iterdir()):
+    if folder.is_dir() and not has_tokenizer(folder):
         raise UserError(f"cannot load model {model_path!r}: no tokenizer in it (no tokenizer.json, "
                         "tokenizer_config.json, vocab, sentencepiece or tekken file); "
                         "copy the tokenizer's files from the model it was trained from")
@@ -357,8 +363,7 @@ def load_sequence_classifier(model_path: str, backbone_layers: int | None = None
     finally:
         transformers_logging.set_verbosity(verbosity)
     drawn = sorted(k for k in loading.get("missing_keys", ()) if not k.startswith(model.base_model_prefix + "."))
-    # A LoRA adapter from the Hub loads onto its base, which reports the head missing; the adapter brings it.
-    if trained_head and drawn and not getattr(model, "_hf_peft_config_loaded", False):
+    if trained_head and drawn:
         raise UserError(f"model {model_path!r}: its score head ({', '.join(drawn[:2])}) is not in the checkpoint, so "
                         "it would be drawn at random: a base model or another kind of classifier, not a trained "
                         "reward model (train one with `prefloop reward train`)")
@@ -366,6 +371,30 @@ def load_sequence_classifier(model_path: str, backbone_layers: int | None = None
     if surprises:
         warnings.warn(f"model {model_path!r}: {surprises}", stacklevel=3)
     return model
+
+
+def load_adapter_reward_model(adapter: Path, dtype):
+    """A PEFT LoRA reward model: the base its adapter_config.json names, loaded for sequence classification with one
+    output, the adapter merged in. The score head must come from the adapter (PEFT saves it when the adapter is
+    trained with task_type SEQ_CLS or the head in modules_to_save), else UserError: the base has none, or one for
+    another task, and a head drawn at random would score every run differently."""
+    from peft import PeftModel
+    from peft.utils import load_peft_weights
+    from transformers import AutoConfig
+
+    base = resolve_model(adapter_base(adapter))
+    try:
+        config = AutoConfig.from_pretrained(base, num_labels=1)
+        model = load_sequence_classifier(base, config=config, dtype=dtype, ignore_mismatched_sizes=True)
+        head = [name for name, _ in model.named_parameters() if not name.startswith(model.base_model_prefix + ".")]
+        brought = {key.removeprefix("base_model.model.") for key in load_peft_weights(str(adapter))}
+        if not set(head) <= brought:
+            raise UserError(f"adapter {str(adapter)!r}: brings no score head ({head[0]} is not among its weights), so "
+                            f"the head would be drawn at random; a LoRA reward adapter is trained with task_type "
+                            f"SEQ_CLS or modules_to_save=[{head[0].split('.')[0]!r}]")
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a size mismatch, trained on another base
+        raise UserError(f"adapter {str(adapter)!r} on its base {base!r}: cannot load it ({first_line(e)})") from None
 
 
 def unexpected_weights(loading: dict[str, Any], backbone: str, backbone_layers: int | None) -> str:
@@ -659,6 +688,10 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     _check(config)
     precision = _precision(config.precision)
     model_path = resolve_model(config.base_model)
+    adapter = adapter_folder(model_path)
+    if adapter is not None:
+        raise UserError(f"{setting('base_model')} {config.base_model!r}: is a PEFT adapter, not a whole model; train "
+                        f"from a whole model, such as the one it was trained on ({adapter_base(adapter)})")
     tokenizer = load_tokenizer(model_path)
     encoder = Encoder(tokenizer, config.max_length, config.truncation_side)
 

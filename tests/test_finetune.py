@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -14,7 +15,7 @@ from finetune.evaluate import EvalConfig, evaluate, win_rate, win_rate_interval
 from finetune.policy import check_chat_template, load_policy, load_tokenizer
 from finetune.prompts import fit_prompt, read_preferences, read_prompts
 from finetune.sampling import completion_kl
-from tests.tiny_models import tiny_causal_lm, tiny_reward_model, tiny_tokenizer
+from tests.tiny_models import tiny_causal_lm, tiny_lora_reward_adapter, tiny_reward_model, tiny_tokenizer
 
 PROMPTS = [f"What is {i} plus {i + 1}?" for i in range(8)]
 PROBES = [[{"role": "user", "content": text}] for text in ("Hello, who are you?", "Write a poem about the sea.",
@@ -477,6 +478,18 @@ def test_reward_model_that_is_not_a_sequence_classifier(models, tmp_path):
         align(small_config(models, "bon", tmp_path / "z", reward_model=str(tmp_path / "missing")))
     with pytest.raises(UserError, match="needs a reward model"):
         small_config(models, "grpo", tmp_path / "w", reward_model=None)
+
+
+def test_a_lora_reward_adapter_is_a_reward_model(models, tmp_path):
+    """--reward takes a LoRA reward adapter, scored on its base as `prefloop reward score` scores it; one that
+    brings no score head is refused, not trained against a head drawn at random."""
+    adapter = tiny_lora_reward_adapter(tmp_path / "rm-lora", models["policy"])
+    result = align(small_config(models, "grpo", tmp_path / "a", reward_model=adapter, max_steps=1))
+    manifest = json.loads((tmp_path / "a" / "prefloop.json").read_text())
+    assert manifest["reward_model"]["path"] == adapter and math.isfinite(result.metrics["first_reward"])
+    headless = tiny_lora_reward_adapter(tmp_path / "headless", models["policy"], with_head=False)
+    with pytest.raises(UserError, match="brings no score head"):
+        align(small_config(models, "grpo", tmp_path / "b", reward_model=headless, max_steps=1))
 
 
 def test_an_output_folder_of_other_files_is_refused_before_training(models, tmp_path):

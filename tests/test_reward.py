@@ -19,13 +19,14 @@ import torch
 datasets = pytest.importorskip("datasets")
 
 from collect.errors import UserError  # noqa: E402
-from collect.offline_models import MODEL_ALIASES, resolve_model  # noqa: E402
+from collect.offline_models import MODEL_ALIASES, adapter_folder, resolve_model  # noqa: E402
 from reward.data import Encoder, load_preferences, load_rows, rows_by_prompt  # noqa: E402
 from reward.evaluate import calibration, compare_reward_models, evaluate_reward_model, preference_metrics  # noqa: E402
 from reward.score import RewardScorer, score_file  # noqa: E402
 from reward.train import RewardTrainingConfig, split_by_prompt, train_reward_model  # noqa: E402
 from tests.ranks import TORCHRUN, run_ranks  # noqa: E402
-from tests.tiny_models import tiny_causal_lm, tiny_encoder_reward_model, tiny_reward_model, tiny_tokenizer  # noqa: E402
+from tests.tiny_models import (tiny_causal_lm, tiny_encoder_reward_model, tiny_lora_reward_adapter,  # noqa: E402
+                                tiny_reward_model, tiny_tokenizer)
 
 WORDS = "the a cat dog sea sky red blue one two three tree house river".split()
 
@@ -665,6 +666,11 @@ def test_lora_run_through_the_cli_saves_and_reloads(tmp_path, tiny_rm):
     assert torch.allclose(with_adapter(batch).logits, merged(batch).logits, atol=1e-5)
     config = json.loads((out / "prefloop.json").read_text())["config"]
     assert config["lora"] is True and config["evals_per_epoch"] == 2
+    # The adapter alone loses the max length and truncation side the merged folder records: scoring points there.
+    with pytest.raises(UserError) as e:
+        RewardScorer(str(out / "adapter"))
+    assert _one_line_error(e) == (f"reward model {out / 'adapter'}: is the LoRA adapter that `prefloop reward train` "
+                                  f"saved beside the reward model in {out}, which has it merged in: score that folder")
 
 
 def test_the_cli_trains_the_python_apis_recipe(monkeypatch):
@@ -2263,6 +2269,59 @@ def test_training_from_a_cached_hub_id_without_a_network(tmp_path, tiny_rm):
     info = json.loads((tmp_path / "rm" / "prefloop.json").read_text())
     assert info["base_model"] == "some-org/tiny-rm"
     assert info["base_model_path"].endswith("models--some-org--tiny-rm/snapshots/0123abcd")
+
+
+def test_a_lora_reward_adapter_is_scored_on_its_base_as_peft_scores_it(tmp_path, monkeypatch):
+    """A LoRA reward model kept as a PEFT adapter (task_type SEQ_CLS: the LoRA weights and the score head, as TRL's
+    RewardTrainer saves one given such a peft_config) is scored on the base model its adapter_config.json names, from a
+    folder or by Hub id from the Hugging Face cache; an adapter that brings no head is refused, as a headless model
+    is."""
+    from huggingface_hub import constants
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = tiny_causal_lm(tmp_path / "lm")  # a causal LM: no score head of its own
+    adapter = tiny_lora_reward_adapter(tmp_path / "adapter", base)
+    conversations = [[{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "general kenobi"}],
+                     [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "go away"}],
+                     [{"role": "user", "content": "a b c"}, {"role": "assistant", "content": "d e f g"}]]
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    reference = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1),
+                                          adapter).eval()
+    with torch.no_grad():
+        expected = [reference(torch.tensor([Encoder(tokenizer, None).encode(c)[0]])).logits[0, 0].item()
+                    for c in conversations]
+    assert len(set(np.round(expected, 4))) == 3
+    assert np.allclose(RewardScorer(adapter).score(conversations).mean, expected, atol=1e-5)
+
+    snapshot = _cache_as_hub_model(adapter, tmp_path / "hub", "some-org/tiny-rm-lora")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert np.allclose(RewardScorer("some-org/tiny-rm-lora").score(conversations).mean, expected, atol=1e-5)
+    # Where the Hub answers, resolve_model leaves the id as it is and adapter_folder fetches the repository.
+    assert adapter_folder("some-org/tiny-rm-lora") == snapshot
+
+    # A tokenizer saved with the adapter is the one it reads with (here its chat template is another).
+    import shutil
+
+    own = Path(shutil.copytree(adapter, tmp_path / "own-tokenizer"))
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} says: {{ m['content'] }}\n{% endfor %}"
+    tokenizer.save_pretrained(own)
+    with torch.no_grad():
+        expected = [reference(torch.tensor([Encoder(tokenizer, None).encode(c)[0]])).logits[0, 0].item()
+                    for c in conversations]
+    assert np.allclose(RewardScorer(str(own)).score(conversations).mean, expected, atol=1e-5)
+
+    headless = tiny_lora_reward_adapter(tmp_path / "headless", base, with_head=False)
+    with pytest.raises(UserError) as e:
+        RewardScorer(headless)
+    assert _one_line_error(e).startswith(f"adapter {headless!r}: brings no score head (score.weight is not "
+                                         "among its weights), so the head would be drawn at random")
+    with pytest.raises(UserError) as e:
+        train_reward_model(RewardTrainingConfig(data=rule_pairs(8), base_model=adapter, progress=False,
+                                                output_dir=str(tmp_path / "rm")))
+    assert _one_line_error(e) == (f"base_model (--base) {adapter!r}: is a PEFT adapter, not a whole model; train "
+                                  f"from a whole model, such as the one it was trained on ({base})")
 
 
 def test_hh_dialogue_strings_are_split_into_turns_and_grouped_by_their_shared_turns():

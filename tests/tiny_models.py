@@ -156,3 +156,26 @@ def tiny_encoder_reward_model(save_dir: str | Path, *, seed: int = 0, max_positi
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def tiny_lora_reward_adapter(save_dir: str | Path, base: str, *, with_head: bool = True, seed: int = 1) -> str:
+    """Save a LoRA reward adapter on the causal LM at `base`, as PEFT saves one for TRL's RewardTrainer (task_type
+    SEQ_CLS: the LoRA weights and the one-output score head), with no tokenizer, so the base's is used.
+    `with_head=False`: the LoRA weights alone. LoRA starts at zero; its weights are drawn at random here, so the
+    adapter changes the rewards."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from collect.offline_models import no_weight_loading_bar
+
+    with no_weight_loading_bar():
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    config = LoraConfig(task_type="SEQ_CLS" if with_head else None, r=4, target_modules=["q_proj", "v_proj"])
+    adapter = get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for param in adapter.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param))
+    adapter.save_pretrained(save_dir)
+    return str(save_dir)
