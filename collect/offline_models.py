@@ -102,6 +102,10 @@ def _hub_id_or_cached_snapshot(repo_id: str) -> str:
         ) from None
 
 
+ADAPTER_FILES = ["adapter_*", "*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+"""What `adapter_folder` fetches of a Hub adapter: its weights and config, and a tokenizer's files."""
+
+
 def adapter_folder(name_or_path: str) -> Path | None:
     """The local folder of the PEFT adapter that `name_or_path` names (a folder holding adapter_config.json, or a
     Hub id whose repository has one, then downloaded), or None for a whole model."""
@@ -116,7 +120,10 @@ def adapter_folder(name_or_path: str) -> Path | None:
         return None
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(name_or_path))
+    try:  # the adapter, its configs and any tokenizer; not merged weights or checkpoints kept beside them
+        return Path(snapshot_download(name_or_path, allow_patterns=ADAPTER_FILES))
+    except (OSError, ValueError) as e:
+        raise UserError(f"adapter {name_or_path!r}: cannot fetch it from the Hub ({first_line(e)})") from None
 
 
 def adapter_base(adapter: Path) -> str:

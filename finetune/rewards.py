@@ -22,14 +22,16 @@ from reward.score import RewardScorer
 
 def reward_model_info(path: str) -> dict[str, Any]:
     """The reward model's prefloop.json (empty when it has none). Raises UserError unless `path` is a
-    sequence classifier with a single output, or a LoRA adapter of one (RewardScorer checks that it brings its
-    score head)."""
+    sequence classifier with a single output, or a PEFT adapter that makes one (`check_reward_adapter`)."""
     from collect.offline_models import adapter_folder, resolve_model
+    from reward.train import check_reward_adapter
 
     resolved = resolve_model(path)
     if not Path(resolved).exists() and Path(resolved).is_absolute():
         raise UserError(f"reward model {path}: no such directory")
-    if adapter_folder(resolved) is not None:
+    adapter = adapter_folder(resolved)
+    if adapter is not None:
+        check_reward_adapter(adapter, path)
         return {}
     try:
         config = AutoConfig.from_pretrained(resolved)

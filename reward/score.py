@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from collect.errors import UserError, first_line
-from collect.offline_models import adapter_base, adapter_folder, resolve_model
+from collect.offline_models import adapter_folder, resolve_model
 from reward.data import (TRAINING_PAIRS_FILE, Conversation, Encoder, as_messages, check_preferences, check_token_ids,
                          load_rows, pair_conversations, position_limit)
 
@@ -67,24 +67,22 @@ class _Member:
         import torch
 
         from reward.shared_prompt import shares_prompt
-        from reward.train import has_tokenizer, load_adapter_reward_model, load_sequence_classifier, load_tokenizer
+        from reward.train import (check_reward_adapter, has_tokenizer, load_adapter_reward_model,
+                                  load_sequence_classifier, load_tokenizer)
 
         path = resolve_model(model_dir)  # a local folder, a cached snapshot, or a Hub id Transformers downloads
         adapter = adapter_folder(path)
-        if adapter is not None and model_info(adapter.parent).get("kind") == "reward_model":
-            raise UserError(f"reward model {model_dir}: is the LoRA adapter that `prefloop reward train` saved beside "
-                            f"the reward model in {adapter.parent}, which has it merged in: score that folder")
         if adapter is not None:
+            base = check_reward_adapter(adapter, model_dir)
             path = str(adapter)
         self.path = Path(path)
         info = model_info(path)
         self.info = info
         # An adapter's tokenizer is its base's unless it was saved with the adapter.
-        self.tokenizer = load_tokenizer(path if adapter is None or has_tokenizer(adapter)
-                                        else resolve_model(adapter_base(adapter)))
+        self.tokenizer = load_tokenizer(path if adapter is None or has_tokenizer(adapter) else base)
         try:
             if adapter is not None:
-                self.model = load_adapter_reward_model(adapter, dtype)
+                self.model = load_adapter_reward_model(adapter, base, dtype)
             else:
                 self.model = load_sequence_classifier(path, dtype=dtype, trained_head=True)
         except UserError:

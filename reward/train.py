@@ -349,6 +349,17 @@ def load_sequence_classifier(model_path: str, backbone_layers: int | None = None
     the upper layers `backbone_layers` leaves out), and with a one-line warning for anything else
     (`unexpected_weights`). `trained_head`: the head must come from the checkpoint (scoring), else UserError: a
     head drawn at random would score every run differently."""
+    model, drawn = _classifier_and_drawn_head(model_path, backbone_layers, trained_head, **kwargs)
+    if trained_head and drawn:
+        raise UserError(f"model {model_path!r}: its score head ({', '.join(drawn[:2])}) is not in the checkpoint, so "
+                        "it would be drawn at random: a base model or another kind of classifier, not a trained "
+                        "reward model (train one with `prefloop reward train`)")
+    return model
+
+
+def _classifier_and_drawn_head(model_path: str, backbone_layers: int | None, report_head: bool, **kwargs):
+    """`load_sequence_classifier`'s model and the names of the head weights it drew at random (not in the
+    checkpoint, or there in another shape)."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as transformers_logging
     from trl.trainer.reward_trainer import suppress_seqcls_warning
@@ -357,44 +368,97 @@ def load_sequence_classifier(model_path: str, backbone_layers: int | None = None
     transformers_logging.set_verbosity_error()
     try:
         # TRL's context drops a missing head from the loading report; scoring needs to see one.
-        with no_weight_loading_bar(), contextlib.nullcontext() if trained_head else suppress_seqcls_warning():
+        with no_weight_loading_bar(), contextlib.nullcontext() if report_head else suppress_seqcls_warning():
             model, loading = AutoModelForSequenceClassification.from_pretrained(
                 model_path, output_loading_info=True, **kwargs)
     finally:
         transformers_logging.set_verbosity(verbosity)
-    drawn = sorted(k for k in loading.get("missing_keys", ()) if not k.startswith(model.base_model_prefix + "."))
-    if trained_head and drawn:
-        raise UserError(f"model {model_path!r}: its score head ({', '.join(drawn[:2])}) is not in the checkpoint, so "
-                        "it would be drawn at random: a base model or another kind of classifier, not a trained "
-                        "reward model (train one with `prefloop reward train`)")
+    drawn = [k for k in loading.get("missing_keys", ()) if not k.startswith(model.base_model_prefix + ".")]
+    drawn += [mismatch[0] for mismatch in loading.get("mismatched_keys", ())]
     surprises = unexpected_weights(loading, model.base_model_prefix, backbone_layers)
     if surprises:
-        warnings.warn(f"model {model_path!r}: {surprises}", stacklevel=3)
-    return model
+        warnings.warn(f"model {model_path!r}: {surprises}", stacklevel=4)
+    return model, sorted(drawn)
 
 
-def load_adapter_reward_model(adapter: Path, dtype):
-    """A PEFT LoRA reward model: the base its adapter_config.json names, loaded for sequence classification with one
-    output, the adapter merged in. The score head must come from the adapter (PEFT saves it when the adapter is
-    trained with task_type SEQ_CLS or the head in modules_to_save), else UserError: the base has none, or one for
-    another task, and a head drawn at random would score every run differently."""
-    from peft import PeftModel
+def check_reward_adapter(adapter: Path, name: str) -> str:
+    """The base model of a PEFT adapter given as the reward model `name`, after what its files alone tell (no
+    weights loaded, so alignment can check its --judge before hours of training): UserError for the `adapter/`
+    that `reward train --lora` saves beside the merged model it belongs with, an adapter that cannot be merged
+    (prompt learning), a base that does not load, and an adapter with no score head on a base with none.
+    `load_adapter_reward_model` checks the rest as it loads."""
+    from peft import PeftConfig
+    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
     from peft.utils import load_peft_weights
     from transformers import AutoConfig
 
+    saved_by = adapter.parent / "prefloop.json"
+    if saved_by.exists() and json.loads(saved_by.read_text()).get("kind") == "reward_model":
+        raise UserError(f"reward model {name}: is the LoRA adapter that `prefloop reward train` saved beside the "
+                        f"reward model in {adapter.parent}, which has it merged in: score that folder")
     base = resolve_model(adapter_base(adapter))
     try:
+        peft_config = PeftConfig.from_pretrained(str(adapter))
+        base_config = AutoConfig.from_pretrained(base)
+        saved = load_peft_weights(str(adapter))
+    except (OSError, ValueError) as e:
+        raise UserError(f"adapter {str(adapter)!r} on its base {base!r}: cannot read it ({first_line(e)})") from None
+    if peft_config.is_prompt_learning:
+        raise UserError(f"adapter {str(adapter)!r}: a {peft_config.peft_type.value} adapter adds virtual tokens, which "
+                        "cannot be merged into its base; a reward model can be a LoRA, DoRA or IA3 adapter")
+    prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_config.peft_type, "lora_")
+    brings_head = any(prefix not in key for key in saved)  # modules_to_save, saved in full
+    base_has_head = base_config.num_labels == 1 and any(
+        kind.endswith("ForSequenceClassification") for kind in base_config.architectures or [])
+    if not brings_head and not base_has_head:
+        raise UserError(_no_head(adapter, base))
+    return base
+
+
+def _no_head(adapter: Path, base: str) -> str:
+    return (f"adapter {str(adapter)!r}: brings no score head, and its base {base!r} has none that fits, so the head "
+            "would be drawn at random; a LoRA reward adapter is trained with task_type SEQ_CLS or its head in "
+            "modules_to_save")
+
+
+def load_adapter_reward_model(adapter: Path, base: str, dtype):
+    """A PEFT reward adapter merged into `base` (what `check_reward_adapter` returned), loaded for sequence
+    classification with one output. The score head must come from the adapter (PEFT saves it when the adapter is
+    trained with task_type SEQ_CLS or the head in modules_to_save) unless the base already has a one-output head,
+    and the adapter must cover every weight it adapts on the base; else UserError."""
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict, load_peft_weights
+    from transformers import AutoConfig
+
+    name = str(adapter)
+    try:
         config = AutoConfig.from_pretrained(base, num_labels=1)
-        model = load_sequence_classifier(base, config=config, dtype=dtype, ignore_mismatched_sizes=True)
-        head = [name for name, _ in model.named_parameters() if not name.startswith(model.base_model_prefix + ".")]
-        brought = {key.removeprefix("base_model.model.") for key in load_peft_weights(str(adapter))}
-        if not set(head) <= brought:
-            raise UserError(f"adapter {str(adapter)!r}: brings no score head ({head[0]} is not among its weights), so "
-                            f"the head would be drawn at random; a LoRA reward adapter is trained with task_type "
-                            f"SEQ_CLS or modules_to_save=[{head[0].split('.')[0]!r}]")
-        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a size mismatch, trained on another base
-        raise UserError(f"adapter {str(adapter)!r} on its base {base!r}: cannot load it ({first_line(e)})") from None
+        model, drawn = _classifier_and_drawn_head(base, None, True, config=config, dtype=dtype,
+                                                  ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"adapter {name!r} on its base {base!r}: cannot load the base ({first_line(e)})") from None
+    saved = load_peft_weights(name)
+    in_full = {key.removeprefix("base_model.model."): value for key, value in saved.items()}
+    if any(key not in in_full for key in drawn):
+        raise UserError(_no_head(adapter, base))
+    parameters = dict(model.named_parameters())
+    for key, value in in_full.items():
+        if key in parameters and value.shape != parameters[key].shape:
+            raise UserError(f"adapter {name!r}: its {key} has shape {list(value.shape)}, where a one-output reward "
+                            f"model on {base!r} takes {list(parameters[key].shape)}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Found missing adapter keys")  # said below, in one line
+        try:
+            model = PeftModel.from_pretrained(model, name)
+        except (RuntimeError, ValueError) as e:
+            mismatch = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), first_line(e))
+            raise UserError(f"adapter {name!r}: does not fit its base {base!r}, so it was trained on another model "
+                            f"({mismatch})") from None
+    missing = sorted(set(get_peft_model_state_dict(model)) - set(saved))
+    if missing:
+        raise UserError(f"adapter {name!r}: {len(missing)} of the weights it adapts on its base {base!r} are not in it "
+                        f"(first: {missing[0]}), so it was trained on another model, or on fewer of its layers")
+    return model.merge_and_unload()
 
 
 def unexpected_weights(loading: dict[str, Any], backbone: str, backbone_layers: int | None) -> str:

@@ -481,15 +481,17 @@ def test_reward_model_that_is_not_a_sequence_classifier(models, tmp_path):
 
 
 def test_a_lora_reward_adapter_is_a_reward_model(models, tmp_path):
-    """--reward takes a LoRA reward adapter, scored on its base as `prefloop reward score` scores it; one that
-    brings no score head is refused, not trained against a head drawn at random."""
+    """--reward and --judge take a LoRA reward adapter, scored on its base as `prefloop reward score` scores it;
+    one that brings no score head is refused before training, not used with a head drawn at random."""
     adapter = tiny_lora_reward_adapter(tmp_path / "rm-lora", models["policy"])
     result = align(small_config(models, "grpo", tmp_path / "a", reward_model=adapter, max_steps=1))
     manifest = json.loads((tmp_path / "a" / "prefloop.json").read_text())
     assert manifest["reward_model"]["path"] == adapter and math.isfinite(result.metrics["first_reward"])
+    # A judge is loaded only for the evaluation after training; what its files tell is checked before.
     headless = tiny_lora_reward_adapter(tmp_path / "headless", models["policy"], with_head=False)
     with pytest.raises(UserError, match="brings no score head"):
-        align(small_config(models, "grpo", tmp_path / "b", reward_model=headless, max_steps=1))
+        align(small_config(models, "grpo", tmp_path / "b", judge=headless, eval_prompts=PROMPTS[:2], max_steps=1))
+    assert not (tmp_path / "b").exists()
 
 
 def test_an_output_folder_of_other_files_is_refused_before_training(models, tmp_path):

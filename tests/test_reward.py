@@ -2271,57 +2271,120 @@ def test_training_from_a_cached_hub_id_without_a_network(tmp_path, tiny_rm):
     assert info["base_model_path"].endswith("models--some-org--tiny-rm/snapshots/0123abcd")
 
 
-def test_a_lora_reward_adapter_is_scored_on_its_base_as_peft_scores_it(tmp_path, monkeypatch):
-    """A LoRA reward model kept as a PEFT adapter (task_type SEQ_CLS: the LoRA weights and the score head, as TRL's
-    RewardTrainer saves one given such a peft_config) is scored on the base model its adapter_config.json names, from a
-    folder or by Hub id from the Hugging Face cache; an adapter that brings no head is refused, as a headless model
-    is."""
-    from huggingface_hub import constants
+ADAPTER_CONVERSATIONS = [
+    [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "general kenobi"}],
+    [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "go away"}],
+    [{"role": "user", "content": "a b c"}, {"role": "assistant", "content": "d e f g"}],
+]
+
+
+def _peft_rewards(adapter: str, base: str, tokenizer=None) -> list[float]:
+    """ADAPTER_CONVERSATIONS' rewards from PEFT's own model (base + adapter, unmerged), one conversation at a time."""
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    base = tiny_causal_lm(tmp_path / "lm")  # a causal LM: no score head of its own
-    adapter = tiny_lora_reward_adapter(tmp_path / "adapter", base)
-    conversations = [[{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "general kenobi"}],
-                     [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "go away"}],
-                     [{"role": "user", "content": "a b c"}, {"role": "assistant", "content": "d e f g"}]]
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    reference = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1),
-                                          adapter).eval()
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=1),
+                                      adapter).eval()
     with torch.no_grad():
-        expected = [reference(torch.tensor([Encoder(tokenizer, None).encode(c)[0]])).logits[0, 0].item()
-                    for c in conversations]
-    assert len(set(np.round(expected, 4))) == 3
-    assert np.allclose(RewardScorer(adapter).score(conversations).mean, expected, atol=1e-5)
+        rewards = [model(torch.tensor([Encoder(tokenizer, None).encode(c)[0]])).logits[0, 0].item()
+                   for c in ADAPTER_CONVERSATIONS]
+    assert len(set(np.round(rewards, 4))) == len(rewards)  # the check below can tell conversations apart
+    return rewards
+
+
+def test_a_lora_reward_adapter_is_scored_on_its_base_as_peft_scores_it(tmp_path, monkeypatch):
+    """A reward model kept as a PEFT adapter (task_type SEQ_CLS: the LoRA weights and the score head, as TRL's
+    RewardTrainer saves one given such a peft_config) is scored on the base model its adapter_config.json names,
+    from a folder or by Hub id from the Hugging Face cache, with the base's tokenizer or its own. An adapter of LoRA
+    weights alone is a reward model where its base already has a one-output head."""
+    from huggingface_hub import constants
+    from transformers import AutoTokenizer
+
+    causal = tiny_causal_lm(tmp_path / "lm")  # no score head of its own
+    adapter = tiny_lora_reward_adapter(tmp_path / "adapter", causal)
+    expected = _peft_rewards(adapter, causal)
+    assert np.allclose(RewardScorer(adapter).score(ADAPTER_CONVERSATIONS).mean, expected, atol=1e-5)
 
     snapshot = _cache_as_hub_model(adapter, tmp_path / "hub", "some-org/tiny-rm-lora")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert np.allclose(RewardScorer("some-org/tiny-rm-lora").score(conversations).mean, expected, atol=1e-5)
-    # Where the Hub answers, resolve_model leaves the id as it is and adapter_folder fetches the repository.
+    assert np.allclose(RewardScorer("some-org/tiny-rm-lora").score(ADAPTER_CONVERSATIONS).mean, expected, atol=1e-5)
+    # Given the id itself, as resolve_model passes it on where the Hub answers, adapter_folder fetches the
+    # repository (here from the cache).
     assert adapter_folder("some-org/tiny-rm-lora") == snapshot
 
     # A tokenizer saved with the adapter is the one it reads with (here its chat template is another).
     import shutil
 
     own = Path(shutil.copytree(adapter, tmp_path / "own-tokenizer"))
+    tokenizer = AutoTokenizer.from_pretrained(causal)
     tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }} says: {{ m['content'] }}\n{% endfor %}"
     tokenizer.save_pretrained(own)
-    with torch.no_grad():
-        expected = [reference(torch.tensor([Encoder(tokenizer, None).encode(c)[0]])).logits[0, 0].item()
-                    for c in conversations]
-    assert np.allclose(RewardScorer(str(own)).score(conversations).mean, expected, atol=1e-5)
+    assert np.allclose(RewardScorer(str(own)).score(ADAPTER_CONVERSATIONS).mean,
+                       _peft_rewards(str(own), causal, tokenizer), atol=1e-5)
 
-    headless = tiny_lora_reward_adapter(tmp_path / "headless", base, with_head=False)
+    # LoRA alone on a reward model (its head kept frozen), and on an encoder (BERT's head is `classifier`).
+    reward_base = tiny_reward_model(tmp_path / "rm")
+    lora_only = tiny_lora_reward_adapter(tmp_path / "lora-only", reward_base, with_head=False)
+    assert np.allclose(RewardScorer(lora_only).score(ADAPTER_CONVERSATIONS).mean,
+                       _peft_rewards(lora_only, reward_base), atol=1e-5)
+    encoder = tiny_encoder_reward_model(tmp_path / "encoder")
+    on_encoder = tiny_lora_reward_adapter(tmp_path / "on-encoder", encoder, target_modules=("query", "value"))
+    assert np.allclose(RewardScorer(on_encoder).score(ADAPTER_CONVERSATIONS).mean,
+                       _peft_rewards(on_encoder, encoder), atol=1e-5)
+
+
+def test_an_adapter_that_does_not_make_a_reward_model_is_refused_in_one_line(tmp_path):
+    """Each adapter below would score with weights drawn at random, or not at all; each is refused, naming it."""
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    causal = tiny_causal_lm(tmp_path / "lm")
+    headless = tiny_lora_reward_adapter(tmp_path / "headless", causal, with_head=False)
     with pytest.raises(UserError) as e:
         RewardScorer(headless)
-    assert _one_line_error(e).startswith(f"adapter {headless!r}: brings no score head (score.weight is not "
-                                         "among its weights), so the head would be drawn at random")
+    assert _one_line_error(e) == (f"adapter {headless!r}: brings no score head, and its base {causal!r} has none that "
+                                  "fits, so the head would be drawn at random; a LoRA reward adapter is trained with "
+                                  "task_type SEQ_CLS or its head in modules_to_save")
+    two_outputs = tiny_lora_reward_adapter(tmp_path / "two-outputs", causal, num_labels=2)
+    with pytest.raises(UserError) as e:
+        RewardScorer(two_outputs)
+    assert _one_line_error(e) == (f"adapter {two_outputs!r}: its score.weight has shape [2, 32], where a one-output "
+                                  f"reward model on {causal!r} takes [1, 32]")
+
+    def moved_to(adapter: str, base: str) -> str:  # the same adapter with another base named in its config
+        config_file = Path(adapter) / "adapter_config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "base_model_name_or_path": base}))
+        return adapter
+
+    wider = tiny_reward_model(tmp_path / "wider", hidden_size=64)
+    other_base = moved_to(tiny_lora_reward_adapter(tmp_path / "other-base", tiny_reward_model(tmp_path / "rm"),
+                                                   with_head=False), wider)
+    with pytest.raises(UserError) as e:
+        RewardScorer(other_base)
+    assert _one_line_error(e).startswith(f"adapter {other_base!r}: does not fit its base {wider!r}, so it was trained "
+                                         "on another model (size mismatch for ")
+    one_layer = tiny_causal_lm(tmp_path / "one-layer", num_hidden_layers=1)
+    fewer_layers = moved_to(tiny_lora_reward_adapter(tmp_path / "fewer-layers", one_layer), causal)
+    with pytest.raises(UserError) as e:
+        RewardScorer(fewer_layers)
+    assert _one_line_error(e).startswith(f"adapter {fewer_layers!r}: 4 of the weights it adapts on its base "
+                                         f"{causal!r} are not in it (first: ")
+    assert _one_line_error(e).endswith("so it was trained on another model, or on fewer of its layers")
+    prompt_tuning = tmp_path / "prompt-tuning"
+    get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_reward_model(tmp_path / "rm2")),
+                   PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=2)).save_pretrained(prompt_tuning)
+    with pytest.raises(UserError) as e:
+        RewardScorer(str(prompt_tuning))
+    assert _one_line_error(e) == (f"adapter {str(prompt_tuning)!r}: a PROMPT_TUNING adapter adds virtual tokens, which "
+                                  "cannot be merged into its base; a reward model can be a LoRA, DoRA or IA3 adapter")
+    adapter = tiny_lora_reward_adapter(tmp_path / "adapter", causal)
     with pytest.raises(UserError) as e:
         train_reward_model(RewardTrainingConfig(data=rule_pairs(8), base_model=adapter, progress=False,
-                                                output_dir=str(tmp_path / "rm")))
+                                                output_dir=str(tmp_path / "trained")))
     assert _one_line_error(e) == (f"base_model (--base) {adapter!r}: is a PEFT adapter, not a whole model; train "
-                                  f"from a whole model, such as the one it was trained on ({base})")
+                                  f"from a whole model, such as the one it was trained on ({causal})")
 
 
 def test_hh_dialogue_strings_are_split_into_turns_and_grouped_by_their_shared_turns():

@@ -158,19 +158,20 @@ def tiny_encoder_reward_model(save_dir: str | Path, *, seed: int = 0, max_positi
     return str(path)
 
 
-def tiny_lora_reward_adapter(save_dir: str | Path, base: str, *, with_head: bool = True, seed: int = 1) -> str:
-    """Save a LoRA reward adapter on the causal LM at `base`, as PEFT saves one for TRL's RewardTrainer (task_type
-    SEQ_CLS: the LoRA weights and the one-output score head), with no tokenizer, so the base's is used.
-    `with_head=False`: the LoRA weights alone. LoRA starts at zero; its weights are drawn at random here, so the
-    adapter changes the rewards."""
+def tiny_lora_reward_adapter(save_dir: str | Path, base: str, *, with_head: bool = True, num_labels: int = 1,
+                             target_modules: tuple[str, ...] = ("q_proj", "v_proj"), seed: int = 1) -> str:
+    """Save a LoRA reward adapter on the model at `base`, as PEFT saves one for TRL's RewardTrainer (task_type
+    SEQ_CLS: the LoRA weights and the score head with `num_labels` outputs), with no tokenizer, so the base's is
+    used. `with_head=False`: the LoRA weights alone. LoRA starts at zero; its weights are drawn at random here,
+    so the adapter changes the rewards."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     from collect.offline_models import no_weight_loading_bar
 
     with no_weight_loading_bar():
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
-    config = LoraConfig(task_type="SEQ_CLS" if with_head else None, r=4, target_modules=["q_proj", "v_proj"])
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=num_labels)
+    config = LoraConfig(task_type="SEQ_CLS" if with_head else None, r=4, target_modules=list(target_modules))
     adapter = get_peft_model(model, config)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
