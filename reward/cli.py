@@ -79,6 +79,8 @@ def eval_(
                                        "or FIRST-MODEL/eval-ensemble for several)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=100, help="Bootstrap resamples for the intervals."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Cut longer conversations to this "
+                                             "many tokens (default: the length each model trained with)."),
 ) -> None:
     """Accuracy with intervals, by source and category, calibration, length bias, margin agreement."""
     from collect.offline_models import resolve_model
@@ -90,7 +92,7 @@ def eval_(
         raise UserError(f"--out: {model[0]} is not a local folder to write the evaluation beside; name one")
     out = out or Path(model[0]) / ("eval" if len(model) == 1 else "eval-ensemble")
     report = evaluate_reward_model(model if len(model) > 1 else model[0], data, out,
-                                   batch_size=batch_size, n_bootstrap=n_bootstrap)
+                                   batch_size=batch_size, n_bootstrap=n_bootstrap, max_length=max_length)
     print_report(report)
     console.print(f"wrote {out / 'eval.json'}, reliability.png, accuracy.png")
 
@@ -104,13 +106,15 @@ def compare(
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the comparison to this JSON file."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=100, help="Bootstrap resamples for the intervals."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Cut longer conversations to this "
+                                             "many tokens (default: the length each model trained with)."),
 ) -> None:
     """Is --model better than --baseline on the same pairs? Accuracy difference, interval and exact test over prompts."""
     from reward.evaluate import compare_reward_models
 
     report = compare_reward_models(model if len(model) > 1 else model[0],
                                    baseline if len(baseline) > 1 else baseline[0], data, out,
-                                   batch_size=batch_size, n_bootstrap=n_bootstrap)
+                                   batch_size=batch_size, n_bootstrap=n_bootstrap, max_length=max_length)
     print_comparison(report)
     if out is not None:
         console.print(f"wrote {out}")
@@ -123,6 +127,8 @@ def score(
     out: Optional[Path] = typer.Option(None, "--out", help="Output .jsonl or .parquet (default: DATA's name less "
                                        "its extension, plus .scored.jsonl, in the current folder)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
+    max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Cut longer conversations to this "
+                                             "many tokens (default: the length each model trained with)."),
 ) -> None:
     """Add reward columns (and the ensemble spread) to every row of a dataset."""
     from reward.score import score_file
@@ -134,7 +140,7 @@ def score(
         out = Path(f"{name or 'data'}.scored.jsonl")
         if out.exists():  # a name the user did not give: another file's scores (a.jsonl and b/a.jsonl) may be there
             raise UserError(f"{out} exists; pass --out {out} to replace it, or another name")
-    written = score_file(model if len(model) > 1 else model[0], data, out, batch_size=batch_size)
+    written = score_file(model if len(model) > 1 else model[0], data, out, batch_size=batch_size, max_length=max_length)
     console.print(f"wrote {written}")
 
 
@@ -169,6 +175,7 @@ def print_report(report: dict) -> None:
         console.print(f"length: of the {unequal} pairs whose responses differ in length{equal}, the raters chose the "
                       f"longer in {bias['share_chosen_longer']:.0%}, the model prefers it in "
                       f"{bias['model_prefers_longer']:.0%}")
+    print_truncated(report["truncated"], report["n"])
     if report["ties"]:
         console.print(f"ties: {report['ties']} pair(s) got equal rewards, counted wrong")
     if "per_comparison" in report:
@@ -193,6 +200,14 @@ def print_report(report: dict) -> None:
         console.print(f"ensemble spread (standard deviation across members), mean: {report['ensemble_spread_mean']:.3f}")
 
 
+def print_truncated(truncated: dict, pairs: int, who: str = "") -> None:
+    why = {"prefloop.json": "the length it trained with", "max_length given": "as --max-length says",
+           "the model's own limit": "the model's own limit: it has no prefloop.json to say what it trained with"}
+    limits = "; ".join(f"{limit['max_length']} tokens, cut from the {limit['truncation_side']} ({why[limit['from']]})"
+                       for limit in truncated["limits"])
+    console.print(f"{who}truncated: {truncated['pairs']} of {pairs} pairs; limit {limits}")
+
+
 def print_comparison(report: dict) -> None:
     from rich.table import Table
 
@@ -207,6 +222,8 @@ def print_comparison(report: dict) -> None:
                 f"none: {report['ci_missing']} (p decides)")
     table.add_row("difference", f"{report['difference']:+.3f}", interval)
     console.print(table)
+    for side, truncated in report["truncated"].items():
+        print_truncated(truncated, report["n"], f"{side}: ")
     console.print(f"pairs only the model ranks right: {report['only_model_right']}, only the baseline: "
                   f"{report['only_baseline_right']}; exact permutation test over prompts, two-sided p = "
                   f"{report['p_value']:.3g}")

@@ -157,6 +157,7 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
     """UserError, naming the column or the row's place, unless every row is a usable preference pair."""
     if len(dataset) == 0:
         raise UserError(f"{name}: the dataset is empty")
+    warn_unread_template_columns(dataset, name)
     missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
     if missing:
         raise UserError(
@@ -184,6 +185,15 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
         warnings.warn(f"{name}: role(s) {', '.join(map(repr, unknown))} are not system, user, assistant or tool "
                       f"(first: {roles[unknown[0]]}): a chat template renders them as they are, or refuses them",
                       stacklevel=3)
+
+
+def warn_unread_template_columns(dataset, name: str) -> None:
+    """TRL passes a row's `chat_template_kwargs` and `tools` to the chat template; prefloop renders each
+    conversation with the template alone, so a template that reads them sees other text here: said, not hidden."""
+    unread = [column for column in ("chat_template_kwargs", "tools") if column in dataset.column_names]
+    if unread:
+        warnings.warn(f"{name}: column(s) {', '.join(unread)} not used: TRL passes them to the chat template, prefloop "
+                      "renders each conversation with the template alone", stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------ conversations

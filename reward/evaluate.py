@@ -356,13 +356,14 @@ def evaluate_reward_model(
     batch_size: int = 16,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """Score every pair of `data` with `model` (a directory, several, or a RewardScorer) and report
-    the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there."""
+    the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there. `max_length`
+    overrides the length each model trained with (RewardScorer)."""
     from collect.errors import first_line
     from collect.output_dirs import check_can_create
     from reward.data import check_margins, prompt_of_rows
-    from reward.score import RewardScorer
 
     check_resamples(n_bootstrap)
     if out_dir is not None:  # checked before the model spends minutes scoring
@@ -385,7 +386,7 @@ def evaluate_reward_model(
             check_margins(rows, places)
         except UserError as e:
             bad_margin = first_line(e)
-    scorer = model if isinstance(model, RewardScorer) else RewardScorer(model, batch_size=batch_size)
+    scorer = _scorer(model, batch_size, max_length)
     trained_on = _pairs_trained_on(scorer, rows, data)
     chosen, rejected = scorer.score_pairs(rows)
     groups, not_grouped = category_columns(rows)
@@ -402,6 +403,7 @@ def evaluate_reward_model(
         seed=seed,
     )
     report["not_broken_down"] = not_grouped
+    report["truncated"] = _truncated(scorer, chosen, rejected)
     if trained_on is not None:
         report["trained_on"] = trained_on
     comparisons, kept = distinct_comparisons(rows["chosen"], rows["rejected"], prompts)
@@ -491,10 +493,12 @@ def compare_reward_models(
     batch_size: int = 16,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """Score every pair of `data` with `model` and with `baseline` (each a directory, several for an ensemble, or a
     RewardScorer) and compare them pair by pair (`paired_comparison`, `model` first: a positive difference means
-    `model` ranks more pairs right). With `out`, also write the report there as JSON."""
+    `model` ranks more pairs right). With `out`, also write the report there as JSON. `max_length` overrides the
+    length each model trained with (RewardScorer)."""
     from collect.offline_models import resolve_model
     from collect.output_dirs import check_can_write_file
     from reward.data import prompt_of_rows
@@ -515,12 +519,13 @@ def compare_reward_models(
             except UserError as e:
                 raise UserError(f"{side}: {e}") from None
     rows, _ = _read_pairs(data)
-    outcomes = []
-    for scorer in (model, baseline):
-        scorer = scorer if isinstance(scorer, RewardScorer) else RewardScorer(scorer, batch_size=batch_size)
+    outcomes, truncated = [], {}
+    for side, scorer in (("model", model), ("baseline", baseline)):
+        scorer = _scorer(scorer, batch_size, max_length)
         _pairs_trained_on(scorer, rows, data)
         chosen, rejected = scorer.score_pairs(rows)
         outcomes.append(chosen.mean > rejected.mean)  # a tie counts wrong, as in evaluate_reward_model
+        truncated[side] = _truncated(scorer, chosen, rejected)
         del scorer
     prompts = prompt_of_rows(rows)
     report = paired_comparison(*outcomes, prompts=prompts, n_bootstrap=n_bootstrap, seed=seed,
@@ -531,11 +536,30 @@ def compare_reward_models(
                                     **paired_comparison(*(o[kept] for o in outcomes), prompts=[prompts[i] for i in kept],
                                                         n_bootstrap=n_bootstrap, seed=seed, names=("model", "baseline"))}
     report["models"] = {"model": _model_names(model), "baseline": _model_names(baseline)}
+    report["truncated"] = truncated
     report["data"] = _data_name(data)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False) + "\n")
     return report
+
+
+def _scorer(model: Any, batch_size: int, max_length: int | None):
+    """`model` as a RewardScorer: itself, or loaded from its directories."""
+    from reward.score import RewardScorer
+
+    if not isinstance(model, RewardScorer):
+        return RewardScorer(model, batch_size=batch_size, max_length=max_length)
+    if max_length is not None:
+        raise UserError("max_length: set it when the RewardScorer is made (RewardScorer(..., max_length=)), "
+                        "not for one that is already loaded")
+    return model
+
+
+def _truncated(scorer, chosen, rejected) -> dict[str, Any]:
+    """How many pairs scoring cut (either side) and to what length: a model trained elsewhere is cut to its own
+    limit, which need not be the length it trained with."""
+    return {"pairs": int((chosen.truncated | rejected.truncated).sum()), "limits": scorer.length_limits()}
 
 
 def _model_dirs(model: Any) -> list:

@@ -24,7 +24,7 @@ import numpy as np
 from collect.errors import UserError, first_line
 from collect.offline_models import adapter_folder, resolve_model
 from reward.data import (TRAINING_PAIRS_FILE, Conversation, Encoder, as_messages, check_preferences, check_token_ids,
-                         load_rows, pair_conversations, position_limit)
+                         load_rows, pair_conversations, position_limit, warn_unread_template_columns)
 
 
 @dataclass
@@ -32,6 +32,7 @@ class RewardScores:
     """Rewards for a batch of conversations: `per_model` has one row per ensemble member."""
 
     per_model: np.ndarray  # shape (n_models, n_items)
+    truncated: np.ndarray | None = None  # per item: whether any member cut it to its max length
 
     @property
     def mean(self) -> np.ndarray:
@@ -94,6 +95,8 @@ class _Member:
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.to(device).eval()
         limit = info.get("max_length") if max_length is None else max_length
+        self.max_length_from = ("max_length given" if max_length is not None else
+                                "prefloop.json" if limit is not None else "the model's own limit")
         if limit is None:
             positions = getattr(self.model.config, "max_position_embeddings", None) or 512
             limit = min(self.tokenizer.model_max_length, positions)
@@ -189,23 +192,43 @@ class RewardScorer:
         naming the conversation's index and field, for one that is not a non-empty list of {role, content}
         messages with string content (a lone string is read as one user message)."""
         conversations = [as_messages(c, f"conversation {i}", "messages", "user") for i, c in enumerate(conversations)]
-        rows = []
+        rows, truncated = [], np.zeros(len(conversations), dtype=bool)
         for member in self.members:
-            ids = [member.encoder.encode(c)[0] for c in conversations]
+            ids, cut = _unzip([member.encoder.encode(c) for c in conversations])
             rows.append(member.score_ids(ids, self.batch_size))
-        return RewardScores(np.vstack(rows) if rows else np.empty((0, 0)))
+            truncated |= cut
+        return RewardScores(np.vstack(rows) if rows else np.empty((0, 0)), truncated)
 
     def score_pairs(self, dataset) -> tuple[RewardScores, RewardScores]:
         """(chosen, rejected) rewards for every row of a preference dataset (`reward.data.load_preferences`
         checks one, naming a bad row's file and line)."""
         pairs = [pair_conversations(row, f"data[{i}]") for i, row in enumerate(dataset)]
-        chosen_rows, rejected_rows = [], []
+        trained_elsewhere = [member.name for member in self.members if not member.info]
+        if trained_elsewhere and len(dataset) and isinstance(dataset[0]["chosen"], str):
+            warnings.warn(f"{', '.join(trained_elsewhere)}: no prefloop.json (trained elsewhere): plain-text pairs are "
+                          "read as a user turn and an assistant turn through the chat template (or a 'User:' / "
+                          "'Assistant:' layout), as prefloop trains on them; a model TRL trained on plain text read "
+                          "prompt + response + EOS, so its rewards here are for other text than it saw", stacklevel=2)
+        chosen_rows, rejected_rows, truncated = [], [], np.zeros(2 * len(pairs), dtype=bool)
         for member in self.members:
-            ids = [member.encoder.encode(list(side))[0] for side in (*(c for c, _ in pairs), *(r for _, r in pairs))]
+            ids, cut = _unzip([member.encoder.encode(list(side))
+                               for side in (*(c for c, _ in pairs), *(r for _, r in pairs))])
             rewards = member.score_ids(ids, self.batch_size)
             chosen_rows.append(rewards[:len(pairs)])
             rejected_rows.append(rewards[len(pairs):])
-        return RewardScores(np.vstack(chosen_rows)), RewardScores(np.vstack(rejected_rows))
+            truncated |= cut
+        return (RewardScores(np.vstack(chosen_rows), truncated[:len(pairs)]),
+                RewardScores(np.vstack(rejected_rows), truncated[len(pairs):]))
+
+    def length_limits(self) -> list[dict[str, Any]]:
+        """Each member's max length and truncation side, and where the length came from: the model's prefloop.json,
+        `max_length` given here, or the model's own limit (a model trained elsewhere says nothing of its length)."""
+        return [{"max_length": m.encoder.max_length, "truncation_side": m.encoder.truncation_side,
+                 "from": m.max_length_from} for m in self.members]
+
+
+def _unzip(encoded: list[tuple[list[int], bool]]) -> tuple[list[list[int]], np.ndarray]:
+    return [ids for ids, _ in encoded], np.array([cut for _, cut in encoded], dtype=bool)
 
 
 def conversations_from_rows(dataset, places: list[str]) -> list[Conversation]:
@@ -222,12 +245,13 @@ def conversations_from_rows(dataset, places: list[str]) -> list[Conversation]:
     return conversations
 
 
-def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_size: int = 16) -> Path:
+def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_size: int = 16,
+               max_length: int | None = None) -> Path:
     """Score every conversation of a dataset file and write it back with reward columns (JSONL or Parquet).
 
     A preference dataset gets `reward_chosen` and `reward_rejected`; others get `reward`. Ensembles
     also get the spread (`..._spread`, the population standard deviation) and each member's reward in the order
-    of `models` (`..._members`)."""
+    of `models` (`..._members`). `max_length` overrides the length each model trained with (RewardScorer)."""
     out = Path(out)
     if out.suffix not in (".jsonl", ".parquet"):
         raise UserError(f"{out}: the scored file is written as .jsonl or .parquet; name it so")
@@ -245,10 +269,11 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
         )
     # Bad rows fail before the models load.
     if single:
+        warn_unread_template_columns(rows, str(data))
         conversations = conversations_from_rows(rows, places)
     else:
         check_preferences(rows, places, str(data), use_margin=False)  # scoring reads no margin
-    scorer = RewardScorer(models, batch_size=batch_size)
+    scorer = RewardScorer(models, batch_size=batch_size, max_length=max_length)
     if single:
         alone = sum(not any(m["role"] == "assistant" for m in c) for c in conversations)
         if alone:

@@ -396,7 +396,12 @@ def check_reward_adapter(adapter: Path, name: str) -> str:
     if saved_by.exists() and json.loads(saved_by.read_text()).get("kind") == "reward_model":
         raise UserError(f"reward model {name}: is the LoRA adapter that `prefloop reward train` saved beside the "
                         f"reward model in {adapter.parent}, which has it merged in: score that folder")
-    base = resolve_model(adapter_base(adapter))
+    named = adapter_base(adapter)
+    try:
+        base = resolve_model(named)
+    except UserError as e:
+        raise UserError(f"adapter {str(adapter)!r}: its base (base_model_name_or_path in adapter_config.json, "
+                        f"{named!r}): {e}") from None
     try:
         peft_config = PeftConfig.from_pretrained(str(adapter))
         base_config = AutoConfig.from_pretrained(base)
@@ -1073,6 +1078,11 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
     model = model.to(torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
+    # Saved cutting as training cut, so `truncation=True` in plain Transformers (a pipeline) sees what training saw.
+    # save_pretrained writes the side from init_kwargs, not from the attribute.
+    tokenizer.truncation_side = tokenizer.init_kwargs["truncation_side"] = config.truncation_side
+    if config.max_length is not None:
+        tokenizer.model_max_length = config.max_length
     tokenizer.save_pretrained(out)
     # So `reward eval` and `reward compare` can say when pairs they score are pairs the model trained on.
     (out / TRAINING_PAIRS_FILE).write_text("".join(f"{d}\n" for d in sorted(set(pair_digests(train_rows)))))
@@ -1129,8 +1139,11 @@ def _describe(data: Any) -> str | None:
 def model_card(info: dict[str, Any]) -> str:
     """A short model card: what the model is, how it was trained, how well it does, how to use it."""
     metrics = info["metrics"]
-    # TRL's eval_margin is the mean reward gap (chosen minus rejected), not the raters' margin column.
-    rows = "\n".join(f"| {k}{' (mean reward of chosen minus rejected)' if k == 'eval_margin' else ''} | {v:.4f} |"
+    # TRL's eval_margin is the mean reward gap (chosen minus rejected), not the raters' margin column; its
+    # eval_num_tokens counts training tokens, not the held-out pairs'.
+    notes = {"eval_margin": " (mean reward of chosen minus rejected)",
+             "eval_num_tokens": " (training tokens seen, as TRL counts them)"}
+    rows = "\n".join(f"| {k}{notes.get(k, '')} | {v:.4f} |"
                      for k, v in sorted(metrics.items()) if isinstance(v, (int, float)))
     centering = info["config"]["center_rewards_coefficient"]
     loss = (("with the raters' margin (the `margin` column) subtracted from the reward gap" if info["margin_in_loss"]
@@ -1178,9 +1191,11 @@ scorer = RewardScorer("{info.get("output_dir", ".")}")
 scorer.score([[{{"role": "user", "content": "Hi"}}, {{"role": "assistant", "content": "Hello!"}}]])
 ```
 
-The directory also loads with `AutoModelForSequenceClassification` and `AutoTokenizer`; apply the
-tokenizer's chat template (or the plain `User:` / `Assistant:` layout for tokenizers without one) and
-truncate from the {info["truncation_side"]} to {info["max_length"]} tokens to see what training saw.
+The directory also loads with `AutoModelForSequenceClassification` and `AutoTokenizer`. Apply the
+tokenizer's chat template (or the plain `User:` / `Assistant:` layout for tokenizers without one); the
+saved tokenizer truncates from the {info["truncation_side"]} to {info["max_length"]} tokens, as training did. The reward is
+the one logit: `pipeline("text-classification", model=..., function_to_apply="none", truncation=True)`
+gives it (without `function_to_apply="none"` the pipeline returns its sigmoid).
 """
 
 

@@ -1493,6 +1493,91 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
     assert str(missing.exception) == f"baseline: model '{tmp_path / 'nope'}': no such directory"
 
 
+def test_what_scoring_reads_otherwise_than_trl_is_said(trained, tiny_rm, tmp_path):
+    """Where prefloop reads data otherwise than TRL does, it says so: TRL's chat-template columns are not used, and
+    a model trained elsewhere (no prefloop.json) is scored on plain-text pairs laid out as chat turns, which is not
+    the prompt + response + EOS that TRL trains such a model on."""
+    import warnings as warnings_module
+
+    result, _ = trained
+    plain = [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}, {"prompt": "Count.", "chosen": "1 2 3",
+                                                                          "rejected": "3 1"}]
+    with pytest.warns(UserWarning, match=r"no prefloop.json \(trained elsewhere\): plain-text pairs are read as a "
+                                         r"user turn and an assistant turn"):
+        evaluate_reward_model(tiny_rm, datasets.Dataset.from_list(plain), n_bootstrap=100)
+    with warnings_module.catch_warnings():
+        warnings_module.simplefilter("error")  # prefloop's own model trained on these layouts: nothing to say
+        evaluate_reward_model(result.output_dir, datasets.Dataset.from_list(plain), n_bootstrap=100)
+    with_kwargs = [{**row, "chat_template_kwargs": {"persona": "terse"}} for row in rule_pairs(4)]
+    with pytest.warns(UserWarning, match=r"^data: column\(s\) chat_template_kwargs not used: TRL passes them to the "
+                                         "chat template, prefloop renders each conversation with the template alone"):
+        evaluate_reward_model(result.output_dir, datasets.Dataset.from_list(with_kwargs), n_bootstrap=100)
+    single = tmp_path / "single.jsonl"
+    single.write_text(json.dumps({"messages": rule_pairs(1)[0]["prompt"], "tools": [{"name": "search"}]}) + "\n")
+    with pytest.warns(UserWarning, match=r"column\(s\) tools not used"):
+        score_file(result.output_dir, single, tmp_path / "scored.jsonl")
+
+
+def test_the_saved_model_scores_through_a_transformers_pipeline_as_prefloop_scores_it(trained):
+    """The model card's recipe: plain Transformers, the chat template applied, the saved tokenizer cutting an
+    over-long conversation as training did (from the left, to max_length), the one logit as the reward."""
+    from transformers import pipeline
+
+    result, eval_rows = trained
+    conversations = [row["prompt"] + row["chosen"] for row in eval_rows[:4]]  # each longer than the 48 tokens
+    reward_model = pipeline("text-classification", model=result.output_dir, function_to_apply="none",
+                            truncation=True)
+    texts = [reward_model.tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+    assert (reward_model.tokenizer.truncation_side, reward_model.tokenizer.model_max_length) == ("left", 48)
+    assert np.allclose([out["score"] for out in reward_model(texts)],
+                       RewardScorer(result.output_dir).score(conversations).mean, atol=1e-5)
+    card = (Path(result.output_dir) / "README.md").read_text()
+    assert 'function_to_apply="none", truncation=True' in card and "eval_num_tokens (training tokens seen" in card
+
+
+def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length(trained, tiny_rm, tmp_path):
+    """Scoring cuts a conversation to the length its model trained with (prefloop.json), or to the model's own limit
+    where nothing says; evaluations say how many pairs were cut and to what, and --max-length sets another."""
+    from typer.testing import CliRunner
+
+    from reward.cli import app
+
+    result, eval_rows = trained  # every held-out pair is longer than the 48 tokens the model trained with
+    held_out = datasets.Dataset.from_list(eval_rows)
+    report = evaluate_reward_model(result.output_dir, held_out, n_bootstrap=100)
+    assert report["truncated"] == {"pairs": 32, "limits": [{"max_length": 48, "truncation_side": "left",
+                                                            "from": "prefloop.json"}]}
+    whole = evaluate_reward_model(result.output_dir, held_out, n_bootstrap=100, max_length=1000)
+    assert whole["truncated"] == {"pairs": 0, "limits": [{"max_length": 1000, "truncation_side": "left",
+                                                          "from": "max_length given"}]}
+    chosen, rejected = RewardScorer(result.output_dir, max_length=1000).score_pairs(held_out)
+    assert whole["accuracy"] == pytest.approx(float(np.mean(chosen.mean > rejected.mean)))
+    assert not chosen.truncated.any() and RewardScorer(result.output_dir).score_pairs(held_out)[0].truncated.all()
+    base = evaluate_reward_model(tiny_rm, held_out, n_bootstrap=100)  # no prefloop.json: the model's own limit
+    assert base["truncated"]["limits"][0]["from"] == "the model's own limit"
+    with pytest.raises(UserError, match=r"^max_length: set it when the RewardScorer is made"):
+        evaluate_reward_model(RewardScorer(tiny_rm), held_out, max_length=64)
+
+    data = tmp_path / "held_out.jsonl"
+    held_out.to_json(str(data), lines=True)
+    run = CliRunner().invoke(app, ["eval", "--model", result.output_dir, "--data", str(data), "--out",
+                                   str(tmp_path / "eval"), "--n-bootstrap", "100", "--max-length", "1000"])
+    assert run.exit_code == 0, run.output + repr(run.exception)
+    assert ("truncated: 0 of 32 pairs; limit 1000 tokens, cut from the left (as --max-length says)"
+            in " ".join(run.output.split()))
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["truncated"] == whole["truncated"]
+    run = CliRunner().invoke(app, ["compare", "--model", result.output_dir, "--baseline", tiny_rm, "--data",
+                                   str(data), "--n-bootstrap", "100"])
+    assert run.exit_code == 0, run.output + repr(run.exception)
+    assert ("model: truncated: 32 of 32 pairs; limit 48 tokens, cut from the left (the length it trained with)"
+            in " ".join(run.output.split()))
+    run = CliRunner().invoke(app, ["score", "--model", result.output_dir, "--data", str(data), "--out",
+                                   str(tmp_path / "scored.jsonl"), "--max-length", "1000"])
+    assert run.exit_code == 0, run.output + repr(run.exception)
+    scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    assert np.allclose([r["reward_chosen"] for r in scored], chosen.mean, atol=1e-6)
+
+
 def test_reward_eval_prints_paths_and_categories_with_brackets_as_given(trained, tmp_path, monkeypatch):
     """Rich reads "[v2]" as a style and drops it; a user's folder and category names are printed whole."""
     from typer.testing import CliRunner
@@ -2380,6 +2465,11 @@ def test_an_adapter_that_does_not_make_a_reward_model_is_refused_in_one_line(tmp
     assert _one_line_error(e) == (f"adapter {str(prompt_tuning)!r}: a PROMPT_TUNING adapter adds virtual tokens, which "
                                   "cannot be merged into its base; a reward model can be a LoRA, DoRA or IA3 adapter")
     adapter = tiny_lora_reward_adapter(tmp_path / "adapter", causal)
+    relative = moved_to(tiny_lora_reward_adapter(tmp_path / "relative", causal), "lm")  # as TRL saves a base named so
+    with pytest.raises(UserError) as e:
+        RewardScorer(relative)
+    assert _one_line_error(e).startswith(f"adapter {relative!r}: its base (base_model_name_or_path in "
+                                         "adapter_config.json, 'lm'): model 'lm': ")
     with pytest.raises(UserError) as e:
         train_reward_model(RewardTrainingConfig(data=rule_pairs(8), base_model=adapter, progress=False,
                                                 output_dir=str(tmp_path / "trained")))
