@@ -17,14 +17,13 @@ from transformers import AutoConfig
 
 from collect.errors import UserError
 from finetune.prompts import Conversation
-from reward.score import RewardScorer
+from reward.score import RewardScorer, check_reward_adapter
 
 
 def reward_model_info(path: str) -> dict[str, Any]:
     """The reward model's prefloop.json (empty when it has none). Raises UserError unless `path` is a
     sequence classifier with a single output, or a PEFT adapter that makes one (`check_reward_adapter`)."""
     from collect.offline_models import adapter_folder, resolve_model
-    from reward.train import check_reward_adapter
 
     resolved = resolve_model(path)
     if not Path(resolved).exists() and Path(resolved).is_absolute():

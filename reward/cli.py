@@ -80,7 +80,8 @@ def eval_(
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=100, help="Bootstrap resamples for the intervals."),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Cut longer conversations to this "
-                                             "many tokens (default: the length each model trained with)."),
+                                             "many tokens (default: the length each model trained with, else "
+                                             "its own limit)."),
 ) -> None:
     """Accuracy with intervals, by source and category, calibration, length bias, margin agreement."""
     from collect.offline_models import resolve_model
@@ -107,7 +108,8 @@ def compare(
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=100, help="Bootstrap resamples for the intervals."),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Cut longer conversations to this "
-                                             "many tokens (default: the length each model trained with)."),
+                                             "many tokens (default: the length each model trained with, else "
+                                             "its own limit)."),
 ) -> None:
     """Is --model better than --baseline on the same pairs? Accuracy difference, interval and exact test over prompts."""
     from reward.evaluate import compare_reward_models
@@ -128,7 +130,8 @@ def score(
                                        "its extension, plus .scored.jsonl, in the current folder)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Cut longer conversations to this "
-                                             "many tokens (default: the length each model trained with)."),
+                                             "many tokens (default: the length each model trained with, else "
+                                             "its own limit)."),
 ) -> None:
     """Add reward columns (and the ensemble spread) to every row of a dataset."""
     from reward.score import score_file
@@ -202,7 +205,8 @@ def print_report(report: dict) -> None:
 
 def print_truncated(truncated: dict, pairs: int, who: str = "") -> None:
     why = {"prefloop.json": "the length it trained with", "max_length given": "as --max-length says",
-           "the model's own limit": "the model's own limit: it has no prefloop.json to say what it trained with"}
+           "the model's own limit": "the model's own limit: nothing records the length it trained with",
+           "its position limit": "the most positions the model has"}
     limits = "; ".join(f"{limit['max_length']} tokens, cut from the {limit['truncation_side']} ({why[limit['from']]})"
                        for limit in truncated["limits"])
     console.print(f"{who}truncated: {truncated['pairs']} of {pairs} pairs; limit {limits}")

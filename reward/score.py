@@ -6,13 +6,17 @@
 
 With several model directories (seeds, LoRA heads) `scores.mean` is the ensemble mean and
 `scores.spread` the standard deviation across members, per item: the disagreement that active pair
-selection looks for. Each member encodes text exactly as its training did (same chat template, max
-length and truncation side, read from its prefloop.json). On a decoder, conversations that share their
-start (the two sides of a pair, several responses to one prompt) run as one sequence, the start once.
+selection looks for. Each member encodes text as its training did (same chat template, max length and
+truncation side, read from its prefloop.json; `max_length=` overrides the length, and a model trained
+elsewhere is cut to its own limit); `scores.truncated` says which items were cut. A member may be a PEFT
+adapter, merged into the base it names (`check_reward_adapter`, `load_adapter_reward_model`). On a
+decoder, conversations that share their start (the two sides of a pair, several responses to one prompt)
+run as one sequence, the start once.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from collect.errors import UserError, first_line
-from collect.offline_models import adapter_folder, resolve_model
+from collect.offline_models import adapter_base, adapter_folder, resolve_model
 from reward.data import (TRAINING_PAIRS_FILE, Conversation, Encoder, as_messages, check_preferences, check_token_ids,
                          load_rows, pair_conversations, position_limit, warn_unread_template_columns)
 
@@ -51,7 +55,12 @@ class RewardScores:
 def model_info(model_dir: str | Path) -> dict[str, Any]:
     """The prefloop.json of a reward-model directory, or {} for a model trained elsewhere."""
     path = Path(model_dir) / "prefloop.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path}: cannot read it ({first_line(e)})") from None
 
 
 def distinct_sequences(sequences: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -63,13 +72,116 @@ def distinct_sequences(sequences: list[list[int]]) -> tuple[list[list[int]], lis
     return [list(s) for s in index], first
 
 
+def check_reward_adapter(adapter: Path, name: str) -> str:
+    """The base model of a PEFT adapter given as the reward model `name`, after what its files alone tell (no
+    weights loaded, so alignment can check its --judge before hours of training): UserError for the `adapter/`
+    that `reward train --lora` saves beside the merged model it belongs with, an adapter that cannot be merged
+    (prompt learning), a base that does not load, and an adapter without the score head on a base without a
+    one-output one. `load_adapter_reward_model` checks the rest as it loads."""
+    from peft import PeftConfig
+    from peft.utils import load_peft_weights
+    from transformers import AutoConfig
+
+    if _saved_by_reward_train(adapter.parent):
+        raise UserError(f"reward model {name}: is the LoRA adapter that `prefloop reward train` saved beside the "
+                        f"reward model in {adapter.parent}, which has it merged in: score that folder")
+    named = adapter_base(adapter)
+    try:
+        base = resolve_model(named)
+    except UserError as e:
+        raise UserError(f"adapter {str(adapter)!r}: its base (base_model_name_or_path in adapter_config.json, "
+                        f"{named!r}): {e}") from None
+    try:
+        peft_config = PeftConfig.from_pretrained(str(adapter))
+        base_config = AutoConfig.from_pretrained(base)
+        head = _head_names(base_config)
+        saved = {key.removeprefix("base_model.model.") for key in load_peft_weights(str(adapter))}
+    except (OSError, ValueError) as e:
+        raise UserError(f"adapter {str(adapter)!r} on its base {base!r}: cannot read it ({first_line(e)})") from None
+    if peft_config.is_prompt_learning:
+        raise UserError(f"adapter {str(adapter)!r}: a {peft_config.peft_type.value} adapter adds virtual tokens, which "
+                        "cannot be merged into its base; a reward model can be a LoRA, DoRA or IA3 adapter")
+    base_has_head = base_config.num_labels == 1 and any(
+        kind.endswith("ForSequenceClassification") for kind in base_config.architectures or [])
+    if not base_has_head and not set(head) <= saved:
+        raise UserError(_no_head(adapter, base))
+    return base
+
+
+def _saved_by_reward_train(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "prefloop.json").read_text()).get("kind") == "reward_model"
+    except (OSError, ValueError, AttributeError):  # none there, or not prefloop's
+        return False
+
+
+def _head_names(config) -> list[str]:
+    """The score head's weights (those outside the backbone) of a one-output classifier on this architecture, from
+    a model built on the meta device: no memory, no weights read."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(config)
+    config.num_labels = 1
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return [name for name, _ in model.named_parameters() if not name.startswith(model.base_model_prefix + ".")]
+
+
+def _no_head(adapter: Path, base: str) -> str:
+    return (f"adapter {str(adapter)!r}: brings no score head, and its base {base!r} has none that fits, so the head "
+            "would be drawn at random; a LoRA reward adapter is trained with task_type SEQ_CLS or its head in "
+            "modules_to_save")
+
+
+def load_adapter_reward_model(adapter: Path, base: str, dtype):
+    """A PEFT reward adapter merged into `base` (what `check_reward_adapter` returned), loaded for sequence
+    classification with one output. The score head must come from the adapter (PEFT saves it when the adapter is
+    trained with task_type SEQ_CLS or the head in modules_to_save) unless the base's checkpoint has a one-output
+    head, and the adapter must cover every weight it adapts on the base; else UserError."""
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict, load_peft_weights
+    from transformers import AutoConfig
+
+    from reward.train import load_classifier_and_drawn_head
+
+    name = str(adapter)
+    try:
+        config = AutoConfig.from_pretrained(base, num_labels=1)
+        model, drawn = load_classifier_and_drawn_head(base, None, True, config=config, dtype=dtype,
+                                                      ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"adapter {name!r} on its base {base!r}: cannot load the base ({first_line(e)})") from None
+    saved = load_peft_weights(name)
+    in_full = {key.removeprefix("base_model.model."): value for key, value in saved.items()}
+    if any(key not in in_full for key in drawn):
+        raise UserError(_no_head(adapter, base))
+    parameters = dict(model.named_parameters())
+    for key, value in in_full.items():
+        if key in parameters and value.shape != parameters[key].shape:
+            raise UserError(f"adapter {name!r}: its {key} has shape {list(value.shape)}, where a one-output reward "
+                            f"model on {base!r} takes {list(parameters[key].shape)}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Found missing adapter keys")  # said below, in one line
+        try:
+            model = PeftModel.from_pretrained(model, name)
+        except (RuntimeError, ValueError) as e:
+            mismatch = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), first_line(e))
+            raise UserError(f"adapter {name!r}: does not fit its base {base!r}, so it was trained on another model "
+                            f"({mismatch})") from None
+    missing = sorted(set(get_peft_model_state_dict(model)) - set(saved))
+    if missing:
+        raise UserError(f"adapter {name!r}: {len(missing)} of the weights it adapts on its base {base!r} are not in it "
+                        f"(first: {missing[0]}), so it was trained on another model, or on fewer of its layers")
+    return model.merge_and_unload()
+
+
 class _Member:
     def __init__(self, model_dir: str, device: str, dtype, max_length: int | None, share_prompt: bool):
         import torch
 
         from reward.shared_prompt import shares_prompt
-        from reward.train import (check_reward_adapter, has_tokenizer, load_adapter_reward_model,
-                                  load_sequence_classifier, load_tokenizer)
+        from reward.train import has_tokenizer, load_sequence_classifier, load_tokenizer
 
         path = resolve_model(model_dir)  # a local folder, a cached snapshot, or a Hub id Transformers downloads
         adapter = adapter_folder(path)
@@ -100,9 +212,10 @@ class _Member:
         if limit is None:
             positions = getattr(self.model.config, "max_position_embeddings", None) or 512
             limit = min(self.tokenizer.model_max_length, positions)
-        # A model saved by an earlier prefloop with a max_length beyond its positions (training now refuses that)
-        # scores with the longest input it takes.
-        limit = min(limit, position_limit(self.model) or limit)
+        # A model saved by an earlier prefloop with a max_length beyond its positions (training now refuses that),
+        # or a longer max_length given, scores with the longest input it takes.
+        if limit > (position_limit(self.model) or limit):
+            limit, self.max_length_from = position_limit(self.model), "its position limit"
         self.encoder = Encoder(self.tokenizer, limit, info.get("truncation_side", "left"))
         self.device = device
         self.name = model_dir
@@ -222,7 +335,8 @@ class RewardScorer:
 
     def length_limits(self) -> list[dict[str, Any]]:
         """Each member's max length and truncation side, and where the length came from: the model's prefloop.json,
-        `max_length` given here, or the model's own limit (a model trained elsewhere says nothing of its length)."""
+        `max_length` given here, the model's own limit (where nothing records the length it trained with), or its
+        position limit (where the length asked for is longer)."""
         return [{"max_length": m.encoder.max_length, "truncation_side": m.encoder.truncation_side,
                  "from": m.max_length_from} for m in self.members]
 

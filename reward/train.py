@@ -349,7 +349,7 @@ def load_sequence_classifier(model_path: str, backbone_layers: int | None = None
     the upper layers `backbone_layers` leaves out), and with a one-line warning for anything else
     (`unexpected_weights`). `trained_head`: the head must come from the checkpoint (scoring), else UserError: a
     head drawn at random would score every run differently."""
-    model, drawn = _classifier_and_drawn_head(model_path, backbone_layers, trained_head, **kwargs)
+    model, drawn = load_classifier_and_drawn_head(model_path, backbone_layers, trained_head, **kwargs)
     if trained_head and drawn:
         raise UserError(f"model {model_path!r}: its score head ({', '.join(drawn[:2])}) is not in the checkpoint, so "
                         "it would be drawn at random: a base model or another kind of classifier, not a trained "
@@ -357,7 +357,7 @@ def load_sequence_classifier(model_path: str, backbone_layers: int | None = None
     return model
 
 
-def _classifier_and_drawn_head(model_path: str, backbone_layers: int | None, report_head: bool, **kwargs):
+def load_classifier_and_drawn_head(model_path: str, backbone_layers: int | None, report_head: bool, **kwargs):
     """`load_sequence_classifier`'s model and the names of the head weights it drew at random (not in the
     checkpoint, or there in another shape)."""
     from transformers import AutoModelForSequenceClassification
@@ -379,91 +379,6 @@ def _classifier_and_drawn_head(model_path: str, backbone_layers: int | None, rep
     if surprises:
         warnings.warn(f"model {model_path!r}: {surprises}", stacklevel=4)
     return model, sorted(drawn)
-
-
-def check_reward_adapter(adapter: Path, name: str) -> str:
-    """The base model of a PEFT adapter given as the reward model `name`, after what its files alone tell (no
-    weights loaded, so alignment can check its --judge before hours of training): UserError for the `adapter/`
-    that `reward train --lora` saves beside the merged model it belongs with, an adapter that cannot be merged
-    (prompt learning), a base that does not load, and an adapter with no score head on a base with none.
-    `load_adapter_reward_model` checks the rest as it loads."""
-    from peft import PeftConfig
-    from peft.mapping import PEFT_TYPE_TO_PREFIX_MAPPING
-    from peft.utils import load_peft_weights
-    from transformers import AutoConfig
-
-    saved_by = adapter.parent / "prefloop.json"
-    if saved_by.exists() and json.loads(saved_by.read_text()).get("kind") == "reward_model":
-        raise UserError(f"reward model {name}: is the LoRA adapter that `prefloop reward train` saved beside the "
-                        f"reward model in {adapter.parent}, which has it merged in: score that folder")
-    named = adapter_base(adapter)
-    try:
-        base = resolve_model(named)
-    except UserError as e:
-        raise UserError(f"adapter {str(adapter)!r}: its base (base_model_name_or_path in adapter_config.json, "
-                        f"{named!r}): {e}") from None
-    try:
-        peft_config = PeftConfig.from_pretrained(str(adapter))
-        base_config = AutoConfig.from_pretrained(base)
-        saved = load_peft_weights(str(adapter))
-    except (OSError, ValueError) as e:
-        raise UserError(f"adapter {str(adapter)!r} on its base {base!r}: cannot read it ({first_line(e)})") from None
-    if peft_config.is_prompt_learning:
-        raise UserError(f"adapter {str(adapter)!r}: a {peft_config.peft_type.value} adapter adds virtual tokens, which "
-                        "cannot be merged into its base; a reward model can be a LoRA, DoRA or IA3 adapter")
-    prefix = PEFT_TYPE_TO_PREFIX_MAPPING.get(peft_config.peft_type, "lora_")
-    brings_head = any(prefix not in key for key in saved)  # modules_to_save, saved in full
-    base_has_head = base_config.num_labels == 1 and any(
-        kind.endswith("ForSequenceClassification") for kind in base_config.architectures or [])
-    if not brings_head and not base_has_head:
-        raise UserError(_no_head(adapter, base))
-    return base
-
-
-def _no_head(adapter: Path, base: str) -> str:
-    return (f"adapter {str(adapter)!r}: brings no score head, and its base {base!r} has none that fits, so the head "
-            "would be drawn at random; a LoRA reward adapter is trained with task_type SEQ_CLS or its head in "
-            "modules_to_save")
-
-
-def load_adapter_reward_model(adapter: Path, base: str, dtype):
-    """A PEFT reward adapter merged into `base` (what `check_reward_adapter` returned), loaded for sequence
-    classification with one output. The score head must come from the adapter (PEFT saves it when the adapter is
-    trained with task_type SEQ_CLS or the head in modules_to_save) unless the base already has a one-output head,
-    and the adapter must cover every weight it adapts on the base; else UserError."""
-    from peft import PeftModel
-    from peft.utils import get_peft_model_state_dict, load_peft_weights
-    from transformers import AutoConfig
-
-    name = str(adapter)
-    try:
-        config = AutoConfig.from_pretrained(base, num_labels=1)
-        model, drawn = _classifier_and_drawn_head(base, None, True, config=config, dtype=dtype,
-                                                  ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"adapter {name!r} on its base {base!r}: cannot load the base ({first_line(e)})") from None
-    saved = load_peft_weights(name)
-    in_full = {key.removeprefix("base_model.model."): value for key, value in saved.items()}
-    if any(key not in in_full for key in drawn):
-        raise UserError(_no_head(adapter, base))
-    parameters = dict(model.named_parameters())
-    for key, value in in_full.items():
-        if key in parameters and value.shape != parameters[key].shape:
-            raise UserError(f"adapter {name!r}: its {key} has shape {list(value.shape)}, where a one-output reward "
-                            f"model on {base!r} takes {list(parameters[key].shape)}")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Found missing adapter keys")  # said below, in one line
-        try:
-            model = PeftModel.from_pretrained(model, name)
-        except (RuntimeError, ValueError) as e:
-            mismatch = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), first_line(e))
-            raise UserError(f"adapter {name!r}: does not fit its base {base!r}, so it was trained on another model "
-                            f"({mismatch})") from None
-    missing = sorted(set(get_peft_model_state_dict(model)) - set(saved))
-    if missing:
-        raise UserError(f"adapter {name!r}: {len(missing)} of the weights it adapts on its base {base!r} are not in it "
-                        f"(first: {missing[0]}), so it was trained on another model, or on fewer of its layers")
-    return model.merge_and_unload()
 
 
 def unexpected_weights(loading: dict[str, Any], backbone: str, backbone_layers: int | None) -> str:
@@ -1094,6 +1009,7 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
         "max_length": config.max_length,
         "truncation_side": config.truncation_side,
         "align_truncation": config.align_truncation,
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
         "margin_in_loss": result.margin_in_loss,
         "data_fingerprint": fingerprint(train_rows),
         "eval_data_fingerprint": fingerprint(eval_rows) if eval_rows is not None else None,
@@ -1156,6 +1072,14 @@ def model_card(info: dict[str, Any]) -> str:
     aligned = (" (in training, an over-long pair lost the same prompt tokens on both sides)"
                if info.get("align_truncation") and info["truncation_side"] == "left" else "")
     trained = "all" if info["config"]["trainable_layers"] is None else f"the top {info['config']['trainable_layers']}"
+    cut = (f"from the {info['truncation_side']} to {info['max_length']} tokens" if info["max_length"]
+           else "nothing (no max length)")
+    # A chat template writes the special tokens itself; the tokenizer adding its own (a second BOS) would change
+    # the reward. Without one, prefloop lays a conversation out as "User: ..." / "Assistant: ..." turns.
+    use = ('text = reward_model.tokenizer.apply_chat_template(conversation, tokenize=False)\n'
+           'reward = reward_model(text, add_special_tokens=False)[0]["score"]' if info.get("chat_template") else
+           'text = "User: Hi\\n\\nAssistant: Hello!"  # the layout without a chat template: reward.data.render\n'
+           'reward = reward_model(text)[0]["score"]')
     evaluations = ", ".join(("**step {} {:.3f}**" if e["step"] == info["best_step"] else "step {} {:.3f}").format(
         e["step"], e["accuracy"]) for e in info["evaluations"])
     return f"""---
@@ -1172,7 +1096,7 @@ one scalar; higher means more preferred by the raters.
 - base model: `{info["base_model"]}`
 - training pairs: {info["n_train"]} ({info["truncated_train"]} truncated), held-out pairs: {_held_out_pairs(info["n_eval"], info["n_eval_prompts"], info["truncated_eval"])}
 - data: `{info["config"]["data"]}` ({info["data_fingerprint"]})
-- max length: {info["max_length"]} tokens, truncation side: {info["truncation_side"]}{aligned}
+- max length: {f'{info["max_length"]} tokens, truncation side: {info["truncation_side"]}{aligned}' if info["max_length"] else "none (nothing truncated)"}
 - loss: TRL's pairwise loss {loss}
 - layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
 - kept step (the latest held-out evaluation unless an earlier one ranked significantly more of the same held-out pairs right): {info["best_step"] if info["best_step"] is not None else "the last (no held-out pairs)"}
@@ -1191,11 +1115,14 @@ scorer = RewardScorer("{info.get("output_dir", ".")}")
 scorer.score([[{{"role": "user", "content": "Hi"}}, {{"role": "assistant", "content": "Hello!"}}]])
 ```
 
-The directory also loads with `AutoModelForSequenceClassification` and `AutoTokenizer`. Apply the
-tokenizer's chat template (or the plain `User:` / `Assistant:` layout for tokenizers without one); the
-saved tokenizer truncates from the {info["truncation_side"]} to {info["max_length"]} tokens, as training did. The reward is
-the one logit: `pipeline("text-classification", model=..., function_to_apply="none", truncation=True)`
-gives it (without `function_to_apply="none"` the pipeline returns its sigmoid).
+In plain Transformers, the reward is the one logit (`function_to_apply="none"`: by default the pipeline returns
+its sigmoid); the saved tokenizer cuts {cut}, as training did:
+
+```python
+from transformers import pipeline
+reward_model = pipeline("text-classification", model="{info.get("output_dir", ".")}", function_to_apply="none", truncation=True)
+{use}
+```
 """
 
 

@@ -1518,21 +1518,55 @@ def test_what_scoring_reads_otherwise_than_trl_is_said(trained, tiny_rm, tmp_pat
         score_file(result.output_dir, single, tmp_path / "scored.jsonl")
 
 
-def test_the_saved_model_scores_through_a_transformers_pipeline_as_prefloop_scores_it(trained):
-    """The model card's recipe: plain Transformers, the chat template applied, the saved tokenizer cutting an
-    over-long conversation as training did (from the left, to max_length), the one logit as the reward."""
-    from transformers import pipeline
+def _card_recipe_reward(model_dir: str, conversation: list[dict]) -> float:
+    """Run the model card's plain-Transformers recipe (its second Python block) as a user would paste it, on the
+    model in `model_dir` (the card names the folder the model was trained into)."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (Path(model_dir) / "README.md").read_text(), re.S)
+    trained_into = json.loads((Path(model_dir) / "prefloop.json").read_text())["output_dir"]
+    namespace = {"conversation": conversation}
+    exec(blocks[1].replace(f'model="{trained_into}"', f'model="{model_dir}"'), namespace)
+    return namespace["reward"]
+
+
+def test_the_model_cards_transformers_recipe_gives_prefloops_reward(trained, tmp_path):
+    """The model card's recipe in plain Transformers (a pipeline, the chat template or the plain layout, the saved
+    tokenizer cutting an over-long conversation as training did) gives the reward RewardScorer gives, also with a
+    tokenizer that adds a BOS of its own to a template that writes one."""
+    import shutil
+
+    from tokenizers import processors
+    from transformers import AutoTokenizer
 
     result, eval_rows = trained
-    conversations = [row["prompt"] + row["chosen"] for row in eval_rows[:4]]  # each longer than the 48 tokens
-    reward_model = pipeline("text-classification", model=result.output_dir, function_to_apply="none",
-                            truncation=True)
-    texts = [reward_model.tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
-    assert (reward_model.tokenizer.truncation_side, reward_model.tokenizer.model_max_length) == ("left", 48)
-    assert np.allclose([out["score"] for out in reward_model(texts)],
-                       RewardScorer(result.output_dir).score(conversations).mean, atol=1e-5)
+    long = eval_rows[0]["prompt"] + eval_rows[0]["chosen"]  # over the 48 tokens the model trained with
+    assert _card_recipe_reward(result.output_dir, long) == pytest.approx(
+        RewardScorer(result.output_dir).score([long]).mean[0], abs=1e-5)
     card = (Path(result.output_dir) / "README.md").read_text()
-    assert 'function_to_apply="none", truncation=True' in card and "eval_num_tokens (training tokens seen" in card
+    assert "eval_num_tokens (training tokens seen" in card and "cuts from the left to 48 tokens" in card
+
+    with_bos = Path(shutil.copytree(result.output_dir, tmp_path / "with-bos"))
+    tokenizer = AutoTokenizer.from_pretrained(with_bos)
+    tokenizer.backend_tokenizer.post_processor = processors.Sequence([
+        tokenizer.backend_tokenizer.post_processor,
+        processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", tokenizer.bos_token_id)])])
+    tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    tokenizer.save_pretrained(with_bos)
+    short = eval_rows[0]["chosen"]
+    expected = RewardScorer(str(with_bos)).score([short]).mean[0]
+    assert _card_recipe_reward(str(with_bos), short) == pytest.approx(expected, abs=1e-5)
+    from transformers import pipeline
+
+    twice = pipeline("text-classification", model=str(with_bos), function_to_apply="none")  # the BOS doubled
+    assert twice(tokenizer.apply_chat_template(short, tokenize=False))[0]["score"] != pytest.approx(expected, abs=1e-3)
+
+    encoder = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(32)), base_model=tiny_encoder_reward_model(tmp_path / "bert"),
+        output_dir=str(tmp_path / "encoder-rm"), max_length=48, max_steps=2, batch_size=16, progress=False))
+    hello = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]  # the card's text
+    assert _card_recipe_reward(encoder.output_dir, hello) == pytest.approx(
+        RewardScorer(encoder.output_dir).score([hello]).mean[0], abs=1e-5)
 
 
 def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length(trained, tiny_rm, tmp_path):
@@ -1554,7 +1588,23 @@ def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length
     assert whole["accuracy"] == pytest.approx(float(np.mean(chosen.mean > rejected.mean)))
     assert not chosen.truncated.any() and RewardScorer(result.output_dir).score_pairs(held_out)[0].truncated.all()
     base = evaluate_reward_model(tiny_rm, held_out, n_bootstrap=100)  # no prefloop.json: the model's own limit
-    assert base["truncated"]["limits"][0]["from"] == "the model's own limit"
+    assert base["truncated"] == {"pairs": 0, "limits": [{"max_length": 512, "truncation_side": "left",
+                                                         "from": "the model's own limit"}]}
+    # A pair counts as cut when either side is, by any member: here only the rejected side is long, and only the
+    # member that trained at 48 tokens cuts it.
+    short = [{"prompt": f"hi {i}", "chosen": "good", "rejected": "bad"} for i in range(4)]
+    short[3]["rejected"] = " ".join(["river house"] * 40)  # 80 words: over 48 tokens, under 512
+    one_side = datasets.Dataset.from_list(short)
+    sides = RewardScorer([result.output_dir, tiny_rm]).score_pairs(one_side)
+    assert [side.truncated.tolist() for side in sides] == [[False] * 4, [False] * 3 + [True]]
+    ensemble = evaluate_reward_model([result.output_dir, tiny_rm], one_side, n_bootstrap=100)
+    assert ensemble["truncated"]["pairs"] == 1 and [m["max_length"] for m in ensemble["truncated"]["limits"]] == [48, 512]
+    assert RewardScorer(result.output_dir).score([eval_rows[0]["prompt"] + eval_rows[0]["chosen"],
+                                                  [{"role": "user", "content": "hi"}]]).truncated.tolist() == [True, False]
+    # A longer max_length than the model has positions for (BERT's learnt table) is capped there, and said so.
+    bert = tiny_encoder_reward_model(tmp_path / "bert", max_position_embeddings=64)
+    assert RewardScorer(bert, max_length=4096).length_limits() == [
+        {"max_length": 64, "truncation_side": "left", "from": "its position limit"}]
     with pytest.raises(UserError, match=r"^max_length: set it when the RewardScorer is made"):
         evaluate_reward_model(RewardScorer(tiny_rm), held_out, max_length=64)
 
