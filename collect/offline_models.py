@@ -130,7 +130,8 @@ def adapter_base(adapter: Path) -> str:
     """The base model a PEFT adapter folder was trained on."""
     # finetune/ writes the policy as the user named it (an alias) into prefloop.json; PEFT's own
     # config holds the resolved local path, which also works on this machine.
-    for name, keys in (("prefloop.json", ("base_policy", "name")), ("adapter_config.json", ("base_model_name_or_path",))):
+    for name, keys in (("prefloop.json", ("base_policy", "name")),
+                       ("adapter_config.json", ("base_model_name_or_path",))):
         try:
             value = json.loads((adapter / name).read_text())
             for key in keys:

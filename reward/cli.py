@@ -207,8 +207,9 @@ def print_truncated(truncated: dict, pairs: int, who: str = "") -> None:
     why = {"prefloop.json": "the length it trained with", "max_length given": "as --max-length says",
            "the model's own limit": "the model's own limit: nothing records the length it trained with",
            "its position limit": "the most positions the model has"}
-    limits = "; ".join(f"{limit['max_length']} tokens, cut from the {limit['truncation_side']} ({why[limit['from']]})"
-                       for limit in truncated["limits"])
+    limits = "; ".join(dict.fromkeys(  # an ensemble's members often share one
+        f"{limit['max_length']} tokens, cut from the {limit['truncation_side']} ({why[limit['from']]})"
+        for limit in truncated["limits"]))
     console.print(f"{who}truncated: {truncated['pairs']} of {pairs} pairs; limit {limits}")
 
 

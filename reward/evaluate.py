@@ -506,8 +506,11 @@ def compare_reward_models(
 
     # Checked before either model spends minutes scoring.
     check_resamples(n_bootstrap)
-    if out is not None:  # an earlier comparison there is replaced
+    if out is not None:  # an earlier comparison there is replaced; any other file is not (the data, a config.json)
         check_can_write_file(Path(out), "--out")
+        if Path(out).is_file() and not _is_comparison(Path(out)):
+            raise UserError(f"--out {out}: exists and is not an earlier comparison; name a new file, or an earlier "
+                            "comparison's, which is replaced")
     for side, models in (("model", model), ("baseline", baseline)):
         if isinstance(models, RewardScorer):
             continue
@@ -542,6 +545,14 @@ def compare_reward_models(
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False) + "\n")
     return report
+
+
+def _is_comparison(path: Path) -> bool:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"models", "difference", "p_value"} <= set(report)
 
 
 def _scorer(model: Any, batch_size: int, max_length: int | None):

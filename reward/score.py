@@ -283,12 +283,21 @@ class RewardScorer:
         paths = [models] if isinstance(models, (str, Path)) else list(models)
         if not paths:
             raise UserError("RewardScorer needs at least one model directory")
+        named = [str(Path(p).resolve()) if Path(p).exists() else str(p) for p in paths]
+        twice = next((p for i, p in enumerate(paths) if named[i] in named[:i]), None)
+        if twice is not None:  # a copy scores alike: the ensemble would show no disagreement
+            raise UserError(f"reward model {twice}: named twice; an ensemble's members are different models")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # bf16 halves memory and time on a GPU; on CPU fp32 is both faster and exact.
         dtype = torch.bfloat16 if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
         self.batch_size = batch_size
         self.model_dirs = [str(p) for p in paths]
         self.members = [_Member(str(p), self.device, dtype, max_length, share_prompt) for p in paths]
+        kinds = sorted({f"{m.model.config.model_type} ({len(m.tokenizer)} tokens)" for m in self.members})
+        if len(kinds) > 1:
+            warnings.warn(f"the ensemble mixes kinds of model ({', '.join(kinds)}): their rewards are on scales of "
+                          "their own, so the spread measures the gap between scales as much as disagreement",
+                          stacklevel=2)
 
     def training_pairs(self) -> set[str]:
         """The digests (`reward.data.pair_digests`) of the pairs any member trained on, from each one's
@@ -363,9 +372,11 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
                max_length: int | None = None) -> Path:
     """Score every conversation of a dataset file and write it back with reward columns (JSONL or Parquet).
 
-    A preference dataset gets `reward_chosen` and `reward_rejected`; others get `reward`. Ensembles
+    A preference dataset gets `reward_chosen` and `reward_rejected`; others get `reward`; each with `..._truncated`
+    (whether the conversation was cut to a member's max length, with a warning that counts them). Ensembles
     also get the spread (`..._spread`, the population standard deviation) and each member's reward in the order
     of `models` (`..._members`). `max_length` overrides the length each model trained with (RewardScorer)."""
+    data_name = str(data) if isinstance(data, (str, Path)) else "data"  # as errors name it, not a list's contents
     out = Path(out)
     if out.suffix not in (".jsonl", ".parquet"):
         raise UserError(f"{out}: the scored file is written as .jsonl or .parquet; name it so")
@@ -373,26 +384,30 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
         raise UserError(f"{out}: is a directory; name the scored file (.jsonl or .parquet)")
     rows, places = load_rows(data, "data", split=None)
     if len(rows) == 0:
-        raise UserError(f"{data}: the dataset is empty")
+        raise UserError(f"{data_name}: the dataset is empty")
     columns = set(rows.column_names)
     single = "messages" in columns or "completion" in columns
     if not single and not {"chosen", "rejected"} <= columns:
         raise UserError(
-            f"{data}: nothing to score: expected a 'messages' column, 'prompt' + 'completion', or "
+            f"{data_name}: nothing to score: expected a 'messages' column, 'prompt' + 'completion', or "
             f"'prompt' + 'chosen' + 'rejected'; it has {', '.join(sorted(columns))}"
         )
     # Bad rows fail before the models load.
     if single:
-        warn_unread_template_columns(rows, str(data))
+        warn_unread_template_columns(rows, data_name)
         conversations = conversations_from_rows(rows, places)
     else:
-        check_preferences(rows, places, str(data), use_margin=False)  # scoring reads no margin
+        check_preferences(rows, places, data_name, use_margin=False)  # scoring reads no margin
     scorer = RewardScorer(models, batch_size=batch_size, max_length=max_length)
     if single:
         alone = sum(not any(m["role"] == "assistant" for m in c) for c in conversations)
         if alone:
-            warnings.warn(f"{data}: {alone} of {len(conversations)} conversation(s) have no assistant turn: their "
-                          "reward is for the prompt alone", stacklevel=2)
+            warnings.warn(f"{data_name}: {alone} of {len(conversations)} conversation(s) have no assistant turn: "
+                          "their reward is for the prompt alone", stacklevel=2)
+        empty = sum(c[-1]["role"] == "assistant" and not c[-1]["content"].strip() for c in conversations)
+        if empty:
+            warnings.warn(f"{data_name}: {empty} of {len(conversations)} response(s) are empty; they are scored as "
+                          "an empty last turn", stacklevel=2)
         scores = {"reward": scorer.score(conversations)}
     else:
         chosen, rejected = scorer.score_pairs(rows)
@@ -400,11 +415,18 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
     values: dict[str, list] = {}
     for name, score in scores.items():
         values[name] = [float(v) for v in score.mean]
+        values[f"{name}_truncated"] = score.truncated.tolist()
         if len(scorer.members) > 1:
             values[f"{name}_spread"] = [float(v) for v in score.spread]
             # Each member's own reward, in --model order: members are averaged as they are, not rescaled, so this
             # shows whether a spread is disagreement or two models on different scales.
             values[f"{name}_members"] = score.per_model.T.tolist()
+    cut = sum(any(values[f"{name}_truncated"][i] for name in scores) for i in range(len(rows)))
+    if cut:
+        limits = "; ".join(sorted({f"{limit['max_length']} tokens from the {limit['truncation_side']}"
+                                   for limit in scorer.length_limits()}))
+        warnings.warn(f"{data_name}: {cut} of {len(rows)} row(s) had a conversation cut to {limits}; the "
+                      "*_truncated columns say which", stacklevel=2)
     scored = rows
     for name, column in values.items():
         if name in scored.column_names:
@@ -417,7 +439,8 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
         if out.suffix == ".parquet":
             scored.to_parquet(str(partial))
         else:
-            scored.to_json(str(partial), lines=True, force_ascii=False)
+            # 15 significant digits: pandas' default of 10 would round the rewards (and a mean of members).
+            scored.to_json(str(partial), lines=True, force_ascii=False, double_precision=15)
         partial.replace(out)
     finally:
         partial.unlink(missing_ok=True)

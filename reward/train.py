@@ -1074,6 +1074,8 @@ def model_card(info: dict[str, Any]) -> str:
     trained = "all" if info["config"]["trainable_layers"] is None else f"the top {info['config']['trainable_layers']}"
     cut = (f"from the {info['truncation_side']} to {info['max_length']} tokens" if info["max_length"]
            else "nothing (no max length)")
+    length = (f"{info['max_length']} tokens, truncation side: {info['truncation_side']}{aligned}" if info["max_length"]
+              else "none (nothing truncated)")
     # A chat template writes the special tokens itself; the tokenizer adding its own (a second BOS) would change
     # the reward. Without one, prefloop lays a conversation out as "User: ..." / "Assistant: ..." turns.
     use = ('text = reward_model.tokenizer.apply_chat_template(conversation, tokenize=False)\n'
@@ -1096,7 +1098,7 @@ one scalar; higher means more preferred by the raters.
 - base model: `{info["base_model"]}`
 - training pairs: {info["n_train"]} ({info["truncated_train"]} truncated), held-out pairs: {_held_out_pairs(info["n_eval"], info["n_eval_prompts"], info["truncated_eval"])}
 - data: `{info["config"]["data"]}` ({info["data_fingerprint"]})
-- max length: {f'{info["max_length"]} tokens, truncation side: {info["truncation_side"]}{aligned}' if info["max_length"] else "none (nothing truncated)"}
+- max length: {length}
 - loss: TRL's pairwise loss {loss}
 - layers kept from the base model: {kept}; trained: {trained} (any below them frozen as in the base)
 - kept step (the latest held-out evaluation unless an earlier one ranked significantly more of the same held-out pairs right): {info["best_step"] if info["best_step"] is not None else "the last (no held-out pairs)"}
@@ -1120,7 +1122,8 @@ its sigmoid); the saved tokenizer cuts {cut}, as training did:
 
 ```python
 from transformers import pipeline
-reward_model = pipeline("text-classification", model="{info.get("output_dir", ".")}", function_to_apply="none", truncation=True)
+reward_model = pipeline("text-classification", model="{info.get("output_dir", ".")}",
+                        function_to_apply="none", truncation=True)
 {use}
 ```
 """

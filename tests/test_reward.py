@@ -1598,9 +1598,10 @@ def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length
     sides = RewardScorer([result.output_dir, tiny_rm]).score_pairs(one_side)
     assert [side.truncated.tolist() for side in sides] == [[False] * 4, [False] * 3 + [True]]
     ensemble = evaluate_reward_model([result.output_dir, tiny_rm], one_side, n_bootstrap=100)
-    assert ensemble["truncated"]["pairs"] == 1 and [m["max_length"] for m in ensemble["truncated"]["limits"]] == [48, 512]
-    assert RewardScorer(result.output_dir).score([eval_rows[0]["prompt"] + eval_rows[0]["chosen"],
-                                                  [{"role": "user", "content": "hi"}]]).truncated.tolist() == [True, False]
+    assert ensemble["truncated"]["pairs"] == 1
+    assert [limit["max_length"] for limit in ensemble["truncated"]["limits"]] == [48, 512]
+    long_and_short = [eval_rows[0]["prompt"] + eval_rows[0]["chosen"], [{"role": "user", "content": "hi"}]]
+    assert RewardScorer(result.output_dir).score(long_and_short).truncated.tolist() == [True, False]
     # A longer max_length than the model has positions for (BERT's learnt table) is capped there, and said so.
     bert = tiny_encoder_reward_model(tmp_path / "bert", max_position_embeddings=64)
     assert RewardScorer(bert, max_length=4096).length_limits() == [
@@ -1621,6 +1622,13 @@ def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length
     assert run.exit_code == 0, run.output + repr(run.exception)
     assert ("model: truncated: 32 of 32 pairs; limit 48 tokens, cut from the left (the length it trained with)"
             in " ".join(run.output.split()))
+    # --out names an earlier comparison or a new file: not the data, nor another file (a model's config.json).
+    for other in (data, Path(result.output_dir) / "config.json"):
+        before = other.read_bytes()
+        run = CliRunner().invoke(app, ["compare", "--model", result.output_dir, "--baseline", tiny_rm, "--data",
+                                       str(data), "--out", str(other)])
+        assert "exists and is not an earlier comparison" in str(run.exception)
+        assert other.read_bytes() == before
     run = CliRunner().invoke(app, ["score", "--model", result.output_dir, "--data", str(data), "--out",
                                    str(tmp_path / "scored.jsonl"), "--max-length", "1000"])
     assert run.exit_code == 0, run.output + repr(run.exception)
@@ -1782,16 +1790,28 @@ def test_ensemble_returns_mean_and_spread(trained, tiny_rm, tmp_path):
     assert (both.spread > 0).all()
 
     # A scored file holds each member's reward beside the mean and spread, so a user can see what the spread is.
-    rows = [{"messages": c} for c in conversations]
-    alone = [json.loads(line) for line in score_file(result.output_dir, rows, tmp_path / "one.jsonl").read_text().splitlines()]
-    scored = [json.loads(line) for line in
-              score_file([result.output_dir, tiny_rm], rows, tmp_path / "both.jsonl").read_text().splitlines()]
+    # Written to 15 significant digits, so the mean of the members is the mean written; each row says whether a
+    # member cut it (all of these are over the 48 tokens the model trained with), and a warning counts them.
+    rows = [{"messages": c} for c in conversations] + [{"messages": conversations[0][:-1] + [
+        {"role": "assistant", "content": ""}]}]
+    with pytest.warns(UserWarning, match=r"^data: 1 of 7 response\(s\) are empty"):
+        alone = [json.loads(line) for line in
+                 score_file(result.output_dir, rows, tmp_path / "one.jsonl").read_text().splitlines()]
+    with pytest.warns(UserWarning, match=r"^data: 7 of 7 row\(s\) had a conversation cut to 48 tokens from the left"):
+        scored = [json.loads(line) for line in
+                  score_file([result.output_dir, tiny_rm], rows, tmp_path / "both.jsonl").read_text().splitlines()]
     members = np.array([row["reward_members"] for row in scored])
-    assert members.shape == (6, 2)
+    assert members.shape == (7, 2)
     np.testing.assert_allclose(members[:, 0], [row["reward"] for row in alone], atol=1e-6)
-    np.testing.assert_allclose(members.mean(axis=1), [row["reward"] for row in scored], atol=1e-6)
+    np.testing.assert_allclose(members.mean(axis=1), [row["reward"] for row in scored], rtol=1e-13)
     np.testing.assert_allclose(members.std(axis=1), [row["reward_spread"] for row in scored], atol=1e-6)
-    assert "reward_members" not in alone[0]
+    assert "reward_members" not in alone[0] and all(row["reward_truncated"] for row in scored)
+    # A model named twice would be an ensemble of copies, with no disagreement to show; models of other kinds
+    # (here an encoder beside a decoder) are on scales of their own, which the spread would mostly measure.
+    with pytest.raises(UserError, match=r"^reward model .*: named twice; an ensemble's members are different models"):
+        RewardScorer([result.output_dir, result.output_dir + "/"])
+    with pytest.warns(UserWarning, match=r"^the ensemble mixes kinds of model \(bert \(\d+ tokens\), llama "):
+        RewardScorer([result.output_dir, tiny_encoder_reward_model(tmp_path / "bert")])
 
 
 def test_reward_score_names_its_output_after_the_data_and_never_overwrites_a_name_it_chose(trained, tmp_path,
