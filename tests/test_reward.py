@@ -2292,6 +2292,10 @@ def test_scoring_names_bad_conversations_and_models_it_cannot_score(trained, tmp
     with pytest.raises(UserError) as e:
         RewardScorer(str(damaged))
     assert _one_line_error(e).startswith(f"reward model {damaged}: cannot load it (SafetensorError: ")
+    (damaged / "prefloop.json").write_text("{")  # cut short too: named, not a JSON traceback
+    with pytest.raises(UserError) as e:
+        RewardScorer(str(damaged))
+    assert _one_line_error(e).startswith(f"{damaged / 'prefloop.json'}: cannot read it (")
     with pytest.raises(UserError) as e:
         score_file(result.output_dir, "unused.jsonl", tmp_path / "out.csv")
     assert "written as .jsonl or .parquet" in _one_line_error(e)
