@@ -102,6 +102,16 @@ def _hub_id_or_cached_snapshot(repo_id: str) -> str:
         ) from None
 
 
+TOKENIZER_FILES = ("tokenizer", "vocab", "spiece", "sentencepiece", "merges", "tekken", "tiktoken")
+"""How the files of a saved tokenizer begin (tokenizer.json, tokenizer_config.json, vocab.txt, spiece.model,
+Mistral's tekken.json, ...)."""
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """Whether a model or adapter folder holds a saved tokenizer."""
+    return any(path.name.startswith(TOKENIZER_FILES) for path in folder.iterdir())
+
+
 ADAPTER_FILES = ["adapter_*", "*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 """What `adapter_folder` fetches of a Hub adapter: its weights and config, and a tokenizer's files."""
 

@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from collect.errors import UserError, first_line
-from collect.offline_models import no_weight_loading_bar
+from collect.offline_models import has_tokenizer, no_weight_loading_bar
 from finetune.training import pick_device
 
 _PROBE = [
@@ -124,7 +124,7 @@ def load_policy(
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
     with no_weight_loading_bar():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").exists() else policy
+    tokenizer_source = adapter if adapter and has_tokenizer(Path(adapter)) else policy
     tokenizer = load_tokenizer(tokenizer_source, chat_template)
     if adapter is not None:
         from peft import PeftModel

@@ -175,16 +175,21 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
             roles.setdefault(m["role"], place)
         empty += [f"{place}, {side}" for side, turns in (("chosen", chosen), ("rejected", rejected))
                   if not turns[-1]["content"].strip()]
-    if empty:
-        # Raters did prefer an empty answer or one over it (4 of HH harmless's 2,312 pairs, which import and export
-        # keep): a response like any other, read as an empty last turn, not bad input that stops the run.
-        warnings.warn(f"{name}: {len(empty)} response(s) are empty (first: {empty[0]}); they are scored as an empty "
-                      "last turn", stacklevel=3)
+    warn_empty_responses(name, empty)
     unknown = sorted(set(roles) - set(_ROLE_NAMES) - {"tool"})
     if unknown:
         warnings.warn(f"{name}: role(s) {', '.join(map(repr, unknown))} are not system, user, assistant or tool "
                       f"(first: {roles[unknown[0]]}): a chat template renders them as they are, or refuses them",
                       stacklevel=3)
+
+
+def warn_empty_responses(name: str, empty: list[str]) -> None:
+    """Raters did prefer an empty answer or one over it (4 of HH harmless's 2,312 pairs, which import and export
+    keep): a response like any other, read as an empty last turn, not bad input that stops the run; counted, and the
+    first named (`empty`: where each is)."""
+    if empty:
+        warnings.warn(f"{name}: {len(empty)} response(s) are empty (first: {empty[0]}); they are scored as an empty "
+                      "last turn", stacklevel=3)
 
 
 def warn_unread_template_columns(dataset, name: str) -> None:

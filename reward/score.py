@@ -26,9 +26,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from collect.errors import UserError, first_line
-from collect.offline_models import adapter_base, adapter_folder, resolve_model
+from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, resolve_model
 from reward.data import (TRAINING_PAIRS_FILE, Conversation, Encoder, as_messages, check_preferences, check_token_ids,
-                         load_rows, pair_conversations, position_limit, warn_unread_template_columns)
+                         load_rows, pair_conversations, position_limit, warn_empty_responses,
+                         warn_unread_template_columns)
 
 
 @dataclass
@@ -36,7 +37,7 @@ class RewardScores:
     """Rewards for a batch of conversations: `per_model` has one row per ensemble member."""
 
     per_model: np.ndarray  # shape (n_models, n_items)
-    truncated: np.ndarray | None = None  # per item: whether any member cut it to its max length
+    truncated: np.ndarray  # per item: whether any member cut it to its max length
 
     @property
     def mean(self) -> np.ndarray:
@@ -110,8 +111,8 @@ def check_reward_adapter(adapter: Path, name: str) -> str:
 
 def _saved_by_reward_train(folder: Path) -> bool:
     try:
-        return json.loads((folder / "prefloop.json").read_text()).get("kind") == "reward_model"
-    except (OSError, ValueError, AttributeError):  # none there, or not prefloop's
+        return model_info(folder).get("kind") == "reward_model"
+    except (UserError, AttributeError):  # an unreadable prefloop.json, or not prefloop's: not a reward model's
         return False
 
 
@@ -181,7 +182,7 @@ class _Member:
         import torch
 
         from reward.shared_prompt import shares_prompt
-        from reward.train import has_tokenizer, load_sequence_classifier, load_tokenizer
+        from reward.train import load_sequence_classifier, load_tokenizer
 
         path = resolve_model(model_dir)  # a local folder, a cached snapshot, or a Hub id Transformers downloads
         adapter = adapter_folder(path)
@@ -214,8 +215,9 @@ class _Member:
             limit = min(self.tokenizer.model_max_length, positions)
         # A model saved by an earlier prefloop with a max_length beyond its positions (training now refuses that),
         # or a longer max_length given, scores with the longest input it takes.
-        if limit > (position_limit(self.model) or limit):
-            limit, self.max_length_from = position_limit(self.model), "its position limit"
+        longest = position_limit(self.model)
+        if longest is not None and limit > longest:
+            limit, self.max_length_from = longest, "its position limit"
         self.encoder = Encoder(self.tokenizer, limit, info.get("truncation_side", "left"))
         self.device = device
         self.name = model_dir
@@ -404,10 +406,8 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
         if alone:
             warnings.warn(f"{data_name}: {alone} of {len(conversations)} conversation(s) have no assistant turn: "
                           "their reward is for the prompt alone", stacklevel=2)
-        empty = sum(c[-1]["role"] == "assistant" and not c[-1]["content"].strip() for c in conversations)
-        if empty:
-            warnings.warn(f"{data_name}: {empty} of {len(conversations)} response(s) are empty; they are scored as "
-                          "an empty last turn", stacklevel=2)
+        warn_empty_responses(data_name, [place for place, c in zip(places, conversations)
+                                         if c[-1]["role"] == "assistant" and not c[-1]["content"].strip()])
         scores = {"reward": scorer.score(conversations)}
     else:
         chosen, rejected = scorer.score_pairs(rows)
@@ -421,7 +421,7 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
             # Each member's own reward, in --model order: members are averaged as they are, not rescaled, so this
             # shows whether a spread is disagreement or two models on different scales.
             values[f"{name}_members"] = score.per_model.T.tolist()
-    cut = sum(any(values[f"{name}_truncated"][i] for name in scores) for i in range(len(rows)))
+    cut = int(np.logical_or.reduce([score.truncated for score in scores.values()]).sum())
     if cut:
         limits = "; ".join(sorted({f"{limit['max_length']} tokens from the {limit['truncation_side']}"
                                    for limit in scorer.length_limits()}))

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from collect.errors import UserError, first_line
-from collect.offline_models import adapter_base, adapter_folder, no_weight_loading_bar, resolve_model
+from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, no_weight_loading_bar, resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
                          pair_conversations, pair_digests, position_limit, prompt_of_rows, rows_by_prompt)
@@ -283,16 +283,6 @@ def cpu_has_native_bf16() -> bool:
 
 
 # ------------------------------------------------------------------------------------------ loading
-
-
-TOKENIZER_FILES = ("tokenizer", "vocab", "spiece", "sentencepiece", "merges", "tekken", "tiktoken")
-"""How the files of a saved tokenizer begin (tokenizer.json, tokenizer_config.json, vocab.txt, spiece.model,
-Mistral's tekken.json, ...)."""
-
-
-def has_tokenizer(folder: Path) -> bool:
-    """Whether a model or adapter folder holds a saved tokenizer."""
-    return any(path.name.startswith(TOKENIZER_FILES) for path in folder.iterdir())
 
 
 def load_tokenizer(model_path: str):

@@ -1794,7 +1794,7 @@ def test_ensemble_returns_mean_and_spread(trained, tiny_rm, tmp_path):
     # member cut it (all of these are over the 48 tokens the model trained with), and a warning counts them.
     rows = [{"messages": c} for c in conversations] + [{"messages": conversations[0][:-1] + [
         {"role": "assistant", "content": ""}]}]
-    with pytest.warns(UserWarning, match=r"^data: 1 of 7 response\(s\) are empty"):
+    with pytest.warns(UserWarning, match=r"^data: 1 response\(s\) are empty \(first: data\[6\]\)"):
         alone = [json.loads(line) for line in
                  score_file(result.output_dir, rows, tmp_path / "one.jsonl").read_text().splitlines()]
     with pytest.warns(UserWarning, match=r"^data: 7 of 7 row\(s\) had a conversation cut to 48 tokens from the left"):
