@@ -2634,7 +2634,8 @@ def test_ctrl_c_stops_training_and_saves_the_model_so_far(tmp_path, tiny_rm):
     run = subprocess.Popen([sys.executable, "-m", "apps.cli", "reward", "train", "--data", str(data), "--base", tiny_rm,
                             "--out", str(tmp_path / "rm"), "--epochs", "10000", "--batch-size", "8",
                             "--max-length", "32", "--precision", "fp32"],
-                           cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "COLUMNS": "300"})  # the summary's rows unwrapped, whatever the path's length
     for line in run.stdout:  # outside a terminal: one line per held-out evaluation
         if line.startswith("reward training"):
             break
