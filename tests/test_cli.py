@@ -216,3 +216,45 @@ def test_ctrl_c_outside_a_commands_own_handling_says_interrupted_and_exits_130(m
     with pytest.raises(SystemExit) as exit_:
         cli.main()
     assert exit_.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
+
+
+SLOW_THREAD = ("import threading, time\n"
+               "threading.Thread(target=time.sleep, args=(60,)).start()  # the exit waits for it\n")
+SLOW_FINALIZATION = ("import time\n"
+                     "class Slow:\n"
+                     "    def __del__(self, print=print, sleep=time.sleep):  # the modules' names are gone then\n"
+                     "        print('finalizing', flush=True)\n"
+                     "        sleep(3)\n"
+                     "slow = Slow()  # freed as the interpreter clears its modules, after the exit callbacks\n")
+
+
+@pytest.mark.parametrize("teardown", [SLOW_THREAD, SLOW_FINALIZATION], ids=["thread", "finalization"])
+@pytest.mark.parametrize("args, code", [(["reward", "train", "--help"], 0),
+                                        (["reward", "score", "--model", "no/such/dir", "--data", "x.jsonl"], 1)])
+def test_a_ctrl_c_after_the_command_ends_the_process_with_the_commands_own_exit_code(args, code, teardown):
+    """With torch loaded the interpreter's teardown takes a second or more. A Ctrl-C there, after a training run had
+    saved its model and printed its summary, killed the process with 130 (or printed a traceback from an exit
+    callback and exited 0). Here a thread the exit waits for, or an object slow to free, stands in for that
+    teardown: a Ctrl-C while the exit waits for a thread ends the process at once, one during the finalization is
+    ignored, and either way the process exits with the command's code."""
+    import signal
+
+    code_run = (teardown + "import sys\n"
+                f"sys.argv = ['prefloop', *{args!r}]\n"
+                "from apps.cli import main\n"
+                "try:\n"
+                "    main()\n"
+                "finally:\n"
+                "    print('main returned', flush=True)\n")
+    run = subprocess.Popen([sys.executable, "-c", code_run], cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        for line in run.stdout:
+            if line == ("finalizing\n" if teardown == SLOW_FINALIZATION else "main returned\n"):
+                break
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=30)  # not the thread's 60 s
+    finally:
+        run.kill()
+    assert run.returncode == code, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
