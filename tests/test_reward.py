@@ -718,6 +718,8 @@ def test_a_bad_setting_is_named_as_the_python_api_and_the_cli_spell_it(tmp_path,
         f"output_dir (--out) {tmp_path / 'a-file'}: is a file": dict(output_dir=str(tmp_path / "a-file")),
         "eval_batch_size must be at least 1, got 0": dict(eval_batch_size=0),
         "precision (--precision) must be one of": dict(precision="fp8"),
+        "truncation_side (--truncation-side) must be 'left' or 'right', got 'middle'": dict(truncation_side="middle"),
+        "max_length (--max-length) must be at least 8 tokens, got 4": dict(max_length=4),
     }
     for expected, overrides in cases.items():
         with pytest.raises(UserError) as e:
@@ -727,8 +729,8 @@ def test_a_bad_setting_is_named_as_the_python_api_and_the_cli_spell_it(tmp_path,
 
 
 def test_a_setting_another_overrules_is_said_not_dropped(tmp_path):
-    """--eval-fraction beside --eval-data, or a LoRA rank without --lora, would otherwise vanish without a word;
-    the warnings come before the model loads (here a missing one)."""
+    """--eval-fraction beside --eval-data, a LoRA rank without --lora, or --no-frozen-cache without --trainable-layers
+    would otherwise vanish without a word; the warnings come before the model loads (here a missing one)."""
     import warnings
 
     rows = datasets.Dataset.from_list(rule_pairs(4))
@@ -739,9 +741,14 @@ def test_a_setting_another_overrules_is_said_not_dropped(tmp_path):
     with pytest.warns(UserWarning, match=r"^lora_r \(--lora-r\), lora_dropout not used: they set LoRA's adapter, "
                       r"and lora \(--lora\) is off$"), pytest.raises(UserError):
         train_reward_model(RewardTrainingConfig(data=rows, lora_r=8, lora_dropout=0.0, base_model=missing))
+    with pytest.warns(UserWarning, match=r"^cache_frozen_layers \(--no-frozen-cache\) is not used: without "
+                      r"trainable_layers \(--trainable-layers\) every layer trains and none is frozen$"), \
+            pytest.raises(UserError):
+        train_reward_model(RewardTrainingConfig(data=rows, cache_frozen_layers=False, base_model=missing))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the defaults, or the same settings where they apply, say nothing
-        for quiet in (dict(eval_data=rows), dict(eval_data=rows, eval_fraction=0), dict(lora=True, lora_r=8)):
+        for quiet in (dict(eval_data=rows), dict(eval_data=rows, eval_fraction=0), dict(lora=True, lora_r=8),
+                      dict(cache_frozen_layers=False, trainable_layers=1)):
             with pytest.raises(UserError):
                 train_reward_model(RewardTrainingConfig(data=rows, base_model=missing, **quiet))
 
