@@ -328,13 +328,14 @@ def category_columns(dataset) -> tuple[dict[str, list[str]], dict[str, str]]:
             continue
         labels = ["(none)" if v is None else "(empty)" if v == "" else str(v) for v in values]
         distinct = len(set(labels))
-        most = min(MAX_CATEGORY_VALUES, max(2, len(values) // 2))
-        if (name == "source" and distinct <= MAX_CATEGORY_VALUES) or 2 <= distinct <= most:
+        most = MAX_CATEGORY_VALUES if name == "source" else min(MAX_CATEGORY_VALUES, max(2, len(values) // 2))
+        if (name == "source" and distinct <= most) or 2 <= distinct <= most:
             used[name] = labels
         elif distinct < 2:
             skipped[name] = f"one value for every pair ({labels[0]})"
         else:
-            skipped[name] = f"{distinct} distinct values in {len(values)} pairs (a category has 2 to {most})"
+            rule = f"source is broken down up to {most}" if name == "source" else f"a category has 2 to {most}"
+            skipped[name] = f"{distinct} distinct values in {len(values)} pairs ({rule})"
     return used, skipped
 
 

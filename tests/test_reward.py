@@ -1696,7 +1696,12 @@ def test_sources_are_broken_down_up_to_fifty():
     assert category_columns(sources(1, 10))[0]["source"] == ["s0"] * 10  # one source: still shown
     assert len(set(category_columns(sources(50, 100))[0]["source"])) == 50
     used, skipped = category_columns(sources(51, 1000))
-    assert "source" not in used and skipped["source"] == "51 distinct values in 1000 pairs (a category has 2 to 50)"
+    assert "source" not in used
+    assert skipped["source"] == "51 distinct values in 1000 pairs (source is broken down up to 50)"
+    # Its own rule, not another column's half-the-rows cap (which said "2 to 30" of 60 sources in 60 pairs).
+    assert len(set(category_columns(sources(40, 40))[0]["source"])) == 40
+    assert category_columns(sources(60, 60))[1]["source"] == ("60 distinct values in 60 pairs (source is broken "
+                                                              "down up to 50)")
 
 
 # ----------------------------------------------------------------------------------------- scoring
