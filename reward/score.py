@@ -392,7 +392,7 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
     if not single and not {"chosen", "rejected"} <= columns:
         raise UserError(
             f"{data_name}: nothing to score: expected a 'messages' column, 'prompt' + 'completion', or "
-            f"'prompt' + 'chosen' + 'rejected'; it has {', '.join(sorted(columns))}"
+            f"'chosen' + 'rejected' (with a 'prompt', or whole conversations); it has {', '.join(sorted(columns))}"
         )
     # Bad rows fail before the models load.
     if single:

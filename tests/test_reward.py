@@ -1883,6 +1883,13 @@ def test_score_file_adds_reward_columns(trained, tmp_path):
     with pytest.raises(UserError) as e:
         score_file(result.output_dir, str(answers), tmp_path / "a.jsonl")
     assert "answers.jsonl: nothing to score" in _one_line_error(e) and "it has answer, prompt" in str(e.value)
+    # Pairs with no prompt column, as raw HH has them, are scored: the message offers them.
+    assert "'chosen' + 'rejected' (with a 'prompt', or whole conversations)" in str(e.value)
+    whole = tmp_path / "whole.jsonl"
+    whole.write_text(json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: hello",
+                                 "rejected": "\n\nHuman: hi\n\nAssistant: go"}) + "\n")
+    scored = json.loads(score_file(result.output_dir, str(whole), tmp_path / "w.jsonl").read_text())
+    assert isinstance(scored["reward_chosen"], float) and isinstance(scored["reward_rejected"], float)
 
 
 # ------------------------------------------------------------------------------------- bad input
