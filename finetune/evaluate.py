@@ -209,12 +209,11 @@ def evaluate(config: EvalConfig) -> EvalResult:
 
 def plot(summary: dict[str, Any], scores: dict[str, tuple[list[float], list[float]]], path: Path) -> None:
     """Win rates with their intervals, and per-prompt rewards of aligned against base."""
-    import matplotlib
+    # A Figure of its own, not pyplot's: pyplot would switch the caller's backend (a notebook's inline one) to Agg.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 1 + len(scores), figsize=(4.5 * (1 + len(scores)), 4))
+    fig = Figure(figsize=(4.5 * (1 + len(scores)), 4))
+    axes = fig.subplots(1, 1 + len(scores))
     axes = list(axes) if len(scores) else [axes]
     roles = list(scores)
     rates = [summary[f"win_rate_{r}"] for r in roles]
@@ -235,7 +234,6 @@ def plot(summary: dict[str, Any], scores: dict[str, tuple[list[float], list[floa
         ax.set_title(role.replace("_", " "))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _print(console: Console, summary: dict[str, Any]) -> None:

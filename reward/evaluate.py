@@ -354,14 +354,15 @@ def evaluate_reward_model(
     data: Any,
     out_dir: str | Path | None = None,
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     max_length: int | None = None,
 ) -> dict[str, Any]:
     """Score every pair of `data` with `model` (a directory, several, or a RewardScorer) and report
     the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there. `max_length`
-    overrides the length each model trained with (RewardScorer)."""
+    overrides the length each model trained with, `batch_size` the 16 sequences a batch (RewardScorer; for a
+    RewardScorer given, set both when it is made)."""
     from collect.errors import first_line
     from collect.output_dirs import check_can_create
     from reward.data import check_margins, prompt_of_rows
@@ -369,16 +370,17 @@ def evaluate_reward_model(
     check_resamples(n_bootstrap)
     if out_dir is not None:  # checked before the model spends minutes scoring
         if Path(out_dir).exists() and not Path(out_dir).is_dir():
-            raise UserError(f"{out_dir}: is a file; the evaluation writes a folder (eval.json and two PNGs)")
+            raise UserError(f"out_dir (--out) {out_dir}: is a file; the evaluation writes a folder (eval.json and two "
+                            "PNGs)")
         # Its three files would land among a model's (another model's folder named by mistake): only a new or
         # empty folder, or an earlier evaluation's, whose files are replaced.
         existing = list(Path(out_dir).iterdir()) if Path(out_dir).is_dir() else []
         others = sorted(p.name for p in existing if p.name not in EVAL_FILES)
         if others:
-            raise UserError(f"--out {out_dir}: holds other files ({', '.join(others[:3])}"
+            raise UserError(f"out_dir (--out) {out_dir}: holds other files ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}); name a new or empty folder, or an earlier "
                             "evaluation's, whose files are replaced")
-        check_can_create(Path(out_dir), "--out")
+        check_can_create(Path(out_dir), "out_dir (--out)")
     rows, places = _read_pairs(data)
     # The margin only feeds the agreement figure: a bad one leaves that out, not the evaluation.
     bad_margin = None
@@ -389,7 +391,7 @@ def evaluate_reward_model(
             bad_margin = first_line(e)
     scorer = _scorer(model, batch_size, max_length)
     trained_on = _pairs_trained_on(scorer, rows, data)
-    chosen, rejected = scorer.score_pairs(rows)
+    chosen, rejected = scorer.score_pairs(rows, places=places)
     groups, not_grouped = category_columns(rows)
     prompts = prompt_of_rows(rows)
     report = preference_metrics(
@@ -491,7 +493,7 @@ def compare_reward_models(
     data: Any,
     out: str | Path | None = None,
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     max_length: int | None = None,
@@ -499,7 +501,7 @@ def compare_reward_models(
     """Score every pair of `data` with `model` and with `baseline` (each a directory, several for an ensemble, or a
     RewardScorer) and compare them pair by pair (`paired_comparison`, `model` first: a positive difference means
     `model` ranks more pairs right). With `out`, also write the report there as JSON. `max_length` overrides the
-    length each model trained with (RewardScorer)."""
+    length each model trained with, `batch_size` the 16 sequences a batch (as in `evaluate_reward_model`)."""
     from collect.offline_models import resolve_model
     from collect.output_dirs import check_can_write_file
     from reward.data import prompt_of_rows
@@ -508,10 +510,10 @@ def compare_reward_models(
     # Checked before either model spends minutes scoring.
     check_resamples(n_bootstrap)
     if out is not None:  # an earlier comparison there is replaced; any other file is not (the data, a config.json)
-        check_can_write_file(Path(out), "--out")
+        check_can_write_file(Path(out), "out (--out)")
         if Path(out).is_file() and not _is_comparison(Path(out)):
-            raise UserError(f"--out {out}: exists and is not an earlier comparison; name a new file, or an earlier "
-                            "comparison's, which is replaced")
+            raise UserError(f"out (--out) {out}: exists and is not an earlier comparison; name a new file, or an "
+                            "earlier comparison's, which is replaced")
     for side, models in (("model", model), ("baseline", baseline)):
         if isinstance(models, RewardScorer):
             continue
@@ -522,12 +524,12 @@ def compare_reward_models(
                 resolve_model(str(path))
             except UserError as e:
                 raise UserError(f"{side}: {e}") from None
-    rows, _ = _read_pairs(data)
+    rows, places = _read_pairs(data)
     outcomes, truncated = [], {}
     for side, scorer in (("model", model), ("baseline", baseline)):
         scorer = _scorer(scorer, batch_size, max_length)
         _pairs_trained_on(scorer, rows, data)
-        chosen, rejected = scorer.score_pairs(rows)
+        chosen, rejected = scorer.score_pairs(rows, places=places)
         outcomes.append(chosen.mean > rejected.mean)  # a tie counts wrong, as in evaluate_reward_model
         truncated[side] = _truncated(scorer, chosen, rejected)
         del scorer
@@ -556,15 +558,16 @@ def _is_comparison(path: Path) -> bool:
     return isinstance(report, dict) and {"models", "difference", "p_value"} <= set(report)
 
 
-def _scorer(model: Any, batch_size: int, max_length: int | None):
-    """`model` as a RewardScorer: itself, or loaded from its directories."""
+def _scorer(model: Any, batch_size: int | None, max_length: int | None):
+    """`model` as a RewardScorer: itself, or loaded from its directories (16 sequences a batch by default)."""
     from reward.score import RewardScorer
 
     if not isinstance(model, RewardScorer):
-        return RewardScorer(model, batch_size=batch_size, max_length=max_length)
-    if max_length is not None:
-        raise UserError("max_length: set it when the RewardScorer is made (RewardScorer(..., max_length=)), "
-                        "not for one that is already loaded")
+        return RewardScorer(model, batch_size=16 if batch_size is None else batch_size, max_length=max_length)
+    for name, value in (("max_length", max_length), ("batch_size", batch_size)):
+        if value is not None:  # a loaded scorer keeps its own: said, not ignored
+            raise UserError(f"{name}: set it when the RewardScorer is made (RewardScorer(..., {name}=)), "
+                            "not for one that is already loaded")
     return model
 
 
@@ -588,20 +591,14 @@ def _model_names(model: Any) -> list[str]:
 # ------------------------------------------------------------------------------------------ plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on servers
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
-    plt = _pyplot()
+    # A Figure of its own, not pyplot's: pyplot would switch the caller's backend (a notebook's inline one) to Agg.
+    from matplotlib.figure import Figure
+
     cal = report["calibration"]
     bins = [b for b in cal["bins"] if b["n"]]
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig = Figure(figsize=(5, 4.5))
+    ax = fig.subplots()
     ax.plot([0.5, 1], [0.5, 1], linestyle="--", color="grey", label="perfectly calibrated")
     if bins:
         ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label="model")
@@ -617,11 +614,11 @@ def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
-    plt = _pyplot()
+    from matplotlib.figure import Figure
+
     labels, values, lows, highs = [], [], [], []
 
     def add(label: str, entry: dict[str, Any]) -> None:
@@ -641,7 +638,8 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
     if "length_bias" in report:
         add("chosen longer", report["length_bias"]["chosen_longer"])
         add("chosen shorter", report["length_bias"]["chosen_shorter"])
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(labels) + 1.2))
+    fig = Figure(figsize=(6, 0.45 * len(labels) + 1.2))
+    ax = fig.subplots()
     y = np.arange(len(labels))
     ax.barh(y, values, xerr=[lows, highs], color="tab:blue", alpha=0.8, capsize=3)
     ax.axvline(0.5, color="grey", linestyle="--")
@@ -651,4 +649,3 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
     ax.set_xlabel("accuracy, with its 95% interval\n(bootstrap; Wilson where few pairs, or all one way)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

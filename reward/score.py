@@ -285,11 +285,21 @@ class RewardScorer:
         paths = [models] if isinstance(models, (str, Path)) else list(models)
         if not paths:
             raise UserError("RewardScorer needs at least one model directory")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a whole number, at least 1; got {batch_size!r}")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
+            raise UserError(f"max_length must be a whole number of tokens; got {max_length!r}")
         named = [str(Path(p).resolve()) if Path(p).exists() else str(p) for p in paths]
         twice = next((p for i, p in enumerate(paths) if named[i] in named[:i]), None)
         if twice is not None:  # a copy scores alike: the ensemble would show no disagreement
             raise UserError(f"reward model {twice}: named twice; an ensemble's members are different models")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            kind = torch.device(self.device).type
+        except RuntimeError:
+            raise UserError(f"device {device!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {device!r}: torch finds no CUDA GPU here")
         # bf16 halves memory and time on a GPU; on CPU fp32 is both faster and exact.
         dtype = torch.bfloat16 if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
         self.batch_size = batch_size
@@ -311,22 +321,37 @@ class RewardScorer:
                 digests.update(path.read_text().split())
         return digests
 
-    def score(self, conversations: Sequence[Conversation]) -> RewardScores:
+    def score(self, conversations: Sequence[Conversation], *, places: Sequence[str] | None = None) -> RewardScores:
         """Rewards for whole conversations (prompt turns followed by the response being judged). UserError,
-        naming the conversation's index and field, for one that is not a non-empty list of {role, content}
-        messages with string content (a lone string is read as one user message)."""
-        conversations = [as_messages(c, f"conversation {i}", "messages", "user") for i, c in enumerate(conversations)]
+        naming the conversation and field, for one that is not a non-empty list of {role, content} messages with
+        string content (a lone string is read as one user message), or that the model's chat template refuses;
+        a warning counts conversations with no assistant turn. `places` name each conversation in those messages
+        (`reward.data.load_rows`'s "prefs.jsonl:12"; default "conversation 0", "conversation 1", ...)."""
+        if isinstance(conversations, (str, dict)):
+            raise UserError(f"conversations: expected a list of conversations, got a {type(conversations).__name__} "
+                            "(to score one conversation, pass [conversation])")
+        places = list(places) if places is not None else [f"conversation {i}" for i in range(len(conversations))]
+        conversations = [as_messages(c, where, "messages", "user") for where, c in zip(places, conversations)]
+        alone = [where for where, c in zip(places, conversations) if not any(m["role"] == "assistant" for m in c)]
+        if alone:
+            warnings.warn(f"{len(alone)} of {len(conversations)} conversation(s) have no assistant turn (first: "
+                          f"{alone[0]}): their reward is for the prompt alone", stacklevel=2)
         rows, truncated = [], np.zeros(len(conversations), dtype=bool)
         for member in self.members:
-            ids, cut = _unzip([member.encoder.encode(c) for c in conversations])
+            ids, cut = _encode(member, conversations, places)
             rows.append(member.score_ids(ids, self.batch_size))
             truncated |= cut
         return RewardScores(np.vstack(rows) if rows else np.empty((0, 0)), truncated)
 
-    def score_pairs(self, dataset) -> tuple[RewardScores, RewardScores]:
-        """(chosen, rejected) rewards for every row of a preference dataset (`reward.data.load_preferences`
-        checks one, naming a bad row's file and line)."""
-        pairs = [pair_conversations(row, f"data[{i}]") for i, row in enumerate(dataset)]
+    def score_pairs(self, dataset: Any, *, places: Sequence[str] | None = None) -> tuple[RewardScores, RewardScores]:
+        """(chosen, rejected) rewards for every row of a preference dataset: a Dataset, a list of dicts, a pandas
+        DataFrame or a file (`reward.data.load_rows`; `reward.data.load_preferences` checks one, naming a bad row's
+        file and line). `places` name each row in errors, as in `score`."""
+        from reward.data import load_rows
+
+        dataset, named = load_rows(dataset, "data", split=None)
+        places = list(places) if places is not None else named
+        pairs = [pair_conversations(row, where) for where, row in zip(places, dataset)]
         trained_elsewhere = [member.name for member in self.members if not member.info]
         if trained_elsewhere and len(dataset) and isinstance(dataset[0]["chosen"], str):
             warnings.warn(f"{', '.join(trained_elsewhere)}: no prefloop.json (trained elsewhere): plain-text pairs are "
@@ -334,9 +359,10 @@ class RewardScorer:
                           "'Assistant:' layout), as prefloop trains on them; a model TRL trained on plain text read "
                           "prompt + response + EOS, so its rewards here are for other text than it saw", stacklevel=2)
         chosen_rows, rejected_rows, truncated = [], [], np.zeros(2 * len(pairs), dtype=bool)
+        sides = [list(c) for c, _ in pairs] + [list(r) for _, r in pairs]
+        side_places = [f"{where} (chosen)" for where in places] + [f"{where} (rejected)" for where in places]
         for member in self.members:
-            ids, cut = _unzip([member.encoder.encode(list(side))
-                               for side in (*(c for c, _ in pairs), *(r for _, r in pairs))])
+            ids, cut = _encode(member, sides, side_places)
             rewards = member.score_ids(ids, self.batch_size)
             chosen_rows.append(rewards[:len(pairs)])
             rejected_rows.append(rewards[len(pairs):])
@@ -352,8 +378,18 @@ class RewardScorer:
                  "from": m.max_length_from} for m in self.members]
 
 
-def _unzip(encoded: list[tuple[list[int], bool]]) -> tuple[list[list[int]], np.ndarray]:
-    return [ids for ids, _ in encoded], np.array([cut for _, cut in encoded], dtype=bool)
+def _encode(member: _Member, conversations: list[Conversation],
+            places: list[str]) -> tuple[list[list[int]], np.ndarray]:
+    """Each conversation's token ids as `member` reads them, and whether it was cut; a conversation the chat template
+    refuses is named by its place."""
+    ids, cut = [], np.zeros(len(conversations), dtype=bool)
+    for i, (where, conversation) in enumerate(zip(places, conversations)):
+        try:
+            encoded, cut[i] = member.encoder.encode(conversation)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        ids.append(encoded)
+    return ids, cut
 
 
 def conversations_from_rows(dataset, places: list[str]) -> list[Conversation]:
@@ -402,15 +438,11 @@ def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_si
         check_preferences(rows, places, data_name, use_margin=False)  # scoring reads no margin
     scorer = RewardScorer(models, batch_size=batch_size, max_length=max_length)
     if single:
-        alone = sum(not any(m["role"] == "assistant" for m in c) for c in conversations)
-        if alone:
-            warnings.warn(f"{data_name}: {alone} of {len(conversations)} conversation(s) have no assistant turn: "
-                          "their reward is for the prompt alone", stacklevel=2)
         warn_empty_responses(data_name, [place for place, c in zip(places, conversations)
                                          if c[-1]["role"] == "assistant" and not c[-1]["content"].strip()])
-        scores = {"reward": scorer.score(conversations)}
+        scores = {"reward": scorer.score(conversations, places=places)}
     else:
-        chosen, rejected = scorer.score_pairs(rows)
+        chosen, rejected = scorer.score_pairs(rows, places=places)
         scores = {"reward_chosen": chosen, "reward_rejected": rejected}
     values: dict[str, list] = {}
     for name, score in scores.items():

@@ -1336,10 +1336,18 @@ def test_ece_is_reported_beside_what_a_calibrated_model_would_show():
 
 
 def test_evaluate_writes_json_and_plots(trained, tmp_path):
+    import matplotlib
+
     result, _ = trained
     eval_rows = rule_pairs(32, seed=1, long_prompt=True)  # answers of even length: 'good' is longer than 'bad'
-    report = evaluate_reward_model(result.output_dir, datasets.Dataset.from_list(eval_rows), tmp_path / "eval",
-                                   n_bootstrap=200)
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a caller's own, as a notebook's inline backend: the plots must not switch it to Agg
+    try:
+        report = evaluate_reward_model(result.output_dir, datasets.Dataset.from_list(eval_rows), tmp_path / "eval",
+                                       n_bootstrap=200)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
     assert report["accuracy"] >= 0.9
     assert set(report["by"]["source"]) == {"alpha", "beta"}
     assert report["margin_correlation"] is not None
@@ -1493,7 +1501,8 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
         models = ["--model", tiny_rm] + (["--baseline", tiny_rm] if command == "compare" else [])
         under_a_file = CliRunner().invoke(app, [command, *models, "--data", str(data), "--out", str(out)])
         assert isinstance(under_a_file.exception, UserError), under_a_file.output
-        assert str(under_a_file.exception) == f"--out {out}: {tmp_path / 'notes.txt'} is a file"
+        label = "out (--out)" if command == "compare" else "out_dir (--out)"  # as Python's argument and the flag
+        assert str(under_a_file.exception) == f"{label} {out}: {tmp_path / 'notes.txt'} is a file"
     missing = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", str(tmp_path / "nope"),
                                        "--data", str(data)])
     assert isinstance(missing.exception, UserError)
@@ -1615,6 +1624,8 @@ def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length
         {"max_length": 64, "truncation_side": "left", "from": "its position limit"}]
     with pytest.raises(UserError, match=r"^max_length: set it when the RewardScorer is made"):
         evaluate_reward_model(RewardScorer(tiny_rm), held_out, max_length=64)
+    with pytest.raises(UserError, match=r"^batch_size: set it when the RewardScorer is made"):
+        compare_reward_models(RewardScorer(tiny_rm), tiny_rm, held_out, batch_size=4)
 
     data = tmp_path / "held_out.jsonl"
     held_out.to_json(str(data), lines=True)
@@ -1716,6 +1727,12 @@ def test_scoring_equals_what_the_trainer_saw(trained):
     assert result.metrics["eval_margin"] == pytest.approx(gap.mean(), abs=1e-4)
     assert result.metrics["eval_accuracy"] == pytest.approx((gap > 0).mean())
     assert result.metrics["eval_mean_reward"] == pytest.approx(np.concatenate([chosen.mean, rejected.mean]).mean(), abs=1e-4)
+    # The same pairs as a list of dicts or a pandas DataFrame: what evaluate_reward_model takes, score_pairs takes.
+    import pandas as pd
+
+    scorer = RewardScorer(result.output_dir, device="cpu")
+    for same in (eval_rows, pd.DataFrame(eval_rows)):
+        assert np.array_equal(scorer.score_pairs(same)[0].mean, chosen.mean)
 
 
 @pytest.mark.parametrize("batch_size", [16, 2])
@@ -2012,6 +2029,20 @@ def test_a_chat_template_that_refuses_a_conversation_names_the_row(tmp_path, tin
                                                 progress=False))
     assert _one_line_error(e) == ("data: the pair that starts 'Be terse.': the model's chat template refuses this "
                                   "conversation (System role not supported)")
+    # Scoring names it by where it is: an index, a side of a pair, a file's line.
+    scorer = RewardScorer(str(strict))
+    with pytest.raises(UserError) as e:
+        scorer.score([rows[0]["prompt"], rows[5]["prompt"]])
+    assert _one_line_error(e) == ("conversation 1: the model's chat template refuses this conversation (System role "
+                                  "not supported)")
+    with pytest.raises(UserError) as e:
+        scorer.score_pairs(rows)
+    assert _one_line_error(e).startswith("data[5] (chosen): the model's chat template refuses this conversation")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(UserError) as e:
+        score_file(str(strict), str(path), tmp_path / "scored.jsonl")
+    assert _one_line_error(e).startswith(f"{path}:6 (chosen): the model's chat template refuses this conversation")
 
 
 def test_a_diverged_run_stops_where_the_loss_turns_nan_and_saves_nothing(tmp_path, tiny_rm):
@@ -2248,6 +2279,17 @@ def test_scoring_names_bad_conversations_and_models_it_cannot_score(trained, tmp
 
     result, _ = trained
     scorer = RewardScorer(result.output_dir)
+    # One conversation not wrapped in a list: a string was scored letter by letter.
+    for one in ("Hello", {"role": "user", "content": "Hello"}):
+        with pytest.raises(UserError, match=r"^conversations: expected a list of conversations, got a (str|dict) \(to "
+                           r"score one conversation, pass \[conversation\]\)$"):
+            scorer.score(one)
+    for arguments, expected in ((dict(batch_size=0), "batch_size must be a whole number, at least 1; got 0"),
+                                (dict(max_length="64"), "max_length must be a whole number of tokens; got '64'"),
+                                (dict(device="gpu"), "device 'gpu': not a torch device (cpu, cuda, cuda:1, mps, ...)")):
+        with pytest.raises(UserError) as e:
+            RewardScorer(result.output_dir, **arguments)
+        assert _one_line_error(e) == expected
     for conversations, expected in (([[]], "conversation 0: field 'messages': is empty"),
                                     ([[{"role": "user", "content": "hi"}], [{"role": "user"}]],
                                      "conversation 1: field 'messages[0]': expected a message"),
@@ -2351,8 +2393,8 @@ def test_evaluation_reports_ties_unused_columns_and_why_the_margin_agreement_is_
     # Another model's folder, named as --out by mistake: refused before scoring; an earlier evaluation is replaced.
     with pytest.raises(UserError) as e:
         evaluate_reward_model(result.output_dir, rows, result.output_dir)
-    assert _one_line_error(e).startswith(f"--out {result.output_dir}: holds other files (README.md, chat_template.jinja, "
-                                         "config.json, ...); name a new or empty folder")
+    assert _one_line_error(e).startswith(f"out_dir (--out) {result.output_dir}: holds other files (README.md, "
+                                         "chat_template.jinja, config.json, ...); name a new or empty folder")
     assert not (Path(result.output_dir) / "eval.json").exists()
     evaluate_reward_model(result.output_dir, rows, tmp_path / "eval", n_bootstrap=100)  # written there above
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["accuracy.png", "eval.json", "reliability.png"]
@@ -2654,7 +2696,7 @@ def test_ctrl_c_stops_training_and_saves_the_model_so_far(tmp_path, tiny_rm):
                             "--out", str(tmp_path / "rm"), "--epochs", "10000", "--batch-size", "8",
                             "--max-length", "32", "--precision", "fp32"],
                            cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "COLUMNS": "300"})  # the summary's rows unwrapped, whatever the path's length
+                           env={**os.environ, "COLUMNS": "300"})  # the summary's rows unwrapped at any width
     for line in run.stdout:  # outside a terminal: one line per held-out evaluation
         if line.startswith("reward training"):
             break
