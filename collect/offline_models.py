@@ -17,8 +17,8 @@ Aliases (see MODEL_ALIASES):
 
 Cache folder: `$PREFLOOP_CACHE/models/<alias>`, by default `~/.cache/prefloop/models/<alias>`.
 
-Every stage loads its models inside `no_weight_loading_bar()`, which keeps Transformers' per-model "Loading
-weights" bar out of prefloop's output.
+Every stage loads and saves its models inside `no_transformers_bar()`, which keeps Transformers' per-model
+"Loading weights" and "Writing model shards" bars out of prefloop's output.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    with no_weight_loading_bar():
+    with no_transformers_bar():
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     # The weights are already dequantized; a leftover GGUF quantization_config would make every
     # later load (and PEFT/TRL) treat this float checkpoint as quantized.
@@ -228,9 +228,10 @@ def _file_lock(path: Path):
 
 
 @contextlib.contextmanager
-def no_weight_loading_bar() -> Iterator[None]:
-    """Transformers' "Loading weights" bar left out while a model loads: drawn for every model, even one read from
-    a local folder in a fraction of a second, it is two lines of noise in a command's output and logs. Transformers'
+def no_transformers_bar() -> Iterator[None]:
+    """Transformers' "Loading weights" and "Writing model shards" bars left out while a model loads or saves: drawn
+    for every model, even one read or written in a fraction of a second, they are lines of noise in a command's
+    output and logs. Transformers'
     switch turns the Hub's bars off too; those are switched back on inside (a download that from_pretrained starts
     still shows its progress), and both are left as they were after. A user's HF_HUB_DISABLE_PROGRESS_BARS decides
     alone."""

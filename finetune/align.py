@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from collect.errors import UserError, check_settings
-from collect.offline_models import no_weight_loading_bar
+from collect.offline_models import no_transformers_bar
 from collect.output_dirs import check_output_dir, replacing_dir
 from finetune.policy import check_causal_lm, load_tokenizer, resolve
 from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
@@ -197,7 +197,7 @@ def align(config: AlignConfig) -> AlignResult:
                 warnings.warn(f"eval_prompts: {seen} of {len(held_out)} held-out prompt(s) are also training prompts: "
                               "the evaluation then measures memory, not generalisation", stacklevel=2)
     dtype = torch.bfloat16 if use_bf16() else torch.float32
-    with no_weight_loading_bar():
+    with no_transformers_bar():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     # Older TRL releases wrap the model in LoRA before seeding, drawing the A matrices from whatever random state
     # the process had: the same data, policy and seed then gave another adapter on each run.
@@ -229,7 +229,7 @@ def align(config: AlignConfig) -> AlignResult:
     # Written into a staging folder that then replaces `out` whole: no file of an earlier run stays beside it.
     # What training computed in: Transformers takes `accelerate launch`'s mixed_precision where align asks for none.
     precision = {"no": "fp32"}.get(trainer.args.mixed_precision, trainer.args.mixed_precision)
-    with replacing_dir(out) as staging:
+    with replacing_dir(out) as staging, no_transformers_bar():
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
         peft_model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -264,7 +264,7 @@ def write_merged(base_path: str, adapter_dir: Path, merged_dir: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    with no_weight_loading_bar():
+    with no_transformers_bar():
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
     PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload().save_pretrained(merged_dir)
 

@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from collect.errors import UserError, first_line
-from collect.offline_models import has_tokenizer, no_weight_loading_bar
+from collect.offline_models import has_tokenizer, no_transformers_bar
 from finetune.training import pick_device
 
 _PROBE = [
@@ -122,7 +122,7 @@ def load_policy(
     device = device or pick_device()
     # "cuda:1" under `accelerate launch`: each rank's own GPU.
     dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    with no_weight_loading_bar():
+    with no_transformers_bar():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer_source = adapter if adapter and has_tokenizer(Path(adapter)) else policy
     tokenizer = load_tokenizer(tokenizer_source, chat_template)

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from collect.errors import UserError, first_line
-from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, no_weight_loading_bar, resolve_model
+from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, no_transformers_bar, resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
                          TRUNCATION_SIDES, pair_conversations, pair_digests, position_limit, prompt_of_rows,
@@ -359,7 +359,7 @@ def load_classifier_and_drawn_head(model_path: str, backbone_layers: int | None,
     transformers_logging.set_verbosity_error()
     try:
         # TRL's context drops a missing head from the loading report; scoring needs to see one.
-        with no_weight_loading_bar(), contextlib.nullcontext() if report_head else suppress_seqcls_warning():
+        with no_transformers_bar(), contextlib.nullcontext() if report_head else suppress_seqcls_warning():
             model, loading = AutoModelForSequenceClassification.from_pretrained(
                 model_path, output_loading_info=True, **kwargs)
     finally:
@@ -858,10 +858,9 @@ def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> F
     frozen_blocks = model.config.num_hidden_layers - config.trainable_layers
     if frozen_blocks < 1 or not hasattr(model, model.base_model_prefix):
         return None
-    if not config.disable_dropout:
-        if config.progress:
-            print(f"not caching the {frozen_blocks} frozen layers: with dropout on their output differs at every pass "
-                  "(cache_frozen_layers=False silences this)")  # disable_dropout is Python-only: no flag to name
+    if not config.disable_dropout:  # disable_dropout is Python-only: no flag to name
+        warnings.warn(f"not caching the {frozen_blocks} frozen layers: with dropout on their output differs at every "
+                      "pass (cache_frozen_layers=False silences this)", stacklevel=3)
         return None
     import psutil
 
@@ -870,10 +869,9 @@ def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> F
     needed = tokens * model.config.hidden_size * 4  # fp32 states
     free = psutil.virtual_memory().available
     if needed > free / 2:
-        if config.progress:
-            print(f"not caching the {frozen_blocks} frozen layers: their output would take {needed / 2**30:.1f} GiB, "
-                  f"more than half the free {free / 2**30:.1f} GiB (cache_frozen_layers=False, --no-frozen-cache, "
-                  "silences this)")
+        warnings.warn(f"not caching the {frozen_blocks} frozen layers: their output would take {needed / 2**30:.1f} "
+                      f"GiB, more than half the free {free / 2**30:.1f} GiB (cache_frozen_layers=False, "
+                      "--no-frozen-cache, silences this)", stacklevel=3)
         return None
     return FrozenLayerCache(model, frozen_blocks)
 
@@ -948,7 +946,7 @@ def _check(config: RewardTrainingConfig) -> None:
 
 def _save(trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision, learning_rate) -> None:
     """Write the model directory in a staging folder that then replaces `output_dir` whole (`replacing_dir`)."""
-    with replacing_dir(Path(config.output_dir)) as staging:
+    with replacing_dir(Path(config.output_dir)) as staging, no_transformers_bar():
         _write_model_dir(staging, trainer, tokenizer, config, result, train_rows, eval_rows, model_path, precision,
                          learning_rate)
         if eval_rows is not None:

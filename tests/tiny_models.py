@@ -167,9 +167,9 @@ def tiny_lora_reward_adapter(save_dir: str | Path, base: str, *, with_head: bool
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from collect.offline_models import no_weight_loading_bar
+    from collect.offline_models import no_transformers_bar
 
-    with no_weight_loading_bar():
+    with no_transformers_bar():
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=num_labels)
     config = LoraConfig(task_type="SEQ_CLS" if with_head else None, r=4, target_modules=list(target_modules))
     adapter = get_peft_model(model, config)
