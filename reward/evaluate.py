@@ -3,8 +3,8 @@
     report = evaluate_reward_model("runs/rm", "heldout.parquet", out_dir="runs/rm/eval")
 
 - accuracy (reward of chosen > reward of rejected) with a percentile-bootstrap interval that resamples whole
-  prompts (pairs on one prompt are not independent); the Wilson score interval where the bootstrap has too
-  little to resample (fewer than 10 pairs or prompts, or every pair right or every pair wrong);
+  prompts (pairs on one prompt are not independent); the Wilson score interval, over prompts, where the
+  bootstrap has too little to resample (fewer than 10 pairs or prompts, or every pair right or every pair wrong);
 - the same by `source` and by every category column (a few distinct values; `category_columns`);
 - calibration: P(chosen preferred) = sigmoid(r_chosen - r_rejected); the model's confidence in its
   own pick, max(p, 1 - p), is binned on [0.5, 1] and compared with how often the pick was right;
@@ -157,8 +157,9 @@ def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bo
     }
 
 
-def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion: never zero-width, sound for a handful of items or all of one kind."""
+def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: never zero-width, sound for a handful of items or all of one kind.
+    `successes` may be fractional: the share seen times an effective number of items (`accuracy_entry`)."""
     from scipy import stats
 
     z = stats.norm.ppf(1 - (1 - level) / 2)
@@ -177,13 +178,15 @@ MIN_BOOTSTRAP_UNITS = 10
 def accuracy_entry(correct: np.ndarray, n_bootstrap: int, seed: int,
                    clusters: Sequence[Any] | None = None) -> dict[str, Any]:
     """{n, accuracy, ci, ci_method} of per-pair outcomes (1 right, 0 wrong): a bootstrap over `clusters` (each
-    pair's prompt) or over pairs, or the Wilson interval where the bootstrap has too little to resample."""
+    pair's prompt) or over pairs, or the Wilson interval where the bootstrap has too little to resample. Wilson
+    counts prompts, not pairs: 25 pairs on one prompt are not 25 independent outcomes (counted as pairs, 8 prompts
+    of 25 pairs covered the true accuracy 65% of the time, not 95%)."""
     if not len(correct):  # an empty slice (no pair where chosen is shorter, say) has no accuracy: null, not NaN
         return {"n": 0, "accuracy": None, "ci": [None, None], "ci_method": None}
     units = len(set(clusters)) if clusters is not None else len(correct)
     if units < MIN_BOOTSTRAP_UNITS or correct.min() == correct.max():
-        lo, hi = wilson_interval(int(correct.sum()), len(correct))
-        method = "wilson"
+        lo, hi = wilson_interval(float(np.mean(correct)) * units, units)
+        method = "wilson over prompts" if units < len(correct) else "wilson"
     else:
         lo, hi = bootstrap_interval(correct, n_bootstrap, seed=seed, clusters=clusters)
         method = "bootstrap over prompts" if units < len(correct) else "bootstrap"
@@ -646,6 +649,6 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("accuracy, with its 95% interval\n(bootstrap; Wilson where few pairs, or all one way)")
+    ax.set_xlabel("accuracy, with its 95% interval\n(bootstrap; Wilson where few prompts, or all one way)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

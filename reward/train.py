@@ -205,7 +205,7 @@ class RewardTrainingResult:
     """Whether the data's `margin` column entered the loss (it has one, and `use_margin`)."""
     eval_accuracy_ci: list[float] | None = None
     """95% interval of the saved model's held-out accuracy (`reward.evaluate.accuracy_entry`: a bootstrap over
-    prompts, or Wilson on a few pairs)."""
+    prompts, or Wilson over a few prompts)."""
     stopped: str | None = None
     """Why training ended early, e.g. "interrupted (Ctrl-C) at step 40 of 204" or "time budget at step ..."; None
     when it ran its course."""

@@ -1295,6 +1295,21 @@ def test_a_wilson_interval_holds_its_proportion_exactly():
         assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
 
 
+def test_where_wilson_stands_in_for_the_bootstrap_it_counts_prompts_not_pairs():
+    """8 prompts of 5 pairs, every pair right: counted as 40 pairs Wilson gave [0.912, 1], as if each pair were
+    independent evidence; the 8 prompts give [0.676, 1]. On 3 prompts of 4 pairs, 9 of 12 right, likewise."""
+    from reward.evaluate import accuracy_entry, wilson_interval
+
+    entry = accuracy_entry(np.ones(40), 1000, 0, clusters=np.repeat(np.arange(8), 5))
+    assert entry["ci_method"] == "wilson over prompts"
+    assert entry["ci"] == pytest.approx(list(wilson_interval(8, 8)))
+    assert entry["ci"][0] == pytest.approx(0.6756, abs=1e-4)
+    few = accuracy_entry(np.array([1, 1, 1, 0] * 3, dtype=float), 1000, 0, clusters=np.repeat(np.arange(3), 4))
+    assert few["accuracy"] == 0.75 and few["ci"] == pytest.approx(list(wilson_interval(0.75 * 3, 3)))
+    # One pair a prompt: the same as counting pairs.
+    assert accuracy_entry(np.ones(5), 1000, 0, clusters=np.arange(5))["ci_method"] == "wilson"
+
+
 def test_too_few_bootstrap_resamples_are_refused_before_any_scoring():
     """From one resample, "eval" printed 0.533 with a 95% interval of 0.550 - 0.550; 0 resamples crashed."""
     from reward.evaluate import bootstrap_interval, compare_reward_models
