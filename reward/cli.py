@@ -175,9 +175,11 @@ def print_report(report: dict) -> None:
     if bias and bias["share_chosen_longer"] is not None:
         unequal = bias["chosen_longer"]["n"] + bias["chosen_shorter"]["n"]
         equal = f" ({bias['equal_length']} of equal length left out)" if bias["equal_length"] else ""
+        tied, share = bias["tied_unequal_length"], bias["model_prefers_longer"]
+        model = ("the model gave both sides of each the same reward" if share is None else
+                 f"the model prefers it in {share:.0%}" + (f" ({tied} with equal rewards left out)" if tied else ""))
         console.print(f"length: of the {unequal} pairs whose responses differ in length{equal}, the raters chose the "
-                      f"longer in {bias['share_chosen_longer']:.0%}, the model prefers it in "
-                      f"{bias['model_prefers_longer']:.0%}")
+                      f"longer in {bias['share_chosen_longer']:.0%}, {model}")
     print_truncated(report["truncated"], report["n"])
     if report["ties"]:
         console.print(f"ties: {report['ties']} pair(s) got equal rewards, counted wrong")

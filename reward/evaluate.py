@@ -243,10 +243,16 @@ def calibration(diff: np.ndarray, n_bins: int = 10, n_draws: int = 500, seed: in
             "n_bins": n_bins, "bins": bins, "mean_p_chosen": float(p.mean())}
 
 
+def _constant(values: np.ndarray) -> bool:
+    """Every value the same, up to float rounding: np.std of 222 margins of 0.1 is 1e-17, not 0, and a reward
+    gap computed as a difference varies in its last bits; a correlation with either is noise, or NaN."""
+    return float(np.ptp(values)) <= 1e-9 * max(1.0, float(np.abs(values).max()))
+
+
 def _correlations(x: np.ndarray, y: np.ndarray) -> dict[str, Any] | None:
     from scipy import stats
 
-    if len(x) < 3 or np.std(y) == 0 or np.std(x) == 0:
+    if len(x) < 3 or _constant(y) or _constant(x):
         return None
     return {"n": int(len(x)), "pearson": float(stats.pearsonr(x, y)[0]),
             "spearman": float(stats.spearmanr(x, y)[0])}
@@ -290,15 +296,19 @@ def preference_metrics(
     if chosen_lengths is not None and rejected_lengths is not None:
         lc, lr = np.asarray(chosen_lengths), np.asarray(rejected_lengths)
         longer, shorter = lc > lr, lc < lr
-        # Both shares over the pairs of unequal length, so they compare: the raters' and the model's.
-        # The model "prefers the longer one" when its pick agrees with the length ordering; a tie picks rejected.
-        picks_longer = np.where(diff > 0, lc > lr, lr > lc)[longer | shorter]
+        # Both shares over the pairs of unequal length, so they compare: the raters' and the model's. The model
+        # "prefers the longer one" when its pick agrees with the length ordering; a tie prefers neither and is left
+        # out (counted as preferring the rejected side's length, ties from truncation, long pairs, read as a taste
+        # for short answers).
+        unequal = longer | shorter
+        picks_longer = np.where(diff > 0, lc > lr, lr > lc)[unequal & (diff != 0)]
         report["length_bias"] = {
             "chosen_longer": entry(longer),
             "chosen_shorter": entry(shorter),
-            "equal_length": int((~longer & ~shorter).sum()),
-            "share_chosen_longer": float(longer[longer | shorter].mean()) if len(picks_longer) else None,
+            "equal_length": int((~unequal).sum()),
+            "share_chosen_longer": float(longer[unequal].mean()) if unequal.any() else None,
             "model_prefers_longer": float(picks_longer.mean()) if len(picks_longer) else None,
+            "tied_unequal_length": int((unequal & (diff == 0)).sum()),
         }
     if margins is not None:
         margins = np.asarray(margins, dtype=np.float64)
@@ -306,7 +316,7 @@ def preference_metrics(
         if report["margin_correlation"] is None:
             report["margin_correlation_missing"] = (
                 "fewer than 3 pairs" if len(diff) < 3 else
-                "every pair has the same margin" if np.std(margins) == 0 else "every pair has the same reward gap")
+                "every pair has the same margin" if _constant(margins) else "every pair has the same reward gap")
     return report
 
 

@@ -1232,9 +1232,13 @@ def test_metrics_on_a_hand_checked_example():
     assert report["length_bias"]["chosen_shorter"]["accuracy"] == 0.0
     assert report["length_bias"]["equal_length"] == 1
     assert report["length_bias"]["share_chosen_longer"] == 0.5  # 2 of the 4 pairs of unequal length
-    # The model picked the longer response in rows 0, 1 and 2; in row 3 its gap is 0 -> it "picked" rejected,
-    # the longer one. 4 of the 4 rows with a length difference.
-    assert report["length_bias"]["model_prefers_longer"] == 1.0
+    # The model picked the longer response in rows 0, 1 and 2; in row 3 its gap is 0: it prefers neither, left out.
+    assert report["length_bias"]["model_prefers_longer"] == 1.0 and report["length_bias"]["tied_unequal_length"] == 1
+    # A model that ties every pair prefers no length (a tie was counted as preferring the rejected side's: 20% here,
+    # where the raters chose the longer in 80%).
+    tied = preference_metrics([0.0] * 10, [0.0] * 10, chosen_lengths=[10] * 8 + [5] * 2,
+                              rejected_lengths=[5] * 8 + [10] * 2, n_bootstrap=100)["length_bias"]
+    assert (tied["share_chosen_longer"], tied["model_prefers_longer"], tied["tied_unequal_length"]) == (0.8, None, 10)
     # Correlation of gaps (1, -1, 1, 0, 4) with margins (0.5, 0, 0.5, 0, 1): computed by hand.
     gaps, m = np.array([1, -1, 1, 0, 4.0]), np.array([0.5, 0, 0.5, 0, 1])
     pearson = ((gaps - gaps.mean()) * (m - m.mean())).sum() / math.sqrt(((gaps - gaps.mean()) ** 2).sum() * ((m - m.mean()) ** 2).sum())
@@ -1308,6 +1312,21 @@ def test_where_wilson_stands_in_for_the_bootstrap_it_counts_prompts_not_pairs():
     assert few["accuracy"] == 0.75 and few["ci"] == pytest.approx(list(wilson_interval(0.75 * 3, 3)))
     # One pair a prompt: the same as counting pairs.
     assert accuracy_entry(np.ones(5), 1000, 0, clusters=np.arange(5))["ci_method"] == "wilson"
+
+
+def test_a_margin_or_reward_gap_constant_up_to_rounding_has_no_correlation():
+    """np.std of 222 margins of 0.1 is about 1e-17, not 0: the report said Pearson nan, Spearman nan, with no
+    reason. A gap of r + 0.1 - r varies in its last bits and gave Pearson -0.39 with the margins."""
+    from reward.evaluate import preference_metrics
+
+    rng = np.random.default_rng(0)
+    same_margin = preference_metrics(rng.normal(size=222) + 0.5, np.zeros(222), margins=[0.1] * 222, n_bootstrap=100)
+    assert same_margin["margin_correlation"] is None
+    assert same_margin["margin_correlation_missing"] == "every pair has the same margin"
+    rejected = rng.normal(size=50)
+    same_gap = preference_metrics(rejected + 0.1, rejected, margins=rng.random(50), n_bootstrap=100)
+    assert same_gap["margin_correlation"] is None
+    assert same_gap["margin_correlation_missing"] == "every pair has the same reward gap"
 
 
 def test_too_few_bootstrap_resamples_are_refused_before_any_scoring():
