@@ -222,9 +222,11 @@ def calibration(diff: np.ndarray, n_bins: int = 10, n_draws: int = 500, seed: in
         return {"ece": None, "ece_if_calibrated": None, "n_bins": n_bins, "bins": [], "mean_p_chosen": None}
     p = 1 / (1 + np.exp(-np.clip(diff, -500, 500)))
     confidence = np.maximum(p, 1 - p)
-    # A tie claims 50/50 and is counted half right, as the calibrated reference below draws it: counted wrong, 40
-    # ties alone gave an ECE of 0.5 to a model that claims nothing.
-    correct = np.where(diff > 0, 1.0, np.where(diff == 0, 0.5, 0.0))
+    # A tie claims 50/50 and is counted half right, here and in the calibrated reference below: counted wrong, 40
+    # ties alone gave an ECE of 0.5 to a model that claims nothing; drawn right or wrong in the reference only, they
+    # added noise the model's own ECE has not, and made a calibrated model look better than calibrated.
+    tie = diff == 0
+    correct = np.where(diff > 0, 1.0, np.where(tie, 0.5, 0.0))
     edges = np.linspace(0.5, 1.0, n_bins + 1)
     # Right-closed last bin so confidence 1.0 lands inside.
     which = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
@@ -236,7 +238,7 @@ def calibration(diff: np.ndarray, n_bins: int = 10, n_draws: int = 500, seed: in
                      "confidence": float(confidence[mask].mean()) if n else None,
                      "accuracy": float(correct[mask].mean()) if n else None})
     rng = np.random.default_rng(seed)
-    calibrated = [_expected_calibration_error(confidence, (rng.random(len(diff)) < confidence).astype(np.float64),
+    calibrated = [_expected_calibration_error(confidence, np.where(tie, 0.5, rng.random(len(diff)) < confidence),
                                               which, n_bins) for _ in range(n_draws)]
     return {"ece": _expected_calibration_error(confidence, correct, which, n_bins),
             "ece_if_calibrated": {"mean": float(np.mean(calibrated)), "p95": float(np.percentile(calibrated, 95))},

@@ -1367,6 +1367,8 @@ def test_ece_is_reported_beside_what_a_calibrated_model_would_show():
     # Ties claim 50/50 and count half right: a model that ties every pair is not miscalibrated, and as many ties
     # again beside 30 picks add nothing to their miscalibration (the ECE halves: the ties' bin is a gap of 0).
     assert calibration(np.zeros(40))["ece"] == 0.0
+    # The calibrated reference counts them alike: drawn right or wrong there, 40 ties put it at 0.066.
+    assert calibration(np.zeros(40))["ece_if_calibrated"] == {"mean": 0.0, "p95": 0.0}
     picks = np.where(np.arange(30) < 24, 1.0, -1.0) * np.log(9)  # 80% right at a claimed 90%
     assert calibration(np.concatenate([picks, np.zeros(30)]))["ece"] == pytest.approx(calibration(picks)["ece"] / 2)
 
