@@ -46,6 +46,8 @@ def load_rows(data: Any, what: str = "data", split: str | None = "train",
     caller ignores (`margin` under `--no-margin`), kept as text where their values mix kinds, not refused."""
     import datasets
 
+    if data is None:
+        raise UserError(f"{what}: none given (a file, a save_to_disk folder, a Dataset, a DataFrame or a list of rows)")
     data = one_split(data, what, split)
     if isinstance(data, list) and data:
         # Not Dataset.from_list, which takes its columns from the first row and drops keys only later rows have.

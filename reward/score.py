@@ -406,9 +406,10 @@ def conversations_from_rows(dataset, places: list[str]) -> list[Conversation]:
     return conversations
 
 
-def score_file(models: str | Sequence[str], data: Any, out: str | Path, batch_size: int = 16,
+def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | Path, batch_size: int = 16,
                max_length: int | None = None) -> Path:
-    """Score every conversation of a dataset file and write it back with reward columns (JSONL or Parquet).
+    """Score every conversation of a dataset file and write it back with reward columns to `out` (JSONL or
+    Parquet), which it returns.
 
     A preference dataset gets `reward_chosen` and `reward_rejected`; others get `reward`; each with `..._truncated`
     (whether the conversation was cut to a member's max length, with a warning that counts them). Ensembles

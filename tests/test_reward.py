@@ -1973,6 +1973,9 @@ def test_wrong_columns_empty_data_and_missing_model_are_clear_errors(tmp_path, t
     with pytest.raises(UserError) as e:
         load_preferences(str(tmp_path / "nope.parquet"))
     assert "nope.parquet" in _one_line_error(e)
+    with pytest.raises(UserError) as e:  # it said "data: None: no such file or directory"
+        train_reward_model(RewardTrainingConfig(data=None, base_model=tiny_rm, output_dir=str(tmp_path / "rm")))
+    assert _one_line_error(e).startswith("data: none given (a file, a save_to_disk folder, a Dataset")
 
     bad_row = [{"prompt": "x", "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"text": "b"}]}]
     with pytest.raises(UserError) as e:
