@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import signal
 import sys
-import threading
 import warnings
 
 # datasets' bars for local conversions (reading a file, writing Arrow as JSON) on every command, in a log as much as
@@ -340,35 +337,6 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def main() -> None:
     """Entry point: user errors print one line and exit 1, never a traceback; warnings print one line each."""
-    # Registered first, so run last of the exit callbacks: past them Python hands Ctrl-C back to the system, and one
-    # during the rest of the teardown (a second or more with torch loaded) killed the process with 130.
-    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
-    try:
-        run_command()
-    except SystemExit as e:
-        exit_at_ctrl_c_from_now_on(e.code if isinstance(e.code, int) else 0 if e.code is None else 1)
-        raise
-    exit_at_ctrl_c_from_now_on(0)
-
-
-def exit_at_ctrl_c_from_now_on(code: int) -> None:
-    """The command is over: its work saved, or its failure reported. A Ctrl-C while the interpreter shuts down
-    (the second of a double press, after a training run had saved its model) ended the process with 130, or with a
-    traceback from an exit callback; from now on it ends the process at once with the command's own exit code."""
-    def exit_now(signum, frame) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, RuntimeError, ValueError):  # a closed pipe, or the stream in mid-write
-                pass
-        os._exit(code)
-
-    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-        signal.signal(signal.SIGINT, exit_now)
-
-
-def run_command() -> None:
-    """Run the command `sys.argv` names, turning a user error, a database failure or a Ctrl-C into a message."""
     warnings.formatwarning = _one_line_warning
     # PEFT reads Transformers' deprecated `is_gradient_checkpointing` whenever it wraps a model: nothing a user of
     # this command can change.

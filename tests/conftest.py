@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -25,15 +24,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
-
-
-@pytest.fixture(autouse=True)
-def keep_the_ctrl_c_handler():
-    """`apps.cli.main` run in this process leaves a Ctrl-C handler that ends the process at once, as the command's
-    teardown should; pytest's own Ctrl-C must come back after the test."""
-    handler = signal.getsignal(signal.SIGINT)
-    yield
-    signal.signal(signal.SIGINT, handler)
 
 
 @pytest.fixture(scope="session")
