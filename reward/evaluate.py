@@ -52,6 +52,17 @@ def check_resamples(n_bootstrap: int) -> None:
                         "or the 95% interval is read off a draw or two")
 
 
+def _per_cluster(values: np.ndarray, clusters: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of `values`, count) per cluster, the clusters in the sorted order of their labels as strings (each
+    item its own cluster without `clusters`). Strings, whatever the labels' type: the resampling stream follows
+    this order, and prompt numbers passed as ints (`prefloop reward compare`, training's summary) must draw what
+    the same numbers passed as strings (`reward eval`, before) drew: 10 sorts after 2 as an int, before it as a
+    string."""
+    keys = clusters if clusters is not None else range(len(values))
+    _, label = np.unique(np.asarray([str(key) for key in keys]), return_inverse=True)
+    return np.bincount(label, weights=values), np.bincount(label).astype(np.float64)
+
+
 def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0,
                        clusters: Sequence[Any] | None = None) -> tuple[float, float]:
     """Percentile-bootstrap interval of the mean of a per-pair array (0/1 outcomes, or the -1/0/1 differences of
@@ -63,13 +74,7 @@ def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: floa
     correct = np.asarray(correct, dtype=np.float64)
     if len(correct) == 0:
         return (float("nan"), float("nan"))
-    # Labels as strings, whatever their type: the resampling stream follows their sorted order, and prompt numbers
-    # passed as ints (`prefloop reward compare`, training's summary) must draw what the same numbers passed as
-    # strings (`reward eval`, before) drew: 10 sorts after 2 as an int, before it as a string.
-    keys = clusters if clusters is not None else range(len(correct))
-    _, label = np.unique(np.asarray([str(key) for key in keys]), return_inverse=True)
-    right = np.bincount(label, weights=correct)  # per cluster: pairs right, and pairs
-    size = np.bincount(label).astype(np.float64)
+    right, size = _per_cluster(correct, clusters)
     rng = np.random.default_rng(seed)
     means = np.empty(n_bootstrap)
     chunk = max(1, 2_000_000 // len(right))  # bound memory for large sets
@@ -128,7 +133,8 @@ def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bo
     (`sign_flip_p_value`). The interval needs at least MIN_BOOTSTRAP_UNITS prompts on which the two differ: with
     fewer, a percentile bootstrap cannot draw a resample without them often enough (with 4 such prompts, all one
     way, among 100, it gives [+0.01, +0.08] where the exact test gives p = 0.125), so there is none, and p decides;
-    nor where every pair goes the same way (each resample then has the same difference). `ci_missing` says why."""
+    nor where every prompt's pairs differ alike (every pair the same way, say: each resample then has the same
+    difference). `ci_missing` says why."""
     first, second = np.asarray(first_correct, dtype=bool), np.asarray(second_correct, dtype=bool)
     differences = prompt_differences(first.tolist(), second.tolist(), prompts)
     one_sided = min(sign_flip_p_value(differences), sign_flip_p_value([-d for d in differences]))
@@ -137,8 +143,9 @@ def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bo
     interval, method, missing = [None, None], None, None
     if sum(d != 0 for d in differences) < MIN_BOOTSTRAP_UNITS:
         missing = f"under {MIN_BOOTSTRAP_UNITS} prompts tell them apart"
-    elif pair_differences.min() == pair_differences.max():
-        missing = "every pair goes the same way"
+    elif _constant(np.divide(*_per_cluster(pair_differences, prompts))):
+        missing = ("every pair goes the same way" if pair_differences.min() == pair_differences.max()
+                   else "every prompt's pairs differ alike")
     else:
         interval = list(bootstrap_interval(pair_differences, n_bootstrap, seed=seed, clusters=prompts))
         method = "bootstrap over prompts" if units < len(first) else "bootstrap"
@@ -170,8 +177,9 @@ def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[floa
     return (float(min(p, max(0.0, centre - half))), float(max(p, min(1.0, centre + half))))
 
 
-# Below this many pairs (or prompts), or with every pair right or every pair wrong, the bootstrap has too little
-# to resample: its interval is zero-width or covers far less than 95% (65% at 10 pairs and accuracy 0.9).
+# Below this many pairs (or prompts), or with every prompt as often right (every pair right, say), the bootstrap
+# has too little to resample: its interval is zero-width or covers far less than 95% (65% at 10 pairs and accuracy
+# 0.9).
 MIN_BOOTSTRAP_UNITS = 10
 
 
@@ -183,8 +191,11 @@ def accuracy_entry(correct: np.ndarray, n_bootstrap: int, seed: int,
     of 25 pairs covered the true accuracy 65% of the time, not 95%)."""
     if not len(correct):  # an empty slice (no pair where chosen is shorter, say) has no accuracy: null, not NaN
         return {"n": 0, "accuracy": None, "ci": [None, None], "ci_method": None}
-    units = len(set(clusters)) if clusters is not None else len(correct)
-    if units < MIN_BOOTSTRAP_UNITS or correct.min() == correct.max():
+    right, size = _per_cluster(np.asarray(correct, dtype=np.float64), clusters)
+    units = len(size)
+    # Every prompt with the same share right (every pair right, or 20 prompts of one right and one wrong): each
+    # resample has that share, and the bootstrap's interval has no width.
+    if units < MIN_BOOTSTRAP_UNITS or _constant(right / size):
         lo, hi = wilson_interval(float(np.mean(correct)) * units, units)
         method = "wilson over prompts" if units < len(correct) else "wilson"
     else:

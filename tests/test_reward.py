@@ -1455,7 +1455,7 @@ def test_a_comparison_rated_several_times_is_also_counted_once(trained, tiny_rm,
 def test_a_paired_comparison_counts_pairs_one_model_gets_right_and_tests_over_prompts():
     from scipy.stats import binomtest
 
-    from reward.evaluate import paired_comparison
+    from reward.evaluate import accuracy_entry, paired_comparison, wilson_interval
 
     # 40 pairs, one a prompt: 10 only the first model gets right, 2 only the second, 20 both, 8 neither.
     first = [True] * 10 + [False] * 2 + [True] * 20 + [False] * 8
@@ -1495,6 +1495,12 @@ def test_a_paired_comparison_counts_pairs_one_model_gets_right_and_tests_over_pr
     sweep = paired_comparison([True] * 30, [False] * 30)
     assert sweep["ci"] == [None, None] and sweep["ci_missing"] == "every pair goes the same way"
     assert sweep["p_value"] == pytest.approx(2 / 2 ** 30) and report["ci_missing"] is None
+    # 20 prompts, on each one pair the first alone gets right and one both get: every resample's difference is 0.5.
+    alike = paired_comparison([True, True] * 20, [False, True] * 20, prompts=np.repeat(np.arange(20), 2))
+    assert alike["ci"] == [None, None] and alike["ci_missing"] == "every prompt's pairs differ alike"
+    # And an accuracy whose prompts each have the same share right: Wilson over them, not a bootstrap of width 0.
+    half = accuracy_entry(np.array([1.0, 0.0] * 20), 1000, 0, clusters=np.repeat(np.arange(20), 2))
+    assert half["ci_method"] == "wilson over prompts" and half["ci"] == pytest.approx(list(wilson_interval(10, 20)))
 
 
 def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, tiny_rm, tmp_path):
