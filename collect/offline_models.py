@@ -202,12 +202,12 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, out_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     with no_transformers_bar():
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
-    # The weights are already dequantized; a leftover GGUF quantization_config would make every
-    # later load (and PEFT/TRL) treat this float checkpoint as quantized.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.save_pretrained(out_dir)
+        # The weights are already dequantized; a leftover GGUF quantization_config would make every
+        # later load (and PEFT/TRL) treat this float checkpoint as quantized.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
 

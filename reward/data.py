@@ -317,6 +317,16 @@ def _needs_eos(tokenizer) -> bool:
     return ids[-1] not in set(tokenizer.all_special_ids)
 
 
+def check_length_settings(max_length: int | None, truncation_side: str,
+                          names: tuple[str, str] = ("max_length", "truncation_side")) -> None:
+    """UserError unless `truncation_side` is left or right and `max_length` (None: no limit) is at least 8 tokens;
+    `names` are how the message names the two (training adds the CLI flags)."""
+    if truncation_side not in TRUNCATION_SIDES:
+        raise UserError(f"{names[1]} must be 'left' or 'right', got {truncation_side!r}")
+    if max_length is not None and max_length < 8:
+        raise UserError(f"{names[0]} must be at least 8 tokens, got {max_length}")
+
+
 class Encoder:
     """Turns conversations into token ids with a fixed max length and truncation side.
 
@@ -325,10 +335,7 @@ class Encoder:
     """
 
     def __init__(self, tokenizer, max_length: int | None, truncation_side: str = "left"):
-        if truncation_side not in TRUNCATION_SIDES:
-            raise UserError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
-        if max_length is not None and max_length < 8:
-            raise UserError(f"max_length must be at least 8 tokens, got {max_length}")
+        check_length_settings(max_length, truncation_side)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.truncation_side = truncation_side

@@ -542,6 +542,7 @@ def compare_reward_models(
                             "earlier comparison's, which is replaced")
     for side, models in (("model", model), ("baseline", baseline)):
         if isinstance(models, RewardScorer):
+            _check_loaded_scorer(batch_size, max_length)
             continue
         if not _model_dirs(models):
             raise UserError(f"{side}: name at least one reward model")
@@ -590,11 +591,17 @@ def _scorer(model: Any, batch_size: int | None, max_length: int | None):
 
     if not isinstance(model, RewardScorer):
         return RewardScorer(model, batch_size=16 if batch_size is None else batch_size, max_length=max_length)
+    _check_loaded_scorer(batch_size, max_length)
+    return model
+
+
+def _check_loaded_scorer(batch_size: int | None, max_length: int | None) -> None:
+    """A RewardScorer given loaded keeps its own batch size and max length: either given beside it is refused,
+    not ignored."""
     for name, value in (("max_length", max_length), ("batch_size", batch_size)):
-        if value is not None:  # a loaded scorer keeps its own: said, not ignored
+        if value is not None:
             raise UserError(f"{name}: set it when the RewardScorer is made (RewardScorer(..., {name}=)), "
                             "not for one that is already loaded")
-    return model
 
 
 def _truncated(scorer, chosen, rejected) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,9 +286,9 @@ class RewardScorer:
         paths = [models] if isinstance(models, (str, Path)) else list(models)
         if not paths:
             raise UserError("RewardScorer needs at least one model directory")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise UserError(f"batch_size must be a whole number, at least 1; got {batch_size!r}")
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral)):
             raise UserError(f"max_length must be a whole number of tokens; got {max_length!r}")
         named = [str(Path(p).resolve()) if Path(p).exists() else str(p) for p in paths]
         twice = next((p for i, p in enumerate(paths) if named[i] in named[:i]), None)
@@ -298,8 +299,11 @@ class RewardScorer:
             kind = torch.device(self.device).type
         except RuntimeError:
             raise UserError(f"device {device!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"device {device!r}: torch finds no CUDA GPU here")
+        index = torch.device(self.device).index or 0
+        if kind == "cuda" and index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r}: torch finds {torch.cuda.device_count()} CUDA GPU(s) here")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise UserError(f"device {device!r}: torch finds no Apple GPU (MPS) here")
         # bf16 halves memory and time on a GPU; on CPU fp32 is both faster and exact.
         dtype = torch.bfloat16 if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
         self.batch_size = batch_size
@@ -330,7 +334,8 @@ class RewardScorer:
         if isinstance(conversations, (str, dict)):
             raise UserError(f"conversations: expected a list of conversations, got a {type(conversations).__name__} "
                             "(to score one conversation, pass [conversation])")
-        places = list(places) if places is not None else [f"conversation {i}" for i in range(len(conversations))]
+        conversations = list(conversations)
+        places = _places(places, [f"conversation {i}" for i in range(len(conversations))])
         conversations = [as_messages(c, where, "messages", "user") for where, c in zip(places, conversations)]
         alone = [where for where, c in zip(places, conversations) if not any(m["role"] == "assistant" for m in c)]
         if alone:
@@ -350,7 +355,7 @@ class RewardScorer:
         from reward.data import load_rows
 
         dataset, named = load_rows(dataset, "data", split=None)
-        places = list(places) if places is not None else named
+        places = _places(places, named)
         pairs = [pair_conversations(row, where) for where, row in zip(places, dataset)]
         trained_elsewhere = [member.name for member in self.members if not member.info]
         if trained_elsewhere and len(dataset) and isinstance(dataset[0]["chosen"], str):
@@ -376,6 +381,15 @@ class RewardScorer:
         position limit (where the length asked for is longer)."""
         return [{"max_length": m.encoder.max_length, "truncation_side": m.encoder.truncation_side,
                  "from": m.max_length_from} for m in self.members]
+
+
+def _places(places: Sequence[str] | None, default: list[str]) -> list[str]:
+    """How errors name each conversation or row: `places` as given, one each, else `default`."""
+    if places is None:
+        return default
+    if len(places) != len(default):  # zipped with the rows, a short list would drop rows from the scores unsaid
+        raise UserError(f"places: {len(places)} given for {len(default)} rows; give one each")
+    return list(places)
 
 
 def _encode(member: _Member, conversations: list[Conversation],

@@ -49,7 +49,7 @@ from collect.errors import UserError, first_line
 from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, no_transformers_bar, resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
-                         TRUNCATION_SIDES, pair_conversations, pair_digests, position_limit, prompt_of_rows,
+                         check_length_settings, pair_conversations, pair_digests, position_limit, prompt_of_rows,
                          rows_by_prompt)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -912,10 +912,7 @@ def _check(config: RewardTrainingConfig) -> None:
     if config.lr_scheduler_type not in {kind.value for kind in SchedulerType}:
         raise UserError(f"{setting('lr_scheduler_type')} {config.lr_scheduler_type!r} is not one of Transformers' "
                         f"schedules ({', '.join(kind.value for kind in SchedulerType)})")
-    if config.truncation_side not in TRUNCATION_SIDES:
-        raise UserError(f"{setting('truncation_side')} must be 'left' or 'right', got {config.truncation_side!r}")
-    if config.max_length is not None and config.max_length < 8:
-        raise UserError(f"{setting('max_length')} must be at least 8 tokens, got {config.max_length}")
+    check_length_settings(config.max_length, config.truncation_side, (setting("max_length"), setting("truncation_side")))
     if not 0 <= config.seed < 2**32:
         raise UserError(f"{setting('seed')} must be between 0 and 2**32 - 1, got {config.seed}")
     # Settings another one overrules, said rather than dropped (a default left alone says nothing).

@@ -1629,7 +1629,8 @@ def test_the_model_cards_transformers_recipe_gives_prefloops_reward(trained, tmp
         RewardScorer(encoder.output_dir).score([hello]).mean[0], abs=1e-5)
 
 
-def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length(trained, tiny_rm, tmp_path):
+def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length(trained, tiny_rm, tmp_path,
+                                                                                 monkeypatch):
     """Scoring cuts a conversation to the length its model trained with (prefloop.json), or to the model's own limit
     where nothing says; evaluations say how many pairs were cut and to what, and --max-length sets another."""
     from typer.testing import CliRunner
@@ -1670,6 +1671,14 @@ def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length
         evaluate_reward_model(RewardScorer(tiny_rm), held_out, max_length=64)
     with pytest.raises(UserError, match=r"^batch_size: set it when the RewardScorer is made"):
         compare_reward_models(RewardScorer(tiny_rm), tiny_rm, held_out, batch_size=4)
+    # The loaded one second: refused before the first scores.
+    def never(*args, **kwargs):
+        raise AssertionError("scored before the settings were checked")
+
+    monkeypatch.setattr(RewardScorer, "score_pairs", never)
+    with pytest.raises(UserError, match=r"^batch_size: set it when the RewardScorer is made"):
+        compare_reward_models(tiny_rm, RewardScorer(tiny_rm), held_out, batch_size=4)
+    monkeypatch.undo()
 
     data = tmp_path / "held_out.jsonl"
     held_out.to_json(str(data), lines=True)
@@ -2337,6 +2346,12 @@ def test_scoring_names_bad_conversations_and_models_it_cannot_score(trained, tmp
         with pytest.raises(UserError) as e:
             RewardScorer(result.output_dir, **arguments)
         assert _one_line_error(e) == expected
+    # What is whole and iterable is taken: a numpy integer, a generator of conversations.
+    hello = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    scores = RewardScorer(result.output_dir, batch_size=np.int64(2)).score(c for c in [hello, hello])
+    assert scores.mean.tolist() == scorer.score([hello, hello]).mean.tolist()
+    with pytest.raises(UserError, match=r"^places: 1 given for 2 rows; give one each$"):
+        scorer.score([hello, hello], places=["a.jsonl:1"])  # zipped, it scored one conversation of two
     for conversations, expected in (([[]], "conversation 0: field 'messages': is empty"),
                                     ([[{"role": "user", "content": "hi"}], [{"role": "user"}]],
                                      "conversation 1: field 'messages[0]': expected a message"),
