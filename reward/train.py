@@ -912,7 +912,8 @@ def _check(config: RewardTrainingConfig) -> None:
     if config.lr_scheduler_type not in {kind.value for kind in SchedulerType}:
         raise UserError(f"{setting('lr_scheduler_type')} {config.lr_scheduler_type!r} is not one of Transformers' "
                         f"schedules ({', '.join(kind.value for kind in SchedulerType)})")
-    check_length_settings(config.max_length, config.truncation_side, (setting("max_length"), setting("truncation_side")))
+    check_length_settings(config.max_length, config.truncation_side,
+                          (setting("max_length"), setting("truncation_side")))
     if not 0 <= config.seed < 2**32:
         raise UserError(f"{setting('seed')} must be between 0 and 2**32 - 1, got {config.seed}")
     # Settings another one overrules, said rather than dropped (a default left alone says nothing).
