@@ -187,14 +187,24 @@ class RewardTrainingResult:
     """What a run produced; the same numbers are in `<output_dir>/prefloop.json`."""
 
     output_dir: str
+    """The model directory written (with `lora`, the merged model; its `adapter/` beside)."""
     metrics: dict[str, float]
+    """`train_loss`, and with held-out pairs the last evaluation's `eval_*` figures: `eval_accuracy` is the saved
+    model's as `prefloop reward eval` scores it, `eval_accuracy_in_training` as training's precision measured it."""
     n_train: int
+    """Training pairs, after the held-out split (none dropped for length)."""
     n_eval: int
+    """Held-out pairs (0 when nothing is held out)."""
     truncated_train: int
+    """Training pairs cut to `max_length`."""
     truncated_eval: int
+    """Held-out pairs cut to `max_length`."""
     best_step: int | None
+    """The step whose weights were kept (`reward.train.keeps_latest`); None with no held-out pairs: the last."""
     train_seconds: float
+    """Wall time of training, the held-out evaluations during it included."""
     pairs_per_second: float
+    """Training pairs processed per second of `train_seconds`."""
     shared_prompt: bool = False
     """Whether each pair trained as one sequence with its prompt run once (`share_prompt`)."""
     tokens_per_pair: float = 0.0
@@ -210,6 +220,7 @@ class RewardTrainingResult:
     """Why training ended early, e.g. "interrupted (Ctrl-C) at step 40 of 204" or "time budget at step ..."; None
     when it ran its course."""
     history: list[dict[str, Any]] = field(default_factory=list)
+    """Transformers' log history: a dict per logged step and per evaluation."""
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     """Every held-out evaluation during training: step, accuracy, loss and `correct`, one bool per held-out pair
     in the held-out rows' order (the kept step is `best_step`; prefloop.json has them without `correct`)."""
