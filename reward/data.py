@@ -74,10 +74,20 @@ def load_rows(data: Any, what: str = "data", split: str | None = "train",
         if name.endswith(".parquet"):
             import pyarrow.parquet as pq
 
-            # Read the footer first: datasets would log Arrow's error on a broken file before raising its own.
-            if pq.read_metadata(path).num_rows == 0:
+            gzipped = path.name.lower().endswith(".gz")
+            if gzipped:  # Parquet compresses inside, but a gzipped one is read too
+                import gzip
+                import io
+
+                with gzip.open(path) as packed:
+                    table = pq.read_table(io.BytesIO(packed.read()))
+                rows = table.num_rows
+            else:
+                # Read the footer first: datasets would log Arrow's error on a broken file before raising its own.
+                rows = pq.read_metadata(path).num_rows
+            if rows == 0:
                 raise UserError(f"{path}: the file is empty (no rows)")
-            loaded = datasets.Dataset.from_parquet(str(path))
+            loaded = datasets.Dataset(table) if gzipped else datasets.Dataset.from_parquet(str(path))
             return loaded, [f"{path}: row {i + 1}" for i in range(len(loaded))]
     except UserError:
         raise
@@ -164,12 +174,16 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
     if missing:
         raise UserError(
             f"{name}: missing column(s) {', '.join(missing)}: a preference dataset needs 'chosen' and "
-            f"'rejected' (and usually 'prompt'); it has {', '.join(dataset.column_names) or 'no columns'}"
+            f"'rejected' (and usually 'prompt'); it has {', '.join(dataset.column_names) or 'no columns'} (two "
+            "responses and a label: put the preferred one in 'chosen', leave ties out; summarize-from-feedback, "
+            "AlpacaEval and HH files: `prefloop import` then `prefloop export`)"
         )
     if use_margin and "margin" in dataset.column_names:
         check_margins(dataset, places)
     roles: dict[str, str] = {}  # each role, where it first appears
     empty: list[str] = []
+    no_context: list[str] = []  # rows with no prompt, and no user turn in their sides
+    prompted = False
     for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
                                                           if c in dataset.column_names])):
         chosen, rejected = pair_conversations(row, place)
@@ -177,7 +191,20 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
             roles.setdefault(m["role"], place)
         empty += [f"{place}, {side}" for side, turns in (("chosen", chosen), ("rejected", rejected))
                   if not turns[-1]["content"].strip()]
+        prompted = prompted or bool(row.get("prompt"))
+        if not row.get("prompt") and not any(m["role"] == "user" for m in chosen):
+            no_context.append(place)
     warn_empty_responses(name, empty)
+    if prompted and no_context:
+        warnings.warn(f"{name}: {len(no_context)} pair(s) have no prompt where others have one, and no user turn in "
+                      f"their responses (first: {no_context[0]}): they are read without the question they answer",
+                      stacklevel=3)
+    if {"score_chosen", "score_rejected"} <= set(dataset.column_names):
+        tied = [place for place, a, b in zip(places, dataset["score_chosen"], dataset["score_rejected"])
+                if a is not None and a == b]
+        if tied:
+            warnings.warn(f"{name}: {len(tied)} pair(s) have score_chosen equal to score_rejected (first: {tied[0]}): "
+                          "ties, read as a preference for 'chosen' all the same; leave them out", stacklevel=3)
     unknown = sorted(set(roles) - set(_ROLE_NAMES) - {"tool"})
     if unknown:
         warnings.warn(f"{name}: role(s) {', '.join(map(repr, unknown))} are not system, user, assistant or tool "
@@ -241,6 +268,10 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
         return split_hh_dialogue(row["chosen"], where, "chosen"), split_hh_dialogue(row["rejected"], where, "rejected")
     chosen = as_messages(row.get("chosen"), where, "chosen", "assistant")
     rejected = as_messages(row.get("rejected"), where, "rejected", "assistant")
+    if prompt and all(side[:len(prompt)] == prompt and len(side) > len(prompt) for side in (chosen, rejected)):
+        # Sides that are whole conversations already, the prompt at their start (HuggingFaceH4/ultrafeedback_binarized
+        # keeps both): read once, as TRL's maybe_extract_prompt does, not the user turn twice.
+        return chosen, rejected
     return prompt + chosen, prompt + rejected
 
 

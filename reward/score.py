@@ -439,7 +439,8 @@ def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | 
     if len(rows) == 0:
         raise UserError(f"{data_name}: the dataset is empty")
     columns = set(rows.column_names)
-    single = "messages" in columns or "completion" in columns
+    # Pairs first: HuggingFaceH4/ultrafeedback_binarized keeps a `messages` column (the chosen side) beside them.
+    single = ("messages" in columns or "completion" in columns) and not {"chosen", "rejected"} <= columns
     if not single and not {"chosen", "rejected"} <= columns:
         raise UserError(
             f"{data_name}: nothing to score: expected a 'messages' column, 'prompt' + 'completion', or "

@@ -2674,6 +2674,51 @@ def test_an_adapter_that_does_not_make_a_reward_model_is_refused_in_one_line(tmp
                                   f"from a whole model, such as the one it was trained on ({causal})")
 
 
+def test_shapes_teams_bring_are_read_as_they_mean_or_said(tmp_path, tiny_rm):
+    """Found by a review with data in the shapes of other tools' exports."""
+    import gzip
+    import warnings
+
+    from reward.data import check_preferences, load_rows, pair_conversations
+
+    question = [{"role": "user", "content": "What is 2 plus 2?"}]
+    good, bad = [{"role": "assistant", "content": "4."}], [{"role": "assistant", "content": "5."}]
+    # HuggingFaceH4/ultrafeedback_binarized: a prompt string and sides that hold it again as their first turn. The
+    # user turn was read twice; now once, as TRL reads it, and the pair is the one the implicit-prompt copy makes.
+    h4 = {"prompt": question[0]["content"], "chosen": question + good, "rejected": question + bad,
+          "messages": question + good, "score_chosen": 8.0, "score_rejected": 8.0}
+    assert pair_conversations(h4) == (question + good, question + bad)
+    assert pair_conversations({**h4, "prompt": question}) == pair_conversations({"chosen": question + good,
+                                                                                  "rejected": question + bad})
+    # Equal scores are a tie, trained as a preference all the same: said.
+    rows, places = load_rows([h4, {**h4, "score_rejected": 3.0}])
+    with pytest.warns(UserWarning, match=r"^data: 1 pair\(s\) have score_chosen equal to score_rejected \(first: "
+                      r"data\[0\]\): ties, read as a preference for 'chosen' all the same; leave them out$"):
+        check_preferences(rows, places, "data")
+    # `reward score` scores such a file's pairs, not its `messages` column (the chosen side alone).
+    path = tmp_path / "h4.jsonl"
+    path.write_text(json.dumps(h4) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scored = json.loads(score_file(tiny_rm, str(path), tmp_path / "h4.scored.jsonl").read_text())
+    assert {"reward_chosen", "reward_rejected"} <= set(scored) and "reward" not in scored
+    # A pair with no prompt among pairs with one, its sides holding no question: said.
+    rows, places = load_rows([{"prompt": question, "chosen": good, "rejected": bad},
+                              {"prompt": None, "chosen": good, "rejected": bad}])
+    with pytest.warns(UserWarning, match=r"^data: 1 pair\(s\) have no prompt where others have one, and no user "
+                      r"turn in their responses \(first: data\[1\]\)"):
+        check_preferences(rows, places, "data")
+    # Two responses and a label: refused with what to do.
+    with pytest.raises(UserError, match=r"put the preferred one in 'chosen', leave ties out"):
+        check_preferences(*load_rows([{"prompt": "q", "response_a": "a", "response_b": "b", "label": "A"}]), "data")
+    # A gzipped Parquet file is read (it was "corrupted").
+    plain = tmp_path / "pairs.parquet"
+    datasets.Dataset.from_list(rule_pairs(3)).to_parquet(str(plain))
+    packed = tmp_path / "pairs.parquet.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert load_rows(str(packed))[0].to_list() == load_rows(str(plain))[0].to_list()
+
+
 def test_hh_dialogue_strings_are_split_into_turns_and_grouped_by_their_shared_turns():
     """Anthropic HH's files hold each side as one string; split into turns they render through a chat template as
     a dialogue (not as one assistant message holding "Human: ..."), and two rows on the same dialogue are one
