@@ -183,6 +183,7 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
     roles: dict[str, str] = {}  # each role, where it first appears
     empty: list[str] = []
     no_context: list[str] = []  # rows with no prompt, and no user turn in their sides
+    calls: list[str] = []  # rows with tool calls, which prefloop does not read
     prompted = False
     for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
                                                           if c in dataset.column_names])):
@@ -194,11 +195,17 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
         prompted = prompted or bool(row.get("prompt"))
         if not row.get("prompt") and not any(m["role"] == "user" for m in chosen):
             no_context.append(place)
+        if any(isinstance(m, dict) and m.get("tool_calls") for side in ("prompt", "chosen", "rejected")
+               if isinstance(row.get(side), list) for m in row[side]):
+            calls.append(place)
     warn_empty_responses(name, empty)
     if prompted and no_context:
         warnings.warn(f"{name}: {len(no_context)} pair(s) have no prompt where others have one, and no user turn in "
                       f"their responses (first: {no_context[0]}): they are read without the question they answer",
                       stacklevel=3)
+    if calls:
+        warnings.warn(f"{name}: {len(calls)} pair(s) have turns with tool_calls (first: {calls[0]}): prefloop reads "
+                      "each turn's role and content, so the calls themselves are not seen", stacklevel=3)
     if {"score_chosen", "score_rejected"} <= set(dataset.column_names):
         tied = [place for place, a, b in zip(places, dataset["score_chosen"], dataset["score_rejected"])
                 if a is not None and a == b]
@@ -244,7 +251,9 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
             if not isinstance(m, dict) or "content" not in m or "role" not in m:
                 raise UserError(f"{where}: field '{field}[{j}]': expected a message {{role, content}}")
             if m["content"] is None:  # a key one message lacks reads as None once the rows share columns
-                raise UserError(f"{where}: field '{field}[{j}].content': is missing or null")
+                called = " (a tool call: prefloop reads each turn's role and content, not its tool_calls)"
+                raise UserError(f"{where}: field '{field}[{j}].content': is missing or null"
+                                + (called if m.get("tool_calls") else ""))
             if not isinstance(m["content"], str):
                 raise UserError(f"{where}: field '{field}[{j}].content': expected a string")
             if not isinstance(m["role"], str) or not m["role"]:

@@ -2708,6 +2708,14 @@ def test_shapes_teams_bring_are_read_as_they_mean_or_said(tmp_path, tiny_rm):
     with pytest.warns(UserWarning, match=r"^data: 1 pair\(s\) have no prompt where others have one, and no user "
                       r"turn in their responses \(first: data\[1\]\)"):
         check_preferences(rows, places, "data")
+    # Tool calls: prefloop reads role and content; a turn of calls alone is said, and one with null content named so.
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "weather"}}]}
+    rows, places = load_rows([{"prompt": question + [call, {"role": "tool", "content": "sunny"}], "chosen": good,
+                               "rejected": bad}])
+    with pytest.warns(UserWarning, match=r"^data: 1 pair\(s\) have turns with tool_calls \(first: data\[0\]\)"):
+        check_preferences(rows, places, "data")
+    with pytest.raises(UserError, match=r"is missing or null \(a tool call: prefloop reads each turn's role and "):
+        pair_conversations({"prompt": question + [{**call, "content": None}], "chosen": good, "rejected": bad})
     # Two responses and a label: refused with what to do.
     with pytest.raises(UserError, match=r"put the preferred one in 'chosen', leave ties out"):
         check_preferences(*load_rows([{"prompt": "q", "response_a": "a", "response_b": "b", "label": "A"}]), "data")
