@@ -4,7 +4,8 @@
 
 - accuracy (reward of chosen > reward of rejected) with a percentile-bootstrap interval that resamples whole
   prompts (pairs on one prompt are not independent); the Wilson score interval, over prompts, where the
-  bootstrap has too little to resample (fewer than 10 pairs or prompts, or every pair right or every pair wrong);
+  bootstrap has too little to resample (fewer than 10 pairs or prompts, or every prompt as often right: every
+  pair right or every pair wrong, say);
 - the same by `source` and by every category column (a few distinct values; `category_columns`);
 - calibration: P(chosen preferred) = sigmoid(r_chosen - r_rejected); the model's confidence in its
   own pick, max(p, 1 - p), is binned on [0.5, 1] and compared with how often the pick was right;

@@ -296,11 +296,11 @@ class RewardScorer:
             raise UserError(f"reward model {twice}: named twice; an ensemble's members are different models")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            kind = torch.device(self.device).type
+            parsed = torch.device(self.device)
         except RuntimeError:
             raise UserError(f"device {device!r}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
-        index = torch.device(self.device).index or 0
-        if kind == "cuda" and index >= torch.cuda.device_count():
+        kind = parsed.type
+        if kind == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
             raise UserError(f"device {device!r}: torch finds {torch.cuda.device_count()} CUDA GPU(s) here")
         if kind == "mps" and not torch.backends.mps.is_available():
             raise UserError(f"device {device!r}: torch finds no Apple GPU (MPS) here")
@@ -352,8 +352,6 @@ class RewardScorer:
         """(chosen, rejected) rewards for every row of a preference dataset: a Dataset, a list of dicts, a pandas
         DataFrame or a file (`reward.data.load_rows`; `reward.data.load_preferences` checks one, naming a bad row's
         file and line). `places` name each row in errors, as in `score`."""
-        from reward.data import load_rows
-
         dataset, named = load_rows(dataset, "data", split=None)
         places = _places(places, named)
         pairs = [pair_conversations(row, where) for where, row in zip(places, dataset)]
