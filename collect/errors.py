@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from pathlib import Path
 from typing import Any, Iterable
 
 
@@ -25,3 +29,17 @@ def check_settings(owner: Any, checks: Iterable[tuple[str, bool, str]]) -> None:
     for name, ok, expected in checks:
         if not ok:
             raise UserError(f"{name} (--{name.replace('_', '-')}) must be {expected}, got {getattr(owner, name)}")
+
+
+_OWN_CODE = tuple(str(Path(__file__).resolve().parent.parent / package) + os.sep
+                  for package in ("apps", "collect", "finetune", "reward"))
+
+
+def warn(message: str) -> None:
+    """A UserWarning attributed to the first caller outside prefloop's own packages (the user's script or notebook
+    line), wherever in prefloop it is raised: a fixed `stacklevel` points inside prefloop as soon as the call that
+    warns is reached by another path (`score_file` through `RewardScorer.score`, say)."""
+    level, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_OWN_CODE):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, UserWarning, stacklevel=level)

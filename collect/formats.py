@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from collect.errors import UserError, first_line
+from collect.errors import UserError, first_line, warn
 
 FORMATS = ("generic", "hh-rlhf", "summarize", "finegrained-qa", "alpaca-eval", "trl")
 CHOICE_LABELS = {"A>>B": 2, "A>B": 1, "tie": 0, "B>A": -1, "B>>A": -2}
@@ -118,6 +118,8 @@ def parse_choice(value: Any, where: str, field_name: str = "choice") -> int:
 
 
 def parse_conversation(value: Any, where: str, field_name: str = "prompt") -> list[dict[str, str]]:
+    if is_hh_dialogue(value):
+        return split_hh_prompt(value, where, field_name)
     if isinstance(value, str):
         return [{"role": "user", "content": _text(value, where, field_name)}]
     if not isinstance(value, list) or not value:
@@ -323,11 +325,17 @@ def _optional_id(value: Any, where: str, field_name: str) -> str | None:
     raise _fail(where, field_name, "expected a string or integer id")
 
 
+def is_hh_dialogue(text: Any) -> bool:
+    """Whether `text` is a dialogue in Anthropic HH's layout, '\\n\\nHuman: ...\\n\\nAssistant: ...', also with the
+    leading blank lines stripped, as some copies of HH have it."""
+    return isinstance(text, str) and text.lstrip().startswith("Human:") and "\n\nAssistant:" in text
+
+
 def split_hh_dialogue(text: str, where: str, field_name: str) -> list[dict[str, str]]:
-    """'\\n\\nHuman: ...\\n\\nAssistant: ...' into messages."""
+    """'\\n\\nHuman: ...\\n\\nAssistant: ...' into messages (the leading blank lines may be missing)."""
     _text(text, where, field_name)
     messages: list[dict[str, str]] = []
-    rest = text
+    rest = "\n\n" + text.lstrip() if text.lstrip().startswith("Human:") else text
     markers = {"\n\nHuman:": "user", "\n\nAssistant:": "assistant"}
     while rest:
         starts = [(rest.find(m), m) for m in markers if rest.find(m) != -1]
@@ -345,6 +353,16 @@ def split_hh_dialogue(text: str, where: str, field_name: str) -> list[dict[str, 
         messages.append({"role": markers[marker], "content": ""})
     for m in messages:
         m["content"] = m["content"].strip()
+    return messages
+
+
+def split_hh_prompt(text: str, where: str, field_name: str = "prompt") -> list[dict[str, str]]:
+    """A prompt in HH's layout into messages, less the empty 'Assistant:' turn it ends with, which the response
+    completes (Dahoas/rm-static and Dahoas/full-hh-rlhf keep the dialogue so, the response alone in chosen and
+    rejected)."""
+    messages = split_hh_dialogue(text, where, field_name)
+    if len(messages) > 1 and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+        messages.pop()
     return messages
 
 
@@ -510,7 +528,7 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
         )
     else:
         chosen, rejected = _text(chosen, where, "chosen"), _text(rejected, where, "rejected")
-        if "\n\nHuman:" in chosen and "\n\nAssistant:" in chosen:
+        if is_hh_dialogue(chosen):
             return hh_record(row, where, source, rater)
         raise _fail(where, "prompt", "plain (string) rows need an explicit 'prompt' column")
     margin = row.get("margin")
@@ -648,8 +666,6 @@ def load_dataset_dir(path: Path, split: str | None = "train") -> Any:
 def one_split(dataset: Any, what: str, split: str | None = "train") -> Any:
     """A Dataset as it is; a DatasetDict's only split, or its `split`, with a warning naming the splits left
     unread; a UserError where the DatasetDict has several and no `split` (None: the caller cannot choose)."""
-    import warnings
-
     import datasets
 
     if not isinstance(dataset, datasets.DatasetDict):
@@ -662,5 +678,5 @@ def one_split(dataset: Any, what: str, split: str | None = "train") -> Any:
         raise UserError(f"{what}: a DatasetDict with splits {', '.join(map(repr, names))}, {wanted}: pass one "
                         f"split (its folder FOLDER/SPLIT, or dataset['SPLIT'] in Python)")
     unread = ", ".join(repr(n) for n in names if n != split)
-    warnings.warn(f"{what}: reading the DatasetDict's {split!r} split; {unread} not read")
+    warn(f"{what}: reading the DatasetDict's {split!r} split; {unread} not read")
     return dataset[split]

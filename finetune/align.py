@@ -26,7 +26,6 @@ import json
 import math
 import random
 import time
-import warnings
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from collect.errors import UserError, check_settings
+from collect.errors import UserError, check_settings, warn
 from collect.offline_models import no_transformers_bar
 from collect.output_dirs import check_output_dir, replacing_dir
 from finetune.policy import check_causal_lm, load_tokenizer, resolve
@@ -194,8 +193,8 @@ def align(config: AlignConfig) -> AlignResult:
             trained_on = {json.dumps(p, sort_keys=True) for p in data}
             seen = sum(json.dumps(p, sort_keys=True) in trained_on for p in held_out)
             if seen:
-                warnings.warn(f"eval_prompts: {seen} of {len(held_out)} held-out prompt(s) are also training prompts: "
-                              "the evaluation then measures memory, not generalisation", stacklevel=2)
+                warn(f"eval_prompts: {seen} of {len(held_out)} held-out prompt(s) are also training prompts: "
+                     "the evaluation then measures memory, not generalisation")
     dtype = torch.bfloat16 if use_bf16() else torch.float32
     with no_transformers_bar():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import random
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
 
-from collect.errors import UserError, check_settings
+from collect.errors import UserError, check_settings, warn
 from collect.output_dirs import check_can_write_file
 from finetune.policy import load_policy
 from finetune.prompts import fit_prompts, read_prompts
@@ -132,8 +131,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
     if not reward_model and not config.judge:
         raise UserError("evaluation needs a reward model to compare with: pass --reward and/or --judge")
     if reward_model and config.judge and Path(reward_model).resolve() == Path(config.judge).resolve():
-        warnings.warn(f"judge {config.judge} is the training reward model: its win rate is no independent check "
-                      "of reward hacking (train the judge on a disjoint split)", stacklevel=2)
+        warn(f"judge {config.judge} is the training reward model: its win rate is no independent check "
+             "of reward hacking (train the judge on a disjoint split)")
     trained = manifest.get("config") or {}
     max_new_tokens = config.max_new_tokens or trained.get("max_completion_length") or 64
     max_prompt_length = config.max_prompt_length or trained.get("max_prompt_length") or 256

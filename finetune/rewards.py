@@ -17,6 +17,7 @@ from transformers import AutoConfig
 
 from collect.errors import UserError
 from finetune.prompts import Conversation
+from reward.data import as_messages
 from reward.score import RewardScorer, check_reward_adapter
 
 
@@ -66,11 +67,10 @@ class RewardFunction:
         self.__name__ = "reward_model"  # TRL names its logged metric after this
 
     def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
-        return score(self.scorer, [as_messages(p) + as_messages(c, "assistant") for p, c in zip(prompts, completions)])
-
-
-def as_messages(value: Any, role: str = "user") -> Conversation:
-    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+        # Read as the reward model's training pairs are: a prompt string in HH's layout is the turns it holds.
+        return score(self.scorer, [as_messages(p, f"prompt {i}", "prompt", "user")
+                                   + as_messages(c, f"completion {i}", "completion", "assistant")
+                                   for i, (p, c) in enumerate(zip(prompts, completions))])
 
 
 class LengthPenalty:

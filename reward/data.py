@@ -18,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import warnings
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from collect.errors import UserError, first_line
-from collect.formats import load_dataset_dir, one_split, read_table, split_hh_dialogue
+from collect.errors import UserError, first_line, warn
+from collect.formats import (is_hh_dialogue, load_dataset_dir, one_split, read_table, split_hh_dialogue,
+                             split_hh_prompt)
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -31,7 +32,6 @@ Conversation = list[Message]
 REQUIRED_COLUMNS = ("chosen", "rejected")
 TRUNCATION_SIDES = ("left", "right")
 _ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
-HH_FIRST_TURN = "\n\nHuman:"
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -166,7 +166,8 @@ def check_margins(dataset, places: list[str]) -> None:
 
 
 def check_preferences(dataset, places: list[str], name: str, use_margin: bool = True) -> None:
-    """UserError, naming the column or the row's place, unless every row is a usable preference pair."""
+    """UserError, naming the column or the row's place, unless every row is a usable preference pair; warnings
+    about pairs read other than their author may have meant (`warn_misread_pairs`)."""
     if len(dataset) == 0:
         raise UserError(f"{name}: the dataset is empty")
     warn_unread_template_columns(dataset, name)
@@ -180,9 +181,21 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
         )
     if use_margin and "margin" in dataset.column_names:
         check_margins(dataset, places)
+    warn_misread_pairs(dataset, places, name)
+    warn_ties(dataset, places, name)
+
+
+SHARED_START_CHARS = 20
+"""Plain-text sides with no prompt that start with this many characters alike likely hold their question."""
+
+
+def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
+    """Read every pair (a UserError names one that cannot be read), and warn once for each kind of pair read other
+    than its author may have meant, counting them and naming the first."""
     roles: dict[str, str] = {}  # each role, where it first appears
     empty: list[str] = []
     no_context: list[str] = []  # rows with no prompt, and no user turn in their sides
+    shared_start: list[str] = []  # rows with no prompt whose plain-text sides start alike: the question, likely
     calls: list[str] = []  # rows with tool calls, which prefloop does not read
     prompted = False
     for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
@@ -195,28 +208,54 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
         prompted = prompted or bool(row.get("prompt"))
         if not row.get("prompt") and not any(m["role"] == "user" for m in chosen):
             no_context.append(place)
+            if all(isinstance(row[side], str) for side in REQUIRED_COLUMNS):
+                alike = len(os.path.commonprefix([row["chosen"], row["rejected"]]).strip())
+                if alike >= SHARED_START_CHARS:
+                    shared_start.append(f"{place}, {alike} characters alike")
         if any(isinstance(m, dict) and m.get("tool_calls") for side in ("prompt", "chosen", "rejected")
                if isinstance(row.get(side), list) for m in row[side]):
             calls.append(place)
     warn_empty_responses(name, empty)
     if prompted and no_context:
-        warnings.warn(f"{name}: {len(no_context)} pair(s) have no prompt where others have one, and no user turn in "
-                      f"their responses (first: {no_context[0]}): they are read without the question they answer",
-                      stacklevel=3)
+        warn(f"{name}: {len(no_context)} pair(s) have no prompt where others have one, and no user turn in "
+             f"their responses (first: {no_context[0]}): they are read without the question they answer")
+    if shared_start:
+        warn(f"{name}: {len(shared_start)} pair(s) have no prompt and plain-text sides that start alike (first: "
+             f"{shared_start[0]}): each side is read as one response, its start included, and pairs are not "
+             "grouped by it when pairs are held out or resampled; if the start is the question, put it in a 'prompt' "
+             "column, or write each side as messages")
     if calls:
-        warnings.warn(f"{name}: {len(calls)} pair(s) have turns with tool_calls (first: {calls[0]}): prefloop reads "
-                      "each turn's role and content, so the calls themselves are not seen", stacklevel=3)
-    if {"score_chosen", "score_rejected"} <= set(dataset.column_names):
-        tied = [place for place, a, b in zip(places, dataset["score_chosen"], dataset["score_rejected"])
-                if a is not None and a == b]
-        if tied:
-            warnings.warn(f"{name}: {len(tied)} pair(s) have score_chosen equal to score_rejected (first: {tied[0]}): "
-                          "ties, read as a preference for 'chosen' all the same; leave them out", stacklevel=3)
+        warn(f"{name}: {len(calls)} pair(s) have turns with tool_calls (first: {calls[0]}): prefloop reads "
+             "each turn's role and content, so the calls themselves are not seen")
     unknown = sorted(set(roles) - set(_ROLE_NAMES) - {"tool"})
     if unknown:
-        warnings.warn(f"{name}: role(s) {', '.join(map(repr, unknown))} are not system, user, assistant or tool "
-                      f"(first: {roles[unknown[0]]}): a chat template renders them as they are, or refuses them",
-                      stacklevel=3)
+        warn(f"{name}: role(s) {', '.join(map(repr, unknown))} are not system, user, assistant or tool "
+             f"(first: {roles[unknown[0]]}): a chat template renders them as they are, or refuses them")
+
+
+TIE_LABELS = frozenset({"tie", "tied", "draw"})
+
+
+def warn_ties(dataset, places: list[str], name: str) -> None:
+    """Rows another column marks as ties (equal score_chosen and score_rejected, or a label such as "tie"): trained
+    as a preference for `chosen` all the same, so said, counted and the first named."""
+    ties: dict[str, list[str]] = {}  # how a tie is marked: the rows so marked
+    if {"score_chosen", "score_rejected"} <= set(dataset.column_names):
+        ties["score_chosen equal to score_rejected"] = [
+            place for place, a, b in zip(places, dataset["score_chosen"], dataset["score_rejected"])
+            if a is not None and a == b]
+    for column in dataset.column_names:
+        text = getattr(dataset.features[column], "dtype", None) in ("string", "large_string")
+        if column in (*REQUIRED_COLUMNS, "prompt", "messages") or not text:
+            continue
+        tied = [(place, value) for place, value in zip(places, dataset[column])
+                if isinstance(value, str) and value.strip().lower() in TIE_LABELS]
+        if tied:
+            ties[f"{column} = {tied[0][1]!r}"] = [place for place, _ in tied]
+    for marked, where in ties.items():
+        if where:
+            warn(f"{name}: {len(where)} pair(s) have {marked} (first: {where[0]}): ties, read as a preference for "
+                 "'chosen' all the same; leave them out")
 
 
 def warn_empty_responses(name: str, empty: list[str]) -> None:
@@ -224,8 +263,8 @@ def warn_empty_responses(name: str, empty: list[str]) -> None:
     keep): a response like any other, read as an empty last turn, not bad input that stops the run; counted, and the
     first named (`empty`: where each is)."""
     if empty:
-        warnings.warn(f"{name}: {len(empty)} response(s) are empty (first: {empty[0]}); they are scored as an empty "
-                      "last turn", stacklevel=3)
+        warn(f"{name}: {len(empty)} response(s) are empty (first: {empty[0]}); they are scored as an empty "
+             "last turn")
 
 
 def warn_unread_template_columns(dataset, name: str) -> None:
@@ -233,14 +272,18 @@ def warn_unread_template_columns(dataset, name: str) -> None:
     conversation with the template alone, so a template that reads them sees other text here: said, not hidden."""
     unread = [column for column in ("chat_template_kwargs", "tools") if column in dataset.column_names]
     if unread:
-        warnings.warn(f"{name}: column(s) {', '.join(unread)} not used: TRL passes them to the chat template, prefloop "
-                      "renders each conversation with the template alone", stacklevel=3)
+        warn(f"{name}: column(s) {', '.join(unread)} not used: TRL passes them to the chat template, prefloop "
+             "renders each conversation with the template alone")
 
 
 # ------------------------------------------------------------------------------------ conversations
 
 
 def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
+    """One field's messages: a list of {role, content} as given, checked; a string in Anthropic HH's layout split
+    into its turns (a prompt less the empty "Assistant:" it ends with); any other string one message in `role`."""
+    if is_hh_dialogue(value):
+        return split_hh_prompt(value, where, field) if field == "prompt" else split_hh_dialogue(value, where, field)
     if isinstance(value, str):
         if field == "prompt":
             return [{"role": role, "content": value}] if value.strip() else []  # a blank prompt is no prompt
@@ -268,13 +311,10 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
 
 
 def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Conversation, Conversation]:
-    """The chosen and rejected whole conversations (prompt + completion) of one preference row. Sides in
-    Anthropic HH's layout, a whole dialogue in one string ("\n\nHuman: ...\n\nAssistant: ..."), with no
-    prompt, are split into their turns, so a chat template renders them as the dialogue they are."""
+    """The chosen and rejected whole conversations (prompt + completion) of one preference row. Strings in
+    Anthropic HH's layout ("\n\nHuman: ...\n\nAssistant: ...": whole dialogues in the sides, or a prompt that ends
+    "Assistant:") are split into their turns (`as_messages`), so a chat template renders the dialogue they hold."""
     prompt = as_messages(row.get("prompt") or [], where, "prompt", "user")
-    if not prompt and all(isinstance(row.get(side), str) and row[side].startswith(HH_FIRST_TURN)
-                          for side in ("chosen", "rejected")):
-        return split_hh_dialogue(row["chosen"], where, "chosen"), split_hh_dialogue(row["rejected"], where, "rejected")
     chosen = as_messages(row.get("chosen"), where, "chosen", "assistant")
     rejected = as_messages(row.get("rejected"), where, "rejected", "assistant")
     if prompt and all(side[:len(prompt)] == prompt and len(side) > len(prompt) for side in (chosen, rejected)):

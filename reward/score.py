@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from collect.errors import UserError, first_line
+from collect.errors import UserError, first_line, warn
 from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, resolve_model
 from reward.data import (TRAINING_PAIRS_FILE, Conversation, Encoder, as_messages, check_preferences, check_token_ids,
                          load_rows, pair_conversations, position_limit, warn_empty_responses,
@@ -311,9 +311,8 @@ class RewardScorer:
         self.members = [_Member(str(p), self.device, dtype, max_length, share_prompt) for p in paths]
         kinds = sorted({f"{m.model.config.model_type} ({len(m.tokenizer)} tokens)" for m in self.members})
         if len(kinds) > 1:
-            warnings.warn(f"the ensemble mixes kinds of model ({', '.join(kinds)}): their rewards are on scales of "
-                          "their own, so the spread measures the gap between scales as much as disagreement",
-                          stacklevel=2)
+            warn(f"the ensemble mixes kinds of model ({', '.join(kinds)}): their rewards are on scales of "
+                 "their own, so the spread measures the gap between scales as much as disagreement")
 
     def training_pairs(self) -> set[str]:
         """The digests (`reward.data.pair_digests`) of the pairs any member trained on, from each one's
@@ -339,8 +338,8 @@ class RewardScorer:
         conversations = [as_messages(c, where, "messages", "user") for where, c in zip(places, conversations)]
         alone = [where for where, c in zip(places, conversations) if not any(m["role"] == "assistant" for m in c)]
         if alone:
-            warnings.warn(f"{len(alone)} of {len(conversations)} conversation(s) have no assistant turn (first: "
-                          f"{alone[0]}): their reward is for the prompt alone", stacklevel=2)
+            warn(f"{len(alone)} of {len(conversations)} conversation(s) have no assistant turn (first: "
+                 f"{alone[0]}): their reward is for the prompt alone")
         rows, truncated = [], np.zeros(len(conversations), dtype=bool)
         for member in self.members:
             ids, cut = _encode(member, conversations, places)
@@ -357,10 +356,10 @@ class RewardScorer:
         pairs = [pair_conversations(row, where) for where, row in zip(places, dataset)]
         trained_elsewhere = [member.name for member in self.members if not member.info]
         if trained_elsewhere and len(dataset) and isinstance(dataset[0]["chosen"], str):
-            warnings.warn(f"{', '.join(trained_elsewhere)}: no prefloop.json (trained elsewhere): plain-text pairs are "
-                          "read as a user turn and an assistant turn through the chat template (or a 'User:' / "
-                          "'Assistant:' layout), as prefloop trains on them; a model TRL trained on plain text read "
-                          "prompt + response + EOS, so its rewards here are for other text than it saw", stacklevel=2)
+            warn(f"{', '.join(trained_elsewhere)}: no prefloop.json (trained elsewhere): plain-text pairs are "
+                 "read as a user turn and an assistant turn through the chat template (or a 'User:' / "
+                 "'Assistant:' layout), as prefloop trains on them; a model TRL trained on plain text read "
+                 "prompt + response + EOS, so its rewards here are for other text than it saw")
         chosen_rows, rejected_rows, truncated = [], [], np.zeros(2 * len(pairs), dtype=bool)
         sides = [list(c) for c, _ in pairs] + [list(r) for _, r in pairs]
         side_places = [f"{where} (chosen)" for where in places] + [f"{where} (rejected)" for where in places]
@@ -471,8 +470,8 @@ def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | 
     if cut:
         limits = "; ".join(sorted({f"{limit['max_length']} tokens from the {limit['truncation_side']}"
                                    for limit in scorer.length_limits()}))
-        warnings.warn(f"{data_name}: {cut} of {len(rows)} row(s) had a conversation cut to {limits}; the "
-                      "*_truncated columns say which", stacklevel=2)
+        warn(f"{data_name}: {cut} of {len(rows)} row(s) had a conversation cut to {limits}; the "
+             "*_truncated columns say which")
     scored = rows
     for name, column in values.items():
         if name in scored.column_names:

@@ -40,12 +40,11 @@ import math
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from collect.errors import UserError, first_line
+from collect.errors import UserError, first_line, warn
 from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, no_transformers_bar, resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
@@ -379,7 +378,7 @@ def load_classifier_and_drawn_head(model_path: str, backbone_layers: int | None,
     drawn += [mismatch[0] for mismatch in loading.get("mismatched_keys", ())]
     surprises = unexpected_weights(loading, model.base_model_prefix, backbone_layers)
     if surprises:
-        warnings.warn(f"model {model_path!r}: {surprises}", stacklevel=4)
+        warn(f"model {model_path!r}: {surprises}")
     return model, sorted(drawn)
 
 
@@ -692,17 +691,17 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         trained_on = set(pair_digests(train_rows))
         leaked = sum(key in trained_on for key in pair_digests(eval_rows))
         if leaked:
-            warnings.warn(f"{data_label('eval_data', config.eval_data)}: {leaked} of its {len(eval_rows)} pair(s) are "
-                          f"also in {data_label('data', config.data)}: the held-out accuracy that picks the step will "
-                          "measure memory, not generalisation", stacklevel=2)
+            warn(f"{data_label('eval_data', config.eval_data)}: {leaked} of its {len(eval_rows)} pair(s) are "
+                 f"also in {data_label('data', config.data)}: the held-out accuracy that picks the step will "
+                 "measure memory, not generalisation")
     train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data", config.align_truncation)
     identical = [i for i, (c, r) in enumerate(zip(train_set["chosen_ids"], train_set["rejected_ids"])) if c == r]
     if identical:
         # Named by its text: after the held-out split a pair's index is not its row in the file.
         first = pair_conversations(train_rows[identical[0]])[0][-1]["content"]
-        warnings.warn(f"data: {len(identical)} of {len(train_set)} training pair(s) read the same on both sides "
-                      f"(chosen = rejected as the model sees them; first: the pair whose chosen response starts "
-                      f"{first[:40]!r}): they carry no preference to learn", stacklevel=2)
+        warn(f"data: {len(identical)} of {len(train_set)} training pair(s) read the same on both sides "
+             f"(chosen = rejected as the model sees them; first: the pair whose chosen response starts "
+             f"{first[:40]!r}): they carry no preference to learn")
     eval_set, truncated_eval = (None, 0)
     if eval_rows is not None:
         # Held-out pairs are cut as scoring cuts them (each side alone): the held-out accuracy that picks the
@@ -870,8 +869,8 @@ def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> F
     if frozen_blocks < 1 or not hasattr(model, model.base_model_prefix):
         return None
     if not config.disable_dropout:  # disable_dropout is Python-only: no flag to name
-        warnings.warn(f"not caching the {frozen_blocks} frozen layers: with dropout on their output differs at every "
-                      "pass (cache_frozen_layers=False silences this)", stacklevel=3)
+        warn(f"not caching the {frozen_blocks} frozen layers: with dropout on their output differs at every "
+             "pass (cache_frozen_layers=False silences this)")
         return None
     import psutil
 
@@ -880,9 +879,9 @@ def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> F
     needed = tokens * model.config.hidden_size * 4  # fp32 states
     free = psutil.virtual_memory().available
     if needed > free / 2:
-        warnings.warn(f"not caching the {frozen_blocks} frozen layers: their output would take {needed / 2**30:.1f} "
-                      f"GiB, more than half the free {free / 2**30:.1f} GiB (cache_frozen_layers=False, "
-                      "--no-frozen-cache, silences this)", stacklevel=3)
+        warn(f"not caching the {frozen_blocks} frozen layers: their output would take {needed / 2**30:.1f} "
+             f"GiB, more than half the free {free / 2**30:.1f} GiB (cache_frozen_layers=False, "
+             "--no-frozen-cache, silences this)")
         return None
     return FrozenLayerCache(model, frozen_blocks)
 
@@ -929,16 +928,16 @@ def _check(config: RewardTrainingConfig) -> None:
         raise UserError(f"{setting('seed')} must be between 0 and 2**32 - 1, got {config.seed}")
     # Settings another one overrules, said rather than dropped (a default left alone says nothing).
     if config.eval_data is not None and config.eval_fraction not in (0, DEFAULTS.eval_fraction):
-        warnings.warn(f"{setting('eval_fraction')} {config.eval_fraction:g} is not used: {setting('eval_data')} "
-                      "gives the held-out pairs", stacklevel=3)
+        warn(f"{setting('eval_fraction')} {config.eval_fraction:g} is not used: {setting('eval_data')} "
+             "gives the held-out pairs")
     unused = [name for name in ("lora_r", "lora_alpha", "lora_dropout")
               if getattr(config, name) != getattr(DEFAULTS, name)]
     if unused and not config.lora:
-        warnings.warn(f"{', '.join(setting(name) for name in unused)} not used: they set LoRA's adapter, and "
-                      f"{setting('lora')} is off", stacklevel=3)
+        warn(f"{', '.join(setting(name) for name in unused)} not used: they set LoRA's adapter, and "
+             f"{setting('lora')} is off")
     if not config.cache_frozen_layers and config.trainable_layers is None:
-        warnings.warn(f"{setting('cache_frozen_layers')} is not used: without {setting('trainable_layers')} "
-                      "every layer trains and none is frozen", stacklevel=3)
+        warn(f"{setting('cache_frozen_layers')} is not used: without {setting('trainable_layers')} "
+             "every layer trains and none is frozen")
     if config.center_rewards_coefficient is not None and config.center_rewards_coefficient < 0:
         raise UserError(f"{setting('center_rewards_coefficient')} must be 0 or more, "
                         f"got {config.center_rewards_coefficient}")

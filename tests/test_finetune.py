@@ -283,6 +283,21 @@ def test_grpo_length_penalty(models, tmp_path):
     assert result.metrics["first_reward"] < -0.4
 
 
+def test_the_reward_function_reads_prompts_as_reward_training_reads_them(models):
+    """TRL hands the reward function prompts and completions as strings or as messages; a prompt string in HH's
+    layout (as Dahoas/rm-static keeps prompts) is the turns it holds, as the reward model's training pairs read it."""
+    from finetune.rewards import RewardFunction, load_scorer
+
+    reward = RewardFunction(load_scorer(models["reward"], device="cpu"))
+    as_messages = reward([[{"role": "user", "content": "Name a colour."}]], [[{"role": "assistant", "content": "Red"}]])
+    assert reward(["Name a colour."], ["Red"]) == as_messages
+    assert reward(["\n\nHuman: Name a colour.\n\nAssistant:"], ["Red"]) == as_messages
+    assert reward(["Human: Name a colour.\n\nAssistant:"], ["Red"]) == as_messages
+    assert reward(["Name a colour."], ["Blue"]) != as_messages
+    with pytest.raises(UserError, match=r"^completion 0: field 'completion\[0\]': expected a message"):
+        reward(["Name a colour."], [["Red"]])
+
+
 def test_best_of_n_fine_tunes_on_the_highest_scored_sample(models, tmp_path):
     """The SFT rows are exactly, per prompt, the sample the reward model scores highest."""
     from finetune.best_of_n import best_responses

@@ -103,6 +103,23 @@ def test_trl_formats(sqlite_url, tmp_path):
     assert rows["capital of France?"]["chosen"][0]["content"] == "Paris"
 
 
+def test_hh_dialogues_without_their_leading_blank_lines_and_hh_prompts_import_as_turns(tmp_path):
+    """Copies of HH that strip each side's leading "\\n\\n", and Dahoas/rm-static's layout (the dialogue in `prompt`,
+    ending "Assistant:", the response alone in chosen and rejected), are dialogues, not one message holding the
+    "Human:" and "Assistant:" markers."""
+    stripped = {"chosen": "Human: hi\n\nAssistant: Why?\n\nHuman: just because\n\nAssistant: hello",
+                "rejected": "Human: hi\n\nAssistant: Why?\n\nHuman: just because\n\nAssistant: go away"}
+    dahoas = {"prompt": "\n\nHuman: hi\n\nAssistant: Why?\n\nHuman: just because\n\nAssistant:",
+              "chosen": " hello", "rejected": " go away"}
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Why?"},
+             {"role": "user", "content": "just because"}]
+    for fmt, name, row in (("hh-rlhf", "hh.jsonl", stripped), ("trl", "trl.jsonl", stripped),
+                           ("trl", "trl.jsonl", dahoas)):
+        record = read_records(_write(tmp_path / name, json.dumps(row).encode()), fmt, rater="crowd")[0]
+        assert record.prompt == turns, (fmt, row)
+        assert (record.response_a.strip(), record.response_b.strip()) == ("hello", "go away")
+
+
 def test_generic_csv_with_judgments_and_dataset(sqlite_url, tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text(

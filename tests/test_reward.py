@@ -1274,6 +1274,29 @@ def test_the_interval_resamples_whole_prompts():
     assert width["clustered"] > 1.8 * width["apart"]  # sqrt(5) = 2.2 in theory
 
 
+def test_the_interval_is_expanded_for_few_prompts_and_holds_the_truth_about_95_percent_of_the_time():
+    """A plain percentile interval is too narrow for few prompts: over 2,000 simulated test sets of 15 prompts (1-3
+    pairs each) it misses the true accuracy far more often than 5% of the time; widened as Student's t is for the
+    number of prompts, it holds it about 95% of the time (seeded: 91.3% and 94.2%; a coverage of 2,000 sets is
+    measured to within 1 point), and from a few hundred prompts the two agree."""
+    from reward.evaluate import bootstrap_interval
+
+    rng = np.random.default_rng(3)
+    held = {False: 0, True: 0}
+    for i in range(2000):
+        prompts = np.repeat(np.arange(15), rng.integers(1, 4, 15))
+        correct = (rng.random(len(prompts)) < 0.65).astype(float)
+        for expanded in held:
+            lo, hi = bootstrap_interval(correct, 400, seed=i, clusters=prompts, expanded=expanded)
+            held[expanded] += lo <= 0.65 <= hi
+    assert held[False] / 2000 < 0.93
+    assert 0.935 <= held[True] / 2000 <= 0.965
+    many = (rng.random(1000) < 0.65).astype(float)
+    plain, expanded = bootstrap_interval(many, 2000, expanded=False), bootstrap_interval(many, 2000)
+    assert expanded[0] <= plain[0] and expanded[1] >= plain[1]
+    assert expanded[1] - expanded[0] == pytest.approx(plain[1] - plain[0], rel=0.01)
+
+
 def test_the_interval_is_the_same_whatever_type_names_the_prompts():
     """`reward eval` passes each pair's prompt number as a string, `reward compare` and training's summary as an
     int: the same prompts give the same interval, so one model's accuracy reads the same in all three."""
@@ -2742,6 +2765,65 @@ def test_hh_dialogue_strings_are_split_into_turns_and_grouped_by_their_shared_tu
     assert chosen[:3] == rejected[:3] and chosen[-1]["content"] == "Call a locksmith."
     groups = sorted(sorted(g) for g in rows_by_prompt(datasets.Dataset.from_list(rows), seed=0))
     assert groups == [[0, 1], [2]]  # row 2's sides share no turn: a group of its own
+
+
+def test_hh_variants_are_read_as_dialogues_and_plain_sides_that_start_alike_are_said(tmp_path, tiny_rm):
+    """HH with each side's leading "\\n\\n" stripped, and Dahoas/rm-static's layout (the dialogue in `prompt`, ending
+    "Assistant:", the response alone in each side), read as the turns they hold: the same pairs as the message
+    lists, grouped by that prompt. Plain-text sides with no prompt that start alike are read as they are (as TRL
+    reads them), but said: the shared start is likely the question, which pairs are then not grouped by."""
+    from reward.data import check_preferences, pair_conversations
+
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Why?"},
+             {"role": "user", "content": "just because"}]
+    as_lists = {"prompt": turns, "chosen": [{"role": "assistant", "content": "hello"}],
+                "rejected": [{"role": "assistant", "content": "go away"}]}
+    stripped = {"chosen": "Human: hi\n\nAssistant: Why?\n\nHuman: just because\n\nAssistant: hello",
+                "rejected": "Human: hi\n\nAssistant: Why?\n\nHuman: just because\n\nAssistant: go away"}
+    dahoas = {"prompt": "\n\nHuman: hi\n\nAssistant: Why?\n\nHuman: just because\n\nAssistant:",
+              "chosen": "hello", "rejected": "go away"}
+    assert pair_conversations(stripped) == pair_conversations(dahoas) == pair_conversations(as_lists)
+    other = {"prompt": "\n\nHuman: bye\n\nAssistant:", "chosen": "bye", "rejected": "no"}
+    groups = rows_by_prompt(datasets.Dataset.from_list([dahoas, other, dahoas]), seed=0)
+    assert sorted(sorted(g) for g in groups) == [[0, 2], [1]]
+
+    question = "Question: what is the capital of France?\nAnswer: "
+    plain = [{"chosen": question + "Paris", "rejected": question + "Lyon"}, {"chosen": "Paris", "rejected": "Lyon"}]
+    rows, places = load_rows(plain)
+    with pytest.warns(UserWarning, match=r"^data: 1 pair\(s\) have no prompt and plain-text sides that start alike "
+                      rf"\(first: data\[0\], {len(question.strip())} characters alike\): each side is read as one "
+                      r"response, its start included, .* put it in a 'prompt' column, or write each side as "
+                      r"messages$") as caught:
+        check_preferences(rows, places, "data")
+    assert pair_conversations(plain[0])[0] == [{"role": "assistant", "content": question + "Paris"}]
+    # The warning points at this line, the caller's, not inside prefloop; so it does from deeper in prefloop too.
+    assert [w.filename for w in caught] == [__file__]
+    with pytest.warns(UserWarning, match="plain-text sides that start alike") as caught:
+        score_file(tiny_rm, plain, tmp_path / "scored.jsonl")
+    assert {w.filename for w in caught} == {__file__}
+
+
+def test_ties_marked_in_another_column_are_said():
+    """A label column saying "tie" (as Chatbot Arena's `winner` does) or equal score_chosen and score_rejected:
+    trained as a preference for `chosen` all the same, so said, each kind once."""
+    import warnings
+
+    from reward.data import check_preferences
+
+    pair = {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
+    rows, places = load_rows([{**pair, "winner": "model_a", "note": "Tie"}, {**pair, "winner": " Tie ", "note": ""},
+                              {**pair, "winner": "tie", "note": "draw"}])
+    with pytest.warns(UserWarning) as caught:
+        check_preferences(rows, places, "data")
+    assert sorted(str(w.message) for w in caught) == [
+        "data: 2 pair(s) have note = 'Tie' (first: data[0]): ties, read as a preference for 'chosen' all the same; "
+        "leave them out",
+        "data: 2 pair(s) have winner = ' Tie ' (first: data[1]): ties, read as a preference for 'chosen' all the "
+        "same; leave them out"]
+    rows, places = load_rows([{**pair, "winner": "model_a", "note": "a tie"}])  # not a tie's label
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_preferences(rows, places, "data")
 
 
 def test_training_warns_about_pairs_with_nothing_to_learn_and_held_out_pairs_it_trains_on(tmp_path, tiny_rm):
