@@ -40,6 +40,6 @@ def warn(message: str) -> None:
     line), wherever in prefloop it is raised: a fixed `stacklevel` points inside prefloop as soon as the call that
     warns is reached by another path (`score_file` through `RewardScorer.score`, say)."""
     level, frame = 2, sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_OWN_CODE):
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OWN_CODE):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, UserWarning, stacklevel=level)

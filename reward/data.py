@@ -216,6 +216,12 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
                if isinstance(row.get(side), list) for m in row[side]):
             calls.append(place)
     warn_empty_responses(name, empty)
+    if not prompted and len(no_context) == len(dataset):
+        # Intel/orca_dpo_pairs keeps its question in `question`, and others in `instruction` or `input`: unread.
+        unread = [c for c in dataset.column_names if c not in REQUIRED_COLUMNS and _holds_text(dataset[c])]
+        warn(f"{name}: no pair has a prompt, nor a user turn in its sides: every response is read without the "
+             "question it answers" + (f" (column(s) {', '.join(unread)} hold text prefloop does not read: the "
+                                      "question belongs in 'prompt')" if unread else ""))
     if prompted and no_context:
         warn(f"{name}: {len(no_context)} pair(s) have no prompt where others have one, and no user turn in "
              f"their responses (first: {no_context[0]}): they are read without the question they answer")
@@ -231,6 +237,12 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
     if unknown:
         warn(f"{name}: role(s) {', '.join(map(repr, unknown))} are not system, user, assistant or tool "
              f"(first: {roles[unknown[0]]}): a chat template renders them as they are, or refuses them")
+
+
+def _holds_text(values: list) -> bool:
+    """Whether a column holds text rather than labels: strings of 20 characters or more on average."""
+    strings = [v for v in values if isinstance(v, str)]
+    return bool(strings) and len(strings) == len(values) and sum(map(len, strings)) >= 20 * len(strings)
 
 
 TIE_LABELS = frozenset({"tie", "tied", "draw"})

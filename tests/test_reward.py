@@ -2796,11 +2796,27 @@ def test_hh_variants_are_read_as_dialogues_and_plain_sides_that_start_alike_are_
                       r"messages$") as caught:
         check_preferences(rows, places, "data")
     assert pair_conversations(plain[0])[0] == [{"role": "assistant", "content": question + "Paris"}]
-    # The warning points at this line, the caller's, not inside prefloop; so it does from deeper in prefloop too.
-    assert [w.filename for w in caught] == [__file__]
+    # No pair has a question anywhere: said too. Both warnings point at this line, the caller's, not inside prefloop;
+    # so they do from deeper in prefloop.
+    assert [str(w.message) for w in caught][0] == ("data: no pair has a prompt, nor a user turn in its sides: every "
+                                                   "response is read without the question it answers")
+    assert {w.filename for w in caught} == {__file__}
     with pytest.warns(UserWarning, match="plain-text sides that start alike") as caught:
         score_file(tiny_rm, plain, tmp_path / "scored.jsonl")
     assert {w.filename for w in caught} == {__file__}
+
+
+def test_a_question_kept_in_another_column_is_said_to_be_unread():
+    """Intel/orca_dpo_pairs keeps its question in `question` (and a system prompt in `system`), others in
+    `instruction` or `input`: with no `prompt`, every response would be read without its question, unsaid."""
+    from reward.data import check_preferences
+
+    orca = [{"system": "You are an AI assistant. Think step by step.", "question": f"What is {i} plus {i}? Explain.",
+             "chosen": f"{2 * i}, because...", "rejected": "No idea.", "source": "orca"} for i in range(3)]
+    with pytest.warns(UserWarning, match=r"^data: no pair has a prompt, nor a user turn in its sides: every response "
+                      r"is read without the question it answers \(column\(s\) system, question hold text prefloop "
+                      r"does not read: the question belongs in 'prompt'\)$"):
+        check_preferences(*load_rows(orca), "data")
 
 
 def test_ties_marked_in_another_column_are_said():
