@@ -22,7 +22,7 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
 from collect import db
-from collect.errors import UserError
+from collect.errors import PrefloopWarning, UserError
 from apps.demo import demo_command
 from collect.generate import generate_command
 from collect.quality_cli import app as quality_app
@@ -332,7 +332,8 @@ def _reporter(progress: Progress, task: TaskID) -> Callable[[int, int], None]:
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     # Python's default adds the file, line number and source line: noise to someone running a command.
-    return f"warning: {message}\n" if category is UserWarning else f"{category.__name__}: {message}\n"
+    mine = category in (UserWarning, PrefloopWarning)
+    return f"warning: {message}\n" if mine else f"{category.__name__}: {message}\n"
 
 
 def main() -> None:

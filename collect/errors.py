@@ -31,15 +31,21 @@ def check_settings(owner: Any, checks: Iterable[tuple[str, bool, str]]) -> None:
             raise UserError(f"{name} (--{name.replace('_', '-')}) must be {expected}, got {getattr(owner, name)}")
 
 
-_OWN_CODE = tuple(str(Path(__file__).resolve().parent.parent / package) + os.sep
+class PrefloopWarning(UserWarning):
+    """What prefloop warns about (data it reads other than its author may mean, settings it does not use): one
+    category to filter, `warnings.filterwarnings("ignore", category=PrefloopWarning)`."""
+
+
+_OWN_CODE = tuple(os.path.join(os.path.realpath(Path(__file__).parent.parent), package) + os.sep
                   for package in ("apps", "collect", "finetune", "reward"))
 
 
 def warn(message: str) -> None:
-    """A UserWarning attributed to the first caller outside prefloop's own packages (the user's script or notebook
-    line), wherever in prefloop it is raised: a fixed `stacklevel` points inside prefloop as soon as the call that
-    warns is reached by another path (`score_file` through `RewardScorer.score`, say)."""
+    """A PrefloopWarning attributed to the first caller outside prefloop's own packages (the user's script or
+    notebook line), wherever in prefloop it is raised: a fixed `stacklevel` points inside prefloop as soon as the
+    call that warns is reached by another path (`score_file` through `RewardScorer.score`, say). Paths are compared
+    resolved, so a symlinked checkout is still prefloop's own."""
     level, frame = 2, sys._getframe(1)
-    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OWN_CODE):
+    while frame.f_back is not None and os.path.realpath(frame.f_code.co_filename).startswith(_OWN_CODE):
         level, frame = level + 1, frame.f_back
-    warnings.warn(message, UserWarning, stacklevel=level)
+    warnings.warn(message, PrefloopWarning, stacklevel=level)

@@ -30,6 +30,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +119,7 @@ def parse_choice(value: Any, where: str, field_name: str = "choice") -> int:
 
 
 def parse_conversation(value: Any, where: str, field_name: str = "prompt") -> list[dict[str, str]]:
-    if is_hh_dialogue(value):
+    if is_hh_prompt(value):
         return split_hh_prompt(value, where, field_name)
     if isinstance(value, str):
         return [{"role": "user", "content": _text(value, where, field_name)}]
@@ -128,11 +129,19 @@ def parse_conversation(value: Any, where: str, field_name: str = "prompt") -> li
     for i, message in enumerate(value):
         name = f"{field_name}[{i}]"
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise _fail(where, name, "expected an object with 'role' and 'content'")
+            raise _fail(where, name, "expected an object with 'role' and 'content'" + sharegpt_hint(message))
         if message["role"] not in ROLES:
             raise _fail(where, f"{name}.role", f"{message['role']!r} is not one of {', '.join(ROLES)}")
         messages.append({"role": message["role"], "content": _text(message["content"], where, f"{name}.content")})
     return messages
+
+
+def sharegpt_hint(message: Any) -> str:
+    """What to do with a message in ShareGPT's layout (LLaMA-Factory's, many Hub datasets'), for an error about it."""
+    if isinstance(message, dict) and {"from", "value"} <= set(message):
+        return (" (ShareGPT's {from, value}: rename 'from' to 'role', its human and gpt to user and assistant, and "
+                "'value' to 'content')")
+    return ""
 
 
 def _tags(value: Any, where: str) -> list[str]:
@@ -276,6 +285,8 @@ def read_table(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def generic_record(row: dict[str, Any], where: str, source: str) -> Record:
+    if "chosen" in row and "rejected" in row and "response_a" not in row:  # would be read as a prompt with no pair
+        raise _fail(where, "chosen", "TRL's preference columns (chosen, rejected) are read with --format trl")
     if "prompt" not in row or row["prompt"] is None:
         raise _fail(where, "prompt", "is missing")
     record = Record(
@@ -331,6 +342,13 @@ def is_hh_dialogue(text: Any) -> bool:
     return isinstance(text, str) and text.lstrip().startswith("Human:") and "\n\nAssistant:" in text
 
 
+def is_hh_prompt(text: Any) -> bool:
+    """Whether `text` is a prompt in HH's layout as Dahoas/rm-static and Dahoas/full-hh-rlhf keep it: a dialogue
+    that ends with the empty 'Assistant:' turn its response completes (that ending tells it from a question that
+    merely quotes a dialogue)."""
+    return is_hh_dialogue(text) and text.rstrip().endswith("\n\nAssistant:")
+
+
 def split_hh_dialogue(text: str, where: str, field_name: str) -> list[dict[str, str]]:
     """'\\n\\nHuman: ...\\n\\nAssistant: ...' into messages (the leading blank lines may be missing)."""
     _text(text, where, field_name)
@@ -357,19 +375,17 @@ def split_hh_dialogue(text: str, where: str, field_name: str) -> list[dict[str, 
 
 
 def split_hh_prompt(text: str, where: str, field_name: str = "prompt") -> list[dict[str, str]]:
-    """A prompt in HH's layout into messages, less the empty 'Assistant:' turn it ends with, which the response
-    completes (Dahoas/rm-static and Dahoas/full-hh-rlhf keep the dialogue so, the response alone in chosen and
-    rejected)."""
-    messages = split_hh_dialogue(text, where, field_name)
-    if len(messages) > 1 and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
-        messages.pop()
-    return messages
+    """A prompt in HH's layout (`is_hh_prompt`) into messages, less the empty 'Assistant:' turn it ends with."""
+    return split_hh_dialogue(text, where, field_name)[:-1]
 
 
 def hh_record(row: dict[str, Any], where: str, source: str, rater: str) -> Record:
     for name in ("chosen", "rejected"):
         if name not in row:
             raise _fail(where, name, "is missing")
+        if row.get("prompt") not in (None, "", []) and not is_hh_dialogue(row[name]):
+            raise _fail(where, name, "a response beside a 'prompt' column, not a whole dialogue in HH's layout: read "
+                                     "such rows (Dahoas/rm-static's, say) with --format trl")
     chosen = split_hh_dialogue(row["chosen"], where, "chosen")
     rejected = split_hh_dialogue(row["rejected"], where, "rejected")
     return _prefix_pair(chosen, rejected, where, source, rater)
@@ -515,10 +531,24 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
         if name not in row or row[name] in (None, "", []):
             raise _fail(where, name, "is missing")
     chosen, rejected = row["chosen"], row["rejected"]
-    if "prompt" in row and row["prompt"] not in (None, "", []):
+    prompted = "prompt" in row and row["prompt"] not in (None, "", [])
+    if is_hh_dialogue(chosen) and is_hh_dialogue(rejected) and (not prompted or is_hh_prompt(row["prompt"])):
+        record = hh_record(row, where, source, rater)  # whole dialogues, as reward.data.pair_conversations reads them
+    elif prompted and isinstance(chosen, list) and isinstance(rejected, list):
+        # Whole conversations read as reward.data.pair_conversations reads them: the sides alone where they start with
+        # the prompt, or hold their own user turns beside a prompt string (TRL's maybe_extract_prompt); else the
+        # prompt, then the sides. The shared turns are the prompt, not only the last.
+        prompt = parse_conversation(row["prompt"], where)
+        sides = [parse_conversation(side, where, name) for side, name in ((chosen, "chosen"), (rejected, "rejected"))]
+        whole = all(side[:len(prompt)] == prompt and len(side) > len(prompt) for side in sides) or (
+            isinstance(row["prompt"], str) and all(any(m["role"] == "user" for m in side) for side in sides))
+        record = _prefix_pair(*(side if whole else prompt + side for side in sides), where, source, rater)
+    elif prompted:
         prompt = parse_conversation(row["prompt"], where)
         a = _trl_completion(chosen, where, "chosen")
         b = _trl_completion(rejected, where, "rejected")
+        if is_hh_prompt(row["prompt"]):  # Dahoas/rm-static's responses keep the space that followed "Assistant:"
+            a, b = a.strip(), b.strip()
         record = Record(where=where, prompt=prompt, response_a=a, response_b=b,
                         judgments=[Judged(rater=rater, choice=1)], source=source)
     elif isinstance(chosen, list):
@@ -527,14 +557,56 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
             where, source, rater,
         )
     else:
-        chosen, rejected = _text(chosen, where, "chosen"), _text(rejected, where, "rejected")
-        if is_hh_dialogue(chosen):
-            return hh_record(row, where, source, rater)
+        _text(chosen, where, "chosen"), _text(rejected, where, "rejected")
+        if is_hh_dialogue(chosen) or is_hh_dialogue(rejected):  # one side a dialogue: refused, the other named
+            hh_record(row, where, source, rater)
         raise _fail(where, "prompt", "plain (string) rows need an explicit 'prompt' column")
     margin = row.get("margin")
     if isinstance(margin, (int, float)) and margin > 0.75:
         record.judgments[0].choice = 2
+    tie = marked_tie(row)
+    if tie is not None:  # a tie, which export leaves out, not a preference for `chosen`
+        record.judgments[0].choice = 0
+        record.judgments[0].both_bad = "bothbad" in tie.replace(" ", "").replace("_", "").replace("-", "")
     return record
+
+
+TIE_LABEL = re.compile(r"^tied?\b")
+"""A label that says the raters called it a tie: "tie", "Tied", "tie (bothbad)" (lmsys/chatbot_arena_conversations)."""
+
+
+def is_tie_label(value: Any) -> bool:
+    return isinstance(value, str) and TIE_LABEL.match(value.strip().lower()) is not None
+
+
+def names_a_tie(column: str) -> bool:
+    """A 0/1 column for ties: winner_tie (lmsys/arena-human-preference-55k), is_tie, tie."""
+    return re.search(r"(^|_)tied?($|_)", column.lower()) is not None
+
+
+def rating_partner(column: str) -> str | None:
+    """The column that rates the rejected side where `column` rates the chosen one: score_chosen and score_rejected
+    (HuggingFaceH4/ultrafeedback_binarized), chosen_rating, rating_chosen, chosen-rating (argilla's)."""
+    return column.replace("chosen", "rejected") if "chosen" in column and column != "chosen" else None
+
+
+def marked_tie(row: dict[str, Any]) -> str | None:
+    """How a TRL row beside its pair marks it a tie, or None: equal ratings of the two sides, a label saying tie,
+    a 0/1 tie column at 1."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for column, value in row.items():
+        if column in ("prompt", "chosen", "rejected", "messages"):
+            continue
+        partner = rating_partner(column)
+        if partner in row and number(value) and number(row[partner]) and value == row[partner]:
+            return f"{column} equal to {partner}"
+        if is_tie_label(value):
+            return value
+        if names_a_tie(column) and (value is True or number(value) and value == 1):
+            return f"{column} = 1"
+    return None
 
 
 def _trl_completion(value: Any, where: str, field_name: str) -> str:
@@ -562,7 +634,19 @@ def detect_format(path: Path) -> str:
         return "finegrained-qa"
     if "annotations.json" in name:
         return "alpaca-eval"
+    row = _first_row(path)
+    if isinstance(row, dict) and "chosen" in row and "rejected" in row and "response_a" not in row:
+        return "trl"  # TRL's preference rows, Anthropic HH's among them (read as dialogues), whatever the file's name
     return "generic"
+
+
+def _first_row(path: Path) -> Any:
+    """The first row of a file or save_to_disk folder, or None where it cannot be read (the reader then names why)."""
+    try:
+        rows = dataset_dir_rows(path) if path.is_dir() else read_table(path)
+        return next(iter(rows), (None, None))[1]
+    except Exception:  # any reading failure is reported by the reader, with the file's line
+        return None
 
 
 def _first_row_is_hh_dialogue(path: Path) -> bool:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from collect.errors import UserError, first_line, warn
-from collect.formats import (is_hh_dialogue, load_dataset_dir, one_split, read_table, split_hh_dialogue,
-                             split_hh_prompt)
+from collect.formats import (is_hh_dialogue, is_hh_prompt, is_tie_label, load_dataset_dir, names_a_tie, one_split,
+                             rating_partner, read_table, sharegpt_hint, split_hh_dialogue, split_hh_prompt)
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -127,14 +127,29 @@ def _rows_to_dataset(source: Path | str, rows: list[tuple[str, dict[str, Any]]],
         if column in read:
             raise UserError(f"{differ[0]}: field '{column}': {differ[1]} where {kinds[0][0]} has {kinds[0][1]}; "
                             "a column holds one kind of value")
-        values[column] = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values[column]]
+        values[column] = _as_text(values[column])
     try:
         return datasets.Dataset.from_dict(values), [place for place, _ in rows]
     except Exception as e:  # pyarrow: lists or objects whose items share no type
+        # In a column no pair is read from ([1, "a"] beside [2], or a metadata object whose fields vary): kept as
+        # text too, not a reason to refuse the file.
+        nested = [c for c in columns if c not in read and any(isinstance(v, (list, dict)) for v in values[c])]
+        for column in nested:
+            values[column] = _as_text(values[column])
+        if nested:
+            try:
+                return datasets.Dataset.from_dict(values), [place for place, _ in rows]
+            except Exception:
+                pass
         for place, row in rows:  # a message of the wrong shape is the likely cause: name its line and field
             if any(side in row for side in REQUIRED_COLUMNS):
                 pair_conversations(row, place)
         raise UserError(f"{source}: cannot build a dataset from its rows ({type(e).__name__}: {first_line(e)})") from None
+
+
+def _as_text(values: list) -> list:
+    """A column's values as text, JSON for what is not a string already (None stays None)."""
+    return [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
 
 
 def load_preferences(data: Any, what: str = "data", use_margin: bool = True, split: str | None = "train"):
@@ -197,6 +212,7 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
     no_context: list[str] = []  # rows with no prompt, and no user turn in their sides
     shared_start: list[str] = []  # rows with no prompt whose plain-text sides start alike: the question, likely
     calls: list[str] = []  # rows with tool calls, which prefloop does not read
+    out_of_order: list[str] = []  # rows read with two user turns in a row, or a system turn after the first
     prompted = False
     for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
                                                           if c in dataset.column_names])):
@@ -206,22 +222,32 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
         empty += [f"{place}, {side}" for side, turns in (("chosen", chosen), ("rejected", rejected))
                   if not turns[-1]["content"].strip()]
         prompted = prompted or bool(row.get("prompt"))
-        if not row.get("prompt") and not any(m["role"] == "user" for m in chosen):
+        if not row.get("prompt") and not any(m["role"] == "user" for m in chosen + rejected):
             no_context.append(place)
             if all(isinstance(row[side], str) for side in REQUIRED_COLUMNS):
                 alike = len(os.path.commonprefix([row["chosen"], row["rejected"]]).strip())
                 if alike >= SHARED_START_CHARS:
                     shared_start.append(f"{place}, {alike} characters alike")
+        roles_in_order = [[m["role"] for m in side] for side in (chosen, rejected)]
+        if any("system" in order[1:] or ("user", "user") in zip(order, order[1:]) for order in roles_in_order):
+            out_of_order.append(f"{place}: {', '.join(roles_in_order[0])}")
         if any(isinstance(m, dict) and m.get("tool_calls") for side in ("prompt", "chosen", "rejected")
                if isinstance(row.get(side), list) for m in row[side]):
             calls.append(place)
     warn_empty_responses(name, empty)
     if not prompted and len(no_context) == len(dataset):
         # Intel/orca_dpo_pairs keeps its question in `question`, and others in `instruction` or `input`: unread.
-        unread = [c for c in dataset.column_names if c not in REQUIRED_COLUMNS and _holds_text(dataset[c])]
+        unread = [column for column in dataset.column_names if _holds_text(dataset, column)]
         warn(f"{name}: no pair has a prompt, nor a user turn in its sides: every response is read without the "
              "question it answers" + (f" (column(s) {', '.join(unread)} hold text prefloop does not read: the "
                                       "question belongs in 'prompt')" if unread else ""))
+    elif "system" in dataset.column_names and _holds_text(dataset, "system"):
+        warn(f"{name}: column system holds text prefloop does not read (a system prompt, as jondurbin/truthy-dpo "
+             "keeps it): put it first in 'prompt', as a message of role system")
+    if out_of_order:
+        warn(f"{name}: {len(out_of_order)} pair(s) read with two user turns in a row, or a system turn after the "
+             f"first (first: {out_of_order[0]}): a 'prompt' list that the sides repeat in other words, or turns out "
+             "of order; check 'prompt' against the sides' first turns")
     if prompted and no_context:
         warn(f"{name}: {len(no_context)} pair(s) have no prompt where others have one, and no user turn in "
              f"their responses (first: {no_context[0]}): they are read without the question they answer")
@@ -239,31 +265,62 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
              f"(first: {roles[unknown[0]]}): a chat template renders them as they are, or refuses them")
 
 
-def _holds_text(values: list) -> bool:
-    """Whether a column holds text rather than labels: strings of 20 characters or more on average."""
-    strings = [v for v in values if isinstance(v, str)]
-    return bool(strings) and len(strings) == len(values) and sum(map(len, strings)) >= 20 * len(strings)
+def _holds_text(dataset, column: str) -> bool:
+    """Whether a column holds text rather than labels or ids: its first 1,000 filled values average 20 characters
+    or more, most with a space in them."""
+    if column in REQUIRED_COLUMNS or getattr(dataset.features[column], "dtype", None) not in ("string", "large_string"):
+        return False
+    values = [v for v in dataset.select(range(min(len(dataset), 1000)))[column] if isinstance(v, str) and v.strip()]
+    spaced = sum(" " in v for v in values)
+    return bool(values) and sum(map(len, values)) >= 20 * len(values) and spaced > len(values) / 2
 
 
-TIE_LABELS = frozenset({"tie", "tied", "draw"})
+NUMBERS = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
+           "float64")
+
+
+def rating_columns(dataset) -> list[tuple[str, str]]:
+    """Pairs of numeric columns that rate the two sides (`collect.formats.rating_partner`)."""
+    def numeric(column: str) -> bool:
+        return getattr(dataset.features[column], "dtype", None) in NUMBERS
+
+    pairs = [(column, rating_partner(column)) for column in dataset.column_names if rating_partner(column)]
+    return [(a, b) for a, b in pairs if b in dataset.column_names and numeric(a) and numeric(b)]
 
 
 def warn_ties(dataset, places: list[str], name: str) -> None:
-    """Rows another column marks as ties (equal score_chosen and score_rejected, or a label such as "tie"): trained
-    as a preference for `chosen` all the same, so said, counted and the first named."""
+    """Rows another column marks as ties, trained as a preference for `chosen` all the same: equal ratings of the two
+    sides (`rating_columns`); a label column (text, or a ClassLabel) saying "tie"; a 0/1 column named for ties
+    (winner_tie, as lmsys/arena-human-preference-55k has it) at 1. Said for each column, counted, the first row
+    named. Ratings that put `rejected` above `chosen` are said too: labels swapped, likely."""
     ties: dict[str, list[str]] = {}  # how a tie is marked: the rows so marked
-    if {"score_chosen", "score_rejected"} <= set(dataset.column_names):
-        ties["score_chosen equal to score_rejected"] = [
-            place for place, a, b in zip(places, dataset["score_chosen"], dataset["score_rejected"])
-            if a is not None and a == b]
+    rated = rating_columns(dataset)
+    for chosen_column, rejected_column in rated:
+        ratings = list(zip(places, dataset[chosen_column], dataset[rejected_column]))
+        ties[f"{chosen_column} equal to {rejected_column}"] = [
+            place for place, a, b in ratings if a is not None and a == b]
+        below = [place for place, a, b in ratings if a is not None and b is not None and a < b]
+        if below and "rank" not in chosen_column:  # a rank is better lower
+            warn(f"{name}: {len(below)} pair(s) have {chosen_column} below {rejected_column} (first: {below[0]}): "
+                 "where a higher rating is better, 'chosen' is the side rated worse; check which side is which")
     for column in dataset.column_names:
-        text = getattr(dataset.features[column], "dtype", None) in ("string", "large_string")
-        if column in (*REQUIRED_COLUMNS, "prompt", "messages") or not text:
+        feature = dataset.features[column]
+        labels = getattr(feature, "names", None)  # a ClassLabel's names, its values their indices
+        if column in (*REQUIRED_COLUMNS, "prompt", "messages", *itertools.chain(*rated)):
             continue
-        tied = [(place, value) for place, value in zip(places, dataset[column])
-                if isinstance(value, str) and value.strip().lower() in TIE_LABELS]
-        if tied:
-            ties[f"{column} = {tied[0][1]!r}"] = [place for place, _ in tied]
+        if labels is not None:
+            marks = {i: label for i, label in enumerate(labels) if is_tie_label(label)}
+        elif getattr(feature, "dtype", None) in ("string", "large_string"):
+            # Distinct values first (Arrow's, fast): most columns hold no tie, and are not read row by row.
+            marks = {v: v for v in dataset.unique(column) if is_tie_label(v)}
+        elif names_a_tie(column) and getattr(feature, "dtype", None) in NUMBERS:
+            marks = {1: 1}
+        else:
+            continue
+        if marks:
+            rows = [place for place, value in zip(places, dataset[column]) if value in marks]
+            shown = sorted({repr(marks[value]) for value in dataset.unique(column) if value in marks})
+            ties[f"{column} = {shown[0]}" if len(shown) == 1 else f"{column} in {{{', '.join(shown)}}}"] = rows
     for marked, where in ties.items():
         if where:
             warn(f"{name}: {len(where)} pair(s) have {marked} (first: {where[0]}): ties, read as a preference for "
@@ -292,10 +349,10 @@ def warn_unread_template_columns(dataset, name: str) -> None:
 
 
 def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
-    """One field's messages: a list of {role, content} as given, checked; a string in Anthropic HH's layout split
-    into its turns (a prompt less the empty "Assistant:" it ends with); any other string one message in `role`."""
-    if is_hh_dialogue(value):
-        return split_hh_prompt(value, where, field) if field == "prompt" else split_hh_dialogue(value, where, field)
+    """One field's messages: a list of {role, content} as given, checked; a prompt string in Anthropic HH's layout
+    (`collect.formats.is_hh_prompt`) split into its turns; any other string one message in `role`."""
+    if field == "prompt" and is_hh_prompt(value):
+        return split_hh_prompt(value, where, field)
     if isinstance(value, str):
         if field == "prompt":
             return [{"role": role, "content": value}] if value.strip() else []  # a blank prompt is no prompt
@@ -304,7 +361,8 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
         out = []
         for j, m in enumerate(value):
             if not isinstance(m, dict) or "content" not in m or "role" not in m:
-                raise UserError(f"{where}: field '{field}[{j}]': expected a message {{role, content}}")
+                raise UserError(f"{where}: field '{field}[{j}]': expected a message {{role, content}}"
+                                + sharegpt_hint(m))
             if m["content"] is None:  # a key one message lacks reads as None once the rows share columns
                 called = " (a tool call: prefloop reads each turn's role and content, not its tool_calls)"
                 raise UserError(f"{where}: field '{field}[{j}].content': is missing or null"
@@ -324,14 +382,29 @@ def as_messages(value: Any, where: str, field: str, role: str) -> Conversation:
 
 def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Conversation, Conversation]:
     """The chosen and rejected whole conversations (prompt + completion) of one preference row. Strings in
-    Anthropic HH's layout ("\n\nHuman: ...\n\nAssistant: ...": whole dialogues in the sides, or a prompt that ends
-    "Assistant:") are split into their turns (`as_messages`), so a chat template renders the dialogue they hold."""
+    Anthropic HH's layout ("\n\nHuman: ...\n\nAssistant: ...": both sides whole dialogues with no prompt, as HH's
+    files have them, or a prompt that ends "Assistant:", as Dahoas/rm-static has it) are split into their turns, so
+    a chat template renders the dialogue they hold."""
     prompt = as_messages(row.get("prompt") or [], where, "prompt", "user")
-    chosen = as_messages(row.get("chosen"), where, "chosen", "assistant")
-    rejected = as_messages(row.get("rejected"), where, "rejected", "assistant")
+    hh_prompt = is_hh_prompt(row.get("prompt"))
+    if (hh_prompt or not prompt) and any(is_hh_dialogue(row.get(side)) for side in REQUIRED_COLUMNS):
+        # Whole dialogues in HH's layout, both sides (a side that is not one is refused, as `prefloop import`
+        # refuses it). Beside a prompt that is not in that layout, a side is a response, whatever it quotes.
+        chosen, rejected = (split_hh_dialogue(row.get(side), where, side) for side in REQUIRED_COLUMNS)
+    else:
+        # Dahoas/rm-static's responses keep the space that followed the prompt's "Assistant:".
+        chosen, rejected = (as_messages(row[side].strip() if hh_prompt and isinstance(row.get(side), str)
+                                        else row.get(side), where, side, "assistant") for side in REQUIRED_COLUMNS)
     if prompt and all(side[:len(prompt)] == prompt and len(side) > len(prompt) for side in (chosen, rejected)):
         # Sides that are whole conversations already, the prompt at their start (HuggingFaceH4/ultrafeedback_binarized
         # keeps both): read once, as TRL's maybe_extract_prompt does, not the user turn twice.
+        return chosen, rejected
+    if (isinstance(row.get("prompt"), str) and not hh_prompt and all(isinstance(row.get(side), list)
+                                                                   for side in REQUIRED_COLUMNS)
+            and all(any(m["role"] == "user" for m in side) for side in (chosen, rejected))):
+        # A prompt string beside sides that hold their own user turns: TRL's maybe_extract_prompt reads the sides
+        # alone, the string being a copy of a turn that may differ by a space (argilla's capybara), or only the
+        # last question of a longer conversation, or miss the system turn the sides start with (H4's orca_dpo_pairs).
         return chosen, rejected
     return prompt + chosen, prompt + rejected
 

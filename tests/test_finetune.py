@@ -721,5 +721,5 @@ def test_an_export_named_after_an_hh_project_is_read_as_trl_rows(tmp_path, data_
     same[1]["rejected"] = same[1]["chosen"]
     pairs, ties = read_preferences(same)
     assert len(pairs) == 1 and ties == 1
-    assert detect_format(export) == "generic"
+    assert detect_format(export) == "trl"  # its rows, whatever its name
     assert detect_format(data_dir / "hh_harmless_base_test.jsonl.gz") == "hh-rlhf"

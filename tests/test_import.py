@@ -120,6 +120,38 @@ def test_hh_dialogues_without_their_leading_blank_lines_and_hh_prompts_import_as
         assert (record.response_a.strip(), record.response_b.strip()) == ("hello", "go away")
 
 
+def test_public_preference_shapes_import_whole_and_ties_stay_ties(sqlite_url, tmp_path):
+    """Found by a review with public datasets' shapes: TRL rows in a file not named for its format were read as
+    generic rows and their pairs dropped unsaid; a prompt beside whole conversations kept only the last turn; ties
+    marked beside a pair were imported as preferences."""
+    question = {"role": "user", "content": "What is 2+2?"}
+    turns = [question, {"role": "assistant", "content": "4."}, {"role": "user", "content": "And times 3?"}]
+    capybara = {"prompt": "And times 3?", "chosen": turns + [{"role": "assistant", "content": "12."}],
+                "rejected": turns + [{"role": "assistant", "content": "6."}], "rating_chosen": 5, "rating_rejected": 3}
+    arena = {"prompt": "Name a colour.", "chosen": "Red.", "rejected": "Blue.", "winner": "tie (bothbad)"}
+    scored = {"prompt": "Name a fruit.", "chosen": "Apple.", "rejected": "Pear.", "score_chosen": 8.0,
+              "score_rejected": 8.0}
+    path = _write(tmp_path / "prefs.jsonl", "\n".join(json.dumps(r) for r in (capybara, arena, scored)).encode())
+    records = read_records(path, "auto", rater="crowd")
+    assert records[0].prompt == turns and (records[0].response_a, records[0].response_b) == ("12.", "6.")
+    assert [(r.judgments[0].choice, r.judgments[0].both_bad) for r in records] == [(1, False), (0, True), (0, False)]
+    result = import_into(sqlite_url, path, rater="crowd")
+    assert (result.pairs, result.judgments) == (3, 3)
+    with db.session_scope(sqlite_url) as s:
+        out = export_project(s, get_project(s, "p"), tmp_path / "out.jsonl")
+    rows = [json.loads(line) for line in open(out.path)]
+    assert [r["prompt"][-1]["content"] for r in rows] == ["And times 3?"]  # the two ties are left out
+    # Named as the generic format, such rows are refused with what to do, not read as prompts with no pair.
+    with pytest.raises(UserError, match=r"prefs.jsonl:1: field 'chosen': TRL's preference columns \(chosen, "
+                                        r"rejected\) are read with --format trl$"):
+        read_records(path, "generic")
+    dahoas = _write(tmp_path / "hh_dahoas.jsonl", json.dumps(
+        {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " hello", "rejected": " go away"}).encode())
+    with pytest.raises(UserError, match=r"field 'chosen': a response beside a 'prompt' column, not a whole dialogue "
+                                        r"in HH's layout: read such rows \(Dahoas/rm-static's, say\) with --format trl"):
+        read_records(dahoas, "hh-rlhf", rater="crowd")
+
+
 def test_generic_csv_with_judgments_and_dataset(sqlite_url, tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text(

@@ -1278,8 +1278,8 @@ def test_the_interval_is_expanded_for_few_prompts_and_holds_the_truth_about_95_p
     """A plain percentile interval is too narrow for few prompts: over 2,000 simulated test sets of 15 prompts (1-3
     pairs each) it misses the true accuracy far more often than 5% of the time; widened as Student's t is for the
     number of prompts, it holds it about 95% of the time (seeded: 91.3% and 94.2%; a coverage of 2,000 sets is
-    measured to within 1 point), and from a few hundred prompts the two agree."""
-    from reward.evaluate import bootstrap_interval
+    measured to within 1 point)."""
+    from reward.evaluate import bootstrap_interval, expanded_tail
 
     rng = np.random.default_rng(3)
     held = {False: 0, True: 0}
@@ -1291,10 +1291,12 @@ def test_the_interval_is_expanded_for_few_prompts_and_holds_the_truth_about_95_p
             held[expanded] += lo <= 0.65 <= hi
     assert held[False] / 2000 < 0.93
     assert 0.935 <= held[True] / 2000 <= 0.965
-    many = (rng.random(1000) < 0.65).astype(float)
-    plain, expanded = bootstrap_interval(many, 2000, expanded=False), bootstrap_interval(many, 2000)
-    assert expanded[0] <= plain[0] and expanded[1] >= plain[1]
-    assert expanded[1] - expanded[0] == pytest.approx(plain[1] - plain[0], rel=0.01)
+    # The ends read: R's resample package (ExpandProbs) gives 0.00855 for 10 units; 1,000 are nearly plain.
+    assert expanded_tail(10) == pytest.approx(0.00855, abs=1e-5)
+    assert expanded_tail(1000) == pytest.approx(0.0248, abs=1e-4) and expanded_tail(1) == pytest.approx(0.025)
+    # Asked for 100 resamples, 10 prompts' ends would be read from under one draw: enough are drawn for 5 beyond.
+    ten = (np.arange(10) % 3 > 0).astype(float)
+    assert bootstrap_interval(ten, 100) == bootstrap_interval(ten, math.ceil(5 / expanded_tail(10)))
 
 
 def test_the_interval_is_the_same_whatever_type_names_the_prompts():
@@ -2772,7 +2774,7 @@ def test_hh_variants_are_read_as_dialogues_and_plain_sides_that_start_alike_are_
     "Assistant:", the response alone in each side), read as the turns they hold: the same pairs as the message
     lists, grouped by that prompt. Plain-text sides with no prompt that start alike are read as they are (as TRL
     reads them), but said: the shared start is likely the question, which pairs are then not grouped by."""
-    from reward.data import check_preferences, pair_conversations
+    from reward.data import check_preferences, pair_conversations, pair_digests
 
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Why?"},
              {"role": "user", "content": "just because"}]
@@ -2781,11 +2783,24 @@ def test_hh_variants_are_read_as_dialogues_and_plain_sides_that_start_alike_are_
     stripped = {"chosen": "Human: hi\n\nAssistant: Why?\n\nHuman: just because\n\nAssistant: hello",
                 "rejected": "Human: hi\n\nAssistant: Why?\n\nHuman: just because\n\nAssistant: go away"}
     dahoas = {"prompt": "\n\nHuman: hi\n\nAssistant: Why?\n\nHuman: just because\n\nAssistant:",
-              "chosen": "hello", "rejected": "go away"}
+              "chosen": " hello", "rejected": " go away"}  # the space that followed "Assistant:"
     assert pair_conversations(stripped) == pair_conversations(dahoas) == pair_conversations(as_lists)
+    assert pair_digests([stripped, dahoas]) == pair_digests([as_lists]) * 2  # the same pair, whichever layout
+    # The same whole dialogues beside the HH prompt they start with: read once, as the implicit prompt's copy.
+    assert pair_conversations({**stripped, "prompt": dahoas["prompt"]}) == pair_conversations(as_lists)
     other = {"prompt": "\n\nHuman: bye\n\nAssistant:", "chosen": "bye", "rejected": "no"}
     groups = rows_by_prompt(datasets.Dataset.from_list([dahoas, other, dahoas]), seed=0)
     assert sorted(sorted(g) for g in groups) == [[0, 2], [1]]
+    # Text that merely quotes a dialogue is read as written: a response beside a prompt that is not in HH's layout,
+    # and a prompt that does not end with the empty "Assistant:" a response completes.
+    quoting = {"prompt": "Write a dialogue between Human and Assistant.", "chosen": stripped["chosen"],
+               "rejected": "No."}
+    assert pair_conversations(quoting)[0][-1] == {"role": "assistant", "content": stripped["chosen"]}
+    transcript = "Human: is how my logs start. Here is one:\n\nAssistant: Hello\nWhat does it mean?"
+    assert pair_conversations({**quoting, "prompt": transcript})[0][0] == {"role": "user", "content": transcript}
+    # One side a dialogue, the other not, with no prompt: refused, as `prefloop import` refuses it.
+    with pytest.raises(UserError, match=r"^row: field 'rejected': has no '\\n\\nHuman:' turn$"):
+        pair_conversations({"chosen": stripped["chosen"], "rejected": "go away"})
 
     question = "Question: what is the capital of France?\nAnswer: "
     plain = [{"chosen": question + "Paris", "rejected": question + "Lyon"}, {"chosen": "Paris", "rejected": "Lyon"}]
@@ -2809,34 +2824,91 @@ def test_hh_variants_are_read_as_dialogues_and_plain_sides_that_start_alike_are_
 def test_a_question_kept_in_another_column_is_said_to_be_unread():
     """Intel/orca_dpo_pairs keeps its question in `question` (and a system prompt in `system`), others in
     `instruction` or `input`: with no `prompt`, every response would be read without its question, unsaid."""
+    import hashlib
+
     from reward.data import check_preferences
 
     orca = [{"system": "You are an AI assistant. Think step by step.", "question": f"What is {i} plus {i}? Explain.",
-             "chosen": f"{2 * i}, because...", "rejected": "No idea.", "source": "orca"} for i in range(3)]
+             "chosen": f"{2 * i}, because...", "rejected": "No idea.", "source": "orca",
+             "prompt_id": hashlib.sha256(str(i).encode()).hexdigest()} for i in range(3)]
+    orca[1]["question"] = None  # a missing value does not hide the column; ids and labels are not text
     with pytest.warns(UserWarning, match=r"^data: no pair has a prompt, nor a user turn in its sides: every response "
                       r"is read without the question it answers \(column\(s\) system, question hold text prefloop "
                       r"does not read: the question belongs in 'prompt'\)$"):
         check_preferences(*load_rows(orca), "data")
 
 
+def warnings_checking(rows: list[dict]) -> list[str]:
+    """The warnings `check_preferences` gives for `rows`, sorted."""
+    from reward.data import check_preferences
+
+    with pytest.warns(UserWarning) as caught:
+        check_preferences(*load_rows(rows), "data")
+    return sorted(str(w.message) for w in caught)
+
+
+def test_a_prompt_string_beside_whole_conversations_is_read_as_trl_reads_it_and_odd_turns_are_said():
+    """Found by a review with public datasets' shapes. A prompt string beside sides that hold their own user turns
+    (argilla's capybara, whose copy differs by a trailing space; H4's orca_dpo_pairs, whose sides start with a
+    system turn): the sides alone, as TRL's maybe_extract_prompt reads them, not the question twice. A `system`
+    column (jondurbin/truthy-dpo), ratings of both sides (argilla's chosen_rating), and a column no pair is read
+    from that mixes kinds inside its lists are read or said."""
+    from reward.data import pair_conversations
+
+    system = {"role": "system", "content": "You are an AI assistant."}
+    question, answer = {"role": "user", "content": "What is 2+2? "}, {"role": "assistant", "content": "4."}
+    wrong = {"role": "assistant", "content": "5."}
+    capybara = {"prompt": "What is 2+2?", "chosen": [question, answer], "rejected": [question, wrong]}
+    assert pair_conversations(capybara) == ([question, answer], [question, wrong])
+    orca = {"prompt": "What is 2+2?", "chosen": [system, question, answer], "rejected": [system, question, wrong]}
+    assert pair_conversations(orca) == ([system, question, answer], [system, question, wrong])
+    # A list prompt is the conversation's start, as TRL concatenates it; one that the sides repeat in other words
+    # reads as two user turns in a row, which is said.
+    later = {"prompt": [{"role": "user", "content": "And times 3?"}], "chosen": [question, answer],
+             "rejected": [question, wrong], "chosen_rating": 3, "rejected_rating": 4,
+             "system": "You are Albert Einstein, a physicist who answers in German."}
+    assert warnings_checking([later, {**later, "chosen_rating": 4}]) == [
+        "data: 1 pair(s) have chosen_rating below rejected_rating (first: data[0]): where a higher rating is better, "
+        "'chosen' is the side rated worse; check which side is which",
+        "data: 1 pair(s) have chosen_rating equal to rejected_rating (first: data[1]): ties, read as a preference for "
+        "'chosen' all the same; leave them out",
+        "data: 2 pair(s) read with two user turns in a row, or a system turn after the first (first: data[0]: user, "
+        "user, assistant): a 'prompt' list that the sides repeat in other words, or turns out of order; check "
+        "'prompt' against the sides' first turns",
+        "data: column system holds text prefloop does not read (a system prompt, as jondurbin/truthy-dpo keeps it): "
+        "put it first in 'prompt', as a message of role system"]
+    # ShareGPT's messages (LLaMA-Factory's layout): refused with what to rename.
+    with pytest.raises(UserError, match=r"^row: field 'chosen\[0\]': expected a message \{role, content\} "
+                                        r"\(ShareGPT's \{from, value\}: rename 'from' to 'role'"):
+        pair_conversations({"chosen": [{"from": "human", "value": "hi"}], "rejected": [{"from": "gpt", "value": "x"}]})
+    # A column no pair is read from, its lists mixing kinds: kept as text (Arrow refused the file).
+    rows, _ = load_rows([{**capybara, "extra": [1, "a"]}, {**capybara, "extra": [2]}])
+    assert rows["extra"][:] == ['[1, "a"]', "[2]"]
+
+
 def test_ties_marked_in_another_column_are_said():
-    """A label column saying "tie" (as Chatbot Arena's `winner` does) or equal score_chosen and score_rejected:
-    trained as a preference for `chosen` all the same, so said, each kind once."""
+    """Ties marked beside a pair are trained as a preference for `chosen` all the same, so each way of marking them
+    is said: a label saying tie (lmsys/chatbot_arena_conversations' `winner`, "tie" and "tie (bothbad)"), the same
+    as a ClassLabel, a 0/1 column named for ties (lmsys/arena-human-preference-55k's `winner_tie`), and equal
+    score_chosen and score_rejected."""
     import warnings
 
     from reward.data import check_preferences
 
     pair = {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
-    rows, places = load_rows([{**pair, "winner": "model_a", "note": "Tie"}, {**pair, "winner": " Tie ", "note": ""},
-                              {**pair, "winner": "tie", "note": "draw"}])
-    with pytest.warns(UserWarning) as caught:
-        check_preferences(rows, places, "data")
-    assert sorted(str(w.message) for w in caught) == [
-        "data: 2 pair(s) have note = 'Tie' (first: data[0]): ties, read as a preference for 'chosen' all the same; "
-        "leave them out",
-        "data: 2 pair(s) have winner = ' Tie ' (first: data[1]): ties, read as a preference for 'chosen' all the "
+    assert warnings_checking([{**pair, "winner": "model_a", "winner_tie": 0, "category": "draw"},
+                              {**pair, "winner": " Tie ", "winner_tie": 1, "category": "math"},
+                              {**pair, "winner": "tie (bothbad)", "winner_tie": 1, "category": "draw"}]) == [
+        "data: 2 pair(s) have winner in {' Tie ', 'tie (bothbad)'} (first: data[1]): ties, read as a preference for "
+        "'chosen' all the same; leave them out",
+        "data: 2 pair(s) have winner_tie = 1 (first: data[1]): ties, read as a preference for 'chosen' all the "
         "same; leave them out"]
-    rows, places = load_rows([{**pair, "winner": "model_a", "note": "a tie"}])  # not a tie's label
+    labelled = datasets.Dataset.from_list([{**pair, "winner": i} for i in (0, 2, 2)], features=datasets.Features({
+        **{c: datasets.Value("string") for c in pair},
+        "winner": datasets.ClassLabel(names=["model_a", "model_b", "tie"])}))
+    with pytest.warns(UserWarning, match=r"^data: 2 pair\(s\) have winner = 'tie' \(first: data\[1\]\)"):
+        check_preferences(labelled, [f"data[{i}]" for i in range(3)], "data")
+    rows, places = load_rows([{**pair, "winner": "model_a", "note": "a tie, nearly"}])  # not a label saying tie
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_preferences(rows, places, "data")
