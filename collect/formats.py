@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import re
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,6 +375,21 @@ def split_hh_dialogue(text: str, where: str, field_name: str) -> list[dict[str, 
     return messages
 
 
+def hh_sides_are_dialogues(row: dict[str, Any], where: str = "row") -> bool:
+    """Whether a preference row's two sides are whole dialogues in HH's layout, to be split into turns: both are,
+    with no prompt (HH's own files), or beside a prompt in HH's layout that both start with. Beside any other prompt
+    a side is a response, whatever it quotes."""
+    sides = [(row.get(name), name) for name in ("chosen", "rejected")]
+    if not all(is_hh_dialogue(text) for text, _ in sides):
+        return False
+    if row.get("prompt") in (None, "", []):
+        return True
+    if not is_hh_prompt(row["prompt"]):
+        return False
+    turns = split_hh_prompt(row["prompt"], where)
+    return all(split_hh_dialogue(text, where, name)[:len(turns)] == turns for text, name in sides)
+
+
 def split_hh_prompt(text: str, where: str, field_name: str = "prompt") -> list[dict[str, str]]:
     """A prompt in HH's layout (`is_hh_prompt`) into messages, less the empty 'Assistant:' turn it ends with."""
     return split_hh_dialogue(text, where, field_name)[:-1]
@@ -532,7 +548,7 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
             raise _fail(where, name, "is missing")
     chosen, rejected = row["chosen"], row["rejected"]
     prompted = "prompt" in row and row["prompt"] not in (None, "", [])
-    if is_hh_dialogue(chosen) and is_hh_dialogue(rejected) and (not prompted or is_hh_prompt(row["prompt"])):
+    if hh_sides_are_dialogues(row, where):
         record = hh_record(row, where, source, rater)  # whole dialogues, as reward.data.pair_conversations reads them
     elif prompted and isinstance(chosen, list) and isinstance(rejected, list):
         # Whole conversations read as reward.data.pair_conversations reads them: the sides alone where they start with
@@ -567,12 +583,13 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
     tie = marked_tie(row)
     if tie is not None:  # a tie, which export leaves out, not a preference for `chosen`
         record.judgments[0].choice = 0
-        record.judgments[0].both_bad = "bothbad" in tie.replace(" ", "").replace("_", "").replace("-", "")
+        record.judgments[0].both_bad = "bothbad" in re.sub(r"[ _-]", "", tie.lower())
     return record
 
 
-TIE_LABEL = re.compile(r"^tied?\b")
-"""A label that says the raters called it a tie: "tie", "Tied", "tie (bothbad)" (lmsys/chatbot_arena_conversations)."""
+TIE_LABEL = re.compile(r"^(tied?|both[ _-]?bad)( *\(.*\))?$")
+"""A label that says the raters called it a tie or both bad: "tie", "Tied", "tie (bothbad)"
+(lmsys/chatbot_arena_conversations), "both_bad" (`prefloop export --include-ties`'s side file)."""
 
 
 def is_tie_label(value: Any) -> bool:
@@ -586,25 +603,32 @@ def names_a_tie(column: str) -> bool:
 
 def rating_partner(column: str) -> str | None:
     """The column that rates the rejected side where `column` rates the chosen one: score_chosen and score_rejected
-    (HuggingFaceH4/ultrafeedback_binarized), chosen_rating, rating_chosen, chosen-rating (argilla's)."""
-    return column.replace("chosen", "rejected") if "chosen" in column and column != "chosen" else None
+    (HuggingFaceH4/ultrafeedback_binarized), chosen_rating, rating_chosen, chosen-rating (argilla's), chosen_rank.
+    Only names that say rating, score or rank: chosen_len beside rejected_len measures, not judges."""
+    rates = re.search(r"rating|score|rank", column.lower()) and "chosen" in column
+    return column.replace("chosen", "rejected") if rates else None
 
 
 def marked_tie(row: dict[str, Any]) -> str | None:
     """How a TRL row beside its pair marks it a tie, or None: equal ratings of the two sides, a label saying tie,
     a 0/1 tie column at 1."""
-    def number(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    def number(value: Any) -> float | None:  # CSV gives "8" for 8
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            return None
 
     for column, value in row.items():
         if column in ("prompt", "chosen", "rejected", "messages"):
             continue
         partner = rating_partner(column)
-        if partner in row and number(value) and number(row[partner]) and value == row[partner]:
+        if partner in row and number(value) is not None and number(value) == number(row[partner]):
             return f"{column} equal to {partner}"
         if is_tie_label(value):
             return value
-        if names_a_tie(column) and (value is True or number(value) and value == 1):
+        if names_a_tie(column) and (value is True or number(value) == 1):
             return f"{column} = 1"
     return None
 
@@ -622,41 +646,52 @@ def _trl_completion(value: Any, where: str, field_name: str) -> str:
 
 
 def detect_format(path: Path) -> str:
-    """The format of a file by its name, as the datasets in ../shared/data are named. An "hh" JSON Lines file is
-    HH-RLHF's only if its first row reads like one (whole dialogues in `chosen`): `prefloop export hh_prefs.jsonl`
-    of a project called hh writes TRL's rows."""
+    """The format of a file from its first row, else by its name, as the datasets in ../shared/data are named: rows
+    with `chosen` and `rejected` are TRL's (Anthropic HH's among them, whose sides are whole dialogues; an "hh"
+    JSON Lines file of such rows is read as HH-RLHF), whatever the file is called (`prefloop export
+    summarize_prefs.jsonl` of a project called summarize writes TRL's rows)."""
     name = path.name.lower()
-    if "hh" in name and "jsonl" in name and _first_row_is_hh_dialogue(path):
+    row = _first_row(path)
+    hh_rows = not isinstance(row, dict) or "prompt" not in row and isinstance(row.get("chosen"), str)
+    if "hh" in name and "jsonl" in name and hh_rows:  # unreadable too: the HH parser names the line that is wrong
         return "hh-rlhf"
+    if isinstance(row, dict) and "chosen" in row and "rejected" in row and "response_a" not in row:
+        return "trl"
     if "summarize" in name:
         return "summarize"
     if "finegrained" in name:
         return "finegrained-qa"
     if "annotations.json" in name:
         return "alpaca-eval"
-    row = _first_row(path)
-    if isinstance(row, dict) and "chosen" in row and "rejected" in row and "response_a" not in row:
-        return "trl"  # TRL's preference rows, Anthropic HH's among them (read as dialogues), whatever the file's name
     return "generic"
 
 
 def _first_row(path: Path) -> Any:
-    """The first row of a file or save_to_disk folder, or None where it cannot be read (the reader then names why)."""
+    """The first row of a file or save_to_disk folder, read without reading the rest (HH files run to hundreds of
+    megabytes), or None where there is none or it cannot be read: the reader then names why, and warns of a
+    DatasetDict's unread splits."""
+    name = path.name.lower().removesuffix(".gz")
     try:
-        rows = dataset_dir_rows(path) if path.is_dir() else read_table(path)
-        return next(iter(rows), (None, None))[1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.is_dir():
+                return next(iter(dataset_dir_rows(path)), (None, None))[1]
+            if name.endswith(".parquet") and not path.name.lower().endswith(".gz"):
+                import pyarrow.parquet as pq
+
+                batch = next(pq.ParquetFile(path).iter_batches(batch_size=1), None)
+                return batch.to_pylist()[0] if batch is not None and batch.num_rows else None
+            if name.endswith((".jsonl", ".json", ".csv")):
+                with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rt", encoding="utf-8-sig",
+                                                                               newline="") as f:
+                    if name.endswith(".csv"):
+                        return next(csv.DictReader(f), None)
+                    line = next((line for line in f if line.strip()), "")
+                    if not line.lstrip().startswith("["):  # JSON lines; a JSON list is read whole below
+                        return json.loads(line)
+            return next(iter(read_table(path)), (None, None))[1]
     except Exception:  # any reading failure is reported by the reader, with the file's line
         return None
-
-
-def _first_row_is_hh_dialogue(path: Path) -> bool:
-    # Only the first row is read: HH files run to hundreds of megabytes, and the parser reads them again anyway.
-    try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8-sig") as f:
-            row = json.loads(next((line for line in f if line.strip()), ""))
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError):
-        return True  # unreadable: the HH parser names the line that is wrong
-    return not isinstance(row, dict) or "prompt" not in row and isinstance(row.get("chosen"), str)
 
 
 def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) -> list[Record]:

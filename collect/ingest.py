@@ -193,10 +193,9 @@ class ParsedFile:
 
 def read_file(path: str | Path, fmt: str = "auto", *, rater: str | None = None) -> ParsedFile:
     """Parse and check a file (or a save_to_disk folder); UserError naming file, line and field."""
-    records = read_records(path, fmt, rater)
     path = Path(path)
-    return ParsedFile(path, detect_format(path) if fmt == "auto" else fmt, records,
-                      _sha256(path) if path.is_file() else "")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    return ParsedFile(path, fmt, read_records(path, fmt, rater), _sha256(path) if path.is_file() else "")
 
 
 def import_parsed(

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from collect.errors import UserError, first_line, warn
-from collect.formats import (is_hh_dialogue, is_hh_prompt, is_tie_label, load_dataset_dir, names_a_tie, one_split,
-                             rating_partner, read_table, sharegpt_hint, split_hh_dialogue, split_hh_prompt)
+from collect.formats import (hh_sides_are_dialogues, is_hh_dialogue, is_hh_prompt, is_tie_label, load_dataset_dir,
+                             names_a_tie, one_split, rating_partner, read_table, sharegpt_hint, split_hh_dialogue,
+                             split_hh_prompt)
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -241,7 +242,7 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
         warn(f"{name}: no pair has a prompt, nor a user turn in its sides: every response is read without the "
              "question it answers" + (f" (column(s) {', '.join(unread)} hold text prefloop does not read: the "
                                       "question belongs in 'prompt')" if unread else ""))
-    elif "system" in dataset.column_names and _holds_text(dataset, "system"):
+    elif "system" in dataset.column_names and "system" not in roles and _holds_text(dataset, "system"):
         warn(f"{name}: column system holds text prefloop does not read (a system prompt, as jondurbin/truthy-dpo "
              "keeps it): put it first in 'prompt', as a message of role system")
     if out_of_order:
@@ -275,7 +276,7 @@ def _holds_text(dataset, column: str) -> bool:
     return bool(values) and sum(map(len, values)) >= 20 * len(values) and spaced > len(values) / 2
 
 
-NUMBERS = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
+NUMBERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
            "float64")
 
 
@@ -387,9 +388,10 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
     a chat template renders the dialogue they hold."""
     prompt = as_messages(row.get("prompt") or [], where, "prompt", "user")
     hh_prompt = is_hh_prompt(row.get("prompt"))
-    if (hh_prompt or not prompt) and any(is_hh_dialogue(row.get(side)) for side in REQUIRED_COLUMNS):
-        # Whole dialogues in HH's layout, both sides (a side that is not one is refused, as `prefloop import`
-        # refuses it). Beside a prompt that is not in that layout, a side is a response, whatever it quotes.
+    if hh_sides_are_dialogues(row, where) or not prompt and any(is_hh_dialogue(row.get(side))
+                                                                 for side in REQUIRED_COLUMNS):
+        # Whole dialogues in HH's layout; with no prompt, one side a dialogue and the other not is refused (the
+        # split names the other), as `prefloop import` refuses it.
         chosen, rejected = (split_hh_dialogue(row.get(side), where, side) for side in REQUIRED_COLUMNS)
     else:
         # Dahoas/rm-static's responses keep the space that followed the prompt's "Assistant:".

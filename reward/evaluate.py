@@ -86,8 +86,8 @@ def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: floa
     if len(correct) == 0:
         return (float("nan"), float("nan"))
     right, size = _per_cluster(correct, clusters)
-    if expanded:  # enough resamples for 5 beyond each end, however far out the ends are read
-        n_bootstrap = max(n_bootstrap, math.ceil(5 / expanded_tail(len(right), level)))
+    if expanded:  # enough resamples for 5 beyond each end (up to 100,000: 3 units' ends are 7e-8 out)
+        n_bootstrap = max(n_bootstrap, min(math.ceil(5 / expanded_tail(len(right), level)), 100_000))
     rng = np.random.default_rng(seed)
     means = np.empty(n_bootstrap)
     chunk = max(1, 2_000_000 // len(right))  # bound memory for large sets

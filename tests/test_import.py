@@ -145,6 +145,16 @@ def test_public_preference_shapes_import_whole_and_ties_stay_ties(sqlite_url, tm
     with pytest.raises(UserError, match=r"prefs.jsonl:1: field 'chosen': TRL's preference columns \(chosen, "
                                         r"rejected\) are read with --format trl$"):
         read_records(path, "generic")
+    # Only labels that say tie (or both bad, in any case), and ratings of the two sides; a question that starts
+    # "Tie", lengths that match, or a CSV's numbers as text are read for what they are.
+    plain = {"prompt": "Tie a knot for a boat?", "chosen": "A bowline.", "rejected": "A granny.", "chosen_len": 10,
+             "rejected_len": 10, "subset": "tied-up"}
+    csv_path = _write(tmp_path / "ties.csv", b"prompt,chosen,rejected,score_chosen,score_rejected,kind\n"
+                      b"q1,a,b,8,8,\nq2,a,b,9,3,Tie (Both Bad)\nq3,a,b,9,3,\n")
+    marks = [(r.judgments[0].choice, r.judgments[0].both_bad) for r in read_records(csv_path, "auto", rater="crowd")]
+    assert marks == [(0, False), (0, True), (1, False)]
+    path = _write(tmp_path / "summarize_prefs.jsonl", json.dumps(plain).encode())  # TRL rows under another name
+    assert [r.judgments[0].choice for r in read_records(path, "auto", rater="crowd")] == [1]
     dahoas = _write(tmp_path / "hh_dahoas.jsonl", json.dumps(
         {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " hello", "rejected": " go away"}).encode())
     with pytest.raises(UserError, match=r"field 'chosen': a response beside a 'prompt' column, not a whole dialogue "

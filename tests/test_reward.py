@@ -1294,6 +1294,7 @@ def test_the_interval_is_expanded_for_few_prompts_and_holds_the_truth_about_95_p
     # The ends read: R's resample package (ExpandProbs) gives 0.00855 for 10 units; 1,000 are nearly plain.
     assert expanded_tail(10) == pytest.approx(0.00855, abs=1e-5)
     assert expanded_tail(1000) == pytest.approx(0.0248, abs=1e-4) and expanded_tail(1) == pytest.approx(0.025)
+    assert bootstrap_interval(np.array([1.0, 0.0, 1.0]), 100) == (0.0, 1.0)  # 3 units: 100,000 resamples at most
     # Asked for 100 resamples, 10 prompts' ends would be read from under one draw: enough are drawn for 5 beyond.
     ten = (np.arange(10) % 3 > 0).astype(float)
     assert bootstrap_interval(ten, 100) == bootstrap_interval(ten, math.ceil(5 / expanded_tail(10)))
@@ -2774,6 +2775,7 @@ def test_hh_variants_are_read_as_dialogues_and_plain_sides_that_start_alike_are_
     "Assistant:", the response alone in each side), read as the turns they hold: the same pairs as the message
     lists, grouped by that prompt. Plain-text sides with no prompt that start alike are read as they are (as TRL
     reads them), but said: the shared start is likely the question, which pairs are then not grouped by."""
+    from collect.formats import read_records
     from reward.data import check_preferences, pair_conversations, pair_digests
 
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Why?"},
@@ -2798,6 +2800,14 @@ def test_hh_variants_are_read_as_dialogues_and_plain_sides_that_start_alike_are_
     assert pair_conversations(quoting)[0][-1] == {"role": "assistant", "content": stripped["chosen"]}
     transcript = "Human: is how my logs start. Here is one:\n\nAssistant: Hello\nWhat does it mean?"
     assert pair_conversations({**quoting, "prompt": transcript})[0][0] == {"role": "user", "content": transcript}
+    # Beside an HH prompt, sides that quote a dialogue they do not continue are responses, as import reads them.
+    odd = {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " Sure, hello!",
+           "rejected": " Human: and then?\n\nAssistant: ok"}
+    assert pair_conversations(odd)[1][-1] == {"role": "assistant", "content": "Human: and then?\n\nAssistant: ok"}
+    path = tmp_path / "odd.jsonl"
+    path.write_text(json.dumps(odd))
+    record, rejected = read_records(path, "trl", rater="crowd")[0], pair_conversations(odd)[1]
+    assert (record.prompt, record.response_b) == (rejected[:-1], rejected[-1]["content"])
     # One side a dialogue, the other not, with no prompt: refused, as `prefloop import` refuses it.
     with pytest.raises(UserError, match=r"^row: field 'rejected': has no '\\n\\nHuman:' turn$"):
         pair_conversations({"chosen": stripped["chosen"], "rejected": "go away"})
@@ -2908,7 +2918,9 @@ def test_ties_marked_in_another_column_are_said():
         "winner": datasets.ClassLabel(names=["model_a", "model_b", "tie"])}))
     with pytest.warns(UserWarning, match=r"^data: 2 pair\(s\) have winner = 'tie' \(first: data\[1\]\)"):
         check_preferences(labelled, [f"data[{i}]" for i in range(3)], "data")
-    rows, places = load_rows([{**pair, "winner": "model_a", "note": "a tie, nearly"}])  # not a label saying tie
+    # A rank is better lower; lengths are not ratings; text that starts "Tie" is not a label.
+    rows, places = load_rows([{**pair, "prompt": "Tie a knot?", "winner": "model_a", "note": "tied-up",
+                               "chosen_rank": 1, "rejected_rank": 2, "chosen_len": 3, "rejected_len": 3}])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_preferences(rows, places, "data")
