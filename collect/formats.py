@@ -119,7 +119,15 @@ def parse_choice(value: Any, where: str, field_name: str = "choice") -> int:
     raise _fail(where, field_name, f"{value!r} is not one of {', '.join(CHOICE_LABELS)} or -2..2")
 
 
-def parse_conversation(value: Any, where: str, field_name: str = "prompt") -> list[dict[str, str]]:
+def blank(value: Any) -> bool:
+    """Whether a prompt field holds no prompt: missing, null, an empty list, or only whitespace."""
+    return value is None or value == [] or isinstance(value, str) and not value.strip()
+
+
+def parse_conversation(value: Any, where: str, field_name: str = "prompt",
+                       empty_reply: bool = False) -> list[dict[str, str]]:
+    """Messages from a string (one user message; a prompt in HH's layout, its turns) or a list of {role, content}.
+    `empty_reply`: a last assistant message may be empty (a response raters preferred, or preferred another to)."""
     if is_hh_prompt(value):
         return split_hh_prompt(value, where, field_name)
     if isinstance(value, str):
@@ -133,7 +141,9 @@ def parse_conversation(value: Any, where: str, field_name: str = "prompt") -> li
             raise _fail(where, name, "expected an object with 'role' and 'content'" + sharegpt_hint(message))
         if message["role"] not in ROLES:
             raise _fail(where, f"{name}.role", f"{message['role']!r} is not one of {', '.join(ROLES)}")
-        messages.append({"role": message["role"], "content": _text(message["content"], where, f"{name}.content")})
+        reply = empty_reply and i == len(value) - 1 and message["role"] == "assistant"
+        messages.append({"role": message["role"],
+                         "content": _text(message["content"], where, f"{name}.content", allow_empty=reply)})
     return messages
 
 
@@ -273,7 +283,8 @@ def read_table(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(io.BytesIO(gzip.decompress(path.read_bytes())) if path.name.lower().endswith(".gz")
+                                  else path)
         except Exception as e:  # pyarrow raises many types for a broken file
             raise UserError(f"{path}: not a readable Parquet file ({e})") from None
         for i, row in enumerate(table.to_pylist(), start=1):
@@ -382,7 +393,7 @@ def hh_sides_are_dialogues(row: dict[str, Any], where: str = "row") -> bool:
     sides = [(row.get(name), name) for name in ("chosen", "rejected")]
     if not all(is_hh_dialogue(text) for text, _ in sides):
         return False
-    if row.get("prompt") in (None, "", []):
+    if blank(row.get("prompt")):
         return True
     if not is_hh_prompt(row["prompt"]):
         return False
@@ -416,8 +427,9 @@ def _prefix_pair(
     more than one assistant turn after it (5 of the 2,312 HH harmless test rows do), the rest of that
     side is kept as its response, written back in the `Human:` / `Assistant:` layout, rather than lost.
     """
-    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        raise _fail(where, "chosen", "both conversations must end with an assistant turn")
+    for side, name in ((chosen, "chosen"), (rejected, "rejected")):
+        if side[-1]["role"] != "assistant":
+            raise _fail(where, name, "both conversations must end with an assistant turn")
     shared = 0
     while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
         shared += 1
@@ -544,10 +556,10 @@ def alpaca_eval_record(item: dict[str, Any], where: str, source: str) -> Record:
 def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Record:
     """TRL preference rows: plain or conversational, with an explicit `prompt` or an implicit shared one."""
     for name in ("chosen", "rejected"):
-        if name not in row or row[name] in (None, "", []):
+        if name not in row or row[name] in (None, []):
             raise _fail(where, name, "is missing")
     chosen, rejected = row["chosen"], row["rejected"]
-    prompted = "prompt" in row and row["prompt"] not in (None, "", [])
+    prompted = not blank(row.get("prompt"))
     if hh_sides_are_dialogues(row, where):
         record = hh_record(row, where, source, rater)  # whole dialogues, as reward.data.pair_conversations reads them
     elif prompted and isinstance(chosen, list) and isinstance(rejected, list):
@@ -555,7 +567,8 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
         # the prompt, or hold their own user turns beside a prompt string (TRL's maybe_extract_prompt); else the
         # prompt, then the sides. The shared turns are the prompt, not only the last.
         prompt = parse_conversation(row["prompt"], where)
-        sides = [parse_conversation(side, where, name) for side, name in ((chosen, "chosen"), (rejected, "rejected"))]
+        sides = [parse_conversation(side, where, name, empty_reply=True)
+                 for side, name in ((chosen, "chosen"), (rejected, "rejected"))]
         whole = all(side[:len(prompt)] == prompt and len(side) > len(prompt) for side in sides) or (
             isinstance(row["prompt"], str) and all(any(m["role"] == "user" for m in side) for side in sides))
         record = _prefix_pair(*(side if whole else prompt + side for side in sides), where, source, rater)
@@ -628,15 +641,16 @@ def marked_tie(row: dict[str, Any]) -> str | None:
             return f"{column} equal to {partner}"
         if is_tie_label(value):
             return value
-        if names_a_tie(column) and (value is True or number(value) == 1):
+        said = str(value).strip().lower() in ("true", "yes")  # a CSV's True
+        if names_a_tie(column) and (value is True or number(value) == 1 or said):
             return f"{column} = 1"
     return None
 
 
 def _trl_completion(value: Any, where: str, field_name: str) -> str:
-    if isinstance(value, str):
-        return _text(value, where, field_name)
-    messages = parse_conversation(value, where, field_name)
+    if isinstance(value, str):  # an empty response is a response (HH harmless has four)
+        return _text(value, where, field_name, allow_empty=True)
+    messages = parse_conversation(value, where, field_name, empty_reply=True)
     if messages[-1]["role"] != "assistant":
         raise _fail(where, field_name, "the last message must be the assistant's")
     return messages[-1]["content"]
@@ -752,7 +766,7 @@ def records_from_rows(
 def records_from_dataset(dataset: Any, fmt: str = "generic", name: str = "dataset", rater: str | None = None) -> list[Record]:
     """Records from an in-memory `datasets.Dataset` (or anything iterable of dicts)."""
     _check_rater_option(rater)
-    rows = ((f"{name}: row {i}", dict(row)) for i, row in enumerate(one_split(dataset, name), start=1))
+    rows = ((f"{name}: row {i}", row) for i, row in enumerate(_labels_named(one_split(dataset, name)), start=1))
     records = records_from_rows(rows, fmt, f"{fmt}:{name}"[:MAX_NAME_CHARS], rater)
     if not records:
         raise UserError(f"{name}: no rows")
@@ -767,8 +781,16 @@ def _check_rater_option(rater: str | None) -> None:
 
 def dataset_dir_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Rows of a `save_to_disk` folder (`load_dataset_dir`), each with where it is: "prefs: row 3"."""
-    for i, row in enumerate(load_dataset_dir(path), start=1):
-        yield f"{path}: row {i}", dict(row)
+    for i, row in enumerate(_labels_named(load_dataset_dir(path)), start=1):
+        yield f"{path}: row {i}", row
+
+
+def _labels_named(dataset: Any) -> Iterator[dict[str, Any]]:
+    """A dataset's rows with its ClassLabel columns as their names ("tie", not 2), as a file holds them."""
+    labels = {c: f for c, f in (getattr(dataset, "features", None) or {}).items() if getattr(f, "names", None)}
+    for row in dataset:
+        yield {key: labels[key].int2str(value) if key in labels and isinstance(value, int) and value >= 0 else value
+               for key, value in dict(row).items()}
 
 
 def load_dataset_dir(path: Path, split: str | None = "train") -> Any:

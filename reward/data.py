@@ -314,7 +314,7 @@ def warn_ties(dataset, places: list[str], name: str) -> None:
         elif getattr(feature, "dtype", None) in ("string", "large_string"):
             # Distinct values first (Arrow's, fast): most columns hold no tie, and are not read row by row.
             marks = {v: v for v in dataset.unique(column) if is_tie_label(v)}
-        elif names_a_tie(column) and getattr(feature, "dtype", None) in NUMBERS:
+        elif names_a_tie(column) and getattr(feature, "dtype", None) in (*NUMBERS, "bool"):
             marks = {1: 1}
         else:
             continue
@@ -401,8 +401,7 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
         # Sides that are whole conversations already, the prompt at their start (HuggingFaceH4/ultrafeedback_binarized
         # keeps both): read once, as TRL's maybe_extract_prompt does, not the user turn twice.
         return chosen, rejected
-    if (isinstance(row.get("prompt"), str) and not hh_prompt and all(isinstance(row.get(side), list)
-                                                                   for side in REQUIRED_COLUMNS)
+    if (isinstance(row.get("prompt"), str) and all(isinstance(row.get(side), list) for side in REQUIRED_COLUMNS)
             and all(any(m["role"] == "user" for m in side) for side in (chosen, rejected))):
         # A prompt string beside sides that hold their own user turns: TRL's maybe_extract_prompt reads the sides
         # alone, the string being a copy of a turn that may differ by a space (argilla's capybara), or only the

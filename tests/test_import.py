@@ -15,7 +15,7 @@ from sqlalchemy import text as sql
 from collect import db
 from collect.errors import UserError
 from collect.export import export_project
-from collect.formats import read_records
+from collect.formats import read_records, records_from_dataset
 from collect.ingest import import_dataset, import_file
 from collect.models import Judgment, Pair, Prompt, Rater, Response
 from collect.projects import create_project, get_project
@@ -155,6 +155,28 @@ def test_public_preference_shapes_import_whole_and_ties_stay_ties(sqlite_url, tm
     assert marks == [(0, False), (0, True), (1, False)]
     path = _write(tmp_path / "summarize_prefs.jsonl", json.dumps(plain).encode())  # TRL rows under another name
     assert [r.judgments[0].choice for r in read_records(path, "auto", rater="crowd")] == [1]
+    # A CSV's True for a tie column; a ClassLabel's tie, in a Dataset; a gzipped Parquet file.
+    flags = _write(tmp_path / "flags.csv", b"prompt,chosen,rejected,is_tie\nq1,a,b,True\nq2,a,b,False\n")
+    assert [r.judgments[0].choice for r in read_records(flags, "auto", rater="crowd")] == [0, 1]
+    import datasets
+
+    features = datasets.Features({**{c: datasets.Value("string") for c in ("prompt", "chosen", "rejected")},
+                                  "winner": datasets.ClassLabel(names=["model_a", "model_b", "tie"])})
+    labelled = datasets.Dataset.from_list([{"prompt": "q", "chosen": "a", "rejected": "b", "winner": w}
+                                           for w in (2, 0)], features=features)
+    assert [r.judgments[0].choice for r in records_from_dataset(labelled, "trl", rater="crowd")] == [0, 1]
+    packed = tmp_path / "prefs.parquet.gz"
+    labelled.to_parquet(str(tmp_path / "prefs.parquet"))
+    packed.write_bytes(gzip.compress((tmp_path / "prefs.parquet").read_bytes()))
+    assert len(read_records(packed, "trl", rater="crowd")) == 2
+    # Empty responses (HH harmless has four, which its export keeps) and a blank prompt beside HH's dialogues.
+    empty = [{"prompt": "q", "chosen": "", "rejected": "b"},
+             {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": ""}],
+              "rejected": [{"role": "assistant", "content": "b"}]},
+             {"prompt": " ", "chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b"}]
+    path = _write(tmp_path / "empty.jsonl", "\n".join(map(json.dumps, empty)).encode())
+    assert [(r.prompt[0]["content"], r.response_a) for r in read_records(path, "trl", rater="crowd")] == [
+        ("q", ""), ("q", ""), ("hi", "a")]
     dahoas = _write(tmp_path / "hh_dahoas.jsonl", json.dumps(
         {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " hello", "rejected": " go away"}).encode())
     with pytest.raises(UserError, match=r"field 'chosen': a response beside a 'prompt' column, not a whole dialogue "

@@ -2872,6 +2872,8 @@ def test_a_prompt_string_beside_whole_conversations_is_read_as_trl_reads_it_and_
     assert pair_conversations(capybara) == ([question, answer], [question, wrong])
     orca = {"prompt": "What is 2+2?", "chosen": [system, question, answer], "rejected": [system, question, wrong]}
     assert pair_conversations(orca) == ([system, question, answer], [system, question, wrong])
+    hh_prompt = {**orca, "prompt": "\n\nHuman: What is 2+2?\n\nAssistant:"}  # HH's layout changes nothing here
+    assert pair_conversations(hh_prompt) == pair_conversations(orca)
     # A list prompt is the conversation's start, as TRL concatenates it; one that the sides repeat in other words
     # reads as two user turns in a row, which is said.
     later = {"prompt": [{"role": "user", "content": "And times 3?"}], "chosen": [question, answer],
@@ -2906,9 +2908,12 @@ def test_ties_marked_in_another_column_are_said():
     from reward.data import check_preferences
 
     pair = {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
-    assert warnings_checking([{**pair, "winner": "model_a", "winner_tie": 0, "category": "draw"},
-                              {**pair, "winner": " Tie ", "winner_tie": 1, "category": "math"},
-                              {**pair, "winner": "tie (bothbad)", "winner_tie": 1, "category": "draw"}]) == [
+    assert warnings_checking([{**pair, "winner": "model_a", "winner_tie": 0, "category": "draw", "is_tie": False},
+                              {**pair, "winner": " Tie ", "winner_tie": 1, "category": "math", "is_tie": True},
+                              {**pair, "winner": "tie (bothbad)", "winner_tie": 1, "category": "draw",
+                               "is_tie": False}]) == [
+        "data: 1 pair(s) have is_tie = 1 (first: data[1]): ties, read as a preference for 'chosen' all the same; "
+        "leave them out",
         "data: 2 pair(s) have winner in {' Tie ', 'tie (bothbad)'} (first: data[1]): ties, read as a preference for "
         "'chosen' all the same; leave them out",
         "data: 2 pair(s) have winner_tie = 1 (first: data[1]): ties, read as a preference for 'chosen' all the "
