@@ -287,7 +287,7 @@ def read_table(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                                   else path)
         except Exception as e:  # pyarrow raises many types for a broken file
             raise UserError(f"{path}: not a readable Parquet file ({e})") from None
-        for i, row in enumerate(table.to_pylist(), start=1):
+        for i, row in enumerate(_labels_named(table.to_pylist(), _parquet_labels(table)), start=1):
             yield f"{path}: row {i}", row
     else:
         raise UserError(f"{path}: unknown file type (expected .jsonl, .json, .csv or .parquet, optionally .gz)")
@@ -622,17 +622,19 @@ def rating_partner(column: str) -> str | None:
     return column.replace("chosen", "rejected") if rates else None
 
 
+def number(value: Any) -> float | None:
+    """A rating as a number, also written as text ("8": CSV holds nothing else); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 def marked_tie(row: dict[str, Any]) -> str | None:
     """How a TRL row beside its pair marks it a tie, or None: equal ratings of the two sides, a label saying tie,
     a 0/1 tie column at 1."""
-    def number(value: Any) -> float | None:  # CSV gives "8" for 8
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            return None
-        try:
-            return float(value)
-        except ValueError:
-            return None
-
     for column, value in row.items():
         if column in ("prompt", "chosen", "rejected", "messages"):
             continue
@@ -785,12 +787,23 @@ def dataset_dir_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{path}: row {i}", row
 
 
-def _labels_named(dataset: Any) -> Iterator[dict[str, Any]]:
-    """A dataset's rows with its ClassLabel columns as their names ("tie", not 2), as a file holds them."""
-    labels = {c: f for c, f in (getattr(dataset, "features", None) or {}).items() if getattr(f, "names", None)}
-    for row in dataset:
-        yield {key: labels[key].int2str(value) if key in labels and isinstance(value, int) and value >= 0 else value
-               for key, value in dict(row).items()}
+def _labels_named(rows: Any, labels: dict[str, list[str]] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows with their ClassLabel columns as the labels' names ("tie", not 2), as a file of text holds them: the
+    labels of a Dataset's features, or `labels` (column: names) given."""
+    if labels is None:
+        labels = {c: f.names for c, f in (getattr(rows, "features", None) or {}).items() if getattr(f, "names", None)}
+    for row in rows:
+        yield {key: labels[key][value] if key in labels and isinstance(value, int) and 0 <= value < len(labels[key])
+               else value for key, value in dict(row).items()}
+
+
+def _parquet_labels(table: Any) -> dict[str, list[str]]:
+    """The ClassLabel names of a Parquet table that `datasets` wrote (its features, in the schema's metadata)."""
+    try:
+        features = json.loads((table.schema.metadata or {})[b"huggingface"])["info"]["features"]
+        return {c: f["names"] for c, f in features.items() if isinstance(f, dict) and f.get("_type") == "ClassLabel"}
+    except (KeyError, TypeError, ValueError):
+        return {}
 
 
 def load_dataset_dir(path: Path, split: str | None = "train") -> Any:

@@ -24,8 +24,8 @@ from typing import Any, Iterable, Sequence
 
 from collect.errors import UserError, first_line, warn
 from collect.formats import (hh_sides_are_dialogues, is_hh_dialogue, is_hh_prompt, is_tie_label, load_dataset_dir,
-                             names_a_tie, one_split, rating_partner, read_table, sharegpt_hint, split_hh_dialogue,
-                             split_hh_prompt)
+                             names_a_tie, number, one_split, rating_partner, read_table, sharegpt_hint,
+                             split_hh_dialogue, split_hh_prompt)
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -210,6 +210,7 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
     than its author may have meant, counting them and naming the first."""
     roles: dict[str, str] = {}  # each role, where it first appears
     empty: list[str] = []
+    no_reply: list[str] = []  # sides that end with another turn than the assistant's: HH's "...\n\nHuman:" cut there
     no_context: list[str] = []  # rows with no prompt, and no user turn in their sides
     shared_start: list[str] = []  # rows with no prompt whose plain-text sides start alike: the question, likely
     calls: list[str] = []  # rows with tool calls, which prefloop does not read
@@ -221,7 +222,9 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
         for m in chosen + rejected:
             roles.setdefault(m["role"], place)
         empty += [f"{place}, {side}" for side, turns in (("chosen", chosen), ("rejected", rejected))
-                  if not turns[-1]["content"].strip()]
+                  if turns[-1]["role"] == "assistant" and not turns[-1]["content"].strip()]
+        no_reply += [f"{place}, {side}" for side, turns in (("chosen", chosen), ("rejected", rejected))
+                     if turns[-1]["role"] != "assistant"]
         prompted = prompted or bool(row.get("prompt"))
         if not row.get("prompt") and not any(m["role"] == "user" for m in chosen + rejected):
             no_context.append(place)
@@ -236,13 +239,16 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
                if isinstance(row.get(side), list) for m in row[side]):
             calls.append(place)
     warn_empty_responses(name, empty)
+    if no_reply:
+        warn(f"{name}: {len(no_reply)} side(s) end with a turn that is not the assistant's (first: {no_reply[0]}): "
+             "their reward is read after it, with no response to judge")
     if not prompted and len(no_context) == len(dataset):
         # Intel/orca_dpo_pairs keeps its question in `question`, and others in `instruction` or `input`: unread.
         unread = [column for column in dataset.column_names if _holds_text(dataset, column)]
         warn(f"{name}: no pair has a prompt, nor a user turn in its sides: every response is read without the "
              "question it answers" + (f" (column(s) {', '.join(unread)} hold text prefloop does not read: the "
                                       "question belongs in 'prompt')" if unread else ""))
-    elif "system" in dataset.column_names and "system" not in roles and _holds_text(dataset, "system"):
+    elif "system" in dataset.column_names and "system" not in roles and _holds_text(dataset, "system", 1):
         warn(f"{name}: column system holds text prefloop does not read (a system prompt, as jondurbin/truthy-dpo "
              "keeps it): put it first in 'prompt', as a message of role system")
     if out_of_order:
@@ -266,14 +272,14 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
              f"(first: {roles[unknown[0]]}): a chat template renders them as they are, or refuses them")
 
 
-def _holds_text(dataset, column: str) -> bool:
-    """Whether a column holds text rather than labels or ids: its first 1,000 filled values average 20 characters
-    or more, most with a space in them."""
+def _holds_text(dataset, column: str, mean_chars: int = 12) -> bool:
+    """Whether a column holds text rather than labels or ids: its first 1,000 filled values average `mean_chars`
+    characters or more, most with a space in them ("What is 2+2?" is text; "model_a" and a sha256 are not)."""
     if column in REQUIRED_COLUMNS or getattr(dataset.features[column], "dtype", None) not in ("string", "large_string"):
         return False
     values = [v for v in dataset.select(range(min(len(dataset), 1000)))[column] if isinstance(v, str) and v.strip()]
     spaced = sum(" " in v for v in values)
-    return bool(values) and sum(map(len, values)) >= 20 * len(values) and spaced > len(values) / 2
+    return bool(values) and sum(map(len, values)) >= mean_chars * len(values) and spaced > len(values) / 2
 
 
 NUMBERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
@@ -281,9 +287,12 @@ NUMBERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint
 
 
 def rating_columns(dataset) -> list[tuple[str, str]]:
-    """Pairs of numeric columns that rate the two sides (`collect.formats.rating_partner`)."""
+    """Pairs of columns that rate the two sides (`collect.formats.rating_partner`) with numbers, also written as text
+    ("8"), as import reads them."""
     def numeric(column: str) -> bool:
-        return getattr(dataset.features[column], "dtype", None) in NUMBERS
+        kind = getattr(dataset.features[column], "dtype", None)
+        return kind in NUMBERS or kind in ("string", "large_string") and all(
+            value is None or number(value) is not None for value in dataset[column])
 
     pairs = [(column, rating_partner(column)) for column in dataset.column_names if rating_partner(column)]
     return [(a, b) for a, b in pairs if b in dataset.column_names and numeric(a) and numeric(b)]
@@ -297,13 +306,16 @@ def warn_ties(dataset, places: list[str], name: str) -> None:
     ties: dict[str, list[str]] = {}  # how a tie is marked: the rows so marked
     rated = rating_columns(dataset)
     for chosen_column, rejected_column in rated:
-        ratings = list(zip(places, dataset[chosen_column], dataset[rejected_column]))
+        ratings = [(place, number(a), number(b)) for place, a, b in
+                   zip(places, dataset[chosen_column], dataset[rejected_column])]
         ties[f"{chosen_column} equal to {rejected_column}"] = [
             place for place, a, b in ratings if a is not None and a == b]
-        below = [place for place, a, b in ratings if a is not None and b is not None and a < b]
-        if below and "rank" not in chosen_column:  # a rank is better lower
-            warn(f"{name}: {len(below)} pair(s) have {chosen_column} below {rejected_column} (first: {below[0]}): "
-                 "where a higher rating is better, 'chosen' is the side rated worse; check which side is which")
+        rank = "rank" in chosen_column.lower()  # better lower
+        worse = [place for place, a, b in ratings if a is not None and b is not None and (a > b if rank else a < b)]
+        if worse:
+            warn(f"{name}: {len(worse)} pair(s) have {chosen_column} {'above' if rank else 'below'} {rejected_column} "
+                 f"(first: {worse[0]}): where a {'lower rank' if rank else 'higher rating'} is better, 'chosen' is the "
+                 "side rated worse; check which side is which")
     for column in dataset.column_names:
         feature = dataset.features[column]
         labels = getattr(feature, "names", None)  # a ClassLabel's names, its values their indices

@@ -168,7 +168,7 @@ def test_public_preference_shapes_import_whole_and_ties_stay_ties(sqlite_url, tm
     packed = tmp_path / "prefs.parquet.gz"
     labelled.to_parquet(str(tmp_path / "prefs.parquet"))
     packed.write_bytes(gzip.compress((tmp_path / "prefs.parquet").read_bytes()))
-    assert len(read_records(packed, "trl", rater="crowd")) == 2
+    assert [r.judgments[0].choice for r in read_records(packed, "trl", rater="crowd")] == [0, 1]  # labels kept
     # Empty responses (HH harmless has four, which its export keeps) and a blank prompt beside HH's dialogues.
     empty = [{"prompt": "q", "chosen": "", "rejected": "b"},
              {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": ""}],

@@ -2923,7 +2923,19 @@ def test_ties_marked_in_another_column_are_said():
         "winner": datasets.ClassLabel(names=["model_a", "model_b", "tie"])}))
     with pytest.warns(UserWarning, match=r"^data: 2 pair\(s\) have winner = 'tie' \(first: data\[1\]\)"):
         check_preferences(labelled, [f"data[{i}]" for i in range(3)], "data")
+    # Ratings written as text, as import reads them (a CSV holds nothing else); a side that ends on the user's turn.
+    assert warnings_checking([{**pair, "score_chosen": "8", "score_rejected": "8.0"},
+                              {**pair, "chosen": "\n\nHuman: hi\n\nAssistant: yo\n\nHuman:", "prompt": "",
+                               "rejected": "\n\nHuman: hi\n\nAssistant: no", "score_chosen": "9",
+                               "score_rejected": None}]) == [
+        "data: 1 pair(s) have score_chosen equal to score_rejected (first: data[0]): ties, read as a preference for "
+        "'chosen' all the same; leave them out",
+        "data: 1 side(s) end with a turn that is not the assistant's (first: data[1], chosen): their reward is read "
+        "after it, with no response to judge"]
     # A rank is better lower; lengths are not ratings; text that starts "Tie" is not a label.
+    assert warnings_checking([{**pair, "chosen_rank": 3, "rejected_rank": 1}]) == [
+        "data: 1 pair(s) have chosen_rank above rejected_rank (first: data[0]): where a lower rank is better, "
+        "'chosen' is the side rated worse; check which side is which"]
     rows, places = load_rows([{**pair, "prompt": "Tie a knot?", "winner": "model_a", "note": "tied-up",
                                "chosen_rank": 1, "rejected_rank": 2, "chosen_len": 3, "rejected_len": 3}])
     with warnings.catch_warnings():
