@@ -287,7 +287,7 @@ def read_table(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                                   else path)
         except Exception as e:  # pyarrow raises many types for a broken file
             raise UserError(f"{path}: not a readable Parquet file ({e})") from None
-        for i, row in enumerate(_labels_named(table.to_pylist(), _parquet_labels(table)), start=1):
+        for i, row in enumerate(labels_named(table.to_pylist(), _parquet_labels(table)), start=1):
             yield f"{path}: row {i}", row
     else:
         raise UserError(f"{path}: unknown file type (expected .jsonl, .json, .csv or .parquet, optionally .gz)")
@@ -401,6 +401,18 @@ def hh_sides_are_dialogues(row: dict[str, Any], where: str = "row") -> bool:
     return all(split_hh_dialogue(text, where, name)[:len(turns)] == turns for text, name in sides)
 
 
+def sides_hold_prompt(prompt_value: Any, prompt: list[dict[str, str]], sides: list[list[dict[str, str]]]) -> bool:
+    """Whether a row's sides (as messages) are whole conversations that its prompt (`prompt_value` as given, `prompt`
+    as messages) is not to be put before: they start with the prompt's turns (HuggingFaceH4/ultrafeedback_binarized
+    keeps both), or they hold their own user turns beside a prompt string, which TRL's maybe_extract_prompt then
+    leaves unread (argilla's capybara copies the question with a trailing space; H4's orca_dpo_pairs starts its
+    sides with a system turn; some keep only the last question)."""
+    if not prompt:
+        return False
+    return all(side[:len(prompt)] == prompt and len(side) > len(prompt) for side in sides) or (
+        isinstance(prompt_value, str) and all(any(m["role"] == "user" for m in side) for side in sides))
+
+
 def split_hh_prompt(text: str, where: str, field_name: str = "prompt") -> list[dict[str, str]]:
     """A prompt in HH's layout (`is_hh_prompt`) into messages, less the empty 'Assistant:' turn it ends with."""
     return split_hh_dialogue(text, where, field_name)[:-1]
@@ -410,7 +422,7 @@ def hh_record(row: dict[str, Any], where: str, source: str, rater: str) -> Recor
     for name in ("chosen", "rejected"):
         if name not in row:
             raise _fail(where, name, "is missing")
-        if row.get("prompt") not in (None, "", []) and not is_hh_dialogue(row[name]):
+        if not blank(row.get("prompt")) and not is_hh_dialogue(row[name]):
             raise _fail(where, name, "a response beside a 'prompt' column, not a whole dialogue in HH's layout: read "
                                      "such rows (Dahoas/rm-static's, say) with --format trl")
     chosen = split_hh_dialogue(row["chosen"], where, "chosen")
@@ -563,14 +575,12 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
     if hh_sides_are_dialogues(row, where):
         record = hh_record(row, where, source, rater)  # whole dialogues, as reward.data.pair_conversations reads them
     elif prompted and isinstance(chosen, list) and isinstance(rejected, list):
-        # Whole conversations read as reward.data.pair_conversations reads them: the sides alone where they start with
-        # the prompt, or hold their own user turns beside a prompt string (TRL's maybe_extract_prompt); else the
-        # prompt, then the sides. The shared turns are the prompt, not only the last.
+        # Whole conversations, read as reward.data.pair_conversations reads them (`sides_hold_prompt`); the turns
+        # the sides share are the prompt, not only the last.
         prompt = parse_conversation(row["prompt"], where)
         sides = [parse_conversation(side, where, name, empty_reply=True)
                  for side, name in ((chosen, "chosen"), (rejected, "rejected"))]
-        whole = all(side[:len(prompt)] == prompt and len(side) > len(prompt) for side in sides) or (
-            isinstance(row["prompt"], str) and all(any(m["role"] == "user" for m in side) for side in sides))
+        whole = sides_hold_prompt(row["prompt"], prompt, sides)
         record = _prefix_pair(*(side if whole else prompt + side for side in sides), where, source, rater)
     elif prompted:
         prompt = parse_conversation(row["prompt"], where)
@@ -586,7 +596,8 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
             where, source, rater,
         )
     else:
-        _text(chosen, where, "chosen"), _text(rejected, where, "rejected")
+        for text, name in ((chosen, "chosen"), (rejected, "rejected")):
+            _text(text, where, name)
         if is_hh_dialogue(chosen) or is_hh_dialogue(rejected):  # one side a dialogue: refused, the other named
             hh_record(row, where, source, rater)
         raise _fail(where, "prompt", "plain (string) rows need an explicit 'prompt' column")
@@ -595,8 +606,7 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
         record.judgments[0].choice = 2
     tie = marked_tie(row)
     if tie is not None:  # a tie, which export leaves out, not a preference for `chosen`
-        record.judgments[0].choice = 0
-        record.judgments[0].both_bad = "bothbad" in re.sub(r"[ _-]", "", tie.lower())
+        record.judgments[0].choice, record.judgments[0].both_bad = 0, tie[1]
     return record
 
 
@@ -632,20 +642,34 @@ def number(value: Any) -> float | None:
         return None
 
 
-def marked_tie(row: dict[str, Any]) -> str | None:
-    """How a TRL row beside its pair marks it a tie, or None: equal ratings of the two sides, a label saying tie,
-    a 0/1 tie column at 1."""
+def marked_tie(row: dict[str, Any]) -> tuple[str, bool] | None:
+    """How the columns beside a TRL row's pair mark it a tie ("winner = 'tie'", "score_chosen equal to
+    score_rejected", "winner_tie = 1"), and whether they say both sides are bad; None where they do not. Import makes
+    such a row a tie; training warns of it (reward.data.warn_ties), so the two agree."""
     for column, value in row.items():
         if column in ("prompt", "chosen", "rejected", "messages"):
             continue
         partner = rating_partner(column)
         if partner in row and number(value) is not None and number(value) == number(row[partner]):
-            return f"{column} equal to {partner}"
+            return f"{column} equal to {partner}", False
         if is_tie_label(value):
-            return value
+            return f"{column} = {value!r}", "bothbad" in re.sub(r"[ _-]", "", value.lower())
         said = str(value).strip().lower() in ("true", "yes")  # a CSV's True
         if names_a_tie(column) and (value is True or number(value) == 1 or said):
-            return f"{column} = 1"
+            return f"{column} = 1", False
+    return None
+
+
+def rated_worse(row: dict[str, Any]) -> str | None:
+    """How the ratings beside a TRL row's pair put `rejected` above `chosen` ("score_chosen below score_rejected";
+    for a rank, lower is better: "chosen_rank above rejected_rank"), or None: the sides swapped, likely."""
+    for column, value in row.items():
+        partner = rating_partner(column)
+        if partner not in row or number(value) is None or number(row[partner]) is None:
+            continue
+        rank = "rank" in column.lower()
+        if number(value) > number(row[partner]) if rank else number(value) < number(row[partner]):
+            return f"{column} {'above' if rank else 'below'} {partner}"
     return None
 
 
@@ -768,7 +792,7 @@ def records_from_rows(
 def records_from_dataset(dataset: Any, fmt: str = "generic", name: str = "dataset", rater: str | None = None) -> list[Record]:
     """Records from an in-memory `datasets.Dataset` (or anything iterable of dicts)."""
     _check_rater_option(rater)
-    rows = ((f"{name}: row {i}", row) for i, row in enumerate(_labels_named(one_split(dataset, name)), start=1))
+    rows = ((f"{name}: row {i}", row) for i, row in enumerate(labels_named(one_split(dataset, name)), start=1))
     records = records_from_rows(rows, fmt, f"{fmt}:{name}"[:MAX_NAME_CHARS], rater)
     if not records:
         raise UserError(f"{name}: no rows")
@@ -783,11 +807,11 @@ def _check_rater_option(rater: str | None) -> None:
 
 def dataset_dir_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Rows of a `save_to_disk` folder (`load_dataset_dir`), each with where it is: "prefs: row 3"."""
-    for i, row in enumerate(_labels_named(load_dataset_dir(path)), start=1):
+    for i, row in enumerate(labels_named(load_dataset_dir(path)), start=1):
         yield f"{path}: row {i}", row
 
 
-def _labels_named(rows: Any, labels: dict[str, list[str]] | None = None) -> Iterator[dict[str, Any]]:
+def labels_named(rows: Any, labels: dict[str, list[str]] | None = None) -> Iterator[dict[str, Any]]:
     """Rows with their ClassLabel columns as the labels' names ("tie", not 2), as a file of text holds them: the
     labels of a Dataset's features, or `labels` (column: names) given."""
     if labels is None:

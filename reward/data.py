@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from collect.errors import UserError, first_line, warn
-from collect.formats import (hh_sides_are_dialogues, is_hh_dialogue, is_hh_prompt, is_tie_label, load_dataset_dir,
-                             names_a_tie, number, one_split, rating_partner, read_table, sharegpt_hint,
+from collect.formats import (hh_sides_are_dialogues, is_hh_dialogue, is_hh_prompt, labels_named, load_dataset_dir,
+                             marked_tie, one_split, rated_worse, read_table, sharegpt_hint, sides_hold_prompt,
                              split_hh_dialogue, split_hh_prompt)
 
 Message = dict[str, str]
@@ -282,62 +282,29 @@ def _holds_text(dataset, column: str, mean_chars: int = 12) -> bool:
     return bool(values) and sum(map(len, values)) >= mean_chars * len(values) and spaced > len(values) / 2
 
 
-NUMBERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
-           "float64")
-
-
-def rating_columns(dataset) -> list[tuple[str, str]]:
-    """Pairs of columns that rate the two sides (`collect.formats.rating_partner`) with numbers, also written as text
-    ("8"), as import reads them."""
-    def numeric(column: str) -> bool:
-        kind = getattr(dataset.features[column], "dtype", None)
-        return kind in NUMBERS or kind in ("string", "large_string") and all(
-            value is None or number(value) is not None for value in dataset[column])
-
-    pairs = [(column, rating_partner(column)) for column in dataset.column_names if rating_partner(column)]
-    return [(a, b) for a, b in pairs if b in dataset.column_names and numeric(a) and numeric(b)]
-
-
 def warn_ties(dataset, places: list[str], name: str) -> None:
-    """Rows another column marks as ties, trained as a preference for `chosen` all the same: equal ratings of the two
-    sides (`rating_columns`); a label column (text, or a ClassLabel) saying "tie"; a 0/1 column named for ties
-    (winner_tie, as lmsys/arena-human-preference-55k has it) at 1. Said for each column, counted, the first row
-    named. Ratings that put `rejected` above `chosen` are said too: labels swapped, likely."""
+    """Rows the columns beside their pair mark as ties (`collect.formats.marked_tie`, which import reads too: equal
+    ratings of the two sides, a label saying tie, also as a ClassLabel, a 0/1 tie column at 1), trained as a
+    preference for `chosen` all the same; and rows whose ratings put `rejected` above `chosen`
+    (`collect.formats.rated_worse`). Each way said once, counted, the first row named."""
+    beside = [c for c in dataset.column_names if c not in (*REQUIRED_COLUMNS, "prompt", "messages")]
+    if not beside:
+        return
     ties: dict[str, list[str]] = {}  # how a tie is marked: the rows so marked
-    rated = rating_columns(dataset)
-    for chosen_column, rejected_column in rated:
-        ratings = [(place, number(a), number(b)) for place, a, b in
-                   zip(places, dataset[chosen_column], dataset[rejected_column])]
-        ties[f"{chosen_column} equal to {rejected_column}"] = [
-            place for place, a, b in ratings if a is not None and a == b]
-        rank = "rank" in chosen_column.lower()  # better lower
-        worse = [place for place, a, b in ratings if a is not None and b is not None and (a > b if rank else a < b)]
-        if worse:
-            warn(f"{name}: {len(worse)} pair(s) have {chosen_column} {'above' if rank else 'below'} {rejected_column} "
-                 f"(first: {worse[0]}): where a {'lower rank' if rank else 'higher rating'} is better, 'chosen' is the "
-                 "side rated worse; check which side is which")
-    for column in dataset.column_names:
-        feature = dataset.features[column]
-        labels = getattr(feature, "names", None)  # a ClassLabel's names, its values their indices
-        if column in (*REQUIRED_COLUMNS, "prompt", "messages", *itertools.chain(*rated)):
-            continue
-        if labels is not None:
-            marks = {i: label for i, label in enumerate(labels) if is_tie_label(label)}
-        elif getattr(feature, "dtype", None) in ("string", "large_string"):
-            # Distinct values first (Arrow's, fast): most columns hold no tie, and are not read row by row.
-            marks = {v: v for v in dataset.unique(column) if is_tie_label(v)}
-        elif names_a_tie(column) and getattr(feature, "dtype", None) in (*NUMBERS, "bool"):
-            marks = {1: 1}
-        else:
-            continue
-        if marks:
-            rows = [place for place, value in zip(places, dataset[column]) if value in marks]
-            shown = sorted({repr(marks[value]) for value in dataset.unique(column) if value in marks})
-            ties[f"{column} = {shown[0]}" if len(shown) == 1 else f"{column} in {{{', '.join(shown)}}}"] = rows
+    worse: dict[str, list[str]] = {}
+    for place, row in zip(places, labels_named(dataset.select_columns(beside))):
+        tie, swapped = marked_tie(row), rated_worse(row)
+        if tie is not None:
+            ties.setdefault(tie[0], []).append(place)
+        if swapped is not None:
+            worse.setdefault(swapped, []).append(place)
     for marked, where in ties.items():
-        if where:
-            warn(f"{name}: {len(where)} pair(s) have {marked} (first: {where[0]}): ties, read as a preference for "
-                 "'chosen' all the same; leave them out")
+        warn(f"{name}: {len(where)} pair(s) have {marked} (first: {where[0]}): ties, read as a preference for "
+             "'chosen' all the same; leave them out")
+    for rated, where in worse.items():
+        better = "lower rank" if "rank" in rated else "higher rating"
+        warn(f"{name}: {len(where)} pair(s) have {rated} (first: {where[0]}): where a {better} is better, 'chosen' "
+             "is the side rated worse; check which side is which")
 
 
 def warn_empty_responses(name: str, empty: list[str]) -> None:
@@ -409,16 +376,8 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
         # Dahoas/rm-static's responses keep the space that followed the prompt's "Assistant:".
         chosen, rejected = (as_messages(row[side].strip() if hh_prompt and isinstance(row.get(side), str)
                                         else row.get(side), where, side, "assistant") for side in REQUIRED_COLUMNS)
-    if prompt and all(side[:len(prompt)] == prompt and len(side) > len(prompt) for side in (chosen, rejected)):
-        # Sides that are whole conversations already, the prompt at their start (HuggingFaceH4/ultrafeedback_binarized
-        # keeps both): read once, as TRL's maybe_extract_prompt does, not the user turn twice.
-        return chosen, rejected
-    if (isinstance(row.get("prompt"), str) and all(isinstance(row.get(side), list) for side in REQUIRED_COLUMNS)
-            and all(any(m["role"] == "user" for m in side) for side in (chosen, rejected))):
-        # A prompt string beside sides that hold their own user turns: TRL's maybe_extract_prompt reads the sides
-        # alone, the string being a copy of a turn that may differ by a space (argilla's capybara), or only the
-        # last question of a longer conversation, or miss the system turn the sides start with (H4's orca_dpo_pairs).
-        return chosen, rejected
+    if sides_hold_prompt(row.get("prompt"), prompt, [chosen, rejected]):
+        return chosen, rejected  # whole conversations: the prompt read once, or left unread, as TRL reads it
     return prompt + chosen, prompt + rejected
 
 

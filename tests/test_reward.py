@@ -2898,26 +2898,28 @@ def test_a_prompt_string_beside_whole_conversations_is_read_as_trl_reads_it_and_
     assert rows["extra"][:] == ['[1, "a"]', "[2]"]
 
 
-def test_ties_marked_in_another_column_are_said():
+def test_ties_marked_in_another_column_are_said(tmp_path):
     """Ties marked beside a pair are trained as a preference for `chosen` all the same, so each way of marking them
     is said: a label saying tie (lmsys/chatbot_arena_conversations' `winner`, "tie" and "tie (bothbad)"), the same
     as a ClassLabel, a 0/1 column named for ties (lmsys/arena-human-preference-55k's `winner_tie`), and equal
     score_chosen and score_rejected."""
     import warnings
 
+    from collect.formats import read_records
     from reward.data import check_preferences
 
     pair = {"prompt": "2+2?", "chosen": "4", "rejected": "5"}
-    assert warnings_checking([{**pair, "winner": "model_a", "winner_tie": 0, "category": "draw", "is_tie": False},
-                              {**pair, "winner": " Tie ", "winner_tie": 1, "category": "math", "is_tie": True},
-                              {**pair, "winner": "tie (bothbad)", "winner_tie": 1, "category": "draw",
-                               "is_tie": False}]) == [
-        "data: 1 pair(s) have is_tie = 1 (first: data[1]): ties, read as a preference for 'chosen' all the same; "
-        "leave them out",
-        "data: 2 pair(s) have winner in {' Tie ', 'tie (bothbad)'} (first: data[1]): ties, read as a preference for "
-        "'chosen' all the same; leave them out",
-        "data: 2 pair(s) have winner_tie = 1 (first: data[1]): ties, read as a preference for 'chosen' all the "
-        "same; leave them out"]
+    rows = [{**pair, "winner": "model_a", "winner_tie": 0, "category": "draw"}, {**pair, "winner": " Tie "},
+            {**pair, "winner": "tie (bothbad)"}, {**pair, "winner": "model_b", "winner_tie": 1},
+            {**pair, "winner": "model_b", "is_tie": True}]
+    said = " (first: data[{}]): ties, read as a preference for 'chosen' all the same; leave them out"
+    assert warnings_checking(rows) == [f"data: 1 pair(s) have {marked}" + said.format(i) for i, marked in (
+        (4, "is_tie = 1"), (1, "winner = ' Tie '"), (2, "winner = 'tie (bothbad)'"), (3, "winner_tie = 1"))]
+    # Import reads the same rows as the same ties (collect.formats.marked_tie), both-bad where the label says so.
+    path = tmp_path / "ties.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert [(r.judgments[0].choice, r.judgments[0].both_bad) for r in read_records(path, "trl", rater="crowd")] == [
+        (1, False), (0, False), (0, True), (0, False), (0, False)]
     labelled = datasets.Dataset.from_list([{**pair, "winner": i} for i in (0, 2, 2)], features=datasets.Features({
         **{c: datasets.Value("string") for c in pair},
         "winner": datasets.ClassLabel(names=["model_a", "model_b", "tie"])}))
