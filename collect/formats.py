@@ -430,6 +430,17 @@ def hh_record(row: dict[str, Any], where: str, source: str, rater: str) -> Recor
     return _prefix_pair(chosen, rejected, where, source, rater)
 
 
+def shared_prompt_turns(chosen: list[dict[str, str]], rejected: list[dict[str, str]]) -> int:
+    """How many turns both conversations start with that make their prompt: the longest shared run that ends
+    with a user turn and leaves each side a response (0: the two answer different conversations)."""
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared > 0 and chosen[shared - 1]["role"] != "user":
+        shared -= 1
+    return shared
+
+
 def _prefix_pair(
     chosen: list[dict[str, str]], rejected: list[dict[str, str]], where: str, source: str, rater: str
 ) -> Record:
@@ -442,11 +453,7 @@ def _prefix_pair(
     for side, name in ((chosen, "chosen"), (rejected, "rejected")):
         if side[-1]["role"] != "assistant":
             raise _fail(where, name, "both conversations must end with an assistant turn")
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
-        shared += 1
-    while shared > 0 and chosen[shared - 1]["role"] != "user":
-        shared -= 1
+    shared = shared_prompt_turns(chosen, rejected)
     if shared == 0:
         raise _fail(where, "chosen", "has no prompt turns shared with 'rejected' before the responses")
 

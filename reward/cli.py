@@ -18,42 +18,86 @@ console = Console(markup=False)  # paths and category values are printed as give
 
 @app.command()
 def train(
-    data: str = typer.Option(..., "--data", help="Preference dataset: .parquet, .jsonl or .json (optionally .gz), or a save_to_disk folder (of a DatasetDict, its train split)."),
-    base: str = typer.Option(DEFAULTS.base_model, "--base", help="Backbone: minilm-l6, smollm2-135m-instruct, an HF id or a path."),
-    out: Path = typer.Option(Path(DEFAULTS.output_dir), "--out", help="Output model directory."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out pairs (of a DatasetDict, its test split; default: hold out --eval-fraction)."),
-    eval_fraction: float = typer.Option(DEFAULTS.eval_fraction, "--eval-fraction", help="Share of --data held out, grouped by prompt."),
-    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters and the score head, save a merged model."),
-    lora_r: int = typer.Option(DEFAULTS.lora_r, "--lora-r", help="LoRA rank."),
+    data: str = typer.Option(
+        ..., "--data", rich_help_panel="Data",
+        help="Preference dataset: .parquet, .jsonl or .json (optionally .gz), or a save_to_disk folder (of a "
+             "DatasetDict, its train split)."),
+    base: str = typer.Option(
+        DEFAULTS.base_model, "--base", rich_help_panel="Model",
+        help="Backbone: minilm-l6, smollm2-135m-instruct, an HF id or a path."),
+    out: Path = typer.Option(
+        Path(DEFAULTS.output_dir), "--out", rich_help_panel="Model",
+        help="Output model directory."),
+    eval_data: Optional[str] = typer.Option(
+        None, "--eval-data", rich_help_panel="Data",
+        help="Held-out pairs (of a DatasetDict, its test split; default: hold out --eval-fraction)."),
+    eval_fraction: float = typer.Option(
+        DEFAULTS.eval_fraction, "--eval-fraction", rich_help_panel="Data",
+        help="Share of --data held out, grouped by prompt."),
+    lora: bool = typer.Option(
+        False, "--lora", rich_help_panel="Model",
+        help="Train LoRA adapters and the score head, save a merged model."),
+    lora_r: int = typer.Option(DEFAULTS.lora_r, "--lora-r", rich_help_panel="Model", help="LoRA rank."),
     lora_alpha: Optional[int] = typer.Option(
-        DEFAULTS.lora_alpha, "--lora-alpha", help="LoRA scale numerator (updates scaled by alpha / r; default 2 * r)."),
+        DEFAULTS.lora_alpha, "--lora-alpha", rich_help_panel="Model",
+        help="LoRA scale numerator (updates scaled by alpha / r; default 2 * r)."),
     backbone_layers: Optional[int] = typer.Option(
-        None, "--backbone-layers", help="Keep only the bottom N layers of the base model (default: all)."),
+        None, "--backbone-layers", rich_help_panel="Model",
+        help="Keep only the bottom N layers of the base model (default: all)."),
     trainable_layers: Optional[int] = typer.Option(
-        None, "--trainable-layers", help="Train only the top N layers and the head; 0: the head alone (default: all)."),
+        None, "--trainable-layers", rich_help_panel="Model",
+        help="Train only the top N layers and the head; 0: the head alone (default: all)."),
     no_frozen_cache: bool = typer.Option(
-        False, "--no-frozen-cache", help="With --trainable-layers, recompute the frozen layers every epoch."),
-    no_margin: bool = typer.Option(False, "--no-margin", help="Ignore the data's margin column."),
+        False, "--no-frozen-cache", rich_help_panel="Model",
+        help="With --trainable-layers, recompute the frozen layers every epoch."),
+    no_margin: bool = typer.Option(
+        False, "--no-margin", rich_help_panel="Data",
+        help="Ignore the data's margin column."),
     no_share_prompt: bool = typer.Option(
-        False, "--no-share-prompt", help="On a decoder, run chosen and rejected as two sequences, the prompt twice."),
-    max_length: int = typer.Option(DEFAULTS.max_length, "--max-length", help="Longest sequence in tokens (longer: truncated)."),
-    truncation_side: str = typer.Option(DEFAULTS.truncation_side, "--truncation-side", help="left keeps the end of the dialogue."),
+        False, "--no-share-prompt", rich_help_panel="Model",
+        help="On a decoder, run chosen and rejected as two sequences, the prompt twice."),
+    max_length: int = typer.Option(
+        DEFAULTS.max_length, "--max-length", rich_help_panel="Data",
+        help="Longest sequence in tokens (longer: truncated)."),
+    truncation_side: str = typer.Option(
+        DEFAULTS.truncation_side, "--truncation-side", rich_help_panel="Data",
+        help="left keeps the end of the dialogue."),
     no_align_truncation: bool = typer.Option(
-        False, "--no-align-truncation", help="Cut each side of an over-long pair alone (default: both alike)."),
-    epochs: float = typer.Option(DEFAULTS.num_train_epochs, "--epochs", help="Passes over the training pairs."),
-    max_steps: int = typer.Option(DEFAULTS.max_steps, "--max-steps", help="Stop after this many steps when > 0."),
-    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", help="Pairs per device per step."),
+        False, "--no-align-truncation", rich_help_panel="Data",
+        help="Cut each side of an over-long pair alone (default: both alike)."),
+    epochs: float = typer.Option(
+        DEFAULTS.num_train_epochs, "--epochs", rich_help_panel="Training",
+        help="Passes over the training pairs."),
+    max_steps: int = typer.Option(
+        DEFAULTS.max_steps, "--max-steps", rich_help_panel="Training",
+        help="Stop after this many steps when > 0."),
+    batch_size: int = typer.Option(
+        DEFAULTS.batch_size, "--batch-size", rich_help_panel="Training",
+        help="Pairs per device per step."),
     gradient_accumulation_steps: int = typer.Option(
-        DEFAULTS.gradient_accumulation_steps, "--gradient-accumulation-steps", help="Steps summed per update: a smaller --batch-size, same update."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help=f"Default {DEFAULTS.peak_learning_rate():g} (full), "
+        DEFAULTS.gradient_accumulation_steps, "--gradient-accumulation-steps", rich_help_panel="Training",
+        help="Steps summed per update: a smaller --batch-size, same update."),
+    learning_rate: Optional[float] = typer.Option(
+        None, "--learning-rate", rich_help_panel="Training",
+        help=f"Default {DEFAULTS.peak_learning_rate():g} (full), "
         f"{RewardTrainingConfig(data=None, lora=True).peak_learning_rate():g} (LoRA, --trainable-layers)."),
     evals_per_epoch: int = typer.Option(
-        DEFAULTS.evals_per_epoch, "--evals-per-epoch", help="Held-out evaluations per epoch; the latest that no earlier one beats significantly is kept (2 halves their cost)."),
-    center_rewards: Optional[float] = typer.Option(DEFAULTS.center_rewards_coefficient, "--center-rewards", help="Reward-centering weight; 0 disables."),
-    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many seconds."),
-    precision: str = typer.Option(DEFAULTS.precision, "--precision", help="auto | fp32 | bf16 | fp16."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Less memory, slower."),
-    seed: int = typer.Option(DEFAULTS.seed, "--seed"),
+        DEFAULTS.evals_per_epoch, "--evals-per-epoch", rich_help_panel="Training",
+        help="Held-out evaluations per epoch; the latest that no earlier one beats significantly is kept (2 halves"
+             " their cost)."),
+    center_rewards: Optional[float] = typer.Option(
+        DEFAULTS.center_rewards_coefficient, "--center-rewards", rich_help_panel="Training",
+        help="Reward-centering weight; 0 disables."),
+    time_budget: Optional[float] = typer.Option(
+        None, "--time-budget", rich_help_panel="Training",
+        help="Stop training after this many seconds."),
+    precision: str = typer.Option(
+        DEFAULTS.precision, "--precision", rich_help_panel="Model",
+        help="auto | fp32 | bf16 | fp16."),
+    gradient_checkpointing: bool = typer.Option(
+        False, "--gradient-checkpointing", rich_help_panel="Model",
+        help="Less memory, slower."),
+    seed: int = typer.Option(DEFAULTS.seed, "--seed", rich_help_panel="Training"),
 ) -> None:
     """Train a reward model with TRL's RewardTrainer."""
     from reward.train import train_reward_model

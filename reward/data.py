@@ -24,8 +24,8 @@ from typing import Any, Iterable, Sequence
 
 from collect.errors import UserError, first_line, warn
 from collect.formats import (hh_sides_are_dialogues, is_hh_dialogue, is_hh_prompt, labels_named, load_dataset_dir,
-                             marked_tie, one_split, rated_worse, read_table, sharegpt_hint, sides_hold_prompt,
-                             split_hh_dialogue, split_hh_prompt)
+                             marked_tie, one_split, rated_worse, read_table, shared_prompt_turns, sharegpt_hint,
+                             sides_hold_prompt, split_hh_dialogue, split_hh_prompt)
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -181,9 +181,10 @@ def check_margins(dataset, places: list[str]) -> None:
                             f"'chosen' beats 'rejected'; `reward train --no-margin` ignores the column)")
 
 
-def check_preferences(dataset, places: list[str], name: str, use_margin: bool = True) -> None:
+def check_preferences(dataset, places: list[str], name: str, use_margin: bool = True, scoring: bool = False) -> None:
     """UserError, naming the column or the row's place, unless every row is a usable preference pair; warnings
-    about pairs read other than their author may have meant (`warn_misread_pairs`)."""
+    about pairs read other than their author may have meant (`warn_misread_pairs`, `warn_ties`; `scoring`: the
+    pairs are scored side by side, not read as preferences)."""
     if len(dataset) == 0:
         raise UserError(f"{name}: the dataset is empty")
     warn_unread_template_columns(dataset, name)
@@ -198,7 +199,7 @@ def check_preferences(dataset, places: list[str], name: str, use_margin: bool = 
     if use_margin and "margin" in dataset.column_names:
         check_margins(dataset, places)
     warn_misread_pairs(dataset, places, name)
-    warn_ties(dataset, places, name)
+    warn_ties(dataset, places, name, scoring)
 
 
 SHARED_START_CHARS = 20
@@ -215,6 +216,7 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
     shared_start: list[str] = []  # rows with no prompt whose plain-text sides start alike: the question, likely
     calls: list[str] = []  # rows with tool calls, which prefloop does not read
     out_of_order: list[str] = []  # rows read with two user turns in a row, or a system turn after the first
+    unshared: list[str] = []  # rows whose sides answer different conversations: no prompt turn in common
     prompted = False
     for place, row in zip(places, dataset.select_columns([c for c in ("prompt", "chosen", "rejected")
                                                           if c in dataset.column_names])):
@@ -232,6 +234,8 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
                 alike = len(os.path.commonprefix([row["chosen"], row["rejected"]]).strip())
                 if alike >= SHARED_START_CHARS:
                     shared_start.append(f"{place}, {alike} characters alike")
+        if any(m["role"] == "user" for m in chosen + rejected) and not shared_prompt_turns(chosen, rejected):
+            unshared.append(place)
         roles_in_order = [[m["role"] for m in side] for side in (chosen, rejected)]
         if any("system" in order[1:] or ("user", "user") in zip(order, order[1:]) for order in roles_in_order):
             out_of_order.append(f"{place}: {', '.join(roles_in_order[0])}")
@@ -255,6 +259,10 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
         warn(f"{name}: {len(out_of_order)} pair(s) read with two user turns in a row, or a system turn after the "
              f"first (first: {out_of_order[0]}): a 'prompt' list that the sides repeat in other words, or turns out "
              "of order; check 'prompt' against the sides' first turns")
+    if unshared:
+        warn(f"{name}: {len(unshared)} pair(s) have sides that share no prompt turns (first: {unshared[0]}): two "
+             "answers to different conversations are compared, not two answers to one prompt (rows out of line?); "
+             "`prefloop import` refuses such pairs")
     if prompted and no_context:
         warn(f"{name}: {len(no_context)} pair(s) have no prompt where others have one, and no user turn in "
              f"their responses (first: {no_context[0]}): they are read without the question they answer")
@@ -274,19 +282,30 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
 
 def _holds_text(dataset, column: str, mean_chars: int = 12) -> bool:
     """Whether a column holds text rather than labels or ids: its first 1,000 filled values average `mean_chars`
-    characters or more, most with a space in them ("What is 2+2?" is text; "model_a" and a sha256 are not)."""
-    if column in REQUIRED_COLUMNS or getattr(dataset.features[column], "dtype", None) not in ("string", "large_string"):
+    characters or more, most with a space in them ("What is 2+2?" is text; "model_a" and a sha256 are not). A list
+    or dict column counts by the text in it (UltraInteract keeps its question in `trajectory`, a list of turns)."""
+    if column in REQUIRED_COLUMNS:
         return False
-    values = [v for v in dataset.select(range(min(len(dataset), 1000)))[column] if isinstance(v, str) and v.strip()]
+    values = [_text_in(v) for v in dataset.select(range(min(len(dataset), 1000)))[column]]
+    values = [v for v in values if v.strip()]
     spaced = sum(" " in v for v in values)
     return bool(values) and sum(map(len, values)) >= mean_chars * len(values) and spaced > len(values) / 2
 
 
-def warn_ties(dataset, places: list[str], name: str) -> None:
+def _text_in(value: Any) -> str:
+    """The strings in a value, nested in lists and dicts too, joined by spaces ("" for numbers and the like)."""
+    if isinstance(value, str):
+        return value
+    parts = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return " ".join(text for text in map(_text_in, parts) if text)
+
+
+def warn_ties(dataset, places: list[str], name: str, scoring: bool = False) -> None:
     """Rows the columns beside their pair mark as ties (`collect.formats.marked_tie`, which import reads too: equal
     ratings of the two sides, a label saying tie, also as a ClassLabel, a 0/1 tie column at 1), trained as a
     preference for `chosen` all the same; and rows whose ratings put `rejected` above `chosen`
-    (`collect.formats.rated_worse`). Each way said once, counted, the first row named."""
+    (`collect.formats.rated_worse`). Each way said once, counted, the first row named. `scoring`: the sides are
+    only scored, so a tie is said to be scored as its columns name its sides."""
     beside = [c for c in dataset.column_names if c not in (*REQUIRED_COLUMNS, "prompt", "messages")]
     if not beside:
         return
@@ -298,9 +317,10 @@ def warn_ties(dataset, places: list[str], name: str) -> None:
             ties.setdefault(tie[0], []).append(place)
         if swapped is not None:
             worse.setdefault(swapped, []).append(place)
+    read = ("scored as reward_chosen and reward_rejected all the same, though neither side is preferred" if scoring
+            else "read as a preference for 'chosen' all the same; leave them out")
     for marked, where in ties.items():
-        warn(f"{name}: {len(where)} pair(s) have {marked} (first: {where[0]}): ties, read as a preference for "
-             "'chosen' all the same; leave them out")
+        warn(f"{name}: {len(where)} pair(s) have {marked} (first: {where[0]}): ties, {read}")
     for rated, where in worse.items():
         better = "lower rank" if "rank" in rated else "higher rating"
         warn(f"{name}: {len(where)} pair(s) have {rated} (first: {where[0]}): where a {better} is better, 'chosen' "

@@ -448,7 +448,7 @@ def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | 
         warn_unread_template_columns(rows, data_name)
         conversations = conversations_from_rows(rows, places)
     else:
-        check_preferences(rows, places, data_name, use_margin=False)  # scoring reads no margin
+        check_preferences(rows, places, data_name, use_margin=False, scoring=True)  # scoring reads no margin
     scorer = RewardScorer(models, batch_size=batch_size, max_length=max_length)
     if single:
         warn_empty_responses(data_name, [place for place, c in zip(places, conversations)

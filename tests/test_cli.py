@@ -216,3 +216,29 @@ def test_ctrl_c_outside_a_commands_own_handling_says_interrupted_and_exits_130(m
     with pytest.raises(SystemExit) as exit_:
         cli.main()
     assert exit_.value.code == 130 and capsys.readouterr().err.strip() == "interrupted"
+
+
+def test_every_options_name_is_shown_whole_in_help_on_an_80_column_terminal():
+    """Rich's help table cut `--gradient-accumulation-steps` to `--gradient-accumulation-st…` at 80 columns."""
+    import re
+
+    import click
+    import typer.main
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+
+    def commands(command: click.Command, path: list[str]):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from commands(sub, [*path, name])
+
+    runner = CliRunner()
+    checked = 0
+    for path, command in commands(typer.main.get_command(app), []):
+        shown = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"}).output
+        assert "…" not in shown and all(len(line) <= 80 for line in shown.splitlines()), path
+        for option in (opt for param in command.params for opt in param.opts if opt.startswith("--")):
+            assert re.search(rf"(?<![\w-]){option}(?![\w-])", shown), (path, option)
+            checked += 1
+    assert checked > 100

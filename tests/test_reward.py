@@ -2724,10 +2724,14 @@ def test_shapes_teams_bring_are_read_as_they_mean_or_said(tmp_path, tiny_rm):
     # `reward score` scores such a file's pairs, not its `messages` column (the chosen side alone).
     path = tmp_path / "h4.jsonl"
     path.write_text(json.dumps(h4) + "\n")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         scored = json.loads(score_file(tiny_rm, str(path), tmp_path / "h4.scored.jsonl").read_text())
     assert {"reward_chosen", "reward_rejected"} <= set(scored) and "reward" not in scored
+    # Scoring reads no preference from the tie, and says so rather than what training would do.
+    said = [str(w.message) for w in caught if "ties" in str(w.message)]
+    assert said == [f"{path}: 1 pair(s) have score_chosen equal to score_rejected (first: {path}:1): ties, scored as "
+                    "reward_chosen and reward_rejected all the same, though neither side is preferred"]
     # A pair with no prompt among pairs with one, its sides holding no question: said.
     rows, places = load_rows([{"prompt": question, "chosen": good, "rejected": bad},
                               {"prompt": None, "chosen": good, "rejected": bad}])
@@ -2846,6 +2850,11 @@ def test_a_question_kept_in_another_column_is_said_to_be_unread():
                       r"is read without the question it answers \(column\(s\) system, question hold text prefloop "
                       r"does not read: the question belongs in 'prompt'\)$"):
         check_preferences(*load_rows(orca), "data")
+    # openbmb/UltraInteract_pair keeps it in `trajectory`, a list of turns: named too.
+    interact = [{"task": "Coding", "trajectory": [{"from": "user", "value": f"Write a function that adds {i}."}],
+                 "chosen": f"def f(x): return x + {i}", "rejected": "pass", "id": f"id{i}"} for i in range(3)]
+    with pytest.warns(UserWarning, match=r"\(column\(s\) trajectory hold text prefloop does not read"):
+        check_preferences(*load_rows(interact), "data")
 
 
 def warnings_checking(rows: list[dict]) -> list[str]:
@@ -2855,6 +2864,33 @@ def warnings_checking(rows: list[dict]) -> list[str]:
     with pytest.warns(UserWarning) as caught:
         check_preferences(*load_rows(rows), "data")
     return sorted(str(w.message) for w in caught)
+
+
+def test_sides_that_answer_different_conversations_are_said_in_training_and_refused_on_import(tmp_path):
+    """Rows out of line (each side from another conversation) train silently as TRL trains them; `prefloop import`
+    refused them. Training now says so, by the same rule (collect.formats.shared_prompt_turns)."""
+    from collect.formats import read_records
+
+    def user(text: str) -> dict:
+        return {"role": "user", "content": text}
+
+    def assistant(text: str) -> dict:
+        return {"role": "assistant", "content": text}
+
+    sums = {"chosen": [user("What is 2+2?"), assistant("4")], "rejected": [user("Capital of France?"),
+                                                                        assistant("Lyon")]}
+    same = {"chosen": [user("What is 2+2?"), assistant("4")], "rejected": [user("What is 2+2?"), assistant("5")]}
+    system = {"role": "system", "content": "Be brief."}
+    behind_system = {side: [system, *turns] for side, turns in sums.items()}  # a shared system turn is no prompt
+    assert warnings_checking([same, sums, {"prompt": "What is 2+2?", **sums}, behind_system]) == [
+        "data: 3 pair(s) have sides that share no prompt turns (first: data[1]): two answers to different "
+        "conversations are compared, not two answers to one prompt (rows out of line?); `prefloop import` refuses "
+        "such pairs"]
+    path = tmp_path / "pairs.jsonl"
+    for row in (sums, behind_system):
+        path.write_text(json.dumps(row) + "\n")
+        with pytest.raises(UserError, match="has no prompt turns shared with 'rejected'"):
+            read_records(path, "trl", rater="crowd")
 
 
 def test_a_prompt_string_beside_whole_conversations_is_read_as_trl_reads_it_and_odd_turns_are_said():
