@@ -46,6 +46,8 @@ def check_output_dir(path: Path, marker: str, kind: str) -> None:
 def check_can_create(path: Path, label: str) -> None:
     """UserError, naming `label` and `path`, unless the nearest folder that exists at or above `path` is a folder
     this process can write in: what writing `path` (creating the folders up to it) needs."""
+    if Path(path).name == "..":  # rm/new/.. with no rm/new passed every check, then failed to save after training
+        raise UserError(f"{label} {path}: ends in '..'; name the folder itself")
     existing = Path(path)
     while not existing.exists():
         existing = existing.parent

@@ -484,7 +484,8 @@ def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | 
         if out.suffix == ".parquet":
             scored.to_parquet(str(partial))
         else:
-            # 15 significant digits: pandas' default of 10 would round the rewards (and a mean of members).
+            # 15 decimal places (pandas' most; its default of 10 would round small rewards): more than the 7
+            # significant digits a float32 reward carries, down to rewards of 1e-8.
             scored.to_json(str(partial), lines=True, force_ascii=False, double_precision=15)
         partial.replace(out)
     finally:

@@ -2317,6 +2317,12 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
         with pytest.raises(UserError) as e:
             train_reward_model(config(out))
         assert "holds the current folder" in _one_line_error(e)
+    # A path through a missing folder back up (rm/new/..) was let through, trained, and failed at the save.
+    (tmp_path / "theirs2").mkdir()
+    with pytest.raises(UserError) as e:
+        train_reward_model(config(str(tmp_path / "theirs2" / "new" / "..")))
+    assert _one_line_error(e) == f"output_dir (--out) {tmp_path / 'theirs2' / 'new' / '..'}: ends in '..'; name the " \
+                                 "folder itself"
     monkeypatch.undo()
 
     out = tmp_path / "rm"
