@@ -14,16 +14,22 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from collect.errors import UserError
 
 
-def check_output_dir(path: Path, marker: str, kind: str) -> None:
+def check_output_dir(path: Path, marker: str, kind: str, inputs: dict[str, Any] | None = None) -> None:
     """UserError unless `path` is new, empty, or a previous output of the same command (it holds `marker`, a JSON
-    file whose "kind" is `kind`), and can be written."""
+    file whose "kind" is `kind`), and can be written; and unless it holds none of the run's `inputs` (how errors
+    name each: the file, folder or other value given), which replacing it whole would delete."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir (--out) {path}: is a file; name a folder")
+    for label, given in (inputs or {}).items():
+        if path.is_dir() and _lies_in(given, path):
+            raise UserError(f"output_dir (--out) {path}: holds {label} {given}, which the new output would delete "
+                            "as it replaces the folder whole; move it out, or name another folder")
     if (path / marker).is_file():
         # A reward model's folder named as an aligned policy's --out (both write prefloop.json) was replaced whole.
         try:
@@ -41,6 +47,16 @@ def check_output_dir(path: Path, marker: str, kind: str) -> None:
         raise UserError(f"output_dir (--out) {path}: holds other files (no {marker}); name a new or empty folder, or an "
                         "earlier output of this command, which is replaced")
     check_can_create(path, "output_dir (--out)")
+
+
+def _lies_in(given: Any, folder: Path) -> bool:
+    """Whether `given` is a file or folder at or inside `folder` (False for what is not a path: a Dataset, a chat
+    template written out, a Hub id)."""
+    try:
+        return isinstance(given, (str, Path)) and Path(given).exists() and \
+            Path(given).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):  # a name too long to be a path, or holding a NUL
+        return False
 
 
 def check_can_create(path: Path, label: str) -> None:

@@ -172,7 +172,10 @@ def align(config: AlignConfig) -> AlignResult:
         reward_info = reward_model_info(config.reward_model)
         if config.method == "dpo":
             reward_info = None  # checked for the evaluation, but not what the adapter was trained against
-    check_output_dir(config.output_dir, "prefloop.json", "prefloop.aligned_policy")  # before training, not at the save
+    check_output_dir(config.output_dir, "prefloop.json", "prefloop.aligned_policy",  # before training, not at the save
+                     {f"{name} ({flag})": getattr(config, name) for name, flag in (
+                         ("prompts", "--prompts"), ("policy", "--policy"), ("reward_model", "--reward"),
+                         ("judge", "--judge"), ("chat_template", "--chat-template"))})
     path = resolve(config.policy)
     check_causal_lm(path, config.policy)  # a reward model as --policy trained a random lm_head
     tokenizer = load_tokenizer(config.policy, config.chat_template)

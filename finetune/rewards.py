@@ -9,7 +9,6 @@ without a template (minilm-l6) and misjudges long dialogues.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +17,7 @@ from transformers import AutoConfig
 from collect.errors import UserError
 from finetune.prompts import Conversation
 from reward.data import as_messages
-from reward.score import RewardScorer, check_reward_adapter
+from reward.score import RewardScorer, check_reward_adapter, model_info
 
 
 def reward_model_info(path: str) -> dict[str, Any]:
@@ -45,8 +44,7 @@ def reward_model_info(path: str) -> dict[str, Any]:
         )
     if config.num_labels != 1:
         raise UserError(f"reward model {path}: has {config.num_labels} outputs; a reward model has exactly one")
-    meta = Path(resolved) / "prefloop.json"
-    return json.loads(meta.read_text()) if meta.exists() else {}
+    return model_info(resolved)
 
 
 def load_scorer(path: str, device: str | None = None, batch_size: int = 16) -> RewardScorer:

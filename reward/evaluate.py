@@ -28,6 +28,7 @@ separates them on far fewer pairs than two independent intervals would.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -673,6 +674,22 @@ def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+@functools.cache
+def _font_characters() -> frozenset[int]:
+    """The code points the font matplotlib draws labels in has glyphs for."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap())
+
+
+def _drawable(text: str) -> str:
+    """`text` with each character the font has no glyph for written as its \\u escape: a box says nothing, and
+    each missing glyph was a warning (a category `lang=日本語`, on a machine without CJK fonts)."""
+    drawable = _font_characters()
+    return "".join(c if ord(c) in drawable else c.encode("unicode_escape").decode() for c in text)
+
+
 def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
     from matplotlib.figure import Figure
 
@@ -680,7 +697,7 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
 
     def add(label: str, entry: dict[str, Any]) -> None:
         if entry["n"]:
-            labels.append(f"{label} (n={entry['n']})")
+            labels.append(_drawable(f"{label} (n={entry['n']})"))
             values.append(entry["accuracy"])
             # A percentile interval from a few resamples (--n-bootstrap 1) need not hold the accuracy itself.
             lows.append(max(0.0, entry["accuracy"] - entry["ci"][0]))

@@ -60,9 +60,19 @@ def model_info(model_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except ValueError as e:
         raise UserError(f"{path}: cannot read it ({first_line(e)})") from None
+    # Edited or damaged by hand, it gave a traceback where scoring reads it.
+    if not isinstance(info, dict):
+        raise UserError(f"{path}: expected a JSON object, as `prefloop reward train` writes it; got "
+                        f"{json.dumps(info)[:40]}")
+    limit, side = info.get("max_length"), info.get("truncation_side", "left")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"{path}: field 'max_length': expected a whole number of tokens, got {limit!r}")
+    if side not in ("left", "right"):
+        raise UserError(f"{path}: field 'truncation_side': expected 'left' or 'right', got {side!r}")
+    return info
 
 
 def distinct_sequences(sequences: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -472,10 +482,12 @@ def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | 
                                    for limit in scorer.length_limits()}))
         warn(f"{data_name}: {cut} of {len(rows)} row(s) had a conversation cut to {limits}; the "
              "*_truncated columns say which")
-    scored = rows
+    # Every column an earlier scoring wrote goes, not only those written now: an ensemble's spread beside one
+    # model's new reward would read as that model's.
+    earlier = [f"{name}{suffix}" for name in ("reward", "reward_chosen", "reward_rejected")
+               for suffix in ("", "_truncated", "_spread", "_members")]
+    scored = rows.remove_columns([c for c in earlier if c in rows.column_names])
     for name, column in values.items():
-        if name in scored.column_names:
-            scored = scored.remove_columns(name)
         scored = scored.add_column(name, column)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside `out`, then renamed over it: a failure part way leaves any earlier file whole.

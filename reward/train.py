@@ -212,6 +212,9 @@ class RewardTrainingResult:
     """What training computed in: fp32, or bf16 or fp16 autocast."""
     margin_in_loss: bool = False
     """Whether the data's `margin` column entered the loss (it has one, and `use_margin`)."""
+    data_fingerprint: str = ""
+    """`reward.data.fingerprint` of `data` as given, every pair, those held out too: what
+    `fingerprint(load_preferences(data))` gives for the same file."""
     eval_accuracy_ci: list[float] | None = None
     """95% interval of the saved model's held-out accuracy (`reward.evaluate.accuracy_entry`: a bootstrap over
     prompts, or Wilson over a few prompts)."""
@@ -681,6 +684,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     encoder = Encoder(tokenizer, config.max_length, config.truncation_side)
 
     train_rows = load_preferences(config.data, "data", config.use_margin)
+    data_fingerprint = fingerprint(train_rows)
     if config.eval_data is not None:
         eval_rows = load_preferences(config.eval_data, "eval_data", config.use_margin, split="test")
     elif config.eval_fraction > 0:
@@ -836,6 +840,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         truncated_train=truncated_train,
         truncated_eval=truncated_eval,
         margin_in_loss=config.use_margin and "margin" in train_rows.column_names,
+        data_fingerprint=data_fingerprint,
         best_step=keep_best.best_step,
         train_seconds=train_seconds,
         pairs_per_second=pairs_seen / max(train_seconds, 1e-9),
@@ -943,7 +948,8 @@ def _check(config: RewardTrainingConfig) -> None:
                         f"got {config.center_rewards_coefficient}")
     if config.time_budget_s is not None and config.time_budget_s <= 0:
         raise UserError(f"{setting('time_budget_s')} must be above 0, got {config.time_budget_s}")
-    check_output_dir(Path(config.output_dir), "prefloop.json", "reward_model")
+    check_output_dir(Path(config.output_dir), "prefloop.json", "reward_model",
+                     {setting(name): getattr(config, name) for name in ("data", "eval_data", "base_model")})
     ds_stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     if ds_stage == "3":
         raise UserError("DeepSpeed ZeRO-3 is not supported for reward training; use deepspeed_zero2.yaml")
@@ -1015,7 +1021,7 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
         "align_truncation": config.align_truncation,
         "chat_template": bool(getattr(tokenizer, "chat_template", None)),
         "margin_in_loss": result.margin_in_loss,
-        "data_fingerprint": fingerprint(train_rows),
+        "data_fingerprint": result.data_fingerprint,
         "eval_data_fingerprint": fingerprint(eval_rows) if eval_rows is not None else None,
         "metrics": result.metrics,
         "n_train": result.n_train,

@@ -532,6 +532,13 @@ def test_an_output_folder_of_other_files_is_refused_before_training(models, tmp_
         train_reward_model(RewardTrainingConfig(data=preference_rows(), base_model=models["reward"],
                                                 output_dir=str(aligned)))
     assert json.loads((reward_dir / "prefloop.json").read_text()) == {"kind": "reward_model"}
+    # The prompts kept in an earlier run's folder would go with it as the new adapter replaces it: refused, kept.
+    prompts = aligned / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    with pytest.raises(UserError, match=rf"^output_dir \(--out\) {aligned}: holds prompts \(--prompts\) {prompts}, "
+                       "which the new output would delete"):
+        align(small_config(models, "grpo", aligned, prompts=str(prompts)))
+    assert prompts.is_file()
 
 
 def test_empty_prompts(models, tmp_path):

@@ -664,8 +664,13 @@ def test_lora_run_through_the_cli_saves_and_reloads(tmp_path, tiny_rm):
     with_adapter = PeftModel.from_pretrained(base, out / "adapter").merge_and_unload()
     batch = torch.tensor([[5, 6, 7, 8, 9]])
     assert torch.allclose(with_adapter(batch).logits, merged(batch).logits, atol=1e-5)
-    config = json.loads((out / "prefloop.json").read_text())["config"]
-    assert config["lora"] is True and config["evals_per_epoch"] == 2
+    info = json.loads((out / "prefloop.json").read_text())
+    assert info["config"]["lora"] is True and info["config"]["evals_per_epoch"] == 2
+    # The fingerprint is the file's as given, held-out pairs too, so anyone can check a file against it.
+    from reward.data import fingerprint
+
+    assert info["n_eval"] > 0 and info["data_fingerprint"] == fingerprint(load_preferences(str(data)))
+    assert f"- data: `{data}` ({info['data_fingerprint']})" in (out / "README.md").read_text()
     # The adapter alone loses the max length and truncation side the merged folder records: scoring points there.
     with pytest.raises(UserError) as e:
         RewardScorer(str(out / "adapter"))
@@ -1430,6 +1435,20 @@ def test_evaluate_writes_json_and_plots(trained, tmp_path):
 
 
 
+def test_a_category_the_plot_font_cannot_draw_is_labelled_by_its_escapes_not_boxes_and_warnings(tmp_path):
+    import warnings
+
+    from reward.evaluate import _drawable, plot_accuracy
+
+    entry = {"n": 2, "accuracy": 0.5, "ci": [0.0, 1.0]}
+    report = {**entry, "by": {"lang": {"日本語": entry, "français": entry}}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned once for each glyph its font lacks
+        plot_accuracy(report, tmp_path / "accuracy.png")
+    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert _drawable("lang=日本語") == "lang=\\u65e5\\u672c\\u8a9e" and _drawable("français") == "français"
+
+
 def test_a_comparison_rated_several_times_is_also_counted_once(trained, tiny_rm, tmp_path):
     """Summarize-from-feedback has up to 10 raters on one comparison, which then weighs as 10 in the accuracy per
     row. The evaluation also reports the accuracy with each distinct comparison (same prompt, same two responses)
@@ -1914,6 +1933,11 @@ def test_ensemble_returns_mean_and_spread(trained, tiny_rm, tmp_path):
     np.testing.assert_allclose(members.mean(axis=1), [row["reward"] for row in scored], rtol=1e-13)
     np.testing.assert_allclose(members.std(axis=1), [row["reward_spread"] for row in scored], atol=1e-6)
     assert "reward_members" not in alone[0] and all(row["reward_truncated"] for row in scored)
+    # Scoring the ensemble's output again with one model leaves none of the ensemble's columns beside it.
+    with pytest.warns(UserWarning):
+        again = json.loads(score_file(result.output_dir, str(tmp_path / "both.jsonl"),
+                                      tmp_path / "again.jsonl").read_text().splitlines()[0])
+    assert again["reward"] == alone[0]["reward"] and not {"reward_spread", "reward_members"} & set(again)
     # A model named twice would be an ensemble of copies, with no disagreement to show; models of other kinds
     # (here an encoder beside a decoder) are on scales of their own, which the spread would mostly measure.
     with pytest.raises(UserError, match=r"^reward model .*: named twice; an ensemble's members are different models"):
@@ -2280,9 +2304,9 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
     """A bad output_dir fails before any training; a previous model directory is replaced whole (no stale adapter
     or evaluation of the old model left beside the new one), with the permissions the umask gives."""
     def config(out, **overrides) -> RewardTrainingConfig:
-        return RewardTrainingConfig(data=datasets.Dataset.from_list(rule_pairs(16)), base_model=tiny_rm,
-                                    output_dir=str(out), eval_fraction=0, max_length=32, max_steps=1, batch_size=8,
-                                    precision="fp32", progress=False, **overrides)
+        return RewardTrainingConfig(**{"data": datasets.Dataset.from_list(rule_pairs(16)), "base_model": tiny_rm,
+                                       "output_dir": str(out), "eval_fraction": 0, "max_length": 32, "max_steps": 1,
+                                       "batch_size": 8, "precision": "fp32", "progress": False, **overrides})
 
     monkeypatch.setattr("reward.train.load_preferences", lambda *a, **k: pytest.fail("loaded data before the checks"))
     (tmp_path / "a-file").write_text("x")
@@ -2337,6 +2361,18 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
         os.umask(old_umask)
     assert not (out / "adapter").exists() and not (out / "eval").exists()
     assert json.loads((out / "prefloop.json").read_text())["output_dir"] == str(out)
+    # The training data kept in an earlier model's folder would go with it: refused before training, kept.
+    datasets.Dataset.from_list(rule_pairs(16)).to_json(str(out / "prefs.jsonl"))
+    for field, flag in (("data", "--data"), ("eval_data", "--eval-data")):
+        with pytest.raises(UserError) as e:
+            train_reward_model(config(out, **{field: str(out / "prefs.jsonl")}))
+        assert _one_line_error(e) == (f"output_dir (--out) {out}: holds {field} ({flag}) {out / 'prefs.jsonl'}, which "
+                                      "the new output would delete as it replaces the folder whole; move it out, or "
+                                      "name another folder")
+    with pytest.raises(UserError, match=r"holds base_model \(--base\) "):
+        train_reward_model(config(out, base_model=str(out)))
+    assert (out / "prefs.jsonl").is_file()
+    (out / "prefs.jsonl").unlink()
     assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o644"}
     assert oct(out.stat().st_mode & 0o777) == "0o755"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
@@ -2451,6 +2487,16 @@ def test_scoring_names_bad_conversations_and_models_it_cannot_score(trained, tmp
     with pytest.raises(UserError) as e:
         RewardScorer(str(damaged))
     assert _one_line_error(e).startswith(f"{damaged / 'prefloop.json'}: cannot read it (")
+    # Valid JSON of the wrong shape (edited by hand) gave a traceback where scoring read it.
+    for written, said in (("[1, 2]", "expected a JSON object, as `prefloop reward train` writes it; got [1, 2]"),
+                          ("null", "expected a JSON object, as `prefloop reward train` writes it; got null"),
+                          ('{"max_length": "64"}', "field 'max_length': expected a whole number of tokens, got '64'"),
+                          ('{"truncation_side": "middle"}',
+                           "field 'truncation_side': expected 'left' or 'right', got 'middle'")):
+        (damaged / "prefloop.json").write_text(written)
+        with pytest.raises(UserError) as e:
+            RewardScorer(str(damaged))
+        assert _one_line_error(e) == f"{damaged / 'prefloop.json'}: {said}"
     with pytest.raises(UserError) as e:
         score_file(result.output_dir, "unused.jsonl", tmp_path / "out.csv")
     assert "written as .jsonl or .parquet" in _one_line_error(e)
