@@ -175,7 +175,8 @@ def align(config: AlignConfig) -> AlignResult:
     check_output_dir(config.output_dir, "prefloop.json", "prefloop.aligned_policy",  # before training, not at the save
                      {f"{name} ({flag})": getattr(config, name) for name, flag in (
                          ("prompts", "--prompts"), ("policy", "--policy"), ("reward_model", "--reward"),
-                         ("judge", "--judge"), ("chat_template", "--chat-template"))})
+                         ("judge", "--judge"), ("eval_prompts", "--eval-prompts"),
+                         ("chat_template", "--chat-template"))})
     path = resolve(config.policy)
     check_causal_lm(path, config.policy)  # a reward model as --policy trained a random lm_head
     tokenizer = load_tokenizer(config.policy, config.chat_template)

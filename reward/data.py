@@ -281,23 +281,27 @@ def warn_misread_pairs(dataset, places: list[str], name: str) -> None:
 
 
 def _holds_text(dataset, column: str, mean_chars: int = 12) -> bool:
-    """Whether a column holds text rather than labels or ids: its first 1,000 filled values average `mean_chars`
+    """Whether a column holds text rather than labels or ids: its first 1,000 rows' strings average `mean_chars`
     characters or more, most with a space in them ("What is 2+2?" is text; "model_a" and a sha256 are not). A list
-    or dict column counts by the text in it (UltraInteract keeps its question in `trajectory`, a list of turns)."""
-    if column in REQUIRED_COLUMNS:
+    column counts by the messages in it (UltraInteract keeps its question in `trajectory`, a list of turns)."""
+    if column in (*REQUIRED_COLUMNS, "tools", "chat_template_kwargs"):  # the last two have their own warning
         return False
-    values = [_text_in(v) for v in dataset.select(range(min(len(dataset), 1000)))[column]]
-    values = [v for v in values if v.strip()]
+    values = [text for value in dataset.select(range(min(len(dataset), 1000)))[column]
+              for text in _message_texts(value) if text.strip()]
     spaced = sum(" " in v for v in values)
     return bool(values) and sum(map(len, values)) >= mean_chars * len(values) and spaced > len(values) / 2
 
 
-def _text_in(value: Any) -> str:
-    """The strings in a value, nested in lists and dicts too, joined by spaces ("" for numbers and the like)."""
+def _message_texts(value: Any) -> list[str]:
+    """A value's strings, each apart: itself if a string; in a list, its strings and the content of its messages
+    (OpenAI's `content`, ShareGPT's `value`); not the other strings in dicts (metadata, tool schemas)."""
     if isinstance(value, str):
-        return value
-    parts = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    return " ".join(text for text in map(_text_in, parts) if text)
+        return [value]
+    if not isinstance(value, list):
+        return []
+    texts = [m if isinstance(m, str) else m.get("content", m.get("value")) if isinstance(m, dict) else None
+             for m in value]
+    return [text for text in texts if isinstance(text, str)]
 
 
 def warn_ties(dataset, places: list[str], name: str, scoring: bool = False) -> None:

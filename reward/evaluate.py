@@ -28,7 +28,6 @@ separates them on far fewer pairs than two independent intervals would.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
@@ -674,30 +673,33 @@ def plot_reliability(report: dict[str, Any], path: str | Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-@functools.cache
-def _font_characters() -> frozenset[int]:
-    """The code points the font matplotlib draws labels in has glyphs for."""
+def _font_characters() -> set[int]:
+    """The code points the fonts matplotlib draws labels with have glyphs for: the first of `font.family` and those
+    after it, which it falls back on for a character the first lacks (read at each plot: rcParams may change)."""
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
-    return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap())
+    props = font_manager.FontProperties()
+    find_all = getattr(font_manager.fontManager, "_find_fonts_by_props", None)  # the fallback chain, matplotlib 3.6+
+    paths = find_all(props) if find_all is not None else [font_manager.findfont(props)]
+    return set().union(*(FT2Font(str(path)).get_charmap() for path in paths))
 
 
-def _drawable(text: str) -> str:
-    """`text` with each character the font has no glyph for written as its \\u escape: a box says nothing, and
-    each missing glyph was a warning (a category `lang=日本語`, on a machine without CJK fonts)."""
-    drawable = _font_characters()
-    return "".join(c if ord(c) in drawable else c.encode("unicode_escape").decode() for c in text)
+def _drawable(text: str, characters: set[int]) -> str:
+    """`text` with each character outside `characters` (`_font_characters`) written as its \\u escape: a box says
+    nothing, and each missing glyph was a warning (a category `lang=日本語`, on a machine without CJK fonts)."""
+    return "".join(c if ord(c) in characters else c.encode("unicode_escape").decode() for c in text)
 
 
 def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
     from matplotlib.figure import Figure
 
     labels, values, lows, highs = [], [], [], []
+    drawable = _font_characters()
 
     def add(label: str, entry: dict[str, Any]) -> None:
         if entry["n"]:
-            labels.append(_drawable(f"{label} (n={entry['n']})"))
+            labels.append(_drawable(f"{label} (n={entry['n']})", drawable))
             values.append(entry["accuracy"])
             # A percentile interval from a few resamples (--n-bootstrap 1) need not hold the accuracy itself.
             lows.append(max(0.0, entry["accuracy"] - entry["ci"][0]))

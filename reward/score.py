@@ -482,10 +482,9 @@ def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | 
                                    for limit in scorer.length_limits()}))
         warn(f"{data_name}: {cut} of {len(rows)} row(s) had a conversation cut to {limits}; the "
              "*_truncated columns say which")
-    # Every column an earlier scoring wrote goes, not only those written now: an ensemble's spread beside one
-    # model's new reward would read as that model's.
-    earlier = [f"{name}{suffix}" for name in ("reward", "reward_chosen", "reward_rejected")
-               for suffix in ("", "_truncated", "_spread", "_members")]
+    # Each column an earlier scoring of the same kind wrote goes, not only those written now: an ensemble's spread
+    # beside one model's new reward would read as that model's. Other columns are the data's own.
+    earlier = [f"{name}{suffix}" for name in scores for suffix in ("", "_truncated", "_spread", "_members")]
     scored = rows.remove_columns([c for c in earlier if c in rows.column_names])
     for name, column in values.items():
         scored = scored.add_column(name, column)

@@ -535,9 +535,10 @@ def test_an_output_folder_of_other_files_is_refused_before_training(models, tmp_
     # The prompts kept in an earlier run's folder would go with it as the new adapter replaces it: refused, kept.
     prompts = aligned / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    with pytest.raises(UserError, match=rf"^output_dir \(--out\) {aligned}: holds prompts \(--prompts\) {prompts}, "
-                       "which the new output would delete"):
-        align(small_config(models, "grpo", aligned, prompts=str(prompts)))
+    for field, flag in (("prompts", "--prompts"), ("eval_prompts", "--eval-prompts")):
+        with pytest.raises(UserError, match=rf"^output_dir \(--out\) {aligned}: holds {field} \({flag}\) {prompts}, "
+                           "which the new output would delete"):
+            align(small_config(models, "grpo", aligned, **{field: str(prompts)}))
     assert prompts.is_file()
 
 

@@ -1438,7 +1438,9 @@ def test_evaluate_writes_json_and_plots(trained, tmp_path):
 def test_a_category_the_plot_font_cannot_draw_is_labelled_by_its_escapes_not_boxes_and_warnings(tmp_path):
     import warnings
 
-    from reward.evaluate import _drawable, plot_accuracy
+    import matplotlib
+
+    from reward.evaluate import _drawable, _font_characters, plot_accuracy
 
     entry = {"n": 2, "accuracy": 0.5, "ci": [0.0, 1.0]}
     report = {**entry, "by": {"lang": {"日本語": entry, "français": entry}}}
@@ -1446,7 +1448,12 @@ def test_a_category_the_plot_font_cannot_draw_is_labelled_by_its_escapes_not_box
         warnings.simplefilter("error")  # matplotlib warned once for each glyph its font lacks
         plot_accuracy(report, tmp_path / "accuracy.png")
     assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    assert _drawable("lang=日本語") == "lang=\\u65e5\\u672c\\u8a9e" and _drawable("français") == "français"
+    assert _drawable("lang=日本語", _font_characters()) == "lang=\\u65e5\\u672c\\u8a9e"
+    assert _drawable("français", _font_characters()) == "français"
+    # A character the first font lacks and a fallback font of font.family has is drawn, not escaped.
+    with matplotlib.rc_context({"font.family": ["DejaVu Sans", "STIXGeneral"]}):
+        assert _drawable("x\u1d81", _font_characters()) == "x\u1d81"
+    assert _drawable("x\u1d81", _font_characters()) == "x\\u1d81"
 
 
 def test_a_comparison_rated_several_times_is_also_counted_once(trained, tiny_rm, tmp_path):
@@ -1938,6 +1945,10 @@ def test_ensemble_returns_mean_and_spread(trained, tiny_rm, tmp_path):
         again = json.loads(score_file(result.output_dir, str(tmp_path / "both.jsonl"),
                                       tmp_path / "again.jsonl").read_text().splitlines()[0])
     assert again["reward"] == alone[0]["reward"] and not {"reward_spread", "reward_members"} & set(again)
+    # A pair file's own `reward` column is the data's: scoring its pairs (reward_chosen, reward_rejected) keeps it.
+    pairs = [{"prompt": "q", "chosen": "a", "rejected": "b", "reward": 0.9}]
+    kept = json.loads(score_file(result.output_dir, pairs, tmp_path / "pairs.jsonl").read_text())
+    assert kept["reward"] == 0.9 and {"reward_chosen", "reward_rejected"} <= set(kept)
     # A model named twice would be an ensemble of copies, with no disagreement to show; models of other kinds
     # (here an encoder beside a decoder) are on scales of their own, which the spread would mostly measure.
     with pytest.raises(UserError, match=r"^reward model .*: named twice; an ensemble's members are different models"):
@@ -2903,9 +2914,12 @@ def test_a_question_kept_in_another_column_is_said_to_be_unread():
                       r"does not read: the question belongs in 'prompt'\)$"):
         check_preferences(*load_rows(orca), "data")
     # openbmb/UltraInteract_pair keeps it in `trajectory`, a list of turns: named too.
+    # Labels in lists and metadata in dicts are not: they are not named.
     interact = [{"task": "Coding", "trajectory": [{"from": "user", "value": f"Write a function that adds {i}."}],
-                 "chosen": f"def f(x): return x + {i}", "rejected": "pass", "id": f"id{i}"} for i in range(3)]
-    with pytest.warns(UserWarning, match=r"\(column\(s\) trajectory hold text prefloop does not read"):
+                 "chosen": f"def f(x): return x + {i}", "rejected": "pass", "id": f"id{i}",
+                 "tags": ["coding", "python", "math"], "models": ["gpt-4-0613", "claude-2.1"],
+                 "meta": {"source": "sharegpt", "model": "llama-2-70b"}} for i in range(3)]
+    with pytest.warns(UserWarning, match=r"\(column\(s\) trajectory hold text prefloop does not read: "):
         check_preferences(*load_rows(interact), "data")
 
 
