@@ -68,7 +68,7 @@ def init(
     """Create the database (or migrate it to the newest schema)."""
     from collect.projects import add_rater
 
-    db.check_database(url)
+    db.check_database(url, create=True)
     with db.connection_errors(url):
         db.upgrade(url)
     console.print(f"database ready: {db.shown_url(url)}")

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from collect.errors import UserError
@@ -155,17 +155,26 @@ def connection_errors(url: str | None = None) -> Iterator[None]:
         raise connection_problem(e, url) from None
 
 
-def check_database(url: str | None = None) -> bool:
-    """Whether the database holds a prefloop schema. A malformed URL, a missing driver or a server that
-    cannot be reached is a UserError saying so (for command lines: one line, no traceback)."""
+def check_database(url: str | None = None, create: bool = False) -> bool:
+    """Whether the database holds a prefloop schema. A malformed URL, a missing driver, a server that cannot be
+    reached or a file that is not a database is a UserError saying so (for command lines: one line, no
+    traceback). Without `create`, a SQLite file that does not exist is not made (connecting would make it)."""
     try:
-        get_engine(url)
+        engine = get_engine(url)
     except ArgumentError as e:  # includes an unknown dialect (NoSuchModuleError)
         raise UserError(f"--db {shown_url(url)}: not a usable database URL ({e})") from None
     except ImportError as e:  # the dialect's driver module
         raise UserError(f"--db {shown_url(url)}: its database driver is not installed ({e})") from None
-    with connection_errors(url):
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:") and not create \
+            and not database.startswith("file:") and not Path(database).exists():
+        return False
+    try:
         return is_initialized(url)
+    except OperationalError as e:
+        raise connection_problem(e, url) from None
+    except DatabaseError as e:  # SQLite's "file is not a database": a Parquet file named by mistake, say
+        raise UserError(f"--db {shown_url(url)}: not a database ({' '.join(str(e.orig or e).split())})") from None
 
 
 def require_database(url: str | None = None) -> None:

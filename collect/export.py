@@ -12,13 +12,14 @@ How a pair becomes a row:
   negative, floored at 0: three "much better" votes give 1.0, "better, better, tie" gives 0.33;
 - pairs that come out tied, or that most raters marked both-bad, are not preferences: they are left out,
   or written to a separate file with `include_ties`.
-The aggregation, threshold and counts are written beside the data (`<name>.meta.json`, or
+The aggregation, threshold and counts are written beside the data (`<file name>.meta.json`, or
 `prefloop.json` inside a save_to_disk folder).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,11 +30,16 @@ from sqlalchemy.orm import Session
 
 from collect.aggregate import aggregate
 from collect.auth import audit
-from collect.errors import UserError
+from collect.errors import UserError, warn
 from collect.judgments import judgments_frame
 from collect.models import Judgment, Pair, Project
+from collect.output_dirs import check_can_write_file, check_output_dir, replacing_dir
 
 AGGREGATIONS = ("majority", "weighted")
+FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
+"""What `export_project` writes as one file; any other name is a save_to_disk folder."""
+EXPORT_KIND = "prefloop.export"
+"""The `kind` of an export's metadata file, so that only an earlier export is replaced."""
 
 
 @dataclass
@@ -61,6 +67,8 @@ def preference_rows(
     """(preference rows, tie and both-bad rows, counts) for a project; `progress(done, total)` over pairs."""
     if aggregation not in AGGREGATIONS:
         raise UserError(f"aggregation must be one of {', '.join(AGGREGATIONS)}")
+    if not 0 <= min_confidence <= 1:  # nan fails this too
+        raise UserError(f"min_confidence (--min-confidence) must be between 0 and 1, got {min_confidence}")
     frame = judgments_frame(session, project.id)
     pairs = {p.id: p for p in session.scalars(
         select(Pair).where(Pair.project_id == project.id, Pair.status == "active"))}
@@ -124,19 +132,63 @@ def _decided(choice: int, vote: Any) -> dict[str, Any]:
             "agreement": getattr(vote, "agreement", 1.0)}
 
 
-def _write(rows: list[dict[str, Any]], path: Path) -> None:
+def _write(rows: list[dict[str, Any]], path: Path, ties: bool = False) -> None:
     import datasets
 
-    dataset = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict(
-        {k: [] for k in ("prompt", "chosen", "rejected", "margin", "pair_id")})
-    name = path.name.lower()
+    if rows:
+        dataset = datasets.Dataset.from_list(rows)
+    else:  # the columns and types of a full export, so that code reading it (and datasets' loaders) sees them
+        messages = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
+        features = datasets.Features({
+            "prompt": messages, "chosen": messages, "rejected": messages, "margin": datasets.Value("float64"),
+            "confidence": datasets.Value("float64"), "pair_id": datasets.Value("int64"),
+            "n_judgments": datasets.Value("int64"), "agreement": datasets.Value("float64"),
+            "source": datasets.Value("string"), "domain": datasets.Value("string"),
+            **({"kind": datasets.Value("string")} if ties else {})})
+        dataset = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if name.endswith(".parquet"):
+    if path.suffix.lower() == ".parquet":
         dataset.to_parquet(str(path))
-    elif name.endswith(".jsonl") or name.endswith(".json"):
+    elif path.suffix.lower() in (".jsonl", ".json"):
         dataset.to_json(str(path), lines=True, force_ascii=False)
     else:
-        dataset.save_to_disk(str(path))
+        # Into a staging folder that then replaces the earlier export whole: none of its files stay behind.
+        with replacing_dir(path) as staging:
+            dataset.save_to_disk(str(staging))
+
+
+def _meta_path(out: Path) -> Path:
+    return out / "prefloop.json" if out.suffix.lower() not in FILE_SUFFIXES else out.with_name(out.name + ".meta.json")
+
+
+def _earlier_export(out: Path) -> dict[str, Any] | None:
+    """The metadata of the export at `out`, or None where there is none (also one written before exports had a
+    `kind`: it has their fields)."""
+    try:
+        meta = json.loads(_meta_path(out).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(meta, dict) and (meta.get("kind") == EXPORT_KIND or {"project", "aggregation", "rows"} <= set(meta)):
+        return meta
+    return None
+
+
+def check_export_path(out: Path) -> None:
+    """UserError unless `out` names a new file or folder, or an earlier export, and can be written: exporting over
+    a model's folder replaced its prefloop.json, and a name like x.csv or x.jsonl.gz made a folder so named."""
+    suffix = out.suffix.lower()
+    if suffix in FILE_SUFFIXES:
+        if out.is_dir():
+            raise UserError(f"{out}: is a folder; name a new file, or a folder without a {suffix} suffix")
+        if out.exists() and _earlier_export(out) is None:
+            raise UserError(f"{out}: exists and is not an earlier export (no {_meta_path(out).name} beside it); "
+                            "name a new file, or remove it first")
+        check_can_write_file(out, "export")
+    elif out.suffix[1:].isalpha() and not out.is_dir():
+        raise UserError(f"{out}: export writes .parquet, .jsonl or .json files, or a save_to_disk folder (a name "
+                        f"without such a suffix); not {out.suffix}")
+    elif _earlier_export(out) is None:
+        check_output_dir(out, "prefloop.json", EXPORT_KIND)
 
 
 def export_project(
@@ -155,18 +207,26 @@ def export_project(
     `progress(done, total)` is called as pairs are turned into rows.
     """
     out = Path(out)
+    check_export_path(out)
+    earlier = _earlier_export(out)
     rows, ties, counts = preference_rows(session, project, aggregation, min_confidence, progress)
     _write(rows, out)
-    ties_path = None
+    ties_path = (out.with_name(out.stem + ".ties" + out.suffix) if out.suffix.lower() in FILE_SUFFIXES
+                 else out.with_name(out.name + ".ties"))
     if include_ties:
-        ties_path = (out.with_name(out.stem + ".ties" + out.suffix) if out.suffix in (".parquet", ".jsonl", ".json")
-                     else out.with_name(out.name + ".ties"))
-        _write(ties, ties_path)
+        _write(ties, ties_path, ties=True)
+    elif earlier is not None and earlier.get("ties_path") == str(ties_path) and ties_path.exists():
+        # The earlier export's side file would sit beside a new export that wrote none, its meta saying so.
+        shutil.rmtree(ties_path) if ties_path.is_dir() else ties_path.unlink()
+    if not rows:
+        warn(f"{out}: no preference pairs to export (of {project.name}: {counts['unjudged']} pair(s) not judged "
+             f"yet, {len(ties)} tie(s) or both-bad, {counts['below_confidence']} below --min-confidence "
+             f"{min_confidence:g}); the file has the columns and no rows")
+    ties_path = ties_path if include_ties else None
     result = ExportResult(str(out), len(rows), str(ties_path) if ties_path else None,
                           sum(t["kind"] == "tie" for t in ties), counts["both_bad"], counts["below_confidence"],
                           counts["unjudged"], aggregation, min_confidence, counts["not_active"])
-    meta = {"project": project.name, **asdict(result)}
-    meta_path = out / "prefloop.json" if out.is_dir() else out.with_name(out.name + ".meta.json")
-    meta_path.write_text(json.dumps(meta, indent=2))
+    meta = {"kind": EXPORT_KIND, "project": project.name, **asdict(result)}
+    _meta_path(out).write_text(json.dumps(meta, indent=2))
     audit(session, "export", actor_id, project.id, **asdict(result))
     return result

@@ -111,6 +111,26 @@ def test_database_problems_are_one_line(args, url, message):
     assert "hunter2" not in result.stderr  # the password in the URL is not printed
 
 
+@pytest.mark.parametrize("args", [["init"], ["status"], ["export", "out.jsonl", "--project", "p"]])
+def test_a_file_that_is_not_a_database_is_one_line_and_left_as_it_was(tmp_path, args):
+    """A Parquet file named as --db gave SQLite's 'file is not a database' under a page of traceback."""
+    named = tmp_path / "prefs.parquet"
+    named.write_bytes(b"PAR1" + bytes(200))
+    result = prefloop(*args, db=f"sqlite:///{named}", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: --db sqlite:///{named}: not a database (file is not a database)"
+    assert named.read_bytes() == b"PAR1" + bytes(200)
+
+
+def test_a_database_that_is_not_there_is_not_created_by_a_command_that_refuses_it(tmp_path):
+    missing = tmp_path / "typo.db"
+    result = prefloop("status", db=f"sqlite:///{missing}", check=False)
+    assert result.returncode == 1 and "run `prefloop init` first" in result.stderr
+    assert not missing.exists()
+    prefloop("init", db=f"sqlite:///{missing}")  # init does make it
+    assert missing.is_file()
+
+
 def test_a_password_prompt_at_end_of_input_says_what_to_do(tmp_path):
     result = prefloop("init", "--admin", "root", db=f"sqlite:///{tmp_path / 'p.db'}", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -57,6 +57,59 @@ def test_export_formats_and_provenance(db_url, tmp_path):
     assert json.loads((tmp_path / "saved" / "prefloop.json").read_text())["aggregation"] == "weighted"
 
 
+def test_export_writes_only_where_an_export_belongs_and_replaces_an_earlier_one_whole(sqlite_url, tmp_path):
+    """Exporting into a model's folder replaced its prefloop.json; x.csv or x.jsonl.gz made a folder so named."""
+    from collect.errors import UserError
+
+    build(sqlite_url)
+    here = tmp_path / "exports"  # the database is in tmp_path
+    here.mkdir()
+    model = here / "rm"
+    model.mkdir()
+    (model / "prefloop.json").write_text(json.dumps({"kind": "reward_model"}))
+    (here / "notes.jsonl").write_text("mine\n")
+    with db.session_scope(sqlite_url) as s:
+        project = get_project(s, "p")
+        for out, said in ((model, "holds a reward_model (prefloop.json says so)"),
+                          (here / "x.csv", "export writes .parquet, .jsonl or .json files, or a save_to_disk "
+                                               "folder (a name without such a suffix); not .csv"),
+                          (here / "x.jsonl.gz", "not .gz"),
+                          (here / "notes.jsonl", "exists and is not an earlier export (no notes.jsonl.meta.json "
+                                                     "beside it)"),
+                          (here, "holds other files")):
+            with pytest.raises(UserError, match=said.replace("(", r"\(").replace(")", r"\)")):
+                export_project(s, project, out)
+        for bad in (float("nan"), -0.1, 1.5):
+            with pytest.raises(UserError, match=r"min_confidence \(--min-confidence\) must be between 0 and 1"):
+                export_project(s, project, here / "new.jsonl", min_confidence=bad)
+        assert json.loads((model / "prefloop.json").read_text()) == {"kind": "reward_model"}
+        assert sorted(p.name for p in here.iterdir()) == ["notes.jsonl", "rm"]
+        assert (here / "notes.jsonl").read_text() == "mine\n"
+
+        # An earlier export is replaced: a folder whole, and its side file of ties goes when none is asked for.
+        export_project(s, project, here / "saved", include_ties=True)
+        (here / "saved" / "stale.txt").write_text("x")
+        export_project(s, project, here / "saved")
+        assert not (here / "saved" / "stale.txt").exists() and not (here / "saved.ties").exists()
+        export_project(s, project, here / "prefs.parquet", include_ties=True)
+        assert (here / "prefs.ties.parquet").is_file()
+        result = export_project(s, project, here / "prefs.parquet")
+        assert result.ties_path is None and not (here / "prefs.ties.parquet").exists()
+        meta = json.loads((here / "prefs.parquet.meta.json").read_text())
+        assert meta["kind"] == "prefloop.export" and meta["ties_path"] is None
+
+        # Nothing to export: said, and the file still has every column, typed.
+        empty = create_project(s, "empty")
+        with pytest.warns(UserWarning, match=r"no preference pairs to export \(of empty: 0 pair\(s\) not judged"):
+            export_project(s, empty, here / "empty.parquet")
+    import pyarrow.parquet as pq  # datasets' loaders refuse a file of no rows ("corresponds to no data")
+
+    loaded = pq.read_table(here / "empty.parquet")
+    assert loaded.num_rows == 0 and loaded.column_names == ["prompt", "chosen", "rejected", "margin", "confidence",
+                                                            "pair_id", "n_judgments", "agreement", "source", "domain"]
+    assert str(loaded.schema.field("margin").type) == "double" and str(loaded.schema.field("source").type) == "string"
+
+
 def test_adjudication_overrides_the_vote(sqlite_url, tmp_path):
     build(sqlite_url)
     with db.session_scope(sqlite_url) as s:
