@@ -15,10 +15,14 @@ Identical responses (after trimming whitespace) make no pair, nor do empty ones.
 What is recorded. Every response carries its generation parameters in `Response.generation`: backend,
 model, adapter, sampling parameters, seed, sample index, finish reason, token counts, device, round.
 
-Resuming. A run is a "round" (named by `round_name`, by default a hash of the models and the sampling
-parameters). Prompts are processed `batch_size` at a time; each batch's responses, pairs and a
+Resuming. A run is a "round" (named by `round_name`, by default a hash of the models, what they hold and the
+sampling parameters). Prompts are processed `batch_size` at a time; each batch's responses, pairs and a
 `generate.batch` audit event naming its prompts are committed together, so a crash or Ctrl-C loses at
 most the batch in flight, and running the same command again skips the prompts already done.
+What a local model holds is part of the round (`model_contents`): a folder that now holds another model (an
+adapter aligned again into the same --out) starts a new round instead of passing for done, and the result says
+since which round it changed (`changed_since`). A round named by the caller keeps its name; its prompts done by
+the earlier contents are generated again.
 A prompt the HTTP server rejected for any model (400/413/422) is not marked done, so a rerun retries it;
 a run whose first batch has every request rejected stops there (a systematic problem, such as a parameter
 the server refuses, would otherwise finish "successfully" with no pairs); later batches go on regardless.
@@ -27,6 +31,7 @@ No database transaction stays open while a model generates: on SQLite that would
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -120,6 +125,11 @@ class GenerateResult:
     seconds: float
     retries: int = 0
     """HTTP retries after rate limits, server errors and timeouts."""
+    changed_since: str | None = None
+    """The round whose models, as named, held other contents (a folder saved again since): this run did not
+    resume it. For a round named by the caller, that round itself, whose prompts were generated again."""
+    changed_models: list[str] = field(default_factory=list)
+    """Labels of the models whose contents differ from `changed_since`'s."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,11 +159,103 @@ def response_seed(base: int, conversation: Conversation, label: str, sample: int
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def default_round(specs: list[ModelSpec], settings: GenerationSettings, endpoint: OpenAIEndpoint | None) -> str:
-    """The same models, sampling parameters and endpoint give the same round: rerunning resumes it."""
+def run_key(specs: list[ModelSpec], settings: GenerationSettings, endpoint: OpenAIEndpoint | None) -> str:
+    """The models as named, the sampling parameters and the endpoint: the same command gives the same key."""
     sampling = {k: v for k, v in asdict(settings).items() if k != "batch_size"}  # batching changes no result
     key = json.dumps([[asdict(s) for s in specs], sampling, endpoint.base_url if endpoint else None], sort_keys=True)
-    return "gen-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def default_round(key: str, contents: dict[str, Any] | None) -> str:
+    """The same command on the same model contents gives the same round: rerunning resumes it. A path names a
+    place, not a model: aligned again into the same folder, it holds another model, so another round."""
+    if contents is None:  # an HTTP endpoint: what the server holds cannot be read from here
+        return "gen-" + key
+    text = json.dumps([key, contents], sort_keys=True)
+    return "gen-" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+HASHED_WHOLE = 64 * 2**20
+"""Model files up to this size (configs, tokenizers, a LoRA adapter's weights) are hashed whole; a larger one (a
+base model's weights) counts by size and modification time: reading gigabytes would cost more than a round's
+check is worth, and saving new weights writes the file anew."""
+
+MODEL_FILES = ("*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.py",
+               "*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
+"""What Transformers and PEFT read of a model or adapter folder: configs, tokenizers, weights, remote code."""
+
+NOT_LOADED = {"evaluation.json"}
+"""Written into an adapter folder by `prefloop align eval` after the fact: not part of the model."""
+
+
+def folder_digest(folder: Path) -> str:
+    """A short hash of what a model or adapter folder holds (its top level: subfolders such as an adapter's
+    `merged/` are not loaded with it)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if (path.name in NOT_LOADED or not path.is_file()
+                or not any(fnmatch.fnmatch(path.name, pattern) for pattern in MODEL_FILES)):
+            continue
+        stat = path.stat()
+        if path.name == "prefloop.json":
+            what = hashlib.sha256(_manifest_bytes(path)).hexdigest()
+        elif stat.st_size <= HASHED_WHOLE:
+            what = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            what = f"{stat.st_size} bytes, modified {stat.st_mtime_ns}"
+        digest.update(f"{path.name}\0{what}\0".encode())
+    return digest.hexdigest()[:12]
+
+
+def _manifest_bytes(path: Path) -> bytes:
+    """prefloop.json without its `evaluation`, which `prefloop align eval` adds later to the same model."""
+    text = path.read_bytes()
+    try:
+        manifest = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(manifest, dict):
+        manifest.pop("evaluation", None)
+    return json.dumps(manifest, sort_keys=True, default=str).encode()
+
+
+def model_contents(spec: ModelSpec) -> dict[str, str | None]:
+    """What a local model holds: a digest of the model's folder (an alias resolves to one) or a Hub id's commit,
+    and a digest of the adapter's folder. None where it cannot be told, or there is no adapter."""
+    from collect.offline_models import resolve_model
+
+    path = Path(resolve_model(spec.model))
+    if not path.is_dir():  # a Hub id, the Hub reachable: Transformers loads its current commit
+        model = _hub_commit(spec.model)
+    elif str(path) != spec.model and path.parent.name == "snapshots":
+        # A Hub id offline, as its cached snapshot: named by its commit, as online, so a run started with a network
+        # resumes without one.
+        model = "hub:" + path.name
+    else:
+        model = folder_digest(path)
+    return {"model": model, "adapter": folder_digest(Path(spec.adapter)) if spec.adapter else None}
+
+
+def _hub_commit(repo_id: str) -> str | None:
+    from huggingface_hub import HfApi
+
+    try:
+        return "hub:" + str(HfApi().model_info(repo_id, timeout=10).sha)
+    except Exception:  # gated, private, renamed, or the network gone: loading the model says what is wrong
+        return None
+
+
+def _changed_labels(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """Models of both runs whose model or adapter digest differs. Where a run could not tell (an HTTP endpoint,
+    a Hub commit not given, a batch written before digests were recorded), no change is assumed."""
+    if not old or not new:
+        return []
+    changed = []
+    for label in new:  # in the order the models were given
+        pairs = [((old.get(label) or {}).get(part), new[label].get(part)) for part in ("model", "adapter")]
+        if any(a is not None and b is not None and a != b for a, b in pairs):
+            changed.append(label)
+    return changed
 
 
 def _with_system(conversation: Conversation, system_prompt: str | None) -> Conversation:
@@ -310,12 +412,27 @@ def select_prompts(
     return list(chosen.items())
 
 
-def _done_prompts(session: Session, project_id: int, round_name: str) -> set[int]:
+def _done_prompts(
+    session: Session, project_id: int, round_name: str, key: str, contents: dict[str, Any] | None,
+    result: GenerateResult,
+) -> set[int]:
+    """Prompts this round finished with these model contents. Sets `result.changed_*` where the round (named
+    by the caller) or, for a new round, an earlier one of the same command ran on other contents."""
     done: set[int] = set()
+    earlier: tuple[str, list[str]] | None = None  # the latest round of this command on other contents
     for details in session.scalars(select(AuditEvent.details).where(
-            AuditEvent.project_id == project_id, AuditEvent.action == "generate.batch")):
+            AuditEvent.project_id == project_id, AuditEvent.action == "generate.batch").order_by(AuditEvent.id)):
+        # Batches written before contents were recorded have none: they count as done, as they did then.
+        changed = _changed_labels(details.get("contents"), contents)
         if details.get("round") == round_name:
-            done.update(details.get("prompt_ids", []))
+            if changed:
+                result.changed_since, result.changed_models = round_name, changed
+            else:
+                done.update(details.get("prompt_ids", []))
+        elif details.get("run_key") == key and changed:
+            earlier = (details["round"], changed)
+    if earlier and not done and result.changed_since is None:
+        result.changed_since, result.changed_models = earlier
     return done
 
 
@@ -370,15 +487,19 @@ def generate(
     settings = settings or GenerationSettings()
     specs = [parse_model(m) for m in models]
     _check(specs, settings, endpoint)
-    round_name = round_name or default_round(specs, settings, endpoint)
+    key = run_key(specs, settings, endpoint)
+    # Where a model is rather than what it is would let a model saved again into the same folder pass for done.
+    contents = None if endpoint else {s.label: model_contents(s) for s in specs}
+    round_name = round_name or default_round(key, contents)
     project_id = project.id  # read now: no ORM access may start a transaction while models generate
     selected = select_prompts(session, project, prompts, limit)
-    done = _done_prompts(session, project_id, round_name)
+    result = GenerateResult(round=round_name, prompts=len(selected), already_done=0, responses=0, pairs=0,
+                            identical=0, empty=0, too_long=0, rejected=0, not_answerable=0, seconds=0.0)
+    done = _done_prompts(session, project_id, round_name, key, contents, result)
     answerable = [(i, c) for i, c in selected if c and c[-1]["role"] == "user"]
     todo = [(i, _with_system(c, settings.system_prompt)) for i, c in answerable if i not in done]
-    result = GenerateResult(round=round_name, prompts=len(selected), already_done=sum(i in done for i, _ in selected),
-                            responses=0, pairs=0, identical=0, empty=0, too_long=0, rejected=0,
-                            not_answerable=len(selected) - len(answerable), seconds=0.0)
+    result.already_done = sum(i in done for i, _ in selected)
+    result.not_answerable = len(selected) - len(answerable)
     session.commit()  # prompts added from a file are kept, and the write lock is released before loading models
     if not todo:
         result.seconds = round(time.perf_counter() - started, 2)
@@ -400,7 +521,7 @@ def generate(
             rejected = _rejected_prompts(batch, outputs)
             audit(session, "generate.batch", actor_id, project_id, round=round_name,
                   prompt_ids=[i for i, _ in batch if i not in rejected], rejected_prompt_ids=sorted(rejected),
-                  models=[s.label for s in specs])
+                  models=[s.label for s in specs], run_key=key, contents=contents)
             session.commit()
             if progress:
                 progress(start + len(batch), len(todo))
@@ -416,7 +537,7 @@ def generate(
                 backend.close()
     result.seconds = round(time.perf_counter() - started, 2)
     audit(session, "generate", actor_id, project_id, **result.as_dict(),
-          models=[asdict(s) for s in specs], settings=asdict(settings),
+          models=[asdict(s) for s in specs], contents=contents, settings=asdict(settings),
           endpoint=endpoint.base_url if endpoint else None)
     session.commit()
     return result
@@ -541,7 +662,8 @@ def generate_command(
     chat_template: Optional[str] = typer.Option(None, help="Local models: a Jinja chat template (a .jinja file or "
                                                 "the text) for a model whose tokenizer has none or the wrong one."),
     round_name: Optional[str] = typer.Option(None, "--round", help="Name of this round; rerunning a round resumes "
-                                             "it (default: derived from the models and sampling settings)."),
+                                             "it (default: derived from the models, what their folders hold, and the "
+                                             "sampling settings)."),
     base_url: Optional[str] = typer.Option(None, help="An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; "
                                            "default: run the models here with Transformers."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the endpoint's API key."),
@@ -571,8 +693,18 @@ def generate_command(
                           endpoint=endpoint, round_name=round_name, limit=limit,
                           progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(
-        f"round {result.round}: {result.prompts} prompts ({result.already_done} done before), "
+        f"round {result.round}{_changed_note(result)}: {result.prompts} prompts ({result.already_done} done before), "
         f"{result.responses} responses, {result.pairs} new pairs; skipped: {result.identical} identical, "
         f"{result.empty} empty, {result.too_long} too long, {result.rejected} rejected by the server, "
         f"{result.not_answerable} not ending in a user turn; {result.seconds:.0f} s"
         + (f", {result.retries} HTTP retries" if result.retries else ""))
+
+
+def _changed_note(result: GenerateResult) -> str:
+    """Why prompts an earlier run did are generated again: a model folder now holds another model."""
+    if result.changed_since is None:
+        return ""
+    models = ", ".join(result.changed_models)
+    if result.changed_since == result.round:
+        return f" ({models} changed since this round's earlier batches: their prompts are generated again)"
+    return f" (new: {models} changed since round {result.changed_since})"

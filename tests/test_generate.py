@@ -321,6 +321,63 @@ def test_local_run_interrupted_by_ctrl_c_resumes_without_duplicates(sqlite_url, 
         assert s.scalar(select(func.count(Response.id))) == 10
 
 
+def test_local_model_saved_again_into_its_folder_is_a_new_round(sqlite_url, tiny_models, tmp_path):
+    """A round is what the models hold, not only where they are: an adapter aligned again into the same folder
+    generates anew (it passed for done, 0 new pairs); the same folder, `align eval`'s results added, resumes."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+
+    base, _, adapter = tiny_models
+    aligned = tmp_path / "aligned"
+    shutil.copytree(adapter, aligned)
+    manifest = {"kind": "prefloop.aligned_policy", "base_policy": {"name": base}, "evaluation": None,
+                "created_at": "2026-01-01T00:00:00+00:00"}
+    (aligned / "prefloop.json").write_text(json.dumps(manifest))
+    pid = make_project(sqlite_url, QUESTIONS[:3])
+    settings = GenerationSettings(max_new_tokens=4, temperature=1.0, batch_size=2)
+    models = ["base=" + base, f"aligned={aligned}"]
+    named = run(sqlite_url, pid, models, settings=settings, round_name="named")
+    first = run(sqlite_url, pid, models, settings=settings)
+    assert (named.already_done, named.pairs, named.changed_since) == (0, 3, None)
+    assert (first.already_done, first.pairs) == (0, 0)  # the same texts again: nothing new to store
+    # What `prefloop align eval` adds to the folder is no part of the model: the round is done.
+    (aligned / "prefloop.json").write_text(json.dumps({**manifest, "evaluation": {"win_rate": 0.6}}))
+    (aligned / "evaluation.json").write_text("{}")
+    same = run(sqlite_url, pid, models, settings=settings)
+    assert (same.round, same.already_done, same.responses, same.changed_since) == (first.round, 3, 0, None)
+
+    # `prefloop align --out aligned` again: other weights, the same path.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
+    model.save_pretrained(aligned)
+    cli = CliRunner().invoke(app, ["generate", "--project", "gen", "--model", models[0], "--model", models[1],
+                                   "--max-new-tokens", "4", "--temperature", "1.0", "--batch-size", "2",
+                                   "--db", sqlite_url])
+    assert cli.exit_code == 0, cli.output + repr(cli.exception)
+    line = " ".join(cli.output.split())
+    assert f"(new: aligned changed since round {first.round}): 3 prompts (0 done before)" in line
+    with db.session_scope(sqlite_url) as s:
+        sources = Counter(p.source for p in s.scalars(select(Pair).where(Pair.project_id == pid)).unique())
+        new_round = next(r.generation["round"] for r in s.scalars(
+            select(Response).where(Response.model == "aligned").order_by(Response.id.desc())).unique())
+        assert s.scalar(select(func.count(Response.id)).where(Response.model == "base")) == 3  # the same texts
+    assert new_round != first.round and sources[f"generate:{new_round}"] > 0
+    # The new contents' round resumes like any other; a round named by the caller generates its prompts again.
+    again = run(sqlite_url, pid, models, settings=settings)
+    assert (again.round, again.already_done, again.responses, again.changed_since) == (new_round, 3, 0, None)
+    renamed = run(sqlite_url, pid, models, settings=settings, round_name="named")
+    assert (renamed.already_done, renamed.changed_since, renamed.changed_models) == (0, "named", ["aligned"])
+    assert renamed.responses == 0  # the texts of the new round: generated again, found stored
+    assert run(sqlite_url, pid, models, settings=settings, round_name="named").already_done == 3
+
+
 def test_local_long_prompts_lose_old_turns_or_are_skipped(sqlite_url, tiny_models):
     base, other = "base=" + tiny_models[0], "other=" + tiny_models[1]
     long_chat = []
