@@ -255,8 +255,11 @@ def read_table(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if text.lstrip().startswith("["):  # a broken list, not JSON lines
                 raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
             data = None
+        if isinstance(data, dict) and len([line for line in text.split("\n") if line.strip()]) > 1:
+            raise UserError(f"{path}: holds one JSON object written over several lines (a metadata file, say), not "
+                            "rows: expected a JSON list of objects, or JSON lines (one object a line)")
         if isinstance(data, dict):
-            data = None  # one object: one JSON line
+            data = None  # one object on one line: one JSON line
         if data is not None:
             if not isinstance(data, list):
                 raise UserError(f"{path}: expected a JSON list of objects (or JSON lines)")

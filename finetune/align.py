@@ -335,8 +335,8 @@ def write_manifest(
     settings = {f.name: getattr(config, f.name) for f in fields(config)}
     for name in ("prompts", "eval_prompts"):
         value = getattr(config, name)
-        described = value is None or isinstance(value, (str, Path, ProjectPrompts))
-        settings[name] = str(value) if described else f"<{type(value).__name__}>"
+        described = isinstance(value, (str, Path, ProjectPrompts))
+        settings[name] = None if value is None else str(value) if described else f"<{type(value).__name__}>"
     settings["output_dir"] = str(config.output_dir)
     manifest = {
         "kind": "prefloop.aligned_policy",

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from collect.errors import UserError, check_settings, warn
+from collect.errors import UserError, check_settings, first_line, warn
 from collect.output_dirs import check_can_write_file
 from finetune.policy import load_policy
 from finetune.prompts import fit_prompts, read_prompts
@@ -101,8 +101,20 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def read_manifest(adapter: str) -> dict[str, Any]:
+    """The prefloop.json `prefloop align` wrote into an adapter folder ({} for an adapter trained elsewhere); a
+    UserError for a folder that is not an adapter (a reward model's, named by mistake)."""
     path = Path(adapter) / "prefloop.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        manifest = json.loads(path.read_text()) if path.exists() else {}
+    except ValueError as e:
+        raise UserError(f"{path}: cannot read it ({first_line(e)})") from None
+    kind = manifest.get("kind") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or kind not in (None, "prefloop.aligned_policy"):
+        raise UserError(f"adapter {adapter}: holds a {kind or 'folder of another kind'} ({path.name} says so), not "
+                        "the adapter `prefloop align` writes")
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"adapter {adapter}: not a PEFT adapter (no adapter_config.json)")
+    return manifest
 
 
 def evaluate(config: EvalConfig) -> EvalResult:

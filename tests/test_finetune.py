@@ -59,7 +59,7 @@ def test_method_saves_an_adapter_that_reloads_and_changes_generations(models, tm
     assert manifest["method"] == method
     assert manifest["base_policy"]["name"] == models["policy"]
     assert (manifest["reward_model"] is None) == (method == "dpo")
-    assert manifest["config"]["max_steps"] == 3
+    assert manifest["config"]["max_steps"] == 3 and manifest["config"]["eval_prompts"] is None  # not "None"
     assert manifest["precision"] == "fp32"  # no GPU, and nothing launched it in another precision
     assert manifest["metrics"]["train_runtime_s"] > 0
     assert (result.output_dir / "adapter_config.json").exists()
@@ -457,6 +457,23 @@ def test_untrained_adapter_evaluates_as_a_tie_with_zero_kl(models, tmp_path):
     assert abs(s["kl_to_base"]) < 1e-4
     assert s["mean_length_base"] == s["mean_length_aligned"]
     assert s["mean_reward_judge_base"] == pytest.approx(s["mean_reward_judge_aligned"])
+
+
+def test_a_folder_that_is_not_an_adapter_is_named_as_what_it_is(models, tmp_path):
+    """A reward model's folder as --adapter said "no prefloop.json naming its base policy" (it has one), and with
+    --policy, that the policy has no chat template."""
+    reward = tmp_path / "rm"
+    reward.mkdir()
+    (reward / "prefloop.json").write_text(json.dumps({"kind": "reward_model"}))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for folder, said in ((reward, "holds a reward_model (prefloop.json says so), not the adapter `prefloop align` "
+                                  "writes"),
+                         (plain, "not a PEFT adapter (no adapter_config.json)")):
+        with pytest.raises(UserError) as e:
+            evaluate(EvalConfig(adapter=str(folder), prompts=PROMPTS, policy=models["policy"],
+                                reward_model=models["reward"], show_progress=False))
+        assert str(e.value) == f"adapter {folder}: {said}"
 
 
 def test_evaluation_of_a_trained_adapter_writes_report_plot_and_manifest(models, tmp_path):

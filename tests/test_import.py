@@ -258,6 +258,9 @@ BAD_INPUTS = {
     "lines.json": (b'{"prompt": "a"}\n{"prompt": "b", "response_a": 5, "response_b": "y"}\n',
                    r"lines.json:2: field 'response_a'"),
     "brokenlist.json": (b'[\n {"prompt": "a"},\n {"prompt": "b",}\n]\n', r"brokenlist.json:3: invalid JSON"),
+    # An export's metadata file named by mistake: valid JSON, not rows (it said "invalid JSON" at line 1).
+    "prefs.parquet.meta.json": (b'{\n  "project": "p",\n  "rows": 3\n}\n',
+                                r"prefs.parquet.meta.json: holds one JSON object written over several lines"),
     "latin1.jsonl": ('{"prompt": "ok", "response_a": "x", "response_b": "y"}\n{"prompt": "caf\xe9"}\n'.encode("latin-1"),
                      r"latin1.jsonl:2: not valid UTF-8"),
     "huge.jsonl": (b'{"prompt": "a", "response_a": "x", "response_b": "y"}\n'
