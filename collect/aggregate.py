@@ -33,9 +33,13 @@ n_judgments, and agreement (share of judgments whose direction agrees with the w
 
 The weighted method is Dawid & Skene (1979) adapted to pairwise choices: each pair has a true direction
 (A better, tie, B better); each rater has a confusion matrix from the true direction to the five buttons,
-estimated in screen coordinates (left/right) when the side is known, so a rater who clicks "left" whatever
-is shown, or who clicks at random, gets a low reliability and little say. Fitted by EM with a weak
-Dirichlet prior; gold pairs enter with their known direction.
+estimated in screen coordinates (left/right) when the side is known (either side with equal chance when it
+is not), so a rater who clicks "left" whatever is shown, or who clicks at random, gets a low reliability and
+little say; how strongly a rater presses a side does not depend on which side is right. Fitted by EM; each
+rater's confusion is shrunk toward the pooled confusion of all raters (a rater with few judgments is taken to
+be an average rater, so with sparse overlap the vote falls back toward majority), and A and B are equally
+likely a priori (only the share of true ties is learned), so a pair's lone judgment is never outvoted by
+"A usually wins". Gold pairs enter with their known direction.
 """
 
 from __future__ import annotations
@@ -190,7 +194,8 @@ class DawidSkeneResult:
         accuracy (expected share of their judgments agreeing with the pairs' posterior direction).
     confusion: rater_id -> 3x5 array, P(button | true direction) in screen coordinates: rows are the true
         direction (right better, tie, left better), columns the buttons (right>>, right>, tie, left>, left>>).
-        Where the side is unknown, "left" means A.
+        A judgment whose side is unknown counts as either layout with equal chance, so raters who only
+        have such judgments get mirror-symmetric matrices: no side bias can be seen without the sides.
     """
 
     pairs: pd.DataFrame
@@ -211,37 +216,70 @@ def dawid_skene(
     tie_prior_strength: float = 20.0,
     use_gold: bool = True,
 ) -> DawidSkeneResult:
-    """Fit Dawid-Skene on pairwise 5-point judgments by EM (a MAP estimate).
+    """Fit Dawid-Skene on pairwise 5-point judgments by EM (an empirical-Bayes MAP estimate).
 
     max_iter, tol: EM stops when no pair's posterior moves by more than `tol`, or after `max_iter` rounds.
-    prior_strength: pseudo-judgments per true direction in each rater's Dirichlet prior. The prior leans
-        toward a rater who is right more often than not: it keeps raters with few judgments near an
-        average rater and breaks the symmetry between "everyone is right" and "everyone is wrong".
+    prior_strength: pseudo-judgments per true direction (right better, left better) in each rater's
+        Dirichlet prior, centred on the pooled confusion of all raters: a rater's own confusion moves away
+        from the average rater's only as their judgments outweigh these pseudo-judgments.
     tie_prior_strength: pseudo-judgments in the prior of each rater's "true tie" row, which says that facing
         two equally good responses a rater presses tie or a weak choice. True ties are rare, so this row is
         barely identified by data; left weak, it learns to look like random clicking and then claims every
         pair with mixed votes as a tie (seen in bench/aggregation.py: 10-25% false ties with spammers).
+        It is a fixed shape, not pooled, for the same reason.
     use_gold: gold pairs keep their known direction instead of a posterior, which anchors the reliabilities.
+
+    Why the model is regularised the way it is. Dawid-Skene learns a rater's confusion from the pairs
+    they share with others; a pair judged once says nothing about its rater's reliability, and a rater who
+    judged a handful of pairs says little. Left free, such a model is not identified, and EM settles where
+    it can explain each lone judgment as an error: a rater's confusion is fitted to the very pair it then
+    judges, and a learned class prior soaks up the excess of "A" votes (on summarize-from-feedback, 53% of
+    votes for A became a prior of 0.87 for A, and every lone "B" judgment was exported as A with
+    confidence 0.8-0.99). These choices keep it to what the data can say:
+
+    - The class prior is symmetric in A and B; only the share of true ties is learned. A and B are the
+      order in which a pair was created or imported, not a property of its responses, and a learned
+      preference for A cannot be told apart from raters who favour the first response. With a symmetric
+      prior, a lone judgment from a rater better than chance (reliability above 0.5) can only be
+      confirmed, never reversed.
+    - A rater's chance of pressing a side depends on the true direction; how strongly they press it does
+      not (see `_confusions`). Per-button confusions have too many free cells for sparse overlap: EM
+      learned that "A>B" was evidence for B.
+    - Each rater's confusion has a Dirichlet prior of `prior_strength` pseudo-judgments per direction,
+      centred on the pooled confusion of all raters (estimated in the same EM, itself with a weak prior
+      leaning toward better than chance, which also breaks the "everyone is wrong" symmetry). A rater
+      with little overlap is an average rater, so their vote counts like anyone else's and a pair's
+      verdict falls back toward majority; several raters who agree are outvoted only by raters who are
+      estimated better, or by their own record of being worse than chance, which needs evidence beyond
+      the prior.
+    - A side that was not recorded is not assumed (see below), so raters' lean toward A in imported data
+      is not read as a side bias that would weigh a vote for B above a vote for A.
+    - EM starts from the share of votes per direction (majority), as Dawid & Skene did.
     """
     df = validate_judgments(judgments)
     pair_codes, pair_ids = pd.factorize(df["pair_id"], sort=True)
     rater_codes, rater_ids = pd.factorize(df["rater_id"], sort=True)
     n_pairs, n_raters = len(pair_ids), len(rater_ids)
     button = df["choice"].to_numpy() + 2  # 0..4 relative to A
-    # Screen coordinates: when B was on the left, the rater saw the pair mirrored.
-    mirrored = (df["left_is_a"] == False).to_numpy()  # noqa: E712 (None stays "not mirrored")
-    screen_button = np.where(mirrored, 4 - button, button)
-    # screen_truth[j, z]: the true direction z (0 B, 1 tie, 2 A) as rater j saw it on screen.
-    screen_truth = np.where(mirrored[:, None], 2 - np.arange(3)[None, :], np.arange(3)[None, :])
+    # Screen coordinates: when B was on the left, the rater saw the pair mirrored. Where the side is unknown
+    # (imported judgments) it is a latent variable, either way with equal chance: assuming "left means A"
+    # would let raters' leaning toward A (or a source that lists the better response first) pass for a
+    # side bias, and then weigh every vote for B above a vote for A.
+    # mirrored[j, k]: screen layout k of judgment j; a known side gives the same layout twice.
+    known_side = df["left_is_a"].notna().to_numpy()
+    is_mirrored = (df["left_is_a"] == False).to_numpy()  # noqa: E712
+    mirrored = np.stack([is_mirrored & known_side, is_mirrored | ~known_side], axis=1)  # (J, 2)
+    screen_button = np.where(mirrored, 4 - button[:, None], button[:, None])  # (J, 2)
+    # screen_truth[j, z, k]: the true direction z (0 B, 1 tie, 2 A) as rater j saw it in layout k.
+    truth = np.arange(3)[None, :, None]
+    screen_truth = np.where(mirrored[:, None, :], 2 - truth, truth)  # (J, 3, 2)
 
-    # cell[j, z]: the flat (rater, screen truth, screen button) index of judgment j if the truth is z.
-    cell = (rater_codes[:, None] * 3 + screen_truth) * 5 + screen_button[:, None]
+    # cell[j, z, k]: the flat (rater, screen truth, screen button) index of judgment j if the truth is z
+    # and the layout k.
+    cell = (rater_codes[:, None, None] * 3 + screen_truth) * 5 + screen_button[:, None, :]
+    layout = np.full(cell.shape, 0.5)  # P(layout k | truth z, judgment j): 1/2 until the first E-step
 
-    prior = np.array([
-        prior_strength * np.array([0.3, 0.3, 0.2, 0.1, 0.1]),  # right is better
-        tie_prior_strength * np.array([0.05, 0.15, 0.6, 0.15, 0.05]),  # tie: mostly "tie", else a weak choice
-        prior_strength * np.array([0.1, 0.1, 0.2, 0.3, 0.3]),  # left is better
-    ])
+    tie_prior = tie_prior_strength * np.array([0.05, 0.15, 0.6, 0.15, 0.05])  # mostly "tie", else a weak choice
     gold = np.full(n_pairs, -1)
     if use_gold:
         known = df["is_gold"].to_numpy() & df["gold_choice"].notna().to_numpy()
@@ -257,13 +295,17 @@ def dawid_skene(
     converged = False
     for n_iter in range(1, max_iter + 1):
         # M-step: expected counts of (rater, true screen direction, screen button).
-        weights = posterior[pair_codes]  # (J, 3)
+        weights = posterior[pair_codes][:, :, None] * layout  # (J, 3, 2)
         counts = np.bincount(cell.ravel(), weights=weights.ravel(), minlength=n_raters * 15)
         counts = counts.reshape(n_raters, 3, 5)
-        confusion = (counts + prior) / (counts + prior).sum(axis=2, keepdims=True)
-        class_prior = (posterior.sum(axis=0) + 1.0) / (n_pairs + 3.0)
-        # E-step
-        log_like = np.log(confusion.ravel()[cell])  # (J, 3)
+        confusion, log_prior = _confusions(counts, prior_strength, tie_prior)
+        tie_share = (posterior[:, 1].sum() + 1.0) / (n_pairs + 3.0)
+        class_prior = np.array([(1.0 - tie_share) / 2, tie_share, (1.0 - tie_share) / 2])
+        # E-step: P(button | truth) averaged over the layouts, and which layout explains the button.
+        per_layout = confusion.ravel()[cell]  # (J, 3, 2)
+        like = per_layout.mean(axis=2)
+        layout = per_layout / (2.0 * like[:, :, None])
+        log_like = np.log(like)  # (J, 3)
         log_joint = np.log(class_prior) + np.stack(
             [np.bincount(pair_codes, weights=log_like[:, z], minlength=n_pairs) for z in range(3)], axis=1
         )
@@ -275,9 +317,15 @@ def dawid_skene(
             converged = True
             break
 
-    # The objective EM climbs: log P(judgments | parameters) + log Dirichlet(prior + 1) of the confusions.
-    log_post = float(logsumexp(log_joint, axis=1).sum() + (prior * np.log(confusion)).sum())
+    # The objective EM climbs, with the pooled rater held at its estimate:
+    # log P(judgments | parameters) + log Dirichlet(prior + 1) of each rater's parameters.
+    log_post = float(logsumexp(log_joint, axis=1).sum() + log_prior)
     winner = posterior.argmax(axis=1)
+    # With A and B equally likely a priori, a pair can come out exactly even between them (a lone "tie"
+    # from a rater with no side bias): no side is preferred, so the verdict is a tie, as in majority vote.
+    # (argmax would pick B, the first index.)
+    even = np.isclose(posterior[:, 0], posterior[:, 2], rtol=1e-9, atol=0.0)
+    winner[even] = 1
     pairs = pd.DataFrame(
         {
             "pair_id": pair_ids,
@@ -310,6 +358,55 @@ def dawid_skene(
         n_iter=n_iter,
         converged=converged,
     )
+
+
+# Buttons in screen coordinates: right>>, right>, tie, left>, left>>.
+_SIDE_BUTTONS = (np.array([1, 0]), np.array([3, 4]))  # (weak, strong) button of the right and the left side
+# The pooled rater's own prior, 4 pseudo-judgments per true direction: right more often than not (it
+# breaks the symmetry between "everyone is right" and "everyone is wrong"), strong and weak alike.
+# Rows: truth right, left better; columns: pressed right, tie, left.
+_BASE_DIRECTION = 4.0 * np.array([[0.6, 0.2, 0.2], [0.2, 0.2, 0.6]])
+_BASE_STRENGTH = 4.0 * np.full((2, 2), 0.5)  # pressed right, left -> weak, strong
+
+
+def _confusions(counts: np.ndarray, prior_strength: float, tie_prior: np.ndarray) -> tuple[np.ndarray, float]:
+    """M-step: (n_raters, 3, 5) confusions from expected counts of (rater, true screen direction, screen
+    button), and the log prior density of the parameters (up to a constant).
+
+    For a true direction (right or left better), P(button) = P(pressed side | truth) * P(strength | pressed
+    side): a rater's reliability is their direction matrix, and how strongly they press a side is the same
+    whichever side is right. With per-button confusions and sparse overlap, EM can learn that a button is
+    pressed more often when it is wrong (on a 60-judgment summarize slice, "A>B" became evidence for B);
+    with this form the evidence of a judgment for its side is P(side | side) / P(side | other side), which
+    exceeds 1 whenever the rater is better than chance. Strength still sets margins and tells ties apart.
+    Both matrices are shrunk toward the pooled rater (all raters' counts plus a weak base prior) by
+    `prior_strength` pseudo-judgments; the true-tie row keeps its own fixed-shape prior.
+    """
+    n_raters = counts.shape[0]
+    direction_counts = np.stack(  # (R, truth right/left, pressed right/tie/left)
+        [counts[:, [0, 2], :2].sum(axis=2), counts[:, [0, 2], 2], counts[:, [0, 2], 3:].sum(axis=2)], axis=2
+    )
+    strength_counts = np.stack(  # (R, pressed right/left, weak/strong)
+        [counts[:, [0, 2]][:, :, side].sum(axis=1) for side in _SIDE_BUTTONS], axis=1
+    )
+    log_prior = 0.0
+    params = []
+    for data, base in ((direction_counts, _BASE_DIRECTION), (strength_counts, _BASE_STRENGTH)):
+        pooled = data.sum(axis=0) + base
+        prior = prior_strength * pooled / pooled.sum(axis=1, keepdims=True)
+        theta = (data + prior) / (data + prior).sum(axis=2, keepdims=True)
+        log_prior += float((prior * np.log(theta)).sum())
+        params.append(theta)
+    direction_p, strength_p = params
+    confusion = np.empty((n_raters, 3, 5))
+    for row, truth in ((0, 0), (2, 1)):
+        confusion[:, row, 2] = direction_p[:, truth, 1]
+        for side, pressed in ((0, 0), (1, 2)):
+            confusion[:, row, _SIDE_BUTTONS[side]] = direction_p[:, truth, pressed, None] * strength_p[:, side]
+    tie_row = counts[:, 1] + tie_prior
+    confusion[:, 1] = tie_row / tie_row.sum(axis=1, keepdims=True)
+    log_prior += float((tie_prior * np.log(confusion[:, 1])).sum())
+    return confusion, log_prior
 
 
 def _clamp_gold(posterior: np.ndarray, gold: np.ndarray) -> None:

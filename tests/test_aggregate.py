@@ -164,3 +164,95 @@ def test_ties_found_where_raters_see_them_and_not_invented():
     # Without true ties, spammers' mixed votes must not turn into tie verdicts.
     no_ties = df[truth[df["pair_id"]] != 0]
     assert (aggregate(no_ties, "weighted")["winner"] == "tie").mean() < 0.02
+
+
+# Sparse overlap: most pairs judged once, most raters with a handful of judgments, sides unknown. These are
+# the first 60 rows of summarize-from-feedback batch 13 as `prefloop import` stores them
+# (pair_id, rater_id, choice): 44 pairs, 23 workers, 53% of votes for A.
+SUMMARIZE_60 = [
+    (1, 2, 1), (2, 3, -1), (3, 2, -1), (4, 4, 1), (5, 5, 2), (6, 6, 1), (7, 7, 2), (8, 8, 1), (9, 9, -1),
+    (9, 10, -2), (9, 11, -1), (9, 12, -1), (9, 13, 1), (10, 14, -1), (11, 15, 2), (12, 5, -1), (13, 14, 1),
+    (14, 15, -1), (15, 16, 1), (15, 17, 1), (16, 18, 1), (17, 13, 1), (18, 15, -1), (19, 2, 1), (20, 7, 2),
+    (21, 11, 2), (22, 10, 1), (22, 19, -2), (22, 20, -1), (22, 13, -1), (22, 18, 1), (22, 2, -2), (22, 7, -1),
+    (22, 3, -1), (23, 11, 1), (24, 10, -2), (25, 7, 2), (26, 10, -1), (27, 9, 2), (28, 10, -2), (29, 7, 1),
+    (30, 21, -2), (31, 22, 2), (32, 9, 2), (33, 19, -2), (34, 23, 1), (35, 22, -1), (35, 11, 1), (35, 13, 1),
+    (35, 9, -1), (35, 7, 1), (36, 24, 1), (37, 18, -2), (38, 18, 1), (39, 7, -2), (40, 18, 2), (41, 10, -1),
+    (42, 12, -1), (43, 23, 2), (44, 9, -1),
+]
+
+
+def sparse(n_pairs=300, n_raters=30, shared=0.1, p_a=0.6, seed=0):
+    """Raters right 80% of the time; a pair is judged by 3-5 raters with probability `shared`, else by one;
+    A is the better response with probability `p_a` (as when a source lists its preferred response first)."""
+    rng = np.random.default_rng(seed)
+    truth = np.where(rng.random(n_pairs) < p_a, 1, -1)
+    rows = []
+    for pair in range(n_pairs):
+        k = rng.integers(3, 6) if rng.random() < shared else 1
+        for rater in rng.choice(n_raters, size=k, replace=False):
+            d = truth[pair] if rng.random() < 0.8 else -truth[pair]
+            rows.append((pair, int(rater), int(d * rng.choice([1, 2]))))
+    return judgments(rows)
+
+
+def lone_judgments_against_their_rater(df):
+    """Pairs with one judgment whose weighted winner is not that judgment's direction, with the rater's
+    estimated reliability: none should exist for a rater better than chance."""
+    fit = dawid_skene(df)
+    table = aggregate(df, "weighted").set_index("pair_id")
+    lone = df.groupby("pair_id").filter(lambda g: len(g) == 1).set_index("pair_id")
+    said = lone["choice"].map(lambda c: "A" if c > 0 else "B" if c < 0 else "tie")
+    against = said[table.loc[said.index, "winner"] != said]
+    reliability = fit.raters.set_index("rater_id")["reliability"]
+    return [(pair, reliability[lone.loc[pair, "rater_id"]]) for pair in against.index]
+
+
+def test_sparse_overlap_a_lone_judgment_keeps_its_raters_side():
+    # A pair judged once carries no evidence against its judgment: the model may not reverse it on the
+    # strength of a learned "A usually wins" (the fit once learned P(A better) = 0.87 from 53% of votes for
+    # A here, and exported 16 of these pairs against their only judgment with confidence 0.78-0.99).
+    df = judgments(SUMMARIZE_60)
+    assert lone_judgments_against_their_rater(df) == []
+    fit = dawid_skene(df)
+    assert fit.class_prior[0] == pytest.approx(fit.class_prior[2])  # A and B equally likely a priori
+    assert (fit.raters["reliability"] > 0.5).all()
+    # Nothing here tells one rater from another, so weighted is majority.
+    weighted, majority = aggregate(df, "weighted"), majority_vote(df)
+    assert (weighted["winner"] == majority["winner"]).all()
+    # The same on simulated panels of the same shape, where A is truly better 60% of the time.
+    for seed in range(3):
+        assert lone_judgments_against_their_rater(sparse(seed=seed)) == []
+    # A lone tie stays a tie.
+    table = aggregate(pd.concat([df, judgments([(99, 2, 0)])]), "weighted").set_index("pair_id")
+    assert table.loc[99, "winner"] == "tie" and table.loc[99, "agreement"] == 1.0
+
+
+def test_four_raters_who_agree_are_not_outvoted_by_one_without_evidence():
+    # Pair 9 of the summarize slice: four workers say B, one says A. None of them has shared more than a
+    # few pairs with anyone, so none can be told apart from an average rater: B, with confidence.
+    table = aggregate(judgments(SUMMARIZE_60), "weighted").set_index("pair_id")
+    assert table.loc[9, "winner"] == "B" and table.loc[9, "confidence"] > 0.9
+    assert table.loc[9, "agreement"] == pytest.approx(0.8)
+    # Pair 35: three for A, two for B. Votes for A are 53% of all votes, but with the sides unknown that
+    # lean cannot be told from a side bias, so a vote for B does not count for more than a vote for A.
+    assert table.loc[35, "winner"] == "A"
+
+
+def test_raters_worse_than_chance_on_much_evidence_are_outvoted():
+    # The exception: four raters who got 50 gold pairs each mostly backwards (85% wrong) say B; one rater
+    # who got them mostly right says A. Their "B" is evidence for A.
+    rng = np.random.default_rng(5)
+    rows, gold = [], []
+    for pair in range(50):
+        truth = 1 if pair % 2 else -1
+        for rater in range(5):
+            right = rng.random() < (0.9 if rater == 0 else 0.15)
+            rows.append((pair, rater, int((truth if right else -truth) * rng.choice([1, 2]))))
+        gold += [truth] * 5
+    df = judgments(rows).assign(is_gold=True, gold_choice=gold)
+    contested = judgments([(100, 0, 1), (100, 1, -1), (100, 2, -1), (100, 3, -1), (100, 4, -1)])
+    both = pd.concat([df, contested.assign(is_gold=False, gold_choice=None)], ignore_index=True)
+    reliability = dawid_skene(both).raters.set_index("rater_id")["reliability"]
+    assert reliability[0] > 0.7 and (reliability[[1, 2, 3, 4]] < 0.3).all()
+    table = aggregate(both, "weighted").set_index("pair_id")
+    assert table.loc[100, "winner"] == "A" and table.loc[100, "confidence"] > 0.9

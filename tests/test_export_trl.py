@@ -52,8 +52,9 @@ def test_export_formats_and_provenance(db_url, tmp_path):
         folder = export_project(s, get_project(s, "p"), tmp_path / "saved", aggregation="weighted",
                                 min_confidence=0.7)
     loaded = datasets.load_from_disk(folder.path)
-    # The weighted model reads the lone tie as a weak A (confidence ~0.6): the threshold drops it.
-    assert len(loaded) == 12 and folder.below_confidence == 1
+    # The weighted model keeps the lone tie a tie, as majority does (it once read it as a weak A, against
+    # the only judgment): a tie is left out of the preferences, not dropped for low confidence.
+    assert len(loaded) == 12 and folder.ties == 1 and folder.below_confidence == 0
     assert json.loads((tmp_path / "saved" / "prefloop.json").read_text())["aggregation"] == "weighted"
 
 
