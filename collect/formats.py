@@ -77,6 +77,13 @@ class Record:
     gold_choice: int | None = None
     judgments: list[Judged] = field(default_factory=list)
     source: str = ""
+    chosen_rejected: bool = False
+    """A and B are a chosen and a rejected response (TRL's and HH's rows, `prefloop export`'s), which say neither who
+    wrote them nor in what order they were shown: the pair is the project's pair of the same prompt and texts, in
+    either order and under whatever model names it holds (collect.ingest)."""
+    exported_from: tuple[int, str] | None = None
+    """(pair id, source) a row of `prefloop export` names: the pair it was written from, in the project exported,
+    and where that pair came from (its `pair_id` and `source` columns)."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -474,6 +481,7 @@ def _prefix_pair(
         response_b=rest(rejected),
         judgments=[Judged(rater=rater, choice=1)],
         source=source,
+        chosen_rejected=True,
     )
 
 
@@ -617,7 +625,25 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
     tie = marked_tie(row)
     if tie is not None:  # a tie, which export leaves out, not a preference for `chosen`
         record.judgments[0].choice, record.judgments[0].both_bad = 0, tie[1]
+    record.chosen_rejected = True
+    record.pair_id, record.exported_from = export_provenance(row)
     return record
+
+
+def export_provenance(row: dict[str, Any]) -> tuple[str | None, tuple[int, str] | None]:
+    """A TRL row's `pair_id`, kept as its pair's external id (a value that is not an id is ignored, as the column once
+    was), and, for a row of `prefloop export` (a numeric pair_id beside the export's `n_judgments`), the (pair id,
+    source) it was written from: `collect.ingest` refuses a project's own export."""
+    value = row.get("pair_id")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None, None
+    text = str(value).strip()
+    if not text or len(text) > MAX_NAME_CHARS or "\x00" in text:
+        return None, None
+    source = row.get("source")
+    exported = (int(text), source if isinstance(source, str) else "") if (
+        "n_judgments" in row and text.isascii() and text.isdigit()) else None
+    return text, exported
 
 
 TIE_LABEL = re.compile(r"^(tied?|both[ _-]?bad)( *\(.*\))?$")

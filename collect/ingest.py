@@ -3,6 +3,12 @@
 Any bad row means nothing is imported. Everything is keyed by its content (prompt conversation, response
 text and model, the two responses of a pair, the judgment's source row), so importing the same file twice
 adds nothing the second time.
+
+Rows of a chosen and a rejected response (TRL's, HH's, `prefloop export`'s) name no model and no order of the two:
+such a row is the project's pair of the same prompt and texts in either order, under whatever model names it holds,
+so another project's export of pairs this project already holds adds its labels to them instead of storing the
+pairs again (summarize's responses are stored under their policy's name, which an export does not carry). A
+project's own export is refused: its labels are the project's judgments, which it would count twice.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from collect.auth import audit
 from collect.db import refresh_planner_statistics
+from collect.errors import UserError, warn
 from collect.formats import Record, content_hash, detect_format, read_records, records_from_dataset
 from collect.models import Assignment, ImportRun, Judgment, Pair, Project, Prompt, Rater, Response
 
@@ -66,14 +73,23 @@ def import_records(
     responses = {(p, m, h): i for p, m, h, i in session.execute(
         select(Response.prompt_id, Response.model, Response.content_hash, Response.id)
         .join(Prompt, Prompt.id == Response.prompt_id).where(Prompt.project_id == pid))}
-    pairs = {(a, b): i for a, b, i in session.execute(
-        select(Pair.response_a_id, Pair.response_b_id, Pair.id).where(Pair.project_id == pid))}
+    pairs, pair_source = {}, {}
+    for a, b, i, source in session.execute(
+            select(Pair.response_a_id, Pair.response_b_id, Pair.id, Pair.source).where(Pair.project_id == pid)):
+        pairs[a, b], pair_source[i] = i, source
     gold_answers = dict(session.execute(
         select(Pair.id, Pair.gold_choice).where(Pair.project_id == pid, Pair.is_gold.is_(True))).all())
     judgment_keys = set(session.scalars(
         select(Judgment.external_key).where(Judgment.project_id == pid, Judgment.external_key.is_not(None))))
     raters = {n: i for n, i in session.execute(select(Rater.name, Rater.id))}
     seen_keys: dict[str, int] = {}
+    # The project's pairs by content, (prompt id, text hash of A, of B) -> (A id, B id), the oldest pair first.
+    response_content = {i: (p, h) for (p, _, h), i in responses.items()}
+    pair_content: dict[tuple[int, str, str], tuple[int, int]] = {}
+    for (a, b), i in sorted(pairs.items(), key=lambda item: item[1]):
+        pair_content.setdefault((*response_content[a], response_content[b][1]), (a, b))
+    if not as_gold:
+        _refuse_own_export(project, records, prompts, pairs, response_content)
 
     # Four passes (prompts, responses, pairs, judgments), each written with one batched flush: an import
     # is a handful of round trips to the database instead of one per row.
@@ -91,9 +107,14 @@ def import_records(
     result.prompts = len(new_prompts)
     record_prompt = [prompts[content_hash(r.prompt)] for r in records]
 
+    # A chosen-and-rejected row whose texts the project holds as a pair (other model names, the other order) is
+    # that pair: (its key, whether the row's A is the pair's B).
+    record_match: list[tuple[tuple[int, int], bool] | None] = [
+        _match_by_content(record, prompt_id, responses, pairs, pair_content)
+        for record, prompt_id in zip(records, record_prompt)]
     new_responses: dict[tuple[int, str, str], Response] = {}
-    for record, prompt_id in zip(records, record_prompt):
-        if record.response_a is None:
+    for record, prompt_id, match in zip(records, record_prompt, record_match):
+        if record.response_a is None or match is not None:
             continue
         for text, model, generation in ((record.response_a, record.model_a, record.generation_a),
                                         (record.response_b, record.model_b, record.generation_b)):
@@ -108,15 +129,26 @@ def import_records(
 
     new_pairs: dict[tuple[int, int], Pair] = {}
     made_gold: dict[int, int] = {}  # existing pair id -> the known answer this file gives it
-    record_pair: list[int | None] = []
-    for record, prompt_id in zip(records, record_prompt):
+    record_pair: list[tuple[int, int] | None] = []
+    record_sign: list[int] = []  # -1 where the row's A is its pair's B: its choices are turned to face the pair
+    held_before = set(pairs)
+    for record, prompt_id, match in zip(records, record_prompt, record_match):
         if record.response_a is None:
             record_pair.append(None)
+            record_sign.append(1)
             continue
-        key = (responses[(prompt_id, record.model_a, content_hash(record.response_a))],
-               responses[(prompt_id, record.model_b, content_hash(record.response_b))])
+        if match is not None:
+            key, flipped = match
+        else:
+            key = (responses[(prompt_id, record.model_a, content_hash(record.response_a))],
+                   responses[(prompt_id, record.model_b, content_hash(record.response_b))])
+            # The same two responses the other way round, earlier in this file.
+            flipped = record.chosen_rejected and key not in pairs and key not in new_pairs and key[::-1] in new_pairs
+            key = key[::-1] if flipped else key
         record_pair.append(key)
+        record_sign.append(-1 if flipped else 1)
         gold = record.judgments[0].choice if as_gold and record.judgments else record.gold_choice
+        gold = -gold if flipped and gold is not None else gold
         if key in pairs:
             # A pair already in the project becomes gold too; the file's first answer for it wins.
             if gold is not None and pairs[key] not in made_gold and gold_answers.get(pairs[key]) != gold:
@@ -141,12 +173,15 @@ def import_records(
         raters.update({n: r.id for n, r in new_raters.items()})
         result.raters = len(new_raters)
         new_judgments = []
-        for n, (record, key) in enumerate(zip(records, record_pair), start=1):
+        relabelled: list[Record] = []  # another project's export rows that added a label to a pair from its source
+        for n, (record, key, sign) in enumerate(zip(records, record_pair, record_sign), start=1):
+            added = len(new_judgments)
             for judged in record.judgments if key is not None else []:
                 pair_id = pairs[key]
+                choice, criteria = judged.choice * sign, {k: v * sign for k, v in judged.criteria.items()}
                 # Content-keyed, with a counter so that two identical rows in one file stay two judgments.
-                base = hashlib.sha256(repr((record.source.split(":", 1)[0], pair_id, judged.rater, judged.choice,
-                                            judged.rationale, judged.both_bad, sorted(judged.criteria.items()),
+                base = hashlib.sha256(repr((record.source.split(":", 1)[0], pair_id, judged.rater, choice,
+                                            judged.rationale, judged.both_bad, sorted(criteria.items()),
                                             judged.confidence)).encode()).hexdigest()
                 seen_keys[base] = seen_keys.get(base, 0) + 1
                 external_key = f"{base}#{seen_keys[base]}"
@@ -154,18 +189,71 @@ def import_records(
                     continue
                 judgment_keys.add(external_key)
                 new_judgments.append(Judgment(
-                    project_id=pid, pair_id=pair_id, rater_id=raters[judged.rater], choice=judged.choice,
-                    both_bad=judged.both_bad, criteria=judged.criteria, rationale=judged.rationale, kind="import",
+                    project_id=pid, pair_id=pair_id, rater_id=raters[judged.rater], choice=choice,
+                    both_bad=judged.both_bad, criteria=criteria, rationale=judged.rationale, kind="import",
                     external_key=external_key, confidence=judged.confidence))
+            if (len(new_judgments) > added and record.exported_from and key in held_before
+                    and record.exported_from[1] == pair_source[pairs[key]]):
+                relabelled.append(record)
             if progress and (n % 500 == 0 or n == len(records)):
                 progress(n, len(records))
         session.add_all(new_judgments)
         result.judgments = len(new_judgments)
+        if relabelled:
+            first = relabelled[0]
+            more = f" and {len(relabelled) - 1} more rows are" if len(relabelled) > 1 else " is"
+            warn(f"{first.where}: this row{more} another project's export of pairs this project already holds from "
+                 f"the same source ({first.exported_from[1]}): each added its label as one more judgment, by "
+                 f"{first.judgments[0].rater!r}, so any vote both projects imported from that source now counts "
+                 f"twice")
     session.flush()
     _recount_claims(session, pid)
     refresh_planner_statistics(session, ["prompt", "response", "pair", "judgment"])
     audit(session, "import", actor_id, pid, **result.as_dict())
     return result
+
+
+def _match_by_content(
+    record: Record, prompt_id: int, responses: dict[tuple[int, str, str], int], pairs: dict[tuple[int, int], int],
+    pair_content: dict[tuple[int, str, str], tuple[int, int]],
+) -> tuple[tuple[int, int], bool] | None:
+    """The project's pair a chosen-and-rejected record is, where it is not the pair of its own two responses (model
+    names and order as the record gives them): (the pair's key, whether the record's A is the pair's B), or None."""
+    if record.response_a is None or not record.chosen_rejected:
+        return None
+    a, b = content_hash(record.response_a), content_hash(record.response_b)
+    if (responses.get((prompt_id, record.model_a, a)), responses.get((prompt_id, record.model_b, b))) in pairs:
+        return None
+    if (prompt_id, a, b) in pair_content:
+        return pair_content[prompt_id, a, b], False
+    if (prompt_id, b, a) in pair_content:
+        return pair_content[prompt_id, b, a], True
+    return None
+
+
+def _refuse_own_export(
+    project: Project, records: list[Record], prompts: dict[str, int], pairs: dict[tuple[int, int], int],
+    response_content: dict[int, tuple[int, str]],
+) -> None:
+    """UserError at the first row of `prefloop export` written from this project's own pair (its pair_id is that
+    pair's id, with the same prompt and the same two responses): its label is the vote of the pair's judgments, and
+    importing it would add it beside them, one more judgment each."""
+    exported = {r.exported_from[0] for r in records if r.exported_from and r.response_a is not None}
+    if not exported:
+        return
+    own = {i: (response_content[a], response_content[b]) for (a, b), i in pairs.items() if i in exported}
+    for record in records:
+        if not record.exported_from or record.exported_from[0] not in own or record.response_a is None:
+            continue
+        (prompt_id, a), (_, b) = own[record.exported_from[0]]
+        if prompts.get(content_hash(record.prompt)) == prompt_id and sorted((a, b)) == sorted(
+                (content_hash(record.response_a), content_hash(record.response_b))):
+            pair_id = record.exported_from[0]
+            raise UserError(
+                f"{record.where}: pair_id {pair_id} is pair {pair_id} of this project ({project.name}), the same "
+                f"prompt and responses: the file is this project's own export, and importing it again would count "
+                f"each pair's judgments twice. Nothing was imported; import it into another project, or with "
+                f"--as-gold to make its answers the pairs' known answers")
 
 
 def _recount_claims(session: Session, project_id: int) -> None:

@@ -345,6 +345,117 @@ def test_as_gold_makes_pairs_already_there_gold_with_the_files_answer(db_url, tm
     assert (again.pairs, again.gold) == (0, 0)
 
 
+def _summarize_batch(path: Path) -> Path:
+    """Four summarize-from-feedback comparisons, as the shared file holds them: each summary stored under its policy's
+    name; the workers prefer the first summary of two posts and the second of the others."""
+    rows = [_summarize(info={"id": f"t3_{i}", "post": f"Post number {i}.", "title": f"Title {i}", "subreddit": "cats"},
+                       summaries=[{"text": f"first summary {i}", "policy": "sup1"},
+                                  {"text": f"second summary {i}", "policy": "sup2"}],
+                       choice=i % 2, worker=f"w{i}", extra={"confidence": 2 if i % 2 == 0 else 8}) for i in range(4)]
+    return _write(path, b"\n".join(rows) + b"\n")
+
+
+def _pairs(url: str, project: str) -> dict[tuple[str, str], int]:
+    """A project's pairs, (A's text, B's text) -> the sum of their judgments' choices (relative to A)."""
+    with db.session_scope(url) as s:
+        p = get_project(s, project)
+        return {(pair.response_a.content, pair.response_b.content): sum(
+            s.scalars(select(Judgment.choice).where(Judgment.pair_id == pair.id)))
+            for pair in s.scalars(select(Pair).where(Pair.project_id == p.id))}
+
+
+def test_a_projects_own_export_imported_into_it_again_is_refused_whole(db_url, tmp_path):
+    """Found by a user walk-through: importing a project's export back into the project added each pair's vote as
+    one more judgment (HH's pairs had two judgments from one rater's single vote), and for summarize-from-feedback,
+    whose summaries are stored under their policy's name, which an export does not carry, stored every pair a second
+    time. An export's rows carry the pair_id they were written from: a row that is this project's pair of that id
+    refuses the whole file, with what to do; `--as-gold` (which adds no judgments) may still use it."""
+    import_into(db_url, _summarize_batch(tmp_path / "summarize_batch.jsonl"))
+    with db.session_scope(db_url) as s:
+        p = get_project(s, "p")
+        export_project(s, p, tmp_path / "prefs.parquet")
+        export_project(s, p, tmp_path / "prefs.jsonl")
+    before, pairs = counts(db_url), _pairs(db_url, "p")
+    for name in ("prefs.parquet", "prefs.jsonl"):
+        with pytest.raises(UserError, match=rf"{name}(:1|: row 1): pair_id \d+ is pair \d+ of this project \(p\), the "
+                                            r"same prompt and responses: the file is this project's own export, and "
+                                            r"importing it again would count each pair's judgments twice\. Nothing was "
+                                            r"imported; import it into another project, or with --as-gold"):
+            import_into(db_url, tmp_path / name)
+    assert counts(db_url) == before and _pairs(db_url, "p") == pairs
+    # As gold answers the export's labels are the pairs' known answers: the same four pairs, no judgment added.
+    gold = import_into(db_url, tmp_path / "prefs.jsonl", as_gold=True)
+    assert (gold.pairs, gold.judgments, gold.gold) == (0, 0, 4)
+    assert counts(db_url) == before
+    with db.session_scope(db_url) as s:
+        known = {(pair.response_a.content, pair.gold_choice) for pair in s.scalars(select(Pair))}
+    assert known == {("first summary 0", 2), ("first summary 1", -2), ("first summary 2", 2), ("first summary 3", -2)}
+
+
+def test_another_projects_export_adds_its_labels_to_the_pairs_already_there(db_url, tmp_path):
+    """An export imports into another project: as new pairs (keeping the pair_id as their external id) where that
+    project holds none of them, and onto the pairs it holds, whatever their model names and whichever side won,
+    where it does (summarize's pairs were stored a second time, under no policy name, with the export's chosen
+    first). A vote both projects imported from one file counts twice then, which a warning says; a second import of
+    the same export adds nothing."""
+    raw = _summarize_batch(tmp_path / "summarize_batch.jsonl")
+    import_into(db_url, raw, project="a")
+    with db.session_scope(db_url) as s:
+        export_project(s, get_project(s, "a"), tmp_path / "a.jsonl")
+    exported = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+
+    fresh = import_into(db_url, tmp_path / "a.jsonl", project="fresh")
+    assert (fresh.prompts, fresh.pairs, fresh.judgments) == (4, 4, 4)
+    with db.session_scope(db_url) as s:
+        assert set(s.scalars(select(Pair.external_id).where(Pair.project_id == get_project(s, "fresh").id))) == {
+            str(r["pair_id"]) for r in exported}
+
+    import_into(db_url, raw, project="b")
+    votes = _pairs(db_url, "b")
+    assert votes == {("first summary 0", "second summary 0"): 2, ("first summary 1", "second summary 1"): -2,
+                     ("first summary 2", "second summary 2"): 2, ("first summary 3", "second summary 3"): -2}
+    with pytest.warns(UserWarning, match=r"a.jsonl:1: this row and 3 more rows are another project's export of pairs "
+                                         r"this project already holds from the same source \(summarize:summarize_batch"
+                                         r".jsonl\): each added its label as one more judgment, by 'trl:label'"):
+        added = import_into(db_url, tmp_path / "a.jsonl", project="b")
+    assert (added.prompts, added.responses, added.pairs, added.judgments) == (0, 0, 0, 4)
+    # The export's label (A>>B for a margin of 1) joins each pair facing its A: the second summaries won twice.
+    assert _pairs(db_url, "b") == {pair: vote * 2 for pair, vote in votes.items()}
+    again = import_into(db_url, tmp_path / "a.jsonl", project="b")
+    assert (again.pairs, again.judgments) == (0, 0)
+
+
+def test_a_chosen_and_rejected_row_is_the_pair_of_its_two_texts_whichever_side_won(sqlite_url, tmp_path):
+    """An export writes the winner first, so a pair whose raters preferred B comes back as (B, A): HH's pairs, which
+    name no model, were stored again the other way round. A row of a chosen and a rejected response (TRL's, HH's) is
+    the pair of its two texts in either order, its choice turned to face the pair's A; rows of a presentation order
+    (the generic schema's response_a and response_b) keep theirs."""
+    hh = [{"chosen": f"\n\nHuman: question {i}\n\nAssistant: good {i}",
+           "rejected": f"\n\nHuman: question {i}\n\nAssistant: bad {i}"} for i in range(2)]
+    raw = _write(tmp_path / "hh_small.jsonl", "\n".join(map(json.dumps, hh)).encode())
+    import_into(sqlite_url, raw, project="a")
+    import_into(sqlite_url, raw, project="b")
+    with db.session_scope(sqlite_url) as s:  # two raters of project a find "bad 1" the better answer
+        import_dataset(s, get_project(s, "a"), [
+            {"prompt": "question 1", "response_a": "good 1", "response_b": "bad 1", "rater": r, "choice": "B>A"}
+            for r in ("ann", "bob")])
+        export_project(s, get_project(s, "a"), tmp_path / "a.jsonl")
+    exported = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [r["chosen"][0]["content"] for r in exported] == ["good 0", "bad 1"]
+    with pytest.warns(UserWarning, match="from the same source"):
+        added = import_into(sqlite_url, tmp_path / "a.jsonl", project="b")
+    assert (added.responses, added.pairs, added.judgments) == (0, 0, 2)
+    assert _pairs(sqlite_url, "b") == {("good 0", "bad 0"): 2, ("good 1", "bad 1"): 0}  # hh's A>B, the export's B>A
+    # In one file too: "x over y" and "y over x" are one comparison with two opposite votes, not two pairs.
+    both = _write(tmp_path / "trl.jsonl", b'{"prompt": "q", "chosen": "x", "rejected": "y"}\n'
+                                          b'{"prompt": "q", "chosen": "y", "rejected": "x"}\n')
+    assert (import_into(sqlite_url, both, project="c", rater="crowd").pairs, _pairs(sqlite_url, "c")) == (
+        1, {("x", "y"): 0})
+    mirrored = _write(tmp_path / "mirrored.jsonl", b'{"prompt": "q", "response_a": "x", "response_b": "y"}\n'
+                                                   b'{"prompt": "q", "response_a": "y", "response_b": "x"}\n')
+    assert import_into(sqlite_url, mirrored, project="d").pairs == 2
+
+
 def test_a_failure_mid_write_rolls_everything_back(sqlite_url, monkeypatch):
     """A crash after every row was written (here: in the audit at the very end) leaves nothing behind."""
     import collect.ingest as ingest
