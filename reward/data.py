@@ -321,6 +321,11 @@ def warn_ties(dataset, places: list[str], name: str, scoring: bool = False) -> N
             ties.setdefault(tie[0], []).append(place)
         if swapped is not None:
             worse.setdefault(swapped, []).append(place)
+    tied = {place for where in ties.values() for place in where}
+    if len(tied) == len(dataset) and not scoring:  # `align --method dpo` refuses such a file too
+        marks = "; ".join(ties)
+        raise UserError(f"{name}: every pair is marked a tie ({marks}): there is no preference to train on or "
+                        "measure (an export's side file of ties, named by mistake?)")
     read = ("scored as reward_chosen and reward_rejected all the same, though neither side is preferred" if scoring
             else "read as a preference for 'chosen' all the same; leave them out")
     for marked, where in ties.items():

@@ -2932,6 +2932,24 @@ def warnings_checking(rows: list[dict]) -> list[str]:
     return sorted(str(w.message) for w in caught)
 
 
+def test_a_file_of_ties_alone_is_refused_for_training_and_evaluation_and_scored(tmp_path, tiny_rm):
+    """`prefloop export --include-ties`'s side file named as --data trained a model on ties read as preferences;
+    `align --method dpo` refused the same file."""
+    from reward.data import check_preferences
+
+    ties = [{"prompt": "q", "chosen": "a", "rejected": "b", "kind": "tie"},
+            {"prompt": "r", "chosen": "c", "rejected": "d", "kind": "both_bad"}]
+    with pytest.raises(UserError) as e:
+        check_preferences(*load_rows(ties), "data")
+    assert _one_line_error(e) == ("data: every pair is marked a tie (kind = 'tie'; kind = 'both_bad'): there is no "
+                                  "preference to train on or measure (an export's side file of ties, named by mistake?)")
+    with pytest.raises(UserError, match="every pair is marked a tie"):
+        train_reward_model(RewardTrainingConfig(data=ties, base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+                                                progress=False))
+    with pytest.warns(UserWarning, match="ties, scored as reward_chosen and reward_rejected all the same"):
+        score_file(tiny_rm, ties, tmp_path / "scored.jsonl")
+
+
 def test_sides_that_answer_different_conversations_are_said_in_training_and_refused_on_import(tmp_path):
     """Rows out of line (each side from another conversation) train silently as TRL trains them; `prefloop import`
     refused them. Training now says so, by the same rule (collect.formats.shared_prompt_turns)."""
