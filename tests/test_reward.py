@@ -2942,7 +2942,8 @@ def test_a_file_of_ties_alone_is_refused_for_training_and_evaluation_and_scored(
     with pytest.raises(UserError) as e:
         check_preferences(*load_rows(ties), "data")
     assert _one_line_error(e) == ("data: every pair is marked a tie (kind = 'tie'; kind = 'both_bad'): there is no "
-                                  "preference to train on or measure (an export's side file of ties, named by mistake?)")
+                                  "preference to train on or measure (an export's side file of ties, named by "
+                                  "mistake?)")
     with pytest.raises(UserError, match="every pair is marked a tie"):
         train_reward_model(RewardTrainingConfig(data=ties, base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
                                                 progress=False))
