@@ -38,7 +38,7 @@ from collect.adjudicate import (
 from collect.agreement import agreement_summary, pairwise_cohen
 from collect.assign import review_flag
 from collect.errors import PermissionDenied, UserError
-from collect.export import AGGREGATIONS, export_project
+from collect.export import AGGREGATIONS, export_project, meta_path
 from collect.formats import FORMATS
 from collect.ingest import import_file
 from collect.judgments import QUALITY_KINDS, judgments_frame
@@ -392,7 +392,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
             out = _out_dir() / f"{_slug(project.name)}-{aggregation}.{fmt}"
             result = export_project(s, project, out, aggregation=aggregation, min_confidence=float(min_confidence),
                                     include_ties=bool(include_ties), actor_id=admin.id)
-        files = [result.path, result.path + ".meta.json"] + ([result.ties_path] if result.ties_path else [])
+        files = [result.path, str(meta_path(Path(result.path)))] + ([result.ties_path] if result.ties_path else [])
         return files, (f"Exported **{result.rows}** preference pairs ({result.aggregation} aggregation); left out: "
                        f"{result.ties} ties, {result.both_bad} both-bad, {result.below_confidence} below confidence "
                        f"{result.min_confidence:g}, {result.unjudged} not judged yet.")

@@ -170,9 +170,8 @@ def check_database(url: str | None = None, create: bool = False) -> bool:
             and not database.startswith("file:") and not Path(database).exists():
         return False
     try:
-        return is_initialized(url)
-    except OperationalError as e:
-        raise connection_problem(e, url) from None
+        with connection_errors(url):
+            return is_initialized(url)
     except DatabaseError as e:  # SQLite's "file is not a database": a Parquet file named by mistake, say
         raise UserError(f"--db {shown_url(url)}: not a database ({' '.join(str(e.orig or e).split())})") from None
 

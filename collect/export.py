@@ -157,15 +157,27 @@ def _write(rows: list[dict[str, Any]], path: Path, ties: bool = False) -> None:
             dataset.save_to_disk(str(staging))
 
 
-def _meta_path(out: Path) -> Path:
+def meta_path(out: Path) -> Path:
+    """Where an export to `out` records its aggregation and counts."""
     return out / "prefloop.json" if out.suffix.lower() not in FILE_SUFFIXES else out.with_name(out.name + ".meta.json")
+
+
+def ties_path(out: Path) -> Path:
+    """Where an export to `out` writes its side file of ties and both-bad pairs."""
+    return (out.with_name(out.stem + ".ties" + out.suffix) if out.suffix.lower() in FILE_SUFFIXES
+            else out.with_name(out.name + ".ties"))
+
+
+NOT_FOLDER_SUFFIXES = {".csv", ".tsv", ".gz", ".bz2", ".xz", ".zst", ".zip", ".tar", ".txt", ".arrow", ".feather",
+                       ".pq", ".ndjson", ".db", ".sqlite", ".xlsx", ".pkl", ".yaml", ".yml"}
+"""Names of files other tools write, which export would otherwise have made a save_to_disk folder of."""
 
 
 def _earlier_export(out: Path) -> dict[str, Any] | None:
     """The metadata of the export at `out`, or None where there is none (also one written before exports had a
     `kind`: it has their fields)."""
     try:
-        meta = json.loads(_meta_path(out).read_text())
+        meta = json.loads(meta_path(out).read_text())
     except (OSError, ValueError):
         return None
     if isinstance(meta, dict) and (meta.get("kind") == EXPORT_KIND or {"project", "aggregation", "rows"} <= set(meta)):
@@ -173,22 +185,38 @@ def _earlier_export(out: Path) -> dict[str, Any] | None:
     return None
 
 
-def check_export_path(out: Path) -> None:
-    """UserError unless `out` names a new file or folder, or an earlier export, and can be written: exporting over
-    a model's folder replaced its prefloop.json, and a name like x.csv or x.jsonl.gz made a folder so named."""
+def _earlier_ties(out: Path, earlier: dict[str, Any] | None) -> bool:
+    """Whether the side file beside `out` is the earlier export's (its meta names it, however the path was spelt)."""
+    return earlier is not None and bool(earlier.get("ties_path")) and Path(earlier["ties_path"]).name == ties_path(
+        out).name
+
+
+def check_export_path(out: Path, include_ties: bool = False) -> None:
+    """UserError unless `out` (and with `include_ties` its side file) names a new file or folder, or an earlier
+    export's, and can be written: exporting over a model's folder replaced its prefloop.json, a side file replaced
+    whatever had its name, and a name like x.csv or x.jsonl.gz made a folder so named."""
     suffix = out.suffix.lower()
+    earlier = _earlier_export(out)
     if suffix in FILE_SUFFIXES:
         if out.is_dir():
             raise UserError(f"{out}: is a folder; name a new file, or a folder without a {suffix} suffix")
-        if out.exists() and _earlier_export(out) is None:
-            raise UserError(f"{out}: exists and is not an earlier export (no {_meta_path(out).name} beside it); "
+        if out.exists() and earlier is None:
+            raise UserError(f"{out}: exists and is not an earlier export (no {meta_path(out).name} beside it); "
                             "name a new file, or remove it first")
         check_can_write_file(out, "export")
-    elif out.suffix[1:].isalpha() and not out.is_dir():
-        raise UserError(f"{out}: export writes .parquet, .jsonl or .json files, or a save_to_disk folder (a name "
-                        f"without such a suffix); not {out.suffix}")
-    elif _earlier_export(out) is None:
+    elif suffix in NOT_FOLDER_SUFFIXES and not out.is_dir():
+        raise UserError(f"{out}: export writes .parquet, .jsonl or .json files, or a save_to_disk folder; not "
+                        f"{out.suffix}")
+    elif earlier is None:
         check_output_dir(out, "prefloop.json", EXPORT_KIND)
+    elif Path.cwd().is_relative_to(out.resolve()):
+        raise UserError(f"{out}: holds the current folder, and the export replaces its folder whole; run it from "
+                        "elsewhere")
+    side = ties_path(out)
+    if include_ties and side.exists() and (not _earlier_ties(out, earlier)
+                                           or side.is_dir() == (side.suffix.lower() in FILE_SUFFIXES)):
+        raise UserError(f"{side}: exists and is not this export's earlier side file of ties; move it, or name "
+                        "another export")
 
 
 def export_project(
@@ -207,26 +235,24 @@ def export_project(
     `progress(done, total)` is called as pairs are turned into rows.
     """
     out = Path(out)
-    check_export_path(out)
+    check_export_path(out, include_ties)
     earlier = _earlier_export(out)
     rows, ties, counts = preference_rows(session, project, aggregation, min_confidence, progress)
+    side = ties_path(out)
     _write(rows, out)
-    ties_path = (out.with_name(out.stem + ".ties" + out.suffix) if out.suffix.lower() in FILE_SUFFIXES
-                 else out.with_name(out.name + ".ties"))
     if include_ties:
-        _write(ties, ties_path, ties=True)
-    elif earlier is not None and earlier.get("ties_path") == str(ties_path) and ties_path.exists():
+        _write(ties, side, ties=True)
+    elif _earlier_ties(out, earlier) and side.exists():
         # The earlier export's side file would sit beside a new export that wrote none, its meta saying so.
-        shutil.rmtree(ties_path) if ties_path.is_dir() else ties_path.unlink()
+        shutil.rmtree(side) if side.is_dir() else side.unlink()
     if not rows:
         warn(f"{out}: no preference pairs to export (of {project.name}: {counts['unjudged']} pair(s) not judged "
              f"yet, {len(ties)} tie(s) or both-bad, {counts['below_confidence']} below --min-confidence "
-             f"{min_confidence:g}); the file has the columns and no rows")
-    ties_path = ties_path if include_ties else None
-    result = ExportResult(str(out), len(rows), str(ties_path) if ties_path else None,
+             f"{min_confidence:g}); it holds no rows")
+    result = ExportResult(str(out), len(rows), str(side) if include_ties else None,
                           sum(t["kind"] == "tie" for t in ties), counts["both_bad"], counts["below_confidence"],
                           counts["unjudged"], aggregation, min_confidence, counts["not_active"])
     meta = {"kind": EXPORT_KIND, "project": project.name, **asdict(result)}
-    _meta_path(out).write_text(json.dumps(meta, indent=2))
+    meta_path(out).write_text(json.dumps(meta, indent=2))
     audit(session, "export", actor_id, project.id, **asdict(result))
     return result

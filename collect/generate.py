@@ -180,12 +180,12 @@ HASHED_WHOLE = 64 * 2**20
 base model's weights) counts by size and modification time: reading gigabytes would cost more than a round's
 check is worth, and saving new weights writes the file anew."""
 
-MODEL_FILES = ("*.json", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.py",
+MODEL_FILES = ("config.json", "generation_config.json", "adapter_config.json", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+               "merges.txt", "prefloop.json", "*.index.json", "*.model", "*.jinja", "*.tiktoken", "*.py",
                "*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf")
-"""What Transformers and PEFT read of a model or adapter folder: configs, tokenizers, weights, remote code."""
-
-NOT_LOADED = {"evaluation.json"}
-"""Written into an adapter folder by `prefloop align eval` after the fact: not part of the model."""
+"""What Transformers and PEFT read of a model or adapter folder: configs, tokenizers, weights, remote code; not
+what is written beside them later (`prefloop align eval`'s evaluation.json, or a report named by its --out)."""
 
 
 def folder_digest(folder: Path) -> str:
@@ -193,8 +193,7 @@ def folder_digest(folder: Path) -> str:
     `merged/` are not loaded with it)."""
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
-        if (path.name in NOT_LOADED or not path.is_file()
-                or not any(fnmatch.fnmatch(path.name, pattern) for pattern in MODEL_FILES)):
+        if not path.is_file() or not any(fnmatch.fnmatch(path.name, pattern) for pattern in MODEL_FILES):
             continue
         stat = path.stat()
         if path.name == "prefloop.json":
@@ -412,26 +411,46 @@ def select_prompts(
     return list(chosen.items())
 
 
+def _batches(session: Session, project_id: int) -> list[dict[str, Any]]:
+    return list(session.scalars(select(AuditEvent.details).where(
+        AuditEvent.project_id == project_id, AuditEvent.action == "generate.batch").order_by(AuditEvent.id)))
+
+
+def resumed_round(batches: list[dict[str, Any]], key: str, contents: dict[str, Any] | None) -> str | None:
+    """The latest round of a name it derived (a round the caller named is resumed by naming it) that the same
+    command ran on these contents, to resume: found by the command's key rather than by a name hashed from the
+    contents, so that a digest that could not be told this time (a Hub commit the network did not give) matches
+    any, and a round named before contents were recorded ("gen-" + key) is resumed too."""
+    rounds = [details["round"] for details in batches
+              if (details.get("run_key") == key or details.get("round") == "gen-" + key)
+              and str(details.get("round")).startswith("gen-")
+              and not _changed_labels(details.get("contents"), contents)]
+    return rounds[-1] if rounds else None
+
+
 def _done_prompts(
-    session: Session, project_id: int, round_name: str, key: str, contents: dict[str, Any] | None,
-    result: GenerateResult,
+    batches: list[dict[str, Any]], round_name: str, key: str, contents: dict[str, Any] | None, result: GenerateResult,
 ) -> set[int]:
-    """Prompts this round finished with these model contents. Sets `result.changed_*` where the round (named
-    by the caller) or, for a new round, an earlier one of the same command ran on other contents."""
+    """Prompts this round finished with these model contents. Sets `result.changed_*` where the round (named by the
+    caller) did prompts on other contents that it now does again, or, for a new round, an earlier one of the same
+    command ran on other contents."""
     done: set[int] = set()
+    stale: dict[int, list[str]] = {}  # prompts this round did on other contents: the models that changed
     earlier: tuple[str, list[str]] | None = None  # the latest round of this command on other contents
-    for details in session.scalars(select(AuditEvent.details).where(
-            AuditEvent.project_id == project_id, AuditEvent.action == "generate.batch").order_by(AuditEvent.id)):
+    for details in batches:
         # Batches written before contents were recorded have none: they count as done, as they did then.
         changed = _changed_labels(details.get("contents"), contents)
         if details.get("round") == round_name:
             if changed:
-                result.changed_since, result.changed_models = round_name, changed
+                stale.update({i: changed for i in details.get("prompt_ids", [])})
             else:
                 done.update(details.get("prompt_ids", []))
         elif details.get("run_key") == key and changed:
             earlier = (details["round"], changed)
-    if earlier and not done and result.changed_since is None:
+    again = [models for i, models in stale.items() if i not in done]
+    if again:
+        result.changed_since, result.changed_models = round_name, again[-1]
+    elif earlier and not done:
         result.changed_since, result.changed_models = earlier
     return done
 
@@ -490,12 +509,13 @@ def generate(
     key = run_key(specs, settings, endpoint)
     # Where a model is rather than what it is would let a model saved again into the same folder pass for done.
     contents = None if endpoint else {s.label: model_contents(s) for s in specs}
-    round_name = round_name or default_round(key, contents)
     project_id = project.id  # read now: no ORM access may start a transaction while models generate
+    batches = _batches(session, project_id)
+    round_name = round_name or resumed_round(batches, key, contents) or default_round(key, contents)
     selected = select_prompts(session, project, prompts, limit)
     result = GenerateResult(round=round_name, prompts=len(selected), already_done=0, responses=0, pairs=0,
                             identical=0, empty=0, too_long=0, rejected=0, not_answerable=0, seconds=0.0)
-    done = _done_prompts(session, project_id, round_name, key, contents, result)
+    done = _done_prompts(batches, round_name, key, contents, result)
     answerable = [(i, c) for i, c in selected if c and c[-1]["role"] == "user"]
     todo = [(i, _with_system(c, settings.system_prompt)) for i, c in answerable if i not in done]
     result.already_done = sum(i in done for i, _ in selected)

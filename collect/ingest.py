@@ -89,7 +89,7 @@ def import_records(
     for (a, b), i in sorted(pairs.items(), key=lambda item: item[1]):
         pair_content.setdefault((*response_content[a], response_content[b][1]), (a, b))
     if not as_gold:
-        _refuse_own_export(project, records, prompts, pairs, response_content)
+        _refuse_own_export(project, records, prompts, pairs, response_content, pair_source)
 
     # Four passes (prompts, responses, pairs, judgments), each written with one batched flush: an import
     # is a handful of round trips to the database instead of one per row.
@@ -192,8 +192,8 @@ def import_records(
                     project_id=pid, pair_id=pair_id, rater_id=raters[judged.rater], choice=choice,
                     both_bad=judged.both_bad, criteria=criteria, rationale=judged.rationale, kind="import",
                     external_key=external_key, confidence=judged.confidence))
-            if (len(new_judgments) > added and record.exported_from and key in held_before
-                    and record.exported_from[1] == pair_source[pairs[key]]):
+            # Any export row: its pair may have reached the other project through an export of this one.
+            if len(new_judgments) > added and record.exported_from and key in held_before:
                 relabelled.append(record)
             if progress and (n % 500 == 0 or n == len(records)):
                 progress(n, len(records))
@@ -202,9 +202,9 @@ def import_records(
         if relabelled:
             first = relabelled[0]
             more = f" and {len(relabelled) - 1} more rows are" if len(relabelled) > 1 else " is"
-            warn(f"{first.where}: this row{more} another project's export of pairs this project already holds from "
-                 f"the same source ({first.exported_from[1]}): each added its label as one more judgment, by "
-                 f"{first.judgments[0].rater!r}, so any vote both projects imported from that source now counts "
+            warn(f"{first.where}: this row{more} another project's export of pairs this project already holds: each "
+                 f"added its label as one more judgment, by {first.judgments[0].rater!r}; where both projects took "
+                 f"their votes from the same place (one source, or this project's own export), each now counts "
                  f"twice")
     session.flush()
     _recount_claims(session, pid)
@@ -233,11 +233,12 @@ def _match_by_content(
 
 def _refuse_own_export(
     project: Project, records: list[Record], prompts: dict[str, int], pairs: dict[tuple[int, int], int],
-    response_content: dict[int, tuple[int, str]],
+    response_content: dict[int, tuple[int, str]], pair_source: dict[int, str],
 ) -> None:
     """UserError at the first row of `prefloop export` written from this project's own pair (its pair_id is that
-    pair's id, with the same prompt and the same two responses): its label is the vote of the pair's judgments, and
-    importing it would add it beside them, one more judgment each."""
+    pair's id, with the same prompt, the same two responses and the same source; another database's export may
+    reuse the id): its label is the vote of the pair's judgments, and importing it would add it beside them, one
+    more judgment each."""
     exported = {r.exported_from[0] for r in records if r.exported_from and r.response_a is not None}
     if not exported:
         return
@@ -247,7 +248,8 @@ def _refuse_own_export(
             continue
         (prompt_id, a), (_, b) = own[record.exported_from[0]]
         if prompts.get(content_hash(record.prompt)) == prompt_id and sorted((a, b)) == sorted(
-                (content_hash(record.response_a), content_hash(record.response_b))):
+                (content_hash(record.response_a), content_hash(record.response_b))) \
+                and record.exported_from[1] == pair_source[record.exported_from[0]]:
             pair_id = record.exported_from[0]
             raise UserError(
                 f"{record.where}: pair_id {pair_id} is pair {pair_id} of this project ({project.name}), the same "

@@ -73,7 +73,7 @@ def test_export_writes_only_where_an_export_belongs_and_replaces_an_earlier_one_
         project = get_project(s, "p")
         for out, said in ((model, "holds a reward_model (prefloop.json says so)"),
                           (here / "x.csv", "export writes .parquet, .jsonl or .json files, or a save_to_disk "
-                                               "folder (a name without such a suffix); not .csv"),
+                                           "folder; not .csv"),
                           (here / "x.jsonl.gz", "not .gz"),
                           (here / "notes.jsonl", "exists and is not an earlier export (no notes.jsonl.meta.json "
                                                      "beside it)"),
@@ -96,12 +96,25 @@ def test_export_writes_only_where_an_export_belongs_and_replaces_an_earlier_one_
         assert (here / "prefs.ties.parquet").is_file()
         result = export_project(s, project, here / "prefs.parquet")
         assert result.ties_path is None and not (here / "prefs.ties.parquet").exists()
+        # However the path is spelt: the side file is known by its name beside the export.
+        export_project(s, project, here / "t.jsonl", include_ties=True)
+        export_project(s, project, here / ".." / "exports" / "t.jsonl")
+        assert not (here / "t.ties.jsonl").exists()
+        # Whatever else has the side file's name is not replaced.
+        (here / "u.ties.parquet").write_text("precious")
+        with pytest.raises(UserError, match=r"u.ties.parquet: exists and is not this export's earlier side file"):
+            export_project(s, project, here / "u.parquet", include_ties=True)
+        assert (here / "u.ties.parquet").read_text() == "precious" and not (here / "u.parquet").exists()
+        # A folder may have a dot in its name (hh.harmless); its side folder is hh.harmless.ties.
+        assert export_project(s, project, here / "hh.harmless", include_ties=True).ties_path == str(
+            here / "hh.harmless.ties")
         meta = json.loads((here / "prefs.parquet.meta.json").read_text())
         assert meta["kind"] == "prefloop.export" and meta["ties_path"] is None
 
         # Nothing to export: said, and the file still has every column, typed.
         empty = create_project(s, "empty")
-        with pytest.warns(UserWarning, match=r"no preference pairs to export \(of empty: 0 pair\(s\) not judged"):
+        with pytest.warns(UserWarning, match=r"no preference pairs to export \(of empty: 0 pair\(s\) not judged.*; it "
+                                             r"holds no rows$"):
             export_project(s, empty, here / "empty.parquet")
     import pyarrow.parquet as pq  # datasets' loaders refuse a file of no rows ("corresponds to no data")
 

@@ -348,6 +348,7 @@ def test_local_model_saved_again_into_its_folder_is_a_new_round(sqlite_url, tiny
     # What `prefloop align eval` adds to the folder is no part of the model: the round is done.
     (aligned / "prefloop.json").write_text(json.dumps({**manifest, "evaluation": {"win_rate": 0.6}}))
     (aligned / "evaluation.json").write_text("{}")
+    (aligned / "held_out.json").write_text("{}")  # `align eval --out aligned/held_out.json`
     same = run(sqlite_url, pid, models, settings=settings)
     assert (same.round, same.already_done, same.responses, same.changed_since) == (first.round, 3, 0, None)
 
@@ -375,7 +376,23 @@ def test_local_model_saved_again_into_its_folder_is_a_new_round(sqlite_url, tiny
     renamed = run(sqlite_url, pid, models, settings=settings, round_name="named")
     assert (renamed.already_done, renamed.changed_since, renamed.changed_models) == (0, "named", ["aligned"])
     assert renamed.responses == 0  # the texts of the new round: generated again, found stored
-    assert run(sqlite_url, pid, models, settings=settings, round_name="named").already_done == 3
+    done = run(sqlite_url, pid, models, settings=settings, round_name="named")
+    assert (done.already_done, done.changed_since) == (3, None)  # nothing done again: no change to report
+
+
+def test_a_round_is_resumed_by_its_command_where_a_models_contents_cannot_be_told_or_were_not_recorded():
+    """A Hub commit the network did not give this time (None) matches any; a round named before contents were
+    recorded ("gen-" + the command's key, no contents) is resumed, not started again under a new name."""
+    from collect.generate import resumed_round
+
+    contents = {"aligned": {"model": "abc", "adapter": "def"}}
+    batches = [{"round": "gen-k1", "prompt_ids": [1]},  # written before contents were recorded
+               {"round": "gen-other", "run_key": "k2", "contents": contents, "prompt_ids": [1]},
+               {"round": "mine", "run_key": "k2", "contents": contents, "prompt_ids": [2]}]  # named: by name only
+    assert resumed_round(batches, "k1", contents) == "gen-k1"
+    assert resumed_round(batches, "k2", {"aligned": {"model": None, "adapter": "def"}}) == "gen-other"
+    assert resumed_round(batches, "k2", {"aligned": {"model": "abc", "adapter": "new"}}) is None
+    assert resumed_round(batches, "k3", contents) is None
 
 
 def test_local_long_prompts_lose_old_turns_or_are_skipped(sqlite_url, tiny_models):

@@ -390,6 +390,13 @@ def test_a_projects_own_export_imported_into_it_again_is_refused_whole(db_url, t
     with db.session_scope(db_url) as s:
         known = {(pair.response_a.content, pair.gold_choice) for pair in s.scalars(select(Pair))}
     assert known == {("first summary 0", 2), ("first summary 1", -2), ("first summary 2", 2), ("first summary 3", -2)}
+    # Another database's export may reuse the same pair ids for the same texts: its pairs came from elsewhere (their
+    # source says so), so it is not refused, only warned about as labels added to pairs already held.
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text("".join(json.dumps({**json.loads(line), "source": "trl:their.parquet"}) + "\n"
+                                 for line in (tmp_path / "prefs.jsonl").read_text().splitlines()))
+    with pytest.warns(UserWarning, match="another project's export of pairs this project already holds"):
+        assert import_into(db_url, elsewhere).judgments == 4
 
 
 def test_another_projects_export_adds_its_labels_to_the_pairs_already_there(db_url, tmp_path):
@@ -415,8 +422,8 @@ def test_another_projects_export_adds_its_labels_to_the_pairs_already_there(db_u
     assert votes == {("first summary 0", "second summary 0"): 2, ("first summary 1", "second summary 1"): -2,
                      ("first summary 2", "second summary 2"): 2, ("first summary 3", "second summary 3"): -2}
     with pytest.warns(UserWarning, match=r"a.jsonl:1: this row and 3 more rows are another project's export of pairs "
-                                         r"this project already holds from the same source \(summarize:summarize_batch"
-                                         r".jsonl\): each added its label as one more judgment, by 'trl:label'"):
+                                         r"this project already holds: each added its label as one more judgment, by "
+                                         r"'trl:label'; where both projects took their votes from the same place"):
         added = import_into(db_url, tmp_path / "a.jsonl", project="b")
     assert (added.prompts, added.responses, added.pairs, added.judgments) == (0, 0, 0, 4)
     # The export's label (A>>B for a margin of 1) joins each pair facing its A: the second summaries won twice.
@@ -442,7 +449,7 @@ def test_a_chosen_and_rejected_row_is_the_pair_of_its_two_texts_whichever_side_w
         export_project(s, get_project(s, "a"), tmp_path / "a.jsonl")
     exported = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [r["chosen"][0]["content"] for r in exported] == ["good 0", "bad 1"]
-    with pytest.warns(UserWarning, match="from the same source"):
+    with pytest.warns(UserWarning, match="this project already holds"):
         added = import_into(sqlite_url, tmp_path / "a.jsonl", project="b")
     assert (added.responses, added.pairs, added.judgments) == (0, 0, 2)
     assert _pairs(sqlite_url, "b") == {("good 0", "bad 0"): 2, ("good 1", "bad 1"): 0}  # hh's A>B, the export's B>A

@@ -2947,6 +2947,8 @@ def test_a_file_of_ties_alone_is_refused_for_training_and_evaluation_and_scored(
     with pytest.raises(UserError, match="every pair is marked a tie"):
         train_reward_model(RewardTrainingConfig(data=ties, base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
                                                 progress=False))
+    with pytest.raises(UserError, match="every pair is marked a tie"):
+        evaluate_reward_model(tiny_rm, ties)
     with pytest.warns(UserWarning, match="ties, scored as reward_chosen and reward_rejected all the same"):
         score_file(tiny_rm, ties, tmp_path / "scored.jsonl")
 
