@@ -242,9 +242,11 @@ def export_project(
     _write(rows, out)
     if include_ties:
         _write(ties, side, ties=True)
-    elif _earlier_ties(out, earlier) and side.exists():
+    elif _earlier_ties(out, earlier) and side.is_dir():
         # The earlier export's side file would sit beside a new export that wrote none, its meta saying so.
-        shutil.rmtree(side) if side.is_dir() else side.unlink()
+        shutil.rmtree(side)
+    elif _earlier_ties(out, earlier) and side.exists():
+        side.unlink()
     if not rows:
         warn(f"{out}: no preference pairs to export (of {project.name}: {counts['unjudged']} pair(s) not judged "
              f"yet, {len(ties)} tie(s) or both-bad, {counts['below_confidence']} below --min-confidence "
