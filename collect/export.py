@@ -135,17 +135,16 @@ def _decided(choice: int, vote: Any) -> dict[str, Any]:
 def _write(rows: list[dict[str, Any]], path: Path, ties: bool = False) -> None:
     import datasets
 
-    if rows:
-        dataset = datasets.Dataset.from_list(rows)
-    else:  # the columns and types of a full export, so that code reading it (and datasets' loaders) sees them
-        messages = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
-        features = datasets.Features({
-            "prompt": messages, "chosen": messages, "rejected": messages, "margin": datasets.Value("float64"),
-            "confidence": datasets.Value("float64"), "pair_id": datasets.Value("int64"),
-            "n_judgments": datasets.Value("int64"), "agreement": datasets.Value("float64"),
-            "source": datasets.Value("string"), "domain": datasets.Value("string"),
-            **({"kind": datasets.Value("string")} if ties else {})})
-        dataset = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    # One schema whether or not there are rows: the same types in every export (a `domain` never set is a string
+    # column, not a null one), and an export with no rows still has every column.
+    messages = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
+    features = datasets.Features({
+        "prompt": messages, "chosen": messages, "rejected": messages, "margin": datasets.Value("float64"),
+        "confidence": datasets.Value("float64"), "pair_id": datasets.Value("int64"),
+        "n_judgments": datasets.Value("int64"), "agreement": datasets.Value("float64"),
+        "source": datasets.Value("string"), "domain": datasets.Value("string"),
+        **({"kind": datasets.Value("string")} if ties else {})})
+    dataset = datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".parquet":
         dataset.to_parquet(str(path))
