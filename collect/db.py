@@ -8,9 +8,10 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -155,6 +156,21 @@ def connection_errors(url: str | None = None) -> Iterator[None]:
         raise connection_problem(e, url) from None
 
 
+def sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL names, or None for an in-memory database.
+
+    With `?uri=true` the database is an SQLite URI (`file:x.db?mode=ro`, `file:///abs/x.db`); without it a name
+    that starts with "file:" is a plain file name, as SQLite reads it.
+    """
+    database = url.database or ""
+    if url.query.get("uri") not in ("true", "1", "yes") or not database.startswith("file:"):
+        return Path(database) if database not in ("", ":memory:") else None
+    if url.query.get("mode") == "memory":
+        return None
+    path = urlsplit(database).path
+    return Path(path) if path not in ("", ":memory:") else None
+
+
 def check_database(url: str | None = None, create: bool = False) -> bool:
     """Whether the database holds a prefloop schema. A malformed URL, a missing driver, a server that cannot be
     reached or a file that is not a database is a UserError saying so (for command lines: one line, no
@@ -165,10 +181,10 @@ def check_database(url: str | None = None, create: bool = False) -> bool:
         raise UserError(f"--db {shown_url(url)}: not a usable database URL ({e})") from None
     except ImportError as e:  # the dialect's driver module
         raise UserError(f"--db {shown_url(url)}: its database driver is not installed ({e})") from None
-    database = engine.url.database
-    if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:") and not create \
-            and not database.startswith("file:") and not Path(database).exists():
-        return False
+    if engine.dialect.name == "sqlite" and not create:
+        named = sqlite_file(engine.url)
+        if named is not None and not named.exists():
+            return False
     try:
         with connection_errors(url):
             return is_initialized(url)

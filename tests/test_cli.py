@@ -122,13 +122,17 @@ def test_a_file_that_is_not_a_database_is_one_line_and_left_as_it_was(tmp_path, 
     assert named.read_bytes() == b"PAR1" + bytes(200)
 
 
-def test_a_database_that_is_not_there_is_not_created_by_a_command_that_refuses_it(tmp_path):
+@pytest.mark.parametrize("spelling", ["sqlite:///{path}", "sqlite:///file:{path}?uri=true",
+                                      "sqlite:///file://{path}?mode=rwc&uri=true"])
+def test_a_database_that_is_not_there_is_not_created_by_a_command_that_refuses_it(tmp_path, spelling):
     missing = tmp_path / "typo.db"
-    result = prefloop("status", db=f"sqlite:///{missing}", check=False)
+    url = spelling.format(path=missing)
+    result = prefloop("status", db=url, check=False)
     assert result.returncode == 1 and "run `prefloop init` first" in result.stderr
     assert not missing.exists()
-    prefloop("init", db=f"sqlite:///{missing}")  # init does make it
+    prefloop("init", db=url)  # init does make it
     assert missing.is_file()
+    assert "name" in prefloop("project", "list", db=url).stdout  # the made file is the database it reads
 
 
 def test_a_password_prompt_at_end_of_input_says_what_to_do(tmp_path):
