@@ -153,7 +153,8 @@ def _write(rows: list[dict[str, Any]], path: Path, ties: bool = False) -> None:
     else:
         # Into a staging folder that then replaces the earlier export whole: none of its files stay behind.
         with replacing_dir(path) as staging:
-            dataset.save_to_disk(str(staging))
+            # datasets writes no data file for zero rows unless told one shard, and then cannot load the folder.
+            dataset.save_to_disk(str(staging), num_shards=1 if len(dataset) == 0 else None)
 
 
 def meta_path(out: Path) -> Path:

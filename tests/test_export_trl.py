@@ -116,6 +116,9 @@ def test_export_writes_only_where_an_export_belongs_and_replaces_an_earlier_one_
         with pytest.warns(UserWarning, match=r"no preference pairs to export \(of empty: 0 pair\(s\) not judged.*; it "
                                              r"holds no rows$"):
             export_project(s, empty, here / "empty.parquet")
+        with pytest.warns(UserWarning, match="holds no rows"):
+            export_project(s, empty, here / "empty_folder")
+    assert len(datasets.load_from_disk(str(here / "empty_folder"))) == 0
     import pyarrow.parquet as pq  # datasets' loaders refuse a file of no rows ("corresponds to no data")
 
     loaded = pq.read_table(here / "empty.parquet")
