@@ -29,23 +29,23 @@ def train(
         Path(DEFAULTS.output_dir), "--out", rich_help_panel="Model",
         help="Output model directory."),
     eval_data: Optional[str] = typer.Option(
-        None, "--eval-data", rich_help_panel="Data",
+        DEFAULTS.eval_data, "--eval-data", rich_help_panel="Data",
         help="Held-out pairs (of a DatasetDict, its test split; default: hold out --eval-fraction)."),
     eval_fraction: float = typer.Option(
         DEFAULTS.eval_fraction, "--eval-fraction", rich_help_panel="Data",
         help="Share of --data held out, grouped by prompt."),
     lora: bool = typer.Option(
-        False, "--lora", rich_help_panel="Model",
+        DEFAULTS.lora, "--lora", rich_help_panel="Model",
         help="Train LoRA adapters and the score head, save a merged model."),
     lora_r: int = typer.Option(DEFAULTS.lora_r, "--lora-r", rich_help_panel="Model", help="LoRA rank."),
     lora_alpha: Optional[int] = typer.Option(
         DEFAULTS.lora_alpha, "--lora-alpha", rich_help_panel="Model",
         help="LoRA scale numerator (updates scaled by alpha / r; default 2 * r)."),
     backbone_layers: Optional[int] = typer.Option(
-        None, "--backbone-layers", rich_help_panel="Model",
+        DEFAULTS.backbone_layers, "--backbone-layers", rich_help_panel="Model",
         help="Keep only the bottom N layers of the base model (default: all)."),
     trainable_layers: Optional[int] = typer.Option(
-        None, "--trainable-layers", rich_help_panel="Model",
+        DEFAULTS.trainable_layers, "--trainable-layers", rich_help_panel="Model",
         help="Train only the top N layers and the head; 0: the head alone (default: all)."),
     no_frozen_cache: bool = typer.Option(
         False, "--no-frozen-cache", rich_help_panel="Model",
@@ -78,7 +78,7 @@ def train(
         DEFAULTS.gradient_accumulation_steps, "--gradient-accumulation-steps", rich_help_panel="Training",
         help="Steps summed per update: a smaller --batch-size, same update."),
     learning_rate: Optional[float] = typer.Option(
-        None, "--learning-rate", rich_help_panel="Training",
+        DEFAULTS.learning_rate, "--learning-rate", rich_help_panel="Training",
         help=f"Default {DEFAULTS.peak_learning_rate():g} (full), "
         f"{RewardTrainingConfig(data=None, lora=True).peak_learning_rate():g} (LoRA, --trainable-layers)."),
     evals_per_epoch: int = typer.Option(
@@ -89,15 +89,17 @@ def train(
         DEFAULTS.center_rewards_coefficient, "--center-rewards", rich_help_panel="Training",
         help="Reward-centering weight; 0 disables."),
     time_budget: Optional[float] = typer.Option(
-        None, "--time-budget", rich_help_panel="Training",
+        DEFAULTS.time_budget_s, "--time-budget", rich_help_panel="Training",
         help="Stop training after this many seconds."),
     precision: str = typer.Option(
         DEFAULTS.precision, "--precision", rich_help_panel="Model",
         help="auto | fp32 | bf16 | fp16."),
     gradient_checkpointing: bool = typer.Option(
-        False, "--gradient-checkpointing", rich_help_panel="Model",
+        DEFAULTS.gradient_checkpointing, "--gradient-checkpointing", rich_help_panel="Model",
         help="Less memory, slower."),
-    seed: int = typer.Option(DEFAULTS.seed, "--seed", rich_help_panel="Training"),
+    seed: int = typer.Option(
+        DEFAULTS.seed, "--seed", rich_help_panel="Training",
+        help="Seeds the held-out split, the head's initialisation and the data order."),
 ) -> None:
     """Train a reward model with TRL's RewardTrainer."""
     from reward.train import train_reward_model
@@ -123,6 +125,7 @@ def eval_(
                                        "or FIRST-MODEL/eval-ensemble for several)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=100, help="Bootstrap resamples for the intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random draws behind the intervals."),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Cut longer conversations to this "
                                              "many tokens (default: the length each model trained with, else "
                                              "its own limit)."),
@@ -137,7 +140,7 @@ def eval_(
         raise UserError(f"--out: {model[0]} is not a local folder to write the evaluation beside; name one")
     out = out or Path(model[0]) / ("eval" if len(model) == 1 else "eval-ensemble")
     report = evaluate_reward_model(model if len(model) > 1 else model[0], data, out,
-                                   batch_size=batch_size, n_bootstrap=n_bootstrap, max_length=max_length)
+                                   batch_size=batch_size, n_bootstrap=n_bootstrap, seed=seed, max_length=max_length)
     print_report(report)
     console.print(f"wrote {out / 'eval.json'}, reliability.png, accuracy.png")
 
@@ -151,6 +154,7 @@ def compare(
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the comparison to this JSON file."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=100, help="Bootstrap resamples for the intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random draws behind the intervals."),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Cut longer conversations to this "
                                              "many tokens (default: the length each model trained with, else "
                                              "its own limit)."),
@@ -160,7 +164,7 @@ def compare(
 
     report = compare_reward_models(model if len(model) > 1 else model[0],
                                    baseline if len(baseline) > 1 else baseline[0], data, out,
-                                   batch_size=batch_size, n_bootstrap=n_bootstrap, max_length=max_length)
+                                   batch_size=batch_size, n_bootstrap=n_bootstrap, seed=seed, max_length=max_length)
     print_comparison(report)
     if out is not None:
         console.print(f"wrote {out}")

@@ -16,7 +16,6 @@ conversation at a time and cuts it alone (`Encoder.encode`).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 from pathlib import Path
@@ -157,8 +156,12 @@ def load_preferences(data: Any, what: str = "data", use_margin: bool = True, spl
     """Load and check a preference dataset; raise UserError naming the column or row at fault. With
     `use_margin=False` the `margin` column is not read, so not checked either. `split`: as in `load_rows`."""
     dataset, places = load_rows(data, what, split, unread=() if use_margin else ("margin",))
-    check_preferences(dataset, places, what if not isinstance(data, (str, Path)) else str(data), use_margin)
+    check_preferences(dataset, places, data_name(data, what), use_margin)
     return dataset
+
+
+IGNORE_MARGIN = "use_margin=False (`reward train --no-margin`)"
+"""How margin errors name the switch that leaves the column unread, for Python and command-line users alike."""
 
 
 def check_margins(dataset, places: list[str]) -> None:
@@ -167,18 +170,18 @@ def check_margins(dataset, places: list[str]) -> None:
     margins = dataset["margin"]
     for place, value in zip(places, margins):
         if value is None and all(m is None for m in margins):
-            raise UserError("field 'margin': null in every row; drop the column, or pass `reward train --no-margin`, "
+            raise UserError(f"field 'margin': null in every row; drop the column, or train with {IGNORE_MARGIN}, "
                             "which ignores it")
         if value is None:
             raise UserError(f"{place}: field 'margin': missing or null where other rows have one (every row "
-                            f"needs one; `reward train --no-margin` ignores the column)")
+                            f"needs one; {IGNORE_MARGIN} ignores the column)")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise UserError(f"{place}: field 'margin': expected a number, got {value!r}")
         # The loss asks r_chosen - r_rejected to exceed the margin: a negative one would ask less than a
         # preference (a signed strength toward one side, read as toward `chosen`, is the likely cause).
         if not 0 <= value < float("inf"):
             raise UserError(f"{place}: field 'margin': {value!r} is not a finite number >= 0 (how strongly "
-                            f"'chosen' beats 'rejected'; `reward train --no-margin` ignores the column)")
+                            f"'chosen' beats 'rejected'; {IGNORE_MARGIN} ignores the column)")
 
 
 def check_preferences(dataset, places: list[str], name: str, use_margin: bool = True, scoring: bool = False) -> None:
@@ -410,6 +413,17 @@ def pair_conversations(row: dict[str, Any], where: str = "row") -> tuple[Convers
     return prompt + chosen, prompt + rejected
 
 
+def data_name(data: Any, in_memory: str = "data") -> str:
+    """How errors name a dataset: a file or folder as given, data in memory as `in_memory` (not its contents)."""
+    return str(data) if isinstance(data, (str, Path)) else in_memory
+
+
+def absolute_name(path: Any) -> str:
+    """A file or folder that exists as its absolute path, for reports read from elsewhere; anything else (a Hub
+    id, an alias) as given."""
+    return str(Path(path).resolve()) if Path(path).exists() else str(path)
+
+
 def data_label(field: str, data: Any) -> str:
     """How messages name a dataset: "eval_data held.jsonl" for a file or folder, the field alone for data in
     memory."""
@@ -430,7 +444,8 @@ def pair_digests(rows) -> list[str]:
 def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
     """The row indices of each distinct prompt, prompts in an order shuffled by `seed`. A row with no prompt (no
     `prompt` column, or an empty or null one there) has for its prompt the turns its chosen and rejected
-    conversations share (TRL's implicit prompt); a row whose sides share none is a group of its own."""
+    conversations share up to their last shared user turn (TRL's implicit prompt, read as import and the data
+    checks read it: `shared_prompt_turns`); a row whose sides share none is a group of its own."""
     import random
 
     prompts = dataset["prompt"] if "prompt" in dataset.column_names else [None] * len(dataset)
@@ -439,8 +454,7 @@ def rows_by_prompt(dataset, seed: int) -> list[list[int]]:
         turns = as_messages(prompt or [], f"data[{i}]", "prompt", "user")
         if not turns:  # no prompt, or a blank one, is not one prompt that every such row shares
             chosen, rejected = pair_conversations(dataset[i], f"data[{i}]")
-            turns = [turn for turn, _ in itertools.takewhile(lambda sides: sides[0] == sides[1],
-                                                              zip(chosen[:-1], rejected[:-1]))]
+            turns = chosen[:shared_prompt_turns(chosen, rejected)]
         keys.append(json.dumps(turns, sort_keys=True, default=str) if turns else f"row {i}")
     groups: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
@@ -496,8 +510,9 @@ def check_length_settings(max_length: int | None, truncation_side: str,
 class Encoder:
     """Turns conversations into token ids with a fixed max length and truncation side.
 
-    `encode` returns the ids and whether they were truncated. The same Encoder settings are saved
-    in the model directory, so scoring later sees exactly what training saw.
+    `encode` returns the ids and whether they were truncated. The settings are saved in the model directory, so
+    scoring cuts each conversation as training cut its held-out pairs (training pairs with `encode_pair`'s
+    `align` lose the same prompt tokens on both sides instead; scoring sees one conversation at a time).
     """
 
     def __init__(self, tokenizer, max_length: int | None, truncation_side: str = "left"):
@@ -622,10 +637,14 @@ def shared_start(chosen: list[int], rejected: list[int]) -> int:
 # ------------------------------------------------------------------------------------- fingerprint
 
 
-def fingerprint(dataset, columns: Iterable[str] = ("prompt", "chosen", "rejected", "margin")) -> str:
+FINGERPRINT_COLUMNS = ("prompt", "chosen", "rejected", "margin")
+"""The columns training reads, and so the ones a data fingerprint covers."""
+
+
+def fingerprint(dataset) -> str:
     """sha256 of the rows' training-relevant columns, in order: the same data gives the same value."""
     digest = hashlib.sha256()
-    present = [c for c in columns if c in dataset.column_names]
+    present = [c for c in FINGERPRINT_COLUMNS if c in dataset.column_names]
     for row in dataset.select_columns(present):
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
         digest.update(b"\n")

@@ -1,6 +1,6 @@
 """How good is a reward model on a preference dataset?
 
-    report = evaluate_reward_model("runs/rm", "heldout.parquet", out_dir="runs/rm/eval")
+    report = evaluate_reward_model("runs/rm", "heldout.parquet", out="runs/rm/eval")
 
 - accuracy (reward of chosen > reward of rejected) with an expanded percentile-bootstrap interval that resamples
   whole prompts (pairs on one prompt are not independent); the Wilson score interval, over prompts, where the
@@ -47,6 +47,8 @@ MAX_CATEGORY_VALUES = 50
 # reads further out for few prompts, 0.9% at 10: there the bootstrap draws more resamples than asked, 5 beyond each
 # end.)
 MIN_BOOTSTRAP_RESAMPLES = 100
+CI_LEVEL = 0.95
+"""The level of every interval the evaluation reports (`ci_level` in eval.json)."""
 
 
 def check_resamples(n_bootstrap: int) -> None:
@@ -66,7 +68,7 @@ def _per_cluster(values: np.ndarray, clusters: Sequence[Any] | None) -> tuple[np
     return np.bincount(label, weights=values), np.bincount(label).astype(np.float64)
 
 
-def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0,
+def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, seed: int = 0,
                        clusters: Sequence[Any] | None = None, expanded: bool = True) -> tuple[float, float]:
     """Expanded percentile-bootstrap interval of the mean of a per-pair array (0/1 outcomes, or the -1/0/1
     differences of two models' outcomes). With `clusters` (a label per item: the prompt of each pair) whole
@@ -87,7 +89,7 @@ def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: floa
         return (float("nan"), float("nan"))
     right, size = _per_cluster(correct, clusters)
     if expanded:  # enough resamples for 5 beyond each end (up to 100,000: 3 units' ends are 7e-8 out)
-        n_bootstrap = max(n_bootstrap, min(math.ceil(5 / expanded_tail(len(right), level)), 100_000))
+        n_bootstrap = max(n_bootstrap, min(math.ceil(5 / expanded_tail(len(right))), 100_000))
     rng = np.random.default_rng(seed)
     means = np.empty(n_bootstrap)
     chunk = max(1, 2_000_000 // len(right))  # bound memory for large sets
@@ -95,20 +97,20 @@ def bootstrap_interval(correct: np.ndarray, n_bootstrap: int = 1000, level: floa
         stop = min(n_bootstrap, start + chunk)
         idx = rng.integers(0, len(right), size=(stop - start, len(right)))
         means[start:stop] = right[idx].sum(axis=1) / size[idx].sum(axis=1)
-    tail = expanded_tail(len(right), level) if expanded else (1 - level) / 2
+    tail = expanded_tail(len(right)) if expanded else (1 - CI_LEVEL) / 2
     lo, hi = np.percentile(means, [100 * tail, 100 * (1 - tail)])
     return (float(lo), float(hi))
 
 
-def expanded_tail(units: int, level: float = 0.95) -> float:
+def expanded_tail(units: int) -> float:
     """The share of resamples beyond each end of the expanded percentile interval of `units` resampled units:
-    Phi(-sqrt(n / (n - 1)) * t_{n-1}(1 - (1 - level) / 2)), 0.00855 for 10 units at 95% (R's resample package,
-    ExpandProbs), 0.0248 for 1,000; (1 - level) / 2 for one unit, where there is no spread to widen."""
+    Phi(-sqrt(n / (n - 1)) * t_{n-1}(1 - (1 - CI_LEVEL) / 2)), 0.00855 for 10 units at 95% (R's resample package,
+    ExpandProbs), 0.0248 for 1,000; (1 - CI_LEVEL) / 2 for one unit, where there is no spread to widen."""
     from scipy import stats
 
     if units < 2:
-        return (1 - level) / 2
-    return float(stats.norm.sf(np.sqrt(units / (units - 1)) * stats.t.ppf(1 - (1 - level) / 2, units - 1)))
+        return (1 - CI_LEVEL) / 2
+    return float(stats.norm.sf(np.sqrt(units / (units - 1)) * stats.t.ppf(1 - (1 - CI_LEVEL) / 2, units - 1)))
 
 
 def sign_flip_p_value(differences: Sequence[int]) -> float:
@@ -188,12 +190,12 @@ def paired_comparison(first_correct: Sequence[bool], second_correct: Sequence[bo
     }
 
 
-def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: float, n: int) -> tuple[float, float]:
     """Wilson score interval of a proportion: never zero-width, sound for a handful of items or all of one kind.
     `successes` may be fractional: the share seen times an effective number of items (`accuracy_entry`)."""
     from scipy import stats
 
-    z = stats.norm.ppf(1 - (1 - level) / 2)
+    z = stats.norm.ppf(1 - (1 - CI_LEVEL) / 2)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -322,7 +324,7 @@ def preference_metrics(
         return accuracy_entry(correct[mask], n_bootstrap, seed, clusters[mask] if clusters is not None else None)
 
     report: dict[str, Any] = {"n": int(len(diff)), **entry()}
-    report["ci_level"] = 0.95
+    report["ci_level"] = CI_LEVEL
     report["mean_reward_gap"] = float(diff.mean()) if len(diff) else None
     report["ties"] = int((diff == 0).sum())  # equal rewards: the model did not rank chosen above, so counted wrong
     report["by"] = {}
@@ -396,13 +398,13 @@ def _completion_chars(value: Any) -> int:
 
 
 EVAL_FILES = ("eval.json", "reliability.png", "accuracy.png")
-"""What `evaluate_reward_model` writes into its `out_dir`."""
+"""What `evaluate_reward_model` writes into its `out` folder."""
 
 
 def evaluate_reward_model(
     model: Any,
     data: Any,
-    out_dir: str | Path | None = None,
+    out: str | Path | None = None,
     *,
     batch_size: int | None = None,
     n_bootstrap: int = 1000,
@@ -410,7 +412,7 @@ def evaluate_reward_model(
     max_length: int | None = None,
 ) -> dict[str, Any]:
     """Score every pair of `data` with `model` (a directory, several, or a RewardScorer) and report
-    the metrics; with `out_dir`, also write eval.json, reliability.png and accuracy.png there. `max_length`
+    the metrics; with `out`, also write eval.json, reliability.png and accuracy.png there. `max_length`
     overrides the length each model trained with, `batch_size` the 16 sequences a batch (RewardScorer; for a
     RewardScorer given, set both when it is made)."""
     from collect.errors import first_line
@@ -418,19 +420,19 @@ def evaluate_reward_model(
     from reward.data import check_margins, prompt_of_rows
 
     check_resamples(n_bootstrap)
-    if out_dir is not None:  # checked before the model spends minutes scoring
-        if Path(out_dir).exists() and not Path(out_dir).is_dir():
-            raise UserError(f"out_dir (--out) {out_dir}: is a file; the evaluation writes a folder (eval.json and two "
+    if out is not None:  # checked before the model spends minutes scoring
+        if Path(out).exists() and not Path(out).is_dir():
+            raise UserError(f"out (--out) {out}: is a file; the evaluation writes a folder (eval.json and two "
                             "PNGs)")
         # Its three files would land among a model's (another model's folder named by mistake): only a new or
         # empty folder, or an earlier evaluation's, whose files are replaced.
-        existing = list(Path(out_dir).iterdir()) if Path(out_dir).is_dir() else []
+        existing = list(Path(out).iterdir()) if Path(out).is_dir() else []
         others = sorted(p.name for p in existing if p.name not in EVAL_FILES)
         if others:
-            raise UserError(f"out_dir (--out) {out_dir}: holds other files ({', '.join(others[:3])}"
+            raise UserError(f"out (--out) {out}: holds other files ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}); name a new or empty folder, or an earlier "
                             "evaluation's, whose files are replaced")
-        check_can_create(Path(out_dir), "out_dir (--out)")
+        check_can_create(Path(out), "out (--out)")
     rows, places = _read_pairs(data)
     # The margin only feeds the agreement figure: a bad one leaves that out, not the evaluation.
     bad_margin = None
@@ -477,8 +479,8 @@ def evaluate_reward_model(
     report["data"] = _data_name(data)
     if len(scorer.members) > 1:
         report["ensemble_spread_mean"] = float(np.concatenate([chosen.spread, rejected.spread]).mean())
-    if out_dir is not None:
-        out = Path(out_dir)
+    if out is not None:
+        out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         report_file, reliability_plot, accuracy_plot = (out / name for name in EVAL_FILES)
         report_file.write_text(json.dumps(_strict_json(report), indent=2, allow_nan=False) + "\n")
@@ -523,18 +525,20 @@ def distinct_comparisons(chosen: Sequence[Any], rejected: Sequence[Any], prompts
 
 def _read_pairs(data: Any):
     """(rows, places) of a preference dataset to evaluate on (a DatasetDict's `test` split), checked."""
-    from reward.data import check_preferences, load_rows
+    from reward.data import check_preferences, data_name, load_rows
 
     rows, places = load_rows(data, "data", split="test")
-    check_preferences(rows, places, str(data) if isinstance(data, (str, Path)) else "data", use_margin=False)
+    check_preferences(rows, places, data_name(data), use_margin=False)
     return rows, places
 
 
 def _data_name(data: Any) -> str:
     """A file or folder as its absolute path, as the models are named: the report may be read from elsewhere."""
+    from reward.data import absolute_name
+
     if not isinstance(data, (str, Path)):
         return f"<{type(data).__name__}>"
-    return str(Path(data).resolve()) if Path(data).exists() else str(data)
+    return absolute_name(data)
 
 
 def compare_reward_models(
@@ -642,7 +646,9 @@ def _model_dirs(model: Any) -> list:
 
 
 def _model_names(model: Any) -> list[str]:
-    return [str(Path(m).resolve()) if Path(m).exists() else str(m) for m in _model_dirs(model)]
+    from reward.data import absolute_name
+
+    return [absolute_name(m) for m in _model_dirs(model)]
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -701,7 +707,7 @@ def plot_accuracy(report: dict[str, Any], path: str | Path) -> None:
         if entry["n"]:
             labels.append(_drawable(f"{label} (n={entry['n']})", drawable))
             values.append(entry["accuracy"])
-            # A percentile interval from a few resamples (--n-bootstrap 1) need not hold the accuracy itself.
+            # A percentile interval need not hold the estimate itself, and matplotlib refuses a negative error bar.
             lows.append(max(0.0, entry["accuracy"] - entry["ci"][0]))
             highs.append(max(0.0, entry["ci"][1] - entry["accuracy"]))
 

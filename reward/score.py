@@ -28,9 +28,9 @@ import numpy as np
 
 from collect.errors import UserError, first_line, warn
 from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, resolve_model
-from reward.data import (TRAINING_PAIRS_FILE, Conversation, Encoder, as_messages, check_preferences, check_token_ids,
-                         load_rows, pair_conversations, position_limit, warn_empty_responses,
-                         warn_unread_template_columns)
+from reward.data import (TRAINING_PAIRS_FILE, Conversation, Encoder, absolute_name, as_messages, check_preferences,
+                         check_token_ids, data_name, load_rows, pair_conversations, position_limit,
+                         warn_empty_responses, warn_unread_template_columns)
 
 
 @dataclass
@@ -300,7 +300,7 @@ class RewardScorer:
             raise UserError(f"batch_size must be a whole number, at least 1; got {batch_size!r}")
         if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral)):
             raise UserError(f"max_length must be a whole number of tokens; got {max_length!r}")
-        named = [str(Path(p).resolve()) if Path(p).exists() else str(p) for p in paths]
+        named = [absolute_name(p) for p in paths]
         twice = next((p for i, p in enumerate(paths) if named[i] in named[:i]), None)
         if twice is not None:  # a copy scores alike: the ensemble would show no disagreement
             raise UserError(f"reward model {twice}: named twice; an ensemble's members are different models")
@@ -436,7 +436,7 @@ def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | 
     (whether the conversation was cut to a member's max length, with a warning that counts them). Ensembles
     also get the spread (`..._spread`, the population standard deviation) and each member's reward in the order
     of `models` (`..._members`). `max_length` overrides the length each model trained with (RewardScorer)."""
-    data_name = str(data) if isinstance(data, (str, Path)) else "data"  # as errors name it, not a list's contents
+    shown = data_name(data)  # as errors name it, not a list's contents
     out = Path(out)
     if out.suffix not in (".jsonl", ".parquet"):
         raise UserError(f"{out}: the scored file is written as .jsonl or .parquet; name it so")
@@ -444,24 +444,24 @@ def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | 
         raise UserError(f"{out}: is a directory; name the scored file (.jsonl or .parquet)")
     rows, places = load_rows(data, "data", split=None)
     if len(rows) == 0:
-        raise UserError(f"{data_name}: the dataset is empty")
+        raise UserError(f"{shown}: the dataset is empty")
     columns = set(rows.column_names)
     # Pairs first: HuggingFaceH4/ultrafeedback_binarized keeps a `messages` column (the chosen side) beside them.
     single = ("messages" in columns or "completion" in columns) and not {"chosen", "rejected"} <= columns
     if not single and not {"chosen", "rejected"} <= columns:
         raise UserError(
-            f"{data_name}: nothing to score: expected a 'messages' column, 'prompt' + 'completion', or "
+            f"{shown}: nothing to score: expected a 'messages' column, 'prompt' + 'completion', or "
             f"'chosen' + 'rejected' (with a 'prompt', or whole conversations); it has {', '.join(sorted(columns))}"
         )
     # Bad rows fail before the models load.
     if single:
-        warn_unread_template_columns(rows, data_name)
+        warn_unread_template_columns(rows, shown)
         conversations = conversations_from_rows(rows, places)
     else:
-        check_preferences(rows, places, data_name, use_margin=False, scoring=True)  # scoring reads no margin
+        check_preferences(rows, places, shown, use_margin=False, scoring=True)  # scoring reads no margin
     scorer = RewardScorer(models, batch_size=batch_size, max_length=max_length)
     if single:
-        warn_empty_responses(data_name, [place for place, c in zip(places, conversations)
+        warn_empty_responses(shown, [place for place, c in zip(places, conversations)
                                          if c[-1]["role"] == "assistant" and not c[-1]["content"].strip()])
         scores = {"reward": scorer.score(conversations, places=places)}
     else:
@@ -480,7 +480,7 @@ def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | 
     if cut:
         limits = "; ".join(sorted({f"{limit['max_length']} tokens from the {limit['truncation_side']}"
                                    for limit in scorer.length_limits()}))
-        warn(f"{data_name}: {cut} of {len(rows)} row(s) had a conversation cut to {limits}; the "
+        warn(f"{shown}: {cut} of {len(rows)} row(s) had a conversation cut to {limits}; the "
              "*_truncated columns say which")
     # Each column an earlier scoring of the same kind wrote goes, not only those written now: an ensemble's spread
     # beside one model's new reward would read as that model's. Other columns are the data's own.

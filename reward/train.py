@@ -7,9 +7,9 @@ r"""Reward-model training on a preference dataset, built on TRL's RewardTrainer.
 What prefloop does on top of a plain `trl.RewardTrainer` (each point is a default, see the config):
 - it tokenizes the pairs itself and truncates over-long ones from the left (the end of a dialogue is
   where chosen and rejected differ) instead of letting TRL drop them; the run reports how many;
-- precision and checkpointing follow the device: no gradient checkpointing on a CPU; bf16 on a GPU that
-  has it and on a CPU with bf16 matrix units (Intel AMX, AVX512-BF16), fp32 on other CPUs, where bf16 is
-  emulated and several times slower;
+- precision follows the device: bf16 on a GPU that has it (fp16 on an older one) and on a CPU with bf16
+  matrix units (Intel AMX, AVX512-BF16), fp32 on other CPUs, where bf16 is emulated and several times
+  slower; gradient checkpointing (TRL's default) is off unless asked for, since it costs a third of the speed;
 - batches are grouped by length, so little compute goes to padding;
 - `margin` is used when the data has it, reward centering is on;
 - a held-out split (grouped by prompt, so a prompt is never on both sides) or `eval_data` is evaluated
@@ -72,7 +72,8 @@ class RewardTrainingConfig:
     eval_fraction: float = 0.1
     """Share of `data` held out (grouped by prompt) when `eval_data` is None; 0 trains on everything."""
     max_length: int | None = 256
-    """Longest sequence in tokens; longer ones are truncated on `truncation_side`, never dropped."""
+    """Longest sequence in tokens; longer ones are truncated on `truncation_side`, never dropped. None: no limit
+    (Python only; a sequence past the positions the model takes is refused)."""
     truncation_side: str = "left"
     """'left' keeps the end of the conversation, where chosen and rejected differ."""
     align_truncation: bool = True
@@ -111,7 +112,8 @@ class RewardTrainingConfig:
     batch_size: int = 16
     """Pairs per device per step (each pair is two sequences)."""
     eval_batch_size: int = 32
-    """Pairs per device per evaluation step."""
+    """Pairs per device per evaluation step (the held-out pairs scored again after saving go in batches of as
+    many sequences)."""
     gradient_accumulation_steps: int = 1
     """Steps whose gradients are summed before an optimizer update."""
     warmup_ratio: float = 0.1
@@ -119,9 +121,11 @@ class RewardTrainingConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     lr_scheduler_type: str = "linear"
-    """Learning-rate schedule after warm-up (any Transformers scheduler name)."""
+    """Learning-rate schedule after warm-up: a Transformers scheduler name that needs no settings of its own
+    (not cosine_with_min_lr or warmup_stable_decay)."""
     evals_per_epoch: int = 4
-    """Held-out evaluations per epoch; the latest one that no earlier one beats is kept (see `keeps_latest`)."""
+    """Held-out evaluations per epoch; the latest one that no earlier one beats significantly is kept (see
+    `keeps_latest`)."""
     time_budget_s: float | None = None
     """Stop training after this many seconds of wall-clock time (then evaluate once more and choose the kept step)."""
     precision: str = "auto"
@@ -557,7 +561,8 @@ def split_by_prompt(dataset, fraction: float, seed: int):
                         "train on; hold out a smaller share")
     if not train:
         raise UserError(f"data: its {len(dataset)} pair(s) share {len(groups)} prompt(s), too few to hold whole "
-                        "prompts out; give held-out pairs (--eval-data) or hold none out (--eval-fraction 0)")
+                        f"prompts out; give held-out pairs ({setting('eval_data')}) or hold none out "
+                        f"({setting('eval_fraction')} set to 0)")
     return dataset.select(train), dataset.select(sorted(held))
 
 
@@ -886,7 +891,7 @@ def _frozen_cache(model, config: RewardTrainingConfig, train_set, eval_set) -> F
     if needed > free / 2:
         warn(f"not caching the {frozen_blocks} frozen layers: their output would take {needed / 2**30:.1f} "
              f"GiB, more than half the free {free / 2**30:.1f} GiB (cache_frozen_layers=False, "
-             "--no-frozen-cache, silences this)")
+             f"{CLI_FLAGS['cache_frozen_layers']}, silences this)")
         return None
     return FrozenLayerCache(model, frozen_blocks)
 
@@ -927,6 +932,7 @@ def _check(config: RewardTrainingConfig) -> None:
     if config.lr_scheduler_type not in {kind.value for kind in SchedulerType}:
         raise UserError(f"{setting('lr_scheduler_type')} {config.lr_scheduler_type!r} is not one of Transformers' "
                         f"schedules ({', '.join(kind.value for kind in SchedulerType)})")
+    _check_scheduler_builds(config.lr_scheduler_type)
     check_length_settings(config.max_length, config.truncation_side,
                           (setting("max_length"), setting("truncation_side")))
     if not 0 <= config.seed < 2**32:
@@ -953,6 +959,20 @@ def _check(config: RewardTrainingConfig) -> None:
     ds_stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
     if ds_stage == "3":
         raise UserError("DeepSpeed ZeRO-3 is not supported for reward training; use deepspeed_zero2.yaml")
+
+
+def _check_scheduler_builds(name: str) -> None:
+    """UserError for a schedule that needs settings of its own (cosine_with_min_lr's floor, warmup_stable_decay's
+    decay steps): the config has no field for them, and Transformers would fail only after the model loaded."""
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    try:
+        get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=10)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{setting('lr_scheduler_type')} {name!r} needs settings this config has no field for "
+                        f"({first_line(e)}); pick another schedule") from None
 
 
 # -------------------------------------------------------------------------------------------- save
@@ -1045,7 +1065,7 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
         # fields(), not asdict(): asdict would deep-copy the datasets and callbacks only to drop them.
         "config": {f.name: getattr(config, f.name) for f in fields(config)
                    if f.name not in ("data", "eval_data", "callbacks")}
-        | {"data": _describe(config.data), "eval_data": _describe(config.eval_data)},
+        | {"data": _describe(config.data, "train"), "eval_data": _describe(config.eval_data, "test")},
         "versions": {"transformers": transformers.__version__, "trl": trl.__version__,
                      "peft": peft.__version__, "torch": torch.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1054,12 +1074,19 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
     (out / "README.md").write_text(model_card(info))
 
 
-def _describe(data: Any) -> str | None:
+def _describe(data: Any, split: str) -> str | None:
+    """The data as prefloop.json records it: a path as given, data in memory by its kind and size (of a
+    DatasetDict, the split training read, as `one_split` picks it)."""
+    import datasets
+
     if data is None:
         return None
     if isinstance(data, (str, Path)):
         return str(data)
-    return f"<{type(data).__name__} with {len(data)} rows>"
+    if isinstance(data, datasets.DatasetDict):
+        read = next(iter(data)) if len(data) == 1 else split
+        return f"<DatasetDict, its {read!r} split: {len(data[read])} row(s)>"
+    return f"<{type(data).__name__} with {len(data)} row(s)>"
 
 
 def model_card(info: dict[str, Any]) -> str:

@@ -340,7 +340,7 @@ def test_held_out_pairs_are_whole_prompts_and_a_lone_prompt_is_too_few_to_split(
     with pytest.raises(UserError) as e:
         split_by_prompt(one_prompt, 0.1, seed=0)
     assert "its 5 pair(s) share 1 prompt(s), too few to hold whole prompts out" in _one_line_error(e)
-    assert "(--eval-data)" in str(e.value) and "(--eval-fraction 0)" in str(e.value)
+    assert "(eval_data (--eval-data))" in str(e.value) and "(eval_fraction (--eval-fraction) set to 0)" in str(e.value)
     with pytest.raises(UserError) as e:  # many prompts, but a share that takes them all
         split_by_prompt(data, 0.99, seed=0)
     assert _one_line_error(e) == ("eval_fraction (--eval-fraction) 0.99 holds out all 30 pairs, leaving none to "
@@ -1597,8 +1597,8 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
         models = ["--model", tiny_rm] + (["--baseline", tiny_rm] if command == "compare" else [])
         under_a_file = CliRunner().invoke(app, [command, *models, "--data", str(data), "--out", str(out)])
         assert isinstance(under_a_file.exception, UserError), under_a_file.output
-        label = "out (--out)" if command == "compare" else "out_dir (--out)"  # as Python's argument and the flag
-        assert str(under_a_file.exception) == f"{label} {out}: {tmp_path / 'notes.txt'} is a file"
+        # Named as Python's argument and the flag, the same in both
+        assert str(under_a_file.exception) == f"out (--out) {out}: {tmp_path / 'notes.txt'} is a file"
     missing = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", str(tmp_path / "nope"),
                                        "--data", str(data)])
     assert isinstance(missing.exception, UserError)
@@ -1740,8 +1740,15 @@ def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length
     assert ("truncated: 0 of 32 pairs; limit 1000 tokens, cut from the left (as --max-length says)"
             in " ".join(run.output.split()))
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["truncated"] == whole["truncated"]
+    # --seed makes the random draws the API's seed makes (calibration's draws of a calibrated model's error too).
+    run = CliRunner().invoke(app, ["eval", "--model", result.output_dir, "--data", str(data), "--out",
+                                   str(tmp_path / "eval"), "--n-bootstrap", "100", "--seed", "7"])
+    assert run.exit_code == 0, run.output + repr(run.exception)
+    seeded = evaluate_reward_model(result.output_dir, held_out, n_bootstrap=100, seed=7)["calibration"]
+    written = json.loads((tmp_path / "eval" / "eval.json").read_text())["calibration"]
+    assert written["ece_if_calibrated"] == seeded["ece_if_calibrated"] != report["calibration"]["ece_if_calibrated"]
     run = CliRunner().invoke(app, ["compare", "--model", result.output_dir, "--baseline", tiny_rm, "--data",
-                                   str(data), "--n-bootstrap", "100"])
+                                   str(data), "--n-bootstrap", "100", "--seed", "7"])
     assert run.exit_code == 0, run.output + repr(run.exception)
     assert ("model: truncated: 32 of 32 pairs; limit 48 tokens, cut from the left (the length it trained with)"
             in " ".join(run.output.split()))
@@ -2261,7 +2268,7 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
         with pytest.raises(UserError) as e:
             load_preferences([dict(rows[0], margin=1.0), dict(rows[0], margin=margin)])
         assert (f"data[1]: field 'margin': {margin!r} is not a finite number >= 0 (how strongly 'chosen' beats "
-                "'rejected'; `reward train --no-margin` ignores the column)") == _one_line_error(e)
+                "'rejected'; use_margin=False (`reward train --no-margin`) ignores the column)") == _one_line_error(e)
     assert len(load_preferences([dict(rows[0], margin=0), dict(rows[0], margin=1.5)])) == 2
     # A list's columns are every row's keys, not the first row's (Dataset.from_list dropped this margin unread).
     with pytest.raises(UserError) as e:
@@ -2275,7 +2282,7 @@ def test_a_bad_row_is_named_by_its_file_line_or_index(tmp_path):
     assert _one_line_error(e) == "data[1]: expected a dict, got str"
 
 
-def test_a_datasetdict_is_read_by_the_split_each_command_means(tmp_path):
+def test_a_datasetdict_is_read_by_the_split_each_command_means(tmp_path, tiny_rm):
     """Training reads 'train'; held-out pairs (`--eval-data`) and `reward eval` read 'test'; scoring, which has
     no such convention, asks. The splits left unread are named; a DatasetDict of one split is that split."""
     import re
@@ -2298,6 +2305,14 @@ def test_a_datasetdict_is_read_by_the_split_each_command_means(tmp_path):
         load_preferences(datasets.DatasetDict({"train": splits["train"], "validation": splits["test"]}),
                          "eval_data", split="test")
     assert len(load_preferences(datasets.DatasetDict({"validation": splits["train"]}), split="test")) == 3
+    # The model's record names the split each read, with its size (not the DatasetDict's count of splits).
+    with pytest.warns(UserWarning, match="not read"):
+        result = train_reward_model(RewardTrainingConfig(
+            data=splits, eval_data=splits, base_model=tiny_rm, output_dir=str(tmp_path / "rm"), max_steps=1,
+            precision="fp32", progress=False))
+    recorded = json.loads((Path(result.output_dir) / "prefloop.json").read_text())["config"]
+    assert (recorded["data"], recorded["eval_data"]) == ("<DatasetDict, its 'train' split: 3 row(s)>",
+                                                         "<DatasetDict, its 'test' split: 1 row(s)>")
 
 
 def test_one_prompt_with_most_pairs_is_not_held_out_whole():
@@ -2339,7 +2354,11 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
                          ({"learning_rate": math.nan}, "learning_rate (--learning-rate) must be a finite number"),
                          ({"lora": True, "lora_alpha": 0}, "lora_alpha (--lora-alpha) must be at least 1, got 0"),
                          ({"warmup_ratio": 2.0}, "warmup_ratio must be in [0, 1), got 2.0"),
-                         ({"lr_scheduler_type": "bogus"}, "lr_scheduler_type 'bogus' is not one of Transformers'")):
+                         ({"lr_scheduler_type": "bogus"}, "lr_scheduler_type 'bogus' is not one of Transformers'"),
+                         # Schedules that need settings of their own failed in Transformers after the model loaded.
+                         ({"lr_scheduler_type": "cosine_with_min_lr"},
+                          "lr_scheduler_type 'cosine_with_min_lr' needs settings this config has no field for"),
+                         ({"lr_scheduler_type": "warmup_stable_decay"}, "needs settings this config has no field")):
         with pytest.raises(UserError) as e:
             train_reward_model(config(tmp_path / "new", **bad))
         assert message in _one_line_error(e)
@@ -2544,7 +2563,7 @@ def test_evaluation_reports_ties_unused_columns_and_why_the_margin_agreement_is_
     # Another model's folder, named as --out by mistake: refused before scoring; an earlier evaluation is replaced.
     with pytest.raises(UserError) as e:
         evaluate_reward_model(result.output_dir, rows, result.output_dir)
-    assert _one_line_error(e).startswith(f"out_dir (--out) {result.output_dir}: holds other files (README.md, "
+    assert _one_line_error(e).startswith(f"out (--out) {result.output_dir}: holds other files (README.md, "
                                          "chat_template.jinja, config.json, ...); name a new or empty folder")
     assert not (Path(result.output_dir) / "eval.json").exists()
     evaluate_reward_model(result.output_dir, rows, tmp_path / "eval", n_bootstrap=100)  # written there above
@@ -2835,6 +2854,13 @@ def test_hh_dialogue_strings_are_split_into_turns_and_grouped_by_their_shared_tu
     assert chosen[:3] == rejected[:3] and chosen[-1]["content"] == "Call a locksmith."
     groups = sorted(sorted(g) for g in rows_by_prompt(datasets.Dataset.from_list(rows), seed=0))
     assert groups == [[0, 1], [2]]  # row 2's sides share no turn: a group of its own
+    # Sides that part at a user turn share the prompt up to the last user turn both have, as import reads them
+    # (collect.formats.shared_prompt_turns): these two rows are one prompt, "how do I pick a lock?".
+    parting = [{"chosen": dialogue + "\n\nAssistant: Call a locksmith.",
+                "rejected": dialogue.replace("locked out", "just curious") + "\n\nAssistant: Use a pin."},
+               {"chosen": "\n\nHuman: how do I pick a lock?\n\nAssistant: Don't.",
+                "rejected": "\n\nHuman: how do I pick a lock?\n\nAssistant: With a pin."}]
+    assert sorted(map(sorted, rows_by_prompt(datasets.Dataset.from_list(parting), seed=0))) == [[0, 1]]
 
 
 def test_hh_variants_are_read_as_dialogues_and_plain_sides_that_start_alike_are_said(tmp_path, tiny_rm):
