@@ -11,7 +11,9 @@ How a pair becomes a row:
 - `margin` is the mean signed strength toward the winner, A>>B = 1.0, A>B = 0.5, tie = 0, the other way
   negative, floored at 0: three "much better" votes give 1.0, "better, better, tie" gives 0.33;
 - pairs that come out tied, or that most raters marked both-bad, are not preferences: they are left out,
-  or written to a separate file with `include_ties`.
+  or written to a separate file with `include_ties`, in the same columns plus `kind` (`tie` or `both_bad`) and
+  `chosen_better` (whether the verdict still preferred `chosen`, by `margin`: raters who mark both responses bad may
+  yet find one better; false for a tie), which import reads back (collect.formats.trl_record).
 The aggregation, threshold and counts are written beside the data (`<file name>.meta.json`, or
 `prefloop.json` inside a save_to_disk folder).
 """
@@ -115,9 +117,10 @@ def preference_rows(
         }
         if raters_bad:
             counts["both_bad"] += 1
-            ties.append({**row, "kind": "both_bad"})
+            # `chosen` is the winner's side, but so is A's for a tie: only this column tells the lean from none.
+            ties.append({**row, "kind": "both_bad", "chosen_better": winner != "tie"})
         elif winner == "tie":
-            ties.append({**row, "kind": "tie"})
+            ties.append({**row, "kind": "tie", "chosen_better": False})
         elif row["confidence"] < min_confidence:
             counts["below_confidence"] += 1
         else:
@@ -143,7 +146,7 @@ def _write(rows: list[dict[str, Any]], path: Path, ties: bool = False) -> None:
         "confidence": datasets.Value("float64"), "pair_id": datasets.Value("int64"),
         "n_judgments": datasets.Value("int64"), "agreement": datasets.Value("float64"),
         "source": datasets.Value("string"), "domain": datasets.Value("string"),
-        **({"kind": datasets.Value("string")} if ties else {})})
+        **({"kind": datasets.Value("string"), "chosen_better": datasets.Value("bool")} if ties else {})})
     dataset = datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".parquet":

@@ -624,21 +624,20 @@ def trl_record(row: dict[str, Any], where: str, source: str, rater: str) -> Reco
         record.judgments[0].choice = 2
     tie = marked_tie(row)
     if tie is not None:  # a tie, which export leaves out, not a preference for `chosen`
-        record.judgments[0].choice, record.judgments[0].both_bad = 0, tie[1]
+        record.judgments[0].choice, record.judgments[0].both_bad = tie_choice(row, tie, record.judgments[0].choice,
+                                                                              where)
     record.chosen_rejected = True
-    record.pair_id, record.exported_from = export_provenance(row)
+    record.pair_id, record.exported_from = export_provenance(row, where)
     return record
 
 
-def export_provenance(row: dict[str, Any]) -> tuple[str | None, tuple[int, str] | None]:
-    """A TRL row's `pair_id`, kept as its pair's external id (a value that is not an id is ignored, as the column once
-    was), and, for a row of `prefloop export` (a numeric pair_id beside the export's `n_judgments`), the (pair id,
-    source) it was written from: `collect.ingest` refuses a project's own export."""
-    value = row.get("pair_id")
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return None, None
-    text = str(value).strip()
-    if not text or len(text) > MAX_NAME_CHARS or "\x00" in text:
+def export_provenance(row: dict[str, Any], where: str) -> tuple[str | None, tuple[int, str] | None]:
+    """A TRL row's `pair_id`, kept as its pair's external id and checked as the generic schema's is (`_optional_id`:
+    a value that is not an id is refused, naming the row), and, for a row of `prefloop export` (a numeric pair_id
+    beside the export's `n_judgments`), the (pair id, source) it was written from: `collect.ingest` refuses a
+    project's own export."""
+    text = _optional_id(row.get("pair_id"), where, "pair_id")
+    if text is None:
         return None, None
     source = row.get("source")
     exported = (int(text), source if isinstance(source, str) else "") if (
@@ -694,6 +693,17 @@ def marked_tie(row: dict[str, Any]) -> tuple[str, bool] | None:
         if names_a_tie(column) and (value is True or number(value) == 1 or said):
             return f"{column} = 1", False
     return None
+
+
+def tie_choice(row: dict[str, Any], tie: tuple[str, bool], choice: int, where: str) -> tuple[int, bool]:
+    """(choice, both bad) of a row `marked_tie` marks (`tie`), whose pair would otherwise be read as `choice` for
+    `chosen`: a tie, except where both sides are called bad and `chosen_better` (`prefloop export --include-ties`'s
+    side file) says the raters still found `chosen` better: that lean is kept, with the strength `margin` gave."""
+    better = _bool(row.get("chosen_better"), where, "chosen_better")
+    if better and not tie[1]:
+        raise _fail(where, "chosen_better", f"is true beside {tie[0]}, a tie that does not call both sides bad: a tie "
+                                            "prefers neither side")
+    return (choice if better else 0), tie[1]
 
 
 def rated_worse(row: dict[str, Any]) -> str | None:

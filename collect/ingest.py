@@ -7,8 +7,10 @@ adds nothing the second time.
 Rows of a chosen and a rejected response (TRL's, HH's, `prefloop export`'s) name no model and no order of the two:
 such a row is the project's pair of the same prompt and texts in either order, under whatever model names it holds,
 so another project's export of pairs this project already holds adds its labels to them instead of storing the
-pairs again (summarize's responses are stored under their policy's name, which an export does not carry). A
-project's own export is refused: its labels are the project's judgments, which it would count twice.
+pairs again (summarize's responses are stored under their policy's name, which an export does not carry). The
+other way round, a row that names its models (summarize's) is the pair of the same prompt and texts held under no
+model name (an export imported first), in either order. A project's own export is refused: its labels are the
+project's judgments, which it would count twice.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def import_records(
     seen_keys: dict[str, int] = {}
     # The project's pairs by content, (prompt id, text hash of A, of B) -> (A id, B id), the oldest pair first.
     response_content = {i: (p, h) for (p, _, h), i in responses.items()}
+    unnamed = {i for (_, m, _), i in responses.items() if not m}  # stored from rows that name no model
     pair_content: dict[tuple[int, str, str], tuple[int, int]] = {}
     for (a, b), i in sorted(pairs.items(), key=lambda item: item[1]):
         pair_content.setdefault((*response_content[a], response_content[b][1]), (a, b))
@@ -107,10 +110,11 @@ def import_records(
     result.prompts = len(new_prompts)
     record_prompt = [prompts[content_hash(r.prompt)] for r in records]
 
-    # A chosen-and-rejected row whose texts the project holds as a pair (other model names, the other order) is
-    # that pair: (its key, whether the row's A is the pair's B).
+    # A row whose texts the project holds as a pair under other model names (a chosen-and-rejected row, or a row
+    # naming its models where the pair names none), in either order, is that pair: (its key, whether the row's A is
+    # the pair's B).
     record_match: list[tuple[tuple[int, int], bool] | None] = [
-        _match_by_content(record, prompt_id, responses, pairs, pair_content)
+        _match_by_content(record, prompt_id, responses, pairs, pair_content, unnamed)
         for record, prompt_id in zip(records, record_prompt)]
     new_responses: dict[tuple[int, str, str], Response] = {}
     for record, prompt_id, match in zip(records, record_prompt, record_match):
@@ -174,7 +178,8 @@ def import_records(
         result.raters = len(new_raters)
         new_judgments = []
         relabelled: list[Record] = []  # another project's export rows that added a label to a pair from its source
-        for n, (record, key, sign) in enumerate(zip(records, record_pair, record_sign), start=1):
+        named_onto_unnamed: list[Record] = []  # rows naming their models that added a judgment to a pair naming none
+        for n, (record, key, sign, match) in enumerate(zip(records, record_pair, record_sign, record_match), start=1):
             added = len(new_judgments)
             for judged in record.judgments if key is not None else []:
                 pair_id = pairs[key]
@@ -195,6 +200,8 @@ def import_records(
             # Any export row: its pair may have reached the other project through an export of this one.
             if len(new_judgments) > added and record.exported_from and key in held_before:
                 relabelled.append(record)
+            elif len(new_judgments) > added and match is not None and not record.chosen_rejected:
+                named_onto_unnamed.append(record)
             if progress and (n % 500 == 0 or n == len(records)):
                 progress(n, len(records))
         session.add_all(new_judgments)
@@ -206,6 +213,14 @@ def import_records(
                  f"added its label as one more judgment, by {first.judgments[0].rater!r}; where both projects took "
                  f"their votes from the same place (one source, or this project's own export), each now counts "
                  f"twice")
+        if named_onto_unnamed:
+            # The other way round: the pairs came first from an export (say), and now the votes it was drawn from.
+            first = named_onto_unnamed[0]
+            more = f" and {len(named_onto_unnamed) - 1} more rows are" if len(named_onto_unnamed) > 1 else " is"
+            warn(f"{first.where}: this row{more} the same prompt and texts as a pair this project already holds under "
+                 f"no model name (stored from rows of a chosen and a rejected response, such as another project's "
+                 f"export): each added its judgment to that pair instead of storing the pair again; where those rows' "
+                 f"labels were drawn from the same votes (an export of this same file), each vote now counts twice")
     session.flush()
     _recount_claims(session, pid)
     refresh_planner_statistics(session, ["prompt", "response", "pair", "judgment"])
@@ -215,19 +230,25 @@ def import_records(
 
 def _match_by_content(
     record: Record, prompt_id: int, responses: dict[tuple[int, str, str], int], pairs: dict[tuple[int, int], int],
-    pair_content: dict[tuple[int, str, str], tuple[int, int]],
+    pair_content: dict[tuple[int, str, str], tuple[int, int]], unnamed: set[int],
 ) -> tuple[tuple[int, int], bool] | None:
-    """The project's pair a chosen-and-rejected record is, where it is not the pair of its own two responses (model
-    names and order as the record gives them): (the pair's key, whether the record's A is the pair's B), or None."""
-    if record.response_a is None or not record.chosen_rejected:
+    """The project's pair of the same prompt and texts, in either order, that a record is where it is not the pair of
+    its own two responses (model names and order as the record gives them): (the pair's key, whether the record's A
+    is the pair's B), or None.
+
+    The texts decide where one side names no model and no order: a chosen-and-rejected record (TRL's, HH's, an
+    export's) is any such pair; a record that names its models (summarize's policies) is such a pair whose responses
+    are `unnamed`, stored from chosen-and-rejected rows (an export imported first). A record of a presentation order
+    that names no model (a generic row without model_a and model_b) keeps its order: (y, x) is not (x, y)."""
+    if record.response_a is None or not (record.chosen_rejected or record.model_a or record.model_b):
         return None
     a, b = content_hash(record.response_a), content_hash(record.response_b)
     if (responses.get((prompt_id, record.model_a, a)), responses.get((prompt_id, record.model_b, b))) in pairs:
         return None
-    if (prompt_id, a, b) in pair_content:
-        return pair_content[prompt_id, a, b], False
-    if (prompt_id, b, a) in pair_content:
-        return pair_content[prompt_id, b, a], True
+    for content, flipped in (((prompt_id, a, b), False), ((prompt_id, b, a), True)):
+        key = pair_content.get(content)
+        if key is not None and (record.chosen_rejected or unnamed.issuperset(key)):
+            return key, flipped
     return None
 
 

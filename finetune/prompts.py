@@ -138,7 +138,10 @@ def read_preferences(source: Any, limit: int | None = None) -> tuple[list[dict[s
         if record.response_a is None or record.response_b is None:
             raise UserError(f"{record.where}: a preference row needs both 'chosen' and 'rejected'")
         vote = sum(j.choice for j in record.judgments)
-        if vote == 0 or record.response_a == record.response_b:  # the same answer twice teaches as little as a tie
+        # Both sides bad is no preference even where the raters leaned (an export's side file keeps the lean), as
+        # export leaves out a pair most raters marked both-bad.
+        both_bad = 2 * sum(j.both_bad for j in record.judgments) > len(record.judgments)
+        if vote == 0 or both_bad or record.response_a == record.response_b:  # the same answer twice: as a tie
             ties += 1
             continue
         chosen, rejected = (record.response_a, record.response_b) if vote > 0 else (record.response_b, record.response_a)

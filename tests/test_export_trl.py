@@ -9,8 +9,10 @@ import pytest
 from sqlalchemy import select, update
 
 from collect import db
+from collect.errors import UserError
 from collect.export import export_project
-from collect.ingest import import_dataset
+from collect.formats import CHOICE_LABELS, read_records
+from collect.ingest import import_dataset, import_file
 from collect.judgments import judgments_frame
 from collect.models import Judgment, Pair
 from collect.projects import create_project, get_project
@@ -58,10 +60,46 @@ def test_export_formats_and_provenance(db_url, tmp_path):
     assert json.loads((tmp_path / "saved" / "prefloop.json").read_text())["aggregation"] == "weighted"
 
 
+def test_the_side_file_of_ties_keeps_what_a_both_bad_judgment_said_through_import(sqlite_url, tmp_path):
+    """Raters who mark both responses bad may still find one better (A>B, both bad). The side file wrote such a pair
+    as `both_bad` with the better side as `chosen`, as it writes a tie's A, and import read every `both_bad` row as a
+    tie: the lean was lost. `chosen_better` says which it is, and import reads it: each judgment comes back as it was
+    said, turned to face the pair's A (the side file's `chosen`)."""
+    said = {"q1": ("A>B", True), "q2": ("B>>A", True), "q3": ("tie", True), "q4": ("tie", False), "q5": ("A>B", False)}
+    with db.session_scope(sqlite_url) as s:
+        import_dataset(s, create_project(s, "a"), [
+            {"prompt": q, "response_a": f"{q} x", "response_b": f"{q} y", "rater": "alice", "choice": choice,
+             "both_bad": bad} for q, (choice, bad) in said.items()])
+    for name, loader in (("prefs.parquet", "parquet"), ("prefs.jsonl", "json")):
+        with db.session_scope(sqlite_url) as s:
+            result = export_project(s, get_project(s, "a"), tmp_path / name, include_ties=True)
+        side = datasets.load_dataset(loader, data_files=result.ties_path)["train"]
+        assert {r["prompt"][0]["content"]: (r["kind"], r["chosen_better"]) for r in side} == {
+            "q1": ("both_bad", True), "q2": ("both_bad", True), "q3": ("both_bad", False), "q4": ("tie", False)}
+        with db.session_scope(sqlite_url) as s:
+            back = create_project(s, f"back from {name}")
+            import_file(s, back, result.ties_path)
+        with db.session_scope(sqlite_url) as s:
+            judged = {}
+            for judgment in s.scalars(select(Judgment).where(Judgment.project_id == get_project(
+                    s, f"back from {name}").id)):
+                pair = s.get(Pair, judgment.pair_id)
+                facing_x = 1 if pair.response_a.content.endswith("x") else -1
+                judged[pair.prompt.conversation[0]["content"]] = (judgment.choice * facing_x, judgment.both_bad)
+        assert judged == {q: (CHOICE_LABELS[choice], bad) for q, (choice, bad) in said.items() if q != "q5"}
+    # A tie that does not call both sides bad prefers neither: `chosen_better` beside it is refused, as is a value
+    # that is not a boolean.
+    for row, problem in (({"kind": "tie", "chosen_better": True}, "is true beside kind = 'tie', a tie that does not "
+                                                                   "call both sides bad"),
+                         ({"kind": "both_bad", "chosen_better": "maybe"}, "'maybe' is not a boolean")):
+        path = tmp_path / "ties.jsonl"
+        path.write_text(json.dumps({"prompt": "q", "chosen": "x", "rejected": "y", **row}) + "\n")
+        with pytest.raises(UserError, match=rf"ties.jsonl:1: field 'chosen_better': {problem}"):
+            read_records(path, "trl", rater="crowd")
+
+
 def test_export_writes_only_where_an_export_belongs_and_replaces_an_earlier_one_whole(sqlite_url, tmp_path):
     """Exporting into a model's folder replaced its prefloop.json; x.csv or x.jsonl.gz made a folder so named."""
-    from collect.errors import UserError
-
     build(sqlite_url)
     here = tmp_path / "exports"  # the database is in tmp_path
     here.mkdir()

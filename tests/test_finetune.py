@@ -748,3 +748,11 @@ def test_an_export_named_after_an_hh_project_is_read_as_trl_rows(tmp_path, data_
     assert len(pairs) == 1 and ties == 1
     assert detect_format(export) == "trl"  # its rows, whatever its name
     assert detect_format(data_dir / "hh_harmless_base_test.jsonl.gz") == "hh-rlhf"
+
+
+def test_a_both_bad_pair_is_no_preference_for_dpo_though_its_raters_leaned():
+    """An export's side file keeps a both-bad pair's lean (`chosen_better`), which import reads as A>B, both bad; DPO
+    still skips it as a tie, as it skips the pair when it reads the project (export leaves both-bad pairs out)."""
+    leaned, preferred = preference_rows(2)
+    pairs, ties = read_preferences([{**leaned, "kind": "both_bad", "chosen_better": True}, preferred])
+    assert pairs == [preferred] and ties == 1

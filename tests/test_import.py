@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -293,6 +294,10 @@ BAD_INPUTS = {
     "pref.annotations.json": (_alpaca(preference=True),
                               r"pref.annotations.json: item 2: field 'preference': True is not 0, 1, 2 or between"),
     "finegrained_empty.json": (b"[]", r"finegrained_empty.json: no rows"),
+    # TRL's rows keep a pair_id as the generic schema's does, and refuse one that is not an id as it does.
+    "trl_pair_id.jsonl": (b'{"prompt": "a", "chosen": "x", "rejected": "y", "pair_id": 7}\n'
+                          b'{"prompt": "b", "chosen": "x", "rejected": "y", "pair_id": [7]}\n',
+                          r"trl_pair_id.jsonl:2: field 'pair_id': expected a string or integer id"),
 }
 
 
@@ -305,6 +310,24 @@ def test_bad_input_names_the_place_and_changes_nothing(db_url, tmp_path, name):
     with pytest.raises(UserError, match=message):
         import_into(db_url, path)
     assert counts(db_url) == before
+
+
+@pytest.mark.parametrize("pair_id", [[7], {"id": 7}, 7.5, True, "x" * 201, "7\x00"])
+def test_a_pair_id_that_is_not_an_id_is_refused_alike_by_the_generic_and_trl_formats(tmp_path, pair_id):
+    """TRL's rows ignored such a pair_id (the pair kept no external id, and an export's row was not known as one),
+    where the generic schema refused it: one check serves both, with the same message."""
+    messages = []
+    for fmt, row in (("generic", {"prompt": "q", "response_a": "x", "response_b": "y"}),
+                     ("trl", {"prompt": "q", "chosen": "x", "rejected": "y"})):
+        path = _write(tmp_path / "prefs.jsonl", json.dumps({**row, "pair_id": pair_id}).encode())
+        with pytest.raises(UserError, match=r"prefs.jsonl:1: field 'pair_id': ") as refused:
+            read_records(path, fmt, rater="crowd")
+        messages.append(str(refused.value))
+    assert messages[0] == messages[1]
+    for good in (7, "run3-0007"):  # an id, integer or text, is kept by both
+        path = _write(tmp_path / "prefs.jsonl", json.dumps({"prompt": "q", "chosen": "x", "rejected": "y",
+                                                            "pair_id": good}).encode())
+        assert read_records(path, "trl", rater="crowd")[0].pair_id == str(good)
 
 
 def test_a_csv_with_a_byte_order_mark_imports(db_url, tmp_path):
@@ -430,6 +453,46 @@ def test_another_projects_export_adds_its_labels_to_the_pairs_already_there(db_u
     assert _pairs(db_url, "b") == {pair: vote * 2 for pair, vote in votes.items()}
     again = import_into(db_url, tmp_path / "a.jsonl", project="b")
     assert (again.pairs, again.judgments) == (0, 0)
+
+
+def test_a_raw_file_imported_after_an_export_of_it_adds_its_votes_to_the_pairs_already_there(db_url, tmp_path):
+    """The other order of the test above: a project that imported an export first (its pairs stored under no model
+    name, the winner first) and then the raw summarize file stored every pair a second time, under the policies'
+    names. A row that names its models is the pair of the same prompt and texts held under no model name, in either
+    order: its vote joins that pair, with a warning (the export's label was drawn from these same votes); importing the
+    raw file again adds nothing, as it always has."""
+    raw = _summarize_batch(tmp_path / "summarize_batch.jsonl")
+    import_into(db_url, raw, project="a")
+    with db.session_scope(db_url) as s:
+        export_project(s, get_project(s, "a"), tmp_path / "a.jsonl")
+    import_into(db_url, tmp_path / "a.jsonl", project="b")
+    # A fifth worker saw post 0's summaries the other way round and also preferred "first summary 0" (index 1).
+    swapped = _summarize(info={"id": "t3_0", "post": "Post number 0.", "title": "Title 0", "subreddit": "cats"},
+                         summaries=[{"text": "second summary 0", "policy": "sup2"},
+                                    {"text": "first summary 0", "policy": "sup1"}],
+                         choice=1, worker="w9", extra={"confidence": 8})
+    raw = _write(tmp_path / "summarize_batch.jsonl", raw.read_bytes() + swapped + b"\n")
+    with pytest.warns(UserWarning, match=r"summarize_batch.jsonl:1: this row and 4 more rows are the same prompt and "
+                                         r"texts as a pair this project already holds under no model name .* each "
+                                         r"vote now counts twice"):
+        added = import_into(db_url, raw, project="b")
+    assert (added.prompts, added.responses, added.pairs, added.judgments) == (0, 0, 0, 5)
+    # Each pair faces the export's winner as its A: the export's A>>B (margin 1) and the workers' votes, turned to
+    # face it (post 0's two workers both preferred its first summary).
+    assert _pairs(db_url, "b") == {
+        ("first summary 0", "second summary 0"): 6, ("second summary 1", "first summary 1"): 4,
+        ("first summary 2", "second summary 2"): 4, ("second summary 3", "first summary 3"): 4}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = import_into(db_url, raw, project="b")
+    assert (again.prompts, again.responses, again.pairs, again.judgments) == (0, 0, 0, 0)
+    assert not [w for w in caught if "already holds" in str(w.message)]
+    # A generic row that names no model is a presentation order, matched by its own two responses only: (y, x) is a
+    # new pair beside the (x, y) held, as it is within one file.
+    mirrored = _write(tmp_path / "mirrored.jsonl", json.dumps(
+        {"prompt": "SUBREDDIT: r/cats\nTITLE: Title 2\nPOST: Post number 2.\n\nTL;DR:",
+         "response_a": "second summary 2", "response_b": "first summary 2"}).encode())
+    assert import_into(db_url, mirrored, project="b").pairs == 1
 
 
 def test_a_chosen_and_rejected_row_is_the_pair_of_its_two_texts_whichever_side_won(sqlite_url, tmp_path):
