@@ -49,7 +49,7 @@ def pair_features(rows: list[dict], batch_size: int = 32):
 
     from collect.offline_models import resolve_model
     from reward.data import Encoder
-    from reward.train import load_tokenizer
+    from reward.models import load_tokenizer
 
     path = resolve_model(BASE)
     tokenizer = load_tokenizer(path)

@@ -40,7 +40,7 @@ def reward_model_directory(out: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from collect.offline_models import resolve_model
-    from reward.train import load_tokenizer
+    from reward.models import load_tokenizer
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(resolve_model(BASE))
@@ -77,7 +77,7 @@ def main() -> None:
     from reward.data import Encoder
     from reward.score import distinct_sequences
     from reward.shared_prompt import prompt_groups, row_tokens
-    from reward.train import load_tokenizer
+    from reward.models import load_tokenizer
 
     started = datetime.datetime.now().astimezone()
     where = machine()

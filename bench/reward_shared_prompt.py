@@ -106,7 +106,7 @@ def main() -> None:
     from collect.offline_models import resolve_model
     from reward.data import Encoder
     from reward.shared_prompt import tokens_per_pair
-    from reward.train import load_tokenizer
+    from reward.models import load_tokenizer
 
     tokenizer = load_tokenizer(resolve_model(BASE))
 

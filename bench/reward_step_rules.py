@@ -134,7 +134,8 @@ def prompts_in_recorded_order(run: dict[str, Any]) -> list[int]:
 
     from reward.data import Encoder, load_preferences, prompt_of_rows
     from collect.offline_models import resolve_model
-    from reward.train import load_tokenizer, split_by_prompt
+    from reward.models import load_tokenizer
+    from reward.train import split_by_prompt
 
     fit, _ = validation_splits(TRAINING_PAIRS[run["data"]](), range(run["split"], run["split"] + 1))[0]
     config = PREFLOOP_SIDES[run["candidate"]].config(fit, "unused", None)

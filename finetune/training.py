@@ -10,7 +10,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from collect.errors import UserError
 from reward.progress import TrainingProgress
-from reward.train import checkpointing_argument, cpu_only
+from reward.models import checkpointing_argument, cpu_only
 
 if TYPE_CHECKING:
     from accelerate import PartialState

@@ -19,12 +19,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from collect.errors import UserError, first_line, warn
 from collect.formats import (hh_sides_are_dialogues, is_hh_dialogue, is_hh_prompt, labels_named, load_dataset_dir,
                              marked_tie, one_split, rated_worse, read_table, shared_prompt_turns, sharegpt_hint,
                              sides_hold_prompt, split_hh_dialogue, split_hh_prompt)
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -152,7 +155,8 @@ def _as_text(values: list) -> list:
     return [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
 
 
-def load_preferences(data: Any, what: str = "data", use_margin: bool = True, split: str | None = "train"):
+def load_preferences(data: Any, what: str = "data", use_margin: bool = True,
+                     split: str | None = "train") -> Dataset:
     """Load and check a preference dataset; raise UserError naming the column or row at fault. With
     `use_margin=False` the `margin` column is not read, so not checked either. `split`: as in `load_rows`."""
     dataset, places = load_rows(data, what, split, unread=() if use_margin else ("margin",))
@@ -567,7 +571,8 @@ class Encoder:
         chosen_ids, rejected_ids = (self._cut(ids, n, special) if n > 0 else ids for ids, n in zip(full, over))
         return chosen_ids, rejected_ids, True
 
-    def encode_pairs(self, dataset, use_margin: bool = True, desc: str = "data", align: bool = True):
+    def encode_pairs(self, dataset: Dataset, use_margin: bool = True, desc: str = "data",
+                     align: bool = True) -> tuple[Dataset, int]:
         """A dataset of `chosen_ids`, `rejected_ids`, `length` (and `margin`) ready for RewardTrainer,
         plus the number of pairs where either side was truncated (`align`: see `encode_pair`)."""
         import datasets

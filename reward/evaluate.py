@@ -570,7 +570,7 @@ def compare_reward_models(
                             "earlier comparison's, which is replaced")
     for side, models in (("model", model), ("baseline", baseline)):
         if isinstance(models, RewardScorer):
-            _check_loaded_scorer(batch_size, max_length)
+            _check_loaded_scorer(batch_size, max_length)  # here, before the other side loads; `_scorer` repeats it
             continue
         if not _model_dirs(models):
             raise UserError(f"{side}: name at least one reward model")

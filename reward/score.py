@@ -22,7 +22,7 @@ import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -31,6 +31,10 @@ from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, 
 from reward.data import (TRAINING_PAIRS_FILE, Conversation, Encoder, absolute_name, as_messages, check_preferences,
                          check_token_ids, data_name, load_rows, pair_conversations, position_limit,
                          warn_empty_responses, warn_unread_template_columns)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -146,7 +150,7 @@ def _no_head(adapter: Path, base: str) -> str:
             "modules_to_save")
 
 
-def load_adapter_reward_model(adapter: Path, base: str, dtype):
+def load_adapter_reward_model(adapter: Path, base: str, dtype: torch.dtype) -> PreTrainedModel:
     """A PEFT reward adapter merged into `base` (what `check_reward_adapter` returned), loaded for sequence
     classification with one output. The score head must come from the adapter (PEFT saves it when the adapter is
     trained with task_type SEQ_CLS or the head in modules_to_save) unless the base's checkpoint has a one-output
@@ -155,12 +159,12 @@ def load_adapter_reward_model(adapter: Path, base: str, dtype):
     from peft.utils import get_peft_model_state_dict, load_peft_weights
     from transformers import AutoConfig
 
-    from reward.train import load_classifier_and_drawn_head
+    from reward.models import load_classifier_and_drawn_head
 
     name = str(adapter)
     try:
         config = AutoConfig.from_pretrained(base, num_labels=1)
-        model, drawn = load_classifier_and_drawn_head(base, None, True, config=config, dtype=dtype,
+        model, drawn = load_classifier_and_drawn_head(base, None, trained_head=True, config=config, dtype=dtype,
                                                       ignore_mismatched_sizes=True)
     except (OSError, ValueError) as e:
         raise UserError(f"adapter {name!r} on its base {base!r}: cannot load the base ({first_line(e)})") from None
@@ -193,7 +197,7 @@ class _Member:
         import torch
 
         from reward.shared_prompt import shares_prompt
-        from reward.train import load_sequence_classifier, load_tokenizer
+        from reward.models import load_sequence_classifier, load_tokenizer
 
         path = resolve_model(model_dir)  # a local folder, a cached snapshot, or a Hub id Transformers downloads
         adapter = adapter_folder(path)

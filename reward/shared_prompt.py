@@ -25,13 +25,16 @@ through the model's own forward, and so through the data-parallel wrapper that a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.utils import extract_model_from_parallel
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from reward.data import shared_start
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 # The attention kernels that take an explicit 4D mask; FlashAttention and friends take none.
 MASK_KINDS = {"sdpa": "bool", "eager": "additive"}
@@ -73,7 +76,7 @@ def packed_tokens(chosen: list[int], rejected: list[int]) -> int:
 
 def row_length(chosen: list[int], rejected: list[int]) -> int:
     """The width of the widest row the pair takes."""
-    return packed_tokens(chosen, rejected) if packs(chosen, rejected) else max(len(chosen), len(rejected))
+    return row_tokens([chosen, rejected]) if packs(chosen, rejected) else max(len(chosen), len(rejected))
 
 
 def tokens_per_pair(dataset, shared: bool) -> float:
@@ -221,7 +224,7 @@ def pair_rewards(model, reward_index, **batch) -> torch.Tensor:
     return torch.cat([rewards[:, 0], rewards[:, 1]])
 
 
-def with_packed_lengths(dataset):
+def with_packed_lengths(dataset: Dataset) -> Dataset:
     """`dataset` with its `length` column (what batches are grouped by) set to the width of each pair's widest
     row (`row_length`)."""
     lengths = [row_length(c, r) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]

@@ -215,7 +215,7 @@ def test_export_trains_unchanged_in_plain_trl_reward_trainer(sqlite_url, tmp_pat
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from reward.train import checkpointing_argument
+    from reward.models import checkpointing_argument
     from tests.tiny_models import tiny_reward_model
 
     build(sqlite_url)

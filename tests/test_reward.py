@@ -261,7 +261,7 @@ def test_bf16_trains_without_a_gpu(tmp_path, tiny_rm, share_prompt):
     also when pairs are packed and the model's inner modules are called directly."""
     from transformers import TrainerCallback
 
-    from reward.train import transformer_layers
+    from reward.models import transformer_layers
 
     seen = {"matmul dtypes": set()}
 
@@ -311,14 +311,14 @@ def test_checkpointing_switch_uses_the_old_name_where_transformers_has_only_that
     """Transformers 5.17 (seen on a GPU machine) has only gradient_checkpointing and refuses the newer name."""
     import dataclasses
 
-    import reward.train
+    import reward.models
     from trl import RewardConfig
 
-    monkeypatch.setattr(reward.train, "fields", lambda cls: [f for f in dataclasses.fields(cls)
+    monkeypatch.setattr(reward.models, "fields", lambda cls: [f for f in dataclasses.fields(cls)
                                                              if f.name != "activation_checkpointing"])
-    assert reward.train.checkpointing_argument(False) == {"gradient_checkpointing": False}
+    assert reward.models.checkpointing_argument(False) == {"gradient_checkpointing": False}
     # ...which the installed release still honours (TRL's own default for it is True).
-    config = RewardConfig(output_dir="unused", use_cpu=True, **reward.train.checkpointing_argument(False))
+    config = RewardConfig(output_dir="unused", use_cpu=True, **reward.models.checkpointing_argument(False))
     assert config.gradient_checkpointing is False
 
 
@@ -857,7 +857,7 @@ def test_an_fp32_run_is_refused_where_accelerate_launch_asks_for_bf16(tmp_path, 
     applies where neither bf16 nor fp16 is set: an fp32 run would train in bf16 under a record saying fp32."""
     from trl import RewardConfig
 
-    from reward.train import checkpointing_argument
+    from reward.models import checkpointing_argument
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert RewardConfig(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none",
@@ -981,7 +981,7 @@ def test_frozen_layers_run_in_the_first_epoch_only_and_train_the_same_model(tmp_
             self.per_epoch: list[int] = []
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            from reward.train import transformer_layers
+            from reward.models import transformer_layers
 
             # A part of the block, not the block: a cached block is still called, and passes its input through.
             inside = next(transformer_layers(model)[0].children())
