@@ -35,7 +35,7 @@ from collect import db
 from collect.adjudicate import (
     FLAGGED_COLUMNS, QUEUE_COLUMNS, PairDetail, adjudicate, disagreement_queue, flagged_pairs, pair_detail,
 )
-from collect.agreement import agreement_summary, pairwise_cohen
+from collect.agreement import N_BOOTSTRAP, agreement_summary, pairwise_cohen
 from collect.assign import review_flag
 from collect.errors import PermissionDenied, UserError
 from collect.export import AGGREGATIONS, export_project, meta_path
@@ -45,8 +45,8 @@ from collect.judgments import QUALITY_KINDS, judgments_frame
 from collect.models import CHOICES, ROLES, ROUTING, AuditEvent, Project, Rater
 from collect.payroll import PayrollConfig, export_payroll, payroll
 from collect.projects import (
-    ProjectSettings, add_member, add_rater, create_project, get_project, get_rater, list_projects, list_raters,
-    sensitive_categories, update_rater,
+    NO_PASSWORD, ProjectSettings, add_member, add_rater, create_project, get_project, get_rater, list_projects,
+    list_raters, parse_rubric, sensitive_categories, update_rater,
 )
 from collect.rater_quality import config_table, rater_table
 from collect.status import project_status
@@ -56,8 +56,6 @@ from collect.timeline import (
 
 log = logging.getLogger(__name__)
 
-N_BOOT = 300
-"""Bootstrap replicates for the intervals shown on the dashboard: enough for two decimals, quick to redraw."""
 AUDIT_ROWS = 200
 """Most recent audit events shown."""
 
@@ -196,16 +194,6 @@ def _pair_id(value: Any) -> int:
     return int(number)
 
 
-def _rubric(text: str) -> list[dict[str, str]]:
-    """One criterion a line: `name` or `name: what it means`."""
-    rubric = []
-    for line in (text or "").splitlines():
-        name, _, description = line.partition(":")
-        if name.strip():
-            rubric.append({"name": name.strip(), "description": description.strip()})
-    return rubric
-
-
 def _csv(text: str) -> list[str]:
     return [v.strip() for v in (text or "").split(",") if v.strip()]
 
@@ -269,14 +257,14 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         judged_plot = plot_judgments_over_time(timeline, target=made_in_app + status.judgments_needed or None,
                                                title="Judgments made in the app")
         if len(frame):
-            agreement = _rounded(agreement_summary(frame, n_boot=N_BOOT))
-            kappas = pairwise_cohen(frame, n_boot=N_BOOT)
+            agreement = _rounded(agreement_summary(frame, n_bootstrap=N_BOOTSTRAP))
+            kappas = pairwise_cohen(frame, n_bootstrap=N_BOOTSTRAP)
             for side in ("rater_a", "rater_b"):
                 kappas[side] = kappas[side].map(lambda r: names.get(r, str(r)))
             kappas = _rounded(kappas)
         else:
             agreement, kappas = pd.DataFrame(), pd.DataFrame()
-        agreement_plot = plot_agreement_over_time(agreement_over_time(frame, n_boot=N_BOOT))
+        agreement_plot = plot_agreement_over_time(agreement_over_time(frame, n_bootstrap=N_BOOTSTRAP))
         return summary, judged_plot, agreement, kappas, agreement_plot
 
     def raters_view(admin: Rater, project_name: str) -> tuple[Any, pd.DataFrame, Any, Any, str]:
@@ -309,7 +297,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         if frame.empty:
             return pd.DataFrame(), None, None, "No judgments yet."
         try:
-            board = lb.leaderboard(frame, n_boot=N_BOOT)
+            board = lb.leaderboard(frame, n_bootstrap=N_BOOTSTRAP)
         except UserError as e:  # e.g. no judgment compares two named models
             return pd.DataFrame(), None, None, html.escape(str(e))
         matrix = lb.win_rate_matrix(frame)
@@ -347,15 +335,13 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         if choice not in CHOICES:
             raise UserError("choose a verdict")
         with db.session_scope(db_url) as s:
-            pair_detail(s, _project(s, project_name), pair_id)  # the pair must be in this project
-            adjudicate(s, admin.id, pair_id, int(choice), note or "")
+            adjudicate(s, admin.id, pair_id, int(choice), note or "", project=_project(s, project_name))
         return f"Pair {pair_id}: recorded **{CHOICES[int(choice)]}** as the admin's decision."
 
     def review(admin: Rater, project_name: str, pair_value: Any, keep: bool) -> str:
         pair_id = _pair_id(pair_value)
         with db.session_scope(db_url) as s:
-            pair_detail(s, _project(s, project_name), pair_id)  # the pair must be in this project
-            review_flag(s, admin.id, pair_id, keep)
+            review_flag(s, admin.id, pair_id, keep, project=_project(s, project_name))
         return f"Pair {pair_id} {'returned to the queue' if keep else 'retired'}."
 
     def keep_pair(admin: Rater, project_name: str, pair_value: Any) -> str:
@@ -393,16 +379,14 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
             result = export_project(s, project, out, aggregation=aggregation, min_confidence=float(min_confidence),
                                     include_ties=bool(include_ties), actor_id=admin.id)
         files = [result.path, str(meta_path(Path(result.path)))] + ([result.ties_path] if result.ties_path else [])
-        return files, (f"Exported **{result.rows}** preference pairs ({result.aggregation} aggregation); left out: "
-                       f"{result.ties} ties, {result.both_bad} both-bad, {result.below_confidence} below confidence "
-                       f"{result.min_confidence:g}, {result.unjudged} not judged yet.")
+        return files, f"Exported {html.escape(result.summary())}."
 
     def create(admin: Rater, name: str, description: str, guidelines: str, rubric: str, overlap: float,
                gold_rate: float, repeat_rate: float, pay_rate: float, currency: str, routing: str,
                sensitive_cap: float, lease_seconds: float, idle_seconds: float, break_minutes: float
                ) -> tuple[str, Any]:
         settings = ProjectSettings(
-            description=description or "", guidelines=guidelines or "", rubric=_rubric(rubric),
+            description=description or "", guidelines=guidelines or "", rubric=parse_rubric(rubric or ""),
             overlap=int(overlap), gold_rate=float(gold_rate), repeat_rate=float(repeat_rate or 0),
             pay_rate=float(pay_rate), currency=(currency or "USD").strip(), routing=routing,
             sensitive_daily_cap=int(sensitive_cap),
@@ -440,8 +424,6 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         with db.session_scope(db_url) as s:
             project = _project(s, project_name)
             rater = get_rater(s, rater_name or "")
-            if rater.external:
-                raise UserError(f"{rater.name} is an imported rater and cannot log in")
             added = add_member(s, project, rater, actor_id=admin.id)
         who, where = html.escape(rater.name), html.escape(project.name)
         return (f"**{who}** is now a member of **{where}**." if added
@@ -505,7 +487,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                     with gr.Column():
                         gr.Markdown("#### Add a person")
                         rater_name = gr.Textbox(label="Name", elem_id="pf-new-rater-name")
-                        rater_password = gr.Textbox(label="Password (empty: cannot log in)", type="password",
+                        rater_password = gr.Textbox(label="Password", info=f"Empty: {NO_PASSWORD}.", type="password",
                                                     elem_id="pf-new-rater-password")
                         rater_role = gr.Radio(list(ROLES), value="rater", label="Role")
                         rater_expertise = gr.Textbox(label="Expertise (comma-separated, e.g. domain:medicine)")
@@ -620,13 +602,14 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                                     "to that category, behind a content warning, at most this many a day:")
                         with gr.Row():
                             new_cap = gr.Number(label="Sensitive items per rater per day", value=20, precision=0)
-                            new_lease = gr.Number(label="Lease (s)", value=900, precision=0)
-                            new_idle = gr.Number(label="Idle after (s)", value=120, precision=0)
-                            new_break = gr.Number(label="Break reminder after (min)", value=50, precision=0)
+                            new_lease = gr.Number(label="Lease (seconds)", value=900, precision=0)
+                            new_idle = gr.Number(label="Idle after (seconds)", value=120, precision=0)
+                            new_break = gr.Number(label="Break reminder after (minutes of active time)", value=50,
+                                                  precision=0)
                         create_button = gr.Button("Create project", variant="primary", elem_id="pf-create")
                     with gr.Column():
                         gr.Markdown("#### Import into the selected project")
-                        upload = gr.File(label="JSONL, CSV, JSON or .jsonl.gz", type="filepath",
+                        upload = gr.File(label="JSONL, JSON, CSV or Parquet (optionally .gz)", type="filepath",
                                          elem_id="pf-upload")
                         import_format = gr.Dropdown(["auto", *FORMATS], value="auto", label="Format")
                         as_gold = gr.Checkbox(value=False, label="Labels are gold answers (for rater checks)")

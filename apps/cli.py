@@ -22,7 +22,9 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
 from collect import db
+from collect.cli_options import ADMIN_OPTION, CSV_OUT_OPTION, DB_OPTION, PROJECT_OPTION
 from collect.errors import PrefloopWarning, UserError
+from collect.projects import NO_PASSWORD
 from apps.demo import demo_command
 from collect.generate import generate_command
 from collect.quality_cli import app as quality_app
@@ -32,16 +34,18 @@ from reward.cli import app as reward_app
 app = typer.Typer(help="prefloop: a self-hosted RLHF data engine.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 project_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
-rater_app = typer.Typer(help="Add and list raters.", no_args_is_help=True)
+rater_app = typer.Typer(help="Add, change and list raters.", no_args_is_help=True)
+flagged_app = typer.Typer(help="Pairs raters flagged as harmful: list them, return one to the queue or retire it.",
+                          no_args_is_help=True)
 app.add_typer(project_app, name="project")
 app.add_typer(rater_app, name="rater")
+app.add_typer(flagged_app, name="flagged")
 app.add_typer(quality_app, name="quality", help="Agreement, per-rater quality and the model leaderboard.")
 app.add_typer(reward_app, name="reward")
 app.add_typer(align_app, name="align")
 
 # Names, paths and messages come from users and files: print them as text, never as rich markup.
 console = Console(markup=False)
-DB_OPTION = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL (default sqlite:///prefloop.db).")
 
 
 def _password(value: str | None, envvar: str) -> str:
@@ -89,23 +93,27 @@ def project_create(
                                       "earlier, sides swapped (consistency check; 0-0.5)."),
     pay_rate: float = typer.Option(0.0, help="Pay per active hour."),
     currency: str = typer.Option("USD"),
+    description: str = typer.Option("", help="What the project is about (the JSON API lists it with the project)."),
     guidelines: Optional[Path] = typer.Option(None, help="A Markdown file with the rating guidelines."),
-    rubric: Optional[str] = typer.Option(None, help="Comma-separated criteria, e.g. 'helpfulness,harmlessness'."),
+    rubric: list[str] = typer.Option([], help="A criterion raters rate per pair, 'name' or 'name: what it means' "
+                                     "(repeatable, one criterion each)."),
     routing: str = typer.Option("experts_first", help="any | experts_first | experts_only"),
     sensitive_daily_cap: int = typer.Option(20, help="Most sensitive items per rater per day."),
     lease_seconds: int = typer.Option(900, help="Seconds before an unfinished assignment returns to the pool."),
-    idle_seconds: int = typer.Option(120, help="Gaps between a rater's actions longer than this are not paid time."),
-    break_after_minutes: int = typer.Option(50, help="Remind a rater to take a break after this much active time."),
+    idle_seconds: int = typer.Option(120, help="Gaps between a rater's actions longer than this many seconds are "
+                                     "not paid time."),
+    break_after_minutes: int = typer.Option(50, help="Minutes of active time without a pause after which a rater "
+                                            "is reminded to take a break."),
 ) -> None:
     """Create a project."""
-    from collect.projects import ProjectSettings, create_project
+    from collect.projects import ProjectSettings, create_project, parse_rubric
 
     if guidelines is not None and not guidelines.is_file():
         raise UserError(f"{guidelines}: no such file")
     settings = ProjectSettings(
-        overlap=overlap, gold_rate=gold_rate, repeat_rate=repeat_rate, pay_rate=pay_rate, currency=currency,
-        routing=routing, guidelines=guidelines.read_text() if guidelines else "",
-        sensitive_daily_cap=sensitive_daily_cap, rubric=[{"name": n} for n in _csv(rubric)],
+        description=description, overlap=overlap, gold_rate=gold_rate, repeat_rate=repeat_rate, pay_rate=pay_rate,
+        currency=currency, routing=routing, guidelines=guidelines.read_text() if guidelines else "",
+        sensitive_daily_cap=sensitive_daily_cap, rubric=parse_rubric(rubric),
         lease_seconds=lease_seconds, idle_seconds=idle_seconds, break_after_minutes=break_after_minutes)
     with db.existing_session(url) as session:
         project = create_project(session, name, settings)
@@ -133,24 +141,62 @@ def rater_add(
     url: Optional[str] = DB_OPTION,
     password: Optional[str] = typer.Option(None, envvar="PREFLOOP_RATER_PASSWORD",
                                            help="Login password (asked for when missing)."),
+    no_password: bool = typer.Option(False, "--no-password", help=f"Add them without a password: {NO_PASSWORD}."),
     role: str = typer.Option("rater", help="admin | rater | viewer"),
     project: list[str] = typer.Option([], help="Project to join (repeatable)."),
     expertise: Optional[str] = typer.Option(None, help="Comma-separated tags, e.g. 'domain:medicine'."),
-    sensitive: Optional[str] = typer.Option(None, help="Comma-separated sensitive categories opted in to."),
+    sensitive_opt_in: Optional[str] = typer.Option(None, help="Comma-separated sensitive categories the rater "
+                                                   "agrees to be served, e.g. 'violence,self-harm'."),
 ) -> None:
-    """Add a rater who can log in to the apps."""
+    """Add a person who can log in to the apps (an existing one joins a project with `rater update`)."""
     from collect.projects import add_rater, get_project
 
-    password = _password(password, "PREFLOOP_RATER_PASSWORD")
+    if no_password and password:
+        raise UserError("--no-password and a password (--password or PREFLOOP_RATER_PASSWORD) both given")
+    password = None if no_password else _password(password, "PREFLOOP_RATER_PASSWORD")
     with db.existing_session(url) as session:
         projects = [get_project(session, p) for p in project]
         rater = add_rater(session, name, password, role=role, expertise=_csv(expertise),
-                          sensitive_opt_in=_csv(sensitive), projects=projects)
-        console.print(f"{role} {rater.name!r} added" + (f" to {', '.join(project)}" if project else ""))
+                          sensitive_opt_in=_csv(sensitive_opt_in), projects=projects)
+        console.print(f"{role} {rater.name!r} added" + (f" to {', '.join(project)}" if project else "")
+                      + (f" ({NO_PASSWORD})" if no_password else ""))
+
+
+@rater_app.command("update")
+def rater_update(
+    name: str,
+    admin: str = ADMIN_OPTION,
+    url: Optional[str] = DB_OPTION,
+    project: list[str] = typer.Option([], help="Project to join (repeatable); memberships are only added."),
+    expertise: Optional[str] = typer.Option(None, help="Comma-separated tags replacing the rater's, e.g. "
+                                            "'domain:medicine' ('' clears them; left as they are when missing)."),
+    sensitive_opt_in: Optional[str] = typer.Option(None, help="Comma-separated sensitive categories replacing the "
+                                                   "rater's opt-ins ('' clears them; left as they are when missing)."),
+) -> None:
+    """Change a person's projects, expertise or sensitive-content opt-ins, as the dashboard's Raters tab does."""
+    from collect.projects import add_member, get_project, get_rater, update_rater
+
+    if not project and expertise is None and sensitive_opt_in is None:
+        raise UserError("nothing to change: give --project, --expertise or --sensitive-opt-in")
+    with db.existing_session(url) as session:
+        admin_id = get_rater(session, admin).id
+        # update_rater checks that --admin is an admin, even when only --project is given.
+        rater = update_rater(session, admin_id, name, expertise=None if expertise is None else _csv(expertise),
+                             sensitive_opt_in=None if sensitive_opt_in is None else _csv(sensitive_opt_in))
+        projects = [get_project(session, p) for p in project]
+        joined = [p.name for p in projects if add_member(session, p, rater, actor_id=admin_id)]
+        already = [p.name for p in projects if p.name not in joined]
+        console.print(f"{rater.name!r}: expertise {', '.join(rater.expertise) or 'none'}; sensitive opt-in "
+                      f"{', '.join(rater.sensitive_opt_in) or 'none'}"
+                      + (f"; now a member of {', '.join(joined)}" if joined else "")
+                      + (f"; already a member of {', '.join(already)}" if already else ""))
 
 
 @rater_app.command("list")
-def rater_list(url: Optional[str] = DB_OPTION, project: Optional[str] = typer.Option(None)) -> None:
+def rater_list(
+    url: Optional[str] = DB_OPTION,
+    project: Optional[str] = typer.Option(None, help="Only this project's members (name or id)."),
+) -> None:
     """List raters (of one project with --project)."""
     from collect.projects import get_project, list_raters
 
@@ -166,7 +212,7 @@ def rater_list(url: Optional[str] = DB_OPTION, project: Optional[str] = typer.Op
 @app.command("import")
 def import_(
     path: Path,
-    project: str = typer.Option(..., help="Project name or id."),
+    project: str = PROJECT_OPTION,
     url: Optional[str] = DB_OPTION,
     format: str = typer.Option("auto", help="auto | generic | hh-rlhf | summarize | finegrained-qa | alpaca-eval | trl"),
     rater: Optional[str] = typer.Option(None, help="Who labeled a file that names no rater."),
@@ -192,26 +238,24 @@ def import_(
 @app.command()
 def export(
     out: Path,
-    project: str = typer.Option(..., help="Project name or id."),
+    project: str = PROJECT_OPTION,
     url: Optional[str] = DB_OPTION,
-    aggregate: str = typer.Option("majority", help="majority | weighted"),
+    aggregation: str = typer.Option("majority", help="majority | weighted"),
     min_confidence: float = typer.Option(0.0, help="Drop pairs whose aggregated confidence is below this."),
     include_ties: bool = typer.Option(False, "--include-ties", help="Write ties and both-bad pairs to a side file."),
 ) -> None:
-    """Export preferences in TRL's conversational format (.parquet, .jsonl, or a save_to_disk folder)."""
+    """Export preferences in TRL's conversational format (.parquet, .jsonl, .json as JSON lines, or a save_to_disk
+    folder)."""
     from collect.export import export_project
     from collect.projects import get_project
 
     with db.existing_session(url) as session, _progress() as progress:
         task = progress.add_task(f"exporting {escape(out.name)}", total=None)
-        result = export_project(session, get_project(session, project), out, aggregation=aggregate,
+        result = export_project(session, get_project(session, project), out, aggregation=aggregation,
                                 min_confidence=min_confidence, include_ties=include_ties,
                                 progress=_reporter(progress, task))
-    console.print(f"exported {result.rows} preference pairs to {result.path} ({result.aggregation}); "
-                  f"left out: {result.ties} ties, {result.both_bad} both-bad, "
-                  f"{result.below_confidence} below confidence, {result.unjudged} unjudged, "
-                  f"{result.not_active} flagged or retired"
-                  + (f"; ties in {result.ties_path}" if result.ties_path else ""))
+    console.print(f"exported {result.summary()}; written to {result.path}"
+                  + (f", ties and both-bad pairs to {result.ties_path}" if result.ties_path else ""))
 
 
 @app.command()
@@ -241,12 +285,12 @@ def status(
 
 @app.command()
 def payroll(
-    project: str = typer.Option(..., help="Project name or id."),
+    project: str = PROJECT_OPTION,
     url: Optional[str] = DB_OPTION,
     floor: Optional[float] = typer.Option(None, help="Minimum effective hourly pay; raters under it are flagged."),
     since: Optional[datetime] = typer.Option(None, help="Start of the pay period (UTC)."),
     until: Optional[datetime] = typer.Option(None, help="End of the pay period (UTC), exclusive."),
-    output: Optional[Path] = typer.Option(None, help="Also write the table as CSV."),
+    out: Optional[Path] = CSV_OUT_OPTION,
 ) -> None:
     """Per rater: judgments, active hours, pay at the project rate, effective hourly pay."""
     from collect.payroll import PayrollConfig, export_payroll
@@ -256,13 +300,13 @@ def payroll(
     config = PayrollConfig(floor=floor, since=since, until=until)
     with db.existing_session(url) as session:
         p = get_project(session, project)
-        table = export_payroll(session, p, output, config) if output else payroll_table(session, p, config)
+        table = export_payroll(session, p, out, config) if out else payroll_table(session, p, config)
     _print_frame(table, f"payroll: {project}")
 
 
 @app.command()
 def queue(
-    project: str = typer.Option(..., help="Project name or id."),
+    project: str = PROJECT_OPTION,
     url: Optional[str] = DB_OPTION,
     split_below: float = typer.Option(0.75, help="A pair is split when its top direction has less than this share."),
 ) -> None:
@@ -277,20 +321,67 @@ def queue(
 
 @app.command()
 def adjudicate(
+    project: str = PROJECT_OPTION,
     pair: int = typer.Option(..., help="Pair id (from `prefloop queue`)."),
     choice: str = typer.Option(..., help="A>>B | A>B | tie | B>A | B>>A"),
-    admin: str = typer.Option(..., help="Your admin name (recorded in the audit log)."),
+    admin: str = ADMIN_OPTION,
     url: Optional[str] = DB_OPTION,
     note: str = typer.Option("", help="Why."),
 ) -> None:
     """Decide a disputed pair; the decision overrides the raters' vote in exports."""
     from collect.adjudicate import adjudicate as decide
     from collect.formats import parse_choice
-    from collect.projects import get_rater
+    from collect.projects import get_project, get_rater
 
     with db.existing_session(url) as session:
-        decide(session, get_rater(session, admin).id, pair, parse_choice(choice, "--choice"), note)
+        decide(session, get_rater(session, admin).id, pair, parse_choice(choice, "--choice"), note,
+               project=get_project(session, project))
     console.print(f"pair {pair} decided: {choice}")
+
+
+@flagged_app.command("list")
+def flagged_list(project: str = PROJECT_OPTION, url: Optional[str] = DB_OPTION) -> None:
+    """The project's pairs flagged as harmful and awaiting review: who flagged each, when and why."""
+    import pandas as pd
+
+    from collect.adjudicate import flagged_pairs
+    from collect.projects import get_project
+
+    with db.existing_session(url) as session:
+        table = flagged_pairs(session, get_project(session, project))
+    table["flagged_at"] = table["flagged_at"].map(lambda t: str(t)[:19] if pd.notna(t) else "")
+    _print_frame(table, f"flagged: {project}")
+
+
+def _review_flag(project: str, pair: int, admin: str, url: str | None, keep: bool) -> None:
+    from collect.assign import review_flag
+    from collect.projects import get_project, get_rater
+
+    with db.existing_session(url) as session:
+        review_flag(session, get_rater(session, admin).id, pair, keep, project=get_project(session, project))
+    console.print(f"pair {pair} {'returned to the queue' if keep else 'retired'}")
+
+
+@flagged_app.command("keep")
+def flagged_keep(
+    project: str = PROJECT_OPTION,
+    pair: int = typer.Option(..., help="Pair id (from `prefloop flagged list`)."),
+    admin: str = ADMIN_OPTION,
+    url: Optional[str] = DB_OPTION,
+) -> None:
+    """Return a flagged pair to the queue: raters are served it again and it is exported."""
+    _review_flag(project, pair, admin, url, keep=True)
+
+
+@flagged_app.command("retire")
+def flagged_retire(
+    project: str = PROJECT_OPTION,
+    pair: int = typer.Option(..., help="Pair id (from `prefloop flagged list`)."),
+    admin: str = ADMIN_OPTION,
+    url: Optional[str] = DB_OPTION,
+) -> None:
+    """Retire a flagged pair: no rater is served it again and export leaves it out."""
+    _review_flag(project, pair, admin, url, keep=False)
 
 
 def _print_frame(frame, title: str) -> None:

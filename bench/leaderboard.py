@@ -34,7 +34,7 @@ from collect.leaderboard import bradley_terry, elo, plot_leaderboard, win_rate_m
 
 DATA = ROOT.parent / "shared" / "data" / "alpaca_eval"
 REFERENCE = "text_davinci_003"
-N_BOOT = 1000
+N_BOOTSTRAP = 1000
 
 
 def judgments() -> pd.DataFrame:
@@ -67,7 +67,7 @@ def main() -> None:
     df = judgments()
     official = alpaca_eval_win_rates()
     start = time.perf_counter()
-    board = bradley_terry(df, n_boot=N_BOOT, seed=0)
+    board = bradley_terry(df, n_bootstrap=N_BOOTSTRAP, seed=0)
     bt_seconds = time.perf_counter() - start
     shuffled = df.sample(frac=1.0, random_state=0)  # the files carry no times: a random order for Elo
     elo_random = elo(shuffled, k=4.0, n_orders=100, seed=0).set_index("model")
@@ -120,7 +120,8 @@ def main() -> None:
         f"model against the reference {REFERENCE} on the same 805 instructions; {len(df)} judgments after dropping "
         "items with no preference), read with `collect.formats.read_records`",
         f"- Bradley-Terry: `collect.leaderboard.bradley_terry`, Elo scale (400, base 10, mean 1000), ties half a win, "
-        f"95% percentile bootstrap over judgments with {N_BOOT} replicates; fit + bootstrap took {bt_seconds:.2f} s",
+        f"95% percentile bootstrap over judgments with {N_BOOTSTRAP} replicates; fit + bootstrap took "
+        f"{bt_seconds:.2f} s",
         "- Elo: `collect.leaderboard.elo`, K = 4, every model starting at 1000; the files have no times, so one "
         "random order (seed 0) with the 2.5-97.5% range over 100 random orders, and the files' own order "
         "(one model after another)",

@@ -219,10 +219,12 @@ def pair_detail(session: Session, project: Project, pair_id: int, quality: Quali
                       pair.gold_choice, judged)
 
 
-def adjudicate(session: Session, admin_id: int, pair_id: int, choice: int, note: str = "") -> Judgment:
+def adjudicate(session: Session, admin_id: int, pair_id: int, choice: int, note: str = "", *,
+               project: Project | None = None) -> Judgment:
     """Record an admin's decision on a pair: `choice` relative to A and B (+2 A>>B .. -2 B>>A), with a note.
 
     Only admins may adjudicate (PermissionDenied otherwise). The decision is written to the audit log.
+    project: when given, a pair of another project is refused (the dashboard and the CLI name the project).
     """
     admin = require_admin(session, admin_id)
     if isinstance(choice, bool) or not isinstance(choice, int) or choice not in CHOICES:
@@ -230,6 +232,8 @@ def adjudicate(session: Session, admin_id: int, pair_id: int, choice: int, note:
     if not isinstance(note, str) or len(note) > 20_000:
         raise UserError("note must be text of at most 20,000 characters")
     pair = session.get(Pair, pair_id) if isinstance(pair_id, int) and not isinstance(pair_id, bool) else None
+    if project is not None and (pair is None or pair.project_id != project.id):
+        raise UserError(f"pair {pair_id!r} is not in project {project.name!r}")
     if pair is None:
         raise UserError(f"no pair {pair_id!r}")
     judgment = Judgment(project_id=pair.project_id, pair_id=pair.id, rater_id=admin.id, choice=choice,

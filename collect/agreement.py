@@ -25,6 +25,10 @@ import pandas as pd
 from collect.aggregate import direction, validate_judgments
 from collect.errors import UserError
 
+N_BOOTSTRAP = 1000
+"""Bootstrap replicates for the 95% intervals of agreement and the leaderboard: the default of the Python API,
+of `prefloop quality` (--n-bootstrap) and of the admin dashboard."""
+
 Scale = Literal["direction", "choice"]
 SCALE_VALUES = {"direction": np.array([-1, 0, 1]), "choice": np.array([-2, -1, 0, 1, 2])}
 
@@ -50,7 +54,7 @@ class Agreement:
     n_items: int
     n_raters: int
     confidence: float = 0.95
-    n_boot: int = 0
+    n_bootstrap: int = 0
 
 
 # ------------------------------------------------------------------------------ statistics over tallies
@@ -178,9 +182,9 @@ def krippendorff_alpha(
 # ------------------------------------------------------------------------------------ over judgments
 
 
-def _bootstrap_weights(n_items: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """How often each item is drawn in each replicate: (n_boot, n_items) multinomial counts."""
-    return rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=n_boot).astype(float)
+def _bootstrap_weights(n_items: int, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each item is drawn in each replicate: (n_bootstrap, n_items) multinomial counts."""
+    return rng.multinomial(n_items, np.full(n_items, 1.0 / n_items), size=n_bootstrap).astype(float)
 
 
 def _interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -219,7 +223,7 @@ def _unit_counts(ratings: pd.DataFrame, scale: Scale) -> tuple[np.ndarray, int]:
 def fleiss(
     judgments: pd.DataFrame,
     scale: Scale = "direction",
-    n_boot: int = 1000,
+    n_bootstrap: int = N_BOOTSTRAP,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Agreement:
@@ -229,17 +233,17 @@ def fleiss(
         return Agreement("fleiss_kappa", scale, "nominal", np.nan, np.nan, np.nan, 0, n_raters, confidence, 0)
     estimate = float(_fleiss_from_counts(counts, np.ones(len(counts)))[0])
     rng = np.random.default_rng(seed)
-    reps = np.concatenate([_fleiss_from_counts(counts, w) for w in _chunks(len(counts), n_boot, rng)]
+    reps = np.concatenate([_fleiss_from_counts(counts, w) for w in _chunks(len(counts), n_bootstrap, rng)]
                           + [np.array([])])
     return Agreement("fleiss_kappa", scale, "nominal", estimate, *_interval(reps, confidence),
-                     len(counts), n_raters, confidence, n_boot)
+                     len(counts), n_raters, confidence, n_bootstrap)
 
 
 def krippendorff(
     judgments: pd.DataFrame,
     level: Literal["nominal", "ordinal", "interval"] = "ordinal",
     scale: Scale = "choice",
-    n_boot: int = 1000,
+    n_bootstrap: int = N_BOOTSTRAP,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Agreement:
@@ -253,22 +257,22 @@ def krippendorff(
     estimate = float(_alpha_from_coincidences(per_unit.sum(axis=0).reshape(1, k, k), values, level)[0])
     rng = np.random.default_rng(seed)
     reps = np.concatenate([_alpha_from_coincidences((w @ per_unit).reshape(-1, k, k), values, level)
-                           for w in _chunks(len(counts), n_boot, rng)] + [np.array([])])
+                           for w in _chunks(len(counts), n_bootstrap, rng)] + [np.array([])])
     return Agreement("krippendorff_alpha", scale, level, estimate, *_interval(reps, confidence),
-                     len(counts), n_raters, confidence, n_boot)
+                     len(counts), n_raters, confidence, n_bootstrap)
 
 
-def _chunks(n_items: int, n_boot: int, rng: np.random.Generator, max_cells: int = 5_000_000):
+def _chunks(n_items: int, n_bootstrap: int, rng: np.random.Generator, max_cells: int = 5_000_000):
     """Bootstrap weights in blocks, so that many items times many replicates stays small in memory."""
     block = max(1, max_cells // max(n_items, 1))
-    for start in range(0, n_boot, block):
-        yield _bootstrap_weights(n_items, min(block, n_boot - start), rng)
+    for start in range(0, n_bootstrap, block):
+        yield _bootstrap_weights(n_items, min(block, n_bootstrap - start), rng)
 
 
 def _cohen_all_pairs(
-    judgments: pd.DataFrame, scale: Scale, weights: str | None, min_overlap: int, n_boot: int, seed: int
+    judgments: pd.DataFrame, scale: Scale, weights: str | None, min_overlap: int, n_bootstrap: int, seed: int
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Per rater pair: rater_a, rater_b, n_items, kappa; and kappa replicates (rater pairs, n_boot).
+    """Per rater pair: rater_a, rater_b, n_items, kappa; and kappa replicates (rater pairs, n_bootstrap).
 
     All rater pairs share the same bootstrap draws of judged pairs, so their mean has an honest interval.
     """
@@ -294,11 +298,11 @@ def _cohen_all_pairs(
             items.append(both)
             cells.append(one_hot)
     table = pd.DataFrame(rows, columns=["rater_a", "rater_b", "n_items", "kappa"])
-    reps = np.full((len(rows), n_boot), np.nan)
-    if rows and n_boot:
+    reps = np.full((len(rows), n_bootstrap), np.nan)
+    if rows and n_bootstrap:
         rng = np.random.default_rng(seed)
         done = 0
-        for w in _chunks(len(wide), n_boot, rng):
+        for w in _chunks(len(wide), n_bootstrap, rng):
             for r, (both, one_hot) in enumerate(zip(items, cells)):
                 tables = (w[:, both] @ one_hot).reshape(-1, k, k)
                 reps[r, done:done + len(w)] = _kappa_from_tables(tables, disagreement)
@@ -311,7 +315,7 @@ def pairwise_cohen(
     scale: Scale = "direction",
     weights: str | None = None,
     min_overlap: int = 10,
-    n_boot: int = 1000,
+    n_bootstrap: int = N_BOOTSTRAP,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -320,8 +324,8 @@ def pairwise_cohen(
     Returns a DataFrame: rater_a, rater_b, n_items, kappa, ci_low, ci_high (sorted by rater ids).
     weights: None, "linear" or "quadratic" (weighted kappa; meaningful on the "choice" scale).
     """
-    table, reps = _cohen_all_pairs(judgments, scale, weights, min_overlap, n_boot, seed)
-    bounds = [_interval(r, confidence) if n_boot else (np.nan, np.nan) for r in reps]
+    table, reps = _cohen_all_pairs(judgments, scale, weights, min_overlap, n_bootstrap, seed)
+    bounds = [_interval(r, confidence) if n_bootstrap else (np.nan, np.nan) for r in reps]
     table["ci_low"] = [b[0] for b in bounds]
     table["ci_high"] = [b[1] for b in bounds]
     return table
@@ -332,26 +336,26 @@ def mean_cohen(
     scale: Scale = "direction",
     weights: str | None = None,
     min_overlap: int = 10,
-    n_boot: int = 1000,
+    n_bootstrap: int = N_BOOTSTRAP,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Agreement:
     """The mean of the pairwise Cohen's kappas (Light's kappa), with a bootstrap of judged pairs."""
-    table, reps = _cohen_all_pairs(judgments, scale, weights, min_overlap, n_boot, seed)
+    table, reps = _cohen_all_pairs(judgments, scale, weights, min_overlap, n_bootstrap, seed)
     level = weights or "nominal"
     if table.empty:
         return Agreement("mean_cohen_kappa", scale, level, np.nan, np.nan, np.nan, 0, 0, confidence, 0)
     with warnings.catch_warnings():  # an all-NaN replicate (no rater pair defined) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        mean_reps = np.nanmean(reps, axis=0) if n_boot else np.array([])
+        mean_reps = np.nanmean(reps, axis=0) if n_bootstrap else np.array([])
     n_raters = pd.concat([table["rater_a"], table["rater_b"]]).nunique()
     return Agreement("mean_cohen_kappa", scale, level, float(table["kappa"].mean()),
                      *_interval(mean_reps, confidence), int(table["n_items"].sum()), int(n_raters),
-                     confidence, n_boot)
+                     confidence, n_bootstrap)
 
 
 def agreement_summary(
-    judgments: pd.DataFrame, n_boot: int = 1000, min_overlap: int = 10, seed: int = 0
+    judgments: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP, min_overlap: int = 10, seed: int = 0
 ) -> pd.DataFrame:
     """The headline numbers in one table, one row per statistic (the fields of `Agreement`).
 
@@ -359,8 +363,8 @@ def agreement_summary(
     pairwise Cohen's kappas on directions over rater pairs with at least `min_overlap` pairs in common.
     """
     rows = [
-        fleiss(judgments, "direction", n_boot=n_boot, seed=seed),
-        krippendorff(judgments, "ordinal", "choice", n_boot=n_boot, seed=seed),
-        mean_cohen(judgments, "direction", min_overlap=min_overlap, n_boot=n_boot, seed=seed),
+        fleiss(judgments, "direction", n_bootstrap=n_bootstrap, seed=seed),
+        krippendorff(judgments, "ordinal", "choice", n_bootstrap=n_bootstrap, seed=seed),
+        mean_cohen(judgments, "direction", min_overlap=min_overlap, n_bootstrap=n_bootstrap, seed=seed),
     ]
     return pd.DataFrame([r.__dict__ for r in rows])

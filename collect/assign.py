@@ -436,12 +436,17 @@ def flag_harmful(session: Session, rater_id: int, assignment_id: int, reason: st
     audit(session, "pair.flag", rater_id, assignment.project_id, pair_id=assignment.pair_id, reason=reason)
 
 
-def review_flag(session: Session, admin_id: int, pair_id: int, keep: bool) -> None:
-    """An admin returns a flagged pair to the queue (keep) or retires it."""
+def review_flag(session: Session, admin_id: int, pair_id: int, keep: bool, *, project: Project | None = None) -> None:
+    """An admin returns a flagged pair to the queue (keep) or retires it.
+
+    project: when given, a pair of another project is refused (the dashboard and the CLI name the project).
+    """
     from collect.projects import require_admin
 
     require_admin(session, admin_id)
-    pair = session.get(Pair, pair_id)
+    pair = session.get(Pair, pair_id) if isinstance(pair_id, int) and not isinstance(pair_id, bool) else None
+    if project is not None and (pair is None or pair.project_id != project.id):
+        raise UserError(f"pair {pair_id!r} is not in project {project.name!r}")
     if pair is None or pair.status != "flagged":
         raise UserError("no such flagged pair")
     pair.status = "active" if keep else "retired"

@@ -58,6 +58,12 @@ class ExportResult:
     not_active: int = 0
     """Pairs left out because they are flagged as harmful or retired."""
 
+    def summary(self) -> str:
+        """What was written and what was left out, in one line: `prefloop export` and the dashboard print it."""
+        return (f"{self.rows} preference pairs ({self.aggregation} aggregation); left out: {self.ties} ties, "
+                f"{self.both_bad} both-bad, {self.below_confidence} below confidence {self.min_confidence:g}, "
+                f"{self.unjudged} not judged yet, {self.not_active} flagged or retired")
+
 
 def preference_rows(
     session: Session,
@@ -233,7 +239,7 @@ def export_project(
     actor_id: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
-    """Write a project's preferences to `out` (.parquet, .jsonl, or a folder for save_to_disk).
+    """Write a project's preferences to `out` (.parquet, .jsonl, .json as JSON lines, or a folder for save_to_disk).
 
     `progress(done, total)` is called as pairs are turned into rows.
     """

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from collect.aggregate import direction, validate_judgments
+from collect.agreement import N_BOOTSTRAP
 from collect.errors import UserError
 
 SCALE = 400.0
@@ -73,7 +74,7 @@ def _to_rating(strength: np.ndarray) -> np.ndarray:
 
 def bradley_terry(
     judgments: pd.DataFrame,
-    n_boot: int = 1000,
+    n_bootstrap: int = N_BOOTSTRAP,
     confidence: float = 0.95,
     anchor: str | None = None,
     seed: int = 0,
@@ -81,7 +82,7 @@ def bradley_terry(
     """Bradley-Terry ratings: model, rating, ci_low, ci_high, n_games; best first.
 
     anchor: a model pinned at 1000 (say, your reference model); by default the mean rating is 1000.
-    The interval resamples judgments with replacement `n_boot` times and refits; each replicate is
+    The interval resamples judgments with replacement `n_bootstrap` times and refits; each replicate is
     re-anchored the same way, so with an anchor the intervals are relative to that model.
     """
     games = model_games(judgments)
@@ -112,7 +113,8 @@ def bradley_terry(
 
     estimate = ratings(counts[None, :].astype(float))[0]
     rng = np.random.default_rng(seed)
-    boot = ratings(rng.multinomial(len(games), counts / len(games), size=n_boot).astype(float)) if n_boot else None
+    boot = (ratings(rng.multinomial(len(games), counts / len(games), size=n_bootstrap).astype(float))
+            if n_bootstrap else None)
     tail = (1 - confidence) / 2 * 100
     low, high = (np.percentile(boot, [tail, 100 - tail], axis=0) if boot is not None
                  else (np.full(m, np.nan), np.full(m, np.nan)))
@@ -171,13 +173,14 @@ def win_rate_matrix(judgments: pd.DataFrame) -> pd.DataFrame:
 
 
 def leaderboard(
-    judgments: pd.DataFrame, n_boot: int = 1000, anchor: str | None = None, elo_k: float = 4.0, seed: int = 0
+    judgments: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP, anchor: str | None = None, elo_k: float = 4.0,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """One table for people: rank, model, rating, ci_low, ci_high (Bradley-Terry), elo, win_rate, n_games.
 
     win_rate is the share of the model's games it won against anyone (ties count half).
     """
-    board = bradley_terry(judgments, n_boot=n_boot, anchor=anchor, seed=seed)
+    board = bradley_terry(judgments, n_bootstrap=n_bootstrap, anchor=anchor, seed=seed)
     board = board.merge(elo(judgments, k=elo_k), on="model", how="left")
     games = model_games(judgments)
     won = pd.concat([

@@ -24,6 +24,7 @@ class ProjectSettings:
     guidelines: str = ""
     """Markdown shown to raters in a collapsible panel."""
     description: str = ""
+    """What the project is about: the JSON API lists it with the project (`/api/v1/projects`)."""
     rubric: list[dict[str, Any]] | None = None
     """Criteria rated per pair: [{"name": "helpfulness", "description": "..."}]. Each is a 5-point choice."""
     overlap: int = 3
@@ -46,6 +47,32 @@ class ProjectSettings:
     repeat_rate: float = 0.0
     """Share of served items that repeat a pair the rater judged earlier, with the sides swapped: the swap
     consistency check. Repeats take no overlap slot and stay out of aggregation and export."""
+
+
+def parse_rubric(lines: str | Iterable[str]) -> list[dict[str, str]]:
+    """Rubric criteria as people type them, for `ProjectSettings.rubric`: `name` or `name: what it means`.
+
+    `lines` is the dashboard's rubric box (one criterion a line) or the values of `prefloop project create
+    --rubric` (one criterion each). Blank lines are skipped. A name with a comma (two criteria on one line) or a
+    name given twice is refused.
+    """
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    rubric: list[dict[str, str]] = []
+    for line in lines:
+        name, _, description = line.partition(":")
+        name, description = name.strip(), description.strip()
+        if not name:
+            if description:
+                raise UserError(f"rubric criterion {line.strip()!r} has no name before the ':'")
+            continue
+        if "," in name:
+            raise UserError(f"rubric criterion {name!r}: one criterion a line (or per --rubric), as "
+                            "'name: description'")
+        if any(c["name"] == name for c in rubric):
+            raise UserError(f"rubric criterion {name!r} is given twice")
+        rubric.append({"name": name, "description": description})
+    return rubric
 
 
 def _check_settings(settings: ProjectSettings) -> None:
@@ -123,6 +150,10 @@ def list_projects(session: Session) -> list[Project]:
     return list(session.scalars(select(Project).order_by(Project.id)))
 
 
+NO_PASSWORD = "cannot log in with a password, only through an SSO proxy (prefloop serve --auth-header)"
+"""What a person added without a password can do: `prefloop rater add --no-password` and the dashboard say it."""
+
+
 def add_rater(
     session: Session,
     name: str,
@@ -134,7 +165,7 @@ def add_rater(
     projects: list[Project] | None = None,
     actor_id: int | None = None,
 ) -> Rater:
-    """Add a person who can log in (or, with no password, a rater known only by name)."""
+    """Add a person who can log in: with a password, or with none through an SSO proxy (see NO_PASSWORD)."""
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")
     if not name or not name.strip():
@@ -276,7 +307,12 @@ def list_raters(session: Session, project: Project | None = None) -> list[Rater]
 
 
 def add_member(session: Session, project: Project, rater: Rater, actor_id: int | None = None) -> bool:
-    """Make the rater a member of the project (audited). False, and nothing written, if they already were."""
+    """Make the rater a member of the project (audited). False, and nothing written, if they already were.
+
+    An imported rater (`external`: a name from a dataset) cannot log in, so cannot be a member: UserError.
+    """
+    if rater.external:
+        raise UserError(f"{rater.name} is an imported rater and cannot log in")
     if is_member(session, project.id, rater.id):
         return False
     try:

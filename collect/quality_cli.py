@@ -1,7 +1,7 @@
 """CLI for the quality statistics: `agreement`, `raters`, `leaderboard` (thin wrappers over the Python API).
 
 Each command reads one project's judgments from the database (`--project`, `--db`), prints a table, and can
-write it as CSV with `--output`.
+write it as CSV with `--out`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from collect.agreement import N_BOOTSTRAP
+from collect.cli_options import CSV_OUT_OPTION, DB_OPTION, PROJECT_OPTION
 from collect.errors import UserError
 
 app = typer.Typer(help="Quality statistics: inter-rater agreement, per-rater quality, model leaderboard.")
-
-ProjectOption = typer.Option(..., "--project", help="Project name or id.")
-DbOption = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL (default sqlite:///prefloop.db).")
-OutputOption = typer.Option(None, "--output", help="Also write the table to this CSV file.")
 
 
 def load_judgments(project: str, db: str | None, kinds: tuple[str, ...] = ("rater", "import")
@@ -50,7 +48,8 @@ RATER_SUMMARY = {
 }
 
 
-def show(table: pd.DataFrame, title: str, output: Path | None, columns: list[str] | dict[str, str] | None = None) -> None:
+def show(table: pd.DataFrame, title: str, out: Path | None,
+         columns: list[str] | dict[str, str] | None = None) -> None:
     """Print a DataFrame as a rich table (numbers rounded) and optionally save all of it as CSV.
 
     columns: the columns to print (a dict also renames them for the header); default all.
@@ -65,9 +64,9 @@ def show(table: pd.DataFrame, title: str, output: Path | None, columns: list[str
     for row in shown.itertuples(index=False):
         view.add_row(*(_cell(v) for v in row))
     console.print(view)
-    if output is not None:
-        table.to_csv(output, index=False)
-        console.print(f"wrote {output}")
+    if out is not None:
+        table.to_csv(out, index=False)
+        console.print(f"wrote {out}")
 
 
 def _cell(value: object) -> str:
@@ -78,23 +77,23 @@ def _cell(value: object) -> str:
 
 @app.command()
 def agreement(
-    project: str = ProjectOption,
-    db: Optional[str] = DbOption,
-    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the confidence intervals."),
+    project: str = PROJECT_OPTION,
+    db: Optional[str] = DB_OPTION,
+    n_bootstrap: int = typer.Option(N_BOOTSTRAP, help="Bootstrap replicates for the confidence intervals."),
     min_overlap: int = typer.Option(10, help="Pairs two raters must share to get a Cohen's kappa."),
     pairs: bool = typer.Option(False, "--pairs", help="Also list Cohen's kappa for every rater pair."),
     seed: int = typer.Option(0, help="Random seed of the bootstrap."),
-    output: Optional[Path] = OutputOption,
+    out: Optional[Path] = CSV_OUT_OPTION,
 ) -> None:
     """Fleiss' kappa, Krippendorff's alpha (ordinal, 5-point) and mean Cohen's kappa, with 95% intervals."""
     from collect.agreement import agreement_summary, pairwise_cohen
 
     frame, names = load_judgments(project, db)
-    summary = agreement_summary(frame, n_boot=n_boot, min_overlap=min_overlap, seed=seed)
-    show(summary, f"Agreement: {project} (95% bootstrap intervals)", output,
+    summary = agreement_summary(frame, n_bootstrap=n_bootstrap, min_overlap=min_overlap, seed=seed)
+    show(summary, f"Agreement: {project} (95% bootstrap intervals)", out,
          columns=["statistic", "scale", "level", "estimate", "ci_low", "ci_high", "n_items", "n_raters"])
     if pairs:
-        table = pairwise_cohen(frame, min_overlap=min_overlap, n_boot=n_boot, seed=seed)
+        table = pairwise_cohen(frame, min_overlap=min_overlap, n_bootstrap=n_bootstrap, seed=seed)
         for side in ("rater_a", "rater_b"):
             table[side] = table[side].map(lambda r: names.get(r, r))
         show(table, "Cohen's kappa per rater pair (directions)", None)
@@ -102,10 +101,10 @@ def agreement(
 
 @app.command()
 def raters(
-    project: str = ProjectOption,
-    db: Optional[str] = DbOption,
+    project: str = PROJECT_OPTION,
+    db: Optional[str] = DB_OPTION,
     flagged: bool = typer.Option(False, "--flagged", help="Only raters with at least one flag."),
-    output: Optional[Path] = OutputOption,
+    out: Optional[Path] = CSV_OUT_OPTION,
 ) -> None:
     """One row per rater: gold accuracy, consensus, position bias, consistency, speed, length bias, flags."""
     from collect.judgments import QUALITY_KINDS
@@ -116,26 +115,26 @@ def raters(
     table.insert(1, "rater", table["rater_id"].map(lambda r: names.get(r, str(r))))
     if flagged:
         table = table[table["flags"] != ""]
-    # The terminal gets the headline of each check; --output has every column.
-    show(table, f"Raters: {project}", output, columns=RATER_SUMMARY)
+    # The terminal gets the headline of each check; --out has every column.
+    show(table, f"Raters: {project}", out, columns=RATER_SUMMARY)
 
 
 @app.command()
 def leaderboard(
-    project: str = ProjectOption,
-    db: Optional[str] = DbOption,
-    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the rating intervals."),
+    project: str = PROJECT_OPTION,
+    db: Optional[str] = DB_OPTION,
+    n_bootstrap: int = typer.Option(N_BOOTSTRAP, help="Bootstrap replicates for the rating intervals."),
     anchor: Optional[str] = typer.Option(None, help="Pin this model at 1000 (default: mean rating 1000)."),
     seed: int = typer.Option(0, help="Random seed of the bootstrap."),
     plot: Optional[Path] = typer.Option(None, help="Also save the ratings plot (PNG, SVG or PDF)."),
-    output: Optional[Path] = OutputOption,
+    out: Optional[Path] = CSV_OUT_OPTION,
 ) -> None:
     """Bradley-Terry ratings with 95% bootstrap intervals, Elo, and the win-rate matrix."""
     from collect import leaderboard as lb
 
     frame, _ = load_judgments(project, db)
-    board = lb.leaderboard(frame, n_boot=n_boot, anchor=anchor, seed=seed)
-    show(board, f"Leaderboard: {project}", output)
+    board = lb.leaderboard(frame, n_bootstrap=n_bootstrap, anchor=anchor, seed=seed)
+    show(board, f"Leaderboard: {project}", out)
     show(lb.win_rate_matrix(frame).reset_index(), "Win rate of row model against column model", None)
     if plot is not None:
         lb.plot_leaderboard(board).savefig(plot, dpi=120)

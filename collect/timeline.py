@@ -76,7 +76,7 @@ def judgments_over_time(judgments: pd.DataFrame, freq: str | None = None) -> pd.
 
 
 def agreement_over_time(
-    judgments: pd.DataFrame, freq: str | None = None, n_boot: int = 200, seed: int = 0
+    judgments: pd.DataFrame, freq: str | None = None, n_bootstrap: int = 200, seed: int = 0
 ) -> pd.DataFrame:
     """Per period: pairs completed (last judgment in the period, at least two judgments) and their Fleiss'
     kappa on directions with a bootstrap interval. Periods with no such pair are left out."""
@@ -91,7 +91,7 @@ def agreement_over_time(
     completed = _periods(per_pair["max"], freq)
     rows = []
     for period, pair_ids in completed.groupby(completed).groups.items():
-        stat = fleiss(timed[timed["pair_id"].isin(pair_ids)], "direction", n_boot=n_boot, seed=seed)
+        stat = fleiss(timed[timed["pair_id"].isin(pair_ids)], "direction", n_bootstrap=n_bootstrap, seed=seed)
         rows.append((period, stat.n_items, stat.estimate, stat.ci_low, stat.ci_high))
     return pd.DataFrame(rows, columns=list(AGREEMENT_COLUMNS)).sort_values("period", ignore_index=True)
 

@@ -108,6 +108,10 @@ def test_adjudication_is_recorded_leaves_the_queue_and_decides_the_export(db_url
             adjudicate(s, admin, target, 3)
         with pytest.raises(UserError, match="no pair"):
             adjudicate(s, admin, 10_000, 1)
+        other = create_project(s, "other")
+    with db.session_scope(db_url) as s:  # the dashboard and `prefloop adjudicate --project` name the project
+        with pytest.raises(UserError, match=f"pair {target} is not in project 'other'"):
+            adjudicate(s, admin, target, -2, project=get_project(s, other.id))
     with db.session_scope(db_url) as s:
         judgment = adjudicate(s, admin, target, -2, "  B answers the question; A does not  ")
         assert judgment.kind == "adjudication" and judgment.rater_id == admin and judgment.choice == -2
@@ -181,9 +185,15 @@ def test_flagged_pairs_show_who_flagged_when_and_why_since_the_last_review(sqlit
     name = next(n for n, i in pairs.items() if i == flagged)
     assert row["prompt"] == f"prompt {name}" and (row["model_a"], row["model_b"]) == ("m1", "m2")
 
+    # Reviewed under another project's name: refused (the dashboard and `prefloop flagged` name the project).
+    with db.session_scope(sqlite_url) as s:
+        elsewhere = create_project(s, "elsewhere")
+        with pytest.raises(UserError, match=f"pair {flagged} is not in project 'elsewhere'"):
+            review_flag(s, admin, flagged, keep=False, project=elsewhere)
+
     # Returned to the queue, the pair leaves the list; flagged again, only the new flag shows.
     with db.session_scope(sqlite_url) as s:
-        review_flag(s, admin, flagged, keep=True)
+        review_flag(s, admin, flagged, keep=True, project=get_project(s, pid))
     with db.session_scope(sqlite_url) as s:
         assert flagged_pairs(s, get_project(s, pid)).empty
         flag_served(s, pid, other, "still harmful", pair_id=flagged)

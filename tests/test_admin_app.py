@@ -209,6 +209,9 @@ def test_non_admins_get_nothing_and_admins_get_everything_over_http(site):
         assert "ann" in admin.http.get(csv_url).text
         assert anonymous.get(csv_url).status_code == 401
         assert [Path(f["path"]).suffix for f in outputs["export"][0]] == [".jsonl", ".json"]
+        # the line `prefloop export` prints (collect.export.ExportResult.summary)
+        assert "(weighted aggregation); left out:" in outputs["export"][1]
+        assert "flagged or retired" in outputs["export"][1]
 
     with db.session_scope(site.url) as s:
         boss = site.ids["boss"]

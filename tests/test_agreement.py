@@ -95,7 +95,7 @@ def test_frame_statistics_equal_matrix_statistics():
 
     matrix = _random_panel()
     df = _frame(matrix)
-    alpha = krippendorff(df, "ordinal", "choice", n_boot=200)
+    alpha = krippendorff(df, "ordinal", "choice", n_bootstrap=200)
     assert alpha.estimate == pytest.approx(
         reference.alpha(reliability_data=matrix, level_of_measurement="ordinal", value_domain=[-2, -1, 0, 1, 2])
     )
@@ -103,9 +103,9 @@ def test_frame_statistics_equal_matrix_statistics():
     # Fleiss on the 5-point scale equals Fleiss of the count table built by hand.
     counts = np.stack([(matrix == v).sum(axis=0) for v in range(-2, 3)], axis=1)
     counts = counts[counts.sum(axis=1) >= 2]
-    assert fleiss(df, "choice", n_boot=0).estimate == pytest.approx(fleiss_kappa(counts))
+    assert fleiss(df, "choice", n_bootstrap=0).estimate == pytest.approx(fleiss_kappa(counts))
     # Cohen per rater pair equals cohen_kappa on their common items.
-    table = pairwise_cohen(df, "choice", min_overlap=1, n_boot=100)
+    table = pairwise_cohen(df, "choice", min_overlap=1, n_bootstrap=100)
     assert len(table) == 10
     both = ~np.isnan(matrix[0]) & ~np.isnan(matrix[3])
     row = table[(table.rater_a == 0) & (table.rater_b == 3)].iloc[0]
@@ -115,15 +115,15 @@ def test_frame_statistics_equal_matrix_statistics():
 
 
 def test_bootstrap_interval_narrows_with_more_pairs_and_covers_truth():
-    small = fleiss(_frame(_random_panel(n_units=60, seed=1)), n_boot=500)
-    large = fleiss(_frame(_random_panel(n_units=1500, seed=1)), n_boot=500)
+    small = fleiss(_frame(_random_panel(n_units=60, seed=1)), n_bootstrap=500)
+    large = fleiss(_frame(_random_panel(n_units=1500, seed=1)), n_bootstrap=500)
     assert (large.ci_high - large.ci_low) < 0.5 * (small.ci_high - small.ci_low)
     # Raters who copy each other agree perfectly; raters who answer at random agree at chance.
     rng = np.random.default_rng(5)
     copied = np.tile(rng.integers(-2, 3, 200), (3, 1)).astype(float)
-    assert fleiss(_frame(copied), n_boot=100).estimate == pytest.approx(1.0)
+    assert fleiss(_frame(copied), n_bootstrap=100).estimate == pytest.approx(1.0)
     noise = rng.integers(-2, 3, (4, 2000)).astype(float)
-    random = krippendorff(_frame(noise), n_boot=300)
+    random = krippendorff(_frame(noise), n_bootstrap=300)
     assert random.ci_low < 0 < random.ci_high
 
 
@@ -131,11 +131,11 @@ def test_summary_table_and_repeats_count_once():
     df = _frame(_random_panel(seed=2))
     repeat = df.iloc[:5].assign(choice=lambda d: -d["choice"])  # the same raters judging again, differently
     with_repeats = pd.concat([df, repeat], ignore_index=True)
-    summary = agreement_summary(with_repeats, n_boot=200, min_overlap=5)
+    summary = agreement_summary(with_repeats, n_bootstrap=200, min_overlap=5)
     assert list(summary["statistic"]) == ["fleiss_kappa", "krippendorff_alpha", "mean_cohen_kappa"]
-    assert summary.loc[0, "estimate"] == pytest.approx(fleiss(df, n_boot=0).estimate)
-    mean = mean_cohen(df, min_overlap=5, n_boot=200)
-    assert mean.estimate == pytest.approx(pairwise_cohen(df, min_overlap=5, n_boot=0)["kappa"].mean())
+    assert summary.loc[0, "estimate"] == pytest.approx(fleiss(df, n_bootstrap=0).estimate)
+    mean = mean_cohen(df, min_overlap=5, n_bootstrap=200)
+    assert mean.estimate == pytest.approx(pairwise_cohen(df, min_overlap=5, n_bootstrap=0)["kappa"].mean())
     assert mean.ci_low < mean.estimate < mean.ci_high
     assert summary.loc[2, "estimate"] == pytest.approx(mean.estimate)
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -17,8 +18,8 @@ from sqlalchemy import func, select
 
 from collect import db as database
 from collect.ingest import import_dataset
-from collect.models import Pair
-from collect.projects import create_project
+from collect.models import AuditEvent, Pair, Project, Rater
+from collect.projects import ProjectSettings, add_rater, create_project, get_project
 from tests.conftest import REPO
 from tests.postgres import free_port
 
@@ -34,21 +35,34 @@ def prefloop(*args: str, db: str, check: bool = True) -> subprocess.CompletedPro
     return result
 
 
+def said(result: subprocess.CompletedProcess) -> str:
+    """A command's output as one line: rich wraps long lines at the terminal's width (80 through a pipe)."""
+    return " ".join(result.stdout.split())
+
+
 def test_the_whole_collection_flow(tmp_path, data_dir):
     db = f"sqlite:///{tmp_path / 'p.db'}"
     prefloop("init", "--admin", "root", "--password", "s3cret", db=db)
-    prefloop("project", "create", "hh", "--overlap", "3", "--rubric", "helpfulness,harmlessness", db=db)
+    prefloop("project", "create", "hh", "--overlap", "3", "--description", "HH, first round",
+             "--rubric", "helpfulness", "--rubric", "harmlessness: no help with harm, ever", db=db)
     prefloop("rater", "add", "alice", "--password", "pw", "--project", "hh", "--expertise", "domain:medicine", db=db)
     out = prefloop("import", str(data_dir / "hh_harmless_base_test.jsonl.gz"), "--project", "hh", db=db).stdout
     assert "2312 pairs" in out
     status = json.loads(prefloop("status", "--project", "hh", "--json", db=db).stdout)[0]
     assert (status["pairs"], status["judgments"], status["raters"]) == (2312, 2312, 1)
     assert status["judgments_needed"] == 2312 * 2
-    out = prefloop("export", str(tmp_path / "hh.parquet"), "--project", "hh", db=db).stdout
-    assert "exported 2312 preference pairs" in out
+    out = said(prefloop("export", str(tmp_path / "hh.parquet"), "--project", "hh", "--aggregation", "weighted",
+                        db=db))
+    assert "exported 2312 preference pairs (weighted aggregation)" in out and "0 flagged or retired" in out
     raters = prefloop("rater", "list", db=db).stdout
     assert "alice" in raters and "root" in raters
     assert "hh" in prefloop("project", "list", db=db).stdout
+    with database.session_scope(db) as s:
+        project = s.scalar(select(Project).where(Project.name == "hh"))
+        assert project.description == "HH, first round"
+        assert project.rubric == [{"name": "helpfulness", "description": ""},  # as the dashboard's rubric box reads it
+                                  {"name": "harmlessness", "description": "no help with harm, ever"}]
+    database.get_engine(db).dispose()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -266,3 +280,146 @@ def test_every_options_name_is_shown_whole_in_help_on_an_80_column_terminal():
             assert re.search(rf"(?<![\w-]){option}(?![\w-])", shown), (path, option)
             checked += 1
     assert checked > 100
+
+
+def test_two_criteria_in_one_rubric_value_are_refused(tmp_path):
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    prefloop("init", db=db)
+    result = prefloop("project", "create", "hh", "--rubric", "helpfulness,harmlessness", db=db, check=False)
+    assert result.returncode == 1 and "one criterion a line (or per --rubric)" in result.stderr
+    assert "hh" not in prefloop("project", "list", db=db).stdout
+
+
+def test_an_existing_rater_joins_a_project_and_changes_expertise_with_rater_update(tmp_path):
+    """What the dashboard's Raters tab does (add_member, update_rater), from the command line."""
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    prefloop("init", "--admin", "root", "--password", "s3cret", db=db)
+    prefloop("project", "create", "hh", db=db)
+    prefloop("project", "create", "med", db=db)
+    prefloop("rater", "add", "alice", "--password", "pw", "--project", "hh", "--expertise", "domain:law", db=db)
+    again = prefloop("rater", "add", "alice", "--password", "pw", "--project", "med", db=db, check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr  # add is for new people only
+
+    out = said(prefloop("rater", "update", "alice", "--admin", "root", "--project", "med", "--project", "hh",
+                        "--expertise", "domain:medicine", "--sensitive-opt-in", "Violence, self-harm", db=db))
+    assert "now a member of med" in out and "already a member of hh" in out
+    assert "alice" in prefloop("rater", "list", "--project", "med", db=db).stdout
+    prefloop("rater", "update", "alice", "--admin", "root", "--expertise", "", db=db)  # '' clears; opt-ins stay
+    refused = prefloop("rater", "update", "alice", "--admin", "alice", "--expertise", "domain:x", db=db, check=False)
+    assert refused.returncode == 1 and "admins only" in refused.stderr
+    nothing = prefloop("rater", "update", "alice", "--admin", "root", db=db, check=False)
+    assert nothing.returncode == 1 and "nothing to change" in nothing.stderr
+
+    with database.session_scope(db) as s:
+        alice = s.scalar(select(Rater).where(Rater.name == "alice"))
+        assert (alice.expertise, alice.sensitive_opt_in) == ([], ["self-harm", "violence"])
+        root = s.scalar(select(Rater).where(Rater.name == "root")).id
+        actions = [(e.action, e.actor_id) for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    assert actions[-3:] == [("rater.update", root), ("membership.add", root), ("rater.update", root)]
+    database.get_engine(db).dispose()
+
+
+def test_a_rater_without_a_password(tmp_path):
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    prefloop("init", db=db)
+    out = said(prefloop("rater", "add", "sso-user", "--no-password", db=db))
+    assert "only through an SSO proxy" in out
+    both = prefloop("rater", "add", "bob", "--no-password", "--password", "pw", db=db, check=False)
+    assert both.returncode == 1 and "--no-password and a password" in both.stderr
+    with database.session_scope(db) as s:
+        assert [(r.name, r.password_hash) for r in s.scalars(select(Rater))] == [("sso-user", None)]
+    database.get_engine(db).dispose()
+
+
+def flagged_project(url: str) -> dict[str, int]:
+    """Project hh with two pairs that a rater flagged as harmful, project other, and an admin."""
+    from collect.assign import flag_harmful, next_assignment
+
+    with database.session_scope(url) as s:
+        hh = create_project(s, "hh", ProjectSettings(overlap=1))
+        create_project(s, "other")
+        import_dataset(s, hh, [{"prompt": f"q{i}", "response_a": "a", "response_b": f"b{i}"} for i in range(3)])
+        ids = {"root": add_rater(s, "root", "pw", role="admin").id, "ann": add_rater(s, "ann", "pw", projects=[hh]).id}
+    for reason in ("graphic violence", "personal data"):
+        with database.session_scope(url) as s:
+            served = next_assignment(s, get_project(s, "hh").id, ids["ann"])
+            flag_harmful(s, ids["ann"], served.assignment_id, reason)
+    with database.session_scope(url) as s:
+        ids["flagged"] = sorted(s.scalars(select(Pair.id).where(Pair.status == "flagged")))
+    return ids
+
+
+def test_flagged_pairs_are_listed_then_kept_or_retired(sqlite_url):
+    """The dashboard's Flagged tab (flagged_pairs, review_flag) from the command line."""
+    ids = flagged_project(sqlite_url)
+    kept, retired = ids["flagged"]
+    listed = prefloop("flagged", "list", "--project", "hh", db=sqlite_url).stdout  # cells wrap at 80 columns
+    assert "graphic" in listed and "personal" in listed and "ann" in listed
+
+    elsewhere = prefloop("flagged", "keep", "--project", "other", "--pair", str(kept), "--admin", "root",
+                         db=sqlite_url, check=False)
+    assert elsewhere.returncode == 1 and f"pair {kept} is not in project 'other'" in elsewhere.stderr
+    assert "returned to the queue" in prefloop("flagged", "keep", "--project", "hh", "--pair", str(kept),
+                                               "--admin", "root", db=sqlite_url).stdout
+    assert "retired" in prefloop("flagged", "retire", "--project", "hh", "--pair", str(retired), "--admin", "root",
+                                 db=sqlite_url).stdout
+    twice = prefloop("flagged", "retire", "--project", "hh", "--pair", str(kept), "--admin", "root",
+                     db=sqlite_url, check=False)
+    assert twice.returncode == 1 and "no such flagged pair" in twice.stderr
+    assert "graphic" not in prefloop("flagged", "list", "--project", "hh", db=sqlite_url).stdout
+
+    with database.session_scope(sqlite_url) as s:
+        assert (s.get(Pair, kept).status, s.get(Pair, retired).status) == ("active", "retired")
+        reviews = [e.actor_id for e in s.scalars(select(AuditEvent).where(AuditEvent.action == "pair.review_flag"))]
+    assert reviews == [ids["root"], ids["root"]]
+    out = said(prefloop("export", str(Path(sqlite_url.removeprefix("sqlite:///")).parent / "hh.jsonl"),
+                        "--project", "hh", db=sqlite_url))
+    assert "1 flagged or retired" in out  # the retired pair; the kept one is back, not judged yet
+
+
+def test_adjudicate_names_the_project_as_queue_does(sqlite_url):
+    with database.session_scope(sqlite_url) as s:
+        import_dataset(s, create_project(s, "hh"), [
+            {"prompt": "q", "response_a": "a", "response_b": "b", "rater": r, "choice": c}
+            for r, c in (("w1", 1), ("w2", -1))])
+        create_project(s, "other")
+        add_rater(s, "root", "pw", role="admin")
+        pair = s.scalar(select(Pair.id))
+    args = ("--pair", str(pair), "--choice", "B>A", "--admin", "root")
+    elsewhere = prefloop("adjudicate", "--project", "other", *args, db=sqlite_url, check=False)
+    assert elsewhere.returncode == 1 and f"pair {pair} is not in project 'other'" in elsewhere.stderr
+    missing = prefloop("adjudicate", *args, db=sqlite_url, check=False)
+    assert missing.returncode == 2 and "--project" in missing.stderr
+    assert f"pair {pair} decided: B>A" in prefloop("adjudicate", "--project", "hh", *args, db=sqlite_url).stdout
+
+
+def test_payroll_writes_its_table_with_out_as_quality_does(sqlite_url, tmp_path):
+    with database.session_scope(sqlite_url) as s:
+        create_project(s, "hh", ProjectSettings(pay_rate=20))
+    prefloop("payroll", "--project", "hh", "--out", str(tmp_path / "pay.csv"), db=sqlite_url)
+    assert (tmp_path / "pay.csv").read_text().startswith("rater")
+
+
+def test_every_collection_command_shares_one_db_option():
+    """One spelling and one help text of --db (generate and align are aligned by their owners)."""
+    import typer.main
+
+    from apps.cli import app
+    from collect.cli_options import DB_HELP
+
+    def commands(group, path=()):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from commands(command, path + (name,))
+            else:
+                yield path + (name,), command
+
+    seen = []
+    for path, command in commands(typer.main.get_command(app)):
+        if path[0] in ("generate", "align", "reward", "demo"):
+            continue
+        for param in command.params:
+            if "--db" in getattr(param, "opts", []):
+                seen.append(" ".join(path))
+                assert (param.help, param.envvar) == (DB_HELP, "PREFLOOP_DB"), path
+    assert {"init", "export", "rater update", "flagged keep", "quality leaderboard", "payroll"} <= set(seen)

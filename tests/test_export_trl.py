@@ -196,6 +196,9 @@ def test_flagged_and_retired_pairs_leave_the_export_and_the_statistics(db_url, t
     assert not set(frame["pair_id"]) & set(kind) and len(frame) == 38 - 6  # three judgments each
     meta = json.loads((tmp_path / "prefs.jsonl.meta.json").read_text())
     assert meta["not_active"] == 2
+    # The line `prefloop export` and the dashboard both print:
+    assert result.summary() == ("10 preference pairs (majority aggregation); left out: 1 ties, 1 both-bad, "
+                                "0 below confidence 0, 0 not judged yet, 2 flagged or retired")
 
 
 def test_gold_pairs_export_their_known_answer_not_the_vote(db_url, tmp_path):

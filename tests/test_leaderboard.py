@@ -29,13 +29,13 @@ def games(rows):
 def test_two_models_by_hand():
     # x beats y 3 times out of 4 (the third row has x as B): the MLE is P = 0.75, a gap of 400 * log10(3).
     df = games([("x", "y", 1), ("x", "y", 2), ("y", "x", -1), ("x", "y", -1)])
-    board = bradley_terry(df, n_boot=0).set_index("model")
+    board = bradley_terry(df, n_bootstrap=0).set_index("model")
     assert board.loc["x", "rating"] - board.loc["y", "rating"] == pytest.approx(400 * np.log10(3), abs=1e-3)
     assert board["rating"].mean() == pytest.approx(1000)
-    anchored = bradley_terry(df, n_boot=50, anchor="y").set_index("model")
+    anchored = bradley_terry(df, n_bootstrap=50, anchor="y").set_index("model")
     assert anchored.loc["y", "rating"] == 1000 and anchored.loc["y", "ci_low"] == pytest.approx(1000)
     # Ties count half a win each way: only ties means equal ratings.
-    even = bradley_terry(games([("x", "y", 0)] * 6 + [("y", "z", 0)] * 6), n_boot=0)
+    even = bradley_terry(games([("x", "y", 0)] * 6 + [("y", "z", 0)] * 6), n_bootstrap=0)
     assert np.allclose(even["rating"], 1000)
 
 
@@ -48,7 +48,7 @@ def test_bradley_terry_recovers_planted_ratings():
         a, b = rng.choice(len(names), size=2, replace=False)
         p_a = 1 / (1 + 10 ** ((planted[names[b]] - planted[names[a]]) / 400))
         rows.append((names[a], names[b], int(rng.choice([1, 2])) if rng.random() < p_a else -1))
-    board = bradley_terry(games(rows), n_boot=300).set_index("model")
+    board = bradley_terry(games(rows), n_bootstrap=300).set_index("model")
     truth = pd.Series(planted) - np.mean(list(planted.values())) + 1000
     assert list(board.index) == names  # best first, in the planted order
     assert np.abs(board["rating"] - truth[board.index]).max() < 25
@@ -76,7 +76,7 @@ def test_elo_and_win_rates_by_hand():
 
 def test_leaderboard_table_and_plots(tmp_path):
     df = games([("x", "y", 1)] * 8 + [("y", "x", 1)] * 2 + [("y", "z", 1)] * 7 + [("z", "y", 2)] * 3)
-    board = leaderboard(df, n_boot=100)
+    board = leaderboard(df, n_bootstrap=100)
     assert list(board.columns) == ["rank", "model", "rating", "ci_low", "ci_high", "elo", "win_rate", "n_games"]
     assert list(board["model"]) == ["x", "y", "z"] and list(board["rank"]) == [1, 2, 3]
     assert board.set_index("model").loc["y", "n_games"] == 20
@@ -111,7 +111,7 @@ def test_alpaca_eval_models_come_out_in_win_rate_order():
     matrix = win_rate_matrix(df)
     by_win_rate = matrix[reference].drop(reference).sort_values(ascending=False).index.tolist()
     assert by_win_rate == ["claude", "gpt-3.5-turbo-0301", "vicuna-13b", "alpaca-7b"]
-    board = bradley_terry(df, n_boot=200)
+    board = bradley_terry(df, n_bootstrap=200)
     assert board["model"].tolist() == ["claude", "gpt-3.5-turbo-0301", "vicuna-13b", reference, "alpaca-7b"]
 
 
@@ -148,21 +148,22 @@ def test_quality_cli_reads_the_database(tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "board.csv"
-    result = runner.invoke(app, ["leaderboard", "--project", "cli-check", "--db", url, "--n-boot", "50",
-                                 "--output", str(out), "--plot", str(tmp_path / "board.png")])
+    result = runner.invoke(app, ["leaderboard", "--project", "cli-check", "--db", url, "--n-bootstrap", "50",
+                                 "--out", str(out), "--plot", str(tmp_path / "board.png")])
     assert result.exit_code == 0, result.output
     written = pd.read_csv(out)
     assert written["model"].tolist() == ["big", "mid", "small"]
-    assert np.allclose(written["rating"], leaderboard(frame, n_boot=50)["rating"])
+    assert np.allclose(written["rating"], leaderboard(frame, n_bootstrap=50)["rating"])
     assert (tmp_path / "board.png").exists()
 
-    result = runner.invoke(app, ["agreement", "--project", "cli-check", "--db", url, "--n-boot", "50",
-                                 "--output", str(tmp_path / "agreement.csv")])
+    result = runner.invoke(app, ["agreement", "--project", "cli-check", "--db", url, "--n-bootstrap", "50",
+                                 "--out", str(tmp_path / "agreement.csv")])
     assert result.exit_code == 0, result.output
-    assert pd.read_csv(tmp_path / "agreement.csv")["n_items"].iloc[0] == 90
+    written = pd.read_csv(tmp_path / "agreement.csv")
+    assert written["n_items"].iloc[0] == 90 and written["n_bootstrap"].iloc[0] == 50
 
     result = runner.invoke(app, ["raters", "--project", "cli-check", "--db", url, "--flagged",
-                                 "--output", str(tmp_path / "raters.csv")])
+                                 "--out", str(tmp_path / "raters.csv")])
     assert result.exit_code == 0, result.output
     flagged = pd.read_csv(tmp_path / "raters.csv")
     assert flagged["rater"].tolist() == ["random"]  # the only rater with flags

@@ -7,7 +7,9 @@ from collect import db
 from collect.errors import UserError
 from collect.ingest import import_dataset
 from collect.models import Project, Prompt, Rater
-from collect.projects import ProjectSettings, add_rater, create_project, get_project, update_project
+from collect.projects import (
+    ProjectSettings, add_member, add_rater, create_project, get_project, parse_rubric, update_project,
+)
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -58,3 +60,23 @@ def test_sensitive_tags_are_stored_in_lower_case_like_opt_ins(db_url):
         import_dataset(s, p, [{"prompt": "q", "tags": ["sensitive:Violence", "sensitive:self-harm "]}])
     with db.session_scope(db_url) as s:
         assert s.scalar(select(Prompt.sensitive)) == "self-harm,violence"
+
+
+def test_rubric_criteria_are_read_one_a_line_or_one_a_value():
+    """The dashboard's rubric box (lines) and `prefloop project create --rubric` (values) read criteria alike."""
+    typed = "helpfulness\nharmlessness: no help with harm, ever\n\n"
+    assert parse_rubric(typed) == parse_rubric(["helpfulness", " harmlessness :no help with harm, ever"]) == [
+        {"name": "helpfulness", "description": ""}, {"name": "harmlessness", "description": "no help with harm, ever"}]
+    for bad, message in [("helpfulness, harmlessness", "one criterion a line"), ("a\na: again", "given twice"),
+                         (": no name", "no name")]:
+        with pytest.raises(UserError, match=message):
+            parse_rubric(bad)
+
+
+def test_an_imported_rater_cannot_become_a_member(sqlite_url):
+    with db.session_scope(sqlite_url) as s:
+        p = create_project(s, "p")
+        import_dataset(s, p, [{"prompt": "q", "response_a": "a", "response_b": "b", "rater": "worker7", "choice": 1}])
+        worker = s.scalar(select(Rater).where(Rater.name == "worker7"))
+        with pytest.raises(UserError, match="worker7 is an imported rater and cannot log in"):
+            add_member(s, p, worker)

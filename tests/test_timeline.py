@@ -49,11 +49,11 @@ def test_agreement_counts_each_pair_once_in_the_period_it_was_completed():
         rows += [(pair, r, c, DAY + pd.Timedelta(days=int(r > 1), hours=r), 1.0) for r, c in zip((1, 2, 3), choices)]
     rows.append((9, 1, 1, DAY, 1.0))  # one vote only: no agreement to measure
     judged = frame(rows)
-    table = agreement_over_time(judged, freq="D", n_boot=50)
+    table = agreement_over_time(judged, freq="D", n_bootstrap=50)
     assert list(table["period"]) == [DAY, DAY + pd.Timedelta(days=1)]
     assert list(table["pairs"]) == [4, 4]
     day1 = judged[judged["pair_id"].between(5, 8)]
-    assert table["kappa"].iloc[1] == pytest.approx(fleiss(day1, n_boot=0).estimate)
+    assert table["kappa"].iloc[1] == pytest.approx(fleiss(day1, n_bootstrap=0).estimate)
     assert table["kappa"].iloc[1] < 0  # 2-1 splits both ways agree less than chance
     assert np.isnan(table["kappa"].iloc[0])  # everyone always says A: kappa is undefined, not 1
 
