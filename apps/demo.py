@@ -204,7 +204,7 @@ def run_demo(
                 session, get_project(session, PROJECT),
                 ["base=smollm2-135m-instruct", f"aligned={result.adapter_dir}"],
                 prompts=[records[i].prompt for i in split["fresh"]], round_name="demo-round-2",
-                settings=GenerationSettings(max_new_tokens=size.new_tokens, temperature=0.7, batch_size=8))
+                settings=GenerationSettings(max_completion_length=size.new_tokens, temperature=0.7, batch_size=8))
         result.round = generated.round
         _print_example(console, db_url)
         step.done(f"{generated.pairs} new pairs on {generated.prompts} fresh prompts ({generated.responses} "

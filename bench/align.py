@@ -108,8 +108,10 @@ def main() -> None:
     rows = []
     for method in methods:
         overrides = dict(max_steps=2, max_completion_length=16) if args.quick else {}
+        # dpo trains on the reward model's preference pairs, the others on prompts.
+        training_data = {"data": rm_pairs} if method == "dpo" else {"prompts": train_prompts}
         config = AlignConfig(
-            prompts=rm_pairs if method == "dpo" else train_prompts, output_dir=work / method, method=method,
+            **training_data, output_dir=work / method, method=method,
             reward_model=str(work / "rm"), eval_prompts=eval_prompts,
             judge=str(work / "judge"), **overrides,
         )

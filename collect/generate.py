@@ -2,14 +2,14 @@
 
     generate(session, project, ["base=smollm2-135m-instruct", "aligned=runs/demo/policy"])
 
-Models. Each entry of `models` is `[LABEL=]MODEL`: a short alias (`smollm2-135m-instruct`), a Hugging
-Face id or local directory, or a PEFT adapter directory (its base model is read from the adapter's
-`prefloop.json` or `adapter_config.json`). LABEL, by default the text as given, is what raters' judgments
-and leaderboards call the model (`Response.model`). With an `OpenAIEndpoint`, MODEL is the name the
-server knows and every request goes to that server instead.
+Policies. Each entry of `policies` (`--policy` on the command line) is `[LABEL=]MODEL`: a short alias
+(`smollm2-135m-instruct`), a Hugging Face id or local directory, or a PEFT adapter directory (its base model is
+read from the adapter's `prefloop.json` or `adapter_config.json`). LABEL, by default the text as given, is what
+raters' judgments and leaderboards call the model (`Response.model`). With an `OpenAIEndpoint`, MODEL is the
+name the server knows and every request goes to that server instead.
 
-Pairing. Two or more models: for each prompt and sample index, every two models make a pair (A is the
-one listed first). One model: `samples` responses per prompt (at least 2), every two of them a pair.
+Pairing. Two or more policies: for each prompt and sample index, every two of them make a pair (A is the
+one listed first). One policy: `num_generations` responses per prompt (at least 2), every two of them a pair.
 Identical responses (after trimming whitespace) make no pair, nor do empty ones.
 
 What is recorded. Every response carries its generation parameters in `Response.generation`: backend,
@@ -46,7 +46,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from collect.auth import audit
-from collect.errors import UserError
+from collect.errors import UserError, check_settings
 from collect.formats import Record, content_hash, read_records, records_from_dataset
 from collect.models import AuditEvent, Pair, Project, Prompt, Response, utcnow
 from collect.offline_models import adapter_base
@@ -57,23 +57,23 @@ Conversation = list[dict[str, str]]
 
 @dataclass
 class GenerationSettings:
-    """How responses are sampled. The same settings apply to every model of a run."""
+    """How responses are sampled. The same settings apply to every policy of a run."""
 
-    max_new_tokens: int = 256
-    """Longest response, in tokens (`max_tokens` for an HTTP endpoint)."""
+    max_completion_length: int = 256
+    """Longest response, in tokens (Transformers' `max_new_tokens`; `max_tokens` for an HTTP endpoint)."""
     temperature: float = 0.7
-    """Sampling temperature; 0 means greedy decoding (then `samples` > 1 gives identical responses)."""
+    """Sampling temperature; 0 means greedy decoding (then `num_generations` > 1 gives identical responses)."""
     top_p: float = 0.95
     """Nucleus sampling: keep the smallest set of tokens whose probability adds up to this."""
-    samples: int = 1
-    """Responses per model and prompt. With a single model it must be at least 2, to make pairs."""
+    num_generations: int = 1
+    """Responses drawn per policy and prompt. With a single policy it must be at least 2, to make pairs."""
     seed: int = 0
     """Base seed; each response's seed is derived from it, the prompt, the model label and the sample index."""
     batch_size: int = 8
     """Prompts per batch: one batched `generate` call per model locally, and the unit committed to the database."""
-    max_prompt_tokens: int = 1024
-    """Local models: the oldest turns of a longer conversation are dropped; a prompt whose last user turn
-    alone is longer is skipped."""
+    max_prompt_length: int = 1024
+    """Local models: prompts longer than this many tokens (chat template included) lose their oldest turns; a
+    prompt whose last user turn alone is longer is skipped."""
     system_prompt: str | None = None
     """Prepended as a system message to prompts that have none."""
     chat_template: str | None = None
@@ -105,7 +105,7 @@ class Completion:
 class GenerateResult:
     round: str
     prompts: int
-    """Prompts selected for this run (after `limit`), including those done by an earlier run."""
+    """Prompts selected for this run (after `max_prompts`), including those done by an earlier run."""
     already_done: int
     """Prompts an earlier run of the same round had finished: skipped."""
     responses: int
@@ -117,7 +117,7 @@ class GenerateResult:
     empty: int
     """Empty responses (not stored)."""
     too_long: int
-    """Responses not generated because the prompt did not fit the model's `max_prompt_tokens`."""
+    """Responses not generated because the prompt did not fit the model's `max_prompt_length`."""
     rejected: int
     """Requests the HTTP server refused (e.g. over its context length)."""
     not_answerable: int
@@ -146,7 +146,7 @@ def parse_model(text: str) -> ModelSpec:
         label, model = text, text
     label, model = label.strip(), model.strip()
     if not model:
-        raise UserError("--model: empty model name")
+        raise UserError("--policy: empty model name")
     adapter = None
     if (Path(model) / "adapter_config.json").is_file():
         adapter, model = model, adapter_base(Path(model))
@@ -159,9 +159,15 @@ def response_seed(base: int, conversation: Conversation, label: str, sample: int
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+# The names the settings had when rounds were first keyed: a round begun before they were renamed resumes.
+KEYED_AS = {"max_completion_length": "max_new_tokens", "num_generations": "samples",
+            "max_prompt_length": "max_prompt_tokens"}
+
+
 def run_key(specs: list[ModelSpec], settings: GenerationSettings, endpoint: OpenAIEndpoint | None) -> str:
     """The models as named, the sampling parameters and the endpoint: the same command gives the same key."""
-    sampling = {k: v for k, v in asdict(settings).items() if k != "batch_size"}  # batching changes no result
+    sampling = {KEYED_AS.get(k, k): v for k, v in asdict(settings).items()
+                if k != "batch_size"}  # batching changes no result
     key = json.dumps([[asdict(s) for s in specs], sampling, endpoint.base_url if endpoint else None], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:10]
 
@@ -300,7 +306,7 @@ class LocalBackend:
         from finetune.sampling import sample
 
         s = self.settings
-        fitted = [fit_prompt(self.tokenizer, c, s.max_prompt_tokens) for c in conversations]
+        fitted = [fit_prompt(self.tokenizer, c, s.max_prompt_length) for c in conversations]
         rows = [i for i, f in enumerate(fitted) if f is not None]
         out = [Completion(error="too_long") for _ in conversations]
         if not rows:
@@ -310,9 +316,10 @@ class LocalBackend:
         batch_seed = sum(seeds[i] for i in rows) & 0x7FFFFFFF
         started = time.perf_counter()
         samples = sample(self.model, self.tokenizer, [fitted[i] for i in rows], n=1,
-                         max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                         max_new_tokens=s.max_completion_length, temperature=s.temperature, top_p=s.top_p,
                          seed=batch_seed, batch_size=len(rows))
-        shared = {**self.info, "max_new_tokens": s.max_new_tokens, "do_sample": s.temperature > 0,
+        # Recorded under the names the backend takes (Transformers' generate here, `max_tokens` over HTTP).
+        shared = {**self.info, "max_new_tokens": s.max_completion_length, "do_sample": s.temperature > 0,
                   "temperature": s.temperature, "top_p": s.top_p if s.temperature > 0 else None,
                   "seed": batch_seed, "batch_size": len(rows),
                   "batch_seconds": round(time.perf_counter() - started, 3)}
@@ -336,13 +343,13 @@ class HTTPBackend:
 
     def __init__(self, spec: ModelSpec, settings: GenerationSettings, client: ChatClient) -> None:
         if spec.adapter:
-            raise UserError(f"--model {spec.label}: an adapter directory cannot be sent to an HTTP endpoint; "
+            raise UserError(f"--policy {spec.label}: an adapter directory cannot be sent to an HTTP endpoint; "
                             "serve it there (vLLM --lora-modules) and give its served name")
         self.spec, self.settings, self.client = spec, settings, client
 
     def params(self, seed: int) -> dict[str, Any]:
         s = self.settings
-        return {"max_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p, "seed": seed}
+        return {"max_tokens": s.max_completion_length, "temperature": s.temperature, "top_p": s.top_p, "seed": seed}
 
     def complete_one(self, conversation: Conversation, seed: int) -> Completion:
         params = self.params(seed)
@@ -378,19 +385,21 @@ def _prompt_rows(source: Any) -> list[dict[str, Any]]:
 
 
 def select_prompts(
-    session: Session, project: Project, source: str | Path | Sequence[Any] | None = None, limit: int | None = None,
+    session: Session, project: Project, source: str | Path | Sequence[Any] | None = None,
+    max_prompts: int | None = None,
 ) -> list[tuple[int, Conversation]]:
     """(prompt id, conversation) to answer, in order: the project's prompts, or those of `source`.
 
     `source` is a file (any format `prefloop import` reads; only its prompts are used), a `datasets`
-    dataset, or a list of prompts; its prompts are added to the project (existing ones are reused).
+    dataset, or a list of prompts; its prompts are added to the project (existing ones are reused). `max_prompts`:
+    the first N of them.
     """
-    if limit is not None and limit < 1:
-        raise UserError("limit must be at least 1")
+    if max_prompts is not None and max_prompts < 1:
+        raise UserError(f"max_prompts (--max-prompts) must be at least 1, got {max_prompts}")
     if source is None:
         query = select(Prompt.id, Prompt.conversation).where(Prompt.project_id == project.id).order_by(Prompt.id)
-        if limit:
-            query = query.limit(limit)
+        if max_prompts:
+            query = query.limit(max_prompts)
         return [(i, c) for i, c in session.execute(query)]
     from collect.ingest import import_records
 
@@ -398,7 +407,7 @@ def select_prompts(
         records = read_records(source)
     else:
         records = records_from_dataset(_prompt_rows(source), "generic", "prompts")
-    records = records[:limit] if limit else records
+    records = records[:max_prompts] if max_prompts else records
     # Only the prompts: a file that also holds pairs or judgments must not import them as a side effect.
     prompts_only = [Record(where=r.where, prompt=r.prompt, prompt_id=r.prompt_id, tags=r.tags, source=r.source)
                     for r in records]
@@ -485,26 +494,26 @@ def _check_not_all_rejected(outputs: dict[tuple[int, int], list[Completion]], cl
 def generate(
     session: Session,
     project: Project,
-    models: list[str],
+    policies: list[str],
     *,
     prompts: str | Path | Sequence[Any] | None = None,
     settings: GenerationSettings | None = None,
     endpoint: OpenAIEndpoint | None = None,
     round_name: str | None = None,
-    limit: int | None = None,
+    max_prompts: int | None = None,
     actor_id: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerateResult:
-    """Generate responses to prompts with `models`, pair them, and add the pairs to `project`.
+    """Generate responses to prompts with `policies`, pair them, and add the pairs to `project`.
 
     Commits `session` after every batch (see the module docstring); `progress(done, total)` is called
     after each. `prompts`: None for the project's own prompts, else a file, dataset or list (see
-    `select_prompts`); `limit`: the first N of them. `endpoint`: send every request to an
+    `select_prompts`); `max_prompts`: the first N of them. `endpoint`: send every request to an
     OpenAI-compatible server instead of loading the models here.
     """
     started = time.perf_counter()
     settings = settings or GenerationSettings()
-    specs = [parse_model(m) for m in models]
+    specs = [parse_model(p) for p in policies]
     _check(specs, settings, endpoint)
     key = run_key(specs, settings, endpoint)
     # Where a model is rather than what it is would let a model saved again into the same folder pass for done.
@@ -512,7 +521,7 @@ def generate(
     project_id = project.id  # read now: no ORM access may start a transaction while models generate
     batches = _batches(session, project_id)
     round_name = round_name or resumed_round(batches, key, contents) or default_round(key, contents)
-    selected = select_prompts(session, project, prompts, limit)
+    selected = select_prompts(session, project, prompts, max_prompts)
     result = GenerateResult(round=round_name, prompts=len(selected), already_done=0, responses=0, pairs=0,
                             identical=0, empty=0, too_long=0, rejected=0, not_answerable=0, seconds=0.0)
     done = _done_prompts(batches, round_name, key, contents, result)
@@ -536,7 +545,7 @@ def generate(
             outputs = _run_batch(batch, specs, backends, settings, pool)
             if start == 0:
                 _check_not_all_rejected(outputs, client)
-            _store_batch(session, project_id, round_name, batch, specs, settings.samples, outputs, result)
+            _store_batch(session, project_id, round_name, batch, specs, settings.num_generations, outputs, result)
             # Only the prompts done here: a rejected one is left for the rerun to retry.
             rejected = _rejected_prompts(batch, outputs)
             audit(session, "generate.batch", actor_id, project_id, round=round_name,
@@ -565,16 +574,20 @@ def generate(
 
 def _check(specs: list[ModelSpec], settings: GenerationSettings, endpoint: OpenAIEndpoint | None) -> None:
     if not specs:
-        raise UserError("give at least one --model")
+        raise UserError("give at least one --policy")
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
-        raise UserError(f"--model: the labels {labels} repeat; name them apart with LABEL=MODEL")
-    if len(specs) == 1 and settings.samples < 2:
-        raise UserError("one model makes pairs only from several samples: set samples to 2 or more")
-    if settings.samples < 1 or settings.batch_size < 1 or settings.max_new_tokens < 1:
-        raise UserError("samples, batch_size and max_new_tokens must be at least 1")
-    if settings.temperature < 0 or not 0 < settings.top_p <= 1:
-        raise UserError("temperature must be >= 0 and top_p in (0, 1]")
+        raise UserError(f"--policy: the labels {labels} repeat; name them apart with LABEL=MODEL")
+    check_settings(settings, (
+        ("num_generations", settings.num_generations >= 1, "at least 1"),
+        ("batch_size", settings.batch_size >= 1, "at least 1"),
+        ("max_completion_length", settings.max_completion_length >= 1, "at least 1"),
+        ("max_prompt_length", settings.max_prompt_length >= 1, "at least 1"),
+        ("temperature", settings.temperature >= 0, "0 (greedy) or more"),
+        ("top_p", 0 < settings.top_p <= 1, "in (0, 1]")))
+    if len(specs) == 1 and settings.num_generations < 2:
+        raise UserError("one policy makes pairs only from several responses to each prompt: set num_generations "
+                        "(--num-generations) to 2 or more, or give a second policy")
     if settings.chat_template is not None and endpoint is not None:
         raise UserError("--chat-template applies to local models only: an HTTP server renders prompts with its own "
                         "template (vLLM: --chat-template when starting the server)")
@@ -589,7 +602,7 @@ def _run_batch(
     outputs: dict[tuple[int, int], list[Completion]] = {}
     futures = {}
     for k, (spec, backend) in enumerate(zip(specs, backends)):
-        for sample in range(settings.samples):
+        for sample in range(settings.num_generations):
             seeds = [response_seed(settings.seed, c, spec.label, sample) for c in conversations]
             if pool is None:
                 outputs[k, sample] = backend.complete(conversations, seeds)
@@ -602,7 +615,8 @@ def _run_batch(
 
 def _store_batch(
     session: Session, project_id: int, round_name: str, batch: list[tuple[int, Conversation]],
-    specs: list[ModelSpec], samples: int, outputs: dict[tuple[int, int], list[Completion]], result: GenerateResult,
+    specs: list[ModelSpec], num_generations: int, outputs: dict[tuple[int, int], list[Completion]],
+    result: GenerateResult,
 ) -> None:
     prompt_ids = [i for i, _ in batch]
     # Responses are unique per (prompt, model, text): an identical earlier response is reused, not duplicated.
@@ -638,7 +652,7 @@ def _store_batch(
                 existing[key] = response.id
                 result.responses += 1
             stored[k, sample] = (existing[key], completion.text)
-        for first, second in _pairings(len(specs), samples):
+        for first, second in _pairings(len(specs), num_generations):
             if first not in stored or second not in stored:
                 continue
             (a, text_a), (b, text_b) = stored[first], stored[second]
@@ -666,33 +680,35 @@ def _pairings(n_models: int, n_samples: int) -> list[tuple[tuple[int, int], tupl
 
 def generate_command(
     project: str = typer.Option(..., help="Project name or id."),
-    model: list[str] = typer.Option(..., "--model", help="[LABEL=]MODEL: an alias, a Hugging Face id or path, or a "
-                                    "PEFT adapter directory. Repeat for a second model; one model needs --samples 2+."),
+    policies: list[str] = typer.Option(..., "--policy", help="[LABEL=]MODEL: an alias, a Hugging Face id or path, "
+                                       "or a PEFT adapter directory. Repeat for a second policy; one policy needs "
+                                       "--num-generations 2+."),
     prompts: Optional[Path] = typer.Option(None, help="A file of prompts (added to the project); default: the "
                                            "project's own prompts."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N prompts."),
-    samples: int = typer.Option(1, help="Responses per model and prompt."),
-    max_new_tokens: int = typer.Option(256, help="Longest response, in tokens."),
+    max_prompts: Optional[int] = typer.Option(None, help="Only the first N prompts."),
+    num_generations: int = typer.Option(1, help="Responses per policy and prompt."),
+    max_completion_length: int = typer.Option(256, help="Longest response, in tokens."),
     temperature: float = typer.Option(0.7, help="Sampling temperature (0 = greedy)."),
     top_p: float = typer.Option(0.95, help="Nucleus sampling threshold."),
     seed: int = typer.Option(0, help="Base seed."),
     batch_size: int = typer.Option(8, help="Prompts per batch (and per database commit)."),
-    max_prompt_tokens: int = typer.Option(1024, help="Local models: drop the oldest turns of longer prompts."),
+    max_prompt_length: int = typer.Option(1024, help="Local models: prompt tokens kept (oldest turns go)."),
     system_prompt: Optional[str] = typer.Option(None, help="A system message for prompts that have none."),
     chat_template: Optional[str] = typer.Option(None, help="Local models: a Jinja chat template (a .jinja file or "
                                                 "the text) for a model whose tokenizer has none or the wrong one."),
     round_name: Optional[str] = typer.Option(None, "--round", help="Name of this round; rerunning a round resumes "
-                                             "it (default: derived from the models, what their folders hold, and the "
-                                             "sampling settings)."),
+                                             "it (default: derived from the policies, what their folders hold, and "
+                                             "the sampling settings)."),
     base_url: Optional[str] = typer.Option(None, help="An OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; "
                                            "default: run the models here with Transformers."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the endpoint's API key."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for one HTTP answer."),
     max_retries: int = typer.Option(5, help="Retries after HTTP 429, 5xx and timeouts."),
     concurrency: int = typer.Option(4, help="HTTP requests in flight at once."),
-    url: Optional[str] = typer.Option(None, "--db", envvar="PREFLOOP_DB", help="SQLAlchemy URL."),
+    url: Optional[str] = typer.Option(None, "--db", envvar="PREFLOOP_DB",
+                                      help="Database URL (default sqlite:///prefloop.db; PREFLOOP_DB)."),
 ) -> None:
-    """Generate new candidate responses with one or two models and add them as pairs to a project."""
+    """Generate new candidate responses with one or more policies and add them as pairs to a project."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -700,8 +716,9 @@ def generate_command(
     from collect.projects import get_project
 
     settings = GenerationSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, samples=samples, seed=seed, batch_size=batch_size,
-        max_prompt_tokens=max_prompt_tokens, system_prompt=system_prompt, chat_template=chat_template)
+        max_completion_length=max_completion_length, temperature=temperature, top_p=top_p,
+        num_generations=num_generations, seed=seed, batch_size=batch_size, max_prompt_length=max_prompt_length,
+        system_prompt=system_prompt, chat_template=chat_template)
     endpoint = OpenAIEndpoint(base_url=base_url, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
                               concurrency=concurrency) if base_url else None
     console = Console(markup=False)
@@ -709,8 +726,8 @@ def generate_command(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=True) as bar:
         task = bar.add_task("generating", total=None)
-        result = generate(session, get_project(session, project), model, prompts=prompts, settings=settings,
-                          endpoint=endpoint, round_name=round_name, limit=limit,
+        result = generate(session, get_project(session, project), policies, prompts=prompts, settings=settings,
+                          endpoint=endpoint, round_name=round_name, max_prompts=max_prompts,
                           progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(
         f"round {result.round}{_changed_note(result)}: {result.prompts} prompts ({result.already_done} done before), "

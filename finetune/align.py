@@ -13,7 +13,7 @@ Scaling out: the trainers are TRL's, so the same command runs data-parallel on s
 accelerate (each rank samples and scores its share of prompts; the first rank writes the output):
 
     accelerate launch --config_file reward/accelerate/multi_gpu.yaml "$(which prefloop)" align \
-        --method grpo --policy smollm2-135m-instruct --reward runs/rm --prompts prompts.jsonl --out runs/aligned
+        --method grpo --policy smollm2-135m-instruct --reward-model runs/rm --prompts prompts.jsonl --out runs/aligned
 
 On one GPU nothing is needed: the device is picked automatically, bf16 where the GPU supports it.
 `--prompts-per-step` is per GPU. Best-of-n's ranks share the sampling before training, each its own prompts.
@@ -58,15 +58,20 @@ METHOD_DEFAULTS: dict[str, dict[str, float]] = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AlignConfig:
-    """Everything an alignment run needs. Fields left as None take the method's default (METHOD_DEFAULTS)."""
+    """Everything an alignment run needs, given by name. Fields left as None take the method's default
+    (METHOD_DEFAULTS; lora_alpha: 2 * lora_r)."""
 
-    # Prompts: a JSONL/JSON/CSV/Parquet file or save_to_disk folder with a `prompt` column (a string or a
-    # list of {role, content} messages), a `datasets.Dataset`, a list of conversations, or a project of the
-    # collection database (`finetune.prompts.ProjectPrompts`). For `dpo`: a preference dataset (TRL format:
-    # prompt, chosen, rejected, as collect/ exports it; or raw HH-RLHF), or a project's judged pairs.
-    prompts: Any
+    # What grpo, rloo and bon train on: prompts, to sample responses to. A JSONL/JSON/CSV/Parquet file or
+    # save_to_disk folder with a `prompt` column (a string or a list of {role, content} messages), a
+    # `datasets.Dataset`, a list of conversations, or a project of the collection database
+    # (`finetune.prompts.ProjectPrompts`: its prompts).
+    prompts: Any = None
+    # What dpo trains on instead: preference pairs, as `reward train` takes them. A preference dataset (TRL format:
+    # prompt, chosen, rejected, as `prefloop export` writes it; or raw HH-RLHF) in any form `prompts` takes, or a
+    # `ProjectPrompts` (the project's judged pairs, as `prefloop export` would write them).
+    data: Any = None
     # Where the adapter, prefloop.json (and merged/) are written; created if missing.
     output_dir: str | Path
     # grpo | rloo | dpo | bon.
@@ -97,9 +102,12 @@ class AlignConfig:
     temperature: float = 0.8
     # Reward subtracted per response token (grpo/rloo), added as a second reward function; 0 disables it.
     length_penalty: float = 0.0
-    # LoRA rank, scaling and dropout, and which modules get adapters ("all-linear" or a list of names).
+    # LoRA rank.
     lora_r: int = 16
-    lora_alpha: int = 32
+    # LoRA scaling numerator (the update is scaled by lora_alpha / lora_r); None: 2 * lora_r, the same scale at any
+    # rank (32 at the default rank), as reward models train.
+    lora_alpha: int | None = None
+    # Dropout on the LoRA branch, and which modules get adapters ("all-linear" or a list of names).
     lora_dropout: float = 0.05
     lora_target_modules: str | list[str] = "all-linear"
     # Use at most this many prompts (after a seeded shuffle); None keeps them all.
@@ -130,6 +138,8 @@ class AlignConfig:
         for name in ("max_steps", "prompts_per_step", "max_prompt_length", "max_completion_length", "lora_r"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise UserError(f"time_budget_s (--time-budget) must be above 0, got {self.time_budget_s}")
         # What torch, TRL or PEFT would refuse with a traceback after the model has loaded, or quietly reinterpret.
@@ -144,7 +154,24 @@ class AlignConfig:
         if self.method in ("grpo", "rloo") and self.num_generations < 2:
             raise UserError(f"num_generations must be at least 2 for {self.method} (it compares responses)")
         if self.method != "dpo" and not self.reward_model:
-            raise UserError(f"method {self.method} needs a reward model (--reward DIR from `prefloop reward train`)")
+            raise UserError(f"method {self.method} needs a reward model: reward_model (--reward-model), a folder "
+                            "from `prefloop reward train`")
+        self._check_training_data()
+
+    def _check_training_data(self) -> None:
+        """dpo learns from preference pairs (`data`); the other methods sample responses to `prompts`."""
+        if self.method == "dpo":
+            if self.prompts is not None:
+                raise UserError("method dpo trains on preference pairs, not on prompts: give them as data (--data), "
+                                "not as prompts (--prompts)")
+            if self.data is None:
+                raise UserError("method dpo needs preference pairs: data (--data, or --project)")
+            return
+        if self.data is not None:
+            raise UserError(f"method {self.method} samples its own responses to prompts: give them as prompts "
+                            "(--prompts); data (--data) is the preference pairs dpo trains on")
+        if self.prompts is None:
+            raise UserError(f"method {self.method} needs prompts: prompts (--prompts, or --project)")
 
 
 @dataclass
@@ -174,7 +201,8 @@ def align(config: AlignConfig) -> AlignResult:
             reward_info = None  # checked for the evaluation, but not what the adapter was trained against
     check_output_dir(config.output_dir, "prefloop.json", "prefloop.aligned_policy",  # before training, not at the save
                      {f"{name} ({flag})": getattr(config, name) for name, flag in (
-                         ("prompts", "--prompts"), ("policy", "--policy"), ("reward_model", "--reward"),
+                         ("prompts", "--prompts"), ("data", "--data"), ("policy", "--policy"),
+                         ("reward_model", "--reward-model"),
                          ("judge", "--judge"), ("eval_prompts", "--eval-prompts"),
                          ("chat_template", "--chat-template"))})
     path = resolve(config.policy)
@@ -189,7 +217,7 @@ def align(config: AlignConfig) -> AlignResult:
     if config.eval_prompts is not None:  # the evaluation's inputs, checked before hours of training
         if not (config.reward_model or config.judge):
             raise UserError("eval_prompts (--eval-prompts): the evaluation needs a reward model to compare with: "
-                            "pass --reward and/or --judge")
+                            "pass --reward-model and/or --judge")
         held_out = read_prompts(config.eval_prompts)
         if config.judge:
             reward_model_info(config.judge)
@@ -276,7 +304,7 @@ def training_data(config: AlignConfig, tokenizer) -> tuple[list, dict[str, Any]]
     """The checked, shuffled, length-fitted prompts (or preference rows for dpo), and counts for prefloop.json."""
     rng = random.Random(config.seed)
     if config.method == "dpo":
-        pairs, ties = read_preferences(config.prompts)
+        pairs, ties = read_preferences(config.data)
         rng.shuffle(pairs)
         pairs = pairs[:config.max_prompts] if config.max_prompts else pairs
         fitted, kept = fit_prompts(tokenizer, [p["prompt"] for p in pairs], config.max_prompt_length, "preferences")
@@ -333,7 +361,7 @@ def write_manifest(
     import trl
 
     settings = {f.name: getattr(config, f.name) for f in fields(config)}
-    for name in ("prompts", "eval_prompts"):
+    for name in ("prompts", "data", "eval_prompts"):
         value = getattr(config, name)
         described = isinstance(value, (str, Path, ProjectPrompts))
         settings[name] = None if value is None else str(value) if described else f"<{type(value).__name__}>"
@@ -345,8 +373,10 @@ def write_manifest(
         "base_policy": {"name": config.policy, "path": str(Path(policy_path).resolve()) if Path(policy_path).exists()
                         else str(policy_path)},
         "reward_model": None if reward_info is None else {
-            "path": str(Path(config.reward_model).resolve()) if Path(config.reward_model).exists() else config.reward_model,
-            **{k: reward_info[k] for k in ("base_model", "max_length", "truncation_side", "metrics") if k in reward_info},
+            "path": str(Path(config.reward_model).resolve()) if Path(config.reward_model).exists()
+            else config.reward_model,
+            **{k: reward_info[k] for k in ("base_model", "max_length", "truncation_side", "metrics")
+               if k in reward_info},
         },
         "data": data,
         "metrics": metrics,

@@ -51,7 +51,7 @@ class EvalConfig:
     # training max_prompt_length (else 256).
     max_prompt_length: int | None = None
     # Most tokens per response; by default the adapter's training max_completion_length (else 64).
-    max_new_tokens: int | None = None
+    max_completion_length: int | None = None
     # Sampling temperature for both policies (0 = greedy; then KL is computed at temperature 1).
     temperature: float = 0.7
     # Nucleus sampling; keep 1.0 for a KL estimate of the full distributions.
@@ -126,9 +126,13 @@ def evaluate(config: EvalConfig) -> EvalResult:
         raise UserError(f"adapter {config.adapter}: no such directory")
     check_settings(config, (
         ("max_prompts", config.max_prompts is None or config.max_prompts >= 1, "at least 1"),
-        ("max_new_tokens", config.max_new_tokens is None or config.max_new_tokens >= 1, "at least 1"),
+        ("max_completion_length", config.max_completion_length is None or config.max_completion_length >= 1,
+         "at least 1"),
         ("max_prompt_length", config.max_prompt_length is None or config.max_prompt_length >= 1, "at least 1"),
-        ("temperature", 0 <= config.temperature < float("inf"), "0 (greedy) or more")))
+        ("temperature", 0 <= config.temperature < float("inf"), "0 (greedy) or more"),
+        ("top_p", 0 < config.top_p <= 1, "in (0, 1]"),
+        ("batch_size", config.batch_size >= 1, "at least 1"),
+        ("n_examples", config.n_examples >= 0, "0 or more")))
     if config.out:  # checked before minutes of sampling and scoring
         if Path(config.out).suffix.lower() != ".json" and not Path(config.out).is_dir():
             raise UserError(f"out (--out) {config.out}: name a .json file (the plot is written beside it as .png)")
@@ -136,23 +140,24 @@ def evaluate(config: EvalConfig) -> EvalResult:
     manifest = read_manifest(config.adapter)
     # The recorded path is absolute where the policy was a local folder: `--policy m/lm` must reload from elsewhere.
     recorded = manifest.get("base_policy") or {}
-    policy = config.policy or (recorded.get("path") if Path(recorded.get("path") or "").is_dir() else recorded.get("name"))
+    policy = config.policy or (recorded.get("path") if Path(recorded.get("path") or "").is_dir()
+                               else recorded.get("name"))
     if not policy:
         raise UserError(f"adapter {config.adapter}: no prefloop.json naming its base policy; pass --policy")
     reward_model = config.reward_model or (manifest.get("reward_model") or {}).get("path")
     if not reward_model and not config.judge:
-        raise UserError("evaluation needs a reward model to compare with: pass --reward and/or --judge")
+        raise UserError("evaluation needs a reward model to compare with: pass --reward-model and/or --judge")
     if reward_model and config.judge and Path(reward_model).resolve() == Path(config.judge).resolve():
         warn(f"judge {config.judge} is the training reward model: its win rate is no independent check "
              "of reward hacking (train the judge on a disjoint split)")
     trained = manifest.get("config") or {}
-    max_new_tokens = config.max_new_tokens or trained.get("max_completion_length") or 64
+    max_completion_length = config.max_completion_length or trained.get("max_completion_length") or 64
     max_prompt_length = config.max_prompt_length or trained.get("max_prompt_length") or 256
 
     model, tokenizer = load_policy(policy, config.adapter)
     prompts = read_prompts(config.prompts, limit=config.max_prompts)
     prompts, _ = fit_prompts(tokenizer, prompts, max_prompt_length)
-    settings = dict(n=1, max_new_tokens=max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+    settings = dict(n=1, max_new_tokens=max_completion_length, temperature=config.temperature, top_p=config.top_p,
                     seed=config.seed, batch_size=config.batch_size)
     with console.status(f"sampling the base policy on {len(prompts)} prompts"):
         with model.disable_adapter():
@@ -171,8 +176,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
     aligned_texts = [t[0] for t in aligned.texts]
     summary: dict[str, Any] = {
         "policy": policy, "adapter": str(config.adapter), "method": manifest.get("method"),
-        "n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "temperature": config.temperature,
-        "seed": config.seed,
+        "n_prompts": len(prompts), "max_completion_length": max_completion_length,
+        "temperature": config.temperature, "seed": config.seed,
         "kl_to_base": _mean(kl),
         "mean_length_base": _mean([len(ids[0]) for ids in base.token_ids]),
         "mean_length_aligned": _mean([len(ids) for ids in aligned_ids]),
@@ -207,9 +212,11 @@ def evaluate(config: EvalConfig) -> EvalResult:
     json_path = Path(config.out) if config.out else Path(config.adapter) / "evaluation.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     png_path = json_path.with_suffix(".png")
-    json_path.write_text(json.dumps({"summary": summary, "examples": examples, "config": asdict(config) | {
-        "prompts": str(config.prompts) if isinstance(config.prompts, (str, Path)) else f"<{type(config.prompts).__name__}>"
-    }}, indent=2, default=str) + "\n")
+    prompts_described = (str(config.prompts) if isinstance(config.prompts, (str, Path))
+                         else f"<{type(config.prompts).__name__}>")
+    json_path.write_text(json.dumps({"summary": summary, "examples": examples,
+                                     "config": asdict(config) | {"prompts": prompts_described}},
+                                    indent=2, default=str) + "\n")
     plot(summary, scores, png_path)
     if config.update_manifest and manifest:
         manifest["evaluation"] = summary | {"report": str(json_path), "plot": str(png_path)}

@@ -29,7 +29,7 @@ class ProjectPrompts:
     project: str
     """The project's name or id."""
     db: str | None = None
-    """SQLAlchemy URL of the database; None: $PREFLOOP_DB, else ./prefloop.db."""
+    """Database URL; None: $PREFLOOP_DB, else sqlite:///prefloop.db."""
 
     def __str__(self) -> str:
         # What prefloop.json records: never the URL, which may hold a password.

@@ -54,7 +54,7 @@ if way == "rows":
 from apps.cli import main  # noqa: E402
 
 budget = "0.0001" if rank == "0" else "1000000"
-sys.argv = ["prefloop", "align", "--method", "bon", "--policy", policy, "--reward", reward, "--prompts", prompts_path,
-            "--out", out, "--max-steps", "4", "--num-generations", "4", "--max-completion-length", "12",
+sys.argv = ["prefloop", "align", "--method", "bon", "--policy", policy, "--reward-model", reward, "--prompts",
+            prompts_path, "--out", out, "--max-steps", "4", "--num-generations", "4", "--max-completion-length", "12",
             "--learning-rate", "0.05", "--time-budget", budget]
 main()

@@ -43,8 +43,9 @@ def greedy(model, tokenizer, prompt) -> list[int]:
 
 
 def small_config(models, method: str, out, **overrides) -> AlignConfig:
+    training_data = {"data": preference_rows()} if method == "dpo" else {"prompts": PROMPTS}
     fields = dict(
-        prompts=preference_rows() if method == "dpo" else PROMPTS, output_dir=out, method=method,
+        **training_data, output_dir=out, method=method,
         policy=models["policy"], reward_model=None if method == "dpo" else models["reward"],
         max_steps=3, learning_rate=5e-2, max_completion_length=12, show_progress=False,
     )
@@ -211,13 +212,14 @@ def test_the_evaluation_fits_prompts_to_the_length_the_adapter_trained_with(mode
     result = align(small_config(models, "dpo", tmp_path / "dpo", max_steps=1, max_prompt_length=300))
     lengths = []
     real = finetune.evaluate.fit_prompts
-    monkeypatch.setattr(finetune.evaluate, "fit_prompts", lambda tok, prompts, n: lengths.append(n) or real(tok, prompts, n))
+    monkeypatch.setattr(finetune.evaluate, "fit_prompts",
+                        lambda tok, prompts, n: lengths.append(n) or real(tok, prompts, n))
     for asked, used in ((None, 300), (40, 40)):
         evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS[:2], reward_model=models["reward"],
                             max_prompt_length=asked, show_progress=False))
         assert lengths[-1] == used
-    with pytest.raises(UserError, match=r"max_new_tokens \(--max-new-tokens\) must be at least 1, got 0"):
-        evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS, max_new_tokens=0))
+    with pytest.raises(UserError, match=r"max_completion_length \(--max-completion-length\) must be at least 1, got 0"):
+        evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS, max_completion_length=0))
     # --out is the JSON report: a .png there was overwritten by the plot, a folder failed after all the sampling.
     for out, expected in ((tmp_path / "report.png", "name a .json file"), (tmp_path, "is a folder; name a file")):
         with pytest.raises(UserError, match=re.escape(expected)):
@@ -381,12 +383,13 @@ def test_each_method_trains_under_two_ranks_and_saves_once(models, tmp_path, met
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / method
     command = [*TORCHRUN, str(Path(sys.executable).with_name("prefloop")), "align", "--method", method,
-               "--policy", models["policy"], "--prompts", str(data), "--out", str(out), "--max-steps", "3",
-               "--learning-rate", "0.05", "--max-completion-length", "12", "--seed", "0"]
+               "--policy", models["policy"], "--data" if method == "dpo" else "--prompts", str(data),
+               "--out", str(out), "--max-steps", "3", "--learning-rate", "0.05", "--max-completion-length", "12",
+               "--seed", "0"]
     if method == "dpo":
         command.append("--merge")
     else:
-        command += ["--reward", models["reward"]]
+        command += ["--reward-model", models["reward"]]
     if method == "grpo":
         command += ["--eval-prompts", str(data)]
     run_ranks(command, "training")
@@ -449,7 +452,7 @@ def test_untrained_adapter_evaluates_as_a_tie_with_zero_kl(models, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(models["policy"])
     get_peft_model(base, lora_config(4, 8, 0.0, "all-linear")).save_pretrained(adapter)  # B = 0: the identity
     result = evaluate(EvalConfig(adapter=str(adapter), prompts=PROMPTS, policy=models["policy"],
-                                 reward_model=models["reward"], judge=models["judge"], max_new_tokens=10,
+                                 reward_model=models["reward"], judge=models["judge"], max_completion_length=10,
                                  show_progress=False))
     s = result.summary
     assert s["n_prompts"] == len(PROMPTS)
@@ -480,7 +483,8 @@ def test_evaluation_of_a_trained_adapter_writes_report_plot_and_manifest(models,
     out = tmp_path / "dpo"
     align(small_config(models, "dpo", out))
     result = evaluate(EvalConfig(adapter=str(out), prompts=PROMPTS, reward_model=models["reward"],
-                                 judge=models["judge"], max_new_tokens=10, n_examples=2, show_progress=False))
+                                 judge=models["judge"], max_completion_length=10, n_examples=2,
+                                 show_progress=False))
     s = result.summary
     assert s["kl_to_base"] > 0.01  # trained with a large learning rate: the policy moved (an untrained one: 0)
     assert 0.0 <= s["win_rate_judge"] <= 1.0
@@ -513,7 +517,7 @@ def test_reward_model_that_is_not_a_sequence_classifier(models, tmp_path):
 
 
 def test_a_lora_reward_adapter_is_a_reward_model(models, tmp_path):
-    """--reward and --judge take a LoRA reward adapter, scored on its base as `prefloop reward score` scores it;
+    """--reward-model and --judge take a LoRA reward adapter, scored on its base as `prefloop reward score` scores it;
     one that brings no score head is refused before training, not used with a head drawn at random."""
     adapter = tiny_lora_reward_adapter(tmp_path / "rm-lora", models["policy"])
     result = align(small_config(models, "grpo", tmp_path / "a", reward_model=adapter, max_steps=1))
@@ -533,7 +537,7 @@ def test_an_output_folder_of_other_files_is_refused_before_training(models, tmp_
     with pytest.raises(UserError, match=r"holds other files \(no prefloop.json\)"):
         align(small_config(models, "grpo", tmp_path / "theirs"))
     assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["notes.txt"]
-    # A reward model's folder also holds a prefloop.json: named as --out (a typo, or the --reward path pasted), it
+    # A reward model's folder also holds a prefloop.json: named as --out (a typo, or the --reward-model path pasted), it
     # was replaced by the adapter. Refused, both ways round.
     from reward.train import RewardTrainingConfig, train_reward_model
 
@@ -643,18 +647,127 @@ def test_cli_run_and_eval(models, tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     out = tmp_path / "cli"
     runner = CliRunner()
-    result = runner.invoke(app, ["--method", "dpo", "--policy", models["policy"], "--prompts", str(prefs),
+    result = runner.invoke(app, ["--method", "dpo", "--policy", models["policy"], "--data", str(prefs),
                                  "--out", str(out), "--max-steps", "2"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "prefloop.json").read_text())["config"]["max_steps"] == 2
-    result = runner.invoke(app, ["eval", "--adapter", str(out), "--prompts", str(prompts), "--reward",
-                                 models["reward"], "--max-new-tokens", "8", "--max-prompts", "4"])
+    result = runner.invoke(app, ["eval", "--adapter", str(out), "--prompts", str(prompts), "--reward-model",
+                                 models["reward"], "--max-completion-length", "8", "--max-prompts", "4"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "evaluation.json").read_text())["summary"]["n_prompts"] == 4
     result = runner.invoke(app, ["--method", "nope", "--prompts", str(prompts), "--out", str(out)])
     assert isinstance(result.exception, UserError)
-    result = runner.invoke(app, ["--method", "dpo", "--prompts", str(prefs)])
+    result = runner.invoke(app, ["--method", "dpo", "--data", str(prefs)])
     assert result.exit_code == 2 and "'--out'" in result.output and "required" in result.output
+
+
+def test_options_given_before_eval_are_refused_not_ignored(tmp_path):
+    """The options before `eval` are the training's: `prefloop align --policy P eval ...` evaluated without them, as
+    if they had not been given. An environment variable (PREFLOOP_DB for --db) is no option given. The usage line
+    shows the subcommand as the option it is: without one, `prefloop align` trains."""
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    runner = CliRunner()
+    adapter = str(tmp_path / "adapter")
+    result = runner.invoke(app, ["--max-completion-length", "8", "--policy", "lm", "eval", "--adapter", adapter,
+                                 "--prompts", "held_out.jsonl"], env={"COLUMNS": "300"})
+    assert result.exit_code == 2
+    assert ("--policy, --max-completion-length before `eval`: training options, which `align eval` does not read; "
+            "give its own options after `eval`") in result.output
+    from_env = runner.invoke(app, ["eval", "--adapter", adapter, "--prompts", "held_out.jsonl"],
+                             env={"PREFLOOP_DB": f"sqlite:///{tmp_path / 'other.db'}"})
+    assert isinstance(from_env.exception, UserError) and "no such directory" in str(from_env.exception)
+    described = " ".join(runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output.split())
+    assert "[OPTIONS] [eval [OPTIONS]]" in described
+    assert "Database URL (default sqlite:///prefloop.db; PREFLOOP_DB)." in described
+
+
+def test_the_command_line_options_are_the_config_fields(tmp_path, monkeypatch):
+    """Each option sets the AlignConfig or EvalConfig field of its name (one spelling each: --reward-model, not
+    also --reward); --project is a ProjectPrompts, of prompts or, for dpo, of its judged pairs."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import finetune.align
+    import finetune.evaluate
+    from finetune.cli import app
+    from finetune.prompts import ProjectPrompts
+
+    seen = {}
+    monkeypatch.setattr(finetune.align, "align", lambda config: seen.setdefault("align", []).append(config))
+    monkeypatch.setattr(finetune.evaluate, "evaluate", lambda config: seen.setdefault("eval", []).append(config)
+                        or SimpleNamespace(json_path="report.json", png_path="report.png"))
+    runner = CliRunner()
+    out = str(tmp_path / "adapter")
+    for args in (["--method", "dpo", "--data", "prefs.jsonl", "--reward-model", "rm", "--lora-r", "8"],
+                 ["--method", "dpo", "--project", "hh", "--db", "sqlite:///hh.db"],
+                 ["--method", "grpo", "--project", "hh", "--db", "sqlite:///hh.db", "--reward-model", "rm"]):
+        result = runner.invoke(app, [*args, "--out", out])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    pairs, project_pairs, project_prompts = seen["align"]
+    assert (pairs.data, pairs.prompts, pairs.reward_model, pairs.lora_alpha) == ("prefs.jsonl", None, "rm", 16)
+    assert (project_pairs.data, project_pairs.prompts) == (ProjectPrompts("hh", "sqlite:///hh.db"), None)
+    assert (project_prompts.prompts, project_prompts.data) == (ProjectPrompts("hh", "sqlite:///hh.db"), None)
+
+    result = runner.invoke(app, ["eval", "--adapter", out, "--prompts", "held_out.jsonl", "--reward-model", "rm",
+                                 "--max-prompts", "10", "--max-completion-length", "32", "--max-prompt-length", "128",
+                                 "--top-p", "0.9", "--batch-size", "4", "--n-examples", "5"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    (evaluation,) = seen["eval"]
+    assert (evaluation.reward_model, evaluation.max_prompts, evaluation.max_completion_length,
+            evaluation.max_prompt_length, evaluation.top_p, evaluation.batch_size, evaluation.n_examples) == (
+        "rm", 10, 32, 128, 0.9, 4, 5)
+    for old in (["--reward", "rm"], ["eval", "--reward", "rm"], ["eval", "--max-new-tokens", "8"],
+                ["eval", "--examples", "2"]):
+        refused = runner.invoke(app, old)
+        assert refused.exit_code == 2 and f"No such option: {old[-2]}" in refused.output, old
+
+
+def test_dpo_trains_on_data_and_the_other_methods_on_prompts(tmp_path):
+    """DPO's preference pairs are `data`, as `reward train` names the same file; grpo, rloo and bon sample responses
+    to `prompts`. Each given as the other is refused, in Python and on the command line."""
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    pairs, out = preference_rows(), tmp_path / "adapter"
+    assert AlignConfig(method="dpo", data=pairs, output_dir=out).data == pairs
+    with pytest.raises(UserError, match=re.escape("method dpo trains on preference pairs, not on prompts: give them "
+                                                  "as data (--data), not as prompts (--prompts)")):
+        AlignConfig(method="dpo", prompts=pairs, output_dir=out)
+    with pytest.raises(UserError, match=re.escape("method dpo needs preference pairs: data (--data, or --project)")):
+        AlignConfig(method="dpo", output_dir=out)
+    for method in ("grpo", "rloo", "bon"):
+        with pytest.raises(UserError, match=re.escape(f"method {method} samples its own responses to prompts: give "
+                                                      "them as prompts (--prompts)")):
+            AlignConfig(method=method, data=pairs, reward_model="rm", output_dir=out)
+    with pytest.raises(UserError, match=re.escape("method grpo needs prompts: prompts (--prompts, or --project)")):
+        AlignConfig(method="grpo", reward_model="rm", output_dir=out)
+
+    runner = CliRunner()
+    as_prompts = runner.invoke(app, ["--method", "dpo", "--prompts", "prefs.jsonl", "--out", str(out)])
+    assert isinstance(as_prompts.exception, UserError) and "give them as data (--data)" in str(as_prompts.exception)
+    missing = runner.invoke(app, ["--method", "dpo", "--out", str(out)], env={"COLUMNS": "300"})
+    assert missing.exit_code == 2 and "Missing option '--data' or '--project'" in missing.output
+    both = runner.invoke(app, ["--method", "dpo", "--data", "a.jsonl", "--prompts", "b.jsonl", "--out", str(out)],
+                         env={"COLUMNS": "300"})
+    assert both.exit_code == 2 and "--prompts and --data are mutually exclusive" in both.output
+    assert not out.exists()
+
+
+def test_lora_alpha_is_twice_the_rank_unless_given(tmp_path):
+    """As reward models train: the same update scale at any rank (at the default rank 16, alpha 32 as before)."""
+    def config(**lora) -> AlignConfig:
+        return AlignConfig(method="dpo", data=preference_rows(), output_dir=tmp_path / "adapter", **lora)
+
+    assert (config().lora_r, config().lora_alpha) == (16, 32)
+    assert config(lora_r=4).lora_alpha == 8
+    assert config(lora_r=4, lora_alpha=4).lora_alpha == 4
+    with pytest.raises(UserError, match=re.escape("lora_alpha (--lora-alpha) must be at least 1, got 0")):
+        config(lora_alpha=0)
 
 
 # ------------------------------------------------------------------------------- prompts from a project
@@ -693,7 +806,7 @@ def test_prompts_and_preferences_from_a_project(models, project_db, tmp_path):
     _, stats = training_data(small_config(models, "bon", tmp_path / "bon", prompts=source), tokenizer)
     assert stats == {"prompts": 6, "dropped_too_long": 0, "prompts_sampled": 6}  # max_steps 3 x 2 per step
     # dpo takes the judged pairs as `prefloop export` does: the tie is skipped, and counted.
-    rows, stats = training_data(small_config(models, "dpo", tmp_path / "dpo", prompts=source), tokenizer)
+    rows, stats = training_data(small_config(models, "dpo", tmp_path / "dpo", data=source), tokenizer)
     assert stats == {"pairs": 2, "dropped_too_long": 0, "skipped_ties": 1}
     chosen = {r["prompt"][0]["content"]: r["chosen"][0]["content"] for r in rows}
     assert chosen == {"Say hello": "Hello!", "Say bye": "Goodbye, take care!"}
@@ -711,7 +824,8 @@ def test_cli_align_on_a_project(models, project_db, tmp_path):
     out = tmp_path / "from-project"
     runner = CliRunner()
     result = runner.invoke(app, ["--project", "hh", "--db", project_db, "--method", "bon", "--policy",
-                                 models["policy"], "--reward", models["reward"], "--out", str(out), "--max-steps", "1",
+                                 models["policy"], "--reward-model", models["reward"], "--out", str(out),
+                                 "--max-steps", "1",
                                  "--num-generations", "2", "--max-completion-length", "4"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     manifest = json.loads((out / "prefloop.json").read_text())

@@ -29,9 +29,9 @@ def make_project(url: str, prompts=QUESTIONS) -> int:
         return project.id
 
 
-def run(url: str, project_id: int, models: list[str], **kwargs):
+def run(url: str, project_id: int, policies: list[str], **kwargs):
     with db.session_scope(url) as s:
-        return generate(s, get_project(s, project_id), models, **kwargs)
+        return generate(s, get_project(s, project_id), policies, **kwargs)
 
 
 def endpoint(server: FakeOpenAI, **kwargs) -> OpenAIEndpoint:
@@ -54,7 +54,7 @@ def pairs_of(url: str, project_id: int) -> list[tuple[str, str, str, str, dict, 
 def test_http_two_models_make_one_pair_per_prompt_with_parameters_recorded(sqlite_url, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "sk-secret")
     pid = make_project(sqlite_url)
-    settings = GenerationSettings(max_new_tokens=50, temperature=0.9, top_p=0.8, seed=7)
+    settings = GenerationSettings(max_completion_length=50, temperature=0.9, top_p=0.8, seed=7)
     with FakeOpenAI(api_key="sk-secret") as server:
         result = run(sqlite_url, pid, ["alpha", "b=beta"], settings=settings, endpoint=endpoint(server))
     assert (result.prompts, result.responses, result.pairs, result.rejected) == (5, 10, 5, 0)
@@ -191,11 +191,13 @@ def test_http_concurrency_limit_is_respected(sqlite_url):
 def test_one_model_pairs_its_samples_and_identical_answers_make_no_pair(sqlite_url):
     pid = make_project(sqlite_url, QUESTIONS[:2])
     with FakeOpenAI() as server:
-        with pytest.raises(UserError, match="samples to 2 or more"):
+        with pytest.raises(UserError, match=r"set num_generations \(--num-generations\) to 2 or more"):
             run(sqlite_url, pid, ["alpha"], endpoint=endpoint(server))
-        sampled = run(sqlite_url, pid, ["alpha"], settings=GenerationSettings(samples=3), endpoint=endpoint(server))
-        parrot = run(sqlite_url, pid, ["parrot"], settings=GenerationSettings(samples=2), endpoint=endpoint(server))
-        greedy = run(sqlite_url, pid, ["beta"], settings=GenerationSettings(samples=2, temperature=0),
+        sampled = run(sqlite_url, pid, ["alpha"], settings=GenerationSettings(num_generations=3),
+                      endpoint=endpoint(server))
+        parrot = run(sqlite_url, pid, ["parrot"], settings=GenerationSettings(num_generations=2),
+                     endpoint=endpoint(server))
+        greedy = run(sqlite_url, pid, ["beta"], settings=GenerationSettings(num_generations=2, temperature=0),
                      endpoint=endpoint(server))
     assert (sampled.pairs, sampled.responses, sampled.identical) == (6, 6, 0)  # 3 samples: 3 pairs a prompt
     assert (parrot.pairs, parrot.identical, parrot.responses) == (0, 2, 2)  # the same text is stored once
@@ -215,7 +217,7 @@ def test_prompts_from_a_file_join_the_project_without_their_pairs(sqlite_url, tm
     path.write_text("\n".join(json.dumps(r) for r in rows))
     with FakeOpenAI() as server:
         result = run(sqlite_url, pid, ["alpha", "beta"], prompts=path, endpoint=endpoint(server))
-        limited = run(sqlite_url, pid, ["alpha", "beta"], prompts=path, limit=2, round_name="second",
+        limited = run(sqlite_url, pid, ["alpha", "beta"], prompts=path, max_prompts=2, round_name="second",
                       settings=GenerationSettings(system_prompt="You are terse."), endpoint=endpoint(server))
     assert (result.prompts, result.pairs, result.not_answerable) == (4, 3, 1)
     # "new one?" keeps its own system message, so round 2 gets the same answers as round 1: no new pair.
@@ -228,6 +230,39 @@ def test_prompts_from_a_file_join_the_project_without_their_pairs(sqlite_url, tm
     systems = [r["messages"][0] for r in server.requests[-4:]]
     assert systems.count({"role": "system", "content": "You are terse."}) == 2  # added where none was
     assert systems.count({"role": "system", "content": "be brief"}) == 2  # kept where there was one
+
+
+def test_the_command_line_names_policies_and_settings_as_align_does(sqlite_url):
+    """`--policy` as in `prefloop align`, and TRL's names for the first N prompts, responses per prompt and their
+    lengths, as `align` and `align eval` spell them; the earlier spellings are gone (one name for each)."""
+    from typer.testing import CliRunner
+
+    from apps.cli import app
+
+    pid = make_project(sqlite_url, QUESTIONS[:3])
+    with FakeOpenAI() as server:
+        cli = CliRunner().invoke(app, ["generate", "--project", "gen", "--policy", "alpha", "--max-prompts", "2",
+                                       "--num-generations", "3", "--max-completion-length", "50",
+                                       "--max-prompt-length", "512", "--base-url", server.base_url, "--db", sqlite_url])
+    assert cli.exit_code == 0, cli.output + repr(cli.exception)
+    assert len(server.requests) == 2 * 3 and {r["max_tokens"] for r in server.requests} == {50}
+    assert len(pairs_of(sqlite_url, pid)) == 2 * 3  # 3 responses to each of the first 2 prompts: 3 pairs each
+    for old in ("--model", "--limit", "--samples", "--max-new-tokens", "--max-prompt-tokens"):
+        refused = CliRunner().invoke(app, ["generate", "--project", "gen", old, "2"])
+        assert refused.exit_code == 2 and f"No such option: {old}" in refused.output
+    described = " ".join(CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "Database URL (default sqlite:///prefloop.db; PREFLOOP_DB)." in described
+
+
+def test_a_round_begun_before_the_settings_were_renamed_is_resumed():
+    """A round is found by a key of the command's settings, kept under the names they had when rounds were first
+    keyed (max_new_tokens, samples, max_prompt_tokens): these keys are what the code before the renaming computed."""
+    from collect.generate import run_key
+
+    specs = [parse_model("base=smollm2-135m-instruct"), parse_model("aligned=runs/aligned")]
+    assert run_key(specs, GenerationSettings(), None) == "6007e9c6a7"
+    settings = GenerationSettings(max_completion_length=64, num_generations=2, max_prompt_length=512, temperature=1.0)
+    assert run_key(specs, settings, OpenAIEndpoint(base_url="http://localhost:8000/v1")) == "44c3e6ab3c"
 
 
 # ----------------------------------------------------------------------------------------------- local
@@ -275,7 +310,7 @@ def test_parse_model_labels_paths_and_adapters(tiny_models, tmp_path):
 def test_local_models_with_adapter_record_parameters_and_reproduce(sqlite_url, tiny_models):
     base, other, adapter = tiny_models
     pid = make_project(sqlite_url, QUESTIONS[:3])
-    settings = GenerationSettings(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3, batch_size=2)
+    settings = GenerationSettings(max_completion_length=6, temperature=1.0, top_p=0.9, seed=3, batch_size=2)
     models = ["base=" + base, "tuned=" + adapter, "other=" + other]
     result = run(sqlite_url, pid, models, settings=settings)
     assert (result.responses, result.pairs, result.empty) == (9, 9, 0)  # 3 models: 3 pairs a prompt
@@ -306,7 +341,7 @@ def test_local_run_interrupted_by_ctrl_c_resumes_without_duplicates(sqlite_url, 
     # under which some runs' tiny model says nothing (an empty response makes no pair).
     base, other = "base=" + tiny_models[0], "other=" + tiny_models[1]
     pid = make_project(sqlite_url, QUESTIONS)
-    settings = GenerationSettings(max_new_tokens=4, batch_size=2)
+    settings = GenerationSettings(max_completion_length=4, batch_size=2)
 
     def interrupt(done, total):
         raise KeyboardInterrupt
@@ -339,7 +374,7 @@ def test_local_model_saved_again_into_its_folder_is_a_new_round(sqlite_url, tiny
                 "created_at": "2026-01-01T00:00:00+00:00"}
     (aligned / "prefloop.json").write_text(json.dumps(manifest))
     pid = make_project(sqlite_url, QUESTIONS[:3])
-    settings = GenerationSettings(max_new_tokens=4, temperature=1.0, batch_size=2)
+    settings = GenerationSettings(max_completion_length=4, temperature=1.0, batch_size=2)
     models = ["base=" + base, f"aligned={aligned}"]
     named = run(sqlite_url, pid, models, settings=settings, round_name="named")
     first = run(sqlite_url, pid, models, settings=settings)
@@ -358,8 +393,8 @@ def test_local_model_saved_again_into_its_folder_is_a_new_round(sqlite_url, tiny
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(
             r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"))
     model.save_pretrained(aligned)
-    cli = CliRunner().invoke(app, ["generate", "--project", "gen", "--model", models[0], "--model", models[1],
-                                   "--max-new-tokens", "4", "--temperature", "1.0", "--batch-size", "2",
+    cli = CliRunner().invoke(app, ["generate", "--project", "gen", "--policy", models[0], "--policy", models[1],
+                                   "--max-completion-length", "4", "--temperature", "1.0", "--batch-size", "2",
                                    "--db", sqlite_url])
     assert cli.exit_code == 0, cli.output + repr(cli.exception)
     line = " ".join(cli.output.split())
@@ -403,7 +438,8 @@ def test_local_long_prompts_lose_old_turns_or_are_skipped(sqlite_url, tiny_model
                       {"role": "assistant", "content": "ok " * 20}]
     long_chat.append({"role": "user", "content": "short last question?"})
     pid = make_project(sqlite_url, [long_chat, "x " * 400])
-    result = run(sqlite_url, pid, [base, other], settings=GenerationSettings(max_new_tokens=3, max_prompt_tokens=60))
+    settings = GenerationSettings(max_completion_length=3, max_prompt_length=60)
+    result = run(sqlite_url, pid, [base, other], settings=settings)
     assert (result.pairs, result.too_long) == (1, 2)  # the 400-word question does not fit either model
     (_, _, _, _, gen, _), = pairs_of(sqlite_url, pid)
     assert 0 < gen["prompt_turns_dropped"] < len(long_chat) and gen["prompt_tokens"] <= 60
@@ -425,14 +461,14 @@ def test_local_model_without_chat_template_needs_and_takes_one(sqlite_url, tiny_
     config.pop("chat_template", None)
     (bare / "tokenizer_config.json").write_text(json.dumps(config))
     pid = make_project(sqlite_url, QUESTIONS[:2])
-    settings = GenerationSettings(max_new_tokens=4)
+    settings = GenerationSettings(max_completion_length=4)
     with pytest.raises(UserError, match="no chat template; pass one with --chat-template"):
         run(sqlite_url, pid, [str(bare), other], settings=settings)
 
     template = tmp_path / "chat.jinja"
     template.write_text(CHAT_TEMPLATE)
-    cli = CliRunner().invoke(app, ["generate", "--project", "gen", "--model", f"bare={bare}", "--model",
-                                   f"other={other}", "--max-new-tokens", "4", "--chat-template", str(template),
+    cli = CliRunner().invoke(app, ["generate", "--project", "gen", "--policy", f"bare={bare}", "--policy",
+                                   f"other={other}", "--max-completion-length", "4", "--chat-template", str(template),
                                    "--db", sqlite_url])
     assert cli.exit_code == 0, cli.output + repr(cli.exception)
     with db.session_scope(sqlite_url) as s:
