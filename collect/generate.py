@@ -46,6 +46,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from collect.auth import audit
+from collect.cli_options import DB_OPTION
 from collect.errors import UserError, check_settings
 from collect.formats import Record, content_hash, read_records, records_from_dataset
 from collect.models import AuditEvent, Pair, Project, Prompt, Response, utcnow
@@ -705,8 +706,7 @@ def generate_command(
     timeout: float = typer.Option(120.0, help="Seconds to wait for one HTTP answer."),
     max_retries: int = typer.Option(5, help="Retries after HTTP 429, 5xx and timeouts."),
     concurrency: int = typer.Option(4, help="HTTP requests in flight at once."),
-    url: Optional[str] = typer.Option(None, "--db", envvar="PREFLOOP_DB",
-                                      help="Database URL (default sqlite:///prefloop.db; PREFLOOP_DB)."),
+    url: Optional[str] = DB_OPTION,
 ) -> None:
     """Generate new candidate responses with one or more policies and add them as pairs to a project."""
     from rich.console import Console

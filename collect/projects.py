@@ -174,7 +174,8 @@ def add_rater(
         raise UserError("a rater name is at most 200 characters")
     expertise = _checked_expertise(expertise)
     if session.scalar(select(Rater).where(Rater.name == name)):
-        raise UserError(f"rater {name!r} already exists")
+        raise UserError(f"rater {name!r} already exists: change their projects, expertise or opt-ins with "
+                        "`prefloop rater update` or the dashboard's Raters tab")
     rater = Rater(
         name=name,
         role=role,

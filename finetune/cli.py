@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from collect.cli_options import DB_OPTION
+
 app = typer.Typer(help="Train a LoRA adapter that aligns a policy: to a reward model (grpo, rloo, bon, on --prompts) "
                   "or to preference pairs (dpo, on --data). Training takes the options below and needs --out and "
                   "one of --prompts, --data or --project. `prefloop align eval` measures the adapter; its options "
@@ -28,8 +30,7 @@ def run(
                                        "file or folder as `prefloop export` writes it and `reward train` takes."),
     project: Optional[str] = typer.Option(None, "--project", help="Take the prompts (dpo: the judged pairs) from "
                                           "this project of the collection database instead."),
-    db_url: Optional[str] = typer.Option(None, "--db", envvar="PREFLOOP_DB",
-                                         help="Database URL (default sqlite:///prefloop.db; PREFLOOP_DB)."),
+    db_url: Optional[str] = DB_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Adapter directory to write (with prefloop.json); "
                                        "training needs it."),
     method: str = typer.Option("grpo", "--method", help="grpo | rloo | dpo | bon."),

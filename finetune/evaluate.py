@@ -17,7 +17,6 @@ Written as JSON and a PNG plot; the summary also lands in the adapter's prefloop
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -86,14 +85,14 @@ def win_rate(aligned: Sequence[float], base: Sequence[float]) -> float:
     return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(aligned, base)) / len(aligned)
 
 
-def win_rate_interval(aligned: Sequence[float], base: Sequence[float], n_boot: int = 1000,
+def win_rate_interval(aligned: Sequence[float], base: Sequence[float], n_bootstrap: int = 1000,
                       seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the win rate, resampling prompts."""
+    """95% bootstrap interval of the win rate, resampling prompts: the expanded percentile interval reward
+    evaluation reports (`reward.evaluate.bootstrap_interval`), so intervals read alike across the loop."""
+    from reward.evaluate import bootstrap_interval
+
     outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(aligned, base)]
-    rng = random.Random(seed)
-    n = len(outcomes)
-    rates = sorted(sum(outcomes[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    return rates[int(0.025 * n_boot)], rates[min(int(0.975 * n_boot), n_boot - 1)]
+    return bootstrap_interval(outcomes, n_bootstrap, seed=seed)
 
 
 def _mean(values: Sequence[float]) -> float:

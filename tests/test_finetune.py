@@ -681,7 +681,7 @@ def test_options_given_before_eval_are_refused_not_ignored(tmp_path):
     assert isinstance(from_env.exception, UserError) and "no such directory" in str(from_env.exception)
     described = " ".join(runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output.split())
     assert "[OPTIONS] [eval [OPTIONS]]" in described
-    assert "Database URL (default sqlite:///prefloop.db; PREFLOOP_DB)." in described
+    assert "SQLAlchemy URL of the collection database (default sqlite:///prefloop.db)." in described
 
 
 def test_the_command_line_options_are_the_config_fields(tmp_path, monkeypatch):

@@ -251,7 +251,7 @@ def test_the_command_line_names_policies_and_settings_as_align_does(sqlite_url):
         refused = CliRunner().invoke(app, ["generate", "--project", "gen", old, "2"])
         assert refused.exit_code == 2 and f"No such option: {old}" in refused.output
     described = " ".join(CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).output.split())
-    assert "Database URL (default sqlite:///prefloop.db; PREFLOOP_DB)." in described
+    assert "SQLAlchemy URL of the collection database (default sqlite:///prefloop.db)." in described
 
 
 def test_a_round_begun_before_the_settings_were_renamed_is_resumed():
