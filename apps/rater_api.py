@@ -16,10 +16,15 @@ server never grants, so a logged-in browser behind an SSO proxy cannot be made t
     GET  /api/v1/projects/{project_id}/me             -> the rater's own summary
                                                          (gold_judged, gold_accuracy: check items judged
                                                          before today, UTC)
+
+Errors are JSON: 401 (who are you), 403 (not yours, or no such id: an id past 2**31 - 1 is one), 400 (a bad
+request), 422 (a malformed body or path), and 503 `{"detail": "database unavailable: ...; retry"}` when the database
+fails (stopped, unreachable, locked): retry later; a judgment retried with its client_token is never counted twice.
 """
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any, Iterator, Optional
@@ -27,6 +32,8 @@ from typing import Any, Iterator, Optional
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from apps.web_auth import Unauthenticated, authenticated_name, rater_from_http
@@ -37,6 +44,8 @@ from collect.assign import (
 from collect.errors import PermissionDenied, UserError
 from collect.models import Rater
 from collect.projects import projects_of
+
+log = logging.getLogger(__name__)
 
 
 class Judgment(BaseModel):
@@ -147,7 +156,20 @@ def api_router(db_url: str, auth_header: str | None = None) -> APIRouter:
 
 
 def add_error_handlers(app: FastAPI, auth_header: str | None = None) -> None:
-    """collect's errors as JSON: 401 who are you, 403 not yours, 400 bad request."""
+    """collect's errors as JSON: 401 who are you, 403 not yours, 400 bad request, 503 the database failed (retry).
+
+    An id no row can have (out of the database's range) is refused in collect as an unknown id is: 403."""
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
+    def database_unavailable(request: Request, e: Exception) -> JSONResponse:
+        # A server stopped or restarting, a dropped connection, no connection free in the pool, SQLite's lock
+        # held past its timeout: nothing the caller did, and the transaction was rolled back, so a retry is safe
+        # (a judgment's client_token makes it so even when the commit itself was cut off). One line in the log
+        # per request, not a traceback each.
+        detail = f"database unavailable: {db.driver_words(e)}; retry"
+        log.warning("%s %s: %s", request.method, request.url.path, detail)
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Unauthenticated)
     def unauthenticated(_request: Request, e: Unauthenticated) -> JSONResponse:

@@ -2,9 +2,13 @@
 
 The rules, all enforced by the database rather than by a lock in one process:
 - a rater never gets the same pair twice: one assignment row per (pair, rater), a unique constraint;
-- a pair never gets more than the project's overlap k judgments: `pair.n_claimed` counts open assignments
-  and judgments, and is raised only by `UPDATE ... WHERE n_claimed < k` (on PostgreSQL the candidate rows are
-  read with FOR UPDATE SKIP LOCKED; SQLite serializes writers with BEGIN IMMEDIATE);
+- a pair never gets more than the project's overlap k judgments: `pair.n_claimed` counts open and submitted
+  assignments (repeats aside) and imported judgments, and is raised only by `UPDATE ... WHERE n_claimed < k` (on
+  PostgreSQL the candidate rows are read with FOR UPDATE SKIP LOCKED; SQLite serializes writers with BEGIN
+  IMMEDIATE); it only ever moves by increments and decrements (import too), never by a recount, which would write
+  over a claim committed meanwhile;
+- a rater's `next` and `undo` run one at a time (on PostgreSQL a lock on the rater's row), so a rater has one open
+  item and the daily cap on sensitive items holds, however many tabs or retries ask at once;
 - an assignment not submitted before its lease ends returns its slot to the pool;
 - with the project's repeat_rate, a pair the rater judged a while ago comes back once with the sides swapped
   (a repeat: no overlap slot, judgment kind "repeat", used only to measure the rater's consistency);
@@ -29,7 +33,7 @@ from sqlalchemy.orm import Session, lazyload
 
 from collect.auth import audit
 from collect.errors import PermissionDenied, UserError
-from collect.models import RATER_KINDS, Assignment, Judgment, Pair, Project, Prompt, Rater, utcnow
+from collect.models import RATER_KINDS, Assignment, Judgment, Pair, Project, Prompt, Rater, is_row_id, utcnow
 from collect.projects import require_member
 
 UNDO_SECONDS = 60
@@ -135,9 +139,22 @@ def _candidates(
     return ids
 
 
+def _one_at_a_time(session: Session, rater_id: int) -> None:
+    """Wait for the rater's other requests that serve or undo (other tabs, a client's retries) to commit.
+
+    Serving reads the rater's open assignment and today's sensitive count, then claims: two requests reading at once
+    would each open an item, past the sensitive cap. On PostgreSQL the rater's row is locked until the transaction
+    ends (FOR NO KEY UPDATE, which the foreign-key checks of the rater's other writes do not wait for); the rater,
+    not the membership, as the sensitive cap counts across projects. SQLite runs whole transactions one at a time
+    (BEGIN IMMEDIATE, collect.db), and SQLAlchemy writes no FOR UPDATE there."""
+    if is_row_id(rater_id):
+        session.execute(select(Rater.id).where(Rater.id == rater_id).with_for_update(key_share=True))
+
+
 def next_assignment(session: Session, project_id: int, rater_id: int, now: datetime | None = None) -> Served | None:
     """The rater's current open assignment, or a newly claimed one; None when nothing is left for them."""
     now = now or utcnow()
+    _one_at_a_time(session, rater_id)
     rater = require_member(session, project_id, rater_id)
     project = session.get(Project, project_id)
     if rater.role == "viewer":
@@ -231,7 +248,7 @@ def _current_assignment(session: Session, project_id: int, rater_id: int) -> Ass
 
 
 def _own_assignment(session: Session, rater_id: int, assignment_id: Any) -> Assignment:
-    if isinstance(assignment_id, bool) or not isinstance(assignment_id, int):
+    if not is_row_id(assignment_id):  # out of range: no row has it, and binding it would fail
         raise PermissionDenied("no such assignment")
     # Row-locked on PostgreSQL, so a lease cannot expire under a submission in flight. The pair and its texts
     # are loaded only if used (most callers need the assignment row alone).
@@ -378,6 +395,7 @@ def _record(
 def undo_last(session: Session, rater_id: int, project_id: int, now: datetime | None = None) -> Served:
     """Take back the rater's most recent judgment (within UNDO_SECONDS) and serve that pair again."""
     now = now or utcnow()
+    _one_at_a_time(session, rater_id)  # with the rater's `next`: it too leaves them one open assignment
     require_member(session, project_id, rater_id)
     judgment = session.scalar(
         select(Judgment).where(Judgment.rater_id == rater_id, Judgment.project_id == project_id,
@@ -403,30 +421,35 @@ def undo_last(session: Session, rater_id: int, project_id: int, now: datetime | 
     return _view(assignment)
 
 
-def _release(session: Session, assignment: Assignment, status: str, reason: str) -> None:
+def _release(session: Session, assignment: Assignment, status: str, reason: str, now: datetime) -> None:
     if assignment.status != "open":
         raise UserError(f"this assignment is {assignment.status}, not open")
+    # The rater's last action on the item, as a submission is: the time since the previous one is active time
+    # (logged; payroll pays only submitted work).
+    assignment.active_seconds = _active_until(assignment, session.get(Project, assignment.project_id), now)
+    assignment.last_activity_at = now
     assignment.status = status
     assignment.skip_reason = reason
     if not assignment.is_repeat:
         _give_back_slot(session, assignment.pair_id)
 
 
-def skip(session: Session, rater_id: int, assignment_id: int, reason: str) -> None:
+def skip(session: Session, rater_id: int, assignment_id: int, reason: str, now: datetime | None = None) -> None:
     """Pass on a pair (with a reason); it goes to someone else and never back to this rater."""
     if not reason or not reason.strip():
         raise UserError("a skip needs a reason")
     assignment = _own_assignment(session, rater_id, assignment_id)
-    _release(session, assignment, "skipped", reason.strip()[:2000])
+    _release(session, assignment, "skipped", reason.strip()[:2000], now or utcnow())
 
 
-def flag_harmful(session: Session, rater_id: int, assignment_id: int, reason: str) -> None:
+def flag_harmful(session: Session, rater_id: int, assignment_id: int, reason: str,
+                 now: datetime | None = None) -> None:
     """Pull the pair out of every queue at once until an admin reviews it.
 
     Other raters' open assignments on the pair expire and give their slots back, so nobody is shown it again.
     """
     assignment = _own_assignment(session, rater_id, assignment_id)
-    _release(session, assignment, "skipped", f"flagged: {reason.strip()[:2000]}")
+    _release(session, assignment, "skipped", f"flagged: {reason.strip()[:2000]}", now or utcnow())
     session.execute(update(Pair).where(Pair.id == assignment.pair_id).values(status="flagged")
                     .execution_options(synchronize_session=False))
     others = session.scalars(select(Assignment.id).where(Assignment.pair_id == assignment.pair_id,

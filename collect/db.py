@@ -141,10 +141,15 @@ def shown_url(url: str | None = None) -> str:
         return url
 
 
+def driver_words(error: Exception) -> str:
+    """What the database driver said (without SQLAlchemy's statement and parameters), on one line."""
+    return " ".join(str(getattr(error, "orig", None) or error).split())
+
+
 def connection_problem(error: OperationalError, url: str | None = None) -> UserError:
     """An unreachable server, a refused login, a locked or unwritable file: one line, the driver's words."""
     where = f" at {shown_url(url)}" if url is not None else ""
-    return UserError(f"cannot use the database{where}: {' '.join(str(error.orig or error).split())}")
+    return UserError(f"cannot use the database{where}: {driver_words(error)}")
 
 
 @contextmanager

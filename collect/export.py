@@ -78,8 +78,9 @@ def preference_rows(
     if not 0 <= min_confidence <= 1:  # nan fails this too
         raise UserError(f"min_confidence (--min-confidence) must be between 0 and 1, got {min_confidence}")
     frame = judgments_frame(session, project.id)
+    # In id order: without ORDER BY, PostgreSQL returns rows in whatever order its plan meets them.
     pairs = {p.id: p for p in session.scalars(
-        select(Pair).where(Pair.project_id == project.id, Pair.status == "active"))}
+        select(Pair).where(Pair.project_id == project.id, Pair.status == "active").order_by(Pair.id))}
     verdicts = aggregate(frame, method=aggregation) if len(frame) else pd.DataFrame(
         columns=["pair_id", "winner", "confidence", "margin", "n_judgments", "agreement"])
     verdicts = {int(v.pair_id): v for v in verdicts.itertuples(index=False)}

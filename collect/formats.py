@@ -310,6 +310,9 @@ def generic_record(row: dict[str, Any], where: str, source: str) -> Record:
     if "chosen" in row and "rejected" in row and "response_a" not in row:  # would be read as a prompt with no pair
         raise _fail(where, "chosen", "TRL's preference columns (chosen, rejected) are read with --format trl")
     if "prompt" not in row or row["prompt"] is None:
+        if "prompt" not in row and {"info", "summaries"} <= set(row):  # told generic by a name not saying summarize
+            raise _fail(where, "prompt", "is missing; OpenAI summarize-from-feedback's rows (info, summaries, choice, "
+                                         "worker) are read with --format summarize")
         raise _fail(where, "prompt", "is missing")
     record = Record(
         where=where,

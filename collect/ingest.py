@@ -16,18 +16,19 @@ project's judgments, which it would count twice.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from collect.auth import audit
 from collect.db import refresh_planner_statistics
 from collect.errors import UserError, warn
 from collect.formats import Record, content_hash, detect_format, read_records, records_from_dataset
-from collect.models import Assignment, ImportRun, Judgment, Pair, Project, Prompt, Rater, Response
+from collect.models import ImportRun, Judgment, Pair, Project, Prompt, Rater, Response
 
 
 @dataclass
@@ -206,6 +207,7 @@ def import_records(
                 progress(n, len(records))
         session.add_all(new_judgments)
         result.judgments = len(new_judgments)
+        _claim_imported(session, new_judgments)
         if relabelled:
             first = relabelled[0]
             more = f" and {len(relabelled) - 1} more rows are" if len(relabelled) > 1 else " is"
@@ -222,7 +224,6 @@ def import_records(
                  f"export): each added its judgment to that pair instead of storing the pair again; where those rows' "
                  f"labels were drawn from the same votes (an export of this same file), each vote now counts twice")
     session.flush()
-    _recount_claims(session, pid)
     refresh_planner_statistics(session, ["prompt", "response", "pair", "judgment"])
     audit(session, "import", actor_id, pid, **result.as_dict())
     return result
@@ -279,16 +280,19 @@ def _refuse_own_export(
                 f"--as-gold to make its answers the pairs' known answers")
 
 
-def _recount_claims(session: Session, project_id: int) -> None:
-    """Imported judgments count toward a pair's overlap like judgments made in the app."""
-    judged = select(func.count(Judgment.id)).where(Judgment.pair_id == Pair.id, Judgment.assignment_id.is_(None))
-    open_or_done = select(func.count(Assignment.id)).where(
-        Assignment.pair_id == Pair.id, Assignment.status.in_(("open", "submitted")))
-    session.execute(
-        update(Pair).where(Pair.project_id == project_id)
-        .values(n_claimed=judged.scalar_subquery() + open_or_done.scalar_subquery())
-        .execution_options(synchronize_session=False)
-    )
+def _claim_imported(session: Session, judgments: list[Judgment]) -> None:
+    """Imported judgments take overlap slots as judgments made in the app do: each pair's `n_claimed` goes up by the
+    judgments this import added to it.
+
+    An increment, as collect.assign claims a slot, never a recount: on PostgreSQL a recount from subqueries reads the
+    assignments as they were when its statement began, so a claim committed while it ran was written over and its
+    slot handed out again. Pairs are updated in id order, so two imports lock them in the same order."""
+    added = Counter(j.pair_id for j in judgments)
+    if added:
+        pair = Pair.__table__
+        session.execute(
+            update(pair).where(pair.c.id == bindparam("pair")).values(n_claimed=pair.c.n_claimed + bindparam("added")),
+            [{"pair": pair_id, "added": n} for pair_id, n in sorted(added.items())])
 
 
 @dataclass

@@ -29,6 +29,19 @@ ROUTING = ("any", "experts_first", "experts_only")
 CHOICES = {2: "A>>B", 1: "A>B", 0: "tie", -1: "B>A", -2: "B>>A"}
 RATER_KINDS = ("rater", "repeat")
 """Judgment kinds a rater makes in the app: both are paid work and count in the rater's own numbers."""
+VOTE_KINDS = ("rater", "import")
+"""Judgment kinds that are votes: what aggregation and export read, and, on a pair that is not gold, what fills its
+overlap. A repeat is a consistency check and an adjudication an admin's ruling: neither is a vote."""
+
+
+MAX_ID = 2**31 - 1
+"""The largest id a row can have: ids are PostgreSQL `integer`s (SQLite's go to 2**63 - 1). A larger number from a
+caller names no row, and a query binding it fails on PostgreSQL (numeric value out of range) or in the driver."""
+
+
+def is_row_id(value: Any) -> bool:
+    """Whether `value` can be the id of a row: an int (not a bool) from 1 to MAX_ID."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
 
 
 def utcnow() -> datetime:

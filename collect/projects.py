@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from collect.auth import audit, hash_password, verify_password
 from collect.errors import PermissionDenied, UserError
-from collect.models import ROLES, ROUTING, Membership, Project, Prompt, Rater
+from collect.models import ROLES, ROUTING, Membership, Project, Prompt, Rater, is_row_id
 
 MAX_CATEGORY_CHARS = 100
 """Longest sensitive-category name accepted in an opt-in."""
@@ -347,10 +347,14 @@ def authenticate(session: Session, name: str, password: str) -> Rater | None:
 
 def require_member(session: Session, project_id: int, rater_id: int) -> Rater:
     """The rater, if they may work in this project; PermissionDenied otherwise."""
-    rater = session.get(Rater, rater_id)
+    rater = session.get(Rater, rater_id) if is_row_id(rater_id) else None
     if rater is None or rater.external:
         raise PermissionDenied("unknown rater")
-    if rater.role != "admin" and not is_member(session, project_id, rater_id):
+    # An id out of range names no project (and would fail in the query): refused as an unknown one is.
+    if rater.role == "admin":
+        if not is_row_id(project_id) or session.get(Project, project_id) is None:
+            raise PermissionDenied("no such project")
+    elif not is_row_id(project_id) or not is_member(session, project_id, rater_id):
         raise PermissionDenied("not a member of this project")
     return rater
 

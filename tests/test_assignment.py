@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text, update
 
-from collect import db
+from collect import assign, db
 from collect.assign import (
     flag_harmful, next_assignment, rater_summary, record_activity, review_flag, skip, submit_judgment, undo_last,
 )
@@ -207,15 +207,16 @@ def test_overlapping_submissions_with_one_token_return_one_judgment(db_url):
         assert s.scalar(select(func.count(Judgment.id))) == 1
 
 
-def wait_until_another_transaction_waits(url: str, timeout: float = 10.0) -> None:
-    """On PostgreSQL, until some session waits for a lock (the twin, on the assignment row). SQLite serializes
-    whole transactions, so the twin cannot get that far: give it a moment to queue up."""
+def wait_until_another_transaction_waits(url: str, timeout: float = 10.0,
+                                          while_running: threading.Thread | None = None) -> None:
+    """On PostgreSQL, until some session waits for a lock (the twin, on the assignment row), or `while_running` has
+    ended. SQLite serializes whole transactions, so the twin cannot get that far: give it a moment to queue up."""
     if not url.startswith("postgresql"):
         time.sleep(0.3)
         return
     deadline = time.monotonic() + timeout
     with db.get_engine(url).connect() as conn:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and (while_running is None or while_running.is_alive()):
             if conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar():
                 return
             conn.rollback()
@@ -413,3 +414,97 @@ def test_many_threads_one_database(db_url):
     assert len(per_pair) == n_pairs and set(per_pair.values()) == {overlap}
     assert len({(p, r) for _, p, r in rows}) == len(rows)  # k different raters per pair
     assert claimed == [overlap] * n_pairs
+
+
+def test_an_import_keeps_a_slot_claimed_while_it_runs(db_url):
+    """A claim committed while an import runs keeps its slot, on pairs the import does not touch too. (Import recounted
+    every pair of the project from subqueries, which on PostgreSQL read the pairs as they were when the statement
+    began: the claim was written over, and its slot went to a second rater, three judgments for k = 2.)"""
+    pid, (r0, r1), _ = setup_project(db_url, n_pairs=1, overlap=2, raters=2)
+    with db.session_scope(db_url) as s:  # an earlier import's label: the pair has one slot left
+        import_dataset(s, get_project(s, pid), [{"prompt": "question 0", "response_a": "answer a0",
+                                                 "response_b": "answer b0", "rater": "outsider", "choice": 1}])
+    claimed, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def claim() -> None:
+        try:
+            with db.session_scope(db_url) as s:
+                assert next_assignment(s, pid, r0) is not None  # the pair's row stays locked until the commit
+                claimed.set()
+                release.wait(30)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+            claimed.set()
+
+    def import_another_pair() -> None:
+        try:
+            with db.session_scope(db_url) as s:
+                rows = [{"prompt": "question 1", "response_a": "a1", "response_b": "b1"}]
+                import_dataset(s, get_project(s, pid), rows)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    claimer = threading.Thread(target=claim)
+    claimer.start()
+    claimed.wait(30)
+    importer = threading.Thread(target=import_another_pair)
+    importer.start()
+    wait_until_another_transaction_waits(db_url, while_running=importer)  # the import, on the claimed pair's row
+    release.set()
+    for t in (claimer, importer):
+        t.join(timeout=60)
+    assert not errors, errors
+    with db.session_scope(db_url) as s:
+        assert s.scalar(select(Pair.n_claimed).where(Pair.id == 1)) == 2  # the label and r0's open assignment
+    assert asked(judge(db_url, pid, r1)) == "question 1"  # not question 0 a third time
+    judge(db_url, pid, r0)  # r0 submits the item they hold
+    with db.session_scope(db_url) as s:
+        assert s.scalar(select(func.count(Judgment.id)).where(Judgment.pair_id == 1)) == 2
+
+
+def test_parallel_requests_of_one_rater_open_one_item_within_the_sensitive_cap(db_url, monkeypatch):
+    """Eight `next` calls of one rater at once (eight tabs, a retrying client) get the same one item. Each call reads
+    the rater's open item and today's sensitive count before it claims: on PostgreSQL, without a lock per rater, all
+    eight read "none open, one sensitive today" and each opened its own item, past a daily cap of 2."""
+    tags = {i: ["sensitive:violence"] for i in range(8)}
+    pid, _, _ = setup_project(db_url, n_pairs=8, overlap=1, raters=0, tags=tags, sensitive_daily_cap=2)
+    with db.session_scope(db_url) as s:
+        brave = add_rater(s, "brave", "pw", sensitive_opt_in=["violence"], projects=[get_project(s, pid)]).id
+    assert judge(db_url, pid, brave).sensitive == ["violence"]  # one today: one more allowed
+    # Every call waits (up to 2 s) after reading its open item until the others have read theirs: the calls interleave
+    # as they would under load, wherever the database lets them.
+    all_read = threading.Barrier(8)
+    current_assignment = assign._current_assignment
+
+    def read_then_wait(*args):
+        found = current_assignment(*args)
+        try:
+            all_read.wait(timeout=2)
+        except threading.BrokenBarrierError:
+            pass
+        return found
+
+    monkeypatch.setattr(assign, "_current_assignment", read_then_wait)
+    served: list[int | None] = []
+    errors: list[BaseException] = []
+
+    def next_item() -> None:
+        try:
+            with db.session_scope(db_url) as s:
+                item = next_assignment(s, pid, brave)
+                served.append(item.assignment_id if item else None)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=next_item) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    with db.session_scope(db_url) as s:
+        opened = s.scalars(select(Assignment.id).where(Assignment.rater_id == brave, Assignment.status == "open")).all()
+        sensitive_today = s.scalar(select(func.count(Assignment.id)).where(Assignment.rater_id == brave))
+    assert len(opened) == 1 and served == opened * 8  # one item, served to every call
+    assert sensitive_today == 2  # the cap

@@ -14,7 +14,7 @@ from collect.export import export_project
 from collect.formats import CHOICE_LABELS, read_records
 from collect.ingest import import_dataset, import_file
 from collect.judgments import judgments_frame
-from collect.models import Judgment, Pair
+from collect.models import Judgment, Pair, Prompt, Response
 from collect.projects import create_project, get_project
 
 
@@ -236,3 +236,22 @@ def test_export_trains_unchanged_in_plain_trl_reward_trainer(sqlite_url, tmp_pat
     )
     result = trainer.train()
     assert result.global_step == 3 and result.training_loss > 0
+
+
+def test_export_writes_pairs_in_id_order_on_every_database(db_url, tmp_path):
+    """Pairs are read in id order: PostgreSQL's table scan returns an updated row after the others."""
+    build(db_url)
+    with db.session_scope(db_url) as s:
+        first = s.scalar(select(Pair).order_by(Pair.id).limit(1))
+        # New versions of the first pair's rows, which PostgreSQL's table scans then return after the others (the
+        # plan may start from any of the four tables).
+        for table, row_id in ((Pair, first.id), (Prompt, first.prompt_id), (Response, first.response_a_id),
+                              (Response, first.response_b_id)):
+            s.execute(update(table).where(table.id == row_id).values(created_at=table.created_at))
+        first = first.id
+    with db.session_scope(db_url) as s:
+        export_project(s, get_project(s, "p"), tmp_path / "prefs.jsonl", include_ties=True)
+    for name in ("prefs.jsonl", "prefs.ties.jsonl"):
+        ids = [row["pair_id"] for row in map(json.loads, open(tmp_path / name))]
+        assert ids == sorted(ids), name
+    assert json.loads(next(open(tmp_path / "prefs.jsonl")))["pair_id"] == first

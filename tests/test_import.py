@@ -615,3 +615,14 @@ def test_an_import_leaves_the_query_planner_statistics_of_what_it_wrote(db_url):
         else:
             rows = s.scalar(sql("SELECT stat FROM sqlite_stat1 WHERE tbl = 'pair' LIMIT 1")).split()[0]
     assert int(rows) == 300
+
+
+def test_summarize_rows_in_a_file_named_otherwise_say_which_format_reads_them(tmp_path):
+    path = _write(tmp_path / "feedback.jsonl", _summarize() + b"\n")  # the format is told by the name: generic here
+    with pytest.raises(UserError, match=r"^\S*feedback.jsonl:1: field 'prompt': is missing; .*(info, summaries, "
+                                        r"choice, worker).* are read with --format summarize$"):
+        read_records(path)
+    assert len(read_records(path, "summarize")) == 1
+    # A generic row with a column of that name is read as the generic row it is.
+    generic = _write(tmp_path / "rows.jsonl", json.dumps({"prompt": "a", "summaries": [], "info": {}}).encode())
+    assert read_records(generic)[0].prompt == [{"role": "user", "content": "a"}]

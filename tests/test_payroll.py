@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from collect import db
 from collect.adjudicate import adjudicate
-from collect.assign import next_assignment, record_activity, skip, submit_judgment
+from collect.assign import flag_harmful, next_assignment, record_activity, skip, submit_judgment
 from collect.errors import UserError
 from collect.ingest import import_dataset
-from collect.models import AuditEvent, Pair, utcnow
+from collect.models import Assignment, AuditEvent, Pair, utcnow
 from collect.payroll import PAYROLL_COLUMNS, PayrollConfig, export_payroll, payroll
 from collect.projects import ProjectSettings, add_rater, create_project, get_project
 
@@ -30,8 +30,7 @@ def work(url, pid, rater_id, start, seconds, submit=True):
         if submit:
             submit_judgment(s, rater_id, served.assignment_id, 1, client_token=uuid.uuid4().hex, now=end)
         else:
-            record_activity(s, rater_id, served.assignment_id, now=end)
-            skip(s, rater_id, served.assignment_id, "outside my expertise")
+            skip(s, rater_id, served.assignment_id, "outside my expertise", now=end)
 
 
 def build(url):
@@ -113,3 +112,23 @@ def test_csv_export_is_audited(sqlite_url, tmp_path):
         assert event.actor_id == ids["boss"] and event.project_id == pid
         assert event.details["raters"] == 3 and event.details["below_floor"] == 1
         assert event.details["total_pay"] == pytest.approx(float(table["pay"].sum()))
+
+
+def test_time_up_to_a_skip_or_a_flag_is_logged(db_url):
+    """A skip or a flag is the rater's last action on an item, as a submission is: the time since their previous
+    action counts (up to the idle threshold), logged but not paid."""
+    with db.session_scope(db_url) as s:
+        project = create_project(s, "pay", ProjectSettings(overlap=1, pay_rate=12.0, idle_seconds=120))
+        import_dataset(s, project, [{"prompt": f"q{i}", "response_a": f"a{i}", "response_b": f"b{i}"}
+                                    for i in range(2)])
+        pid, ann = project.id, add_rater(s, "ann", "pw", projects=[project]).id
+    with db.session_scope(db_url) as s:
+        skipped = next_assignment(s, pid, ann, now=T0).assignment_id
+        skip(s, ann, skipped, "outside my expertise", now=T0 + timedelta(seconds=30))
+        flagged = next_assignment(s, pid, ann, now=T0 + timedelta(seconds=40)).assignment_id
+        record_activity(s, ann, flagged, now=T0 + timedelta(seconds=50))
+        flag_harmful(s, ann, flagged, "graphic", now=T0 + timedelta(seconds=400))  # idle: 120 s of the 350 count
+    with db.session_scope(db_url) as s:
+        assert [s.get(Assignment, i).active_seconds for i in (skipped, flagged)] == [30, 10 + 120]
+        row = payroll(s, get_project(s, pid)).set_index("rater").loc["ann"]
+    assert (row["judgments"], row["pay"]) == (0, 0) and row["unpaid_hours"] == pytest.approx(160 / 3600)

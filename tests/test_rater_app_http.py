@@ -8,14 +8,21 @@ anything in Y or return anything from Y.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Iterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from apps import web_auth
+from apps.rater_api import add_error_handlers, api_router
 from apps.rater_client import GradioRaterClient, RaterAPIError, RaterClient
 from collect import db
 from collect.assign import next_assignment, submit_judgment
@@ -24,6 +31,7 @@ from collect.models import Assignment, AuditEvent, Judgment, Pair, Rater, utcnow
 from collect.projects import ProjectSettings, add_rater, create_project, get_project, update_project
 from tests.browser import running_server
 from tests.postgres import free_port
+from tests.test_assignment import setup_project
 
 SECRET = "YSECRET"
 
@@ -320,3 +328,80 @@ def test_a_password_changed_elsewhere_stops_working_at_once(site):
             old.projects()  # and stays refused (the stale entry is gone, Argon2 says no)
     with RaterClient(site["base_url"], "wanda", "new-pw") as new:
         assert [p["id"] for p in new.projects()] == [site["x"]]
+
+
+@pytest.fixture
+def api_only(db_url, monkeypatch) -> FastAPI:
+    """The JSON API alone on `db_url`, as `prefloop serve` mounts it (without the Gradio apps, which take seconds to
+    build), with no logins remembered from other tests' databases (the same names and passwords, other hashes)."""
+    monkeypatch.setattr(web_auth, "_basic_cache", web_auth._BasicCache())
+    app = FastAPI()
+    app.include_router(api_router(db_url), prefix="/api/v1")
+    add_error_handlers(app)
+    return app
+
+
+def test_ids_outside_the_database_range_are_unknown_ids(db_url, api_only):
+    """An id no row can have (ids are 32-bit integers on PostgreSQL; SQLite's end at 2**63 - 1) is refused as an
+    unknown id is, not a 500: 2**31 was PostgreSQL's NumericValueOutOfRange, 10**20 an OverflowError on both."""
+    pid, _, _ = setup_project(db_url, n_pairs=1, overlap=1, raters=1)
+    with TestClient(api_only, raise_server_exceptions=False) as http:
+        for caller in (("r0", "pw"), ("boss", "pw")):  # a rater of the project, an admin of every project
+            assert http.post(f"/api/v1/projects/{pid}/next", json={}, auth=caller).status_code == 200
+            for unknown in (0, -1, 2**31 - 1, 2**31, 2**63, 10**20):
+                routes = [("POST", f"/api/v1/projects/{unknown}/{action}", {}) for action in ("next", "undo")]
+                routes += [("GET", f"/api/v1/projects/{unknown}/me", None)]
+                routes += [("POST", f"/api/v1/assignments/{unknown}/{action}", body) for action, body in (
+                    ("judgment", {"choice": 1, "client_token": uuid.uuid4().hex}), ("skip", {"reason": "x"}),
+                    ("flag", {"reason": "x"}), ("activity", {}))]
+                for method, path, body in routes:
+                    response = http.request(method, path, json=body, auth=caller)
+                    assert response.status_code == 403, (caller, path, response.text)
+                    assert response.json()["error"] in ("no such assignment", "no such project",
+                                                        "not a member of this project"), (caller, path)
+
+
+@contextmanager
+def database_down(url: str, tmp_path) -> Iterator[None]:
+    """The database fails for the block, as a stopped server does: PostgreSQL's database ends its connections (the
+    pool's among them) and takes no new ones; SQLite's folder is moved away once this process holds no connection."""
+    if url.startswith("postgresql"):
+        import psycopg
+
+        prefix, name = url.replace("postgresql+psycopg", "postgresql").rsplit("/", 1)
+        with psycopg.connect(prefix + "/postgres", autocommit=True) as c:
+            c.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            try:
+                yield
+            finally:
+                c.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    else:
+        db.get_engine(url).dispose()
+        away = tmp_path.with_name(tmp_path.name + "-away")
+        tmp_path.rename(away)
+        try:
+            yield
+        finally:
+            away.rename(tmp_path)
+    db.get_engine(url).dispose()
+
+
+def test_a_database_that_fails_is_a_503_to_retry_with_one_line_in_the_log(db_url, api_only, tmp_path, caplog):
+    pid, _, _ = setup_project(db_url, n_pairs=2, overlap=1, raters=2)
+    # raise_server_exceptions: an error the API leaves unhandled (a 500 with its traceback) fails the test
+    with TestClient(api_only) as http:
+        assert http.post(f"/api/v1/projects/{pid}/next", json={}, auth=("r0", "pw")).status_code == 200
+        caplog.clear()
+        with database_down(db_url, tmp_path):
+            in_request = http.post(f"/api/v1/projects/{pid}/next", json={}, auth=("r0", "pw"))
+            at_login = http.get("/api/v1/projects", auth=("r1", "pw"))  # not cached: its password is checked first
+        for response in (in_request, at_login):
+            assert response.status_code == 503, response.text
+            detail = response.json()["detail"]
+            assert detail.startswith("database unavailable: ") and detail.endswith("; retry") and "\n" not in detail
+        logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(logged) == 2 and all(r.getMessage().endswith(response.json()["detail"])
+                                        for r, response in zip(logged, (in_request, at_login)))
+        assert not any(r.exc_info for r in logged)
+        assert http.post(f"/api/v1/projects/{pid}/next", json={}, auth=("r0", "pw")).status_code == 200  # back

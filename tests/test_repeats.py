@@ -18,10 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from collect import assign, db
 from collect.aggregate import majority_vote
 from collect.assign import REPEAT_GAP, next_assignment, skip, submit_judgment
+from collect.ingest import import_dataset
 from collect.judgments import QUALITY_KINDS, judgments_frame
 from collect.models import Assignment, Judgment, Pair, Project, Rater
 from collect.payroll import payroll
 from collect.rater_quality import rater_table
+from collect.status import project_status
 from tests.test_assignment import setup_project
 
 N_PAIRS = REPEAT_GAP + 3
@@ -157,3 +159,44 @@ def test_upgrading_a_0001_database_keeps_its_assignments(backend, tmp_path, requ
         assert c.execute(text("SELECT id FROM assignment")).scalars().all() == [1]
         assert c.execute(text("SELECT assignment_id FROM judgment")).scalars().all() == [1]
     db.get_engine(url).dispose()
+
+
+def test_an_import_leaves_repeats_out_of_the_overlap(db_url, always_repeat):
+    """Repeats, judged or open, hold no slot after an import either: the second rater still gets those pairs."""
+    pid, (r0, r1), _ = setup_project(db_url, n_pairs=N_PAIRS, overlap=2, raters=2, repeat_rate=0.2)
+    for _ in range(REPEAT_GAP + 1):
+        judge_next(db_url, pid, r0)
+    judged_again = judge_next(db_url, pid, r0)
+    with db.session_scope(db_url) as s:
+        open_again = s.get(Assignment, next_assignment(s, pid, r0).assignment_id)
+        repeated = {judged_again.pair_id, open_again.pair_id}
+        assert judged_again.is_repeat and open_again.is_repeat and len(repeated) == 2
+        claimed_before = dict(s.execute(select(Pair.id, Pair.n_claimed)).all())
+    with db.session_scope(db_url) as s:
+        import_dataset(s, s.get(Project, pid), [
+            {"prompt": "one more question", "response_a": "yes", "response_b": "no"},
+            {"prompt": f"question {N_PAIRS - 1}", "response_a": f"answer a{N_PAIRS - 1}",
+             "response_b": f"answer b{N_PAIRS - 1}", "rater": "outsider", "choice": 1}])
+    with db.session_scope(db_url) as s:
+        claimed = dict(s.execute(select(Pair.id, Pair.n_claimed)).all())
+    # The imported label is one more judgment of the last pair (r0 never judged it); the new pair has none.
+    assert claimed == {**claimed_before, N_PAIRS: claimed_before[N_PAIRS] + 1, N_PAIRS + 1: 0}
+    got = {judge_next(db_url, pid, r1).pair_id for _ in range(REPEAT_GAP + 1)}
+    assert repeated <= got
+
+
+def test_status_counts_what_the_overlap_counts(db_url, always_repeat):
+    """Progress counts votes (the raters' and imported ones) on the pairs in the queue: a repeat or a judgment of a
+    gold pair is a check, not a vote. Status counts those two apart."""
+    pid, (r0,), _ = setup_project(db_url, n_pairs=N_PAIRS + 1, overlap=2, raters=1, repeat_rate=0.2, gold_rate=0.1)
+    with db.session_scope(db_url) as s:
+        s.get(Pair, 1).is_gold, s.get(Pair, 1).gold_choice = True, 1
+    served = [judge_next(db_url, pid, r0) for _ in range(REPEAT_GAP + 3)]  # gold first, then as it comes
+    n_repeats = sum(a.is_repeat for a in served)
+    assert served[0].pair_id == 1 and n_repeats == 1
+    with db.session_scope(db_url) as s:
+        status = project_status(s, s.get(Project, pid))
+    votes = len(served) - 1 - n_repeats
+    assert (status.judgments, status.gold_judgments, status.repeat_judgments) == (votes, 1, 1)
+    assert status.active_pairs == N_PAIRS and status.judgments_needed == 2 * N_PAIRS - votes
+    assert status.progress == pytest.approx(votes / (2 * N_PAIRS))
