@@ -18,8 +18,9 @@ server never grants, so a logged-in browser behind an SSO proxy cannot be made t
                                                          before today, UTC)
 
 Errors are JSON: 401 (who are you), 403 (not yours, or no such id: an id past 2**31 - 1 is one), 400 (a bad
-request), 422 (a malformed body or path), and 503 `{"detail": "database unavailable: ...; retry"}` when the database
-fails (stopped, unreachable, locked): retry later; a judgment retried with its client_token is never counted twice.
+request), 422 (a malformed body or path), and 503 `{"detail": "database unavailable; retry"}` when the database
+fails (stopped, unreachable, locked; the server's log says how): retry later; a judgment retried with its client_token
+is never counted twice.
 """
 
 from __future__ import annotations
@@ -166,10 +167,10 @@ def add_error_handlers(app: FastAPI, auth_header: str | None = None) -> None:
         # A server stopped or restarting, a dropped connection, no connection free in the pool, SQLite's lock
         # held past its timeout: nothing the caller did, and the transaction was rolled back, so a retry is safe
         # (a judgment's client_token makes it so even when the commit itself was cut off). One line in the log
-        # per request, not a traceback each.
-        detail = f"database unavailable: {db.driver_words(e)}; retry"
-        log.warning("%s %s: %s", request.method, request.url.path, detail)
-        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
+        # per request, not a traceback each. The driver's words name the database's host and name: they go to the
+        # log, not to a client, who may be anyone able to send a login.
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, db.driver_words(e))
+        return JSONResponse({"detail": "database unavailable; retry"}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Unauthenticated)
     def unauthenticated(_request: Request, e: Unauthenticated) -> JSONResponse:

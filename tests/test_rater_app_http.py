@@ -398,10 +398,10 @@ def test_a_database_that_fails_is_a_503_to_retry_with_one_line_in_the_log(db_url
             at_login = http.get("/api/v1/projects", auth=("r1", "pw"))  # not cached: its password is checked first
         for response in (in_request, at_login):
             assert response.status_code == 503, response.text
-            detail = response.json()["detail"]
-            assert detail.startswith("database unavailable: ") and detail.endswith("; retry") and "\n" not in detail
-        logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
-        assert len(logged) == 2 and all(r.getMessage().endswith(response.json()["detail"])
-                                        for r, response in zip(logged, (in_request, at_login)))
-        assert not any(r.exc_info for r in logged)
+            # Nothing of the database's address or name reaches a client; the log says what failed, in one line.
+            assert response.json() == {"detail": "database unavailable; retry"}
+        logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(logged) == 2 and all(" database unavailable: " in line and "\n" not in line and
+                                        len(line.split(": database unavailable: ")[1]) > 0 for line in logged)
+        assert not any(r.exc_info for r in caplog.records if r.levelno >= logging.WARNING)
         assert http.post(f"/api/v1/projects/{pid}/next", json={}, auth=("r0", "pw")).status_code == 200  # back

@@ -161,6 +161,37 @@ def test_upgrading_a_0001_database_keeps_its_assignments(backend, tmp_path, requ
     db.get_engine(url).dispose()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_upgrading_recounts_the_claims_an_import_once_inflated(backend, tmp_path, request):
+    """Before 0003 every import recounted n_claimed counting repeats and adjudications: a pair judged once, shown
+    again as a repeat and decided by an admin read 3 claims at overlap 2, and no second rater ever got it."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        from tests.postgres import new_database
+
+        url = new_database(request.getfixturevalue("postgres_server"))
+    config = Config()
+    config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
+    config.attributes["engine"] = db.get_engine(url)
+    command.upgrade(config, "0002")
+    with db.get_engine(url).begin() as c:
+        for statement in OLD_ROWS:
+            c.execute(text(statement))
+        c.execute(text("INSERT INTO assignment (id, project_id, pair_id, rater_id, served_at, left_is_a, "
+                       "lease_expires_at, status, active_seconds, last_activity_at, is_repeat) VALUES (2, 1, 1, 1, "
+                       "CURRENT_TIMESTAMP, false, CURRENT_TIMESTAMP, 'open', 0, CURRENT_TIMESTAMP, true)"))
+        c.execute(text("INSERT INTO judgment (id, project_id, pair_id, rater_id, assignment_id, choice, both_bad, "
+                       "criteria, rationale, submitted_at, kind) VALUES (2, 1, 1, 1, NULL, 1, false, '{}', '', "
+                       "CURRENT_TIMESTAMP, 'adjudication')"))
+        c.execute(text("UPDATE pair SET n_claimed = 3"))
+    command.upgrade(config, "head")
+    with db.session_scope(url) as s:
+        # The rater's own submitted judgment; the repeat and the decision hold no slot.
+        assert s.get(Pair, 1).n_claimed == 1
+    db.get_engine(url).dispose()
+
+
 def test_an_import_leaves_repeats_out_of_the_overlap(db_url, always_repeat):
     """Repeats, judged or open, hold no slot after an import either: the second rater still gets those pairs."""
     pid, (r0, r1), _ = setup_project(db_url, n_pairs=N_PAIRS, overlap=2, raters=2, repeat_rate=0.2)
