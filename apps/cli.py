@@ -137,6 +137,7 @@ def project_list(url: Optional[str] = DB_OPTION) -> None:
 
 @rater_app.command("add")
 def rater_add(
+    ctx: typer.Context,
     name: str,
     url: Optional[str] = DB_OPTION,
     password: Optional[str] = typer.Option(None, envvar="PREFLOOP_RATER_PASSWORD",
@@ -151,8 +152,11 @@ def rater_add(
     """Add a person who can log in to the apps (an existing one joins a project with `rater update`)."""
     from collect.projects import add_rater, get_project
 
-    if no_password and password:
-        raise UserError("--no-password and a password (--password or PREFLOOP_RATER_PASSWORD) both given")
+    # A password typed beside --no-password contradicts it; one from PREFLOOP_RATER_PASSWORD, set for adding raters
+    # in bulk, is simply not this person's. (By name: typer carries its own copy of click's ParameterSource.)
+    source = ctx.get_parameter_source("password")
+    if no_password and source is not None and source.name == "COMMANDLINE":
+        raise UserError("--no-password and --password both given")
     password = None if no_password else _password(password, "PREFLOOP_RATER_PASSWORD")
     with db.existing_session(url) as session:
         projects = [get_project(session, p) for p in project]

@@ -151,7 +151,8 @@ def write_table(rows, rm_metrics, judge_metrics, sizes, command, out: Path, quic
         f"- reward model: minilm-l6, reward.train defaults, held-out accuracy {acc(rm_metrics)}; "
         f"judge: same recipe on the disjoint part, held-out accuracy {acc(judge_metrics)}",
         "- evaluation: one sample per prompt from base and aligned with the same seeds (temperature 0.7, "
-        "64 new tokens); win rate = share of prompts where aligned scores higher (ties 1/2), 95% bootstrap CI; "
+        "64 new tokens); win rate = share of prompts where aligned scores higher (ties 1/2), 95% expanded percentile "
+        "bootstrap interval over prompts (as reward eval); "
         "KL(aligned || base) in nats per response, on the aligned model's samples",
         "",
         "| method | steps | lr | beta | wall time | win rate, reward model | win rate, judge | KL | "

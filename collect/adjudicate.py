@@ -31,7 +31,7 @@ from collect.auth import audit
 from collect.errors import UserError
 from collect.judgments import QUALITY_KINDS, judgments_frame
 from collect.models import CHOICES, AuditEvent, Judgment, Pair, Project, Rater
-from collect.projects import require_admin
+from collect.projects import get_pair, require_admin
 from collect.rater_quality import QualityConfig, rater_table
 
 QUEUE_COLUMNS = ("pair_id", "reason", "winner", "agreement", "n_judgments", "votes", "flagged_raters",
@@ -203,9 +203,7 @@ class PairDetail:
 
 def pair_detail(session: Session, project: Project, pair_id: int, quality: QualityConfig | None = None) -> PairDetail:
     """One pair of `project` with its judgments (rater flags included). UserError if it is not in the project."""
-    pair = session.get(Pair, pair_id) if isinstance(pair_id, int) and not isinstance(pair_id, bool) else None
-    if pair is None or pair.project_id != project.id:
-        raise UserError(f"pair {pair_id!r} is not in project {project.name!r}")
+    pair = get_pair(session, pair_id, project)
     flags = flagged_raters(judgments_frame(session, project.id, QUALITY_KINDS), quality)
     rows = session.execute(
         select(Judgment, Rater.name).join(Rater, Rater.id == Judgment.rater_id)
@@ -231,11 +229,7 @@ def adjudicate(session: Session, admin_id: int, pair_id: int, choice: int, note:
         raise UserError("choice must be an integer from -2 (B>>A) to 2 (A>>B)")
     if not isinstance(note, str) or len(note) > 20_000:
         raise UserError("note must be text of at most 20,000 characters")
-    pair = session.get(Pair, pair_id) if isinstance(pair_id, int) and not isinstance(pair_id, bool) else None
-    if project is not None and (pair is None or pair.project_id != project.id):
-        raise UserError(f"pair {pair_id!r} is not in project {project.name!r}")
-    if pair is None:
-        raise UserError(f"no pair {pair_id!r}")
+    pair = get_pair(session, pair_id, project)
     judgment = Judgment(project_id=pair.project_id, pair_id=pair.id, rater_id=admin.id, choice=choice,
                         left_is_a=None, rationale=note.strip(), kind="adjudication")
     session.add(judgment)

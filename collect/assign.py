@@ -464,14 +464,12 @@ def review_flag(session: Session, admin_id: int, pair_id: int, keep: bool, *, pr
 
     project: when given, a pair of another project is refused (the dashboard and the CLI name the project).
     """
-    from collect.projects import require_admin
+    from collect.projects import get_pair, require_admin
 
     require_admin(session, admin_id)
-    pair = session.get(Pair, pair_id) if isinstance(pair_id, int) and not isinstance(pair_id, bool) else None
-    if project is not None and (pair is None or pair.project_id != project.id):
-        raise UserError(f"pair {pair_id!r} is not in project {project.name!r}")
-    if pair is None or pair.status != "flagged":
-        raise UserError("no such flagged pair")
+    pair = get_pair(session, pair_id, project)
+    if pair.status != "flagged":
+        raise UserError(f"pair {pair_id!r} is not flagged (it is {pair.status})")
     pair.status = "active" if keep else "retired"
     audit(session, "pair.review_flag", admin_id, pair.project_id, pair_id=pair_id, keep=keep)
 

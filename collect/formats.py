@@ -354,6 +354,12 @@ def generic_record(row: dict[str, Any], where: str, source: str) -> Record:
 
 
 def _optional_id(value: Any, where: str, field_name: str) -> str | None:
+    """An id as text, None where the row has none. A column of integer ids with a gap in it comes out of pandas
+    (and Parquet written by it) as floats, the gap NaN: a whole float is its integer, NaN no id."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if value in (None, ""):
         return None
     if isinstance(value, (str, int)) and not isinstance(value, bool):

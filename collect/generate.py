@@ -46,7 +46,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from collect.auth import audit
-from collect.cli_options import DB_OPTION
+from collect.cli_options import DB_OPTION, PROJECT_OPTION
 from collect.errors import UserError, check_settings
 from collect.formats import Record, content_hash, read_records, records_from_dataset
 from collect.models import AuditEvent, Pair, Project, Prompt, Response, utcnow
@@ -680,7 +680,7 @@ def _pairings(n_models: int, n_samples: int) -> list[tuple[tuple[int, int], tupl
 
 
 def generate_command(
-    project: str = typer.Option(..., help="Project name or id."),
+    project: str = PROJECT_OPTION,
     policies: list[str] = typer.Option(..., "--policy", help="[LABEL=]MODEL: an alias, a Hugging Face id or path, "
                                        "or a PEFT adapter directory. Repeat for a second policy; one policy needs "
                                        "--num-generations 2+."),

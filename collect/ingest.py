@@ -209,24 +209,27 @@ def import_records(
         result.judgments = len(new_judgments)
         _claim_imported(session, new_judgments)
         if relabelled:
-            first = relabelled[0]
-            more = f" and {len(relabelled) - 1} more rows are" if len(relabelled) > 1 else " is"
-            warn(f"{first.where}: this row{more} another project's export of pairs this project already holds: each "
-                 f"added its label as one more judgment, by {first.judgments[0].rater!r}; where both projects took "
-                 f"their votes from the same place (one source, or this project's own export), each now counts "
-                 f"twice")
+            _warn_rows(relabelled, f"another project's export of pairs this project already holds: each added its "
+                       f"label as one more judgment, by {relabelled[0].judgments[0].rater!r}; where both projects "
+                       f"took their votes from the same place (one source, or this project's own export), each now "
+                       f"counts twice")
         if named_onto_unnamed:
             # The other way round: the pairs came first from an export (say), and now the votes it was drawn from.
-            first = named_onto_unnamed[0]
-            more = f" and {len(named_onto_unnamed) - 1} more rows are" if len(named_onto_unnamed) > 1 else " is"
-            warn(f"{first.where}: this row{more} the same prompt and texts as a pair this project already holds under "
-                 f"no model name (stored from rows of a chosen and a rejected response, such as another project's "
-                 f"export): each added its judgment to that pair instead of storing the pair again; where those rows' "
-                 f"labels were drawn from the same votes (an export of this same file), each vote now counts twice")
+            _warn_rows(named_onto_unnamed, "the same prompt and texts as a pair this project already holds under no "
+                       "model name (stored from rows of a chosen and a rejected response, such as another project's "
+                       "export): each added its judgment to that pair instead of storing the pair again; where those "
+                       "rows' labels were drawn from the same votes (an export of this same file), each vote now "
+                       "counts twice")
     session.flush()
     refresh_planner_statistics(session, ["prompt", "response", "pair", "judgment"])
     audit(session, "import", actor_id, pid, **result.as_dict())
     return result
+
+
+def _warn_rows(rows: list[Record], what: str) -> None:
+    """One warning for rows of one kind: the first named by its place, the rest counted."""
+    more = f" and {len(rows) - 1} more rows are" if len(rows) > 1 else " is"
+    warn(f"{rows[0].where}: this row{more} {what}")
 
 
 def _match_by_content(

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from collect.auth import audit, hash_password, verify_password
 from collect.errors import PermissionDenied, UserError
-from collect.models import ROLES, ROUTING, Membership, Project, Prompt, Rater, is_row_id
+from collect.models import ROLES, ROUTING, Membership, Pair, Project, Prompt, Rater, is_row_id
 
 MAX_CATEGORY_CHARS = 100
 """Longest sensitive-category name accepted in an opt-in."""
@@ -298,6 +298,17 @@ def get_rater(session: Session, name_or_id: str | int) -> Rater:
     if rater is None:
         raise UserError(f"no rater {name_or_id!r} (see `prefloop rater list`)")
     return rater
+
+
+def get_pair(session: Session, pair_id: int, project: Project | None = None) -> Pair:
+    """The pair `pair_id`, of `project` when one is given (the dashboard and the CLI name the project they show);
+    UserError saying which it is not."""
+    pair = session.get(Pair, pair_id) if is_row_id(pair_id) else None
+    if pair is None:
+        raise UserError(f"no pair {pair_id!r}")
+    if project is not None and pair.project_id != project.id:
+        raise UserError(f"pair {pair_id!r} is not in project {project.name!r}")
+    return pair
 
 
 def list_raters(session: Session, project: Project | None = None) -> list[Rater]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from collect.agreement import fleiss
+from collect.agreement import N_BOOTSTRAP, fleiss
 from collect.models import utcnow
 
 TIMELINE_COLUMNS = ("period", "judgments", "raters", "active_hours", "cumulative")
@@ -76,7 +76,7 @@ def judgments_over_time(judgments: pd.DataFrame, freq: str | None = None) -> pd.
 
 
 def agreement_over_time(
-    judgments: pd.DataFrame, freq: str | None = None, n_bootstrap: int = 200, seed: int = 0
+    judgments: pd.DataFrame, freq: str | None = None, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0
 ) -> pd.DataFrame:
     """Per period: pairs completed (last judgment in the period, at least two judgments) and their Fleiss'
     kappa on directions with a bootstrap interval. Periods with no such pair are left out."""

@@ -41,6 +41,7 @@ from finetune.policy import check_causal_lm, load_tokenizer, resolve
 from finetune.prompts import ProjectPrompts, fit_prompts, read_preferences, read_prompts
 from finetune.training import (alignment_progress, check_lora_targets, is_main_process, pick_device, process_state,
                                summarize_history, use_bf16)
+from reward.data import absolute_name
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -370,11 +371,9 @@ def write_manifest(
         "kind": "prefloop.aligned_policy",
         "method": config.method,
         "config": settings,
-        "base_policy": {"name": config.policy, "path": str(Path(policy_path).resolve()) if Path(policy_path).exists()
-                        else str(policy_path)},
+        "base_policy": {"name": config.policy, "path": absolute_name(policy_path)},
         "reward_model": None if reward_info is None else {
-            "path": str(Path(config.reward_model).resolve()) if Path(config.reward_model).exists()
-            else config.reward_model,
+            "path": absolute_name(config.reward_model),
             **{k: reward_info[k] for k in ("base_model", "max_length", "truncation_side", "metrics")
                if k in reward_info},
         },

@@ -264,7 +264,7 @@ def test_flagged_pairs_are_reviewed_then_kept_or_retired_over_http(site):
 
         assert "returned to the queue" in admin.call("keep_pair", PROJECT, kept)[0]
         assert "retired" in admin.call("retire_pair", PROJECT, retired)[0]
-        with pytest.raises(RaterAPIError, match="no such flagged pair"):
+        with pytest.raises(RaterAPIError, match=rf"pair {retired} is not flagged \(it is retired\)"):
             admin.call("keep_pair", PROJECT, retired)  # reviewed already
         remaining = {row[0] for row in admin.call("flagged_view", PROJECT)[0]["data"]}
         assert not {kept, retired} & remaining

@@ -24,10 +24,11 @@ from tests.conftest import REPO
 from tests.postgres import free_port
 
 
-def prefloop(*args: str, db: str, check: bool = True) -> subprocess.CompletedProcess:
-    # No PREFLOOP_* settings from the caller's shell; a new session has no terminal, so a password prompt
-    # reads the (empty) stdin instead of /dev/tty.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFLOOP_")}
+def prefloop(*args: str, db: str, check: bool = True, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess:
+    # No PREFLOOP_* settings from the caller's shell (only those given in `env`); a new session has no terminal, so
+    # a password prompt reads the (empty) stdin instead of /dev/tty.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFLOOP_")} | (env or {})
     result = subprocess.run([sys.executable, "-m", "apps.cli", *args, "--db", db], cwd=REPO, capture_output=True,
                             text=True, stdin=subprocess.DEVNULL, timeout=300, env=env, start_new_session=True)
     if check and result.returncode != 0:
@@ -328,9 +329,13 @@ def test_a_rater_without_a_password(tmp_path):
     out = said(prefloop("rater", "add", "sso-user", "--no-password", db=db))
     assert "only through an SSO proxy" in out
     both = prefloop("rater", "add", "bob", "--no-password", "--password", "pw", db=db, check=False)
-    assert both.returncode == 1 and "--no-password and a password" in both.stderr
+    assert both.returncode == 1 and "--no-password and --password both given" in both.stderr
+    # The bulk-adding variable is set for the others; this one still gets none.
+    prefloop("rater", "add", "sso-too", "--no-password", db=db, env={"PREFLOOP_RATER_PASSWORD": "for-the-rest"})
+    prefloop("rater", "add", "carol", db=db, env={"PREFLOOP_RATER_PASSWORD": "for-the-rest"})
     with database.session_scope(db) as s:
-        assert [(r.name, r.password_hash) for r in s.scalars(select(Rater))] == [("sso-user", None)]
+        hashes = {r.name: r.password_hash for r in s.scalars(select(Rater))}
+    assert (hashes["sso-user"], hashes["sso-too"]) == (None, None) and hashes["carol"] and "bob" not in hashes
     database.get_engine(db).dispose()
 
 
@@ -368,7 +373,10 @@ def test_flagged_pairs_are_listed_then_kept_or_retired(sqlite_url):
                                  db=sqlite_url).stdout
     twice = prefloop("flagged", "retire", "--project", "hh", "--pair", str(kept), "--admin", "root",
                      db=sqlite_url, check=False)
-    assert twice.returncode == 1 and "no such flagged pair" in twice.stderr
+    assert twice.returncode == 1 and f"pair {kept} is not flagged (it is active)" in twice.stderr
+    missing = prefloop("flagged", "keep", "--project", "hh", "--pair", "999999", "--admin", "root", db=sqlite_url,
+                       check=False)
+    assert missing.returncode == 1 and "no pair 999999" in missing.stderr  # not "not in project hh"
     assert "graphic" not in prefloop("flagged", "list", "--project", "hh", db=sqlite_url).stdout
 
     with database.session_scope(sqlite_url) as s:

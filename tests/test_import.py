@@ -330,6 +330,20 @@ def test_a_pair_id_that_is_not_an_id_is_refused_alike_by_the_generic_and_trl_for
         assert read_records(path, "trl", rater="crowd")[0].pair_id == str(good)
 
 
+def test_integer_ids_with_a_gap_written_by_pandas_are_ids(tmp_path):
+    """pandas stores a column of integer ids with a missing one as floats (7.0, NaN), and so does its Parquet: a
+    whole float is its integer and NaN no id, in both formats that read pair_id."""
+    import pandas as pd
+
+    for fmt, row in (("generic", {"prompt": "q", "response_a": "x", "response_b": "y"}),
+                     ("trl", {"prompt": "q", "chosen": "x", "rejected": "y"})):
+        frame = pd.DataFrame([dict(row, pair_id=7), dict(row, response_b="z", rejected="z", pair_id=None)])
+        assert str(frame["pair_id"].dtype) == "float64"
+        frame[list(row) + ["pair_id"]].to_parquet(tmp_path / f"{fmt}.parquet")
+        records = read_records(tmp_path / f"{fmt}.parquet", fmt, rater="crowd")
+        assert [r.pair_id for r in records] == ["7", None]
+
+
 def test_a_csv_with_a_byte_order_mark_imports(db_url, tmp_path):
     """Spreadsheet programs start CSV files with a UTF-8 BOM; it must not become part of the first column name."""
     path = _write(tmp_path / "excel.csv", "prompt,response_a,response_b\nWhat is 2+2?,4,5\n".encode("utf-8-sig"))

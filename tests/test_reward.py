@@ -1372,8 +1372,8 @@ def test_too_few_bootstrap_resamples_are_refused_before_any_scoring():
 
 
 def test_the_accuracy_plot_draws_an_interval_that_misses_its_accuracy():
-    """One bootstrap resample (--n-bootstrap 1) gives an 'interval' that need not hold the accuracy; the plot still
-    draws."""
+    """A percentile interval need not hold the accuracy it is drawn around (a handful of resamples, or a skewed
+    spread); the plot still draws."""
     from reward.evaluate import plot_accuracy
 
     entry = {"n": 40, "accuracy": 0.7, "ci": [0.72, 0.72], "ci_method": "bootstrap"}
