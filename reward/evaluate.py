@@ -57,6 +57,12 @@ def check_resamples(n_bootstrap: int) -> None:
                         "or the 95% interval is read off a draw or two")
 
 
+def check_seed(seed: int, name: str = "seed (--seed)") -> None:
+    """UserError unless `seed` is one numpy and torch take (0 to 2**32 - 1): checked before anything loads."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"{name} must be between 0 and 2**32 - 1, got {seed!r}")
+
+
 def _per_cluster(values: np.ndarray, clusters: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:
     """(sum of `values`, count) per cluster, the clusters in the sorted order of their labels as strings (each
     item its own cluster without `clusters`). Strings, whatever the labels' type: the resampling stream follows
@@ -324,7 +330,8 @@ def preference_metrics(
         return accuracy_entry(correct[mask], n_bootstrap, seed, clusters[mask] if clusters is not None else None)
 
     report: dict[str, Any] = {"n": int(len(diff)), **entry()}
-    report["ci_level"] = CI_LEVEL
+    # What reproduces every interval and draw below from the same rewards.
+    report["ci_level"], report["n_bootstrap"], report["seed"] = CI_LEVEL, n_bootstrap, seed
     report["mean_reward_gap"] = float(diff.mean()) if len(diff) else None
     report["ties"] = int((diff == 0).sum())  # equal rewards: the model did not rank chosen above, so counted wrong
     report["by"] = {}
@@ -420,6 +427,7 @@ def evaluate_reward_model(
     from reward.data import check_margins, prompt_of_rows
 
     check_resamples(n_bootstrap)
+    check_seed(seed)
     if out is not None:  # checked before the model spends minutes scoring
         if Path(out).exists() and not Path(out).is_dir():
             raise UserError(f"out (--out) {out}: is a file; the evaluation writes a folder (eval.json and two "
@@ -563,6 +571,7 @@ def compare_reward_models(
 
     # Checked before either model spends minutes scoring.
     check_resamples(n_bootstrap)
+    check_seed(seed)
     if out is not None:  # an earlier comparison there is replaced; any other file is not (the data, a config.json)
         check_can_write_file(Path(out), "out (--out)")
         if Path(out).is_file() and not _is_comparison(Path(out)):
@@ -597,6 +606,7 @@ def compare_reward_models(
                                     **paired_comparison(*(o[kept] for o in outcomes), prompts=[prompts[i] for i in kept],
                                                         n_bootstrap=n_bootstrap, seed=seed, names=("model", "baseline"))}
     report["models"] = {"model": _model_names(model), "baseline": _model_names(baseline)}
+    report["ci_level"], report["n_bootstrap"], report["seed"] = CI_LEVEL, n_bootstrap, seed
     report["truncated"] = truncated
     report["data"] = _data_name(data)
     if out is not None:

@@ -85,8 +85,14 @@ def load_sequence_classifier(model_path: str, backbone_layers: int | None = None
     table for what loading a checkpoint for reward scoring expects (a new score head, a causal LM's unused lm_head,
     the upper layers `backbone_layers` leaves out), and with a one-line warning for anything else
     (`unexpected_weights`). `trained_head`: the head must come from the checkpoint (scoring), else UserError: a
-    head drawn at random would score every run differently."""
-    model, drawn = load_classifier_and_drawn_head(model_path, backbone_layers, trained_head=trained_head, **kwargs)
+    head drawn at random would score every run differently. `model_path` is a folder or a Hub id as Transformers
+    takes it (`collect.offline_models.resolve_model` turns an alias into one); a folder that is not a model is a
+    UserError."""
+    try:
+        model, drawn = load_classifier_and_drawn_head(model_path, backbone_layers, trained_head=trained_head,
+                                                      **kwargs)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load model {model_path!r}: {first_line(e)}") from None
     if trained_head and drawn:
         raise UserError(f"model {model_path!r}: its score head ({', '.join(drawn[:2])}) is not in the checkpoint, so "
                         "it would be drawn at random: a base model or another kind of classifier, not a trained "

@@ -49,6 +49,7 @@ from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
                          check_length_settings, pair_conversations, pair_digests, position_limit, prompt_of_rows,
                          rows_by_prompt)
+from reward.evaluate import check_seed
 from reward.models import (checkpointing_argument, cpu_has_native_bf16, cpu_only, load_sequence_classifier,
                            load_tokenizer, transformer_layers)
 
@@ -805,10 +806,14 @@ def _check(config: RewardTrainingConfig) -> None:
         raise UserError(f"{setting('lr_scheduler_type')} {config.lr_scheduler_type!r} is not one of Transformers' "
                         f"schedules ({', '.join(kind.value for kind in SchedulerType)})")
     _check_scheduler_builds(config.lr_scheduler_type)
+    if config.lr_scheduler_type in ("reduce_lr_on_plateau", "greedy") and config.eval_data is None \
+            and config.eval_fraction == 0:
+        raise UserError(f"{setting('lr_scheduler_type')} {config.lr_scheduler_type!r} steps on the held-out loss, "
+                        f"and nothing is held out: give {setting('eval_data')} or a {setting('eval_fraction')} above "
+                        "0, or pick another schedule")
     check_length_settings(config.max_length, config.truncation_side,
                           (setting("max_length"), setting("truncation_side")))
-    if not 0 <= config.seed < 2**32:
-        raise UserError(f"{setting('seed')} must be between 0 and 2**32 - 1, got {config.seed}")
+    check_seed(config.seed, setting("seed"))
     # Settings another one overrules, said rather than dropped (a default left alone says nothing).
     if config.eval_data is not None and config.eval_fraction not in (0, DEFAULTS.eval_fraction):
         warn(f"{setting('eval_fraction')} {config.eval_fraction:g} is not used: {setting('eval_data')} "

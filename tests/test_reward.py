@@ -1360,6 +1360,16 @@ def test_a_margin_or_reward_gap_constant_up_to_rounding_has_no_correlation():
     assert same_gap["margin_correlation_missing"] == "every pair has the same reward gap"
 
 
+def test_loading_a_folder_that_is_not_a_model_is_one_line(tmp_path):
+    """reward.models' loader raised Transformers' OSError or ValueError for a folder that holds no model (a
+    save_to_disk folder of data, named by mistake)."""
+    from reward.models import load_sequence_classifier
+
+    datasets.Dataset.from_list([{"prompt": "q", "chosen": "a", "rejected": "b"}]).save_to_disk(str(tmp_path / "data"))
+    with pytest.raises(UserError, match=r"^cannot load model '.*data': "):
+        load_sequence_classifier(str(tmp_path / "data"), trained_head=True)
+
+
 def test_too_few_bootstrap_resamples_are_refused_before_any_scoring():
     """From one resample, "eval" printed 0.533 with a 95% interval of 0.550 - 0.550; 0 resamples crashed."""
     from reward.evaluate import bootstrap_interval, compare_reward_models
@@ -1368,6 +1378,11 @@ def test_too_few_bootstrap_resamples_are_refused_before_any_scoring():
                  lambda: compare_reward_models("no/such/model", "no/such/model", "no-such.jsonl", n_bootstrap=99),
                  lambda: bootstrap_interval(np.ones(20), n_bootstrap=0)):
         with pytest.raises(UserError, match="at least 100 resamples"):
+            call()
+    # A seed numpy refuses failed after every pair was scored, in numpy's words.
+    for call in (lambda: evaluate_reward_model("no/such/model", "no-such.jsonl", seed=-1),
+                 lambda: compare_reward_models("no/such/model", "no/such/model", "no-such.jsonl", seed=2**32)):
+        with pytest.raises(UserError, match=r"^seed \(--seed\) must be between 0 and 2\*\*32 - 1, got "):
             call()
 
 
@@ -1745,8 +1760,10 @@ def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length
                                    str(tmp_path / "eval"), "--n-bootstrap", "100", "--seed", "7"])
     assert run.exit_code == 0, run.output + repr(run.exception)
     seeded = evaluate_reward_model(result.output_dir, held_out, n_bootstrap=100, seed=7)["calibration"]
-    written = json.loads((tmp_path / "eval" / "eval.json").read_text())["calibration"]
-    assert written["ece_if_calibrated"] == seeded["ece_if_calibrated"] != report["calibration"]["ece_if_calibrated"]
+    written = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert written["calibration"]["ece_if_calibrated"] == seeded["ece_if_calibrated"] \
+        != report["calibration"]["ece_if_calibrated"]
+    assert (written["seed"], written["n_bootstrap"]) == (7, 100)  # what reproduces the report's draws
     run = CliRunner().invoke(app, ["compare", "--model", result.output_dir, "--baseline", tiny_rm, "--data",
                                    str(data), "--n-bootstrap", "100", "--seed", "7"])
     assert run.exit_code == 0, run.output + repr(run.exception)
@@ -2358,7 +2375,10 @@ def test_the_output_folder_is_checked_before_training_and_replaced_whole(tmp_pat
                          # Schedules that need settings of their own failed in Transformers after the model loaded.
                          ({"lr_scheduler_type": "cosine_with_min_lr"},
                           "lr_scheduler_type 'cosine_with_min_lr' needs settings this config has no field for"),
-                         ({"lr_scheduler_type": "warmup_stable_decay"}, "needs settings this config has no field")):
+                         ({"lr_scheduler_type": "warmup_stable_decay"}, "needs settings this config has no field"),
+                         # ...and those that step on the held-out loss failed there too when nothing is held out.
+                         ({"lr_scheduler_type": "reduce_lr_on_plateau", "eval_fraction": 0},
+                          "'reduce_lr_on_plateau' steps on the held-out loss, and nothing is held out")):
         with pytest.raises(UserError) as e:
             train_reward_model(config(tmp_path / "new", **bad))
         assert message in _one_line_error(e)
