@@ -127,8 +127,8 @@ OLD_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_upgrading_a_0001_database_keeps_its_assignments(backend, tmp_path, request):
+def database_at(revision: str, backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[str, Config]:
+    """A new database migrated to `revision` and holding OLD_ROWS; its URL and the Alembic config that migrates it."""
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'old.db'}"
     else:
@@ -138,10 +138,16 @@ def test_upgrading_a_0001_database_keeps_its_assignments(backend, tmp_path, requ
     config = Config()
     config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
     config.attributes["engine"] = db.get_engine(url)
-    command.upgrade(config, "0001")
+    command.upgrade(config, revision)
     with db.get_engine(url).begin() as c:
         for statement in OLD_ROWS:
             c.execute(text(statement))
+    return url, config
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_upgrading_a_0001_database_keeps_its_assignments(backend, tmp_path, request):
+    url, config = database_at("0001", backend, tmp_path, request)
     command.upgrade(config, "head")
     with db.session_scope(url) as s:
         old = s.get(Assignment, 1)
@@ -165,19 +171,8 @@ def test_upgrading_a_0001_database_keeps_its_assignments(backend, tmp_path, requ
 def test_upgrading_recounts_the_claims_an_import_once_inflated(backend, tmp_path, request):
     """Before 0003 every import recounted n_claimed counting repeats and adjudications: a pair judged once, shown
     again as a repeat and decided by an admin read 3 claims at overlap 2, and no second rater ever got it."""
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        from tests.postgres import new_database
-
-        url = new_database(request.getfixturevalue("postgres_server"))
-    config = Config()
-    config.set_main_option("script_location", str(Path(db.__file__).parent / "migrations"))
-    config.attributes["engine"] = db.get_engine(url)
-    command.upgrade(config, "0002")
+    url, config = database_at("0002", backend, tmp_path, request)
     with db.get_engine(url).begin() as c:
-        for statement in OLD_ROWS:
-            c.execute(text(statement))
         c.execute(text("INSERT INTO assignment (id, project_id, pair_id, rater_id, served_at, left_is_a, "
                        "lease_expires_at, status, active_seconds, last_activity_at, is_repeat) VALUES (2, 1, 1, 1, "
                        "CURRENT_TIMESTAMP, false, CURRENT_TIMESTAMP, 'open', 0, CURRENT_TIMESTAMP, true)"))
