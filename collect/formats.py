@@ -789,7 +789,7 @@ def _first_row(path: Path) -> Any:
         return None
 
 
-def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) -> list[Record]:
+def read_records(path: str | Path, format: str = "auto", rater: str | None = None) -> list[Record]:
     """Parse and check a whole file. Raises UserError naming file, line and field at the first bad row.
 
     `rater` names who made the labels of formats that carry no rater id (HH-RLHF, FineGrained, TRL).
@@ -800,13 +800,13 @@ def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) 
         raise UserError(f"{path}: no such file")
     if path.is_file() and path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty")
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt not in FORMATS:
-        raise UserError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    source = f"{fmt}:{path.name}"[:MAX_NAME_CHARS]
+    format = detect_format(path) if format == "auto" else format
+    if format not in FORMATS:
+        raise UserError(f"unknown format {format!r}: expected one of {', '.join(FORMATS)}")
+    source = f"{format}:{path.name}"[:MAX_NAME_CHARS]
     if path.is_dir():  # a `datasets.save_to_disk` folder
-        records = records_from_rows(dataset_dir_rows(path), fmt, source, rater)
-    elif fmt == "finegrained-qa":
+        records = records_from_rows(dataset_dir_rows(path), format, source, rater)
+    elif format == "finegrained-qa":
         data = read_json_document(path)
         if not isinstance(data, list):
             raise UserError(f"{path}: expected a JSON list")
@@ -817,7 +817,7 @@ def read_records(path: str | Path, fmt: str = "auto", rater: str | None = None) 
             out.extend(finegrained_records(item, f"{path}: item {i}", source, rater or "finegrained-qa:crowd"))
         records = out
     else:
-        records = records_from_rows(read_table(path), fmt, source, rater)
+        records = records_from_rows(read_table(path), format, source, rater)
     if not records:
         raise UserError(f"{path}: no rows")
     return records
@@ -844,11 +844,12 @@ def records_from_rows(
     return out
 
 
-def records_from_dataset(dataset: Any, fmt: str = "generic", name: str = "dataset", rater: str | None = None) -> list[Record]:
+def records_from_dataset(dataset: Any, format: str = "generic", name: str = "dataset",
+                         rater: str | None = None) -> list[Record]:
     """Records from an in-memory `datasets.Dataset` (or anything iterable of dicts)."""
     _check_rater_option(rater)
     rows = ((f"{name}: row {i}", row) for i, row in enumerate(labels_named(one_split(dataset, name)), start=1))
-    records = records_from_rows(rows, fmt, f"{fmt}:{name}"[:MAX_NAME_CHARS], rater)
+    records = records_from_rows(rows, format, f"{format}:{name}"[:MAX_NAME_CHARS], rater)
     if not records:
         raise UserError(f"{name}: no rows")
     return records

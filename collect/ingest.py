@@ -309,11 +309,11 @@ class ParsedFile:
     sha256: str
 
 
-def read_file(path: str | Path, fmt: str = "auto", *, rater: str | None = None) -> ParsedFile:
+def read_file(path: str | Path, format: str = "auto", *, rater: str | None = None) -> ParsedFile:
     """Parse and check a file (or a save_to_disk folder); UserError naming file, line and field."""
     path = Path(path)
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    return ParsedFile(path, fmt, read_records(path, fmt, rater), _sha256(path) if path.is_file() else "")
+    format = detect_format(path) if format == "auto" else format
+    return ParsedFile(path, format, read_records(path, format, rater), _sha256(path) if path.is_file() else "")
 
 
 def import_parsed(
@@ -336,7 +336,7 @@ def import_file(
     session: Session,
     project: Project,
     path: str | Path,
-    fmt: str = "auto",
+    format: str = "auto",
     *,
     rater: str | None = None,
     as_gold: bool = False,
@@ -344,16 +344,16 @@ def import_file(
     progress: Callable[[int, int], None] | None = None,
 ) -> ImportResult:
     """Import a file (or a save_to_disk folder) into a project, atomically."""
-    return import_parsed(session, project, read_file(path, fmt, rater=rater), as_gold=as_gold, actor_id=actor_id,
+    return import_parsed(session, project, read_file(path, format, rater=rater), as_gold=as_gold, actor_id=actor_id,
                          progress=progress)
 
 
 def import_dataset(
-    session: Session, project: Project, dataset: Any, fmt: str = "generic", *, name: str = "dataset",
+    session: Session, project: Project, dataset: Any, format: str = "generic", *, name: str = "dataset",
     rater: str | None = None, as_gold: bool = False, actor_id: int | None = None,
 ) -> ImportResult:
     """Import any `datasets` dataset (or list of dicts) in one of the supported row formats."""
-    records = records_from_dataset(dataset, fmt, name, rater)
+    records = records_from_dataset(dataset, format, name, rater)
     return import_records(session, project, records, as_gold=as_gold, actor_id=actor_id)
 
 
