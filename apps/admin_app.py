@@ -35,7 +35,7 @@ from collect import db
 from collect.adjudicate import (
     FLAGGED_COLUMNS, QUEUE_COLUMNS, PairDetail, adjudicate, disagreement_queue, flagged_pairs, pair_detail,
 )
-from collect.agreement import N_BOOTSTRAP, agreement_summary, pairwise_cohen
+from collect.agreement import N_BOOTSTRAP, agreement_tables
 from collect.assign import review_flag
 from collect.errors import PermissionDenied, UserError
 from collect.export import AGGREGATIONS, export_project, meta_path
@@ -257,8 +257,8 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         judged_plot = plot_judgments_over_time(timeline, target=made_in_app + status.judgments_needed or None,
                                                title="Judgments made in the app")
         if len(frame):
-            agreement = _rounded(agreement_summary(frame, n_bootstrap=N_BOOTSTRAP))
-            kappas = pairwise_cohen(frame, n_bootstrap=N_BOOTSTRAP)
+            agreement, kappas = agreement_tables(frame, n_bootstrap=N_BOOTSTRAP)
+            agreement = _rounded(agreement)
             for side in ("rater_a", "rater_b"):
                 kappas[side] = kappas[side].map(lambda r: names.get(r, str(r)))
             kappas = _rounded(kappas)

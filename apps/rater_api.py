@@ -48,6 +48,19 @@ from collect.projects import projects_of
 
 log = logging.getLogger(__name__)
 
+DATABASE_FAILURES = (OperationalError, PoolTimeout)
+"""The database failed, not the caller: a server stopped or restarting, a dropped connection, no connection free
+in the pool, SQLite's lock held past its timeout. The transaction was rolled back, so a retry is safe (a judgment's
+client token makes it so even when the commit itself was cut off). The JSON API answers 503, the rater app a
+message to try again (apps.rater_app.errors_on_screen); both log it with `log_database_failure`."""
+
+
+def log_database_failure(where: str, error: Exception) -> None:
+    """One warning line per failed request or event, not a traceback each: `where` (the route or the event) and the
+    driver's words. Those name the database's host and name: they go to the log, never to a client, who may be
+    anyone able to send a login."""
+    log.warning("%s: database unavailable: %s", where, db.driver_words(error))
+
 
 class Judgment(BaseModel):
     """A judgment in screen terms: +2 left much better, +1 left better, 0 tie, -1 right better, -2 right much."""
@@ -164,12 +177,7 @@ def add_error_handlers(app: FastAPI, auth_header: str | None = None) -> None:
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)
     def database_unavailable(request: Request, e: Exception) -> JSONResponse:
-        # A server stopped or restarting, a dropped connection, no connection free in the pool, SQLite's lock
-        # held past its timeout: nothing the caller did, and the transaction was rolled back, so a retry is safe
-        # (a judgment's client_token makes it so even when the commit itself was cut off). One line in the log
-        # per request, not a traceback each. The driver's words name the database's host and name: they go to the
-        # log, not to a client, who may be anyone able to send a login.
-        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, db.driver_words(e))
+        log_database_failure(f"{request.method} {request.url.path}", e)
         return JSONResponse({"detail": "database unavailable; retry"}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Unauthenticated)

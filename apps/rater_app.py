@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 from sqlalchemy.orm import Session
 
+from apps.rater_api import DATABASE_FAILURES, log_database_failure
 from apps.render import code_css, render_conversation, render_markdown
 from apps.web_auth import current_rater
 from collect import db
@@ -41,6 +42,8 @@ BREAK_CHECK_SECONDS = 120
 CHOICES = [("A much better  [1]", 2), ("A better  [2]", 1), ("Tie  [3]", 0), ("B better  [4]", -1),
            ("B much better  [5]", -2)]
 CRITERION_CHOICES = [("A ≫", 2), ("A >", 1), ("=", 0), ("B >", -1), ("B ≫", -2)]
+DATABASE_DOWN = "The database is unavailable; your last action was not saved. Try again in a moment."
+"""What a rater reads when the database fails (DATABASE_FAILURES): nothing was saved, and a retry is safe."""
 SKIP_REASONS = ["I can't judge this (outside my expertise)", "The prompt or responses are broken",
                 "Both responses are the same", "Other"]
 
@@ -118,6 +121,10 @@ def errors_on_screen(handler_name: str, advice: str = "Try again.") -> Iterator[
     except UserError as e:
         # gr.Error renders HTML, and messages can quote client input.
         raise gr.Error(html.escape(str(e)), print_exception=False) from None
+    except DATABASE_FAILURES as e:
+        # As the JSON API does: one log line, no traceback; the rater learns only that a retry is safe.
+        log_database_failure(f"event {handler_name}", e)
+        raise gr.Error(DATABASE_DOWN, print_exception=False) from None
     except Exception:
         log.exception("handler %s failed", handler_name)
         raise gr.Error(f"Something went wrong on the server. {advice}", print_exception=False) from None

@@ -2,7 +2,8 @@
 
 Three plain statistics over arrays (`cohen_kappa`, `fleiss_kappa`, `krippendorff_alpha`) and three that read a
 judgments frame (see collect.aggregate.JUDGMENT_COLUMNS) and add a percentile bootstrap confidence interval by
-resampling pairs (`pairwise_cohen`, `fleiss`, `krippendorff`); `agreement_summary` puts them in one table.
+resampling pairs (`pairwise_cohen`, `fleiss`, `krippendorff`); `agreement_summary` puts them in one table
+(`agreement_tables`: with the per-rater-pair table too).
 
 Scales: "direction" collapses the five buttons to A better / tie / B better, the usual basis for the nominal
 kappas; "choice" keeps all five (-2..2), the basis for Krippendorff's ordinal alpha. A rater who judged a
@@ -23,11 +24,9 @@ import numpy as np
 import pandas as pd
 
 from collect.aggregate import direction, validate_judgments
+# Defined in the light collect.defaults for the CLI's start-up; collect.agreement.N_BOOTSTRAP stays its public name.
+from collect.defaults import N_BOOTSTRAP
 from collect.errors import UserError
-
-N_BOOTSTRAP = 1000
-"""Bootstrap replicates for the 95% intervals of agreement and the leaderboard: the default of the Python API,
-of `prefloop quality` (--n-bootstrap) and of the admin dashboard."""
 
 Scale = Literal["direction", "choice"]
 SCALE_VALUES = {"direction": np.array([-1, 0, 1]), "choice": np.array([-2, -1, 0, 1, 2])}
@@ -325,6 +324,10 @@ def pairwise_cohen(
     weights: None, "linear" or "quadratic" (weighted kappa; meaningful on the "choice" scale).
     """
     table, reps = _cohen_all_pairs(judgments, scale, weights, min_overlap, n_bootstrap, seed)
+    return _pairwise_intervals(table, reps, n_bootstrap, confidence)
+
+
+def _pairwise_intervals(table: pd.DataFrame, reps: np.ndarray, n_bootstrap: int, confidence: float) -> pd.DataFrame:
     bounds = [_interval(r, confidence) if n_bootstrap else (np.nan, np.nan) for r in reps]
     table["ci_low"] = [b[0] for b in bounds]
     table["ci_high"] = [b[1] for b in bounds]
@@ -342,7 +345,13 @@ def mean_cohen(
 ) -> Agreement:
     """The mean of the pairwise Cohen's kappas (Light's kappa), with a bootstrap of judged pairs."""
     table, reps = _cohen_all_pairs(judgments, scale, weights, min_overlap, n_bootstrap, seed)
-    level = weights or "nominal"
+    return _mean_of_pairs(table, reps, scale, weights or "nominal", n_bootstrap, confidence)
+
+
+def _mean_of_pairs(
+    table: pd.DataFrame, reps: np.ndarray, scale: Scale, level: str, n_bootstrap: int, confidence: float
+) -> Agreement:
+    """Light's kappa from `_cohen_all_pairs`: the mean's interval needs every replicate, not the pairs' intervals."""
     if table.empty:
         return Agreement("mean_cohen_kappa", scale, level, np.nan, np.nan, np.nan, 0, 0, confidence, 0)
     with warnings.catch_warnings():  # an all-NaN replicate (no rater pair defined) stays NaN
@@ -361,10 +370,22 @@ def agreement_summary(
 
     Fleiss' kappa on directions, Krippendorff's alpha ordinal on the five-point scale, and the mean of the
     pairwise Cohen's kappas on directions over rater pairs with at least `min_overlap` pairs in common.
+    For the per-rater-pair table as well, call `agreement_tables`: it bootstraps the Cohen's kappas once.
     """
+    return agreement_tables(judgments, n_bootstrap, min_overlap, seed)[0]
+
+
+def agreement_tables(
+    judgments: pd.DataFrame, n_bootstrap: int = N_BOOTSTRAP, min_overlap: int = 10, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`agreement_summary` and `pairwise_cohen` (on directions) from one bootstrap of the Cohen's kappas.
+
+    The same numbers as the two calls with the same arguments; the kappas' bootstrap, the costly part, runs once.
+    """
+    table, reps = _cohen_all_pairs(judgments, "direction", None, min_overlap, n_bootstrap, seed)
     rows = [
         fleiss(judgments, "direction", n_bootstrap=n_bootstrap, seed=seed),
         krippendorff(judgments, "ordinal", "choice", n_bootstrap=n_bootstrap, seed=seed),
-        mean_cohen(judgments, "direction", min_overlap=min_overlap, n_bootstrap=n_bootstrap, seed=seed),
+        _mean_of_pairs(table, reps, "direction", "nominal", n_bootstrap, 0.95),
     ]
-    return pd.DataFrame([r.__dict__ for r in rows])
+    return pd.DataFrame([r.__dict__ for r in rows]), _pairwise_intervals(table, reps, n_bootstrap, 0.95)

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from collect.agreement import N_BOOTSTRAP
 from collect.cli_options import CSV_OUT_OPTION, DB_OPTION, PROJECT_OPTION
+from collect.defaults import N_BOOTSTRAP
 from collect.errors import UserError
+
+if TYPE_CHECKING:  # pandas, like the statistics, loads only when a command runs: `prefloop --help` starts faster
+    import pandas as pd
 
 app = typer.Typer(help="Quality statistics: inter-rater agreement, per-rater quality, model leaderboard.")
 
@@ -54,6 +56,8 @@ def show(table: pd.DataFrame, title: str, out: Path | None,
 
     columns: the columns to print (a dict also renames them for the header); default all.
     """
+    import pandas as pd
+
     console = Console(markup=False)
     view = Table(title=title)
     shown = table[list(columns)] if columns is not None else table
@@ -86,14 +90,13 @@ def agreement(
     out: Optional[Path] = CSV_OUT_OPTION,
 ) -> None:
     """Fleiss' kappa, Krippendorff's alpha (ordinal, 5-point) and mean Cohen's kappa, with 95% intervals."""
-    from collect.agreement import agreement_summary, pairwise_cohen
+    from collect.agreement import agreement_tables
 
     frame, names = load_judgments(project, db)
-    summary = agreement_summary(frame, n_bootstrap=n_bootstrap, min_overlap=min_overlap, seed=seed)
+    summary, table = agreement_tables(frame, n_bootstrap=n_bootstrap, min_overlap=min_overlap, seed=seed)
     show(summary, f"Agreement: {project} (95% bootstrap intervals)", out,
          columns=["statistic", "scale", "level", "estimate", "ci_low", "ci_high", "n_items", "n_raters"])
     if pairs:
-        table = pairwise_cohen(frame, min_overlap=min_overlap, n_bootstrap=n_bootstrap, seed=seed)
         for side in ("rater_a", "rater_b"):
             table[side] = table[side].map(lambda r: names.get(r, r))
         show(table, "Cohen's kappa per rater pair (directions)", None)

@@ -6,6 +6,7 @@ import pytest
 
 from collect.agreement import (
     agreement_summary,
+    agreement_tables,
     cohen_kappa,
     fleiss,
     fleiss_kappa,
@@ -138,6 +139,16 @@ def test_summary_table_and_repeats_count_once():
     assert mean.estimate == pytest.approx(pairwise_cohen(df, min_overlap=5, n_bootstrap=0)["kappa"].mean())
     assert mean.ci_low < mean.estimate < mean.ci_high
     assert summary.loc[2, "estimate"] == pytest.approx(mean.estimate)
+
+
+def test_agreement_tables_match_the_separate_calls():
+    # One bootstrap of the Cohen's kappas serves both tables: every number is what the separate calls give.
+    df = _frame(_random_panel(seed=4))
+    summary, pairs = agreement_tables(df, n_bootstrap=150, min_overlap=5, seed=7)
+    pd.testing.assert_frame_equal(summary, agreement_summary(df, n_bootstrap=150, min_overlap=5, seed=7))
+    pd.testing.assert_frame_equal(pairs, pairwise_cohen(df, min_overlap=5, n_bootstrap=150, seed=7))
+    assert summary.iloc[2].to_dict() == mean_cohen(df, min_overlap=5, n_bootstrap=150, seed=7).__dict__
+    assert np.isfinite(summary.loc[2, ["ci_low", "ci_high"]].astype(float)).all()
 
 
 def test_bad_input_is_a_user_error():

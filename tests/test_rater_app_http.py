@@ -405,3 +405,35 @@ def test_a_database_that_fails_is_a_503_to_retry_with_one_line_in_the_log(db_url
                                         len(line.split(": database unavailable: ")[1]) > 0 for line in logged)
         assert not any(r.exc_info for r in caplog.records if r.levelno >= logging.WARNING)
         assert http.post(f"/api/v1/projects/{pid}/next", json={}, auth=("r0", "pw")).status_code == 200  # back
+
+
+def test_the_rater_app_says_retry_when_the_database_fails_and_a_retry_counts_once(db_url, tmp_path, caplog,
+                                                                                   monkeypatch):
+    """The Gradio app in this process (as `prefloop serve` mounts it), so that the database can fail under it."""
+    from apps.rater_app import DATABASE_DOWN, build_rater_app, mount_options
+    from apps.server import _mount
+
+    monkeypatch.setattr(web_auth, "_basic_cache", web_auth._BasicCache())
+    pid, _, _ = setup_project(db_url, n_pairs=2, overlap=1, raters=1)
+    server = FastAPI()
+    _mount(server, build_rater_app(db_url), "/", web_auth.gradio_auth(db_url), mount_options())
+    with TestClient(server) as http, GradioRaterClient(str(http.base_url)) as c:
+        c.http.close()
+        c.http = http  # the browser tab, in process
+        assert http.post("/login", data={"username": "r0", "password": "pw"}).status_code == 200
+        shown = c.call("load")[-1]
+        caplog.clear()
+        with database_down(db_url, tmp_path):
+            # A per-item event answers in the alert above the pair; the tab keeps its pair and client token.
+            with pytest.raises(RaterAPIError) as refused:
+                c.call("submit", None, shown, 1, False, "", "", *([None] * 8))
+            assert refused.value.message == DATABASE_DOWN
+        # asyncio's complaint about the queue's event stream, closed by the test client, is not the app's.
+        logged = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name != "asyncio"]
+        assert [r.getMessage().split(": database unavailable: ")[0] for r in logged] == ["event on_submit"], \
+            [r.getMessage() for r in logged]
+        assert "\n" not in logged[0].getMessage() and not logged[0].exc_info
+        # The same tab sends it again once the database is back: saved once, with the token of the first try.
+        assert "Saved." in str(c.call("submit", None, shown, 1, False, "", "", *([None] * 8)))
+    with db.session_scope(db_url) as s:
+        assert s.scalar(select(func.count(Judgment.id)).where(Judgment.assignment_id == int(shown))) == 1
