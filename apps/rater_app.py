@@ -27,6 +27,7 @@ from collect.assign import (
     GOLD_MINIMUM, UNDO_SECONDS, RaterSummary, Served, flag_harmful, next_assignment, rater_summary, record_activity,
     reveal, skip, submit_judgment, undo_last,
 )
+from collect.defaults import HEARTBEAT_SECONDS
 from collect.errors import UserError
 from collect.models import Project
 from collect.projects import projects_of, sensitive_opt_in_choices, set_sensitive_opt_in
@@ -65,7 +66,9 @@ CSS = """
 .pf-error { background: #f8d7da; color: #58151c; }
 """ + code_css(".pf-md .highlight")
 
-# Keys act only outside text fields; Enter on a focused button is left to the button itself.
+# Keys act only outside text fields. Enter submits, but on a button reached with Tab, which it activates: a button
+# clicked with the mouse keeps the focus after the next item is shown (Gradio replaces the screen, not the button),
+# and Enter there skipped or flagged that next item instead of submitting it.
 # The heartbeat reports activity only while the page is visible and the rater moved, scrolled or typed
 # since the last beat: the server counts the gap, capped at the project's idle threshold.
 HEAD = """
@@ -76,8 +79,11 @@ HEAD = """
     const inputs = document.querySelectorAll('#pf-choice input[type=radio]');
     if (inputs[i]) inputs[i].click();
   };
+  let tabbed = false;
+  document.addEventListener('pointerdown', () => { tabbed = false; }, { capture: true });
   document.addEventListener('keydown', (e) => {
     const t = e.target;
+    if (e.key === 'Tab') { tabbed = true; return; }
     const typing = t && (t.tagName === 'TEXTAREA' || t.isContentEditable ||
       (t.tagName === 'INPUT' && !['radio', 'checkbox'].includes(t.type)));
     if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); click('#pf-submit'); return; }
@@ -87,7 +93,8 @@ HEAD = """
     else if (e.key === 'b') { e.preventDefault(); click('#pf-both-bad input[type=checkbox]'); }
     else if (e.key === 's') { e.preventDefault(); click('#pf-skip'); }
     else if (e.key === 'u') { e.preventDefault(); click('#pf-undo'); }
-    else if (e.key === 'Enter' && t.tagName !== 'BUTTON') { e.preventDefault(); click('#pf-submit'); }
+    else if (e.key === 'Enter' && t.tagName === 'BUTTON' && tabbed) { tabbed = false; }
+    else if (e.key === 'Enter') { e.preventDefault(); click('#pf-submit'); }
   });
   let moved = false;
   for (const ev of ['keydown', 'mousemove', 'wheel', 'scroll', 'touchstart', 'pointerdown']) {
@@ -95,10 +102,10 @@ HEAD = """
   }
   setInterval(() => {
     if (moved && document.visibilityState === 'visible') { moved = false; click('#pf-heartbeat'); }
-  }, 30000);
+  }, HEARTBEAT_MS);
 })();
 </script>
-"""
+""".replace("HEARTBEAT_MS", str(HEARTBEAT_SECONDS * 1000))
 
 
 def mount_options() -> dict[str, Any]:

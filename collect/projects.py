@@ -10,7 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from collect.auth import audit, hash_password, verify_password
-from collect.errors import PermissionDenied, UserError
+from collect.defaults import HEARTBEAT_SECONDS
+from collect.errors import PermissionDenied, UserError, warn
 from collect.models import ROLES, ROUTING, Membership, Pair, Project, Prompt, Rater, is_row_id
 
 MAX_CATEGORY_CHARS = 100
@@ -90,6 +91,10 @@ def _check_settings(settings: ProjectSettings) -> None:
         raise UserError("lease_seconds must be at least 10 (an assignment's lease ends after this many seconds)")
     if settings.idle_seconds < 0:
         raise UserError("idle_seconds must not be negative")
+    if settings.idle_seconds < HEARTBEAT_SECONDS:
+        warn(f"idle_seconds {settings.idle_seconds} is below the {HEARTBEAT_SECONDS} s between the rater app's "
+             f"activity reports: a rater reading without clicking is paid at most {settings.idle_seconds} s of "
+             f"every {HEARTBEAT_SECONDS}")
     if settings.sensitive_daily_cap < 0:
         raise UserError("sensitive_daily_cap must not be negative")
     if settings.break_after_minutes < 1:

@@ -32,6 +32,16 @@ def test_bad_project_settings_are_refused_and_nothing_is_written(db_url, setting
         assert s.scalar(select(func.count(Project.id))) == 0
 
 
+def test_an_idle_threshold_below_the_apps_heartbeat_is_warned_about(db_url):
+    """The rater app reports activity every 30 s; with idle_seconds 10 a rater reading for a minute without a click
+    was paid 20 s of it."""
+    with pytest.warns(UserWarning, match="idle_seconds 10 is below the 30 s between the rater app's activity"):
+        with db.session_scope(db_url) as s:
+            create_project(s, "p", ProjectSettings(idle_seconds=10))
+    with db.session_scope(db_url) as s:
+        assert get_project(s, "p").idle_seconds == 10  # allowed: a project may want only clicks to count
+
+
 def test_update_checks_the_same_rules(db_url):
     with db.session_scope(db_url) as s:
         create_project(s, "p", ProjectSettings(lease_seconds=600))

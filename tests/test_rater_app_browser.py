@@ -56,7 +56,7 @@ def site(tmp_path_factory, data_dir):
     with db.session_scope(url) as s:
         kb = create_project(s, "keyboard", ProjectSettings(overlap=1, rubric=[{"name": "helpfulness"}]))
         import_dataset(s, kb, [{"prompt": f"question {i}", "response_a": f"answer a{i}",
-                                "response_b": f"answer b{i}"} for i in range(6)])
+                                "response_b": f"answer b{i}"} for i in range(8)])
         add_rater(s, "ann", "ann-pw", projects=[kb])
         xss = create_project(s, "xss", ProjectSettings(overlap=1, guidelines="<script>window.__pwned='guide'</script>"))
         import_dataset(s, xss, [{"prompt": "<img src=x onerror=\"window.__pwned='prompt'\"> question",
@@ -158,10 +158,19 @@ def test_keyboard_only_judging_and_undo(site):
     page.locator("#pf-banner").get_by_text("Skipped").wait_for()
     last_shown = _shown(page)
     assert last_shown and _screen_text(page, "#pf-conversation") not in ("", skipped_prompt)
+    # Skip clicked with the mouse keeps the focus on its button; Enter on the next pair still submits that pair.
+    page.locator("#pf-skip").click()
+    page.wait_for_function("b => document.querySelector('#pf-shown textarea, #pf-shown input').value !== b",
+                           arg=last_shown)
+    wait_idle(page)
+    after_mouse_skip = _shown(page)
+    _judge_by_keyboard(page, "2")
     page.close()
 
     with db.session_scope(site["url"]) as s:
-        redone = s.scalar(select(Judgment).where(Judgment.rater_id == ann_id).order_by(Judgment.id.desc()).limit(1))
+        redone = s.scalar(select(Judgment).where(Judgment.rater_id == ann_id,
+                                                 Judgment.assignment_id != int(after_mouse_skip))
+                          .order_by(Judgment.id.desc()).limit(1))
         redone_prompt = s.get(Assignment, redone.assignment_id).pair.prompt.conversation[-1]["content"]
         assert redone_prompt in seen[2][1]  # the undone pair, judged again
         assert redone.both_bad is True  # b pressed three times
@@ -170,8 +179,8 @@ def test_keyboard_only_judging_and_undo(site):
         assert (skipped.rater_id, skipped.status, skipped.skip_reason) == (ann_id, "skipped", reason)
         assert skipped.pair.prompt.conversation[-1]["content"] in skipped_prompt
         assert s.scalar(select(func.count(Judgment.id)).where(Judgment.pair_id == skipped.pair_id)) == 0
-        (now_open,) = s.scalars(select(Assignment).where(Assignment.rater_id == ann_id, Assignment.status == "open"))
-        assert now_open.id == int(last_shown) and now_open.pair_id != skipped.pair_id
+        assert s.get(Assignment, int(last_shown)).status == "skipped"  # the mouse's skip
+        assert s.get(Assignment, int(after_mouse_skip)).status == "submitted"  # Enter submitted, did not skip it
 
 
 def _utc_offset() -> float:
