@@ -25,7 +25,7 @@ from apps.web_auth import current_rater
 from collect import db
 from collect.assign import (
     GOLD_MINIMUM, UNDO_SECONDS, RaterSummary, Served, flag_harmful, next_assignment, rater_summary, record_activity,
-    reveal, skip, submit_judgment, undo_last,
+    reveal, sensitive_cap_reached, skip, submit_judgment, undo_last,
 )
 from collect.defaults import HEARTBEAT_SECONDS
 from collect.errors import UserError
@@ -160,6 +160,13 @@ def _warning(text: str) -> str:
     return f'<div class="pf-warning">{html.escape(text)}</div>'
 
 
+def _note(text: str) -> str:
+    return f'<div class="pf-banner">{html.escape(text)}</div>' if text else ""
+
+
+NOTHING_LEFT = "Nothing left for you in this project right now. Thank you!"
+
+
 def _stats_markdown(project: Project, s: RaterSummary) -> str:
     """The rater's own numbers in one project, as a Markdown table."""
     # gold_judged and gold_accuracy count check items judged before today (UTC): today's stay unscored.
@@ -241,8 +248,8 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                   criteria_box, *criteria, rationale, rewrite, shown]
 
         def show(served: Served | None, project: Project, note: str = "", revealed: bool = False,
-                 layout: bool = False) -> dict:
-            """The rating screen for one served assignment (or none left).
+                 layout: bool = False, empty: str = NOTHING_LEFT) -> dict:
+            """The rating screen for one served assignment (or none left: the note, then `empty`).
 
             layout=True also sets what depends only on the project (guidelines, rubric labels): needed when a
             project is chosen, skipped between pairs of the same project because every gr.update() costs
@@ -264,7 +271,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
             if served is None:
                 out.update({
                     state: {**_empty_state(), "project_id": project.id},
-                    banner: _warning(note or "Nothing left for you in this project right now. Thank you!"),
+                    banner: _note(note) + _warning(empty),
                     conversation: "", left: "", right: "", reveal_button: gr.update(visible=False), shown: "",
                 })
                 return out
@@ -282,7 +289,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 out.update({conversation: "", left: _panel("Response A", placeholder),
                             right: _panel("Response B", placeholder)})
             else:
-                out[banner] = f'<div class="pf-banner">{html.escape(note)}</div>' if note else ""
+                out[banner] = _note(note)
                 out.update({conversation: render_conversation(served.conversation),
                             left: _panel("Response A", render_markdown(served.left)),
                             right: _panel("Response B", render_markdown(served.right))})
@@ -291,7 +298,10 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
         def serve(session: Session, rater_id: int, project_id: int, note: str = "", layout: bool = False,
                   **state_extra: Any) -> dict:
             served = next_assignment(session, project_id, rater_id)  # checks the membership
-            out = show(served, session.get(Project, project_id), note, layout=layout)
+            empty = NOTHING_LEFT
+            if served is None and (cap := sensitive_cap_reached(session, project_id, rater_id)) is not None:
+                empty = f"You have reached today's limit of {cap} sensitive items; more tomorrow. Thank you!"
+            out = show(served, session.get(Project, project_id), note, layout=layout, empty=empty)
             out[state] = {**out[state], **state_extra}
             return out
 

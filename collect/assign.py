@@ -170,7 +170,9 @@ def next_assignment(session: Session, project_id: int, rater_id: int, now: datet
     allow_sensitive = bool(rater.sensitive_opt_in) and (
         _sensitive_served_today(session, rater_id, now) < project.sensitive_daily_cap)
     use_gold = project.gold_rate > 0 and random.random() < project.gold_rate
-    order = [True, False] if use_gold else [False]
+    # When the rater's ordinary pairs run out, the gold pairs left for them follow: a "nothing left" and then, on a
+    # reload, a gold pair would tell the rater that whatever comes after "nothing left" is a check item.
+    order = [True, False] if use_gold else [False, True] if project.gold_rate > 0 else [False]
     # On PostgreSQL, first pass over rows other servers are not claiming right now (SKIP LOCKED); if all
     # are busy, a second plain pass waits on them: the conditional UPDATE below is what keeps k exact.
     passes = [True, False] if session.get_bind().dialect.name == "postgresql" else [False]
@@ -195,6 +197,22 @@ def next_assignment(session: Session, project_id: int, rater_id: int, now: datet
                 continue
             session.refresh(assignment)
             return _view(assignment)
+    return None
+
+
+def sensitive_cap_reached(session: Session, project_id: int, rater_id: int, now: datetime | None = None) -> int | None:
+    """The project's daily cap on sensitive items when it is what leaves the rater nothing today, else None.
+
+    For the screen shown after `next_assignment` returned None: pairs remain for the rater that the cap withholds.
+    """
+    now = now or utcnow()
+    rater = require_member(session, project_id, rater_id)
+    project = session.get(Project, project_id)
+    if not rater.sensitive_opt_in or _sensitive_served_today(session, rater_id, now) < project.sensitive_daily_cap:
+        return None
+    kinds = [False, True] if project.gold_rate > 0 else [False]
+    if any(_candidates(session, project, rater, gold, True, False) for gold in kinds):
+        return project.sensitive_daily_cap
     return None
 
 

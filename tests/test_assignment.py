@@ -347,6 +347,25 @@ def test_gold_pairs_are_mixed_in_and_scored(db_url):
         assert summary.gold_judged == 5 and summary.gold_accuracy == 1.0
 
 
+def test_gold_pairs_left_follow_when_the_ordinary_ones_run_out(db_url, monkeypatch):
+    """The gold coin fails every time: once the ordinary pairs are judged, the gold ones left come next, then None.
+
+    Were None served first, the gold pairs would come after a "nothing left" (on a reload): a giveaway.
+    """
+    pid, (r,), _ = setup_project(db_url, n_pairs=2, overlap=1, raters=1, gold_rate=0.01)
+    gold_rows = [{"prompt": f"gold {i}", "response_a": f"good {i}", "response_b": f"bad {i}", "gold": "A>B"}
+                 for i in range(2)]
+    with db.session_scope(db_url) as s:
+        import_dataset(s, get_project(s, pid), gold_rows)
+    monkeypatch.setattr(assign.random, "random", lambda: 0.99)  # the coin for gold never comes up
+    served = [judge(db_url, pid, r) for _ in range(5)]
+    prompts = [x.conversation[-1]["content"] if x else None for x in served]
+    assert prompts[:2] == ["question 0", "question 1"]  # ordinary pairs first
+    assert set(prompts[2:]) == {"gold 0", "gold 1", None} and prompts[4] is None
+    with db.session_scope(db_url) as s:
+        assert next_assignment(s, pid, r) is None  # and stays None: every pair judged once
+
+
 def test_todays_gold_judgments_do_not_move_the_gold_numbers(db_url):
     """The rater's own page must not tell them which of today's items were gold."""
     pid, (r,), _ = setup_project(db_url, n_pairs=1, overlap=1, raters=1, gold_rate=1.0)

@@ -259,6 +259,34 @@ def test_trusted_header_mode(tmp_path):
             assert c.next(pid)["left"] in ("a", "b")
 
 
+def test_a_submit_that_empties_the_queue_says_saved_and_nothing_left(tmp_path):
+    """The note of the submit and then why nothing is left (the daily sensitive cap, when it is that)."""
+    url = f"sqlite:///{tmp_path / 'prefloop.db'}"
+    db.upgrade(url)
+    tags = [["sensitive:violence"], ["sensitive:violence"], []]
+    with db.session_scope(url) as s:
+        p = create_project(s, "p", ProjectSettings(overlap=2, rubric=[{"name": "helpful"}], sensitive_daily_cap=1))
+        import_dataset(s, p, [{"prompt": f"q{i}", "response_a": "a", "response_b": "b", "tags": tags[i]}
+                              for i in range(3)])
+        add_rater(s, "plain", "pw", projects=[p])
+        brave = add_rater(s, "brave", "pw", sensitive_opt_in=["violence"], projects=[p]).id
+        pid = p.id
+    with db.session_scope(url) as s:  # brave's one sensitive item today
+        served = next_assignment(s, pid, brave)
+        assert served.sensitive == ["violence"]
+        submit_judgment(s, brave, served.assignment_id, 1, client_token=uuid.uuid4().hex)
+    with running_server(url, free_port(), log_path=tmp_path / "server.log") as base_url:
+        for name, reason in (("brave", "reached today&#x27;s limit of 1 sensitive items; more tomorrow"),
+                             ("plain", "Nothing left for you in this project right now")):
+            with GradioRaterClient(base_url, name, "pw") as c:
+                shown = c.call("load")[-1]
+                assert shown
+                out = c.call("submit", None, shown, 1, False, "", "", *([None] * 8))
+                banner = next(x for x in out if isinstance(x, str) and "pf-warning" in x)
+                assert banner.index("Saved.") < banner.index(reason), banner
+                assert out[-1] == ""  # no form left to submit
+
+
 def test_raters_change_only_their_own_sensitive_opt_ins(site):
     with db.session_scope(site["url"]) as s:
         care = create_project(s, "care", ProjectSettings(overlap=1))
