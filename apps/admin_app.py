@@ -35,7 +35,8 @@ from collect import db
 from collect.adjudicate import (
     FLAGGED_COLUMNS, QUEUE_COLUMNS, PairDetail, adjudicate, disagreement_queue, flagged_pairs, pair_detail,
 )
-from collect.agreement import N_BOOTSTRAP, agreement_tables
+from collect.agreement import agreement_tables
+from collect.defaults import N_BOOTSTRAP
 from collect.assign import review_flag
 from collect.errors import PermissionDenied, UserError
 from collect.export import AGGREGATIONS, export_project, meta_path

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402  (bench/common.py: one description of the machine)
 
-from collect.agreement import N_BOOTSTRAP  # noqa: E402
+from collect.defaults import N_BOOTSTRAP  # noqa: E402
 from collect.formats import read_records  # noqa: E402
 from collect.leaderboard import bradley_terry, elo, plot_leaderboard, win_rate_matrix  # noqa: E402
 

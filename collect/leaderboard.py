@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from collect.aggregate import direction, validate_judgments
-from collect.agreement import N_BOOTSTRAP
+from collect.defaults import N_BOOTSTRAP
 from collect.errors import UserError
 
 SCALE = 400.0

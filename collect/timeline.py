@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from collect.agreement import N_BOOTSTRAP, fleiss
+from collect.agreement import fleiss
+from collect.defaults import N_BOOTSTRAP
 from collect.models import utcnow
 
 TIMELINE_COLUMNS = ("period", "judgments", "raters", "active_hours", "cumulative")
