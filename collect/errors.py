@@ -31,6 +31,13 @@ def check_settings(owner: Any, checks: Iterable[tuple[str, bool, str]]) -> None:
             raise UserError(f"{name} (--{name.replace('_', '-')}) must be {expected}, got {getattr(owner, name)}")
 
 
+def check_seed(seed: int, name: str = "seed (--seed)") -> None:
+    """UserError unless `seed` is one numpy and torch take (0 to 2**32 - 1): checked before anything loads or
+    samples, where numpy would refuse it only at the end."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"{name} must be between 0 and 2**32 - 1, got {seed!r}")
+
+
 class PrefloopWarning(UserWarning):
     """What prefloop warns about (data it reads other than its author may mean, settings it does not use): one
     category to filter, `warnings.filterwarnings("ignore", category=PrefloopWarning)`."""

@@ -6,7 +6,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
-from collect.models import Judgment, Pair, Response
+from collect.models import VOTE_KINDS, Judgment, Pair, Response
 
 
 QUALITY_KINDS = ("rater", "import", "repeat")
@@ -14,7 +14,7 @@ QUALITY_KINDS = ("rater", "import", "repeat")
 consistency measures, and collect.rater_quality counts only each rater's first judgment of a pair elsewhere."""
 
 
-def judgments_frame(session: Session, project_id: int, kinds: tuple[str, ...] = ("rater", "import")) -> pd.DataFrame:
+def judgments_frame(session: Session, project_id: int, kinds: tuple[str, ...] = VOTE_KINDS) -> pd.DataFrame:
     """One row per judgment, with the columns listed in collect.aggregate.JUDGMENT_COLUMNS.
 
     Adjudications are left out by default: they are an admin's ruling, read separately by export. So are

@@ -17,6 +17,7 @@ from rich.table import Table
 from collect.cli_options import CSV_OUT_OPTION, DB_OPTION, PROJECT_OPTION
 from collect.defaults import N_BOOTSTRAP
 from collect.errors import UserError
+from collect.models import VOTE_KINDS
 
 if TYPE_CHECKING:  # pandas, like the statistics, loads only when a command runs: `prefloop --help` starts faster
     import pandas as pd
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # pandas, like the statistics, loads only when a command runs
 app = typer.Typer(help="Quality statistics: inter-rater agreement, per-rater quality, model leaderboard.")
 
 
-def load_judgments(project: str, db: str | None, kinds: tuple[str, ...] = ("rater", "import")
+def load_judgments(project: str, db: str | None, kinds: tuple[str, ...] = VOTE_KINDS
                    ) -> tuple[pd.DataFrame, dict[int, str]]:
     """The project's judgments frame (collect.aggregate.JUDGMENT_COLUMNS) and rater names by id."""
     from sqlalchemy import select

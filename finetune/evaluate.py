@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from collect.errors import UserError, check_settings, first_line, warn
+from collect.errors import UserError, check_seed, check_settings, first_line, warn
 from collect.output_dirs import check_can_write_file
 from finetune.policy import load_policy
 from finetune.prompts import fit_prompts, read_prompts
@@ -132,6 +132,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         ("top_p", 0 < config.top_p <= 1, "in (0, 1]"),
         ("batch_size", config.batch_size >= 1, "at least 1"),
         ("n_examples", config.n_examples >= 0, "0 or more")))
+    check_seed(config.seed)  # numpy's bootstrap refused a negative one only after minutes of sampling
     if config.out:  # checked before minutes of sampling and scoring
         if Path(config.out).suffix.lower() != ".json" and not Path(config.out).is_dir():
             raise UserError(f"out (--out) {config.out}: name a .json file (the plot is written beside it as .png)")

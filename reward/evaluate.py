@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from collect.errors import UserError, warn
+from collect.errors import UserError, check_seed, warn
 
 # Columns that identify or carry text, never categories.
 _NOT_CATEGORIES = {"prompt", "chosen", "rejected", "pair_id", "prompt_id", "id", "margin", "messages"}
@@ -55,12 +55,6 @@ def check_resamples(n_bootstrap: int) -> None:
     if n_bootstrap < MIN_BOOTSTRAP_RESAMPLES:
         raise UserError(f"n_bootstrap (--n-bootstrap) {n_bootstrap}: at least {MIN_BOOTSTRAP_RESAMPLES} resamples, "
                         "or the 95% interval is read off a draw or two")
-
-
-def check_seed(seed: int, name: str = "seed (--seed)") -> None:
-    """UserError unless `seed` is one numpy and torch take (0 to 2**32 - 1): checked before anything loads."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise UserError(f"{name} must be between 0 and 2**32 - 1, got {seed!r}")
 
 
 def _per_cluster(values: np.ndarray, clusters: Sequence[Any] | None) -> tuple[np.ndarray, np.ndarray]:

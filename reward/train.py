@@ -43,13 +43,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from collect.errors import UserError, first_line, warn
+from collect.errors import UserError, check_seed, first_line, warn
 from collect.offline_models import adapter_base, adapter_folder, no_transformers_bar, resolve_model
 from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
                          check_length_settings, pair_conversations, pair_digests, position_limit, prompt_of_rows,
                          rows_by_prompt)
-from reward.evaluate import check_seed
 from reward.models import (checkpointing_argument, cpu_has_native_bf16, cpu_only, load_sequence_classifier,
                            load_tokenizer, transformer_layers)
 

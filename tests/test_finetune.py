@@ -220,6 +220,9 @@ def test_the_evaluation_fits_prompts_to_the_length_the_adapter_trained_with(mode
         assert lengths[-1] == used
     with pytest.raises(UserError, match=r"max_completion_length \(--max-completion-length\) must be at least 1, got 0"):
         evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS, max_completion_length=0))
+    # A seed the win rate's bootstrap (numpy) refuses failed after all the sampling.
+    with pytest.raises(UserError, match=r"^seed \(--seed\) must be between 0 and 2\*\*32 - 1, got -1$"):
+        evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS, seed=-1))
     # --out is the JSON report: a .png there was overwritten by the plot, a folder failed after all the sampling.
     for out, expected in ((tmp_path / "report.png", "name a .json file"), (tmp_path, "is a folder; name a file")):
         with pytest.raises(UserError, match=re.escape(expected)):
