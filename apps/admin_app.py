@@ -51,9 +51,7 @@ from collect.projects import (
 )
 from collect.rater_quality import config_table, rater_table
 from collect.status import project_status
-from collect.timeline import (
-    agreement_over_time, judgments_over_time, plot_agreement_over_time, plot_judgments_over_time, recent_throughput,
-)
+from collect.timeline import agreement_over_time, plot_agreement_over_time, plot_progress, recent_throughput
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +240,6 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
             frame = judgments_frame(s, project.id)
             names = _names(s)
         # Throughput and the plot count judgments made in the app: imported ones carry their import time.
-        timeline = judgments_over_time(frame)
         recent, recent_raters = recent_throughput(frame)
         summary = "\n\n".join([
             f"### {html.escape(project.name)}",
@@ -254,9 +251,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
             f"{status.open_assignments} open assignments.",
             f"**Throughput:** {recent} judgments made in the app by {recent_raters} raters in the last 24 hours.",
         ])
-        made_in_app = int(timeline["judgments"].sum()) if len(timeline) else 0
-        judged_plot = plot_judgments_over_time(timeline, target=made_in_app + status.judgments_needed or None,
-                                               title="Judgments made in the app")
+        judged_plot = plot_progress(frame, status.judgments_needed)
         if len(frame):
             agreement, kappas = agreement_tables(frame, n_bootstrap=N_BOOTSTRAP)
             agreement = _rounded(agreement)

@@ -126,6 +126,16 @@ def plot_judgments_over_time(table: pd.DataFrame, target: int | None = None, tit
     return fig
 
 
+def plot_progress(judgments: pd.DataFrame, judgments_needed: int):
+    """The overview's plot: judgments made in the app on ordinary pairs, and the total at which every pair in the
+    queue has its overlap (`judgments_needed` more). Gold checks are left out of both, as `project_status` leaves
+    them out of what is needed: counted in the line, they would carry it to the target before the queue is done."""
+    table = judgments_over_time(judgments[~judgments["is_gold"].astype(bool)])
+    made = int(table["judgments"].sum()) if len(table) else 0
+    return plot_judgments_over_time(table, target=made + judgments_needed or None,
+                                    title="Judgments made in the app (gold checks aside)")
+
+
 def plot_agreement_over_time(table: pd.DataFrame, title: str = "Fleiss' kappa of pairs completed per period"):
     """A matplotlib Figure: kappa per period with its bootstrap interval."""
     from matplotlib.figure import Figure

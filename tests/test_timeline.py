@@ -9,7 +9,7 @@ import pytest
 from collect.agreement import fleiss
 from collect.timeline import (
     agreement_over_time, judgments_over_time, pick_freq, plot_agreement_over_time, plot_judgments_over_time,
-    recent_throughput,
+    plot_progress, recent_throughput,
 )
 
 DAY = pd.Timestamp("2025-03-03")
@@ -69,6 +69,17 @@ def test_frequency_follows_the_span_and_plots_draw():
     assert labels[0] == "03-03 00:00"  # hourly periods are labelled with the hour, midnight included
     assert plot_agreement_over_time(agreement_over_time(judged)).axes
     assert plot_judgments_over_time(judgments_over_time(judged.iloc[:0])).axes  # "no judgments yet"
+
+
+def test_progress_leaves_gold_checks_out_of_the_line_and_the_target():
+    judged = frame([(1, 1, 1, DAY, 5.0), (1, 2, -1, DAY + pd.Timedelta(hours=1), 5.0),
+                    (9, 1, 1, DAY + pd.Timedelta(hours=2), 5.0), (9, 2, 1, DAY + pd.Timedelta(hours=3), 5.0)])
+    judged["is_gold"] = judged["pair_id"] == 9
+    total_axis = plot_progress(judged, judgments_needed=4).axes[1]
+    total, needed = total_axis.get_lines()
+    assert max(total.get_ydata()) == 2  # the two gold checks are not votes on the queue's pairs
+    assert list(needed.get_ydata()) == [6, 6]  # 2 made + 4 still needed
+    assert plot_progress(judged.iloc[:0], judgments_needed=4).axes  # "no judgments yet"
 
 
 def test_throughput_counts_only_judgments_made_in_the_app():
