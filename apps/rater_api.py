@@ -124,8 +124,13 @@ def api_router(db_url: str, auth_header: str | None = None) -> APIRouter:
         with as_caller(request) as (session, rater):
             served = next_assignment(session, project_id, rater.id)
             if served is not None and served.sensitive:
-                # An API client receives the content at once: recorded as revealed now.
-                reveal(session, rater.id, served.assignment_id)
+                # An API client receives the content at once: recorded as revealed now. Refused only past the daily
+                # cap, for an item served unrevealed (in the rater app) before the cap was reached: the id lets the
+                # client skip it.
+                try:
+                    reveal(session, rater.id, served.assignment_id)
+                except UserError as e:
+                    raise UserError(f"{e}: POST /api/v1/assignments/{served.assignment_id}/skip") from None
             return {"assignment": _served(served)}
 
     @router.post("/assignments/{assignment_id}/judgment")

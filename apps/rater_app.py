@@ -361,8 +361,6 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
             with db.session_scope(db_url) as session:
                 rater = current_rater(request, db_url, session)
                 project_id, assignment_id = own_assignment(current, shown_id)
-                if current.get("sensitive") and not current.get("revealed"):
-                    raise UserError("show the content before judging it, or skip it")
                 if choice_value is None:
                     raise UserError("choose which response is better (keys 1-5) before submitting")
                 project = session.get(Project, project_id)

@@ -7,8 +7,10 @@ The rules, all enforced by the database rather than by a lock in one process:
   PostgreSQL the candidate rows are read with FOR UPDATE SKIP LOCKED; SQLite serializes writers with BEGIN
   IMMEDIATE); it only ever moves by increments and decrements (import too), never by a recount, which would write
   over a claim committed meanwhile;
-- a rater's `next` and `undo` run one at a time (on PostgreSQL a lock on the rater's row), so a rater has one open
-  item and the daily cap on sensitive items holds, however many tabs or retries ask at once;
+- a rater's `next`, `reveal` and `undo` run one at a time (on PostgreSQL a lock on the rater's row), so a rater has
+  one open item and the daily cap on sensitive items holds, however many tabs or retries ask at once;
+- the daily cap counts sensitive items the rater saw (revealed, or judged), not those declined behind their content
+  warning; a sensitive item is judged only once revealed;
 - an assignment not submitted before its lease ends returns its slot to the pool;
 - with the project's repeat_rate, a pair the rater judged a while ago comes back once with the sides swapped
   (a repeat: no overlap slot, judgment kind "repeat", used only to measure the rater's consistency);
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, exists, func, or_, select, update
+from sqlalchemy import and_, case, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, lazyload
 
@@ -98,12 +100,16 @@ def _sensitive_allowed(rater: Rater) -> list[str]:
     return [""] + [",".join(c) for n in range(1, len(opted) + 1) for c in itertools.combinations(opted, n)]
 
 
-def _sensitive_served_today(session: Session, rater_id: int, now: datetime) -> int:
+def _sensitive_seen_today(session: Session, rater_id: int, now: datetime) -> int:
+    """Sensitive items the rater saw today (UTC), in every project: revealed today, or judged (older rows were judged
+    without a reveal on record). An item declined behind its content warning was not seen and takes no place."""
     start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     return session.scalar(
         select(func.count(Assignment.id)).join(Pair, Pair.id == Assignment.pair_id)
         .join(Prompt, Prompt.id == Pair.prompt_id)
-        .where(Assignment.rater_id == rater_id, Assignment.served_at >= start, Prompt.sensitive != "")
+        .where(Assignment.rater_id == rater_id, Prompt.sensitive != "",
+               or_(Assignment.revealed_at >= start,
+                   and_(Assignment.status == "submitted", Assignment.served_at >= start)))
     ) or 0
 
 
@@ -168,7 +174,7 @@ def next_assignment(session: Session, project_id: int, rater_id: int, now: datet
         if repeat is not None:
             return repeat
     allow_sensitive = bool(rater.sensitive_opt_in) and (
-        _sensitive_served_today(session, rater_id, now) < project.sensitive_daily_cap)
+        _sensitive_seen_today(session, rater_id, now) < project.sensitive_daily_cap)
     use_gold = project.gold_rate > 0 and random.random() < project.gold_rate
     # When the rater's ordinary pairs run out, the gold pairs left for them follow: a "nothing left" and then, on a
     # reload, a gold pair would tell the rater that whatever comes after "nothing left" is a check item.
@@ -208,7 +214,7 @@ def sensitive_cap_reached(session: Session, project_id: int, rater_id: int, now:
     now = now or utcnow()
     rater = require_member(session, project_id, rater_id)
     project = session.get(Project, project_id)
-    if not rater.sensitive_opt_in or _sensitive_served_today(session, rater_id, now) < project.sensitive_daily_cap:
+    if not rater.sensitive_opt_in or _sensitive_seen_today(session, rater_id, now) < project.sensitive_daily_cap:
         return None
     kinds = [False, True] if project.gold_rate > 0 else [False]
     if any(_candidates(session, project, rater, gold, True, False) for gold in kinds):
@@ -304,9 +310,21 @@ def _active_until(assignment: Assignment, project: Project, now: datetime) -> fl
 
 
 def reveal(session: Session, rater_id: int, assignment_id: int, now: datetime | None = None) -> None:
-    """The rater chose to see a sensitive item behind its content warning."""
+    """The rater chose to see a sensitive item behind its content warning.
+
+    Refused past the daily cap on sensitive items: the cap counts what was revealed, and an item served within
+    the cap may be revealed past it (an item of another project served meanwhile, a skip undone)."""
+    now = now or utcnow()
+    _one_at_a_time(session, rater_id)  # before the assignment's row lock, in the order `next` takes them
     assignment = _own_assignment(session, rater_id, assignment_id)
-    assignment.revealed_at = assignment.revealed_at or (now or utcnow())
+    if assignment.revealed_at is None:
+        sensitive = session.scalar(select(Prompt.sensitive).join(Pair, Pair.prompt_id == Prompt.id)
+                                   .where(Pair.id == assignment.pair_id))
+        cap = session.get(Project, assignment.project_id).sensitive_daily_cap
+        if sensitive and _sensitive_seen_today(session, rater_id, now) >= cap:
+            raise UserError(f"you have reached today's limit of {cap} sensitive items: skip this one "
+                            "(more tomorrow)")
+        assignment.revealed_at = now
     record_activity(session, rater_id, assignment_id, now)
 
 
@@ -365,9 +383,16 @@ def submit_judgment(
         raise UserError("this assignment was already submitted")
     if assignment.status == "skipped":
         raise UserError("this assignment was skipped")
-    if session.scalar(select(Pair.status).where(Pair.id == assignment.pair_id)) != "active":
+    pair_status, sensitive = session.execute(
+        select(Pair.status, Prompt.sensitive).join(Prompt, Prompt.id == Pair.prompt_id)
+        .where(Pair.id == assignment.pair_id)).one()
+    if pair_status != "active":
         raise UserError("this pair was pulled from the queue (flagged as harmful or retired): "
                         "the judgment was not recorded")
+    if sensitive and assignment.revealed_at is None:
+        # Not the screen's word alone: a judgment of content never shown is no judgment (the JSON API reveals an
+        # item as it sends it).
+        raise UserError("show the content before judging it, or skip it")
     try:
         # A savepoint, so that a twin's committed insert (IntegrityError) leaves this transaction usable.
         with session.begin_nested():

@@ -13,7 +13,8 @@ from sqlalchemy import func, select, text, update
 
 from collect import assign, db
 from collect.assign import (
-    flag_harmful, next_assignment, rater_summary, record_activity, review_flag, skip, submit_judgment, undo_last,
+    flag_harmful, next_assignment, rater_summary, record_activity, reveal, review_flag,
+    sensitive_cap_reached, skip, submit_judgment, undo_last,
 )
 from collect.errors import PermissionDenied, UserError
 from collect.ingest import import_dataset
@@ -38,6 +39,8 @@ def judge(url, project_id, rater_id, choice=1, now=None):
         served = next_assignment(s, project_id, rater_id, now=now)
         if served is None:
             return None
+        if served.sensitive:  # shown first, as the rater app does when the rater asks
+            reveal(s, rater_id, served.assignment_id, now=now)
         submit_judgment(s, rater_id, served.assignment_id, choice, client_token=uuid.uuid4().hex, now=now)
         return served
 
@@ -236,6 +239,7 @@ def test_undo_window_and_foreign_assignments(db_url):
             record_activity(s, r1, served.assignment_id)
 
 
+
 def test_non_members_get_nothing(db_url):
     pid, _, _ = setup_project(db_url)
     with db.session_scope(db_url) as s:
@@ -256,6 +260,58 @@ def test_sensitive_items_need_opt_in_and_respect_the_daily_cap(db_url):
     first = judge(db_url, pid, brave)
     assert first.sensitive == ["violence"]
     assert judge(db_url, pid, brave) is None
+
+
+def test_a_sensitive_item_declined_unseen_keeps_its_place_in_the_daily_cap(db_url):
+    """The cap limits exposure: an item skipped behind its content warning, never revealed, does not count."""
+    tags = {i: ["sensitive:violence"] for i in range(3)}
+    pid, _, _ = setup_project(db_url, n_pairs=3, overlap=1, raters=0, tags=tags, sensitive_daily_cap=1)
+    with db.session_scope(db_url) as s:
+        brave = add_rater(s, "brave", "pw", sensitive_opt_in=["violence"], projects=[get_project(s, pid)]).id
+    with db.session_scope(db_url) as s:
+        declined = next_assignment(s, pid, brave)
+        skip(s, brave, declined.assignment_id, "I'd rather not see this content")
+    seen = judge(db_url, pid, brave)  # revealed, then judged: the one of today
+    assert seen.sensitive == ["violence"] and seen.assignment_id != declined.assignment_id
+    assert judge(db_url, pid, brave) is None
+    with db.session_scope(db_url) as s:
+        assert sensitive_cap_reached(s, pid, brave) == 1
+
+
+def test_a_sensitive_item_is_judged_only_once_revealed(db_url):
+    pid, _, _ = setup_project(db_url, n_pairs=1, overlap=1, raters=0, tags={0: ["sensitive:violence"]})
+    with db.session_scope(db_url) as s:
+        brave = add_rater(s, "brave", "pw", sensitive_opt_in=["violence"], projects=[get_project(s, pid)]).id
+    with db.session_scope(db_url) as s:
+        served = next_assignment(s, pid, brave)
+        with pytest.raises(UserError, match="show the content before judging it, or skip it"):
+            submit_judgment(s, brave, served.assignment_id, 1, client_token="unseen")
+    with db.session_scope(db_url) as s:
+        reveal(s, brave, served.assignment_id)
+        submit_judgment(s, brave, served.assignment_id, 1, client_token="seen")
+        assert s.get(Assignment, served.assignment_id).status == "submitted"
+
+
+def test_revealing_past_the_daily_cap_is_refused(db_url):
+    """The cap counts across projects: an item served unrevealed in one project, then the day's one sensitive item
+    seen in another, stays hidden (to be skipped)."""
+    pid, _, _ = setup_project(db_url, n_pairs=1, overlap=1, raters=0, tags={0: ["sensitive:violence"]},
+                              sensitive_daily_cap=1)
+    with db.session_scope(db_url) as s:
+        other = create_project(s, "other", ProjectSettings(overlap=1, sensitive_daily_cap=1))
+        import_dataset(s, other, [{"prompt": "q", "response_a": "a", "response_b": "b",
+                                   "tags": ["sensitive:violence"]}])
+        brave = add_rater(s, "brave", "pw", sensitive_opt_in=["violence"],
+                          projects=[get_project(s, pid), other]).id
+        other_id = other.id
+    with db.session_scope(db_url) as s:
+        held = next_assignment(s, pid, brave)  # served, not revealed: nothing seen yet
+    assert judge(db_url, other_id, brave).sensitive == ["violence"]  # the day's one, in the other project
+    with db.session_scope(db_url) as s, pytest.raises(UserError, match="today's limit of 1 sensitive items"):
+        reveal(s, brave, held.assignment_id)
+    with db.session_scope(db_url) as s:
+        assert s.get(Assignment, held.assignment_id).revealed_at is None
+        skip(s, brave, held.assignment_id, "I'd rather not see this content")
 
 
 def add_doctor(url: str, project_id: int) -> int:

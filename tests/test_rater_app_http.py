@@ -25,7 +25,7 @@ from apps import web_auth
 from apps.rater_api import add_error_handlers, api_router
 from apps.rater_client import GradioRaterClient, RaterAPIError, RaterClient
 from collect import db
-from collect.assign import next_assignment, submit_judgment
+from collect.assign import next_assignment, reveal, submit_judgment
 from collect.ingest import import_dataset
 from collect.models import Assignment, AuditEvent, Judgment, Pair, Rater, utcnow
 from collect.projects import ProjectSettings, add_rater, create_project, get_project, update_project
@@ -274,6 +274,7 @@ def test_a_submit_that_empties_the_queue_says_saved_and_nothing_left(tmp_path):
     with db.session_scope(url) as s:  # brave's one sensitive item today
         served = next_assignment(s, pid, brave)
         assert served.sensitive == ["violence"]
+        reveal(s, brave, served.assignment_id)
         submit_judgment(s, brave, served.assignment_id, 1, client_token=uuid.uuid4().hex)
     with running_server(url, free_port(), log_path=tmp_path / "server.log") as base_url:
         for name, reason in (("brave", "reached today&#x27;s limit of 1 sensitive items; more tomorrow"),
@@ -387,6 +388,30 @@ def test_ids_outside_the_database_range_are_unknown_ids(db_url, api_only):
                     assert response.status_code == 403, (caller, path, response.text)
                     assert response.json()["error"] in ("no such assignment", "no such project",
                                                         "not a member of this project"), (caller, path)
+
+
+def test_the_api_sends_sensitive_items_revealed_so_they_count_against_the_cap(db_url, api_only):
+    """An API client gets the content with the item: judged with no separate reveal, and counted against the daily
+    cap even when it is skipped (it was seen), unlike an item declined unseen behind the app's content warning."""
+    tags = {i: ["sensitive:violence"] for i in range(3)}
+    pid, _, _ = setup_project(db_url, n_pairs=3, overlap=1, raters=0, tags=tags, sensitive_daily_cap=2)
+    with db.session_scope(db_url) as s:
+        add_rater(s, "brave", "pw", sensitive_opt_in=["violence"], projects=[get_project(s, pid)])
+    with TestClient(api_only) as http:
+        def next_item() -> dict | None:
+            response = http.post(f"/api/v1/projects/{pid}/next", json={}, auth=("brave", "pw"))
+            assert response.status_code == 200, response.text
+            return response.json()["assignment"]
+
+        first = next_item()
+        assert first["sensitive"] == ["violence"] and first["left"] in ("answer a0", "answer b0")
+        judged = http.post(f"/api/v1/assignments/{first['assignment_id']}/judgment", auth=("brave", "pw"),
+                           json={"choice": 1, "client_token": uuid.uuid4().hex})
+        assert judged.status_code == 200, judged.text
+        second = next_item()
+        assert http.post(f"/api/v1/assignments/{second['assignment_id']}/skip", auth=("brave", "pw"),
+                         json={"reason": "I'd rather not see this content"}).status_code == 200
+        assert next_item() is None  # two seen today: the cap
 
 
 @contextmanager

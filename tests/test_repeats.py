@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from collect import assign, db
 from collect.aggregate import majority_vote
-from collect.assign import REPEAT_GAP, next_assignment, skip, submit_judgment
+from collect.assign import REPEAT_GAP, next_assignment, reveal, skip, submit_judgment
 from collect.ingest import import_dataset
 from collect.judgments import QUALITY_KINDS, judgments_frame
 from collect.models import Assignment, Judgment, Pair, Project, Rater
@@ -39,6 +39,8 @@ def judge_next(url, pid, rater, choice_on_screen=1):
     """Serve the rater's next item and submit `choice_on_screen` (+1: left better); the Assignment row."""
     with db.session_scope(url) as s:
         served = next_assignment(s, pid, rater)
+        if served.sensitive:  # shown first, as the rater app does when the rater asks
+            reveal(s, rater, served.assignment_id)
         submit_judgment(s, rater, served.assignment_id, choice_on_screen, client_token=uuid.uuid4().hex)
         return s.get(Assignment, served.assignment_id)
 
@@ -226,3 +228,4 @@ def test_status_counts_what_the_overlap_counts(db_url, always_repeat):
     assert (status.judgments, status.gold_judgments, status.repeat_judgments) == (votes, 1, 1)
     assert status.active_pairs == N_PAIRS and status.judgments_needed == 2 * N_PAIRS - votes
     assert status.progress == pytest.approx(votes / (2 * N_PAIRS))
+
