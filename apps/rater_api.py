@@ -11,7 +11,7 @@ server never grants, so a logged-in browser behind an SSO proxy cannot be made t
     POST /api/v1/assignments/{assignment_id}/skip     {"reason": "..."}
     POST /api/v1/assignments/{assignment_id}/flag     {"reason": "..."}
     POST /api/v1/assignments/{assignment_id}/activity {}
-    POST /api/v1/projects/{project_id}/undo           {} -> {"assignment": {...}}
+    POST /api/v1/projects/{project_id}/undo           {} -> {"assignment": {...}} (the last judgment or skip)
     GET  /api/v1/projects                             -> {"projects": [...]}
     GET  /api/v1/projects/{project_id}/me             -> the rater's own summary
                                                          (gold_judged, gold_accuracy: check items judged

@@ -407,7 +407,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 project_id = _project_id(current.get("project_id"))
                 served = undo_last(session, rater.id, project_id)
                 project = session.get(Project, project_id)
-                return show(served, project, "Your last judgment was taken back: judge this pair again.")
+                return show(served, project, "Your last judgment or skip was taken back: this pair is yours again.")
 
         @errors_in_alert
         def on_reveal(current: Any, request: gr.Request) -> dict:

@@ -11,6 +11,9 @@ The rules, all enforced by the database rather than by a lock in one process:
   one open item and the daily cap on sensitive items holds, however many tabs or retries ask at once;
 - the daily cap counts sensitive items the rater saw (revealed, or judged), not those declined behind their content
   warning; a sensitive item is judged only once revealed;
+- `undo` takes back the rater's latest action in the project within UNDO_SECONDS: a judgment (deleted) or a skip
+  (reopened, claiming its overlap slot again if one is left), and serves that pair again; a flag is for an admin
+  to review, never undone by the rater;
 - an assignment not submitted before its lease ends returns its slot to the pool;
 - with the project's repeat_rate, a pair the rater judged a while ago comes back once with the sides swapped
   (a repeat: no overlap slot, judgment kind "repeat", used only to measure the rater's consistency);
@@ -39,7 +42,7 @@ from collect.models import RATER_KINDS, Assignment, Judgment, Pair, Project, Pro
 from collect.projects import require_member
 
 UNDO_SECONDS = 60
-"""A rater may take back their last judgment this long after submitting it."""
+"""A rater may take back their last judgment or skip this long after it."""
 REPEAT_GAP = 10
 """A repeat is drawn from pairs the rater judged before their last REPEAT_GAP judgments: not from memory."""
 
@@ -436,7 +439,12 @@ def _record(
 
 
 def undo_last(session: Session, rater_id: int, project_id: int, now: datetime | None = None) -> Served:
-    """Take back the rater's most recent judgment (within UNDO_SECONDS) and serve that pair again."""
+    """Take back the rater's latest action in the project (within UNDO_SECONDS) and serve that pair again.
+
+    The latest action by time: a judgment (deleted) or a skip (reopened; an ordinary pair claims its overlap slot
+    again, refused if none is left). When it is a flag, nothing is undone: the pair waits for an admin's review,
+    and reaching back past it to an older judgment would take back what the rater did not mean to.
+    """
     now = now or utcnow()
     _one_at_a_time(session, rater_id)  # with the rater's `next`: it too leaves them one open assignment
     require_member(session, project_id, rater_id)
@@ -445,19 +453,59 @@ def undo_last(session: Session, rater_id: int, project_id: int, now: datetime | 
                                Judgment.kind.in_(RATER_KINDS))
         .order_by(Judgment.submitted_at.desc(), Judgment.id.desc())
         .limit(1))
+    # A skip's (or flag's) time is its assignment's last activity (_release); nothing moves it afterwards.
+    skipped = session.scalar(
+        select(Assignment).where(Assignment.rater_id == rater_id, Assignment.project_id == project_id,
+                                 Assignment.status == "skipped")
+        .order_by(Assignment.last_activity_at.desc(), Assignment.id.desc())
+        .limit(1))
+    if skipped is not None and (judgment is None or skipped.last_activity_at > judgment.submitted_at):
+        if (now - skipped.last_activity_at).total_seconds() > UNDO_SECONDS:
+            raise UserError(f"nothing to undo (only the last judgment or skip, within {UNDO_SECONDS} s)")
+        return _undo_skip(session, skipped, rater_id, project_id, now)
     if judgment is None or (now - judgment.submitted_at).total_seconds() > UNDO_SECONDS:
-        raise UserError(f"nothing to undo (only the last judgment, within {UNDO_SECONDS} s)")
+        raise UserError(f"nothing to undo (only the last judgment or skip, within {UNDO_SECONDS} s)")
     assignment = session.get(Assignment, judgment.assignment_id)
     if assignment.pair.status != "active":
         raise UserError("that pair was pulled from the queue (flagged as harmful or retired): nothing to undo")
     project = session.get(Project, project_id)
-    # The rater's open assignment, if any, goes back to the pool: the undone one comes first.
-    for other_id, pair_id in session.execute(select(Assignment.id, Assignment.pair_id).where(
-            Assignment.rater_id == rater_id, Assignment.project_id == project_id, Assignment.status == "open")):
-        _expire(session, other_id, pair_id)
+    _expire_open(session, rater_id, project_id)
     audit(session, "judgment.undo", rater_id, project_id, pair_id=judgment.pair_id, choice=judgment.choice)
     session.delete(judgment)
     assignment.status = "open"
+    assignment.lease_expires_at = now + timedelta(seconds=project.lease_seconds)
+    assignment.last_activity_at = now
+    session.flush()
+    return _view(assignment)
+
+
+def _expire_open(session: Session, rater_id: int, project_id: int) -> None:
+    """The rater's open assignment, if any, goes back to the pool: the undone one comes first."""
+    for other_id, pair_id in session.execute(select(Assignment.id, Assignment.pair_id).where(
+            Assignment.rater_id == rater_id, Assignment.project_id == project_id, Assignment.status == "open")):
+        _expire(session, other_id, pair_id)
+
+
+def _undo_skip(session: Session, assignment: Assignment, rater_id: int, project_id: int, now: datetime) -> Served:
+    """Reopen a skipped assignment; nothing changes when it cannot be (a flag, a pulled pair, no slot left)."""
+    if (assignment.skip_reason or "").startswith("flagged: "):
+        raise UserError("your last action flagged this pair as harmful: an admin reviews it, so it cannot be "
+                        "undone here (nor a judgment before it)")
+    pair = session.get(Pair, assignment.pair_id, populate_existing=True)
+    if pair.status != "active":
+        raise UserError("that pair was pulled from the queue (flagged as harmful or retired): nothing to undo")
+    project = session.get(Project, project_id)
+    if not assignment.is_repeat:
+        # The skip gave the slot back: claimed again as `next` claims one (a gold pair always has room).
+        claim = update(Pair).where(Pair.id == pair.id, Pair.status == "active").values(n_claimed=Pair.n_claimed + 1)
+        if not pair.is_gold:
+            claim = claim.where(Pair.n_claimed < project.overlap)
+        if not session.execute(claim.execution_options(synchronize_session=False)).rowcount:
+            raise UserError("the skipped pair has gone to other raters meanwhile: nothing to undo")
+    _expire_open(session, rater_id, project_id)
+    audit(session, "skip.undo", rater_id, project_id, pair_id=assignment.pair_id, reason=assignment.skip_reason)
+    assignment.status = "open"
+    assignment.skip_reason = None
     assignment.lease_expires_at = now + timedelta(seconds=project.lease_seconds)
     assignment.last_activity_at = now
     session.flush()

@@ -13,12 +13,12 @@ from sqlalchemy import func, select, text, update
 
 from collect import assign, db
 from collect.assign import (
-    flag_harmful, next_assignment, rater_summary, record_activity, reveal, review_flag,
+    UNDO_SECONDS, flag_harmful, next_assignment, rater_summary, record_activity, reveal, review_flag,
     sensitive_cap_reached, skip, submit_judgment, undo_last,
 )
 from collect.errors import PermissionDenied, UserError
 from collect.ingest import import_dataset
-from collect.models import Assignment, Judgment, Pair, utcnow
+from collect.models import Assignment, AuditEvent, Judgment, Pair, utcnow
 from collect.projects import ProjectSettings, add_rater, create_project, get_project
 
 
@@ -238,6 +238,102 @@ def test_undo_window_and_foreign_assignments(db_url):
         with pytest.raises(PermissionDenied):
             record_activity(s, r1, served.assignment_id)
 
+
+def pair_of(s, assignment_id: int) -> Pair:
+    return s.get(Assignment, assignment_id).pair
+
+
+def test_undo_takes_back_the_latest_action_a_skip_before_an_older_judgment(db_url):
+    """Judge, skip, undo: the skip is undone (the skipped pair back on screen, its slot claimed again, the pair
+    served meanwhile back in the pool), not the judgment before it. A second undo then takes back the judgment."""
+    pid, (r0,), _ = setup_project(db_url, n_pairs=3, overlap=1, raters=1)
+    t0 = utcnow()
+    judged = judge(db_url, pid, r0, now=t0)
+    with db.session_scope(db_url) as s:
+        skipped = next_assignment(s, pid, r0, now=t0 + timedelta(seconds=5))
+        skip(s, r0, skipped.assignment_id, "not my field", now=t0 + timedelta(seconds=10))
+        meanwhile = next_assignment(s, pid, r0, now=t0 + timedelta(seconds=10))
+    with db.session_scope(db_url) as s:
+        again = undo_last(s, r0, pid, now=t0 + timedelta(seconds=20))
+        assert again.assignment_id == skipped.assignment_id
+        undone = s.get(Assignment, skipped.assignment_id)
+        assert undone.status == "open" and undone.skip_reason is None
+        assert undone.lease_expires_at > t0 + timedelta(seconds=20)
+        assert pair_of(s, skipped.assignment_id).n_claimed == 1  # its slot is the rater's again
+        assert s.get(Assignment, meanwhile.assignment_id).status == "expired"
+        assert pair_of(s, meanwhile.assignment_id).n_claimed == 0  # back in the pool
+        assert s.scalar(select(func.count(Judgment.id))) == 1  # the older judgment stands
+        (event,) = s.scalars(select(AuditEvent).where(AuditEvent.action == "skip.undo")).all()
+        assert event.actor_id == r0 and event.details["reason"] == "not my field"
+    with db.session_scope(db_url) as s:
+        assert next_assignment(s, pid, r0, now=t0 + timedelta(seconds=21)).assignment_id == skipped.assignment_id
+        assert undo_last(s, r0, pid, now=t0 + timedelta(seconds=25)).assignment_id == judged.assignment_id
+        assert s.scalar(select(func.count(Judgment.id))) == 0
+        assert s.get(Assignment, skipped.assignment_id).status == "expired"  # the open one went back again
+
+
+def test_undo_of_a_skip_whose_slot_has_gone_is_refused_and_changes_nothing(db_url):
+    pid, (r0, r1), _ = setup_project(db_url, n_pairs=2, overlap=1, raters=2)
+    with db.session_scope(db_url) as s:
+        skipped = next_assignment(s, pid, r0)
+        skip(s, r0, skipped.assignment_id, "not my field")
+        held = next_assignment(s, pid, r0)
+        taken = next_assignment(s, pid, r1)  # the skipped pair's one slot, meanwhile
+        assert pair_of(s, taken.assignment_id).id == pair_of(s, skipped.assignment_id).id
+    with db.session_scope(db_url) as s, pytest.raises(UserError, match="gone to other raters"):
+        undo_last(s, r0, pid)
+    with db.session_scope(db_url) as s:
+        assert s.get(Assignment, skipped.assignment_id).status == "skipped"
+        assert s.get(Assignment, held.assignment_id).status == "open"  # still the rater's
+        assert pair_of(s, skipped.assignment_id).n_claimed == 1
+        assert not s.scalars(select(AuditEvent).where(AuditEvent.action == "skip.undo")).all()
+
+
+def test_undo_of_a_skip_on_a_pulled_pair_or_past_the_window_is_refused(db_url):
+    pid, (r0,), _ = setup_project(db_url, n_pairs=2, overlap=1, raters=1)
+    long_ago = utcnow() - timedelta(seconds=UNDO_SECONDS + 5)
+    with db.session_scope(db_url) as s:
+        skipped = next_assignment(s, pid, r0, now=long_ago)
+        skip(s, r0, skipped.assignment_id, "not my field", now=long_ago)
+    with db.session_scope(db_url) as s, pytest.raises(UserError, match="nothing to undo"):
+        undo_last(s, r0, pid)
+    with db.session_scope(db_url) as s:
+        other = next_assignment(s, pid, r0)
+        skip(s, r0, other.assignment_id, "not my field")
+        s.execute(update(Pair).where(Pair.id == pair_of(s, other.assignment_id).id).values(status="retired"))
+    with db.session_scope(db_url) as s, pytest.raises(UserError, match="pulled from the queue"):
+        undo_last(s, r0, pid)
+    with db.session_scope(db_url) as s:
+        assert s.get(Assignment, other.assignment_id).status == "skipped"
+
+
+def test_undo_after_a_flag_is_refused_rather_than_reaching_back_to_a_judgment(db_url):
+    pid, (r0,), _ = setup_project(db_url, n_pairs=3, overlap=1, raters=1)
+    t0 = utcnow()
+    judge(db_url, pid, r0, now=t0)
+    with db.session_scope(db_url) as s:
+        flagged = next_assignment(s, pid, r0, now=t0 + timedelta(seconds=5))
+        flag_harmful(s, r0, flagged.assignment_id, "graphic content", now=t0 + timedelta(seconds=10))
+    with db.session_scope(db_url) as s, pytest.raises(UserError, match="flagged this pair as harmful"):
+        undo_last(s, r0, pid, now=t0 + timedelta(seconds=20))
+    with db.session_scope(db_url) as s:
+        assert s.scalar(select(func.count(Judgment.id))) == 1  # the judgment before the flag stands
+        assert pair_of(s, flagged.assignment_id).status == "flagged"
+
+
+def test_a_gold_pair_skipped_comes_back_on_undo_as_gold_pairs_are_served(db_url):
+    """Gold pairs have no overlap cap when served, nor when a skip of one is undone."""
+    pid, (r0, r1), _ = setup_project(db_url, n_pairs=1, overlap=1, raters=2)
+    with db.session_scope(db_url) as s:
+        s.execute(update(Pair).values(is_gold=True, gold_choice=1))
+        s.execute(update(assign.Project).where(assign.Project.id == pid).values(gold_rate=1.0))
+    with db.session_scope(db_url) as s:
+        skipped = next_assignment(s, pid, r0)
+        skip(s, r0, skipped.assignment_id, "not my field")
+        next_assignment(s, pid, r1)  # the gold pair, past the overlap of 1
+    with db.session_scope(db_url) as s:
+        assert undo_last(s, r0, pid).assignment_id == skipped.assignment_id
+        assert pair_of(s, skipped.assignment_id).n_claimed == 2
 
 
 def test_non_members_get_nothing(db_url):

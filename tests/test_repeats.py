@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from collect import assign, db
 from collect.aggregate import majority_vote
-from collect.assign import REPEAT_GAP, next_assignment, reveal, skip, submit_judgment
+from collect.assign import REPEAT_GAP, next_assignment, reveal, skip, submit_judgment, undo_last
 from collect.ingest import import_dataset
 from collect.judgments import QUALITY_KINDS, judgments_frame
 from collect.models import Assignment, Judgment, Pair, Project, Rater
@@ -229,3 +229,18 @@ def test_status_counts_what_the_overlap_counts(db_url, always_repeat):
     assert status.active_pairs == N_PAIRS and status.judgments_needed == 2 * N_PAIRS - votes
     assert status.progress == pytest.approx(votes / (2 * N_PAIRS))
 
+
+def test_a_skipped_repeat_comes_back_on_undo_without_a_slot(db_url, always_repeat):
+    """A repeat holds no overlap slot: undoing its skip reopens it and claims none, even on a full pair."""
+    pid, (r0,), _ = setup_project(db_url, n_pairs=N_PAIRS, overlap=1, raters=1, repeat_rate=0.2)
+    for _ in range(REPEAT_GAP + 1):
+        judge_next(db_url, pid, r0)
+    with db.session_scope(db_url) as s:
+        served = next_assignment(s, pid, r0)
+        assert s.get(Assignment, served.assignment_id).is_repeat
+        skip(s, r0, served.assignment_id, "I judged this already")
+        claimed_before = dict(s.execute(select(Pair.id, Pair.n_claimed)).all())
+    with db.session_scope(db_url) as s:
+        assert undo_last(s, r0, pid).assignment_id == served.assignment_id  # its pair is full (overlap 1)
+        assert s.get(Assignment, served.assignment_id).status == "open"
+        assert dict(s.execute(select(Pair.id, Pair.n_claimed)).all()) == claimed_before
