@@ -46,7 +46,7 @@ CRITERION_CHOICES = [("A ≫", 2), ("A >", 1), ("=", 0), ("B >", -1), ("B ≫", 
 DATABASE_DOWN = "The database is unavailable; your last action was not saved. Try again in a moment."
 """What a rater reads when the database fails (DATABASE_FAILURES): nothing was saved, and a retry is safe."""
 SKIP_REASONS = ["I can't judge this (outside my expertise)", "The prompt or responses are broken",
-                "Both responses are the same", "Other"]
+                "Both responses are the same", "I'd rather not see this content", "Other"]
 
 KEYS_HELP = ("**Keyboard:** `1`–`5` choose · `b` both bad · `Enter` submit · `s` skip · `u` undo "
              f"(within {UNDO_SECONDS} s) · `Ctrl+Enter` submit while typing")

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from apps import web_auth
 from apps.rater_api import add_error_handlers, api_router
+from apps.rater_app import SKIP_REASONS
 from apps.rater_client import GradioRaterClient, RaterAPIError, RaterClient
 from collect import db
 from collect.assign import next_assignment, reveal, submit_judgment
@@ -412,6 +413,12 @@ def test_the_api_sends_sensitive_items_revealed_so_they_count_against_the_cap(db
         assert http.post(f"/api/v1/assignments/{second['assignment_id']}/skip", auth=("brave", "pw"),
                          json={"reason": "I'd rather not see this content"}).status_code == 200
         assert next_item() is None  # two seen today: the cap
+
+
+def test_the_app_offers_declining_content_as_a_reason_to_skip():
+    """A rater who would rather not see an item behind its content warning says so (and it costs no place of the
+    daily cap: test_assignment), rather than "Other", which stays last."""
+    assert "I'd rather not see this content" in SKIP_REASONS and SKIP_REASONS[-1] == "Other"
 
 
 @contextmanager
