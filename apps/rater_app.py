@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Iterator
 
 import gradio as gr
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from apps.rater_api import DATABASE_FAILURES, log_database_failure
@@ -29,7 +30,7 @@ from collect.assign import (
 )
 from collect.defaults import HEARTBEAT_SECONDS
 from collect.errors import UserError
-from collect.models import Project
+from collect.models import Assignment, Pair, Project
 from collect.projects import projects_of, sensitive_opt_in_choices, set_sensitive_opt_in
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,9 @@ def _note(text: str) -> str:
 
 
 NOTHING_LEFT = "Nothing left for you in this project right now. Thank you!"
+STALE_NOTE = "That item was already handled in another tab (or its time ran out); here is your current one."
+PULLED_NOTE = ("That item was taken out of the queue (flagged as harmful or retired) meanwhile; "
+               "here is your current one.")
 
 
 def _stats_markdown(project: Project, s: RaterSummary) -> str:
@@ -315,6 +319,33 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 raise UserError("the screen changed before this was sent; look at the pair again")
             return _project_id(current.get("project_id")), assignment_id
 
+        def on_item(request: gr.Request, current: Any, shown_id: Any,
+                    action: Callable[[Session, int, int, int], dict]) -> dict:
+            """Run `action(session, rater id, project id, assignment id)` on the item on screen, in one transaction.
+
+            When it is refused and the item turns out to be no longer open for this rater (submitted or skipped in
+            another tab, undone there, its lease run out, the pair pulled), the refusal is not the rater's doing:
+            the rater's current item is shown instead, with a note, and nothing of the refused action is kept.
+            A refusal on an item still open (no choice made, say) is the rater's to fix and stays a refusal.
+            """
+            current = current if isinstance(current, dict) else {}
+            try:
+                with db.session_scope(db_url) as session:
+                    rater = current_rater(request, db_url, session)
+                    project_id, assignment_id = own_assignment(current, shown_id)
+                    return action(session, rater.id, project_id, assignment_id)
+            except UserError:
+                # The refused transaction was rolled back; this one looks at the item as it is now.
+                with db.session_scope(db_url) as session:
+                    rater = current_rater(request, db_url, session)
+                    project_id, assignment_id = own_assignment(current, shown_id)
+                    row = session.execute(
+                        select(Assignment.status, Pair.status).join(Pair, Pair.id == Assignment.pair_id)
+                        .where(Assignment.id == assignment_id, Assignment.rater_id == rater.id)).first()
+                    if row is None or tuple(row) == ("open", "active"):
+                        raise
+                    return serve(session, rater.id, project_id, STALE_NOTE if row[1] == "active" else PULLED_NOTE)
+
         def errors_in_alert(fn: Callable) -> Callable:
             """For the per-item events, which skip Gradio's queue (see below): Gradio's page shows no message for
             an error raised by such an event, so the message goes to the alert above the pair instead and the
@@ -357,47 +388,56 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
         @errors_in_alert
         def on_submit(request: gr.Request, current: Any, shown_id: Any, choice_value: Any, both_bad_value: Any,
                       rationale_value: Any, rewrite_value: Any, *criterion_values: Any) -> dict:
-            # One transaction: the judgment and the next pair commit together, before the answer leaves.
-            with db.session_scope(db_url) as session:
-                rater = current_rater(request, db_url, session)
-                project_id, assignment_id = own_assignment(current, shown_id)
+            def submit(session: Session, rater_id: int, project_id: int, assignment_id: int) -> dict:
                 if choice_value is None:
                     raise UserError("choose which response is better (keys 1-5) before submitting")
+                # collect takes a judgment on an expired lease if the pair has room, for a rater whose time ran out
+                # with nothing else open. One whose other tab has moved on (a newer item open, or an undone one
+                # reopened) is judging a screen they have left: refused, and on_item shows the current item.
+                if session.scalar(select(Assignment.status).where(Assignment.id == assignment_id)) == "expired" \
+                        and session.scalar(select(Assignment.id).where(
+                            Assignment.rater_id == rater_id, Assignment.project_id == project_id,
+                            Assignment.status == "open").limit(1)) is not None:
+                    raise UserError("this item is no longer yours to judge")
                 project = session.get(Project, project_id)
                 names = [c["name"] for c in (project.rubric or [])[:MAX_CRITERIA]] if project else []
                 scores = {name: value for name, value in zip(names, criterion_values) if value is not None}
-                submit_judgment(session, rater.id, assignment_id, choice_value, client_token=str(current["token"]),
+                submit_judgment(session, rater_id, assignment_id, choice_value, client_token=str(current["token"]),
                                 both_bad=bool(both_bad_value), criteria=scores,
                                 rationale=str(rationale_value or ""), rewrite=str(rewrite_value or "") or None)
                 note, checked = "Saved.", current.get("break_checked_at", 0.0)
                 # The break check reads all the rater's judgments: once every BREAK_CHECK_SECONDS is enough.
                 if time.monotonic() - checked > BREAK_CHECK_SECONDS:
                     checked = time.monotonic()
-                    minutes = rater_summary(session, rater.id, project_id).minutes_since_break
+                    minutes = rater_summary(session, rater_id, project_id).minutes_since_break
                     if project.break_after_minutes and minutes >= project.break_after_minutes:
                         note = (f"Saved. You have been rating for {minutes:.0f} minutes without a break: "
                                 "please take one (ten minutes away resets this).")
-                return serve(session, rater.id, project_id, note, break_checked_at=checked)
+                return serve(session, rater_id, project_id, note, break_checked_at=checked)
+
+            # One transaction: the judgment and the next pair commit together, before the answer leaves.
+            return on_item(request, current, shown_id, submit)
 
         @errors_in_alert
         def on_skip(current: Any, shown_id: Any, reason: Any, request: gr.Request) -> dict:
-            with db.session_scope(db_url) as session:
-                rater = current_rater(request, db_url, session)
-                project_id, assignment_id = own_assignment(current, shown_id)
-                skip(session, rater.id, assignment_id, str(reason or ""))
-                return serve(session, rater.id, project_id, "Skipped.")
+            def do_skip(session: Session, rater_id: int, project_id: int, assignment_id: int) -> dict:
+                skip(session, rater_id, assignment_id, str(reason or ""))
+                return serve(session, rater_id, project_id, "Skipped.")
+
+            return on_item(request, current, shown_id, do_skip)
 
         @errors_in_alert
         def on_flag(current: Any, shown_id: Any, reason: Any, request: gr.Request) -> dict:
             reason = str(reason or "").strip()
-            with db.session_scope(db_url) as session:
-                rater = current_rater(request, db_url, session)
-                project_id, assignment_id = own_assignment(current, shown_id)
+
+            def flag(session: Session, rater_id: int, project_id: int, assignment_id: int) -> dict:
                 if not reason:
                     raise UserError("say briefly why this is harmful, then flag it")
-                flag_harmful(session, rater.id, assignment_id, reason)
-                return {**serve(session, rater.id, project_id,
+                flag_harmful(session, rater_id, assignment_id, reason)
+                return {**serve(session, rater_id, project_id,
                                 "Flagged for review and taken out of the queue. Thank you."), flag_reason: ""}
+
+            return on_item(request, current, shown_id, flag)
 
         @errors_in_alert
         def on_undo(current: Any, request: gr.Request) -> dict:
@@ -411,15 +451,14 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
 
         @errors_in_alert
         def on_reveal(current: Any, request: gr.Request) -> dict:
-            with db.session_scope(db_url) as session:
-                rater = current_rater(request, db_url, session)
-                project_id, assignment_id = own_assignment(current)
-                reveal(session, rater.id, assignment_id)
-                project = session.get(Project, project_id)
-                served = next_assignment(session, project_id, rater.id)
+            def do_reveal(session: Session, rater_id: int, project_id: int, assignment_id: int) -> dict:
+                reveal(session, rater_id, assignment_id)
+                served = next_assignment(session, project_id, rater_id)
                 if served is None or served.assignment_id != assignment_id:
                     raise UserError("this item is no longer yours to judge")
-                return show(served, project, revealed=True)
+                return show(served, session.get(Project, project_id), revealed=True)
+
+            return on_item(request, current, None, do_reveal)
 
         @_handler
         def on_activity(current: Any, request: gr.Request) -> None:

@@ -75,6 +75,10 @@ def site(tmp_path_factory, data_dir):
             r.judgments = []
         import_records(s, demo, [r for r in records if "```" in (r.response_a or "") + (r.response_b or "")][:3])
         add_rater(s, "dana", "dana-pw", projects=[demo])
+        tabs = create_project(s, "tabs", ProjectSettings(overlap=1))
+        import_dataset(s, tabs, [{"prompt": f"tab question {i}", "response_a": f"tab a{i}",
+                                  "response_b": f"tab b{i}"} for i in range(6)])
+        add_rater(s, "tia", "tia-pw", projects=[tabs])
     with running_server(url, free_port(), log_path=root / "server.log") as base_url:
         with chromium() as browser:
             yield {"url": url, "base_url": base_url, "browser": browser}
@@ -300,3 +304,67 @@ def test_screenshots(site, tmp_path):
             (out / name).write_bytes(png)
     for png in shots.values():
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < len(png) < 1_500_000
+
+
+def _wait_for_item(page, text: str) -> None:
+    """Wait until the page shows an item whose prompt has `text`, and no event is pending."""
+    page.locator("#pf-choice").wait_for(timeout=30_000)
+    page.wait_for_function("t => document.querySelector('#pf-conversation').innerText.includes(t)", arg=text)
+    wait_idle(page)
+
+
+def _wait_moved_on(page, before: str) -> str:
+    page.wait_for_function("b => document.querySelector('#pf-shown textarea, #pf-shown input').value !== b",
+                           arg=before)
+    wait_idle(page)
+    return _shown(page)
+
+
+def test_a_stale_second_tab_moves_on_to_the_current_item(site):
+    context = site["browser"].new_context()
+    first = context.new_page()
+    gradio_login(first, site["base_url"], "tia", "tia-pw", "#pf-choice")
+    first.wait_for_function("document.querySelector('#pf-conversation').innerText.includes('tab question')")
+    wait_idle(first)
+    second = context.new_page()  # a second tab of the same logged-in rater: the same item
+    second.goto(site["base_url"] + "/")
+    _wait_for_item(second, "tab question")
+    old = _shown(first)
+    assert _shown(second) == old
+
+    # The first tab judges the item and moves on; the second still shows it.
+    first.locator("#pf-conversation").click()
+    _judge_by_keyboard(first, "1")
+    current = _shown(first)
+    assert current != old and _shown(second) == old
+    # A refusal that is the rater's own doing stays one: no choice made, on an item still open, in the first tab.
+    first.locator("#pf-submit").click()
+    first.locator("#pf-alert").get_by_text("choose which response").wait_for()
+    assert _shown(first) == current
+
+    # The second tab's submission finds its item judged: no error, and the rater's current item comes up.
+    second.locator("#pf-choice input").nth(4).click()
+    second.locator("#pf-submit").click()
+    assert _wait_moved_on(second, old) == current
+    assert "already handled in another tab" in second.locator("#pf-banner").inner_text()
+    assert second.locator("#pf-alert").inner_text().strip() == ""
+    assert _screen_text(second, "#pf-conversation") == _screen_text(first, "#pf-conversation")
+
+    # The same for a skip: the first tab skips, the second tab's skip of that item moves it on too.
+    first.locator("#pf-skip").click()
+    skipped_then = _wait_moved_on(first, current)
+    second.locator("#pf-conversation").click()
+    second.keyboard.press("s")
+    assert _wait_moved_on(second, current) == skipped_then
+    assert "already handled in another tab" in second.locator("#pf-banner").inner_text()
+    context.close()
+
+    with db.session_scope(site["url"]) as s:
+        tia = s.scalar(select(Rater.id).where(Rater.name == "tia"))
+        judgments = s.scalars(select(Judgment).where(Judgment.rater_id == tia)).all()
+        assert [(j.assignment_id, j.choice) for j in judgments] == [(int(old), 2 if judgments[0].left_is_a else -2)]
+        assert s.get(Assignment, int(current)).status == "skipped"  # skipped once, by the first tab
+        assert s.get(Assignment, int(skipped_then)).status == "open"
+        assert s.scalar(select(func.count(Assignment.id)).where(Assignment.rater_id == tia,
+                                                                 Assignment.status == "open")) == 1
+

@@ -26,7 +26,7 @@ from apps.rater_api import add_error_handlers, api_router
 from apps.rater_app import SKIP_REASONS
 from apps.rater_client import GradioRaterClient, RaterAPIError, RaterClient
 from collect import db
-from collect.assign import next_assignment, reveal, submit_judgment
+from collect.assign import expire_leases, next_assignment, reveal, submit_judgment
 from collect.ingest import import_dataset
 from collect.models import Assignment, AuditEvent, Judgment, Pair, Rater, utcnow
 from collect.projects import ProjectSettings, add_rater, create_project, get_project, update_project
@@ -234,6 +234,33 @@ def test_gradio_flow_stats_activity_and_break_reminder(site):
         assert out[-1] == shown and "taken back" in str(out)
     with db.session_scope(site["url"]) as s:
         assert s.scalar(select(func.count(Judgment.id)).where(Judgment.assignment_id == int(shown))) == 0
+
+
+def test_a_tab_left_behind_by_an_undo_or_a_lease_moves_on(site):
+    with db.session_scope(site["url"]) as s:
+        xander = add_rater(s, "xander", "xander-pw", projects=[get_project(s, site["x"])]).id
+    with GradioRaterClient(site["base_url"], "xander", "xander-pw") as one, \
+            GradioRaterClient(site["base_url"], "xander", "xander-pw") as two:
+        first = one.call("load")[-1]
+        assert two.call("load")[-1] == first  # two tabs, one item
+        second = one.call("submit", None, first, 1, False, "", "", *([None] * 8))[-1]
+        assert two.call("load")[-1] == second  # the second tab reloaded: the next item
+        assert one.call("undo", None)[-1] == first  # the first takes its judgment back: `second` goes back
+        # The second tab judges `second`, which is no longer the rater's: not recorded, the undone item shown.
+        out = two.call("submit", None, second, -2, False, "", "", *([None] * 8))
+        assert out[-1] == first and "already handled in another tab" in str(out)
+        with pytest.raises(RaterAPIError, match="choose which response"):  # the rater's own slip stays an error
+            two.call("submit", None, first, None, False, "", "", *([None] * 8))
+        # A lease that ran out with nothing else open: the late judgment is still taken (collect.assign).
+        with db.session_scope(site["url"]) as s:
+            s.execute(Assignment.__table__.update().where(Assignment.id == int(first))
+                      .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+            assert expire_leases(s, site["x"]) == 1
+        assert "Saved." in str(two.call("submit", None, first, 2, False, "", "", *([None] * 8)))
+    with db.session_scope(site["url"]) as s:
+        judged = s.execute(select(Judgment.assignment_id).where(Judgment.rater_id == xander)).scalars().all()
+        assert judged == [int(first)]
+        assert s.get(Assignment, int(second)).status == "expired"
 
 
 def test_trusted_header_mode(tmp_path):
