@@ -11,6 +11,7 @@ to the pair's A and B with the side it recorded when it served the pair.
 import contextlib
 import functools
 import html
+import json
 import logging
 import secrets
 import time
@@ -39,6 +40,8 @@ MAX_CRITERIA = 8
 """Rubric criteria shown per pair; a project with more shows the first eight."""
 BREAK_CHECK_SECONDS = 120
 """How often (at most) a submission also checks whether the rater is due a break."""
+DRAFT_DAYS = 7
+"""A draft (the choice and text of an item not yet submitted, kept in the browser) older than this is dropped."""
 
 # Screen terms: the left panel is "A" on screen, whatever the pair's stored A is.
 CHOICES = [("A much better  [1]", 2), ("A better  [2]", 1), ("Tie  [3]", 0), ("B better  [4]", -1),
@@ -104,9 +107,43 @@ HEAD = """
   setInterval(() => {
     if (moved && document.visibilityState === 'visible') { moved = false; click('#pf-heartbeat'); }
   }, HEARTBEAT_MS);
+  // Drafts: what the rater chose or typed on an item, kept in this browser only (localStorage, keyed by the
+  // assignment id, never sent before Submit) so that a reload or a restarted tab shows it again on that item.
+  // An item left by Submit, Skip or Flag (a click on its button, by mouse or key, then a new item shown) drops its
+  // draft; one left otherwise (another project chosen) keeps it. Drafts older than DRAFT_DAYS days are swept.
+  const DRAFT = 'pf-draft:';
+  const shownId = () => (document.querySelector('#pf-shown textarea, #pf-shown input') || {}).value || '';
+  let finishing = null, lastShown = '';
+  document.addEventListener('click', (e) => {
+    if (e.target.closest && e.target.closest('#pf-submit, #pf-skip, #pf-flag')) finishing = shownId();
+  }, { capture: true });
+  const store = (() => { try { return window.localStorage; } catch (e) { return null; } })();
+  const forget = (id) => { try { store.removeItem(DRAFT + id); } catch (e) { /* storage unavailable */ } };
+  window.pfDraft = {
+    save: (id, values) => {
+      try { if (id) store.setItem(DRAFT + id, JSON.stringify({ at: Date.now(), values })); } catch (e) { /* full */ }
+    },
+    restore: (id, empty) => {
+      if (lastShown && lastShown !== id && finishing === lastShown) forget(lastShown);
+      if (lastShown !== id) finishing = null;
+      lastShown = id;
+      let draft = null;
+      try { draft = id ? JSON.parse(store.getItem(DRAFT + id)) : null; } catch (e) { /* none, or unreadable */ }
+      const values = draft && Array.isArray(draft.values) ? draft.values : [];
+      return empty.map((v, i) => (values[i] === undefined ? v : values[i]));
+    },
+  };
+  try {
+    for (const key of Object.keys(store)) {
+      if (!key.startsWith(DRAFT)) continue;
+      let at = 0;
+      try { at = JSON.parse(store.getItem(key)).at || 0; } catch (e) { /* unreadable: swept */ }
+      if (Date.now() - at > DRAFT_DAYS * 864e5) store.removeItem(key);
+    }
+  } catch (e) { /* storage unavailable: no drafts */ }
 })();
 </script>
-""".replace("HEARTBEAT_MS", str(HEARTBEAT_SECONDS * 1000))
+""".replace("HEARTBEAT_MS", str(HEARTBEAT_SECONDS * 1000)).replace("DRAFT_DAYS", str(DRAFT_DAYS))
 
 
 def mount_options() -> dict[str, Any]:
@@ -508,6 +545,15 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
         gr.on([choice.input, both_bad.input, rationale.blur, rewrite.blur, heartbeat_button.click,
                *(box.input for box in criteria)],
               on_activity, state, None, api_name="activity", show_progress="hidden", **per_item)
+        # Drafts (see HEAD): saved in the browser on every edit, restored when an item is shown. Both run in the
+        # page only (fn=None): nothing unsubmitted reaches the server.
+        draft = [choice, both_bad, rationale, rewrite, *criteria]
+        gr.on([choice.input, both_bad.input, rationale.input, rewrite.input, *(box.input for box in criteria)],
+              None, [shown, *draft], None, js="(id, ...values) => { window.pfDraft.save(id, values); }",
+              show_progress="hidden", **per_item)
+        empty = json.dumps([None, False, "", "", *([None] * MAX_CRITERIA)])
+        shown.change(None, shown, draft, js=f"(id) => window.pfDraft.restore(id, {empty})", show_progress="hidden",
+                     **per_item)
         gr.on([stats_tab.select, stats_refresh.click], on_stats, state, [stats, opt_in_box, opt_in, opt_in_msg],
               api_name="stats")
         opt_in_save.click(on_save_opt_in, [state, opt_in], opt_in_msg, api_name="save_opt_in")

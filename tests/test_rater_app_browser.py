@@ -79,6 +79,11 @@ def site(tmp_path_factory, data_dir):
         import_dataset(s, tabs, [{"prompt": f"tab question {i}", "response_a": f"tab a{i}",
                                   "response_b": f"tab b{i}"} for i in range(6)])
         add_rater(s, "tia", "tia-pw", projects=[tabs])
+        drafts = create_project(s, "drafts", ProjectSettings(overlap=1, rubric=[{"name": "helpfulness"},
+                                                                                 {"name": "honesty"}]))
+        import_dataset(s, drafts, [{"prompt": f"draft question {i}", "response_a": f"draft a{i}",
+                                    "response_b": f"draft b{i}"} for i in range(4)])
+        add_rater(s, "dora", "dora-pw", projects=[drafts])
     with running_server(url, free_port(), log_path=root / "server.log") as base_url:
         with chromium() as browser:
             yield {"url": url, "base_url": base_url, "browser": browser}
@@ -368,3 +373,49 @@ def test_a_stale_second_tab_moves_on_to_the_current_item(site):
         assert s.scalar(select(func.count(Assignment.id)).where(Assignment.rater_id == tia,
                                                                  Assignment.status == "open")) == 1
 
+
+def _draft_on_screen(page) -> tuple:
+    return page.evaluate("""() => [
+        Array.from(document.querySelectorAll('#pf-choice input')).findIndex(i => i.checked),
+        document.querySelector('#pf-both-bad input').checked,
+        Array.from(document.querySelectorAll('#pf-criterion-1 input')).findIndex(i => i.checked),
+        document.querySelector('#pf-rationale textarea').value]""")
+
+
+def test_a_draft_survives_a_reload_of_its_item_only(site):
+    context = site["browser"].new_context()
+    page = context.new_page()
+    gradio_login(page, site["base_url"], "dora", "dora-pw", "#pf-choice")
+    page.wait_for_function("document.querySelector('#pf-conversation').innerText.includes('draft question')")
+    wait_idle(page)
+    first = _shown(page)
+    page.locator("#pf-choice input").nth(3).click()
+    page.locator("#pf-both-bad input").check()
+    page.locator("#pf-criterion-1 input").nth(0).click()
+    page.locator("#pf-rationale textarea").fill("B cites its source")
+    page.locator("#pf-conversation").click()  # the textbox loses the focus, as a rater moving on would
+    assert _draft_on_screen(page) == [3, True, 0, "B cites its source"]
+
+    page.reload()
+    _wait_for_item(page, "draft question")
+    assert _shown(page) == first
+    page.wait_for_function("document.querySelector('#pf-rationale textarea').value === 'B cites its source'")
+    assert _draft_on_screen(page) == [3, True, 0, "B cites its source"]
+
+    # Submitted as restored: the draft is what the server records, and then it is gone.
+    page.locator("#pf-submit").click()
+    second = _wait_moved_on(page, first)
+    assert _draft_on_screen(page) == [-1, False, -1, ""]  # the next item starts empty
+    page.reload()
+    _wait_for_item(page, "draft question")
+    assert _shown(page) == second and _draft_on_screen(page) == [-1, False, -1, ""]
+    assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('pf-draft:'))") == []
+    context.close()
+
+    with db.session_scope(site["url"]) as s:
+        (judgment,) = s.scalars(select(Judgment).join(Rater, Rater.id == Judgment.rater_id)
+                                .where(Rater.name == "dora")).all()
+        sign = 1 if judgment.left_is_a else -1
+        assert judgment.assignment_id == int(first) and judgment.rationale == "B cites its source"
+        assert judgment.choice == -1 * sign and judgment.both_bad is True  # "B better" on screen
+        assert judgment.criteria == {"honesty": 2 * sign}
