@@ -428,14 +428,6 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
             def submit(session: Session, rater_id: int, project_id: int, assignment_id: int) -> dict:
                 if choice_value is None:
                     raise UserError("choose which response is better (keys 1-5) before submitting")
-                # collect takes a judgment on an expired lease if the pair has room, for a rater whose time ran out
-                # with nothing else open. One whose other tab has moved on (a newer item open, or an undone one
-                # reopened) is judging a screen they have left: refused, and on_item shows the current item.
-                if session.scalar(select(Assignment.status).where(Assignment.id == assignment_id)) == "expired" \
-                        and session.scalar(select(Assignment.id).where(
-                            Assignment.rater_id == rater_id, Assignment.project_id == project_id,
-                            Assignment.status == "open").limit(1)) is not None:
-                    raise UserError("this item is no longer yours to judge")
                 project = session.get(Project, project_id)
                 names = [c["name"] for c in (project.rubric or [])[:MAX_CRITERIA]] if project else []
                 scores = {name: value for name, value in zip(names, criterion_values) if value is not None}

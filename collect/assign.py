@@ -82,6 +82,16 @@ def _expire(session: Session, assignment_id: int, pair_id: int) -> bool:
     return bool(changed)
 
 
+def _claim_slot(session: Session, pair_id: int, is_gold: bool, overlap: int) -> bool:
+    """Take one of the pair's overlap slots; False when none is left. The conditional UPDATE is what keeps k exact
+    under concurrent servers; a gold pair (judged by every rater) always has room, but its claims are counted as
+    _give_back_slot gives them back."""
+    claim = update(Pair).where(Pair.id == pair_id, Pair.status == "active").values(n_claimed=Pair.n_claimed + 1)
+    if not is_gold:
+        claim = claim.where(Pair.n_claimed < overlap)
+    return bool(session.execute(claim.execution_options(synchronize_session=False)).rowcount)
+
+
 def _give_back_slot(session: Session, pair_id: int) -> None:
     session.execute(update(Pair).where(Pair.id == pair_id).values(n_claimed=Pair.n_claimed - 1)
                     .execution_options(synchronize_session=False))
@@ -187,10 +197,7 @@ def next_assignment(session: Session, project_id: int, rater_id: int, now: datet
     passes = [True, False] if session.get_bind().dialect.name == "postgresql" else [False]
     for gold, skip_locked in itertools.product(order, passes):
         for pair_id in _candidates(session, project, rater, gold, allow_sensitive, skip_locked):
-            claim = update(Pair).where(Pair.id == pair_id).values(n_claimed=Pair.n_claimed + 1)
-            if not gold:
-                claim = claim.where(Pair.n_claimed < project.overlap)
-            if not session.execute(claim.execution_options(synchronize_session=False)).rowcount:
+            if not _claim_slot(session, pair_id, gold, project.overlap):
                 continue  # another server took the last slot meanwhile
             try:
                 with session.begin_nested():
@@ -396,6 +403,13 @@ def submit_judgment(
         # Not the screen's word alone: a judgment of content never shown is no judgment (the JSON API reveals an
         # item as it sends it).
         raise UserError("show the content before judging it, or skip it")
+    if assignment.status == "expired" and session.scalar(select(Assignment.id).where(
+            Assignment.rater_id == rater_id, Assignment.project_id == assignment.project_id,
+            Assignment.status == "open").limit(1)) is not None:
+        # A late judgment is taken for a rater whose time ran out with nothing else open; one who has moved on
+        # (a newer item open, or an undone one reopened, in another tab or client) is judging a screen they left.
+        raise UserError("the lease on this assignment ran out and you have moved on to another item: "
+                        "the judgment was not recorded")
     try:
         # A savepoint, so that a twin's committed insert (IntegrityError) leaves this transaction usable.
         with session.begin_nested():
@@ -417,10 +431,7 @@ def _record(
     """Write the judgment (relative to A and B) and close the assignment; flushed."""
     if assignment.status == "expired" and not assignment.is_repeat:
         # Late but welcome, if the pair still has room for it.
-        claimed = session.execute(
-            update(Pair).where(Pair.id == assignment.pair_id, Pair.n_claimed < project.overlap)
-            .values(n_claimed=Pair.n_claimed + 1).execution_options(synchronize_session=False)).rowcount
-        if not claimed and not assignment.pair.is_gold:
+        if not _claim_slot(session, assignment.pair_id, assignment.pair.is_gold, project.overlap):
             raise UserError("the lease on this assignment ran out and the pair was given to someone else")
     sign = 1 if assignment.left_is_a else -1
     judgment = Judgment(
@@ -497,10 +508,7 @@ def _undo_skip(session: Session, assignment: Assignment, rater_id: int, project_
     project = session.get(Project, project_id)
     if not assignment.is_repeat:
         # The skip gave the slot back: claimed again as `next` claims one (a gold pair always has room).
-        claim = update(Pair).where(Pair.id == pair.id, Pair.status == "active").values(n_claimed=Pair.n_claimed + 1)
-        if not pair.is_gold:
-            claim = claim.where(Pair.n_claimed < project.overlap)
-        if not session.execute(claim.execution_options(synchronize_session=False)).rowcount:
+        if not _claim_slot(session, pair.id, pair.is_gold, project.overlap):
             raise UserError("the skipped pair has gone to other raters meanwhile: nothing to undo")
     _expire_open(session, rater_id, project_id)
     audit(session, "skip.undo", rater_id, project_id, pair_id=assignment.pair_id, reason=assignment.skip_reason)

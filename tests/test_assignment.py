@@ -13,7 +13,7 @@ from sqlalchemy import func, select, text, update
 
 from collect import assign, db
 from collect.assign import (
-    UNDO_SECONDS, flag_harmful, next_assignment, rater_summary, record_activity, reveal, review_flag,
+    UNDO_SECONDS, expire_leases, flag_harmful, next_assignment, rater_summary, record_activity, reveal, review_flag,
     sensitive_cap_reached, skip, submit_judgment, undo_last,
 )
 from collect.errors import PermissionDenied, UserError
@@ -105,6 +105,24 @@ def test_expired_lease_returns_the_pair_to_the_pool(db_url):
         submit_judgment(s, r1, later.assignment_id, 1, client_token="late-ok")
     with db.session_scope(db_url) as s, pytest.raises(UserError, match="lease"):
         submit_judgment(s, r0, first.assignment_id, 1, client_token="too-late", now=start + timedelta(seconds=62))
+
+
+def test_a_late_judgment_counts_only_while_the_rater_has_not_moved_on(db_url):
+    """Past its lease an item may still be judged if the pair has room, but not once the rater holds another
+    item: that judgment comes from a screen they left (a second tab, a retrying client)."""
+    pid, (r0,), _ = setup_project(db_url, n_pairs=3, overlap=1, raters=1, lease_seconds=60)
+    start = utcnow()
+    with db.session_scope(db_url) as s:
+        first = next_assignment(s, pid, r0, now=start)
+        expire_leases(s, pid, now=start + timedelta(seconds=61))
+        submit_judgment(s, r0, first.assignment_id, 1, client_token="late-ok", now=start + timedelta(seconds=62))
+        second = next_assignment(s, pid, r0, now=start + timedelta(seconds=63))
+        expire_leases(s, pid, now=start + timedelta(seconds=124))
+        third = next_assignment(s, pid, r0, now=start + timedelta(seconds=125))
+        assert third.assignment_id != second.assignment_id
+        with pytest.raises(UserError, match="moved on to another item"):
+            submit_judgment(s, r0, second.assignment_id, 1, client_token="stale", now=start + timedelta(seconds=126))
+        assert s.scalar(select(func.count(Judgment.id))) == 1
 
 
 def test_undo_skip_and_flag(db_url):
