@@ -463,10 +463,10 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 if not reason:
                     raise UserError("say briefly why this is harmful, then flag it")
                 flag_harmful(session, rater_id, assignment_id, reason)
-                return {**serve(session, rater_id, project_id,
-                                "Flagged for review and taken out of the queue. Thank you."), flag_reason: ""}
+                return serve(session, rater_id, project_id, "Flagged for review and taken out of the queue. Thank you.")
 
-            return on_item(request, current, shown_id, flag)
+            # The reason box empties whenever the tab moves on: after the flag, or to the current item of a stale tab.
+            return {**on_item(request, current, shown_id, flag), flag_reason: ""}
 
         @errors_in_alert
         def on_undo(current: Any, request: gr.Request) -> dict:
