@@ -227,6 +227,23 @@ def test_sparse_overlap_a_lone_judgment_keeps_its_raters_side():
     assert table.loc[99, "winner"] == "tie" and table.loc[99, "agreement"] == 1.0
 
 
+def test_lone_labels_do_not_vouch_for_their_own_rater():
+    # An imported dataset: one label per pair, from one source. Nothing shows whether that source is right, so
+    # its verdicts are as sure as an average rater's vote, not 0.99 (which made --min-confidence filter nothing).
+    lone = judgments([(pair, 1, 1 if pair % 4 else -1) for pair in range(200)])
+    table = aggregate(lone, "weighted")
+    assert table["confidence"].max() < 0.8
+    assert table["confidence"].nunique() == 1  # every lone vote is worth the same
+    # Gold pairs that the same source gets right (90%) are evidence: its lone labels then become sure.
+    rng = np.random.default_rng(0)
+    truth = rng.choice([-1, 1], size=100)
+    gold = judgments([(1000 + i, 1, int(t if rng.random() < 0.9 else -t)) for i, t in enumerate(truth)])
+    gold = gold.assign(is_gold=True, gold_choice=truth)
+    both = pd.concat([lone.assign(is_gold=False, gold_choice=None), gold], ignore_index=True)
+    vouched = aggregate(both, "weighted").set_index("pair_id").loc[range(200)]
+    assert vouched["confidence"].min() > table["confidence"].max() + 0.05
+
+
 def test_four_raters_who_agree_are_not_outvoted_by_one_without_evidence():
     # Pair 9 of the summarize slice: four workers say B, one says A. None of them has shared more than a
     # few pairs with anyone, so none can be told apart from an average rater: B, with confidence.
