@@ -43,6 +43,8 @@ from collect.projects import require_member
 
 UNDO_SECONDS = 60
 """A rater may take back their last judgment or skip this long after it."""
+FLAG_PREFIX = "flagged: "
+"""How a flag's reason is stored in the assignment's skip_reason: a flag is a skip that also pulls the pair."""
 REPEAT_GAP = 10
 """A repeat is drawn from pairs the rater judged before their last REPEAT_GAP judgments: not from memory."""
 
@@ -392,7 +394,9 @@ def submit_judgment(
     if assignment.status == "submitted":
         raise UserError("this assignment was already submitted")
     if assignment.status == "skipped":
-        raise UserError("this assignment was skipped")
+        flagged = (assignment.skip_reason or "").startswith(FLAG_PREFIX)
+        raise UserError(f"this assignment was {'flagged as harmful' if flagged else 'skipped'}: "
+                        "the judgment was not recorded")
     pair_status, sensitive = session.execute(
         select(Pair.status, Prompt.sensitive).join(Prompt, Prompt.id == Pair.prompt_id)
         .where(Pair.id == assignment.pair_id)).one()
@@ -408,8 +412,8 @@ def submit_judgment(
             Assignment.status == "open").limit(1)) is not None:
         # A late judgment is taken for a rater whose time ran out with nothing else open; one who has moved on
         # (a newer item open, or an undone one reopened, in another tab or client) is judging a screen they left.
-        raise UserError("the lease on this assignment ran out and you have moved on to another item: "
-                        "the judgment was not recorded")
+        raise UserError("you have moved on to another item (this one was given back, by an undo or when its lease "
+                        "ran out): the judgment was not recorded")
     try:
         # A savepoint, so that a twin's committed insert (IntegrityError) leaves this transaction usable.
         with session.begin_nested():
@@ -499,7 +503,7 @@ def _expire_open(session: Session, rater_id: int, project_id: int) -> None:
 
 def _undo_skip(session: Session, assignment: Assignment, rater_id: int, project_id: int, now: datetime) -> Served:
     """Reopen a skipped assignment; nothing changes when it cannot be (a flag, a pulled pair, no slot left)."""
-    if (assignment.skip_reason or "").startswith("flagged: "):
+    if (assignment.skip_reason or "").startswith(FLAG_PREFIX):
         raise UserError("your last action flagged this pair as harmful: an admin reviews it, so it cannot be "
                         "undone here (nor a judgment before it)")
     pair = session.get(Pair, assignment.pair_id, populate_existing=True)
@@ -548,7 +552,7 @@ def flag_harmful(session: Session, rater_id: int, assignment_id: int, reason: st
     Other raters' open assignments on the pair expire and give their slots back, so nobody is shown it again.
     """
     assignment = _own_assignment(session, rater_id, assignment_id)
-    _release(session, assignment, "skipped", f"flagged: {reason.strip()[:2000]}", now or utcnow())
+    _release(session, assignment, "skipped", f"{FLAG_PREFIX}{reason.strip()[:2000]}", now or utcnow())
     session.execute(update(Pair).where(Pair.id == assignment.pair_id).values(status="flagged")
                     .execution_options(synchronize_session=False))
     others = session.scalars(select(Assignment.id).where(Assignment.pair_id == assignment.pair_id,
