@@ -8,6 +8,18 @@ order, kept for comparison: it depends on the order, Bradley-Terry does not.
 
 Input: a judgments frame (collect.aggregate.JUDGMENT_COLUMNS) with model_a and model_b; judgments whose pair
 has no model names, or the same model on both sides, carry no information about models and are dropped.
+
+Two things can leave Bradley-Terry without an answer, and both are detected and warned about (PrefloopWarning):
+- Groups: models that were never compared, directly or through others, share no scale. Each connected group of
+  the comparison graph is rated on its own (centred on 1000, or pinned by the anchor in the anchor's group), the
+  table gets a `group` column (1 the group with most models) and ranks count within a group.
+- Perfect separation: the maximum-likelihood ratings exist only if, within a group, the win graph (i -> j when i
+  won or tied a game against j) is strongly connected (Zermelo 1929, Ford 1957). When some models never lost
+  (or never won) against the rest of their group, their gap to the rest has no finite estimate and a tiny ridge
+  would print an arbitrary huge rating with a tight interval (every resample of a sweep is a sweep). Such a group
+  is fitted with a stated weak prior instead, one virtual tie between each pair of models that met (half a win
+  each way; for two models it is the Haldane-Anscombe +1/2 correction, 15-0 read as 15.5-0.5), and the interval
+  side the data leave open is infinite.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ import pandas as pd
 
 from collect.aggregate import direction, validate_judgments
 from collect.defaults import N_BOOTSTRAP
-from collect.errors import UserError
+from collect.errors import UserError, warn
 
 SCALE = 400.0
 BASE = 10.0
@@ -47,8 +59,9 @@ def _named(model: object) -> bool:
 def _fit_strengths(wins: np.ndarray, ridge: float = 1e-6, max_iter: int = 100, tol: float = 1e-10) -> np.ndarray:
     """Bradley-Terry log-strengths for a batch of win tables (B, M, M) by Newton's method.
 
-    wins[b, i, j]: (fractional) wins of i over j. A tiny ridge fixes the arbitrary offset and keeps a model
-    that never lost finite; the result is centred to mean 0.
+    wins[b, i, j]: (fractional) wins of i over j. A tiny ridge fixes the arbitrary offset (each connected group
+    to mean 0) and keeps a model that never lost finite, though at an arbitrary, huge strength: bradley_terry
+    adds its weak prior to such a group first. The result is centred to mean 0.
     """
     n_batch, m, _ = wins.shape
     games = wins + wins.transpose(0, 2, 1)
@@ -84,6 +97,18 @@ def bradley_terry(
     anchor: a model pinned at 1000 (say, your reference model); by default the mean rating is 1000.
     The interval resamples judgments with replacement `n_bootstrap` times and refits; each replicate is
     re-anchored the same way, so with an anchor the intervals are relative to that model.
+
+    When the models fall into several groups never compared with each other (see the module docstring), a `group`
+    column follows `model` and the table is sorted by group, then rating: each group has mean rating 1000, except
+    the anchor's group, where the anchor is at 1000; a rating means nothing next to another group's.
+
+    Under perfect separation within a group, its ratings are the maximum a posteriori under one virtual tie per
+    pair of models that met: a finite, shrunk estimate that keeps the order the sweeps imply, not a maximum-
+    likelihood one (there is none). ci_high is inf for a model that could be any amount higher than the reference
+    (the group's mean or the anchor) and still fit the data as well, as a model that never lost to the rest of its
+    group can; ci_low is -inf for one that never won; a model between two sweeps gets both (also without a
+    bootstrap). The finite side is the percentile bootstrap of the prior's fit; as resampling cannot turn a sweep
+    into a closer result, it is a rough bound that leans on the prior rather than a 95% bound.
     """
     games = model_games(judgments)
     models = sorted(set(games["model_a"]) | set(games["model_b"]))
@@ -97,6 +122,26 @@ def bradley_terry(
     # bootstrap replicate is a multinomial draw of how often each kind of game occurs.
     kinds, counts = np.unique(np.stack([a, b, games["score"].to_numpy() * 2]).T, axis=0, return_counts=True)
     ka, kb, kscore = kinds[:, 0].astype(int), kinds[:, 1].astype(int), kinds[:, 2] / 2.0
+    group, component, reach = _comparison_structure(m, ka, kb, kscore)
+    n_groups = group.max() + 1
+    anchor_group = group[index[anchor]] if anchor is not None else None
+    # The virtual ties of a separated group, and the sides its models' intervals leave open.
+    prior = np.zeros((m, m))
+    high_open, low_open = np.zeros(m, dtype=bool), np.zeros(m, dtype=bool)
+    if n_groups > 1:
+        _warn_groups(models, group, anchor, anchor_group)
+    for g in range(n_groups):
+        members = np.flatnonzero(group == g)
+        components = np.unique(component[members])
+        if len(components) == 1:
+            continue
+        met = np.isin(ka, members)
+        prior[ka[met], kb[met]] = prior[kb[met], ka[met]] = 0.5
+        reference = [component[index[anchor]]] if g == anchor_group else components
+        for i in members:
+            high_open[i] = not reach[reference, component[i]].all()  # it can rise without bound above a reference
+            low_open[i] = not reach[component[i], reference].all()
+        _warn_separation(models, members, component, reach, g if n_groups > 1 else None)
 
     def tables(weights: np.ndarray) -> np.ndarray:
         wins = np.zeros((len(weights), m, m))
@@ -106,9 +151,15 @@ def bradley_terry(
         return wins
 
     def ratings(weights: np.ndarray) -> np.ndarray:
-        r = _to_rating(_fit_strengths(tables(weights)))
-        if anchor is not None:
-            r += INIT_RATING - r[:, [index[anchor]]]
+        r = _to_rating(_fit_strengths(tables(weights) + prior))
+        if n_groups == 1:
+            if anchor is not None:
+                r += INIT_RATING - r[:, [index[anchor]]]
+            return r
+        for g in range(n_groups):
+            cols = group == g
+            reference = r[:, [index[anchor]]] if g == anchor_group else r[:, cols].mean(axis=1, keepdims=True)
+            r[:, cols] += INIT_RATING - reference
         return r
 
     estimate = ratings(counts[None, :].astype(float))[0]
@@ -118,9 +169,66 @@ def bradley_terry(
     tail = (1 - confidence) / 2 * 100
     low, high = (np.percentile(boot, [tail, 100 - tail], axis=0) if boot is not None
                  else (np.full(m, np.nan), np.full(m, np.nan)))
+    low, high = np.where(low_open, -np.inf, low), np.where(high_open, np.inf, high)
     n_games = np.bincount(np.concatenate([a, b]), minlength=m)
     board = pd.DataFrame({"model": models, "rating": estimate, "ci_low": low, "ci_high": high, "n_games": n_games})
-    return board.sort_values("rating", ascending=False, ignore_index=True)
+    if n_groups == 1:
+        return board.sort_values("rating", ascending=False, ignore_index=True)
+    board.insert(1, "group", group + 1)
+    return board.sort_values(["group", "rating"], ascending=[True, False], ignore_index=True)
+
+
+def _comparison_structure(m: int, ka: np.ndarray, kb: np.ndarray, kscore: np.ndarray):
+    """(group, component, reach) of the games (ka[k] against kb[k], A's score kscore[k]) among m models.
+
+    group[i]: the connected group of model i in the comparison graph, numbered by size (0 the most models, ties
+    by the first model). component[i]: its strongly connected component of the win graph (i -> j when i won or
+    tied against j), which never spans two groups. reach[c, d]: component c reaches d (reflexive), that is, c
+    is above d by a chain of sweeps or c is d.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, label = connected_components(csr_matrix((np.ones(len(ka)), (ka, kb)), shape=(m, m)), directed=False)
+    order = sorted(np.unique(label), key=lambda g: (-(label == g).sum(), np.flatnonzero(label == g)[0]))
+    group = np.argsort(order)[label]
+    src = np.concatenate([ka[kscore > 0], kb[kscore < 1]])
+    dst = np.concatenate([kb[kscore > 0], ka[kscore < 1]])
+    n_components, component = connected_components(
+        csr_matrix((np.ones(len(src)), (src, dst)), shape=(m, m)), directed=True, connection="strong")
+    reach = np.eye(n_components, dtype=int)
+    reach[component[src], component[dst]] = 1
+    for _ in range(int(np.ceil(np.log2(max(n_components, 2))))):  # transitive closure by squaring
+        reach = (reach @ reach > 0).astype(int)
+    return group, component, reach.astype(bool)
+
+
+def _warn_groups(models: list[str], group: np.ndarray, anchor: str | None, anchor_group: int | None) -> None:
+    names = "; ".join(f"group {g + 1}: " + ", ".join(np.asarray(models)[group == g]) for g in range(group.max() + 1))
+    scale = ("each group is centred on 1000" if anchor is None else
+             f"the anchor {anchor} pins group {anchor_group + 1} only; each other group is centred on 1000")
+    warn(f"the models fall into {group.max() + 1} groups never compared with each other ({names}), so their "
+         f"ratings share no scale: {scale}, and ratings, intervals and ranks compare models within a group only")
+
+
+def _warn_separation(models: list[str], members: np.ndarray, component: np.ndarray, reach: np.ndarray,
+                     g: int | None) -> None:
+    where = "the comparisons" if g is None else f"group {g + 1}"
+    parts = []
+    components = np.unique(component[members])
+    for c in sorted(components, key=lambda c: reach[components, c].sum()):  # the top of the sweeps first
+        names = ", ".join(models[i] for i in members if component[i] == c)
+        above = reach[components[components != c], c].any()  # some other model is above it by sweeps
+        below = reach[c, components[components != c]].any()
+        if below and not above:
+            parts.append(f"{names} never lost a game to the others")
+        elif above and not below:
+            parts.append(f"{names} never won a game against the others")
+        else:
+            parts.append(f"{names} lost every game to some of the others and won every game against others")
+    warn(f"perfect separation in {where}: {'; '.join(parts)} (a tie counts as a result both ways), so Bradley-Terry "
+         "has no finite maximum-likelihood rating there: its ratings are shrunk by a weak prior (one virtual tie "
+         "per pair of models that met) and their intervals are infinite on the side the data leave open")
 
 
 def elo(
@@ -178,7 +286,9 @@ def leaderboard(
 ) -> pd.DataFrame:
     """One table for people: rank, model, rating, ci_low, ci_high (Bradley-Terry), elo, win_rate, n_games.
 
-    win_rate is the share of the model's games it won against anyone (ties count half).
+    win_rate is the share of the model's games it won against anyone (ties count half). When the models fall into
+    groups never compared with each other, `group` follows `rank`, and rank counts within a group (each group's
+    best is 1): no order across groups is claimed. Elo, too, is zero-sum within a group.
     """
     board = bradley_terry(judgments, n_bootstrap=n_bootstrap, anchor=anchor, seed=seed)
     board = board.merge(elo(judgments, k=elo_k), on="model", how="left")
@@ -188,8 +298,21 @@ def leaderboard(
         pd.DataFrame({"model": games["model_b"], "won": 1 - games["score"]}),
     ]).groupby("model")["won"].mean()
     board["win_rate"] = board["model"].map(won)
+    if "group" in board:
+        board.insert(0, "rank", board.groupby("group").cumcount() + 1)
+        return board[["rank", "group", "model", "rating", "ci_low", "ci_high", "elo", "win_rate", "n_games"]]
     board.insert(0, "rank", np.arange(1, len(board) + 1))
     return board[["rank", "model", "rating", "ci_low", "ci_high", "elo", "win_rate", "n_games"]]
+
+
+def display_bounds(board: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a leaderboard for a screen: an infinite interval bound (a side the data leave open) as "∞" or
+    "-∞" rather than inf. Keep the floats for files: pandas writes and reads back inf."""
+    shown = board.copy()
+    for column in ("ci_low", "ci_high"):
+        if np.isinf(shown[column]).any():
+            shown[column] = shown[column].map(lambda v: "∞" if v == np.inf else "-∞" if v == -np.inf else v)
+    return shown
 
 
 def plot_leaderboard(board: pd.DataFrame, title: str = "Bradley-Terry ratings (95% bootstrap interval)"):
@@ -197,13 +320,31 @@ def plot_leaderboard(board: pd.DataFrame, title: str = "Bradley-Terry ratings (9
     `bradley_terry`'s table. Returns the Figure without showing it (Gradio's gr.Plot and savefig take it)."""
     from matplotlib.figure import Figure
 
-    board = board.sort_values("rating")
+    grouped = "group" in board
+    # Best on top; with groups, group 1 on top, a line between groups, and each model's group in its label.
+    board = board.sort_values(["group", "rating"], ascending=[False, True]) if grouped else board.sort_values("rating")
     fig = Figure(figsize=(7, 0.45 * len(board) + 1.4), layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(board))
-    err = np.vstack([board["rating"] - board["ci_low"], board["ci_high"] - board["rating"]])
+    # An infinite bound (a side the data leave open) is drawn to the edge of the plot, with an arrow head there.
+    finite = board[["rating", "ci_low", "ci_high"]].to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    pad = max(np.ptp(finite) * 0.15, 50.0) if len(finite) else 50.0
+    left, right = (finite.min() - pad, finite.max() + pad) if len(finite) else (INIT_RATING - pad, INIT_RATING + pad)
+    low, high = board["ci_low"].clip(lower=left), board["ci_high"].clip(upper=right)
+    err = np.vstack([board["rating"] - low, high - board["rating"]])
     ax.errorbar(board["rating"], y, xerr=np.nan_to_num(err), fmt="o", capsize=4, color="tab:blue")
-    ax.set_yticks(y, board["model"])
+    for side, marker, edge in (("ci_low", "<", left), ("ci_high", ">", right)):
+        unbounded = np.isinf(board[side].to_numpy(dtype=float))
+        if unbounded.any():
+            ax.plot(np.full(unbounded.sum(), edge), y[unbounded], marker, color="tab:blue", clip_on=False)
+    ax.set_xlim(left, right)
+    if grouped:
+        ax.set_yticks(y, [f"{m} (group {g})" for m, g in zip(board["model"], board["group"])])
+        for boundary in np.flatnonzero(np.diff(board["group"].to_numpy())):
+            ax.axhline(boundary + 0.5, color="grey", lw=0.8)
+    else:
+        ax.set_yticks(y, board["model"])
     ax.set_xlabel("rating (Elo scale)")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)

@@ -1,14 +1,16 @@
 """Leaderboard: Bradley-Terry by hand and on planted strengths, Elo, win rates, the AlpacaEval order."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from collect.errors import UserError
+from collect.errors import PrefloopWarning, UserError
 from collect.leaderboard import (
     bradley_terry,
+    display_bounds,
     elo,
     leaderboard,
     plot_leaderboard,
@@ -86,6 +88,99 @@ def test_leaderboard_table_and_plots(tmp_path):
     fig.savefig(tmp_path / "board.png")
     plot_win_rates(win_rate_matrix(df)).savefig(tmp_path / "wins.png")
     assert (tmp_path / "board.png").stat().st_size > 1000 and (tmp_path / "wins.png").stat().st_size > 1000
+
+
+def test_connected_unseparated_case_is_unchanged():
+    # The figures of the code before groups and separation were detected (commit 9ae15a4), to the last digit
+    # printed: a connected, strongly connected comparison graph takes the same path as before, with no warning.
+    df = games([("x", "y", 1)] * 8 + [("y", "x", 1)] * 2 + [("y", "z", 1)] * 7 + [("z", "y", 2)] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrefloopWarning)
+        board = bradley_terry(df, n_bootstrap=100, seed=0)
+        anchored = bradley_terry(df, n_bootstrap=100, anchor="z", seed=0)
+    assert list(board.columns) == ["model", "rating", "ci_low", "ci_high", "n_games"]
+    # By hand: x-y is 8-2 and y-z 7-3, so the gaps are 400 log10(4) and 400 log10(7/3) (a chain has one solution).
+    rating = board.set_index("model")["rating"]
+    assert rating["x"] - rating["y"] == pytest.approx(400 * np.log10(4), abs=1e-3)
+    assert rating["y"] - rating["z"] == pytest.approx(400 * np.log10(7 / 3), abs=1e-3)
+    assert board[["rating", "ci_low", "ci_high"]].to_numpy() == pytest.approx(np.array([
+        [1209.612786737, 1036.9342900601, 2647.4929839683],
+        [968.7889212138, 223.5858349727, 1695.4002548403],
+        [821.5982920492, -602.042551597, 997.883169777],
+    ]), abs=1e-6)
+    assert anchored.set_index("model").loc["x", "ci_low"] == pytest.approx(1070.436474762219, abs=1e-6)
+    assert np.isfinite(board[["ci_low", "ci_high"]].to_numpy()).all()
+
+
+def test_groups_never_compared_are_rated_and_ranked_apart(tmp_path):
+    # x, y, z never met p or q: two groups, each centred on 1000 on its own, ranks within a group.
+    rows = [("x", "y", 1)] * 3 + [("y", "x", 1)] + [("y", "z", 1)] * 2 + [("z", "y", 1)] + [("p", "q", 0)] * 4
+    with pytest.warns(PrefloopWarning, match=r"2 groups never compared.*group 1: x, y, z; group 2: p, q"):
+        board = leaderboard(games(rows), n_bootstrap=50)
+    assert list(board.columns) == ["rank", "group", "model", "rating", "ci_low", "ci_high", "elo", "win_rate",
+                                   "n_games"]
+    assert list(board["model"]) == ["x", "y", "z", "p", "q"]
+    assert list(board["group"]) == [1, 1, 1, 2, 2] and list(board["rank"]) == [1, 2, 3, 1, 2]
+    by_model = board.set_index("model")
+    # Group 2: only ties, so both at 1000; group 1: x-y 3-1, y-z 2-1, mean 1000.
+    assert by_model.loc["p", "rating"] == pytest.approx(1000) and by_model.loc["q", "rating"] == pytest.approx(1000)
+    assert by_model.loc[["x", "y", "z"], "rating"].mean() == pytest.approx(1000)
+    assert by_model.loc["x", "rating"] - by_model.loc["y", "rating"] == pytest.approx(400 * np.log10(3), abs=1e-3)
+    assert by_model.loc["y", "rating"] - by_model.loc["z", "rating"] == pytest.approx(400 * np.log10(2), abs=1e-3)
+    # An anchor pins its own group only; the other stays centred on its mean.
+    with pytest.warns(PrefloopWarning, match="the anchor q pins group 2 only; each other group is centred on 1000"):
+        anchored = bradley_terry(games(rows + [("p", "q", 1)] * 2), n_bootstrap=0, anchor="q").set_index("model")
+    assert anchored.loc["q", "rating"] == 1000 and anchored.loc["p", "rating"] > 1000
+    assert anchored.loc[["x", "y", "z"], "rating"].mean() == pytest.approx(1000)
+    fig = plot_leaderboard(board)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()][-1] == "x (group 1)"
+    fig.savefig(tmp_path / "groups.png")
+
+
+def test_a_sweep_has_an_open_interval_and_a_shrunk_rating(tmp_path):
+    # claude won all 15 games against text_davinci: no maximum-likelihood rating exists. One virtual tie makes it
+    # 15.5 to 0.5, a gap of 400 log10(31); claude's interval is open above, text_davinci's below.
+    rows = [("claude", "text_davinci", 1)] * 8 + [("text_davinci", "claude", -2)] * 7
+    with pytest.warns(PrefloopWarning, match="claude never lost a game to the others") as caught:
+        board = leaderboard(games(rows), n_bootstrap=100)
+    assert "text_davinci never won a game" in str(caught[0].message) and len(caught) == 1  # one group: no groups
+    by_model = board.set_index("model")
+    assert by_model.loc["claude", "rating"] - by_model.loc["text_davinci", "rating"] == pytest.approx(
+        400 * np.log10(31), abs=1e-3)
+    assert by_model.loc["claude", "ci_high"] == np.inf and np.isfinite(by_model.loc["claude", "ci_low"])
+    assert by_model.loc["text_davinci", "ci_low"] == -np.inf and np.isfinite(by_model.loc["text_davinci", "ci_high"])
+    assert by_model.loc["claude", "ci_low"] < 1400  # not the ridge's 2200-odd with its tight interval
+    # Relative to an anchor the sides follow: the loser pinned, the winner can be any amount higher.
+    with pytest.warns(PrefloopWarning):
+        anchored = bradley_terry(games(rows), n_bootstrap=20, anchor="text_davinci").set_index("model")
+    assert anchored.loc["text_davinci", ["ci_low", "ci_high"]].tolist() == [1000, 1000]
+    assert anchored.loc["claude", "ci_high"] == np.inf and np.isfinite(anchored.loc["claude", "ci_low"])
+    shown = display_bounds(board).set_index("model")
+    assert shown.loc["claude", "ci_high"] == "∞" and shown.loc["text_davinci", "ci_low"] == "-∞"
+    fig = plot_leaderboard(board)
+    low, high = fig.axes[0].get_xlim()
+    assert np.isfinite([low, high]).all() and high - low < 3000
+    fig.savefig(tmp_path / "sweep.png")
+
+
+def test_separation_inside_a_larger_group_and_a_chain():
+    # a beat b in every game, b beat c in every game: a is open above, c below, b (between two sweeps) both
+    # ways; a mixed result between a and c would close every side.
+    chain = [("a", "b", 1)] * 4 + [("b", "c", 1)] * 4
+    with pytest.warns(PrefloopWarning, match="b lost every game to some of the others and won every game"):
+        board = bradley_terry(games(chain), n_bootstrap=0).set_index("model")
+    assert board.loc["a", "ci_high"] == np.inf and board.loc["c", "ci_low"] == -np.inf
+    assert board.loc["b", ["ci_low", "ci_high"]].tolist() == [-np.inf, np.inf]
+    assert np.isnan(board.loc["a", "ci_low"])  # no bootstrap, no finite side
+    assert list(board.index) == ["a", "b", "c"]
+    closed = chain + [("c", "a", 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrefloopWarning)
+        board = bradley_terry(games(closed), n_bootstrap=0)
+    assert board["ci_low"].isna().all() and board["ci_high"].isna().all()
+    # A tie counts both ways: x and y tied once, so {x, y} together never lost to z.
+    with pytest.warns(PrefloopWarning, match="x, y never lost a game to the others; z never won"):
+        board = bradley_terry(games([("x", "y", 0), ("x", "z", 1), ("y", "z", 2)]), n_bootstrap=0)
 
 
 def test_bad_inputs():
