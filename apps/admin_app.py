@@ -19,6 +19,7 @@ import logging
 import re
 import tempfile
 import typing
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +39,7 @@ from collect.adjudicate import (
 from collect.agreement import agreement_tables
 from collect.defaults import N_BOOTSTRAP
 from collect.assign import review_flag
-from collect.errors import PermissionDenied, UserError
+from collect.errors import PermissionDenied, PrefloopWarning, UserError
 from collect.export import AGGREGATIONS, export_project, meta_path
 from collect.formats import FORMATS
 from collect.ingest import import_file
@@ -293,12 +294,17 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         if frame.empty:
             return pd.DataFrame(), None, None, "No judgments yet."
         try:
-            board = lb.leaderboard(frame, n_bootstrap=N_BOOTSTRAP)
+            with warnings.catch_warnings(record=True) as caught:  # groups never compared, perfect separation
+                warnings.simplefilter("always", PrefloopWarning)
+                board = lb.leaderboard(frame, n_bootstrap=N_BOOTSTRAP)
         except UserError as e:  # e.g. no judgment compares two named models
             return pd.DataFrame(), None, None, html.escape(str(e))
         matrix = lb.win_rate_matrix(frame)
-        return (board.round({"rating": 1, "ci_low": 1, "ci_high": 1, "elo": 1, "win_rate": 3}), lb.plot_leaderboard(board), lb.plot_win_rates(matrix),
-                f"{int(board['n_games'].sum()) // 2} model comparisons.")
+        notes = "".join(f" Warning: {html.escape(str(w.message))}." for w in caught
+                        if issubclass(w.category, PrefloopWarning))
+        shown = lb.display_bounds(board.round({"rating": 1, "ci_low": 1, "ci_high": 1, "elo": 1, "win_rate": 3}))
+        return (shown, lb.plot_leaderboard(board), lb.plot_win_rates(matrix),
+                f"{int(board['n_games'].sum()) // 2} model comparisons.{notes}")
 
     def queue_view(admin: Rater, project_name: str) -> pd.DataFrame:
         with db.session_scope(db_url) as s:
