@@ -175,7 +175,8 @@ def api_router(db_url: str, auth_header: str | None = None) -> APIRouter:
 
 
 def add_error_handlers(app: FastAPI, auth_header: str | None = None) -> None:
-    """collect's errors as JSON: 401 who are you, 403 not yours, 400 bad request, 503 the database failed (retry).
+    """collect's errors as JSON, `{"detail": message}` as FastAPI's own (415, 422): 401 who are you, 403 not yours,
+    400 bad request, 503 the database failed (retry).
 
     An id no row can have (out of the database's range) is refused in collect as an unknown id is: 403."""
 
@@ -188,12 +189,12 @@ def add_error_handlers(app: FastAPI, auth_header: str | None = None) -> None:
     @app.exception_handler(Unauthenticated)
     def unauthenticated(_request: Request, e: Unauthenticated) -> JSONResponse:
         headers = {} if auth_header else {"WWW-Authenticate": 'Basic realm="prefloop"'}
-        return JSONResponse({"error": str(e)}, status_code=401, headers=headers)
+        return JSONResponse({"detail": str(e)}, status_code=401, headers=headers)
 
     @app.exception_handler(PermissionDenied)
     def denied(_request: Request, e: PermissionDenied) -> JSONResponse:
-        return JSONResponse({"error": str(e)}, status_code=403)
+        return JSONResponse({"detail": str(e)}, status_code=403)
 
     @app.exception_handler(UserError)
     def bad(_request: Request, e: UserError) -> JSONResponse:
-        return JSONResponse({"error": str(e)}, status_code=400)
+        return JSONResponse({"detail": str(e)}, status_code=400)

@@ -52,7 +52,7 @@ class RaterClient:
         response = self.http.request(method, path, json=body if method == "POST" else None)
         if response.status_code != 200:
             try:
-                message = response.json().get("error") or response.json().get("detail")
+                message = response.json().get("detail")
             except ValueError:
                 message = response.text
             raise RaterAPIError(response.status_code, str(message))

@@ -170,13 +170,14 @@ def test_every_json_route_refuses_foreign_and_anonymous_calls(site):
                 response = http.request(method, path, json=body, **kwargs)
                 assert response.status_code in (400, 401, 403, 404, 422), (who, method, path, response.text)
                 assert SECRET not in response.text
+                assert list(response.json()) == ["detail"]  # one shape for every refusal, FastAPI's
                 if "xavier" not in who:
                     assert response.status_code == 401, (who, path, response.text)
             projects = http.get("/api/v1/projects", **kwargs)
             assert SECRET not in projects.text
         # A form post (what a cross-site page can send without a CORS preflight) is refused outright.
         form = http.post(f"/api/v1/assignments/{open_}/skip", data={"reason": "csrf"}, auth=("yara", "y-pw"))
-        assert form.status_code == 415
+        assert form.status_code == 415 and list(form.json()) == ["detail"]
     assert snapshot(site["url"], y) == before
 
 
@@ -414,7 +415,7 @@ def test_ids_outside_the_database_range_are_unknown_ids(db_url, api_only):
                 for method, path, body in routes:
                     response = http.request(method, path, json=body, auth=caller)
                     assert response.status_code == 403, (caller, path, response.text)
-                    assert response.json()["error"] in ("no such assignment", "no such project",
+                    assert response.json()["detail"] in ("no such assignment", "no such project",
                                                         "not a member of this project"), (caller, path)
 
 
