@@ -456,13 +456,45 @@ def main() -> None:
         sys.exit(130)
     except (typer.Exit, typer.Abort) as e:
         sys.exit(getattr(e, "exit_code", 1))
-    except typer.TyperException as e:  # usage errors (typer ships its own copy of click: match typer's base class)
-        if not hasattr(e, "show"):
-            raise
-        e.show()
-        sys.exit(getattr(e, "exit_code", 2))
+    except typer.BadParameter as e:  # typer ships its own copy of click: match typer's classes
+        if type(e).__name__ == "MissingParameter" or e.param is None:  # a missing option is a usage error
+            _show_usage_error(e)
+        _print_error(UserError(_bad_value(e)))
+    except typer.TyperException as e:  # other usage errors: no such option, a missing argument
+        _show_usage_error(e)
     finally:
         leave_process_group()
+
+
+def _show_usage_error(e: Exception) -> None:
+    """Click's usage, a hint and the error; exit 2."""
+    if not hasattr(e, "show"):
+        raise e
+    e.show()
+    sys.exit(getattr(e, "exit_code", 2))
+
+
+_EXPECTED = {"integer": "not a whole number", "number": "not a number"}
+DATE_FORMATS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, in UTC"
+
+
+def _bad_value(e: typer.BadParameter) -> str:
+    """One line for an option given a value of the wrong type (`--until garbage`): the option, the value and what it
+    takes, instead of click's usage box."""
+    name = next((o for o in getattr(e.param, "opts", []) if o.startswith("--")), None) or e.param.get_error_hint()
+    args = sys.argv[1:]
+    given = next((a.split("=", 1)[1] for a in args if a.startswith(name + "=")), None)
+    if given is None and name in args and args.index(name) + 1 < len(args):
+        given = args[args.index(name) + 1]
+    shown = f"{name} {given!r}" if given is not None else name
+    problem = e.message
+    if problem.startswith("Input should be a valid "):  # typer's (pydantic's) conversion messages
+        kind, _, detail = problem.removeprefix("Input should be a valid ").partition(", ")
+        if kind == "datetime or date":
+            problem = f"not a date{f' ({detail})' if detail else ''}; expected {DATE_FORMATS}"
+        else:
+            problem = _EXPECTED.get(kind, f"not a valid {kind}")
+    return f"{shown}: {problem}"
 
 
 def leave_process_group() -> None:

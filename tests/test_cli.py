@@ -432,3 +432,18 @@ def test_every_collection_command_shares_one_db_option():
                 assert (param.help, param.envvar) == (DB_HELP, "PREFLOOP_DB"), path
     assert {"init", "export", "rater update", "flagged keep", "quality leaderboard", "payroll", "generate",
             "align"} <= set(seen)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["payroll", "--project", "hh", "--until", "garbage"],
+     "error: --until 'garbage': not a date (input is too short); expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS, in UTC"),
+    (["payroll", "--project", "hh", "--since=2024-13-01"], "error: --since '2024-13-01': not a date (month value"),
+    (["payroll", "--project", "hh", "--floor", "ten"], "error: --floor 'ten': not a number"),
+    (["project", "create", "x", "--overlap", "three"], "error: --overlap 'three': not a whole number"),
+    (["queue", "--project", "hh", "--split-below", "most"], "error: --split-below 'most': not a number"),
+])
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(sqlite_url, args, message):
+    """Not click's three-line usage box with exit 2: a bad value is a user error like any other."""
+    result = prefloop(*args, db=sqlite_url, check=False)
+    assert result.returncode == 1 and "Usage:" not in result.stderr
+    assert " ".join(result.stderr.split()).startswith(message)
