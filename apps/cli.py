@@ -109,6 +109,9 @@ def project_create(
     """Create a project."""
     from collect.projects import ProjectSettings, create_project, parse_rubric
 
+    for criterion in rubric:  # the dashboard's box skips blank lines; a --rubric value is one criterion
+        if not criterion.strip():
+            raise UserError(f"--rubric {criterion!r}: a criterion needs a name ('name' or 'name: what it means')")
     if guidelines is not None and not guidelines.is_file():
         raise UserError(f"{guidelines}: no such file")
     settings = ProjectSettings(
@@ -328,20 +331,25 @@ def queue(
 def adjudicate(
     project: str = PROJECT_OPTION,
     pair: int = typer.Option(..., help="Pair id (from `prefloop queue`)."),
-    choice: str = typer.Option(..., help="A>>B | A>B | tie | B>A | B>>A"),
+    choice: str = typer.Option(..., help="A>>B | A>B | tie | B>A | B>>A, or the same as a number from 2 to -2 "
+                               "(2 is A>>B)."),
     admin: str = ADMIN_OPTION,
     url: Optional[str] = DB_OPTION,
     note: str = typer.Option("", help="Why."),
 ) -> None:
     """Decide a disputed pair; the decision overrides the raters' vote in exports."""
     from collect.adjudicate import adjudicate as decide
-    from collect.formats import parse_choice
+    from collect.formats import CHOICE_LABELS, parse_choice
     from collect.projects import get_project, get_rater
 
+    try:
+        decided = parse_choice(choice, "--choice")
+    except UserError:
+        raise UserError(f"--choice {choice!r}: expected A>>B, A>B, tie, B>A, B>>A or a number from 2 to -2") from None
     with db.existing_session(url) as session:
-        decide(session, get_rater(session, admin).id, pair, parse_choice(choice, "--choice"), note,
-               project=get_project(session, project))
-    console.print(f"pair {pair} decided: {choice}")
+        decide(session, get_rater(session, admin).id, pair, decided, note, project=get_project(session, project))
+    label = next(name for name, value in CHOICE_LABELS.items() if value == decided)  # `--choice -1` is B>A
+    console.print(f"pair {pair} decided: {label}")
 
 
 @flagged_app.command("list")

@@ -404,6 +404,35 @@ def test_adjudicate_names_the_project_as_queue_does(sqlite_url):
     assert f"pair {pair} decided: B>A" in prefloop("adjudicate", "--project", "hh", *args, db=sqlite_url).stdout
 
 
+def test_adjudicate_takes_a_label_or_its_number_and_says_the_label(sqlite_url):
+    """--help names both spellings; `--choice -1` printed "decided: -1", not the direction it stands for."""
+    with database.session_scope(sqlite_url) as s:
+        import_dataset(s, create_project(s, "hh"), [
+            {"prompt": "q", "response_a": "a", "response_b": "b", "rater": r, "choice": c}
+            for r, c in (("w1", 1), ("w2", -1))])
+        add_rater(s, "root", "pw", role="admin")
+        pair = s.scalar(select(Pair.id))
+    shown = said(prefloop("adjudicate", "--help", db=sqlite_url))
+    assert "A>>B | A>B | tie | B>A | B>>A, or the same as a" in shown and "number from 2 to -2 (2 is A>>B)" in shown
+    args = ("adjudicate", "--project", "hh", "--pair", str(pair), "--admin", "root")
+    assert f"pair {pair} decided: B>A" in prefloop(*args, "--choice", "-1", db=sqlite_url).stdout
+    wrong = prefloop(*args, "--choice", "7", db=sqlite_url, check=False)
+    assert wrong.returncode == 1 and wrong.stderr.strip() == (
+        "error: --choice '7': expected A>>B, A>B, tie, B>A, B>>A or a number from 2 to -2")
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_rubric_criterion_is_refused(tmp_path, blank):
+    """The dashboard's rubric box skips blank lines; a --rubric value is one criterion, and an empty one a mistake."""
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    prefloop("init", db=db)
+    result = prefloop("project", "create", "hh", "--rubric", "helpfulness", "--rubric", blank, db=db, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: --rubric {blank!r}: a criterion needs a name "
+                                     "('name' or 'name: what it means')")
+    assert "hh" not in prefloop("project", "list", db=db).stdout
+
+
 def test_payroll_writes_its_table_with_out_as_quality_does(sqlite_url, tmp_path):
     with database.session_scope(sqlite_url) as s:
         create_project(s, "hh", ProjectSettings(pay_rate=20))
