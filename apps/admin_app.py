@@ -244,7 +244,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         recent, recent_raters = recent_throughput(frame)
         summary = "\n\n".join([
             f"### {html.escape(project.name)}",
-            f"**Progress:** {status.progress:.0%} — {status.judgments} judgments, {status.judgments_needed} still "
+            f"**Progress:** {status.progress_shown} — {status.judgments} judgments, {status.judgments_needed} still "
             f"needed for overlap k = {status.overlap}; {status.pairs_complete} of {status.active_pairs} pairs "
             f"complete (gold, flagged and retired pairs aside).",
             f"**Data:** {status.prompts} prompts, {status.pairs} pairs ({status.gold_pairs} gold, "

@@ -135,7 +135,7 @@ def project_list(url: Optional[str] = DB_OPTION) -> None:
         for project in list_projects(session):
             s = project_status(session, project)
             table.add_row(str(project.id), project.name, str(project.overlap), str(s.pairs), str(s.judgments),
-                          f"{s.progress:.0%}")
+                          s.progress_shown)
     console.print(table)
 
 
@@ -287,7 +287,7 @@ def status(
     for s in statuses:
         table.add_row(s.project, str(s.prompts), str(s.pairs), str(s.gold_pairs), str(s.flagged_pairs),
                       str(s.judgments), str(s.raters), f"{s.pairs_complete} (k={s.overlap})",
-                      str(s.judgments_needed), f"{s.progress:.0%}")
+                      str(s.judgments_needed), s.progress_shown)
     console.print(table)
 
 

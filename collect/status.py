@@ -40,11 +40,16 @@ class ProjectStatus:
     overlap: int
 
     @property
-    def progress(self) -> float:
+    def progress(self) -> float | None:
         """The share of the active pairs' `overlap` slots filled; votes past the overlap (an import can add them)
-        fill nothing more."""
+        fill nothing more. None when there are no active pairs to judge: a new project is not done."""
         total = self.active_pairs * self.overlap
-        return (total - self.judgments_needed) / total if total else 1.0
+        return (total - self.judgments_needed) / total if total else None
+
+    @property
+    def progress_shown(self) -> str:
+        """`progress` for a table: "42%", or "no pairs" when there are no active pairs."""
+        return "no pairs" if self.progress is None else f"{self.progress:.0%}"
 
 
 def project_status(session: Session, project: Project) -> ProjectStatus:

@@ -476,3 +476,11 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(sqlite_url, arg
     result = prefloop(*args, db=sqlite_url, check=False)
     assert result.returncode == 1 and "Usage:" not in result.stderr
     assert " ".join(result.stderr.split()).startswith(message)
+
+
+def test_project_list_and_status_say_no_pairs_for_a_new_project(sqlite_url):
+    with database.session_scope(sqlite_url) as s:
+        create_project(s, "fresh")
+    assert "no pairs" in prefloop("project", "list", db=sqlite_url).stdout and "100%" not in said(
+        prefloop("status", db=sqlite_url))
+    assert json.loads(prefloop("status", "--json", db=sqlite_url).stdout)[0]["progress"] is None

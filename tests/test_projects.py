@@ -90,3 +90,14 @@ def test_an_imported_rater_cannot_become_a_member(sqlite_url):
         worker = s.scalar(select(Rater).where(Rater.name == "worker7"))
         with pytest.raises(UserError, match="worker7 is an imported rater and cannot log in"):
             add_member(s, p, worker)
+
+
+def test_a_project_without_pairs_has_no_progress_not_100_percent(db_url):
+    """`project list`, `status` and the dashboard showed a new, empty project as 100% done."""
+    from collect.status import project_status
+
+    with db.session_scope(db_url) as s:
+        empty, started = create_project(s, "empty"), create_project(s, "started")
+        import_dataset(s, started, [{"prompt": "q", "response_a": "a", "response_b": "b", "rater": "w", "choice": 1}])
+        assert (project_status(s, empty).progress, project_status(s, empty).progress_shown) == (None, "no pairs")
+        assert project_status(s, started).progress_shown == "33%"  # one of overlap 3
