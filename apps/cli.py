@@ -136,7 +136,7 @@ def project_list(url: Optional[str] = DB_OPTION) -> None:
             s = project_status(session, project)
             table.add_row(str(project.id), project.name, str(project.overlap), str(s.pairs), str(s.judgments),
                           s.progress_shown)
-    console.print(table)
+    console.print(table if table.row_count else "no projects yet: create one with `prefloop project create NAME`")
 
 
 @rater_app.command("add")
@@ -309,7 +309,8 @@ def payroll(
     with db.existing_session(url) as session:
         p = get_project(session, project)
         table = export_payroll(session, p, out, config) if out else payroll_table(session, p, config)
-    _print_frame(table, f"payroll: {project}")
+    when = "in this period" if since or until else "on it yet"
+    _print_frame(table, f"payroll: {project}", f"payroll: {project}: nothing to pay (no rater has worked {when})")
 
 
 @app.command()
@@ -324,7 +325,7 @@ def queue(
 
     with db.existing_session(url) as session:
         table = disagreement_queue(session, get_project(session, project), QueueConfig(split_below=split_below))
-    _print_frame(table, f"disagreements: {project}")
+    _print_frame(table, f"disagreements: {project}", f"disagreements: {project}: nothing to adjudicate")
 
 
 @app.command()
@@ -363,7 +364,7 @@ def flagged_list(project: str = PROJECT_OPTION, url: Optional[str] = DB_OPTION) 
     with db.existing_session(url) as session:
         table = flagged_pairs(session, get_project(session, project))
     table["flagged_at"] = table["flagged_at"].map(lambda t: str(t)[:19] if pd.notna(t) else "")
-    _print_frame(table, f"flagged: {project}")
+    _print_frame(table, f"flagged: {project}", f"flagged: {project}: nothing to review")
 
 
 def _review_flag(project: str, pair: int, admin: str, url: str | None, keep: bool) -> None:
@@ -397,7 +398,11 @@ def flagged_retire(
     _review_flag(project, pair, admin, url, keep=False)
 
 
-def _print_frame(frame, title: str) -> None:
+def _print_frame(frame, title: str, empty: str) -> None:
+    """A table, or the one line `empty` says when it has no rows (not a table of headers alone)."""
+    if frame.empty:
+        console.print(empty)
+        return
     table = Table(*map(str, frame.columns), title=title)
     for row in frame.itertuples(index=False):
         table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row))

@@ -121,6 +121,11 @@ def raters(
     table.insert(1, "rater", table["rater_id"].map(lambda r: names.get(r, str(r))))
     if flagged:
         table = table[table["flags"] != ""]
+        if table.empty:  # one line, as the collection commands' empty lists say; --out still gets the columns
+            Console(markup=False).print(f"Raters: {project}: nothing flagged (no rater has a flag)")
+            if out is not None:
+                table.to_csv(out, index=False)
+            return
     # The terminal gets the headline of each check; --out has every column.
     show(table, f"Raters: {project}", out, columns=RATER_SUMMARY)
 

@@ -147,7 +147,7 @@ def test_a_database_that_is_not_there_is_not_created_by_a_command_that_refuses_i
     assert not missing.exists()
     prefloop("init", db=url)  # init does make it
     assert missing.is_file()
-    assert "name" in prefloop("project", "list", db=url).stdout  # the made file is the database it reads
+    assert "no projects yet" in prefloop("project", "list", db=url).stdout  # the made file is the database it reads
 
 
 def test_a_password_prompt_at_end_of_input_says_what_to_do(tmp_path):
@@ -484,3 +484,19 @@ def test_project_list_and_status_say_no_pairs_for_a_new_project(sqlite_url):
     assert "no pairs" in prefloop("project", "list", db=sqlite_url).stdout and "100%" not in said(
         prefloop("status", db=sqlite_url))
     assert json.loads(prefloop("status", "--json", db=sqlite_url).stdout)[0]["progress"] is None
+
+
+def test_empty_lists_say_there_is_nothing_instead_of_an_empty_table(sqlite_url, tmp_path):
+    """queue, flagged list, payroll, quality raters --flagged and project list: one line, not headers alone."""
+    assert said(prefloop("project", "list", db=sqlite_url)) == (
+        "no projects yet: create one with `prefloop project create NAME`")
+    with database.session_scope(sqlite_url) as s:
+        import_dataset(s, create_project(s, "hh"), [
+            {"prompt": "q", "response_a": "a", "response_b": "b", "rater": r, "choice": 1} for r in ("w1", "w2")])
+    assert said(prefloop("queue", "--project", "hh", db=sqlite_url)) == "disagreements: hh: nothing to adjudicate"
+    assert said(prefloop("flagged", "list", "--project", "hh", db=sqlite_url)) == "flagged: hh: nothing to review"
+    assert said(prefloop("payroll", "--project", "hh", db=sqlite_url)) == (
+        "payroll: hh: nothing to pay (no rater has worked on it yet)")  # imported judgments are not paid work
+    assert said(prefloop("quality", "raters", "--project", "hh", "--flagged", "--out", str(tmp_path / "r.csv"),
+                         db=sqlite_url)) == "Raters: hh: nothing flagged (no rater has a flag)"
+    assert (tmp_path / "r.csv").read_text().startswith("rater_id,rater,")
