@@ -95,6 +95,8 @@ def _fail(where: str, field_name: str, problem: str) -> UserError:
 
 def _text(value: Any, where: str, field_name: str, *, allow_empty: bool = False,
           max_chars: int = MAX_TEXT_CHARS) -> str:
+    if value is None:  # not there, or null: either way the row lacks it
+        raise _fail(where, field_name, "is missing")
     if not isinstance(value, str):
         raise _fail(where, field_name, f"expected a string, got {type(value).__name__}")
     if not allow_empty and not value.strip():
@@ -189,7 +191,9 @@ def _object(value: Any, where: str, field_name: str) -> dict[str, Any]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise _fail(where, field_name, f"is not valid JSON ({e.msg})") from None
+            at = "" if e.msg.endswith(" at") else " at"
+            raise _fail(where, field_name, f"is not valid JSON ({e.msg}{at} line {e.lineno}, column {e.colno} of "
+                                           "its text)") from None
     if not isinstance(value, dict):
         raise _fail(where, field_name, "expected an object")
     return value
@@ -231,6 +235,15 @@ def read_text(path: Path) -> str:
         raise UserError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
 
+def json_error(path: Path, e: json.JSONDecodeError, line: int | None = None) -> UserError:
+    """A JSON parse error naming the file, line and column (`line`: the file's line where `e` is from one line of
+    it). json's messages end in "at" for some ("Unterminated string starting at"): the place completes them."""
+    line = line if line is not None else e.lineno
+    place = f"line {line}, column {e.colno}"
+    return UserError(f"{path}:{line}: invalid JSON ({e.msg} {place})" if e.msg.endswith(" at")
+                     else f"{path}:{line}: invalid JSON ({e.msg} at {place})")
+
+
 def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object) for each non-empty line, with clear errors for broken lines."""
     for line_no, line in enumerate(read_text(path).split("\n"), start=1):
@@ -239,14 +252,14 @@ def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             yield line_no, json.loads(line)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{line_no}: invalid JSON ({e.msg}, column {e.colno})") from None
+            raise json_error(path, e, line_no) from None
 
 
 def read_json_document(path: Path) -> Any:
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+        raise json_error(path, e) from None
 
 
 def read_table(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -260,7 +273,7 @@ def read_table(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             if text.lstrip().startswith("["):  # a broken list, not JSON lines
-                raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
+                raise json_error(path, e) from None
             data = None
         if isinstance(data, dict) and len([line for line in text.split("\n") if line.strip()]) > 1:
             raise UserError(f"{path}: holds one JSON object written over several lines (a metadata file, say), not "
@@ -310,9 +323,6 @@ def generic_record(row: dict[str, Any], where: str, source: str) -> Record:
     if "chosen" in row and "rejected" in row and "response_a" not in row:  # would be read as a prompt with no pair
         raise _fail(where, "chosen", "TRL's preference columns (chosen, rejected) are read with --format trl")
     if "prompt" not in row or row["prompt"] is None:
-        if "prompt" not in row and {"info", "summaries"} <= set(row):  # told generic by a name not saying summarize
-            raise _fail(where, "prompt", "is missing; OpenAI summarize-from-feedback's rows (info, summaries, choice, "
-                                         "worker) are read with --format summarize")
         raise _fail(where, "prompt", "is missing")
     record = Record(
         where=where,
@@ -584,8 +594,10 @@ def alpaca_eval_record(item: dict[str, Any], where: str, source: str) -> Record:
     preference = item.get("preference")
     # 1 = output_1 better, 2 = output_2 better, 0 or anything between 1 and 2 = a draw; null = not judged.
     if preference is not None:
-        if isinstance(preference, bool) or not isinstance(preference, (int, float)) or not 0 <= preference <= 2:
-            raise _fail(where, "preference", f"{preference!r} is not 0, 1, 2 or between")
+        if isinstance(preference, bool) or not isinstance(preference, (int, float)) or not (
+                preference == 0 or 1 <= preference <= 2):
+            raise _fail(where, "preference", f"{preference!r} is not 1 (output_1 better), 2 (output_2 better), or a "
+                                             "draw: 0 or a number between 1 and 2")
         choice = 1 if preference == 1 else -1 if preference == 2 else 0
         annotator = _name(item.get("annotator"), where, "annotator") or "judge"
         record.judgments.append(Judged(rater=f"alpaca-eval:{annotator}", choice=choice))
@@ -810,12 +822,7 @@ def read_records(path: str | Path, format: str = "auto", rater: str | None = Non
         data = read_json_document(path)
         if not isinstance(data, list):
             raise UserError(f"{path}: expected a JSON list")
-        out: list[Record] = []
-        for i, item in enumerate(data, start=1):
-            if not isinstance(item, dict):
-                raise UserError(f"{path}: item {i}: expected a JSON object")
-            out.extend(finegrained_records(item, f"{path}: item {i}", source, rater or "finegrained-qa:crowd"))
-        records = out
+        records = records_from_rows(_json_items(path, data), format, source, rater)
     else:
         records = records_from_rows(read_table(path), format, source, rater)
     if not records:
@@ -823,25 +830,63 @@ def read_records(path: str | Path, format: str = "auto", rater: str | None = Non
     return records
 
 
+ROW_SIGNATURES = {
+    "summarize": ("OpenAI summarize-from-feedback's rows", ("info", "summaries", "choice", "worker"), 2),
+    "finegrained-qa": ("FineGrainedRLHF QA-feedback items", ("question", "passages", "prediction 1", "prediction 2",
+                                                             "preference"), 4),
+    "alpaca-eval": ("AlpacaEval annotations", ("instruction", "output_1", "output_2", "generator_1", "generator_2",
+                                               "preference"), 3),
+}
+"""Formats whose rows are told by their fields, where a file's name says nothing: (what they are, their fields, how
+many of the first fields a row must have to be one). The auto format goes by name, so a file called otherwise is
+read as generic; its error then says which format reads such rows."""
+
+
+def format_hint(row: dict[str, Any], fmt: str) -> str:
+    """"; ... are read with --format X" where a row read as `fmt` has another format's fields, else ""."""
+    for other, (what, fields, needed) in ROW_SIGNATURES.items():
+        if other != fmt and set(fields[:needed]) <= set(row):
+            return f"; {what} ({', '.join(fields)}) are read with --format {other}"
+    return ""
+
+
+def _json_items(path: Path, data: list[Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for i, item in enumerate(data, start=1):
+        if not isinstance(item, dict):
+            raise UserError(f"{path}: item {i}: expected a JSON object")
+        yield f"{path}: item {i}", item
+
+
 def records_from_rows(
     rows: Iterable[tuple[str, dict[str, Any]]], fmt: str, source: str, rater: str | None = None
 ) -> list[Record]:
-    """Records from (where, row) pairs: the same check for files and for `datasets` datasets."""
+    """Records from (where, row) pairs: the same check for files and for `datasets` datasets. A row refused that has
+    the fields of another format says which `--format` reads it."""
     out: list[Record] = []
     for where, row in rows:
-        if fmt == "generic":
-            out.append(generic_record(row, where, source))
-        elif fmt == "hh-rlhf":
-            out.append(hh_record(row, where, source, rater or "hh-rlhf:crowd"))
-        elif fmt == "summarize":
-            out.append(summarize_record(row, where, source))
-        elif fmt == "alpaca-eval":
-            out.append(alpaca_eval_record(row, where, source))
-        elif fmt == "trl":
-            out.append(trl_record(row, where, source, rater or "trl:label"))
-        elif fmt == "finegrained-qa":
-            out.extend(finegrained_records(row, where, source, rater or "finegrained-qa:crowd"))
+        try:
+            _read_row(out, where, row, fmt, source, rater)
+        except UserError as e:
+            hint = format_hint(row, fmt)
+            if not hint:
+                raise
+            raise UserError(f"{e}{hint}") from None
     return out
+
+
+def _read_row(out: list[Record], where: str, row: dict[str, Any], fmt: str, source: str, rater: str | None) -> None:
+    if fmt == "generic":
+        out.append(generic_record(row, where, source))
+    elif fmt == "hh-rlhf":
+        out.append(hh_record(row, where, source, rater or "hh-rlhf:crowd"))
+    elif fmt == "summarize":
+        out.append(summarize_record(row, where, source))
+    elif fmt == "alpaca-eval":
+        out.append(alpaca_eval_record(row, where, source))
+    elif fmt == "trl":
+        out.append(trl_record(row, where, source, rater or "trl:label"))
+    elif fmt == "finegrained-qa":
+        out.extend(finegrained_records(row, where, source, rater or "finegrained-qa:crowd"))
 
 
 def records_from_dataset(dataset: Any, format: str = "generic", name: str = "dataset",

@@ -292,7 +292,9 @@ BAD_INPUTS = {
     "model.annotations.json": (_alpaca(generator_1=["gpt"]),
                                r"model.annotations.json: item 2: field 'generator_1': expected a string, got list"),
     "pref.annotations.json": (_alpaca(preference=True),
-                              r"pref.annotations.json: item 2: field 'preference': True is not 0, 1, 2 or between"),
+                              r"pref.annotations.json: item 2: field 'preference': True is not 1 \(output_1 better\), "
+                              r"2 \(output_2 better\), or a draw: 0 or a number between 1 and 2"),
+    "half.annotations.json": (_alpaca(preference=0.5), r"half.annotations.json: item 2: field 'preference': 0.5 is not"),
     "finegrained_empty.json": (b"[]", r"finegrained_empty.json: no rows"),
     # TRL's rows keep a pair_id as the generic schema's does, and refuse one that is not an id as it does.
     "trl_pair_id.jsonl": (b'{"prompt": "a", "chosen": "x", "rejected": "y", "pair_id": 7}\n'
@@ -640,3 +642,49 @@ def test_summarize_rows_in_a_file_named_otherwise_say_which_format_reads_them(tm
     # A generic row with a column of that name is read as the generic row it is.
     generic = _write(tmp_path / "rows.jsonl", json.dumps({"prompt": "a", "summaries": [], "info": {}}).encode())
     assert read_records(generic)[0].prompt == [{"role": "user", "content": "a"}]
+
+
+@pytest.mark.parametrize("name, first, message", [
+    ("fgqa_slice.json", "finegrained_qa_dev_feedback.json",
+     r"fgqa_slice.json: item 1: field 'prompt': is missing; FineGrainedRLHF QA-feedback items \(question, passages, "
+     r"prediction 1, prediction 2, preference\) are read with --format finegrained-qa$"),
+    ("evals.json", "alpaca_eval/alpaca-7b.annotations.json",
+     r"evals.json: item 1: field 'prompt': is missing; AlpacaEval annotations \(instruction, output_1, output_2, "
+     r"generator_1, generator_2, preference\) are read with --format alpaca-eval$"),
+])
+def test_a_known_format_in_a_file_named_otherwise_says_which_format_reads_it(tmp_path, data_dir, name, first, message):
+    """The format is told by the file's name: a slice saved under another name is read as generic, and its error says
+    which --format reads such rows, as it does for summarize's."""
+    path = tmp_path / name
+    path.write_text(json.dumps(json.loads((data_dir / first).read_text())[:2]))
+    with pytest.raises(UserError, match=message):
+        read_records(path)
+    fmt = message.rsplit("--format ", 1)[1].rstrip("$")
+    assert len(read_records(path, fmt)) >= 2
+    with pytest.raises(UserError, match="are read with --format " + fmt):  # any other format read says so too
+        read_records(path, "alpaca-eval" if fmt == "finegrained-qa" else "finegrained-qa")
+
+
+def test_a_missing_finegrained_prediction_is_missing_not_a_type_error(tmp_path, data_dir):
+    item = json.loads((data_dir / "finegrained_qa_dev_feedback.json").read_text())[0]
+    del item["prediction 3"]
+    path = _write(tmp_path / "finegrained.json", json.dumps([item]).encode())
+    with pytest.raises(UserError, match=r"finegrained.json: item 1: field 'prediction 3': is missing$"):
+        read_records(path)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("cut.jsonl", b'{"prompt": "a"}\n{"prompt": "ok',
+     r"cut.jsonl:2: invalid JSON \(Unterminated string starting at line 2, column 12\)$"),
+    ("comma.json", b'[\n {"prompt": "a"},\n {"prompt": "b",}\n]\n',
+     r"comma.json:3: invalid JSON \(Expecting property name enclosed in double quotes at line 3, column 17\)$"),
+    ("lines.json", b'{"prompt": "a"}\n{"prompt": "b" "x": 1}\n',
+     r"lines.json:2: invalid JSON \(Expecting ',' delimiter at line 2, column 16\)$"),
+    ("gen.jsonl", b'{"prompt": "a", "response_a": "x", "response_b": "y", "generation_a": "{\\"t\\": 1,"}\n',
+     r"gen.jsonl:1: field 'generation_a': is not valid JSON \(Expecting property name enclosed in double quotes "
+     r"at line 1, column 9 of its text\)$"),
+])
+def test_every_json_error_names_file_line_and_column(tmp_path, name, content, message):
+    """json's "Unterminated string starting at" ended in "at, column 12": the place now completes the sentence."""
+    with pytest.raises(UserError, match=message):
+        read_records(_write(tmp_path / name, content))
