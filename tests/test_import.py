@@ -294,7 +294,8 @@ BAD_INPUTS = {
     "pref.annotations.json": (_alpaca(preference=True),
                               r"pref.annotations.json: item 2: field 'preference': True is not 1 \(output_1 better\), "
                               r"2 \(output_2 better\), or a draw: 0 or a number between 1 and 2"),
-    "half.annotations.json": (_alpaca(preference=0.5), r"half.annotations.json: item 2: field 'preference': 0.5 is not"),
+    "half.annotations.json": (_alpaca(preference=0.5),
+                              r"half.annotations.json: item 2: field 'preference': 0.5 is not 1"),
     "finegrained_empty.json": (b"[]", r"finegrained_empty.json: no rows"),
     # TRL's rows keep a pair_id as the generic schema's does, and refuse one that is not an id as it does.
     "trl_pair_id.jsonl": (b'{"prompt": "a", "chosen": "x", "rejected": "y", "pair_id": 7}\n'
