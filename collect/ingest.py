@@ -63,11 +63,14 @@ def import_records(
     as_gold: bool = False,
     actor_id: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    imported_before: bool = False,
 ) -> ImportResult:
     """Write checked records into a project. The caller's transaction makes it all-or-nothing.
 
     as_gold: the records' labels become the pairs' known answers (gold pairs for rater checks)
     instead of judgments.
+    imported_before: these records are a file this project imported before, so the labels it already holds are no
+    news (else labels skipped because their pair came from elsewhere and holds them already are warned about).
     """
     result = ImportResult(len(records), 0, 0, 0, 0, 0)
     pid = project.id
@@ -84,6 +87,7 @@ def import_records(
         select(Pair.id, Pair.gold_choice).where(Pair.project_id == pid, Pair.is_gold.is_(True))).all())
     judgment_keys = set(session.scalars(
         select(Judgment.external_key).where(Judgment.project_id == pid, Judgment.external_key.is_not(None))))
+    held_keys = frozenset(judgment_keys)
     raters = {n: i for n, i in session.execute(select(Rater.name, Rater.id))}
     seen_keys: dict[str, int] = {}
     # The project's pairs by content, (prompt id, text hash of A, of B) -> (A id, B id), the oldest pair first.
@@ -180,6 +184,7 @@ def import_records(
         new_judgments = []
         relabelled: list[Record] = []  # another project's export rows that added a label to a pair from its source
         named_onto_unnamed: list[Record] = []  # rows naming their models that added a judgment to a pair naming none
+        already_judged: list[tuple[Record, str]] = []  # labels skipped: a pair from elsewhere holds them already
         for n, (record, key, sign, match) in enumerate(zip(records, record_pair, record_sign, record_match), start=1):
             added = len(new_judgments)
             for judged in record.judgments if key is not None else []:
@@ -192,6 +197,11 @@ def import_records(
                 seen_keys[base] = seen_keys.get(base, 0) + 1
                 external_key = f"{base}#{seen_keys[base]}"
                 if external_key in judgment_keys:
+                    # The same label by the same rater on this pair, from another file (another project's export of
+                    # this one, say): skipped, so no vote counts twice, and said. A second import of a file is not.
+                    if (external_key in held_keys and not imported_before
+                            and pair_source.get(pair_id) != record.source):
+                        already_judged.append((record, judged.rater))
                     continue
                 judgment_keys.add(external_key)
                 new_judgments.append(Judgment(
@@ -220,6 +230,12 @@ def import_records(
                        "export): each added its judgment to that pair instead of storing the pair again; where those "
                        "rows' labels were drawn from the same votes (an export of this same file), each vote now "
                        "counts twice")
+        if already_judged:
+            raters_named = ", ".join(repr(r) for r in dict.fromkeys(r for _, r in already_judged))
+            _warn_rows([r for r, _ in already_judged],
+                       f"labels this project already holds: their pair came from another import and has the same "
+                       f"judgment by {raters_named} (another project's export of this file, say); "
+                       f"{len(already_judged)} labels skipped, so that no vote counts twice")
     session.flush()
     refresh_planner_statistics(session, ["prompt", "response", "pair", "judgment"])
     audit(session, "import", actor_id, pid, **result.as_dict())
@@ -326,7 +342,10 @@ def import_parsed(
     progress: Callable[[int, int], None] | None = None,
 ) -> ImportResult:
     """Write a parsed file into a project and record the import run; the caller's transaction makes it atomic."""
-    result = import_records(session, project, parsed.records, as_gold=as_gold, actor_id=actor_id, progress=progress)
+    imported_before = bool(parsed.sha256) and session.scalar(select(ImportRun.id).where(
+        ImportRun.project_id == project.id, ImportRun.sha256 == parsed.sha256).limit(1)) is not None
+    result = import_records(session, project, parsed.records, as_gold=as_gold, actor_id=actor_id, progress=progress,
+                            imported_before=imported_before)
     session.add(ImportRun(project_id=project.id, path=str(parsed.path), format=parsed.format, sha256=parsed.sha256,
                           counts=result.as_dict()))
     return result

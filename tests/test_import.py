@@ -689,3 +689,24 @@ def test_every_json_error_names_file_line_and_column(tmp_path, name, content, me
     """json's "Unterminated string starting at" ended in "at, column 12": the place now completes the sentence."""
     with pytest.raises(UserError, match=message):
         read_records(_write(tmp_path / name, content))
+
+
+def test_labels_skipped_as_already_held_by_the_same_rater_are_warned_about(db_url, tmp_path):
+    """Project b holds project a's export (each label by 'trl:label'); the file a was made from, TRL rows labelled by
+    'trl:label' too, then adds nothing to b: the same rater's same label is already on each pair. That is right (no
+    vote counts twice), but it was silent; a second import of one file stays silent, as it always was."""
+    rows = [{"prompt": f"question {i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(3)]
+    original = _write(tmp_path / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    import_into(db_url, original, project="a")
+    with db.session_scope(db_url) as s:
+        export_project(s, get_project(s, "a"), tmp_path / "a.jsonl")
+    assert import_into(db_url, tmp_path / "a.jsonl", project="b").judgments == 3
+    with pytest.warns(UserWarning, match=r"pairs.jsonl:1: this row and 2 more rows are labels this project already "
+                                         r"holds: their pair came from another import and has the same judgment by "
+                                         r"'trl:label' .*; 3 labels skipped, so that no vote counts twice$"):
+        skipped = import_into(db_url, original, project="b")
+    assert (skipped.pairs, skipped.judgments) == (0, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert import_into(db_url, original, project="b").judgments == 0  # the same file again: nothing to say
+        assert import_into(db_url, original, project="a").judgments == 0
