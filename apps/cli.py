@@ -23,7 +23,7 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
 from collect import db
-from collect.cli_options import ADMIN_OPTION, CSV_OUT_OPTION, DB_OPTION, PROJECT_OPTION
+from collect.cli_options import ADMIN_OPTION, CSV_OUT_OPTION, DB_HELP, DB_OPTION, PROJECT_OPTION
 from collect.errors import PrefloopWarning, UserError
 from collect.projects import NO_PASSWORD
 from apps.demo import demo_command
@@ -47,6 +47,22 @@ app.add_typer(align_app, name="align")
 
 # Names, paths and messages come from users and files: print them as text, never as rich markup.
 console = Console(markup=False)
+
+
+@app.callback()
+def _before_any_command(
+    ctx: typer.Context,
+    url: Optional[str] = typer.Option(None, "--db", help=DB_HELP + " Given before the command, it is "
+                                      "PREFLOOP_DB for this run: `prefloop --db URL status`; one after it wins."),
+) -> None:
+    # Click runs a group's callback before it parses the command's own options, so PREFLOOP_DB set here reaches
+    # every command's --db (their envvar), nested ones (`project list`) too; restored when the run ends.
+    if url is None:
+        return
+    before = os.environ.get("PREFLOOP_DB")
+    os.environ["PREFLOOP_DB"] = url
+    ctx.call_on_close(lambda: os.environ.pop("PREFLOOP_DB") if before is None
+                      else os.environ.__setitem__("PREFLOOP_DB", before))
 
 
 def _password(value: str | None, envvar: str) -> str:

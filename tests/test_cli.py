@@ -500,3 +500,22 @@ def test_empty_lists_say_there_is_nothing_instead_of_an_empty_table(sqlite_url, 
     assert said(prefloop("quality", "raters", "--project", "hh", "--flagged", "--out", str(tmp_path / "r.csv"),
                          db=sqlite_url)) == "Raters: hh: nothing flagged (no rater has a flag)"
     assert (tmp_path / "r.csv").read_text().startswith("rater_id,rater,")
+
+
+def test_db_before_the_command_is_the_database_of_the_run(sqlite_url, tmp_path, monkeypatch, capsys):
+    """`prefloop --db URL status` was "No such option: --db": given before the command, --db is PREFLOOP_DB for
+    that run (a --db after the command still wins), and the environment is left as it was."""
+    with database.session_scope(sqlite_url) as s:
+        create_project(s, "before")
+    monkeypatch.delenv("PREFLOOP_DB", raising=False)
+    run_cli("--db", sqlite_url, "project", "list", monkeypatch=monkeypatch)
+    assert "before" in capsys.readouterr().out and "PREFLOOP_DB" not in os.environ
+    missing = tmp_path / "other.db"
+    result = subprocess.run([sys.executable, "-m", "apps.cli", "--db", sqlite_url, "status", "--db",
+                             f"sqlite:///{missing}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("PREFLOOP_")})
+    assert result.returncode == 1 and f"no prefloop database at sqlite:///{missing}" in said_err(result)
+
+
+def said_err(result: subprocess.CompletedProcess) -> str:
+    return " ".join(result.stderr.split())
