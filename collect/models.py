@@ -184,6 +184,8 @@ class Judgment(Base):
         UniqueConstraint("rater_id", "client_token"),
         UniqueConstraint("project_id", "external_key"),
         Index("ix_judgment_pair", "pair_id"),
+        # SQLite: never reuse the id of a deleted (undone) judgment; clients hold judgment ids (migration 0004).
+        {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("project.id", ondelete="CASCADE"), index=True)

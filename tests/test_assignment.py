@@ -257,6 +257,23 @@ def test_undo_window_and_foreign_assignments(db_url):
             record_activity(s, r1, served.assignment_id)
 
 
+def test_an_undone_judgments_id_is_never_given_to_another(db_url):
+    """The API hands judgment ids to clients: after an undo, the next judgment must not take the undone one's id
+    (SQLite, without AUTOINCREMENT, reuses the largest rowid once its row is deleted)."""
+    pid, (r0,), _ = setup_project(db_url, n_pairs=2, overlap=1, raters=1)
+    with db.session_scope(db_url) as s:
+        served = next_assignment(s, pid, r0)
+        undone = submit_judgment(s, r0, served.assignment_id, 1, client_token="first").id
+    with db.session_scope(db_url) as s:
+        assert undo_last(s, r0, pid).assignment_id == served.assignment_id
+        assert s.get(Judgment, undone) is None
+    with db.session_scope(db_url) as s:
+        again = submit_judgment(s, r0, served.assignment_id, -1, client_token="second").id
+    assert again > undone
+    with db.session_scope(db_url) as s:
+        assert s.get(Judgment, undone) is None and s.get(Judgment, again).client_token == "second"
+
+
 def pair_of(s, assignment_id: int) -> Pair:
     return s.get(Assignment, assignment_id).pair
 
