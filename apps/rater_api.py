@@ -84,9 +84,18 @@ class Empty(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _served(served: Served | None) -> dict[str, Any] | None:
+def _sent(session: Session, rater_id: int, served: Served | None) -> dict[str, Any] | None:
+    """An item as the API sends it. An API client receives the content at once, so a sensitive item is recorded as
+    revealed now, wherever it comes from (next, or an undo of a skip made behind the app's content warning).
+    Refused only past the daily cap, for an item served unrevealed (in the rater app) before the cap was reached:
+    the id lets the client skip it."""
     if served is None:
         return None
+    if served.sensitive:
+        try:
+            reveal(session, rater_id, served.assignment_id)
+        except UserError as e:
+            raise UserError(f"{e}: POST /api/v1/assignments/{served.assignment_id}/skip") from None
     out = asdict(served)
     out["lease_expires_at"] = served.lease_expires_at.isoformat() + "Z"
     return out
@@ -122,16 +131,7 @@ def api_router(db_url: str, auth_header: str | None = None) -> APIRouter:
     @router.post("/projects/{project_id}/next")
     def next_(project_id: int, _body: Empty, request: Request) -> dict:
         with as_caller(request) as (session, rater):
-            served = next_assignment(session, project_id, rater.id)
-            if served is not None and served.sensitive:
-                # An API client receives the content at once: recorded as revealed now. Refused only past the daily
-                # cap, for an item served unrevealed (in the rater app) before the cap was reached: the id lets the
-                # client skip it.
-                try:
-                    reveal(session, rater.id, served.assignment_id)
-                except UserError as e:
-                    raise UserError(f"{e}: POST /api/v1/assignments/{served.assignment_id}/skip") from None
-            return {"assignment": _served(served)}
+            return {"assignment": _sent(session, rater.id, next_assignment(session, project_id, rater.id))}
 
     @router.post("/assignments/{assignment_id}/judgment")
     def judgment(assignment_id: int, body: Judgment, request: Request) -> dict:
@@ -163,7 +163,7 @@ def api_router(db_url: str, auth_header: str | None = None) -> APIRouter:
     @router.post("/projects/{project_id}/undo")
     def undo(project_id: int, _body: Empty, request: Request) -> dict:
         with as_caller(request) as (session, rater):
-            served = _served(undo_last(session, rater.id, project_id))
+            served = _sent(session, rater.id, undo_last(session, rater.id, project_id))
         return {"assignment": served}
 
     @router.get("/projects/{project_id}/me")

@@ -166,8 +166,11 @@ def _one_at_a_time(session: Session, rater_id: int) -> None:
     Serving reads the rater's open assignment and today's sensitive count, then claims: two requests reading at once
     would each open an item, past the sensitive cap. On PostgreSQL the rater's row is locked until the transaction
     ends (FOR NO KEY UPDATE, which the foreign-key checks of the rater's other writes do not wait for); the rater,
-    not the membership, as the sensitive cap counts across projects. SQLite runs whole transactions one at a time
-    (BEGIN IMMEDIATE, collect.db), and SQLAlchemy writes no FOR UPDATE there."""
+    not the membership, as the sensitive cap counts across projects. Every request on one of the rater's items takes
+    it too, first (`_own_assignment`): row locks are then always taken rater first, assignment second, where a
+    reveal in one tab (assignment, then rater) and a submit that serves the next item in another (the other way)
+    could deadlock; and a late judgment's "moved on" check cannot race a `next` in another tab. SQLite runs whole
+    transactions one at a time (BEGIN IMMEDIATE, collect.db), and SQLAlchemy writes no FOR UPDATE there."""
     if is_row_id(rater_id):
         session.execute(select(Rater.id).where(Rater.id == rater_id).with_for_update(key_share=True))
 
@@ -286,6 +289,7 @@ def _current_assignment(session: Session, project_id: int, rater_id: int) -> Ass
 def _own_assignment(session: Session, rater_id: int, assignment_id: Any) -> Assignment:
     if not is_row_id(assignment_id):  # out of range: no row has it, and binding it would fail
         raise PermissionDenied("no such assignment")
+    _one_at_a_time(session, rater_id)
     # Row-locked on PostgreSQL, so a lease cannot expire under a submission in flight. The pair and its texts
     # are loaded only if used (most callers need the assignment row alone).
     assignment = session.get(Assignment, assignment_id, with_for_update={"of": Assignment}, populate_existing=True,
@@ -324,10 +328,10 @@ def _active_until(assignment: Assignment, project: Project, now: datetime) -> fl
 def reveal(session: Session, rater_id: int, assignment_id: int, now: datetime | None = None) -> None:
     """The rater chose to see a sensitive item behind its content warning.
 
-    Refused past the daily cap on sensitive items: the cap counts what was revealed, and an item served within
-    the cap may be revealed past it (an item of another project served meanwhile, a skip undone)."""
+    Refused past the daily cap on sensitive items: the cap counts what was revealed, and an item served while the
+    rater was under the cap can come to be revealed past it (an item of another project revealed meanwhile, a skip
+    undone)."""
     now = now or utcnow()
-    _one_at_a_time(session, rater_id)  # before the assignment's row lock, in the order `next` takes them
     assignment = _own_assignment(session, rater_id, assignment_id)
     if assignment.revealed_at is None:
         sensitive = session.scalar(select(Prompt.sensitive).join(Pair, Pair.prompt_id == Prompt.id)

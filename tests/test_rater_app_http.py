@@ -26,7 +26,7 @@ from apps.rater_api import add_error_handlers, api_router
 from apps.rater_app import SKIP_REASONS
 from apps.rater_client import GradioRaterClient, RaterAPIError, RaterClient
 from collect import db
-from collect.assign import expire_leases, next_assignment, reveal, submit_judgment
+from collect.assign import expire_leases, next_assignment, reveal, skip, submit_judgment
 from collect.ingest import import_dataset
 from collect.models import Assignment, AuditEvent, Judgment, Pair, Rater, utcnow
 from collect.projects import ProjectSettings, add_rater, create_project, get_project, update_project
@@ -441,6 +441,25 @@ def test_the_api_sends_sensitive_items_revealed_so_they_count_against_the_cap(db
         assert http.post(f"/api/v1/assignments/{second['assignment_id']}/skip", auth=("brave", "pw"),
                          json={"reason": "I'd rather not see this content"}).status_code == 200
         assert next_item() is None  # two seen today: the cap
+
+
+def test_an_item_declined_unseen_in_the_app_and_undone_over_the_api_is_sent_revealed(db_url, api_only):
+    """Undo sends content too: an item skipped behind the app's content warning, then taken back by an API client,
+    is recorded as seen when it is sent (so it counts against the cap), and the client can judge it."""
+    pid, _, _ = setup_project(db_url, n_pairs=1, overlap=1, raters=0, tags={0: ["sensitive:violence"]})
+    with db.session_scope(db_url) as s:
+        brave = add_rater(s, "brave", "pw", sensitive_opt_in=["violence"], projects=[get_project(s, pid)]).id
+    with db.session_scope(db_url) as s:  # the rater app: served behind its warning, declined unseen
+        declined = next_assignment(s, pid, brave).assignment_id
+        skip(s, brave, declined, "I'd rather not see this content")
+    with TestClient(api_only) as http:
+        undone = http.post(f"/api/v1/projects/{pid}/undo", json={}, auth=("brave", "pw"))
+        assert undone.status_code == 200 and undone.json()["assignment"]["assignment_id"] == declined
+        with db.session_scope(db_url) as s:
+            assert s.get(Assignment, declined).revealed_at is not None
+        judged = http.post(f"/api/v1/assignments/{declined}/judgment", auth=("brave", "pw"),
+                           json={"choice": 1, "client_token": uuid.uuid4().hex})
+        assert judged.status_code == 200, judged.text
 
 
 def test_the_app_offers_declining_content_as_a_reason_to_skip():
