@@ -32,6 +32,8 @@ from collect.quality_cli import app as quality_app
 from finetune.cli import app as align_app
 from reward.cli import app as reward_app
 
+NO_PROJECTS = "no projects yet: create one with `prefloop project create NAME`"
+
 app = typer.Typer(help="prefloop: a self-hosted RLHF data engine.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 project_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
@@ -152,7 +154,7 @@ def project_list(url: Optional[str] = DB_OPTION) -> None:
             s = project_status(session, project)
             table.add_row(str(project.id), project.name, str(project.overlap), str(s.pairs), str(s.judgments),
                           s.progress_shown)
-    console.print(table if table.row_count else "no projects yet: create one with `prefloop project create NAME`")
+    console.print(table if table.row_count else NO_PROJECTS)
 
 
 @rater_app.command("add")
@@ -298,13 +300,17 @@ def status(
     if json_out:
         print(json.dumps([{**s.__dict__, "progress": s.progress} for s in statuses], indent=2))
         return
-    table = Table("project", "prompts", "pairs", "gold", "flagged", "judgments", "raters", "complete pairs",
-                  "judgments needed", "progress")
+    if not statuses:
+        console.print(NO_PROJECTS)
+    # A table per project, a figure per line: ten columns side by side were cut to "comp…" at 80 columns.
     for s in statuses:
-        table.add_row(s.project, str(s.prompts), str(s.pairs), str(s.gold_pairs), str(s.flagged_pairs),
-                      str(s.judgments), str(s.raters), f"{s.pairs_complete} (k={s.overlap})",
-                      str(s.judgments_needed), s.progress_shown)
-    console.print(table)
+        table = Table("", "", title=s.project, show_header=False, title_justify="left")
+        for name, value in (("prompts", s.prompts), ("pairs", s.pairs), ("gold", s.gold_pairs),
+                            ("flagged", s.flagged_pairs), ("judgments", s.judgments), ("raters", s.raters),
+                            ("complete pairs", f"{s.pairs_complete} (k={s.overlap})"),
+                            ("judgments needed", s.judgments_needed), ("progress", s.progress_shown)):
+            table.add_row(name, str(value))
+        console.print(table)
 
 
 @app.command()

@@ -295,7 +295,8 @@ def dawid_skene(
     # too, or on a gold pair. A lone judgment's posterior is its own vote; counted, it tells its rater they were
     # right, and a project of lone judgments (an imported dataset, one label per pair) came out with every rater
     # near-perfect and every verdict at confidence 0.99.
-    informative = (np.bincount(pair_codes, minlength=n_pairs)[pair_codes] >= 2) | (gold[pair_codes] >= 0)
+    raters_on_pair = np.bincount(np.unique(np.stack([pair_codes, rater_codes]), axis=1)[0], minlength=n_pairs)
+    informative = (raters_on_pair[pair_codes] >= 2) | (gold[pair_codes] >= 0)
 
     # Start from the share of votes per direction, as Dawid & Skene did.
     posterior = np.full((n_pairs, 3), 0.01)

@@ -191,9 +191,7 @@ def _object(value: Any, where: str, field_name: str) -> dict[str, Any]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            at = "" if e.msg.endswith(" at") else " at"
-            raise _fail(where, field_name, f"is not valid JSON ({e.msg}{at} line {e.lineno}, column {e.colno} of "
-                                           "its text)") from None
+            raise _fail(where, field_name, f"is not valid JSON ({_json_reason(e, e.lineno)} of its text)") from None
     if not isinstance(value, dict):
         raise _fail(where, field_name, "expected an object")
     return value
@@ -237,11 +235,16 @@ def read_text(path: Path) -> str:
 
 def json_error(path: Path, e: json.JSONDecodeError, line: int | None = None) -> UserError:
     """A JSON parse error naming the file, line and column (`line`: the file's line where `e` is from one line of
-    it). json's messages end in "at" for some ("Unterminated string starting at"): the place completes them."""
+    it)."""
     line = line if line is not None else e.lineno
-    place = f"line {line}, column {e.colno}"
-    return UserError(f"{path}:{line}: invalid JSON ({e.msg} {place})" if e.msg.endswith(" at")
-                     else f"{path}:{line}: invalid JSON ({e.msg} at {place})")
+    return UserError(f"{path}:{line}: invalid JSON ({_json_reason(e, line)})")
+
+
+def _json_reason(e: json.JSONDecodeError, line: int) -> str:
+    """json's message with its place. Some of its messages end in "at" ("Unterminated string starting at"): the
+    place completes them."""
+    at = "" if e.msg.endswith(" at") else " at"
+    return f"{e.msg}{at} line {line}, column {e.colno}"
 
 
 def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:

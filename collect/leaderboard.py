@@ -311,8 +311,13 @@ def display_bounds(board: pd.DataFrame) -> pd.DataFrame:
     shown = board.copy()
     for column in ("ci_low", "ci_high"):
         if np.isinf(shown[column]).any():
-            shown[column] = shown[column].map(lambda v: "∞" if v == np.inf else "-∞" if v == -np.inf else v)
+            shown[column] = shown[column].map(lambda v: open_bound(v) if np.isinf(v) else v)
     return shown
+
+
+def open_bound(value: float) -> str:
+    """An infinite interval bound as a screen shows it."""
+    return "∞" if value > 0 else "-∞"
 
 
 def plot_leaderboard(board: pd.DataFrame, title: str = "Bradley-Terry ratings (95% bootstrap interval)"):

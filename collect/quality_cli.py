@@ -77,7 +77,9 @@ def show(table: pd.DataFrame, title: str, out: Path | None,
 def _cell(value: object) -> str:
     if isinstance(value, float):
         if math.isinf(value):  # a leaderboard interval the data leave open
-            return "∞" if value > 0 else "-∞"
+            from collect.leaderboard import open_bound  # numpy and pandas: not at start-up
+
+            return open_bound(value)
         return "" if math.isnan(value) else f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
     return "" if value is None else str(value)
 

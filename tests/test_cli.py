@@ -481,15 +481,17 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(sqlite_url, arg
 def test_project_list_and_status_say_no_pairs_for_a_new_project(sqlite_url):
     with database.session_scope(sqlite_url) as s:
         create_project(s, "fresh")
-    assert "no pairs" in prefloop("project", "list", db=sqlite_url).stdout and "100%" not in said(
-        prefloop("status", db=sqlite_url))
+    assert "no pairs" in prefloop("project", "list", db=sqlite_url).stdout
+    status = said(prefloop("status", db=sqlite_url))
+    assert "no pairs" in status and "100%" not in status
     assert json.loads(prefloop("status", "--json", db=sqlite_url).stdout)[0]["progress"] is None
 
 
 def test_empty_lists_say_there_is_nothing_instead_of_an_empty_table(sqlite_url, tmp_path):
     """queue, flagged list, payroll, quality raters --flagged and project list: one line, not headers alone."""
-    assert said(prefloop("project", "list", db=sqlite_url)) == (
-        "no projects yet: create one with `prefloop project create NAME`")
+    for command in (("project", "list"), ("status",)):
+        assert said(prefloop(*command, db=sqlite_url)) == (
+            "no projects yet: create one with `prefloop project create NAME`")
     with database.session_scope(sqlite_url) as s:
         import_dataset(s, create_project(s, "hh"), [
             {"prompt": "q", "response_a": "a", "response_b": "b", "rater": r, "choice": 1} for r in ("w1", "w2")])
