@@ -489,7 +489,8 @@ def undo_last(session: Session, rater_id: int, project_id: int, now: datetime | 
         raise UserError("that pair was pulled from the queue (flagged as harmful or retired): nothing to undo")
     project = session.get(Project, project_id)
     _expire_open(session, rater_id, project_id)
-    audit(session, "judgment.undo", rater_id, project_id, pair_id=judgment.pair_id, choice=judgment.choice)
+    audit(session, "judgment.undo", rater_id, project_id, judgment_id=judgment.id, pair_id=judgment.pair_id,
+          choice=judgment.choice)
     session.delete(judgment)
     assignment.status = "open"
     assignment.lease_expires_at = now + timedelta(seconds=project.lease_seconds)

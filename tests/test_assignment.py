@@ -272,6 +272,9 @@ def test_an_undone_judgments_id_is_never_given_to_another(db_url):
     assert again > undone
     with db.session_scope(db_url) as s:
         assert s.get(Judgment, undone) is None and s.get(Judgment, again).client_token == "second"
+        # The audit trail names the judgment taken back by the id its client was given.
+        event = s.scalar(select(AuditEvent).where(AuditEvent.action == "judgment.undo"))
+        assert event.details["judgment_id"] == undone
 
 
 def pair_of(s, assignment_id: int) -> Pair:
