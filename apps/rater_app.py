@@ -110,7 +110,8 @@ HEAD = """
   // Drafts: what the rater chose or typed on an item, kept in this browser only (localStorage, keyed by the
   // assignment id, never sent before Submit) so that a reload or a restarted tab shows it again on that item.
   // An item left by Submit, Skip or Flag (a click on its button, by mouse or key, then a new item shown) drops its
-  // draft; one left otherwise (another project chosen) keeps it. Drafts older than DRAFT_DAYS days are swept.
+  // draft; one left otherwise (another project chosen) keeps it. Revealing a sensitive item leaves the draft on
+  // screen as it is. Drafts older than DRAFT_DAYS days are swept.
   const DRAFT = 'pf-draft:';
   const shownId = () => (document.querySelector('#pf-shown textarea, #pf-shown input') || {}).value || '';
   let finishing = null, lastShown = '';
@@ -287,6 +288,8 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
 
         screen = [state, banner, alert, guidelines, conversation, reveal_button, left, right, choice, both_bad,
                   criteria_box, *criteria, rationale, rewrite, shown]
+        # What the rater chose and typed on the item on screen: the draft (see HEAD).
+        draft = [choice, both_bad, rationale, rewrite, *criteria]
 
         def show(served: Served | None, project: Project, note: str = "", revealed: bool = False,
                  layout: bool = False, empty: str = NOTHING_LEFT) -> dict:
@@ -485,7 +488,10 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 served = next_assignment(session, project_id, rater_id)
                 if served is None or served.assignment_id != assignment_id:
                     raise UserError("this item is no longer yours to judge")
-                return show(served, session.get(Project, project_id), revealed=True)
+                # The same item, shown: what the rater chose or typed on it (a draft restored onto the hidden
+                # screen after a reload, say) stays as it is. The shown id does not change, so nothing restores it.
+                out = show(served, session.get(Project, project_id), revealed=True)
+                return {k: v for k, v in out.items() if k not in draft}
 
             return on_item(request, current, None, do_reveal)
 
@@ -539,7 +545,6 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
               on_activity, state, None, api_name="activity", show_progress="hidden", **per_item)
         # Drafts (see HEAD): saved in the browser on every edit, restored when an item is shown. Both run in the
         # page only (fn=None): nothing unsubmitted reaches the server.
-        draft = [choice, both_bad, rationale, rewrite, *criteria]
         gr.on([choice.input, both_bad.input, rationale.input, rewrite.input, *(box.input for box in criteria)],
               None, [shown, *draft], None, js="(id, ...values) => { window.pfDraft.save(id, values); }",
               show_progress="hidden", **per_item)

@@ -84,6 +84,10 @@ def site(tmp_path_factory, data_dir):
         import_dataset(s, drafts, [{"prompt": f"draft question {i}", "response_a": f"draft a{i}",
                                     "response_b": f"draft b{i}"} for i in range(4)])
         add_rater(s, "dora", "dora-pw", projects=[drafts])
+        sens_drafts = create_project(s, "sensitive drafts", ProjectSettings(overlap=1))
+        import_dataset(s, sens_drafts, [{"prompt": "a violent draft question", "response_a": "VIOLENT-DRAFT-A",
+                                         "response_b": "VIOLENT-DRAFT-B", "tags": ["sensitive:violence"]}])
+        add_rater(s, "suri", "suri-pw", projects=[sens_drafts], sensitive_opt_in=["violence"])
     with running_server(url, free_port(), log_path=root / "server.log") as base_url:
         with chromium() as browser:
             yield {"url": url, "base_url": base_url, "browser": browser}
@@ -382,6 +386,20 @@ def _draft_on_screen(page) -> tuple:
         document.querySelector('#pf-rationale textarea').value]""")
 
 
+def _type_rationale(page, text: str) -> None:
+    """Typed key by key at the end of the rationale, as a rater does (a draft is saved on each key)."""
+    box = page.locator("#pf-rationale textarea")
+    box.click()
+    box.press("End")
+    box.press_sequentially(text)
+    page.locator("#pf-conversation").click()  # the textbox loses the focus
+
+
+def _stored_draft(page, assignment_id: str):
+    return page.evaluate("id => (JSON.parse(localStorage.getItem('pf-draft:' + id)) || {}).values || null",
+                         assignment_id)
+
+
 def test_a_draft_survives_a_reload_of_its_item_only(site):
     context = site["browser"].new_context()
     page = context.new_page()
@@ -392,8 +410,7 @@ def test_a_draft_survives_a_reload_of_its_item_only(site):
     page.locator("#pf-choice input").nth(3).click()
     page.locator("#pf-both-bad input").check()
     page.locator("#pf-criterion-1 input").nth(0).click()
-    page.locator("#pf-rationale textarea").fill("B cites its source")
-    page.locator("#pf-conversation").click()  # the textbox loses the focus, as a rater moving on would
+    _type_rationale(page, "B cites its source")
     assert _draft_on_screen(page) == [3, True, 0, "B cites its source"]
 
     page.reload()
@@ -419,3 +436,39 @@ def test_a_draft_survives_a_reload_of_its_item_only(site):
         assert judgment.assignment_id == int(first) and judgment.rationale == "B cites its source"
         assert judgment.choice == -1 * sign and judgment.both_bad is True  # "B better" on screen
         assert judgment.criteria == {"honesty": 2 * sign}
+
+
+def _rationale_is(page, text: str) -> None:
+    page.wait_for_function("t => document.querySelector('#pf-rationale textarea').value === t", arg=text)
+
+
+def _reveal(page) -> None:
+    page.locator("#pf-reveal").click()
+    page.wait_for_function("document.querySelector('#pf-left').innerText.includes('VIOLENT-DRAFT')")
+    wait_idle(page)
+
+
+def test_a_draft_on_a_sensitive_item_survives_its_reveal(site):
+    """A sensitive item comes back behind its content warning after a reload: revealing it keeps the restored draft."""
+    context = site["browser"].new_context()
+    page = context.new_page()
+    gradio_login(page, site["base_url"], "suri", "suri-pw", "#pf-choice")
+    page.locator("#pf-banner").get_by_text("Content warning").wait_for()
+    wait_idle(page)
+    item = _shown(page)
+    _reveal(page)
+    page.locator("#pf-choice input").nth(1).click()
+    _type_rationale(page, "A is calmer")
+    assert _draft_on_screen(page) == [1, False, -1, "A is calmer"]
+
+    for text, more in [("A is calmer", ", B is graphic"), ("A is calmer, B is graphic", "")]:
+        page.reload()
+        page.locator("#pf-banner").get_by_text("Content warning").wait_for()
+        assert _shown(page) == item and "VIOLENT-DRAFT" not in page.content()  # hidden again
+        _rationale_is(page, text)  # restored onto the hidden screen
+        _reveal(page)
+        assert _shown(page) == item and _draft_on_screen(page) == [1, False, -1, text]  # and kept by the reveal
+        if more:  # the next key saves the whole draft, not the emptied screen a reveal used to leave
+            _type_rationale(page, more)
+    assert _stored_draft(page, item)[:3] == [1, False, "A is calmer, B is graphic"]  # "A better"
+    context.close()
