@@ -110,8 +110,8 @@ HEAD = """
   // Drafts: what the rater chose or typed on an item, kept in this browser only (localStorage, keyed by the
   // assignment id, never sent before Submit) so that a reload or a restarted tab shows it again on that item.
   // An item left by Submit, Skip or Flag (a click on its button, by mouse or key, then a new item shown) drops its
-  // draft; one left otherwise (another project chosen) keeps it. Revealing a sensitive item leaves the draft on
-  // screen as it is. Drafts older than DRAFT_DAYS days are swept.
+  // draft; one refused (no choice made) or left otherwise (another project chosen, an undo) keeps it. Revealing a
+  // sensitive item leaves the draft on screen as it is. Drafts older than DRAFT_DAYS days are swept.
   const DRAFT = 'pf-draft:';
   const shownId = () => (document.querySelector('#pf-shown textarea, #pf-shown input') || {}).value || '';
   let finishing = null, lastShown = '';
@@ -133,6 +133,9 @@ HEAD = """
       const values = draft && Array.isArray(draft.values) ? draft.values : [];
       return empty.map((v, i) => (values[i] === undefined ? v : values[i]));
     },
+    // After a Submit, Skip or Flag event, given the shown id as it then is: still the item clicked on, the action
+    // was refused (no choice made, no reason given) and the item is not being left, so its draft stays.
+    settle: (id) => { if (finishing && finishing === id) finishing = null; },
   };
   try {
     for (const key of Object.keys(store)) {
@@ -533,10 +536,12 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
         # POST and reads the answer, instead of joining the queue and waiting on a server-sent event stream
         # (6-7 ms less per judgment for one rater; see bench/results/rater_app_load.md).
         per_item = {"queue": False}
-        submit_button.click(on_submit, [state, shown, choice, both_bad, rationale, rewrite, *criteria], screen,
-                            api_name="submit", **per_item)
-        skip_button.click(on_skip, [state, shown, skip_reason], screen, api_name="skip", **per_item)
-        flag_button.click(on_flag, [state, shown, flag_reason], [*screen, flag_reason], api_name="flag", **per_item)
+        finished = [
+            submit_button.click(on_submit, [state, shown, choice, both_bad, rationale, rewrite, *criteria], screen,
+                                api_name="submit", **per_item),
+            skip_button.click(on_skip, [state, shown, skip_reason], screen, api_name="skip", **per_item),
+            flag_button.click(on_flag, [state, shown, flag_reason], [*screen, flag_reason], api_name="flag",
+                              **per_item)]
         undo_button.click(on_undo, state, screen, api_name="undo", **per_item)
         reveal_button.click(on_reveal, state, screen, api_name="reveal", **per_item)
         # Active time: every interaction, plus the heartbeat, tells the server the rater is at work.
@@ -551,6 +556,11 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
         empty = json.dumps([None, False, "", "", *([None] * MAX_CRITERIA)])
         shown.change(None, shown, draft, js=f"(id) => window.pfDraft.restore(id, {empty})", show_progress="hidden",
                      **per_item)
+        # Run once the answer is on screen, with the shown id as it then is: a refused Submit, Skip or Flag leaves the
+        # item on screen and must not drop its draft at the next change of item (another project chosen, an undo).
+        for event in finished:
+            event.then(None, shown, None, js="(id) => { window.pfDraft.settle(id); }", show_progress="hidden",
+                       **per_item)
         gr.on([stats_tab.select, stats_refresh.click], on_stats, state, [stats, opt_in_box, opt_in, opt_in_msg],
               api_name="stats")
         opt_in_save.click(on_save_opt_in, [state, opt_in], opt_in_msg, api_name="save_opt_in")

@@ -88,6 +88,10 @@ def site(tmp_path_factory, data_dir):
         import_dataset(s, sens_drafts, [{"prompt": "a violent draft question", "response_a": "VIOLENT-DRAFT-A",
                                          "response_b": "VIOLENT-DRAFT-B", "tags": ["sensitive:violence"]}])
         add_rater(s, "suri", "suri-pw", projects=[sens_drafts], sensitive_opt_in=["violence"])
+        refusals = create_project(s, "refusals", ProjectSettings(overlap=1))
+        import_dataset(s, refusals, [{"prompt": f"refused question {i}", "response_a": f"refused a{i}",
+                                      "response_b": f"refused b{i}"} for i in range(4)])
+        add_rater(s, "rex", "rex-pw", projects=[refusals])
     with running_server(url, free_port(), log_path=root / "server.log") as base_url:
         with chromium() as browser:
             yield {"url": url, "base_url": base_url, "browser": browser}
@@ -471,4 +475,34 @@ def test_a_draft_on_a_sensitive_item_survives_its_reveal(site):
         if more:  # the next key saves the whole draft, not the emptied screen a reveal used to leave
             _type_rationale(page, more)
     assert _stored_draft(page, item)[:3] == [1, False, "A is calmer, B is graphic"]  # "A better"
+    context.close()
+
+
+def test_a_refused_submit_or_flag_keeps_the_draft(site):
+    """A Submit or Flag the server refuses leaves the item on screen, and its draft with it: a later change of item
+    that is no submit, skip or flag (here an undo) keeps the draft."""
+    context = site["browser"].new_context()
+    page = context.new_page()
+    gradio_login(page, site["base_url"], "rex", "rex-pw", "#pf-choice")
+    _wait_for_item(page, "refused question")
+    first = _shown(page)
+    page.locator("#pf-choice input").nth(0).click()
+    page.locator("#pf-submit").click()
+    second = _wait_moved_on(page, first)
+    page.locator("#pf-both-bad input").check()
+    _type_rationale(page, "not sure yet")
+    assert _stored_draft(page, second)[:3] == [None, True, "not sure yet"]
+
+    page.locator("#pf-submit").click()  # no choice made: refused
+    page.locator("#pf-alert").get_by_text("choose which response").wait_for()
+    wait_idle(page)
+    page.locator("#pf-flag").click()  # no reason given: refused
+    page.locator("#pf-alert").get_by_text("say briefly why").wait_for()
+    wait_idle(page)
+    assert _shown(page) == second and _draft_on_screen(page) == [-1, True, -1, "not sure yet"]
+
+    page.locator("#pf-undo").click()  # the first item again: the second is left, neither submitted nor skipped
+    assert _wait_moved_on(page, second) == first
+    assert _draft_on_screen(page) == [-1, False, -1, ""]
+    assert _stored_draft(page, second)[:3] == [None, True, "not sure yet"]
     context.close()
