@@ -122,6 +122,11 @@ HEAD = """
   const forget = (id) => { try { store.removeItem(DRAFT + id); } catch (e) { /* storage unavailable */ } };
   window.pfDraft = {
     save: (id, values) => {
+      // The text boxes as the page has them now, whatever Gradio passed (see the input listener below).
+      ['#pf-rationale', '#pf-rewrite'].forEach((sel, i) => {
+        const box = document.querySelector(sel + ' textarea');
+        if (box) values[2 + i] = box.value;
+      });
       try { if (id) store.setItem(DRAFT + id, JSON.stringify({ at: Date.now(), values })); } catch (e) { /* full */ }
     },
     restore: (id, empty) => {
@@ -131,12 +136,21 @@ HEAD = """
       let draft = null;
       try { draft = id ? JSON.parse(store.getItem(DRAFT + id)) : null; } catch (e) { /* none, or unreadable */ }
       const values = draft && Array.isArray(draft.values) ? draft.values : [];
-      return empty.map((v, i) => (values[i] === undefined ? v : values[i]));
+      return empty.map((v, i) => (values[i] === undefined || values[i] === null ? v : values[i]));
     },
     // After a Submit, Skip or Flag event, given the shown id as it then is: still the item clicked on, the action
     // was refused (no choice made, no reason given) and the item is not being left, so its draft stays.
     settle: (id) => { if (finishing && finishing === id) finishing = null; },
   };
+  // Text pasted or set in one go (a single native input event) raised no Gradio input event, and was not saved:
+  // the text boxes are saved from the page's own input events too, over the draft's other values.
+  document.addEventListener('input', (e) => {
+    if (!(e.target.closest && e.target.closest('#pf-rationale, #pf-rewrite'))) return;
+    const id = shownId();
+    let draft = null;
+    try { draft = JSON.parse(store.getItem(DRAFT + id)); } catch (err) { /* none yet */ }
+    window.pfDraft.save(id, draft && Array.isArray(draft.values) ? draft.values : []);
+  }, { capture: true });
   try {
     for (const key of Object.keys(store)) {
       if (!key.startsWith(DRAFT)) continue;

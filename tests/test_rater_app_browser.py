@@ -390,6 +390,12 @@ def _draft_on_screen(page) -> tuple:
         document.querySelector('#pf-rationale textarea').value]""")
 
 
+def _paste_rationale(page, text: str) -> None:
+    """Set in one go, as a paste does: one input event, not one a key."""
+    page.locator("#pf-rationale textarea").fill(text)
+    page.locator("#pf-conversation").click()
+
+
 def _type_rationale(page, text: str) -> None:
     """Typed key by key at the end of the rationale, as a rater does (a draft is saved on each key)."""
     box = page.locator("#pf-rationale textarea")
@@ -414,7 +420,7 @@ def test_a_draft_survives_a_reload_of_its_item_only(site):
     page.locator("#pf-choice input").nth(3).click()
     page.locator("#pf-both-bad input").check()
     page.locator("#pf-criterion-1 input").nth(0).click()
-    _type_rationale(page, "B cites its source")
+    _paste_rationale(page, "B cites its source")
     assert _draft_on_screen(page) == [3, True, 0, "B cites its source"]
 
     page.reload()
