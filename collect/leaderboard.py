@@ -1,9 +1,13 @@
 """Model leaderboard from pairwise judgments: Bradley-Terry with bootstrap CIs, online Elo, win-rate matrix.
 
-Modelled on Chatbot Arena's rating code: Bradley-Terry is the maximum-likelihood fit of
-P(i beats j) = 1 / (1 + BASE ** ((R_j - R_i) / SCALE)), reported on the Elo scale (SCALE 400, BASE 10,
-centred on 1000); a tie counts as half a win for each side, and the strength of a choice (A>>B vs A>B) does
-not enter. Its interval is a percentile bootstrap over judgments. Elo is the online update in submission
+Modelled on Chatbot Arena's rating code: Bradley-Terry fits P(i beats j) = 1 / (1 + BASE ** ((R_j - R_i) /
+SCALE)), reported on the Elo scale (SCALE 400, BASE 10, centred on 1000); a tie counts as half a win for each
+side, and the strength of a choice (A>>B vs A>B) does not enter. The fit is the maximum a posteriori under a weak
+prior, one virtual tie between each pair of models that met (half a win each way; for two models the
+Haldane-Anscombe +1/2 correction, 8-2 read as 8.5-2.5): with hundreds of games a pair it is the maximum-likelihood
+fit to a fraction of a point, and with few it keeps a sweep finite. Its interval is a percentile bootstrap over
+judgments, refitted with the same prior: a small sample resamples into sweeps now and then (8-2 into 10-0 one time
+in ten), and without it those replicates rated the winner wherever a tiny ridge stopped the fit, 1,400 points up. Elo is the online update in submission
 order, kept for comparison: it depends on the order, Bradley-Terry does not.
 
 Input: a judgments frame (collect.aggregate.JUDGMENT_COLUMNS) with model_a and model_b; judgments whose pair
@@ -16,10 +20,8 @@ Two things can leave Bradley-Terry without an answer, and both are detected and 
 - Perfect separation: the maximum-likelihood ratings exist only if, within a group, the win graph (i -> j when i
   won or tied a game against j) is strongly connected (Zermelo 1929, Ford 1957). When some models never lost
   (or never won) against the rest of their group, their gap to the rest has no finite estimate and a tiny ridge
-  would print an arbitrary huge rating with a tight interval (every resample of a sweep is a sweep). Such a group
-  is fitted with a stated weak prior instead, one virtual tie between each pair of models that met (half a win
-  each way; for two models it is the Haldane-Anscombe +1/2 correction, 15-0 read as 15.5-0.5), and the interval
-  side the data leave open is infinite.
+  would print an arbitrary huge rating with a tight interval (every resample of a sweep is a sweep). The prior
+  keeps the rating finite (15-0 is read as 15.5-0.5), and the interval side the data leave open is infinite.
 """
 
 from __future__ import annotations
@@ -59,9 +61,8 @@ def _named(model: object) -> bool:
 def _fit_strengths(wins: np.ndarray, ridge: float = 1e-6, max_iter: int = 100, tol: float = 1e-10) -> np.ndarray:
     """Bradley-Terry log-strengths for a batch of win tables (B, M, M) by Newton's method.
 
-    wins[b, i, j]: (fractional) wins of i over j. A tiny ridge fixes the arbitrary offset (each connected group
-    to mean 0) and keeps a model that never lost finite, though at an arbitrary, huge strength: bradley_terry
-    adds its weak prior to such a group first. The result is centred to mean 0.
+    wins[b, i, j]: (fractional) wins of i over j, bradley_terry's virtual ties included. A tiny ridge fixes the
+    arbitrary offset (each connected group to mean 0). The result is centred to mean 0.
     """
     n_batch, m, _ = wins.shape
     games = wins + wins.transpose(0, 2, 1)
@@ -102,9 +103,8 @@ def bradley_terry(
     column follows `model` and the table is sorted by group, then rating: each group has mean rating 1000, except
     the anchor's group, where the anchor is at 1000; a rating means nothing next to another group's.
 
-    Under perfect separation within a group, its ratings are the maximum a posteriori under one virtual tie per
-    pair of models that met: a finite, shrunk estimate that keeps the order the sweeps imply, not a maximum-
-    likelihood one (there is none). ci_high is inf for a model that could be any amount higher than the reference
+    Under perfect separation within a group there is no maximum-likelihood rating; the prior's is finite, shrunk,
+    and keeps the order the sweeps imply. ci_high is inf for a model that could be any amount higher than the reference
     (the group's mean or the anchor) and still fit the data as well, as a model that never lost to the rest of its
     group can; ci_low is -inf for one that never won; a model between two sweeps gets both (also without a
     bootstrap). The finite side is the percentile bootstrap of the prior's fit; as resampling cannot turn a sweep
@@ -125,8 +125,10 @@ def bradley_terry(
     group, component, reach = _comparison_structure(m, ka, kb, kscore)
     n_groups = group.max() + 1
     anchor_group = group[index[anchor]] if anchor is not None else None
-    # The virtual ties of a separated group, and the sides its models' intervals leave open.
+    # The weak prior: one virtual tie between each pair of models that met.
     prior = np.zeros((m, m))
+    prior[ka, kb] = prior[kb, ka] = 0.5
+    # The sides the intervals of a separated group's models leave open.
     high_open, low_open = np.zeros(m, dtype=bool), np.zeros(m, dtype=bool)
     if n_groups > 1:
         _warn_groups(models, group, anchor, anchor_group)
@@ -135,8 +137,6 @@ def bradley_terry(
         components = np.unique(component[members])
         if len(components) == 1:
             continue
-        met = np.isin(ka, members)
-        prior[ka[met], kb[met]] = prior[kb[met], ka[met]] = 0.5
         reference = [component[index[anchor]]] if g == anchor_group else components
         for i in members:
             high_open[i] = not reach[reference, component[i]].all()  # it can rise without bound above a reference
