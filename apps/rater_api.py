@@ -84,17 +84,20 @@ class Empty(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _sent(session: Session, rater_id: int, served: Served | None) -> dict[str, Any] | None:
+def _sent(session: Session, rater_id: int, served: Served | None, undoing: bool = False) -> dict[str, Any] | None:
     """An item as the API sends it. An API client receives the content at once, so a sensitive item is recorded as
     revealed now, wherever it comes from (next, or an undo of a skip made behind the app's content warning).
-    Refused only past the daily cap, for an item served unrevealed (in the rater app) before the cap was reached:
-    the id lets the client skip it."""
+    Refused only past the daily cap: for `next`, an item served unrevealed (in the rater app) before the cap was
+    reached, whose id lets the client skip it; for an undo, the whole request is rolled back and nothing undone."""
     if served is None:
         return None
     if served.sensitive:
         try:
             reveal(session, rater_id, served.assignment_id)
         except UserError as e:
+            if undoing:
+                raise UserError("nothing was undone: the item is sensitive and today's limit of sensitive items "
+                                "is reached (more tomorrow)") from None
             raise UserError(f"{e}: POST /api/v1/assignments/{served.assignment_id}/skip") from None
     out = asdict(served)
     out["lease_expires_at"] = served.lease_expires_at.isoformat() + "Z"
@@ -163,7 +166,7 @@ def api_router(db_url: str, auth_header: str | None = None) -> APIRouter:
     @router.post("/projects/{project_id}/undo")
     def undo(project_id: int, _body: Empty, request: Request) -> dict:
         with as_caller(request) as (session, rater):
-            served = _sent(session, rater.id, undo_last(session, rater.id, project_id))
+            served = _sent(session, rater.id, undo_last(session, rater.id, project_id), undoing=True)
         return {"assignment": served}
 
     @router.get("/projects/{project_id}/me")

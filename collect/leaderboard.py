@@ -4,8 +4,9 @@ Modelled on Chatbot Arena's rating code: Bradley-Terry fits P(i beats j) = 1 / (
 SCALE)), reported on the Elo scale (SCALE 400, BASE 10, centred on 1000); a tie counts as half a win for each
 side, and the strength of a choice (A>>B vs A>B) does not enter. The fit is the maximum a posteriori under a weak
 prior, one virtual tie between each pair of models that met (half a win each way; for two models the
-Haldane-Anscombe +1/2 correction, 8-2 read as 8.5-2.5): with hundreds of games a pair it is the maximum-likelihood
-fit to a fraction of a point, and with few it keeps a sweep finite. Its interval is a percentile bootstrap over
+Haldane-Anscombe +1/2 correction, 8-2 read as 8.5-2.5): it shrinks a 90% pair's gap by about 750/n points over n
+games (4 at 200, under 1 at AlpacaEval's 805; 4-1 reads as 4.5-1.5, 191 points instead of 241), and keeps a sweep
+finite. Its interval is a percentile bootstrap over
 judgments, refitted with the same prior: a small sample resamples into sweeps now and then (8-2 into 10-0 one time
 in ten), and without it those replicates rated the winner wherever a tiny ridge stopped the fit, 1,400 points up. Elo is the online update in submission
 order, kept for comparison: it depends on the order, Bradley-Terry does not.

@@ -462,6 +462,26 @@ def test_an_item_declined_unseen_in_the_app_and_undone_over_the_api_is_sent_reve
         assert judged.status_code == 200, judged.text
 
 
+def test_an_undo_the_daily_cap_refuses_undoes_nothing_and_says_so(db_url, api_only):
+    """Declined unseen in the app, then the day's one sensitive item seen over the API: taking the declined one back
+    would show it past the cap, so the undo is refused whole, and does not point to a skip that cannot follow."""
+    tags = {0: ["sensitive:violence"], 1: ["sensitive:violence"]}
+    pid, _, _ = setup_project(db_url, n_pairs=2, overlap=1, raters=0, tags=tags, sensitive_daily_cap=1)
+    with db.session_scope(db_url) as s:
+        brave = add_rater(s, "brave", "pw", sensitive_opt_in=["violence"], projects=[get_project(s, pid)]).id
+    with db.session_scope(db_url) as s:
+        declined = next_assignment(s, pid, brave).assignment_id
+        skip(s, brave, declined, "I'd rather not see this content")
+    with TestClient(api_only) as http:
+        seen = http.post(f"/api/v1/projects/{pid}/next", json={}, auth=("brave", "pw")).json()["assignment"]
+        assert seen["assignment_id"] != declined
+        undone = http.post(f"/api/v1/projects/{pid}/undo", json={}, auth=("brave", "pw"))
+        assert undone.status_code == 400 and undone.json()["detail"].startswith("nothing was undone")
+    with db.session_scope(db_url) as s:
+        assert s.get(Assignment, declined).status == "skipped"
+        assert s.get(Assignment, seen["assignment_id"]).status == "open"
+
+
 def test_the_app_offers_declining_content_as_a_reason_to_skip():
     """A rater who would rather not see an item behind its content warning says so (and it costs no place of the
     daily cap: test_assignment), rather than "Other", which stays last."""
