@@ -21,6 +21,7 @@ On one GPU nothing is needed: the device is picked automatically, bf16 where the
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -193,7 +194,7 @@ def align(config: AlignConfig) -> AlignResult:
 
     started = time.monotonic()
     console = Console(quiet=not config.show_progress, markup=False)
-    from finetune.rewards import reward_model_info
+    from finetune.rewards import reward_model_info, warn_if_judge_is_reward_model
 
     reward_info = None
     if config.reward_model:
@@ -221,7 +222,8 @@ def align(config: AlignConfig) -> AlignResult:
                             "pass --reward-model and/or --judge")
         held_out = read_prompts(config.eval_prompts)
         if config.judge:
-            reward_model_info(config.judge)
+            reward_model_info(config.judge, "judge (--judge)")
+            warn_if_judge_is_reward_model(config.reward_model, config.judge)  # said again with the evaluation
         if config.method != "dpo":  # DPO's rows are pairs; their prompts are not what is sampled
             trained_on = {json.dumps(p, sort_keys=True) for p in data}
             seen = sum(json.dumps(p, sort_keys=True) in trained_on for p in held_out)
@@ -239,12 +241,19 @@ def align(config: AlignConfig) -> AlignResult:
     # The first Ctrl-C or the time budget ends training after its step; the adapter so far is then saved (and
     # evaluated) as usual.
     stop_early, divergence = StopEarly(config.time_budget_s), StopOnNonFiniteWeights()
+    # TRL's trainer makes its output_dir when it starts: a run that ends before the save (a second Ctrl-C, an
+    # error, divergence) takes that empty folder away again, unless it was there before.
+    made_here = not Path(config.output_dir).exists()
     try:
         trainer, extra = _train(config, model, tokenizer, data, [progress, stop_early, divergence], stop_early,
                                 console)
+    except BaseException:
+        _drop_if_made_empty(Path(config.output_dir), made_here)
+        raise
     finally:
         stop_early.release()
     if divergence.diverged:
+        _drop_if_made_empty(Path(config.output_dir), made_here)
         raise UserError(f"training diverged: {divergence.diverged}; nothing was saved (a lower --learning-rate, now "
                         f"{config.learning_rate:g}, usually helps)")
 
@@ -284,6 +293,12 @@ def align(config: AlignConfig) -> AlignResult:
     _print_summary(console, config, out, metrics, evaluation, stop_early.reason)
     return AlignResult(output_dir=out, merged_dir=merged_dir, metrics=metrics, evaluation=evaluation,
                        stopped=stop_early.reason)
+
+
+def _drop_if_made_empty(out: Path, made_here: bool) -> None:
+    if made_here and is_main_process():
+        with contextlib.suppress(OSError):  # not empty (or gone): left as it is
+            out.rmdir()
 
 
 def write_merged(base_path: str, adapter_dir: Path, merged_dir: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from collect.errors import UserError, check_seed, check_settings, first_line, warn
+from collect.errors import UserError, check_seed, check_settings, first_line
 from collect.output_dirs import check_can_write_file
 from finetune.policy import load_policy
 from finetune.prompts import fit_prompts, read_prompts
@@ -118,7 +118,7 @@ def read_manifest(adapter: str) -> dict[str, Any]:
 
 def evaluate(config: EvalConfig) -> EvalResult:
     """Compare the aligned policy with its base on held-out prompts; write JSON + PNG. See EvalConfig."""
-    from finetune.rewards import load_scorer, score
+    from finetune.rewards import load_scorer, score, warn_if_judge_is_reward_model
 
     console = Console(quiet=not config.show_progress, markup=False)
     if not Path(config.adapter).is_dir():
@@ -147,9 +147,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     reward_model = config.reward_model or (manifest.get("reward_model") or {}).get("path")
     if not reward_model and not config.judge:
         raise UserError("evaluation needs a reward model to compare with: pass --reward-model and/or --judge")
-    if reward_model and config.judge and Path(reward_model).resolve() == Path(config.judge).resolve():
-        warn(f"judge {config.judge} is the training reward model: its win rate is no independent check "
-             "of reward hacking (train the judge on a disjoint split)")
+    warn_if_judge_is_reward_model(reward_model, config.judge)
     trained = manifest.get("config") or {}
     max_completion_length = config.max_completion_length or trained.get("max_completion_length") or 64
     max_prompt_length = config.max_prompt_length or trained.get("max_prompt_length") or 256
@@ -189,7 +187,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
             summary[f"win_rate_{role}"] = None
             continue
         with console.status(f"scoring with the {role.replace('_', ' ')}"):
-            scorer = load_scorer(path, device=device, batch_size=config.batch_size)
+            scorer = load_scorer(path, device=device, batch_size=config.batch_size,
+                                 role=f"{role.replace('_', ' ')} (--{role.replace('_', '-')})")
             # In one call, so a decoder reward model runs each prompt once for both its responses (reward.score).
             both = score(scorer, [p + [{"role": "assistant", "content": t}]
                                   for texts in (base_texts, aligned_texts) for p, t in zip(prompts, texts)])

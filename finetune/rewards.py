@@ -14,20 +14,24 @@ from typing import Any, Sequence
 
 from transformers import AutoConfig
 
-from collect.errors import UserError
+from collect.errors import UserError, warn
 from finetune.prompts import Conversation
 from reward.data import as_messages
 from reward.score import RewardScorer, check_reward_adapter, model_info
 
 
-def reward_model_info(path: str) -> dict[str, Any]:
+def reward_model_info(path: str, role: str = "reward model (--reward-model)") -> dict[str, Any]:
     """The reward model's prefloop.json (empty when it has none). Raises UserError unless `path` is a
-    sequence classifier with a single output, or a PEFT adapter that makes one (`check_reward_adapter`)."""
+    sequence classifier with a single output, or a PEFT adapter that makes one (`check_reward_adapter`).
+    `role` names the option in every error: `align` takes a reward model and a judge."""
     from collect.offline_models import adapter_folder, resolve_model
 
-    resolved = resolve_model(path)
+    try:
+        resolved = resolve_model(path)
+    except UserError as e:
+        raise UserError(f"{role}: {e}") from None
     if not Path(resolved).exists() and Path(resolved).is_absolute():
-        raise UserError(f"reward model {path}: no such directory")
+        raise UserError(f"{role} {path}: no such directory")
     adapter = adapter_folder(resolved)
     if adapter is not None:
         check_reward_adapter(adapter, path)
@@ -35,21 +39,28 @@ def reward_model_info(path: str) -> dict[str, Any]:
     try:
         config = AutoConfig.from_pretrained(resolved)
     except (OSError, ValueError) as e:
-        raise UserError(f"reward model {path}: not a model directory ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{role} {path}: not a model directory ({str(e).splitlines()[0]})") from None
     architectures = config.architectures or []
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise UserError(
-            f"reward model {path}: {', '.join(architectures) or 'this model'} is not a sequence classifier; "
+            f"{role} {path}: {', '.join(architectures) or 'this model'} is not a sequence classifier; "
             "a reward model is trained with `prefloop reward train` (AutoModelForSequenceClassification, num_labels=1)"
         )
     if config.num_labels != 1:
-        raise UserError(f"reward model {path}: has {config.num_labels} outputs; a reward model has exactly one")
+        raise UserError(f"{role} {path}: has {config.num_labels} outputs; a reward model has exactly one")
     return model_info(resolved)
 
 
-def load_scorer(path: str, device: str | None = None, batch_size: int = 16) -> RewardScorer:
-    """reward/'s RewardScorer for one reward model, after checking that it is one."""
-    reward_model_info(path)
+def warn_if_judge_is_reward_model(reward_model: str | None, judge: str | None) -> None:
+    if reward_model and judge and Path(reward_model).resolve() == Path(judge).resolve():
+        warn(f"judge {judge} is the training reward model: its win rate is no independent check "
+             "of reward hacking (train the judge on a disjoint split)")
+
+
+def load_scorer(path: str, device: str | None = None, batch_size: int = 16,
+                role: str = "reward model (--reward-model)") -> RewardScorer:
+    """reward/'s RewardScorer for one reward model, after checking that it is one (`role`: as reward_model_info)."""
+    reward_model_info(path, role)
     return RewardScorer(path, device=device, batch_size=batch_size)
 
 
