@@ -115,6 +115,9 @@ class GenerateResult:
     """New pairs in the project."""
     identical: int
     """Pairs not made because both responses were the same text."""
+    already_paired: int
+    """Pairs not made because the project holds them already: the same two responses, from an earlier round (a
+    re-aligned policy that answers as before) or an earlier sample of this one."""
     empty: int
     """Empty responses (not stored)."""
     too_long: int
@@ -524,7 +527,8 @@ def generate(
     round_name = round_name or resumed_round(batches, key, contents) or default_round(key, contents)
     selected = select_prompts(session, project, prompts, max_prompts)
     result = GenerateResult(round=round_name, prompts=len(selected), already_done=0, responses=0, pairs=0,
-                            identical=0, empty=0, too_long=0, rejected=0, not_answerable=0, seconds=0.0)
+                            identical=0, already_paired=0, empty=0, too_long=0, rejected=0,
+                            not_answerable=0, seconds=0.0)
     done = _done_prompts(batches, round_name, key, contents, result)
     answerable = [(i, c) for i, c in selected if c and c[-1]["role"] == "user"]
     todo = [(i, _with_system(c, settings.system_prompt)) for i, c in answerable if i not in done]
@@ -661,6 +665,7 @@ def _store_batch(
                 result.identical += 1
                 continue
             if (a, b) in pairs or (b, a) in pairs:
+                result.already_paired += 1
                 continue
             session.add(Pair(project_id=project_id, prompt_id=prompt_id, response_a_id=a, response_b_id=b,
                              source=f"generate:{round_name}"))
@@ -732,6 +737,7 @@ def generate_command(
     console.print(
         f"round {result.round}{_changed_note(result)}: {result.prompts} prompts ({result.already_done} done before), "
         f"{result.responses} responses, {result.pairs} new pairs; skipped: {result.identical} identical, "
+        f"{result.already_paired} already in the project, "
         f"{result.empty} empty, {result.too_long} too long, {result.rejected} rejected by the server, "
         f"{result.not_answerable} not ending in a user turn; {result.seconds:.0f} s"
         + (f", {result.retries} HTTP retries" if result.retries else ""))

@@ -379,7 +379,8 @@ def test_local_model_saved_again_into_its_folder_is_a_new_round(sqlite_url, tiny
     named = run(sqlite_url, pid, models, settings=settings, round_name="named")
     first = run(sqlite_url, pid, models, settings=settings)
     assert (named.already_done, named.pairs, named.changed_since) == (0, 3, None)
-    assert (first.already_done, first.pairs) == (0, 0)  # the same texts again: nothing new to store
+    # The same texts again: nothing new to store, and the summary says why.
+    assert (first.already_done, first.pairs, first.already_paired) == (0, 0, 3)
     # What `prefloop align eval` adds to the folder is no part of the model: the round is done.
     (aligned / "prefloop.json").write_text(json.dumps({**manifest, "evaluation": {"win_rate": 0.6}}))
     (aligned / "evaluation.json").write_text("{}")
