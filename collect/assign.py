@@ -14,7 +14,8 @@ The rules, all enforced by the database rather than by a lock in one process:
 - `undo` takes back the rater's latest action in the project within UNDO_SECONDS: a judgment (deleted) or a skip
   (reopened, claiming its overlap slot again if one is left), and serves that pair again; a flag is for an admin
   to review, never undone by the rater;
-- an assignment not submitted before its lease ends returns its slot to the pool;
+- an assignment not submitted before its lease ends returns its slot to the pool, and may come back to its rater
+  later (the same row, opened again), as may one an undo gave back;
 - with the project's repeat_rate, a pair the rater judged a while ago comes back once with the sides swapped
   (a repeat: no overlap slot, judgment kind "repeat", used only to measure the rater's consistency);
 - a judgment is stored relative to the pair's A and B; the screen side comes from the server's assignment.
@@ -131,7 +132,10 @@ def _sensitive_seen_today(session: Session, rater_id: int, now: datetime) -> int
 def _candidates(
     session: Session, project: Project, rater: Rater, gold: bool, allow_sensitive: bool, skip_locked: bool
 ) -> list[int]:
-    already = exists().where(Assignment.pair_id == Pair.id, Assignment.rater_id == rater.id)
+    # A pair the rater let expire (its lease ran out, or an undo gave it back) may come back to them: kept from them
+    # for good, a pair whose other raters are done stayed one judgment short for ever.
+    already = exists().where(Assignment.pair_id == Pair.id, Assignment.rater_id == rater.id,
+                             Assignment.status != "expired")
     # An imported judgment attributed to this rater (same name) means they have judged the pair already.
     judged = exists().where(Judgment.pair_id == Pair.id, Judgment.rater_id == rater.id)
     query = (
@@ -204,6 +208,17 @@ def next_assignment(session: Session, project_id: int, rater_id: int, now: datet
         for pair_id in _candidates(session, project, rater, gold, allow_sensitive, skip_locked):
             if not _claim_slot(session, pair_id, gold, project.overlap):
                 continue  # another server took the last slot meanwhile
+            given_back = session.scalar(select(Assignment).where(
+                Assignment.pair_id == pair_id, Assignment.rater_id == rater_id, ~Assignment.is_repeat,
+                Assignment.status == "expired").with_for_update())
+            if given_back is not None:
+                # The rater's own earlier assignment of the pair, which a lease or an undo gave back, opens again
+                # (as first served: its side, its active time, its reveal).
+                given_back.status = "open"
+                given_back.lease_expires_at = now + timedelta(seconds=project.lease_seconds)
+                given_back.last_activity_at = now
+                session.flush()
+                return _view(given_back)
             try:
                 with session.begin_nested():
                     assignment = Assignment(

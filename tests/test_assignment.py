@@ -117,12 +117,33 @@ def test_a_late_judgment_counts_only_while_the_rater_has_not_moved_on(db_url):
         expire_leases(s, pid, now=start + timedelta(seconds=61))
         submit_judgment(s, r0, first.assignment_id, 1, client_token="late-ok", now=start + timedelta(seconds=62))
         second = next_assignment(s, pid, r0, now=start + timedelta(seconds=63))
-        expire_leases(s, pid, now=start + timedelta(seconds=124))
-        third = next_assignment(s, pid, r0, now=start + timedelta(seconds=125))
-        assert third.assignment_id != second.assignment_id
+        # An undo gives the second item back and opens the first again: the rater has moved on, back to it.
+        assert undo_last(s, r0, pid, now=start + timedelta(seconds=64)).assignment_id == first.assignment_id
         with pytest.raises(UserError, match="moved on to another item"):
-            submit_judgment(s, r0, second.assignment_id, 1, client_token="stale", now=start + timedelta(seconds=126))
-        assert s.scalar(select(func.count(Judgment.id))) == 1
+            submit_judgment(s, r0, second.assignment_id, 1, client_token="stale", now=start + timedelta(seconds=65))
+        assert s.scalar(select(func.count(Judgment.id))) == 0
+
+
+def test_a_pair_given_back_by_a_lease_or_an_undo_comes_back_to_its_rater(db_url):
+    """The only rater of a project: a pair whose lease ran out on them, or that an undo gave back, is theirs to
+    judge later (the same assignment, opened again); kept from them for good, the project never finished."""
+    pid, (r0,), _ = setup_project(db_url, n_pairs=2, overlap=1, raters=1, lease_seconds=60)
+    start = utcnow()
+    with db.session_scope(db_url) as s:
+        first = next_assignment(s, pid, r0, now=start)
+        expire_leases(s, pid, now=start + timedelta(seconds=61))
+        again = next_assignment(s, pid, r0, now=start + timedelta(seconds=62))
+        assert again.assignment_id == first.assignment_id and again.left == first.left  # as first served
+        skip(s, r0, first.assignment_id, "not now", now=start + timedelta(seconds=63))
+        second = next_assignment(s, pid, r0, now=start + timedelta(seconds=64))
+        undo_last(s, r0, pid, now=start + timedelta(seconds=65))  # the skip: the second item is given back
+        submit_judgment(s, r0, first.assignment_id, 1, client_token="a", now=start + timedelta(seconds=66))
+        back = next_assignment(s, pid, r0, now=start + timedelta(seconds=67))
+        assert back is not None and back.assignment_id == second.assignment_id
+        submit_judgment(s, r0, back.assignment_id, -1, client_token="b", now=start + timedelta(seconds=68))
+        assert next_assignment(s, pid, r0, now=start + timedelta(seconds=69)) is None
+        assert s.scalar(select(func.count(Judgment.id))) == 2
+        assert s.scalar(select(func.sum(Pair.n_claimed))) == 2  # each pair's one slot, claimed once
 
 
 def test_undo_skip_and_flag(db_url):
