@@ -424,13 +424,20 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
             with db.session_scope(db_url) as session:
                 rater = current_rater(request, db_url, session)
                 projects = [(p.name, p.id) for p in projects_of(session, rater)]
+                # One project, or the one holding the rater's open item (a reload, a restarted tab: its draft
+                # comes back with it); otherwise the rater picks.
+                chosen = projects[0][1] if len(projects) == 1 else session.scalar(
+                    select(Assignment.project_id).where(Assignment.rater_id == rater.id, Assignment.status == "open",
+                                                        Assignment.project_id.in_([i for _, i in projects]))
+                    .order_by(Assignment.last_activity_at.desc()).limit(1))
                 out = {who: f"Signed in as **{html.escape(rater.name)}**"
                             + ("" if auth_header else " · [log out](logout)"),
-                       project_box: gr.update(choices=projects,
-                                              value=projects[0][1] if len(projects) == 1 else None)}
-                if len(projects) == 1:
-                    out.update(serve(session, rater.id, projects[0][1], layout=True))
-                elif not projects:
+                       project_box: gr.update(choices=projects, value=chosen)}
+                if chosen is not None:
+                    out.update(serve(session, rater.id, chosen, layout=True))
+                elif projects:
+                    out[banner] = _note("Choose a project above to start.")
+                else:
                     out[banner] = _warning("You are not a member of any project yet. Ask your project admin.")
                 return out
 
@@ -439,7 +446,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
             with db.session_scope(db_url) as session:
                 rater = current_rater(request, db_url, session)
                 if project_value in (None, ""):
-                    return {}
+                    return {banner: gr.update()}  # nothing to change (an empty dict reads as one output value)
                 return serve(session, rater.id, _project_id(project_value), layout=True)
 
         @errors_in_alert

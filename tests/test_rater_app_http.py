@@ -319,6 +319,30 @@ def test_a_submit_that_empties_the_queue_says_saved_and_nothing_left(tmp_path):
                 assert out[-1] == ""  # no form left to submit
 
 
+def test_a_rater_of_two_projects_comes_back_to_the_project_of_their_open_item(tmp_path):
+    """Two projects: the app asks which one; a reload (a new session) opens the project of the item on screen, so
+    its draft comes back with it; choosing no project changes nothing (it once failed in the server)."""
+    url = f"sqlite:///{tmp_path / 'prefloop.db'}"
+    db.upgrade(url)
+    with db.session_scope(url) as s:
+        projects = [create_project(s, name, ProjectSettings(overlap=1)) for name in ("first", "second")]
+        for p in projects:
+            import_dataset(s, p, [{"prompt": f"{p.name} q", "response_a": "a", "response_b": "b"}])
+        add_rater(s, "two", "pw", projects=projects)
+        second = projects[1].id
+    with running_server(url, free_port(), log_path=tmp_path / "server.log") as base_url:
+        with GradioRaterClient(base_url, "two", "pw") as c:
+            loaded = c.call("load")
+            assert "Choose a project above to start." in str(loaded) and " q" not in str(loaded)  # no item yet
+            assert c.call("choose_project", None)  # no project: nothing to do, and no error
+            shown = c.call("choose_project", second)[-1]
+            assert shown
+        with GradioRaterClient(base_url, "two", "pw") as reloaded:
+            out = reloaded.call("load")
+            assert out[-1] == shown and "second q" in str(out)
+        assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
 def test_raters_change_only_their_own_sensitive_opt_ins(site):
     with db.session_scope(site["url"]) as s:
         care = create_project(s, "care", ProjectSettings(overlap=1))
