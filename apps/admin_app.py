@@ -160,13 +160,19 @@ def _rounded(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return table.round({c: digits for c in table.columns if pd.api.types.is_float_dtype(table[c])})
 
 
+def _nothing(why: str) -> pd.DataFrame:
+    """A table with nothing to show says why: an empty one showed Gradio's placeholder headers "1 2 3"."""
+    return pd.DataFrame({"": [why]})
+
+
 def _highlight_rows(table: pd.DataFrame, mask: pd.Series, money: tuple[str, ...] = ()) -> Any:
     """A Styler that colours the rows where mask is True (flagged raters, pay under the floor); numbers to
     three decimals, the `money` columns to cents."""
     flags = mask.to_numpy()
     style = ["background-color: #fde2e1"] * len(table.columns)
     plain = [""] * len(table.columns)
-    styler = table.style.apply(lambda row: style if flags[row.name] else plain, axis=1).format(precision=3)
+    styler = table.style.apply(lambda row: style if flags[row.name] else plain, axis=1).format(precision=3,
+                                                                                              na_rep="")
     return styler.format("{:.2f}", subset=list(money)) if money else styler
 
 
@@ -260,7 +266,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                 kappas[side] = kappas[side].map(lambda r: names.get(r, str(r)))
             kappas = _rounded(kappas)
         else:
-            agreement, kappas = pd.DataFrame(), pd.DataFrame()
+            agreement, kappas = _nothing("no judgments yet"), _nothing("no judgments yet")
         agreement_plot = plot_agreement_over_time(agreement_over_time(frame, n_bootstrap=N_BOOTSTRAP))
         return summary, judged_plot, agreement, kappas, agreement_plot
 
@@ -280,7 +286,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
             table.insert(2, "flags", flags)
             shown = _highlight_rows(_rounded(table), table["flags"] != "")
         else:
-            shown = pd.DataFrame()
+            shown = _nothing("no judgments yet")
         present = ", ".join(f"`{c}`" for c in categories) or "none"
         return (shown, config_table(), gr.Dropdown(choices=others, value=None),
                 gr.Dropdown(choices=[r.name for r in people], value=None),
@@ -292,13 +298,13 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         with db.session_scope(db_url) as s:
             frame = judgments_frame(s, _project(s, project_name).id)
         if frame.empty:
-            return pd.DataFrame(), None, None, "No judgments yet."
+            return _nothing("no judgments yet"), None, None, "No judgments yet."
         try:
             with warnings.catch_warnings(record=True) as caught:  # groups never compared, perfect separation
                 warnings.simplefilter("always", PrefloopWarning)
                 board = lb.leaderboard(frame, n_bootstrap=N_BOOTSTRAP)
         except UserError as e:  # e.g. no judgment compares two named models
-            return pd.DataFrame(), None, None, html.escape(str(e))
+            return _nothing(str(e)), None, None, html.escape(str(e))
         matrix = lb.win_rate_matrix(frame)
         notes = "".join(f" Warning: {html.escape(str(w.message))}." for w in caught
                         if issubclass(w.category, PrefloopWarning))
@@ -569,7 +575,8 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                     payroll_button = gr.Button("Show payroll", elem_id="pf-payroll")
                     payroll_csv_button = gr.Button("Export CSV", variant="primary", elem_id="pf-payroll-csv")
                 payroll_msg = gr.Markdown("", elem_id="pf-payroll-msg")
-                payroll_df = gr.Dataframe(label="Payroll", interactive=False, elem_id="pf-payroll-table")
+                payroll_df = gr.Dataframe(_nothing("choose the period, then Show payroll"), label="Payroll",
+                                          interactive=False, elem_id="pf-payroll-table")
                 payroll_file = gr.File(label="Payroll CSV", interactive=False, elem_id="pf-payroll-file")
 
             with gr.Tab("Export"):
