@@ -43,7 +43,7 @@ from collect.errors import PermissionDenied, PrefloopWarning, UserError
 from collect.export import AGGREGATIONS, export_project, meta_path
 from collect.formats import FORMATS
 from collect.ingest import import_file
-from collect.judgments import QUALITY_KINDS, judgments_frame
+from collect.judgments import QUALITY_KINDS, judgments_frame, pair_models
 from collect.models import CHOICES, ROLES, ROUTING, AuditEvent, Project, Rater
 from collect.payroll import PayrollConfig, export_payroll, payroll
 from collect.projects import (
@@ -296,7 +296,8 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         from collect import leaderboard as lb
 
         with db.session_scope(db_url) as s:
-            frame = judgments_frame(s, _project(s, project_name).id)
+            project_id = _project(s, project_name).id
+            frame, models = judgments_frame(s, project_id), pair_models(s, project_id)
         if frame.empty:
             return _nothing("no judgments yet"), None, None, "No judgments yet."
         try:
@@ -310,7 +311,8 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                         if issubclass(w.category, PrefloopWarning))
         shown = lb.display_bounds(board.round({"rating": 1, "ci_low": 1, "ci_high": 1, "elo": 1, "win_rate": 3}))
         return (shown, lb.plot_leaderboard(board), lb.plot_win_rates(matrix),
-                f"{int(board['n_games'].sum()) // 2} model comparisons.{notes}")
+                f"{int(board['n_games'].sum()) // 2} model comparisons. "
+                f"{html.escape(lb.unjudged_note(board, models))}{notes}")
 
     def queue_view(admin: Rater, project_name: str) -> pd.DataFrame:
         with db.session_scope(db_url) as s:

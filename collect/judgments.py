@@ -46,3 +46,15 @@ def judgments_frame(session: Session, project_id: int, kinds: tuple[str, ...] = 
     frame["gold_choice"] = frame["gold_choice"].astype(object).where(frame["gold_choice"].notna(), None)
     frame["left_is_a"] = frame["left_is_a"].astype(object).where(frame["left_is_a"].notna(), None)
     return frame.drop(columns=["text_a", "text_b"])
+
+
+def pair_models(session: Session, project_id: int) -> set[str]:
+    """The named models of the project's pairs in the queue, two different models a pair: the leaderboard's
+    models, whether or not a judgment compares them yet."""
+    a, b = aliased(Response), aliased(Response)
+    rows = session.execute(
+        select(a.model, b.model).select_from(Pair)
+        .join(a, a.id == Pair.response_a_id).join(b, b.id == Pair.response_b_id)
+        .where(Pair.project_id == project_id, Pair.status == "active", a.model != b.model)
+        .distinct()).all()
+    return {model for row in rows for model in row if isinstance(model, str) and model.strip()}

@@ -306,6 +306,13 @@ def leaderboard(
     return board[["rank", "model", "rating", "ci_low", "ci_high", "elo", "win_rate", "n_games"]]
 
 
+def unjudged_note(board: pd.DataFrame, models: set[str]) -> str:
+    """A line naming the models of the project's pairs (`models`, collect.judgments.pair_models) that no judged
+    comparison puts on the board yet; "" when there are none."""
+    missing = sorted(models - set(board["model"]))
+    return f"Not on the board, no judged comparison yet: {', '.join(missing)}." if missing else ""
+
+
 def display_bounds(board: pd.DataFrame) -> pd.DataFrame:
     """A copy of a leaderboard for a screen: an infinite interval bound (a side the data leave open) as "∞" or
     "-∞" rather than inf. Keep the floats for files: pandas writes and reads back inf."""

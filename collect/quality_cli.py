@@ -145,9 +145,17 @@ def leaderboard(
     """Bradley-Terry ratings with 95% bootstrap intervals, Elo, and the win-rate matrix."""
     from collect import leaderboard as lb
 
+    from collect.db import existing_session
+    from collect.judgments import pair_models
+    from collect.projects import get_project
+
     frame, _ = load_judgments(project, db)
+    with existing_session(db) as session:
+        models = pair_models(session, get_project(session, project).id)
     board = lb.leaderboard(frame, n_bootstrap=n_bootstrap, anchor=anchor, seed=seed)
     show(board, f"Leaderboard: {project}", out)
+    if note := lb.unjudged_note(board, models):
+        Console(markup=False).print(note)
     show(lb.win_rate_matrix(frame).reset_index(), "Win rate of row model against column model", None)
     if plot is not None:
         lb.plot_leaderboard(board).savefig(plot, dpi=120)

@@ -233,6 +233,10 @@ def test_quality_cli_reads_the_database(tmp_path):
         records.append(Record(where=f"test:{i}", prompt=[{"role": "user", "content": f"question {i}"}],
                               response_a=f"answer {i} by {a}", response_b=f"answer {i} by {b}",
                               model_a=str(a), model_b=str(b), judgments=judged))
+    # A pair of two models nobody has judged yet: not on the board, but named under it.
+    records.append(Record(where="test:unjudged", prompt=[{"role": "user", "content": "question unjudged"}],
+                          response_a="an answer by new", response_b="an answer by newer", model_a="new",
+                          model_b="newer", judgments=[]))
     url = f"sqlite:///{tmp_path / 'quality.db'}"
     db.upgrade(url)
     with db.session_scope(url) as session:
@@ -250,6 +254,7 @@ def test_quality_cli_reads_the_database(tmp_path):
     assert written["model"].tolist() == ["big", "mid", "small"]
     assert np.allclose(written["rating"], leaderboard(frame, n_bootstrap=50)["rating"])
     assert (tmp_path / "board.png").exists()
+    assert "Not on the board, no judged comparison yet: new, newer." in " ".join(result.output.split())
 
     result = runner.invoke(app, ["agreement", "--project", "cli-check", "--db", url, "--n-bootstrap", "50",
                                  "--out", str(tmp_path / "agreement.csv")])
