@@ -36,7 +36,7 @@ NO_PROJECTS = "no projects yet: create one with `prefloop project create NAME`"
 
 app = typer.Typer(help="prefloop: a self-hosted RLHF data engine.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-project_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
+project_app = typer.Typer(help="Create, change and list projects.", no_args_is_help=True)
 rater_app = typer.Typer(help="Add, change and list raters.", no_args_is_help=True)
 flagged_app = typer.Typer(help="Pairs raters flagged as harmful: list them, return one to the queue or retire it.",
                           no_args_is_help=True)
@@ -102,44 +102,106 @@ def init(
         console.print(f"admin {admin!r} created")
 
 
+PROJECT_HELP = {
+    "overlap": "How many raters judge each pair (k).",
+    "gold_rate": "Share of served items that are gold pairs.",
+    "repeat_rate": "Share of served items that repeat a pair the rater judged earlier, sides swapped (consistency "
+                   "check; 0-0.5).",
+    "pay_rate": "Pay per active hour.",
+    "currency": "Currency of the pay rate.",
+    "description": "What the project is about (the JSON API lists it with the project).",
+    "guidelines": "A Markdown file with the rating guidelines.",
+    "rubric": "A criterion raters rate per pair, 'name' or 'name: what it means' (repeatable, one criterion each).",
+    "routing": "any | experts_first | experts_only",
+    "sensitive_daily_cap": "Most sensitive items per rater per day.",
+    "lease_seconds": "Seconds before an unfinished assignment returns to the pool.",
+    "idle_seconds": "Gaps between a rater's actions longer than this many seconds are not paid time.",
+    "break_after_minutes": "Minutes of active time without a pause after which a rater is reminded to take a break.",
+}
+"""The help of each project setting, the same for `project create` and `project update`."""
+
+
 @project_app.command("create")
 def project_create(
     name: str,
     url: Optional[str] = DB_OPTION,
-    overlap: int = typer.Option(3, help="How many raters judge each pair (k)."),
-    gold_rate: float = typer.Option(0.0, help="Share of served items that are gold pairs."),
-    repeat_rate: float = typer.Option(0.0, help="Share of served items that repeat a pair the rater judged "
-                                      "earlier, sides swapped (consistency check; 0-0.5)."),
-    pay_rate: float = typer.Option(0.0, help="Pay per active hour."),
-    currency: str = typer.Option("USD"),
-    description: str = typer.Option("", help="What the project is about (the JSON API lists it with the project)."),
-    guidelines: Optional[Path] = typer.Option(None, help="A Markdown file with the rating guidelines."),
-    rubric: list[str] = typer.Option([], help="A criterion raters rate per pair, 'name' or 'name: what it means' "
-                                     "(repeatable, one criterion each)."),
-    routing: str = typer.Option("experts_first", help="any | experts_first | experts_only"),
-    sensitive_daily_cap: int = typer.Option(20, help="Most sensitive items per rater per day."),
-    lease_seconds: int = typer.Option(900, help="Seconds before an unfinished assignment returns to the pool."),
-    idle_seconds: int = typer.Option(120, help="Gaps between a rater's actions longer than this many seconds are "
-                                     "not paid time."),
-    break_after_minutes: int = typer.Option(50, help="Minutes of active time without a pause after which a rater "
-                                            "is reminded to take a break."),
+    overlap: int = typer.Option(3, help=PROJECT_HELP["overlap"]),
+    gold_rate: float = typer.Option(0.0, help=PROJECT_HELP["gold_rate"]),
+    repeat_rate: float = typer.Option(0.0, help=PROJECT_HELP["repeat_rate"]),
+    pay_rate: float = typer.Option(0.0, help=PROJECT_HELP["pay_rate"]),
+    currency: str = typer.Option("USD", help=PROJECT_HELP["currency"]),
+    description: str = typer.Option("", help=PROJECT_HELP["description"]),
+    guidelines: Optional[Path] = typer.Option(None, help=PROJECT_HELP["guidelines"]),
+    rubric: list[str] = typer.Option([], help=PROJECT_HELP["rubric"]),
+    routing: str = typer.Option("experts_first", help=PROJECT_HELP["routing"]),
+    sensitive_daily_cap: int = typer.Option(20, help=PROJECT_HELP["sensitive_daily_cap"]),
+    lease_seconds: int = typer.Option(900, help=PROJECT_HELP["lease_seconds"]),
+    idle_seconds: int = typer.Option(120, help=PROJECT_HELP["idle_seconds"]),
+    break_after_minutes: int = typer.Option(50, help=PROJECT_HELP["break_after_minutes"]),
 ) -> None:
     """Create a project."""
     from collect.projects import ProjectSettings, create_project, parse_rubric
 
-    for criterion in rubric:  # the dashboard's box skips blank lines; a --rubric value is one criterion
-        if not criterion.strip():
-            raise UserError(f"--rubric {criterion!r}: a criterion needs a name ('name' or 'name: what it means')")
-    if guidelines is not None and not guidelines.is_file():
-        raise UserError(f"{guidelines}: no such file")
     settings = ProjectSettings(
         description=description, overlap=overlap, gold_rate=gold_rate, repeat_rate=repeat_rate, pay_rate=pay_rate,
-        currency=currency, routing=routing, guidelines=guidelines.read_text() if guidelines else "",
-        sensitive_daily_cap=sensitive_daily_cap, rubric=parse_rubric(rubric),
+        currency=currency, routing=routing, guidelines=_guidelines_text(guidelines),
+        sensitive_daily_cap=sensitive_daily_cap, rubric=parse_rubric(_checked_rubric(rubric)),
         lease_seconds=lease_seconds, idle_seconds=idle_seconds, break_after_minutes=break_after_minutes)
     with db.existing_session(url) as session:
         project = create_project(session, name, settings)
         console.print(f"project {project.name!r} created (id {project.id}, overlap {overlap})")
+
+
+@project_app.command("update")
+def project_update(
+    name: str,
+    admin: str = ADMIN_OPTION,
+    url: Optional[str] = DB_OPTION,
+    overlap: Optional[int] = typer.Option(None, help=PROJECT_HELP["overlap"]),
+    gold_rate: Optional[float] = typer.Option(None, help=PROJECT_HELP["gold_rate"]),
+    repeat_rate: Optional[float] = typer.Option(None, help=PROJECT_HELP["repeat_rate"]),
+    pay_rate: Optional[float] = typer.Option(None, help=PROJECT_HELP["pay_rate"]),
+    currency: Optional[str] = typer.Option(None, help=PROJECT_HELP["currency"]),
+    description: Optional[str] = typer.Option(None, help=PROJECT_HELP["description"]),
+    guidelines: Optional[Path] = typer.Option(None, help=PROJECT_HELP["guidelines"]),
+    rubric: list[str] = typer.Option([], help=PROJECT_HELP["rubric"] + " Given, they replace the rubric."),
+    routing: Optional[str] = typer.Option(None, help=PROJECT_HELP["routing"]),
+    sensitive_daily_cap: Optional[int] = typer.Option(None, help=PROJECT_HELP["sensitive_daily_cap"]),
+    lease_seconds: Optional[int] = typer.Option(None, help=PROJECT_HELP["lease_seconds"]),
+    idle_seconds: Optional[int] = typer.Option(None, help=PROJECT_HELP["idle_seconds"]),
+    break_after_minutes: Optional[int] = typer.Option(None, help=PROJECT_HELP["break_after_minutes"]),
+) -> None:
+    """Change a project's settings; those not given stay as they are."""
+    from collect.projects import get_project, get_rater, parse_rubric, require_admin, update_project
+
+    changes = {key: value for key, value in dict(
+        overlap=overlap, gold_rate=gold_rate, repeat_rate=repeat_rate, pay_rate=pay_rate, currency=currency,
+        description=description, routing=routing, sensitive_daily_cap=sensitive_daily_cap,
+        lease_seconds=lease_seconds, idle_seconds=idle_seconds, break_after_minutes=break_after_minutes,
+    ).items() if value is not None}
+    if guidelines is not None:
+        changes["guidelines"] = _guidelines_text(guidelines)
+    if rubric:
+        changes["rubric"] = parse_rubric(_checked_rubric(rubric))
+    if not changes:
+        raise UserError("nothing to change: give the settings to change (see --help)")
+    with db.existing_session(url) as session:
+        actor = require_admin(session, get_rater(session, admin).id)
+        project = update_project(session, get_project(session, name), actor_id=actor.id, **changes)
+        console.print(f"project {project.name!r} updated: {', '.join(sorted(changes))}")
+
+
+def _checked_rubric(rubric: list[str]) -> list[str]:
+    for criterion in rubric:  # the dashboard's box skips blank lines; a --rubric value is one criterion
+        if not criterion.strip():
+            raise UserError(f"--rubric {criterion!r}: a criterion needs a name ('name' or 'name: what it means')")
+    return rubric
+
+
+def _guidelines_text(guidelines: Path | None) -> str:
+    if guidelines is not None and not guidelines.is_file():
+        raise UserError(f"{guidelines}: no such file")
+    return guidelines.read_text() if guidelines else ""
 
 
 @project_app.command("list")

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from collect import db as database
 from collect.ingest import import_dataset
 from collect.models import AuditEvent, Pair, Project, Rater
-from collect.projects import ProjectSettings, add_rater, create_project, get_project
+from collect.projects import ProjectSettings, add_rater, create_project, get_project, get_rater
 from tests.conftest import REPO
 from tests.postgres import free_port
 
@@ -521,3 +521,28 @@ def test_db_before_the_command_is_the_database_of_the_run(sqlite_url, tmp_path, 
 
 def said_err(result: subprocess.CompletedProcess) -> str:
     return " ".join(result.stderr.split())
+
+
+def test_project_update_changes_only_the_settings_given_and_records_who(sqlite_url, tmp_path):
+    """`prefloop project update` does what collect.projects.update_project does, as an admin, audited."""
+    prefloop("init", "--admin", "root", "--password", "s3cret", db=sqlite_url)
+    prefloop("project", "create", "hh", "--overlap", "3", "--rubric", "helpful", db=sqlite_url)
+    guidelines = tmp_path / "g.md"
+    guidelines.write_text("Prefer the honest answer.")
+    result = prefloop("project", "update", "hh", "--admin", "root", "--overlap", "5", "--rubric", "honest: no lies",
+                      "--guidelines", str(guidelines), db=sqlite_url)
+    assert said(result) == "project 'hh' updated: guidelines, overlap, rubric"
+    with database.session_scope(sqlite_url) as s:
+        project = get_project(s, "hh")
+        assert (project.overlap, project.rubric, project.guidelines) == (
+            5, [{"name": "honest", "description": "no lies"}], "Prefer the honest answer.")
+        assert project.pay_rate == 0.0 and project.lease_seconds == 900  # not given: unchanged
+        event = s.scalar(select(AuditEvent).where(AuditEvent.action == "project.update"))
+        assert event.details["changes"]["overlap"] == 5 and event.actor_id == get_rater(s, "root").id
+    for args, expected in ((["--admin", "root"], "nothing to change"),
+                           (["--admin", "root", "--overlap", "0"], "overlap"),
+                           (["--admin", "nobody", "--overlap", "4"], "nobody")):
+        refused = prefloop("project", "update", "hh", *args, db=sqlite_url, check=False)
+        assert refused.returncode == 1 and expected in said_err(refused), said_err(refused)
+    with database.session_scope(sqlite_url) as s:
+        assert get_project(s, "hh").overlap == 5
