@@ -107,14 +107,26 @@ def _shown(page) -> str:
     return page.locator("#pf-shown textarea, #pf-shown input").first.input_value()
 
 
+def _wait_for_item(page, text: str) -> None:
+    """Wait until the page shows an item whose prompt has `text`, and no event is pending."""
+    page.locator("#pf-choice").wait_for(timeout=30_000)
+    page.wait_for_function("t => document.querySelector('#pf-conversation').innerText.includes(t)", arg=text)
+    wait_idle(page)
+
+
+def _wait_moved_on(page, before: str) -> str:
+    page.wait_for_function("b => document.querySelector('#pf-shown textarea, #pf-shown input').value !== b",
+                           arg=before)
+    wait_idle(page)
+    return _shown(page)
+
+
 def _judge_by_keyboard(page, key: str) -> None:
     before = _shown(page)
     page.keyboard.press(key)
     page.locator("#pf-choice input:checked").wait_for()
     page.keyboard.press("Enter")
-    page.wait_for_function("""b => document.querySelector('#pf-shown textarea, #pf-shown input').value !== b""",
-                           arg=before)
-    wait_idle(page)
+    _wait_moved_on(page, before)
 
 
 def _both_bad_checked(page) -> bool:
@@ -125,8 +137,7 @@ def test_keyboard_only_judging_and_undo(site):
     page = site["browser"].new_page()
     started = time.time()
     gradio_login(page, site["base_url"], "ann", "ann-pw", "#pf-choice")
-    page.wait_for_function("document.querySelector('#pf-conversation').innerText.includes('question')")
-    wait_idle(page)
+    _wait_for_item(page, "question")
     assert "Enter" in page.locator("#pf-keys").inner_text()  # the keys are shown on screen
     page.locator("#pf-conversation").click()  # focus on the page, not in a text field
     seen = []
@@ -319,26 +330,11 @@ def test_screenshots(site, tmp_path):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < len(png) < 1_500_000
 
 
-def _wait_for_item(page, text: str) -> None:
-    """Wait until the page shows an item whose prompt has `text`, and no event is pending."""
-    page.locator("#pf-choice").wait_for(timeout=30_000)
-    page.wait_for_function("t => document.querySelector('#pf-conversation').innerText.includes(t)", arg=text)
-    wait_idle(page)
-
-
-def _wait_moved_on(page, before: str) -> str:
-    page.wait_for_function("b => document.querySelector('#pf-shown textarea, #pf-shown input').value !== b",
-                           arg=before)
-    wait_idle(page)
-    return _shown(page)
-
-
 def test_a_stale_second_tab_moves_on_to_the_current_item(site):
     context = site["browser"].new_context()
     first = context.new_page()
     gradio_login(first, site["base_url"], "tia", "tia-pw", "#pf-choice")
-    first.wait_for_function("document.querySelector('#pf-conversation').innerText.includes('tab question')")
-    wait_idle(first)
+    _wait_for_item(first, "tab question")
     second = context.new_page()  # a second tab of the same logged-in rater: the same item
     second.goto(site["base_url"] + "/")
     _wait_for_item(second, "tab question")
@@ -414,8 +410,7 @@ def test_a_draft_survives_a_reload_of_its_item_only(site):
     context = site["browser"].new_context()
     page = context.new_page()
     gradio_login(page, site["base_url"], "dora", "dora-pw", "#pf-choice")
-    page.wait_for_function("document.querySelector('#pf-conversation').innerText.includes('draft question')")
-    wait_idle(page)
+    _wait_for_item(page, "draft question")
     first = _shown(page)
     page.locator("#pf-choice input").nth(3).click()
     page.locator("#pf-both-bad input").check()
