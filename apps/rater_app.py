@@ -18,7 +18,6 @@ import time
 from typing import Any, Callable, Iterator
 
 import gradio as gr
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from apps.rater_api import DATABASE_FAILURES, log_database_failure
@@ -26,12 +25,12 @@ from apps.render import code_css, render_conversation, render_markdown
 from apps.web_auth import current_rater
 from collect import db
 from collect.assign import (
-    GOLD_MINIMUM, UNDO_SECONDS, RaterSummary, Served, flag_harmful, next_assignment, rater_summary, record_activity,
-    reveal, sensitive_cap_reached, skip, submit_judgment, undo_last,
+    GOLD_MINIMUM, UNDO_SECONDS, RaterSummary, Served, flag_harmful, item_state, next_assignment, open_item_project,
+    rater_summary, record_activity, reveal, sensitive_cap_reached, skip, submit_judgment, undo_last,
 )
 from collect.defaults import HEARTBEAT_SECONDS
 from collect.errors import UserError
-from collect.models import Assignment, Pair, Project
+from collect.models import Project
 from collect.projects import projects_of, sensitive_opt_in_choices, set_sensitive_opt_in
 
 log = logging.getLogger(__name__)
@@ -396,12 +395,10 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 with db.session_scope(db_url) as session:
                     rater = current_rater(request, db_url, session)
                     project_id, assignment_id = own_assignment(current, shown_id)
-                    row = session.execute(
-                        select(Assignment.status, Pair.status).join(Pair, Pair.id == Assignment.pair_id)
-                        .where(Assignment.id == assignment_id, Assignment.rater_id == rater.id)).first()
-                    if row is None or tuple(row) == ("open", "active"):
+                    state = item_state(session, rater.id, assignment_id)
+                    if state is None or state == ("open", "active"):
                         raise
-                    return serve(session, rater.id, project_id, STALE_NOTE if row[1] == "active" else PULLED_NOTE)
+                    return serve(session, rater.id, project_id, STALE_NOTE if state[1] == "active" else PULLED_NOTE)
 
         def errors_in_alert(fn: Callable) -> Callable:
             """For the per-item events, which skip Gradio's queue (see below): Gradio's page shows no message for
@@ -426,10 +423,8 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 projects = [(p.name, p.id) for p in projects_of(session, rater)]
                 # One project, or the one holding the rater's open item (a reload, a restarted tab: its draft
                 # comes back with it); otherwise the rater picks.
-                chosen = projects[0][1] if len(projects) == 1 else session.scalar(
-                    select(Assignment.project_id).where(Assignment.rater_id == rater.id, Assignment.status == "open",
-                                                        Assignment.project_id.in_([i for _, i in projects]))
-                    .order_by(Assignment.last_activity_at.desc()).limit(1))
+                chosen = projects[0][1] if len(projects) == 1 else open_item_project(
+                    session, rater.id, [i for _, i in projects])
                 out = {who: f"Signed in as **{html.escape(rater.name)}**"
                             + ("" if auth_header else " · [log out](logout)"),
                        project_box: gr.update(choices=projects, value=chosen)}

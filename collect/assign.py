@@ -285,6 +285,23 @@ def _serve_repeat(session: Session, project: Project, rater_id: int, now: dateti
     return _view(assignment)
 
 
+def item_state(session: Session, rater_id: int, assignment_id: int) -> tuple[str, str] | None:
+    """(assignment status, pair status) of one of the rater's items, None when it is not theirs: what a screen
+    still showing it needs to know after an action on it was refused (done in another tab, or pulled)."""
+    row = session.execute(
+        select(Assignment.status, Pair.status).join(Pair, Pair.id == Assignment.pair_id)
+        .where(Assignment.id == assignment_id, Assignment.rater_id == rater_id)).first()
+    return None if row is None else (row[0], row[1])
+
+
+def open_item_project(session: Session, rater_id: int, project_ids: list[int]) -> int | None:
+    """The project, among `project_ids`, of the rater's most recently active open item; None when none is open."""
+    return session.scalar(
+        select(Assignment.project_id).where(Assignment.rater_id == rater_id, Assignment.status == "open",
+                                            Assignment.project_id.in_(project_ids))
+        .order_by(Assignment.last_activity_at.desc()).limit(1))
+
+
 def _current_assignment(session: Session, project_id: int, rater_id: int) -> Assignment | None:
     """The rater's oldest open assignment on a pair still in the queue.
 
