@@ -22,7 +22,7 @@ import typing
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import anyio
 import gradio as gr
@@ -48,7 +48,7 @@ from collect.models import CHOICES, ROLES, ROUTING, AuditEvent, Project, Rater
 from collect.payroll import PayrollConfig, export_payroll, payroll
 from collect.projects import (
     NO_PASSWORD, ProjectSettings, add_member, add_rater, create_project, get_project, get_rater, list_projects,
-    list_raters, parse_rubric, sensitive_categories, update_rater,
+    list_raters, parse_rubric, project_settings, sensitive_categories, update_project, update_rater,
 )
 from collect.rater_quality import config_table, rater_table
 from collect.status import project_status
@@ -70,6 +70,12 @@ CSS = """
 
 VOTE_COLUMNS = ["rater", "kind", "choice", "both_bad", "flags", "rationale", "criteria", "submitted_at"]
 ADJUDICATION_CHOICES = [(f"{label}", value) for value, label in CHOICES.items()]
+
+FORM_SETTINGS = ("description", "guidelines", "rubric", "overlap", "gold_rate", "repeat_rate", "pay_rate", "currency",
+                 "routing", "sensitive_daily_cap", "lease_seconds", "idle_seconds", "break_after_minutes")
+"""The project settings in the Projects tab's two forms (new project, selected project), in their order."""
+
+WHOLE_SETTINGS = ("overlap", "sensitive_daily_cap", "lease_seconds", "idle_seconds", "break_after_minutes")
 
 
 def mount_options() -> dict[str, Any]:
@@ -198,6 +204,32 @@ def _pair_id(value: Any) -> int:
     if number != int(number) or number < 1:
         raise UserError("a pair id is a positive whole number")
     return int(number)
+
+
+def _number(value: Any, field: str, whole: bool) -> int | float:
+    if value is None or value == "":
+        raise UserError(f"{field}: enter a number")
+    if whole and float(value) != int(float(value)):
+        raise UserError(f"{field} is a whole number")
+    return int(float(value)) if whole else float(value)
+
+
+def _settings_from_form(values: Sequence[Any]) -> dict[str, Any]:
+    """A settings form's values (FORM_SETTINGS order) as ProjectSettings fields; checked later by collect."""
+    form = dict(zip(FORM_SETTINGS, values, strict=True))
+    for field in ("overlap", "gold_rate", "repeat_rate", "pay_rate", *WHOLE_SETTINGS):
+        form[field] = _number(form[field], field, whole=field in WHOLE_SETTINGS)
+    form["rubric"] = parse_rubric(form["rubric"] or "")
+    form["currency"] = (form["currency"] or "").strip()
+    form["description"], form["guidelines"] = form["description"] or "", form["guidelines"] or ""
+    return form
+
+
+def _form_values(settings: ProjectSettings) -> list[Any]:
+    """A project's settings as its settings form shows them: the rubric one criterion a line, as typed."""
+    rubric = "\n".join(f"{c['name']}: {c['description']}" if c.get("description") else c["name"]
+                        for c in settings.rubric or [])
+    return [rubric if field == "rubric" else getattr(settings, field) for field in FORM_SETTINGS]
 
 
 def _csv(text: str) -> list[str]:
@@ -391,21 +423,38 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         files = [result.path, str(meta_path(Path(result.path)))] + ([result.ties_path] if result.ties_path else [])
         return files, f"Exported {html.escape(result.summary())}."
 
+    # The settings forms' parameters are spelled out (FORM_SETTINGS order): Gradio reads a handler's signature.
     def create(admin: Rater, name: str, description: str, guidelines: str, rubric: str, overlap: float,
                gold_rate: float, repeat_rate: float, pay_rate: float, currency: str, routing: str,
-               sensitive_cap: float, lease_seconds: float, idle_seconds: float, break_minutes: float
+               sensitive_daily_cap: float, lease_seconds: float, idle_seconds: float, break_after_minutes: float
                ) -> tuple[str, Any]:
-        settings = ProjectSettings(
-            description=description or "", guidelines=guidelines or "", rubric=parse_rubric(rubric or ""),
-            overlap=int(overlap), gold_rate=float(gold_rate), repeat_rate=float(repeat_rate or 0),
-            pay_rate=float(pay_rate), currency=(currency or "USD").strip(), routing=routing,
-            sensitive_daily_cap=int(sensitive_cap),
-            lease_seconds=int(lease_seconds), idle_seconds=int(idle_seconds), break_after_minutes=int(break_minutes))
+        settings = ProjectSettings(**_settings_from_form([
+            description, guidelines, rubric, overlap, gold_rate, repeat_rate, pay_rate, currency, routing,
+            sensitive_daily_cap, lease_seconds, idle_seconds, break_after_minutes]))
         with db.session_scope(db_url) as s:
             project = create_project(s, (name or "").strip(), settings, actor_id=admin.id)
             names = [p.name for p in list_projects(s)]
             created = project.name
         return f"Created project **{html.escape(created)}**.", gr.Dropdown(choices=names, value=created)
+
+    def settings_view(admin: Rater, project_name: str) -> list[Any]:
+        with db.session_scope(db_url) as s:
+            return _form_values(project_settings(_project(s, project_name)))
+
+    def save_settings(admin: Rater, project_name: str, description: str, guidelines: str, rubric: str,
+                      overlap: float, gold_rate: float, repeat_rate: float, pay_rate: float, currency: str,
+                      routing: str, sensitive_daily_cap: float, lease_seconds: float, idle_seconds: float,
+                      break_after_minutes: float) -> str:
+        form = _settings_from_form([description, guidelines, rubric, overlap, gold_rate, repeat_rate, pay_rate,
+                                    currency, routing, sensitive_daily_cap, lease_seconds, idle_seconds,
+                                    break_after_minutes])
+        with db.session_scope(db_url) as s:
+            project = _project(s, project_name)
+            changed = update_project(s, project, actor_id=admin.id, **form)
+            name = html.escape(project.name)
+        if not changed:
+            return f"**{name}** already has these settings: nothing changed."
+        return f"Saved **{name}**: changed {html.escape(', '.join(changed))}."
 
     def import_data(admin: Rater, project_name: str, path: str | None, fmt: str, as_gold: bool) -> str:
         if not path:
@@ -466,6 +515,46 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
 
     # ------------------------------------------------------------------------------------- layout
 
+    def settings_form(prefix: str) -> list[Any]:
+        """The inputs of FORM_SETTINGS, in that order, with a new project's defaults; elem ids prefix-field."""
+        defaults = ProjectSettings()
+
+        def elem(field: str) -> str:
+            return f"{prefix}-{field.replace('_', '-')}"
+
+        fields = {
+            "description": gr.Textbox(label="Description", elem_id=elem("description")),
+            "guidelines": gr.Textbox(label="Guidelines (Markdown, shown to raters)", lines=4,
+                                     elem_id=elem("guidelines")),
+            "rubric": gr.Textbox(label="Rubric: one criterion a line, `name: description`", lines=3,
+                                 elem_id=elem("rubric")),
+        }
+        with gr.Row():
+            fields["overlap"] = gr.Number(label="Overlap k", value=defaults.overlap, precision=0,
+                                          elem_id=elem("overlap"))
+            fields["gold_rate"] = gr.Number(label="Gold rate (0-1)", value=defaults.gold_rate,
+                                            elem_id=elem("gold_rate"))
+            fields["repeat_rate"] = gr.Number(label="Repeat rate, sides swapped (0-0.5)", value=defaults.repeat_rate,
+                                              elem_id=elem("repeat_rate"))
+            fields["pay_rate"] = gr.Number(label="Pay per active hour", value=defaults.pay_rate,
+                                           elem_id=elem("pay_rate"))
+            fields["currency"] = gr.Textbox(label="Currency", value=defaults.currency, elem_id=elem("currency"))
+        fields["routing"] = gr.Radio(list(ROUTING), value=defaults.routing, label="Routing", elem_id=elem("routing"))
+        gr.Markdown("Sensitivity policy: items tagged `sensitive:*` go only to raters who opted in to that "
+                    "category, behind a content warning, at most this many a day:")
+        with gr.Row():
+            fields["sensitive_daily_cap"] = gr.Number(label="Sensitive items per rater per day",
+                                                      value=defaults.sensitive_daily_cap, precision=0,
+                                                      elem_id=elem("sensitive_daily_cap"))
+            fields["lease_seconds"] = gr.Number(label="Lease (seconds)", value=defaults.lease_seconds, precision=0,
+                                                elem_id=elem("lease_seconds"))
+            fields["idle_seconds"] = gr.Number(label="Idle after (seconds)", value=defaults.idle_seconds,
+                                               precision=0, elem_id=elem("idle_seconds"))
+            fields["break_after_minutes"] = gr.Number(label="Break reminder after (minutes of active time)",
+                                                      value=defaults.break_after_minutes, precision=0,
+                                                      elem_id=elem("break_after_minutes"))
+        return [fields[field] for field in FORM_SETTINGS]
+
     with gr.Blocks(title="prefloop admin", analytics_enabled=False) as app:
         with gr.Row():
             gr.Markdown("## prefloop · admin")
@@ -504,10 +593,12 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                         rater_sensitive = gr.Textbox(label="Opted in to sensitive categories (comma-separated)")
                         rater_join = gr.Checkbox(value=True, label="Member of the selected project")
                         add_rater_button = gr.Button("Add", variant="primary", elem_id="pf-add-rater")
+                        add_rater_msg = gr.Markdown("", elem_id="pf-add-rater-msg")
                     with gr.Column():
                         gr.Markdown("#### Add an existing person to this project")
                         member_name = gr.Dropdown(label="Person", choices=[], allow_custom_value=True, elem_id="pf-member")
                         add_member_button = gr.Button("Add to project", elem_id="pf-add-member")
+                        member_msg = gr.Markdown("", elem_id="pf-member-msg")
                     with gr.Column():
                         gr.Markdown("#### Change a person's expertise and sensitive-content opt-ins")
                         edit_name = gr.Dropdown(label="Person", choices=[], allow_custom_value=True,
@@ -518,7 +609,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                                                     elem_id="pf-edit-sensitive")
                         categories_md = gr.Markdown("", elem_id="pf-categories")
                         edit_button = gr.Button("Save changes", elem_id="pf-update-rater")
-                people_msg = gr.Markdown("", elem_id="pf-people-msg")
+                        edit_msg = gr.Markdown("", elem_id="pf-edit-rater-msg")
 
             with gr.Tab("Leaderboard"):
                 board_msg = gr.Markdown("")
@@ -599,33 +690,24 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                     with gr.Column():
                         gr.Markdown("#### New project")
                         new_name = gr.Textbox(label="Name", elem_id="pf-new-project")
-                        new_description = gr.Textbox(label="Description")
-                        new_guidelines = gr.Textbox(label="Guidelines (Markdown, shown to raters)", lines=4)
-                        new_rubric = gr.Textbox(label="Rubric: one criterion a line, `name: description`", lines=3)
-                        with gr.Row():
-                            new_overlap = gr.Number(label="Overlap k", value=3, precision=0)
-                            new_gold = gr.Number(label="Gold rate (0-1)", value=0.0)
-                            new_repeat = gr.Number(label="Repeat rate, sides swapped (0-0.5)", value=0.0)
-                            new_pay = gr.Number(label="Pay per active hour", value=0.0)
-                            new_currency = gr.Textbox(label="Currency", value="USD")
-                        new_routing = gr.Radio(list(ROUTING), value="experts_first", label="Routing")
-                        gr.Markdown("Sensitivity policy: items tagged `sensitive:*` go only to raters who opted in "
-                                    "to that category, behind a content warning, at most this many a day:")
-                        with gr.Row():
-                            new_cap = gr.Number(label="Sensitive items per rater per day", value=20, precision=0)
-                            new_lease = gr.Number(label="Lease (seconds)", value=900, precision=0)
-                            new_idle = gr.Number(label="Idle after (seconds)", value=120, precision=0)
-                            new_break = gr.Number(label="Break reminder after (minutes of active time)", value=50,
-                                                  precision=0)
+                        new_fields = settings_form("pf-new")
                         create_button = gr.Button("Create project", variant="primary", elem_id="pf-create")
+                        create_msg = gr.Markdown("", elem_id="pf-create-msg")
                     with gr.Column():
-                        gr.Markdown("#### Import into the selected project")
-                        upload = gr.File(label="JSONL, JSON, CSV or Parquet (optionally .gz)", type="filepath",
-                                         elem_id="pf-upload")
+                        gr.Markdown("#### Settings of the selected project")
+                        set_fields = settings_form("pf-set")
+                        save_settings_button = gr.Button("Save settings", variant="primary",
+                                                         elem_id="pf-save-settings")
+                        settings_msg = gr.Markdown("", elem_id="pf-settings-msg")
+                gr.Markdown("#### Import into the selected project")
+                with gr.Row():
+                    upload = gr.File(label="JSONL, JSON, CSV or Parquet (optionally .gz)", type="filepath",
+                                     elem_id="pf-upload", scale=2)
+                    with gr.Column(scale=1):
                         import_format = gr.Dropdown(["auto", *FORMATS], value="auto", label="Format")
                         as_gold = gr.Checkbox(value=False, label="Labels are gold answers (for rater checks)")
                         import_button = gr.Button("Import", variant="primary", elem_id="pf-import")
-                projects_msg = gr.Markdown("", elem_id="pf-projects-msg")
+                import_msg = gr.Markdown("", elem_id="pf-import-msg")
 
             with gr.Tab("Audit log"):
                 only_project = gr.Checkbox(value=True, label="Only the selected project", elem_id="pf-audit-only")
@@ -641,6 +723,7 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
             (queue_view, [project], [queue_df]),
             (flagged_view, [project], [flagged_df]),
             (audit_view, [project, only_project], [audit_df]),
+            (settings_view, [project], set_fields),
         ]
         app.load(guarded(start), None, [project, who], api_name="start")
         for fn, inputs, outputs in views:
@@ -679,22 +762,22 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
         then_refresh(export_button.click(guarded(export_view), [project, aggregation, min_confidence, include_ties,
                                                                  export_format], [export_files, export_msg],
                                          api_name="export"), audit_view)
-        create_button.click(guarded(create), [new_name, new_description, new_guidelines, new_rubric, new_overlap,
-                                              new_gold, new_repeat, new_pay, new_currency, new_routing, new_cap, new_lease,
-                                              new_idle, new_break], [projects_msg, project], api_name="create_project")
+        create_button.click(guarded(create), [new_name, *new_fields], [create_msg, project], api_name="create_project")
+        then_refresh(save_settings_button.click(guarded(save_settings), [project, *set_fields], [settings_msg],
+                                                api_name="save_settings"), settings_view, overview, audit_view)
         then_refresh(import_button.click(guarded(import_data), [project, upload, import_format, as_gold],
-                                         [projects_msg], api_name="import"),
+                                         [import_msg], api_name="import"),
                      overview, raters_view, leaderboard_view, queue_view, audit_view)
         then_refresh(add_rater_button.click(guarded(new_rater), [project, rater_name, rater_password, rater_role,
                                                                   rater_expertise, rater_sensitive, rater_join],
-                                            [people_msg, rater_password], api_name="add_rater"),
+                                            [add_rater_msg, rater_password], api_name="add_rater"),
                      raters_view, audit_view)
-        then_refresh(add_member_button.click(guarded(join_project), [project, member_name], [people_msg],
+        then_refresh(add_member_button.click(guarded(join_project), [project, member_name], [member_msg],
                                              api_name="add_member"), raters_view, audit_view)
         edit_name.input(guarded(rater_settings), [edit_name], [edit_expertise, edit_sensitive],
                         api_name="rater_settings")
         then_refresh(edit_button.click(guarded(change_rater), [edit_name, edit_expertise, edit_sensitive],
-                                       [people_msg], api_name="update_rater"), audit_view)
+                                       [edit_msg], api_name="update_rater"), audit_view)
     return app
 
 

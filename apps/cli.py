@@ -187,8 +187,10 @@ def project_update(
         raise UserError("nothing to change: give the settings to change (see --help)")
     with db.existing_session(url) as session:
         actor = require_admin(session, get_rater(session, admin).id)
-        project = update_project(session, get_project(session, name), actor_id=actor.id, **changes)
-        console.print(f"project {project.name!r} updated: {', '.join(sorted(changes))}")
+        project = get_project(session, name)
+        changed = update_project(session, project, actor_id=actor.id, **changes)
+        console.print(f"project {project.name!r} updated: {', '.join(sorted(changed))}" if changed
+                      else f"project {project.name!r} already has those settings: nothing changed")
 
 
 def _checked_rubric(rubric: list[str]) -> list[str]:

@@ -106,6 +106,11 @@ def _check_settings(settings: ProjectSettings) -> None:
             raise UserError("each rubric criterion needs a 'name'")
 
 
+def _full_rubric(rubric: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Every criterion with a description, empty where none was given, as `parse_rubric` writes them."""
+    return [{"description": "", **criterion} for criterion in rubric or []]
+
+
 def create_project(
     session: Session, name: str, settings: ProjectSettings | None = None, actor_id: int | None = None
 ) -> Project:
@@ -118,7 +123,7 @@ def create_project(
     if session.scalar(select(Project).where(Project.name == name)):
         raise UserError(f"project {name!r} already exists")
     values = dict(settings.__dict__)
-    values["rubric"] = values["rubric"] or []
+    values["rubric"] = _full_rubric(values["rubric"])
     project = Project(name=name, **values)
     session.add(project)
     session.flush()
@@ -126,17 +131,32 @@ def create_project(
     return project
 
 
-def update_project(session: Session, project: Project, actor_id: int | None = None, **changes: Any) -> Project:
-    settings = ProjectSettings(**{k: getattr(project, k) for k in ProjectSettings.__dataclass_fields__})
+def project_settings(project: Project) -> ProjectSettings:
+    """A project's current settings, in the form `create_project` takes them."""
+    return ProjectSettings(**{key: getattr(project, key) for key in ProjectSettings.__dataclass_fields__})
+
+
+def update_project(session: Session, project: Project, actor_id: int | None = None, **changes: Any) -> dict[str, Any]:
+    """Change the settings named in `changes` (fields of ProjectSettings), checked as `create_project` checks them.
+
+    Returns the settings whose value differs from before: only those are changed and audited, so a form that
+    sends every setting records what the admin changed, not what they left alone.
+    """
+    settings = project_settings(project)
     for key, value in changes.items():
         if key not in ProjectSettings.__dataclass_fields__:
             raise UserError(f"unknown project setting {key!r}")
         setattr(settings, key, value)
     _check_settings(settings)
-    for key, value in changes.items():
+    if "rubric" in changes:
+        changes["rubric"] = _full_rubric(changes["rubric"])
+    changed = {key: value for key, value in changes.items()
+               if (_full_rubric(project.rubric) if key == "rubric" else getattr(project, key)) != value}
+    for key, value in changed.items():
         setattr(project, key, value)
-    audit(session, "project.update", actor_id, project.id, changes=changes)
-    return project
+    if changed:
+        audit(session, "project.update", actor_id, project.id, changes=changed)
+    return changed
 
 
 def get_project(session: Session, name_or_id: str | int) -> Project:

@@ -134,6 +134,9 @@ def payloads(client: GradioRaterClient, site, pair_id: int) -> tuple[list[dict],
         "pf-new-rater-name": "newbie", "pf-new-rater-password": "newbie-pw", "pf-member": "vic",
         "pf-audit-only": True, "pf-upload": upload(client, "more.jsonl", rows), "pf-flag-pair-id": pair_id,
         "pf-edit-rater": "vic", "pf-edit-expertise": "domain:law", "pf-edit-sensitive": "Violence, self-harm",
+        # the settings form as the fixture made PROJECT, but for a new description
+        "pf-set-description": "edited over http", "pf-set-rubric": "helpful", "pf-set-overlap": 5,
+        "pf-set-pay-rate": 15.0, "pf-set-lease-seconds": 3600,
     }
     events = [d for d in config["dependencies"] if d["backend_fn"]]
     data = {d["id"]: [by_elem.get(components[i]["props"].get("elem_id"), components[i]["props"].get("value"))
@@ -212,19 +215,25 @@ def test_non_admins_get_nothing_and_admins_get_everything_over_http(site):
         # the line `prefloop export` prints (collect.export.ExportResult.summary)
         assert "(weighted aggregation); left out:" in outputs["export"][1]
         assert "flagged or retired" in outputs["export"][1]
+        assert outputs["save_settings"][0] == f"Saved **{PROJECT}**: changed description."
 
     with db.session_scope(site.url) as s:
         boss = site.ids["boss"]
         decided = s.scalar(select(Judgment).where(Judgment.kind == "adjudication", Judgment.pair_id == pair_id))
         assert decided.rater_id == boss and decided.choice == -2 and decided.rationale == "B is right"
         assert s.scalar(select(Project).where(Project.name == "made-over-http")) is not None
+        zephyr = s.get(Project, site.ids["project"])
+        assert (zephyr.description, zephyr.overlap, zephyr.lease_seconds) == ("edited over http", 5, 3600)
+        update = s.scalar(select(AuditEvent).where(AuditEvent.action == "project.update",
+                                                   AuditEvent.project_id == zephyr.id))
+        assert update.actor_id == boss and update.details["changes"] == {"description": "edited over http"}
         assert s.scalar(select(Rater).where(Rater.name == "newbie")).role == "rater"
         vic = s.get(Rater, site.ids["vic"])
         assert (vic.expertise, vic.sensitive_opt_in) == (["domain:law"], ["self-harm", "violence"])
         actions = set(s.scalars(select(AuditEvent.action).where(AuditEvent.actor_id == boss)))
     # every admin action is in the audit log, with the admin as the actor
-    assert {"pair.adjudicate", "project.create", "import", "export", "payroll.export", "rater.add",
-            "membership.add", "rater.update"} <= actions
+    assert {"pair.adjudicate", "project.create", "project.update", "import", "export", "payroll.export",
+            "rater.add", "membership.add", "rater.update"} <= actions
 
 
 def test_an_admin_demoted_while_logged_in_is_refused_by_every_handler(site):
@@ -399,12 +408,20 @@ def test_dashboard_in_chromium(site, tmp_path):
         page.wait_for_function("() => document.querySelector('#pf-audit').innerText.includes('pair.adjudicate')")
         assert "payroll.export" in page.locator("#pf-audit").inner_text()
 
-        # Projects: create one, switch to it (its empty views load without error), import a file into it
+        # Projects: the selected project's settings are shown; create one, switch to it (its empty views load
+        # without error), change its settings, import a file into it
         page.get_by_role("tab", name="Projects", exact=True).click()
+        assert page.locator("#pf-set-overlap input").input_value() == "5"
+        assert page.locator("#pf-set-lease-seconds input").input_value() == "3600"
         page.locator("#pf-new-project").locator("textarea, input").first.fill("browser-made")
         page.get_by_role("button", name="Create project", exact=True).click()
-        page.locator("#pf-projects-msg").get_by_text("browser-made").wait_for()
+        page.locator("#pf-create-msg").get_by_text("browser-made").wait_for()
         assert page.locator("#pf-project input").input_value() == "browser-made"
+        page.wait_for_function("() => document.querySelector('#pf-set-lease-seconds input').value === '900'")
+        page.locator("#pf-set-overlap input").fill("2")
+        page.locator("#pf-set-rubric textarea").fill("clarity: easy to follow")
+        page.get_by_role("button", name="Save settings", exact=True).click()
+        page.locator("#pf-settings-msg").get_by_text("changed rubric, overlap").wait_for()
         upload_file = tmp_path / "pairs.jsonl"
         upload_file.write_text("\n".join(json.dumps({"prompt": f"p{i}", "response_a": "a", "response_b": "b"})
                                          for i in range(4)))
@@ -427,7 +444,7 @@ def test_dashboard_in_chromium(site, tmp_path):
                     shown = page.locator("#pf-upload").evaluate("e => e.outerHTML")[-2000:]
                     raise AssertionError(f"the uploaded file's name never showed; the component: {shown}") from None
         page.get_by_role("button", name="Import", exact=True).click()
-        page.locator("#pf-projects-msg").get_by_text("Imported").wait_for()
+        page.locator("#pf-import-msg").get_by_text("Imported").wait_for()
         page.get_by_role("tab", name="Overview", exact=True).click()
         page.wait_for_function("() => document.querySelector('#pf-status').innerText.includes('4 prompts')")
         assert page.locator(".toast-body").count() == 0  # no error anywhere on the way
@@ -447,3 +464,4 @@ def test_dashboard_in_chromium(site, tmp_path):
         assert s.get(Pair, flagged).status == "retired"
         made = s.scalar(select(Project).where(Project.name == "browser-made"))
         assert s.scalar(select(func.count(Prompt.id)).where(Prompt.project_id == made.id)) == 4
+        assert (made.overlap, made.rubric) == (2, [{"name": "clarity", "description": "easy to follow"}])

@@ -539,6 +539,8 @@ def test_project_update_changes_only_the_settings_given_and_records_who(sqlite_u
         assert project.pay_rate == 0.0 and project.lease_seconds == 900  # not given: unchanged
         event = s.scalar(select(AuditEvent).where(AuditEvent.action == "project.update"))
         assert event.details["changes"]["overlap"] == 5 and event.actor_id == get_rater(s, "root").id
+    unchanged = prefloop("project", "update", "hh", "--admin", "root", "--overlap", "5", db=sqlite_url)
+    assert said(unchanged) == "project 'hh' already has those settings: nothing changed"
     for args, expected in ((["--admin", "root"], "nothing to change"),
                            (["--admin", "root", "--overlap", "0"], "overlap"),
                            (["--admin", "nobody", "--overlap", "4"], "nobody")):

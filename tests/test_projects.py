@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from collect import db
 from collect.errors import UserError
 from collect.ingest import import_dataset
-from collect.models import Project, Prompt, Rater
+from collect.models import AuditEvent, Project, Prompt, Rater
 from collect.projects import (
     ProjectSettings, add_member, add_rater, create_project, get_project, parse_rubric, update_project,
 )
@@ -50,6 +50,21 @@ def test_update_checks_the_same_rules(db_url):
             update_project(s, get_project(s, "p"), lease_seconds=-1)
     with db.session_scope(db_url) as s:
         assert get_project(s, "p").lease_seconds == 600
+
+
+def test_update_changes_and_audits_only_what_differs(db_url):
+    """A form sends every setting: the audit log records what the admin changed, not what they left alone."""
+    with db.session_scope(db_url) as s:
+        create_project(s, "p", ProjectSettings(overlap=3, rubric=[{"name": "helpful"}]))
+    with db.session_scope(db_url) as s:
+        project = get_project(s, "p")
+        same = update_project(s, project, overlap=3, rubric=parse_rubric("helpful"), currency="USD")
+        changed = update_project(s, project, overlap=4, rubric=parse_rubric("helpful"), gold_rate=0.1)
+    assert same == {} and changed == {"overlap": 4, "gold_rate": 0.1}
+    with db.session_scope(db_url) as s:
+        updates = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "project.update")))
+        assert [event.details["changes"] for event in updates] == [{"overlap": 4, "gold_rate": 0.1}]
+        assert (get_project(s, "p").overlap, get_project(s, "p").gold_rate) == (4, 0.1)
 
 
 def test_names_fit_their_columns(db_url):
