@@ -465,3 +465,24 @@ def test_dashboard_in_chromium(site, tmp_path):
         made = s.scalar(select(Project).where(Project.name == "browser-made"))
         assert s.scalar(select(func.count(Prompt.id)).where(Prompt.project_id == made.id)) == 4
         assert (made.overlap, made.rubric) == (2, [{"name": "clarity", "description": "easy to follow"}])
+
+
+def test_empty_tables_say_why_and_missing_statistics_show_blank(site):
+    """A table with nothing to show says why (Gradio's placeholder headers read "1 2 3"); a statistic a rater has
+    no data for (no gold pairs here) is blank, not "nan"."""
+    with db.session_scope(site.url) as s:
+        create_project(s, "nothing-yet")
+    with GradioRaterClient(site.base + "/admin", "boss", "boss-pw") as admin:
+        overview = admin.call("overview", "nothing-yet")
+        raters = admin.call("raters_view", "nothing-yet")[0]
+        board = admin.call("leaderboard_view", "nothing-yet")
+        full = admin.call("raters_view", PROJECT)[0]
+    why = {"headers": [""], "data": [["no judgments yet"]]}
+    for table in (overview[2], overview[3], raters, board[0]):
+        assert {k: table[k] for k in why} == why
+    assert board[3] == "No judgments yet."
+    gold = full["headers"].index("gold_accuracy")
+    shown = full["metadata"]["display_value"]
+    assert len(shown) == 7 and all(row[gold] == "" for row in shown)  # no gold pairs in this project
+    assert all(value is None for value in [row[gold] for row in full["data"]])
+    assert "nan" not in json.dumps(shown).lower()
