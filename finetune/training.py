@@ -9,7 +9,7 @@ from peft import LoraConfig
 from transformers.trainer_callback import PrinterCallback
 
 from collect.errors import UserError
-from reward.progress import TrainingProgress
+from reward.progress import TrainingProgress, close_progress
 from reward.models import checkpointing_argument, cpu_only
 
 if TYPE_CHECKING:
@@ -91,7 +91,10 @@ def common_trainer_args(
 def run(trainer) -> None:
     """Train without the Trainer printing raw log dicts: TrainingProgress shows them instead."""
     trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        close_progress(trainer)
 
 
 def alignment_progress(label: str, show: bool = True) -> TrainingProgress:

@@ -256,6 +256,7 @@ def print_report(report: dict) -> None:
 def print_truncated(truncated: dict, pairs: int, who: str = "") -> None:
     why = {"prefloop.json": "the length it trained with", "max_length given": "as --max-length says",
            "the model's own limit": "the model's own limit: nothing records the length it trained with",
+           "trained with no limit": "the model's own limit: it was trained with no max_length",
            "its position limit": "the most positions the model has"}
     limits = "; ".join(dict.fromkeys(  # an ensemble's members often share one
         f"{limit['max_length']} tokens, cut from the {limit['truncation_side']} ({why[limit['from']]})"

@@ -147,10 +147,24 @@ class TrainingProgress(TrainerCallback):
             self.log_lines.print(self.label, state.global_step, "  ".join(stats))
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+        self.log_lines = None  # a reward run's closing evaluation of the kept step is in its summary, not a step
+
+
+    def close(self) -> None:
+        """Stop the live bar; again is a no-op."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
-        self.log_lines = None  # a reward run's closing evaluation of the kept step is in its summary, not a step
+
+
+def close_progress(trainer) -> None:
+    """Stop the trainer's live progress bars. Transformers calls `on_train_end` only when training returns: a
+    run that raised left the bar's thread running, stdout redirected through Rich and the cursor hidden, for a
+    caller that catches the error and goes on."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TrainingProgress):
+            callback.close()
 
 
 class StopOnNonFiniteWeights(TrainerCallback):

@@ -224,7 +224,8 @@ class _Member:
         self.model.to(device).eval()
         limit = info.get("max_length") if max_length is None else max_length
         self.max_length_from = ("max_length given" if max_length is not None else
-                                "prefloop.json" if limit is not None else "the model's own limit")
+                                "prefloop.json" if limit is not None else
+                                "trained with no limit" if "max_length" in info else "the model's own limit")
         if limit is None:
             positions = getattr(self.model.config, "max_position_embeddings", None) or 512
             limit = min(self.tokenizer.model_max_length, positions)
@@ -388,8 +389,9 @@ class RewardScorer:
 
     def length_limits(self) -> list[dict[str, Any]]:
         """Each member's max length and truncation side, and where the length came from: the model's prefloop.json,
-        `max_length` given here, the model's own limit (where nothing records the length it trained with), or its
-        position limit (where the length asked for is longer)."""
+        `max_length` given here, the model's own limit (where nothing records the length it trained with, or where
+        it trained with none: "trained with no limit"), or its position limit (where the length asked for is
+        longer)."""
         return [{"max_length": m.encoder.max_length, "truncation_side": m.encoder.truncation_side,
                  "from": m.max_length_from} for m in self.members]
 

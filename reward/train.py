@@ -320,18 +320,45 @@ def lora_targets(model: PreTrainedModel, trainable_layers: int | None) -> str | 
 
 
 def freeze_lower_layers(model, trainable_layers: int) -> None:
-    """Freeze every parameter the forward pass reaches before the top `trainable_layers` blocks: the
-    embeddings and the lower blocks. Parameters are registered in forward order (embeddings, blocks, final
-    norm or pooler, head), so those are the ones listed before the first trained parameter."""
+    """Freeze every parameter the forward pass reaches before the top `trainable_layers` blocks: the embeddings,
+    the lower blocks and what the blocks share. Which those are is read off one forward pass on a few tokens,
+    by the order modules first run in, because registration order is not forward order everywhere: DeBERTa
+    registers the relative-position table every block reads after the blocks. A parameter of a module that
+    never runs as a module (that table is read as `.weight`) is frozen; those of the top blocks never are."""
+    import torch
+
     layers = transformer_layers(model)
-    params = list(model.parameters())
-    position = {id(p): i for i, p in enumerate(params)}
-    if trainable_layers:
-        first_trained = position[id(next(layers[len(layers) - trainable_layers].parameters()))]
-    else:  # the head alone: everything up to the last block's last parameter
-        first_trained = max(position[id(p)] for p in layers.parameters()) + 1
-    for param in params[:first_trained]:
-        param.requires_grad_(False)
+    top = list(layers)[len(layers) - trainable_layers:] if trainable_layers else []
+    trained = {id(p) for block in top for p in block.parameters()}
+    reached = False  # whether the forward pass has got to the trained part
+
+    def reach(*_: Any) -> None:
+        nonlocal reached
+        reached = True
+
+    def first_run(module, *_: Any) -> None:
+        if reached and module not in ran:
+            trained.update(id(p) for p in module.parameters(recurse=False))
+        ran.add(module)
+
+    ran: set = set()
+    hooks = [top[0].register_forward_pre_hook(reach) if top else layers[-1].register_forward_hook(reach)]
+    hooks += [module.register_forward_pre_hook(first_run) for module in model.modules()
+              if next(module.parameters(recurse=False), None) is not None]
+    vocab = model.get_input_embeddings().num_embeddings
+    input_ids = torch.arange(1, 5).remainder(vocab).unsqueeze(0).to(next(model.parameters()).device)
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    for param in model.parameters():
+        if id(param) not in trained:
+            param.requires_grad_(False)
 
 
 class FrozenLayerCache:
@@ -353,6 +380,9 @@ class FrozenLayerCache:
         self._keys: list[bytes] | None = None
         self._mask = None
         self._hit = False
+        # What a block returns: a tensor, or a tuple whose first item is the states (DeBERTa's blocks add their
+        # attention weights); a block that is passed over returns the same shape of answer.
+        self._extras: int | None = None
         body = getattr(model, model.base_model_prefix)
         self._hook = body.register_forward_pre_hook(self._see_inputs, with_kwargs=True)
         for i, block in enumerate(self.blocks):
@@ -392,16 +422,19 @@ class FrozenLayerCache:
         def cached_forward(hidden_states, *args, **kwargs):
             if not self._hit:
                 output = forward(hidden_states, *args, **kwargs)
-                if top and self._keys is not None and isinstance(output, torch.Tensor):
-                    for key, row, real in zip(self._keys, output.detach(), self._mask):
+                states = output if isinstance(output, torch.Tensor) else output[0]
+                self._extras = None if isinstance(output, torch.Tensor) else len(output) - 1
+                if top and self._keys is not None:
+                    for key, row, real in zip(self._keys, states.detach(), self._mask):
                         self.states.setdefault(key, row[real].to("cpu", copy=True))
                 return output
-            if not top:
-                return hidden_states
-            out = hidden_states.new_zeros(hidden_states.shape)
-            for i, key in enumerate(self._keys):
-                out[i][self._mask[i]] = self.states[key].to(out.device, out.dtype)
-            return out
+            if top:
+                out = hidden_states.new_zeros(hidden_states.shape)
+                for i, key in enumerate(self._keys):
+                    out[i][self._mask[i]] = self.states[key].to(out.device, out.dtype)
+            else:
+                out = hidden_states
+            return out if self._extras is None else (out,) + (None,) * self._extras
 
         return cached_forward
 
@@ -547,6 +580,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     from transformers import PrinterCallback, set_seed
     from trl import RewardConfig
 
+    from reward.progress import close_progress
     from reward.shared_prompt import SharedPromptCollator, shares_prompt, tokens_per_pair, with_packed_lengths
     from reward.trainer import PrefloopRewardTrainer
 
@@ -575,7 +609,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
             warn(f"{data_label('eval_data', config.eval_data)}: {leaked} of its {len(eval_rows)} pair(s) are "
                  f"also in {data_label('data', config.data)}: the held-out accuracy that picks the step will "
                  "measure memory, not generalisation")
-    train_set, truncated_train = encoder.encode_pairs(train_rows, config.use_margin, "data", config.align_truncation)
+    margin_in_loss = config.use_margin and "margin" in train_rows.column_names
+    train_set, truncated_train = encoder.encode_pairs(train_rows, margin_in_loss, "data", config.align_truncation)
     identical = [i for i, (c, r) in enumerate(zip(train_set["chosen_ids"], train_set["rejected_ids"])) if c == r]
     if identical:
         # Named by its text: after the held-out split a pair's index is not its row in the file.
@@ -587,7 +622,8 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
     if eval_rows is not None:
         # Held-out pairs are cut as scoring cuts them (each side alone): the held-out accuracy that picks the
         # step is then the one `prefloop reward eval` reports on the same pairs.
-        eval_set, truncated_eval = encoder.encode_pairs(eval_rows, config.use_margin, "eval_data", align=False)
+        # Their margins count only where the training loss counts margins, so that the two losses compare.
+        eval_set, truncated_eval = encoder.encode_pairs(eval_rows, margin_in_loss, "eval_data", align=False)
 
     # The new score head (and LoRA's A matrices) are drawn from the global RNG: unseeded, the same data, base
     # and seed gave a different model on every run.
@@ -705,6 +741,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
             metrics.update({k: float(v) for k, v in final.items() if isinstance(v, (int, float))})
     finally:
         stop_early.release()
+        close_progress(trainer)
         if frozen_cache is not None:  # a failed or interrupted run must not leave the stand-ins in the model
             frozen_cache.close()
     full_epochs, rest = divmod(trainer.state.global_step, steps_per_epoch)
@@ -716,7 +753,7 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         n_eval=len(eval_set) if eval_set is not None else 0,
         truncated_train=truncated_train,
         truncated_eval=truncated_eval,
-        margin_in_loss=config.use_margin and "margin" in train_rows.column_names,
+        margin_in_loss=margin_in_loss,
         data_fingerprint=data_fingerprint,
         best_step=keep_best.best_step,
         train_seconds=train_seconds,

@@ -954,6 +954,68 @@ def test_trainable_layers_freezes_everything_below_the_top_layers(tmp_path, tiny
     assert not torch.equal(trained.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
 
 
+def test_trainable_layers_also_freezes_what_the_lower_layers_share(tmp_path):
+    """DeBERTa registers the relative-position table (and its norm) that every block reads after the blocks:
+    training it would change what the frozen blocks compute, and the backward pass would run through them all."""
+    from transformers import AutoModelForSequenceClassification
+
+    from reward.train import freeze_lower_layers
+
+    path = tiny_encoder_reward_model(tmp_path / "deberta", kind="deberta")
+    for trainable_layers, trained_parts in ((1, ("deberta.encoder.layer.1.",)), (0, ())):
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        shared = {name for name, _ in model.named_parameters() if name.startswith("deberta.encoder.rel_embeddings")
+                  or name.startswith("deberta.encoder.LayerNorm")}
+        assert len(shared) == 3
+        freeze_lower_layers(model, trainable_layers)
+        trained = {name for name, p in model.named_parameters() if p.requires_grad}
+        assert trained and trained.isdisjoint(shared)
+        assert {name.split(".")[0] for name in trained if not name.startswith("deberta.")} == {"pooler", "classifier"}
+        assert all(name.startswith(trained_parts) for name in trained if name.startswith("deberta."))
+        top = list(model.deberta.encoder.layer[1].parameters()) if trainable_layers else []
+        assert len([name for name in trained if name.startswith("deberta.")]) == len(top)
+
+
+def test_held_out_margins_count_only_where_training_margins_do(tmp_path, tiny_rm):
+    """The held-out loss is the training loss on other pairs: margins in --eval-data do not enter it when the
+    training pairs have none (it also steps reduce_lr_on_plateau and goes in the model card)."""
+    def held_out_loss(name: str, eval_rows: list[dict]) -> float:
+        result = train_reward_model(RewardTrainingConfig(
+            data=datasets.Dataset.from_list([{k: v for k, v in row.items() if k != "margin"}
+                                             for row in rule_pairs(16)]),
+            eval_data=datasets.Dataset.from_list(eval_rows), base_model=tiny_rm, output_dir=str(tmp_path / name),
+            max_length=48, max_steps=1, batch_size=8, precision="fp32", progress=False))
+        return result.metrics["eval_loss"]
+
+    plain = [{k: v for k, v in row.items() if k != "margin"} for row in rule_pairs(8, seed=1)]
+    with_margins = [{**row, "margin": 5.0} for row in plain]
+    assert held_out_loss("plain", plain) == pytest.approx(held_out_loss("margins", with_margins), abs=1e-6)
+
+
+def test_a_run_that_fails_stops_its_progress_bar(tmp_path, tiny_rm, monkeypatch):
+    """Transformers calls on_train_end only when training returns: the live bar of a run that raised kept its
+    thread, standard output redirected through Rich, and the cursor hidden, for a caller that goes on."""
+    import sys
+    import threading
+
+    from rich.file_proxy import FileProxy
+    from transformers import TrainerCallback
+
+    class Breaks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise RuntimeError("broken on purpose")
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # a live bar, as in a terminal
+    threads = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        train_reward_model(RewardTrainingConfig(
+            data=datasets.Dataset.from_list(rule_pairs(16)), base_model=tiny_rm, output_dir=str(tmp_path / "rm"),
+            eval_fraction=0, max_length=48, max_steps=3, batch_size=8, callbacks=[Breaks()],
+        ))
+    assert not isinstance(sys.stdout, FileProxy) and not isinstance(sys.stderr, FileProxy)
+    assert not [t for t in set(threading.enumerate()) - threads if t.is_alive()]
+
+
 def test_the_frozen_layers_are_not_cached_with_dropout_on_and_the_run_says_so(tmp_path, tiny_rm, capsys):
     """A warning (it was a print to stdout, which a Python caller could neither filter nor catch)."""
     with pytest.warns(UserWarning, match=r"^not caching the 1 frozen layers: with dropout on their output differs at "
@@ -966,15 +1028,16 @@ def test_the_frozen_layers_are_not_cached_with_dropout_on_and_the_run_says_so(tm
     assert capsys.readouterr().out == ""
 
 
-@pytest.mark.parametrize("backbone", ["decoder", "encoder"])
+@pytest.mark.parametrize("backbone", ["decoder", "bert", "deberta"])
 def test_frozen_layers_run_in_the_first_epoch_only_and_train_the_same_model(tmp_path, tiny_rm, backbone):
     """With trainable_layers, the frozen bottom layer's output for each sequence is kept from its first pass:
     epochs 2 and 3 and the later held-out evaluations never run it, and the model is the one trained without
-    the cache (batches are reshuffled every epoch, so a sequence comes back with other padding)."""
+    the cache (batches are reshuffled every epoch, so a sequence comes back with other padding). DeBERTa's
+    blocks answer a tuple (states, attention weights), which the cache passes over in the same shape."""
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
-    base = tiny_rm if backbone == "decoder" else tiny_encoder_reward_model(tmp_path / "bert")
+    base = tiny_rm if backbone == "decoder" else tiny_encoder_reward_model(tmp_path / backbone, kind=backbone)
 
     class CountFrozenLayerCalls(TrainerCallback):
         def __init__(self):
@@ -1730,6 +1793,12 @@ def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length
     assert [limit["max_length"] for limit in ensemble["truncated"]["limits"]] == [48, 512]
     long_and_short = [eval_rows[0]["prompt"] + eval_rows[0]["chosen"], [{"role": "user", "content": "hi"}]]
     assert RewardScorer(result.output_dir).score(long_and_short).truncated.tolist() == [True, False]
+    # A model trained with no max_length (Python only) says so, rather than that nothing records its length.
+    unlimited = train_reward_model(RewardTrainingConfig(
+        data=datasets.Dataset.from_list(rule_pairs(8)), base_model=tiny_rm, output_dir=str(tmp_path / "unlimited"),
+        eval_fraction=0, max_length=None, max_steps=1, batch_size=8, progress=False))
+    assert RewardScorer(unlimited.output_dir).length_limits() == [
+        {"max_length": 512, "truncation_side": "left", "from": "trained with no limit"}]
     # A longer max_length than the model has positions for (BERT's learnt table) is capped there, and said so.
     bert = tiny_encoder_reward_model(tmp_path / "bert", max_position_embeddings=64)
     assert RewardScorer(bert, max_length=4096).length_limits() == [

