@@ -114,6 +114,14 @@ def _permissions_from_umask(root: Path) -> None:
             Path(folder, name).chmod(0o666 & ~umask)
 
 
+def file_path(text: str, label: str) -> Path:
+    """A file to write, as given: one ending in a slash names a folder, which Path would drop silently (`--out
+    cmp/` wrote a file called cmp)."""
+    if text.endswith(("/", os.sep)):
+        raise UserError(f"{label} {text}: ends in '/', a folder; name a file")
+    return Path(text)
+
+
 def check_can_write_file(path: Path, label: str) -> None:
     """UserError unless `path` can be written as a file: not a folder, and an existing file (an earlier report,
     replaced) or a place `check_can_create` allows."""

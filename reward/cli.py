@@ -151,7 +151,7 @@ def compare(
     baseline: List[str] = typer.Option(..., "--baseline", help="The reward model to compare it with (repeat for an "
                                        "ensemble)."),
     data: str = typer.Option(..., "--data", help="Preference dataset both score (of a DatasetDict, its test split)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the comparison to this JSON file."),
+    out: Optional[str] = typer.Option(None, "--out", help="Also write the comparison to this JSON file."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     n_bootstrap: int = typer.Option(1000, "--n-bootstrap", min=100, help="Bootstrap resamples for the intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random draws behind the intervals."),
@@ -160,8 +160,10 @@ def compare(
                                              "its own limit)."),
 ) -> None:
     """Is --model better than --baseline on the same pairs? Accuracy difference, interval and exact test over prompts."""
+    from collect.output_dirs import file_path
     from reward.evaluate import compare_reward_models
 
+    out = file_path(out, "out (--out)") if out is not None else None
     report = compare_reward_models(model if len(model) > 1 else model[0],
                                    baseline if len(baseline) > 1 else baseline[0], data, out,
                                    batch_size=batch_size, n_bootstrap=n_bootstrap, seed=seed, max_length=max_length)
@@ -174,7 +176,7 @@ def compare(
 def score(
     model: List[str] = typer.Option(..., "--model", help="Reward-model directory (repeat for an ensemble)."),
     data: str = typer.Option(..., "--data", help="messages, prompt+completion, or prompt+chosen+rejected rows."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output .jsonl or .parquet (default: DATA's name less "
+    out: Optional[str] = typer.Option(None, "--out", help="Output .jsonl or .parquet (default: DATA's name less "
                                        "its extension, plus .scored.jsonl, in the current folder)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     max_length: Optional[int] = typer.Option(None, "--max-length", min=8, help="Cut longer conversations to this "
@@ -182,8 +184,10 @@ def score(
                                              "its own limit)."),
 ) -> None:
     """Add reward columns (and the ensemble spread) to every row of a dataset."""
+    from collect.output_dirs import file_path
     from reward.score import score_file
 
+    out = file_path(out, "out (--out)") if out is not None else None
     name = Path(data).name
     for extension in (".gz", ".jsonl", ".json", ".parquet"):
         name = name.removesuffix(extension)

@@ -438,6 +438,13 @@ TRAINING_PAIRS_FILE = "training_pairs.txt"
 """In a reward-model directory: a digest of each pair it trained on (`pair_digests`), one a line, sorted."""
 
 
+def trained_pairs(model_dir: str | Path) -> set[str]:
+    """The digests of the pairs a reward model trained on, from its TRAINING_PAIRS_FILE (empty for a model trained
+    elsewhere or by an earlier prefloop)."""
+    path = Path(model_dir) / TRAINING_PAIRS_FILE
+    return set(path.read_text().split()) if path.is_file() else set()
+
+
 def pair_digests(rows) -> list[str]:
     """Each pair as a 64-bit digest of the two conversations the model reads, so a pair matches across formats
     (an implicit prompt or an explicit one, a string or a message list) without keeping its text."""

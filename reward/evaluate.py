@@ -582,6 +582,9 @@ def compare_reward_models(
                 resolve_model(str(path))
             except UserError as e:
                 raise UserError(f"{side}: {e}") from None
+    if sorted(_model_names(model)) == sorted(_model_names(baseline)):  # a model against itself differs on nothing
+        raise UserError(f"model and baseline (--model, --baseline) are the same: {', '.join(_model_names(model))}; "
+                        "name another baseline")
     rows, places = _read_pairs(data)
     outcomes, truncated = [], {}
     for side, scorer in (("model", model), ("baseline", baseline)):

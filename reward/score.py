@@ -28,9 +28,9 @@ import numpy as np
 
 from collect.errors import UserError, first_line, warn
 from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, resolve_model
-from reward.data import (TRAINING_PAIRS_FILE, Conversation, Encoder, absolute_name, as_messages, check_preferences,
-                         check_token_ids, data_name, load_rows, pair_conversations, position_limit,
-                         warn_empty_responses, warn_unread_template_columns)
+from reward.data import (Conversation, Encoder, absolute_name, as_messages, check_preferences, check_token_ids,
+                         data_name, load_rows, pair_conversations, position_limit, trained_pairs, warn_empty_responses,
+                         warn_unread_template_columns)
 
 if TYPE_CHECKING:
     import torch
@@ -233,6 +233,9 @@ class _Member:
         # or a longer max_length given, scores with the longest input it takes.
         longest = position_limit(self.model)
         if longest is not None and limit > longest:
+            if max_length is not None:  # training refuses such a max_length; scoring cuts each member to its own
+                warn(f"max_length (--max-length) {max_length}: reward model {model_dir} takes at most {longest} "
+                     f"positions; its conversations are cut to {longest} tokens")
             limit, self.max_length_from = longest, "its position limit"
         self.encoder = Encoder(self.tokenizer, limit, info.get("truncation_side", "left"))
         self.device = device
@@ -332,12 +335,7 @@ class RewardScorer:
     def training_pairs(self) -> set[str]:
         """The digests (`reward.data.pair_digests`) of the pairs any member trained on, from each one's
         training_pairs.txt (empty for a model trained elsewhere or by an earlier prefloop)."""
-        digests: set[str] = set()
-        for member in self.members:
-            path = member.path / TRAINING_PAIRS_FILE
-            if path.exists():
-                digests.update(path.read_text().split())
-        return digests
+        return set().union(*(trained_pairs(member.path) for member in self.members))
 
     def score(self, conversations: Sequence[Conversation], *, places: Sequence[str] | None = None) -> RewardScores:
         """Rewards for whole conversations (prompt turns followed by the response being judged). UserError,

@@ -48,7 +48,7 @@ from collect.offline_models import adapter_base, adapter_folder, no_transformers
 from collect.output_dirs import check_output_dir, replacing_dir
 from reward.data import (TRAINING_PAIRS_FILE, Encoder, check_token_ids, data_label, fingerprint, load_preferences,
                          check_length_settings, pair_conversations, pair_digests, position_limit, prompt_of_rows,
-                         rows_by_prompt)
+                         rows_by_prompt, trained_pairs)
 from reward.models import (checkpointing_argument, cpu_has_native_bf16, cpu_only, load_sequence_classifier,
                            load_tokenizer, transformer_layers)
 
@@ -602,6 +602,15 @@ def train_reward_model(config: RewardTrainingConfig) -> RewardTrainingResult:
         train_rows, eval_rows = split_by_prompt(train_rows, config.eval_fraction, config.seed)
     else:
         eval_rows = None
+    # A base that is itself a reward model (training on from it) has pairs of its own: held out, they would be
+    # remembered, and a model trained from it has trained on them too.
+    base_pairs = trained_pairs(model_path)
+    if eval_rows is not None and base_pairs:
+        remembered = sum(key in base_pairs for key in pair_digests(eval_rows))
+        if remembered:
+            warn(f"{setting('base_model')} {config.base_model!r} trained on {remembered} of the {len(eval_rows)} "
+                 f"held-out pair(s) (its {TRAINING_PAIRS_FILE}): the held-out accuracy that picks the step will "
+                 "measure memory, not generalisation; hold out pairs it never saw (--eval-data)")
     if config.eval_data is not None:
         trained_on = set(pair_digests(train_rows))
         leaked = sum(key in trained_on for key in pair_digests(eval_rows))
@@ -942,8 +951,10 @@ def _write_model_dir(out: Path, trainer, tokenizer, config, result, train_rows, 
     if config.max_length is not None:
         tokenizer.model_max_length = config.max_length
     tokenizer.save_pretrained(out)
-    # So `reward eval` and `reward compare` can say when pairs they score are pairs the model trained on.
-    (out / TRAINING_PAIRS_FILE).write_text("".join(f"{d}\n" for d in sorted(set(pair_digests(train_rows)))))
+    # So `reward eval` and `reward compare` can say when pairs they score are pairs the model trained on: its own,
+    # and those of a base that was a reward model already.
+    digests = set(pair_digests(train_rows)) | trained_pairs(model_path)
+    (out / TRAINING_PAIRS_FILE).write_text("".join(f"{d}\n" for d in sorted(digests)))
     info = {
         "kind": "reward_model",
         "output_dir": str(config.output_dir),

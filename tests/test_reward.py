@@ -992,6 +992,22 @@ def test_held_out_margins_count_only_where_training_margins_do(tmp_path, tiny_rm
     assert held_out_loss("plain", plain) == pytest.approx(held_out_loss("margins", with_margins), abs=1e-6)
 
 
+def test_training_on_from_a_reward_model_carries_its_pairs_and_warns_of_held_out_ones_it_trained_on(trained, tmp_path):
+    """A base that is a reward model has trained on pairs already: those held out again would be remembered (the
+    held-out accuracy measures memory), and the new model has trained on them too (`reward eval` says so)."""
+    result, eval_rows = trained
+    base_pairs = set((Path(result.output_dir) / "training_pairs.txt").read_text().split())
+    data = rule_pairs(256, long_prompt=True, uneven=True)  # the base's own training pairs, 10% held out
+    with pytest.warns(UserWarning, match=r"^base_model \(--base\) '.*' trained on \d+ of the \d+ held-out pair\(s\) "
+                      r"\(its training_pairs.txt\): the held-out accuracy that picks the step will measure memory"):
+        again = train_reward_model(RewardTrainingConfig(
+            data=datasets.Dataset.from_list(data[:64]), base_model=result.output_dir, output_dir=str(tmp_path / "on"),
+            max_length=48, max_steps=1, batch_size=16, progress=False))
+    assert base_pairs <= set((Path(again.output_dir) / "training_pairs.txt").read_text().split())
+    report = evaluate_reward_model(again.output_dir, datasets.Dataset.from_list(data[64:96]), n_bootstrap=100)
+    assert report["trained_on"] == 32  # pairs the base trained on, which the new model never saw itself
+
+
 def test_a_run_that_fails_stops_its_progress_bar(tmp_path, tiny_rm, monkeypatch):
     """Transformers calls on_train_end only when training returns: the live bar of a run that raised kept its
     thread, standard output redirected through Rich, and the cursor hidden, for a caller that goes on."""
@@ -1657,22 +1673,25 @@ def test_reward_compare_tells_the_trained_model_from_the_untrained_one(trained, 
     assert report["ci"][0] > 0 and report["p_value"] < 0.01
     assert report["models"]["model"] == [str(Path(result.output_dir).resolve())]
     assert "difference" in run.output and "two-sided p =" in run.output
-    # Compared with itself, a model is no better.
-    itself = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", tiny_rm, "--data", str(data),
-                                      "--out", str(tmp_path / "itself.json")])
-    assert itself.exit_code == 0 and "two-sided p = 1\n" in itself.output
-    again = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", tiny_rm, "--data", str(data),
-                                     "--out", str(tmp_path / "itself.json")])
+    # Compared with itself, a model is refused: it would differ on nothing.
+    itself = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", tiny_rm, "--data", str(data)])
+    assert isinstance(itself.exception, UserError)
+    assert str(itself.exception).startswith("model and baseline (--model, --baseline) are the same: ")
+    again = CliRunner().invoke(app, ["compare", "--model", result.output_dir, "--baseline", tiny_rm, "--data",
+                                     str(data), "--out", str(tmp_path / "compare.json"), "--n-bootstrap", "300"])
     assert again.exit_code == 0, again.output  # an earlier comparison's file is replaced
-    same = json.loads((tmp_path / "itself.json").read_text())
-    assert (same["difference"], same["only_model_right"], same["ci"]) == (0.0, 0, [None, None])
-    into_a_folder = CliRunner().invoke(app, ["compare", "--model", tiny_rm, "--baseline", tiny_rm, "--data",
-                                             str(data), "--out", str(tmp_path)])
+    # A name ending in '/' means a folder: Path would drop the slash and write a file of that name.
+    slashed = CliRunner().invoke(app, ["compare", "--model", result.output_dir, "--baseline", tiny_rm, "--data",
+                                       str(data), "--out", f"{tmp_path / 'runs'}/"])
+    assert str(slashed.exception) == f"out (--out) {tmp_path / 'runs'}/: ends in '/', a folder; name a file"
+    assert not (tmp_path / "runs").exists()
+    into_a_folder = CliRunner().invoke(app, ["compare", "--model", result.output_dir, "--baseline", tiny_rm,
+                                             "--data", str(data), "--out", str(tmp_path)])
     assert isinstance(into_a_folder.exception, UserError) and str(tmp_path) in str(into_a_folder.exception)
     # Under a file, however deep: refused before scoring, for compare and for eval alike.
     (tmp_path / "notes.txt").write_text("x")
     for command, out in (("compare", tmp_path / "notes.txt" / "runs" / "c.json"), ("eval", tmp_path / "notes.txt" / "ev")):
-        models = ["--model", tiny_rm] + (["--baseline", tiny_rm] if command == "compare" else [])
+        models = ["--model", result.output_dir] + (["--baseline", tiny_rm] if command == "compare" else [])
         under_a_file = CliRunner().invoke(app, [command, *models, "--data", str(data), "--out", str(out)])
         assert isinstance(under_a_file.exception, UserError), under_a_file.output
         # Named as Python's argument and the flag, the same in both
@@ -1801,8 +1820,10 @@ def test_eval_compare_and_score_say_how_far_they_cut_and_take_another_max_length
         {"max_length": 512, "truncation_side": "left", "from": "trained with no limit"}]
     # A longer max_length than the model has positions for (BERT's learnt table) is capped there, and said so.
     bert = tiny_encoder_reward_model(tmp_path / "bert", max_position_embeddings=64)
-    assert RewardScorer(bert, max_length=4096).length_limits() == [
-        {"max_length": 64, "truncation_side": "left", "from": "its position limit"}]
+    with pytest.warns(UserWarning, match=r"^max_length \(--max-length\) 4096: reward model .* takes at most 64 "
+                      r"positions; its conversations are cut to 64 tokens$"):
+        capped = RewardScorer(bert, max_length=4096)
+    assert capped.length_limits() == [{"max_length": 64, "truncation_side": "left", "from": "its position limit"}]
     with pytest.raises(UserError, match=r"^max_length: set it when the RewardScorer is made"):
         evaluate_reward_model(RewardScorer(tiny_rm), held_out, max_length=64)
     with pytest.raises(UserError, match=r"^batch_size: set it when the RewardScorer is made"):
