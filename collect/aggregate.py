@@ -166,15 +166,18 @@ def strength(choice: np.ndarray | pd.Series) -> np.ndarray:
 def majority_vote(judgments: pd.DataFrame) -> pd.DataFrame:
     """Plurality of directions (A, tie, B) per pair.
 
-    When two directions share the most votes the summed strength decides (A>>B outweighs B>A), and a zero
-    sum is a tie. Confidence is the share of votes for the winner: there is no rater model to do better.
+    When two directions share the most votes, the summed strength of the votes for those directions decides
+    between them (A>>B outweighs B>A; votes for a third direction have no say), and a zero sum is a tie.
+    Confidence is the share of votes for the winner: there is no rater model to do better.
     """
     df = validate_judgments(judgments)
     codes, pair_ids = pd.factorize(df["pair_id"], sort=True)
     votes = np.zeros((len(pair_ids), 3))
     np.add.at(votes, (codes, direction(df["choice"]) + 1), 1.0)
-    summed = np.bincount(codes, weights=df["choice"].to_numpy(float), minlength=len(pair_ids))
     top = votes.max(axis=1, keepdims=True)
+    leading = (votes == top)[codes, direction(df["choice"]) + 1]  # each vote: is its direction a leader?
+    summed = np.bincount(codes, weights=np.where(leading, df["choice"].to_numpy(float), 0.0),
+                         minlength=len(pair_ids))
     unique_top = (votes == top).sum(axis=1) == 1
     winner = np.where(unique_top, votes.argmax(axis=1), np.sign(summed).astype(int) + 1)
     confidence = votes[np.arange(len(pair_ids)), winner] / votes.sum(axis=1)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -35,7 +36,7 @@ from collect.auth import audit
 from collect.errors import UserError, warn
 from collect.judgments import judgments_frame
 from collect.models import Judgment, Pair, Project
-from collect.output_dirs import check_can_write_file, check_output_dir, replacing_dir
+from collect.output_dirs import check_can_write_file, check_output_dir, replacing_dir, write_whole
 
 AGGREGATIONS = ("majority", "weighted")
 FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -85,6 +86,7 @@ def preference_rows(
         columns=["pair_id", "winner", "confidence", "margin", "n_judgments", "agreement"])
     verdicts = {int(v.pair_id): v for v in verdicts.itertuples(index=False)}
     both_bad = frame.groupby("pair_id")["both_bad"].mean().to_dict() if len(frame) else {}
+    sides = frame.groupby("pair_id")["choice"].apply(lambda c: np.sign(c).tolist()).to_dict() if len(frame) else {}
     adjudicated = {j.pair_id: j for j in session.scalars(
         select(Judgment).where(Judgment.project_id == project.id, Judgment.kind == "adjudication")
         .order_by(Judgment.submitted_at))}
@@ -99,9 +101,9 @@ def preference_rows(
         # A known answer (an admin's ruling, a gold pair's answer) overrides the raters, both-bad flags included.
         raters_bad = False
         if pair_id in adjudicated:
-            verdict = _decided(adjudicated[pair_id].choice, vote)
+            verdict = _decided(adjudicated[pair_id].choice, sides.get(pair_id, []))
         elif pair.is_gold and pair.gold_choice is not None:
-            verdict = _decided(pair.gold_choice, vote)
+            verdict = _decided(pair.gold_choice, sides.get(pair_id, []))
         elif vote is not None:
             verdict = vote._asdict()
             raters_bad = both_bad.get(pair_id, 0) > 0.5
@@ -135,11 +137,13 @@ def preference_rows(
     return rows, ties, counts
 
 
-def _decided(choice: int, vote: Any) -> dict[str, Any]:
-    """A verdict fixed by a known answer (an adjudication or a gold pair's answer), with the vote's provenance."""
+def _decided(choice: int, sides: list[int]) -> dict[str, Any]:
+    """A verdict fixed by a known answer (an adjudication or a gold pair's answer). `sides`: the direction of each
+    of the pair's judgments (+1 A, 0 tie, -1 B); `agreement` is their share that agrees with the answer (the
+    vote's own agreement is with the side the answer may overrule), NaN where nobody judged the pair."""
+    agreement = sum(side == np.sign(choice) for side in sides) / len(sides) if sides else float("nan")
     return {"winner": "A" if choice > 0 else "B" if choice < 0 else "tie", "confidence": 1.0,
-            "margin": abs(choice) / 2, "n_judgments": getattr(vote, "n_judgments", 0),
-            "agreement": getattr(vote, "agreement", 1.0)}
+            "margin": abs(choice) / 2, "n_judgments": len(sides), "agreement": agreement}
 
 
 def _write(rows: list[dict[str, Any]], path: Path, ties: bool = False) -> None:
@@ -156,10 +160,10 @@ def _write(rows: list[dict[str, Any]], path: Path, ties: bool = False) -> None:
         **({"kind": datasets.Value("string"), "chosen_better": datasets.Value("bool")} if ties else {})})
     dataset = datasets.Dataset.from_dict({name: [row[name] for row in rows] for name in features}, features=features)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".parquet":
-        dataset.to_parquet(str(path))
+    if path.suffix.lower() == ".parquet":  # an interrupted write leaves the earlier export whole
+        write_whole(path, dataset.to_parquet)
     elif path.suffix.lower() in (".jsonl", ".json"):
-        dataset.to_json(str(path), lines=True, force_ascii=False)
+        write_whole(path, lambda name: dataset.to_json(name, lines=True, force_ascii=False))
     else:
         # Into a staging folder that then replaces the earlier export whole: none of its files stay behind.
         with replacing_dir(path) as staging:
@@ -265,6 +269,6 @@ def export_project(
                           sum(t["kind"] == "tie" for t in ties), counts["both_bad"], counts["below_confidence"],
                           counts["unjudged"], aggregation, min_confidence, counts["not_active"])
     meta = {"kind": EXPORT_KIND, "project": project.name, **asdict(result)}
-    meta_path(out).write_text(json.dumps(meta, indent=2))
+    write_whole(meta_path(out), lambda name: Path(name).write_text(json.dumps(meta, indent=2)))
     audit(session, "export", actor_id, project.id, **asdict(result))
     return result

@@ -451,6 +451,11 @@ def _done_prompts(
     stale: dict[int, list[str]] = {}  # prompts this round did on other contents: the models that changed
     earlier: tuple[str, list[str]] | None = None  # the latest round of this command on other contents
     for details in batches:
+        if details.get("round") == round_name and details.get("run_key") not in (None, key):
+            # Its prompts would count as done, and these models or settings would generate nothing.
+            raise UserError(f"round {round_name!r} was generated with other models or settings (models "
+                            f"{', '.join(details.get('models') or [])}); name a new round (--round), or give that "
+                            "round's command again to resume it")
         # Batches written before contents were recorded have none: they count as done, as they did then.
         changed = _changed_labels(details.get("contents"), contents)
         if details.get("round") == round_name:
@@ -550,7 +555,7 @@ def generate(
             outputs = _run_batch(batch, specs, backends, settings, pool)
             if start == 0:
                 _check_not_all_rejected(outputs, client)
-            _store_batch(session, project_id, round_name, batch, specs, settings.num_generations, outputs, result)
+            _store_batch(session, project_id, round_name, batch, specs, settings, outputs, result)
             # Only the prompts done here: a rejected one is left for the rerun to retry.
             rejected = _rejected_prompts(batch, outputs)
             audit(session, "generate.batch", actor_id, project_id, round=round_name,
@@ -620,10 +625,15 @@ def _run_batch(
 
 def _store_batch(
     session: Session, project_id: int, round_name: str, batch: list[tuple[int, Conversation]],
-    specs: list[ModelSpec], num_generations: int, outputs: dict[tuple[int, int], list[Completion]],
+    specs: list[ModelSpec], settings: GenerationSettings, outputs: dict[tuple[int, int], list[Completion]],
     result: GenerateResult,
 ) -> None:
     prompt_ids = [i for i, _ in batch]
+    num_generations = settings.num_generations
+    # The stored prompt is the project's; a system prompt added for generation (`_with_system`) is recorded with
+    # each response it conditioned, or nothing would say which responses followed it.
+    added = {prompt_id: settings.system_prompt for prompt_id, conversation in batch
+             if settings.system_prompt and conversation[0] == {"role": "system", "content": settings.system_prompt}}
     # Responses are unique per (prompt, model, text): an identical earlier response is reused, not duplicated.
     existing = {(p, m, h): i for p, m, h, i in session.execute(
         select(Response.prompt_id, Response.model, Response.content_hash, Response.id)
@@ -648,6 +658,8 @@ def _store_batch(
             if key not in existing:
                 generation = {**completion.generation, "label": specs[k].label, "sample": sample,
                               "round": round_name, "generated_at": now}
+                if prompt_id in added:
+                    generation["system_prompt"] = added[prompt_id]
                 if generation.get("backend") == "transformers":
                     generation["batch_prompt_ids"] = prompt_ids
                 response = Response(prompt_id=prompt_id, model=specs[k].label, content=completion.text,

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from collect.errors import UserError
 
@@ -112,6 +112,17 @@ def _permissions_from_umask(root: Path) -> None:
             Path(folder, name).chmod(0o777 & ~umask)
         for name in files:
             Path(folder, name).chmod(0o666 & ~umask)
+
+
+def write_whole(path: Path, write: Callable[[str], Any]) -> None:
+    """Call `write(name)` to write a file beside `path`, then rename it over `path`: an interrupted or failed
+    write leaves any earlier file at `path` whole."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write(str(partial))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def file_path(text: str, label: str) -> Path:

@@ -28,6 +28,7 @@ import numpy as np
 
 from collect.errors import UserError, first_line, warn
 from collect.offline_models import adapter_base, adapter_folder, has_tokenizer, resolve_model
+from collect.output_dirs import write_whole
 from reward.data import (Conversation, Encoder, absolute_name, as_messages, check_preferences, check_token_ids,
                          data_name, load_rows, pair_conversations, position_limit, trained_pairs, warn_empty_responses,
                          warn_unread_template_columns)
@@ -493,16 +494,11 @@ def score_file(models: str | Path | Sequence[str | Path], data: Any, out: str | 
     for name, column in values.items():
         scored = scored.add_column(name, column)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside `out`, then renamed over it: a failure part way leaves any earlier file whole.
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        if out.suffix == ".parquet":
-            scored.to_parquet(str(partial))
-        else:
-            # 15 decimal places (pandas' most; its default of 10 would round small rewards): more than the 7
-            # significant digits a float32 reward carries, down to rewards of 1e-8.
-            scored.to_json(str(partial), lines=True, force_ascii=False, double_precision=15)
-        partial.replace(out)
-    finally:
-        partial.unlink(missing_ok=True)
+    # A failure part way leaves any earlier file whole.
+    if out.suffix == ".parquet":
+        write_whole(out, scored.to_parquet)
+    else:
+        # 15 decimal places (pandas' most; its default of 10 would round small rewards): more than the 7
+        # significant digits a float32 reward carries, down to rewards of 1e-8.
+        write_whole(out, lambda name: scored.to_json(name, lines=True, force_ascii=False, double_precision=15))
     return out

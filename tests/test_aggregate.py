@@ -86,6 +86,14 @@ def test_majority_vote_by_hand():
     assert table.loc[4, "margin"] == pytest.approx(0.5) and table.loc[4, "n_judgments"] == 1
 
 
+def test_a_tie_for_the_most_votes_is_decided_between_the_leaders_only():
+    # A and tie lead with three votes each; B's two strong votes would tip a sum over every vote to B, a side
+    # fewer raters chose than either leader.
+    table = majority_vote(judgments([(1, rater, choice) for rater, choice in
+                                     enumerate([1, 1, 1, 0, 0, 0, -2, -2], start=1)]))
+    assert table.loc[0, "winner"] == "A" and table.loc[0, "confidence"] == pytest.approx(3 / 8)
+
+
 def test_margin_is_floored_at_zero():
     # A wins on votes but B's one vote is strong: mean strength toward A is (0.5 + 0.5 - 1.0 - 1.0) / 4 < 0.
     table = majority_vote(judgments([(1, 1, 1), (1, 2, 1), (1, 3, 1), (1, 4, -2), (1, 5, -2)]))

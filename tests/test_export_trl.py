@@ -177,6 +177,13 @@ def test_adjudication_overrides_the_vote(sqlite_url, tmp_path):
         export_project(s, get_project(s, "p"), tmp_path / "o.jsonl")
     row = next(r for r in map(json.loads, open(tmp_path / "o.jsonl")) if r["pair_id"] == judged.pair_id)
     assert row["chosen"][0]["content"].startswith("You are awful") and row["confidence"] == 1.0
+    # The raters' agreement is with the admin's answer, which overruled them: no row reads as unanimous for B.
+    with db.session_scope(sqlite_url) as s:
+        votes = list(s.scalars(select(Judgment.choice).where(Judgment.pair_id == judged.pair_id,
+                                                             Judgment.kind != "adjudication")))
+    assert row["n_judgments"] == len(votes)
+    assert row["agreement"] == pytest.approx(sum(v < 0 for v in votes) / len(votes))
+    assert row["agreement"] < 0.5
 
 
 def test_flagged_and_retired_pairs_leave_the_export_and_the_statistics(db_url, tmp_path):
@@ -212,6 +219,28 @@ def test_gold_pairs_export_their_known_answer_not_the_vote(db_url, tmp_path):
     assert result.rows == 1
     assert (row["chosen"][0]["content"], row["rejected"][0]["content"]) == ("Canberra", "Sydney")
     assert (row["confidence"], row["margin"], row["n_judgments"]) == (1.0, 0.5, 3)
+    assert row["agreement"] == 0.0  # all three raters said B>>A: none agrees with the known answer
+
+
+def test_an_interrupted_export_leaves_the_earlier_one_whole(sqlite_url, tmp_path, monkeypatch):
+    """A file export is written beside its name and renamed over it: Ctrl-C or a full disk part way used to leave
+    a few bytes that nothing could read, beside the earlier export's meta still vouching for it."""
+    build(sqlite_url)
+    out = tmp_path / "prefs.parquet"
+    with db.session_scope(sqlite_url) as s:
+        export_project(s, get_project(s, "p"), out)
+    before, meta = out.read_bytes(), (tmp_path / "prefs.parquet.meta.json").read_text()
+
+    def breaks_part_way(self, path, *args, **kwargs):
+        open(path, "wb").write(b"PAR1")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", breaks_part_way)
+    with pytest.raises(OSError, match="No space left"):
+        with db.session_scope(sqlite_url) as s:
+            export_project(s, get_project(s, "p"), out, aggregation="weighted")
+    assert out.read_bytes() == before and (tmp_path / "prefs.parquet.meta.json").read_text() == meta
+    assert not list(tmp_path.glob("*.partial"))  # nor left behind
 
 
 def test_export_trains_unchanged_in_plain_trl_reward_trainer(sqlite_url, tmp_path):

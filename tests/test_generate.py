@@ -230,6 +230,16 @@ def test_prompts_from_a_file_join_the_project_without_their_pairs(sqlite_url, tm
     systems = [r["messages"][0] for r in server.requests[-4:]]
     assert systems.count({"role": "system", "content": "You are terse."}) == 2  # added where none was
     assert systems.count({"role": "system", "content": "be brief"}) == 2  # kept where there was one
+    with db.session_scope(sqlite_url) as s:  # each response of round 2 says whether the added system prompt led it
+        second = [r for r in s.scalars(select(Response)).unique() if r.generation["round"] == "second"]
+        assert len(second) == 2 and all(r.generation["system_prompt"] == "You are terse." for r in second)
+        assert not any("system_prompt" in r.generation for r in s.scalars(select(Response)).unique()
+                       if r.generation["round"] == result.round)
+    # The round's name with other models (or settings): refused, where it counted every prompt as done.
+    with FakeOpenAI() as server, pytest.raises(UserError, match=r"^round 'second' was generated with other models "
+                                               r"or settings \(models alpha, beta\); name a new round"):
+        run(sqlite_url, pid, ["alpha", "parrot"], prompts=path, max_prompts=2, round_name="second",
+            settings=GenerationSettings(system_prompt="You are terse."), endpoint=endpoint(server))
 
 
 def test_the_command_line_names_policies_and_settings_as_align_does(sqlite_url):
