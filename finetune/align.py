@@ -153,6 +153,8 @@ class AlignConfig:
             ("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)"),
             ("max_prompts", self.max_prompts is None or self.max_prompts >= 1, "at least 1 (leave it out for all)"),
             ("beta", self.beta is None or 0 <= self.beta < math.inf, "0 or more")))
+        if self.method == "dpo" and self.beta == 0:  # DPO's loss is then log 2 whatever the weights: nothing trains
+            raise UserError("beta (--beta) must be above 0 for dpo: at 0 its loss does not depend on the policy")
         if self.method in ("grpo", "rloo") and self.num_generations < 2:
             raise UserError(f"num_generations must be at least 2 for {self.method} (it compares responses)")
         if self.method != "dpo" and not self.reward_model:
@@ -207,15 +209,21 @@ def align(config: AlignConfig) -> AlignResult:
                          ("reward_model", "--reward-model"),
                          ("judge", "--judge"), ("eval_prompts", "--eval-prompts"),
                          ("chat_template", "--chat-template"))})
-    path = resolve(config.policy)
+    # A local folder as its absolute path: PEFT records the path the model loaded from in the adapter's config,
+    # and a relative one named another folder (or none) wherever the adapter was loaded from.
+    path = absolute_name(resolve(config.policy))
     check_causal_lm(path, config.policy)  # a reward model as --policy trained a random lm_head
     tokenizer = load_tokenizer(config.policy, config.chat_template)
 
     data, data_stats = training_data(config, tokenizer)
-    if config.method in ("grpo", "rloo") and len(data) < config.prompts_per_step:
-        # Transformers then ran no step at all and an untrained adapter was saved, exit 0.
+    ranks = process_state().num_processes
+    if config.method in ("grpo", "rloo") and len(data) < config.prompts_per_step * ranks:
+        # Transformers then ran no step at all and an untrained adapter was saved, exit 0. Under `accelerate
+        # launch` a step takes prompts_per_step on every rank.
         raise UserError(f"{len(data)} prompt(s) to train on, fewer than one step takes (prompts_per_step, "
-                        f"--prompts-per-step, is {config.prompts_per_step}); lower it or give more prompts")
+                        f"--prompts-per-step, is {config.prompts_per_step}" + (f", on each of {ranks} processes"
+                                                                                if ranks > 1 else "")
+                        + "); lower it or give more prompts")
     if config.eval_prompts is not None:  # the evaluation's inputs, checked before hours of training
         if not (config.reward_model or config.judge):
             raise UserError("eval_prompts (--eval-prompts): the evaluation needs a reward model to compare with: "
@@ -224,12 +232,14 @@ def align(config: AlignConfig) -> AlignResult:
         if config.judge:
             reward_model_info(config.judge, "judge (--judge)")
             warn_if_judge_is_reward_model(config.reward_model, config.judge)  # said again with the evaluation
-        if config.method != "dpo":  # DPO's rows are pairs; their prompts are not what is sampled
-            trained_on = {json.dumps(p, sort_keys=True) for p in data}
-            seen = sum(json.dumps(p, sort_keys=True) in trained_on for p in held_out)
-            if seen:
-                warn(f"eval_prompts: {seen} of {len(held_out)} held-out prompt(s) are also training prompts: "
-                     "the evaluation then measures memory, not generalisation")
+        # Fitted as training fitted its prompts (oldest turns dropped to fit max_prompt_length), as the evaluation
+        # will fit them (refused now if none fit); DPO's prompts are its pairs'.
+        fitted, _ = fit_prompts(tokenizer, held_out, config.max_prompt_length, "eval_prompts")
+        trained_on = {json.dumps(p["prompt"] if config.method == "dpo" else p, sort_keys=True) for p in data}
+        seen = sum(json.dumps(p, sort_keys=True) in trained_on for p in fitted)
+        if seen:
+            warn(f"eval_prompts: {seen} of {len(held_out)} held-out prompt(s) are also training prompts: "
+                 "the evaluation then measures memory, not generalisation")
     dtype = torch.bfloat16 if use_bf16() else torch.float32
     with no_transformers_bar():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from collect.errors import warn
 from finetune.prompts import Conversation
 from finetune.rewards import score
 from finetune.sampling import sample
@@ -41,25 +42,34 @@ def best_responses(
         temperature=config.temperature, seed=config.seed, should_stop=should_stop,
         shard=(state.process_index, state.num_processes),
     )
-    picked = []  # (prompt index, row, every candidate's reward)
-    for index, texts in zip(samples.indices, samples.texts):
-        candidates = [t for t in texts if t]
+    picked = []  # (prompt index, row, every candidate's reward, the best one's, whether it was cut off)
+    for index, texts, finished in zip(samples.indices, samples.texts, samples.finished):
+        # A response cut off at max_completion_length would teach the policy to stop there (its SFT row closes the
+        # turn): the finished ones compete, and cut-off ones only where none finished.
+        candidates = [t for t, done in zip(texts, finished) if t and done] or [t for t in texts if t]
+        cut_off = not any(t and done for t, done in zip(texts, finished))
         if not candidates:
             continue
         prompt = prompts[index]
         rewards = score(scorer, [prompt + [{"role": "assistant", "content": t}] for t in candidates])
         best = max(range(len(candidates)), key=rewards.__getitem__)
         picked.append((index, {"prompt": prompt, "completion": [{"role": "assistant", "content": candidates[best]}]},
-                       rewards, rewards[best]))
+                       rewards, rewards[best], cut_off))
     if state.num_processes > 1:
         picked = sorted(gather_object(picked), key=lambda p: p[0])
-    rows = [row for _, row, _, _ in picked]
-    all_rewards = [r for _, _, rewards, _ in picked for r in rewards]
-    best_rewards = [best for *_, best in picked]
+    rows = [row for _, row, *_ in picked]
+    all_rewards = [r for _, _, rewards, *_ in picked for r in rewards]
+    best_rewards = [best for *_, best, _ in picked]
+    cut = sum(cut_off for *_, cut_off in picked)
+    if cut:
+        warn(f"best-of-n: {cut} of {len(rows)} prompt(s) had no response that finished within max_completion_length "
+             f"({config.max_completion_length} tokens, --max-completion-length); their pick, cut off, teaches the "
+             "policy to stop there: raise it")
     stats = {
         "bon_prompts": float(len(rows)),
         "bon_mean_reward_all": sum(all_rewards) / max(len(all_rewards), 1),
         "bon_mean_reward_best": sum(best_rewards) / max(len(best_rewards), 1),
+        "bon_picked_cut_off": float(cut),
     }
     return rows, stats
 

@@ -43,8 +43,11 @@ def read_chat_template(chat_template: str) -> str:
     return chat_template
 
 
-def load_tokenizer(policy: str, chat_template: str | None = None) -> PreTrainedTokenizerBase:
-    """The policy's tokenizer, padded on the left for generation, with its chat template checked."""
+def load_tokenizer(policy: str, chat_template: str | None = None, stops_from: str | None = None
+                   ) -> PreTrainedTokenizerBase:
+    """The policy's tokenizer, padded on the left for generation, with its chat template checked against the
+    tokens the model stops on: those of `stops_from`'s generation config (default: the policy's own), which an
+    adapter folder, holding the tokenizer but no generation config, names for its base."""
     path = resolve(policy)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -55,7 +58,7 @@ def load_tokenizer(policy: str, chat_template: str | None = None) -> PreTrainedT
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    check_chat_template(tokenizer, policy, stop_token_ids(path))
+    check_chat_template(tokenizer, policy, stop_token_ids(resolve(stops_from) if stops_from else path))
     return tokenizer
 
 
@@ -125,7 +128,7 @@ def load_policy(
     with no_transformers_bar():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer_source = adapter if adapter and has_tokenizer(Path(adapter)) else policy
-    tokenizer = load_tokenizer(tokenizer_source, chat_template)
+    tokenizer = load_tokenizer(tokenizer_source, chat_template, stops_from=path)
     if adapter is not None:
         from peft import PeftModel
 

@@ -156,7 +156,8 @@ def read_preferences(source: Any, limit: int | None = None) -> tuple[list[dict[s
 
 
 def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: Conversation, max_tokens: int) -> Conversation | None:
-    """The conversation with its oldest turns dropped until the rendered prompt fits `max_tokens`.
+    """The conversation as it is if its rendered prompt fits `max_tokens`, else with its oldest turns dropped until
+    it does.
 
     Keeps the end, where the question to answer is; a system message stays. None when even the last
     user turn alone is too long.
@@ -164,8 +165,8 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: Conversation, max_t
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
     for start in range(len(turns)):
-        if turns[start]["role"] != "user":
-            continue  # a conversation restarts on a user turn
+        if start > 0 and turns[start]["role"] != "user":
+            continue  # a cut conversation restarts on a user turn; a whole one stays as it is
         candidate = system + turns[start:]
         if prompt_length(tokenizer, candidate) <= max_tokens:
             return candidate

@@ -18,6 +18,7 @@ class Samples:
     texts: list[list[str]]
     token_ids: list[list[list[int]]]  # the generated ids, EOS included when the model stopped
     indices: list[int]  # which of the prompts given: all sampled ones in one process, this rank's share in several
+    finished: list[list[bool]]  # whether each response ended on a stop token, not cut off at max_new_tokens
 
 
 def sample(
@@ -52,6 +53,7 @@ def sample(
     texts: list[list[str]] = []
     token_ids: list[list[list[int]]] = []
     indices: list[int] = []
+    finished: list[list[bool]] = []
     stops = _stop_ids(model, tokenizer)
     device = model.device
     # One prompt (repeated n times) per generate call when n fills a batch; else several prompts at once.
@@ -85,7 +87,8 @@ def sample(
             token_ids.append(ids_i)
             texts.append(texts_i)
             indices.append(start + i)
-    return Samples(texts=texts, token_ids=token_ids, indices=indices)
+            finished.append([bool(ids) and ids[-1] in stops for ids in ids_i])
+    return Samples(texts=texts, token_ids=token_ids, indices=indices, finished=finished)
 
 
 def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -48,16 +48,21 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: str | list[s
 
 
 def check_lora_targets(model, target_modules: str | list[str]) -> None:
-    """UserError unless every module name listed (PEFT matches a name by its last part) is a linear layer of
-    `model`: PEFT would fail inside the trainer with NoMatchingPeftModuleError. A string is PEFT's own ("all-linear",
-    or a regular expression), left to it."""
+    """UserError unless every module name listed matches a layer LoRA can wrap (linear, GPT-2's Conv1D, embedding)
+    as PEFT matches it: the whole name or its dotted end (`q_proj`, `self_attn.q_proj`). PEFT would fail inside the
+    trainer with NoMatchingPeftModuleError. A string is PEFT's own ("all-linear", or a regular expression), left
+    to it."""
+    from transformers.pytorch_utils import Conv1D
+
     if isinstance(target_modules, str):
         return
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
-    missing = [t for t in target_modules if t not in names]
+    layers = [name for name, module in model.named_modules()
+              if isinstance(module, (torch.nn.Linear, Conv1D, torch.nn.Embedding))]
+    missing = [t for t in target_modules if not any(name == t or name.endswith("." + t) for name in layers)]
     if missing or not target_modules:
+        names = sorted({name.rsplit(".", 1)[-1] for name in layers})
         raise UserError(f"lora_target_modules (--lora-target-modules) {', '.join(missing) or '(none)'}: no linear "
-                        f"layer of the policy has that name; it has {', '.join(sorted(names))}")
+                        f"layer of the policy has that name; it has {', '.join(names)}")
 
 
 def common_trainer_args(

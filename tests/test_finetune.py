@@ -176,6 +176,10 @@ def test_what_would_fail_after_training_is_refused_before_it(models, tmp_path):
                                   ("max_prompts", -1, "max_prompts (--max-prompts) must be at least 1")):
         with pytest.raises(UserError, match=re.escape(expected)):
             small_config(models, "bon", tmp_path / "out", **{name: value})
+    # DPO's loss at beta 0 is log 2 whatever the weights: it trained nothing, exit 0 (other methods: no KL term).
+    with pytest.raises(UserError, match=re.escape("beta (--beta) must be above 0 for dpo")):
+        small_config(models, "dpo", tmp_path / "out", beta=0.0)
+    assert small_config(models, "grpo", tmp_path / "out", beta=0.0).beta == 0.0
     cases.append((dict(method="dpo", lora_target_modules=["q_proj", "foo"]),
                   "lora_target_modules (--lora-target-modules) foo: no linear layer of the policy has that name"))
     for overrides, expected in cases:
@@ -192,6 +196,23 @@ def test_an_evaluation_that_is_no_independent_check_says_so(models, tmp_path):
     with pytest.warns(UserWarning, match="is the training reward model: its win rate is no independent check"):
         evaluate(EvalConfig(adapter=str(result.output_dir), prompts=["A prompt of its own?"],
                             judge=models["reward"], show_progress=False))
+
+
+def test_held_out_prompts_are_compared_as_training_fitted_them_and_for_dpo_too(models, tmp_path):
+    """A long multi-turn prompt trains with its oldest turns dropped; held out as read, it never matched. DPO
+    trains on its pairs' prompts, which the check left out."""
+    long_turn = "word " * 200
+    long = [{"role": "user", "content": long_turn}, {"role": "assistant", "content": long_turn},
+            {"role": "user", "content": "And now?"}]
+    with pytest.warns(UserWarning, match=r"eval_prompts: 1 of 2 held-out prompt\(s\) are also training prompts"), \
+            pytest.raises(UserError, match="foo"):  # refused after the checks: no training needed to see them
+        align(small_config(models, "grpo", tmp_path / "out", prompts=[long, "Other?"], max_prompt_length=64,
+                           eval_prompts=[long, "A prompt of its own?"], lora_target_modules=["foo"]))
+    pairs = preference_rows()
+    with pytest.warns(UserWarning, match=r"eval_prompts: 1 of 2 held-out prompt\(s\) are also training prompts"), \
+            pytest.raises(UserError, match="foo"):
+        align(small_config(models, "dpo", tmp_path / "out", reward_model=models["reward"], lora_target_modules=["foo"],
+                           eval_prompts=[pairs[0]["prompt"], "A prompt of its own?"]))
 
 
 def test_a_judge_that_is_the_training_reward_model_is_said_before_training(models, tmp_path):
@@ -243,6 +264,27 @@ def test_the_evaluation_fits_prompts_to_the_length_the_adapter_trained_with(mode
         load_policy(wider, str(result.output_dir))
 
 
+def test_an_adapter_is_checked_against_the_stop_tokens_of_its_policy(models, tmp_path):
+    """A policy whose turns end on a token its generation config names but its tokenizer's EOS is not (the first
+    Llama-3-Instruct release: <|eot_id|> against <|end_of_text|>): its adapter folder has the tokenizer and no
+    generation config, and a good adapter was refused as if its template belonged to another model."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    policy = tmp_path / "lm"
+    shutil.copytree(models["policy"], policy)
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    turn_end = tokenizer.eos_token
+    tokenizer.chat_template = tokenizer.chat_template.replace("{{ eos_token }}", turn_end)  # the turn's own end
+    tokenizer.eos_token = tokenizer.unk_token
+    tokenizer.save_pretrained(policy)
+    assert turn_end in tokenizer.apply_chat_template([{"role": "assistant", "content": "x"}], tokenize=False)
+    result = align(small_config(models, "dpo", tmp_path / "dpo", policy=str(policy), max_steps=1))
+    model, loaded = load_policy(str(policy), str(result.output_dir))
+    assert loaded.eos_token == tokenizer.unk_token
+
+
 def test_an_adapter_made_from_a_relative_policy_path_evaluates_from_anywhere(models, tmp_path, monkeypatch):
     import shutil
 
@@ -255,6 +297,12 @@ def test_an_adapter_made_from_a_relative_policy_path_evaluates_from_anywhere(mod
     report = evaluate(EvalConfig(adapter=str(result.output_dir), prompts=PROMPTS[:2], reward_model=models["reward"],
                                  show_progress=False))
     assert report.summary["n_prompts"] == 2 and report.summary["policy"] == str(tmp_path / "lm")
+    # `prefloop generate --policy aligned=ADAPTER` and PEFT's own loaders find the base from here too.
+    from collect.generate import parse_model
+
+    assert parse_model(f"aligned={result.output_dir}").model == str(tmp_path / "lm")
+    peft_config = json.loads((result.output_dir / "adapter_config.json").read_text())
+    assert peft_config["base_model_name_or_path"] == str(tmp_path / "lm")
 
 
 def test_ctrl_c_or_the_budget_while_best_of_n_samples_ends_sampling_and_saves(models, tmp_path, monkeypatch, capsys):
@@ -313,6 +361,29 @@ def test_the_reward_function_reads_prompts_as_reward_training_reads_them(models)
         reward(["Name a colour."], [["Red"]])
 
 
+def test_best_of_n_prefers_a_finished_response_to_a_cut_off_one(tmp_path, monkeypatch):
+    """A response cut off at max_completion_length teaches the policy to stop there: it is picked only where no
+    response finished, and the run warns how often that happened."""
+    import torch
+
+    import finetune.best_of_n as bon
+    from finetune.sampling import Samples
+
+    texts = [["a long answer that ran out", "short"], ["cut one", "cut two, longer"]]
+    monkeypatch.setattr(bon, "sample", lambda *a, **k: Samples(texts=texts, token_ids=[[[1], [2]]] * 2, indices=[0, 1],
+                                                               finished=[[False, True], [False, False]]))
+    monkeypatch.setattr(bon, "score", lambda scorer, conversations: [float(len(c[-1]["content"]))
+                                                                     for c in conversations])  # longer scores higher
+    config = AlignConfig(prompts=PROMPTS, output_dir=tmp_path / "out", method="bon", policy="unused",
+                         reward_model="unused", num_generations=2, max_completion_length=12)
+    prompts = [[{"role": "user", "content": p}] for p in PROMPTS[:2]]
+    with pytest.warns(UserWarning, match=r"^best-of-n: 1 of 2 prompt\(s\) had no response that finished within "
+                      r"max_completion_length \(12 tokens"):
+        rows, stats = bon.best_responses(config, torch.nn.Linear(1, 1), None, prompts, scorer=None)
+    assert [row["completion"][0]["content"] for row in rows] == ["short", "cut two, longer"]
+    assert stats["bon_picked_cut_off"] == 1
+
+
 def test_best_of_n_fine_tunes_on_the_highest_scored_sample(models, tmp_path):
     """The SFT rows are exactly, per prompt, the sample the reward model scores highest."""
     from finetune.best_of_n import best_responses
@@ -329,8 +400,9 @@ def test_best_of_n_fine_tunes_on_the_highest_scored_sample(models, tmp_path):
     samples = sample(model, tokenizer, prompts, n=4, max_new_tokens=config.max_completion_length,
                      temperature=1.0, seed=config.seed)
     expected, picks, best_rewards = [], [], []
-    for prompt, texts in zip(prompts, samples.texts):
-        candidates = [t for t in texts if t]
+    for prompt, texts, finished in zip(prompts, samples.texts, samples.finished):
+        # The finished responses compete; the cut-off ones only where none finished.
+        candidates = [t for t, done in zip(texts, finished) if t and done] or [t for t in texts if t]
         rewards = [float(scorer.score([prompt + [{"role": "assistant", "content": t}]]).mean[0]) for t in candidates]
         pick = max(range(len(candidates)), key=rewards.__getitem__)
         expected.append({"prompt": prompt, "completion": [{"role": "assistant", "content": candidates[pick]}]})
@@ -340,6 +412,7 @@ def test_best_of_n_fine_tunes_on_the_highest_scored_sample(models, tmp_path):
     assert any(pick != 0 for pick in picks)  # taking the first sample would not pass
     assert stats["bon_prompts"] == len(PROMPTS)
     assert stats["bon_mean_reward_best"] == pytest.approx(sum(best_rewards) / len(best_rewards), abs=1e-5)
+    assert stats["bon_picked_cut_off"] == sum(not any(f) for f in samples.finished)
 
 
 
@@ -639,6 +712,21 @@ def test_sampling_repeats_with_the_same_seed(models):
     assert [len(t) for t in first.texts] == [2, 2, 2]
 
 
+def test_lora_targets_are_matched_as_peft_matches_them(models):
+    """GPT-2's attention is a Conv1D, which LoRA wraps; a dotted name matches the end of a module's path."""
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    from finetune.training import check_lora_targets
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32))
+    check_lora_targets(gpt2, ["c_attn", "c_proj"])
+    llama = AutoModelForCausalLM.from_pretrained(models["policy"])
+    check_lora_targets(llama, ["self_attn.q_proj", "v_proj"])
+    for model, targets in ((gpt2, ["attn.c_attn", "q_proj"]), (llama, ["mlp.q_proj"])):
+        with pytest.raises(UserError, match=r"^lora_target_modules \(--lora-target-modules\) (q_proj|mlp.q_proj): "):
+            check_lora_targets(model, targets)
+
+
 def test_fit_prompt_drops_oldest_turns(models):
     tokenizer = load_tokenizer(models["policy"])
     long_turn = "word " * 200
@@ -647,6 +735,9 @@ def test_fit_prompt_drops_oldest_turns(models):
     assert fit_prompt(tokenizer, conversation, 64) == conversation[-1:]
     assert fit_prompt(tokenizer, conversation, 10_000) == conversation
     assert fit_prompt(tokenizer, [{"role": "user", "content": long_turn}], 64) is None
+    # Only to fit: a whole conversation that fits keeps a leading assistant turn (a greeting the user answered).
+    greeted = [{"role": "assistant", "content": "Hi! How can I help?"}, {"role": "user", "content": "And now?"}]
+    assert fit_prompt(tokenizer, greeted, 10_000) == greeted
 
 
 def test_cli_run_and_eval(models, tmp_path):
