@@ -48,7 +48,7 @@ from collect.models import CHOICES, ROLES, ROUTING, AuditEvent, Project, Rater
 from collect.payroll import PayrollConfig, export_payroll, payroll
 from collect.projects import (
     NO_PASSWORD, ProjectSettings, add_member, add_rater, create_project, get_project, get_rater, list_projects,
-    list_raters, parse_rubric, project_settings, sensitive_categories, update_project, update_rater,
+    list_raters, parse_rubric, project_settings, rubric_text, sensitive_categories, update_project, update_rater,
 )
 from collect.rater_quality import config_table, rater_table
 from collect.status import project_status
@@ -227,9 +227,7 @@ def _settings_from_form(values: Sequence[Any]) -> dict[str, Any]:
 
 def _form_values(settings: ProjectSettings) -> list[Any]:
     """A project's settings as its settings form shows them: the rubric one criterion a line, as typed."""
-    rubric = "\n".join(f"{c['name']}: {c['description']}" if c.get("description") else c["name"]
-                        for c in settings.rubric or [])
-    return [rubric if field == "rubric" else getattr(settings, field) for field in FORM_SETTINGS]
+    return [rubric_text(settings.rubric) if field == "rubric" else getattr(settings, field) for field in FORM_SETTINGS]
 
 
 def _csv(text: str) -> list[str]:
@@ -445,11 +443,16 @@ def build_admin_app(db_url: str | None = None, auth_header: str | None = None) -
                       overlap: float, gold_rate: float, repeat_rate: float, pay_rate: float, currency: str,
                       routing: str, sensitive_daily_cap: float, lease_seconds: float, idle_seconds: float,
                       break_after_minutes: float) -> str:
-        form = _settings_from_form([description, guidelines, rubric, overlap, gold_rate, repeat_rate, pay_rate,
-                                    currency, routing, sensitive_daily_cap, lease_seconds, idle_seconds,
-                                    break_after_minutes])
         with db.session_scope(db_url) as s:
             project = _project(s, project_name)
+            # A rubric box left as shown keeps the rubric as stored: its text need not read back the same (a
+            # description over two lines, a criterion's other keys).
+            kept = (rubric or "").strip() == rubric_text(project.rubric).strip()
+            form = _settings_from_form([description, guidelines, "" if kept else rubric, overlap, gold_rate,
+                                        repeat_rate, pay_rate, currency, routing, sensitive_daily_cap, lease_seconds,
+                                        idle_seconds, break_after_minutes])
+            if kept:
+                del form["rubric"]
             changed = update_project(s, project, actor_id=admin.id, **form)
             name = html.escape(project.name)
         if not changed:

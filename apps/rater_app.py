@@ -31,7 +31,7 @@ from collect.assign import (
 from collect.defaults import HEARTBEAT_SECONDS
 from collect.errors import UserError
 from collect.models import Project
-from collect.projects import projects_of, sensitive_opt_in_choices, set_sensitive_opt_in
+from collect.projects import criterion_line, projects_of, sensitive_opt_in_choices, set_sensitive_opt_in
 
 log = logging.getLogger(__name__)
 
@@ -323,9 +323,7 @@ def build_rater_app(db_url: str | None = None, auth_header: str | None = None) -
                 out[criteria_box] = gr.update(visible=bool(rubric) and served is not None)
                 for i, box in enumerate(criteria):
                     if i < len(rubric):
-                        label = rubric[i]["name"] + (f": {rubric[i]['description']}"
-                                                     if rubric[i].get("description") else "")
-                        out[box] = gr.update(value=None, visible=True, label=label)
+                        out[box] = gr.update(value=None, visible=True, label=criterion_line(rubric[i]))
                     else:
                         out[box] = gr.update(value=None, visible=False)
             if served is None:

@@ -50,7 +50,7 @@ from collect.cli_options import DB_OPTION, PROJECT_OPTION
 from collect.errors import UserError, check_settings
 from collect.formats import Record, content_hash, read_records, records_from_dataset
 from collect.models import AuditEvent, Pair, Project, Prompt, Response, utcnow
-from collect.offline_models import adapter_base
+from collect.offline_models import adapter_base, adapter_base_path
 from collect.openai_backend import ChatClient, OpenAIEndpoint, RequestRejected
 
 Conversation = list[dict[str, str]]
@@ -284,20 +284,19 @@ class LocalBackend:
         from finetune.policy import load_policy
 
         self.settings = settings
-        self.model, self.tokenizer = load_policy(spec.model, spec.adapter, chat_template=settings.chat_template)
+        # spec.model is the base as named when the adapter trained (what rounds are keyed on); loaded from where
+        # it was recorded to be.
+        base = adapter_base_path(Path(spec.adapter)) if spec.adapter else spec.model
+        self.model, self.tokenizer = load_policy(base, spec.adapter, chat_template=settings.chat_template)
         if spec.adapter:
             # Folded into the weights, LoRA costs nothing per token; unmerged it more than doubles CPU time.
             self.model = self.model.merge_and_unload()
         parameter = next(self.model.parameters())
         self.device = parameter.device
-        # finetune.sampling.sample stops on these and keeps the stop token at the end of token_ids.
-        eos = self.model.generation_config.eos_token_id
-        self.stop_ids = {i for i in ([eos] if isinstance(eos, int) else list(eos or [])) if i is not None}
-        self.stop_ids.add(self.tokenizer.eos_token_id)
         self.info = {
             "backend": "transformers",
             "model": spec.model,
-            "path": resolve_model(spec.model),
+            "path": resolve_model(base),
             "adapter": spec.adapter,
             "device": str(self.device),
             "dtype": str(parameter.dtype).removeprefix("torch."),
@@ -329,7 +328,7 @@ class LocalBackend:
                   "batch_seconds": round(time.perf_counter() - started, 3)}
         for row, i in enumerate(rows):
             ids = samples.token_ids[row][0]
-            stopped = bool(ids) and ids[-1] in self.stop_ids
+            stopped = samples.finished[row][0]
             out[i] = Completion(text=samples.texts[row][0], generation={
                 **shared, "finish_reason": "stop" if stopped else "length",
                 "prompt_tokens": prompt_length(self.tokenizer, fitted[i]),

@@ -137,16 +137,9 @@ def adapter_folder(name_or_path: str) -> Path | None:
 
 
 def adapter_base(adapter: Path) -> str:
-    """The base model a PEFT adapter folder was trained on."""
-    # finetune/ writes the policy as the user named it (an alias, a Hub id or a path, perhaps relative to where
-    # they were) into prefloop.json, and the absolute path it loaded from: that path where it exists here, else
-    # the name (an alias on another machine). PEFT's own config holds the path the model loaded from.
-    try:
-        path = json.loads((adapter / "prefloop.json").read_text())["base_policy"]["path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        path = None
-    if isinstance(path, str) and Path(path).is_absolute() and Path(path).exists():
-        return path
+    """The base model a PEFT adapter folder was trained on, as named when it was trained."""
+    # finetune/ writes the policy as the user named it (an alias) into prefloop.json; PEFT's own
+    # config holds the resolved local path, which also works on this machine.
     for name, keys in (("prefloop.json", ("base_policy", "name")),
                        ("adapter_config.json", ("base_model_name_or_path",))):
         try:
@@ -158,6 +151,19 @@ def adapter_base(adapter: Path) -> str:
         if isinstance(value, str) and value:
             return value
     raise UserError(f"adapter {adapter}: adapter_config.json names no base model (base_model_name_or_path)")
+
+
+def adapter_base_path(adapter: Path) -> str:
+    """Where to load an adapter's base from: the absolute path finetune/ recorded (prefloop.json's
+    base_policy.path) where it exists on this machine, else the name (`adapter_base`): a policy named by a relative
+    path named another folder, or none, wherever the adapter was used from."""
+    try:
+        path = json.loads((adapter / "prefloop.json").read_text())["base_policy"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        path = None
+    if isinstance(path, str) and Path(path).is_absolute() and Path(path).exists():
+        return path
+    return adapter_base(adapter)
 
 
 def _hub_unreachable(endpoint: str) -> str | None:

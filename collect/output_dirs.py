@@ -116,11 +116,15 @@ def _permissions_from_umask(root: Path) -> None:
 
 def write_whole(path: Path, write: Callable[[str], Any]) -> None:
     """Call `write(name)` to write a file beside `path`, then rename it over `path`: an interrupted or failed
-    write leaves any earlier file at `path` whole."""
-    partial = path.with_name(f".{path.name}.partial")
+    write leaves any earlier file at `path` whole. A symbolic link is written through, as a plain write would,
+    and an earlier file's permissions are kept (an export of rater data made private stays private)."""
+    target = path.resolve() if path.is_symlink() else path
+    partial = target.with_name(f".{target.name}.partial")
     try:
         write(str(partial))
-        partial.replace(path)
+        if target.exists():
+            shutil.copymode(target, partial)
+        partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
 

@@ -76,6 +76,16 @@ def parse_rubric(lines: str | Iterable[str]) -> list[dict[str, str]]:
     return rubric
 
 
+def criterion_line(criterion: dict[str, Any]) -> str:
+    """A rubric criterion as people type it (`parse_rubric`) and read it: `name` or `name: what it means`."""
+    return criterion["name"] + (f": {criterion['description']}" if criterion.get("description") else "")
+
+
+def rubric_text(rubric: list[dict[str, Any]] | None) -> str:
+    """A rubric as the dashboard's rubric box shows it, one criterion a line."""
+    return "\n".join(criterion_line(c) for c in rubric or [])
+
+
 def _check_settings(settings: ProjectSettings) -> None:
     if settings.overlap < 1:
         raise UserError("overlap must be at least 1")

@@ -44,16 +44,16 @@ def best_responses(
     )
     picked = []  # (prompt index, row, every candidate's reward, the best one's, whether it was cut off)
     for index, texts, finished in zip(samples.indices, samples.texts, samples.finished):
-        # A response cut off at max_completion_length would teach the policy to stop there (its SFT row closes the
-        # turn): the finished ones compete, and cut-off ones only where none finished.
-        candidates = [t for t, done in zip(texts, finished) if t and done] or [t for t in texts if t]
-        cut_off = not any(t and done for t, done in zip(texts, finished))
+        candidates = [(t, done) for t, done in zip(texts, finished) if t]
         if not candidates:
             continue
         prompt = prompts[index]
-        rewards = score(scorer, [prompt + [{"role": "assistant", "content": t}] for t in candidates])
-        best = max(range(len(candidates)), key=rewards.__getitem__)
-        picked.append((index, {"prompt": prompt, "completion": [{"role": "assistant", "content": candidates[best]}]},
+        rewards = score(scorer, [prompt + [{"role": "assistant", "content": t}] for t, _ in candidates])
+        # A response cut off at max_completion_length would teach the policy to stop there (its SFT row closes the
+        # turn): the finished ones compete, and cut-off ones only where none finished.
+        cut_off = not any(done for _, done in candidates)
+        best = max((i for i, (_, done) in enumerate(candidates) if done or cut_off), key=rewards.__getitem__)
+        picked.append((index, {"prompt": prompt, "completion": [{"role": "assistant", "content": candidates[best][0]}]},
                        rewards, rewards[best], cut_off))
     if state.num_processes > 1:
         picked = sorted(gather_object(picked), key=lambda p: p[0])

@@ -156,8 +156,8 @@ def read_preferences(source: Any, limit: int | None = None) -> tuple[list[dict[s
 
 
 def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: Conversation, max_tokens: int) -> Conversation | None:
-    """The conversation as it is if its rendered prompt fits `max_tokens`, else with its oldest turns dropped until
-    it does.
+    """The conversation as it is if its rendered prompt fits `max_tokens` (and the chat template takes it), else
+    with its oldest turns dropped until it does, restarting on a user turn.
 
     Keeps the end, where the question to answer is; a system message stays. None when even the last
     user turn alone is too long.
@@ -168,7 +168,13 @@ def fit_prompt(tokenizer: PreTrainedTokenizerBase, messages: Conversation, max_t
         if start > 0 and turns[start]["role"] != "user":
             continue  # a cut conversation restarts on a user turn; a whole one stays as it is
         candidate = system + turns[start:]
-        if prompt_length(tokenizer, candidate) <= max_tokens:
+        try:
+            length = prompt_length(tokenizer, candidate)
+        except Exception:  # noqa: BLE001 (jinja2's TemplateError)
+            if start == 0 and turns[0]["role"] != "user":
+                continue  # templates that want roles to alternate from a user turn refuse a leading assistant turn
+            raise
+        if length <= max_tokens:
             return candidate
     return None
 

@@ -381,8 +381,10 @@ class FrozenLayerCache:
         self._mask = None
         self._hit = False
         # What a block returns: a tensor, or a tuple whose first item is the states (DeBERTa's blocks add their
-        # attention weights); a block that is passed over returns the same shape of answer.
+        # attention weights, None unless asked for); a block that is passed over returns the same shape of answer.
         self._extras: int | None = None
+        # A block that hands the next one more than its states (T5's position bias) cannot be passed over.
+        self.unusable: str | None = None
         body = getattr(model, model.base_model_prefix)
         self._hook = body.register_forward_pre_hook(self._see_inputs, with_kwargs=True)
         for i, block in enumerate(self.blocks):
@@ -414,7 +416,7 @@ class FrozenLayerCache:
         places = positions.cpu().numpy()
         self._keys = [key + places[i][rows[i]].tobytes() for i, key in enumerate(self._keys)]
         self._mask = mask
-        self._hit = all(key in self.states for key in self._keys)
+        self._hit = self.unusable is None and all(key in self.states for key in self._keys)
 
     def _stand_in(self, forward, top: bool):
         import torch
@@ -424,7 +426,11 @@ class FrozenLayerCache:
                 output = forward(hidden_states, *args, **kwargs)
                 states = output if isinstance(output, torch.Tensor) else output[0]
                 self._extras = None if isinstance(output, torch.Tensor) else len(output) - 1
-                if top and self._keys is not None:
+                if self._extras and self.unusable is None and any(x is not None for x in output[1:]):
+                    self.unusable = f"its {type(self.blocks[0]).__name__} blocks pass more than their states on"
+                    self.states.clear()
+                    warn(f"not caching the frozen layers: {self.unusable}; every pass runs them")
+                if top and self._keys is not None and self.unusable is None:
                     for key, row, real in zip(self._keys, states.detach(), self._mask):
                         self.states.setdefault(key, row[real].to("cpu", copy=True))
                 return output

@@ -486,3 +486,21 @@ def test_empty_tables_say_why_and_missing_statistics_show_blank(site):
     assert len(shown) == 7 and all(row[gold] == "" for row in shown)  # no gold pairs in this project
     assert all(value is None for value in [row[gold] for row in full["data"]])
     assert "nan" not in json.dumps(shown).lower()
+
+
+def test_saving_the_settings_as_shown_changes_nothing(site):
+    """The rubric box shows a criterion as `name: description`; one whose description runs over two lines, or that
+    carries keys of its own, reads back otherwise. Left as shown, it is kept as stored, not rewritten."""
+    rubric = [{"name": "help", "description": "line one\nline two", "scale": 7}, {"name": "tone"}]
+    with db.session_scope(site.url) as s:
+        create_project(s, "kept-as-is", ProjectSettings(rubric=rubric, overlap=2))
+    with GradioRaterClient(site.base + "/admin", "boss", "boss-pw") as admin:
+        shown = admin.call("settings_view", "kept-as-is")
+        assert admin.call("save_settings", "kept-as-is", *shown)[0] == ("**kept-as-is** already has these settings: "
+                                                                        "nothing changed.")
+        edited = list(shown)
+        edited[3] = 4  # overlap, in FORM_SETTINGS order
+        assert admin.call("save_settings", "kept-as-is", *edited)[0] == "Saved **kept-as-is**: changed overlap."
+    with db.session_scope(site.url) as s:
+        project = s.scalar(select(Project).where(Project.name == "kept-as-is"))
+        assert project.rubric == [{**rubric[0]}, {"name": "tone", "description": ""}] and project.overlap == 4

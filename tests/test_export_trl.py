@@ -243,6 +243,22 @@ def test_an_interrupted_export_leaves_the_earlier_one_whole(sqlite_url, tmp_path
     assert not list(tmp_path.glob("*.partial"))  # nor left behind
 
 
+def test_an_export_writes_through_a_link_and_keeps_the_files_permissions(sqlite_url, tmp_path):
+    build(sqlite_url)
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "prefs.jsonl", tmp_path / "latest.jsonl"
+    with db.session_scope(sqlite_url) as s:
+        export_project(s, get_project(s, "p"), target)
+    target.chmod(0o640)
+    before = target.read_text()
+    link.symlink_to(target)
+    (tmp_path / "latest.jsonl.meta.json").write_text(target.with_name("prefs.jsonl.meta.json").read_text())
+    with db.session_scope(sqlite_url) as s:
+        export_project(s, get_project(s, "p"), link, aggregation="weighted")
+    assert link.is_symlink() and oct(target.stat().st_mode & 0o777) == "0o640"
+    assert target.read_text() != before  # the weighted export, written through the link
+
+
 def test_export_trains_unchanged_in_plain_trl_reward_trainer(sqlite_url, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer

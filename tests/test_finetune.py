@@ -298,9 +298,11 @@ def test_an_adapter_made_from_a_relative_policy_path_evaluates_from_anywhere(mod
                                  show_progress=False))
     assert report.summary["n_prompts"] == 2 and report.summary["policy"] == str(tmp_path / "lm")
     # `prefloop generate --policy aligned=ADAPTER` and PEFT's own loaders find the base from here too.
-    from collect.generate import parse_model
+    from collect.generate import GenerationSettings, LocalBackend, parse_model
 
-    assert parse_model(f"aligned={result.output_dir}").model == str(tmp_path / "lm")
+    spec = parse_model(f"aligned={result.output_dir}")
+    assert spec.model == "lm"  # as named: what a round is keyed on
+    assert LocalBackend(spec, GenerationSettings()).info["path"] == str(tmp_path / "lm")
     peft_config = json.loads((result.output_dir / "adapter_config.json").read_text())
     assert peft_config["base_model_name_or_path"] == str(tmp_path / "lm")
 
@@ -382,6 +384,8 @@ def test_best_of_n_prefers_a_finished_response_to_a_cut_off_one(tmp_path, monkey
         rows, stats = bon.best_responses(config, torch.nn.Linear(1, 1), None, prompts, scorer=None)
     assert [row["completion"][0]["content"] for row in rows] == ["short", "cut two, longer"]
     assert stats["bon_picked_cut_off"] == 1
+    # Every response is scored: the mean over all of them is what picking is measured against.
+    assert stats["bon_mean_reward_all"] == pytest.approx(sum(map(len, texts[0] + texts[1])) / 4)
 
 
 def test_best_of_n_fine_tunes_on_the_highest_scored_sample(models, tmp_path):
@@ -412,7 +416,8 @@ def test_best_of_n_fine_tunes_on_the_highest_scored_sample(models, tmp_path):
     assert any(pick != 0 for pick in picks)  # taking the first sample would not pass
     assert stats["bon_prompts"] == len(PROMPTS)
     assert stats["bon_mean_reward_best"] == pytest.approx(sum(best_rewards) / len(best_rewards), abs=1e-5)
-    assert stats["bon_picked_cut_off"] == sum(not any(f) for f in samples.finished)
+    assert stats["bon_picked_cut_off"] == sum(not any(done for t, done in zip(texts, finished) if t)
+                                              for texts, finished in zip(samples.texts, samples.finished))
 
 
 
@@ -738,6 +743,10 @@ def test_fit_prompt_drops_oldest_turns(models):
     # Only to fit: a whole conversation that fits keeps a leading assistant turn (a greeting the user answered).
     greeted = [{"role": "assistant", "content": "Hi! How can I help?"}, {"role": "user", "content": "And now?"}]
     assert fit_prompt(tokenizer, greeted, 10_000) == greeted
+    # A template that wants the roles to alternate from a user turn (Llama-2, Mistral, Gemma) gets the user turn on.
+    tokenizer.chat_template = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must "
+                               "alternate user/assistant') }}{% endif %}" + tokenizer.chat_template)
+    assert fit_prompt(tokenizer, greeted, 10_000) == greeted[1:]
 
 
 def test_cli_run_and_eval(models, tmp_path):

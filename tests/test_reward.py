@@ -1008,6 +1008,28 @@ def test_training_on_from_a_reward_model_carries_its_pairs_and_warns_of_held_out
     assert report["trained_on"] == 32  # pairs the base trained on, which the new model never saw itself
 
 
+def test_blocks_that_pass_more_than_their_states_on_are_not_cached():
+    """T5's blocks hand the next block their position bias beside the states: passed over, the first trained block
+    got none and computed another function. They run every time, and the run says so."""
+    from transformers import T5Config, T5ForSequenceClassification
+
+    from reward.train import FrozenLayerCache
+
+    torch.manual_seed(0)
+    model = T5ForSequenceClassification(T5Config(
+        vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=1, num_heads=4, num_labels=1,
+        dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 1]])
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        cache = FrozenLayerCache(model, 1)
+        with pytest.warns(UserWarning, match=r"^not caching the frozen layers: its T5Block blocks pass more than "):
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        again = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        cache.close()
+    assert cache.unusable and torch.equal(plain, again)
+
+
 def test_a_run_that_fails_stops_its_progress_bar(tmp_path, tiny_rm, monkeypatch):
     """Transformers calls on_train_end only when training returns: the live bar of a run that raised kept its
     thread, standard output redirected through Rich, and the cursor hidden, for a caller that goes on."""
