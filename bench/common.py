@@ -43,6 +43,17 @@ def gpus() -> str:
     return f", {len(found)} GPU{'s' if len(found) > 1 else ''} ({'; '.join(sorted(set(found)))})"
 
 
+def peak_rss_gb() -> float:
+    """This process's own peak resident memory (VmHWM). Not `ru_maxrss`, which a child started by subprocess
+    inherits from its parent across exec: a worker would report its parent's peak if that was higher."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    import resource  # no /proc (not Linux): the rusage figure
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def command() -> str:
     """The command line that ran this benchmark, as a user would type it."""
     return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])

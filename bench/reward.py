@@ -54,7 +54,6 @@ import importlib.metadata
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -63,11 +62,13 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import chosen, machine, write_report  # noqa: E402  (bench/common.py: one description of the machine)
+from bench.common import chosen, machine, peak_rss_gb, write_report  # noqa: E402  (one description of the machine)
 DATA = ROOT.parent / "shared" / "data"
 HH_FILE = DATA / "hh_harmless_base_test.jsonl.gz"
 SUMMARIZE_FILE = DATA / "summarize_feedback_batch13.jsonl"
 RESULTS = ROOT / "bench" / "results" / "reward.md"
+TRL_MAX_LENGTH = 256
+"""The max_length TRL's side sets (it drops longer pairs), and the length its model is scored at."""
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -149,14 +150,19 @@ def as_plain_text(rows: list[dict], tokenizer) -> list[dict]:
 
 
 def _time_budget_callback(seconds: float):
+    """Stops training once `seconds` have passed since it began; `trained_seconds` is the time from its start to
+    the end of its last step: training, not the checkpoint TRL's default `save_strategy` writes after that step
+    (prefloop saves none while training)."""
     from transformers import TrainerCallback
 
     class TimeBudget(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.start = time.monotonic()
+            self.trained_seconds = 0.0
 
         def on_step_end(self, args, state, control, **kwargs):
-            if time.monotonic() - self.start > seconds:
+            self.trained_seconds = time.monotonic() - self.start
+            if self.trained_seconds > seconds:
                 control.should_training_stop = True
 
     return TimeBudget()
@@ -178,7 +184,7 @@ def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_si
     train = datasets.Dataset.from_list(rows)
     args = RewardConfig(
         output_dir=out_dir,
-        max_length=256,
+        max_length=TRL_MAX_LENGTH,
         per_device_train_batch_size=batch_size,
         eos_token="[SEP]",  # BERT has no EOS; without it TRL fails on plain-text pairs
         # Without it RewardConfig stops on a CPU machine ("You need to assign use_cpu"); on a GPU a new user sets nothing.
@@ -186,18 +192,20 @@ def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_si
         report_to="none",  # no experiment trackers (no network here); does not change training
         seed=seed,
     )
-    trainer = RewardTrainer(model=base, args=args, train_dataset=train, processing_class=tokenizer,
-                            callbacks=[_time_budget_callback(budget_s)])
+    budget = _time_budget_callback(budget_s)
+    trainer = RewardTrainer(model=base, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[budget])
     kept = len(trainer.train_dataset)
-    start = time.monotonic()
+    tokens_per_pair = sum(len(c) + len(r) for c, r in zip(trainer.train_dataset["chosen_input_ids"],
+                                                          trainer.train_dataset["rejected_input_ids"])) / kept
     trainer.train()
-    seconds = time.monotonic() - start
+    seconds = budget.trained_seconds
     trainer.save_model(out_dir)
     steps_per_epoch = -(-kept // batch_size)
     full, rest = divmod(trainer.state.global_step, steps_per_epoch)
     pairs = full * kept + min(rest * batch_size, kept)
     return {"pairs_total": len(train), "pairs_used": kept, "pairs_dropped": len(train) - kept, "pairs_truncated": 0,
             "pairs_seen": pairs, "train_seconds": seconds, "pairs_per_second": pairs / seconds,
+            "tokens_per_pair": tokens_per_pair, "tokens_per_second": tokens_per_pair * pairs / seconds,
             "precision": "bf16" if args.bf16 else "fp32", "checkpointing": bool(args.gradient_checkpointing),
             "epochs_done": trainer.state.epoch}
 
@@ -213,7 +221,9 @@ def worker_prefloop(side: PrefloopSide, train_path: str, out_dir: str, budget_s:
             "pairs_dropped": 0, "pairs_truncated": result.truncated_train, "held_out": result.n_eval,
             "pairs_seen": round(result.pairs_per_second * result.train_seconds),
             "train_seconds": result.train_seconds, "pairs_per_second": result.pairs_per_second,
-            "precision": info["precision"], "checkpointing": False, "best_step": result.best_step,
+            "tokens_per_pair": result.tokens_per_pair,
+            "tokens_per_second": result.tokens_per_pair * result.pairs_per_second, "precision": info["precision"],
+            "checkpointing": False, "best_step": result.best_step,
             "last_step": max((h.get("step", 0) for h in result.history), default=0),
             "held_out_accuracy": result.metrics.get("eval_accuracy"),
             "epochs_done": max((h.get("epoch", 0) for h in result.history), default=0)}
@@ -242,16 +252,18 @@ def run_worker(argv: list[str]) -> None:
     from reward.evaluate import evaluate_reward_model
     from reward.score import RewardScorer
 
-    # Both sides are scored by the same evaluator on every test pair (left truncation at the
-    # model's saved max length; 512, the position limit, for the TRL model, which saved none).
-    report = evaluate_reward_model(a.out, a.test, n_bootstrap=2000)
+    # Both sides are scored by the same evaluator on every test pair, each cut from the left to the length it
+    # trained with: the saved max length, and for the TRL model, which saves none, its RewardConfig's.
+    max_length = TRL_MAX_LENGTH if a.side == "trl-defaults" else None
+    report = evaluate_reward_model(a.out, a.test, n_bootstrap=2000, max_length=max_length)
     stats.update({"test_pairs": report["n"], "test_accuracy": report["accuracy"], "test_ci": report["ci"],
                   "test_ece": report["calibration"]["ece"],
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                  "peak_rss_gb": peak_rss_gb(),
                   "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None})
     # Each test pair's outcome, so the report can compare two sides pair by pair (paired_comparison); scored
     # again as the evaluation scored them, after the peak memory is read.
-    chosen, rejected = RewardScorer(a.out).score_pairs(load_rows(a.test, "data", split="test")[0])
+    scorer = RewardScorer(a.out, max_length=max_length)
+    chosen, rejected = scorer.score_pairs(load_rows(a.test, "data", split="test")[0])
     stats["test_correct"] = (chosen.mean > rejected.mean).tolist()
     if sum(stats["test_correct"]) != round(report["accuracy"] * report["n"]):
         raise SystemExit(f"{a.side}: scoring the test pairs again gave another accuracy than the evaluation")
@@ -391,7 +403,9 @@ def main() -> None:
     report = render_report(results, splits, args, command, started, load_before, where)
     from bench.reward_by_comparison import DESCRIPTION, by_comparison_section
 
-    report += "\n".join(["", "## Per distinct comparison", "", DESCRIPTION, "", *by_comparison_section(work, heading="###")])
+    this_run = {(side, seed) for _, side, seed in results}  # not other runs' files in a --work-dir used before
+    report += "\n".join(["", "## Per distinct comparison", "", DESCRIPTION, "",
+                         *by_comparison_section(work, heading="###", runs=this_run)])
     write_report(report, args.out, args.quick, RESULTS, work)
 
 
@@ -518,8 +532,9 @@ def render_report(results, splits, args, command, started, load_before, where: s
         f"- load average when the run started: {load_before[0]:.1f} (other work on the machine slows every side; "
         "the per-side load is in the last column)",
         "",
-        "| data | side | seed | test accuracy [95% CI] | pairs/s | pairs trained on | epochs | kept step | peak RSS | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| data | side | seed | test accuracy [95% CI] | pairs/s | tokens/s | pairs trained on | epochs | kept step | "
+        "peak RSS | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, side, seed), r in results.items():
         used = f"{r['pairs_used']} of {r['pairs_total']}"
@@ -531,7 +546,8 @@ def render_report(results, splits, args, command, started, load_before, where: s
         lines.append(
             f"| {name} ({len(splits[name][0])} / {r['test_pairs']}) | {SIDES[side]} | {seed} | "
             f"{r['test_accuracy']:.3f} [{r['test_ci'][0]:.3f}, {r['test_ci'][1]:.3f}] | {r['pairs_per_second']:.2f} | "
-            f"{used} | {r['epochs_done']:.2f} | {kept_step(r)} | {peak_memory(r)} | {r['load_before']:.1f} -> {r['load_after']:.1f} |"
+            f"{r['tokens_per_second']:.0f} | {used} | {r['epochs_done']:.2f} | {kept_step(r)} | {peak_memory(r)} | "
+            f"{r['load_before']:.1f} -> {r['load_after']:.1f} |"
         )
     means = mean_over_seeds(results)
     seeds = sorted({seed for _, _, seed in results})

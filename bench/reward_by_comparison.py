@@ -33,9 +33,10 @@ from bench.reward import SIDES  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "reward_by_comparison.md"
 
 
-def by_comparison_section(work: Path, heading: str = "##") -> list[str]:
+def by_comparison_section(work: Path, heading: str = "##", runs: set[tuple[str, int]] | None = None) -> list[str]:
     """The Markdown tables, one per data set whose test split and per-row outcomes `work` holds, each under a
-    `heading` of its own."""
+    `heading` of its own; `runs`: only these (side, seed) runs (bench/reward.py's own, not those an earlier run
+    left in the same --work-dir)."""
     import datasets
 
     from reward.data import prompt_of_rows
@@ -48,28 +49,32 @@ def by_comparison_section(work: Path, heading: str = "##") -> list[str]:
         prompts = prompt_of_rows(test)
         _, kept = distinct_comparisons(test["chosen"], test["rejected"], prompts)
         sizes = Counter(Counter(json.dumps(p, sort_keys=True) for p in prompts).values())
-        runs = {}
+        outcomes = {}
         for path in work.glob(f"{name}_*.json"):
             match = re.fullmatch(rf"{re.escape(name)}_(.+?)(?:_seed(\d+))?\.json", path.name)
-            if not match or match[1] not in SIDES:
+            if not match or match[1] not in SIDES or (runs is not None and (match[1], int(match[2] or 0)) not in runs):
                 continue
             result = json.loads(path.read_text())
-            if "test_correct" in result:  # runs before 2026-12-05 kept no outcomes
-                runs[match[1], int(match[2] or 0)] = result["test_correct"]
+            if "test_correct" not in result:  # runs before 2026-12-05 kept no outcomes
+                continue
+            if len(result["test_correct"]) != len(test):
+                raise SystemExit(f"{path}: {len(result['test_correct'])} outcomes for the {len(test)} test rows of "
+                                 f"{test_path.name}: a run on another split")
+            outcomes[match[1], int(match[2] or 0)] = result["test_correct"]
         lines += [f"{heading} {name}: {len(test)} test rows, {len(kept)} distinct comparisons with a majority label", "",
                   "Prompts by how many rows they hold: " + ", ".join(f"{n} rows: {count}" for n, count in
                                                                       sorted(sizes.items())) + ".", "",
                   "| side | seed | accuracy per row | per comparison | vs TRL per comparison [95% CI] | "
                   "only this side right / only TRL right | p |", "|---|---|---|---|---|---|---|"]
-        sides = sorted({side for side, _ in runs}, key=list(SIDES).index)
+        sides = sorted({side for side, _ in outcomes}, key=list(SIDES).index)
         for side in sides:
             pooled: tuple[list, list, list] = ([], [], [])
-            seeds = sorted(seed for s, seed in runs if s == side)
+            seeds = sorted(seed for s, seed in outcomes if s == side)
             for seed in seeds:
-                correct = runs[side, seed]
+                correct = outcomes[side, seed]
                 ours = [correct[i] for i in kept]
                 cells = [SIDES[side], str(seed), f"{sum(correct) / len(correct):.3f}", f"{sum(ours) / len(ours):.3f}"]
-                trl = runs.get(("trl-defaults", seed))
+                trl = outcomes.get(("trl-defaults", seed))
                 if side != "trl-defaults" and trl is not None:
                     theirs = [trl[i] for i in kept]
                     cells += compared(paired_comparison, ours, theirs, [prompts[i] for i in kept])

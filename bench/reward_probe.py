@@ -4,8 +4,9 @@
     .venv/bin/python bench/reward_probe.py --quick    # a smoke run: 200 training and 100 test pairs of HH
 
 bench/reward.py's splits (HH harmless: 1,800 training pairs, the rest test; summarize: posts split 80/20), each
-conversation encoded as prefloop's recipe encodes it (`reward.data.Encoder`: 256 tokens, left truncation, a pair's
-two sides cut alike). The backbone runs once, frozen, in fp32; from every layer's output (0 = the embeddings) two
+conversation encoded as prefloop's recipe encodes it (`reward.data.Encoder`: 256 tokens, left truncation; a training
+pair's two sides cut alike, a test pair's each alone, as `reward eval` cuts them). The backbone runs once, frozen, in
+fp32; from every layer's output (0 = the embeddings) two
 features are read: the [CLS] token's state and the mean over the tokens; plus BERT's pooler output (what
 `AutoModelForSequenceClassification` puts its head on) and all seven layers' mean-pooled states side by side.
 
@@ -41,8 +42,9 @@ PENALTIES = (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)
 FOLDS = 5
 
 
-def pair_features(rows: list[dict], batch_size: int = 32):
-    """(pairs, features, width) tensor of f(chosen) - f(rejected), and the feature names."""
+def pair_features(rows: list[dict], align: bool, batch_size: int = 32):
+    """(pairs, features, width) tensor of f(chosen) - f(rejected), and the feature names. `align`: an over-long
+    pair's two sides cut alike, as training cuts them; test pairs are cut each side alone, as scoring cuts them."""
     import datasets
     import torch
     from transformers import AutoModel
@@ -53,7 +55,7 @@ def pair_features(rows: list[dict], batch_size: int = 32):
 
     path = resolve_model(BASE)
     tokenizer = load_tokenizer(path)
-    encoded, _ = Encoder(tokenizer, MAX_LENGTH, "left").encode_pairs(datasets.Dataset.from_list(rows))
+    encoded, _ = Encoder(tokenizer, MAX_LENGTH, "left").encode_pairs(datasets.Dataset.from_list(rows), align=align)
     sequences = [ids for pair in zip(encoded["chosen_ids"], encoded["rejected_ids"]) for ids in pair]
     model = AutoModel.from_pretrained(path).eval()
     batches = []
@@ -110,8 +112,9 @@ def cross_validated(x, fold, l2: float) -> float:
     return sum(fit_probe(x[fold != k], l2)(x[fold == k]).mean() for k in range(FOLDS)) / FOLDS
 
 
-def probe_rows(train_x, test_x, names: list[str], fold) -> list[dict]:
-    """One row per feature: the penalty cross-validation picks, its cross-validated and test accuracy."""
+def probe_rows(train_x, test_x, names: list[str], fold, test_prompts: list) -> list[dict]:
+    """One row per feature: the penalty cross-validation picks, its cross-validated and test accuracy (its interval
+    resampling whole prompts, as `reward.evaluate` resamples them)."""
     from reward.evaluate import bootstrap_interval
 
     all_means = [i for i, name in enumerate(names) if name.endswith("mean")]
@@ -125,7 +128,7 @@ def probe_rows(train_x, test_x, names: list[str], fold) -> list[dict]:
         l2 = max(scores, key=scores.get)
         correct = fit_probe(train, l2)(test)
         rows.append({"feature": name, "l2": l2, "cv": scores[l2], "test": float(correct.mean()),
-                     "ci": bootstrap_interval(correct, 2000)})
+                     "ci": bootstrap_interval(correct, 2000, clusters=test_prompts)})
         print(f"   {name}: l2 {l2:g}, cross-validated {scores[l2]:.3f}, test {rows[-1]['test']:.3f}", flush=True)
     return rows
 
@@ -138,7 +141,10 @@ def main() -> None:
                         "reward_probe.md; a --quick run writes into a temp folder)")
     args = parser.parse_args()
     names = chosen(parser, "--datasets", "hh" if args.quick else args.datasets, ("hh", "summarize"))
+    import datasets
     import torch
+
+    from reward.data import prompt_of_rows
 
     torch.manual_seed(0)
     started = datetime.datetime.now().astimezone()
@@ -147,9 +153,10 @@ def main() -> None:
     for name, (train, test) in train_test_splits(names, args.quick).items():
         print(f"== {name}: {len(train)} training / {len(test)} test pairs", flush=True)
         t0 = time.monotonic()
-        (train_x, features), (test_x, _) = pair_features(train), pair_features(test)
+        (train_x, features), (test_x, _) = pair_features(train, align=True), pair_features(test, align=False)
         print(f"   features in {time.monotonic() - t0:.0f} s", flush=True)
-        rows = probe_rows(train_x, test_x, features, prompt_folds(train))
+        rows = probe_rows(train_x, test_x, features, prompt_folds(train),
+                          prompt_of_rows(datasets.Dataset.from_list(test)))
         best = max(rows, key=lambda r: r["cv"])
         sections += [
             f"## {name} ({len(train)} training / {len(test)} test pairs)",
@@ -168,11 +175,12 @@ def main() -> None:
         f"- Command: `{command()}`",
         f"- Machine: {where}",
         f"- Started {started:%Y-%m-%d %H:%M %Z}, took {minutes:.0f} min",
-        f"- Encoding: prefloop's recipe (`reward.data.Encoder`, {MAX_LENGTH} tokens, left truncation, a pair's sides "
-        "cut alike); the backbone frozen, fp32. Probe: Bradley-Terry, linear in f(chosen) - f(rejected), "
+        f"- Encoding: prefloop's recipe (`reward.data.Encoder`, {MAX_LENGTH} tokens, left truncation; a training "
+        "pair's sides cut alike, a test pair's each alone, as training and scoring cut them); the backbone frozen, "
+        "fp32. Probe: Bradley-Terry, linear in f(chosen) - f(rejected), "
         f"standardised, L2 penalty from {', '.join(f'{p:g}' for p in PENALTIES)} chosen by {FOLDS}-fold "
         "cross-validation on the training pairs (whole prompts in one fold), refitted on all of them; "
-        "95% percentile-bootstrap intervals, "
+        "95% expanded percentile-bootstrap intervals that resample whole prompts, as `reward.evaluate`'s, "
         "2,000 resamples. The test pairs choose nothing.",
         "",
         *sections,

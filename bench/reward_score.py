@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import command, machine, write_report  # noqa: E402
+from bench.common import command, machine, peak_rss_gb, write_report  # noqa: E402
 from bench.reward import hh_split, summarize_split  # noqa: E402
 from bench.reward_shared_prompt import both_ways, parse_arguments, speed_cells  # noqa: E402
 
@@ -62,7 +61,7 @@ def worker(model_dir: str, data: str, max_length: int, share: bool, batch_size: 
     seconds = time.perf_counter() - started
     return {"pairs_per_second": len(pairs) / seconds, "shared_prompt": scorer.members[0].shares_prompt,
             "rewards": [*chosen.mean.tolist(), *rejected.mean.tolist()],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.common import command, machine, write_report  # noqa: E402
+from bench.common import command, machine, peak_rss_gb, write_report  # noqa: E402
 from bench.reward import TRAINING_PAIRS  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reward_shared_prompt.md"
@@ -45,7 +44,7 @@ def worker(data: str, max_length: int, share: bool, align: bool, batch_size: int
     return {"pairs_per_second": result.pairs_per_second, "train_seconds": result.train_seconds,
             "shared_prompt": result.shared_prompt,
             "train_loss": result.metrics["train_loss"],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def parse_arguments(description: str, pairs: int, pairs_help: str, batch_size: int, batch_help: str,
