@@ -195,8 +195,8 @@ def worker_trl_defaults(train_path: str, out_dir: str, budget_s: float, batch_si
     budget = _time_budget_callback(budget_s)
     trainer = RewardTrainer(model=base, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[budget])
     kept = len(trainer.train_dataset)
-    tokens_per_pair = sum(len(c) + len(r) for c, r in zip(trainer.train_dataset["chosen_input_ids"],
-                                                          trainer.train_dataset["rejected_input_ids"])) / kept
+    tokens_per_pair = sum(len(c) + len(r) for c, r in zip(trainer.train_dataset["chosen_ids"],
+                                                          trainer.train_dataset["rejected_ids"])) / kept
     trainer.train()
     seconds = budget.trained_seconds
     trainer.save_model(out_dir)
@@ -608,8 +608,13 @@ def render_report(results, splits, args, command, started, load_before, where: s
         "- Each prefloop side exactly: " + "; ".join(f"{name}: {PREFLOOP_SIDES[name].exactly()}" for name in
                                                     dict.fromkeys(side for _, side, _ in results)
                                                     if name in PREFLOOP_SIDES) + ".",
-        "- pairs/s = training pairs processed / training wall time (the held-out evaluations during training count "
-        "against prefloop). Peak RSS = the side's own subprocess; on a GPU also the peak GPU memory torch allocated.",
+        "- pairs/s = training pairs processed / training wall time, from the first step to the end of the last (the "
+        "held-out evaluations during training count against prefloop; the checkpoint TRL's default save_strategy "
+        "writes after its last step does not count against TRL). tokens/s = the same with each pair counted as its "
+        "real tokens, chosen and rejected, padding not counted: TRL trains on the pairs it keeps, the shorter ones. "
+        "Peak RSS = the side's own subprocess (VmHWM); on a GPU also the peak GPU memory torch allocated.",
+        f"- Scoring: every model is scored on the test pairs cut from the left to the length it trained with: "
+        f"prefloop's from its prefloop.json, TRL's at its RewardConfig's max_length ({TRL_MAX_LENGTH}).",
         "- Data: `../shared/data/hh_harmless_base_test.jsonl.gz` (seeded shuffle: 1,800 train, 512 test) and "
         "`../shared/data/summarize_feedback_batch13.jsonl` (posts split 80/20 by `info.id`, seeded), imported with "
         "`collect.formats.read_records`; summarize margins come from the workers' confidence, HH margins are 0.5.",
